@@ -1,0 +1,92 @@
+"""The base config every config file starts from; every field is documented where it is set."""
+
+import ml_collections
+
+from spt_jax import model as model_lib
+
+
+def base_config(model_preset: str = 'tiny') -> ml_collections.ConfigDict:
+  """All keys a run may read, with paper-faithful defaults (Appendix B) where the paper gives them."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # One seed for init, data order and dropout-free training noise: same seed, same run.
+  # 'pretrain' or 'finetune' runs one stage into --workdir; 'pipeline' pretrains into W/pretrain, then
+  # finetunes (every grid point) into W/finetune/..., then writes W/summary.json and W/report.md.
+  c.stage = 'pipeline'
+  # A pretrain workdir, a checkpoint folder, or a Hugging Face OLMo directory: parameters are loaded from it
+  # (never the optimizer). Empty: random initialisation. The pipeline sets it for its finetune stage.
+  c.init_from = ''
+
+  c.model = model_lib.preset_config(model_preset)
+
+  # Mesh over (data, fsdp, tensor); one axis may be -1: "all remaining devices".
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+
+  c.data = ml_collections.ConfigDict()
+  c.data.seq_len = 2048  # Tokens per training example; sequences are stored with seq_len + 1 tokens.
+  # Source specs are strings so that one override points a run at a user's files, e.g.
+  # --config.data.domain='files:/data/proofs/**/*.v'. See spt_jax/data/sources.py for every kind.
+  c.data.general = 'builtin:english'
+  c.data.domain = 'builtin:coq'
+  c.data.domain_max_tokens = 0  # Subsample the domain set by whole documents to about this many tokens (0: all).
+  c.data.general_max_tokens = 0  # Likewise for the general set.
+  # Tokenizer: a `tokenizers` JSON path, 'olmo' (OLMo's GPT-NeoX file from the built-in cache), or
+  # 'bpe' (train a byte-level BPE of `tokenizer_vocab_size` on the mixture, cached).
+  c.data.tokenizer = 'olmo'
+  c.data.tokenizer_vocab_size = 0  # Only for tokenizer='bpe'.
+  c.data.test_fraction = 0.05  # Fraction of each source's documents held out by content hash...
+  c.data.test_tokens = 0  # ...or, when > 0, a token budget for the held-out split instead.
+  c.data.domain_train_sequences = 64  # Fixed sample of training sequences kept as the `domain_train` eval set.
+  c.data.cache_dir = ''  # Corpora and prepared data; empty: $SPT_JAX_CACHE or ~/.cache/spt_jax.
+  c.data.num_workers = 0  # Tokenizer processes for prepare; 0: one per core.
+
+  c.mixture = ml_collections.ConfigDict()
+  c.mixture.domain_fraction = 0.02  # δ: fraction of pretraining tokens drawn from the domain set.
+  # Overrides domain_fraction when non-empty: a tuple of (until_tokens, {source: weight}) in order; the
+  # last stage's until_tokens may be 0 (to the end). SCPT: ((180e9, {'general': 1.0}), (0, {...δ...})).
+  c.mixture.stages = ()
+
+  c.batch_size = 2048  # Global batch in sequences.
+  c.steps = 0  # Run length in steps...
+  c.tokens = int(200e9)  # ...or in tokens (used when steps == 0).
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.lr = 4e-4  # Peak learning rate.
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.95
+  c.optimizer.eps = 1e-5
+  c.optimizer.weight_decay = 0.1
+  c.optimizer.grad_clip = 1.0  # Global-norm clipping.
+  c.optimizer.z_loss = 0.0  # Weight of the log(Z)^2 auxiliary loss (0: off).
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.kind = 'cosine'  # 'cosine' (with cut-off), 'wsd' or 'constant' (all with linear warmup).
+  c.schedule.warmup_steps = 2000  # Warmup in steps...
+  c.schedule.warmup_tokens = 0  # ...or in tokens (used when > 0).
+  c.schedule.final_lr = 4e-5  # Cosine: LR at the end of the horizon.
+  c.schedule.horizon_tokens = int(2e12)  # Cosine: the cosine spans this many tokens; the run may cut it off.
+  c.schedule.stable_fraction = 0.8  # WSD: fraction of the run at peak LR after warmup...
+  c.schedule.decay_fraction = 0.2  # ...and fraction spent decaying.
+  c.schedule.decay_shape = 'linear'  # WSD decay: 'linear', 'cosine' or '1-sqrt'.
+
+  c.eval_every = 1000  # Steps between evaluations (0: only at the end).
+  c.eval_sequences = 256  # Sequences per eval set (a fixed, seeded sample).
+  c.eval_batch_size = 0  # 0: batch_size.
+  c.extra_eval = ml_collections.ConfigDict()  # name -> source spec of any further held-out set.
+  c.log_every = 10
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 2  # Last N kept, plus the best by domain_test loss.
+  c.resume_mismatched = False  # Resume a workdir even if its config.json differs from this config.
+
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.batch_size = 512
+  c.finetune.weight_decay = 1e-7
+  # (lr, warmup_steps) points run from the same pretrained parameters; the best domain_test loss is reported.
+  c.finetune.grid = ((1e-5, 50), (1e-5, 100), (1e-5, 200), (4e-5, 50), (4e-5, 100), (4e-5, 200),
+                     (1e-4, 50), (1e-4, 100), (1e-4, 200))
+  c.finetune.schedule = 'constant'  # Appendix B: constant with warmup.
+  c.finetune.replay_fraction = 0.0  # Fraction r of general data replayed during finetuning.
+  c.finetune.untie_embeddings = True  # The output head starts as a copy of the input embedding.
+  c.finetune.eval_every = 50
+  c.finetune.patience = 3  # Evaluations without improvement of domain_test before stopping.
+  c.finetune.max_steps = 100_000
+  return c

@@ -1,0 +1,241 @@
+"""OLMo-style decoder-only transformer (Flax Linen) and its named presets.
+
+Faithful to OLMo-1B: pre-norm blocks, non-parametric LayerNorm, RoPE (rotate-half form), SwiGLU MLP, no biases,
+tied input/output embeddings (optionally untied), vocabulary padded to a multiple of 128. Parameters are float32;
+computation runs in `cfg.dtype`. Layers run under `nn.scan` so compile time does not grow with depth.
+
+Every parameter carries logical axis names (see sharding.py for the rules that map them onto the mesh).
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+# Widths of the paper's models. OLMo-1B and 3B are given; the paper says 300M and 600M halve the layers of the 1B
+# and shrink the hidden and MLP widths, without numbers: the widths here keep head_dim = 128 and land near the
+# named sizes (counts from `count_params_from_config`, pinned in tests). The paper's '3B' is the 1B with twice
+# the layers: 2.25B parameters.
+_OLMO = dict(vocab_size=50280, rope_theta=10_000.0, layer_norm_eps=1e-5)
+PRESETS: dict[str, dict[str, Any]] = {
+    'olmo-3b': dict(_OLMO, d_model=2048, n_layers=32, n_heads=16, mlp_dim=8192),
+    'olmo-1b': dict(_OLMO, d_model=2048, n_layers=16, n_heads=16, mlp_dim=8192),
+    'olmo-600m': dict(_OLMO, d_model=1792, n_layers=8, n_heads=14, mlp_dim=9216),
+    'olmo-300m': dict(_OLMO, d_model=1280, n_layers=8, n_heads=10, mlp_dim=6144),
+    # CPU presets. Their vocab_size matches the BPE the CPU configs train (see configs/).
+    'cpu-6m': dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, mlp_dim=1024, rope_theta=10_000.0,
+                   layer_norm_eps=1e-5),
+    'cpu-2m': dict(vocab_size=4096, d_model=128, n_layers=4, n_heads=4, mlp_dim=512, rope_theta=10_000.0,
+                   layer_norm_eps=1e-5),
+    'tiny': dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, mlp_dim=256, rope_theta=10_000.0,
+                 layer_norm_eps=1e-5),
+}
+
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.checkpoint_dots,
+    'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def preset_config(name: str) -> ml_collections.ConfigDict:
+  """The model config of a named preset, with the computation settings every preset shares."""
+  if name not in PRESETS:
+    raise ValueError(f'unknown model preset {name!r}; choose one of {sorted(PRESETS)}')
+  c = ml_collections.ConfigDict(PRESETS[name])
+  c.preset = name
+  c.dtype = 'float32'  # Computation dtype; 'bfloat16' on accelerators.
+  c.param_dtype = 'float32'
+  c.tie_embeddings = True  # The paper pretrains tied and unties for finetuning.
+  c.attention_impl = 'xla'  # jax.nn.dot_product_attention implementation: 'xla', 'cudnn' or '' (let JAX pick).
+  c.scan_layers = True  # nn.scan over layers: compile time independent of depth.
+  c.remat_policy = 'none'  # One of REMAT_POLICIES: what the backward pass may keep instead of recomputing.
+  c.init_std = 0.02  # Normal init; output projections are scaled down by sqrt(2 * n_layers).
+  return c
+
+
+def padded_vocab_size(cfg) -> int:
+  """Vocabulary rounded up to a multiple of 128 (fast matmuls, even sharding)."""
+  return -(-cfg.vocab_size // 128) * 128
+
+
+def rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding, rotate-half form (GPT-NeoX / OLMo / Hugging Face)."""
+  head_dim = x_BxLxHxK.shape[-1]
+  inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  angles_BxLxK = positions_BxL[..., None].astype(jnp.float32) * inv_freq
+  angles_BxLxK = jnp.concatenate([angles_BxLxK, angles_BxLxK], axis=-1)
+  cos, sin = jnp.cos(angles_BxLxK)[:, :, None, :], jnp.sin(angles_BxLxK)[:, :, None, :]
+  x = x_BxLxHxK.astype(jnp.float32)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x * cos + rotated * sin).astype(x_BxLxHxK.dtype)
+
+
+def layer_norm(x: jax.Array, eps: float) -> jax.Array:
+  """Non-parametric LayerNorm (no scale, no bias), computed in float32."""
+  x32 = x.astype(jnp.float32)
+  mean = x32.mean(-1, keepdims=True)
+  var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+  return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+def _init(std: float, names: tuple[str, ...]):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+class Block(nn.Module):
+  """One pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  cfg: ml_collections.ConfigDict
+  mesh: Any = None
+
+  @nn.compact
+  def __call__(self, x_BxLxD, positions_BxL, cache):
+    cfg = self.cfg
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    heads, head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
+    out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+    dense = functools.partial(nn.DenseGeneral, use_bias=False, dtype=dtype, param_dtype=param_dtype)
+
+    h_BxLxD = layer_norm(x_BxLxD, cfg.layer_norm_eps)
+    qkv_init = _init(cfg.init_std, ('embed', 'heads', 'head_dim'))
+    q_BxLxHxK = dense((heads, head_dim), kernel_init=qkv_init, name='q')(h_BxLxD)
+    k_BxLxHxK = dense((heads, head_dim), kernel_init=qkv_init, name='k')(h_BxLxD)
+    v_BxLxHxK = dense((heads, head_dim), kernel_init=qkv_init, name='v')(h_BxLxD)
+    q_BxLxHxK = rope(q_BxLxHxK, positions_BxL, cfg.rope_theta)
+    k_BxLxHxK = rope(k_BxLxHxK, positions_BxL, cfg.rope_theta)
+
+    implementation = cfg.attention_impl or None
+    if cache is None:
+      o_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True,
+                                               implementation=implementation)
+    else:
+      # Decoding: write this call's keys/values into the cache at their positions, attend to every cached
+      # position up to each query's own.
+      k_cache, v_cache = cache
+      start = positions_BxL[0, 0]
+      k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k_BxLxHxK.astype(k_cache.dtype), start, axis=1)
+      v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v_BxLxHxK.astype(v_cache.dtype), start, axis=1)
+      key_positions = jnp.arange(k_cache.shape[1])
+      mask_Bx1xLxS = (key_positions[None, None, None, :] <= positions_BxL[:, None, :, None])
+      o_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_cache.astype(dtype), v_cache.astype(dtype),
+                                               mask=mask_Bx1xLxS, implementation='xla')
+      cache = (k_cache, v_cache)
+    x_BxLxD = x_BxLxD + dense(cfg.d_model, axis=(-2, -1), name='o',
+                              kernel_init=_init(out_std, ('heads', 'head_dim', 'embed')))(o_BxLxHxK)
+
+    h_BxLxD = layer_norm(x_BxLxD, cfg.layer_norm_eps)
+    up_init = _init(cfg.init_std, ('embed', 'mlp'))
+    gate_BxLxF = dense(cfg.mlp_dim, kernel_init=up_init, name='gate')(h_BxLxD)
+    up_BxLxF = dense(cfg.mlp_dim, kernel_init=up_init, name='up')(h_BxLxD)
+    down = dense(cfg.d_model, kernel_init=_init(out_std, ('mlp', 'embed')), name='down')
+    x_BxLxD = x_BxLxD + down(nn.silu(gate_BxLxF) * up_BxLxF)
+    x_BxLxD = constrain(x_BxLxD, ('activation_batch', 'activation_length', 'activation_embed'), self.mesh)
+    return x_BxLxD, cache
+
+
+def constrain(x: jax.Array, names: tuple[str, ...], mesh) -> jax.Array:
+  """Shards an activation by logical names when a mesh is given (no-op otherwise)."""
+  if mesh is None:
+    return x
+  from spt_jax import sharding  # Local import: sharding imports this module for presets.
+  return jax.lax.with_sharding_constraint(x, sharding.named_sharding(names, x.shape, mesh))
+
+
+class Decoder(nn.Module):
+  """Token ids [B, L] -> float32 logits [B, L, padded V]; with `cache`, also returns the updated KV cache."""
+  cfg: ml_collections.ConfigDict
+  mesh: Any = None
+
+  @nn.compact
+  def __call__(self, tokens_BxL, cache=None, start: jax.Array | int = 0):
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.dtype)
+    embed = nn.Embed(padded_vocab_size(cfg), cfg.d_model, dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype),
+                     embedding_init=_init(cfg.init_std, ('vocab', 'embed')), name='embed')
+    x_BxLxD = embed(tokens_BxL)
+    x_BxLxD = constrain(x_BxLxD, ('activation_batch', 'activation_length', 'activation_embed'), self.mesh)
+    positions_BxL = jnp.broadcast_to(start + jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
+
+    if cfg.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'unknown remat_policy {cfg.remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}')
+    block = Block
+    if cfg.remat_policy != 'none':
+      block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      blocks = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
+                       in_axes=(nn.broadcast, 0), length=cfg.n_layers,
+                       metadata_params={nn.PARTITION_NAME: 'layers'})(cfg, self.mesh, name='blocks')
+      x_BxLxD, cache = blocks(x_BxLxD, positions_BxL, cache)
+    else:
+      new_cache = []
+      for i in range(cfg.n_layers):
+        layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
+        x_BxLxD, layer_cache = block(cfg, self.mesh, name=f'block_{i}')(x_BxLxD, positions_BxL, layer_cache)
+        new_cache.append(layer_cache)
+      if cache is not None:
+        cache = jax.tree.map(lambda *c: jnp.stack(c), *new_cache)
+
+    x_BxLxD = layer_norm(x_BxLxD, cfg.layer_norm_eps)
+    if cfg.tie_embeddings:
+      logits_BxLxV = embed.attend(x_BxLxD)
+    else:
+      logits_BxLxV = nn.DenseGeneral(padded_vocab_size(cfg), use_bias=False, dtype=dtype,
+                                     param_dtype=jnp.dtype(cfg.param_dtype),
+                                     kernel_init=_init(cfg.init_std, ('embed', 'vocab')), name='lm_head')(x_BxLxD)
+    logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+    return logits_BxLxV if cache is None else (logits_BxLxV, cache)
+
+
+def init_cache(cfg, batch: int, max_len: int, dtype=None):
+  """An empty KV cache (keys, values), each [layers, B, max_len, H, head_dim]."""
+  shape = (cfg.n_layers, batch, max_len, cfg.n_heads, cfg.d_model // cfg.n_heads)
+  dtype = jnp.dtype(dtype or cfg.dtype)
+  return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+
+
+def abstract_params(cfg) -> Any:
+  """Parameter shapes (with logical-axis boxes) without allocating anything."""
+  tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+  return jax.eval_shape(lambda: Decoder(cfg).init(jax.random.key(0), tokens))['params']
+
+
+def count_params(params) -> tuple[int, int]:
+  """(total, non-embedding) parameter counts; the input embedding and any untied head are 'embedding'."""
+  params = nn.unbox(params)
+  total = sum(x.size for x in jax.tree.leaves(params))
+  embedding = params['embed']['embedding'].size + (params['lm_head']['kernel'].size if 'lm_head' in params else 0)
+  return int(total), int(total - embedding)
+
+
+def count_params_from_config(cfg) -> tuple[int, int]:
+  """Parameter counts of a model config, from shapes only."""
+  return count_params(abstract_params(cfg))
+
+
+def untie(params):
+  """Adds an output head initialised as a copy of the input embedding (for finetuning untied)."""
+  params = dict(params)
+  params['lm_head'] = {'kernel': jnp.asarray(params['embed']['embedding']).T}
+  return params
+
+
+def scan_to_unrolled(params, n_layers: int):
+  """Scanned parameters (leading layer axis under 'blocks') -> one subtree per layer (block_0, ...)."""
+  params = dict(params)
+  blocks = params.pop('blocks')
+  for i in range(n_layers):
+    params[f'block_{i}'] = jax.tree.map(lambda x: x[i], blocks)
+  return params
+
+
+def unrolled_to_scan(params, n_layers: int):
+  """Inverse of scan_to_unrolled."""
+  params = dict(params)
+  layers = [params.pop(f'block_{i}') for i in range(n_layers)]
+  params['blocks'] = jax.tree.map(lambda *x: jnp.stack(x), *layers)
+  return params

@@ -1,0 +1,85 @@
+"""Learning-rate schedules (step -> lr): cosine with a cut-off, WSD and constant, all with linear warmup."""
+
+import math
+
+import jax.numpy as jnp
+import optax
+
+KINDS = ('cosine', 'wsd', 'constant')
+DECAY_SHAPES = ('linear', 'cosine', '1-sqrt')
+
+
+def warmup_steps(config, tokens_per_step: int) -> int:
+  """Warmup length in steps: schedule.warmup_tokens when > 0, else schedule.warmup_steps."""
+  schedule = config.schedule
+  if schedule.get('warmup_tokens', 0) > 0:
+    return int(math.ceil(schedule.warmup_tokens / tokens_per_step))
+  return int(schedule.warmup_steps)
+
+
+def _check(config, total_steps: int, tokens_per_step: int):
+  """Raises a one-line ValueError for any value the schedule cannot honour."""
+  schedule = config.schedule
+  if schedule.kind not in KINDS:
+    raise ValueError(f'schedule.kind={schedule.kind!r} is unknown; use one of {", ".join(KINDS)}.')
+  if total_steps <= 0 or tokens_per_step <= 0:
+    raise ValueError(f'The run has {total_steps} steps of {tokens_per_step} tokens; set steps or tokens (and '
+                     'batch_size, data.seq_len) to positive values.')
+  for key in ('warmup_steps', 'warmup_tokens', 'horizon_tokens', 'final_lr', 'stable_fraction',
+              'decay_fraction'):
+    if schedule.get(key, 0) < 0:
+      raise ValueError(f'schedule.{key}={schedule.get(key)} is negative; set it to 0 or more.')
+  if config.optimizer.lr <= 0:
+    raise ValueError(f'optimizer.lr={config.optimizer.lr} must be positive.')
+  if schedule.kind == 'wsd':
+    if schedule.stable_fraction + schedule.decay_fraction > 1 + 1e-9:
+      raise ValueError(f'schedule.stable_fraction + schedule.decay_fraction = '
+                       f'{schedule.stable_fraction + schedule.decay_fraction:g} exceeds 1; make them sum to 1 or '
+                       'less (fractions of the run after warmup).')
+    if schedule.decay_shape not in DECAY_SHAPES:
+      raise ValueError(f'schedule.decay_shape={schedule.decay_shape!r} is unknown; use one of '
+                       f'{", ".join(DECAY_SHAPES)}.')
+  if warmup_steps(config, tokens_per_step) > total_steps:
+    raise ValueError(f'Warmup ({warmup_steps(config, tokens_per_step)} steps) is longer than the run '
+                     f'({total_steps} steps); shorten schedule.warmup_steps/warmup_tokens or lengthen the run.')
+
+
+def _decay(shape: str, progress):
+  """Multiplier going from 1 (progress 0) to 0 (progress 1)."""
+  if shape == 'linear':
+    return 1.0 - progress
+  if shape == 'cosine':
+    return 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+  return 1.0 - jnp.sqrt(progress)
+
+
+def make_schedule(config, total_steps: int, tokens_per_step: int) -> optax.Schedule:
+  """The schedule of config.schedule for a run of total_steps steps of tokens_per_step tokens each."""
+  _check(config, total_steps, tokens_per_step)
+  schedule = config.schedule
+  peak = float(config.optimizer.lr)
+  final = float(schedule.final_lr)
+  warmup = warmup_steps(config, tokens_per_step)
+  if schedule.kind == 'cosine':
+    # The cosine spans the horizon (OLMo: 2T tokens); the run is cut off wherever total_steps ends.
+    horizon = (int(round(schedule.horizon_tokens / tokens_per_step)) if schedule.horizon_tokens > 0
+               else total_steps)
+    decay_start, decay_steps, shape = warmup, max(horizon - warmup, 1), 'cosine'
+  elif schedule.kind == 'wsd':
+    after_warmup = total_steps - warmup
+    decay_start = warmup + int(round(schedule.stable_fraction * after_warmup))
+    decay_steps, shape = max(int(round(schedule.decay_fraction * after_warmup)), 1), schedule.decay_shape
+  else:
+    decay_start, decay_steps, shape = None, 1, 'linear'
+
+  def lr_at(step):
+    step = jnp.asarray(step, jnp.float32)
+    ramp = step / warmup if warmup > 0 else jnp.ones_like(step)
+    lr = peak * jnp.minimum(ramp, 1.0)
+    if decay_start is not None:
+      progress = jnp.clip((step - decay_start) / decay_steps, 0.0, 1.0)
+      decayed = final + (peak - final) * _decay(shape, progress)
+      lr = jnp.where(step < decay_start, lr, decayed)
+    return lr
+
+  return lr_at

@@ -1,0 +1,122 @@
+"""The device mesh, the one table of logical-axis rules, and the shardings of state and batches.
+
+Parameters and activations are named by logical axes (model.py); RULES maps each name onto mesh axes. A mesh
+axis of size 1 costs nothing, so one code path serves 1 CPU and a pod. A dimension that a mesh axis does not
+divide is left unsharded along that axis instead of failing (small CPU models on 8 simulated devices).
+"""
+
+import logging
+import math
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+# Logical axis -> mesh axes. Parameters are sharded over fsdp on their model dimension and over tensor on
+# heads / MLP / vocabulary; the batch is split over data and fsdp together (FSDP is data parallel too).
+RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ('batch', ('data', 'fsdp')),
+    ('activation_batch', ('data', 'fsdp')),
+    ('activation_length', None),
+    ('activation_embed', None),
+    ('vocab', 'tensor'),
+    ('embed', 'fsdp'),
+    ('heads', 'tensor'),
+    ('mlp', 'tensor'),
+    ('head_dim', None),
+    ('layers', None),
+)
+_RULES = dict(RULES)
+
+
+def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) sizes; at most one may be -1, meaning all remaining devices."""
+  sizes = [int(mesh_cfg[axis]) for axis in MESH_AXES]
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))}: sizes must be positive, with at most one -1; '
+                     'set --config.mesh.data/fsdp/tensor accordingly')
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if n_devices % known:
+      raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))}: {known} does not divide the {n_devices} devices; '
+                       'change --config.mesh.*')
+    sizes[sizes.index(-1)] = n_devices // known
+  if math.prod(sizes) != n_devices:
+    raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but {n_devices} are '
+                     'available; make the product match or set one axis to -1')
+  return tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices=None) -> Mesh:
+  """A (data, fsdp, tensor) mesh over `devices` (default: all), laid out for the interconnect."""
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(mesh_cfg, len(devices))
+  try:
+    from jax.experimental import mesh_utils
+    device_array = mesh_utils.create_device_mesh(shape, devices=devices)
+  except (ValueError, NotImplementedError, AssertionError):
+    device_array = np.asarray(devices).reshape(shape)
+  return Mesh(device_array, MESH_AXES)
+
+
+def spec(names: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+  """PartitionSpec for logical `names`, dropping mesh axes that do not divide their dimension."""
+  out = []
+  used = set()
+  for name, dim in zip(names, shape):
+    axes = _RULES.get(name) if name is not None else None
+    if name is not None and name not in _RULES:
+      raise ValueError(f'logical axis {name!r} has no sharding rule; add it to sharding.RULES')
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    kept = []
+    for axis in axes:
+      size = mesh.shape[axis]
+      if axis in used or size == 1:
+        continue
+      if dim % (math.prod(mesh.shape[a] for a in kept) * size):
+        logging.debug('axis %s (%d) does not divide %s=%d: left unsharded', axis, size, name, dim)
+        continue
+      kept.append(axis)
+    used.update(kept)
+    out.append(tuple(kept) if len(kept) > 1 else (kept[0] if kept else None))
+  return PartitionSpec(*out)
+
+
+def named_sharding(names, shape, mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, spec(tuple(names), tuple(shape), mesh))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def tree_shardings(abstract_tree, mesh: Mesh):
+  """Shardings for a pytree whose leaves may be logically partitioned boxes (from model init)."""
+  def one(leaf):
+    if isinstance(leaf, nn.LogicallyPartitioned):
+      return named_sharding(leaf.names, leaf.value.shape, mesh)
+    return replicated(mesh)
+  return jax.tree.map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Sequences split over (data, fsdp); the length axis is whole on every device."""
+  return NamedSharding(mesh, PartitionSpec(('data', 'fsdp')))
+
+
+def batch_divisor(mesh: Mesh) -> int:
+  """The global batch must be a multiple of this."""
+  return mesh.shape['data'] * mesh.shape['fsdp']
+
+
+def initialize_distributed(force: bool = False) -> None:
+  """Starts multi-host JAX when running on more than one host (Cloud TPU pods, or a coordinator is set)."""
+  multi_host_tpu = ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')
+  if force or multi_host_tpu or os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    jax.distributed.initialize()
+    logging.info('jax.distributed: process %d of %d, %d local / %d global devices', jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())

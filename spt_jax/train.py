@@ -1,0 +1,111 @@
+"""One functional train state and the jitted train and eval steps that every stage shares."""
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from spt_jax import model as model_lib
+from spt_jax import sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def make_optimizer(config, schedule: optax.Schedule, weight_decay: float | None = None):
+  """AdamW with global-norm clipping (Appendix B: β=(0.9, 0.95), ε=1e-5, clip 1.0)."""
+  o = config.optimizer
+  return optax.chain(
+      optax.clip_by_global_norm(o.grad_clip),
+      optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps,
+                  weight_decay=o.weight_decay if weight_decay is None else weight_decay))
+
+
+def token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-token cross-entropy (nats) and log-partition, in float32."""
+  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+  log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
+  target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+  return log_z_BxL - target_logit_BxL, log_z_BxL
+
+
+def train_flops_per_token(model_cfg, seq_len: int) -> float:
+  """Model FLOPs per trained token: 6·N (N without the embedding lookup) + 12·layers·d_model·seq_len (attention)."""
+  total, non_embedding = model_lib.count_params_from_config(model_cfg)
+  matmul_params = non_embedding + model_lib.padded_vocab_size(model_cfg) * model_cfg.d_model
+  return 6.0 * matmul_params + 12.0 * model_cfg.n_layers * model_cfg.d_model * seq_len
+
+
+class Trainer:
+  """A model, an optimizer and a mesh, turned into sharded state and jitted, donated steps."""
+
+  def __init__(self, model_cfg, mesh, optimizer: optax.GradientTransformation,
+               schedule: Callable[[jax.Array], jax.Array] | None = None, z_loss: float = 0.0):
+    self.model_cfg, self.mesh, self.optimizer = model_cfg, mesh, optimizer
+    self.model = model_lib.Decoder(model_cfg, mesh=mesh)
+    self.schedule = schedule or (lambda step: jnp.zeros([]))
+    self.z_loss = z_loss
+    boxed = jax.eval_shape(self._boxed_state, jax.random.PRNGKey(0))
+    self.state_shardings = sharding.tree_shardings(boxed, mesh)
+    self.param_shardings = self.state_shardings.params
+    self.abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                       nn.unbox(boxed), self.state_shardings)
+    self.batch_sharding = sharding.batch_sharding(mesh)
+    replicated = sharding.replicated(mesh)
+    self._init = jax.jit(lambda rng: nn.unbox(self._boxed_state(rng)), out_shardings=self.state_shardings)
+    self._from_params = jax.jit(self._state_from_params, in_shardings=(self.param_shardings, replicated),
+                                out_shardings=self.state_shardings)
+    self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
+                              out_shardings=(self.state_shardings, replicated), donate_argnums=0)
+    self.eval_step = jax.jit(self._eval_step, in_shardings=(self.param_shardings, self.batch_sharding),
+                             out_shardings=replicated)
+
+  def _boxed_state(self, rng) -> TrainState:
+    params = self.model.init(rng, jnp.zeros((1, 8), jnp.int32))['params']
+    return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=self.optimizer.init(params), rng=rng)
+
+  def _state_from_params(self, params, rng) -> TrainState:
+    return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=self.optimizer.init(params), rng=rng)
+
+  def init_state(self, seed: int) -> TrainState:
+    """Freshly initialised, sharded state."""
+    return self._init(jax.random.PRNGKey(seed))
+
+  def state_from_params(self, params, seed: int) -> TrainState:
+    """Step 0 and a fresh optimizer over given parameters (finetuning); unties the head if the model needs it."""
+    if not self.model_cfg.tie_embeddings and 'lm_head' not in params:
+      params = model_lib.untie(params)
+    if self.model_cfg.tie_embeddings and 'lm_head' in params:
+      raise ValueError('the parameters have an untied output head but the model is tied; '
+                       'set --config.model.tie_embeddings=False')
+    return self._from_params(params, jax.random.PRNGKey(seed))
+
+  def loss_fn(self, params, batch_BxLp1):
+    inputs_BxL, targets_BxL = batch_BxLp1[:, :-1], batch_BxLp1[:, 1:]
+    logits_BxLxV = self.model.apply({'params': params}, inputs_BxL)
+    losses_BxL, log_z_BxL = token_losses(logits_BxLxV, targets_BxL)
+    loss = losses_BxL.mean()
+    z_loss = jnp.square(log_z_BxL).mean()
+    return loss + self.z_loss * z_loss, (loss, z_loss)
+
+  def _train_step(self, state: TrainState, batch_BxLp1):
+    grads, (loss, z_loss) = jax.grad(self.loss_fn, has_aux=True)(state.params, batch_BxLp1)
+    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': loss, 'z_loss': z_loss, 'grad_norm': optax.tree.norm(grads),
+               'param_norm': optax.tree.norm(params), 'lr': self.schedule(state.step)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def _eval_step(self, params, batch_BxLp1):
+    """Mean loss of each sequence (nats/token), for the mean and its standard error over sequences."""
+    logits_BxLxV = self.model.apply({'params': params}, batch_BxLp1[:, :-1])
+    losses_BxL, _ = token_losses(logits_BxLxV, batch_BxLp1[:, 1:])
+    return {'sequence_loss': losses_BxL.mean(axis=1)}

@@ -1,0 +1,133 @@
+"""The decoder: causality, presets' sizes, scan vs unrolled, tying, KV cache, a golden one-step loss."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from spt_jax import config as config_lib
+from spt_jax import model
+from spt_jax import sharding
+from spt_jax import train
+
+
+def _tiny(**overrides):
+  cfg = model.preset_config('tiny')
+  cfg.update(overrides)
+  return cfg
+
+
+def _params(cfg, seed=0):
+  return nn.unbox(model.Decoder(cfg).init(jax.random.PRNGKey(seed), jnp.zeros((1, 8), jnp.int32)))['params']
+
+
+def _tokens(batch=2, length=16, vocab=512, seed=0):
+  return jnp.asarray(np.random.RandomState(seed).randint(0, vocab, (batch, length)), jnp.int32)
+
+
+def test_causality():
+  cfg = _tiny()
+  params = _params(cfg)
+  tokens = _tokens()
+  logits = model.Decoder(cfg).apply({'params': params}, tokens)
+  for t in (0, 7, 15):
+    changed = tokens.at[:, t].set((tokens[:, t] + 1) % cfg.vocab_size)
+    logits_changed = model.Decoder(cfg).apply({'params': params}, changed)
+    np.testing.assert_array_equal(logits[:, :t], logits_changed[:, :t])
+    assert not np.allclose(logits[:, t:], logits_changed[:, t:])
+
+
+@pytest.mark.parametrize('name, total, non_embedding', [
+    ('olmo-1b', 1_176_764_416, 1_073_741_824),  # OLMo-1B: about 1.177B (1.074B non-embedding).
+    ('olmo-3b', 2_250_506_240, 2_147_483_648),  # The 1B with twice the layers.
+    ('olmo-600m', 589_266_944, 499_122_176),
+    ('olmo-300m', 305_561_600, 241_172_480),
+    ('tiny', 163_840, 131_072),
+])
+def test_preset_parameter_counts(name, total, non_embedding):
+  assert model.count_params_from_config(model.preset_config(name)) == (total, non_embedding)
+
+
+def test_vocab_padded_to_multiple_of_128():
+  cfg = model.preset_config('olmo-1b')
+  assert cfg.vocab_size == 50280 and model.padded_vocab_size(cfg) == 50304
+
+
+def test_scan_and_unrolled_agree():
+  scanned, unrolled = _tiny(scan_layers=True), _tiny(scan_layers=False)
+  params = _params(scanned)
+  tokens = _tokens()
+  as_unrolled = model.scan_to_unrolled(params, scanned.n_layers)
+  assert jax.tree.map(jnp.shape, as_unrolled) == jax.tree.map(jnp.shape, _params(unrolled))
+  np.testing.assert_allclose(model.Decoder(scanned).apply({'params': params}, tokens),
+                             model.Decoder(unrolled).apply({'params': as_unrolled}, tokens), rtol=1e-5, atol=1e-5)
+  back = model.unrolled_to_scan(as_unrolled, scanned.n_layers)
+  jax.tree.map(np.testing.assert_array_equal, back, params)
+
+
+@pytest.mark.parametrize('remat_policy', ['full', 'dots'])
+def test_remat_changes_nothing(remat_policy):
+  cfg, remat_cfg = _tiny(), _tiny(remat_policy=remat_policy)
+  params, tokens = _params(cfg), _tokens()
+  loss = lambda c: lambda p: model.Decoder(c).apply({'params': p}, tokens).mean()
+  np.testing.assert_allclose(jax.grad(loss(cfg))(params)['embed']['embedding'],
+                             jax.grad(loss(remat_cfg))(params)['embed']['embedding'], rtol=1e-5, atol=1e-7)
+
+
+def test_untied_head_starts_equal_to_tied():
+  tied, untied = _tiny(), _tiny(tie_embeddings=False)
+  params = _params(tied)
+  untied_params = model.untie(params)
+  assert 'lm_head' not in params and 'lm_head' in _params(untied)
+  np.testing.assert_array_equal(untied_params['lm_head']['kernel'], params['embed']['embedding'].T)
+  tokens = _tokens()
+  np.testing.assert_allclose(model.Decoder(tied).apply({'params': params}, tokens),
+                             model.Decoder(untied).apply({'params': untied_params}, tokens), rtol=1e-6, atol=1e-6)
+  total, non_embedding = model.count_params(untied_params)
+  assert total - non_embedding == 2 * params['embed']['embedding'].size
+
+
+def test_kv_cache_decoding_equals_full_forward():
+  cfg = _tiny()
+  params, tokens = _params(cfg), _tokens(length=12)
+  full = model.Decoder(cfg).apply({'params': params}, tokens)
+  cache = model.init_cache(cfg, batch=2, max_len=16)
+  logits, cache = model.Decoder(cfg).apply({'params': params}, tokens[:, :5], cache=cache, start=0)
+  pieces = [logits]
+  for t in range(5, 12):
+    logits, cache = model.Decoder(cfg).apply({'params': params}, tokens[:, t:t + 1], cache=cache, start=t)
+    pieces.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_computation_keeps_float32_params():
+  cfg = _tiny(dtype='bfloat16')
+  params = _params(cfg)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  logits = model.Decoder(cfg).apply({'params': params}, _tokens())
+  assert logits.dtype == jnp.float32
+  np.testing.assert_allclose(logits, model.Decoder(_tiny()).apply({'params': params}, _tokens()), atol=0.05)
+
+
+def test_golden_one_step_loss():
+  """One AdamW step of the tiny preset on a fixed batch.
+
+  Regenerate (only after an intended change of the model, init or optimizer) by printing `before` and `after`
+  from this test: `pytest tests/test_model.py -k golden -s` with a print added.
+  """
+  config = config_lib.base_config('tiny')
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  schedule = optax.constant_schedule(1e-3)
+  trainer = train.Trainer(config.model, mesh, train.make_optimizer(config, schedule), schedule)
+  state = trainer.init_state(seed=0)
+  batch = np.asarray(_tokens(batch=4, length=33, vocab=config.model.vocab_size, seed=1))
+  state, metrics = trainer.train_step(state, batch)
+  after = float(trainer.loss_fn(state.params, jnp.asarray(batch))[1][0])
+  np.testing.assert_allclose(float(metrics['loss']), GOLDEN_BEFORE, rtol=1e-5)
+  np.testing.assert_allclose(after, GOLDEN_AFTER, rtol=1e-5)
+
+
+GOLDEN_BEFORE = 6.2632222
+GOLDEN_AFTER = 6.0938160
