@@ -90,3 +90,146 @@ def base_config(model_preset: str = 'tiny') -> ml_collections.ConfigDict:
   c.finetune.patience = 3  # Evaluations without improvement of domain_test before stopping.
   c.finetune.max_steps = 100_000
   return c
+
+
+def paper_config(model_preset: str) -> ml_collections.ConfigDict:
+  """Paper scale (Cloud TPU / GPU): OLMo tokenizer, 2048 × 2048-token batches, 200B tokens, δ = 2%.
+
+  The general (Dolma) and domain sets are not shipped: set config.data.general and config.data.domain.
+  """
+  c = base_config(model_preset)
+  c.model.dtype = 'bfloat16'
+  c.data.general = ''  # e.g. 'tokens:/data/dolma/*.npy?dtype=uint16' (OLMo's pre-tokenized Dolma).
+  c.data.domain = ''  # e.g. 'jsonl:/data/proofpile/*.jsonl?field=text'.
+  c.data.test_tokens = 2_000_000
+  return c
+
+
+def cpu_config(domain_spec: str, general_spec: str = 'builtin:english') -> ml_collections.ConfigDict:
+  """CPU scale on the built-in corpora: the whole pipeline in minutes on a laptop, same shape of problem.
+
+  A domain set much smaller than what pretraining reads, repeated several epochs at δ of a few percent.
+  """
+  c = base_config('cpu-2m')
+  c.data.general = general_spec
+  c.data.domain = domain_spec
+  c.data.tokenizer = 'bpe'
+  c.data.tokenizer_vocab_size = c.model.vocab_size
+  c.data.seq_len = 128
+  c.data.general_max_tokens = 3_000_000
+  c.data.domain_max_tokens = 60_000
+  c.data.test_fraction = 0.1
+  c.data.domain_train_sequences = 64
+  c.mixture.domain_fraction = 0.05
+  c.batch_size = 16
+  c.tokens = 1_000_000
+  c.optimizer.lr = 3e-3
+  c.schedule.kind = 'cosine'
+  c.schedule.warmup_steps = 50
+  c.schedule.horizon_tokens = c.tokens
+  c.schedule.final_lr = 3e-4
+  c.eval_every = 100
+  c.eval_sequences = 64
+  c.log_every = 20
+  c.checkpoint_every = 200
+  c.mesh.fsdp = 1
+  c.mesh.data = -1
+  c.finetune.batch_size = 16
+  c.finetune.grid = ((3e-4, 20), (1e-3, 20))
+  c.finetune.eval_every = 20
+  c.finetune.patience = 3
+  c.finetune.max_steps = 400
+  return c
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+  """Every leaf key of a config as a dotted path."""
+  keys = []
+  for key, value in config.items():
+    path = f'{prefix}{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      keys.extend(flat_keys(value, path + '.'))
+    keys.append(path)
+  return keys
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:preset]` (big_vision style): the file's get_config(preset)."""
+  import importlib.util
+  import pathlib
+  path, _, preset = spec.partition(':')
+  if not pathlib.Path(path).is_file():
+    raise ValueError(f'config file {path!r} does not exist; pass --config=configs/<domain>.py[:preset]')
+  module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(preset) if preset else module.get_config()
+
+
+def check_override_keys(config: ml_collections.ConfigDict, argv: list[str], flag: str = 'config') -> None:
+  """Raises a one-line ValueError for a `--config.key=value` whose key does not exist, naming close keys."""
+  import difflib
+  valid = flat_keys(config)
+  for arg in argv:
+    if not arg.startswith(f'--{flag}.'):
+      continue
+    key = arg[len(flag) + 3:].split('=', 1)[0]
+    if key not in valid:
+      close = difflib.get_close_matches(key, valid, n=5, cutoff=0.6)
+      hint = f'close valid keys: {", ".join(close)}' if close else 'see spt_jax/config.py for every key'
+      raise ValueError(f'unknown config key {key!r}; {hint}')
+
+
+def check_runnable(config: ml_collections.ConfigDict, backend: str) -> None:
+  """One-line errors for a config that cannot run here, before any data or compilation work."""
+  if config.stage not in ('pretrain', 'finetune', 'pipeline'):
+    raise ValueError(f'stage={config.stage!r}; use pretrain, finetune or pipeline')
+  if config.stage == 'finetune' and not config.init_from:
+    raise ValueError('stage=finetune needs --config.init_from=<pretrain workdir or checkpoint>')
+  missing = [key for key in ('general', 'domain') if not config.data[key]]
+  if missing:
+    raise ValueError(f'config.data.{" and config.data.".join(missing)} not set: point them at your data '
+                     "(e.g. --config.data.domain='files:/data/domain/*.txt'), or run the CPU-scale preset "
+                     '--config=configs/<domain>.py:tiny on the built-in corpora')
+  big = config.model.d_model >= 1024
+  if big and backend == 'cpu':
+    raise ValueError(f'model {config.model.preset} is paper scale and this host has only a CPU; run it on a '
+                     'TPU/GPU host, or run the CPU-scale preset --config=configs/<domain>.py:tiny')
+
+
+PAPER_PRESETS = {'1b': 'olmo-1b', '3b': 'olmo-3b', '600m': 'olmo-600m', '300m': 'olmo-300m'}
+
+
+def domain_config(preset: str, cpu_domain: str) -> ml_collections.ConfigDict:
+  """The config of one domain's experiment by preset name (what every configs/<domain>.py returns)."""
+  if preset in PAPER_PRESETS:
+    return paper_config(PAPER_PRESETS[preset])
+  if preset == 'tiny':
+    return cpu_config(cpu_domain)
+  if preset == 'test':
+    return test_config(cpu_domain)
+  raise ValueError(f'unknown preset {preset!r}; choose one of {sorted(PAPER_PRESETS) + ["tiny", "test"]}')
+
+
+def test_config(domain_spec: str) -> ml_collections.ConfigDict:
+  """The CPU pipeline shrunk to seconds: for end-to-end tests, not for results."""
+  c = cpu_config(domain_spec)
+  c.model = model_lib.preset_config('tiny')
+  c.data.tokenizer_vocab_size = c.model.vocab_size
+  c.data.seq_len = 32
+  c.data.general_max_tokens = 100_000
+  c.data.domain_max_tokens = 10_000
+  c.data.domain_train_sequences = 8
+  c.batch_size = 8
+  c.tokens = 8 * 32 * 40
+  c.schedule.horizon_tokens = c.tokens
+  c.schedule.warmup_steps = 5
+  c.eval_every = 20
+  c.eval_sequences = 16
+  c.log_every = 5
+  c.checkpoint_every = 20
+  c.finetune.batch_size = 8
+  c.finetune.grid = ((1e-3, 5),)
+  c.finetune.eval_every = 5
+  c.finetune.max_steps = 30
+  return c

@@ -1,0 +1,60 @@
+"""Entry point: flags -> config -> the stage(s) of a run (or a dry run). Nothing else lives here.
+
+  python -m spt_jax.main --config=configs/proofpile.py:tiny --workdir=/tmp/proofpile_tiny
+  python -m spt_jax.main --config=configs/proofpile.py --workdir=W --dry_run
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :preset.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where the run writes config, metrics, checkpoints, summary.')
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Build the abstract state and print what the run would be.')
+_DEVICES = flags.DEFINE_integer('devices', 0, 'Dry run only: plan for this many devices (default: present).')
+
+
+def main(argv):
+  del argv
+  import jax  # After flag parsing, so that --xla flags in the environment apply.
+  from spt_jax import config as config_lib
+  from spt_jax import dry_run
+  from spt_jax import sharding
+  config = _CONFIG.value
+  if _DRY_RUN.value:
+    summary = dry_run.describe(config, _DEVICES.value or jax.device_count())
+    print(dry_run.format_summary(summary))
+    print(json.dumps(summary))
+    return
+  if not _WORKDIR.value:
+    raise ValueError('--workdir is required: the folder where the run writes its checkpoints and metrics')
+  sharding.initialize_distributed()
+  config_lib.check_runnable(config, jax.default_backend())
+  from spt_jax import loop
+  from spt_jax import pipeline
+  if config.stage == 'pipeline':
+    pipeline.run_pipeline(config, _WORKDIR.value)
+  else:
+    loop.run(config, _WORKDIR.value, stage=config.stage)
+
+
+def _run():
+  """Validates override keys before absl sees them, and turns bad input into one line, not a traceback."""
+  from spt_jax import config as config_lib
+  try:
+    config_arg = next((a.split('=', 1)[1] for a in sys.argv if a.startswith('--config=')), None)
+    if config_arg:
+      config_lib.check_override_keys(config_lib.load(config_arg), sys.argv)
+    app.run(main)
+  except ValueError as error:
+    if os.environ.get('SPT_JAX_TRACEBACK'):
+      raise
+    sys.exit(f'error: {error}')
+
+
+if __name__ == '__main__':
+  _run()
