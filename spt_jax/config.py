@@ -89,6 +89,9 @@ def base_config(model_preset: str = 'tiny') -> ml_collections.ConfigDict:
   c.finetune.eval_every = 50
   c.finetune.patience = 3  # Evaluations without improvement of domain_test before stopping.
   c.finetune.max_steps = 100_000
+  # Earlier pretraining steps to finetune from as well (each grid point), e.g. for the compute multiplier and
+  # the finetuning-delta law (7); their checkpoints are kept. Empty: only the final pretraining state.
+  c.finetune.from_steps = ()
   return c
 
 

@@ -1,0 +1,34 @@
+"""Section 5: the best δ shifts with the budget. Sweep δ ∈ {0, 2, 5, 10}% with many finetuned checkpoints, fit
+the laws, and recommend δ per budget (the paper: 10% best early, then 5%, 2% past ~240B tokens on MusicPile).
+
+  python -m experiments.budget --config=configs/musicpile.py:tiny --workdir=runs/music_budget
+"""
+
+from absl import app
+from absl import flags
+
+from experiments import common
+
+_DELTAS = flags.DEFINE_string('deltas', '0,0.02,0.05,0.1', 'Comma-separated δ (fractions).')
+_CHECKPOINTS = flags.DEFINE_integer('checkpoints', 5, 'Earlier pretraining checkpoints to finetune from.')
+
+
+def main(argv):
+  del argv
+  from spt_jax import loop
+  base = common.base_config()
+  steps = loop.total_steps(loop.stage_config(base, 'pretrain'))
+  tokens = steps * base.batch_size * base.data.seq_len
+  from_steps = tuple(steps * k // (_CHECKPOINTS.value + 1) for k in range(1, _CHECKPOINTS.value + 1))
+  deltas = common.floats(_DELTAS.value)
+  workdirs = common.run_variants({
+      common.delta_name(d): common.variant(base, mixture__domain_fraction=d, finetune__from_steps=from_steps)
+      for d in deltas})
+  common.plan('fit', '--runs', *workdirs.values())
+  fit = f'{common.WORKDIR.value}/analysis/fit/fit.json'
+  budgets = [str(int(tokens * f)) for f in (0.25, 0.5, 1, 2, 4, 8)]
+  common.plan('recommend', '--fit', fit, '--tokens', *budgets, '--candidates', *map(str, deltas))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,34 @@
+"""Sections 3 and 5.1: sweep δ, finetune each run, then the gains over NPT and the overfitting scaling laws.
+
+  python -m experiments.delta_sweep --config=configs/musicpile.py:tiny --workdir=runs/music_delta_sweep
+Paper scale: --config=configs/musicpile.py:1b (plus the data paths), δ ∈ {0, 0.1, 1, 2, 5}%.
+Every pretraining run is also finetuned from earlier checkpoints (--checkpoints of them, evenly spaced), so the
+compute multiplier can be read off post-finetuning curves and the finetuning delta (7) fitted over steps.
+"""
+
+from absl import app
+from absl import flags
+
+from experiments import common
+
+_DELTAS = flags.DEFINE_string('deltas', '0,0.001,0.01,0.02,0.05', 'Comma-separated δ (fractions).')
+_CHECKPOINTS = flags.DEFINE_integer('checkpoints', 3, 'Earlier pretraining checkpoints to finetune from.')
+
+
+def main(argv):
+  del argv
+  from spt_jax import loop
+  base = common.base_config()
+  steps = loop.total_steps(loop.stage_config(base, 'pretrain'))
+  from_steps = tuple(steps * k // (_CHECKPOINTS.value + 1) for k in range(1, _CHECKPOINTS.value + 1))
+  variants = {common.delta_name(d): common.variant(base, mixture__domain_fraction=d, finetune__from_steps=from_steps)
+              for d in common.floats(_DELTAS.value)}
+  workdirs = common.run_variants(variants)
+  npt = workdirs.pop(common.delta_name(0.0), None)
+  if npt:
+    common.plan('gains', '--npt', npt, '--spt', *workdirs.values())
+  common.plan('fit', '--runs', *([npt] if npt else []), *workdirs.values())
+
+
+if __name__ == '__main__':
+  app.run(main)
