@@ -1,0 +1,111 @@
+"""Compute of 'pretrain a small model with SPT' against 'finetune a larger general model' (Figure 3).
+
+FLOPs per token (Kaplan et al. 2020 accounting, attention included):
+  training:  6·N + 12·n_layers·d_model·seq_len
+  inference: 2·N + 2·n_layers·d_model·context
+N counts every matmul parameter: the non-embedding weights plus the output projection V_pad·D (tied or not);
+the embedding lookup costs no FLOPs. The larger model's own pretraining is treated as already paid.
+"""
+
+import dataclasses
+import math
+
+TRAIN_FORMULA = 'training FLOPs/token = 6·N + 12·n_layers·d_model·seq_len'
+INFERENCE_FORMULA = 'inference FLOPs/token = 2·N + 2·n_layers·d_model·context'
+
+
+@dataclasses.dataclass
+class ModelSize:
+  """A model's matmul parameter count, and its shape for the attention term (0 when only N is known)."""
+  name: str
+  matmul_params: float
+  n_layers: int = 0
+  d_model: int = 0
+
+  def train_flops_per_token(self, seq_len: int) -> float:
+    return 6.0 * self.matmul_params + 12.0 * self.n_layers * self.d_model * seq_len
+
+  def inference_flops_per_token(self, context: int) -> float:
+    return 2.0 * self.matmul_params + 2.0 * self.n_layers * self.d_model * context
+
+
+def count_params(model_cfg) -> tuple:
+  """(total, non-embedding) parameters of an OLMo-style config: V_pad·D embedding (+ head), 4·D² + 3·D·F a layer."""
+  vocab = -(-int(model_cfg['vocab_size']) // 128) * 128
+  d, f, layers = int(model_cfg['d_model']), int(model_cfg['mlp_dim']), int(model_cfg['n_layers'])
+  non_embedding = layers * (4 * d * d + 3 * d * f)
+  embedding = vocab * d * (1 if model_cfg.get('tie_embeddings', True) else 2)
+  return non_embedding + embedding, non_embedding
+
+
+def model_size(spec: str) -> ModelSize:
+  """A preset name of spt_jax.model (e.g. olmo-1b) or a parameter count (1.2e9, 1.2B, 300M)."""
+  number = parse_count(spec)
+  if number is not None:
+    return ModelSize(spec, number)
+  from spt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  cfg = model_lib.preset_config(spec)
+  _, non_embedding = count_params(cfg)
+  vocab = -(-int(cfg['vocab_size']) // 128) * 128
+  return ModelSize(spec, float(non_embedding + vocab * cfg['d_model']), int(cfg['n_layers']), int(cfg['d_model']))
+
+
+_SUFFIXES = {'k': 1e3, 'm': 1e6, 'b': 1e9, 'g': 1e9, 't': 1e12}
+
+
+def parse_count(text) -> float | None:
+  """'200e9', '200B', '1.5T', '70M' -> a float; None when it is not a number."""
+  if isinstance(text, (int, float)):
+    return float(text)
+  text = str(text).strip().replace('_', '')
+  scale = _SUFFIXES.get(text[-1:].lower()) if text else None
+  try:
+    return float(text[:-1]) * scale if scale else float(text)
+  except ValueError:
+    return None
+
+
+def strategy_costs(small: ModelSize, large: ModelSize, pretrain_tokens: float, finetune_tokens: float,
+                   seq_len: int, context: int) -> dict:
+  """Fixed (training) and per-inference-token FLOPs of both strategies, and the break-even inference tokens."""
+  spt_train = small.train_flops_per_token(seq_len) * (pretrain_tokens + finetune_tokens)
+  ft_train = large.train_flops_per_token(seq_len) * finetune_tokens
+  spt_serve, ft_serve = small.inference_flops_per_token(context), large.inference_flops_per_token(context)
+  if spt_train <= ft_train:
+    break_even, note = 0.0, 'the SPT model costs no more to train: it is cheaper from the first inference token'
+  elif spt_serve >= ft_serve:
+    break_even, note = math.inf, 'the small model is not cheaper to serve: SPT never breaks even on compute'
+  else:
+    break_even, note = (spt_train - ft_train) / (ft_serve - spt_serve), ''
+  notes = [note] if note else []
+  if not small.n_layers or not large.n_layers:
+    notes.append('a model given as a parameter count has no attention term: pass a preset name to include it')
+  return {
+      'formulas': [TRAIN_FORMULA, INFERENCE_FORMULA,
+                   'SPT total = train_small·(D_PT + D_FT) + serve_small·I; FT-large total = train_large·D_FT + '
+                   'serve_large·I (its pretraining already paid)'],
+      'small': dataclasses.asdict(small), 'large': dataclasses.asdict(large),
+      'pretrain_tokens': pretrain_tokens, 'finetune_tokens': finetune_tokens, 'seq_len': seq_len,
+      'context': context,
+      'spt': {'training_flops': spt_train, 'inference_flops_per_token': spt_serve},
+      'finetune_large': {'training_flops': ft_train, 'inference_flops_per_token': ft_serve},
+      'break_even_inference_tokens': break_even, 'notes': notes,
+  }
+
+
+def total_flops(costs: dict, strategy: str, inference_tokens):
+  """Training plus serving FLOPs of one strategy ('spt' or 'finetune_large') after inference_tokens."""
+  part = costs[strategy]
+  return part['training_flops'] + part['inference_flops_per_token'] * inference_tokens
+
+
+def format_costs(costs: dict) -> str:
+  lines = [f'- {f}' for f in costs['formulas']]
+  for key, label, size in (('spt', f'SPT {costs["small"]["name"]}', costs['small']),
+                           ('finetune_large', f'finetune {costs["large"]["name"]}', costs['large'])):
+    part = costs[key]
+    lines.append(f'- {label} (N={size["matmul_params"]:.4g}): training {part["training_flops"]:.3e} FLOPs, '
+                 f'serving {part["inference_flops_per_token"]:.3e} FLOPs/token')
+  lines.append(f'- break-even after {costs["break_even_inference_tokens"]:.3e} inference tokens')
+  lines += [f'- {note}' for note in costs['notes']]
+  return '\n'.join(lines)

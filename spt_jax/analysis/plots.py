@@ -1,0 +1,136 @@
+"""PNG figures for the plan reports (matplotlib Agg): fits, forecasts, optimal δ, gains, cost, similarity."""
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from spt_jax.analysis import cost as cost_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from spt_jax.analysis import scaling  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _colors(n: int):
+  return plt.cm.viridis(np.linspace(0.0, 0.9, max(n, 1)))
+
+
+def _save(figure, path: str) -> str:
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+  return path
+
+
+def _percent(delta: float) -> str:
+  return f'δ={100 * delta:g}%'
+
+
+def fit_plot(data: scaling.ScalingData, law: scaling.ScalingLaw, path: str) -> str:
+  """Observed domain train/test loss and gap against the joint fit, one colour per δ."""
+  figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+  deltas = np.unique(data.delta)
+  grid = np.geomspace(np.min(data.tokens), np.max(data.tokens), 200)
+  for color, d in zip(_colors(len(deltas)), deltas):
+    mask = data.delta == d
+    left.scatter(data.tokens[mask], data.test_loss[mask], s=12, color=color, marker='o')
+    left.scatter(data.tokens[mask], data.train_loss[mask], s=12, color=color, marker='x')
+    left.plot(grid, law.test_loss(d, grid), color=color, label=_percent(d))
+    left.plot(grid, law.train_loss(d, grid), color=color, linestyle='--')
+    right.scatter(data.tokens[mask], data.test_loss[mask] - data.train_loss[mask], s=12, color=color)
+    right.plot(grid, law.gap(d, grid), color=color, label=_percent(d))
+  left.set(xscale='log', xlabel='pretraining tokens', ylabel='domain loss (nats/token)',
+           title='test (o, solid) and train (x, dashed): data vs fit')
+  right.set(xscale='log', xlabel='pretraining tokens', ylabel='test − train (nats/token)',
+            title='train-test gap: data vs eq. (2)')
+  left.legend(fontsize=8)
+  right.legend(fontsize=8)
+  for axis in (left, right):
+    axis.grid(True, which='both', alpha=0.3)
+  return _save(figure, path)
+
+
+def forecast_plot(law: scaling.ScalingLaw, deltas, token_range, path: str) -> str:
+  """Forecast test and post-FT loss curves per δ, with each δ's overfitting onset marked."""
+  figure, axis = plt.subplots(figsize=(8, 5))
+  grid = np.geomspace(token_range[0], token_range[1], 300)
+  for color, d in zip(_colors(len(deltas)), deltas):
+    axis.plot(grid, law.test_loss(d, grid), color=color, label=f'{_percent(d)} test')
+    if law.finetune_delta:
+      axis.plot(grid, law.post_ft_loss(d, grid), color=color, linestyle='--', label=f'{_percent(d)} post-FT')
+    onset = scaling.overfitting_onset(law, d)
+    if onset and token_range[0] <= onset <= token_range[1]:
+      axis.plot([onset], [law.test_loss(d, onset)], marker='v', color=color, markersize=9)
+  if law.token_range:
+    axis.axvline(law.token_range[1], color='grey', linestyle=':', label='largest fitted budget')
+  axis.set(xscale='log', xlabel='pretraining tokens', ylabel='domain loss (nats/token)',
+           title='forecast domain loss (▼ overfitting onset)')
+  axis.grid(True, which='both', alpha=0.3)
+  axis.legend(fontsize=8, ncol=2)
+  return _save(figure, path)
+
+
+def optimal_delta_plot(budgets, best_deltas, path: str, candidates=None, candidate_best=None) -> str:
+  """Best δ (percent) against the pretraining budget."""
+  figure, axis = plt.subplots(figsize=(8, 4.5))
+  axis.plot(budgets, 100 * np.asarray(best_deltas), marker='o', label='best δ (continuous)')
+  if candidate_best is not None:
+    axis.step(budgets, 100 * np.asarray(candidate_best), where='mid', linestyle='--',
+              label=f'best of {", ".join(f"{100 * c:g}%" for c in candidates)}')
+  axis.set(xscale='log', xlabel='pretraining budget (tokens)', ylabel='optimal δ (%)',
+           title='optimal domain fraction against budget')
+  axis.grid(True, which='both', alpha=0.3)
+  axis.legend()
+  return _save(figure, path)
+
+
+def gains_plot(result: dict, path: str) -> str:
+  """Post-finetuning domain test loss against pretraining tokens for NPT, SPT (and a larger NPT)."""
+  figure, axis = plt.subplots(figsize=(8, 5))
+  rows = [result['npt']] + ([result['npt_large']] if result['npt_large'] else []) + result['spt']
+  for color, row in zip(_colors(len(rows)), rows):
+    label = f'{row["run"]} ({_percent(row["delta"])}, {row["model"] or "model"})'
+    axis.plot(row['curve']['tokens'], row['curve']['loss'], marker='o', color=color, label=label)
+  axis.axhline(result['npt']['post_ft_loss'], color='grey', linestyle=':', label='NPT final post-FT loss')
+  axis.set(xscale='log', xlabel='pretraining tokens', ylabel='best post-FT domain test loss',
+           title='post-finetuning domain loss by pretraining budget')
+  axis.grid(True, which='both', alpha=0.3)
+  axis.legend(fontsize=8)
+  return _save(figure, path)
+
+
+def cost_plot(costs: dict, path: str, max_inference_tokens: float | None = None) -> str:
+  """Figure-3 style: total FLOPs (training + serving) against inference tokens for both strategies."""
+  break_even = costs['break_even_inference_tokens']
+  top = max_inference_tokens or (100 * break_even if 0 < break_even < np.inf else 1e15)
+  tokens = np.geomspace(top * 1e-6, top, 300)
+  figure, axis = plt.subplots(figsize=(8, 5))
+  axis.plot(tokens, cost_lib.total_flops(costs, 'spt', tokens), label=f'SPT {costs["small"]["name"]}')
+  axis.plot(tokens, cost_lib.total_flops(costs, 'finetune_large', tokens),
+            label=f'finetune {costs["large"]["name"]}')
+  if 0 < break_even < np.inf:
+    axis.axvline(break_even, color='grey', linestyle=':', label=f'break-even {break_even:.3g} tokens')
+  axis.set(xscale='log', yscale='log', xlabel='inference tokens served', ylabel='total FLOPs',
+           title='training + inference compute')
+  axis.grid(True, which='both', alpha=0.3)
+  axis.legend()
+  return _save(figure, path)
+
+
+def _short(name: str, width: int = 28) -> str:
+  return name if len(name) <= width else '…' + name[-(width - 1):]
+
+
+def similarity_plot(rows: list, path: str) -> str:
+  """Grouped bars of each metric per corpus against the reference."""
+  keys = [k for k in ('unigram_jsd', 'bigram_jsd', 'trigram_jsd', 'c2st_auc', 'mauve') if k in rows[0]]
+  figure, axis = plt.subplots(figsize=(max(6, 2 * len(rows) + 3), 4.5))
+  width = 0.8 / len(keys)
+  positions = np.arange(len(rows))
+  for i, (color, key) in enumerate(zip(_colors(len(keys)), keys)):
+    axis.bar(positions + i * width, [row[key] for row in rows], width, color=color, label=key)
+  axis.set_xticks(positions + width * (len(keys) - 1) / 2, [_short(row['corpus']) for row in rows],
+                  rotation=10)
+  axis.set(ylim=(0, 1.05), ylabel='value (JSD in bits)', title=f'similarity to {_short(rows[0]["reference"], 60)}')
+  axis.legend(fontsize=8, bbox_to_anchor=(1.01, 1.0), loc='upper left')
+  axis.grid(True, axis='y', alpha=0.3)
+  return _save(figure, path)

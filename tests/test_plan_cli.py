@@ -1,0 +1,159 @@
+"""The plan CLI end to end over fake run workdirs written in the formats the training loop writes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from spt_jax import plan
+from tests import test_scaling
+
+
+def _write_pipeline(root, delta, seed, nan_row=False, tokenizer='bpe-1234', with_train_eval=True):
+  """A pipeline workdir: W/pretrain/{config.json, metrics.jsonl, summary.json} and W/summary.json."""
+  law, rng = test_scaling.true_law(), np.random.default_rng(seed)
+  workdir = root / f'delta{delta:g}'
+  (workdir / 'pretrain').mkdir(parents=True)
+  config = {'stage': 'pretrain', 'mixture': {'domain_fraction': delta, 'stages': []},
+            'data': {'seq_len': 128, 'tokenizer': 'bpe'}, 'model': {'preset': 'cpu-2m'}}
+  (workdir / 'pretrain' / 'config.json').write_text(json.dumps(config))
+  records = [{'step': 0, 'tokens': 0, 'eval/domain_test/loss': 9.0, 'eval/domain_train/loss': 9.0}]
+  for step, tokens in enumerate(np.geomspace(2e9, 2e11, 15), 1):
+    record = {'step': step * 100, 'tokens': float(tokens), 'train/loss': 2.0, 'lr': 1e-3}
+    record['eval/domain_test/loss'] = float(law.test_loss(delta, tokens) * (1 + 0.01 * rng.standard_normal()))
+    if with_train_eval:
+      record['eval/domain_train/loss'] = float(law.train_loss(delta, tokens) * (1 + 0.01 * rng.standard_normal()))
+    record['eval/gap'] = record['eval/domain_test/loss'] - record.get('eval/domain_train/loss', 0)
+    records.append(record)
+    records.append({'step': step * 100 + 10, 'tokens': float(tokens) + 1, 'train/loss': 2.0})  # no eval
+  if nan_row:
+    records[3]['eval/domain_test/loss'] = float('nan')
+  (workdir / 'pretrain' / 'metrics.jsonl').write_text('\n'.join(json.dumps(r) for r in records) + '\n')
+  summary = {'stage': 'pretrain', 'steps': 1500, 'tokens': 2e11, 'stop_reason': 'budget', 'domain_fraction': delta,
+             'model': 'cpu-2m', 'params': 1572864, 'seq_len': 128, 'tokenizer': tokenizer,
+             'final': {'domain_test': 2.0}, 'best': {'step': 1500, 'tokens': 2e11, 'eval': {'domain_test': 2.0}}}
+  (workdir / 'pretrain' / 'summary.json').write_text(json.dumps(summary))
+  finetunes = []
+  for step, tokens in enumerate(np.geomspace(5e9, 2e11, 6)):
+    before = float(law.test_loss(delta, tokens))
+    for lr, extra in ((1e-4, 0.0), (1e-5, 0.01)):
+      finetunes.append({'pretrain_step': step, 'pretrain_tokens': float(tokens), 'lr': lr, 'warmup': 50,
+                        'best_domain_test_loss': float(law.post_ft_loss(delta, tokens)) + extra, 'best_step': 20,
+                        'epochs': 4.0, 'general_test_loss_before': 3.0, 'general_test_loss_after': 3.0 + 0.1 - delta,
+                        'domain_test_loss_before': before})
+  best = min(finetunes, key=lambda f: f['best_domain_test_loss'])
+  (workdir / 'summary.json').write_text(json.dumps({'pretrain': summary, 'finetunes': finetunes, 'best': best}))
+  return str(workdir)
+
+
+@pytest.fixture(scope='module')
+def workdirs(tmp_path_factory):
+  root = tmp_path_factory.mktemp('runs')
+  return [_write_pipeline(root, d, seed) for seed, d in enumerate(test_scaling.DELTAS)]
+
+
+@pytest.fixture(scope='module')
+def fit_dir(workdirs, tmp_path_factory):
+  out = tmp_path_factory.mktemp('fit')
+  assert plan.main(['fit', '--runs', *workdirs, '--bootstrap', '10', '--out', str(out)]) == 0
+  return out
+
+
+def _lines(capsys):
+  return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{')]
+
+
+def test_fit_writes_parameters_plot_and_report(fit_dir):
+  fit = json.loads((fit_dir / 'fit.json').read_text())
+  assert fit['residuals']['n_points'] == 90
+  assert fit['fitted_deltas'] == list(test_scaling.DELTAS)
+  assert len(fit['finetune_delta']) == 6
+  assert (fit_dir / 'fit.png').stat().st_size > 10_000
+  assert '![data vs fit](fit.png)' in (fit_dir / 'report.md').read_text()
+
+
+def test_forecast_and_recommend(fit_dir, capsys, tmp_path):
+  capsys.readouterr()
+  fit = str(fit_dir / 'fit.json')
+  assert plan.main(['forecast', '--fit', fit, '--delta', '0.03', '--tokens', '1e11', '400B', '--out',
+                    str(tmp_path)]) == 0
+  lines = _lines(capsys)
+  truth = test_scaling.true_law()
+  assert lines[0]['test_loss'] == pytest.approx(float(truth.test_loss(0.03, 1e11)), rel=0.02)
+  assert lines[1]['tokens'] == 4e11 and lines[2]['delta'] == 0.03 and 'overfitting_onset_tokens' in lines[2]
+  assert plan.main(['recommend', '--fit', fit, '--tokens', '3e10', '2e11', '--candidates', '0', '0.02', '0.05',
+                    '0.1', '--crossover', '0.05', '0.1', '--out', str(tmp_path)]) == 0
+  lines = _lines(capsys)
+  assert lines[0]['best_candidate'] == 0.1 and lines[1]['best_candidate'] == 0.05
+  crossing = [line for line in lines if 'crossover' in line]
+  assert crossing and crossing[0]['better_after'] == 0.05
+  assert (tmp_path / 'optimal_delta.png').exists() and (tmp_path / 'forecast.png').exists()
+
+
+def test_gains_cost_and_similarity_subcommands(workdirs, capsys, tmp_path):
+  capsys.readouterr()
+  assert plan.main(['gains', '--npt', workdirs[0], '--spt', workdirs[3], workdirs[4], '--out', str(tmp_path)]) == 0
+  out = capsys.readouterr().out
+  assert 'relative gain' in out and 'delta0.02 (SPT)' in out
+  result = json.loads((tmp_path / 'gains.json').read_text())
+  truth = test_scaling.true_law()
+  npt, spt = float(truth.post_ft_loss(0.0, 2e11)), float(truth.post_ft_loss(0.02, 2e11))
+  assert result['spt'][0]['relative_gain'] == pytest.approx(100 * (npt - spt) / npt, rel=1e-6)
+  assert plan.main(['cost', '--small', 'olmo-1b', '--large', 'olmo-3b', '--format', 'json', '--out',
+                    str(tmp_path)]) == 0
+  costs = json.loads(capsys.readouterr().out)
+  assert costs['break_even_inference_tokens'] > 0 and (tmp_path / 'cost.png').exists()
+  rng = np.random.default_rng(0)
+  np.save(tmp_path / 'a.npy', rng.integers(0, 50, (20, 33)).astype(np.uint16))
+  np.save(tmp_path / 'b.npy', rng.integers(50, 100, (20, 33)).astype(np.uint16))
+  assert plan.main(['similarity', str(tmp_path / 'a.npy'), str(tmp_path / 'a.npy'), str(tmp_path / 'b.npy'),
+                    '--format', 'json', '--out', str(tmp_path)]) == 0
+  rows = json.loads(capsys.readouterr().out)
+  assert rows[0]['unigram_jsd'] == pytest.approx(0.0) and rows[1]['unigram_jsd'] == pytest.approx(1.0)
+  assert (tmp_path / 'similarity.png').exists() and (tmp_path / 'report.md').exists()
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, capsys, workdirs):
+  capsys.readouterr()
+  with pytest.raises(SystemExit):
+    plan.main(['forecast', '--fit', 'x.json', '--delta', '2', '--tokens', '1e9'])
+  assert 'fraction' in capsys.readouterr().err
+  csv = tmp_path / 'percent.csv'
+  csv.write_text('delta,tokens,domain_train_loss,domain_test_loss\n2,1e9,2.0,2.1\n')
+  assert plan.main(['fit', '--csv', str(csv), '--out', str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert 'percent' in err and len(err.strip().splitlines()) == 1
+  missing = _write_pipeline(tmp_path, 0.02, 0, with_train_eval=False)
+  assert plan.main(['fit', '--runs', workdirs[0], missing, '--out', str(tmp_path)]) == 2
+  assert 'eval/domain_train/loss' in capsys.readouterr().err
+  mixed = _write_pipeline(tmp_path / 'mixed', 0.05, 0, tokenizer='olmo')
+  assert plan.main(['fit', '--runs', workdirs[0], mixed, '--out', str(tmp_path)]) == 2
+  assert 'different tokenizers' in capsys.readouterr().err
+  few = tmp_path / 'few.csv'
+  few.write_text('delta,tokens,domain_train_loss,domain_test_loss\n0.01,1e9,2.0,2.1\n0.02,2e9,1.9,2.0\n')
+  assert plan.main(['fit', '--csv', str(few), '--out', str(tmp_path)]) == 2
+  assert 'cannot fit 12 parameters' in capsys.readouterr().err
+
+
+def test_nan_evaluations_are_dropped_with_a_warning(tmp_path, capsys):
+  from spt_jax.analysis import runs
+  workdir = _write_pipeline(tmp_path, 0.02, 0, nan_row=True)
+  with pytest.warns(UserWarning, match='NaN'):
+    curve = runs.eval_curve(runs.read(workdir))
+  assert len(curve['tokens']) == 14 and np.all(np.isfinite(curve['domain_test']))
+
+
+def test_csv_input(tmp_path, capsys):
+  data = test_scaling.synthetic_data(points=15)
+  post = {(d, t): l for d, t, l in zip(data.ft_delta, data.ft_tokens, data.ft_drop)}
+  lines = ['delta,tokens,domain_train_loss,domain_test_loss,post_ft_domain_test_loss']
+  for d, t, train, test in zip(data.delta, data.tokens, data.train_loss, data.test_loss):
+    lines.append(f'{d},{t},{train},{test},')
+  law = test_scaling.true_law()
+  for (d, t), drop in post.items():
+    test = float(law.test_loss(d, t))
+    lines.append(f'{d},{t},{float(law.train_loss(d, t))},{test},{test - drop}')
+  (tmp_path / 'points.csv').write_text('\n'.join(lines) + '\n')
+  assert plan.main(['fit', '--csv', str(tmp_path / 'points.csv'), '--bootstrap', '5', '--out', str(tmp_path)]) == 0
+  fit = json.loads((tmp_path / 'fit.json').read_text())
+  assert fit['residuals']['n_points'] == 90 + len(post) and len(fit['finetune_delta']) == 6

@@ -1,0 +1,135 @@
+"""The scaling-law fits recover forecasts, optima and crossovers of data generated from known laws (1)-(7)."""
+
+import time
+
+import numpy as np
+import pytest
+
+from spt_jax.analysis import scaling
+
+# A generating law shaped like the paper's MusicPile: 10% is best early and overfits near 26B tokens, 5% takes
+# over near 52B; δ in percent and T in billions inside the formulas.
+TRUE = dict(A_train=0.6, b_train_s=-0.11, b_train_g=-0.1, kappa0=1.5, kappa1=0.06, kappa2=0.3, kappa3=0.01,
+            alpha1=0.006, alpha2=1.0, alpha3=-0.3, b_gap_s=0.05, b_gap_g=-0.05)
+DELTAS = (0.0, 0.001, 0.01, 0.02, 0.05, 0.1)
+
+
+def finetune_abc(delta):
+  return (0.3 - 2 * delta, -0.3, 0.08 - 0.6 * delta)
+
+
+def true_law():
+  held_out = DELTAS + (0.005, 0.03)
+  return scaling.ScalingLaw(dict(TRUE), 1e9, {d: finetune_abc(d) for d in held_out}, DELTAS, (2e9, 2e11))
+
+
+def synthetic_data(seed=0, points=40, noise=0.01, deltas=DELTAS):
+  """Train/test losses from the true law with 1% multiplicative noise; 8 finetuned checkpoints per δ."""
+  law, rng = true_law(), np.random.default_rng(seed)
+  tokens = np.geomspace(2e9, 2e11, points)
+  delta, t = np.repeat(deltas, points), np.tile(tokens, len(deltas))
+  train = law.train_loss(delta, t) * (1 + noise * rng.standard_normal(len(t)))
+  test = law.test_loss(delta, t) * (1 + noise * rng.standard_normal(len(t)))
+  ft_tokens = np.geomspace(5e9, 2e11, 8)
+  ft_delta, ft_t = np.repeat(deltas, 8), np.tile(ft_tokens, len(deltas))
+  post = np.array([law.post_ft_loss(d, x) for d, x in zip(ft_delta, ft_t)])
+  post *= 1 + noise * rng.standard_normal(len(ft_t))
+  before = np.array([law.test_loss(d, x) for d, x in zip(ft_delta, ft_t)])
+  return scaling.ScalingData(delta, t, train, test, ft_delta, ft_t, before - post)
+
+
+@pytest.fixture(scope='module')
+def fitted():
+  data = synthetic_data()
+  start = time.time()
+  fit = scaling.fit_joint(data, bootstrap=50)
+  return fit, scaling.law_from_fit(fit), time.time() - start
+
+
+def test_fit_of_240_points_takes_seconds(fitted):
+  fit, _, seconds = fitted
+  assert fit['residuals']['n_points'] == 240
+  assert seconds < 30  # A few seconds on one core; generous for a shared 2-core machine.
+  assert 0.005 < fit['residuals']['rms_log_test'] < 0.02  # The 1% noise, not a misfit.
+
+
+@pytest.mark.parametrize('delta', [0.005, 0.03])
+@pytest.mark.parametrize('tokens', [2e11, 4e11])
+def test_forecasts_at_held_out_delta_and_twice_the_budget_within_2_percent(fitted, delta, tokens):
+  _, law, _ = fitted
+  truth = true_law()
+  for method in ('train_loss', 'test_loss', 'post_ft_loss'):
+    predicted, expected = float(getattr(law, method)(delta, tokens)), float(getattr(truth, method)(delta, tokens))
+    assert abs(predicted / expected - 1) < 0.02, (method, predicted, expected)
+
+
+def test_forecast_reports_extrapolation(fitted):
+  _, law, _ = fitted
+  result = scaling.forecast(law, 0.03, 4e11)
+  assert result['finetune_delta_from'] == 'interpolated in δ between fitted δ'
+  assert any('largest fitted budget' in note for note in result['notes'])
+  assert result['post_ft_loss'] == pytest.approx(result['test_loss'] - result['finetune_delta'])
+
+
+def test_overfitting_onset_where_the_generating_law_puts_it(fitted):
+  _, law, _ = fitted
+  truth = true_law()
+  grid = np.geomspace(1e9, 1e12, 20001)
+  brute = grid[np.argmin(truth.test_loss(0.1, grid))]
+  assert scaling.overfitting_onset(truth, 0.1) == pytest.approx(brute, rel=1e-3)  # Closed form is right.
+  assert scaling.overfitting_onset(law, 0.1) == pytest.approx(brute, rel=0.15)
+  assert scaling.overfitting_onset(truth, 0.0) is None  # No gap without domain data: never overfits.
+
+
+def test_best_delta_and_crossover_where_the_generating_law_puts_them(fitted):
+  _, law, _ = fitted
+  truth = true_law()
+  for tokens in (3e10, 1e11, 2e11):
+    grid = np.linspace(0, 0.1, 2001)
+    brute = grid[np.argmin([truth.post_ft_loss(d, tokens) for d in grid])]
+    assert scaling.best_delta(truth, tokens, delta_max=0.1)[0] == pytest.approx(brute, abs=1e-4)
+    assert scaling.best_delta(law, tokens, delta_max=0.1)[0] == pytest.approx(brute, abs=0.008)
+  assert scaling.best_delta(truth, 3e10, candidates=[0, 0.02, 0.05, 0.1])[0] == 0.1
+  true_cross = scaling.crossovers(truth, 0.05, 0.1, (5e9, 4e11))
+  fitted_cross = scaling.crossovers(law, 0.05, 0.1, (5e9, 4e11))
+  assert [c['better_after'] for c in true_cross] == [0.05] == [c['better_after'] for c in fitted_cross]
+  assert fitted_cross[0]['tokens'] == pytest.approx(true_cross[0]['tokens'], rel=0.2)
+
+
+def test_fit_json_round_trip_and_meanings(fitted):
+  fit, law, _ = fitted
+  again = scaling.ScalingLaw.from_json(fit)
+  assert float(again.test_loss(0.02, 1e11)) == pytest.approx(float(law.test_loss(0.02, 1e11)))
+  assert set(fit['params']) == set(scaling.JOINT_NAMES)
+  assert all(entry['meaning'] and entry['ci95'] for entry in fit['params'].values())
+  assert 'percent' in fit['units']['delta']
+
+
+def test_delta_in_percent_is_an_error():
+  data = synthetic_data(points=5)
+  data.delta = data.delta * 100
+  with pytest.raises(ValueError, match='fraction'):
+    data.validate()
+  with pytest.raises(ValueError, match='0.02 for 2%'):
+    true_law().test_loss(2.0, 1e10)
+
+
+def test_too_few_points_nan_and_single_delta_are_errors():
+  data = synthetic_data(points=2, deltas=(0.0, 0.01, 0.02))
+  with pytest.raises(ValueError, match='cannot fit 12 parameters'):
+    data.validate()
+  data = synthetic_data(points=10)
+  data.test_loss[3] = np.nan
+  with pytest.raises(ValueError, match='NaN'):
+    data.validate()
+  with pytest.raises(ValueError, match='several δ'):
+    synthetic_data(points=20, deltas=(0.02,)).validate()
+
+
+def test_unidentified_parameters_are_warned():
+  # Two δ only: eqs. (5)-(6) cannot be pinned down, and the fit must say so.
+  data = synthetic_data(points=15, deltas=(0.0, 0.05))
+  fit = scaling.fit_joint(data, bootstrap=20)
+  text = ' '.join(fit['warnings'])
+  assert 'distinct δ' in text
+  assert 'identify' in text or 'CI' in text
