@@ -11,6 +11,7 @@ import os
 from typing import Any, Sequence
 
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -19,8 +20,9 @@ CHECKPOINTS = 'checkpoints'
 CONFIG_FILE = 'config.json'
 # The metric orbax ranks checkpoints by: eval domain_test loss, lower is better.
 BEST_METRIC = 'domain_test_loss'
-# Keys that may change between a run and its resumption without changing what it computes.
-RESUME_IGNORED = ('resume_mismatched', 'data.cache_dir', 'data.num_workers', 'log_every')
+# Keys that may change between a run and its resumption without changing what it computes (init_from is only
+# read by a fresh start, and a workdir may be moved).
+RESUME_IGNORED = ('resume_mismatched', 'data.cache_dir', 'data.num_workers', 'log_every', 'init_from')
 
 
 def config_dict(config) -> dict:
@@ -94,8 +96,11 @@ class Checkpoints:
                                               n=1, keep_checkpoints_without_metrics=False)]
     if keep_steps:
       policies.append(ocp.checkpoint_managers.CustomSteps(steps=list(keep_steps)))
+    # best_fn only makes orbax persist each step's metrics (the preservation policy does the keeping), so that
+    # the best checkpoint is still known after a restart.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        best_fn=lambda metrics: metrics[BEST_METRIC], best_mode='min',
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True)
     self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'meta'))
@@ -108,9 +113,7 @@ class Checkpoints:
 
   def best_step(self) -> int | None:
     """The kept step with the lowest domain_test loss (None when no checkpoint carries one)."""
-    scored = [(metrics[BEST_METRIC], step) for step in self.manager.all_steps()
-              if (metrics := self.manager.metrics(step)) and BEST_METRIC in metrics]
-    return min(scored)[1] if scored else None
+    return _best(self.manager, self.manager.all_steps())
 
   def save(self, step: int, state, meta: dict, domain_test_loss: float | None = None) -> bool:
     """Starts an asynchronous save; refuses non-finite losses and never overwrites an existing step."""
@@ -144,6 +147,16 @@ class Checkpoints:
     self.manager.close()
 
 
+def _best(manager, steps) -> int | None:
+  """The step with the lowest domain_test loss among steps (metrics live in each step's metadata)."""
+  scored = []
+  for step in steps:
+    metrics = manager.metadata(step).metrics or {}
+    if BEST_METRIC in metrics:
+      scored.append((metrics[BEST_METRIC], step))
+  return min(scored)[1] if scored else None
+
+
 def _step_dirs(directory: str) -> list[int]:
   return sorted(int(name) for name in os.listdir(directory)
                 if name.isdigit() and os.path.isdir(os.path.join(directory, name, 'state')))
@@ -166,9 +179,8 @@ def resolve_checkpoint(path: str) -> str:
   if saved.get('stage') == 'finetune':
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                                     item_names=('state', 'meta'))
-    scored = [(m[BEST_METRIC], s) for s in steps if (m := manager.metrics(s)) and BEST_METRIC in m]
+    step = _best(manager, steps) or step
     manager.close()
-    step = min(scored)[1] if scored else step
   return os.path.join(directory, str(step))
 
 
@@ -184,11 +196,7 @@ def restore_params(path: str, abstract_params, optional: Sequence[str] = ('lm_he
   that the caller can create them (Trainer.state_from_params unties the head from the embedding).
   """
   step_dir = resolve_checkpoint(path)
-  checkpointer = ocp.PyTreeCheckpointer()
-  try:
-    stored = checkpointer.metadata(os.path.join(step_dir, 'state')).item_metadata.tree['params']
-  finally:
-    checkpointer.close()
+  stored = ocp.PyTreeCheckpointHandler().metadata(epath.Path(step_dir) / 'state').tree['params']
   target = {key: value for key, value in abstract_params.items() if key in stored or key not in optional}
   stored_shapes = {_key_name(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(stored)}
   model_shapes = {_key_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(target)}

@@ -69,10 +69,12 @@ def base_config(model_preset: str = 'tiny') -> ml_collections.ConfigDict:
   c.schedule.decay_shape = 'linear'  # WSD decay: 'linear', 'cosine' or '1-sqrt'.
 
   c.eval_every = 1000  # Steps between evaluations (0: only at the end).
+  c.patience = 0  # Early stopping: evaluations of domain_test without improvement (0: off; finetuning sets it).
   c.eval_sequences = 256  # Sequences per eval set (a fixed, seeded sample).
   c.eval_batch_size = 0  # 0: batch_size.
   c.extra_eval = ml_collections.ConfigDict()  # name -> source spec of any further held-out set.
   c.log_every = 10
+  c.peak_flops = 0.0  # Per-chip peak FLOP/s for MFU; 0: a table of accelerators or a measurement; < 0: no MFU.
   c.checkpoint_every = 1000
   c.keep_checkpoints = 2  # Last N kept, plus the best by domain_test loss.
   c.resume_mismatched = False  # Resume a workdir even if its config.json differs from this config.

@@ -37,9 +37,11 @@ def main(argv):
   from spt_jax import loop
   from spt_jax import pipeline
   if config.stage == 'pipeline':
-    pipeline.run_pipeline(config, _WORKDIR.value)
+    result = pipeline.run_pipeline(config, _WORKDIR.value)
   else:
-    loop.run(config, _WORKDIR.value, stage=config.stage)
+    result = loop.run(config, _WORKDIR.value, stage=config.stage)
+  if result['stop_reason'] == 'nonfinite_loss':  # Preemption exits 0 so that the scheduler restarts the run.
+    sys.exit(1)
 
 
 def _run():

@@ -14,6 +14,7 @@ from spt_jax import train
 
 
 def _state(value: float, head: bool = False, width: int = 3) -> train.TrainState:
+  value = float(value)
   params = {'embed': {'embedding': jnp.full((8, width), value)}, 'blocks': {'w': jnp.arange(6.0) * value}}
   if head:
     params['lm_head'] = {'kernel': jnp.full((width, 8), -value)}
@@ -40,6 +41,14 @@ def test_keeps_last_n_plus_best(tmp_path):
   assert checkpoints.all_steps() == [2, 5, 6]
   assert checkpoints.best_step() == 2
   assert checkpoints.latest_step() == 6
+  checkpoints.close()
+  # After a restart the best is still known and still kept.
+  checkpoints = checkpoint.Checkpoints(str(tmp_path), keep=2)
+  assert checkpoints.best_step() == 2
+  for step in (7, 8):
+    checkpoints.save(step, _state(step), {'train_loss': 1.0})
+  checkpoints.wait()
+  assert checkpoints.all_steps() == [2, 7, 8]
   checkpoints.close()
 
 

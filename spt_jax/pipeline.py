@@ -1,0 +1,157 @@
+"""The paper's pipeline: pretrain, finetune every grid point from the same parameters, summarise and report.
+
+W/pretrain is one run; W/finetune/<name>/ one run per grid point (and per earlier pretraining checkpoint in
+finetune.from_steps); W/summary.json and W/report.md compare them. Every run resumes, so rerunning the same
+command after a preemption continues where it stopped and skips what has finished.
+"""
+
+import json
+import math
+import os
+import time
+
+from absl import logging
+import jax
+import ml_collections
+
+from spt_jax import checkpoint
+from spt_jax import loop
+
+
+def point_name(lr: float, warmup: int, pretrain_step: int | None = None) -> str:
+  """Folder name of a finetune run, e.g. lr1e-05_wu50 (or step1000_lr1e-05_wu50 from an earlier checkpoint)."""
+  name = f'lr{lr:g}_wu{int(warmup)}'
+  return name if pretrain_step is None else f'step{int(pretrain_step)}_{name}'
+
+
+def _check(config) -> list[int]:
+  """The pretraining steps to finetune from besides the last; one-line errors before any work."""
+  grid = list(config.finetune.grid)
+  if not grid or any(len(point) != 2 or point[0] <= 0 or point[1] < 0 for point in grid):
+    raise ValueError(f'finetune.grid={config.finetune.grid} must be a non-empty tuple of (lr > 0, warmup >= 0) '
+                     'pairs, e.g. ((1e-5, 50), (4e-5, 100)).')
+  from_steps = sorted(int(s) for s in (config.finetune.from_steps))
+  steps = loop.total_steps(loop.stage_config(config, 'pretrain'))
+  bad = [s for s in from_steps if not 0 < s < steps]
+  if bad:
+    raise ValueError(f'finetune.from_steps {bad} are outside the pretraining run (1..{steps - 1}); drop them '
+                     'or lengthen the run.')
+  return from_steps
+
+
+def _finetune_entry(name, summary, pretrain_step, pretrain_tokens, grid_point) -> dict:
+  initial, best = summary.get('initial') or {}, summary.get('best') or {}
+  best_eval = best.get('eval') or {}
+  return {
+      'name': name, 'pretrain_step': pretrain_step, 'pretrain_tokens': pretrain_tokens,
+      'lr': grid_point[0], 'warmup': int(grid_point[1]), 'stop_reason': summary['stop_reason'],
+      'steps': summary['steps'], 'best_domain_test_loss': best_eval.get('domain_test'),
+      'best_step': best.get('step'), 'epochs': (best.get('epochs') or {}).get('domain'),
+      'domain_test_loss_before': initial.get('domain_test'),
+      'general_test_loss_before': initial.get('general_test'),
+      'general_test_loss_after': best_eval.get('general_test'),
+      'domain_train_loss_after': best_eval.get('domain_train'), 'wall_time_s': summary.get('wall_time_s'),
+  }
+
+
+def _best(finetunes: list) -> dict | None:
+  finite = [f for f in finetunes if f['best_domain_test_loss'] is not None
+            and math.isfinite(f['best_domain_test_loss']) and f['best_step']]
+  return min(finite, key=lambda f: f['best_domain_test_loss']) if finite else None
+
+
+def run_pipeline(config, workdir: str, data=None) -> dict:
+  """Pretrains into W/pretrain, finetunes each grid point into W/finetune/, writes W/summary.json, W/report.md."""
+  started = time.time()
+  from_steps = _check(config)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    checkpoint.write_config(workdir, config)
+  data = loop.prepare_data(loop.stage_config(config, 'pretrain')) if data is None else data
+  pretrain_dir = os.path.join(os.path.abspath(workdir), 'pretrain')
+  pretrain = loop.run(config, pretrain_dir, stage='pretrain', data=data)
+  result = {'pretrain': pretrain, 'finetunes': [], 'best': None, 'stop_reason': pretrain['stop_reason']}
+  if pretrain['stop_reason'] in ('budget', 'early_stopping'):
+    sources = [(pretrain['steps'], pretrain['tokens'], pretrain_dir, None)]
+    tokens_per_step = pretrain['tokens'] // max(pretrain['steps'], 1)
+    sources += [(s, s * tokens_per_step, os.path.join(pretrain_dir, checkpoint.CHECKPOINTS, str(s)), s)
+                for s in from_steps]
+    for pretrain_step, pretrain_tokens, init_from, label in sources:
+      for lr, warmup in config.finetune.grid:
+        name = point_name(lr, warmup, label)
+        finetune_config = ml_collections.ConfigDict(config.to_dict())
+        finetune_config.init_from = init_from
+        summary = loop.run(finetune_config, os.path.join(workdir, 'finetune', name), stage='finetune',
+                           grid_point=(lr, warmup), data=data)
+        result['finetunes'].append(_finetune_entry(name, summary, pretrain_step, pretrain_tokens, (lr, warmup)))
+        if summary['stop_reason'] == 'preempted':
+          result['stop_reason'] = 'preempted'
+          break
+      if result['stop_reason'] == 'preempted':
+        break
+  result['best'] = _best(result['finetunes'])
+  result['wall_time_s'] = round(time.time() - started, 1)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(result, f, indent=2, sort_keys=True)
+    with open(os.path.join(workdir, 'report.md'), 'w') as f:
+      f.write(report(result))
+  logging.info('Pipeline %s: %s', result['stop_reason'], os.path.join(workdir, 'report.md'))
+  return result
+
+
+def _number(value, digits=4) -> str:
+  return '–' if value is None else f'{value:.{digits}f}'
+
+
+def report(result: dict) -> str:
+  """A short Markdown report of a pipeline's summary."""
+  pretrain, best = result['pretrain'], result['best']
+  initial, final = pretrain.get('initial') or {}, pretrain.get('final') or {}
+  epochs = pretrain['data']['epochs']
+  lines = [
+      '# Specialized pretraining: pretrain, then finetune',
+      '',
+      f'Model `{pretrain["model"]}` ({pretrain["params"] / 1e6:.2f}M parameters), sequences of '
+      f'{pretrain["seq_len"]} tokens, domain fraction δ = {pretrain["domain_fraction"]:g}.',
+      '',
+      '## Pretraining',
+      '',
+      f'{pretrain["steps"]} steps, {pretrain["tokens"]:,} tokens ({pretrain["stop_reason"]}). Domain data seen '
+      f'{epochs.get("domain", 0):.2f} epochs ({pretrain["data"]["tokens"].get("domain", 0):,} tokens); general '
+      f'data {epochs.get("general", 0):.3f} epochs.',
+      '',
+      '| eval set | loss at start | loss at end |',
+      '|---|---|---|',
+  ]
+  lines += [f'| {name} | {_number(initial.get(name))} | {_number(final.get(name))} |' for name in sorted(final)]
+  if 'domain_test' in final and 'domain_train' in final:
+    lines += ['', f'Train-test gap on the domain at the end: {final["domain_test"] - final["domain_train"]:+.4f}.']
+  lines += ['', '## Finetuning grid', '']
+  if not result['finetunes']:
+    lines.append(f'No finetuning ran (pretraining stopped: {pretrain["stop_reason"]}).')
+  else:
+    lines += ['| run | from step | lr | warmup | steps | stop | best step | domain epochs | domain_test before → '
+              'best | general_test before → after (forgetting) |', '|---|---|---|---|---|---|---|---|---|---|']
+    for f in result['finetunes']:
+      forgetting = (None if f['general_test_loss_after'] is None or f['general_test_loss_before'] is None
+                    else f['general_test_loss_after'] - f['general_test_loss_before'])
+      lines.append(
+          f'| {f["name"]} | {f["pretrain_step"]} | {f["lr"]:g} | {f["warmup"]} | {f["steps"]} | '
+          f'{f["stop_reason"]} | {f["best_step"]} | {_number(f["epochs"], 2)} | '
+          f'{_number(f["domain_test_loss_before"])} → {_number(f["best_domain_test_loss"])} | '
+          f'{_number(f["general_test_loss_before"])} → {_number(f["general_test_loss_after"])} '
+          f'({"–" if forgetting is None else f"{forgetting:+.4f}"}) |')
+  if best is not None:
+    gain = best['domain_test_loss_before'] - best['best_domain_test_loss']
+    lines += ['', '## Best point', '',
+              f'`{best["name"]}`: domain_test {best["domain_test_loss_before"]:.4f} → '
+              f'{best["best_domain_test_loss"]:.4f} ({-gain:+.4f}) at finetuning step {best["best_step"]} '
+              f'({_number(best["epochs"], 2)} domain epochs); general_test '
+              f'{_number(best["general_test_loss_before"])} → {_number(best["general_test_loss_after"])}.']
+  if result['stop_reason'] == 'preempted':
+    lines += ['', 'The pipeline was preempted: rerun the same command to continue.']
+  finetune_seconds = sum(f.get('wall_time_s') or 0 for f in result['finetunes'])
+  lines += ['', f'Training time: pretraining {pretrain.get("wall_time_s") or 0:.0f} s, finetuning '
+            f'{finetune_seconds:.0f} s ({len(result["finetunes"])} runs).', '']
+  return '\n'.join(lines)

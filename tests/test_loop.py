@@ -1,0 +1,270 @@
+"""The training loop on a tiny model and tiny data made here: stage switch, early stopping, faults, resumption."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spt_jax import checkpoint
+from spt_jax import loop
+from spt_jax import train
+
+# Shared by the in-process tests and the subprocess script (which must rebuild the same config and data).
+HELPERS = '''
+import types
+import numpy as np
+from spt_jax import config as config_lib
+
+
+def tiny_config(**overrides):
+  c = config_lib.base_config('tiny')
+  c.stage = 'pretrain'
+  c.data.seq_len, c.batch_size, c.steps, c.tokens = 16, 8, 12, 0
+  c.eval_every, c.checkpoint_every, c.log_every, c.eval_sequences, c.eval_batch_size = 4, 4, 1, 16, 8
+  c.optimizer.lr, c.schedule.warmup_steps, c.schedule.horizon_tokens = 3e-3, 2, 0
+  c.finetune.batch_size, c.finetune.eval_every, c.finetune.patience, c.finetune.max_steps = 8, 2, 2, 12
+  c.finetune.grid = ((1e-3, 2),)
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+  for key, value in overrides.items():
+    target = c
+    *parents, last = key.split('.')
+    for parent in parents:
+      target = target[parent]
+    target[last] = value
+  return c
+
+
+def tiny_data(seq_len=16, vocab=500):
+  """Two sources with learnable structure (domain: counting with a stride; general: a repeated motif)."""
+  rng = np.random.default_rng(0)
+  def counting(n):
+    start, stride = rng.integers(0, vocab, (n, 1)), rng.integers(1, 4, (n, 1))
+    return ((start + stride * np.arange(seq_len + 1)) % vocab).astype(np.int32)
+  def motif(n):
+    motifs = rng.integers(0, vocab, (n, 4))
+    return np.tile(motifs, (1, seq_len // 4 + 1))[:, :seq_len + 1].astype(np.int32)
+  train = {'domain': counting(40), 'general': motif(200)}
+  eval_sets = {'domain_test': counting(16), 'domain_train': train['domain'][:16], 'general_test': motif(16)}
+  return types.SimpleNamespace(train=train, eval_sets=eval_sets, vocab_size=vocab, tokenizer=None,
+                               bytes_per_token={name: 2.0 for name in eval_sets}, metadata={'tokenizer': 'test'})
+'''
+exec(HELPERS)  # pylint: disable=exec-used
+
+SCRIPT = HELPERS + '''
+import sys, time
+from spt_jax import loop
+workdir, delay_after = sys.argv[1], int(sys.argv[2])
+config = tiny_config(steps=int(sys.argv[3]))
+make_mixture = loop.make_mixture
+
+def slow_mixture(c, data):
+  mixture = make_mixture(c, data)
+  local_batch = mixture.local_batch
+  def delayed(step, *args):
+    if step >= delay_after:
+      time.sleep(0.3)
+    return local_batch(step, *args)
+  mixture.local_batch = delayed
+  return mixture
+
+loop.make_mixture = slow_mixture
+runner, state, meta = loop.build(config, workdir, stage='pretrain', data=tiny_data())
+print('START', meta['step'], flush=True)
+summary = runner.train(state, meta)
+print('STOP', summary['stop_reason'])
+'''
+
+
+def _losses(workdir):
+  if not os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
+    return {}
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  return {r['step']: r['train/loss'] for r in records if 'train/loss' in r}
+
+
+def _script(tmp_path):
+  path = tmp_path / 'run_tiny.py'
+  path.write_text(SCRIPT)
+  return str(path)
+
+
+def _start(tmp_path, workdir, delay_after, steps):
+  env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'  # Sharded state: fsdp over 4 devices.
+  return subprocess.Popen([sys.executable, _script(tmp_path), workdir, str(delay_after), str(steps)], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(condition, process, timeout=120):
+  deadline = time.time() + timeout
+  while not condition():
+    assert process.poll() is None, process.stdout.read()[-3000:]
+    assert time.time() < deadline, 'timed out'
+    time.sleep(0.05)
+
+
+def test_stage_config_is_the_only_difference():
+  config = tiny_config()
+  pretrain = loop.stage_config(config, 'pretrain')
+  finetune = loop.stage_config(config, 'finetune', (4e-5, 100))
+  differences = checkpoint.config_differences(checkpoint.config_dict(pretrain), finetune, ignored=())
+  assert differences == ['eval_every', 'model.tie_embeddings', 'optimizer.lr',
+                         'optimizer.weight_decay', 'patience', 'schedule.kind', 'schedule.warmup_steps', 'stage']
+  assert (finetune.optimizer.lr, finetune.schedule.warmup_steps, finetune.schedule.kind) == (4e-5, 100, 'constant')
+  with pytest.raises(ValueError, match='pipeline'):
+    loop.stage_config(config, 'pipeline')
+
+
+def test_pretrain_then_finetune_switch(tmp_path):
+  data = tiny_data()
+  pretrain = loop.run(tiny_config(steps=4), str(tmp_path / 'pretrain'), stage='pretrain', data=data)
+  assert pretrain['stop_reason'] == 'budget' and pretrain['steps'] == 4
+  assert pretrain['final']['domain_test'] < pretrain['initial']['domain_test']
+  config = tiny_config(init_from=str(tmp_path / 'pretrain'))
+  runner, state, meta = loop.build(config, str(tmp_path / 'finetune'), stage='finetune', data=data)
+  assert int(state.step) == 0 and meta['step'] == 0
+  adam = state.opt_state[1][0]  # clip_by_global_norm, then adamw's ScaleByAdamState.
+  assert int(adam.count) == 0
+  assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves((adam.mu, adam.nu)))
+  pretrained = checkpoint.restore_params(str(tmp_path / 'pretrain'),
+                                         runner.trainer.abstract_state.params)
+  np.testing.assert_array_equal(state.params['embed']['embedding'], pretrained['embed']['embedding'])
+  np.testing.assert_array_equal(state.params['lm_head']['kernel'], state.params['embed']['embedding'].T)
+  summary = runner.train(state, meta)
+  assert summary['stage'] == 'finetune' and summary['batch_size'] == 8 and summary['lr'] == 1e-3
+  # The untied model starts as the tied one: the loss before finetuning equals the pretrain's final loss.
+  assert summary['initial']['domain_test'] == pytest.approx(pretrain['final']['domain_test'], rel=1e-5)
+  assert summary['data']['tokens']['general'] == 0
+  records = [json.loads(line) for line in open(tmp_path / 'finetune' / 'metrics.jsonl')]
+  assert {'eval/domain_test/loss', 'eval/domain_test/loss_stderr', 'eval/domain_test/bpb',
+          'eval/gap'} <= set(records[0])
+  assert {'step', 'tokens', 'train/loss', 'lr', 'data/tokens/domain', 'data/epochs/domain'} <= set(records[1])
+  record = records[0]
+  assert record['eval/domain_test/bpb'] == pytest.approx(record['eval/domain_test/loss'] / np.log(2) / 2.0)
+  assert os.path.exists(tmp_path / 'finetune' / 'summary.json')
+  assert json.load(open(tmp_path / 'finetune' / 'config.json'))['stage'] == 'finetune'
+
+
+def test_early_stopping_on_rising_curve_keeps_the_best(tmp_path, monkeypatch):
+  data = tiny_data()
+  loop.run(tiny_config(steps=2), str(tmp_path / 'pretrain'), stage='pretrain', data=data)
+  curve = iter([3.0, 2.0, 1.5, 1.7, 1.8, 1.9, 2.0, 2.1])  # Evals at steps 0, 2, 4, 6, ...
+  real_call = loop.Evaluator.__call__
+
+  def rising(self, params):
+    results = real_call(self, params)
+    results['domain_test']['loss'] = next(curve)
+    return results
+  monkeypatch.setattr(loop.Evaluator, '__call__', rising)
+  workdir = str(tmp_path / 'finetune')
+  summary = loop.run(tiny_config(init_from=str(tmp_path / 'pretrain')), workdir, stage='finetune', data=data)
+  assert summary['stop_reason'] == 'early_stopping'
+  assert summary['steps'] == 8  # Two evaluations (steps 6 and 8) without improvement on step 4.
+  assert summary['best']['step'] == 4 and summary['best']['eval']['domain_test'] == 1.5
+  assert summary['best']['epochs']['domain'] == pytest.approx(4 * 8 / 40)
+  checkpoints = checkpoint.Checkpoints(workdir, keep=2)
+  assert 4 in checkpoints.all_steps() and checkpoints.best_step() == 4
+  checkpoints.close()
+  assert checkpoint.resolve_checkpoint(workdir).endswith(os.path.join('checkpoints', '4'))
+  # A finished run is not trained again.
+  assert loop.run(tiny_config(init_from=str(tmp_path / 'pretrain')), workdir, stage='finetune',
+                  data=data)['steps'] == 8
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  class PoisonedTrainer(train.Trainer):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      step_fn = self.train_step
+
+      def poisoned(state, batch):
+        state, metrics = step_fn(state, batch)
+        return state, dict(metrics, loss=jnp.where(state.step >= 7, jnp.nan, metrics['loss']))
+      self.train_step = poisoned
+  monkeypatch.setattr(train, 'Trainer', PoisonedTrainer)
+  workdir = str(tmp_path / 'run')
+  summary = loop.run(tiny_config(), workdir, stage='pretrain', data=tiny_data())
+  assert summary['stop_reason'] == 'nonfinite_loss' and summary['last_checkpoint'] == 4
+  checkpoints = checkpoint.Checkpoints(workdir, keep=2)
+  assert checkpoints.all_steps() == [4]
+  state, meta = checkpoints.restore(PoisonedTrainer(*_trainer_args()).abstract_state)
+  checkpoints.close()
+  assert int(state.step) == 4 and meta['step'] == 4
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+  assert max(_losses(workdir)) == 6
+
+
+def _trainer_args():
+  from spt_jax import sharding
+  c = tiny_config()
+  return c.model, sharding.make_mesh(c.mesh), train.make_optimizer(c, lambda step: 0.0)
+
+
+def test_init_from_errors_before_data(tmp_path, monkeypatch):
+  monkeypatch.setattr(loop, 'prepare_data', lambda c: pytest.fail('data prepared before the error'))
+  with pytest.raises(ValueError, match='does not exist') as error:
+    loop.run(tiny_config(init_from=str(tmp_path / 'missing')), str(tmp_path / 'a'), stage='finetune')
+  assert '\n' not in str(error.value)
+  loop.run(tiny_config(steps=2, eval_every=0), str(tmp_path / 'small'), stage='pretrain', data=tiny_data())
+  wider = tiny_config(init_from=str(tmp_path / 'small'), **{'model.d_model': 128})
+  expected = r'another shape \(blocks/down/kernel: checkpoint \(2, 256, 64\) vs model \(2, 256, 128\)'
+  with pytest.raises(ValueError, match=expected) as error:
+    loop.run(wider, str(tmp_path / 'b'), stage='finetune')
+  assert '\n' not in str(error.value)
+  with pytest.raises(ValueError, match='finetuning needs parameters'):
+    loop.run(tiny_config(), str(tmp_path / 'c'), stage='finetune')
+
+
+def test_mismatched_config_refuses_to_resume(tmp_path):
+  workdir = str(tmp_path / 'run')
+  loop.run(tiny_config(steps=4, checkpoint_every=2), workdir, stage='pretrain', data=tiny_data())
+  with pytest.raises(ValueError, match=r'different config \(batch_size: 8 -> 16\).*resume_mismatched') as error:
+    loop.run(tiny_config(steps=4, checkpoint_every=2, batch_size=16), workdir, stage='pretrain',
+             data=tiny_data())
+  assert '\n' not in str(error.value)
+
+
+@pytest.mark.slow
+def test_kill_and_resume_reproduces_the_losses(tmp_path):
+  reference = str(tmp_path / 'reference')
+  process = _start(tmp_path, reference, 10_000, 12)
+  assert process.wait(timeout=300) == 0, process.stdout.read()[-3000:]
+  killed = str(tmp_path / 'killed')
+  process = _start(tmp_path, killed, 6, 12)  # Slow from step 6 on, so that it is killed mid-run.
+  committed = os.path.join(killed, 'checkpoints', '4', '_CHECKPOINT_METADATA')
+  _wait_for(lambda: os.path.exists(committed) and max(_losses(killed), default=0) >= 6, process)
+  process.kill()
+  process.wait()
+  assert max(_losses(killed)) < 12
+  process = _start(tmp_path, killed, 10_000, 12)
+  output = process.communicate(timeout=300)[0]
+  assert process.returncode == 0, output[-3000:]
+  assert 'START 4' in output or 'START 8' in output, output[-3000:]
+  expected, resumed = _losses(reference), _losses(killed)
+  assert sorted(resumed) == list(range(1, 13))
+  assert resumed == expected  # Exactly, step for step.
+  assert json.load(open(os.path.join(killed, 'summary.json')))['stop_reason'] == 'budget'
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
+  workdir = str(tmp_path / 'run')
+  process = _start(tmp_path, workdir, 2, 40)
+  _wait_for(lambda: max(_losses(workdir), default=0) >= 3, process)
+  process.send_signal(signal.SIGTERM)
+  output = process.communicate(timeout=120)[0]
+  assert process.returncode == 0, output[-3000:]
+  assert 'STOP preempted' in output
+  summary = json.load(open(os.path.join(workdir, 'summary.json')))
+  assert summary['stop_reason'] == 'preempted' and 3 <= summary['steps'] < 40
+  checkpoints = checkpoint.Checkpoints(workdir, keep=2)
+  assert checkpoints.latest_step() == summary['steps']
+  checkpoints.close()
