@@ -127,8 +127,16 @@ class Source:
         yield tokens[start:]
 
   def token_array(self, path) -> np.ndarray:
-    """Memory-maps one flat token file."""
+    """Memory-maps one flat token file (raw, as OLMo writes them, or a 1-D .npy)."""
     dtype = np.dtype(self.options['dtype'])
+    with open(path, 'rb') as file:
+      if file.read(6) == b'\x93NUMPY':
+        self.checksums[str(path)] = _file_checksum(pathlib.Path(path), sampled=True)
+        array = np.load(path, mmap_mode='r')
+        if array.ndim != 1 or array.dtype != dtype:
+          raise ValueError(f'source {self.name!r}: {path} holds {array.dtype.name} {list(array.shape)}, not a '
+                           f'flat {dtype.name} array; fix ?dtype= in {self.spec!r}')
+        return array
     if os.path.getsize(path) % dtype.itemsize:
       raise ValueError(f'source {self.name!r}: {path} has {os.path.getsize(path)} bytes, not a multiple of '
                        f'{dtype.itemsize} ({dtype.name}); check ?dtype= in {self.spec!r}')
@@ -304,3 +312,32 @@ def parse(spec: str, name: str = 'source', cache_dir: str = '') -> Source:
   if kind in ('files', 'jsonl', 'parquet', 'tokens'):
     source.paths = _glob_files(name, spec, target)
   return source
+
+
+def content_hash(document) -> int:
+  """A 64-bit hash of a document's content (text as UTF-8, token documents as their bytes)."""
+  data = document.encode('utf-8', errors='replace') if isinstance(document, str) else document.tobytes()
+  return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), 'little')
+
+
+def split_unit(document_hash: int) -> float:
+  """The document's position in [0, 1) for the train/test split: the same on every run and machine."""
+  return document_hash / 2.0**64
+
+
+def seeded_order_key(document_hash: int, seed: int) -> int:
+  """A per-seed ranking key for subsampling, independent of the split position."""
+  data = document_hash.to_bytes(8, 'little') + int(seed).to_bytes(8, 'little', signed=True)
+  return int.from_bytes(hashlib.blake2b(data, digest_size=8, person=b'subsample').digest(), 'little')
+
+
+def cache_root(cache_dir: str = '') -> pathlib.Path:
+  """Root of corpora and prepared data: cache_dir, else $SPT_JAX_CACHE, else ~/.cache/spt_jax."""
+  try:
+    from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
+    if hasattr(fetch, 'cache_root'):
+      return pathlib.Path(fetch.cache_root(cache_dir))
+  except ImportError:
+    pass
+  root = cache_dir or os.environ.get('SPT_JAX_CACHE') or os.path.join('~', '.cache', 'spt_jax')
+  return pathlib.Path(os.path.expanduser(root))

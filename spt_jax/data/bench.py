@@ -1,0 +1,121 @@
+"""Data pipeline benchmark: the mixture's tokens/s next to the train step's consumption, in one run.
+
+  python -m spt_jax.data.bench --preset=cpu-2m --batch_size=16 --seq_len=128
+  python -m spt_jax.data.bench --text='files:/data/docs/**/*.txt' --tokenizer=olmo   # prepare's MB/s per core
+
+The mixture is measured on synthetic packed sources of the preset's vocabulary (its cost does not depend on
+the token values), as the training loop uses it: one process, one global batch per step, in step order.
+"""
+
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+
+import numpy as np
+
+from spt_jax import bench as step_bench
+
+# --preset, --batch_size, --seq_len, --steps (train steps) and --dtype are the step benchmark's own flags.
+_PRESET, _BATCH, _SEQ_LEN = step_bench._PRESET, step_bench._BATCH, step_bench._SEQ_LEN  # pylint: disable=protected-access
+_TRAIN_STEPS, _DTYPE = step_bench._STEPS, step_bench._DTYPE  # pylint: disable=protected-access
+_STEPS = flags.DEFINE_integer('pipeline_steps', 500, 'Mixture steps timed.')
+_DELTA = flags.DEFINE_float('domain_fraction', 0.02, 'δ of the measured mixture.')
+_TEXT = flags.DEFINE_string('text', '', 'A source spec: also measure prepare\'s tokenization on it.')
+_TOKENIZER = flags.DEFINE_string('tokenizer', 'bpe', "For --text: 'olmo', 'bpe' or a tokenizers JSON path.")
+_VOCAB = flags.DEFINE_integer('vocab_size', 32000, 'For --text with --tokenizer=bpe.')
+_WORKERS = flags.DEFINE_integer('num_workers', 0, 'For --text: tokenizer processes (0: one per core).')
+_CACHE_DIR = flags.DEFINE_string('cache_dir', '', 'Corpora and tokenizer cache.')
+
+
+def synthetic_sources(seq_len: int, vocab_size: int, general_rows: int = 50_000,
+                      domain_rows: int = 500) -> dict:
+  """Random packed sources shaped like prepared ones (uint16 when the vocabulary fits)."""
+  dtype = np.uint16 if vocab_size <= 1 << 16 else np.uint32
+  rng = np.random.default_rng(0)
+  return {name: rng.integers(0, vocab_size, (rows, seq_len + 1)).astype(dtype)
+          for name, rows in (('general', general_rows), ('domain', domain_rows))}
+
+
+def measure_pipeline(mixture, steps: int, start_step: int = 0) -> dict:
+  """Tokens/s of mixture.global_batch over `steps` consecutive steps (seq_len tokens per sequence)."""
+  mixture.global_batch(start_step)  # Warm caches (permutation keys, pages of the sources).
+  start = time.perf_counter()
+  for step in range(start_step, start_step + steps):
+    batch = mixture.global_batch(step)
+  seconds = time.perf_counter() - start
+  tokens = steps * mixture.batch_size * mixture.seq_len
+  return dict(pipeline_steps=steps, pipeline_seconds=seconds, pipeline_tokens_per_second=tokens / seconds,
+              pipeline_step_milliseconds=1e3 * seconds / steps, batch_shape=list(batch.shape))
+
+
+def measure_prepare(spec: str, tokenizer, num_workers: int = 0) -> dict:
+  """MB of text per second per worker for reading + tokenizing a source the way prepare does."""
+  from spt_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  from spt_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  workers = num_workers or os.cpu_count() or 1
+  start = time.perf_counter()
+  texts = list(sources.parse(spec, 'text').documents())
+  read_seconds = time.perf_counter() - start
+  megabytes = sum(len(t.encode('utf-8')) for t in texts) / 1e6
+  start, cpu_start = time.perf_counter(), os.times()
+  tokens = sum(len(ids) for ids, _ in prepare.tokenize_documents(
+      texts, tokenizer, tokenizer_lib.eos_id(tokenizer), workers))
+  seconds, cpu_end = time.perf_counter() - start, os.times()
+  cpu_seconds = sum(cpu_end[:4]) - sum(cpu_start[:4])  # This process's threads and its finished workers.
+  return dict(text_megabytes=megabytes, documents=len(texts), tokens=tokens, read_seconds=read_seconds,
+              tokenize_seconds=seconds, workers=workers,
+              megabytes_per_second=megabytes / seconds,
+              megabytes_per_second_per_worker=megabytes / seconds / workers, cpu_seconds=cpu_seconds,
+              megabytes_per_cpu_second=megabytes / cpu_seconds,
+              bytes_per_token=megabytes * 1e6 / tokens)
+
+
+def _load_tokenizer(name: str, spec: str):
+  from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  data = ml_collections.ConfigDict(dict(tokenizer=name, tokenizer_vocab_size=_VOCAB.value, general=spec,
+                                        domain='', cache_dir=_CACHE_DIR.value))
+  return tokenizer_lib.load_tokenizer(ml_collections.ConfigDict(dict(data=data)))
+
+
+def main(argv):
+  del argv
+  from spt_jax.data import mixture as mixture_lib  # pylint: disable=g-import-not-at-top
+  result = dict(batch_size=_BATCH.value, seq_len=_SEQ_LEN.value, domain_fraction=_DELTA.value)
+  vocab_size = 50280
+  if _PRESET.value:
+    from spt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+    vocab_size = model_lib.preset_config(_PRESET.value).vocab_size
+  stages = [(0, {'domain': _DELTA.value, 'general': 1 - _DELTA.value})]
+  mixture = mixture_lib.Mixture(synthetic_sources(_SEQ_LEN.value, vocab_size), stages, _BATCH.value,
+                                _SEQ_LEN.value, seed=0)
+  result.update(measure_pipeline(mixture, _STEPS.value, start_step=10**6))
+  print(f'mixture pipeline  batch {_BATCH.value} × {_SEQ_LEN.value}: '
+        f'{result["pipeline_step_milliseconds"]:.3f} ms/step, '
+        f'{result["pipeline_tokens_per_second"]:,.0f} tokens/s')
+  if _PRESET.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    dtype = _DTYPE.value or ('float32' if jax.default_backend() == 'cpu' else 'bfloat16')
+    step = step_bench.measure_train_step(_PRESET.value, _BATCH.value, _SEQ_LEN.value, _TRAIN_STEPS.value, dtype)
+    result.update(preset=_PRESET.value, train_step_tokens_per_second=step['tokens_per_second'],
+                  train_step_milliseconds=1e3 * step['step_seconds'],
+                  pipeline_over_step=result['pipeline_tokens_per_second'] / step['tokens_per_second'])
+    print(f'train step        {_PRESET.value}: {result["train_step_milliseconds"]:.1f} ms/step, '
+          f'{step["tokens_per_second"]:,.0f} tokens/s')
+    print(f'pipeline / step   {result["pipeline_over_step"]:.0f}× (must be >= 20×)')
+  if _TEXT.value:
+    tokenizer = _load_tokenizer(_TOKENIZER.value, _TEXT.value)
+    result.update(measure_prepare(_TEXT.value, tokenizer, _WORKERS.value))
+    print(f'prepare           {result["text_megabytes"]:.1f} MB in {result["tokenize_seconds"]:.1f} s on '
+          f'{result["workers"]} workers: {result["megabytes_per_second_per_worker"]:.2f} MB/s per worker, '
+          f'{result["megabytes_per_cpu_second"]:.2f} MB per CPU second '
+          f'({result["bytes_per_token"]:.2f} bytes/token, vocab {tokenizer.get_vocab_size()})')
+  print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  app.run(main)

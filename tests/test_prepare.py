@@ -1,0 +1,222 @@
+"""Prepare: hash split without leaks, packing, subsampling, caching, change detection, bad input."""
+
+import json
+import os
+import random
+import time
+
+import ml_collections
+import numpy as np
+import pytest
+
+from spt_jax.data import prepare as prepare_lib
+from spt_jax.data import sources as sources_lib
+from spt_jax.data import tokenizer as tokenizer_lib
+
+L = 32
+_WORDS = ('lemma proof qed intros apply the of and music chord note theorem rewrite induction simpl '
+          'reflexivity exact destruct forall exists').split()
+
+
+def _write_corpus(folder, prefix, count, seed, duplicates=0):
+  rng = random.Random(seed)
+  folder.mkdir(parents=True, exist_ok=True)
+  for i in range(count):
+    words = ' '.join(rng.choice(_WORDS) for _ in range(rng.randint(10, 120)))
+    (folder / f'{prefix}{i}.txt').write_text(f'{prefix}{i} {words}\n')
+  for i in range(duplicates):  # Exact copies must land in the same split as their original.
+    (folder / f'{prefix}{i}copy.txt').write_bytes((folder / f'{prefix}{i}.txt').read_bytes())
+
+
+def _config(tmp_path, **data):
+  if not (tmp_path / 'general').exists():
+    _write_corpus(tmp_path / 'general', 'g', 200, 0)
+    _write_corpus(tmp_path / 'domain', 'd', 60, 1, duplicates=20)
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = ml_collections.ConfigDict(dict(
+      seq_len=L, general=f'files:{tmp_path}/general', domain=f'files:{tmp_path}/domain/*.txt',
+      domain_max_tokens=0, general_max_tokens=0, tokenizer='bpe', tokenizer_vocab_size=300,
+      test_fraction=0.2, test_tokens=0, domain_train_sequences=8, cache_dir=str(tmp_path / 'cache'),
+      num_workers=1))
+  config.data.update(data)
+  config.extra_eval = ml_collections.ConfigDict()
+  return config
+
+
+def _contains(stream: np.ndarray, needle: np.ndarray) -> bool:
+  """Whether `needle` occurs in `stream` as a contiguous run of tokens."""
+  haystack, pattern = stream.astype(np.uint32).tobytes(), needle.astype(np.uint32).tobytes()
+  start = haystack.find(pattern)
+  while start != -1 and start % 4:
+    start = haystack.find(pattern, start + 1)
+  return start != -1
+
+
+def test_prepare_shapes_eval_sets_and_metadata(tmp_path):
+  data = prepare_lib.prepare(_config(tmp_path))
+  assert set(data.train) == {'general', 'domain'}
+  assert set(data.eval_sets) == {'general_test', 'domain_test', 'domain_train'}
+  for rows in list(data.train.values()) + list(data.eval_sets.values()):
+    assert rows.ndim == 2 and rows.shape[1] == L + 1 and rows.dtype == np.uint16 and len(rows)
+  assert len(data.eval_sets['domain_train']) == 8
+  train_rows = {row.tobytes() for row in data.train['domain']}
+  assert all(row.tobytes() in train_rows for row in data.eval_sets['domain_train'])  # A sample of training.
+  assert data.vocab_size == 300 and all(1 < v < 12 for v in data.bytes_per_token.values())
+  meta = data.metadata
+  domain = meta['sources']['domain']
+  assert domain['documents'] == 80 and domain['documents_train'] + domain['documents_test'] == 80
+  assert domain['sequences_train'] == len(data.train['domain'])
+  assert domain['tokens_train'] // (L + 1) == domain['sequences_train']  # Remainder dropped, no overlap.
+  assert meta['tokenizer'] == tokenizer_lib.tokenizer_hash(data.tokenizer)
+  assert len(domain['checksums']) == 80 and domain['bad_bytes'] == {}
+  assert json.loads((data.path / 'metadata.json').read_text())['eval_sets'] == meta['eval_sets']
+
+
+def test_no_test_document_reaches_training(tmp_path):
+  config = _config(tmp_path)
+  data = prepare_lib.prepare(config)
+  eos = tokenizer_lib.eos_id(data.tokenizer)
+  for name in ('domain', 'general'):
+    held_out = set(json.loads((data.path / f'test_documents_{name}.json').read_text()))
+    assert held_out
+    stream = np.asarray(data.train[name]).reshape(-1)
+    source = sources_lib.parse(config.data[name], name)
+    seen_test = seen_train = 0
+    for document in source.documents():
+      tokens = np.array(data.tokenizer.encode(document).ids + [eos])
+      if f'{sources_lib.content_hash(document):016x}' in held_out:
+        seen_test += 1
+        assert not _contains(stream, tokens), document[:20]
+      elif len(tokens) < 4 * L:
+        seen_train += _contains(stream, tokens)  # The check itself finds training documents.
+    assert seen_test and seen_train > 10
+
+
+def test_same_inputs_same_arrays_in_a_fresh_cache(tmp_path):
+  first = prepare_lib.prepare(_config(tmp_path))
+  second = prepare_lib.prepare(_config(tmp_path, cache_dir=str(tmp_path / 'other')))
+  for name in first.train:
+    assert np.array_equal(first.train[name], second.train[name])
+  assert first.path.name == second.path.name  # The key is the same on any machine.
+
+
+@pytest.mark.filterwarnings('ignore:This process .* is multi-threaded:DeprecationWarning')
+def test_parallel_workers_give_the_same_tokens(tmp_path, monkeypatch):
+  serial = prepare_lib.prepare(_config(tmp_path))
+  monkeypatch.setattr(prepare_lib, '_CHUNK_CHARS', 2000)
+  texts = list(sources_lib.parse(f'files:{tmp_path}/domain/*.txt').documents())
+  expected = np.concatenate([np.array(serial.tokenizer.encode(t).ids + [0]) for t in texts])
+  for processes in (False, True):  # The tokenizer's threads, then forked worker processes.
+    monkeypatch.setattr(prepare_lib, '_use_processes', lambda workers, use=processes: use)
+    chunks = list(prepare_lib.tokenize_documents(texts, serial.tokenizer, 0, num_workers=2))
+    assert len(chunks) > 2
+    assert np.array_equal(np.concatenate([c[0] for c in chunks]), expected)
+    lengths = np.concatenate([c[1] for c in chunks])
+    assert len(lengths) == len(texts) and lengths.sum() == len(expected)
+  early = list(prepare_lib.tokenize_documents(texts, serial.tokenizer, 0, num_workers=2, max_tokens=500))
+  assert 500 <= sum(len(c[0]) for c in early) < len(expected)
+
+
+def test_reuse_and_new_key_on_changed_inputs(tmp_path):
+  config = _config(tmp_path)
+  first = prepare_lib.prepare(config)
+  start = time.perf_counter()
+  again = prepare_lib.prepare(config)
+  assert again.path == first.path and time.perf_counter() - start < 2
+  config.data.seq_len = 16
+  assert prepare_lib.prepare(config).path != first.path
+  assert not list(first.path.parent.glob('.*tmp*'))  # Written atomically: no partial folders left.
+
+
+def test_changed_source_under_cache_is_an_error(tmp_path):
+  config = _config(tmp_path)
+  data = prepare_lib.prepare(config)
+  path = tmp_path / 'domain' / 'd3.txt'
+  stat = path.stat()
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+  prepare_lib.prepare(config)  # Touched, same content: still valid.
+  path.write_text('new content of the same file')
+  with pytest.raises(ValueError, match=r"source 'domain' .* changed since .* delete that folder") as error:
+    prepare_lib.prepare(config)
+  assert '\n' not in str(error.value) and str(data.path) in str(error.value)
+  path.unlink()
+  with pytest.raises(ValueError, match='changed since'):
+    prepare_lib.prepare(config)
+
+
+def test_subsample_by_whole_documents(tmp_path):
+  data = prepare_lib.prepare(_config(tmp_path, domain_max_tokens=1500, general_max_tokens=3000))
+  domain, general = data.metadata['sources']['domain'], data.metadata['sources']['general']
+  assert domain['documents_kept'] < domain['documents']
+  # Documents in seeded order up to the one that crosses the budget (documents have < 400 tokens here).
+  assert 1500 <= domain['tokens_train'] + domain['tokens_test'] < 1500 + 400
+  assert 3000 <= general['tokens_train'] + general['tokens_test'] < 3000 + 400
+  other_seed = _config(tmp_path, domain_max_tokens=1500, general_max_tokens=3000)
+  other_seed.seed = 1
+  assert not np.array_equal(prepare_lib.prepare(other_seed).train['domain'][:4], data.train['domain'][:4])
+
+
+def test_test_token_budget(tmp_path):
+  data = prepare_lib.prepare(_config(tmp_path, test_fraction=0.05, test_tokens=600))
+  for name in ('domain', 'general'):
+    info = data.metadata['sources'][name]
+    assert 600 <= info['tokens_test'] < 600 + 2 * 400  # Whole documents (and their duplicates) to the budget.
+
+
+def test_non_utf8_counted_in_metadata(tmp_path, caplog):
+  config = _config(tmp_path)
+  (tmp_path / 'domain' / 'latin1.txt').write_bytes('d99 caf\xe9 na\xefve lemma proof\n'.encode('latin-1'))
+  data = prepare_lib.prepare(config)
+  assert data.metadata['sources']['domain']['bad_bytes'] == {str(tmp_path / 'domain' / 'latin1.txt'): 2}
+  assert 'replaced 2 non-UTF-8 bytes' in caplog.text
+
+
+def test_token_sources(tmp_path):
+  config = _config(tmp_path)
+  text = prepare_lib.prepare(config)
+  eos = tokenizer_lib.eos_id(text.tokenizer)
+  rng = np.random.default_rng(0)
+  documents = [np.append(rng.integers(1, 300, rng.integers(5, 60)), eos) for _ in range(300)]
+  np.concatenate(documents).astype(np.uint16).tofile(tmp_path / 'general.bin')
+  config.data.general = f'tokens:{tmp_path}/general.bin?dtype=uint16'
+  config.data.tokenizer = str(tmp_path / 'tok.json')
+  text.tokenizer.save(config.data.tokenizer)
+  data = prepare_lib.prepare(config)
+  info = data.metadata['sources']['general']
+  assert info['documents'] == 300 and info['tokens_train'] + info['tokens_test'] == sum(map(len, documents))
+  assert data.bytes_per_token['general_test'] > 0
+
+
+def test_extra_eval_sets(tmp_path):
+  config = _config(tmp_path)
+  config.extra_eval = ml_collections.ConfigDict({'shakespeare': f'files:{tmp_path}/general/g1*.txt'})
+  data = prepare_lib.prepare(config)
+  assert set(data.eval_sets) == {'general_test', 'domain_test', 'domain_train', 'shakespeare'}
+  assert data.bytes_per_token['shakespeare'] > 0
+  config.extra_eval = ml_collections.ConfigDict({'domain_test': f'files:{tmp_path}/general/g1*.txt'})
+  with pytest.raises(ValueError, match='clash'):
+    prepare_lib.prepare(config)
+
+
+def test_domain_smaller_than_one_sequence(tmp_path):
+  (tmp_path / 'tiny').mkdir()
+  (tmp_path / 'tiny' / 'a.txt').write_text('lemma')
+  config = _config(tmp_path, domain=f'files:{tmp_path}/tiny/*.txt', test_fraction=0.01)
+  with pytest.raises(ValueError, match='domain .* fewer than seq_len \\+ 1 = 33 tokens') as error:
+    prepare_lib.prepare(config)
+  assert '\n' not in str(error.value)
+
+
+@pytest.mark.parametrize('data, match', [
+    (dict(domain=''), "source 'domain' is empty"),
+    (dict(general='files:/nonexistent/spt_jax/*.txt'), 'no files match'),
+    (dict(test_fraction=1.0), r'outside \[0, 1\)'),
+    (dict(test_fraction=0.0, test_tokens=0), 'no held-out set'),
+    (dict(seq_len=0), 'must be positive'),
+])
+def test_bad_inputs_fail_before_work(tmp_path, data, match):
+  with pytest.raises(ValueError, match=match) as error:
+    prepare_lib.prepare(_config(tmp_path, **data))
+  assert '\n' not in str(error.value)
+  assert not (tmp_path / 'cache' / 'prepared').exists()
