@@ -1,0 +1,1 @@
+"""Data: built-in corpora, sources, tokenizer, preparation and mixtures."""

