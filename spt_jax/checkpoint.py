@@ -194,7 +194,11 @@ def restore_params(path: str, abstract_params, optional: Sequence[str] = ('lm_he
   abstract_params: ShapeDtypeStructs (with shardings) of the model to load into. Top-level entries named in
   `optional` (the untied head) may be absent from the checkpoint: they are then absent from the result too, so
   that the caller can create them (Trainer.state_from_params unties the head from the embedding).
+  A Hugging Face OLMo directory (config.json + safetensors) is read through spt_jax.hf.
   """
+  from spt_jax import hf  # pylint: disable=g-import-not-at-top
+  if hf.is_hf_dir(path):
+    return hf.load_for_init(path, abstract_params)
   step_dir = resolve_checkpoint(path)
   stored = ocp.PyTreeCheckpointHandler().metadata(epath.Path(step_dir) / 'state').tree['params']
   target = {key: value for key, value in abstract_params.items() if key in stored or key not in optional}

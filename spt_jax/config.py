@@ -73,6 +73,10 @@ def base_config(model_preset: str = 'tiny') -> ml_collections.ConfigDict:
   c.eval_sequences = 256  # Sequences per eval set (a fixed, seeded sample).
   c.eval_batch_size = 0  # 0: batch_size.
   c.extra_eval = ml_collections.ConfigDict()  # name -> source spec of any further held-out set.
+  # Multiple-choice tasks scored at every evaluation, e.g. ('mmlu_mathematics', 'arc_easy', 'tasks.jsonl'): the
+  # summary records their accuracy at the best checkpoint. See spt_jax/mcqa.py for the built-in tasks.
+  c.mcqa_tasks = ()
+  c.mcqa_max_examples = 200  # A fixed, seeded subset of each task.
   c.log_every = 10
   c.peak_flops = 0.0  # Per-chip peak FLOP/s for MFU; 0: a table of accelerators or a measurement; < 0: no MFU.
   c.checkpoint_every = 1000

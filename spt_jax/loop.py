@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from spt_jax import checkpoint
+from spt_jax import evaluation
 from spt_jax import schedules
 from spt_jax import sharding
 from spt_jax import train
@@ -100,50 +101,6 @@ def _measured_peak_flops() -> float:
   except Exception as error:  # pylint: disable=broad-except
     logging.warning('No peak FLOP/s measurement (%s): MFU is not reported.', error)
     return 0.0
-
-
-class Evaluator:
-  """Loss, its standard error over sequences, and bits per byte on each named held-out set."""
-
-  def __init__(self, c, trainer, data):
-    self.trainer, self.bytes_per_token = trainer, data.bytes_per_token
-    divisor = sharding.batch_divisor(trainer.mesh)
-    rng = np.random.default_rng(c.seed)
-    self.sets = {}
-    for name, rows in sorted(data.eval_sets.items()):
-      if len(rows) > c.eval_sequences:  # A fixed, seeded sample.
-        rows = rows[np.sort(rng.choice(len(rows), c.eval_sequences, replace=False))]
-      self.sets[name] = np.asarray(rows, np.int32)
-    longest = max((len(rows) for rows in self.sets.values()), default=1)
-    batch = min(c.eval_batch_size or c.batch_size, longest)
-    self.batch_size = max(divisor, -(-batch // divisor) * divisor)
-
-  def _device(self, rows):
-    return jax.make_array_from_callback(rows.shape, self.trainer.batch_sharding, lambda index: rows[index])
-
-  def __call__(self, params) -> dict:
-    results, pending = {}, {}
-    for name, rows in self.sets.items():  # Dispatch everything, then read: the device never waits on the host.
-      outputs = []
-      for start in range(0, len(rows), self.batch_size):
-        chunk = rows[start:start + self.batch_size]
-        padded = np.concatenate([chunk, np.repeat(chunk[:1], self.batch_size - len(chunk), 0)])
-        outputs.append((len(chunk), self.trainer.eval_step(params, self._device(padded))))
-      pending[name] = outputs
-    for name, outputs in pending.items():
-      losses = np.concatenate([np.asarray(out['sequence_loss'])[:n] for n, out in outputs]).astype(np.float64)
-      loss = float(losses.mean())
-      stderr = float(losses.std(ddof=1) / math.sqrt(len(losses))) if len(losses) > 1 else float('nan')
-      bytes_per_token = self.bytes_per_token.get(name) or float('nan')
-      results[name] = {'loss': loss, 'loss_stderr': stderr, 'bpb': loss / math.log(2) / bytes_per_token}
-    return results
-
-
-def _eval_scalars(results: dict) -> dict:
-  scalars = {f'eval/{name}/{key}': value for name, r in results.items() for key, value in r.items()}
-  if 'domain_test' in results and 'domain_train' in results:
-    scalars['eval/gap'] = results['domain_test']['loss'] - results['domain_train']['loss']
-  return scalars
 
 
 class _Preemption:
@@ -230,7 +187,7 @@ def build(config, workdir: str, *, stage: str | None = None, grid_point=None, da
   checkpoint.write_config(workdir, c)
   data = prepare_data(c) if data is None else data
   mixture = make_mixture(c, data)
-  evaluator = Evaluator(c, trainer, data)
+  evaluator = evaluation.Evaluator(c, trainer, data)
 
   if resume_step is not None:
     state, meta = checkpoints.restore(trainer.abstract_state, resume_step)
@@ -297,11 +254,12 @@ class _Loop:
   def evaluate(self, step: int, state, meta: dict) -> dict:
     """Runs every eval set and updates the best-so-far and the early-stopping counter in meta."""
     results = self.evaluator(state.params)
-    losses = {name: r['loss'] for name, r in results.items()}
+    losses = evaluation.losses(results)
     domain = losses.get('domain_test', float('nan'))
     if meta['best'] is None or domain < meta['best']['eval']['domain_test']:
       meta['best'] = {'step': step, 'tokens': step * self.tokens_per_step, 'eval': losses,
-                      'epochs': self.mixture.accounting(step)['epochs']}
+                      'epochs': self.mixture.accounting(step)['epochs'],
+                      'mcqa': evaluation.accuracies(results)}
       meta['evals_without_improvement'] = 0
       meta['improved'] = True
     else:
@@ -335,8 +293,8 @@ class _Loop:
     _truncate_metrics(self.metrics_path, step if meta['initial'] is not None else -1)
     if step == 0 and meta['initial'] is None:
       results = self.evaluate(0, state, meta)
-      meta['initial'] = {name: r['loss'] for name, r in results.items()}
-      self.log(0, _eval_scalars(results))
+      meta['initial'] = evaluation.losses(results)
+      self.log(0, evaluation.scalars(results))
     with _Preemption() as preemption:
       pending = None  # (step, device metrics) of the step dispatched last: read after the next is dispatched.
       last_time, last_step, values = time.time(), step, None
@@ -364,7 +322,7 @@ class _Loop:
         domain_test = None
         if is_eval or step == self.steps:
           results = self.evaluate(step, state, meta)
-          scalars.update(_eval_scalars(results))
+          scalars.update(evaluation.scalars(results))
           domain_test = results.get('domain_test', {}).get('loss')
         self.log(step, scalars)
         if c.patience and meta['evals_without_improvement'] >= c.patience:

@@ -51,6 +51,7 @@ def _finetune_entry(name, summary, pretrain_step, pretrain_tokens, grid_point) -
       'general_test_loss_before': initial.get('general_test'),
       'general_test_loss_after': best_eval.get('general_test'),
       'domain_train_loss_after': best_eval.get('domain_train'), 'wall_time_s': summary.get('wall_time_s'),
+      'mcqa_at_best': best.get('mcqa') or {},
   }
 
 

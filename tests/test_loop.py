@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from spt_jax import checkpoint
+from spt_jax import evaluation
 from spt_jax import loop
 from spt_jax import train
 
@@ -157,13 +158,13 @@ def test_early_stopping_on_rising_curve_keeps_the_best(tmp_path, monkeypatch):
   data = tiny_data()
   loop.run(tiny_config(steps=2), str(tmp_path / 'pretrain'), stage='pretrain', data=data)
   curve = iter([3.0, 2.0, 1.5, 1.7, 1.8, 1.9, 2.0, 2.1])  # Evals at steps 0, 2, 4, 6, ...
-  real_call = loop.Evaluator.__call__
+  real_call = evaluation.Evaluator.__call__
 
   def rising(self, params):
     results = real_call(self, params)
     results['domain_test']['loss'] = next(curve)
     return results
-  monkeypatch.setattr(loop.Evaluator, '__call__', rising)
+  monkeypatch.setattr(evaluation.Evaluator, '__call__', rising)
   workdir = str(tmp_path / 'finetune')
   summary = loop.run(tiny_config(init_from=str(tmp_path / 'pretrain')), workdir, stage='finetune', data=data)
   assert summary['stop_reason'] == 'early_stopping'
@@ -268,3 +269,26 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
   checkpoints = checkpoint.Checkpoints(workdir, keep=2)
   assert checkpoints.latest_step() == summary['steps']
   checkpoints.close()
+
+
+def test_finetune_from_a_hugging_face_directory_with_mcqa(tmp_path):
+  """The finetuner's baseline: open weights in, same pipeline; multiple-choice accuracy recorded at the best."""
+  from spt_jax import hf
+  from tests.test_hf import _tokenizer
+  tokenizer = _tokenizer(vocab_size=500)
+  data = tiny_data()
+  data.tokenizer = tokenizer
+  pretrain = loop.run(tiny_config(steps=2), str(tmp_path / 'pretrain'), stage='pretrain', data=data)
+  abstract = train.Trainer(*_trainer_args()).abstract_state.params
+  params = checkpoint.restore_params(str(tmp_path / 'pretrain'), abstract)
+  hf.export_hf(jax.device_get(params), tiny_config().model, tokenizer, str(tmp_path / 'open_model'))
+  task = tmp_path / 'task.jsonl'
+  task.write_text('\n'.join(json.dumps({'question': f'the cat sat on the {i}', 'choices': ['mat', 'dog food'],
+                                        'answer': 0}) for i in range(4)))
+  config = tiny_config(init_from=str(tmp_path / 'open_model'), mcqa_tasks=(str(task),), mcqa_max_examples=4)
+  summary = loop.run(config, str(tmp_path / 'finetune'), stage='finetune', data=data)
+  assert summary['initial']['domain_test'] == pytest.approx(pretrain['final']['domain_test'], rel=1e-5)
+  accuracy = summary['best']['mcqa'][str(task)]
+  assert 0.0 <= accuracy <= 1.0
+  records = [json.loads(line) for line in open(tmp_path / 'finetune' / 'metrics.jsonl')]
+  assert f'eval/mcqa/{task}/accuracy' in records[0]
