@@ -125,13 +125,13 @@ def cpu_config(domain_spec: str, general_spec: str = 'builtin:english') -> ml_co
   c.data.tokenizer = 'bpe'
   c.data.tokenizer_vocab_size = c.model.vocab_size
   c.data.seq_len = 128
-  c.data.general_max_tokens = 3_000_000
-  c.data.domain_max_tokens = 60_000
-  c.data.test_fraction = 0.1
+  c.data.general_max_tokens = 3_000_000  # Pretraining reads about 2/3 of an epoch of general text...
+  c.data.domain_max_tokens = 40_000  # ...and about 4 epochs of the domain set's training split at δ = 5%.
+  c.data.test_tokens = 8_000  # Held out by whole documents from each source.
   c.data.domain_train_sequences = 64
   c.mixture.domain_fraction = 0.05
   c.batch_size = 16
-  c.tokens = 1_000_000
+  c.tokens = 2_000_000
   c.optimizer.lr = 3e-3
   c.schedule.kind = 'cosine'
   c.schedule.warmup_steps = 50
@@ -144,10 +144,10 @@ def cpu_config(domain_spec: str, general_spec: str = 'builtin:english') -> ml_co
   c.mesh.fsdp = 1
   c.mesh.data = -1
   c.finetune.batch_size = 16
-  c.finetune.grid = ((3e-4, 20), (1e-3, 20))
-  c.finetune.eval_every = 20
+  c.finetune.grid = ((3e-4, 10), (1e-3, 10))
+  c.finetune.eval_every = 10  # About one epoch of the domain training split.
   c.finetune.patience = 3
-  c.finetune.max_steps = 400
+  c.finetune.max_steps = 300
   return c
 
 
@@ -228,6 +228,7 @@ def test_config(domain_spec: str) -> ml_collections.ConfigDict:
   c.data.seq_len = 32
   c.data.general_max_tokens = 100_000
   c.data.domain_max_tokens = 10_000
+  c.data.test_tokens = 2_000
   c.data.domain_train_sequences = 8
   c.batch_size = 8
   c.tokens = 8 * 32 * 40

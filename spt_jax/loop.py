@@ -16,6 +16,7 @@ import time
 
 from absl import logging
 from clu import metric_writers
+import grain
 import jax
 import ml_collections
 import numpy as np
@@ -224,10 +225,13 @@ class _Loop:
     self.stop_reason = None
     self.keep_steps = set(c.finetune.from_steps)  # Checkpointed and kept: finetuned from.
 
-  def batch(self, step: int):
-    local = self.mixture.local_batch(step, jax.process_index(), jax.process_count())
-    return jax.make_array_from_process_local_data(self.trainer.batch_sharding, np.asarray(local, np.int32),
-                                                  (self.c.batch_size, self.c.data.seq_len + 1))
+  def batches(self, start_step: int):
+    """This host's rows of the batches from start_step on, read ahead by Grain threads while the device works."""
+    dataset = self.mixture.batch_dataset(jax.process_index(), jax.process_count(), start_step,
+                                         max(self.steps - start_step, 1))
+    for local in dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)):
+      yield jax.make_array_from_process_local_data(self.trainer.batch_sharding, np.asarray(local, np.int32),
+                                                   (self.c.batch_size, self.c.data.seq_len + 1))
 
   def log(self, step: int, scalars: dict) -> None:
     accounting = self.mixture.accounting(step)
@@ -298,8 +302,9 @@ class _Loop:
     with _Preemption() as preemption:
       pending = None  # (step, device metrics) of the step dispatched last: read after the next is dispatched.
       last_time, last_step, values = time.time(), step, None
+      batches = self.batches(step)
       while step < self.steps and self.stop_reason is None:
-        state, metrics = self.trainer.train_step(state, self.batch(step))
+        state, metrics = self.trainer.train_step(state, next(batches))
         step += 1
         if pending is not None and self.read(*pending) is None:
           break
