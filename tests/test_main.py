@@ -57,3 +57,41 @@ def test_every_config_file_and_preset_loads():
       assert config.model.vocab_size > 0
       if preset in ('tiny', 'test'):
         assert config.data.tokenizer_vocab_size == config.model.vocab_size
+
+
+def _write_documents(folder: pathlib.Path, words: list[str], n_documents: int, seed: int) -> None:
+  import random
+  rng = random.Random(seed)
+  folder.mkdir()
+  for i in range(n_documents):
+    sentences = [' '.join(rng.choice(words) for _ in range(rng.randint(4, 12))) + '.' for _ in range(40)]
+    (folder / f'doc{i:03d}.txt').write_text(' '.join(sentences))
+
+
+@pytest.mark.slow
+def test_whole_pipeline_from_the_command_line(tmp_path):
+  """The main command end to end on local files (the built-in corpora need the network): pretrain, finetune, report."""
+  _write_documents(tmp_path / 'general', 'the a cat dog sat on mat and ran to house tree sun rain'.split(), 60, 0)
+  _write_documents(tmp_path / 'domain', 'lemma proof qed intros apply rewrite induction nat'.split(), 30, 1)
+  workdir = tmp_path / 'run'
+  out = _main('--config=configs/proofpile.py:test', f'--workdir={workdir}',
+              f'--config.data.general=files:{tmp_path}/general/*.txt',
+              f'--config.data.domain=files:{tmp_path}/domain/*.txt', f'--config.data.cache_dir={tmp_path}/cache',
+              '--config.data.tokenizer_vocab_size=300', '--config.model.vocab_size=300')
+  assert out.returncode == 0, out.stderr[-3000:]
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert summary['pretrain']['stop_reason'] == 'budget'
+  assert summary['pretrain']['data']['epochs']['domain'] > 0
+  assert len(summary['finetunes']) == 1 and summary['best']['best_domain_test_loss'] is not None
+  best = summary['best']
+  assert best['best_domain_test_loss'] < best['domain_test_loss_before']
+  assert (workdir / 'report.md').read_text().startswith('# ')
+  records = [json.loads(line) for line in (workdir / 'pretrain' / 'metrics.jsonl').read_text().splitlines()]
+  assert {'step', 'tokens', 'train/loss', 'lr', 'data/tokens/domain', 'data/epochs/general'} <= set(records[-1])
+  # Running the same command again finds everything finished and changes nothing.
+  again = _main('--config=configs/proofpile.py:test', f'--workdir={workdir}',
+                f'--config.data.general=files:{tmp_path}/general/*.txt',
+                f'--config.data.domain=files:{tmp_path}/domain/*.txt', f'--config.data.cache_dir={tmp_path}/cache',
+                '--config.data.tokenizer_vocab_size=300', '--config.model.vocab_size=300')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert json.loads((workdir / 'summary.json').read_text())['best'] == best
