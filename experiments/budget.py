@@ -15,11 +15,9 @@ _CHECKPOINTS = flags.DEFINE_integer('checkpoints', 5, 'Earlier pretraining check
 
 def main(argv):
   del argv
-  from spt_jax import loop
   base = common.base_config()
-  steps = loop.total_steps(loop.stage_config(base, 'pretrain'))
-  tokens = steps * base.batch_size * base.data.seq_len
-  from_steps = tuple(steps * k // (_CHECKPOINTS.value + 1) for k in range(1, _CHECKPOINTS.value + 1))
+  tokens = common.pretrain_steps(base) * base.batch_size * base.data.seq_len
+  from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
   deltas = common.floats(_DELTAS.value)
   workdirs = common.run_variants({
       common.delta_name(d): common.variant(base, mixture__domain_fraction=d, finetune__from_steps=from_steps)

@@ -63,6 +63,17 @@ def plan(*argv: str) -> None:
   print(f'{argv[0]}: {out}/')
 
 
+def pretrain_steps(config) -> int:
+  from spt_jax import loop
+  return loop.total_steps(loop.stage_config(config, 'pretrain'))
+
+
+def earlier_steps(config, count: int) -> tuple[int, ...]:
+  """`count` evenly spaced pretraining steps before the last: also finetuned from (finetune.from_steps)."""
+  steps = pretrain_steps(config)
+  return tuple(steps * k // (count + 1) for k in range(1, count + 1))
+
+
 def delta_name(delta: float) -> str:
   return f'delta_{100 * delta:g}pct'
 

@@ -18,10 +18,8 @@ _SCPT_START = flags.DEFINE_float('scpt_start', 0.9, 'Fraction of the pretraining
 
 def main(argv):
   del argv
-  from spt_jax import loop
   base = common.base_config()
-  steps = loop.total_steps(loop.stage_config(base, 'pretrain'))
-  tokens = steps * base.batch_size * base.data.seq_len
+  tokens = common.pretrain_steps(base) * base.batch_size * base.data.seq_len
   sizes = [int(x) for x in common.floats(_SIZES.value)]
   variants = {}
   for size in sizes:

@@ -17,10 +17,8 @@ _CHECKPOINTS = flags.DEFINE_integer('checkpoints', 3, 'Earlier pretraining check
 
 def main(argv):
   del argv
-  from spt_jax import loop
   base = common.base_config()
-  steps = loop.total_steps(loop.stage_config(base, 'pretrain'))
-  from_steps = tuple(steps * k // (_CHECKPOINTS.value + 1) for k in range(1, _CHECKPOINTS.value + 1))
+  from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
   variants = {common.delta_name(d): common.variant(base, mixture__domain_fraction=d, finetune__from_steps=from_steps)
               for d in common.floats(_DELTAS.value)}
   workdirs = common.run_variants(variants)

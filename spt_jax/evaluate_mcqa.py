@@ -6,11 +6,11 @@ mmlu_chemistry, mmlu_mathematics, mmlu_<subject>, each with an optional ':split'
 """
 
 import json
-import sys
 
 from absl import app
 from absl import flags
 
+from spt_jax import cli
 from spt_jax import mcqa
 
 
@@ -53,11 +53,7 @@ def main(argv) -> None:
 
 
 def run() -> None:
-  _define_flags()
-  try:
-    app.run(main)
-  except ValueError as error:
-    sys.exit(f'error: {error}')
+  cli.run(main, _define_flags)
 
 
 if __name__ == '__main__':

@@ -7,7 +7,6 @@ The run's config.json gives the model config, the tokenizer and the context leng
 
 import dataclasses
 import os
-import sys
 from typing import Any
 
 from absl import app
@@ -16,6 +15,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
+from spt_jax import cli
 from spt_jax import checkpoint as checkpoint_lib
 from spt_jax import hf
 from spt_jax import model as model_lib
@@ -104,11 +104,7 @@ def main(argv) -> None:
 
 
 def run() -> None:
-  _define_flags()
-  try:
-    app.run(main)
-  except ValueError as error:
-    sys.exit(f'error: {error}')
+  cli.run(main, _define_flags)
 
 
 if __name__ == '__main__':

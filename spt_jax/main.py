@@ -5,7 +5,6 @@
 """
 
 import json
-import os
 import sys
 
 from absl import app
@@ -44,18 +43,17 @@ def main(argv):
     sys.exit(1)
 
 
-def _run():
-  """Validates override keys before absl sees them, and turns bad input into one line, not a traceback."""
+def _check_overrides():
+  """Unknown `--config.key`s are one-line errors naming the close keys, before absl parses them."""
   from spt_jax import config as config_lib
-  try:
-    config_arg = next((a.split('=', 1)[1] for a in sys.argv if a.startswith('--config=')), None)
-    if config_arg:
-      config_lib.check_override_keys(config_lib.load(config_arg), sys.argv)
-    app.run(main)
-  except ValueError as error:
-    if os.environ.get('SPT_JAX_TRACEBACK'):
-      raise
-    sys.exit(f'error: {error}')
+  config_arg = next((a.split('=', 1)[1] for a in sys.argv if a.startswith('--config=')), None)
+  if config_arg:
+    config_lib.check_override_keys(config_lib.load(config_arg), sys.argv)
+
+
+def _run():
+  from spt_jax import cli
+  cli.run(main, before=_check_overrides)
 
 
 if __name__ == '__main__':

@@ -9,7 +9,6 @@ CLI: python -m spt_jax.sample --checkpoint C --prompt 'X:1' [--temperature 0.8 -
 
 import functools
 import json
-import sys
 
 from absl import app
 from absl import flags
@@ -18,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spt_jax import cli
 from spt_jax import model as model_lib
 
 
@@ -176,11 +176,7 @@ def main(argv) -> None:
 
 
 def run() -> None:
-  _define_flags()
-  try:
-    app.run(main)
-  except ValueError as error:
-    sys.exit(f'error: {error}')
+  cli.run(main, _define_flags)
 
 
 if __name__ == '__main__':
