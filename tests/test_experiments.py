@@ -1,0 +1,31 @@
+"""A study end to end at test scale: the δ sweep trains its variants, then runs the gains and the fit."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_main import ROOT, _write_documents
+
+
+@pytest.mark.slow
+def test_delta_sweep_trains_every_variant_then_analyses(tmp_path):
+  _write_documents(tmp_path / 'general', 'the a cat dog sat on mat and ran to house tree sun rain'.split(), 60, 0)
+  _write_documents(tmp_path / 'domain', 'lemma proof qed intros apply rewrite induction nat'.split(), 30, 1)
+  study = tmp_path / 'study'
+  settings = [f'data.general=files:{tmp_path}/general/*.txt', f'data.domain=files:{tmp_path}/domain/*.txt',
+              f'data.cache_dir={tmp_path}/cache', 'data.tokenizer_vocab_size=300', 'model.vocab_size=300',
+              'eval_every=5']
+  out = subprocess.run([sys.executable, '-m', 'experiments.delta_sweep', '--config=configs/proofpile.py:test',
+                        f'--workdir={study}', '--deltas=0,0.05,0.1,0.2', '--checkpoints=1',
+                        *[f'--set={s}' for s in settings]], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  for name in ('delta_0pct', 'delta_5pct', 'delta_10pct', 'delta_20pct'):
+    summary = json.loads((study / name / 'summary.json').read_text())
+    assert len(summary['finetunes']) == 2  # From the last pretraining step and from one earlier checkpoint.
+  gains = json.loads(next((study / 'analysis' / 'gains').glob('*.json')).read_text())
+  assert gains
+  assert (study / 'analysis' / 'fit' / 'fit.json').exists()
+  assert list((study / 'analysis' / 'fit').glob('*.png'))
