@@ -97,7 +97,7 @@ def run_pipeline(config, workdir: str, data=None) -> dict:
       json.dump(result, f, indent=2, sort_keys=True)
     with open(os.path.join(workdir, 'report.md'), 'w') as f:
       f.write(report(result))
-  logging.info('Pipeline %s: %s', result['stop_reason'], os.path.join(workdir, 'report.md'))
+  logging.info('Pipeline stopped (%s); report: %s', result['stop_reason'], os.path.join(workdir, 'report.md'))
   return result
 
 
@@ -154,5 +154,5 @@ def report(result: dict) -> str:
     lines += ['', 'The pipeline was preempted: rerun the same command to continue.']
   finetune_seconds = sum(f.get('wall_time_s') or 0 for f in result['finetunes'])
   lines += ['', f'Training time: pretraining {pretrain.get("wall_time_s") or 0:.0f} s, finetuning '
-            f'{finetune_seconds:.0f} s ({len(result["finetunes"])} runs).', '']
+            f'{finetune_seconds:.0f} s ({len(result["finetunes"])} run{"s" * (len(result["finetunes"]) != 1)}).', '']
   return '\n'.join(lines)
