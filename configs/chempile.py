@@ -1,7 +1,7 @@
 """ChemPile: chemistry (SMILES strings) as the domain set, general text as the rest.
 
 Paper scale (Cloud TPU VM; set the data paths, see README):
-  python -m spt_jax.main --config=configs/chempile.py:1b --workdir=gs://BUCKET/chempile/1b_spt2 \
+  python -m spt_jax.main --config=configs/chempile.py:1b --workdir=/gcs/BUCKET/chempile/1b_spt2 \
       --config.data.general='tokens:/data/dolma/*.npy?dtype=uint16' \
       --config.data.domain='jsonl:/data/chempile/*.jsonl?field=text'
 CPU scale, built-in corpora (English books and docs; MOSES SMILES), whole pipeline:

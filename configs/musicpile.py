@@ -1,7 +1,7 @@
 """MusicPile: symbolic music (ABC notation) as the domain set, general text as the rest.
 
 Paper scale (Cloud TPU VM; set the data paths, see README):
-  python -m spt_jax.main --config=configs/musicpile.py:1b --workdir=gs://BUCKET/musicpile/1b_spt2 \
+  python -m spt_jax.main --config=configs/musicpile.py:1b --workdir=/gcs/BUCKET/musicpile/1b_spt2 \
       --config.data.general='tokens:/data/dolma/*.npy?dtype=uint16' \
       --config.data.domain='jsonl:/data/musicpile/*.jsonl?field=text'
 CPU scale, built-in corpora (English books and docs; music21's ABC tunes), whole pipeline:

@@ -46,6 +46,9 @@ def base_config(model_preset: str = 'tiny') -> ml_collections.ConfigDict:
   c.mixture.stages = ()
 
   c.batch_size = 2048  # Global batch in sequences.
+  # Microbatches per step: gradients of batch_size / grad_accum_steps sequences at a time are summed, so the
+  # step is the same with less activation memory (raise it until a step fits on the chips).
+  c.grad_accum_steps = 1
   c.steps = 0  # Run length in steps...
   c.tokens = int(200e9)  # ...or in tokens (used when steps == 0).
 
@@ -108,6 +111,7 @@ def paper_config(model_preset: str) -> ml_collections.ConfigDict:
   """
   c = base_config(model_preset)
   c.model.dtype = 'bfloat16'
+  c.model.remat_policy = 'full'  # Recompute each block in the backward pass: 2048-token sequences fit.
   c.data.general = ''  # e.g. 'tokens:/data/dolma/*.npy?dtype=uint16' (OLMo's pre-tokenized Dolma).
   c.data.domain = ''  # e.g. 'jsonl:/data/proofpile/*.jsonl?field=text'.
   c.data.test_tokens = 2_000_000

@@ -40,9 +40,10 @@ class _ShapeOnlyMesh:
 def describe(config, n_devices: int) -> dict:
   """The dry-run summary of `config` on `n_devices` devices."""
   mesh_shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, n_devices)))
-  if config.batch_size % (mesh_shape['data'] * mesh_shape['fsdp']):
-    raise ValueError(f'batch_size {config.batch_size} is not divisible by data × fsdp = '
-                     f'{mesh_shape["data"] * mesh_shape["fsdp"]}; change --config.batch_size or --config.mesh.*')
+  divisor = mesh_shape['data'] * mesh_shape['fsdp'] * config.grad_accum_steps
+  if config.batch_size % divisor:
+    raise ValueError(f'batch_size {config.batch_size} is not divisible by data × fsdp × grad_accum_steps = '
+                     f'{divisor}; change --config.batch_size, --config.grad_accum_steps or --config.mesh.*')
   tokens_per_step = config.batch_size * config.data.seq_len
   steps = config.steps or math.ceil(config.tokens / tokens_per_step)
   schedule = schedules.make_schedule(config, steps, tokens_per_step)
@@ -61,6 +62,8 @@ def describe(config, n_devices: int) -> dict:
   return dict(
       model=config.model.preset, params=total, non_embedding_params=non_embedding,
       mesh=mesh_shape, devices=n_devices, batch_size=config.batch_size, seq_len=config.data.seq_len,
+      grad_accum_steps=config.grad_accum_steps,
+      sequences_per_device_per_microbatch=config.batch_size // divisor,
       tokens_per_step=tokens_per_step, steps=steps, tokens=steps * tokens_per_step,
       params_bytes_per_device=params_bytes, state_bytes_per_device=state_bytes,
       train_flops_per_token=train.train_flops_per_token(config.model, config.data.seq_len),
@@ -74,7 +77,8 @@ def format_summary(d: dict) -> str:
       f'model            {d["model"]}: {d["params"] / 1e9:.3f}B parameters '
       f'({d["non_embedding_params"] / 1e9:.3f}B non-embedding)',
       f'mesh             {d["mesh"]} over {d["devices"]} devices',
-      f'batch            {d["batch_size"]} × {d["seq_len"]} = {d["tokens_per_step"]:,} tokens per step',
+      f'batch            {d["batch_size"]} × {d["seq_len"]} = {d["tokens_per_step"]:,} tokens per step; '
+      f'{d["grad_accum_steps"]} microbatch(es) of {d["sequences_per_device_per_microbatch"]} sequences per device',
       f'run              {d["steps"]:,} steps, {d["tokens"] / 1e9:.2f}B tokens, '
       f'{d["train_flops_per_token"] * d["tokens"]:.3g} model FLOPs',
       f'learning rate    peak {d["peak_lr"]:.3g}, {d["lr_at_end"]:.3g} at the end',

@@ -89,7 +89,9 @@ def peak_flops(c) -> float:
   if c.peak_flops > 0:
     return float(c.peak_flops) * jax.device_count()
   kind = jax.devices()[0].device_kind
-  per_chip = max((flops for name, flops in PEAK_FLOPS.items() if name.lower() in kind.lower()), default=0.0)
+  # The most specific name wins: 'TPU v5 lite' (v5e) must not match 'TPU v5' (v5p).
+  matches = sorted((name for name in PEAK_FLOPS if name.lower() in kind.lower()), key=len)
+  per_chip = PEAK_FLOPS[matches[-1]] if matches else 0.0
   return per_chip * jax.device_count() if per_chip else _measured_peak_flops()
 
 
@@ -112,7 +114,10 @@ class _Preemption:
     self._previous = None
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    # With several hosts, JAX's preemption service (checkpoints.manager.reached_preemption) sees the notice and
+    # makes every host agree on the step; a per-host flag would send hosts into the save barrier at different
+    # steps, so the handler is only installed on a single host.
+    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -130,8 +135,13 @@ def _truncate_metrics(path: str, step: int) -> None:
   """Drops logged steps after the restored one, so a resumed run's metrics.jsonl reads as one run."""
   if not os.path.exists(path) or jax.process_index() != 0:
     return
+  def kept(line: str) -> bool:  # A line cut short by a kill is dropped with the steps after the restore.
+    try:
+      return json.loads(line)['step'] <= step
+    except (json.JSONDecodeError, KeyError):
+      return False
   with open(path) as f:
-    lines = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+    lines = [line for line in f if line.strip() and kept(line)]
   with open(path + '.tmp', 'w') as f:
     f.writelines(lines)
   os.replace(path + '.tmp', path)
@@ -167,11 +177,13 @@ def build(config, workdir: str, *, stage: str | None = None, grid_point=None, da
   checkpoint.check_resumable(workdir, c)
   schedule = schedules.make_schedule(c, steps, tokens_per_step)
   mesh = sharding.make_mesh(c.mesh)
-  if c.batch_size % sharding.batch_divisor(mesh):
+  if c.batch_size % (sharding.batch_divisor(mesh) * c.grad_accum_steps):
     raise ValueError(f'batch_size={c.batch_size} is not a multiple of the {sharding.batch_divisor(mesh)} '
-                     'data-parallel devices; change --config.batch_size or --config.mesh.')
+                     f'data-parallel devices × grad_accum_steps={c.grad_accum_steps}; change --config.batch_size, '
+                     '--config.grad_accum_steps or --config.mesh.')
   optimizer = train.make_optimizer(c, schedule)
-  trainer = train.Trainer(c.model, mesh, optimizer, schedule, z_loss=c.optimizer.z_loss)
+  trainer = train.Trainer(c.model, mesh, optimizer, schedule, z_loss=c.optimizer.z_loss,
+                          microbatches=c.grad_accum_steps)
   keep_steps = tuple(c.finetune.from_steps)
   checkpoints = checkpoint.Checkpoints(workdir, keep=c.keep_checkpoints, keep_steps=keep_steps)
   resume_step = checkpoints.latest_step()

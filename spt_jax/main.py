@@ -31,6 +31,9 @@ def main(argv):
     return
   if not _WORKDIR.value:
     raise ValueError('--workdir is required: the folder where the run writes its checkpoints and metrics')
+  if '://' in _WORKDIR.value:
+    raise ValueError(f'--workdir={_WORKDIR.value} is a URL; use a path every host sees (mount a bucket with '
+                     'gcsfuse, e.g. --workdir=/gcs/BUCKET/run)')
   sharding.initialize_distributed()
   config_lib.check_runnable(config, jax.default_backend())
   from spt_jax import loop

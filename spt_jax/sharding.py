@@ -5,6 +5,7 @@ axis of size 1 costs nothing, so one code path serves 1 CPU and a pod. A dimensi
 divide is left unsharded along that axis instead of failing (small CPU models on 8 simulated devices).
 """
 
+import glob
 import logging
 import math
 import os
@@ -114,9 +115,12 @@ def batch_divisor(mesh: Mesh) -> int:
 
 
 def initialize_distributed(force: bool = False) -> None:
-  """Starts multi-host JAX when running on more than one host (Cloud TPU pods, or a coordinator is set)."""
-  multi_host_tpu = ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')
-  if force or multi_host_tpu or os.environ.get('JAX_COORDINATOR_ADDRESS'):
+  """Starts multi-host JAX on Cloud TPU VMs (JAX finds the other hosts itself) or where a coordinator is set.
+
+  On a TPU VM this runs even with one host: it is harmless there, and it also starts JAX's preemption service.
+  """
+  on_tpu_vm = bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*')) or 'TPU_WORKER_HOSTNAMES' in os.environ
+  if force or on_tpu_vm or os.environ.get('JAX_COORDINATOR_ADDRESS'):
     jax.distributed.initialize()
     logging.info('jax.distributed: process %d of %d, %d local / %d global devices', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())

@@ -48,8 +48,10 @@ class Trainer:
   """A model, an optimizer and a mesh, turned into sharded state and jitted, donated steps."""
 
   def __init__(self, model_cfg, mesh, optimizer: optax.GradientTransformation,
-               schedule: Callable[[jax.Array], jax.Array] | None = None, z_loss: float = 0.0):
+               schedule: Callable[[jax.Array], jax.Array] | None = None, z_loss: float = 0.0,
+               microbatches: int = 1):
     self.model_cfg, self.mesh, self.optimizer = model_cfg, mesh, optimizer
+    self.microbatches = microbatches
     self.model = model_lib.Decoder(model_cfg, mesh=mesh)
     self.schedule = schedule or (lambda step: jnp.zeros([]))
     self.z_loss = z_loss
@@ -96,8 +98,26 @@ class Trainer:
     z_loss = jnp.square(log_z_BxL).mean()
     return loss + self.z_loss * z_loss, (loss, z_loss)
 
+  def _gradients(self, params, batch_BxLp1):
+    """Gradients and losses of the batch; with microbatches, accumulated over them (same mean, less memory)."""
+    grad_fn = jax.grad(self.loss_fn, has_aux=True)
+    m = self.microbatches
+    if m == 1:
+      return grad_fn(params, batch_BxLp1)
+    # Microbatch k takes every m-th row, so that each one is spread over all data-parallel devices.
+    batch_MxBxLp1 = batch_BxLp1.reshape(batch_BxLp1.shape[0] // m, m, -1).swapaxes(0, 1)
+
+    def accumulate(totals, micro_BxLp1):
+      micro_BxLp1 = jax.lax.with_sharding_constraint(micro_BxLp1, self.batch_sharding)
+      grads, (loss, z_loss) = grad_fn(params, micro_BxLp1)
+      return jax.tree.map(jnp.add, totals, (grads, loss, z_loss)), None
+
+    zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros([]), jnp.zeros([]))
+    (grads, loss, z_loss), _ = jax.lax.scan(accumulate, zeros, batch_MxBxLp1)
+    return jax.tree.map(lambda g: g / m, grads), (loss / m, z_loss / m)
+
   def _train_step(self, state: TrainState, batch_BxLp1):
-    grads, (loss, z_loss) = jax.grad(self.loss_fn, has_aux=True)(state.params, batch_BxLp1)
+    grads, (loss, z_loss) = self._gradients(state.params, batch_BxLp1)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'z_loss': z_loss, 'grad_norm': optax.tree.norm(grads),

@@ -15,7 +15,8 @@ import pytest
 
 from spt_jax import sharding
 
-_MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2)]
+# (data, fsdp, tensor, microbatches): gradient accumulation must not change the step either.
+_MESHES = [(1, 1, 1, 1), (8, 1, 1, 1), (2, 4, 1, 1), (2, 2, 2, 1), (2, 4, 1, 2), (1, 1, 1, 4)]
 
 _SCRIPT = textwrap.dedent('''
     import json, sys
@@ -25,17 +26,18 @@ _SCRIPT = textwrap.dedent('''
     config.model.d_model, config.model.n_heads = 128, 4  # Divisible by every mesh axis below.
     batch = np.random.RandomState(0).randint(0, config.model.vocab_size, (16, 33)).astype(np.int32)
     results = []
-    for data, fsdp, tensor in json.loads(sys.argv[1]):
+    for data, fsdp, tensor, microbatches in json.loads(sys.argv[1]):
       mesh_cfg = ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
       mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:data * fsdp * tensor])
       schedule = optax.constant_schedule(1e-3)
-      trainer = train.Trainer(config.model, mesh, train.make_optimizer(config, schedule), schedule)
+      trainer = train.Trainer(config.model, mesh, train.make_optimizer(config, schedule), schedule,
+                              microbatches=microbatches)
       state = trainer.init_state(seed=0)
       shards = {k: len(v['kernel'].addressable_shards[0].data.flatten()) / v['kernel'].size
                 for k, v in state.params['blocks'].items()}
       state, metrics = trainer.train_step(state, jax.device_put(batch, trainer.batch_sharding))
       state, metrics2 = trainer.train_step(state, jax.device_put(batch, trainer.batch_sharding))
-      results.append(dict(mesh=[data, fsdp, tensor], loss=float(metrics['loss']),
+      results.append(dict(mesh=[data, fsdp, tensor, microbatches], loss=float(metrics['loss']),
                           grad_norm=float(metrics['grad_norm']), loss2=float(metrics2['loss']),
                           shard_fraction=min(shards.values()),
                           spec=str(state.params['blocks']['q']['kernel'].sharding.spec)))
@@ -43,7 +45,7 @@ _SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_same_loss_and_grad_norm_on_every_mesh():
+def test_same_loss_and_grad_norm_on_every_mesh_and_with_microbatches():
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
   out = subprocess.run([sys.executable, '-c', _SCRIPT, json.dumps(_MESHES)], env=env, capture_output=True,
                        text=True, check=True)
@@ -52,7 +54,7 @@ def test_same_loss_and_grad_norm_on_every_mesh():
   for r in results[1:]:
     for key in ('loss', 'grad_norm', 'loss2'):
       assert r[key] == pytest.approx(reference[key], rel=1e-5), (r['mesh'], key)
-  by_mesh = {tuple(r['mesh']): r for r in results}
+  by_mesh = {tuple(r['mesh'][:3]): r for r in results if r['mesh'][3] == 1}
   # Parameters are really sharded: each device holds a quarter (fsdp=4) or an eighth (fsdp=2 x tensor=2)... of q.
   assert by_mesh[(2, 4, 1)]['shard_fraction'] == pytest.approx(1 / 4)
   assert by_mesh[(2, 2, 2)]['shard_fraction'] == pytest.approx(1 / 4)

@@ -205,12 +205,13 @@ class Mixture:
     result = np.empty_like(counts)
     for epoch in np.unique(epochs).tolist():
       pick = epochs == epoch
-      key = (name, epoch)
-      if key not in self._keys:
+      # Grain reads from several threads: take the round keys into a local before another thread may clear the cache.
+      round_keys = self._keys.get((name, epoch))
+      if round_keys is None:
         if len(self._keys) > 64:
           self._keys.clear()
-        self._keys[key] = _round_keys(self.seed, name, epoch)
-      result[pick] = permute(offsets[pick], size, self._keys[key])
+        round_keys = self._keys[(name, epoch)] = _round_keys(self.seed, name, epoch)
+      result[pick] = permute(offsets[pick], size, round_keys)
     return result
 
   def examples(self, indices) -> np.ndarray:
