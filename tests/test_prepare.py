@@ -93,6 +93,21 @@ def test_no_test_document_reaches_training(tmp_path):
     assert seen_test and seen_train > 10
 
 
+def test_a_document_held_out_in_one_source_never_trains_through_another(tmp_path):
+  budgets = dict(test_fraction=0.05, test_tokens=1500)  # Token budgets: each source's split ends elsewhere.
+  first = prepare_lib.prepare(_config(tmp_path, **budgets))
+  held_out = json.loads((first.path / 'test_documents_domain.json').read_text())
+  # The held-out domain document furthest along the split order: general's smaller budget stops before it.
+  copied = max((p for p in (tmp_path / 'domain').glob('*.txt')
+                if f'{sources_lib.content_hash(p.read_text()):016x}' in held_out),
+               key=lambda p: sources_lib.split_unit(sources_lib.content_hash(p.read_text())))
+  (tmp_path / 'general' / 'copy_of_a_domain_test_document.txt').write_bytes(copied.read_bytes())
+  data = prepare_lib.prepare(_config(tmp_path, cache_dir=str(tmp_path / 'cache2'), **budgets))
+  assert data.metadata['sources']['general']['documents_dropped_as_held_out_elsewhere'] == 1
+  tokens = np.array(data.tokenizer.encode(copied.read_text()).ids + [tokenizer_lib.eos_id(data.tokenizer)])
+  assert not _contains(np.asarray(data.train['general']).reshape(-1), tokens)
+
+
 def test_same_inputs_same_arrays_in_a_fresh_cache(tmp_path):
   first = prepare_lib.prepare(_config(tmp_path))
   second = prepare_lib.prepare(_config(tmp_path, cache_dir=str(tmp_path / 'other')))
@@ -149,9 +164,15 @@ def test_subsample_by_whole_documents(tmp_path):
   data = prepare_lib.prepare(_config(tmp_path, domain_max_tokens=1500, general_max_tokens=3000))
   domain, general = data.metadata['sources']['domain'], data.metadata['sources']['general']
   assert domain['documents_kept'] < domain['documents']
-  # Documents in seeded order up to the one that crosses the budget (documents have < 400 tokens here).
-  assert 1500 <= domain['tokens_train'] + domain['tokens_test'] < 1500 + 400
-  assert 3000 <= general['tokens_train'] + general['tokens_test'] < 3000 + 400
+  # Training documents in seeded order up to the one that crosses the budget (documents have < 400 tokens).
+  assert 1500 <= domain['tokens_train'] < 1500 + 400
+  assert 3000 <= general['tokens_train'] < 3000 + 400
+  # The held-out split is drawn before subsampling: the same documents whatever the budget.
+  whole = prepare_lib.prepare(_config(tmp_path))
+  for name in ('domain', 'general'):
+    assert ((data.path / f'test_documents_{name}.json').read_text() ==
+            (whole.path / f'test_documents_{name}.json').read_text())
+    np.testing.assert_array_equal(data.eval_sets[f'{name}_test'], whole.eval_sets[f'{name}_test'])
   other_seed = _config(tmp_path, domain_max_tokens=1500, general_max_tokens=3000)
   other_seed.seed = 1
   assert not np.array_equal(prepare_lib.prepare(other_seed).train['domain'][:4], data.train['domain'][:4])

@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import pathlib
 import shutil
+import socket
 import sys
 import time
 
@@ -29,7 +30,7 @@ import tokenizers
 from spt_jax.data import sources as sources_lib
 from spt_jax.data import tokenizer as tokenizer_lib
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: held-out split before subsampling, across sources.
 MAX_EVAL_SEQUENCES = 4096  # Cap of each held-out eval set; more adds eval time, not precision that matters.
 _CHUNK_CHARS = 1 << 20  # Text per tokenizer task: large enough to amortise pickling, small enough to balance.
 _MIN_PROCESSES = 8  # Below this many cores, the tokenizer's threads in one process are as fast.
@@ -152,8 +153,8 @@ def _encode_in_pool(chunks: list, tokenizer, eos: int, workers: int):
       executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _read(source, tokenizer, eos: int, seed: int, max_tokens: int, workers: int):
-  """Documents of a source in seeded hash order, subsampled to max_tokens: (hashes, token arrays, bytes)."""
+def _documents(source, eos: int) -> tuple[list, list, list]:
+  """Every document of a source with its content hash and UTF-8 size (None for already-tokenized sources)."""
   if source.is_tokens:
     documents = [d if d[-1] == eos else np.append(d, eos) for d in source.token_documents(eos)]
     hashes = [sources_lib.content_hash(d) for d in documents]
@@ -166,36 +167,36 @@ def _read(source, tokenizer, eos: int, seed: int, max_tokens: int, workers: int)
     del encoded
   if not documents:
     raise ValueError(f'source {source.name!r} ({source.spec}) has no documents; point it at non-empty text')
-  order = sorted(range(len(documents)), key=lambda i: sources_lib.seeded_order_key(hashes[i], seed))
+  return documents, hashes, sizes
+
+
+def _tokenized(source, documents: list, indices: list, tokenizer, eos: int, workers: int,
+               max_tokens: int = 0) -> list:
+  """Token arrays of documents[indices], in that order, up to (and including) the one crossing max_tokens."""
   if source.is_tokens:
-    arrays, kept, total = [], [], 0
-    for i in order:
-      arrays.append(documents[i])
-      kept.append(i)
-      total += len(documents[i])
-      if max_tokens and total >= max_tokens:
-        break
+    arrays = [documents[i] for i in indices]
   else:
-    arrays, kept = [], []
-    texts = [documents[i] for i in order]
-    for ids, lengths in tokenize_documents(texts, tokenizer, eos, workers, max_tokens):
+    arrays = []
+    for ids, lengths in tokenize_documents([documents[i] for i in indices], tokenizer, eos, workers, max_tokens):
       arrays.extend(np.split(ids, np.cumsum(lengths)[:-1]))
-    if max_tokens:  # Whole chunks came back; keep documents up to (and including) the one crossing the budget.
-      ends = np.cumsum([len(a) for a in arrays])
-      arrays = arrays[:int(np.searchsorted(ends, max_tokens)) + 1]
-    kept = order[:len(arrays)]
-  return [hashes[i] for i in kept], arrays, [sizes[i] for i in kept], len(documents)
+  if max_tokens and arrays:
+    ends = np.cumsum([len(a) for a in arrays])
+    arrays = arrays[:int(np.searchsorted(ends, max_tokens)) + 1]
+  return arrays
 
 
-def _split(hashes: list, arrays: list, test_fraction: float, test_tokens: int) -> np.ndarray:
-  """Boolean mask of held-out documents: the lowest split positions, by fraction or token budget."""
-  units = np.array([sources_lib.split_unit(h) for h in hashes])
+def _held_out(source, documents, hashes, tokenizer, eos, workers, test_fraction: float, test_tokens: int):
+  """Indices of the held-out documents, in split order: the lowest split positions, by fraction or budget.
+
+  The split depends on the documents alone (never on subsampling), and duplicates share their split.
+  """
+  units = [sources_lib.split_unit(h) for h in hashes]
+  by_unit = sorted(range(len(documents)), key=units.__getitem__)
   if test_tokens > 0:
-    by_unit = np.argsort(units, kind='stable')
-    ends = np.cumsum([len(arrays[i]) for i in by_unit])
-    last = min(int(np.searchsorted(ends, test_tokens)), len(by_unit) - 1)
-    return units <= units[by_unit[last]]  # A threshold, so duplicates of a document share its split.
-  return units < test_fraction
+    budget = _tokenized(source, documents, by_unit, tokenizer, eos, workers, test_tokens)
+    threshold = units[by_unit[len(budget) - 1]]
+    return [i for i in by_unit if units[i] <= threshold]
+  return [i for i in by_unit if units[i] < test_fraction]
 
 
 def _pack(arrays: list, seq_len: int, dtype) -> np.ndarray:
@@ -299,30 +300,44 @@ def _build(config, parsed: dict, tokenizer, digest: str, folder: pathlib.Path) -
   vocab_size = tokenizer.get_vocab_size()
   dtype = np.uint16 if vocab_size <= 1 << 16 else np.uint32
   workers = data.num_workers or os.cpu_count() or 1
-  partial = folder.parent / f'.{folder.name}.tmp{os.getpid()}'
+  # Unique per host and process: on a shared cache, hosts may prepare the same folder at once.
+  partial = folder.parent / f'.{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}'
   shutil.rmtree(partial, ignore_errors=True)
   partial.mkdir(parents=True)
   metadata = dict(version=FORMAT_VERSION, tokenizer=digest, vocab_size=vocab_size, eos=eos,
                   seq_len=data.seq_len, dtype=np.dtype(dtype).name, seed=config.seed, sources={},
                   eval_sets={}, bytes_per_token={})
   text_bytes = 0
+  eval_cap = MAX_EVAL_SEQUENCES * (data.seq_len + 1)
+  # First every source's held-out documents, so that none of them reaches training through any source.
+  read = {}
   for name, source in parsed.items():
-    max_tokens = data.get(f'{name}_max_tokens', 0)
-    hashes, arrays, sizes, total = _read(source, tokenizer, eos, config.seed, max_tokens, workers)
-    text_bytes += sum(s for s in sizes if s is not None)
+    documents, hashes, sizes = _documents(source, eos)
+    held = (list(range(len(documents))) if name.startswith('extra:') else
+            _held_out(source, documents, hashes, tokenizer, eos, workers, data.test_fraction, data.test_tokens))
+    read[name] = (documents, hashes, sizes, held)
+  held_out_hashes = {read[name][1][i] for name in read for i in read[name][3]}
+  pick = lambda items, indices: [items[i] for i in indices]
+  for name, source in parsed.items():
+    documents, hashes, sizes, held = read.pop(name)
+    test_arrays = _tokenized(source, documents, held, tokenizer, eos, workers, eval_cap)
+    test_sizes = pick(sizes, held[:len(test_arrays)])
     info = dict(spec=source.spec, fingerprint=source.fingerprint(), bad_bytes=source.bad_bytes,
-                checksums=source.checksums or source.content_checksums(), documents=total,
-                documents_kept=len(arrays))
+                checksums=source.checksums or source.content_checksums(), documents=len(documents))
     if name.startswith('extra:'):
-      sequences = _pack(arrays, data.seq_len, dtype)[:MAX_EVAL_SEQUENCES]
-      _write(partial, f'eval_{name[6:]}', sequences, metadata, bytes_per_token=_bytes_per_token(
-          tokenizer, sizes, arrays))
-      info.update(tokens=int(sum(len(a) for a in arrays)))
+      text_bytes += sum(s for s in test_sizes if s is not None)
+      _write(partial, f'eval_{name[6:]}', _pack(test_arrays, data.seq_len, dtype)[:MAX_EVAL_SEQUENCES], metadata,
+             bytes_per_token=_bytes_per_token(tokenizer, test_sizes, test_arrays))
+      info.update(tokens=int(sum(len(a) for a in test_arrays)))
       metadata['sources'][name] = info
       continue
-    test = _split(hashes, arrays, data.test_fraction, data.test_tokens)
-    pick = lambda items, mask: [item for item, held in zip(items, mask) if held]
-    train_arrays, test_arrays = pick(arrays, ~test), pick(arrays, test)
+    # Training documents: the rest, in a seeded order, subsampled by whole documents to max_tokens.
+    candidates = [i for i in range(len(documents)) if hashes[i] not in held_out_hashes]
+    candidates.sort(key=lambda i: sources_lib.seeded_order_key(hashes[i], config.seed))
+    train_arrays = _tokenized(source, documents, candidates, tokenizer, eos, workers,
+                              data.get(f'{name}_max_tokens', 0))
+    train_sizes = pick(sizes, candidates[:len(train_arrays)])
+    text_bytes += sum(s for s in train_sizes + test_sizes if s is not None)
     train = _pack(train_arrays, data.seq_len, dtype)
     held_out = _pack(test_arrays, data.seq_len, dtype)
     for split, rows in (('training', train), ('held-out', held_out)):
@@ -331,18 +346,20 @@ def _build(config, parsed: dict, tokenizer, digest: str, folder: pathlib.Path) -
                          'add documents, lower --config.data.seq_len or adjust test_fraction/test_tokens')
     _write(partial, f'train_{name}', train, metadata)
     _write(partial, f'eval_{name}_test', held_out[:MAX_EVAL_SEQUENCES], metadata,
-           bytes_per_token=_bytes_per_token(tokenizer, pick(sizes, test), test_arrays))
+           bytes_per_token=_bytes_per_token(tokenizer, test_sizes, test_arrays))
     if name == 'domain':
       count = min(data.domain_train_sequences, len(train))
       rows = np.sort(np.random.default_rng([config.seed, 7]).choice(len(train), count, replace=False))
       _write(partial, 'eval_domain_train', train[rows], metadata,
-             bytes_per_token=_bytes_per_token(tokenizer, pick(sizes, ~test), train_arrays))
-    info.update(documents_train=len(train_arrays), documents_test=len(test_arrays),
+             bytes_per_token=_bytes_per_token(tokenizer, train_sizes, train_arrays))
+    info.update(documents_kept=len(train_arrays) + len(held), documents_train=len(train_arrays),
+                documents_test=len(held), documents_dropped_as_held_out_elsewhere=(
+                    len(documents) - len(held) - len(candidates)),
                 tokens_train=int(sum(map(len, train_arrays))), tokens_test=int(sum(map(len, test_arrays))),
                 sequences_train=len(train), sequences_test=len(held_out))
     metadata['sources'][name] = info
     (partial / f'test_documents_{name}.json').write_text(json.dumps(
-        sorted(f'{h:016x}' for h in pick(hashes, test))))
+        sorted(f'{h:016x}' for h in pick(hashes, held))))
   seconds = time.time() - start
   metadata.update(seconds=round(seconds, 2), text_bytes=text_bytes, workers=workers,
                   megabytes_per_second_per_worker=round(text_bytes / 1e6 / seconds / workers, 3))
