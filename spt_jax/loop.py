@@ -147,6 +147,17 @@ def _truncate_metrics(path: str, step: int) -> None:
   os.replace(path + '.tmp', path)
 
 
+def _check_host_rows(batch_sharding, global_shape) -> None:
+  """Each host reads rows [p·B/P, (p+1)·B/P): true unless a non-batch mesh axis (tensor) spans hosts."""
+  process, count = jax.process_index(), jax.process_count()
+  rows = {(index[0].start or 0, global_shape[0] if index[0].stop is None else index[0].stop)
+          for index in batch_sharding.addressable_devices_indices_map(global_shape).values()}
+  per_host = global_shape[0] // count
+  if (min(r[0] for r in rows), max(r[1] for r in rows)) != (process * per_host, (process + 1) * per_host):
+    raise ValueError(f'host {process} of {count} holds batch rows {sorted(rows)} rather than its own slice: a '
+                     'non-batch mesh axis spans hosts; keep --config.mesh.tensor within one host')
+
+
 class _QuietOrbax(std_logging.Filter):
   """Keeps orbax's per-save INFO chatter out of the progress log (its warnings and errors still show)."""
 
@@ -239,6 +250,7 @@ class _Loop:
 
   def batches(self, start_step: int):
     """This host's rows of the batches from start_step on, read ahead by Grain threads while the device works."""
+    _check_host_rows(self.trainer.batch_sharding, (self.c.batch_size, self.c.data.seq_len + 1))
     dataset = self.mixture.batch_dataset(jax.process_index(), jax.process_count(), start_step,
                                          max(self.steps - start_step, 1))
     for local in dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)):
