@@ -16,6 +16,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from spt_jax import model as model_lib
+
 CHECKPOINTS = 'checkpoints'
 CONFIG_FILE = 'config.json'
 # The metric orbax ranks checkpoints by: eval domain_test loss, lower is better.
@@ -204,13 +206,9 @@ def restore_params(path: str, abstract_params, optional: Sequence[str] = ('lm_he
   target = {key: value for key, value in abstract_params.items() if key in stored or key not in optional}
   stored_shapes = {_key_name(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(stored)}
   model_shapes = {_key_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(target)}
-  problems = [f'{k}: missing from the checkpoint' for k in model_shapes if k not in stored_shapes]
-  problems += [f'{k}: not in the model' for k in stored_shapes if k not in model_shapes]
-  problems += [f'{k}: checkpoint {stored_shapes[k]} vs model {model_shapes[k]}' for k in model_shapes
-               if k in stored_shapes and stored_shapes[k] != model_shapes[k]]
-  if problems:
-    more = f' (and {len(problems) - 4} more)' if len(problems) > 4 else ''
-    raise ValueError(f'init_from={path} holds a model of another shape ({"; ".join(problems[:4])}{more}); '
+  differences = model_lib.shape_differences(model_shapes, stored_shapes, 'checkpoint')
+  if differences:
+    raise ValueError(f'init_from={path} holds a model of another shape ({differences}); '
                      'use the model preset it was trained with.')
   logging.info('Loading parameters from %s', step_dir)
   checkpointer = ocp.PyTreeCheckpointer()

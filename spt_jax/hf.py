@@ -272,13 +272,9 @@ def check_hf_tensors(tensors: dict, model_cfg, where: str) -> None:
       raise HfFormatError(f'{where}: tie_word_embeddings is true but lm_head.weight differs from the embedding; '
                           'set tie_word_embeddings to false in config.json.')
     found.pop('lm_head.weight')
-  problems = [f'{k}: missing' for k in expected if k not in found]
-  problems += [f'{k}: unexpected' for k in found if k not in expected]
-  problems += [f'{k}: {found[k]} vs {expected[k]} from config.json' for k in expected
-               if k in found and found[k] != expected[k]]
-  if problems:
-    more = f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''
-    raise HfFormatError(f'{where}: weights do not match config.json ({"; ".join(problems[:3])}{more}); '
+  differences = model_lib.shape_differences(expected, found, 'safetensors file', limit=3)
+  if differences:
+    raise HfFormatError(f'{where}: weights do not match config.json ({differences}); '
                         'the directory holds another architecture or a corrupt checkpoint.')
 
 

@@ -217,6 +217,16 @@ def count_params_from_config(cfg) -> tuple[int, int]:
   return count_params(abstract_params(cfg))
 
 
+def shape_differences(model_shapes: dict, stored_shapes: dict, stored: str, limit: int = 4) -> str:
+  """'' when two {parameter name: shape} maps agree; else what is missing, extra or of another shape."""
+  problems = [f'{k}: missing from the {stored}' for k in model_shapes if k not in stored_shapes]
+  problems += [f'{k}: not in the model' for k in stored_shapes if k not in model_shapes]
+  problems += [f'{k}: {stored} {stored_shapes[k]} vs model {model_shapes[k]}' for k in model_shapes
+               if k in stored_shapes and stored_shapes[k] != model_shapes[k]]
+  more = f' (and {len(problems) - limit} more)' if len(problems) > limit else ''
+  return '; '.join(problems[:limit]) + more
+
+
 def untie(params):
   """Adds an output head initialised as a copy of the input embedding (for finetuning untied)."""
   params = dict(params)
