@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -232,7 +233,9 @@ def score_requests(params, model_cfg, requests, batch_size: int = 16) -> np.ndar
       n = len(ids) - 1
       inputs[row, :n], targets[row, :n] = ids[:-1], ids[1:]
       mask[row, n - n_continuation:n] = 1.0
-    scores[rows] = np.asarray(score(params, inputs, targets, mask))[:len(rows)]
+    # Every host scores the same requests; the gather makes the result readable even when it spans hosts.
+    row_scores = multihost_utils.process_allgather(score(params, inputs, targets, mask), tiled=True)
+    scores[rows] = np.asarray(row_scores)[:len(rows)]
   return scores
 
 
