@@ -3,8 +3,10 @@
 Layout: `<cache_root>/prepared/<key>/` holds `train_<source>.npy` and `eval_<set>.npy` ([N, seq_len+1],
 uint16 when the vocabulary fits, else uint32; read memory-mapped), `test_documents_<source>.json` (content
 hashes of every held-out document), `tokenizer.json` (the tokenizer the ids belong to) and `metadata.json`.
-Ahead of training: `python -m spt_jax.data.prepare --config=configs/proofpile.py:tiny`. The key hashes the inputs (source specs, tokenizer, seq_len,
-seed, budgets, split), not the source contents: when a source's files change under an existing prepared set
+The held-out split is drawn over all of a source's documents before any subsampling (so it does not depend on
+the budgets), and a document held out in any source is kept out of every training split.
+Ahead of training: `python -m spt_jax.data.prepare --config=configs/proofpile.py:tiny`. The key hashes the
+inputs (source specs, tokenizer, seq_len, seed, budgets, split), not the source contents: when a source's files change under an existing prepared set
 (sizes, mtimes or manifests differ and the checksums confirm it), `prepare` raises a one-line error naming the
 source and the folder to delete, so a resumed run never silently trains on different data.
 """
@@ -257,7 +259,8 @@ def _check_unchanged(source, stored: dict, folder: pathlib.Path) -> None:
               if p != 'spec' and current[p] != stored['fingerprint'][p]]
   for path in sorted(suspects):
     old = stored['checksums'].get(path)
-    if old is None or sources_lib._file_checksum(pathlib.Path(path), sampled=source.is_tokens) != old:  # pylint: disable=protected-access
+    checksum = sources_lib._file_checksum(pathlib.Path(path), sampled=source.is_tokens)  # pylint: disable=protected-access
+    if old is None or checksum != old:
       changed.append(path)
   if changed:
     raise ValueError(f'source {source.name!r} ({source.spec}) changed since {folder} was prepared '
