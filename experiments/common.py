@@ -53,10 +53,10 @@ def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, st
   return workdirs
 
 
-def plan(*argv: str) -> None:
-  """Runs `python -m spt_jax.plan ARGV`, writing into WORKDIR/analysis/<command>."""
+def plan(*argv: str, name: str = '') -> None:
+  """Runs `python -m spt_jax.plan ARGV`, writing into WORKDIR/analysis/<name, default the command>."""
   from spt_jax import plan as plan_lib
-  out = os.path.join(WORKDIR.value, 'analysis', argv[0])
+  out = os.path.join(WORKDIR.value, 'analysis', name or argv[0])
   code = plan_lib.main([*argv, '--out', out])
   if code:
     raise SystemExit(f'python -m spt_jax.plan {" ".join(argv)} failed (exit {code})')

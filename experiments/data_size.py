@@ -34,7 +34,7 @@ def main(argv):
   workdirs = common.run_variants(variants)
   for size in sizes:
     spt = [workdirs[f'spt_{size}']] + ([workdirs[f'scpt_{size}']] if f'scpt_{size}' in workdirs else [])
-    common.plan('gains', '--npt', workdirs[f'npt_{size}'], '--spt', *spt)
+    common.plan('gains', '--npt', workdirs[f'npt_{size}'], '--spt', *spt, name=f'gains_{size}')
 
 
 if __name__ == '__main__':

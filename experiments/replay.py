@@ -23,7 +23,7 @@ def main(argv):
   workdirs = common.run_variants(variants)
   for r in common.floats(_REPLAY.value):
     common.plan('gains', '--npt', workdirs[f'npt_replay_{100 * r:g}pct'],
-                '--spt', workdirs[f'spt_replay_{100 * r:g}pct'])
+                '--spt', workdirs[f'spt_replay_{100 * r:g}pct'], name=f'gains_replay_{100 * r:g}pct')
 
 
 if __name__ == '__main__':

@@ -141,6 +141,9 @@ def cmd_recommend(args) -> None:
   for tokens in args.tokens:
     delta, loss = scaling.best_delta(law, tokens, args.objective, delta_max)
     line = {'tokens': tokens, 'objective': args.objective, 'best_delta': delta, 'loss': loss}
+    notes = scaling.extrapolation_notes(law, tokens, loss)
+    if notes:
+      line['notes'] = notes
     if args.candidates:
       line['best_candidate'], line['candidate_loss'] = scaling.best_delta(law, tokens, args.objective,
                                                                            candidates=args.candidates)

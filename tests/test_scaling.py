@@ -133,3 +133,12 @@ def test_unidentified_parameters_are_warned():
   text = ' '.join(fit['warnings'])
   assert 'distinct δ' in text
   assert 'identify' in text or 'CI' in text
+
+
+def test_extrapolation_and_impossible_losses_are_flagged():
+  import types
+  law = types.SimpleNamespace(token_range=(1e9, 1e10))
+  assert scaling.extrapolation_notes(law, 5e9, 2.0) == []
+  far = scaling.extrapolation_notes(law, 8e10, 2.0)
+  assert len(far) == 1 and '8× the largest fitted budget' in far[0]
+  assert any('does not hold' in note for note in scaling.extrapolation_notes(law, 5e9, -0.1))

@@ -432,8 +432,17 @@ def forecast(law: ScalingLaw, delta: float, tokens: float) -> dict:
   if law.fitted_deltas and not min(law.fitted_deltas) <= delta <= max(law.fitted_deltas):
     notes.append(f'δ={delta:g} is outside the fitted δ range [{min(law.fitted_deltas):g}, '
                  f'{max(law.fitted_deltas):g}]: extrapolated')
-  if law.token_range and tokens > law.token_range[1]:
-    notes.append(f'T={tokens:.3g} is {tokens / law.token_range[1]:.3g}× the largest fitted budget: extrapolated')
+  notes += extrapolation_notes(law, tokens, result['post_ft_loss'])
   if notes:
     result['notes'] = notes
   return result
+
+
+def extrapolation_notes(law: ScalingLaw, tokens: float, loss: float) -> list:
+  """Why a forecast at T should not be trusted: beyond the fitted budgets, or a loss no model can have."""
+  notes = []
+  if law.token_range and tokens > law.token_range[1]:
+    notes.append(f'T={tokens:.3g} is {tokens / law.token_range[1]:.3g}× the largest fitted budget: extrapolated')
+  if not loss > 0:
+    notes.append(f'the law predicts a loss of {loss:.3g} here: it does not hold this far from the data')
+  return notes
