@@ -20,6 +20,7 @@ from spt_jax import model as model_lib
 
 CHECKPOINTS = 'checkpoints'
 CONFIG_FILE = 'config.json'
+TOKENIZER_FILE = 'tokenizer.json'  # The tokenizer the run's token ids belong to, beside its config.
 # The metric orbax ranks checkpoints by: eval domain_test loss, lower is better.
 BEST_METRIC = 'domain_test_loss'
 # Keys that may change between a run and its resumption without changing what it computes (init_from is only

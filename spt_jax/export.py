@@ -14,6 +14,7 @@ from absl import flags
 import flax.linen as nn
 import jax
 import ml_collections
+import tokenizers
 
 from spt_jax import cli
 from spt_jax import checkpoint as checkpoint_lib
@@ -67,7 +68,11 @@ def load_checkpoint(path: str, tokenizer_required: bool = True) -> LoadedModel:
   config = ml_collections.ConfigDict(config)
   model_cfg = config.model
   step_dir = checkpoint_lib.resolve_checkpoint(path)
-  tokenizer = tokenizer_lib.load_tokenizer(config) if tokenizer_required else None
+  tokenizer = None
+  if tokenizer_required:  # The run's own copy; else rebuild it from the config (a BPE needs its data here).
+    saved = os.path.join(workdir, checkpoint_lib.TOKENIZER_FILE)
+    tokenizer = (tokenizers.Tokenizer.from_file(saved) if os.path.isfile(saved)
+                 else tokenizer_lib.load_tokenizer(config))
   if tokenizer is not None and tokenizer.get_vocab_size() > model_lib.padded_vocab_size(model_cfg):
     raise ValueError(f'the run\'s tokenizer has {tokenizer.get_vocab_size()} tokens but its model '
                      f'{model_cfg.vocab_size}; check data.tokenizer in {workdir}/config.json.')

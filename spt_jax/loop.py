@@ -210,6 +210,8 @@ def build(config, workdir: str, *, stage: str | None = None, grid_point=None, da
     raise ValueError('finetuning needs parameters: set --config.init_from to a pretrain workdir or checkpoint.')
   checkpoint.write_config(workdir, c)
   data = prepare_data(c) if data is None else data
+  if data.tokenizer is not None and jax.process_index() == 0:  # The run carries its tokenizer to any machine.
+    data.tokenizer.save(os.path.join(workdir, checkpoint.TOKENIZER_FILE))
   mixture = make_mixture(c, data)
   evaluator = evaluation.Evaluator(c, trainer, data)
 

@@ -245,3 +245,17 @@ def test_export_of_a_run_checkpoint(tmp_path, tokenizer):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), loaded.params, params)
   with pytest.raises(ValueError, match='no run config.json'):
     export.load_checkpoint(str(tmp_path))
+
+
+def test_export_uses_the_tokenizer_saved_with_the_run(tmp_path, tokenizer):
+  """A run trained elsewhere with a BPE whose cache is not on this machine still exports with its tokenizer."""
+  cfg = _cfg()
+  workdir = _run_workdir(tmp_path, tokenizer, cfg, _params(cfg))
+  config = checkpoint.read_config(workdir)
+  config['data'].update(tokenizer='bpe', cache_dir=str(tmp_path / 'no_cache_here'))
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(config, f)
+  tokenizer.save(os.path.join(workdir, checkpoint.TOKENIZER_FILE))
+  loaded = export.load_checkpoint(workdir)
+  assert loaded.tokenizer.to_str() == tokenizer.to_str()
+  assert not (tmp_path / 'no_cache_here').exists()  # Nothing was rebuilt.

@@ -288,6 +288,9 @@ def test_finetune_from_a_hugging_face_directory_with_mcqa(tmp_path):
   config = tiny_config(init_from=str(tmp_path / 'open_model'), mcqa_tasks=(str(task),), mcqa_max_examples=4)
   summary = loop.run(config, str(tmp_path / 'finetune'), stage='finetune', data=data)
   assert summary['initial']['domain_test'] == pytest.approx(pretrain['final']['domain_test'], rel=1e-5)
+  import tokenizers
+  saved = tokenizers.Tokenizer.from_file(str(tmp_path / 'finetune' / 'tokenizer.json'))
+  assert saved.to_str() == tokenizer.to_str()
   accuracy = summary['best']['mcqa'][str(task)]
   assert 0.0 <= accuracy <= 1.0
   records = [json.loads(line) for line in open(tmp_path / 'finetune' / 'metrics.jsonl')]
