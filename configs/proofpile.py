@@ -6,11 +6,16 @@ Paper scale (Cloud TPU VM; set the data paths, see README):
       --config.data.domain='jsonl:/data/proofpile/*.jsonl?field=text'
 CPU scale, built-in corpora (English books and docs; the Coq standard library), whole pipeline:
   python -m spt_jax.main --config=configs/proofpile.py:tiny --workdir=/tmp/proofpile_tiny
-Presets: 1b (default), 3b, 600m, 300m (paper scale); tiny (CPU, minutes); test (seconds, for tests).
+Sizes after the colon: 1b (default), 3b, 600m, 300m (paper scale); tiny (CPU, minutes); test (seconds, for
+tests). configs/common.py sets what the sizes share; this file, the domain. Override any key with --config.KEY=V.
 """
 
-from spt_jax import config as config_lib
+from configs import common
 
 
-def get_config(preset: str = '1b'):
-  return config_lib.domain_config(preset, cpu_domain='builtin:coq')
+def get_config(arg: str = '1b'):
+  """This domain's experiment at size `arg`: common.sized(arg) with the domain's data."""
+  c = common.sized(arg)  # Model, batch, tokens, δ, schedule, finetuning grid and evals of the size.
+  if arg in common.CPU_SIZES:
+    c.data.domain = 'builtin:coq'  # Built in: the Coq standard library.
+  return c

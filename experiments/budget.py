@@ -4,29 +4,27 @@ the laws, and recommend δ per budget (the paper: 10% best early, then 5%, 2% pa
   python -m experiments.budget --config=configs/musicpile.py:tiny --workdir=runs/music_budget
 """
 
-from absl import app
 from absl import flags
 
 from experiments import common
 
-_DELTAS = flags.DEFINE_string('deltas', '0,0.02,0.05,0.1', 'Comma-separated δ (fractions).')
+_DELTAS = flags.DEFINE_list('deltas', '0,0.02,0.05,0.1', 'δ values (fractions), comma-separated.')
 _CHECKPOINTS = flags.DEFINE_integer('checkpoints', 5, 'Earlier pretraining checkpoints to finetune from.')
 
 
 def main(argv):
   del argv
   base = common.base_config()
-  tokens = common.pretrain_steps(base) * base.batch_size * base.data.seq_len
+  tokens = common.pretrain_tokens(base)
   from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
   deltas = common.floats(_DELTAS.value)
   workdirs = common.run_variants({
       common.delta_name(d): common.variant(base, mixture__domain_fraction=d, finetune__from_steps=from_steps)
       for d in deltas})
-  common.plan('fit', '--runs', *workdirs.values())
-  fit = f'{common.WORKDIR.value}/analysis/fit/fit.json'
-  budgets = [str(int(tokens * f)) for f in (0.25, 0.5, 1, 2, 4, 8)]
-  common.plan('recommend', '--fit', fit, '--tokens', *budgets, '--candidates', *map(str, deltas))
+  fit = common.analyse('fit', runs=list(workdirs.values()))
+  budgets = [float(int(tokens * f)) for f in (0.25, 0.5, 1, 2, 4, 8)]
+  common.analyse('recommend', fit=f'{fit}/fit.json', tokens=budgets, candidates=deltas)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

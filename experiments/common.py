@@ -1,35 +1,32 @@
-"""What every study shares: flags for the base config and workdir, running named variants, then the analysis."""
+"""What every study shares: the base config and workdir flags, running named variants, then the analysis.
+
+The base config is read by ml_collections.config_flags, like spt_jax.main's:
+`--config=configs/musicpile.py:tiny --config.seed=1`; a study's own flags are absl flags.
+"""
 
 import os
 
 from absl import flags
 from absl import logging
 import ml_collections
+from ml_collections import config_flags
 
-CONFIG = flags.DEFINE_string('config', 'configs/musicpile.py:tiny', 'Base config file with :preset.')
+from spt_jax import cli
+
+CONFIG = config_flags.DEFINE_config_file('config', 'configs/musicpile.py:tiny',
+                                         'Base config file with :size; override keys with --config.KEY=VALUE.')
 WORKDIR = flags.DEFINE_string('workdir', None, 'Folder of the study: one pipeline workdir per variant inside.')
-OVERRIDES = flags.DEFINE_multi_string('set', [], 'key=value overrides of the base config, e.g. --set tokens=2e6.')
 ONLY_ANALYSIS = flags.DEFINE_bool('only_analysis', False, 'Skip training; analyse the variants already run.')
 
 
-def _parse(value: str):
-  for cast in (int, float):
-    try:
-      return cast(value)
-    except ValueError:
-      pass
-  return {'true': True, 'false': False}.get(value.lower(), value)
+def run(main) -> None:
+  """Runs a study's main with one-line errors for bad input (unknown --config keys included)."""
+  cli.run(main)
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The --config file's config with the --set overrides applied (unknown keys are one-line errors)."""
-  from spt_jax import config as config_lib
-  config = config_lib.load(CONFIG.value)
-  overrides = [f'--config.{item}' for item in OVERRIDES.value]
-  config_lib.check_override_keys(config, overrides)
-  config.update_from_flattened_dict({item.split('=', 1)[0]: _parse(item.split('=', 1)[1])
-                                     for item in OVERRIDES.value})
-  return config
+  """A copy of the --config file's config with its --config.KEY overrides applied."""
+  return ml_collections.ConfigDict(CONFIG.value.to_dict())
 
 
 def variant(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
@@ -41,7 +38,7 @@ def variant(config: ml_collections.ConfigDict, **overrides) -> ml_collections.Co
 
 def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, str]:
   """Runs the pipeline of each variant into WORKDIR/<name> (finished ones are skipped); returns the workdirs."""
-  from spt_jax import pipeline
+  from spt_jax import pipeline  # pylint: disable=g-import-not-at-top
   if not WORKDIR.value:
     raise ValueError('--workdir is required: the folder where the study writes one run per variant')
   workdirs = {name: os.path.join(WORKDIR.value, name) for name in variants}
@@ -53,24 +50,26 @@ def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, st
   return workdirs
 
 
-def plan(*argv: str, name: str = '') -> None:
-  """Runs `python -m spt_jax.plan ARGV`, writing into WORKDIR/analysis/<name, default the command>."""
-  from spt_jax import plan as plan_lib
-  out = os.path.join(WORKDIR.value, 'analysis', name or argv[0])
-  code = plan_lib.main([*argv, '--out', out])
-  if code:
-    raise SystemExit(f'python -m spt_jax.plan {" ".join(argv)} failed (exit {code})')
-  print(f'{argv[0]}: {out}/')
+def analyse(command: str, name: str = '', **arguments) -> str:
+  """spt_jax.plan's `command` (gains, fit, recommend, similarity ...) into WORKDIR/analysis/<name or command>."""
+  from spt_jax import plan  # pylint: disable=g-import-not-at-top
+  if not WORKDIR.value:
+    raise ValueError('--workdir is required: the folder where the study writes its analysis')
+  out = os.path.join(WORKDIR.value, 'analysis', name or command)
+  getattr(plan, command)(out=out, **arguments)
+  print(f'{command}: {out}/')
+  return out
 
 
-def pretrain_steps(config) -> int:
-  from spt_jax import loop
-  return loop.total_steps(loop.stage_config(config, 'pretrain'))
+def pretrain_tokens(config) -> int:
+  from spt_jax import run_plan  # pylint: disable=g-import-not-at-top
+  return run_plan.make(config, 'pretrain').tokens
 
 
 def earlier_steps(config, count: int) -> tuple[int, ...]:
   """`count` evenly spaced pretraining steps before the last: also finetuned from (finetune.from_steps)."""
-  steps = pretrain_steps(config)
+  from spt_jax import run_plan  # pylint: disable=g-import-not-at-top
+  steps = run_plan.make(config, 'pretrain').steps
   return tuple(steps * k // (count + 1) for k in range(1, count + 1))
 
 
@@ -78,5 +77,5 @@ def delta_name(delta: float) -> str:
   return f'delta_{100 * delta:g}pct'
 
 
-def floats(text: str) -> list[float]:
-  return [float(x) for x in text.split(',') if x]
+def floats(values: list[str]) -> list[float]:
+  return [float(x) for x in values if x]

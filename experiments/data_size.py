@@ -6,12 +6,11 @@ text only for the first 90% of the tokens, then δ for the rest (the paper: NPT 
   python -m experiments.data_size --config=configs/musicpile.py:tiny --workdir=runs/music_data_size
 """
 
-from absl import app
 from absl import flags
 
 from experiments import common
 
-_SIZES = flags.DEFINE_string('domain_tokens', '5000,20000,60000', 'Domain set sizes in tokens.')
+_SIZES = flags.DEFINE_list('domain_tokens', '5000,20000,60000', 'Domain set sizes in tokens.')
 _DELTA = flags.DEFINE_float('delta', 0.05, 'δ of SPT and of the SCPT stage.')
 _SCPT_START = flags.DEFINE_float('scpt_start', 0.9, 'Fraction of the pretraining tokens before SCPT mixes in.')
 
@@ -19,7 +18,7 @@ _SCPT_START = flags.DEFINE_float('scpt_start', 0.9, 'Fraction of the pretraining
 def main(argv):
   del argv
   base = common.base_config()
-  tokens = common.pretrain_steps(base) * base.batch_size * base.data.seq_len
+  tokens = common.pretrain_tokens(base)
   sizes = [int(x) for x in common.floats(_SIZES.value)]
   variants = {}
   for size in sizes:
@@ -34,8 +33,8 @@ def main(argv):
   workdirs = common.run_variants(variants)
   for size in sizes:
     spt = [workdirs[f'spt_{size}']] + ([workdirs[f'scpt_{size}']] if f'scpt_{size}' in workdirs else [])
-    common.plan('gains', '--npt', workdirs[f'npt_{size}'], '--spt', *spt, name=f'gains_{size}')
+    common.analyse('gains', name=f'gains_{size}', npt=workdirs[f'npt_{size}'], spt=spt)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

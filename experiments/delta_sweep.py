@@ -6,12 +6,11 @@ Every pretraining run is also finetuned from earlier checkpoints (--checkpoints 
 compute multiplier can be read off post-finetuning curves and the finetuning delta (7) fitted over steps.
 """
 
-from absl import app
 from absl import flags
 
 from experiments import common
 
-_DELTAS = flags.DEFINE_string('deltas', '0,0.001,0.01,0.02,0.05', 'Comma-separated δ (fractions).')
+_DELTAS = flags.DEFINE_list('deltas', '0,0.001,0.01,0.02,0.05', 'δ values (fractions), comma-separated.')
 _CHECKPOINTS = flags.DEFINE_integer('checkpoints', 3, 'Earlier pretraining checkpoints to finetune from.')
 
 
@@ -24,9 +23,9 @@ def main(argv):
   workdirs = common.run_variants(variants)
   npt = workdirs.pop(common.delta_name(0.0), None)
   if npt:
-    common.plan('gains', '--npt', npt, '--spt', *workdirs.values())
-  common.plan('fit', '--runs', *([npt] if npt else []), *workdirs.values())
+    common.analyse('gains', npt=npt, spt=list(workdirs.values()))
+  common.analyse('fit', runs=[*([npt] if npt else []), *workdirs.values()])
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

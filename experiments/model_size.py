@@ -4,7 +4,6 @@
 Paper scale: --config=configs/proofpile.py:1b --large_preset=olmo-3b (plus the data paths).
 """
 
-from absl import app
 from absl import flags
 
 from experiments import common
@@ -24,9 +23,8 @@ def main(argv):
       'small_spt': common.variant(base, mixture__domain_fraction=_DELTA.value),
       'large_npt': common.variant(base, mixture__domain_fraction=0.0, model=large.to_dict()),
   })
-  common.plan('gains', '--npt', workdirs['small_npt'], '--spt', workdirs['small_spt'],
-              '--npt_large', workdirs['large_npt'])
+  common.analyse('gains', npt=workdirs['small_npt'], spt=[workdirs['small_spt']], npt_large=workdirs['large_npt'])
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

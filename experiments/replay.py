@@ -3,12 +3,11 @@
   python -m experiments.replay --config=configs/chempile.py:tiny --workdir=runs/chem_replay
 """
 
-from absl import app
 from absl import flags
 
 from experiments import common
 
-_REPLAY = flags.DEFINE_string('replay', '0,0.1,0.2', 'Comma-separated replay fractions r.')
+_REPLAY = flags.DEFINE_list('replay', '0,0.1,0.2', 'Comma-separated replay fractions r.')
 _DELTA = flags.DEFINE_float('delta', 0.05, 'δ of the SPT runs.')
 
 
@@ -22,9 +21,9 @@ def main(argv):
           base, mixture__domain_fraction=delta, finetune__replay_fraction=r)
   workdirs = common.run_variants(variants)
   for r in common.floats(_REPLAY.value):
-    common.plan('gains', '--npt', workdirs[f'npt_replay_{100 * r:g}pct'],
-                '--spt', workdirs[f'spt_replay_{100 * r:g}pct'], name=f'gains_replay_{100 * r:g}pct')
+    name = f'replay_{100 * r:g}pct'
+    common.analyse('gains', name=f'gains_{name}', npt=workdirs[f'npt_{name}'], spt=[workdirs[f'spt_{name}']])
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

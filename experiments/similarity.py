@@ -4,20 +4,19 @@ similarity extra installed and --embeddings).
   python -m experiments.similarity --workdir=runs/similarity
 """
 
-from absl import app
 from absl import flags
 
 from experiments import common
 
-_DOMAINS = flags.DEFINE_string('domains', 'builtin:coq,builtin:abc,builtin:moses', 'Domain source specs.')
+_DOMAINS = flags.DEFINE_list('domains', 'builtin:coq,builtin:abc,builtin:moses', 'Domain source specs.')
 _EMBEDDINGS = flags.DEFINE_bool('embeddings', False, 'Also the classifier two-sample test and MAUVE.')
 
 
 def main(argv):
   del argv
-  domains = [d if d.startswith('builtin:') or ':' in d else f'builtin:{d}' for d in _DOMAINS.value.split(',')]
-  common.plan('similarity', 'builtin:english', *domains, *(['--embeddings'] if _EMBEDDINGS.value else []))
+  domains = [d if d.startswith('builtin:') or ':' in d else f'builtin:{d}' for d in _DOMAINS.value]
+  common.analyse('similarity', corpora=['builtin:english', *domains], embeddings=_EMBEDDINGS.value)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

@@ -139,9 +139,6 @@ class Checkpoints:
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored.state, dict(restored.meta)
 
-  def read_meta(self, step: int) -> dict:
-    return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
-
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

@@ -1,4 +1,7 @@
-"""The base config every config file starts from; every field is documented where it is set."""
+"""The base config every config file starts from (configs/common.py); every field is documented where it is set.
+
+Also the checks of a config read from the command line: unknown keys, and what cannot run on this host.
+"""
 
 import ml_collections
 
@@ -81,6 +84,9 @@ def base_config(model_preset: str = 'tiny') -> ml_collections.ConfigDict:
   c.mcqa_tasks = ()
   c.mcqa_max_examples = 200  # A fixed, seeded subset of each task.
   c.log_every = 10
+  c.profile_from_step = 0  # Trace profile_steps steps from this step into W/plugins/profile (0: off)...
+  c.profile_steps = 5
+  c.profiler_port = 0  # ...or serve the profiler on this port, for TensorBoard to capture on demand (0: off).
   c.peak_flops = 0.0  # Per-chip peak FLOP/s for MFU; 0: a table of accelerators or a measurement; < 0: no MFU.
   c.checkpoint_every = 1000
   c.keep_checkpoints = 2  # Last N kept, plus the best by domain_test loss.
@@ -101,57 +107,6 @@ def base_config(model_preset: str = 'tiny') -> ml_collections.ConfigDict:
   # Earlier pretraining steps to finetune from as well (each grid point), e.g. for the compute multiplier and
   # the finetuning-delta law (7); their checkpoints are kept. Empty: only the final pretraining state.
   c.finetune.from_steps = ()
-  return c
-
-
-def paper_config(model_preset: str) -> ml_collections.ConfigDict:
-  """Paper scale (Cloud TPU / GPU): OLMo tokenizer, 2048 × 2048-token batches, 200B tokens, δ = 2%.
-
-  The general (Dolma) and domain sets are not shipped: set config.data.general and config.data.domain.
-  """
-  c = base_config(model_preset)
-  c.model.dtype = 'bfloat16'
-  c.model.remat_policy = 'full'  # Recompute each block in the backward pass: 2048-token sequences fit.
-  c.data.general = ''  # e.g. 'tokens:/data/dolma/*.npy?dtype=uint16' (OLMo's pre-tokenized Dolma).
-  c.data.domain = ''  # e.g. 'jsonl:/data/proofpile/*.jsonl?field=text'.
-  c.data.test_tokens = 2_000_000
-  return c
-
-
-def cpu_config(domain_spec: str, general_spec: str = 'builtin:english') -> ml_collections.ConfigDict:
-  """CPU scale on the built-in corpora: the whole pipeline in minutes on a laptop, same shape of problem.
-
-  A domain set much smaller than what pretraining reads, repeated several epochs at δ of a few percent.
-  """
-  c = base_config('cpu-2m')
-  c.data.general = general_spec
-  c.data.domain = domain_spec
-  c.data.tokenizer = 'bpe'
-  c.data.tokenizer_vocab_size = c.model.vocab_size
-  c.data.seq_len = 128
-  c.data.general_max_tokens = 3_000_000  # Pretraining reads about 2/3 of an epoch of general text...
-  c.data.domain_max_tokens = 40_000  # ...and about 4 epochs of the domain set's training split at δ = 5%.
-  c.data.test_tokens = 8_000  # Held out by whole documents from each source.
-  c.data.domain_train_sequences = 64
-  c.mixture.domain_fraction = 0.05
-  c.batch_size = 16
-  c.tokens = 2_000_000
-  c.optimizer.lr = 3e-3
-  c.schedule.kind = 'cosine'
-  c.schedule.warmup_steps = 50
-  c.schedule.horizon_tokens = c.tokens
-  c.schedule.final_lr = 3e-4
-  c.eval_every = 100
-  c.eval_sequences = 64
-  c.log_every = 20
-  c.checkpoint_every = 200
-  c.mesh.fsdp = 1
-  c.mesh.data = -1
-  c.finetune.batch_size = 16
-  c.finetune.grid = ((3e-4, 10), (1e-3, 10))
-  c.finetune.eval_every = 10  # About one epoch of the domain training split.
-  c.finetune.patience = 3
-  c.finetune.max_steps = 300
   return c
 
 
@@ -208,42 +163,3 @@ def check_runnable(config: ml_collections.ConfigDict, backend: str) -> None:
   if big and backend == 'cpu':
     raise ValueError(f'model {config.model.preset} is paper scale and this host has only a CPU; run it on a '
                      'TPU/GPU host, or run the CPU-scale preset --config=configs/<domain>.py:tiny')
-
-
-PAPER_PRESETS = {'1b': 'olmo-1b', '3b': 'olmo-3b', '600m': 'olmo-600m', '300m': 'olmo-300m'}
-
-
-def domain_config(preset: str, cpu_domain: str) -> ml_collections.ConfigDict:
-  """The config of one domain's experiment by preset name (what every configs/<domain>.py returns)."""
-  if preset in PAPER_PRESETS:
-    return paper_config(PAPER_PRESETS[preset])
-  if preset == 'tiny':
-    return cpu_config(cpu_domain)
-  if preset == 'test':
-    return test_config(cpu_domain)
-  raise ValueError(f'unknown preset {preset!r}; choose one of {sorted(PAPER_PRESETS) + ["tiny", "test"]}')
-
-
-def test_config(domain_spec: str) -> ml_collections.ConfigDict:
-  """The CPU pipeline shrunk to seconds: for end-to-end tests, not for results."""
-  c = cpu_config(domain_spec)
-  c.model = model_lib.preset_config('tiny')
-  c.data.tokenizer_vocab_size = c.model.vocab_size
-  c.data.seq_len = 32
-  c.data.general_max_tokens = 100_000
-  c.data.domain_max_tokens = 10_000
-  c.data.test_tokens = 2_000
-  c.data.domain_train_sequences = 8
-  c.batch_size = 8
-  c.tokens = 8 * 32 * 40
-  c.schedule.horizon_tokens = c.tokens
-  c.schedule.warmup_steps = 5
-  c.eval_every = 20
-  c.eval_sequences = 16
-  c.log_every = 5
-  c.checkpoint_every = 20
-  c.finetune.batch_size = 8
-  c.finetune.grid = ((1e-3, 5),)
-  c.finetune.eval_every = 5
-  c.finetune.max_steps = 30
-  return c

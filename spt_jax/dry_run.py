@@ -7,8 +7,9 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
+from spt_jax import flops
 from spt_jax import model as model_lib
-from spt_jax import schedules
+from spt_jax import run_plan
 from spt_jax import sharding
 from spt_jax import train
 
@@ -38,17 +39,13 @@ class _ShapeOnlyMesh:
 
 
 def describe(config, n_devices: int) -> dict:
-  """The dry-run summary of `config` on `n_devices` devices."""
+  """The dry-run summary of `config` (its first stage) on `n_devices` devices."""
   mesh_shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, n_devices)))
-  divisor = mesh_shape['data'] * mesh_shape['fsdp'] * config.grad_accum_steps
-  if config.batch_size % divisor:
-    raise ValueError(f'batch_size {config.batch_size} is not divisible by data × fsdp × grad_accum_steps = '
-                     f'{divisor}; change --config.batch_size, --config.grad_accum_steps or --config.mesh.*')
-  tokens_per_step = config.batch_size * config.data.seq_len
-  steps = config.steps or math.ceil(config.tokens / tokens_per_step)
-  schedule = schedules.make_schedule(config, steps, tokens_per_step)
-  optimizer = train.make_optimizer(config, schedule)
-  model = model_lib.Decoder(config.model)
+  plan = run_plan.make(config)
+  c = plan.config
+  sequences_per_device = plan.sequences_per_device(mesh_shape['data'] * mesh_shape['fsdp'])
+  optimizer = train.make_optimizer(c, plan.schedule)
+  model = model_lib.Decoder(c.model)
 
   def boxed_state(rng):
     params = model.init(rng, jax.numpy.zeros((1, 8), jax.numpy.int32))['params']
@@ -60,15 +57,14 @@ def describe(config, n_devices: int) -> dict:
   params_bytes = _bytes_per_device(boxed.params, mesh_shape)
   state_bytes = _bytes_per_device(boxed, mesh_shape)
   return dict(
-      model=config.model.preset, params=total, non_embedding_params=non_embedding,
-      mesh=mesh_shape, devices=n_devices, batch_size=config.batch_size, seq_len=config.data.seq_len,
-      grad_accum_steps=config.grad_accum_steps,
-      sequences_per_device_per_microbatch=config.batch_size // divisor,
-      tokens_per_step=tokens_per_step, steps=steps, tokens=steps * tokens_per_step,
+      model=c.model.preset, params=total, non_embedding_params=non_embedding,
+      mesh=mesh_shape, devices=n_devices, batch_size=c.batch_size, seq_len=c.data.seq_len,
+      grad_accum_steps=c.grad_accum_steps, sequences_per_device_per_microbatch=sequences_per_device,
+      tokens_per_step=plan.tokens_per_step, steps=plan.steps, tokens=plan.tokens,
       params_bytes_per_device=params_bytes, state_bytes_per_device=state_bytes,
-      train_flops_per_token=train.train_flops_per_token(config.model, config.data.seq_len),
-      peak_lr=config.optimizer.lr, lr_at_end=float(schedule(steps)),
-      domain_fraction=config.mixture.domain_fraction)
+      train_flops_per_token=flops.train_flops_per_token(c.model, c.data.seq_len),
+      peak_lr=c.optimizer.lr, lr_at_end=float(plan.schedule(plan.steps)),
+      domain_fraction=c.mixture.domain_fraction)
 
 
 def format_summary(d: dict) -> str:

@@ -55,13 +55,6 @@ class Evaluator:
     return results
 
 
-def _eval_scalars(results: dict) -> dict:
-  scalars = {f'eval/{name}/{key}': value for name, r in results.items() for key, value in r.items()}
-  if 'domain_test' in results and 'domain_train' in results:
-    scalars['eval/gap'] = results['domain_test']['loss'] - results['domain_train']['loss']
-  return scalars
-
-
 def scalars(results: dict) -> dict:
   """Flat metrics: eval/<set>/<key> (eval/mcqa/<task>/<key> for tasks), plus the train-test gap."""
   flat = {f'eval/{name}/{key}': value for name, r in results.items() for key, value in r.items()}

@@ -46,17 +46,9 @@ def main(argv):
     sys.exit(1)
 
 
-def _check_overrides():
-  """Unknown `--config.key`s are one-line errors naming the close keys, before absl parses them."""
-  from spt_jax import config as config_lib
-  config_arg = next((a.split('=', 1)[1] for a in sys.argv if a.startswith('--config=')), None)
-  if config_arg:
-    config_lib.check_override_keys(config_lib.load(config_arg), sys.argv)
-
-
 def _run():
   from spt_jax import cli
-  cli.run(main, before=_check_overrides)
+  cli.run(main)
 
 
 if __name__ == '__main__':

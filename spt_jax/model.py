@@ -15,24 +15,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-# Widths of the paper's models. OLMo-1B and 3B are given; the paper says 300M and 600M halve the layers of the 1B
-# and shrink the hidden and MLP widths, without numbers: the widths here keep head_dim = 128 and land near the
-# named sizes (counts from `count_params_from_config`, pinned in tests). The paper's '3B' is the 1B with twice
-# the layers: 2.25B parameters.
-_OLMO = dict(vocab_size=50280, rope_theta=10_000.0, layer_norm_eps=1e-5)
-PRESETS: dict[str, dict[str, Any]] = {
-    'olmo-3b': dict(_OLMO, d_model=2048, n_layers=32, n_heads=16, mlp_dim=8192),
-    'olmo-1b': dict(_OLMO, d_model=2048, n_layers=16, n_heads=16, mlp_dim=8192),
-    'olmo-600m': dict(_OLMO, d_model=1792, n_layers=8, n_heads=14, mlp_dim=9216),
-    'olmo-300m': dict(_OLMO, d_model=1280, n_layers=8, n_heads=10, mlp_dim=6144),
-    # CPU presets. Their vocab_size matches the BPE the CPU configs train (see configs/).
-    'cpu-6m': dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, mlp_dim=1024, rope_theta=10_000.0,
-                   layer_norm_eps=1e-5),
-    'cpu-2m': dict(vocab_size=4096, d_model=128, n_layers=4, n_heads=4, mlp_dim=512, rope_theta=10_000.0,
-                   layer_norm_eps=1e-5),
-    'tiny': dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, mlp_dim=256, rope_theta=10_000.0,
-                 layer_norm_eps=1e-5),
-}
+from spt_jax import sharding
+from spt_jax.flops import PRESETS  # The named sizes; counts and FLOPs by formula live beside them.
+from spt_jax.flops import padded_vocab_size
 
 REMAT_POLICIES = {
     'none': None,
@@ -56,11 +41,6 @@ def preset_config(name: str) -> ml_collections.ConfigDict:
   c.remat_policy = 'none'  # One of REMAT_POLICIES: what the backward pass may keep instead of recomputing.
   c.init_std = 0.02  # Normal init; output projections are scaled down by sqrt(2 * n_layers).
   return c
-
-
-def padded_vocab_size(cfg) -> int:
-  """Vocabulary rounded up to a multiple of 128 (fast matmuls, even sharding)."""
-  return -(-cfg.vocab_size // 128) * 128
 
 
 def rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, theta: float) -> jax.Array:
@@ -142,7 +122,6 @@ def constrain(x: jax.Array, names: tuple[str, ...], mesh) -> jax.Array:
   """Shards an activation by logical names when a mesh is given (no-op otherwise)."""
   if mesh is None:
     return x
-  from spt_jax import sharding  # Local import: sharding imports this module for presets.
   return jax.lax.with_sharding_constraint(x, sharding.named_sharding(names, x.shape, mesh))
 
 
@@ -212,11 +191,6 @@ def count_params(params) -> tuple[int, int]:
   return int(total), int(total - embedding)
 
 
-def count_params_from_config(cfg) -> tuple[int, int]:
-  """Parameter counts of a model config, from shapes only."""
-  return count_params(abstract_params(cfg))
-
-
 def shape_differences(model_shapes: dict, stored_shapes: dict, stored: str, limit: int = 4) -> str:
   """'' when two {parameter name: shape} maps agree; else what is missing, extra or of another shape."""
   problems = [f'{k}: missing from the {stored}' for k in model_shapes if k not in stored_shapes]
@@ -240,12 +214,4 @@ def scan_to_unrolled(params, n_layers: int):
   blocks = params.pop('blocks')
   for i in range(n_layers):
     params[f'block_{i}'] = jax.tree.map(lambda x: x[i], blocks)
-  return params
-
-
-def unrolled_to_scan(params, n_layers: int):
-  """Inverse of scan_to_unrolled."""
-  params = dict(params)
-  layers = [params.pop(f'block_{i}') for i in range(n_layers)]
-  params['blocks'] = jax.tree.map(lambda *x: jnp.stack(x), *layers)
   return params

@@ -16,6 +16,8 @@ import ml_collections
 
 from spt_jax import checkpoint
 from spt_jax import loop
+from spt_jax import run_plan
+from spt_jax.data import prepare as prepare_lib
 
 
 def point_name(lr: float, warmup: int, pretrain_step: int | None = None) -> str:
@@ -31,7 +33,7 @@ def _check(config) -> list[int]:
     raise ValueError(f'finetune.grid={config.finetune.grid} must be a non-empty tuple of (lr > 0, warmup >= 0) '
                      'pairs, e.g. ((1e-5, 50), (4e-5, 100)).')
   from_steps = sorted(int(s) for s in (config.finetune.from_steps))
-  steps = loop.total_steps(loop.stage_config(config, 'pretrain'))
+  steps = run_plan.make(config, 'pretrain').steps
   bad = [s for s in from_steps if not 0 < s < steps]
   if bad:
     raise ValueError(f'finetune.from_steps {bad} are outside the pretraining run (1..{steps - 1}); drop them '
@@ -68,7 +70,7 @@ def run_pipeline(config, workdir: str, data=None) -> dict:
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     checkpoint.write_config(workdir, config)
-  data = loop.prepare_data(loop.stage_config(config, 'pretrain')) if data is None else data
+  data = prepare_lib.prepare(run_plan.stage_config(config, 'pretrain')) if data is None else data
   pretrain_dir = os.path.join(os.path.abspath(workdir), 'pretrain')
   pretrain = loop.run(config, pretrain_dir, stage='pretrain', data=data)
   result = {'pretrain': pretrain, 'finetunes': [], 'best': None, 'stop_reason': pretrain['stop_reason']}

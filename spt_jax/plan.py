@@ -60,24 +60,30 @@ def _warnings_section(notes: list) -> str:
   return '## Warnings\n' + ('\n'.join(f'- {n}' for n in notes) if notes else 'none')
 
 
-def cmd_gains(args) -> None:
-  from spt_jax.analysis import gains, plots, runs  # pylint: disable=g-import-not-at-top
-  result = gains.gains(runs.read(args.npt), [runs.read(w) for w in args.spt],
-                       runs.read(args.npt_large) if args.npt_large else None)
-  table = gains.format_table(result)
-  print(_dump(result) if args.format == 'json' else table)
-  if args.out:
-    _write(args.out, 'gains.json', result)
-    plots.gains_plot(result, os.path.join(args.out, 'gains.png'))
-    _report(args.out, 'Headline metrics', [table, '![post-FT loss by budget](gains.png)'])
+def gains(npt: str, spt: list[str], npt_large: str | None = None, out: str = '', format: str = 'text') -> None:
+  """Relative gain, compute multiplier, gap closed and forgetting of SPT pipelines against an NPT one."""
+  from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import plots, runs  # pylint: disable=g-import-not-at-top
+  result = gains_lib.gains(runs.read(npt), [runs.read(w) for w in spt],
+                           runs.read(npt_large) if npt_large else None)
+  table = gains_lib.format_table(result)
+  print(_dump(result) if format == 'json' else table)
+  if out:
+    os.makedirs(out, exist_ok=True)
+    _write(out, 'gains.json', result)
+    plots.gains_plot(result, os.path.join(out, 'gains.png'))
+    _report(out, 'Headline metrics', [table, '![post-FT loss by budget](gains.png)'])
 
 
-def cmd_fit(args) -> None:
-  from spt_jax.analysis import plots, runs, scaling  # pylint: disable=g-import-not-at-top
-  if bool(args.runs) == bool(args.csv):
+def fit(runs: list[str] | None = None, csv: str | None = None, bootstrap: int = 100, huber: float = 1e-2,
+        seed: int = 0, out: str = '.') -> None:
+  """Fits the overfitting scaling laws (1)-(9) and the finetuning delta (7); writes out/fit.json."""
+  from spt_jax.analysis import plots, scaling
+  from spt_jax.analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
+  if bool(runs) == bool(csv):
     raise ValueError('give either --runs W1 W2 ... or --csv FILE')
-  data = runs.read_csv(args.csv) if args.csv else runs.scaling_data([runs.read(w) for w in args.runs])
-  fit = scaling.fit_joint(data, huber=args.huber, bootstrap=args.bootstrap, seed=args.seed)
+  data = runs_lib.read_csv(csv) if csv else runs_lib.scaling_data([runs_lib.read(w) for w in runs])
+  fit = scaling.fit_joint(data, huber=huber, bootstrap=bootstrap, seed=seed)
   law = scaling.law_from_fit(fit)
   lines = ['| parameter | value | 95% CI | meaning |', '|---|---|---|---|']
   for name, entry in fit['params'].items():
@@ -92,10 +98,10 @@ def cmd_fit(args) -> None:
   print(table)
   for note in fit['warnings']:
     print(f'warning: {note}', file=sys.stderr)
-  os.makedirs(args.out, exist_ok=True)
-  path = _write(args.out, 'fit.json', fit)
-  plots.fit_plot(data, law, os.path.join(args.out, 'fit.png'))
-  _report(args.out, 'Overfitting scaling-law fit',
+  os.makedirs(out, exist_ok=True)
+  path = _write(out, 'fit.json', fit)
+  plots.fit_plot(data, law, os.path.join(out, 'fit.png'))
+  _report(out, 'Overfitting scaling-law fit',
           [table, '![data vs fit](fit.png)', _warnings_section(fit['warnings'])])
   print(f'wrote {path}')
 
@@ -108,96 +114,106 @@ def _load_law(path: str):
     return scaling.law_from_fit(json.load(f))
 
 
-def cmd_forecast(args) -> None:
+def forecast(fit: str, delta: list[float], tokens: list[float], out: str = '') -> None:
+  """Predicted losses at each (δ, T) and where each δ starts to overfit."""
   from spt_jax.analysis import plots, scaling  # pylint: disable=g-import-not-at-top
-  law = _load_law(args.fit)
+  law = _load_law(fit)
   lines = []
-  for delta in args.delta:
-    for tokens in args.tokens:
-      lines.append(scaling.forecast(law, delta, tokens))
-    onset = scaling.overfitting_onset(law, delta)
-    lines.append({'delta': delta, 'overfitting_onset_tokens': onset,
+  for one_delta in delta:
+    for budget in tokens:
+      lines.append(scaling.forecast(law, one_delta, budget))
+    onset = scaling.overfitting_onset(law, one_delta)
+    lines.append({'delta': one_delta, 'overfitting_onset_tokens': onset,
                   'note': '' if onset else 'the law never overfits at this δ (gap exponent ≤ 0 or no gap)'})
   print('\n'.join(_dump(line) for line in lines))
-  if args.out:
-    os.makedirs(args.out, exist_ok=True)
-    _write(args.out, 'forecast.jsonl', '\n'.join(_dump(line) for line in lines) + '\n')
-    low = min(min(args.tokens), law.token_range[0] if law.token_range else min(args.tokens))
-    plots.forecast_plot(law, args.delta, (low, max(args.tokens) * 1.5), os.path.join(args.out, 'forecast.png'))
-    _report(args.out, 'Forecast', ['```\n' + '\n'.join(_dump(line) for line in lines) + '\n```',
-                                   '![forecast](forecast.png)'])
+  if out:
+    os.makedirs(out, exist_ok=True)
+    _write(out, 'forecast.jsonl', '\n'.join(_dump(line) for line in lines) + '\n')
+    low = min(min(tokens), law.token_range[0] if law.token_range else min(tokens))
+    plots.forecast_plot(law, delta, (low, max(tokens) * 1.5), os.path.join(out, 'forecast.png'))
+    _report(out, 'Forecast', ['```\n' + '\n'.join(_dump(line) for line in lines) + '\n```',
+                              '![forecast](forecast.png)'])
 
 
-def cmd_recommend(args) -> None:
+def recommend(fit: str, tokens: list[float], objective: str = 'post_ft', delta_max: float | None = None,
+              candidates: list[float] | None = None, crossover: list[float] | None = None, out: str = '') -> None:
+  """The best δ for each budget, and where one δ overtakes another."""
   from spt_jax.analysis import plots, scaling  # pylint: disable=g-import-not-at-top
-  law = _load_law(args.fit)
-  if args.objective == 'post_ft' and not law.finetune_delta:
+  law = _load_law(fit)
+  if objective == 'post_ft' and not law.finetune_delta:
     raise ValueError('the fit has no finetuning data (eq. 7); use --objective test, or refit with pipelines')
-  delta_max = args.delta_max or max(law.fitted_deltas or (0.1,))
+  delta_max = delta_max or max(law.fitted_deltas or (0.1,))
   lines = []
   if law.fitted_deltas and delta_max > max(law.fitted_deltas):
     lines.append({'note': f'--delta_max {delta_max:g} lies beyond the fitted δ up to {max(law.fitted_deltas):g}: '
                           'extrapolated'})
-  for tokens in args.tokens:
-    delta, loss = scaling.best_delta(law, tokens, args.objective, delta_max)
-    line = {'tokens': tokens, 'objective': args.objective, 'best_delta': delta, 'loss': loss}
-    notes = scaling.extrapolation_notes(law, tokens, loss)
+  for budget in tokens:
+    delta, loss = scaling.best_delta(law, budget, objective, delta_max)
+    line = {'tokens': budget, 'objective': objective, 'best_delta': delta, 'loss': loss}
+    notes = scaling.extrapolation_notes(law, budget, loss)
     if notes:
       line['notes'] = notes
-    if args.candidates:
-      line['best_candidate'], line['candidate_loss'] = scaling.best_delta(law, tokens, args.objective,
-                                                                           candidates=args.candidates)
+    if candidates:
+      line['best_candidate'], line['candidate_loss'] = scaling.best_delta(law, budget, objective,
+                                                                           candidates=candidates)
     lines.append(line)
-  span = (min(args.tokens) / 10, max(args.tokens) * 10)
-  if args.crossover:
-    for found in scaling.crossovers(law, args.crossover[0], args.crossover[1], span, args.objective):
-      lines.append({'crossover': list(args.crossover), **found})
+  span = (min(tokens) / 10, max(tokens) * 10)
+  if crossover:
+    for found in scaling.crossovers(law, crossover[0], crossover[1], span, objective):
+      lines.append({'crossover': list(crossover), **found})
   print('\n'.join(_dump(line) for line in lines))
-  if args.out:
-    os.makedirs(args.out, exist_ok=True)
-    _write(args.out, 'recommend.jsonl', '\n'.join(_dump(line) for line in lines) + '\n')
-    budgets = np.geomspace(min(args.tokens), max(args.tokens), 25) if len(args.tokens) > 1 else args.tokens
-    best = [scaling.best_delta(law, t, args.objective, delta_max)[0] for t in budgets]
-    candidate_best = ([scaling.best_delta(law, t, args.objective, candidates=args.candidates)[0] for t in budgets]
-                      if args.candidates else None)
-    plots.optimal_delta_plot(budgets, best, os.path.join(args.out, 'optimal_delta.png'), args.candidates,
+  if out:
+    os.makedirs(out, exist_ok=True)
+    _write(out, 'recommend.jsonl', '\n'.join(_dump(line) for line in lines) + '\n')
+    budgets = np.geomspace(min(tokens), max(tokens), 25) if len(tokens) > 1 else tokens
+    best = [scaling.best_delta(law, t, objective, delta_max)[0] for t in budgets]
+    candidate_best = ([scaling.best_delta(law, t, objective, candidates=candidates)[0] for t in budgets]
+                      if candidates else None)
+    plots.optimal_delta_plot(budgets, best, os.path.join(out, 'optimal_delta.png'), candidates,
                              candidate_best)
-    _report(args.out, 'Recommended δ', ['```\n' + '\n'.join(_dump(line) for line in lines) + '\n```',
-                                        '![optimal δ](optimal_delta.png)'])
+    _report(out, 'Recommended δ', ['```\n' + '\n'.join(_dump(line) for line in lines) + '\n```',
+                                   '![optimal δ](optimal_delta.png)'])
 
 
-def cmd_cost(args) -> None:
-  from spt_jax.analysis import cost, plots  # pylint: disable=g-import-not-at-top
-  costs = cost.strategy_costs(cost.model_size(args.small), cost.model_size(args.large), args.pretrain_tokens,
-                              args.finetune_tokens, args.seq_len, args.context)
-  text = cost.format_costs(costs)
-  print(_dump(costs) if args.format == 'json' else text)
-  if args.out:
-    os.makedirs(args.out, exist_ok=True)
-    _write(args.out, 'cost.json', costs)
-    plots.cost_plot(costs, os.path.join(args.out, 'cost.png'), args.max_inference_tokens)
-    _report(args.out, 'Cost of the strategies', [text, '![total compute](cost.png)'])
+def cost(small: str = 'olmo-1b', large: str = 'olmo-3b', pretrain_tokens: float = 200e9,
+         finetune_tokens: float = 1.5e9, seq_len: int = 2048, context: int = 2048,
+         max_inference_tokens: float | None = None, out: str = '', format: str = 'text') -> None:
+  """Compute of SPT on a small model against finetuning a larger one."""
+  from spt_jax.analysis import cost as cost_lib
+  from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
+  costs = cost_lib.strategy_costs(cost_lib.model_size(small), cost_lib.model_size(large), pretrain_tokens,
+                                  finetune_tokens, seq_len, context)
+  text = cost_lib.format_costs(costs)
+  print(_dump(costs) if format == 'json' else text)
+  if out:
+    os.makedirs(out, exist_ok=True)
+    _write(out, 'cost.json', costs)
+    plots.cost_plot(costs, os.path.join(out, 'cost.png'), max_inference_tokens)
+    _report(out, 'Cost of the strategies', [text, '![total compute](cost.png)'])
 
 
-def cmd_similarity(args) -> None:
-  from spt_jax.analysis import plots, similarity  # pylint: disable=g-import-not-at-top
-  if len(args.corpora) < 2:
+def similarity(corpora: list[str], tokenizer: str = '', max_tokens: float = 1.5e6, embeddings: bool = False,
+               segments: int = 200, seed: int = 0, out: str = '', format: str = 'text') -> None:
+  """N-gram JSD (and C2ST, MAUVE) of corpora against the first one."""
+  from spt_jax.analysis import plots
+  from spt_jax.analysis import similarity as similarity_lib  # pylint: disable=g-import-not-at-top
+  if len(corpora) < 2:
     raise ValueError('give a reference corpus and at least one other (e.g. builtin:english builtin:coq)')
-  if args.embeddings:
-    missing = similarity.embedding_extra_missing()
+  if embeddings:
+    missing = similarity_lib.embedding_extra_missing()
     if missing:
       raise ValueError(missing)
-  needs_tokenizer = args.tokenizer or args.embeddings or any(not c.endswith('.npy') for c in args.corpora)
-  tokenizer = similarity.load_tokenizer(args.tokenizer) if needs_tokenizer else None
-  corpora = [similarity.load_corpus(c, tokenizer, args.max_tokens, args.seed) for c in args.corpora]
-  rows = similarity.compare(corpora[0], corpora[1:], args.embeddings, tokenizer, args.segments, args.seed)
-  table = similarity.format_table(rows)
-  print(_dump(rows) if args.format == 'json' else table)
-  if args.out:
-    os.makedirs(args.out, exist_ok=True)
-    _write(args.out, 'similarity.json', rows)
-    plots.similarity_plot(rows, os.path.join(args.out, 'similarity.png'))
-    _report(args.out, 'Distribution similarity', [table, '![similarity](similarity.png)'])
+  needs_tokenizer = tokenizer or embeddings or any(not c.endswith('.npy') for c in corpora)
+  tokenizer = similarity_lib.load_tokenizer(tokenizer) if needs_tokenizer else None
+  corpora = [similarity_lib.load_corpus(c, tokenizer, int(max_tokens), seed) for c in corpora]
+  rows = similarity_lib.compare(corpora[0], corpora[1:], embeddings, tokenizer, segments, seed)
+  table = similarity_lib.format_table(rows)
+  print(_dump(rows) if format == 'json' else table)
+  if out:
+    os.makedirs(out, exist_ok=True)
+    _write(out, 'similarity.json', rows)
+    plots.similarity_plot(rows, os.path.join(out, 'similarity.png'))
+    _report(out, 'Distribution similarity', [table, '![similarity](similarity.png)'])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -254,13 +270,11 @@ def main(argv=None) -> int:
   args = parser().parse_args(argv)
   if getattr(args, 'out', ''):
     os.makedirs(args.out, exist_ok=True)
-  if hasattr(args, 'max_tokens'):
-    args.max_tokens = int(args.max_tokens)
   warnings.showwarning = _show_warning
-  commands = {'gains': cmd_gains, 'fit': cmd_fit, 'forecast': cmd_forecast, 'recommend': cmd_recommend,
-              'cost': cmd_cost, 'similarity': cmd_similarity}
+  commands = {'gains': gains, 'fit': fit, 'forecast': forecast, 'recommend': recommend, 'cost': cost,
+              'similarity': similarity}
   try:
-    commands[args.command](args)
+    commands[args.command](**{key: value for key, value in vars(args).items() if key != 'command'})
   except ValueError as error:
     print(f'error: {error}', file=sys.stderr)
     return 2

@@ -37,13 +37,6 @@ def token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> tuple[jax.A
   return log_z_BxL - target_logit_BxL, log_z_BxL
 
 
-def train_flops_per_token(model_cfg, seq_len: int) -> float:
-  """Model FLOPs per trained token: 6·N (N without the embedding lookup) + 12·layers·d_model·seq_len (attention)."""
-  total, non_embedding = model_lib.count_params_from_config(model_cfg)
-  matmul_params = non_embedding + model_lib.padded_vocab_size(model_cfg) * model_cfg.d_model
-  return 6.0 * matmul_params + 12.0 * model_cfg.n_layers * model_cfg.d_model * seq_len
-
-
 class Trainer:
   """A model, an optimizer and a mesh, turned into sharded state and jitted, donated steps."""
 

@@ -20,7 +20,7 @@ def test_delta_sweep_trains_every_variant_then_analyses(tmp_path):
               'eval_every=5']
   out = subprocess.run([sys.executable, '-m', 'experiments.delta_sweep', '--config=configs/proofpile.py:test',
                         f'--workdir={study}', '--deltas=0,0.05,0.1,0.2', '--checkpoints=1',
-                        *[f'--set={s}' for s in settings]], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                        *[f'--config.{s}' for s in settings]], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   for name in ('delta_0pct', 'delta_5pct', 'delta_10pct', 'delta_20pct'):
     summary = json.loads((study / name / 'summary.json').read_text())

@@ -13,6 +13,7 @@ import pytest
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from configs import common
 from spt_jax import checkpoint
 from spt_jax import config as config_lib
 from spt_jax import export
@@ -217,7 +218,7 @@ def _run_workdir(tmp_path, tokenizer, cfg, params):
   workdir = str(tmp_path / 'run')
   tokenizer_path = str(tmp_path / 'tokenizer.json')
   tokenizer.save(tokenizer_path)
-  config = config_lib.test_config('builtin:coq')
+  config = common.test()
   config.model = cfg
   config.data.tokenizer = tokenizer_path
   config.stage = 'pretrain'

@@ -15,6 +15,7 @@ import pytest
 from spt_jax import checkpoint
 from spt_jax import evaluation
 from spt_jax import loop
+from spt_jax import run_plan
 from spt_jax import train
 
 # Shared by the in-process tests and the subprocess script (which must rebuild the same config and data).
@@ -61,24 +62,20 @@ exec(HELPERS)  # pylint: disable=exec-used
 SCRIPT = HELPERS + '''
 import sys, time
 from spt_jax import loop
+from spt_jax.data import mixture as mixture_lib
 workdir, delay_after = sys.argv[1], int(sys.argv[2])
 config = tiny_config(steps=int(sys.argv[3]))
-make_mixture = loop.make_mixture
+local_batch = mixture_lib.Mixture.local_batch
 
-def slow_mixture(c, data):
-  mixture = make_mixture(c, data)
-  local_batch = mixture.local_batch
-  def delayed(step, *args):
-    if step >= delay_after:
-      time.sleep(0.3)
-    return local_batch(step, *args)
-  mixture.local_batch = delayed
-  return mixture
+def delayed(self, step, *args):
+  if step >= delay_after:
+    time.sleep(0.3)
+  return local_batch(self, step, *args)
 
-loop.make_mixture = slow_mixture
-runner, state, meta = loop.build(config, workdir, stage='pretrain', data=tiny_data())
-print('START', meta['step'], flush=True)
-summary = runner.train(state, meta)
+mixture_lib.Mixture.local_batch = delayed
+runner, state, loop_state = loop.build(config, workdir, stage='pretrain', data=tiny_data())
+print('START', loop_state.step, flush=True)
+summary = runner.train(state, loop_state)
 print('STOP', summary['stop_reason'])
 '''
 
@@ -114,14 +111,14 @@ def _wait_for(condition, process, timeout=120):
 
 def test_stage_config_is_the_only_difference():
   config = tiny_config()
-  pretrain = loop.stage_config(config, 'pretrain')
-  finetune = loop.stage_config(config, 'finetune', (4e-5, 100))
+  pretrain = run_plan.stage_config(config, 'pretrain')
+  finetune = run_plan.stage_config(config, 'finetune', (4e-5, 100))
   differences = checkpoint.config_differences(checkpoint.config_dict(pretrain), finetune, ignored=())
   assert differences == ['eval_every', 'model.tie_embeddings', 'optimizer.lr',
                          'optimizer.weight_decay', 'patience', 'schedule.kind', 'schedule.warmup_steps', 'stage']
   assert (finetune.optimizer.lr, finetune.schedule.warmup_steps, finetune.schedule.kind) == (4e-5, 100, 'constant')
   with pytest.raises(ValueError, match='pipeline'):
-    loop.stage_config(config, 'pipeline')
+    run_plan.stage_config(config, 'pipeline')
 
 
 def test_pretrain_then_finetune_switch(tmp_path):
@@ -130,8 +127,8 @@ def test_pretrain_then_finetune_switch(tmp_path):
   assert pretrain['stop_reason'] == 'budget' and pretrain['steps'] == 4
   assert pretrain['final']['domain_test'] < pretrain['initial']['domain_test']
   config = tiny_config(init_from=str(tmp_path / 'pretrain'))
-  runner, state, meta = loop.build(config, str(tmp_path / 'finetune'), stage='finetune', data=data)
-  assert int(state.step) == 0 and meta['step'] == 0
+  runner, state, loop_state = loop.build(config, str(tmp_path / 'finetune'), stage='finetune', data=data)
+  assert int(state.step) == 0 and loop_state.step == 0
   adam = state.opt_state[1][0]  # clip_by_global_norm, then adamw's ScaleByAdamState.
   assert int(adam.count) == 0
   assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves((adam.mu, adam.nu)))
@@ -139,7 +136,7 @@ def test_pretrain_then_finetune_switch(tmp_path):
                                          runner.trainer.abstract_state.params)
   np.testing.assert_array_equal(state.params['embed']['embedding'], pretrained['embed']['embedding'])
   np.testing.assert_array_equal(state.params['lm_head']['kernel'], state.params['embed']['embedding'].T)
-  summary = runner.train(state, meta)
+  summary = runner.train(state, loop_state)
   assert summary['stage'] == 'finetune' and summary['batch_size'] == 8 and summary['lr'] == 1e-3
   # The untied model starts as the tied one: the loss before finetuning equals the pretrain's final loss.
   assert summary['initial']['domain_test'] == pytest.approx(pretrain['final']['domain_test'], rel=1e-5)
@@ -210,7 +207,7 @@ def _trainer_args():
 
 
 def test_init_from_errors_before_data(tmp_path, monkeypatch):
-  monkeypatch.setattr(loop, 'prepare_data', lambda c: pytest.fail('data prepared before the error'))
+  monkeypatch.setattr(loop.prepare_lib, 'prepare', lambda c: pytest.fail('data prepared before the error'))
   with pytest.raises(ValueError, match='does not exist') as error:
     loop.run(tiny_config(init_from=str(tmp_path / 'missing')), str(tmp_path / 'a'), stage='finetune')
   assert '\n' not in str(error.value)

@@ -126,14 +126,6 @@ def test_example_dataset_matches_batches():
   assert np.array_equal(np.stack([dataset[i] for i in range(8, 12)]), mixture.global_batch(2))
 
 
-def test_make_global_array_single_process():
-  import jax  # pylint: disable=g-import-not-at-top
-  mixture = _mixture(0.1, batch_size=4)
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  array = mixture_lib.make_global_array(mixture.local_batch(0), sharding)
-  assert np.array_equal(np.asarray(array), mixture.global_batch(0))
-
-
 def test_finetune_stages_with_replay():
   assert mixture_lib.stages_from_config(_config(replay=0.0), 'finetune') == [(0, {'domain': 1.0, 'general': 0.0})]
   stages = mixture_lib.stages_from_config(_config(replay=0.25), 'finetune')

@@ -10,8 +10,8 @@ the embedding lookup costs no FLOPs. The larger model's own pretraining is treat
 import dataclasses
 import math
 
-TRAIN_FORMULA = 'training FLOPs/token = 6·N + 12·n_layers·d_model·seq_len'
-INFERENCE_FORMULA = 'inference FLOPs/token = 2·N + 2·n_layers·d_model·context'
+from spt_jax import flops
+from spt_jax.flops import INFERENCE_FORMULA, TRAIN_FORMULA
 
 
 @dataclasses.dataclass
@@ -29,25 +29,15 @@ class ModelSize:
     return 2.0 * self.matmul_params + 2.0 * self.n_layers * self.d_model * context
 
 
-def count_params(model_cfg) -> tuple:
-  """(total, non-embedding) parameters of an OLMo-style config: V_pad·D embedding (+ head), 4·D² + 3·D·F a layer."""
-  vocab = -(-int(model_cfg['vocab_size']) // 128) * 128
-  d, f, layers = int(model_cfg['d_model']), int(model_cfg['mlp_dim']), int(model_cfg['n_layers'])
-  non_embedding = layers * (4 * d * d + 3 * d * f)
-  embedding = vocab * d * (1 if model_cfg.get('tie_embeddings', True) else 2)
-  return non_embedding + embedding, non_embedding
-
-
 def model_size(spec: str) -> ModelSize:
-  """A preset name of spt_jax.model (e.g. olmo-1b) or a parameter count (1.2e9, 1.2B, 300M)."""
+  """A model preset name (e.g. olmo-1b) or a parameter count (1.2e9, 1.2B, 300M)."""
   number = parse_count(spec)
   if number is not None:
     return ModelSize(spec, number)
-  from spt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  cfg = model_lib.preset_config(spec)
-  _, non_embedding = count_params(cfg)
-  vocab = -(-int(cfg['vocab_size']) // 128) * 128
-  return ModelSize(spec, float(non_embedding + vocab * cfg['d_model']), int(cfg['n_layers']), int(cfg['d_model']))
+  if spec not in flops.PRESETS:
+    raise ValueError(f'unknown model preset {spec!r}; choose one of {sorted(flops.PRESETS)} or a parameter count')
+  cfg = flops.PRESETS[spec]
+  return ModelSize(spec, float(flops.matmul_params(cfg)), int(cfg['n_layers']), int(cfg['d_model']))
 
 
 _SUFFIXES = {'k': 1e3, 'm': 1e6, 'b': 1e9, 'g': 1e9, 't': 1e12}

@@ -1,10 +1,11 @@
-"""Data pipeline benchmark: the mixture's tokens/s next to the train step's consumption, in one run.
+"""Data pipeline benchmark: the mixture's tokens/s, and prepare's tokenization speed.
 
-  python -m spt_jax.data.bench --preset=cpu-2m --batch_size=16 --seq_len=128
+  python -m spt_jax.data.bench --batch_size=16 --seq_len=128
   python -m spt_jax.data.bench --text='files:/data/docs/**/*.txt' --tokenizer=olmo   # prepare's MB/s per core
 
-The mixture is measured on synthetic packed sources of the preset's vocabulary (its cost does not depend on
-the token values), as the training loop uses it: one process, one global batch per step, in step order.
+The mixture is measured on synthetic packed sources (its cost does not depend on the token values), as the
+training loop uses it: one process, one global batch per step, in step order. `python -m spt_jax.bench
+--pipeline` puts it next to the train step's consumption.
 """
 
 import json
@@ -16,16 +17,13 @@ from absl import flags
 
 import numpy as np
 
-from spt_jax import bench as step_bench
-
-# --preset, --batch_size, --seq_len, --steps (train steps) and --dtype are the step benchmark's own flags.
-_PRESET, _BATCH, _SEQ_LEN = step_bench._PRESET, step_bench._BATCH, step_bench._SEQ_LEN  # pylint: disable=protected-access
-_TRAIN_STEPS, _DTYPE = step_bench._STEPS, step_bench._DTYPE  # pylint: disable=protected-access
-_STEPS = flags.DEFINE_integer('pipeline_steps', 500, 'Mixture steps timed.')
-_DELTA = flags.DEFINE_float('domain_fraction', 0.02, 'δ of the measured mixture.')
+BATCH = flags.DEFINE_integer('batch_size', 16, 'Global batch in sequences.')
+SEQ_LEN = flags.DEFINE_integer('seq_len', 128, 'Tokens per sequence.')
+STEPS = flags.DEFINE_integer('pipeline_steps', 500, 'Mixture steps timed.')
+DELTA = flags.DEFINE_float('domain_fraction', 0.02, 'δ of the measured mixture.')
 _TEXT = flags.DEFINE_string('text', '', 'A source spec: also measure prepare\'s tokenization on it.')
 _TOKENIZER = flags.DEFINE_string('tokenizer', 'bpe', "For --text: 'olmo', 'bpe' or a tokenizers JSON path.")
-_VOCAB = flags.DEFINE_integer('vocab_size', 32000, 'For --text with --tokenizer=bpe.')
+_VOCAB = flags.DEFINE_integer('vocab_size', 32000, 'Vocabulary of the synthetic sources, and of the BPE for --text.')
 _WORKERS = flags.DEFINE_integer('num_workers', 0, 'For --text: tokenizer processes (0: one per core).')
 _CACHE_DIR = flags.DEFINE_string('cache_dir', '', 'Corpora and tokenizer cache.')
 
@@ -82,31 +80,21 @@ def _load_tokenizer(name: str, spec: str):
   return tokenizer_lib.load_tokenizer(ml_collections.ConfigDict(dict(data=data)))
 
 
+def pipeline_speed(batch_size: int, seq_len: int, vocab_size: int, domain_fraction: float, steps: int) -> dict:
+  """measure_pipeline of a two-source mixture at δ = domain_fraction over synthetic sources."""
+  from spt_jax.data import mixture as mixture_lib  # pylint: disable=g-import-not-at-top
+  stages = [(0, {'domain': domain_fraction, 'general': 1 - domain_fraction})]
+  mixture = mixture_lib.Mixture(synthetic_sources(seq_len, vocab_size), stages, batch_size, seq_len, seed=0)
+  return measure_pipeline(mixture, steps, start_step=10**6)
+
+
 def main(argv):
   del argv
-  from spt_jax.data import mixture as mixture_lib  # pylint: disable=g-import-not-at-top
-  result = dict(batch_size=_BATCH.value, seq_len=_SEQ_LEN.value, domain_fraction=_DELTA.value)
-  vocab_size = 50280
-  if _PRESET.value:
-    from spt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-    vocab_size = model_lib.preset_config(_PRESET.value).vocab_size
-  stages = [(0, {'domain': _DELTA.value, 'general': 1 - _DELTA.value})]
-  mixture = mixture_lib.Mixture(synthetic_sources(_SEQ_LEN.value, vocab_size), stages, _BATCH.value,
-                                _SEQ_LEN.value, seed=0)
-  result.update(measure_pipeline(mixture, _STEPS.value, start_step=10**6))
-  print(f'mixture pipeline  batch {_BATCH.value} × {_SEQ_LEN.value}: '
+  result = dict(batch_size=BATCH.value, seq_len=SEQ_LEN.value, domain_fraction=DELTA.value)
+  result.update(pipeline_speed(BATCH.value, SEQ_LEN.value, _VOCAB.value, DELTA.value, STEPS.value))
+  print(f'mixture pipeline  batch {BATCH.value} × {SEQ_LEN.value}: '
         f'{result["pipeline_step_milliseconds"]:.3f} ms/step, '
         f'{result["pipeline_tokens_per_second"]:,.0f} tokens/s')
-  if _PRESET.value:
-    import jax  # pylint: disable=g-import-not-at-top
-    dtype = _DTYPE.value or ('float32' if jax.default_backend() == 'cpu' else 'bfloat16')
-    step = step_bench.measure_train_step(_PRESET.value, _BATCH.value, _SEQ_LEN.value, _TRAIN_STEPS.value, dtype)
-    result.update(preset=_PRESET.value, train_step_tokens_per_second=step['tokens_per_second'],
-                  train_step_milliseconds=1e3 * step['step_seconds'],
-                  pipeline_over_step=result['pipeline_tokens_per_second'] / step['tokens_per_second'])
-    print(f'train step        {_PRESET.value}: {result["train_step_milliseconds"]:.1f} ms/step, '
-          f'{step["tokens_per_second"]:,.0f} tokens/s')
-    print(f'pipeline / step   {result["pipeline_over_step"]:.0f}× (must be >= 20×)')
   if _TEXT.value:
     tokenizer = _load_tokenizer(_TOKENIZER.value, _TEXT.value)
     result.update(measure_prepare(_TEXT.value, tokenizer, _WORKERS.value))

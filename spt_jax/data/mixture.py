@@ -289,9 +289,3 @@ class _BatchDataset(grain.MapDataset):
     if isinstance(index, slice):
       return self.slice(index)
     return self._mixture.local_batch(self._start + index, *self._process)
-
-
-def make_global_array(local_batch: np.ndarray, sharding, global_shape=None):
-  """Assembles every process's local rows into one global jax.Array laid out by `sharding`."""
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.make_array_from_process_local_data(sharding, local_batch, global_shape)

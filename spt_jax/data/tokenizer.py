@@ -36,14 +36,6 @@ def eos_id(tokenizer: tokenizers.Tokenizer) -> int:
                    'special token to its JSON')
 
 
-def check_vocab(tokenizer: tokenizers.Tokenizer, model_cfg) -> None:
-  """Raises a one-line ValueError unless the model's vocab_size is the tokenizer's."""
-  size = tokenizer.get_vocab_size()
-  if model_cfg.vocab_size != size:
-    raise ValueError(f'model vocab_size {model_cfg.vocab_size} does not match the tokenizer\'s {size}; set '
-                     f'--config.model.vocab_size={size}')
-
-
 def load_tokenizer(config) -> tokenizers.Tokenizer:
   """config.data.tokenizer: 'olmo', 'bpe' (trained on data.general + data.domain, cached) or a JSON path."""
   name = config.data.tokenizer

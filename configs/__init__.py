@@ -1,0 +1,1 @@
+"""Config files, one per domain (big_vision style); common.py holds what the domains share."""

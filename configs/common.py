@@ -1,0 +1,103 @@
+"""What every domain's config shares: the sizes a config string chooses (`configs/<domain>.py:<arg>`).
+
+  1b, 3b, 600m, 300m  paper scale (Cloud TPU / GPU): OLMo tokenizer, 2048 × 2048-token batches, 200B tokens,
+                      δ = 2%, the cosine of OLMo cut off at 200B of 2T tokens, Appendix B's finetuning grid
+  tiny                CPU scale on the built-in corpora: the whole pipeline in minutes on a laptop
+  test                tiny shrunk to seconds: for end-to-end tests, not for results
+Every key and its paper default is documented in spt_jax/config.py; a domain file sets its data on top.
+"""
+
+import ml_collections
+
+from spt_jax import config as config_lib
+from spt_jax import model as model_lib
+
+PAPER_MODELS = {'1b': 'olmo-1b', '3b': 'olmo-3b', '600m': 'olmo-600m', '300m': 'olmo-300m'}
+CPU_SIZES = ('tiny', 'test')
+SIZES = (*PAPER_MODELS, *CPU_SIZES)
+
+
+def sized(arg: str) -> ml_collections.ConfigDict:
+  """The config of one size (data sources left to the domain file)."""
+  if arg == 'tiny':
+    return cpu()
+  if arg == 'test':
+    return test()
+  if arg in PAPER_MODELS:
+    return paper(PAPER_MODELS[arg])
+  raise ValueError(f'unknown config size {arg!r}; choose one of {", ".join(SIZES)}')
+
+
+def paper(model_preset: str) -> ml_collections.ConfigDict:
+  """Paper scale: the base defaults (Appendix B) in bfloat16 with every block rematerialised.
+
+  The general (Dolma) and domain sets are not shipped: set config.data.general and config.data.domain.
+  """
+  c = config_lib.base_config(model_preset)
+  c.model.dtype = 'bfloat16'
+  c.model.remat_policy = 'full'  # Recompute each block in the backward pass: 2048-token sequences fit.
+  c.data.general = ''  # e.g. 'tokens:/data/dolma/*.npy?dtype=uint16' (OLMo's pre-tokenized Dolma).
+  c.data.domain = ''  # e.g. 'jsonl:/data/proofpile/*.jsonl?field=text'.
+  c.data.test_tokens = 2_000_000
+  return c
+
+
+def cpu() -> ml_collections.ConfigDict:
+  """CPU scale on the built-in corpora, same shape of problem as the paper's.
+
+  A domain set much smaller than what pretraining reads, repeated several epochs at δ of a few percent.
+  """
+  c = config_lib.base_config('cpu-2m')
+  c.data.general = 'builtin:english'
+  c.data.tokenizer = 'bpe'
+  c.data.tokenizer_vocab_size = c.model.vocab_size
+  c.data.seq_len = 128
+  c.data.general_max_tokens = 3_000_000  # Pretraining reads about 2/3 of an epoch of general text...
+  c.data.domain_max_tokens = 40_000  # ...and about 4 epochs of the domain set's training split at δ = 5%.
+  c.data.test_tokens = 8_000  # Held out by whole documents from each source.
+  c.data.domain_train_sequences = 64
+  c.mixture.domain_fraction = 0.05
+  c.batch_size = 16
+  c.tokens = 2_000_000
+  c.optimizer.lr = 3e-3
+  c.schedule.kind = 'cosine'
+  c.schedule.warmup_steps = 50
+  c.schedule.horizon_tokens = c.tokens
+  c.schedule.final_lr = 3e-4
+  c.eval_every = 100
+  c.eval_sequences = 64
+  c.log_every = 20
+  c.checkpoint_every = 200
+  c.mesh.fsdp = 1
+  c.mesh.data = -1
+  c.finetune.batch_size = 16
+  c.finetune.grid = ((3e-4, 10), (1e-3, 10))
+  c.finetune.eval_every = 10  # About one epoch of the domain training split.
+  c.finetune.patience = 3
+  c.finetune.max_steps = 300
+  return c
+
+
+def test() -> ml_collections.ConfigDict:
+  """The CPU config shrunk to seconds."""
+  c = cpu()
+  c.model = model_lib.preset_config('tiny')
+  c.data.tokenizer_vocab_size = c.model.vocab_size
+  c.data.seq_len = 32
+  c.data.general_max_tokens = 100_000
+  c.data.domain_max_tokens = 10_000
+  c.data.test_tokens = 2_000
+  c.data.domain_train_sequences = 8
+  c.batch_size = 8
+  c.tokens = 8 * 32 * 40
+  c.schedule.horizon_tokens = c.tokens
+  c.schedule.warmup_steps = 5
+  c.eval_every = 20
+  c.eval_sequences = 16
+  c.log_every = 5
+  c.checkpoint_every = 20
+  c.finetune.batch_size = 8
+  c.finetune.grid = ((1e-3, 5),)
+  c.finetune.eval_every = 5
+  c.finetune.max_steps = 30
+  return c

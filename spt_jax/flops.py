@@ -1,0 +1,113 @@
+"""Sizes and FLOPs by formula, peak FLOP/s and MFU: what the loop, the benchmark, the dry run and analysis share.
+
+FLOPs per token (Kaplan et al. 2020 accounting, attention included):
+  training:  6·N + 12·n_layers·d_model·seq_len
+  inference: 2·N + 2·n_layers·d_model·context
+N counts every matmul parameter: the non-embedding weights plus the output projection V_pad·D (tied or not);
+the embedding lookup costs no FLOPs. Compiled cost analysis counts a scanned layer once, hence formulas.
+The module imports JAX only to measure or look up the device's peak, so analysis reads it without JAX.
+"""
+
+import functools
+import time
+
+TRAIN_FORMULA = 'training FLOPs/token = 6·N + 12·n_layers·d_model·seq_len'
+INFERENCE_FORMULA = 'inference FLOPs/token = 2·N + 2·n_layers·d_model·context'
+
+# Widths of the paper's models (spt_jax.model builds them). OLMo-1B and 3B are given; the paper says 300M and 600M
+# halve the layers of the 1B and shrink the hidden and MLP widths, without numbers: the widths here keep
+# head_dim = 128 and land near the named sizes (`count_params` below, pinned in tests against the model's
+# shapes). The paper's '3B' is the 1B with twice the layers: 2.25B parameters.
+_OLMO = dict(vocab_size=50280, rope_theta=10_000.0, layer_norm_eps=1e-5)
+PRESETS: dict[str, dict] = {
+    'olmo-3b': dict(_OLMO, d_model=2048, n_layers=32, n_heads=16, mlp_dim=8192),
+    'olmo-1b': dict(_OLMO, d_model=2048, n_layers=16, n_heads=16, mlp_dim=8192),
+    'olmo-600m': dict(_OLMO, d_model=1792, n_layers=8, n_heads=14, mlp_dim=9216),
+    'olmo-300m': dict(_OLMO, d_model=1280, n_layers=8, n_heads=10, mlp_dim=6144),
+    # CPU presets. Their vocab_size matches the BPE the CPU configs train (see configs/common.py).
+    'cpu-6m': dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, mlp_dim=1024, rope_theta=10_000.0,
+                   layer_norm_eps=1e-5),
+    'cpu-2m': dict(vocab_size=4096, d_model=128, n_layers=4, n_heads=4, mlp_dim=512, rope_theta=10_000.0,
+                   layer_norm_eps=1e-5),
+    'tiny': dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, mlp_dim=256, rope_theta=10_000.0,
+                 layer_norm_eps=1e-5),
+}
+
+# Peak dense bf16 FLOP/s per chip, for MFU; unknown devices (CPUs) are measured unless config.peak_flops is set.
+PEAK_FLOPS = {'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v5': 459e12,
+              'TPU v6 lite': 918e12, 'TPU v6e': 918e12, 'A100': 312e12, 'H100': 989e12, 'H200': 989e12,
+              'B200': 2250e12}
+
+
+def padded_vocab_size(model_cfg) -> int:
+  """Vocabulary rounded up to a multiple of 128 (fast matmuls, even sharding)."""
+  return -(-int(model_cfg['vocab_size']) // 128) * 128
+
+
+def count_params(model_cfg) -> tuple[int, int]:
+  """(total, non-embedding) parameters of an OLMo-style config: V_pad·D embedding (+ head), 4·D² + 3·D·F a layer."""
+  d, f, layers = int(model_cfg['d_model']), int(model_cfg['mlp_dim']), int(model_cfg['n_layers'])
+  non_embedding = layers * (4 * d * d + 3 * d * f)
+  embedding = padded_vocab_size(model_cfg) * d * (1 if model_cfg.get('tie_embeddings', True) else 2)
+  return non_embedding + embedding, non_embedding
+
+
+def matmul_params(model_cfg) -> int:
+  """N of the FLOP formulas: the non-embedding weights plus the output projection."""
+  return count_params(model_cfg)[1] + padded_vocab_size(model_cfg) * int(model_cfg['d_model'])
+
+
+def train_flops_per_token(model_cfg, seq_len: int) -> float:
+  """Model FLOPs per trained token: 6·N + 12·layers·d_model·seq_len (attention)."""
+  return 6.0 * matmul_params(model_cfg) + 12.0 * model_cfg['n_layers'] * model_cfg['d_model'] * seq_len
+
+
+def mfu(flops_per_token: float, tokens_per_second: float, peak: float) -> float | None:
+  """Model FLOP/s over peak FLOP/s; None when the peak is unknown."""
+  return flops_per_token * tokens_per_second / peak if peak else None
+
+
+def peak_matmul_flops(dtype: str, size: int, repeats: int = 5) -> float:
+  """Best FLOP/s of a square matmul sharded over all devices (each device multiplies its own pair)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  n = jax.device_count()
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  a = jax.random.normal(keys[0], (n, size, size), dtype)
+  b = jax.random.normal(keys[1], (n, size, size), dtype)
+  matmul = jax.pmap(lambda x, y: x @ y) if n > 1 else jax.jit(lambda x, y: x @ y)
+  a, b = (jax.device_put_sharded(list(a), jax.devices()), jax.device_put_sharded(list(b), jax.devices())) \
+      if n > 1 else (a, b)
+  matmul(a, b).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * n * size ** 3 / best
+
+
+def peak_flops(per_chip: float) -> float:
+  """Peak FLOP/s of all devices together: per_chip (config.peak_flops) when > 0, the table for known
+  accelerators, else a quick matmul measurement (once per process); per_chip < 0 turns MFU off (0)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if per_chip < 0:
+    return 0.0
+  if per_chip > 0:
+    return float(per_chip) * jax.device_count()
+  kind = jax.devices()[0].device_kind
+  # The most specific name wins: 'TPU v5 lite' (v5e) must not match 'TPU v5' (v5p).
+  matches = sorted((name for name in PEAK_FLOPS if name.lower() in kind.lower()), key=len)
+  known = PEAK_FLOPS[matches[-1]] if matches else 0.0
+  return known * jax.device_count() if known else _measured_peak_flops()
+
+
+@functools.cache
+def _measured_peak_flops() -> float:
+  import jax  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  try:
+    cpu = jax.default_backend() == 'cpu'
+    return peak_matmul_flops('float32' if cpu else 'bfloat16', 1024 if cpu else 4096, repeats=3)
+  except Exception as error:  # pylint: disable=broad-except
+    logging.warning('No peak FLOP/s measurement (%s): MFU is not reported.', error)
+    return 0.0
