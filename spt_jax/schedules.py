@@ -53,8 +53,27 @@ def _decay(shape: str, progress):
   return 1.0 - jnp.sqrt(progress)
 
 
+def _warmup(peak: float, warmup: int) -> optax.Schedule:
+  """Linear from 0 to peak over `warmup` steps (optax.linear_schedule's ramp, computed as peak · step / warmup)."""
+  return lambda step: peak * jnp.minimum(jnp.asarray(step, jnp.float32) / warmup, 1.0)
+
+
+def _decay_to(final: float, peak: float, steps: int, shape: str) -> optax.Schedule:
+  """From peak to final over `steps` steps in `shape`, then final."""
+  def lr_at(step):
+    progress = jnp.clip(jnp.asarray(step, jnp.float32) / steps, 0.0, 1.0)
+    return final + (peak - final) * _decay(shape, progress)
+  return lr_at
+
+
 def make_schedule(config, total_steps: int, tokens_per_step: int) -> optax.Schedule:
-  """The schedule of config.schedule for a run of total_steps steps of tokens_per_step tokens each."""
+  """The schedule of config.schedule for a run of total_steps steps of tokens_per_step tokens each.
+
+  Phases are joined with optax.join_schedules: warmup, then (cosine) the decay over the horizon, cut off where
+  the run ends; (constant) the peak; (WSD) the peak, then the decay. The ramp and decay keep their own
+  arithmetic rather than optax.linear_schedule / cosine_decay_schedule, whose float32 rounding differs (by up
+  to 1e-6 relative) and would change results already published by this code.
+  """
   _check(config, total_steps, tokens_per_step)
   schedule = config.schedule
   peak = float(config.optimizer.lr)
@@ -64,22 +83,14 @@ def make_schedule(config, total_steps: int, tokens_per_step: int) -> optax.Sched
     # The cosine spans the horizon (OLMo: 2T tokens); the run is cut off wherever total_steps ends.
     horizon = (int(round(schedule.horizon_tokens / tokens_per_step)) if schedule.horizon_tokens > 0
                else total_steps)
-    decay_start, decay_steps, shape = warmup, max(horizon - warmup, 1), 'cosine'
+    phases, boundaries = [_decay_to(final, peak, max(horizon - warmup, 1), 'cosine')], [warmup]
   elif schedule.kind == 'wsd':
     after_warmup = total_steps - warmup
     decay_start = warmup + int(round(schedule.stable_fraction * after_warmup))
-    decay_steps, shape = max(int(round(schedule.decay_fraction * after_warmup)), 1), schedule.decay_shape
+    decay_steps = max(int(round(schedule.decay_fraction * after_warmup)), 1)
+    phases = [optax.constant_schedule(peak), _decay_to(final, peak, decay_steps, schedule.decay_shape)]
+    boundaries = [warmup, decay_start]
   else:
-    decay_start, decay_steps, shape = None, 1, 'linear'
-
-  def lr_at(step):
-    step = jnp.asarray(step, jnp.float32)
-    ramp = step / warmup if warmup > 0 else jnp.ones_like(step)
-    lr = peak * jnp.minimum(ramp, 1.0)
-    if decay_start is not None:
-      progress = jnp.clip((step - decay_start) / decay_steps, 0.0, 1.0)
-      decayed = final + (peak - final) * _decay(shape, progress)
-      lr = jnp.where(step < decay_start, lr, decayed)
-    return lr
-
-  return lr_at
+    phases, boundaries = [optax.constant_schedule(peak)], [warmup]
+  ramp = _warmup(peak, warmup) if warmup > 0 else optax.constant_schedule(peak)
+  return optax.join_schedules([ramp, *phases], boundaries)
