@@ -2,20 +2,19 @@
 
 The directory holds config.json (model_type 'olmo'), model.safetensors (or shards listed in
 model.safetensors.index.json) and the tokenizer files. Import needs neither torch nor transformers: safetensors
-is a little-endian u64 header length, a JSON header and raw arrays, read here with numpy. Writing is our own too,
-so that the same inputs always give the same bytes (the round trip import -> export is bit-exact).
+files are read (memory-mapped) and written with the `safetensors` library's numpy API, which lays the same
+tensors out as the same bytes (the round trip import -> export is bit-exact).
 """
 
 import json
-import math
 import os
-import struct
 from typing import Any
 
 import jax
-import ml_dtypes
 import ml_collections
 import numpy as np
+import safetensors
+from safetensors import numpy as safetensors_numpy
 
 from spt_jax import model as model_lib
 
@@ -25,10 +24,6 @@ INDEX_FILE = 'model.safetensors.index.json'
 TOKENIZER_FILE = 'tokenizer.json'
 # transformers' OlmoLayerNorm hard-codes this epsilon.
 HF_LAYER_NORM_EPS = 1e-5
-_DTYPES = {'F64': np.dtype('<f8'), 'F32': np.dtype('<f4'), 'F16': np.dtype('<f2'),
-           'BF16': np.dtype(ml_dtypes.bfloat16), 'I64': np.dtype('<i8'), 'I32': np.dtype('<i4'),
-           'I16': np.dtype('<i2'), 'I8': np.dtype('i1'), 'U8': np.dtype('u1'), 'BOOL': np.dtype('?')}
-_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 # Per-layer projections: HF stores each as an [out, in] matrix of our [in, out] kernel (heads flattened).
 _ATTENTION = ('q', 'k', 'v')
 _MLP_IN = ('gate', 'up')
@@ -39,57 +34,20 @@ class HfFormatError(ValueError):
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """Every tensor of a .safetensors file as a read-only numpy array (memory-mapped, no copy)."""
-  with open(path, 'rb') as f:
-    prefix = f.read(8)
-    if len(prefix) < 8:
-      raise HfFormatError(f'{path} is not a safetensors file (shorter than its header); re-save the weights.')
-    (header_len,) = struct.unpack('<Q', prefix)
-    if header_len > os.path.getsize(path) - 8:
-      raise HfFormatError(f'{path} is not a safetensors file (bad header length); re-save the weights.')
-    header = json.loads(f.read(header_len))
-  size = os.path.getsize(path) - 8 - header_len
-  data = np.memmap(path, dtype=np.uint8, mode='r', offset=8 + header_len) if size else np.zeros([0], np.uint8)
-  tensors = {}
-  for name, entry in header.items():
-    if name == '__metadata__':
-      continue
-    if entry['dtype'] not in _DTYPES:
-      raise HfFormatError(f'{path}: tensor {name} has dtype {entry["dtype"]}; convert it to F32, F16 or BF16.')
-    begin, end = entry['data_offsets']
-    dtype = _DTYPES[entry['dtype']]
-    if end > size or end - begin != dtype.itemsize * math.prod(entry['shape']):
-      raise HfFormatError(f'{path}: tensor {name} lies outside the file or has the wrong size; the file is '
-                          'truncated or corrupt, download it again.')
-    tensors[name] = data[begin:end].view(dtype).reshape(entry['shape'])
-  return tensors
+  """Every tensor of a .safetensors file as a numpy array (the safetensors library, memory-mapped)."""
+  try:
+    return safetensors_numpy.load_file(path)
+  except (safetensors.SafetensorError, OSError) as error:
+    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    raise HfFormatError(f'{path} cannot be read as safetensors ({first_line}): the file is truncated or corrupt, '
+                        'download or save it again.') from error
 
 
 def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-  """Writes tensors in name order with an 8-byte-aligned header: the same tensors always give the same bytes."""
-  header: dict[str, Any] = {}
-  if metadata:
-    header['__metadata__'] = dict(metadata)
-  offset = 0
-  arrays = []
-  for name in sorted(tensors):
-    array = np.asarray(tensors[name])
-    dtype = array.dtype.newbyteorder('<') if array.dtype.byteorder == '>' else array.dtype
-    if dtype not in _DTYPE_NAMES:
-      raise ValueError(f'tensor {name} has dtype {array.dtype}, which safetensors cannot hold; cast it first.')
-    array = np.ascontiguousarray(array, dtype=dtype)
-    header[name] = {'dtype': _DTYPE_NAMES[dtype], 'shape': list(array.shape),
-                    'data_offsets': [offset, offset + array.nbytes]}
-    offset += array.nbytes
-    arrays.append(array)
-  encoded = json.dumps(header, separators=(',', ':')).encode('utf-8')
-  encoded += b' ' * (-len(encoded) % 8)
+  """Writes tensors atomically with the safetensors library (same tensors, same bytes)."""
+  arrays = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
   partial = f'{path}.tmp{os.getpid()}'
-  with open(partial, 'wb') as f:
-    f.write(struct.pack('<Q', len(encoded)))
-    f.write(encoded)
-    for array in arrays:
-      f.write(array.tobytes())
+  safetensors_numpy.save_file(arrays, partial, metadata=dict(metadata) if metadata else None)
   os.replace(partial, path)
 
 
