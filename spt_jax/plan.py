@@ -56,6 +56,16 @@ def _report(out: str, title: str, sections: list) -> None:
   _write(out, 'report.md', f'# {title}\n\n' + '\n\n'.join(sections) + '\n')
 
 
+def _publish(out: str, stem: str, value, title: str, text: str, plot, caption: str) -> None:
+  """With --out: out/<stem>.json, the plot drawn into out/<stem>.png and a report of the text and the plot."""
+  if not out:
+    return
+  os.makedirs(out, exist_ok=True)
+  _write(out, f'{stem}.json', value)
+  plot(os.path.join(out, f'{stem}.png'))
+  _report(out, title, [text, f'![{caption}]({stem}.png)'])
+
+
 def _warnings_section(notes: list) -> str:
   return '## Warnings\n' + ('\n'.join(f'- {n}' for n in notes) if notes else 'none')
 
@@ -68,11 +78,8 @@ def gains(npt: str, spt: list[str], npt_large: str | None = None, out: str = '',
                            runs.read(npt_large) if npt_large else None)
   table = gains_lib.format_table(result)
   print(_dump(result) if format == 'json' else table)
-  if out:
-    os.makedirs(out, exist_ok=True)
-    _write(out, 'gains.json', result)
-    plots.gains_plot(result, os.path.join(out, 'gains.png'))
-    _report(out, 'Headline metrics', [table, '![post-FT loss by budget](gains.png)'])
+  _publish(out, 'gains', result, 'Headline metrics', table, lambda path: plots.gains_plot(result, path),
+           'post-FT loss by budget')
 
 
 def fit(runs: list[str] | None = None, csv: str | None = None, bootstrap: int = 100, huber: float = 1e-2,
@@ -185,11 +192,8 @@ def cost(small: str = 'olmo-1b', large: str = 'olmo-3b', pretrain_tokens: float 
                                   finetune_tokens, seq_len, context)
   text = cost_lib.format_costs(costs)
   print(_dump(costs) if format == 'json' else text)
-  if out:
-    os.makedirs(out, exist_ok=True)
-    _write(out, 'cost.json', costs)
-    plots.cost_plot(costs, os.path.join(out, 'cost.png'), max_inference_tokens)
-    _report(out, 'Cost of the strategies', [text, '![total compute](cost.png)'])
+  _publish(out, 'cost', costs, 'Cost of the strategies', text,
+           lambda path: plots.cost_plot(costs, path, max_inference_tokens), 'total compute')
 
 
 def similarity(corpora: list[str], tokenizer: str = '', max_tokens: float = 1.5e6, embeddings: bool = False,
@@ -209,11 +213,8 @@ def similarity(corpora: list[str], tokenizer: str = '', max_tokens: float = 1.5e
   rows = similarity_lib.compare(corpora[0], corpora[1:], embeddings, tokenizer, segments, seed)
   table = similarity_lib.format_table(rows)
   print(_dump(rows) if format == 'json' else table)
-  if out:
-    os.makedirs(out, exist_ok=True)
-    _write(out, 'similarity.json', rows)
-    plots.similarity_plot(rows, os.path.join(out, 'similarity.png'))
-    _report(out, 'Distribution similarity', [table, '![similarity](similarity.png)'])
+  _publish(out, 'similarity', rows, 'Distribution similarity', table,
+           lambda path: plots.similarity_plot(rows, path), 'similarity')
 
 
 def parser() -> argparse.ArgumentParser:

@@ -66,12 +66,16 @@ class _RWriter:
     return body + (self.names(names) if names else b'')
 
 
-def test_r_unserialize_character_vector_with_na_latin1_and_names():
+def test_r_objects_character_vector_with_na_and_latin1_and_a_named_list():
   writer = _RWriter()
-  data = writer.header + writer.strsxp(['caf\u00e9', None, 'na\u00efve'], names=['a', 'b', 'c'], latin1=(2,))
-  value = extract.r_unserialize(data)
-  assert list(value) == ['caf\u00e9', None, 'na\u00efve']
-  assert value.attributes['names'] == ['a', 'b', 'c']
+  data = writer.header + writer.strsxp(['caf\u00e9', None, 'na\u00efve'], latin1=(2,))
+  assert list(extract.r_object(data)) == ['caf\u00e9', None, 'na\u00efve']
+  named = writer.header + writer.vecsxp([writer.strsxp(['x']), writer.intsxp([3, 4])], names=['text', 'pair'])
+  value = extract.r_object(named)
+  assert list(value) == ['text', 'pair'] and list(value['text']) == ['x'] and list(value['pair']) == [3, 4]
+  with pytest.raises(ValueError, match='damaged') as error:
+    extract.r_object(data[:-6])  # (Damage inside a blob is caught first by its zlib checksum.)
+  assert '\n' not in str(error.value)
 
 
 def _lazy_load_database(folder, novels):

@@ -88,132 +88,26 @@ def brown_documents(root: pathlib.Path) -> Iterator[Document]:
     yield path.name, brown_text(read_text(path))
 
 
-# R's XDR serialization (what saveRDS and lazy-load databases hold), read without R.
-_R_NIL_LIKE = {254, 253, 252, 251, 250, 242, 241}  # NULL, environments and markers with no payload.
-_R_PAIRLISTS = {2, 3, 5, 6, 17, 239, 240}
-
-
-class RVector(list):
-  """An R vector as a list, with its attributes (names, class ...) in `.attributes`."""
-  attributes: dict = {}
-
-
-class _RReader:
-  """Reads one serialized R object: the subset of SEXP types that data objects use."""
-
-  def __init__(self, data: bytes):
-    self.data, self.position, self.references = data, 0, []
-    if data[:2] != b'X\n':
-      raise ValueError('not an R XDR serialization (expected "X\\n" header); re-save with saveRDS(version=2 or 3)')
-    self.position = 2
-    version = self.integer()
-    self.integer(), self.integer()  # Writer's and minimum reader's R versions.
-    self.encoding = 'utf-8'
-    if version == 3:
-      length = self.integer()
-      self.encoding = self.take(length).decode('ascii').lower().replace('latin1', 'latin-1')
-
-  def take(self, count: int) -> bytes:
-    chunk = self.data[self.position:self.position + count]
-    if len(chunk) != count:
-      raise ValueError('truncated R serialization; the package file is damaged, delete the cache and re-fetch')
-    self.position += count
-    return chunk
-
-  def integer(self) -> int:
-    return struct.unpack('>i', self.take(4))[0]
-
-  def length(self) -> int:
-    value = self.integer()
-    return (self.integer() << 32) + self.integer() if value == -1 else value
-
-  def string_vector(self) -> list:
-    self.integer()
-    return [self.item() for _ in range(self.integer())]
-
-  def item(self):
-    flags = self.integer()
-    kind, levels = flags & 0xFF, flags >> 12
-    if kind in _R_NIL_LIKE:
-      return None
-    if kind == 255:  # A reference to an earlier symbol or environment.
-      index = flags >> 8 or self.integer()
-      return self.references[index - 1]
-    if kind in (247, 248, 249):  # Persistent, package and namespace references: a string vector.
-      value = ('<reference>', self.string_vector())
-      self.references.append(value)
-      return value
-    if kind == 1:  # Symbol.
-      value = ('<symbol>', self.item())
-      self.references.append(value)
-      return value
-    if kind == 4:  # Environment: kept as its frame.
-      value = {}
-      self.references.append(value)
-      self.integer()
-      self.item(), (frame := self.item()), self.item(), self.item()
-      value['frame'] = frame
-      return value
-    if kind in _R_PAIRLISTS:
-      attributes = self.item() if flags & 0x200 else None
-      tag = self.item() if flags & 0x400 else None
-      head = self.item()
-      tail = self.item()
-      return [(tag[1] if isinstance(tag, tuple) else tag, head)] + (tail if isinstance(tail, list) else [])
-    if kind == 9:  # CHARSXP: one string; -1 is NA.
-      size = self.integer()
-      if size == -1:
-        return None
-      raw = self.take(size)
-      encoding = 'latin-1' if levels & 4 else ('utf-8' if levels & (8 | 64) else self.encoding)
-      return raw.decode(encoding, errors='replace')
-    if kind == 238:  # ALTREP: compact sequences and wrappers, expanded to plain vectors.
-      info, state, attributes = self.item(), self.item(), self.item()
-      return self.with_attributes(self.expand_altrep(info, state), attributes)
-    if kind in (10, 13, 14):  # Logical, integer and double vectors.
-      code, size = ('d', 8) if kind == 14 else ('i', 4)
-      count = self.length()
-      value = RVector(struct.unpack(f'>{count}{code}', self.take(size * count)))
-    elif kind in (16, 19, 20):  # Character vectors, lists and expressions: one item per element.
-      value = RVector(self.item() for _ in range(self.length()))
-    elif kind == 24:
-      value = RVector(self.take(self.length()))
-    else:
-      raise ValueError(f'R object type {kind} is not supported by this reader; export the data as text instead')
-    return self.with_attributes(value, self.item() if flags & 0x200 else None)
-
-  @staticmethod
-  def with_attributes(value, attributes):
-    if attributes and isinstance(value, RVector):
-      value.attributes = dict(attributes)
-    return value
-
-  @staticmethod
-  def expand_altrep(info, state):
-    name = info[0][1] if info and isinstance(info[0], tuple) else ''
-    if name in ('compact_intseq', 'compact_realseq'):
-      count, start, step = state
-      return RVector(start + step * i for i in range(int(count)))
-    if name.startswith('wrap_'):
-      return state[0]
-    if name == 'deferred_string':
-      return RVector(str(x) for x in state[0][1])
-    return state
-
-
-def r_unserialize(data: bytes):
-  """A serialized R object (XDR format 2 or 3, already decompressed) as Python lists, dicts and strings."""
-  return _RReader(data).item()
+def r_object(data: bytes):
+  """A serialized R object (XDR, decompressed) as the `rdata` package converts it: a character vector is a numpy
+  array of str (None for NA), a named list a dict."""
+  import warnings  # pylint: disable=g-import-not-at-top
+  import rdata  # pylint: disable=g-import-not-at-top
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # "Unknown file type: assumed RDS": a lazy-load value is an RDS body.
+    try:
+      return rdata.conversion.convert(rdata.parser.parse_data(data, expand_altrep=True))
+    except (ValueError, NotImplementedError, EOFError, struct.error) as error:
+      raise ValueError(f'cannot read an R object ({error}); the package file is damaged, delete the cache and '
+                       're-fetch') from error
 
 
 def r_lazy_load(rdb: pathlib.Path, rdx: pathlib.Path) -> dict:
   """Every object of an R lazy-load database (.rdb values, .rdx index) by name."""
-  listing = r_unserialize(gzip.decompress(rdx.read_bytes()))
-  index = dict(zip(listing.attributes['names'], listing))
-  variables = index['variables']
+  index = r_object(gzip.decompress(rdx.read_bytes()))
   data = rdb.read_bytes()
   objects = {}
-  for name, (offset, size) in zip(variables.attributes['names'], variables):
+  for name, (offset, size) in index['variables'].items():
     blob = data[offset:offset + size]
     kind = blob[4:5]
     if kind == b'2':
@@ -226,7 +120,8 @@ def r_lazy_load(rdb: pathlib.Path, rdx: pathlib.Path) -> dict:
       raw = blob[5:]
     else:
       raw = zlib.decompress(blob[4:])
-    objects[name] = r_unserialize(raw)
+    value = r_object(raw)
+    objects[str(name)] = value.tolist() if hasattr(value, 'tolist') else value
   return objects
 
 
