@@ -2,26 +2,30 @@
 
 Subcommands: gains, fit, forecast, recommend, cost, similarity.
 
-Every δ on the command line is a fraction (0.02 for 2%); token counts accept 200e9, 200B, 1.5T, 70M. With
---out DIR a subcommand also writes its PNG plots, a JSON result and a markdown report embedding the plots.
+  python -m spt_jax.plan gains --npt=W0 --spt=W1,W2
+  python -m spt_jax.plan forecast --fit=fit.json --delta=0.02,0.05 --tokens=1e9,200B
+
+Flags are absl flags; lists are comma-separated. Every δ is a fraction (0.02 for 2%); token counts accept 200e9,
+200B, 1.5T, 70M. With --out DIR a subcommand also writes its PNG plots, a JSON result and a markdown report
+embedding the plots. Each subcommand is also a function of this module (experiments/ call them directly).
 """
 
-import argparse
 import json
 import math
 import os
 import sys
 import warnings
 
+from absl import flags
 import numpy as np
 
 
 def _delta(text: str) -> float:
   value = float(text.rstrip('%')) / (100.0 if text.endswith('%') else 1.0)
   if value > 1:
-    raise argparse.ArgumentTypeError(f'δ={text} > 1: δ is a fraction (0.02 for 2%); write 0.02 or 2%')
+    raise ValueError(f'δ={text} > 1: δ is a fraction (0.02 for 2%); write 0.02 or 2%')
   if value < 0:
-    raise argparse.ArgumentTypeError(f'δ={text} is negative')
+    raise ValueError(f'δ={text} is negative')
   return value
 
 
@@ -29,7 +33,7 @@ def _tokens(text: str) -> float:
   from spt_jax.analysis import cost  # pylint: disable=g-import-not-at-top
   value = cost.parse_count(text)
   if value is None or value <= 0 or not math.isfinite(value):
-    raise argparse.ArgumentTypeError(f'{text!r} is not a token count; write e.g. 200e9 or 200B')
+    raise ValueError(f'{text!r} is not a token count; write e.g. 200e9 or 200B')
   return value
 
 
@@ -217,50 +221,92 @@ def similarity(corpora: list[str], tokenizer: str = '', max_tokens: float = 1.5e
            lambda path: plots.similarity_plot(rows, path), 'similarity')
 
 
-def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog='python -m spt_jax.plan', description=__doc__.splitlines()[0])
-  sub = p.add_subparsers(dest='command', required=True)
-  g = sub.add_parser('gains', help='relative gain, compute multiplier, gap closed, forgetting')
-  g.add_argument('--npt', required=True, help='pipeline workdir of naive pretraining (δ = 0)')
-  g.add_argument('--spt', required=True, nargs='+', help='pipeline workdirs of SPT runs')
-  g.add_argument('--npt_large', help='pipeline workdir of a larger NPT model (for gap closed)')
-  f = sub.add_parser('fit', help='fit the overfitting scaling laws (1)-(9) and the finetuning delta (7)')
-  f.add_argument('--runs', nargs='+', help='run or pipeline workdirs at several δ')
-  f.add_argument('--csv', help='CSV: delta,tokens,domain_train_loss,domain_test_loss[,post_ft_domain_test_loss]')
-  f.add_argument('--bootstrap', type=int, default=100, help='bootstrap resamples for 95%% CIs (0: none)')
-  f.add_argument('--huber', type=float, default=1e-2, help='Huber scale on log-loss residuals')
-  f.add_argument('--seed', type=int, default=0)
-  fc = sub.add_parser('forecast', help='predicted losses at (δ, T) and where each δ starts to overfit')
-  fc.add_argument('--fit', required=True, help='fit.json written by `plan fit`')
-  fc.add_argument('--delta', required=True, nargs='+', type=_delta)
-  fc.add_argument('--tokens', required=True, nargs='+', type=_tokens)
-  r = sub.add_parser('recommend', help='best δ for budgets, and where one δ overtakes another')
-  r.add_argument('--fit', required=True)
-  r.add_argument('--tokens', required=True, nargs='+', type=_tokens, help='pretraining budgets')
-  r.add_argument('--objective', choices=('post_ft', 'test'), default='post_ft')
-  r.add_argument('--delta_max', type=_delta, help='largest δ searched (default: the largest fitted)')
-  r.add_argument('--candidates', nargs='+', type=_delta, help='also pick the best of these δ (e.g. 0 0.02 0.05)')
-  r.add_argument('--crossover', nargs=2, type=_delta, metavar=('DELTA_A', 'DELTA_B'))
-  c = sub.add_parser('cost', help='compute of SPT on a small model against finetuning a larger one')
-  c.add_argument('--small', default='olmo-1b', help='model preset name or parameter count')
-  c.add_argument('--large', default='olmo-3b', help='model preset name or parameter count')
-  c.add_argument('--pretrain_tokens', type=_tokens, default=200e9)
-  c.add_argument('--finetune_tokens', type=_tokens, default=1.5e9, help='tokens of finetuning (both strategies)')
-  c.add_argument('--seq_len', type=int, default=2048)
-  c.add_argument('--context', type=int, default=2048, help='average attended context at inference')
-  c.add_argument('--max_inference_tokens', type=_tokens)
-  s = sub.add_parser('similarity', help='n-gram JSD (and C2ST, MAUVE) of corpora against the first one')
-  s.add_argument('corpora', nargs='+', help='.npy token arrays or source specs (builtin:english, files:...)')
-  s.add_argument('--tokenizer', default='', help="tokenizers JSON (default for built-in corpora: OLMo's)")
-  s.add_argument('--max_tokens', type=_tokens, default=1.5e6, help='tokens sampled per corpus')
-  s.add_argument('--embeddings', action='store_true', help='also C2ST AUC and MAUVE (needs the similarity extra)')
-  s.add_argument('--segments', type=int, default=200, help='256-token segments embedded per corpus')
-  s.add_argument('--seed', type=int, default=0)
-  for command in (g, f, fc, r, c, s):
-    command.add_argument('--out', default='' if command is not f else '.', help='folder for plots, JSON, report')
-    if command in (g, c, s):
-      command.add_argument('--format', choices=('text', 'json'), default='text')
-  return p
+# The flags of each subcommand (absl flags, defined on their own FlagValues at each call of main); lists are
+# comma-separated (--spt=W1,W2 --delta=0.02,0.05 --tokens=1e9,200B). Unset flags keep the function's default.
+COMMANDS = {
+    'gains': ('npt', 'spt', 'npt_large', 'out', 'format'),
+    'fit': ('runs', 'csv', 'bootstrap', 'huber', 'seed', 'out'),
+    'forecast': ('fit', 'delta', 'tokens', 'out'),
+    'recommend': ('fit', 'tokens', 'objective', 'delta_max', 'candidates', 'crossover', 'out'),
+    'cost': ('small', 'large', 'pretrain_tokens', 'finetune_tokens', 'seq_len', 'context', 'max_inference_tokens',
+             'out', 'format'),
+    'similarity': ('tokenizer', 'max_tokens', 'embeddings', 'segments', 'seed', 'out', 'format'),
+}
+_REQUIRED = {'gains': ('npt', 'spt'), 'forecast': ('fit', 'delta', 'tokens'), 'recommend': ('fit', 'tokens')}
+_DELTAS, _TOKENS = ('delta', 'candidates', 'crossover', 'delta_max'), ('tokens', 'pretrain_tokens',
+                                                                        'finetune_tokens', 'max_inference_tokens',
+                                                                        'max_tokens')
+
+
+def _flags() -> flags.FlagValues:
+  fv = flags.FlagValues()
+  define = {'flag_values': fv}
+  flags.DEFINE_string('npt', None, 'gains: pipeline workdir of naive pretraining (δ = 0)', **define)
+  flags.DEFINE_list('spt', None, 'gains: pipeline workdirs of SPT runs', **define)
+  flags.DEFINE_string('npt_large', None, 'gains: pipeline workdir of a larger NPT model (gap closed)', **define)
+  flags.DEFINE_list('runs', None, 'fit: run or pipeline workdirs at several δ', **define)
+  flags.DEFINE_string('csv', None, 'fit: delta,tokens,domain_train_loss,domain_test_loss[,post_ft_...]', **define)
+  flags.DEFINE_integer('bootstrap', 100, 'fit: bootstrap resamples for 95% CIs (0: none)', **define)
+  flags.DEFINE_float('huber', 1e-2, 'fit: Huber scale on log-loss residuals', **define)
+  flags.DEFINE_integer('seed', 0, 'fit, similarity: random seed', **define)
+  flags.DEFINE_string('fit', None, 'forecast, recommend: fit.json written by `plan fit`', **define)
+  flags.DEFINE_list('delta', None, 'forecast: δ values (fractions, or percentages with %)', **define)
+  flags.DEFINE_list('tokens', None, 'forecast, recommend: token budgets (200e9, 200B, 1.5T)', **define)
+  flags.DEFINE_enum('objective', 'post_ft', ['post_ft', 'test'], 'recommend: the loss minimised', **define)
+  flags.DEFINE_string('delta_max', None, 'recommend: largest δ searched (default: the largest fitted)', **define)
+  flags.DEFINE_list('candidates', None, 'recommend: also pick the best of these δ', **define)
+  flags.DEFINE_list('crossover', None, 'recommend: two δ, DELTA_A,DELTA_B: where one overtakes the other', **define)
+  flags.DEFINE_string('small', 'olmo-1b', 'cost: model preset name or parameter count', **define)
+  flags.DEFINE_string('large', 'olmo-3b', 'cost: model preset name or parameter count', **define)
+  flags.DEFINE_string('pretrain_tokens', '200e9', 'cost: pretraining tokens of the small model', **define)
+  flags.DEFINE_string('finetune_tokens', '1.5e9', 'cost: finetuning tokens (both strategies)', **define)
+  flags.DEFINE_integer('seq_len', 2048, 'cost: training sequence length', **define)
+  flags.DEFINE_integer('context', 2048, 'cost: average attended context at inference', **define)
+  flags.DEFINE_string('max_inference_tokens', None, 'cost: right end of the plot', **define)
+  flags.DEFINE_string('tokenizer', '', "similarity: tokenizers JSON (default for built-in corpora: OLMo's)",
+                      **define)
+  flags.DEFINE_string('max_tokens', '1.5e6', 'similarity: tokens sampled per corpus', **define)
+  flags.DEFINE_bool('embeddings', False, 'similarity: also C2ST AUC and MAUVE (needs the similarity extra)',
+                    **define)
+  flags.DEFINE_integer('segments', 200, 'similarity: 256-token segments embedded per corpus', **define)
+  flags.DEFINE_string('out', None, 'folder for plots, JSON and a report (fit: default .)', **define)
+  flags.DEFINE_enum('format', 'text', ['text', 'json'], 'gains, cost, similarity: what is printed', **define)
+  return fv
+
+
+def _arguments(argv: list[str]) -> tuple[str, dict]:
+  """(subcommand, its keyword arguments) from the command line; one-line ValueErrors for bad input."""
+  fv = _flags()
+  try:
+    rest = fv(['plan', *argv])[1:]
+  except flags.Error as error:
+    raise ValueError(str(error).splitlines()[0]) from error
+  if not rest or rest[0] not in COMMANDS:
+    raise ValueError(f'give a subcommand first: one of {", ".join(COMMANDS)} (python -m spt_jax.plan fit ...)')
+  command, positional = rest[0], rest[1:]
+  given = [name for name in fv if fv[name].present]
+  stray = [name for name in given if name not in COMMANDS[command]]
+  if stray:
+    raise ValueError(f'--{stray[0]} is not a flag of `plan {command}`; its flags: '
+                     f'{", ".join("--" + name for name in COMMANDS[command])}')
+  missing = [name for name in _REQUIRED.get(command, ()) if name not in given]
+  if missing:
+    raise ValueError(f'`plan {command}` needs --{missing[0]}')
+  if positional and command != 'similarity':
+    raise ValueError(f'`plan {command}` takes no positional arguments (got {positional[0]!r})')
+  arguments = {}
+  for name in given:
+    value = fv[name].value
+    if name in _DELTAS:
+      value = [_delta(v) for v in value] if isinstance(value, list) else _delta(value)
+    elif name in _TOKENS:
+      value = [_tokens(v) for v in value] if isinstance(value, list) else _tokens(value)
+    arguments[name] = value
+  if len(arguments.get('crossover', (0, 0))) != 2:
+    raise ValueError('--crossover takes two δ: DELTA_A,DELTA_B')
+  if command == 'similarity':
+    arguments['corpora'] = positional
+  return command, arguments
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -268,14 +314,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv=None) -> int:
-  args = parser().parse_args(argv)
-  if getattr(args, 'out', ''):
-    os.makedirs(args.out, exist_ok=True)
+  """`python -m spt_jax.plan SUBCOMMAND --flag=value ...`; 0 on success, 2 (and one line on stderr) on bad input."""
   warnings.showwarning = _show_warning
-  commands = {'gains': gains, 'fit': fit, 'forecast': forecast, 'recommend': recommend, 'cost': cost,
-              'similarity': similarity}
   try:
-    commands[args.command](**{key: value for key, value in vars(args).items() if key != 'command'})
+    command, arguments = _arguments(sys.argv[1:] if argv is None else list(argv))
+    functions = {'gains': gains, 'fit': fit, 'forecast': forecast, 'recommend': recommend, 'cost': cost,
+                 'similarity': similarity}
+    functions[command](**arguments)
   except ValueError as error:
     print(f'error: {error}', file=sys.stderr)
     return 2

@@ -55,7 +55,7 @@ def workdirs(tmp_path_factory):
 @pytest.fixture(scope='module')
 def fit_dir(workdirs, tmp_path_factory):
   out = tmp_path_factory.mktemp('fit')
-  assert plan.main(['fit', '--runs', *workdirs, '--bootstrap', '10', '--out', str(out)]) == 0
+  assert plan.main(['fit', '--runs', ','.join(workdirs), '--bootstrap', '10', '--out', str(out)]) == 0
   return out
 
 
@@ -75,14 +75,14 @@ def test_fit_writes_parameters_plot_and_report(fit_dir):
 def test_forecast_and_recommend(fit_dir, capsys, tmp_path):
   capsys.readouterr()
   fit = str(fit_dir / 'fit.json')
-  assert plan.main(['forecast', '--fit', fit, '--delta', '0.03', '--tokens', '1e11', '400B', '--out',
+  assert plan.main(['forecast', '--fit', fit, '--delta', '0.03', '--tokens', '1e11,400B', '--out',
                     str(tmp_path)]) == 0
   lines = _lines(capsys)
   truth = test_scaling.true_law()
   assert lines[0]['test_loss'] == pytest.approx(float(truth.test_loss(0.03, 1e11)), rel=0.02)
   assert lines[1]['tokens'] == 4e11 and lines[2]['delta'] == 0.03 and 'overfitting_onset_tokens' in lines[2]
-  assert plan.main(['recommend', '--fit', fit, '--tokens', '3e10', '2e11', '--candidates', '0', '0.02', '0.05',
-                    '0.1', '--crossover', '0.05', '0.1', '--out', str(tmp_path)]) == 0
+  assert plan.main(['recommend', '--fit', fit, '--tokens', '3e10,2e11', '--candidates', '0,0.02,0.05,0.1',
+                    '--crossover', '0.05,0.1', '--out', str(tmp_path)]) == 0
   lines = _lines(capsys)
   assert lines[0]['best_candidate'] == 0.1 and lines[1]['best_candidate'] == 0.05
   crossing = [line for line in lines if 'crossover' in line]
@@ -92,7 +92,8 @@ def test_forecast_and_recommend(fit_dir, capsys, tmp_path):
 
 def test_gains_cost_and_similarity_subcommands(workdirs, capsys, tmp_path):
   capsys.readouterr()
-  assert plan.main(['gains', '--npt', workdirs[0], '--spt', workdirs[3], workdirs[4], '--out', str(tmp_path)]) == 0
+  spt = f'{workdirs[3]},{workdirs[4]}'
+  assert plan.main(['gains', '--npt', workdirs[0], '--spt', spt, '--out', str(tmp_path)]) == 0
   out = capsys.readouterr().out
   assert 'relative gain' in out and 'delta0.02 (SPT)' in out
   result = json.loads((tmp_path / 'gains.json').read_text())
@@ -115,19 +116,24 @@ def test_gains_cost_and_similarity_subcommands(workdirs, capsys, tmp_path):
 
 def test_bad_inputs_give_one_line_errors(tmp_path, capsys, workdirs):
   capsys.readouterr()
-  with pytest.raises(SystemExit):
-    plan.main(['forecast', '--fit', 'x.json', '--delta', '2', '--tokens', '1e9'])
+  assert plan.main(['forecast', '--fit', 'x.json', '--delta', '2', '--tokens', '1e9']) == 2
   assert 'fraction' in capsys.readouterr().err
+  assert plan.main(['fit', '--spt', 'W1', '--csv', 'x.csv']) == 2
+  err = capsys.readouterr().err
+  assert '--spt is not a flag of `plan fit`' in err and len(err.strip().splitlines()) == 1
+  assert plan.main(['gains', '--npt', 'W0']) == 2
+  assert 'needs --spt' in capsys.readouterr().err
+  assert plan.main(['--bogus=1', 'fit']) == 2 and 'bogus' in capsys.readouterr().err
   csv = tmp_path / 'percent.csv'
   csv.write_text('delta,tokens,domain_train_loss,domain_test_loss\n2,1e9,2.0,2.1\n')
   assert plan.main(['fit', '--csv', str(csv), '--out', str(tmp_path)]) == 2
   err = capsys.readouterr().err
   assert 'percent' in err and len(err.strip().splitlines()) == 1
   missing = _write_pipeline(tmp_path, 0.02, 0, with_train_eval=False)
-  assert plan.main(['fit', '--runs', workdirs[0], missing, '--out', str(tmp_path)]) == 2
+  assert plan.main(['fit', '--runs', f'{workdirs[0]},{missing}', '--out', str(tmp_path)]) == 2
   assert 'eval/domain_train/loss' in capsys.readouterr().err
   mixed = _write_pipeline(tmp_path / 'mixed', 0.05, 0, tokenizer='olmo')
-  assert plan.main(['fit', '--runs', workdirs[0], mixed, '--out', str(tmp_path)]) == 2
+  assert plan.main(['fit', '--runs', f'{workdirs[0]},{mixed}', '--out', str(tmp_path)]) == 2
   assert 'different tokenizers' in capsys.readouterr().err
   few = tmp_path / 'few.csv'
   few.write_text('delta,tokens,domain_train_loss,domain_test_loss\n0.01,1e9,2.0,2.1\n0.02,2e9,1.9,2.0\n')
