@@ -75,6 +75,9 @@ def base_config(model_preset: str = 'tiny') -> ml_collections.ConfigDict:
   c.schedule.decay_shape = 'linear'  # WSD decay: 'linear', 'cosine' or '1-sqrt'.
 
   c.eval_every = 1000  # Steps between evaluations (0: only at the end).
+  # Eval sets with their own interval in steps instead of eval_every, e.g. (('general_test', 5000),); every set
+  # is evaluated at the start and at the end. Pretraining only (finetuning evaluates every set each time).
+  c.eval_intervals = ()
   c.patience = 0  # Early stopping: evaluations of domain_test without improvement (0: off; finetuning sets it).
   c.eval_sequences = 256  # Sequences per eval set (a fixed, seeded sample).
   c.eval_batch_size = 0  # 0: batch_size.

@@ -32,9 +32,11 @@ class Evaluator:
   def _device(self, rows):
     return jax.make_array_from_callback(rows.shape, self.trainer.batch_sharding, lambda index: rows[index])
 
-  def __call__(self, params) -> dict:
+  def __call__(self, params, names=None, mcqa: bool = True) -> dict:
+    """Results of the named sets (default: all) and, with mcqa, of the multiple-choice tasks."""
     results, pending = {}, {}
-    for name, rows in self.sets.items():  # Dispatch everything, then read: the device never waits on the host.
+    chosen = {name: rows for name, rows in self.sets.items() if names is None or name in names}
+    for name, rows in chosen.items():  # Dispatch everything, then read: the device never waits on the host.
       outputs = []
       for start in range(0, len(rows), self.batch_size):
         chunk = rows[start:start + self.batch_size]
@@ -47,7 +49,7 @@ class Evaluator:
       stderr = float(losses.std(ddof=1) / math.sqrt(len(losses))) if len(losses) > 1 else float('nan')
       bytes_per_token = self.bytes_per_token.get(name) or float('nan')
       results[name] = {'loss': loss, 'loss_stderr': stderr, 'bpb': loss / math.log(2) / bytes_per_token}
-    for task in self.mcqa_tasks:
+    for task in self.mcqa_tasks if mcqa else ():
       from spt_jax import mcqa  # pylint: disable=g-import-not-at-top
       scores = mcqa.evaluate(params, self.model_cfg, self.tokenizer, task, self.mcqa_max_examples,
                              max_len=self.seq_len, cache_dir=self.cache_dir, seed=self.seed)

@@ -236,10 +236,15 @@ class _Loop:
       return None
     return values
 
-  def evaluate(self, step: int, state, loop_state: LoopState) -> tuple[dict, bool]:
-    """Every eval set's results, and whether domain_test improved (updating the best and the patience count)."""
-    results = self.evaluator(state.params)
+  def evaluate(self, step: int, state, loop_state: LoopState, names=None) -> tuple[dict, bool]:
+    """The results of the eval sets due (default: all), and whether domain_test improved (updating the best and
+    the patience count; a step that does not evaluate domain_test changes neither)."""
+    results = self.evaluator(state.params, names, mcqa=names is None or 'domain_test' in names)
     losses = evaluation.losses(results)
+    previous = (loop_state.last_eval or {}).get('eval') or {}
+    loop_state.last_eval = {'step': step, 'eval': {**previous, **losses}}  # The latest loss of every set.
+    if names is not None and 'domain_test' not in names:
+      return results, False
     domain = losses.get('domain_test', float('nan'))
     improved = loop_state.best is None or domain < loop_state.best['eval']['domain_test']
     if improved:
@@ -248,7 +253,6 @@ class _Loop:
       loop_state.evals_without_improvement = 0
     else:
       loop_state.evals_without_improvement += 1
-    loop_state.last_eval = {'step': step, 'eval': losses}
     return results, improved
 
   def seconds(self, loop_state: LoopState) -> float:
@@ -270,6 +274,13 @@ class _Loop:
 
   def is_due(self, every: int, step: int) -> bool:
     return bool(every) and step % every == 0
+
+  def eval_sets_due(self, step: int):
+    """None (every set) at the end or when no set has its own interval; else the names due at this step."""
+    intervals = dict(self.c.eval_intervals)
+    if step == self.steps or not intervals:
+      return None if step == self.steps or self.is_due(self.c.eval_every, step) else []
+    return [name for name in self.evaluator.sets if self.is_due(intervals.get(name, self.c.eval_every), step)]
 
   def train(self, state, loop_state: LoopState) -> dict:
     c = self.c
@@ -293,7 +304,8 @@ class _Loop:
         if pending is not None and self.read(*pending) is None:
           break
         pending = (step, metrics)
-        is_eval = self.is_due(c.eval_every, step) or step == self.steps
+        due = self.eval_sets_due(step)
+        is_eval = due is None or bool(due)
         is_checkpoint = self.is_due(c.checkpoint_every, step) or step in self.keep_steps
         preempted = preemption.requested or (jax.process_count() > 1 and
                                              self.checkpoints.manager.reached_preemption(step))
@@ -309,7 +321,7 @@ class _Loop:
         scalars = dict(values, **self.progress(step, values['train/loss'], tokens_per_second))
         domain_test, improved = None, False
         if is_eval:
-          results, improved = self.evaluate(step, state, loop_state)
+          results, improved = self.evaluate(step, state, loop_state, due)
           scalars.update(evaluation.scalars(results))
           domain_test = results.get('domain_test', {}).get('loss')
         self.log(step, scalars)

@@ -7,7 +7,6 @@
 import json
 import sys
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 

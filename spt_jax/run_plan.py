@@ -31,7 +31,7 @@ def stage_config(config, stage: str, grid_point=None) -> ml_collections.ConfigDi
     c.batch_size = ft.batch_size
     c.optimizer.lr, c.optimizer.weight_decay = float(lr), ft.weight_decay
     c.schedule.kind, c.schedule.warmup_steps, c.schedule.warmup_tokens = ft.schedule, int(warmup), 0
-    c.eval_every, c.patience = ft.eval_every, ft.patience
+    c.eval_every, c.patience, c.eval_intervals = ft.eval_every, ft.patience, ()
     c.steps, c.tokens = ft.max_steps, 0
     if ft.untie_embeddings:
       c.model.tie_embeddings = False

@@ -15,7 +15,6 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from configs import common
 from spt_jax import checkpoint
-from spt_jax import config as config_lib
 from spt_jax import export
 from spt_jax import hf
 from spt_jax import model

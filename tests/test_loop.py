@@ -157,8 +157,8 @@ def test_early_stopping_on_rising_curve_keeps_the_best(tmp_path, monkeypatch):
   curve = iter([3.0, 2.0, 1.5, 1.7, 1.8, 1.9, 2.0, 2.1])  # Evals at steps 0, 2, 4, 6, ...
   real_call = evaluation.Evaluator.__call__
 
-  def rising(self, params):
-    results = real_call(self, params)
+  def rising(self, params, *args, **kwargs):
+    results = real_call(self, params, *args, **kwargs)
     results['domain_test']['loss'] = next(curve)
     return results
   monkeypatch.setattr(evaluation.Evaluator, '__call__', rising)
@@ -175,6 +175,15 @@ def test_early_stopping_on_rising_curve_keeps_the_best(tmp_path, monkeypatch):
   # A finished run is not trained again.
   assert loop.run(tiny_config(init_from=str(tmp_path / 'pretrain')), workdir, stage='finetune',
                   data=data)['steps'] == 8
+
+
+def test_an_eval_set_with_its_own_interval(tmp_path):
+  config = tiny_config(steps=8, eval_every=2, checkpoint_every=0, eval_intervals=(('general_test', 4),))
+  summary = loop.run(config, str(tmp_path / 'run'), stage='pretrain', data=tiny_data())
+  records = {r['step']: r for r in map(json.loads, open(tmp_path / 'run' / 'metrics.jsonl'))}
+  assert [s for s in sorted(records) if 'eval/domain_test/loss' in records[s]] == [0, 2, 4, 6, 8]
+  assert [s for s in sorted(records) if 'eval/general_test/loss' in records[s]] == [0, 4, 8]
+  assert summary['final']['general_test'] == records[8]['eval/general_test/loss']
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
