@@ -77,7 +77,8 @@ def cmd_fit(args) -> None:
   if bool(args.runs) == bool(args.csv):
     raise ValueError('give either --runs W1 W2 ... or --csv FILE')
   data = runs.read_csv(args.csv) if args.csv else runs.scaling_data([runs.read(w) for w in args.runs])
-  fit = scaling.fit_joint(data, huber=args.huber, bootstrap=args.bootstrap, seed=args.seed)
+  fit = scaling.fit_joint(data, loss=args.loss, huber=args.huber, bootstrap=args.bootstrap, seed=args.seed,
+                         max_delta=args.max_delta, max_tokens=args.max_tokens)
   law = scaling.law_from_fit(fit)
   lines = ['| parameter | value | 95% CI | meaning |', '|---|---|---|---|']
   for name, entry in fit['params'].items():
@@ -211,7 +212,10 @@ def parser() -> argparse.ArgumentParser:
   f.add_argument('--runs', nargs='+', help='run or pipeline workdirs at several δ')
   f.add_argument('--csv', help='CSV: delta,tokens,domain_train_loss,domain_test_loss[,post_ft_domain_test_loss]')
   f.add_argument('--bootstrap', type=int, default=100, help='bootstrap resamples for 95%% CIs (0: none)')
-  f.add_argument('--huber', type=float, default=1e-2, help='Huber scale on log-loss residuals')
+  f.add_argument('--huber', type=float, default=1e-2, help='Huber scale on log-loss residuals (--loss huber)')
+  f.add_argument('--loss', choices=('mse', 'huber'), default='mse', help="mse: the paper's; huber: robust")
+  f.add_argument('--max_delta', type=_delta, help='fit only runs with δ ≤ this (forecast the rest)')
+  f.add_argument('--max_tokens', type=_tokens, help='fit only evaluations at ≤ this many tokens')
   f.add_argument('--seed', type=int, default=0)
   fc = sub.add_parser('forecast', help='predicted losses at (δ, T) and where each δ starts to overfit')
   fc.add_argument('--fit', required=True, help='fit.json written by `plan fit`')
@@ -254,7 +258,7 @@ def main(argv=None) -> int:
   args = parser().parse_args(argv)
   if getattr(args, 'out', ''):
     os.makedirs(args.out, exist_ok=True)
-  if hasattr(args, 'max_tokens'):
+  if args.command == 'similarity':
     args.max_tokens = int(args.max_tokens)
   warnings.showwarning = _show_warning
   commands = {'gains': cmd_gains, 'fit': cmd_fit, 'forecast': cmd_forecast, 'recommend': cmd_recommend,
