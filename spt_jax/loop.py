@@ -375,13 +375,15 @@ class _Loop:
     return summary
 
   def summarise(self, step: int, meta: dict) -> dict:
+    from spt_jax.data import mixture as mixture_lib  # pylint: disable=g-import-not-at-top
     c, stop_reason = self.c, self.stop_reason or 'budget'
     accounting = self.mixture.accounting(step)
     summary = {
         'stage': c.stage, 'steps': step, 'tokens': step * self.tokens_per_step, 'stop_reason': stop_reason,
         'initial': meta.get('initial'), 'final': (meta.get('last_eval') or {}).get('eval'),
         'best': meta.get('best'), 'data': {k: dict(v) for k, v in accounting.items()},
-        'domain_fraction': c.mixture.domain_fraction, 'model': c.model.get('preset', ''),
+        'model': c.model.get('preset', ''),
+        **mixture_lib.summary_deltas(c, step * self.tokens_per_step),  # δ of the stages used (SCPT: its stage δ).
         'params': train.model_lib.count_params(self.trainer.abstract_state.params)[0],
         'seq_len': c.data.seq_len, 'tokenizer': (self.data.metadata or {}).get('tokenizer', ''),
         'lr': c.optimizer.lr, 'warmup_steps': schedules.warmup_steps(c, self.tokens_per_step),
