@@ -23,6 +23,7 @@ import numpy as np
 
 from spt_jax import checkpoint
 from spt_jax import evaluation
+from spt_jax import finetune_decay
 from spt_jax import schedules
 from spt_jax import sharding
 from spt_jax import train
@@ -53,6 +54,7 @@ def stage_config(config, stage: str, grid_point=None) -> ml_collections.ConfigDi
     c.schedule.kind, c.schedule.warmup_steps, c.schedule.warmup_tokens = ft.schedule, int(warmup), 0
     c.eval_every, c.patience = ft.eval_every, ft.patience
     c.steps, c.tokens = ft.max_steps, 0
+    c.schedule.decay_steps = ft.decay_steps  # WSD: decay the last decay_steps (see finetune_decay).
     if ft.untie_embeddings:
       c.model.tie_embeddings = False
     if ft.from_steps:
@@ -171,10 +173,9 @@ def run(config, workdir: str, *, stage: str | None = None, grid_point=None, data
   data: a PreparedData to reuse (the pipeline prepares once for every stage); None prepares from the config.
   """
   built = build(config, workdir, stage=stage, grid_point=grid_point, data=data)
-  if isinstance(built, dict):
-    return built
-  loop, state, meta = built
-  return loop.train(state, meta)
+  summary = built if isinstance(built, dict) else built[0].train(*built[1:])
+  return finetune_decay.after_early_stopping(config, workdir, summary, stage or config.stage, functools.partial(
+      run, stage=stage, grid_point=grid_point, data=data))  # WSD finetunes decay from their best step.
 
 
 def build(config, workdir: str, *, stage: str | None = None, grid_point=None, data=None):
