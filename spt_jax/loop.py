@@ -53,8 +53,7 @@ def stage_config(config, stage: str, grid_point=None) -> ml_collections.ConfigDi
     c.optimizer.lr, c.optimizer.weight_decay = float(lr), ft.weight_decay
     c.schedule.kind, c.schedule.warmup_steps, c.schedule.warmup_tokens = ft.schedule, int(warmup), 0
     c.eval_every, c.patience = ft.eval_every, ft.patience
-    c.steps, c.tokens = ft.max_steps, 0
-    c.schedule.decay_steps = ft.decay_steps  # WSD: decay the last decay_steps (see finetune_decay).
+    c.steps, c.tokens, c.schedule.decay_steps = ft.max_steps, 0, ft.decay_steps  # WSD: see finetune_decay.
     if ft.untie_embeddings:
       c.model.tie_embeddings = False
     if ft.from_steps:
@@ -376,15 +375,14 @@ class _Loop:
     return summary
 
   def summarise(self, step: int, meta: dict) -> dict:
-    from spt_jax.data import mixture as mixture_lib  # pylint: disable=g-import-not-at-top
+    from spt_jax.data import mixture as mixture_lib  # pylint: disable=g-import-not-at-top  # δ of the stages used.
     c, stop_reason = self.c, self.stop_reason or 'budget'
     accounting = self.mixture.accounting(step)
     summary = {
         'stage': c.stage, 'steps': step, 'tokens': step * self.tokens_per_step, 'stop_reason': stop_reason,
         'initial': meta.get('initial'), 'final': (meta.get('last_eval') or {}).get('eval'),
         'best': meta.get('best'), 'data': {k: dict(v) for k, v in accounting.items()},
-        'model': c.model.get('preset', ''),
-        **mixture_lib.summary_deltas(c, step * self.tokens_per_step),  # δ of the stages used (SCPT: its stage δ).
+        'model': c.model.get('preset', ''), **mixture_lib.summary_deltas(c, step * self.tokens_per_step),
         'params': train.model_lib.count_params(self.trainer.abstract_state.params)[0],
         'seq_len': c.data.seq_len, 'tokenizer': (self.data.metadata or {}).get('tokenizer', ''),
         'lr': c.optimizer.lr, 'warmup_steps': schedules.warmup_steps(c, self.tokens_per_step),

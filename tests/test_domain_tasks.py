@@ -127,7 +127,8 @@ def test_benchmark_loaders_read_their_layouts(tmp_path):
   assert [e.answer for e in task.examples] == [1, 0] and task.examples[0].choices[1] == ' fifth'
   chem_rows = [
       {'name': 'q1', 'subject': 'general_chemistry', 'metrics': ['multiple_choice_grade'],
-       'examples': [{'input': 'Which is a noble gas?', 'target_scores': json.dumps({'Ne': 1, 'Na': 0, 'N': 0, 'Ni': 0})}]},
+       'examples': [{'input': 'Which is a noble gas?',
+                     'target_scores': json.dumps({'Ne': 1, 'Na': 0, 'N': 0, 'Ni': 0})}]},
       {'name': 'q2', 'subject': 'general_chemistry', 'metrics': ['mae'],
        'examples': [{'input': 'pH of pure water?', 'target_scores': json.dumps({'7': 1})}]},
       {'name': 'q3', 'subject': 'general_chemistry', 'metrics': ['multiple_choice_grade'],

@@ -22,7 +22,10 @@ def test_wsd_in_steps_decays_over_the_last_steps_of_the_run():
 
 def test_early_stopping_then_decay_from_the_best_state(tmp_path, monkeypatch):
   data = tiny_data()
-  loop.run(tiny_config(steps=2), str(tmp_path / 'pretrain'), stage='pretrain', data=data)
+  pretrain = loop.run(tiny_config(steps=2), str(tmp_path / 'pretrain'), stage='pretrain', data=data)
+  delta = tiny_config().mixture.domain_fraction
+  assert pretrain['domain_fraction'] == delta  # The summary records the δ of the stages used.
+  assert pretrain['stage_deltas'] == [{'from_tokens': 0, 'until_tokens': None, 'domain_fraction': delta}]
   # Evals of the stable phase at steps 0, 2, 4, 6, 8 (best 4, stop at 8); of the decay at 6 and 8.
   curve = iter([3.0, 2.0, 1.5, 1.7, 1.8, 1.4, 1.3])
   real_call = evaluation.Evaluator.__call__
@@ -39,6 +42,7 @@ def test_early_stopping_then_decay_from_the_best_state(tmp_path, monkeypatch):
   assert summary['decay']['from_step'] == 4 and summary['decay']['stable_steps'] == 8
   assert summary['stop_reason'] == 'budget' and summary['steps'] == 8
   assert summary['best']['step'] == 8 and summary['best']['eval']['domain_test'] == 1.3
+  assert summary['stage_deltas'][0]['domain_fraction'] == 1.0 and summary['domain_fraction'] == delta
   assert summary['initial']['domain_test'] == 3.0  # Before finetuning, carried over from the stable phase.
   assert json.loads((workdir / 'summary.json').read_text())['stop_reason'] == 'early_stopping'
   stable = [json.loads(line) for line in open(workdir / 'metrics.jsonl') if '"lr"' in line]

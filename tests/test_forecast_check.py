@@ -62,3 +62,12 @@ def test_nothing_held_out_is_said():
   data = test_scaling.synthetic_data(points=15)
   report = forecast_check.check(scaling.fit_joint(data, bootstrap=0), data)
   assert any('nothing is out of sample' in n for n in report['notes'])
+
+
+@pytest.mark.parametrize('module', ['scaling_fit', 'forecast_check', 'scaling', 'paper', 'runs'])
+def test_analysis_modules_import_alone_without_model_code(module):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = (f'import sys; import spt_jax.analysis.{module}; '
+          'assert "spt_jax.model" not in sys.modules and "spt_jax.train" not in sys.modules')
+  subprocess.run([sys.executable, '-c', code], check=True)

@@ -25,7 +25,7 @@ TOKENS_UNIT = 1e9  # T inside every formula is tokens / TOKENS_UNIT, for every f
 # Joint law (1)-(6): name, transform, lower, upper (in natural units), meaning.
 JOINT_PARAMS = (
     ('A_train', 'log', 1e-8, 1e4, 'train-loss power-law coefficient, shared by all δ (eq. 1)'),
-    ('b_train_s', 'linear', -5.0, 0.0, 'train exponent utility of specialized data, per percent δ (eq. 4); < b_train_g'),
+    ('b_train_s', 'linear', -5.0, 0.0, 'train exponent utility of specialized data, per percent δ (eq. 4); < b_g'),
     ('b_train_g', 'linear', -5.0, 0.0, 'train exponent utility of general data (eq. 4); < 0'),
     ('kappa0', 'linear', -50.0, 50.0, 'train offset C(δ) = κ0 − κ1·log(δ + κ2) − κ3·δ: constant (eq. 6)'),
     ('kappa1', 'linear', -20.0, 20.0, 'train offset: log coefficient (eq. 6)'),
@@ -229,6 +229,12 @@ def extrapolation_notes(law: ScalingLaw, tokens: float, loss: float) -> list:
   return notes
 
 
-# The fits, re-exported so that `scaling.fit_joint` and `scaling.ScalingData` keep working.
-from spt_jax.analysis.scaling_fit import (  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
-    ScalingData, fit_finetune_delta, fit_joint, fit_per_run)
+_FITS = ('ScalingData', 'fit_joint', 'fit_per_run', 'fit_finetune_delta')
+
+
+def __getattr__(name):
+  """The fits live in scaling_fit.py (which imports this module); `scaling.fit_joint` etc. still work."""
+  if name in _FITS:
+    from spt_jax.analysis import scaling_fit  # pylint: disable=g-import-not-at-top
+    return getattr(scaling_fit, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

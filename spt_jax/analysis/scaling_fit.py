@@ -3,9 +3,9 @@
 Objective: by default the paper's mean squared error (Appendix D.1: scipy, MSE of the domain train and test
 losses in nats); `loss='huber'` minimises a Huber loss (scale `huber`) of log losses instead, robust to a few
 bad evaluations. Both give bootstrap 95% intervals (rows resampled within each δ).
-Sign conditions (§5.1) are bounds of the search: b_train_s = b_train_g + b_train_ds with b_train_g ≤ 0 and
-b_train_ds ≤ 0 (so b_train_s ≤ b_train_g ≤ 0: |b_g| ≤ |b_s|), and b_gap_g ≤ 0 ≤ b_gap_s; the result is checked
-again (`fit['sign_conditions']`, a warning when one holds only at its bound). T is tokens / TOKENS_UNIT (1e9)
+Sign conditions (§5.1) are bounds of the search: b_train_s = b_train_g + b_train_ds with b_train_g ≤ 0
+and b_train_ds ≤ 0 (so b_train_s ≤ b_train_g ≤ 0: |b_g| ≤ |b_s|), and b_gap_g ≤ 0 ≤ b_gap_s; the result is
+checked again (`fit['sign_conditions']`, a warning when one holds only at its bound). T is tokens / TOKENS_UNIT (1e9)
 in every fit. max_delta / max_tokens fit a subset of the runs, to test forecasts on the rest (forecast_check.py).
 """
 
