@@ -73,6 +73,7 @@ def base_config(model_preset: str = 'tiny') -> ml_collections.ConfigDict:
   c.schedule.stable_fraction = 0.8  # WSD: fraction of the run at peak LR after warmup...
   c.schedule.decay_fraction = 0.2  # ...and fraction spent decaying.
   c.schedule.decay_shape = 'linear'  # WSD decay: 'linear', 'cosine' or '1-sqrt'.
+  c.schedule.decay_steps = 0  # WSD: > 0 decays over the last this many steps instead of the fractions.
 
   c.eval_every = 1000  # Steps between evaluations (0: only at the end).
   # Eval sets with their own interval in steps instead of eval_every, e.g. (('general_test', 5000),); every set
@@ -107,6 +108,11 @@ def base_config(model_preset: str = 'tiny') -> ml_collections.ConfigDict:
   c.finetune.eval_every = 50
   c.finetune.patience = 3  # Evaluations without improvement of domain_test before stopping.
   c.finetune.max_steps = 100_000
+  # finetune.schedule='wsd': steps of LR decay (to schedule.final_lr) once early stopping triggers, resumed from
+  # the best checkpoint with its optimizer state, in W/decay (spt_jax/finetune_decay.py); a run that reaches
+  # max_steps decays over its last decay_steps instead. 0 with 'wsd': the schedule.*_fraction of max_steps.
+  c.finetune.decay_steps = 0
+  c.finetune.decay_from_step = -1  # Set by finetune_decay on the decay run: the best step it resumes from.
   # Earlier pretraining steps to finetune from as well (each grid point), e.g. for the compute multiplier and
   # the finetuning-delta law (7); their checkpoints are kept. Empty: only the final pretraining state.
   c.finetune.from_steps = ()

@@ -1,8 +1,9 @@
 """Sizes and FLOPs by formula, peak FLOP/s and MFU: what the loop, the benchmark, the dry run and analysis share.
 
-FLOPs per token (Kaplan et al. 2020 accounting, attention included):
-  training:  6·N + 12·n_layers·d_model·seq_len
-  inference: 2·N + 2·n_layers·d_model·context
+FLOPs per token (Kaplan et al. 2020 accounting, attention included), one count of a forward pass for both:
+  forward at attended context c: 2·N + 4·n_layers·d_model·c
+  training:  3 × forward at c = seq_len = 6·N + 12·n_layers·d_model·seq_len
+  inference: 1 × forward at c = context = 2·N + 4·n_layers·d_model·context
 N counts every matmul parameter: the non-embedding weights plus the output projection V_pad·D (tied or not);
 the embedding lookup costs no FLOPs. Compiled cost analysis counts a scanned layer once, hence formulas.
 The module imports JAX only to measure or look up the device's peak, so analysis reads it without JAX.
@@ -11,18 +12,20 @@ The module imports JAX only to measure or look up the device's peak, so analysis
 import functools
 import time
 
-TRAIN_FORMULA = 'training FLOPs/token = 6·N + 12·n_layers·d_model·seq_len'
-INFERENCE_FORMULA = 'inference FLOPs/token = 2·N + 2·n_layers·d_model·context'
+FORWARD_FORMULA = 'forward FLOPs/token at attended context c = 2·N + 4·n_layers·d_model·c'
+TRAIN_FORMULA = 'training FLOPs/token = 3 × forward at c = seq_len = 6·N + 12·n_layers·d_model·seq_len'
+INFERENCE_FORMULA = 'inference FLOPs/token = forward at c = context = 2·N + 4·n_layers·d_model·context'
 
 # Widths of the paper's models (spt_jax.model builds them). OLMo-1B and 3B are given; the paper says 300M and 600M
 # halve the layers of the 1B and shrink the hidden and MLP widths, without numbers: the widths here keep
-# head_dim = 128 and land near the named sizes (`count_params` below, pinned in tests against the model's
-# shapes). The paper's '3B' is the 1B with twice the layers: 2.25B parameters.
+# head_dim = 128, stay below the 1B's (2048, 8192) and land near the named sizes (the 600M keeps the 1B's MLP
+# ratio of 4; `count_params` below, pinned in tests against the model's shapes). The paper's '3B' is the 1B with
+# twice the layers: 2.25B parameters.
 _OLMO = dict(vocab_size=50280, rope_theta=10_000.0, layer_norm_eps=1e-5)
 PRESETS: dict[str, dict] = {
     'olmo-3b': dict(_OLMO, d_model=2048, n_layers=32, n_heads=16, mlp_dim=8192),
     'olmo-1b': dict(_OLMO, d_model=2048, n_layers=16, n_heads=16, mlp_dim=8192),
-    'olmo-600m': dict(_OLMO, d_model=1792, n_layers=8, n_heads=14, mlp_dim=9216),
+    'olmo-600m': dict(_OLMO, d_model=1920, n_layers=8, n_heads=15, mlp_dim=7680),
     'olmo-300m': dict(_OLMO, d_model=1280, n_layers=8, n_heads=10, mlp_dim=6144),
     # CPU presets. Their vocab_size matches the BPE the CPU configs train (see configs/common.py).
     'cpu-6m': dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, mlp_dim=1024, rope_theta=10_000.0,

@@ -24,6 +24,7 @@ import numpy as np
 
 from spt_jax import checkpoint
 from spt_jax import evaluation
+from spt_jax import finetune_decay
 from spt_jax import flops
 from spt_jax import run_plan
 from spt_jax import sharding
@@ -120,10 +121,9 @@ def run(config, workdir: str, *, stage: str | None = None, grid_point=None, data
   data: a PreparedData to reuse (the pipeline prepares once for every stage); None prepares from the config.
   """
   built = build(config, workdir, stage=stage, grid_point=grid_point, data=data)
-  if isinstance(built, dict):
-    return built
-  loop, state, loop_state = built
-  return loop.train(state, loop_state)
+  summary = built if isinstance(built, dict) else built[0].train(*built[1:])
+  return finetune_decay.after_early_stopping(config, workdir, summary, stage or config.stage, functools.partial(
+      run, stage=stage, grid_point=grid_point, data=data))  # WSD finetunes decay from their best step.
 
 
 def build(config, workdir: str, *, stage: str | None = None, grid_point=None, data=None):
@@ -350,7 +350,7 @@ class _Loop:
         'stage': c.stage, 'steps': step, 'tokens': step * self.tokens_per_step, 'stop_reason': stop_reason,
         'initial': loop_state.initial, 'final': (loop_state.last_eval or {}).get('eval'),
         'best': loop_state.best, 'data': {k: dict(v) for k, v in accounting.items()},
-        'domain_fraction': c.mixture.domain_fraction, 'model': c.model.get('preset', ''),
+        'model': c.model.get('preset', ''), **mixture_lib.summary_deltas(c, step * self.tokens_per_step),
         'params': train.model_lib.count_params(self.trainer.abstract_state.params)[0],
         'seq_len': c.data.seq_len, 'tokenizer': (self.data.metadata or {}).get('tokenizer', ''),
         'lr': c.optimizer.lr, 'warmup_steps': self.plan.warmup_steps,

@@ -87,14 +87,16 @@ def gains(npt: str, spt: list[str], npt_large: str | None = None, out: str = '',
 
 
 def fit(runs: list[str] | None = None, csv: str | None = None, bootstrap: int = 100, huber: float = 1e-2,
-        seed: int = 0, out: str = '.') -> None:
+        seed: int = 0, out: str = '.', loss: str = 'mse', max_delta: float | None = None,
+        max_tokens: float | None = None) -> None:
   """Fits the overfitting scaling laws (1)-(9) and the finetuning delta (7); writes out/fit.json."""
   from spt_jax.analysis import plots, scaling
   from spt_jax.analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
   if bool(runs) == bool(csv):
     raise ValueError('give either --runs W1 W2 ... or --csv FILE')
   data = runs_lib.read_csv(csv) if csv else runs_lib.scaling_data([runs_lib.read(w) for w in runs])
-  fit = scaling.fit_joint(data, huber=huber, bootstrap=bootstrap, seed=seed)
+  fit = scaling.fit_joint(data, loss=loss, huber=huber, bootstrap=bootstrap, seed=seed, max_delta=max_delta,
+                         max_tokens=max_tokens)
   law = scaling.law_from_fit(fit)
   lines = ['| parameter | value | 95% CI | meaning |', '|---|---|---|---|']
   for name, entry in fit['params'].items():
@@ -225,7 +227,7 @@ def similarity(corpora: list[str], tokenizer: str = '', max_tokens: float = 1.5e
 # comma-separated (--spt=W1,W2 --delta=0.02,0.05 --tokens=1e9,200B). Unset flags keep the function's default.
 COMMANDS = {
     'gains': ('npt', 'spt', 'npt_large', 'out', 'format'),
-    'fit': ('runs', 'csv', 'bootstrap', 'huber', 'seed', 'out'),
+    'fit': ('runs', 'csv', 'bootstrap', 'loss', 'huber', 'max_delta', 'max_tokens', 'seed', 'out'),
     'forecast': ('fit', 'delta', 'tokens', 'out'),
     'recommend': ('fit', 'tokens', 'objective', 'delta_max', 'candidates', 'crossover', 'out'),
     'cost': ('small', 'large', 'pretrain_tokens', 'finetune_tokens', 'seq_len', 'context', 'max_inference_tokens',
@@ -233,7 +235,7 @@ COMMANDS = {
     'similarity': ('tokenizer', 'max_tokens', 'embeddings', 'segments', 'seed', 'out', 'format'),
 }
 _REQUIRED = {'gains': ('npt', 'spt'), 'forecast': ('fit', 'delta', 'tokens'), 'recommend': ('fit', 'tokens')}
-_DELTAS, _TOKENS = ('delta', 'candidates', 'crossover', 'delta_max'), ('tokens', 'pretrain_tokens',
+_DELTAS, _TOKENS = ('delta', 'candidates', 'crossover', 'delta_max', 'max_delta'), ('tokens', 'pretrain_tokens',
                                                                         'finetune_tokens', 'max_inference_tokens',
                                                                         'max_tokens')
 
@@ -247,7 +249,10 @@ def _flags() -> flags.FlagValues:
   flags.DEFINE_list('runs', None, 'fit: run or pipeline workdirs at several δ', **define)
   flags.DEFINE_string('csv', None, 'fit: delta,tokens,domain_train_loss,domain_test_loss[,post_ft_...]', **define)
   flags.DEFINE_integer('bootstrap', 100, 'fit: bootstrap resamples for 95% CIs (0: none)', **define)
-  flags.DEFINE_float('huber', 1e-2, 'fit: Huber scale on log-loss residuals', **define)
+  flags.DEFINE_float('huber', 1e-2, 'fit: Huber scale on log-loss residuals (--loss=huber)', **define)
+  flags.DEFINE_enum('loss', 'mse', ['mse', 'huber'], "fit: the paper's mean squared error, or a robust Huber loss",
+                    **define)
+  flags.DEFINE_string('max_delta', None, 'fit: fit only runs with δ ≤ this (forecast the rest)', **define)
   flags.DEFINE_integer('seed', 0, 'fit, similarity: random seed', **define)
   flags.DEFINE_string('fit', None, 'forecast, recommend: fit.json written by `plan fit`', **define)
   flags.DEFINE_list('delta', None, 'forecast: δ values (fractions, or percentages with %)', **define)
@@ -265,7 +270,8 @@ def _flags() -> flags.FlagValues:
   flags.DEFINE_string('max_inference_tokens', None, 'cost: right end of the plot', **define)
   flags.DEFINE_string('tokenizer', '', "similarity: tokenizers JSON (default for built-in corpora: OLMo's)",
                       **define)
-  flags.DEFINE_string('max_tokens', '1.5e6', 'similarity: tokens sampled per corpus', **define)
+  flags.DEFINE_string('max_tokens', None, 'similarity: tokens sampled per corpus (default 1.5e6); fit: fit only '
+                      'evaluations at ≤ this many tokens', **define)
   flags.DEFINE_bool('embeddings', False, 'similarity: also C2ST AUC and MAUVE (needs the similarity extra)',
                     **define)
   flags.DEFINE_integer('segments', 200, 'similarity: 256-token segments embedded per corpus', **define)

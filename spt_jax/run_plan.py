@@ -32,7 +32,7 @@ def stage_config(config, stage: str, grid_point=None) -> ml_collections.ConfigDi
     c.optimizer.lr, c.optimizer.weight_decay = float(lr), ft.weight_decay
     c.schedule.kind, c.schedule.warmup_steps, c.schedule.warmup_tokens = ft.schedule, int(warmup), 0
     c.eval_every, c.patience, c.eval_intervals = ft.eval_every, ft.patience, ()
-    c.steps, c.tokens = ft.max_steps, 0
+    c.steps, c.tokens, c.schedule.decay_steps = ft.max_steps, 0, ft.decay_steps  # WSD: see finetune_decay.
     if ft.untie_embeddings:
       c.model.tie_embeddings = False
     if ft.from_steps:

@@ -26,7 +26,7 @@ def _check(config, total_steps: int, tokens_per_step: int):
     raise ValueError(f'The run has {total_steps} steps of {tokens_per_step} tokens; set steps or tokens (and '
                      'batch_size, data.seq_len) to positive values.')
   for key in ('warmup_steps', 'warmup_tokens', 'horizon_tokens', 'final_lr', 'stable_fraction',
-              'decay_fraction'):
+              'decay_fraction', 'decay_steps'):
     if schedule.get(key, 0) < 0:
       raise ValueError(f'schedule.{key}={schedule.get(key)} is negative; set it to 0 or more.')
   if config.optimizer.lr <= 0:
@@ -88,6 +88,9 @@ def make_schedule(config, total_steps: int, tokens_per_step: int) -> optax.Sched
     after_warmup = total_steps - warmup
     decay_start = warmup + int(round(schedule.stable_fraction * after_warmup))
     decay_steps = max(int(round(schedule.decay_fraction * after_warmup)), 1)
+    if schedule.get('decay_steps', 0) > 0:  # WSD in steps: the last decay_steps of the run, never in warmup.
+      decay_start = max(total_steps - int(schedule.decay_steps), warmup)
+      decay_steps = max(total_steps - decay_start, 1)
     phases = [optax.constant_schedule(peak), _decay_to(final, peak, decay_steps, schedule.decay_shape)]
     boundaries = [warmup, decay_start]
   else:

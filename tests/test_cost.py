@@ -10,7 +10,30 @@ from spt_jax.analysis import cost
 def test_flops_per_token_formulas_by_hand():
   size = cost.ModelSize('m', 1e9, n_layers=16, d_model=2048)
   assert size.train_flops_per_token(2048) == 6e9 + 12 * 16 * 2048 * 2048
-  assert size.inference_flops_per_token(1024) == 2e9 + 2 * 16 * 2048 * 1024
+  assert size.inference_flops_per_token(1024) == 2e9 + 4 * 16 * 2048 * 1024
+
+
+def test_training_and_inference_count_attention_the_same_way():
+  size = cost.ModelSize('m', 1e9, n_layers=16, d_model=2048)
+  for context in (1, 512, 2048):  # Training is three forward passes at the same attended context.
+    assert size.train_flops_per_token(context) == 3 * size.inference_flops_per_token(context)
+  # Per attended token and layer, a forward pass spends 4·d_model FLOPs on attention (QKᵀ and AV).
+  attention = size.inference_flops_per_token(2048) - size.inference_flops_per_token(1024)
+  assert attention == 4 * 16 * 2048 * 1024
+
+
+def test_training_count_matches_the_train_step_mfu_count():
+  from spt_jax import flops, model
+  cfg = model.preset_config('tiny')
+  size = cost.model_size('tiny')
+  assert size.train_flops_per_token(128) == pytest.approx(flops.train_flops_per_token(cfg, 128))
+
+
+def test_formulas_are_printed():
+  costs = cost.strategy_costs(cost.ModelSize('s', 1e9, 4, 64), cost.ModelSize('l', 3e9, 8, 64), 1e9, 1e6, 128, 64)
+  text = cost.format_costs(costs)
+  for formula in (cost.FORWARD_FORMULA, cost.TRAIN_FORMULA, cost.INFERENCE_FORMULA):
+    assert formula in text
 
 
 def test_break_even_by_hand():

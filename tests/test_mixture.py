@@ -186,3 +186,33 @@ def test_large_step_is_cheap_and_valid():
   batch = mixture.global_batch(10**8)  # Step 100M: an O(1) index map, no iteration.
   assert batch.shape == (1024, L + 1)
   assert int((batch[:, 0] == 2).sum()) in (20, 21)
+
+
+def test_summary_labels_scpt_by_its_stage_delta_not_the_base_delta():
+  scpt = ((180, {'general': 1.0}), (0, {'general': 0.99, 'domain': 0.01}))
+  config = _config(delta=0.05, stages=scpt)  # The base δ a staged mixture ignores.
+  config.stage = 'pretrain'
+  done = mixture_lib.summary_deltas(config, tokens=200)
+  assert done['domain_fraction'] == 0.01
+  assert done['stage_deltas'] == [{'from_tokens': 0, 'until_tokens': 180, 'domain_fraction': 0.0},
+                                  {'from_tokens': 180, 'until_tokens': None, 'domain_fraction': 0.01}]
+  early = mixture_lib.summary_deltas(config, tokens=100)  # A checkpoint before the domain stage: NPT.
+  assert early['domain_fraction'] == 0.0 and len(early['stage_deltas']) == 1
+  plain = _config(delta=0.05)
+  plain.stage = 'pretrain'
+  assert mixture_lib.summary_deltas(plain, 10)['domain_fraction'] == 0.05
+  config.stage = 'finetune'
+  finetune = mixture_lib.summary_deltas(config)
+  assert finetune['domain_fraction'] == 0.01 and finetune['stage_deltas'][0]['domain_fraction'] == 1.0
+
+
+def test_analysis_reads_the_stage_delta_of_scpt_runs(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+  scpt = [[180, {'general': 1.0}], [0, {'general': 0.99, 'domain': 0.01}]]
+  (tmp_path / 'config.json').write_text(json.dumps({'mixture': {'domain_fraction': 0.05, 'stages': scpt}}))
+  (tmp_path / 'metrics.jsonl').write_text('')
+  (tmp_path / 'summary.json').write_text(json.dumps({'domain_fraction': 0.05}))  # Written before the fix.
+  assert runs.read(str(tmp_path)).domain_fraction == 0.01
+  (tmp_path / 'summary.json').write_text(json.dumps({'domain_fraction': 0.01, 'stage_deltas': []}))
+  assert runs.read(str(tmp_path)).domain_fraction == 0.01

@@ -43,7 +43,7 @@ def test_causality():
 @pytest.mark.parametrize('name, total, non_embedding', [
     ('olmo-1b', 1_176_764_416, 1_073_741_824),  # OLMo-1B: about 1.177B (1.074B non-embedding).
     ('olmo-3b', 2_250_506_240, 2_147_483_648),  # The 1B with twice the layers.
-    ('olmo-600m', 589_266_944, 499_122_176),
+    ('olmo-600m', 568_442_880, 471_859_200),
     ('olmo-300m', 305_561_600, 241_172_480),
     ('tiny', 163_840, 131_072),
 ])
@@ -51,6 +51,14 @@ def test_preset_parameter_counts(name, total, non_embedding):
   cfg = model.preset_config(name)
   assert model.count_params(model.abstract_params(cfg)) == (total, non_embedding)
   assert flops.count_params(cfg) == (total, non_embedding)  # The formula the dry run and analysis use.
+
+
+@pytest.mark.parametrize('name', ['olmo-600m', 'olmo-300m'])
+def test_small_paper_models_halve_the_layers_and_shrink_both_widths(name):
+  small, one_b = model.preset_config(name), model.preset_config('olmo-1b')  # §2.1 of the paper.
+  assert small.n_layers * 2 == one_b.n_layers
+  assert small.d_model < one_b.d_model and small.mlp_dim < one_b.mlp_dim
+  assert small.d_model // small.n_heads == one_b.d_model // one_b.n_heads == 128
 
 
 def test_vocab_padded_to_multiple_of_128():

@@ -163,3 +163,12 @@ def test_csv_input(tmp_path, capsys):
   assert plan.main(['fit', '--csv', str(tmp_path / 'points.csv'), '--bootstrap', '5', '--out', str(tmp_path)]) == 0
   fit = json.loads((tmp_path / 'fit.json').read_text())
   assert fit['residuals']['n_points'] == 90 + len(post) and len(fit['finetune_delta']) == 6
+
+
+def test_fit_on_a_subset_with_the_huber_loss(workdirs, tmp_path):
+  assert plan.main(['fit', '--runs', ','.join(workdirs), '--bootstrap', '0', '--loss', 'huber', '--max_delta', '5%',
+                    '--max_tokens', '100B', '--out', str(tmp_path)]) == 0
+  fit = json.loads((tmp_path / 'fit.json').read_text())
+  assert fit['objective'] == 'huber' and fit['fitted_on'] == {'max_delta': 0.05, 'max_tokens': 1e11}
+  assert max(fit['fitted_deltas']) == 0.05 and fit['token_range'][1] <= 1e11
+  assert '0.1' not in fit['finetune_delta']

@@ -142,3 +142,71 @@ def test_extrapolation_and_impossible_losses_are_flagged():
   far = scaling.extrapolation_notes(law, 8e10, 2.0)
   assert len(far) == 1 and '8× the largest fitted budget' in far[0]
   assert any('does not hold' in note for note in scaling.extrapolation_notes(law, 5e9, -0.1))
+
+
+def test_mse_is_the_default_objective_and_the_unit_is_fixed(fitted):
+  fit, _, _ = fitted
+  assert fit['objective'] == 'mse' and 'mean squared error' in fit['units']['fit']
+  assert fit['tokens_unit'] == scaling.TOKENS_UNIT == 1e9 and 'fixed' in fit['units']['tokens']
+  p = {k: v['value'] for k, v in fit['params'].items()}
+  assert p['b_train_s'] <= p['b_train_g'] <= 0 and p['b_gap_g'] <= 0 <= p['b_gap_s']
+  for name, holds in fit['sign_conditions'].items():  # Checked after the fit; a failure is warned.
+    assert holds or any(name in w for w in fit['warnings'])
+  for delta_pct in (5.0, 10.0):  # The gap exponent where the gap is large enough to see.
+    fitted = scaling.exponent(p['b_gap_s'], p['b_gap_g'], delta_pct)
+    assert fitted == pytest.approx(scaling.exponent(TRUE['b_gap_s'], TRUE['b_gap_g'], delta_pct), abs=0.05)
+  with pytest.raises(ValueError, match='loss'):
+    scaling.fit_joint(synthetic_data(points=10), loss='l1')
+
+
+def test_cpu_scale_budgets_keep_the_unit_and_are_recovered():
+  # The same law read at a thousandth of the budgets (2M-200M tokens): the unit stays 1e9 tokens.
+  data = synthetic_data(points=25)
+  data.tokens, data.ft_tokens = data.tokens / 1e3, data.ft_tokens / 1e3
+  truth = true_law()
+  data.train_loss = truth.train_loss(data.delta, data.tokens) * (1 + 0.005 * np.sin(np.arange(len(data.delta))))
+  data.test_loss = truth.test_loss(data.delta, data.tokens) * (1 + 0.005 * np.cos(np.arange(len(data.delta))))
+  fit = scaling.fit_joint(data, bootstrap=0)
+  law = scaling.law_from_fit(fit)
+  assert fit['tokens_unit'] == 1e9 and law.token_range[1] == pytest.approx(2e8)
+  for delta in (0.005, 0.03):
+    assert float(law.test_loss(delta, 1e8)) == pytest.approx(float(truth.test_loss(delta, 1e8)), rel=0.02)
+
+
+def test_sign_conditions_are_bounds_even_when_the_data_break_them():
+  # Data whose gap shrinks with T (b_gap_s < 0) and whose train exponents violate |b_g| < |b_s|.
+  wrong = dict(TRUE, b_gap_s=-0.08, b_train_s=-0.05, b_train_g=-0.1)
+  law = scaling.ScalingLaw(wrong, 1e9)
+  assert not any(scaling.sign_conditions(wrong).values())
+  tokens = np.geomspace(2e9, 2e11, 20)
+  delta, t = np.repeat(DELTAS, 20), np.tile(tokens, len(DELTAS))
+  data = scaling.ScalingData(delta, t, law.train_loss(delta, t), law.test_loss(delta, t))
+  for loss in ('mse', 'huber'):
+    fit = scaling.fit_joint(data, loss=loss, bootstrap=5)
+    p = {k: v['value'] for k, v in fit['params'].items()}
+    assert p['b_train_s'] <= p['b_train_g'] <= 0 and p['b_gap_g'] <= 0 <= p['b_gap_s']
+    for name in ('b_train_s', 'b_train_g', 'b_gap_g', 'b_gap_s'):
+      lo, hi = fit['params'][name]['ci95']
+      assert (name != 'b_gap_s' or lo >= 0) and (name == 'b_gap_s' or hi <= 1e-12)
+    assert any('sign condition' in w for w in fit['warnings'])
+
+
+def test_finetuning_delta_fitted_per_delta_with_reported_fallbacks():
+  rng = np.random.default_rng(3)
+  own = {0.0: (0.3, -0.6, 0.05), 0.02: (0.2, -0.2, 0.02), 0.05: (0.1, -1.0, 0.08)}
+  ft_delta, ft_tokens, drop = [], [], []
+  for d, (a, b, c) in own.items():
+    for tokens in np.geomspace(5e9, 2e11, 8):
+      ft_delta.append(d), ft_tokens.append(tokens)
+      drop.append(a * (tokens / 1e9) ** b + c + 1e-4 * rng.standard_normal())
+  for d, tokens in ((0.01, 1e10), (0.01, 1e11), (0.1, 5e10)):  # Two and one checkpoints.
+    ft_delta.append(d), ft_tokens.append(tokens), drop.append(0.1)
+  data = synthetic_data(points=5)
+  data.ft_delta, data.ft_tokens, data.ft_drop = np.array(ft_delta), np.array(ft_tokens), np.array(drop)
+  results, notes = scaling.fit_finetune_delta(data, bootstrap=10)
+  for d, abc in own.items():
+    assert results[d]['method'].startswith('per-δ')
+    assert results[d]['abc'] == pytest.approx(list(abc), abs=0.02)  # Each δ keeps its own exponent.
+  assert results[0.01]['method'] == 'fallback: exponent shared by all δ'
+  assert results[0.1]['method'] == 'fallback: constant (mean Δ)' and results[0.1]['abc'] == [0.0, 0.0, 0.1]
+  assert any('shared' in n for n in notes) and any('constant' in n for n in notes)

@@ -1,8 +1,13 @@
 """Compute of 'pretrain a small model with SPT' against 'finetune a larger general model' (Figure 3).
 
-FLOPs per token (Kaplan et al. 2020 accounting, attention included):
-  training:  6·N + 12·n_layers·d_model·seq_len
-  inference: 2·N + 2·n_layers·d_model·context
+One count of a forward pass, used for training and inference alike (Kaplan et al. 2020; PaLM's MFU accounting):
+  forward FLOPs/token at attended context c = 2·N + 4·n_layers·d_model·c
+    2·N: every matmul parameter once (multiply + add); 4·n_layers·d_model·c: per layer, the query against c keys
+    (QKᵀ, 2·d_model·c) and the weighted sum of c values (2·d_model·c).
+  training  = 3 × forward at c = seq_len  = 6·N + 12·n_layers·d_model·seq_len  (backward ≈ 2 × forward; dense
+              attention computes the causally masked half too, as the train step's MFU count does)
+  inference = 1 × forward at c = context  = 2·N + 4·n_layers·d_model·context  (context: the average number of
+              tokens each generated token attends to through the KV cache)
 N counts every matmul parameter: the non-embedding weights plus the output projection V_pad·D (tied or not);
 the embedding lookup costs no FLOPs. The larger model's own pretraining is treated as already paid.
 """
@@ -11,7 +16,7 @@ import dataclasses
 import math
 
 from spt_jax import flops
-from spt_jax.flops import INFERENCE_FORMULA, TRAIN_FORMULA
+from spt_jax.flops import FORWARD_FORMULA, INFERENCE_FORMULA, TRAIN_FORMULA
 
 
 @dataclasses.dataclass
@@ -22,11 +27,17 @@ class ModelSize:
   n_layers: int = 0
   d_model: int = 0
 
+  def forward_flops_per_token(self, context: int) -> float:
+    """FORWARD_FORMULA: one forward pass of a token that attends to `context` tokens."""
+    return 2.0 * self.matmul_params + 4.0 * self.n_layers * self.d_model * context
+
   def train_flops_per_token(self, seq_len: int) -> float:
-    return 6.0 * self.matmul_params + 12.0 * self.n_layers * self.d_model * seq_len
+    """TRAIN_FORMULA: forward and backward (3 forwards), every query against the whole sequence."""
+    return 3.0 * self.forward_flops_per_token(seq_len)
 
   def inference_flops_per_token(self, context: int) -> float:
-    return 2.0 * self.matmul_params + 2.0 * self.n_layers * self.d_model * context
+    """INFERENCE_FORMULA: one forward pass at the average attended context."""
+    return self.forward_flops_per_token(context)
 
 
 def model_size(spec: str) -> ModelSize:
@@ -71,7 +82,7 @@ def strategy_costs(small: ModelSize, large: ModelSize, pretrain_tokens: float, f
   if not small.n_layers or not large.n_layers:
     notes.append('a model given as a parameter count has no attention term: pass a preset name to include it')
   return {
-      'formulas': [TRAIN_FORMULA, INFERENCE_FORMULA,
+      'formulas': [FORWARD_FORMULA, TRAIN_FORMULA, INFERENCE_FORMULA,
                    'SPT total = train_small·(D_PT + D_FT) + serve_small·I; FT-large total = train_large·D_FT + '
                    'serve_large·I (its pretraining already paid)'],
       'small': dataclasses.asdict(small), 'large': dataclasses.asdict(large),

@@ -38,11 +38,13 @@ def _bounds(spec):
 
 
 def robust_fit(residual_fn, starts, spec, n_rows: int, huber, seed: int = 0, bootstrap: int = 100,
-               groups=None) -> FitResult:
+               groups=None, derived=None) -> FitResult:
   """Least squares (Huber when huber is set) from several starts; bootstrap over rows for 95% CIs.
 
   residual_fn(theta, rows) returns the residuals of the given rows. With groups (one label per row), rows are
   resampled within each group, so that every run (δ) keeps its share of the points in each resample.
+  derived({name: value}) -> {name: value} adds quantities computed from the parameters (e.g. one exponent as
+  another plus a bounded difference) to params, with CIs from the same bootstrap samples.
   """
   lower, upper = _bounds(spec)
   margin = 1e-9 * (upper - lower)
@@ -79,6 +81,10 @@ def robust_fit(residual_fn, starts, spec, n_rows: int, huber, seed: int = 0, boo
         refit = optimize.least_squares(lambda th: residual_fn(th, resampled), best.x,
                                        **dict(options, max_nfev=20 * len(spec)))
       samples.append(refit.x)
+    if derived is not None:
+      extra = np.array([list(derived(natural(x, spec)).values()) for x in samples])
+      for k, name in enumerate(derived(natural(best.x, spec))):
+        ci[name] = [float(v) for v in np.percentile(extra[:, k], [2.5, 97.5])]
     samples = np.array(samples)
     low, high = np.percentile(samples, [2.5, 97.5], axis=0)
     for i, (name, transform) in enumerate((s[0], s[1]) for s in spec):
@@ -92,4 +98,7 @@ def robust_fit(residual_fn, starts, spec, n_rows: int, huber, seed: int = 0, boo
         notes.append(f'{name}: 95% CI [{lo:.3g}, {hi:.3g}] spans over two orders of magnitude')
       elif transform != 'log' and hi - lo > 10 * max(abs(value), 1e-3):
         notes.append(f'{name}={value:.3g}: 95% CI [{lo:.3g}, {hi:.3g}] is over ten times its size')
-  return FitResult(natural(best.x, spec), names, tuple(spec), ci, best.fun, notes)
+  params = natural(best.x, spec)
+  if derived is not None:
+    params.update(derived(params))
+  return FitResult(params, names, tuple(spec), ci, best.fun, notes)

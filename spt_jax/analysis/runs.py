@@ -28,7 +28,11 @@ class Run:
 
   @property
   def domain_fraction(self) -> float:
+    """δ of the stages the run used (SCPT: its stage δ); summaries older than stage_deltas recorded the base δ."""
     value = self.summary.get('domain_fraction')
+    stages = self.config.get('mixture', {}).get('stages') or ()
+    if stages and 'stage_deltas' not in self.summary:
+      value = max(float(dict(weights).get('domain', 0.0)) for _, weights in stages)
     if value is None:
       value = self.config.get('mixture', {}).get('domain_fraction')
     if value is None:
@@ -138,12 +142,14 @@ def finetune_points(run: Run) -> list:
 def scaling_data(runs: list) -> scaling.ScalingData:
   """Every run's domain train/test evaluations, and finetuning deltas where the runs are pipelines."""
   check_consistent(runs)
-  columns = {k: [] for k in ('delta', 'tokens', 'train', 'test', 'ft_delta', 'ft_tokens', 'ft_drop')}
+  columns = {k: [] for k in ('delta', 'tokens', 'train', 'test', 'ft_delta', 'ft_tokens', 'ft_drop',
+                            'ft_before')}
   for run in runs:
     curve = eval_curve(run)
     delta = run.domain_fraction
     if run.config.get('mixture', {}).get('stages'):
-      warnings.warn(f'{run.path} used a staged mixture; the law assumes a constant δ={delta:g}', stacklevel=2)
+      warnings.warn(f'{run.path} used a staged mixture (labelled by its stage δ={delta:g}); the law assumes '
+                    'one δ throughout', stacklevel=2)
     columns['delta'] += [delta] * len(curve['tokens'])
     columns['tokens'] += list(curve['tokens'])
     columns['train'] += list(curve['domain_train'])
@@ -155,9 +161,10 @@ def scaling_data(runs: list) -> scaling.ScalingData:
       columns['ft_delta'].append(delta)
       columns['ft_tokens'].append(float(entry['pretrain_tokens']))
       columns['ft_drop'].append(float(before) - float(entry['best_domain_test_loss']))
+      columns['ft_before'].append(float(before))
   arrays = {k: np.array(v, float) for k, v in columns.items()}
   return scaling.ScalingData(arrays['delta'], arrays['tokens'], arrays['train'], arrays['test'],
-                             arrays['ft_delta'], arrays['ft_tokens'], arrays['ft_drop'])
+                             arrays['ft_delta'], arrays['ft_tokens'], arrays['ft_drop'], arrays['ft_before'])
 
 
 CSV_COLUMNS = ('delta', 'tokens', 'domain_train_loss', 'domain_test_loss')
@@ -190,4 +197,5 @@ def read_csv(path: str) -> scaling.ScalingData:
   has_post = np.isfinite(post)
   return scaling.ScalingData(values['delta'], values['tokens'], values['domain_train_loss'],
                              values['domain_test_loss'], values['delta'][has_post], values['tokens'][has_post],
-                             values['domain_test_loss'][has_post] - post[has_post])
+                             values['domain_test_loss'][has_post] - post[has_post],
+                             values['domain_test_loss'][has_post])

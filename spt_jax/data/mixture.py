@@ -70,6 +70,35 @@ def stages_from_config(config, stage: str) -> list:
   raise ValueError(f"stage {stage!r} has no mixture; use 'pretrain' or 'finetune'")
 
 
+def stage_deltas(stages: Sequence, tokens: float | None = None) -> list:
+  """[{'from_tokens', 'until_tokens', 'domain_fraction'}] of the stages a run reached within `tokens`.
+
+  until_tokens is None for a last stage that runs to the end. tokens=None: every stage.
+  """
+  result, start = [], 0
+  for until, weights in validate_stages(stages):
+    if tokens is not None and start >= tokens and result:
+      break
+    result.append({'from_tokens': start, 'until_tokens': until or None,
+                   'domain_fraction': float(weights.get('domain', 0.0))})
+    start = until
+  return result
+
+
+def summary_deltas(config, tokens: float | None = None) -> dict:
+  """The δ a run is labelled by, from the pretraining stages it reached: {'domain_fraction', 'stage_deltas'}.
+
+  domain_fraction is the largest stage δ: SPT its δ, SCPT the δ of its late stage (not the base
+  mixture.domain_fraction, which a staged mixture ignores), NPT 0. A finetune is labelled by the pretraining
+  mixture of its config (all stages); its own data mixture is in stage_deltas.
+  """
+  stage = config.get('stage', 'pretrain')
+  stage = stage if stage in ('pretrain', 'finetune') else 'pretrain'
+  pretrain = stage_deltas(stages_from_config(config, 'pretrain'), tokens if stage == 'pretrain' else None)
+  used = pretrain if stage == 'pretrain' else stage_deltas(stages_from_config(config, 'finetune'))
+  return {'domain_fraction': max(s['domain_fraction'] for s in pretrain), 'stage_deltas': used}
+
+
 def _order(names) -> list:
   return sorted(names, key=lambda name: (name != 'domain', name))
 

@@ -1,0 +1,351 @@
+"""Fits of the overfitting scaling laws (eqs. 1-9) and of the finetuning delta (eq. 7) to observed runs.
+
+Objective: by default the paper's mean squared error (Appendix D.1: scipy, MSE of the domain train and test
+losses in nats); `loss='huber'` minimises a Huber loss (scale `huber`) of log losses instead, robust to a few
+bad evaluations. Both give bootstrap 95% intervals (rows resampled within each δ).
+Sign conditions (§5.1) are bounds of the search: b_train_s = b_train_g + b_train_ds with b_train_g ≤ 0
+and b_train_ds ≤ 0 (so b_train_s ≤ b_train_g ≤ 0: |b_g| ≤ |b_s|), and b_gap_g ≤ 0 ≤ b_gap_s; the result is
+checked again (`fit['sign_conditions']`, a warning when one holds only at its bound). T is tokens / TOKENS_UNIT (1e9)
+in every fit. max_delta / max_tokens fit a subset of the runs, to test forecasts on the rest (forecast_check.py).
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+from scipy import optimize
+
+from spt_jax.analysis import scaling
+from spt_jax.analysis.fitting import FitResult, natural, robust_fit, to_theta
+from spt_jax.analysis.scaling import JOINT_NAMES, JOINT_PARAMS, TOKENS_UNIT, exponent, gap_coefficient, offset_c
+
+LOSSES = ('mse', 'huber')
+# The search space: the law's parameters with b_train_s replaced by b_train_ds = b_train_s − b_train_g ≤ 0.
+FIT_SPEC = tuple(('b_train_ds', 'linear', -5.0, 0.0, 'b_train_s − b_train_g (≤ 0: |b_train_s| ≥ |b_train_g|)')
+                 if p[0] == 'b_train_s' else p for p in JOINT_PARAMS)
+MIN_FINETUNE_POINTS = 3  # Finetuned checkpoints a δ needs for its own Δ = a·T^b + c (eq. 7).
+
+
+def _law_params(p: dict) -> dict:
+  """The law's b_train_s from the fitted difference."""
+  return {'b_train_s': p['b_train_g'] + p['b_train_ds']}
+
+
+def _within(delta, tokens, max_delta, max_tokens) -> np.ndarray:
+  keep = np.ones(len(delta), bool)
+  if max_delta is not None:
+    keep &= np.asarray(delta) <= max_delta + 1e-12
+  if max_tokens is not None:
+    keep &= np.asarray(tokens) <= max_tokens * (1 + 1e-12)
+  return keep
+
+
+@dataclasses.dataclass
+class ScalingData:
+  """Observations: one row per evaluated (run, step)."""
+  delta: np.ndarray  # fraction
+  tokens: np.ndarray
+  train_loss: np.ndarray
+  test_loss: np.ndarray
+  # Optional eq. (7) observations: (delta, tokens, Δ = test loss before FT − best test loss after FT).
+  ft_delta: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+  ft_tokens: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+  ft_drop: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+  ft_before: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))  # Test loss before FT, if known.
+
+  def subset(self, max_delta: float | None = None, max_tokens: float | None = None) -> 'ScalingData':
+    """The rows with δ ≤ max_delta and T ≤ max_tokens (None: no limit), finetuning rows included."""
+    keep = _within(self.delta, self.tokens, max_delta, max_tokens)
+    ft = _within(self.ft_delta, self.ft_tokens, max_delta, max_tokens)
+    before = self.ft_before[ft] if len(self.ft_before) == len(self.ft_delta) else self.ft_before[:0]
+    return ScalingData(self.delta[keep], self.tokens[keep], self.train_loss[keep], self.test_loss[keep],
+                       self.ft_delta[ft], self.ft_tokens[ft], self.ft_drop[ft], before)
+
+  def validate(self, n_params: int = len(JOINT_PARAMS)) -> list:
+    """One-line errors for data no fit can use; returns warnings for data a fit can use with care."""
+    arrays = [np.asarray(a, float) for a in (self.delta, self.tokens, self.train_loss, self.test_loss)]
+    if len({a.shape for a in arrays}) != 1:
+      raise ValueError('delta, tokens, train and test losses differ in length; pass one value of each per point')
+    if np.any(~np.isfinite(np.concatenate(arrays))):
+      raise ValueError('NaN or infinite values in the scaling data; drop those rows (or the diverged runs)')
+    if np.any(self.delta > 1):
+      raise ValueError(f'δ up to {np.max(self.delta):g} > 1: δ must be a fraction (0.02 for 2%), not percent')
+    if np.any(self.delta < 0) or np.any(self.tokens <= 0) or np.any(self.train_loss <= 0) \
+        or np.any(self.test_loss <= 0):
+      raise ValueError('δ must be ≥ 0 and tokens and losses > 0; drop the step-0 evaluation and bad rows')
+    if len(self.delta) < n_params + 1:
+      raise ValueError(f'{len(self.delta)} points cannot fit {n_params} parameters; give at least '
+                       f'{n_params + 1} (more evaluations per run, or more runs, or a wider max_delta/max_tokens)')
+    notes = []
+    distinct = np.unique(self.delta)
+    if len(distinct) < 2:
+      raise ValueError(f'all points have δ={distinct[0]:g}; the law over δ needs runs at several δ (≥ 4 advised)')
+    if len(distinct) < 4:
+      notes.append(f'only {len(distinct)} distinct δ: eqs. (5)-(6) have 3-4 parameters each and are '
+                   'barely identified; add runs at more δ')
+    return notes
+
+
+def check_finite_ft(data: ScalingData) -> None:
+  if len(data.ft_drop) and np.any(~np.isfinite(np.concatenate([data.ft_delta, data.ft_tokens, data.ft_drop]))):
+    raise ValueError('NaN in the finetuning observations; drop those finetunes (diverged or missing evals)')
+
+
+def _residuals(train, test, observed_train, observed_test, loss: str) -> np.ndarray:
+  """MSE: differences of losses (nats); Huber: differences of log losses."""
+  if loss == 'mse':
+    return np.concatenate([train - observed_train, test - observed_test])
+  return np.concatenate([np.log(np.maximum(train, 1e-12)) - np.log(observed_train),
+                         np.log(np.maximum(test, 1e-12)) - np.log(observed_test)])
+
+
+def _joint_residuals(theta, delta_pct, t, train_obs, test_obs, loss):
+  p = natural(theta, FIT_SPEC)
+  p.update(_law_params(p))
+  train = p['A_train'] * t ** exponent(p['b_train_s'], p['b_train_g'], delta_pct) + offset_c(p, delta_pct)
+  test = train + gap_coefficient(p, delta_pct) * t ** exponent(p['b_gap_s'], p['b_gap_g'], delta_pct)
+  return _residuals(train, test, train_obs, test_obs, loss)
+
+
+PER_RUN_SHARED = tuple(FIT_SPEC[i] for i in (0, 1, 2, 10, 11))  # A_train, b_train_ds, b_train_g, b_gap_s, b_gap_g
+
+
+def _per_run_spec(deltas_pct):
+  spec = list(PER_RUN_SHARED)
+  for d in deltas_pct:
+    spec.append((f'C[{d:g}%]', 'linear', -50.0, 50.0, f'train offset C_δ at δ={d:g}% (eq. 8)'))
+  for d in deltas_pct[deltas_pct > 0]:  # At δ = 0 the domain set is unseen: no gap (eq. 5 is 0 there too).
+    spec.append((f'A_gap[{d:g}%]', 'log', 1e-12, 1e4, f'gap coefficient A_δ at δ={d:g}% (eq. 9)'))
+  return tuple(spec)
+
+
+def _per_run_residuals(theta, delta_pct, t, train_obs, test_obs, index, n_runs, loss):
+  log_a, b_train_ds, b_train_g, b_gap_s, b_gap_g = theta[:5]
+  offsets = theta[5:5 + n_runs]
+  gaps = np.zeros(n_runs)
+  gaps[n_runs - (len(theta) - 5 - n_runs):] = np.exp(theta[5 + n_runs:])
+  train = np.exp(log_a) * t ** exponent(b_train_g + b_train_ds, b_train_g, delta_pct) + offsets[index]
+  test = train + gaps[index] * t ** exponent(b_gap_s, b_gap_g, delta_pct)
+  return _residuals(train, test, train_obs, test_obs, loss)
+
+
+def fit_per_run(data: ScalingData, loss: str = 'mse', huber: float = 1e-2, seed: int = 0) -> FitResult:
+  """Eqs. (8)-(9): shared A_train and exponents, a free offset C_δ and gap coefficient A_δ per δ."""
+  deltas_pct = np.unique(100.0 * data.delta)
+  index = np.searchsorted(deltas_pct, 100.0 * data.delta)
+  spec = _per_run_spec(deltas_pct)
+  t = data.tokens / TOKENS_UNIT
+  args = (100.0 * data.delta, t, data.train_loss, data.test_loss, index)
+  starts = []
+  for b0 in (-0.05, -0.2, -0.5):
+    for fraction in (0.5, 0.9):
+      x = {'A_train': 1.0, 'b_train_ds': -0.1 * abs(b0), 'b_train_g': b0, 'b_gap_s': 0.05, 'b_gap_g': -0.05}
+      for d in deltas_pct:
+        mask = 100.0 * data.delta == d
+        x[f'C[{d:g}%]'] = fraction * float(np.min(data.train_loss[mask]))
+        if d > 0:
+          x[f'A_gap[{d:g}%]'] = max(float(np.mean(data.test_loss[mask] - data.train_loss[mask])), 1e-6)
+        x['A_train'] = max(float(np.median(data.train_loss[mask])) * (1 - fraction), 1e-3)
+      starts.append(to_theta(x, spec))
+
+  def residuals(theta, rows):
+    return _per_run_residuals(theta, *(a[rows] for a in args), len(deltas_pct), loss)
+
+  return robust_fit(residuals, starts, spec, len(data.delta), huber=huber if loss == 'huber' else None,
+                    seed=seed, bootstrap=0, derived=_law_params)
+
+
+def _init_from_per_run(per_run: dict, deltas_pct) -> list:
+  """Starting points of the joint fit: eqs. (5)-(6) fitted to the per-run coefficients (Appendix D.1)."""
+  offsets = np.array([per_run[f'C[{d:g}%]'] for d in deltas_pct])
+  gaps = np.array([per_run.get(f'A_gap[{d:g}%]', 0.0) for d in deltas_pct])
+  starts = []
+  for kappa2 in (0.1, 1.0):
+    c_fit = optimize.least_squares(
+        lambda k: k[0] - k[1] * np.log(deltas_pct + kappa2) - k[2] * deltas_pct - offsets, np.zeros(3))
+    positive = deltas_pct > 0
+    if np.sum(positive) >= 3:
+      a_fit = optimize.least_squares(
+          lambda a: a[0] + a[1] * np.log(deltas_pct[positive]) + a[2] * deltas_pct[positive]
+          - np.log(gaps[positive]), np.array([0.0, 1.0, 0.0]), bounds=([-30, 0, -20], [10, 10, 20])).x
+    else:
+      a_fit = np.array([np.log(max(np.mean(gaps), 1e-8)), 1.0, 0.0])
+    k0, k1, k3 = c_fit.x
+    starts.append(dict(A_train=per_run['A_train'], b_train_ds=per_run['b_train_ds'],
+                       b_train_g=per_run['b_train_g'], kappa0=k0, kappa1=k1, kappa2=kappa2, kappa3=k3,
+                       alpha1=math.exp(a_fit[0]), alpha2=a_fit[1], alpha3=a_fit[2],
+                       b_gap_s=per_run['b_gap_s'], b_gap_g=per_run['b_gap_g']))
+  return starts
+
+
+def _sign_notes(params: dict, deltas) -> list:
+  notes = [f'sign condition {name} fails or holds only at its bound: the data do not show the paper\'s shape'
+           for name, holds in scaling.sign_conditions(params).items() if not holds]
+  for d in deltas:
+    b_gap = exponent(params['b_gap_s'], params['b_gap_g'], 100.0 * d)
+    if d > 0 and not 0 < b_gap < 1:
+      notes.append(f'b_gap(δ={d:g}) = {b_gap:.3g} lies outside (0, 1), where the paper\'s fits keep it up to δ=10%')
+  return notes
+
+
+def fit_joint(data: ScalingData, loss: str = 'mse', huber: float = 1e-2, bootstrap: int = 100, seed: int = 0,
+              max_delta: float | None = None, max_tokens: float | None = None) -> dict:
+  """The joint fit (1)-(6), initialised from the per-run fits (8)-(9), with bootstrap CIs and diagnostics.
+
+  loss: 'mse' (the paper's, on losses) or 'huber' (scale `huber`, on log losses). max_delta / max_tokens: fit
+  only the rows (and finetunes) with δ ≤ max_delta and T ≤ max_tokens; the rest is left for forecast_check.
+  """
+  if loss not in LOSSES:
+    raise ValueError(f'loss={loss!r} is unknown; use one of {", ".join(LOSSES)}')
+  fitted_on = {'max_delta': max_delta, 'max_tokens': max_tokens}
+  if max_delta is not None or max_tokens is not None:
+    data = data.subset(max_delta, max_tokens)
+  notes = data.validate()
+  check_finite_ft(data)
+  per_run = fit_per_run(data, loss, huber, seed)
+  deltas_pct = np.unique(100.0 * data.delta)
+  rng = np.random.default_rng(seed)
+  starts = [to_theta(s, FIT_SPEC) for s in _init_from_per_run(per_run.params, deltas_pct)]
+  for _ in range(4):  # Perturbed restarts around the data-driven start guard against its local minimum.
+    starts.append(starts[0] + rng.normal(0, 0.3, size=len(FIT_SPEC)))
+  args = (100.0 * data.delta, data.tokens / TOKENS_UNIT, data.train_loss, data.test_loss)
+  joint = robust_fit(lambda theta, rows: _joint_residuals(theta, *(a[rows] for a in args), loss), starts,
+                     FIT_SPEC, len(data.delta), huber=huber if loss == 'huber' else None, seed=seed,
+                     bootstrap=bootstrap, groups=data.delta, derived=_law_params)
+  finetune, ft_notes = fit_finetune_delta(data, bootstrap, seed)
+  law = scaling.ScalingLaw({k: joint.params[k] for k in JOINT_NAMES}, TOKENS_UNIT,
+                           {k: v['abc'] for k, v in finetune.items()},
+                           tuple(float(d) for d in np.unique(data.delta)),
+                           (float(np.min(data.tokens)), float(np.max(data.tokens))), fitted_on)
+  train, test = law.train_loss(data.delta, data.tokens), law.test_loss(data.delta, data.tokens)
+  log_residual = _residuals(train, test, data.train_loss, data.test_loss, 'huber')
+  residual = _residuals(train, test, data.train_loss, data.test_loss, 'mse')
+  n = len(data.delta)
+  by_delta = {}
+  for d in np.unique(data.delta):
+    mask = np.concatenate([data.delta == d, data.delta == d])
+    by_delta[f'{d:g}'] = float(np.sqrt(np.mean(log_residual[mask] ** 2)))
+  objective = ('mean squared error of the losses (the paper\'s, App. D.1)' if loss == 'mse' else
+               f'Huber (scale {huber:g}) on log losses')
+  sign = scaling.sign_conditions(law.params)
+  return {
+      'law': 'domain loss during SPT, eqs. (1)-(6) of The Finetuner\'s Fallacy; finetuning delta eq. (7)',
+      'units': {'delta': 'percent inside the formulas (δ=2 is 2%); every input and key of this file is a '
+                         'fraction', 'tokens': f'T = tokens / {TOKENS_UNIT:g} inside the formulas (fixed for every '
+                                               'fit)', 'losses': 'nats per token',
+                'fit': f'{objective}, scipy least_squares with the sign conditions as bounds'},
+      'objective': loss, 'tokens_unit': TOKENS_UNIT, 'fitted_on': fitted_on,
+      'fitted_deltas': list(law.fitted_deltas), 'token_range': list(law.token_range),
+      'params': {name: {'value': joint.params[name], 'ci95': joint.ci.get(name), 'meaning': meaning}
+                 for name, _, _, _, meaning in JOINT_PARAMS},
+      'sign_conditions': sign,
+      'per_run': {name: {'value': per_run.params[name], 'meaning': spec[4]}
+                  for name, spec in zip(per_run.names, per_run.spec)},
+      'finetune_delta': {repr(float(k)): v for k, v in finetune.items()},
+      'residuals': {'rms_log_train': float(np.sqrt(np.mean(log_residual[:n] ** 2))),
+                    'rms_log_test': float(np.sqrt(np.mean(log_residual[n:] ** 2))),
+                    'rms_train': float(np.sqrt(np.mean(residual[:n] ** 2))),
+                    'rms_test': float(np.sqrt(np.mean(residual[n:] ** 2))),
+                    'max_abs_log': float(np.max(np.abs(log_residual))), 'rms_log_by_delta': by_delta,
+                    'n_points': n},
+      'warnings': (notes + _sign_notes(law.params, law.fitted_deltas) + joint.warnings
+                   + [f'per-run fit (8)-(9): {w}' for w in per_run.warnings] + ft_notes),
+  }
+
+
+def _power_fit(t, drop, groups, n_groups, bootstrap, seed, shared: bool):
+  """Δ = a_k·T^b_k + c_k per group k, or with one b shared by all groups (shared=True)."""
+  spec = [('b', 'linear', -5.0, 5.0, 'exponent of T shared by all δ')] if shared else []
+  for k in range(n_groups):
+    if not shared:
+      spec.append((f'b[{k}]', 'linear', -5.0, 5.0, f'exponent of T of group {k}'))
+    spec += [(f'a[{k}]', 'linear', -100.0, 100.0, f'coefficient of group {k}'),
+             (f'c[{k}]', 'linear', -10.0, 10.0, f'offset of group {k}')]
+  width = 2 if shared else 3
+
+  def unpack(theta):
+    body = theta[1:] if shared else theta
+    a, c = body[width - 2::width], body[width - 1::width]
+    b = np.full(n_groups, theta[0]) if shared else body[0::3]
+    return a, b, c
+
+  def residuals(theta, rows):
+    a, b, c = unpack(theta)
+    k = groups[rows]
+    return a[k] * t[rows] ** b[k] + c[k] - drop[rows]
+
+  starts = []
+  for b0 in (-1.0, -0.3, 0.3):
+    x = [b0] if shared else []
+    for k in range(n_groups):  # Given b, a and c are linear: start them at their least-squares values.
+      rows = groups == k
+      design = np.stack([t[rows] ** b0, np.ones(np.sum(rows))], axis=1)
+      x += ([] if shared else [b0]) + list(np.linalg.lstsq(design, drop[rows], rcond=None)[0])
+    starts.append(np.clip(np.array(x), -9.0, 9.0))
+  result = robust_fit(residuals, starts, tuple(spec), len(t), huber=None, seed=seed, bootstrap=bootstrap,
+                      groups=groups)
+  a, b, c = unpack(np.array([result.params[s[0]] for s in spec]))
+  return a, b, c, result
+
+
+def fit_finetune_delta(data: ScalingData, bootstrap: int = 100, seed: int = 0,
+                       min_points: int = MIN_FINETUNE_POINTS):
+  """Eq. (7): Δ(T) = a_δ·T^b_δ + c_δ fitted per δ where a δ has ≥ min_points finetuned checkpoints.
+
+  Fallbacks, each named in the entry's 'method' and in a warning: a δ with fewer checkpoints but at least two
+  borrows an exponent shared by every δ with two or more (fitted jointly); one checkpoint gives a constant Δ.
+  Returns ({δ: {'abc', 'ci95', 'n_points', 'method', 'rms_residual'}}, warnings). T is tokens / TOKENS_UNIT.
+  """
+  results, notes = {}, []
+  if not len(data.ft_drop):
+    return results, notes
+  deltas = np.unique(data.ft_delta)
+  for d in deltas:
+    drop = data.ft_drop[data.ft_delta == d]
+    if np.any(drop < 0):
+      notes.append(f'δ={d:g}: finetuning raised the domain test loss at {int(np.sum(drop < 0))} checkpoint(s); '
+                   'early stopping should keep Δ ≥ 0: check the finetune evals')
+  counts = {float(d): int(np.sum(data.ft_delta == d)) for d in deltas}
+  t_all = data.ft_tokens / TOKENS_UNIT
+  for d in deltas:
+    rows = data.ft_delta == d
+    if counts[float(d)] < min_points:
+      continue
+    a, b, c, result = _power_fit(t_all[rows], data.ft_drop[rows], np.zeros(int(np.sum(rows)), int), 1,
+                                 bootstrap, seed, shared=False)
+    ci = {'a': result.ci.get('a[0]'), 'b': result.ci.get('b[0]'), 'c': result.ci.get('c[0]')}
+    results[float(d)] = {'abc': [float(a[0]), float(b[0]), float(c[0])], 'ci95': ci, 'n_points': counts[float(d)],
+                         'method': 'per-δ fit of a·T^b + c (eq. 7)',
+                         'rms_residual': float(np.sqrt(np.mean(result.residuals ** 2)))}
+    if result.warnings:
+      names = sorted({w.split(':')[0].split(' ')[0].split('=')[0] for w in result.warnings})
+      notes.append(f'finetuning delta (eq. 7) at δ={d:g}: {", ".join(names)} weakly identified by '
+                   f'{counts[float(d)]} checkpoints; Δ far beyond the fitted T is uncertain')
+  few = [d for d in deltas if counts[float(d)] < min_points]
+  pairs = [d for d in deltas if counts[float(d)] >= 2]
+  borrowing = [d for d in few if counts[float(d)] >= 2]
+  if borrowing:
+    mask = np.isin(data.ft_delta, pairs)
+    groups = np.searchsorted(np.array(pairs), data.ft_delta[mask])
+    if np.sum(mask) >= 2 * len(pairs) + 2:
+      a, b, c, result = _power_fit(t_all[mask], data.ft_drop[mask], groups, len(pairs), bootstrap, seed,
+                                   shared=True)
+      for d in borrowing:
+        k = pairs.index(d)
+        results[float(d)] = {'abc': [float(a[k]), float(b[k]), float(c[k])], 'ci95': {'b': result.ci.get('b')},
+                             'n_points': counts[float(d)], 'method': 'fallback: exponent shared by all δ',
+                             'rms_residual': float(np.sqrt(np.mean(result.residuals ** 2)))}
+      notes.append(f'finetuning delta (eq. 7): δ={", ".join(f"{d:g}" for d in borrowing)} have fewer than '
+                   f'{min_points} finetuned checkpoints; fitted with the exponent b={float(b[0]):.3g} shared by '
+                   f'every δ with two or more (finetune more pretraining checkpoints for a per-δ fit)')
+    else:
+      few += borrowing
+      borrowing = []
+  for d in few:
+    if float(d) in results:
+      continue
+    results[float(d)] = {'abc': [0.0, 0.0, float(np.mean(data.ft_drop[data.ft_delta == d]))], 'ci95': None,
+                         'n_points': counts[float(d)], 'method': 'fallback: constant (mean Δ)'}
+    notes.append(f'δ={d:g}: {counts[float(d)]} finetuned checkpoint(s) cannot show how Δ changes with T; using '
+                 'a constant Δ (finetune more pretraining checkpoints)')
+  return results, notes

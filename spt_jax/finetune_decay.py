@@ -1,0 +1,72 @@
+"""WSD for finetuning under early stopping: the decay starts where early stopping triggers, from the best state.
+
+Early stopping ends a finetune long before finetune.max_steps, so a WSD decay placed at a fraction of the cap
+never comes. With finetune.schedule='wsd' and finetune.decay_steps = D > 0:
+  1. the finetune runs at its stable LR (its schedule decays only over the last D steps of max_steps, if the
+     cap is ever reached) with early stopping as usual, keeping its best checkpoint at step s*;
+  2. when early stopping triggers, a decay run in W/decay resumes from a copy of that checkpoint (parameters,
+     optimizer state, step and best-so-far), with max_steps = s* + D, so that the same WSD-in-steps schedule
+     decays linearly (schedule.decay_shape) to schedule.final_lr over steps s* .. s* + D, evaluating as usual.
+The returned summary is the decay run's (its `initial` is the finetune's, its `best` the better of both phases)
+with a `decay` entry; W/summary.json stays the stable phase's. A rerun finds both finished and trains nothing.
+
+Hook (spt_jax/loop.py): `run` returns
+  finetune_decay.after_early_stopping(config, workdir, summary, stage, rerun)
+where rerun(config, workdir) is `run` with the same stage, grid point and data; and stage_config copies
+finetune.decay_steps into schedule.decay_steps.
+"""
+
+import os
+import shutil
+
+from absl import logging
+
+DECAY_DIR = 'decay'
+CHECKPOINTS = 'checkpoints'  # checkpoint.CHECKPOINTS; not imported, so that this module stays light.
+
+
+def wants_decay(config, stage: str, summary: dict) -> bool:
+  """Whether a finished finetune should now decay: WSD, decay_steps > 0, stopped early, not a decay run."""
+  ft = config.finetune
+  return (stage == 'finetune' and ft.schedule == 'wsd' and ft.get('decay_steps', 0) > 0
+          and ft.get('decay_from_step', -1) < 0 and summary.get('stop_reason') == 'early_stopping')
+
+
+def decay_config(config, best_step: int):
+  """The config of the decay run: max_steps = best_step + decay_steps, marked as the decay of best_step."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.finetune.max_steps = int(best_step) + int(config.finetune.decay_steps)
+  c.finetune.decay_from_step = int(best_step)
+  return c
+
+
+def _seed(workdir: str, decay_dir: str, best_step: int) -> bool:
+  """Copies the best checkpoint into the decay workdir once, so that the decay run resumes from it."""
+  source = os.path.join(workdir, CHECKPOINTS, str(best_step))
+  target_root = os.path.join(decay_dir, CHECKPOINTS)
+  if os.path.isdir(target_root) and os.listdir(target_root):
+    return True  # Seeded before (the decay run may have checkpoints of its own by now).
+  if not os.path.isdir(source):
+    return False
+  tmp = target_root + '.tmp'
+  shutil.rmtree(tmp, ignore_errors=True)
+  shutil.copytree(source, os.path.join(tmp, str(best_step)))
+  os.replace(tmp, target_root)
+  return True
+
+
+def after_early_stopping(config, workdir: str, summary: dict, stage: str, rerun) -> dict:
+  """The summary of a run, or, for a WSD finetune that stopped early, of its decay from the best checkpoint."""
+  if not wants_decay(config, stage, summary):
+    return summary
+  best_step = int((summary.get('best') or {}).get('step') or 0)
+  decay_dir = os.path.join(workdir, DECAY_DIR)
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0 and not _seed(workdir, decay_dir, best_step):
+    logging.warning('%s: no checkpoint at the best step %d; the WSD decay is skipped', workdir, best_step)
+    return dict(summary, decay={'skipped': f'no checkpoint at the best step {best_step}'})
+  decayed = rerun(decay_config(config, best_step), decay_dir)
+  return dict(decayed, decay={'from_step': best_step, 'steps': int(config.finetune.decay_steps),
+                              'workdir': os.path.abspath(decay_dir), 'stable_steps': summary['steps'],
+                              'stable_best': summary.get('best')})
