@@ -25,7 +25,6 @@ def main(argv):
   from spt_jax import files
   from spt_jax import sharding
   from spt_jax import validate
-  files.exit_quietly_on_sigterm()  # Before the first step a SIGTERM exits 0 with one line, not 143.
   config = _CONFIG.value
   if _DRY_RUN.value:
     validate.check(config, devices=_DEVICES.value or jax.device_count(), sources=False)
@@ -39,6 +38,8 @@ def main(argv):
     raise ValueError(f'--workdir={_WORKDIR.value} is a URL; use a path every host sees (mount a bucket with '
                      'gcsfuse, e.g. --workdir=/gcs/BUCKET/run)')
   sharding.initialize_distributed()
+  if jax.process_count() == 1:  # Several hosts: JAX's preemption service owns SIGTERM.
+    files.exit_quietly_on_sigterm()  # Before the first step a SIGTERM exits 0 with one line, not 143.
   config_lib.check_runnable(config, jax.default_backend())
   validate.check(config)  # Before anything is written: a rejected config leaves the workdir as it was.
   from spt_jax import loop
