@@ -27,8 +27,10 @@ def finite(value):
     return {key: finite(item) for key, item in value.items()}
   if isinstance(value, (list, tuple)):
     return [finite(item) for item in value]
-  if isinstance(value, float) or type(value).__name__ in ('float32', 'float64', 'float16'):
-    return float(value) if math.isfinite(value) else None
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if hasattr(value, 'tolist') and hasattr(value, 'dtype'):  # numpy / JAX scalars and arrays.
+    return finite(value.tolist())
   return value
 
 

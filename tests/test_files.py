@@ -14,10 +14,11 @@ from spt_jax import files
 
 
 def test_json_never_holds_nan_or_infinity(tmp_path):
-  value = {'loss': float('nan'), 'best': [1.5, float('inf'), -float('inf')], 'x': np.float32('nan'), 'n': 3}
+  value = {'loss': float('nan'), 'best': [1.5, float('inf'), -float('inf')], 'x': np.float32('nan'), 'n': 3,
+           'array': np.array([0.5, np.nan])}
   text = files.dumps(value)
   assert 'NaN' not in text and 'Infinity' not in text
-  assert json.loads(text) == {'loss': None, 'best': [1.5, None, None], 'x': None, 'n': 3}
+  assert json.loads(text) == {'loss': None, 'best': [1.5, None, None], 'x': None, 'n': 3, 'array': [0.5, None]}
   files.write_json(str(tmp_path / 'summary.json'), value)
   json.loads((tmp_path / 'summary.json').read_text(), parse_constant=pytest.fail)  # Strict: no bare tokens.
 
