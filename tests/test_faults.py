@@ -15,11 +15,11 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
 from spt_jax import checkpoint
+from spt_jax import evaluation
 from spt_jax import loop
 from tests import test_loop
 
@@ -233,6 +233,26 @@ def test_no_checkpoint_restores_is_one_line_and_moves_nothing(tmp_path, referenc
   assert '\n' not in str(error.value)
   assert not (workdir / checkpoint.DAMAGED).exists()
   assert _metrics(workdir) == _metrics(reference)  # Nothing logged was dropped either.
+
+
+def test_non_finite_evaluations_are_written_as_null_never_nan(tmp_path, monkeypatch):
+  evaluate = evaluation.Evaluator.__call__
+  def nan_general(self, params):
+    results = evaluate(self, params)
+    results['general_test']['loss'] = float('nan')
+    return results
+  monkeypatch.setattr(evaluation.Evaluator, '__call__', nan_general)
+  data = test_loop.tiny_data()
+  data.bytes_per_token = {}  # Bits per byte unknown: NaN.
+  workdir = tmp_path / 'run'
+  loop.run(test_loop.tiny_config(steps=4), str(workdir), stage='pretrain', data=data)
+  def strict(text):
+    return json.loads(text, parse_constant=lambda token: pytest.fail(f'bare {token} in a JSON file'))
+  summary = strict((workdir / 'summary.json').read_text())
+  assert summary['final']['general_test'] is None and summary['final']['domain_test'] > 0
+  records = [strict(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert records[0]['eval/domain_test/bpb'] is None and records[0]['eval/general_test/loss'] is None
+  strict((workdir / 'config.json').read_text())
 
 
 # The command line on local files: what a user sees for bad input, two runs at once and an early SIGTERM.
