@@ -16,9 +16,11 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from spt_jax import files
 from spt_jax import model as model_lib
 
 CHECKPOINTS = 'checkpoints'
+DAMAGED = 'damaged_checkpoints'  # Checkpoints that failed to restore are moved here (never deleted).
 CONFIG_FILE = 'config.json'
 TOKENIZER_FILE = 'tokenizer.json'  # The tokenizer the run's token ids belong to, beside its config.
 # The metric orbax ranks checkpoints by: eval domain_test loss, lower is better.
@@ -39,11 +41,7 @@ def write_config(workdir: str, config) -> None:
   """Writes the resolved config as W/config.json (process 0 only)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(config_dict(config), f, indent=2, sort_keys=True)
-  os.replace(path + '.tmp', path)
+  files.write_json(os.path.join(workdir, CONFIG_FILE), config_dict(config))
 
 
 def read_config(workdir: str) -> dict | None:
@@ -127,7 +125,7 @@ class Checkpoints:
       return False
     metrics = None if domain_test_loss is None else {BEST_METRIC: float(domain_test_loss)}
     return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                           meta=ocp.args.JsonSave(meta)),
+                                                           meta=ocp.args.JsonSave(files.finite(meta))),
                              metrics=metrics, force=True)
 
   def restore(self, abstract_state, step: int | None = None) -> tuple[Any, dict]:
@@ -139,12 +137,53 @@ class Checkpoints:
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored.state, dict(restored.meta)
 
+  def restore_newest(self, abstract_state) -> tuple[int, Any, dict]:
+    """(step, state, meta) of the newest checkpoint that restores; newer ones that fail are set aside.
+
+    A checkpoint damaged by a full disk, a truncated copy or a dying filesystem is moved to W/damaged_checkpoints/
+    with one warning naming its step, and the run resumes from the one before. When none restores, nothing is
+    moved (the cause may be this code rather than the files) and the error is one line.
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    failures = []
+    for step in steps:
+      try:
+        state, meta = self.restore(abstract_state, step)
+      except Exception as error:  # pylint: disable=broad-except
+        failures.append((step, _first_line(error)))
+        continue
+      for bad_step, reason in failures:
+        moved = self._set_aside(bad_step)
+        logging.warning('Checkpoint %d does not restore (%s); moved it to %s and resumed from step %d.',
+                        bad_step, reason, moved, step)
+      if failures:
+        self.manager.reload()
+      return step, state, meta
+    raise ValueError(f'no checkpoint in {self.directory} restores (step {failures[0][0]}: {failures[0][1]}); '
+                     f'move {self.directory} aside to start the run over, or use another --workdir')
+
+  def _set_aside(self, step: int) -> str:
+    self.manager.wait_until_finished()
+    target = os.path.join(os.path.dirname(self.directory), DAMAGED, str(step))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    suffix = 1
+    while os.path.exists(target):
+      target = os.path.join(os.path.dirname(self.directory), DAMAGED, f'{step}.{suffix}')
+      suffix += 1
+    os.replace(os.path.join(self.directory, str(step)), target)
+    return target
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {text[0][:200]}' if text else type(error).__name__
 
 
 def _best(manager, steps) -> int | None:

@@ -5,12 +5,11 @@ T: a JSON-lines file of {question, choices, answer}, or a built-in task: arc_eas
 mmlu_chemistry, mmlu_mathematics, mmlu_<subject>, each with an optional ':split'.
 """
 
-import json
-
 from absl import app
 from absl import flags
 
 from spt_jax import cli
+from spt_jax import files
 from spt_jax import mcqa
 
 
@@ -48,8 +47,7 @@ def main(argv) -> None:
           f'{result["accuracy_per_char_stderr"]:.4f}, per token {result["accuracy_per_token"]:.4f} ± '
           f'{result["accuracy_per_token_stderr"]:.4f} (chance {result["chance"]:.3f})')
   if FLAGS.output:
-    with open(FLAGS.output, 'w') as f:
-      json.dump({'checkpoint': loaded.source, 'results': results}, f, indent=2)
+    files.write_json(FLAGS.output, {'checkpoint': loaded.source, 'results': results})
 
 
 def run() -> None:

@@ -25,10 +25,12 @@ import numpy as np
 from spt_jax import checkpoint
 from spt_jax import evaluation
 from spt_jax import finetune_decay
+from spt_jax import files
 from spt_jax import flops
 from spt_jax import run_plan
 from spt_jax import sharding
 from spt_jax import train
+from spt_jax import validate
 from spt_jax.data import mixture as mixture_lib
 from spt_jax.data import prepare as prepare_lib
 
@@ -77,18 +79,8 @@ class _Preemption:
 
 def _truncate_metrics(path: str, step: int) -> None:
   """Drops logged steps after the restored one, so a resumed run's metrics.jsonl reads as one run."""
-  if not os.path.exists(path) or jax.process_index() != 0:
-    return
-  def kept(line: str) -> bool:  # A line cut short by a kill is dropped with the steps after the restore.
-    try:
-      return json.loads(line)['step'] <= step
-    except (json.JSONDecodeError, KeyError):
-      return False
-  with open(path) as f:
-    lines = [line for line in f if line.strip() and kept(line)]
-  with open(path + '.tmp', 'w') as f:
-    f.writelines(lines)
-  os.replace(path + '.tmp', path)
+  if jax.process_index() == 0:
+    files.clean_metrics(path, step)  # Also drops duplicated and out-of-order lines (two runs, one file).
 
 
 def _check_host_rows(batch_sharding, global_shape) -> None:
@@ -132,6 +124,7 @@ def build(config, workdir: str, *, stage: str | None = None, grid_point=None, da
   c = plan.config
   if not any(isinstance(f, _QuietOrbax) for f in logging.get_absl_logger().filters):
     logging.get_absl_logger().addFilter(_QuietOrbax())
+  validate.check(config, data=data, stage=c.stage, grid_point=grid_point, vocab=False)  # Before any write.
   os.makedirs(workdir, exist_ok=True)
   checkpoint.check_resumable(workdir, c)
   mesh = sharding.make_mesh(c.mesh)
@@ -151,21 +144,24 @@ def build(config, workdir: str, *, stage: str | None = None, grid_point=None, da
     params = checkpoint.restore_params(c.init_from, trainer.abstract_state.params)
   elif resume_step is None and c.stage == 'finetune':
     raise ValueError('finetuning needs parameters: set --config.init_from to a pretrain workdir or checkpoint.')
-  checkpoint.write_config(workdir, c)
+  if data is None:
+    validate.check_vocab(c)  # The tokenizer against the model, before data is prepared.
   data = prepare_lib.prepare(c) if data is None else data
-  if data.tokenizer is not None and jax.process_index() == 0:  # The run carries its tokenizer to any machine.
-    data.tokenizer.save(os.path.join(workdir, checkpoint.TOKENIZER_FILE))
+  validate.check_vocab(c, data)  # The prepared tokenizer against the model, before anything is compiled.
   mixture = mixture_lib.Mixture(data.train, mixture_lib.stages_from_config(c, c.stage), c.batch_size,
                                 c.data.seq_len, c.seed)
   evaluator = evaluation.Evaluator(c, trainer, data)
 
   if resume_step is not None:
-    state, meta = checkpoints.restore(trainer.abstract_state, resume_step)
+    resume_step, state, meta = checkpoints.restore_newest(trainer.abstract_state)
     loop_state = LoopState.from_meta(meta)
     logging.info('Resumed %s at step %d', workdir, resume_step)
   else:
     state = trainer.init_state(c.seed) if params is None else trainer.state_from_params(params, c.seed)
     loop_state = LoopState()
+  checkpoint.write_config(workdir, c)  # Only now that the run really starts: a rejected config leaves none.
+  if data.tokenizer is not None and jax.process_index() == 0:  # The run carries its tokenizer to any machine.
+    files.write_text(os.path.join(workdir, checkpoint.TOKENIZER_FILE), data.tokenizer.to_str())
   return _Loop(plan, workdir, trainer, checkpoints, mixture, evaluator, data), state, loop_state
 
 
@@ -223,7 +219,7 @@ class _Loop:
     self.writer.write_scalars(step, {k: v for k, v in record.items() if k != 'step'})
     if jax.process_index() == 0:
       with open(self.metrics_path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
+        f.write(files.dumps(record) + '\n')
 
   def read(self, step: int, metrics) -> dict | None:
     """Host values of a finished step's metrics; None (and the stop reason set) when the loss is not finite."""
@@ -358,10 +354,7 @@ class _Loop:
         'last_checkpoint': self.checkpoints.latest_step(), 'wall_time_s': round(self.seconds(loop_state), 1),
     }
     if jax.process_index() == 0:  # Atomically: a rerun reads it to skip finished runs.
-      path = os.path.join(self.workdir, 'summary.json')
-      with open(path + '.tmp', 'w') as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
-      os.replace(path + '.tmp', path)
+      files.write_json(os.path.join(self.workdir, 'summary.json'), summary)
     logging.info('%s finished: %s after %d steps; best domain_test %s', c.stage, stop_reason, step,
                  (summary['best'] or {}).get('eval', {}).get('domain_test'))
     return summary

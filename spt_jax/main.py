@@ -21,9 +21,12 @@ def main(argv):
   import jax  # After flag parsing, so that --xla flags in the environment apply.
   from spt_jax import config as config_lib
   from spt_jax import dry_run
+  from spt_jax import files
   from spt_jax import sharding
+  from spt_jax import validate
   config = _CONFIG.value
   if _DRY_RUN.value:
+    validate.check(config, devices=_DEVICES.value or jax.device_count(), sources=False)
     summary = dry_run.describe(config, _DEVICES.value or jax.device_count())
     print(dry_run.format_summary(summary))
     print(json.dumps(summary))
@@ -34,13 +37,17 @@ def main(argv):
     raise ValueError(f'--workdir={_WORKDIR.value} is a URL; use a path every host sees (mount a bucket with '
                      'gcsfuse, e.g. --workdir=/gcs/BUCKET/run)')
   sharding.initialize_distributed()
+  if jax.process_count() == 1:  # Several hosts: JAX's preemption service owns SIGTERM.
+    files.exit_quietly_on_sigterm()  # Before the first step a SIGTERM exits 0 with one line, not 143.
   config_lib.check_runnable(config, jax.default_backend())
+  validate.check(config)  # Before anything is written: a rejected config leaves the workdir as it was.
   from spt_jax import loop
   from spt_jax import pipeline
-  if config.stage == 'pipeline':
-    result = pipeline.run_pipeline(config, _WORKDIR.value)
-  else:
-    result = loop.run(config, _WORKDIR.value, stage=config.stage)
+  with files.WorkdirLock(_WORKDIR.value, enabled=jax.process_index() == 0):  # One live run per workdir.
+    if config.stage == 'pipeline':
+      result = pipeline.run_pipeline(config, _WORKDIR.value)
+    else:
+      result = loop.run(config, _WORKDIR.value, stage=config.stage)
   if result['stop_reason'] == 'nonfinite_loss':  # Preemption exits 0 so that the scheduler restarts the run.
     sys.exit(1)
 

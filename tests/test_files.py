@@ -1,0 +1,74 @@
+"""Atomic writes, strict JSON, the metrics clean-up on resume and the one-run-per-workdir lock."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from spt_jax import files
+
+
+def test_json_never_holds_nan_or_infinity(tmp_path):
+  value = {'loss': float('nan'), 'best': [1.5, float('inf'), -float('inf')], 'x': np.float32('nan'), 'n': 3,
+           'array': np.array([0.5, np.nan])}
+  text = files.dumps(value)
+  assert 'NaN' not in text and 'Infinity' not in text
+  assert json.loads(text) == {'loss': None, 'best': [1.5, None, None], 'x': None, 'n': 3, 'array': [0.5, None]}
+  files.write_json(str(tmp_path / 'summary.json'), value)
+  json.loads((tmp_path / 'summary.json').read_text(), parse_constant=pytest.fail)  # Strict: no bare tokens.
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+  path = tmp_path / 'report.md'
+  files.write_text(str(path), 'old')
+  def full_disk(*args):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(os, 'replace', full_disk)
+  with pytest.raises(OSError):
+    files.write_text(str(path), 'new')
+  assert path.read_text() == 'old'
+  assert os.listdir(tmp_path) == ['report.md']  # No temporary file left behind.
+
+
+def test_clean_metrics_drops_duplicated_out_of_order_and_cut_lines(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  lines = [{'step': 0}, {'step': 5}, {'step': 10}, {'step': 5}, {'step': 10}, {'step': 15}, {'step': 20},
+           {'step': 25}]
+  path.write_text(''.join(json.dumps(line) + '\n' for line in lines) + '{"step": 30, "train/lo')
+  assert files.clean_metrics(str(path), 20) == 4  # 5 and 10 again, 25, the cut line.
+  assert [json.loads(line)['step'] for line in path.read_text().splitlines()] == [0, 5, 10, 15, 20]
+
+
+_HOLD = '''
+import sys, time
+from spt_jax import files
+with files.WorkdirLock(sys.argv[1]):
+  print('LOCKED', flush=True)
+  time.sleep(600)
+'''
+
+
+def test_one_live_run_per_workdir_and_a_dead_one_holds_nothing(tmp_path):
+  workdir = str(tmp_path / 'run')
+  env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  holder = subprocess.Popen([sys.executable, '-c', _HOLD, workdir], stdout=subprocess.PIPE, text=True, env=env)
+  try:
+    assert holder.stdout.readline().strip() == 'LOCKED'
+    with pytest.raises(ValueError, match=rf'is in use by a live run \(pid {holder.pid} on host ') as error:
+      with files.WorkdirLock(workdir):
+        pass
+    assert '\n' not in str(error.value)
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  with files.WorkdirLock(workdir):  # The kernel released the dead process's lock: no stale file to delete.
+    with pytest.raises(ValueError, match=f'pid {os.getpid()} '):
+      with files.WorkdirLock(workdir):
+        pass
+  with files.WorkdirLock(workdir):  # Released on exit.
+    pass
