@@ -117,10 +117,24 @@ def batch_divisor(mesh: Mesh) -> int:
 def initialize_distributed(force: bool = False) -> None:
   """Starts multi-host JAX on Cloud TPU VMs (JAX finds the other hosts itself) or where a coordinator is set.
 
-  On a TPU VM this runs even with one host: it is harmless there, and it also starts JAX's preemption service.
+  Elsewhere (GPU clusters JAX does not detect, several processes on one machine) set
+  JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=i on every process. On a TPU VM this
+  runs even with one host: it is harmless there, and it also starts JAX's preemption service.
   """
   on_tpu_vm = bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*')) or 'TPU_WORKER_HOSTNAMES' in os.environ
-  if force or on_tpu_vm or os.environ.get('JAX_COORDINATOR_ADDRESS'):
-    jax.distributed.initialize()
-    logging.info('jax.distributed: process %d of %d, %d local / %d global devices', jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count())
+  address = os.environ.get('JAX_COORDINATOR_ADDRESS', '')
+  if not (force or on_tpu_vm or address):
+    return
+  kwargs = {}
+  if address:
+    count, index = os.environ.get('JAX_NUM_PROCESSES', ''), os.environ.get('JAX_PROCESS_ID', '')
+    if not (count or index) and on_tpu_vm:
+      kwargs = {'coordinator_address': address}  # The TPU VM metadata gives the process count and index.
+    elif not (count.isdigit() and index.isdigit() and int(index) < int(count)):
+      raise ValueError(f'JAX_COORDINATOR_ADDRESS={address} needs JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=i '
+                       f'(0 <= i < N) on every process; got {count or "unset"!s} and {index or "unset"!s}')
+    else:
+      kwargs = dict(coordinator_address=address, num_processes=int(count), process_id=int(index))
+  jax.distributed.initialize(**kwargs)
+  logging.info('jax.distributed: process %d of %d, %d local / %d global devices', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
