@@ -48,7 +48,7 @@ def spill(source, tokenizer, eos: int, workers: int, dtype, folder: pathlib.Path
   """Tokenizes every document of a text source once, appending the ids to a file in folder."""
   hashes, sizes, lengths = array.array('Q'), array.array('q'), array.array('q')
   path = folder / f'spill_{source.name.replace(":", "_")}.bin'
-  with open(path, 'wb') as out:
+  with shards.open_for_write(path) as out:
     for chunk, ids, chunk_lengths in tokenize.encode_chunks(tokenize.chunked(source.documents()), tokenizer, eos,
                                                             workers):
       for text in chunk:
@@ -235,12 +235,12 @@ def build(config, parsed: dict, budgets: dict, tokenizer, digest: str, folder: p
   workers = data.num_workers or os.cpu_count() or 1
   folder.parent.mkdir(parents=True, exist_ok=True)
   shards.remove_stale_partials(folder.parent)
+  text_bytes_on_disk = sum(text_source_estimate(s) for s in parsed.values() if not s.is_tokens)
+  # Tokens spilled and packed: at least ~2 bytes of text per token, so about one dtype item per text byte.
+  shards.ensure_space(folder.parent, text_bytes_on_disk * np.dtype(dtype).itemsize, f'preparing {folder.name}')
   partial = shards.partial_name(folder)
   shutil.rmtree(partial, ignore_errors=True)
   partial.mkdir(parents=True)
-  text_bytes_on_disk = sum(text_source_estimate(s) for s in parsed.values() if not s.is_tokens)
-  # Tokens spilled and packed: at least ~2 bytes of text per token, so about one dtype item per text byte.
-  shards.ensure_space(partial, text_bytes_on_disk * np.dtype(dtype).itemsize, f'preparing {folder.name}')
   metadata = dict(version=format_version, tokenizer=digest, vocab_size=vocab_size, eos=tokenizer_eos,
                   seq_len=data.seq_len, dtype=np.dtype(dtype).name, seed=config.seed, sources={},
                   eval_sets={}, bytes_per_token={}, shards={}, in_place={}, budgets=budgets)

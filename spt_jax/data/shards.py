@@ -28,6 +28,11 @@ class DiskFullError(ValueError):
   """Not enough free space for a preparation: a one-line error naming the folder and the space needed."""
 
 
+def open_for_write(path: pathlib.Path):
+  """Opens a file for writing (one place, so that tests can inject a full disk)."""
+  return open(path, 'wb')
+
+
 def _gb(size: float) -> str:
   return f'{size / 1e9:.2f} GB'
 
@@ -68,7 +73,7 @@ class ShardWriter:
     self._digest = hashlib.blake2b(digest_size=16)
     if expected_rows:
       ensure_space(self.path.parent, expected_rows * row_length * self.dtype.itemsize, self.path.name)
-    self._file = open(self.path, 'wb')
+    self._file = open_for_write(self.path)
     self._write(_header(self.dtype, (0, row_length)))
 
   def _write(self, data) -> None:
