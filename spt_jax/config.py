@@ -216,7 +216,8 @@ PAPER_PRESETS = {'1b': 'olmo-1b', '3b': 'olmo-3b', '600m': 'olmo-600m', '300m': 
 def domain_config(preset: str, cpu_domain: str) -> ml_collections.ConfigDict:
   """The config of one domain's experiment by preset name (what every configs/<domain>.py returns)."""
   if preset in PAPER_PRESETS:
-    return paper_config(PAPER_PRESETS[preset])
+    from spt_jax.data import paper_data  # pylint: disable=g-import-not-at-top
+    return paper_data.apply(paper_config(PAPER_PRESETS[preset]), cpu_domain)  # The paper's data by default.
   if preset == 'tiny':
     return cpu_config(cpu_domain)
   if preset == 'test':
