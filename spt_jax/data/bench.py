@@ -90,9 +90,11 @@ def main(argv):
   del argv
   if _PREPARE_BENCH.value:
     from spt_jax.data import prepare_bench  # pylint: disable=g-import-not-at-top
-    result = prepare_bench.run(_PREPARE_BENCH.value, _PREPARE_GB.value, _PREPARE_KIND.value, _WORKERS.value)
+    result = prepare_bench.run(_PREPARE_BENCH.value, _PREPARE_GB.value, _PREPARE_KIND.value, _WORKERS.value,
+                               _TOKENIZER.value if os.path.isfile(_TOKENIZER.value) else '')
     print(f'prepare {result["prepare_kind"]}: {result["source_megabytes"]:.0f} MB in {result["prepare_seconds"]:.1f} s '
-          f'on {result["workers"]} cores: {result["megabytes_per_second_per_core"]:.1f} MB/s per core, peak '
+          f'on {result["workers"]} cores: {result["megabytes_per_second_per_core"]:.1f} MB/s per core '
+          f'({result["megabytes_per_cpu_second"]:.1f} MB per CPU second), peak '
           f'{result["peak_anonymous_megabytes"]:.0f} MB anonymous memory')
     print(json.dumps(result))
     return

@@ -1,10 +1,10 @@
 """The preparation benchmark: a generated source of a chosen size, prepared in a child process, timed and watched.
 
   python -m spt_jax.data.bench --prepare_bench=/tmp/prep --prepare_gb=2 --prepare_kind=tokens
-  python -m spt_jax.data.bench --prepare_bench=/tmp/prep --prepare_gb=0.25 --prepare_kind=text
+  python -m spt_jax.data.bench --prepare_bench=/tmp/prep --prepare_gb=0.25 --prepare_kind=text [--tokenizer=F.json]
 
 `tokens`: flat uint16 token files (OLMo's layout) as the general set, used in place. `text`: plain-text files
-of random words, tokenized by a byte-level BPE. Peak memory is the largest sum of anonymous resident memory
+of random words, tokenized by a small byte-level BPE or --tokenizer (a tokenizers JSON file, e.g. OLMo's). Peak memory is the largest sum of anonymous resident memory
 (RssAnon: not the pages of memory-mapped inputs, which the kernel can drop) over the child's process tree,
 sampled every 20 ms. The generated files and the prepared folder are deleted afterwards.
 """
@@ -38,13 +38,14 @@ def _generate_tokens(folder: pathlib.Path, size: int, vocab: int, eos: int) -> i
 
 
 def _generate_text(folder: pathlib.Path, size: int) -> int:
+  """Documents of ~9 kB: random slices of one stream of random words (distinct, so the split sees them all)."""
   rng = np.random.default_rng(0)
-  words = np.array(_WORDS)
+  stream = ' '.join(rng.choice(_WORDS, 2_000_000).tolist())
   written, number = 0, 0
   while written < size:
     with open(folder / f'{number:04d}.txt', 'w') as f:
-      for _ in range(64):
-        document = ' '.join(words[rng.integers(0, len(words), 1500)]) + '.\n'
+      for start in rng.integers(0, len(stream) - 10_000, 256).tolist():
+        document = stream[start:start + 9000] + '.\n'
         f.write(document + '\f')
         written += len(document) + 1
     number += 1
@@ -100,7 +101,7 @@ def _child(spec: str) -> None:
                         path=str(data.path))))
 
 
-def run(folder: str, gigabytes: float, kind: str, num_workers: int = 0) -> dict:
+def run(folder: str, gigabytes: float, kind: str, num_workers: int = 0, tokenizer_file: str = '') -> dict:
   """Generates the source, prepares it in a child process and returns its figures (then deletes everything)."""
   from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   root = pathlib.Path(folder)
@@ -109,7 +110,11 @@ def run(folder: str, gigabytes: float, kind: str, num_workers: int = 0) -> dict:
   source.mkdir(parents=True)
   (root / 'domain').mkdir()
   _generate_text(root / 'domain', 1 << 20)
-  tokenizer = tokenizer_lib.train_bpe({'domain': f'files:{root}/domain'}, 1024, str(cache), sample_bytes=1 << 20)
+  if tokenizer_file:  # e.g. OLMo's: python -m spt_jax.data.bench ... --tokenizer=PATH/TO/tokenizer.json
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    tokenizer = tokenizers.Tokenizer.from_file(tokenizer_file)
+  else:
+    tokenizer = tokenizer_lib.train_bpe({'domain': f'files:{root}/domain'}, 1024, str(cache), sample_bytes=1 << 20)
   tokenizer.save(str(root / 'tokenizer.json'))
   eos = tokenizer_lib.eos_id(tokenizer)
   size = int(gigabytes * (1 << 30))
@@ -144,4 +149,6 @@ def run(folder: str, gigabytes: float, kind: str, num_workers: int = 0) -> dict:
               megabytes_per_second=round(megabytes / prepared['seconds'], 1),
               megabytes_per_second_per_core=round(megabytes / prepared['seconds'] / workers, 1),
               cpu_seconds=round(cpu_seconds, 1), peak_anonymous_megabytes=round(peak / 1e6, 1),
+              # Robust to other load on the machine: what one core does per second of its own time.
+              megabytes_per_cpu_second=round(megabytes / max(cpu_seconds, 1e-9), 1),
               sequences_train=prepared['sequences_train'])

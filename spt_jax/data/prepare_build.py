@@ -84,8 +84,8 @@ def held_out(spilled: _Spilled, test_fraction: float, test_tokens: int) -> np.nd
   return by_unit[units[by_unit] < test_fraction]
 
 
-def training_order(spilled: _Spilled, excluded: np.ndarray, seed: int, max_tokens: int) -> np.ndarray:
-  """Training documents: those not held out anywhere, in a seeded order, cut to max_tokens by whole documents."""
+def training_order(spilled: _Spilled, excluded: np.ndarray, seed: int, max_tokens: int) -> tuple:
+  """(candidates, chosen): documents not held out anywhere in a seeded order, and those within max_tokens."""
   candidates = np.flatnonzero(~np.isin(spilled.hashes, excluded))
   keys = np.fromiter((sources_lib.seeded_order_key(h, seed) for h in spilled.hashes[candidates].tolist()),
                      dtype=np.uint64, count=len(candidates))
@@ -204,8 +204,6 @@ def _token_outputs(config, name, source, budget, tokenizer, partial, dtype, meta
       if not count:
         raise ValueError(f'the {name} {split} split has fewer than seq_len + 1 = {row} tokens; '
                          'add token files, lower --config.data.seq_len or adjust test_fraction/test_tokens')
-    if source.options['dtype'] != np.dtype(dtype).name and np.dtype(source.options['dtype']).itemsize > 2:
-      pass  # uint32 files under a small vocabulary are read as they are; rows convert on read.
     metadata['in_place'][name] = dict(files=[dict(path=p, rows=r, url=u) for p, r, u in zip(
         plan.paths, plan.rows, source.paths)], dtype=source.options['dtype'])
   _write_eval(partial, name[6:] if extra else f'{name}_test', test, metadata,

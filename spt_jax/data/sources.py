@@ -324,6 +324,9 @@ def parse(spec: str, name: str = 'source', cache_dir: str = '') -> Source:
     hf_source.check(source)
   if kind == 'tokens' and target.startswith('@'):
     source.paths, source.expected_sha256 = remote.read_list(target[1:], f'source {name!r}')
+    missing = [p for p in source.paths if not remote.is_remote(p) and not os.path.isfile(os.path.expanduser(p))]
+    if missing:
+      raise ValueError(f'source {name!r}: {len(missing)} file(s) of {target} do not exist, e.g. {missing[0]}')
   elif kind == 'tokens' and remote.is_remote(target):
     source.paths = remote.expand(target, f'source {name!r}')
   elif kind in ('files', 'jsonl', 'parquet', 'tokens'):
