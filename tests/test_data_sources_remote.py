@@ -189,3 +189,38 @@ def test_hf_source_streams_a_local_hub_style_folder(tmp_path, monkeypatch):
                    f'hf:{folder}?split=train&field=text')
   data = prepare_lib.prepare(config)
   assert data.metadata['sources']['domain']['documents'] == 120 and len(data.train['domain']) > 0
+
+
+@pytest.mark.slow
+def test_the_paper_preset_runs_end_to_end_on_stand_ins_of_its_data(tmp_path, server, monkeypatch):
+  """`python -m spt_jax.main --config=configs/proofpile.py` without --workdir: Dolma-style token files over HTTP,
+  a hub-style domain folder through `datasets`; only the model is shrunk (a CPU cannot run OLMo-1B)."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from spt_jax.data import paper_data  # pylint: disable=g-import-not-at-top
+  root, url, log = server
+  _token_files(root)
+  folder = _hub_folder(tmp_path)
+  tokenizer, _ = _tokenizer(tmp_path)
+  vocab = tokenizer_lib.tokenizers.Tokenizer.from_file(tokenizer).get_vocab_size()
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  assert paper_data.PROOFPILE.startswith('hf:') and paper_data.DOLMA_OLMO_1B.startswith('tokens:@')
+  overrides = dict(stage='pretrain', steps=3, batch_size=8, eval_every=0, eval_sequences=8, log_every=1,
+                   checkpoint_every=3, peak_flops=-1, **{
+                       'data.general': f'tokens:{url}/part-*.npy?dtype=uint16',
+                       'data.domain': f'hf:{folder}?split=train&field=text', 'data.tokenizer': tokenizer,
+                       'data.seq_len': L, 'data.test_tokens': 300, 'data.cache_dir': str(tmp_path / 'cache'),
+                       'schedule.warmup_steps': 1, 'schedule.horizon_tokens': 3 * 8 * L, 'model.d_model': 64,
+                       'model.mlp_dim': 256, 'model.n_heads': 4, 'model.n_layers': 2, 'model.vocab_size': vocab, 'model.dtype': 'float32',
+                       'model.remat_policy': 'none'})
+  env = dict(os.environ, PYTHONPATH=str(repo), JAX_PLATFORMS='cpu', HF_DATASETS_OFFLINE='1',
+             HF_HOME=str(tmp_path / 'hf'))
+  result = subprocess.run([sys.executable, '-m', 'spt_jax.main', f'--config={repo}/configs/proofpile.py'] +
+                          [f'--config.{k}={v}' for k, v in overrides.items()], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'the run writes to runs/proofpile_default' in result.stdout
+  summary = json.loads((tmp_path / 'runs' / 'proofpile_default' / 'summary.json').read_text())
+  assert summary['steps'] == 3 and summary['stop_reason'] == 'budget'
+  assert sorted({path for path, _ in log}) == ['/part-000-00000.npy']  # 768 training tokens need one file.
