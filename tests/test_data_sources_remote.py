@@ -212,8 +212,8 @@ def test_the_paper_preset_runs_end_to_end_on_stand_ins_of_its_data(tmp_path, ser
                        'data.domain': f'hf:{folder}?split=train&field=text', 'data.tokenizer': tokenizer,
                        'data.seq_len': L, 'data.test_tokens': 300, 'data.cache_dir': str(tmp_path / 'cache'),
                        'schedule.warmup_steps': 1, 'schedule.horizon_tokens': 3 * 8 * L, 'model.d_model': 64,
-                       'model.mlp_dim': 256, 'model.n_heads': 4, 'model.n_layers': 2, 'model.vocab_size': vocab, 'model.dtype': 'float32',
-                       'model.remat_policy': 'none'})
+                       'model.mlp_dim': 256, 'model.n_heads': 4, 'model.n_layers': 2, 'model.vocab_size': vocab,
+                       'model.dtype': 'float32', 'model.remat_policy': 'none'})
   env = dict(os.environ, PYTHONPATH=str(repo), JAX_PLATFORMS='cpu', HF_DATASETS_OFFLINE='1',
              HF_HOME=str(tmp_path / 'hf'))
   result = subprocess.run([sys.executable, '-m', 'spt_jax.main', f'--config={repo}/configs/proofpile.py'] +
