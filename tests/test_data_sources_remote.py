@@ -122,8 +122,8 @@ def test_remote_token_files_fetched_once_only_as_many_as_the_budget_needs(tmp_pa
   config.data.general_max_tokens = len(files[0]) + 200
   prepare_lib.prepare(config)
   assert not log
-  # With no budget, a remote source defaults to the run's tokens: here just over two files, so all three.
-  config.data.general_max_tokens, config.tokens = 0, len(files[0]) + len(files[1]) + 10
+  # With no budget, every listed file is used.
+  config.data.general_max_tokens = 0
   assert prepare_lib.prepare(config).metadata['sources']['general']['files_used'] == 3
 
 
@@ -206,8 +206,9 @@ def test_the_paper_preset_runs_end_to_end_on_stand_ins_of_its_data(tmp_path, ser
   vocab = tokenizer_lib.tokenizers.Tokenizer.from_file(tokenizer).get_vocab_size()
   repo = pathlib.Path(__file__).resolve().parents[1]
   assert paper_data.PROOFPILE.startswith('hf:') and paper_data.DOLMA_OLMO_1B.startswith('tokens:@')
-  overrides = dict(stage='pretrain', steps=3, batch_size=8, eval_every=0, eval_sequences=8, log_every=1,
-                   checkpoint_every=3, peak_flops=-1, **{
+  overrides = dict(stage='pretrain', steps=3, tokens=3 * 8 * L, batch_size=8, eval_every=0, eval_sequences=8,
+                   log_every=1, checkpoint_every=3, peak_flops=-1, **{
+                       'data.general_max_tokens': 3 * 8 * L,
                        'data.general': f'tokens:{url}/part-*.npy?dtype=uint16',
                        'data.domain': f'hf:{folder}?split=train&field=text', 'data.tokenizer': tokenizer,
                        'data.seq_len': L, 'data.test_tokens': 300, 'data.cache_dir': str(tmp_path / 'cache'),

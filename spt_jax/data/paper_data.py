@@ -28,4 +28,6 @@ def apply(config, cpu_domain: str):
   config.data.general = DOLMA_OLMO_1B
   config.data.domain = DOMAINS.get(cpu_domain, config.data.domain)
   config.data.domain_max_tokens = DOMAIN_TOKENS
+  # Fetch only the Dolma files the run's tokens need (an upper bound: δ of them come from the domain set).
+  config.data.general_max_tokens = int(config.tokens)
   return config

@@ -64,22 +64,9 @@ class PreparedData:
 
 
 
-def _run_tokens(config) -> int:
-  """Tokens the run trains on (an upper bound of what any one source must supply)."""
-  steps, batch = config.get('steps', 0) or 0, config.get('batch_size', 0) or 0
-  return int(steps * batch * config.data.seq_len if steps and batch else config.get('tokens', 0) or 0)
-
-
-def _budgets(config, parsed: dict) -> dict:
-  """Token budget per training source: data.<name>_max_tokens; remote token files default to the run's tokens."""
-  budgets = {}
-  for name in TRAIN_SOURCES:
-    budget = int(config.data.get(f'{name}_max_tokens', 0) or 0)
-    source = parsed[name]
-    if not budget and source.is_tokens and any(remote.is_remote(p) for p in source.paths):
-      budget = _run_tokens(config)
-    budgets[name] = budget
-  return budgets
+def _budgets(config) -> dict:
+  """Token budget per training source (data.<name>_max_tokens; 0: all of it), part of the cache key."""
+  return {name: int(config.data.get(f'{name}_max_tokens', 0) or 0) for name in TRAIN_SOURCES}
 
 
 def _validate(config) -> None:
@@ -114,7 +101,7 @@ def prepare(config) -> PreparedData:
   specs = {'domain': data.domain, 'general': data.general}  # The small domain first: its errors come early.
   specs.update({f'extra:{name}': spec for name, spec in sorted(extra.items())})
   parsed = {name: sources_lib.parse(spec, name, data.cache_dir) for name, spec in specs.items()}
-  budgets = _budgets(config, parsed)
+  budgets = _budgets(config)
   key = _cache_key(config, _tokenizer_identity(config), specs, budgets)
   folder = sources_lib.cache_root(data.cache_dir) / 'prepared' / key
   client, index, count = _processes()
