@@ -141,8 +141,19 @@ def initialize_distributed(force: bool = False) -> None:
 
 
 def default_workdir(config_arg: str) -> str:
-  """runs/<config file stem>_<preset> (the preset part is 'default' when the config string names none)."""
+  """runs/<config file stem>_<preset>; without a preset in the string, the default of the file's get_config."""
   path, _, preset = (config_arg or 'run').partition(':')
+  if not preset:
+    try:
+      import importlib.util  # pylint: disable=g-import-not-at-top
+      import inspect  # pylint: disable=g-import-not-at-top
+      module_spec = importlib.util.spec_from_file_location('_config_for_workdir', path)
+      module = importlib.util.module_from_spec(module_spec)
+      module_spec.loader.exec_module(module)
+      defaults = [p.default for p in inspect.signature(module.get_config).parameters.values()]
+      preset = defaults[0] if defaults and isinstance(defaults[0], str) else ''
+    except Exception:  # pylint: disable=broad-except
+      preset = ''
   return os.path.join('runs', f'{os.path.splitext(os.path.basename(path))[0]}_{preset or "default"}')
 
 

@@ -221,7 +221,7 @@ def test_the_paper_preset_runs_end_to_end_on_stand_ins_of_its_data(tmp_path, ser
                           [f'--config.{k}={v}' for k, v in overrides.items()], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'the run writes to runs/proofpile_default' in result.stdout
-  summary = json.loads((tmp_path / 'runs' / 'proofpile_default' / 'summary.json').read_text())
+  assert 'the run writes to runs/proofpile_1b' in result.stdout
+  summary = json.loads((tmp_path / 'runs' / 'proofpile_1b' / 'summary.json').read_text())
   assert summary['steps'] == 3 and summary['stop_reason'] == 'budget'
   assert sorted({path for path, _ in log}) == ['/part-000-00000.npy']  # 768 training tokens need one file.
