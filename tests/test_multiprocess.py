@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -189,6 +190,9 @@ def test_checkpoints_move_between_one_and_two_processes(corpora, reference):
   assert summary['stop_reason'] == 'preempted' and 2 < summary['steps'] < STEPS, summary
   saved = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert saved[-1] == summary['steps']
+  for index in range(2):  # Both processes took part in saving that step, and no later one.
+    log = pathlib.Path(str(workdir) + f'.log-{index}-of-2').read_text()
+    assert re.findall(r'Checkpoint (\d+) started', log)[-1] == str(summary['steps']), index
   _run(corpora, workdir, 1)
   _same_losses(_losses(workdir), reference)
 
