@@ -122,8 +122,7 @@ def _kill_after_checkpoint(processes, workdir, step: int, sig=signal.SIGKILL) ->
   while not (pathlib.Path(workdir) / 'checkpoints' / str(step) / 'state').is_dir():
     assert time.time() < deadline and all(p.poll() is None for p in processes), _tail(workdir)
     time.sleep(0.2)
-  time.sleep(1.0)  # Let the asynchronous save commit.
-  for process in processes:
+  for process in processes:  # The step folder appears when its asynchronous save has committed.
     process.send_signal(sig)
   _wait(processes)
 
@@ -153,7 +152,7 @@ def reference(corpora):
 def test_two_processes_match_one_and_each_reads_only_its_rows_and_resume_after_sigkill(corpora, reference):
   assert sorted(reference) == list(range(1, STEPS + 1))
   workdir = corpora / 'two'
-  running = _start(corpora, workdir, 2, 'cache-two', delay=1.0)
+  running = _start(corpora, workdir, 2, 'cache-two', delay=2.5)
   _kill_after_checkpoint(running, workdir, 4)
   assert not (workdir / 'summary.json').exists()
   _run(corpora, workdir, 2, 'cache-two')
@@ -173,13 +172,13 @@ def test_two_processes_match_one_and_each_reads_only_its_rows_and_resume_after_s
 def test_checkpoints_move_between_one_and_two_processes(corpora, reference):
   # Written by one process, resumed by two.
   workdir = corpora / 'one-then-two'
-  running = _start(corpora, workdir, 1, 'cache', delay=1.0)
+  running = _start(corpora, workdir, 1, 'cache', delay=2.5)
   _kill_after_checkpoint(running, workdir, 4)
   _run(corpora, workdir, 2)
   _same_losses(_losses(workdir), reference)
   # SIGTERM to one of two processes: both save the same step and exit 0; one process resumes.
   workdir = corpora / 'two-then-one'
-  running = _start(corpora, workdir, 2, 'cache', delay=1.0)
+  running = _start(corpora, workdir, 2, 'cache', delay=2.5)
   deadline = time.time() + 400
   while not (workdir / 'checkpoints' / '2' / 'state').is_dir():
     assert time.time() < deadline and all(p.poll() is None for p in running), _tail(workdir)
