@@ -1,9 +1,8 @@
 """ChemPile: chemistry (SMILES strings) as the domain set, general text as the rest.
 
-Paper scale (Cloud TPU VM; set the data paths, see README):
-  python -m spt_jax.main --config=configs/chempile.py:1b --workdir=/gcs/BUCKET/chempile/1b_spt2 \
-      --config.data.general='tokens:/data/dolma/*.npy?dtype=uint16' \
-      --config.data.domain='jsonl:/data/chempile/*.jsonl?field=text'
+Paper scale (Cloud TPU VM) on the paper's data from its public homes (spt_jax/data/paper_data.py; swap a
+source with e.g. --config.data.domain='jsonl:/data/chempile/*.jsonl?field=text'):
+  python -m spt_jax.main --config=configs/chempile.py:1b --workdir=/gcs/BUCKET/chempile/1b_spt2
 CPU scale, built-in corpora (English books and docs; MOSES SMILES), whole pipeline:
   python -m spt_jax.main --config=configs/chempile.py:tiny --workdir=/tmp/chempile_tiny
 Sizes after the colon: 1b (default), 3b, 600m, 300m (paper scale); tiny (CPU, minutes); test (seconds, for
@@ -11,6 +10,7 @@ tests). configs/common.py sets what the sizes share; this file, the domain. Over
 """
 
 from configs import common
+from spt_jax.data import paper_data
 
 
 def get_config(arg: str = '1b'):
@@ -18,4 +18,6 @@ def get_config(arg: str = '1b'):
   c = common.sized(arg)  # Model, batch, tokens, δ, schedule, finetuning grid and evals of the size.
   if arg in common.CPU_SIZES:
     c.data.domain = 'builtin:moses'  # Built in: MOSES SMILES strings.
+  else:
+    c.data.domain = paper_data.CHEMPILE  # The paper's set, streamed through `datasets`.
   return c

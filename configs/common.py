@@ -11,6 +11,7 @@ import ml_collections
 
 from spt_jax import config as config_lib
 from spt_jax import model as model_lib
+from spt_jax.data import paper_data
 
 PAPER_MODELS = {'1b': 'olmo-1b', '3b': 'olmo-3b', '600m': 'olmo-600m', '300m': 'olmo-300m'}
 CPU_SIZES = ('tiny', 'test')
@@ -31,13 +32,15 @@ def sized(arg: str) -> ml_collections.ConfigDict:
 def paper(model_preset: str) -> ml_collections.ConfigDict:
   """Paper scale: the base defaults (Appendix B) in bfloat16 with every block rematerialised.
 
-  The general (Dolma) and domain sets are not shipped: set config.data.general and config.data.domain.
+  The general set is OLMo-1B's own pre-tokenized Dolma, fetched only as far as the run's tokens need; each
+  domain file sets its domain set (spt_jax/data/paper_data.py: the paper's data from its public homes).
   """
   c = config_lib.base_config(model_preset)
   c.model.dtype = 'bfloat16'
   c.model.remat_policy = 'full'  # Recompute each block in the backward pass: 2048-token sequences fit.
-  c.data.general = ''  # e.g. 'tokens:/data/dolma/*.npy?dtype=uint16' (OLMo's pre-tokenized Dolma).
-  c.data.domain = ''  # e.g. 'jsonl:/data/proofpile/*.jsonl?field=text'.
+  c.data.general = paper_data.DOLMA_OLMO_1B
+  c.data.general_max_tokens = int(c.tokens)  # An upper bound: δ of the run's tokens come from the domain set.
+  c.data.domain_max_tokens = paper_data.DOMAIN_TOKENS  # Subsampled by whole documents (Appendix C).
   c.data.test_tokens = 2_000_000
   return c
 

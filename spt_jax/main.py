@@ -11,7 +11,8 @@ from absl import flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :preset.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where the run writes config, metrics, checkpoints, summary.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where the run writes config, metrics, checkpoints, summary '
+                                '(default: runs/<config>_<preset>; with several hosts, a path all of them see).')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Build the abstract state and print what the run would be.')
 _DEVICES = flags.DEFINE_integer('devices', 0, 'Dry run only: plan for this many devices (default: present).')
 
@@ -31,23 +32,25 @@ def main(argv):
     print(dry_run.format_summary(summary))
     print(json.dumps(summary))
     return
-  if not _WORKDIR.value:
-    raise ValueError('--workdir is required: the folder where the run writes its checkpoints and metrics')
-  if '://' in _WORKDIR.value:
-    raise ValueError(f'--workdir={_WORKDIR.value} is a URL; use a path every host sees (mount a bucket with '
+  workdir = _WORKDIR.value or sharding.default_workdir(config_flags.get_config_filename(flags.FLAGS['config']))
+  if '://' in workdir:
+    raise ValueError(f'--workdir={workdir} is a URL; use a path every host sees (mount a bucket with '
                      'gcsfuse, e.g. --workdir=/gcs/BUCKET/run)')
   sharding.initialize_distributed()
   if jax.process_count() == 1:  # Several hosts: JAX's preemption service owns SIGTERM.
     files.exit_quietly_on_sigterm()  # Before the first step a SIGTERM exits 0 with one line, not 143.
   config_lib.check_runnable(config, jax.default_backend())
   validate.check(config)  # Before anything is written: a rejected config leaves the workdir as it was.
+  if not _WORKDIR.value and jax.process_index() == 0:
+    print(f'--workdir not given: the run writes to {workdir}', flush=True)
+  sharding.check_shared_folder(workdir, 'workdir')
   from spt_jax import loop
   from spt_jax import pipeline
-  with files.WorkdirLock(_WORKDIR.value, enabled=jax.process_index() == 0):  # One live run per workdir.
+  with files.WorkdirLock(workdir, enabled=jax.process_index() == 0):  # One live run per workdir.
     if config.stage == 'pipeline':
-      result = pipeline.run_pipeline(config, _WORKDIR.value)
+      result = pipeline.run_pipeline(config, workdir)
     else:
-      result = loop.run(config, _WORKDIR.value, stage=config.stage)
+      result = loop.run(config, workdir, stage=config.stage)
   if result['stop_reason'] == 'nonfinite_loss':  # Preemption exits 0 so that the scheduler restarts the run.
     sys.exit(1)
 

@@ -117,10 +117,79 @@ def batch_divisor(mesh: Mesh) -> int:
 def initialize_distributed(force: bool = False) -> None:
   """Starts multi-host JAX on Cloud TPU VMs (JAX finds the other hosts itself) or where a coordinator is set.
 
-  On a TPU VM this runs even with one host: it is harmless there, and it also starts JAX's preemption service.
+  Elsewhere (GPU clusters JAX does not detect, several processes on one machine) set
+  JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=i on every process. On a TPU VM this
+  runs even with one host: it is harmless there, and it also starts JAX's preemption service.
   """
   on_tpu_vm = bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*')) or 'TPU_WORKER_HOSTNAMES' in os.environ
-  if force or on_tpu_vm or os.environ.get('JAX_COORDINATOR_ADDRESS'):
-    jax.distributed.initialize()
-    logging.info('jax.distributed: process %d of %d, %d local / %d global devices', jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count())
+  address = os.environ.get('JAX_COORDINATOR_ADDRESS', '')
+  if not (force or on_tpu_vm or address):
+    return
+  kwargs = {}
+  if address:
+    count, index = os.environ.get('JAX_NUM_PROCESSES', ''), os.environ.get('JAX_PROCESS_ID', '')
+    if not (count or index) and on_tpu_vm:
+      kwargs = {'coordinator_address': address}  # The TPU VM metadata gives the process count and index.
+    elif not (count.isdigit() and index.isdigit() and int(index) < int(count)):
+      raise ValueError(f'JAX_COORDINATOR_ADDRESS={address} needs JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=i '
+                       f'(0 <= i < N) on every process; got {count or "unset"!s} and {index or "unset"!s}')
+    else:
+      kwargs = dict(coordinator_address=address, num_processes=int(count), process_id=int(index))
+  jax.distributed.initialize(**kwargs)
+  logging.info('jax.distributed: process %d of %d, %d local / %d global devices', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def default_workdir(config_arg: str) -> str:
+  """runs/<config file stem>_<preset>; without a preset in the string, the default of the file's get_config."""
+  path, _, preset = (config_arg or 'run').partition(':')
+  if not preset:
+    try:
+      import importlib.util  # pylint: disable=g-import-not-at-top
+      import inspect  # pylint: disable=g-import-not-at-top
+      module_spec = importlib.util.spec_from_file_location('_config_for_workdir', path)
+      module = importlib.util.module_from_spec(module_spec)
+      module_spec.loader.exec_module(module)
+      defaults = [p.default for p in inspect.signature(module.get_config).parameters.values()]
+      preset = defaults[0] if defaults and isinstance(defaults[0], str) else ''
+    except Exception:  # pylint: disable=broad-except
+      preset = ''
+  return os.path.join('runs', f'{os.path.splitext(os.path.basename(path))[0]}_{preset or "default"}')
+
+
+def check_shared_folder(path: str, what: str, wait_seconds: float = 10.0) -> None:
+  """With several processes, a one-line error on every process unless all of them see the same folder at path.
+
+  Process 0 writes a probe file there and names it through JAX's coordination service; every other process
+  looks for it (for a few seconds: shared file systems may show new files late) and reports back.
+  """
+  if jax.process_count() == 1:
+    return
+  import time  # pylint: disable=g-import-not-at-top
+  import uuid  # pylint: disable=g-import-not-at-top
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  client, index, count = distributed.global_state.client, jax.process_index(), jax.process_count()
+  key = f'spt_jax/shared/{what}'  # The same on every process, whatever path each was given.
+  os.makedirs(path, exist_ok=True)
+  if index == 0:
+    token = uuid.uuid4().hex
+    probe = os.path.join(path, f'.shared-probe-{token}')
+    with open(probe, 'w') as f:
+      f.write(token)
+    client.key_value_set(key, token)
+    answers = {i: client.blocking_key_value_get(f'{key}/{i}', 600_000) for i in range(1, count)}
+    os.remove(probe)
+    missing = sorted(i for i, seen in answers.items() if seen != 'yes')
+    client.key_value_set(f'{key}/missing', ','.join(map(str, missing)))
+  else:
+    probe = os.path.join(path, f'.shared-probe-{client.blocking_key_value_get(key, 600_000)}')
+    deadline = time.time() + wait_seconds
+    while not os.path.exists(probe) and time.time() < deadline:
+      time.sleep(0.5)
+    seen = os.path.exists(probe)
+    client.key_value_set(f'{key}/{index}', 'yes' if seen else 'no')
+    missing = [int(i) for i in client.blocking_key_value_get(f'{key}/missing', 600_000).split(',') if i]
+  if missing:
+    raise ValueError(f'the {what} {os.path.abspath(path)} is not shared by the {count} processes (process(es) '
+                     f'{missing} do not see what process 0 writes there); pass --{what}=<a path every host sees, '
+                     'e.g. a gcsfuse mount /gcs/BUCKET/run>')

@@ -42,6 +42,9 @@ def test_unknown_key_names_close_keys(tmp_path):
 
 def test_paper_preset_needs_data_paths_and_an_accelerator(tmp_path):
   config = config_lib.load(str(ROOT / 'configs/musicpile.py:1b'))
+  from spt_jax.data import paper_data  # pylint: disable=g-import-not-at-top
+  assert (config.data.general, config.data.domain) == (paper_data.DOLMA_OLMO_1B, paper_data.MUSICPILE)
+  config.data.general = config.data.domain = ''
   with pytest.raises(ValueError, match=r'config.data.general and config.data.domain not set.*:tiny'):
     config_lib.check_runnable(config, 'cpu')
   config.data.general, config.data.domain = 'files:/a/*.txt', 'files:/b/*.txt'

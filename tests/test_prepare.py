@@ -11,6 +11,7 @@ import pytest
 
 from spt_jax.data import prepare as prepare_lib
 from spt_jax.data import sources as sources_lib
+from spt_jax.data import tokenize as tokenize_lib
 from spt_jax.data import tokenizer as tokenizer_lib
 
 L = 32
@@ -119,11 +120,11 @@ def test_same_inputs_same_arrays_in_a_fresh_cache(tmp_path):
 @pytest.mark.filterwarnings('ignore:This process .* is multi-threaded:DeprecationWarning')
 def test_parallel_workers_give_the_same_tokens(tmp_path, monkeypatch):
   serial = prepare_lib.prepare(_config(tmp_path))
-  monkeypatch.setattr(prepare_lib, '_CHUNK_CHARS', 2000)
+  monkeypatch.setattr(tokenize_lib, "CHUNK_CHARS", 2000)
   texts = list(sources_lib.parse(f'files:{tmp_path}/domain/*.txt').documents())
   expected = np.concatenate([np.array(serial.tokenizer.encode(t).ids + [0]) for t in texts])
   for processes in (False, True):  # The tokenizer's threads, then forked worker processes.
-    monkeypatch.setattr(prepare_lib, '_use_processes', lambda workers, use=processes: use)
+    monkeypatch.setattr(tokenize_lib, "_use_processes", lambda workers, use=processes: use)
     chunks = list(prepare_lib.tokenize_documents(texts, serial.tokenizer, 0, num_workers=2))
     assert len(chunks) > 2
     assert np.array_equal(np.concatenate([c[0] for c in chunks]), expected)
@@ -193,20 +194,46 @@ def test_non_utf8_counted_in_metadata(tmp_path, caplog):
   assert 'replaced 2 non-UTF-8 bytes' in caplog.text
 
 
-def test_token_sources(tmp_path):
+def _token_files(tmp_path, eos, sizes=(300, 200)):
+  """Flat uint16 token files of random EOS-terminated documents (OLMo's raw layout)."""
+  rng = np.random.default_rng(0)
+  files = []
+  for number, count in enumerate(sizes):
+    documents = [np.append(rng.integers(1, 300, rng.integers(5, 60)), eos) for _ in range(count)]
+    files.append(np.concatenate(documents).astype(np.uint16))
+    files[-1].tofile(tmp_path / f'part-{number}.bin')
+  return files
+
+
+def test_token_sources_are_used_in_place(tmp_path):
   config = _config(tmp_path)
   text = prepare_lib.prepare(config)
   eos = tokenizer_lib.eos_id(text.tokenizer)
-  rng = np.random.default_rng(0)
-  documents = [np.append(rng.integers(1, 300, rng.integers(5, 60)), eos) for _ in range(300)]
-  np.concatenate(documents).astype(np.uint16).tofile(tmp_path / 'general.bin')
-  config.data.general = f'tokens:{tmp_path}/general.bin?dtype=uint16'
+  files = _token_files(tmp_path, eos)
+  config.data.general = f'tokens:{tmp_path}/part-*.bin?dtype=uint16'
   config.data.tokenizer = str(tmp_path / 'tok.json')
+  config.data.test_fraction, config.data.test_tokens = 0.0, 400
   text.tokenizer.save(config.data.tokenizer)
   data = prepare_lib.prepare(config)
-  info = data.metadata['sources']['general']
-  assert info['documents'] == 300 and info['tokens_train'] + info['tokens_test'] == sum(map(len, documents))
+  assert not (data.path / 'train_general.npy').exists()  # Nothing copied: rows are views of the files.
+  info, entry = data.metadata['sources']['general'], data.metadata['in_place']['general']
+  assert info['files_used'] == 2 and [f['path'] for f in entry['files']] == [str(tmp_path / 'part-0.bin'),
+                                                                              str(tmp_path / 'part-1.bin')]
+  row = L + 1
+  start = info['tokens_in_files_used'] - len(files[0]) - info['tokens_test']  # Held-out tail of the last file.
+  assert files[1][start - 1] == eos and len(files[1]) - start >= 400  # Whole documents, at least the budget.
+  expected = np.concatenate([files[0][:len(files[0]) // row * row].reshape(-1, row),
+                             files[1][:start // row * row].reshape(-1, row)])
+  assert np.array_equal(np.asarray(data.train['general']), expected)
+  assert np.array_equal(data.train['general'][[len(expected) - 1, 0]], expected[[-1, 0]])
+  held = files[1][start:start + len(data.eval_sets['general_test']) * row]
+  assert np.array_equal(np.asarray(data.eval_sets['general_test']).ravel(), held)
   assert data.bytes_per_token['general_test'] > 0
+  # A token budget uses only the files it needs.
+  config.data.general_max_tokens = 500
+  small = prepare_lib.prepare(config)
+  assert small.metadata['sources']['general']['files_used'] == 1
+  assert len(small.train['general']) == -(-500 // row)
 
 
 def test_extra_eval_sets(tmp_path):

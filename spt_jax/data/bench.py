@@ -2,6 +2,7 @@
 
   python -m spt_jax.data.bench --batch_size=16 --seq_len=128
   python -m spt_jax.data.bench --text='files:/data/docs/**/*.txt' --tokenizer=olmo   # prepare's MB/s per core
+  python -m spt_jax.data.bench --prepare_bench=/tmp/prep --prepare_gb=2 --prepare_kind=tokens  # prepare_bench.py
 
 The mixture is measured on synthetic packed sources (its cost does not depend on the token values), as the
 training loop uses it: one process, one global batch per step, in step order. `python -m spt_jax.bench
@@ -26,6 +27,9 @@ _TOKENIZER = flags.DEFINE_string('tokenizer', 'bpe', "For --text: 'olmo', 'bpe' 
 _VOCAB = flags.DEFINE_integer('vocab_size', 32000, 'Vocabulary of the synthetic sources, and of the BPE for --text.')
 _WORKERS = flags.DEFINE_integer('num_workers', 0, 'For --text: tokenizer processes (0: one per core).')
 _CACHE_DIR = flags.DEFINE_string('cache_dir', '', 'Corpora and tokenizer cache.')
+_PREPARE_BENCH = flags.DEFINE_string('prepare_bench', '', 'A scratch folder: benchmark preparation only (deleted).')
+_PREPARE_GB = flags.DEFINE_float('prepare_gb', 2.0, 'Size of the generated source, GiB.')
+_PREPARE_KIND = flags.DEFINE_enum('prepare_kind', 'tokens', ['tokens', 'text'], 'The generated source.')
 
 
 def synthetic_sources(seq_len: int, vocab_size: int, general_rows: int = 50_000,
@@ -90,6 +94,16 @@ def pipeline_speed(batch_size: int, seq_len: int, vocab_size: int, domain_fracti
 
 def main(argv):
   del argv
+  if _PREPARE_BENCH.value:
+    from spt_jax.data import prepare_bench  # pylint: disable=g-import-not-at-top
+    result = prepare_bench.run(_PREPARE_BENCH.value, _PREPARE_GB.value, _PREPARE_KIND.value, _WORKERS.value,
+                               _TOKENIZER.value if os.path.isfile(_TOKENIZER.value) else '')
+    print(f'prepare {result["prepare_kind"]}: {result["source_megabytes"]:.0f} MB in {result["prepare_seconds"]:.1f} s '
+          f'on {result["workers"]} cores: {result["megabytes_per_second_per_core"]:.1f} MB/s per core '
+          f'({result["megabytes_per_cpu_second"]:.1f} MB per CPU second), peak '
+          f'{result["peak_anonymous_megabytes"]:.0f} MB anonymous memory')
+    print(json.dumps(result))
+    return
   result = dict(batch_size=BATCH.value, seq_len=SEQ_LEN.value, domain_fraction=DELTA.value)
   result.update(pipeline_speed(BATCH.value, SEQ_LEN.value, _VOCAB.value, DELTA.value, STEPS.value))
   print(f'mixture pipeline  batch {BATCH.value} × {SEQ_LEN.value}: '

@@ -1,42 +1,54 @@
-"""Tokenize, split by document hash, pack and write each source once; later runs reuse the result.
+"""Tokenize, split by document hash, pack and write each source once, streaming; later runs reuse the result.
 
 Layout: `<cache_root>/prepared/<key>/` holds `train_<source>.npy` and `eval_<set>.npy` ([N, seq_len+1],
 uint16 when the vocabulary fits, else uint32; read memory-mapped), `test_documents_<source>.json` (content
-hashes of every held-out document), `tokenizer.json` (the tokenizer the ids belong to) and `metadata.json`.
-The held-out split is drawn over all of a source's documents before any subsampling (so it does not depend on
-the budgets), and a document held out in any source is kept out of every training split.
+hashes of every held-out document), `tokenizer.json` (the tokenizer the ids belong to) and `metadata.json`
+(with a BLAKE2b checksum of every shard: a damaged shard is found at the next start, the folder is set aside
+and rebuilt). A pre-tokenized (`tokens:`) training source is not copied: metadata lists the files and rows
+it trains on, read in place (token_rows.py); remote token files are fetched once into `<cache_root>/remote/`.
+Preparation streams (prepare_build.py): memory is bounded by ~24 bytes per text document plus a few chunks,
+whatever the size of a source, and free disk space is checked before writing.
+The held-out split of a text source is drawn over all its documents before any subsampling (so it does not
+depend on the budgets), and a text document held out in any source is kept out of every text training split;
+a token source holds out the tail of the last file it uses (whole documents).
+Many processes (jax.distributed): process 0 prepares while the others wait for its completion signal through
+JAX's coordination service, then read the same folder; a process that cannot see that folder (a cache that is
+not shared) prepares its own copy, which is identical because preparation is deterministic.
 Ahead of training: `python -m spt_jax.data.prepare --config=configs/proofpile.py:tiny`. The key hashes the
-inputs (source specs, tokenizer, seq_len, seed, budgets, split), not the source contents: when a source's files change under an existing prepared set
-(sizes, mtimes or manifests differ and the checksums confirm it), `prepare` raises a one-line error naming the
-source and the folder to delete, so a resumed run never silently trains on different data.
+inputs (source specs, tokenizer, seq_len, seed, budgets, split), not the source contents: when a source's files
+change under an existing prepared set (sizes, mtimes or manifests differ and the checksums confirm it),
+`prepare` raises a one-line error naming the source and the folder to delete, so a resumed run never silently
+trains on different data.
 """
 
 import collections
-import contextlib
-from concurrent import futures
 import dataclasses
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import pathlib
 import shutil
-import socket
 import sys
 import time
 
 import numpy as np
 import tokenizers
 
+from spt_jax.data import prepare_build as build_lib
+from spt_jax.data import remote
+from spt_jax.data import shards
 from spt_jax.data import sources as sources_lib
+from spt_jax.data import token_rows
+from spt_jax.data import tokenize
 from spt_jax.data import tokenizer as tokenizer_lib
 
-FORMAT_VERSION = 2  # 2: held-out split before subsampling, across sources.
-MAX_EVAL_SEQUENCES = 4096  # Cap of each held-out eval set; more adds eval time, not precision that matters.
-_CHUNK_CHARS = 1 << 20  # Text per tokenizer task: large enough to amortise pickling, small enough to balance.
-_MIN_PROCESSES = 8  # Below this many cores, the tokenizer's threads in one process are as fast.
+FORMAT_VERSION = 3  # 2: held-out split before subsampling, across sources. 3: streamed, checksummed, in place.
+MAX_EVAL_SEQUENCES = build_lib.MAX_EVAL_SEQUENCES
 TRAIN_SOURCES = ('general', 'domain')
+tokenize_documents = tokenize.tokenize_documents  # The benchmark measures it.
+_WAIT_MS = 48 * 3600 * 1000  # How long processes other than 0 wait for its preparation.
+_rounds = collections.Counter()  # prepare() calls per key in this process: every process makes the same ones.
 
 
 @dataclasses.dataclass
@@ -51,177 +63,99 @@ class PreparedData:
   path: pathlib.Path
 
 
-# Tokenizer worker state (one tokenizer per process).
-_worker_tokenizer = None
+
+def _budgets(config) -> dict:
+  """Token budget per training source (data.<name>_max_tokens; 0: all of it), part of the cache key."""
+  return {name: int(config.data.get(f'{name}_max_tokens', 0) or 0) for name in TRAIN_SOURCES}
 
 
-def _init_worker(tokenizer_json: str) -> None:
-  global _worker_tokenizer
-  os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # One process per core already: no nested threads.
-  _worker_tokenizer = tokenizers.Tokenizer.from_str(tokenizer_json)
+def _validate(config) -> None:
+  data = config.data
+  if data.seq_len < 1:
+    raise ValueError(f'data.seq_len must be positive, got {data.seq_len}; set --config.data.seq_len')
+  if not 0 <= data.test_fraction < 1:
+    raise ValueError(f'data.test_fraction {data.test_fraction} is outside [0, 1); set --config.data.test_fraction')
+  if data.test_fraction == 0 and data.test_tokens <= 0:
+    raise ValueError('data.test_fraction and data.test_tokens are both 0, so there is no held-out set; set one')
 
 
-def _encode(tokenizer, texts: list, eos: int) -> tuple:
-  """Token ids of texts, each followed by EOS, concatenated; and the per-document lengths."""
-  encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-  lengths = np.fromiter((len(e.ids) + 1 for e in encodings), dtype=np.int64, count=len(texts))
-  ids = np.empty(int(lengths.sum()), dtype=np.uint32)
-  ends = np.cumsum(lengths)
-  for encoding, end, length in zip(encodings, ends.tolist(), lengths.tolist()):
-    ids[end - length:end - 1] = encoding.ids
-  ids[ends - 1] = eos
-  return ids, lengths
+def _processes() -> tuple:
+  """(coordination client or None, process index, process count) of a jax.distributed job, else (None, 0, 1)."""
+  if 'jax' not in sys.modules:
+    return None, 0, 1
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return None, 0, 1
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return distributed.global_state.client, jax.process_index(), jax.process_count()
 
 
-def _encode_in_worker(task: tuple) -> tuple:
-  texts, eos = task
-  return _encode(_worker_tokenizer, texts, eos)
-
-
-def _chunks(texts: list) -> list:
-  chunks, current, size = [], [], 0
-  for text in texts:
-    current.append(text)
-    size += len(text)
-    if size >= _CHUNK_CHARS:
-      chunks.append(current)
-      current, size = [], 0
-  if current:
-    chunks.append(current)
-  return chunks
-
-
-def _use_processes(workers: int) -> bool:
-  """Worker processes pay off only on many cores; forking is unsafe once JAX's threads exist."""
-  return (workers >= _MIN_PROCESSES and 'jax' not in sys.modules
-          and 'fork' in multiprocessing.get_all_start_methods())
-
-
-def tokenize_documents(texts: list, tokenizer, eos: int, num_workers: int = 0, max_tokens: int = 0):
-  """Yields (ids, lengths) per chunk, in order, on num_workers cores; stops after max_tokens (0: all).
-
-  Few cores: one process, the tokenizer's own threads encode each batch in parallel. Many cores: forked
-  worker processes, one single-threaded tokenizer each, so that turning ids into arrays runs in parallel too.
-  """
-  workers = num_workers or os.cpu_count() or 1
-  chunks = _chunks(texts)
-  if workers > 1 and len(chunks) > 1 and _use_processes(workers):
-    results = _encode_in_pool(chunks, tokenizer, eos, min(workers, len(chunks)))
-  else:
-    results = _encode_in_process(chunks, tokenizer, eos, threads=workers > 1)
-  total = 0
-  for ids, lengths in results:
-    yield ids, lengths
-    total += len(ids)
-    if max_tokens and total >= max_tokens:
-      results.close()
-      return
-
-
-@contextlib.contextmanager
-def _tokenizer_threads(enabled: bool):
-  """Turns the tokenizer's thread pool on or off for a while (it reads the variable at every call)."""
-  previous = os.environ.get('TOKENIZERS_PARALLELISM')
-  os.environ['TOKENIZERS_PARALLELISM'] = 'true' if enabled else 'false'
-  try:
-    yield
-  finally:
-    if previous is None:
-      os.environ.pop('TOKENIZERS_PARALLELISM', None)
-    else:
-      os.environ['TOKENIZERS_PARALLELISM'] = previous
-
-
-def _encode_in_process(chunks: list, tokenizer, eos: int, threads: bool):
-  with _tokenizer_threads(threads):
-    for chunk in chunks:
-      yield _encode(tokenizer, chunk, eos)
-
-
-def _encode_in_pool(chunks: list, tokenizer, eos: int, workers: int):
-  """Encodes chunks in forked worker processes, in order, with a bounded number of chunks in flight."""
-  with _tokenizer_threads(False):  # Forked children must not inherit a thread pool.
-    executor = futures.ProcessPoolExecutor(workers, multiprocessing.get_context('fork'), _init_worker,
-                                           (tokenizer.to_str(),))
-    pending = collections.deque()
+def prepare(config) -> PreparedData:
+  """Returns the packed train and eval sequences for config.data, preparing them on first use."""
+  _validate(config)
+  data = config.data
+  extra = dict(config.get('extra_eval', {}) or {})
+  clash = sorted(set(extra) & {'domain_test', 'domain_train', 'general_test'})
+  if clash:
+    raise ValueError(f'extra_eval names {clash} clash with the built-in eval sets; rename them')
+  specs = {'domain': data.domain, 'general': data.general}  # The small domain first: its errors come early.
+  specs.update({f'extra:{name}': spec for name, spec in sorted(extra.items())})
+  parsed = {name: sources_lib.parse(spec, name, data.cache_dir) for name, spec in specs.items()}
+  budgets = _budgets(config)
+  key = _cache_key(config, _tokenizer_identity(config), specs, budgets)
+  folder = sources_lib.cache_root(data.cache_dir) / 'prepared' / key
+  client, index, count = _processes()
+  _rounds[key] += 1
+  signal = f'spt_jax/prepare/{key}/{_rounds[key]}'
+  if index == 0:
     try:
-      for chunk in chunks:
-        pending.append(executor.submit(_encode_in_worker, (chunk, eos)))
-        if len(pending) >= 2 * workers:
-          yield pending.popleft().result()
-      while pending:
-        yield pending.popleft().result()
-    finally:
-      executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _documents(source, eos: int) -> tuple[list, list, list]:
-  """Every document of a source with its content hash and UTF-8 size (None for already-tokenized sources)."""
-  if source.is_tokens:
-    documents = [d if d[-1] == eos else np.append(d, eos) for d in source.token_documents(eos)]
-    hashes = [sources_lib.content_hash(d) for d in documents]
-    sizes = [None] * len(documents)
+      result = _ready(folder, parsed) or _build_and_load(config, parsed, budgets, folder)
+    except Exception as error:  # pylint: disable=broad-except
+      if client is not None:
+        client.key_value_set(signal, f'error:{error}' if isinstance(error, ValueError) else
+                             f'error:process 0 failed to prepare {folder} ({type(error).__name__})')
+      raise
+    if client is not None:
+      client.key_value_set(signal, 'ok')
+    return result
+  if client is not None:
+    logging.info('process %d waits for process 0 to prepare %s', index, folder)
+    status = client.blocking_key_value_get(signal, _WAIT_MS)
+    if status.startswith('error:'):
+      raise ValueError(status[len('error:'):])
   else:
-    documents = list(source.documents())
-    encoded = [d.encode('utf-8', errors='replace') for d in documents]
-    hashes = [int.from_bytes(hashlib.blake2b(e, digest_size=8).digest(), 'little') for e in encoded]
-    sizes = [len(e) for e in encoded]
-    del encoded
-  if not documents:
-    raise ValueError(f'source {source.name!r} ({source.spec}) has no documents; point it at non-empty text')
-  return documents, hashes, sizes
+    while not (folder / 'metadata.json').is_file():
+      time.sleep(2)
+  result = _ready(folder, parsed, verify=False)
+  if result is None:  # This host does not see process 0's cache: prepare the identical data here.
+    logging.warning('process %d of %d does not see %s (a cache that is not shared); preparing it here', index,
+                    count, folder)
+    result = _ready(folder, parsed) or _build_and_load(config, parsed, budgets, folder)
+  return result
 
 
-def _tokenized(source, documents: list, indices: list, tokenizer, eos: int, workers: int,
-               max_tokens: int = 0) -> list:
-  """Token arrays of documents[indices], in that order, up to (and including) the one crossing max_tokens."""
-  if source.is_tokens:
-    arrays = [documents[i] for i in indices]
-  else:
-    arrays = []
-    for ids, lengths in tokenize_documents([documents[i] for i in indices], tokenizer, eos, workers, max_tokens):
-      arrays.extend(np.split(ids, np.cumsum(lengths)[:-1]))
-  if max_tokens and arrays:
-    ends = np.cumsum([len(a) for a in arrays])
-    arrays = arrays[:int(np.searchsorted(ends, max_tokens)) + 1]
-  return arrays
+def _build_and_load(config, parsed: dict, budgets: dict, folder: pathlib.Path) -> PreparedData:
+  tokenizer = tokenizer_lib.load_tokenizer(config)
+  metadata = _build(config, parsed, budgets, tokenizer, tokenizer_lib.tokenizer_hash(tokenizer), folder)
+  return _load(folder, metadata, tokenizer)
 
 
-def _held_out(source, documents, hashes, tokenizer, eos, workers, test_fraction: float, test_tokens: int):
-  """Indices of the held-out documents, in split order: the lowest split positions, by fraction or budget.
-
-  The split depends on the documents alone (never on subsampling), and duplicates share their split.
-  """
-  units = [sources_lib.split_unit(h) for h in hashes]
-  by_unit = sorted(range(len(documents)), key=units.__getitem__)
-  if test_tokens > 0:
-    budget = _tokenized(source, documents, by_unit, tokenizer, eos, workers, test_tokens)
-    threshold = units[by_unit[len(budget) - 1]]
-    return [i for i in by_unit if units[i] <= threshold]
-  return [i for i in by_unit if units[i] < test_fraction]
-
-
-def _pack(arrays: list, seq_len: int, dtype) -> np.ndarray:
-  """Concatenates documents and cuts [N, seq_len + 1] sequences without overlap; drops the remainder."""
-  stream = np.concatenate(arrays) if arrays else np.zeros(0, dtype)
-  count = len(stream) // (seq_len + 1)
-  return stream[:count * (seq_len + 1)].astype(dtype).reshape(count, seq_len + 1)
-
-
-def _bytes_per_token(tokenizer, sizes: list, arrays: list) -> float:
-  tokens = sum(len(a) for a in arrays)
-  if not tokens:
-    return float('nan')
-  if sizes and sizes[0] is not None:
-    return sum(sizes) / tokens
-  sample, used = [], 0  # Token sources: decode up to a million tokens to measure it.
-  for array in arrays:
-    sample.append(array.tolist())
-    used += len(array)
-    if used >= 1_000_000:
-      break
-  text = tokenizer.decode_batch(sample)
-  return sum(len(t.encode('utf-8')) for t in text) / used
+def _ready(folder: pathlib.Path, parsed: dict, verify: bool = True) -> PreparedData | None:
+  """The prepared data in folder when it is complete, unchanged and undamaged; None when it must be built."""
+  if not (folder / 'metadata.json').is_file():
+    return None
+  metadata = json.loads((folder / 'metadata.json').read_text())
+  for name, source in parsed.items():
+    _check_unchanged(source, metadata['sources'][name], folder)
+  damaged = shards.damaged_files(folder, metadata.get('shards', {})) if verify else []
+  if damaged:
+    aside = folder.with_name(f'{folder.name}.damaged-{time.strftime("%Y%m%d-%H%M%S")}')
+    folder.rename(aside)
+    logging.warning('prepared data %s is damaged (%s does not match its recorded checksum): set aside as %s, '
+                    'preparing it again', folder, damaged[0], aside)
+    return None
+  # The tokenizer the sequences were made with travels with them (a BPE may since have been retrained).
+  return _load(folder, metadata, tokenizers.Tokenizer.from_file(str(folder / 'tokenizer.json')))
 
 
 def _tokenizer_identity(config) -> str:
@@ -240,13 +174,16 @@ def _tokenizer_identity(config) -> str:
   return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _cache_key(config, tokenizer_identity: str, specs: dict) -> str:
+
+def _cache_key(config, tokenizer_identity: str, specs: dict, budgets: dict) -> str:
   data = config.data
   inputs = dict(version=FORMAT_VERSION, specs=specs, tokenizer=tokenizer_identity, seq_len=data.seq_len,
+                budgets=budgets,
                 seed=config.seed, domain_max_tokens=data.domain_max_tokens,
                 general_max_tokens=data.general_max_tokens, test_fraction=data.test_fraction,
                 test_tokens=data.test_tokens, domain_train_sequences=data.domain_train_sequences)
   return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
 
 
 def _check_unchanged(source, stored: dict, folder: pathlib.Path) -> None:
@@ -267,130 +204,34 @@ def _check_unchanged(source, stored: dict, folder: pathlib.Path) -> None:
                      f'({len(changed)} file(s) differ, e.g. {changed[0]}); delete that folder to re-prepare')
 
 
-def prepare(config) -> PreparedData:
-  """Returns the packed train and eval sequences for config.data, preparing them on first use."""
-  data = config.data
-  if data.seq_len < 1:
-    raise ValueError(f'data.seq_len must be positive, got {data.seq_len}; set --config.data.seq_len')
-  if not 0 <= data.test_fraction < 1:
-    raise ValueError(f'data.test_fraction {data.test_fraction} is outside [0, 1); set --config.data.test_fraction')
-  if data.test_fraction == 0 and data.test_tokens <= 0:
-    raise ValueError('data.test_fraction and data.test_tokens are both 0, so there is no held-out set; set one')
-  extra = dict(config.get('extra_eval', {}) or {})
-  clash = sorted(set(extra) & {'domain_test', 'domain_train', 'general_test'})
-  if clash:
-    raise ValueError(f'extra_eval names {clash} clash with the built-in eval sets; rename them')
-  specs = {'domain': data.domain, 'general': data.general}  # The small domain first: its errors come early.
-  specs.update({f'extra:{name}': spec for name, spec in sorted(extra.items())})
-  parsed = {name: sources_lib.parse(spec, name, data.cache_dir) for name, spec in specs.items()}
-  key = _cache_key(config, _tokenizer_identity(config), specs)
-  folder = sources_lib.cache_root(data.cache_dir) / 'prepared' / key
-  if (folder / 'metadata.json').is_file():
-    metadata = json.loads((folder / 'metadata.json').read_text())
-    for name, source in parsed.items():
-      _check_unchanged(source, metadata['sources'][name], folder)
-    # The tokenizer the sequences were made with travels with them (a BPE may since have been retrained).
-    return _load(folder, metadata, tokenizers.Tokenizer.from_file(str(folder / 'tokenizer.json')))
-  tokenizer = tokenizer_lib.load_tokenizer(config)
-  metadata = _build(config, parsed, tokenizer, tokenizer_lib.tokenizer_hash(tokenizer), folder)
-  return _load(folder, metadata, tokenizer)
+
+def _build(config, parsed, budgets, tokenizer, digest, folder) -> dict:
+  return build_lib.build(config, parsed, budgets, tokenizer, digest, folder,
+                         sources_lib.cache_root(config.data.cache_dir), FORMAT_VERSION,
+                         tokenizer_lib.eos_id(tokenizer))
 
 
-def _build(config, parsed: dict, tokenizer, digest: str, folder: pathlib.Path) -> dict:
-  """Prepares every source into a temporary folder and renames it into place."""
-  data, start = config.data, time.time()
-  eos = tokenizer_lib.eos_id(tokenizer)
-  vocab_size = tokenizer.get_vocab_size()
-  dtype = np.uint16 if vocab_size <= 1 << 16 else np.uint32
-  workers = data.num_workers or os.cpu_count() or 1
-  # Unique per host and process: on a shared cache, hosts may prepare the same folder at once.
-  partial = folder.parent / f'.{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}'
-  shutil.rmtree(partial, ignore_errors=True)
-  partial.mkdir(parents=True)
-  metadata = dict(version=FORMAT_VERSION, tokenizer=digest, vocab_size=vocab_size, eos=eos,
-                  seq_len=data.seq_len, dtype=np.dtype(dtype).name, seed=config.seed, sources={},
-                  eval_sets={}, bytes_per_token={})
-  text_bytes = 0
-  eval_cap = MAX_EVAL_SEQUENCES * (data.seq_len + 1)
-  # First every source's held-out documents, so that none of them reaches training through any source.
-  read = {}
-  for name, source in parsed.items():
-    documents, hashes, sizes = _documents(source, eos)
-    held = (list(range(len(documents))) if name.startswith('extra:') else
-            _held_out(source, documents, hashes, tokenizer, eos, workers, data.test_fraction, data.test_tokens))
-    read[name] = (documents, hashes, sizes, held)
-  held_out_hashes = {read[name][1][i] for name in read for i in read[name][3]}
-  pick = lambda items, indices: [items[i] for i in indices]
-  for name, source in parsed.items():
-    documents, hashes, sizes, held = read.pop(name)
-    test_arrays = _tokenized(source, documents, held, tokenizer, eos, workers, eval_cap)
-    test_sizes = pick(sizes, held[:len(test_arrays)])
-    info = dict(spec=source.spec, fingerprint=source.fingerprint(), bad_bytes=source.bad_bytes,
-                checksums=source.checksums or source.content_checksums(), documents=len(documents))
-    if name.startswith('extra:'):
-      text_bytes += sum(s for s in test_sizes if s is not None)
-      _write(partial, f'eval_{name[6:]}', _pack(test_arrays, data.seq_len, dtype)[:MAX_EVAL_SEQUENCES], metadata,
-             bytes_per_token=_bytes_per_token(tokenizer, test_sizes, test_arrays))
-      info.update(tokens=int(sum(len(a) for a in test_arrays)))
-      metadata['sources'][name] = info
-      continue
-    # Training documents: the rest, in a seeded order, subsampled by whole documents to max_tokens.
-    candidates = [i for i in range(len(documents)) if hashes[i] not in held_out_hashes]
-    candidates.sort(key=lambda i: sources_lib.seeded_order_key(hashes[i], config.seed))
-    train_arrays = _tokenized(source, documents, candidates, tokenizer, eos, workers,
-                              data.get(f'{name}_max_tokens', 0))
-    train_sizes = pick(sizes, candidates[:len(train_arrays)])
-    text_bytes += sum(s for s in train_sizes + test_sizes if s is not None)
-    train = _pack(train_arrays, data.seq_len, dtype)
-    held_out = _pack(test_arrays, data.seq_len, dtype)
-    for split, rows in (('training', train), ('held-out', held_out)):
-      if not len(rows):
-        raise ValueError(f'the {name} {split} split has fewer than seq_len + 1 = {data.seq_len + 1} tokens; '
-                         'add documents, lower --config.data.seq_len or adjust test_fraction/test_tokens')
-    _write(partial, f'train_{name}', train, metadata)
-    _write(partial, f'eval_{name}_test', held_out[:MAX_EVAL_SEQUENCES], metadata,
-           bytes_per_token=_bytes_per_token(tokenizer, test_sizes, test_arrays))
-    if name == 'domain':
-      count = min(data.domain_train_sequences, len(train))
-      rows = np.sort(np.random.default_rng([config.seed, 7]).choice(len(train), count, replace=False))
-      _write(partial, 'eval_domain_train', train[rows], metadata,
-             bytes_per_token=_bytes_per_token(tokenizer, train_sizes, train_arrays))
-    info.update(documents_kept=len(train_arrays) + len(held), documents_train=len(train_arrays),
-                documents_test=len(held), documents_dropped_as_held_out_elsewhere=(
-                    len(documents) - len(held) - len(candidates)),
-                tokens_train=int(sum(map(len, train_arrays))), tokens_test=int(sum(map(len, test_arrays))),
-                sequences_train=len(train), sequences_test=len(held_out))
-    metadata['sources'][name] = info
-    (partial / f'test_documents_{name}.json').write_text(json.dumps(
-        sorted(f'{h:016x}' for h in pick(hashes, held))))
-  seconds = time.time() - start
-  metadata.update(seconds=round(seconds, 2), text_bytes=text_bytes, workers=workers,
-                  megabytes_per_second_per_worker=round(text_bytes / 1e6 / seconds / workers, 3))
-  tokenizer.save(str(partial / 'tokenizer.json'))
-  (partial / 'metadata.json').write_text(json.dumps(metadata, indent=1, sort_keys=True))
-  try:
-    partial.rename(folder)
-  except OSError:  # Another process finished the same folder first: theirs is identical.
-    shutil.rmtree(partial, ignore_errors=True)
-    return json.loads((folder / 'metadata.json').read_text())
-  logging.info('prepared %.1f MB of text in %.1f s into %s', text_bytes / 1e6, seconds, folder)
-  return metadata
-
-
-def _write(folder: pathlib.Path, stem: str, rows: np.ndarray, metadata: dict, bytes_per_token=None) -> None:
-  array = np.lib.format.open_memmap(folder / f'{stem}.npy', mode='w+', dtype=rows.dtype, shape=rows.shape)
-  array[:] = rows
-  array.flush()
-  del array
-  if stem.startswith('eval_'):
-    metadata['eval_sets'][stem[5:]] = len(rows)
-    metadata['bytes_per_token'][stem[5:]] = bytes_per_token
+def _in_place(metadata: dict, name: str, cache_root: pathlib.Path) -> token_rows.TokenRows:
+  """The rows of an in-place token source; remote files missing from this host's cache are fetched again."""
+  entry = metadata['in_place'][name]
+  arrays, rows = [], []
+  for file in entry['files']:
+    path = pathlib.Path(file['path'])
+    if not path.is_file() and remote.is_remote(file.get('url', '')):
+      path = remote.fetch(file['url'], cache_root, where=f'source {name!r}')
+    if not path.is_file():
+      raise ValueError(f'source {name!r}: token file {path} is gone; restore it or delete the prepared folder')
+    arrays.append(sources_lib.Source(name, '', 'tokens', '', {'dtype': entry['dtype']}).token_array(path))
+    rows.append(file['rows'])
+  return token_rows.TokenRows(arrays, rows, metadata['seq_len'] + 1)
 
 
 def _load(folder: pathlib.Path, metadata: dict, tokenizer) -> PreparedData:
   read = lambda stem: np.load(folder / f'{stem}.npy', mmap_mode='r')
+  cache_root = folder.parent.parent
   return PreparedData(
-      train={name: read(f'train_{name}') for name in TRAIN_SOURCES},
+      train={name: (_in_place(metadata, name, cache_root) if name in metadata.get('in_place', {})
+                    else read(f'train_{name}')) for name in TRAIN_SOURCES},
       eval_sets={name: read(f'eval_{name}') for name in metadata['eval_sets']},
       bytes_per_token=dict(metadata['bytes_per_token']), vocab_size=metadata['vocab_size'],
       tokenizer=tokenizer, metadata=metadata, path=folder)

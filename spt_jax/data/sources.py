@@ -7,7 +7,9 @@ A spec is `<kind>:<target>[?key=value&...]`:
   jsonl:<glob>[?field=text]                JSON lines; `field` may be dotted (`meta.body`)
   parquet:<glob>[?column=text]             a string column of Parquet files
   tfds:<name>[?split=train&field=text&data_dir=...]   any TFDS dataset through `tfds.data_source`
-  tokens:<glob>?dtype=uint16|uint32[&eos=N]  flat pre-tokenized arrays (OLMo/Dolma style), EOS-separated
+  hf:<name>[,<name>...][?split=train&field=text&name=...&where=F=V|V]   Hugging Face datasets, streamed
+  tokens:<glob|URL glob|@list>?dtype=uint16|uint32[&eos=N]  flat pre-tokenized arrays (OLMo/Dolma style),
+                                           EOS-separated; URLs (https://, gs://, ...) are fetched into the cache
 A bare existing folder or glob without a kind reads as `files:`. A folder means every file under it.
 Bytes that are not UTF-8 are replaced by U+FFFD, counted per file and reported as a warning.
 """
@@ -25,10 +27,13 @@ from typing import Iterator
 
 import numpy as np
 
-KINDS = ('builtin', 'files', 'jsonl', 'parquet', 'tfds', 'tokens')
+from spt_jax.data import hf_source
+from spt_jax.data import remote
+
+KINDS = ('builtin', 'files', 'jsonl', 'parquet', 'tfds', 'hf', 'tokens')
 _OPTIONS = {
     'builtin': (), 'files': ('separator',), 'jsonl': ('field',), 'parquet': ('column',),
-    'tfds': ('split', 'field', 'data_dir'), 'tokens': ('dtype', 'eos'),
+    'tfds': ('split', 'field', 'data_dir'), 'hf': ('split', 'field', 'name', 'where'), 'tokens': ('dtype', 'eos'),
 }
 # Token files are too large to hash whole at every start; this many bytes from each end stand in.
 _TOKEN_CHECKSUM_BYTES = 1 << 20
@@ -71,6 +76,7 @@ class Source:
   paths: list = dataclasses.field(default_factory=list)
   bad_bytes: dict = dataclasses.field(default_factory=dict)
   checksums: dict = dataclasses.field(default_factory=dict)
+  expected_sha256: dict = dataclasses.field(default_factory=dict)  # Remote token files: sha256 from an @list.
 
   @property
   def is_tokens(self) -> bool:
@@ -112,6 +118,8 @@ class Source:
       yield from self._parquet_documents()
     elif self.kind == 'tfds':
       yield from self._tfds_documents()
+    elif self.kind == 'hf':
+      yield from hf_source.documents(self)
 
   def token_documents(self, eos_id: int) -> Iterator[np.ndarray]:
     """Yields documents of a token source as views ending with their EOS (a trailing partial one too)."""
@@ -144,10 +152,13 @@ class Source:
     return np.memmap(path, dtype=dtype, mode='r')
 
   def _resolved_paths(self) -> list:
+    """Local files whose change the fingerprint detects (remote ones are pinned by their fetch record)."""
     if self.kind == 'builtin':
       roots = _builtin_roots(self)
       return sorted(p for root in roots for p in pathlib.Path(root).rglob('*') if p.is_file())
-    return [pathlib.Path(p) for p in self.paths]
+    if self.kind == 'hf':
+      return [pathlib.Path(p) for p in hf_source.local_files(self)]
+    return [pathlib.Path(p) for p in self.paths if not remote.is_remote(p)]
 
   def _read_text(self, path) -> str:
     try:
@@ -309,7 +320,16 @@ def parse(spec: str, name: str = 'source', cache_dir: str = '') -> Source:
       raise ValueError(f'source {name!r}: tokens: needs ?dtype=uint16 or ?dtype=uint32 in {spec!r}')
     if 'eos' in options and not options['eos'].isdigit():
       raise ValueError(f'source {name!r}: ?eos= must be a token id in {spec!r}')
-  if kind in ('files', 'jsonl', 'parquet', 'tokens'):
+  if kind == 'hf':
+    hf_source.check(source)
+  if kind == 'tokens' and target.startswith('@'):
+    source.paths, source.expected_sha256 = remote.read_list(target[1:], f'source {name!r}')
+    missing = [p for p in source.paths if not remote.is_remote(p) and not os.path.isfile(os.path.expanduser(p))]
+    if missing:
+      raise ValueError(f'source {name!r}: {len(missing)} file(s) of {target} do not exist, e.g. {missing[0]}')
+  elif kind == 'tokens' and remote.is_remote(target):
+    source.paths = remote.expand(target, f'source {name!r}')
+  elif kind in ('files', 'jsonl', 'parquet', 'tokens'):
     source.paths = _glob_files(name, spec, target)
   return source
 

@@ -1,6 +1,7 @@
 """Tokenizers: OLMo's file, any `tokenizers` JSON, or a byte-level BPE trained on the run's own sources."""
 
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -61,15 +62,24 @@ def _from_file(path) -> tokenizers.Tokenizer:
 
 
 def _sample(source: sources_lib.Source, budget: int) -> list:
-  """Training-side documents in a fixed hash order, truncated to `budget` characters in all."""
-  ranked = []
-  for document in source.documents():
-    document_hash = sources_lib.content_hash(document)
-    if sources_lib.split_unit(document_hash) >= _BPE_SPLIT_FLOOR:
-      ranked.append((document_hash, document))
+  """Training-side documents in a fixed hash order, truncated to `budget` characters in all.
+
+  Streams the source keeping only the lowest-hash documents that can still fall within the budget, so memory
+  is about `budget` whatever the size of the source.
+  """
+  def lowest(documents) -> list:
+    heap, kept = [], 0  # Max-heap on the hash (negated), holding the lowest hashes seen so far.
+    for document_hash, document in documents:
+      heapq.heappush(heap, (-document_hash, document))
+      kept += len(document)
+      while heap and kept - len(heap[0][1]) >= budget:
+        kept -= len(heapq.heappop(heap)[1])
+    return sorted((-negated, document) for negated, document in heap)
+  upper = ((h, d) for d in source.documents()
+           for h in (sources_lib.content_hash(d),) if sources_lib.split_unit(h) >= _BPE_SPLIT_FLOOR)
+  ranked = lowest(upper)
   if not ranked:  # A source of one or two documents: use what there is.
-    ranked = [(sources_lib.content_hash(d), d) for d in source.documents()]
-  ranked.sort(key=lambda pair: pair[0])
+    ranked = lowest((sources_lib.content_hash(d), d) for d in source.documents())
   sample, used = [], 0
   for _, document in ranked:
     if used >= budget:

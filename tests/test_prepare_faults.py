@@ -1,0 +1,95 @@
+"""Preparation under faults: a full disk, a killed preparation's leftovers, a damaged shard, many processes."""
+
+import errno
+import logging
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from spt_jax.data import prepare as prepare_lib
+from spt_jax.data import shards
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_prepare import _config  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _arrays(data):
+  return {**{f"train_{k}": np.array(v) for k, v in data.train.items()},
+          **{f"eval_{k}": np.array(v) for k, v in data.eval_sets.items()}}
+
+
+def test_too_little_free_space_is_one_line_before_writing(tmp_path, monkeypatch):
+  config = _config(tmp_path)
+  real = shards.shutil.disk_usage
+  monkeypatch.setattr(shards.shutil, 'disk_usage', lambda path: real(path)._replace(free=1 << 20))
+  with pytest.raises(shards.DiskFullError, match=r'not enough disk space in .*prepared.* GB needed') as error:
+    prepare_lib.prepare(config)
+  assert '\n' not in str(error.value)
+  prepared = tmp_path / 'cache' / 'prepared'
+  assert not [p for p in prepared.iterdir() if p.name != 'tokenizers'] if prepared.exists() else True
+
+
+def test_a_disk_that_fills_up_while_writing_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+  config = _config(tmp_path)
+
+  class Full:
+    """A file on a disk with 10 kB left."""
+    def __init__(self, path):
+      self.file, self.left = open(path, 'wb'), 10_000
+    def write(self, data):
+      size = memoryview(data).nbytes
+      if size > self.left:
+        raise OSError(errno.ENOSPC, 'No space left on device')
+      self.left -= size
+      return self.file.write(data)
+    def __getattr__(self, name):
+      return getattr(self.file, name)
+    def __enter__(self):
+      return self
+    def __exit__(self, *exc):
+      self.file.close()
+
+  monkeypatch.setattr(shards, 'open_for_write', Full)
+  with pytest.raises(shards.DiskFullError, match='filled up while writing') as error:
+    prepare_lib.prepare(config)
+  assert '\n' not in str(error.value) and 'prepared' in str(error.value)
+  assert not list((tmp_path / 'cache' / 'prepared').glob('.*tmp-*'))  # The partial folder is removed.
+  monkeypatch.undo()
+  assert len(prepare_lib.prepare(config).train['domain'])  # Space freed: the same command works.
+
+
+def test_temporary_folders_of_dead_preparations_are_removed(tmp_path):
+  config = _config(tmp_path)
+  prepared = tmp_path / 'cache' / 'prepared'
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+  stale = prepared / f'.0123456789abcdef.tmp-{socket.gethostname()}-{dead.stdout.strip()}'
+  live = prepared / f'.0123456789abcdef.tmp-{socket.gethostname()}-{os.getppid()}'
+  for folder in (stale, live):
+    folder.mkdir(parents=True)
+    (folder / 'train_general.npy').write_bytes(b'x' * 1000)
+  prepare_lib.prepare(config)
+  assert not stale.exists() and live.exists()
+
+
+def test_a_damaged_shard_is_found_by_its_checksum_set_aside_and_rebuilt(tmp_path, caplog):
+  config = _config(tmp_path)
+  first = prepare_lib.prepare(config)
+  expected = _arrays(first)
+  shard = first.path / 'train_domain.npy'
+  with open(shard, 'r+b') as file:  # Flip one byte in the middle: same size, same ends.
+    file.seek(os.path.getsize(shard) // 2)
+    byte = file.read(1)
+    file.seek(-1, os.SEEK_CUR)
+    file.write(bytes([byte[0] ^ 0xFF]))
+  del first
+  with caplog.at_level(logging.WARNING):
+    again = prepare_lib.prepare(config)
+  assert 'train_domain.npy does not match its recorded checksum' in caplog.text
+  assert list(again.path.parent.glob(f'{again.path.name}.damaged-*'))
+  for name, rows in _arrays(again).items():
+    assert np.array_equal(rows, expected[name]), name
+  assert not shards.damaged_files(again.path, again.metadata['shards'])
