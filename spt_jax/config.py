@@ -112,6 +112,7 @@ def paper_config(model_preset: str) -> ml_collections.ConfigDict:
   c = base_config(model_preset)
   c.model.dtype = 'bfloat16'
   c.model.remat_policy = 'full'  # Recompute each block in the backward pass: 2048-token sequences fit.
+  c.model.loss_chunk_length = 256  # The loss 256 positions at a time: never all [B, L, V] float32 logits.
   c.data.general = ''  # e.g. 'tokens:/data/dolma/*.npy?dtype=uint16' (OLMo's pre-tokenized Dolma).
   c.data.domain = ''  # e.g. 'jsonl:/data/proofpile/*.jsonl?field=text'.
   c.data.test_tokens = 2_000_000

@@ -5,6 +5,7 @@ is one code path. The batch of step s is a pure function of s and the restored s
 at any point and restarted continues with the same losses step for step.
 """
 
+import collections
 import functools
 import json
 import logging as std_logging
@@ -318,7 +319,8 @@ class _Loop:
   def train(self, state, meta: dict) -> dict:
     c = self.c
     self.started = time.time()
-    step = int(meta['step'])
+    step = first_step = int(meta['step'])
+    self.timing = collections.Counter()  # This session's training and evaluation time, for the summary.
     # A fresh start drops what a run killed before its first checkpoint logged; a resume, the steps after it.
     _truncate_metrics(self.metrics_path, step if meta['initial'] is not None else -1)
     if step == 0 and meta['initial'] is None:
@@ -348,11 +350,14 @@ class _Loop:
         meta['train_loss'] = values['train/loss']
         now = time.time()
         seconds_per_step = (now - last_time) / max(step - last_step, 1)
+        if last_step > first_step:  # Throughput excludes the first window (compilation) and evaluations.
+          self.timing.update(train_seconds=now - last_time, train_steps=step - last_step)  # Counter: adds.
         self.progress(step, values['train/loss'], self.tokens_per_step / seconds_per_step, seconds_per_step)
         scalars = dict(values, **{'perf/tokens_per_second': self.tokens_per_step / seconds_per_step})
         domain_test = None
         if is_eval or step == self.steps:
-          results = self.evaluate(step, state, meta)
+          eval_started, results = time.time(), self.evaluate(step, state, meta)
+          self.timing.update(eval_seconds=time.time() - eval_started)
           scalars.update(evaluation.scalars(results))
           domain_test = results.get('domain_test', {}).get('loss')
         self.log(step, scalars)
@@ -375,7 +380,7 @@ class _Loop:
     return summary
 
   def summarise(self, step: int, meta: dict) -> dict:
-    c, stop_reason = self.c, self.stop_reason or 'budget'
+    c, stop_reason, timing_s = self.c, self.stop_reason or 'budget', self.timing['train_seconds']
     accounting = self.mixture.accounting(step)
     summary = {
         'stage': c.stage, 'steps': step, 'tokens': step * self.tokens_per_step, 'stop_reason': stop_reason,
@@ -387,6 +392,8 @@ class _Loop:
         'lr': c.optimizer.lr, 'warmup_steps': schedules.warmup_steps(c, self.tokens_per_step),
         'batch_size': c.batch_size, 'init_from': c.init_from, 'workdir': os.path.abspath(self.workdir),
         'last_checkpoint': self.checkpoints.latest_step(), 'wall_time_s': round(self.seconds(meta), 1),
+        'train_tokens_per_second': self.timing['train_steps'] * self.tokens_per_step / max(timing_s, 1e-9),
+        'eval_seconds': round(self.timing['eval_seconds'], 1),
     }
     if jax.process_index() == 0:  # Atomically: a rerun reads it to skip finished runs.
       path = os.path.join(self.workdir, 'summary.json')
