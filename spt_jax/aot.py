@@ -110,8 +110,11 @@ def _shard_bytes(abstract_tree) -> int:
              for x in jax.tree.leaves(abstract_tree))
 
 
-def compile_steps(config, devices, microbatches: int, remat_policy: str) -> dict:
-  """Compiles the train and eval steps for `devices` with these knobs; per-chip memory of each."""
+def compile_steps(config, devices, microbatches: int, remat_policy: str, eval_result: dict | None = None) -> dict:
+  """Compiles the train and eval steps for `devices` with these knobs; per-chip memory of each.
+
+  Neither knob changes the eval step (no backward pass, whole batches): pass `eval_result` to reuse it.
+  """
   config = config.copy_and_resolve_references()
   config.model.remat_policy = remat_policy
   mesh = sharding.make_mesh(config.mesh, devices)
@@ -126,8 +129,11 @@ def compile_steps(config, devices, microbatches: int, remat_policy: str) -> dict
                                     sharding=trainer.batch_sharding)
   result = dict(microbatches=microbatches, remat_policy=remat_policy,
                 state_bytes=_shard_bytes(trainer.abstract_state))
-  for name, step, args in (('train', trainer.train_step, (trainer.abstract_state, batch)),
-                           ('eval', trainer.eval_step, (trainer.abstract_state.params, eval_batch))):
+  steps = [('train', trainer.train_step, (trainer.abstract_state, batch)),
+           ('eval', trainer.eval_step, (trainer.abstract_state.params, eval_batch))]
+  if eval_result is not None:
+    result['eval'], steps = eval_result, steps[:1]
+  for name, step, args in steps:
     try:
       memory = step.lower(*args).compile().memory_analysis()
     except Exception as e:  # XLA refuses programs that cannot fit in HBM.
@@ -184,7 +190,7 @@ def _search(config, devices, hbm: int, tried: list, log) -> dict | None:
 
   def compile_at(policy, index):
     if (policy, index) not in results:
-      results[policy, index] = compile_steps(config, devices, counts[index], policy)
+      results[policy, index] = compile_steps(config, devices, counts[index], policy, tried[0]['eval'])
       tried.append(results[policy, index])
       log(format_compiled(results[policy, index], hbm))
     return _fits(results[policy, index], hbm)
@@ -193,7 +199,7 @@ def _search(config, devices, hbm: int, tried: list, log) -> dict | None:
   for policy in policies:
     if not counts:
       break
-    index = 0
+    index = len(counts) - 1  # Another policy: the most microbatches first; if they do not fit, none do.
     if policy == config.model.remat_policy and 'temporaries_bytes' in first['train']:
       fixed = first['train'].get('peak_bytes', first['state_bytes'] + first['train']['temporaries_bytes'])
       room = hbm - (fixed - first['train']['temporaries_bytes'])  # What the temporaries may take.
@@ -202,7 +208,7 @@ def _search(config, devices, hbm: int, tried: list, log) -> dict | None:
     if compile_at(policy, index):
       while index > 0 and compile_at(policy, index - 1):
         index -= 1
-    else:
+    elif policy == config.model.remat_policy:
       while index < len(counts) - 1 and not compile_at(policy, index + 1):
         index += 1
       index += 1
