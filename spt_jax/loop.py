@@ -393,7 +393,7 @@ class _Loop:
         'batch_size': c.batch_size, 'init_from': c.init_from, 'workdir': os.path.abspath(self.workdir),
         'last_checkpoint': self.checkpoints.latest_step(), 'wall_time_s': round(self.seconds(meta), 1),
         'train_tokens_per_second': self.timing['train_steps'] * self.tokens_per_step / max(timing_s, 1e-9),
-        'eval_seconds': round(self.timing['eval_seconds'], 1),
+        'eval_seconds': self.timing['eval_seconds'],
     }
     if jax.process_index() == 0:  # Atomically: a rerun reads it to skip finished runs.
       path = os.path.join(self.workdir, 'summary.json')
