@@ -38,6 +38,7 @@ def paper(model_preset: str) -> ml_collections.ConfigDict:
   c = config_lib.base_config(model_preset)
   c.model.dtype = 'bfloat16'
   c.model.remat_policy = 'full'  # Recompute each block in the backward pass: 2048-token sequences fit.
+  c.model.loss_chunk_length = 256  # The loss 256 positions at a time: never all [B, L, V] float32 logits.
   c.data.general = paper_data.DOLMA_OLMO_1B
   c.data.general_max_tokens = int(c.tokens)  # An upper bound: δ of the run's tokens come from the domain set.
   c.data.domain_max_tokens = paper_data.DOMAIN_TOKENS  # Subsampled by whole documents (Appendix C).

@@ -23,13 +23,14 @@ _PIPELINE = flags.DEFINE_bool('pipeline', False, 'Also time the data mixture (--
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after one compile-and-warm-up step).')
 _DTYPE = flags.DEFINE_string('dtype', '', "Computation dtype; default bfloat16 on accelerators, float32 on CPU.")
 _REMAT = flags.DEFINE_string('remat_policy', 'none', 'Remat policy (spt_jax.model.REMAT_POLICIES).')
-_ATTENTION = flags.DEFINE_string('attention_impl', 'xla', "'xla', 'cudnn' or '' (JAX picks).")
+_ATTENTION = flags.DEFINE_string('attention_impl', 'auto', "'auto', 'splash', 'cudnn', 'xla' or '' (JAX picks).")
+_LOSS_CHUNK = flags.DEFINE_integer('loss_chunk_length', 0, 'Positions per loss chunk (0: the whole sequence).')
 _MATMUL = flags.DEFINE_integer('matmul_size', 0, 'Side of the peak-FLOP/s matmul (0: 8192 on accelerators, '
                                '2048 on CPU).')
 
 
 def measure_train_step(preset: str, batch_size: int, seq_len: int, steps: int, dtype: str,
-                       remat_policy: str = 'none', attention_impl: str = 'xla') -> dict:
+                       remat_policy: str = 'none', attention_impl: str = 'auto', loss_chunk_length: int = 0) -> dict:
   """Tokens/s and model FLOP/s of the real train step (sharded over all devices along fsdp)."""
   import jax
   import numpy as np
@@ -40,7 +41,8 @@ def measure_train_step(preset: str, batch_size: int, seq_len: int, steps: int, d
   from spt_jax import sharding
   from spt_jax import train
   config = config_lib.base_config(preset)
-  config.model.update(dtype=dtype, remat_policy=remat_policy, attention_impl=attention_impl)
+  config.model.update(dtype=dtype, remat_policy=remat_policy, attention_impl=attention_impl,
+                      loss_chunk_length=loss_chunk_length)
   mesh = sharding.make_mesh(config.mesh)
   schedule = optax.constant_schedule(1e-4)
   trainer = train.Trainer(config.model, mesh, train.make_optimizer(config, schedule), schedule)
@@ -72,7 +74,7 @@ def main(argv):
   from spt_jax import flops  # pylint: disable=g-import-not-at-top
   peak = flops.peak_matmul_flops(dtype, _MATMUL.value or (2048 if on_cpu else 8192))
   result = measure_train_step(_PRESET.value, _BATCH.value, _SEQ_LEN.value, _STEPS.value, dtype, _REMAT.value,
-                              _ATTENTION.value)
+                              _ATTENTION.value, _LOSS_CHUNK.value)
   result.update(device=str(jax.devices()[0].device_kind), devices=jax.device_count(),
                 peak_matmul_flops_per_second=peak,
                 mfu=flops.mfu(result['flops_per_token'], result['tokens_per_second'], peak))

@@ -5,6 +5,7 @@ The batch of step s is a pure function of s and the restored state is exact, so 
 restarted continues with the same losses step for step.
 """
 
+import collections
 import dataclasses
 import functools
 import json
@@ -281,7 +282,8 @@ class _Loop:
   def train(self, state, loop_state: LoopState) -> dict:
     c = self.c
     self.started = time.time()
-    step = loop_state.step
+    step = first_step = loop_state.step
+    self.timing = collections.Counter()  # This session's training and evaluation time, for the summary.
     # A fresh start drops what a run killed before its first checkpoint logged; a resume, the steps after it.
     _truncate_metrics(self.metrics_path, step if loop_state.initial is not None else -1)
     if step == 0 and loop_state.initial is None:
@@ -314,10 +316,14 @@ class _Loop:
         loop_state.train_loss = values['train/loss']
         now = time.time()
         tokens_per_second = self.tokens_per_step * max(step - last_step, 1) / (now - last_time)
+        if last_step > first_step:  # Throughput excludes the first window (compilation) and evaluations.
+          self.timing.update(train_seconds=now - last_time, train_steps=step - last_step)  # Counter: adds.
         scalars = dict(values, **self.progress(step, values['train/loss'], tokens_per_second))
         domain_test, improved = None, False
         if is_eval:
+          eval_started = time.time()
           results, improved = self.evaluate(step, state, loop_state, due)
+          self.timing.update(eval_seconds=time.time() - eval_started)
           scalars.update(evaluation.scalars(results))
           domain_test = results.get('domain_test', {}).get('loss')
         self.log(step, scalars)
@@ -340,7 +346,7 @@ class _Loop:
     return summary
 
   def summarise(self, step: int, loop_state: LoopState) -> dict:
-    c, stop_reason = self.c, self.stop_reason or 'budget'
+    c, stop_reason, train_seconds = self.c, self.stop_reason or 'budget', self.timing['train_seconds']
     accounting = self.mixture.accounting(step)
     summary = {
         'stage': c.stage, 'steps': step, 'tokens': step * self.tokens_per_step, 'stop_reason': stop_reason,
@@ -352,6 +358,8 @@ class _Loop:
         'lr': c.optimizer.lr, 'warmup_steps': self.plan.warmup_steps,
         'batch_size': c.batch_size, 'init_from': c.init_from, 'workdir': os.path.abspath(self.workdir),
         'last_checkpoint': self.checkpoints.latest_step(), 'wall_time_s': round(self.seconds(loop_state), 1),
+        'train_tokens_per_second': self.timing['train_steps'] * self.tokens_per_step / max(train_seconds, 1e-9),
+        'eval_seconds': self.timing['eval_seconds'],
     }
     if jax.process_index() == 0:  # Atomically: a rerun reads it to skip finished runs.
       files.write_json(os.path.join(self.workdir, 'summary.json'), summary)

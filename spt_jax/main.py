@@ -2,6 +2,7 @@
 
   python -m spt_jax.main --config=configs/proofpile.py:tiny --workdir=/tmp/proofpile_tiny
   python -m spt_jax.main --config=configs/proofpile.py --workdir=W --dry_run
+  python -m spt_jax.main --config=configs/proofpile.py --dry_run --topology=v5e-256
 """
 
 import json
@@ -15,6 +16,9 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the run writes config, me
                                 '(default: runs/<config>_<preset>; with several hosts, a path all of them see).')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Build the abstract state and print what the run would be.')
 _DEVICES = flags.DEFINE_integer('devices', 0, 'Dry run only: plan for this many devices (default: present).')
+_TOPOLOGY = flags.DEFINE_string('topology', '', 'Dry run only: compile for this Cloud TPU topology (v5e-256, v4-8, '
+                                '...) and print the per-chip plan (spt_jax/aot.py; needs libtpu).')
+_MFU = flags.DEFINE_float('mfu', 0.4, 'Dry run with --topology: the MFU the run\'s accelerator-hours assume.')
 
 
 def main(argv):
@@ -26,6 +30,12 @@ def main(argv):
   from spt_jax import sharding
   from spt_jax import validate
   config = _CONFIG.value
+  if _DRY_RUN.value and _TOPOLOGY.value:
+    from spt_jax import aot
+    summary = aot.plan(config, _TOPOLOGY.value, mfu=_MFU.value)
+    print(aot.format_plan(summary))
+    print(json.dumps(summary))
+    return
   if _DRY_RUN.value:
     validate.check(config, devices=_DEVICES.value or jax.device_count(), sources=False)
     summary = dry_run.describe(config, _DEVICES.value or jax.device_count())

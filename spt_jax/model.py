@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from spt_jax import attention
 from spt_jax import sharding
 from spt_jax.flops import PRESETS  # The named sizes; counts and FLOPs by formula live beside them.
 from spt_jax.flops import padded_vocab_size
@@ -36,7 +37,13 @@ def preset_config(name: str) -> ml_collections.ConfigDict:
   c.dtype = 'float32'  # Computation dtype; 'bfloat16' on accelerators.
   c.param_dtype = 'float32'
   c.tie_embeddings = True  # The paper pretrains tied and unties for finetuning.
-  c.attention_impl = 'xla'  # jax.nn.dot_product_attention implementation: 'xla', 'cudnn' or '' (let JAX pick).
+  # Training attention (attention.py): 'auto' = splash on TPU, cuDNN on GPU in 16-bit, XLA otherwise; or 'splash',
+  # 'cudnn', 'xla', '' (jax.nn.dot_product_attention picks).
+  c.attention_impl = 'auto'
+  # Sequence positions per chunk of the loss (train.chunked_token_losses): the output head and cross-entropy run
+  # one chunk at a time and are recomputed in the backward pass, so [B, L, V] float32 logits never exist at
+  # once. 0: the whole sequence at once.
+  c.loss_chunk_length = 0
   c.scan_layers = True  # nn.scan over layers: compile time independent of depth.
   c.remat_policy = 'none'  # One of REMAT_POLICIES: what the backward pass may keep instead of recomputing.
   c.init_std = 0.02  # Normal init; output projections are scaled down by sqrt(2 * n_layers).
@@ -89,10 +96,8 @@ class Block(nn.Module):
     q_BxLxHxK = rope(q_BxLxHxK, positions_BxL, cfg.rope_theta)
     k_BxLxHxK = rope(k_BxLxHxK, positions_BxL, cfg.rope_theta)
 
-    implementation = cfg.attention_impl or None
     if cache is None:
-      o_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True,
-                                               implementation=implementation)
+      o_BxLxHxK = attention.causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention_impl, self.mesh)
     else:
       # Decoding: write this call's keys/values into the cache at their positions, attend to every cached
       # position up to each query's own.
@@ -126,12 +131,16 @@ def constrain(x: jax.Array, names: tuple[str, ...], mesh) -> jax.Array:
 
 
 class Decoder(nn.Module):
-  """Token ids [B, L] -> float32 logits [B, L, padded V]; with `cache`, also returns the updated KV cache."""
+  """Token ids [B, L] -> float32 logits [B, L, padded V]; with `cache`, also returns the updated KV cache.
+
+  With `return_hidden`, returns the final normalised hidden states [B, L, D] instead of logits (the loss then
+  applies the head chunk by chunk: see `head_kernel` and train.chunked_token_losses).
+  """
   cfg: ml_collections.ConfigDict
   mesh: Any = None
 
   @nn.compact
-  def __call__(self, tokens_BxL, cache=None, start: jax.Array | int = 0):
+  def __call__(self, tokens_BxL, cache=None, start: jax.Array | int = 0, return_hidden: bool = False):
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
     embed = nn.Embed(padded_vocab_size(cfg), cfg.d_model, dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype),
@@ -160,6 +169,8 @@ class Decoder(nn.Module):
         cache = jax.tree.map(lambda *c: jnp.stack(c), *new_cache)
 
     x_BxLxD = layer_norm(x_BxLxD, cfg.layer_norm_eps)
+    if return_hidden:  # Training and eval only (no cache); init always builds the head below.
+      return x_BxLxD
     if cfg.tie_embeddings:
       logits_BxLxV = embed.attend(x_BxLxD)
     else:
@@ -168,6 +179,13 @@ class Decoder(nn.Module):
                                      kernel_init=_init(cfg.init_std, ('embed', 'vocab')), name='lm_head')(x_BxLxD)
     logits_BxLxV = logits_BxLxV.astype(jnp.float32)
     return logits_BxLxV if cache is None else (logits_BxLxV, cache)
+
+
+def head_kernel(cfg, params) -> jax.Array:
+  """The output head as a [D, padded V] matrix: the transposed embedding when tied, else lm_head."""
+  if cfg.tie_embeddings:
+    return params['embed']['embedding'].T
+  return params['lm_head']['kernel']
 
 
 def init_cache(cfg, batch: int, max_len: int, dtype=None):

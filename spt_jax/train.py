@@ -37,6 +37,31 @@ def token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> tuple[jax.A
   return log_z_BxL - target_logit_BxL, log_z_BxL
 
 
+def chunked_token_losses(hidden_BxLxD: jax.Array, kernel_DxV: jax.Array, targets_BxL: jax.Array,
+                         chunk_length: int, dtype) -> tuple[jax.Array, jax.Array]:
+  """token_losses of the logits hidden·kernel, computed `chunk_length` positions at a time.
+
+  Each chunk's logits are recomputed in the backward pass (jax.checkpoint inside a scan), so at most one
+  chunk's [B, chunk, V] float32 logits (and their gradient) are alive at once instead of [B, L, V].
+  """
+  batch, length, width = hidden_BxLxD.shape
+  if length % chunk_length:
+    raise ValueError(f'model.loss_chunk_length={chunk_length} does not divide the sequence length {length}')
+  n = length // chunk_length
+  hidden_NxBxCxD = hidden_BxLxD.reshape(batch, n, chunk_length, width).swapaxes(0, 1)
+  targets_NxBxC = targets_BxL.reshape(batch, n, chunk_length).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one_chunk(chunk):
+    hidden_BxCxD, targets_BxC = chunk
+    logits_BxCxV = jnp.dot(hidden_BxCxD.astype(dtype), kernel_DxV.astype(dtype))  # As nn.Embed.attend does.
+    return token_losses(logits_BxCxV, targets_BxC)
+
+  losses_NxBxC, log_z_NxBxC = jax.lax.map(one_chunk, (hidden_NxBxCxD, targets_NxBxC))
+  unchunk = lambda x_NxBxC: x_NxBxC.swapaxes(0, 1).reshape(batch, length)
+  return unchunk(losses_NxBxC), unchunk(log_z_NxBxC)
+
+
 class Trainer:
   """A model, an optimizer and a mesh, turned into sharded state and jitted, donated steps."""
 
@@ -83,10 +108,18 @@ class Trainer:
                        'set --config.model.tie_embeddings=False')
     return self._from_params(params, jax.random.PRNGKey(seed))
 
-  def loss_fn(self, params, batch_BxLp1):
+  def token_losses(self, params, batch_BxLp1) -> tuple[jax.Array, jax.Array]:
+    """Per-token losses and log-partitions [B, L] of a batch of L + 1 tokens (chunked when configured)."""
     inputs_BxL, targets_BxL = batch_BxLp1[:, :-1], batch_BxLp1[:, 1:]
-    logits_BxLxV = self.model.apply({'params': params}, inputs_BxL)
-    losses_BxL, log_z_BxL = token_losses(logits_BxLxV, targets_BxL)
+    chunk_length = self.model_cfg.get('loss_chunk_length', 0)
+    if not chunk_length or chunk_length >= inputs_BxL.shape[1]:
+      return token_losses(self.model.apply({'params': params}, inputs_BxL), targets_BxL)
+    hidden_BxLxD = self.model.apply({'params': params}, inputs_BxL, return_hidden=True)
+    return chunked_token_losses(hidden_BxLxD, model_lib.head_kernel(self.model_cfg, params), targets_BxL,
+                                chunk_length, self.model_cfg.dtype)
+
+  def loss_fn(self, params, batch_BxLp1):
+    losses_BxL, log_z_BxL = self.token_losses(params, batch_BxLp1)
     loss = losses_BxL.mean()
     z_loss = jnp.square(log_z_BxL).mean()
     return loss + self.z_loss * z_loss, (loss, z_loss)
@@ -119,6 +152,5 @@ class Trainer:
 
   def _eval_step(self, params, batch_BxLp1):
     """Mean loss of each sequence (nats/token), for the mean and its standard error over sequences."""
-    logits_BxLxV = self.model.apply({'params': params}, batch_BxLp1[:, :-1])
-    losses_BxL, _ = token_losses(logits_BxLxV, batch_BxLp1[:, 1:])
+    losses_BxL, _ = self.token_losses(params, batch_BxLp1)
     return {'sequence_loss': losses_BxL.mean(axis=1)}

@@ -126,6 +126,7 @@ def test_pretrain_then_finetune_switch(tmp_path):
   pretrain = loop.run(tiny_config(steps=4), str(tmp_path / 'pretrain'), stage='pretrain', data=data)
   assert pretrain['stop_reason'] == 'budget' and pretrain['steps'] == 4
   assert pretrain['final']['domain_test'] < pretrain['initial']['domain_test']
+  assert pretrain['eval_seconds'] > 0 and pretrain['train_tokens_per_second'] >= 0  # Training time apart.
   config = tiny_config(init_from=str(tmp_path / 'pretrain'))
   runner, state, loop_state = loop.build(config, str(tmp_path / 'finetune'), stage='finetune', data=data)
   assert int(state.step) == 0 and loop_state.step == 0

@@ -1,0 +1,263 @@
+"""A plan to rent hardware by: the real train and eval steps compiled ahead of time for a named Cloud TPU topology.
+
+  python -m spt_jax.main --config=configs/proofpile.py --dry_run --topology=v5e-256
+
+libtpu (the `[tpu]` extra) compiles for a TPU topology on any host, a CPU-only one included; the compiled program
+reports its memory per chip. FLOPs are counted by formula (6·N·D + attention, flops.train_flops_per_token):
+the compiled cost analysis counts a scanned layer once. When the run does not fit, the planner tries more
+microbatches, then full rematerialisation, and names the cheapest setting that fits.
+"""
+
+import dataclasses
+import math
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from spt_jax import dry_run
+from spt_jax import sharding
+from spt_jax import train
+
+GIB = 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  generation: str  # As in libtpu's topology names: v4, v5e, v5p, v6e.
+  dimensions: int  # 2D torus (v5e, v6e) or 3D (v4, v5p).
+  cores_in_name: int  # v4-8 and v5p-8 count TensorCores (2 per chip); v5e-8 and v6e-8 count chips.
+  hbm_bytes: int
+  peak_bf16_flops: float  # Per chip, from Cloud TPU's system architecture pages.
+
+
+CHIPS = {
+    'v4': Chip('v4', 3, 2, 32 * GIB, 275e12),
+    'v5e': Chip('v5e', 2, 1, 16 * GIB, 197e12),
+    'v5litepod': Chip('v5e', 2, 1, 16 * GIB, 197e12),
+    'v5p': Chip('v5p', 3, 2, 95 * GIB, 459e12),
+    'v6e': Chip('v6e', 2, 1, 32 * GIB, 918e12),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  name: str
+  chip: Chip
+  chips: int
+  shape: tuple[int, ...]  # Chips along each torus axis, e.g. (16, 16) for v5e-256.
+
+  @property
+  def libtpu_name(self) -> str:
+    return f'{self.chip.generation}:{"x".join(map(str, self.shape))}'
+
+
+def parse_topology(name: str) -> Topology:
+  """'v5e-256' -> 256 v5e chips as a 16x16 torus; a one-line error for anything else."""
+  match = re.fullmatch(r'(v4|v5e|v5litepod|v5p|v6e)-(\d+)', name.strip().lower())
+  hint = ('use a Cloud TPU accelerator type: v4-N, v5e-N (or v5litepod-N), v5p-N, v6e-N, e.g. v5e-256 or v4-8')
+  if not match:
+    raise ValueError(f'unknown topology {name!r}; {hint}')
+  chip, count = CHIPS[match.group(1)], int(match.group(2))
+  chips = count // chip.cores_in_name
+  smallest = 4 if chip.dimensions == 3 else 1
+  if count % chip.cores_in_name or chips < smallest or chips & (chips - 1) or chips > 4096:
+    raise ValueError(f'unknown topology {name!r}: {match.group(1)} slices have a power-of-two number of chips '
+                     f'(at least {smallest}){" and count 2 cores per chip" if chip.cores_in_name == 2 else ""}; '
+                     f'{hint}')
+  if chip.dimensions == 2:
+    side = 2 ** (int(math.log2(chips)) // 2)
+    shape = (side, chips // side)
+  else:
+    shape = [2, 2, 1]
+    while math.prod(shape) < chips:  # 2x2x1, 2x2x2, 2x2x4, 2x4x4, 4x4x4, 4x4x8, ...
+      smallest_side = min(shape)
+      shape[max(i for i, s in enumerate(shape) if s == smallest_side)] *= 2
+    shape = tuple(shape)
+  return Topology(name, chip, chips, shape)
+
+
+def topology_devices(topology: Topology):
+  """The abstract TPU devices of a topology (compilation only); needs libtpu."""
+  # Compiling needs no chip, so several processes (pytest workers, two dry runs) may load libtpu at once.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  from jax.experimental import topologies
+  host_bounds = (2, 2, 1) if topology.chips >= 4 else (topology.shape[0], topology.shape[1], 1)
+  try:
+    description = topologies.get_topology_desc(
+        topology_name=topology.libtpu_name, platform='tpu',
+        chip_config_name='megacore' if topology.chip.cores_in_name == 2 else 'default',
+        chips_per_host_bounds=host_bounds, num_slices=1)
+  except Exception as e:  # libtpu absent or refusing: one line that says what to install.
+    raise ValueError(f'--topology={topology.name} needs libtpu to compile for TPU on this host '
+                     f"(pip install -e '.[tpu]'): {str(e).splitlines()[0][:200]}") from None
+  return description.devices
+
+
+def libtpu_missing() -> str:
+  """'' where this host can compile for TPU topologies, else why not."""
+  try:
+    topology_devices(parse_topology('v5e-1'))
+    return ''
+  except ValueError as e:
+    return str(e)
+
+
+def _shard_bytes(abstract_tree) -> int:
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(abstract_tree))
+
+
+def compile_steps(config, devices, microbatches: int, remat_policy: str, eval_result: dict | None = None) -> dict:
+  """Compiles the train and eval steps for `devices` with these knobs; per-chip memory of each.
+
+  Neither knob changes the eval step (no backward pass, whole batches): pass `eval_result` to reuse it.
+  """
+  config = config.copy_and_resolve_references()
+  config.model.remat_policy = remat_policy
+  mesh = sharding.make_mesh(config.mesh, devices)
+  divisor = sharding.batch_divisor(mesh)
+  schedule = optax.constant_schedule(config.optimizer.lr)
+  trainer = train.Trainer(config.model, mesh, train.make_optimizer(config, schedule), schedule,
+                          z_loss=config.optimizer.z_loss, microbatches=microbatches)
+  seq = config.data.seq_len + 1
+  batch = jax.ShapeDtypeStruct((config.batch_size, seq), jnp.int32, sharding=trainer.batch_sharding)
+  eval_rows = min(config.eval_batch_size or config.batch_size, config.eval_sequences)
+  eval_batch = jax.ShapeDtypeStruct((-(-eval_rows // divisor) * divisor, seq), jnp.int32,
+                                    sharding=trainer.batch_sharding)
+  result = dict(microbatches=microbatches, remat_policy=remat_policy,
+                state_bytes=_shard_bytes(trainer.abstract_state))
+  steps = [('train', trainer.train_step, (trainer.abstract_state, batch)),
+           ('eval', trainer.eval_step, (trainer.abstract_state.params, eval_batch))]
+  if eval_result is not None:
+    result['eval'], steps = eval_result, steps[:1]
+  for name, step, args in steps:
+    try:
+      memory = step.lower(*args).compile().memory_analysis()
+    except Exception as e:  # XLA refuses programs that cannot fit in HBM.
+      if 'RESOURCE_EXHAUSTED' not in str(e) and 'memory' not in str(e).lower():
+        raise
+      result[name] = dict(error=str(e).splitlines()[0][:300])
+      needed = re.search(r'temporaries \(([\d.]+)([KMGT])\)', str(e))  # XLA says how much it wanted.
+      if needed:
+        result[name]['temporaries_bytes'] = int(float(needed.group(1)) * 1024 ** ' KMGT'.index(needed.group(2)))
+      continue
+    peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+            + memory.temp_size_in_bytes)
+    result[name] = dict(arguments_bytes=memory.argument_size_in_bytes, temporaries_bytes=memory.temp_size_in_bytes,
+                        peak_bytes=peak)
+  return result
+
+
+def _fits(compiled: dict, hbm_bytes: int) -> bool:
+  return all('peak_bytes' in compiled[k] and compiled[k]['peak_bytes'] <= hbm_bytes for k in ('train', 'eval'))
+
+
+def plan(config, topology_name: str, mfu: float = 0.4, search: bool = True, log=print) -> dict:
+  """The dry-run summary for a TPU topology: compiled per-chip memory, FLOPs, time and cost; knobs that fit."""
+  topology = parse_topology(topology_name)
+  devices = topology_devices(topology)
+  summary = dry_run.describe(config, len(devices))
+  hbm = topology.chip.hbm_bytes
+  tried = [compile_steps(config, devices, config.grad_accum_steps, config.model.remat_policy)]
+  log(format_compiled(tried[-1], hbm))
+  recommendation = None
+  if not _fits(tried[-1], hbm) and search:
+    recommendation = _search(config, devices, hbm, tried, log)
+  per_device = config.batch_size // sharding.batch_divisor(sharding.make_mesh(config.mesh, devices))
+  step_flops = summary['train_flops_per_token'] * summary['tokens_per_step']
+  peak = topology.chip.peak_bf16_flops
+  summary.update(
+      topology=topology.name, libtpu_topology=topology.libtpu_name, chips=topology.chips,
+      chip_hbm_bytes=hbm, chip_peak_flops=peak, sequences_per_chip=per_device,
+      compiled=tried[0], fits=_fits(tried[0], hbm), tried=tried[1:], recommendation=recommendation,
+      step_flops=step_flops, step_seconds_floor=step_flops / (topology.chips * peak), mfu=mfu,
+      chip_hours=summary['steps'] * step_flops / (peak * mfu) / 3600)
+  return summary
+
+
+def _search(config, devices, hbm: int, tried: list, log) -> dict | None:
+  """The cheapest (remat policy, microbatches) that fits: the configured policy first, then full recomputation;
+  for each, the fewest microbatches (powers of two). Compiles are minutes each at paper scale, so the first guess
+  scales the count by how far the temporaries overshoot (they shrink about as 1 / microbatches), then steps."""
+  per_device = config.batch_size // (sharding.batch_divisor(sharding.make_mesh(config.mesh, devices)))
+  counts = [m for m in (2 ** i for i in range(int(math.log2(per_device)) + 1))
+            if m > config.grad_accum_steps and per_device % m == 0]
+  policies = [config.model.remat_policy] + ([] if config.model.remat_policy == 'full' else ['full'])
+  results = {}
+
+  def compile_at(policy, index):
+    if (policy, index) not in results:
+      results[policy, index] = compile_steps(config, devices, counts[index], policy, tried[0]['eval'])
+      tried.append(results[policy, index])
+      log(format_compiled(results[policy, index], hbm))
+    return _fits(results[policy, index], hbm)
+
+  first = tried[0]
+  for policy in policies:
+    if not counts:
+      break
+    index = len(counts) - 1  # Another policy: the most microbatches first; if they do not fit, none do.
+    if policy == config.model.remat_policy and 'temporaries_bytes' in first['train']:
+      fixed = first['train'].get('peak_bytes', first['state_bytes'] + first['train']['temporaries_bytes'])
+      room = hbm - (fixed - first['train']['temporaries_bytes'])  # What the temporaries may take.
+      needed = first['train']['temporaries_bytes'] / max(room, 1) * config.grad_accum_steps
+      index = next((i for i, m in enumerate(counts) if m >= needed), len(counts) - 1)
+    if compile_at(policy, index):
+      while index > 0 and compile_at(policy, index - 1):
+        index -= 1
+    elif policy == config.model.remat_policy:
+      while index < len(counts) - 1 and not compile_at(policy, index + 1):
+        index += 1
+      index += 1
+    if index < len(counts) and _fits(results[policy, index], hbm):
+      best = results[policy, index]
+      return dict(remat_policy=policy, grad_accum_steps=best['microbatches'], peak_bytes=best['train']['peak_bytes'])
+  return None
+
+
+def _size(n: int) -> str:
+  return f'{n / GIB:.2f} GiB' if n >= GIB / 10 else f'{n / 2 ** 20:.1f} MiB'
+
+
+def format_compiled(compiled: dict, hbm: int) -> str:
+  def one(name):
+    c = compiled[name]
+    if 'error' in c:
+      return f'{name}: does not compile ({c["error"][:120]})'
+    return (f'{name}: temporaries {_size(c["temporaries_bytes"])}, peak {_size(c["peak_bytes"])}')
+  verdict = 'fits' if _fits(compiled, hbm) else 'does not fit'
+  return (f'compiled         remat={compiled["remat_policy"]}, {compiled["microbatches"]} microbatch(es): '
+          f'state {_size(compiled["state_bytes"])}, {one("train")}; {one("eval")}; '
+          f'{verdict} in {hbm / GIB:.0f} GiB')
+
+
+def format_plan(d: dict) -> str:
+  c, hbm = d['compiled'], d['chip_hbm_bytes']
+  lines = [dry_run.format_summary(d),
+           f'topology         {d["topology"]} ({d["libtpu_topology"]}, {d["chips"]} chips of {hbm / GIB:.0f} GiB HBM, '
+           f'{d["chip_peak_flops"] / 1e12:.0f} TFLOP/s bf16 peak); {d["sequences_per_chip"]} sequences per chip per step']
+  if 'peak_bytes' in c['train']:
+    lines.append(f'per chip         parameters + optimizer state {_size(c["state_bytes"])}, train temporaries '
+                 f'{_size(c["train"]["temporaries_bytes"])}, train peak {_size(c["train"]["peak_bytes"])} '
+                 f'of {hbm / GIB:.0f} GiB ({"fits" if d["fits"] else "does NOT fit"}; '
+                 f'{_size(hbm - c["train"]["peak_bytes"])} free)')
+  else:
+    lines.append(f'per chip         does NOT fit: {c["train"]["error"][:200]}')
+  lines += [f'FLOPs            {d["step_flops"]:.3g} per step (6·N·D + attention, by formula; the compiled '
+            'cost analysis counts a scanned layer once)',
+            f'time             step at least {d["step_seconds_floor"]:.3g} s at chip peak; the run takes '
+            f'{d["chip_hours"]:,.0f} chip-hours ({d["chip_hours"] / d["chips"]:,.1f} h on {d["chips"]} chips) '
+            f'at {100 * d["mfu"]:.0f}% MFU']
+  r = d['recommendation']
+  if not d['fits']:
+    if r:
+      lines.append(f'fits with        --config.grad_accum_steps={r["grad_accum_steps"]} '
+                   f'--config.model.remat_policy={r["remat_policy"]} (peak {r["peak_bytes"] / GIB:.2f} GiB): the '
+                   'cheapest setting tried that fits')
+    else:
+      lines.append(f'nothing fits     on {d["topology"]} even with one sequence per chip per microbatch and '
+                   'full remat: use more chips, tensor parallelism (--config.mesh.tensor) or a bigger chip')
+  return '\n'.join(lines)
