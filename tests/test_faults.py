@@ -32,6 +32,7 @@ SCRIPT = test_loop.HELPERS + '''
 import sys, time
 import jax, numpy as np
 from spt_jax import checkpoint, evaluation, loop
+from spt_jax.data import mixture as mixture_lib
 workdir, mode, marker = sys.argv[1], sys.argv[2], sys.argv[3]
 config = tiny_config(steps=%d, checkpoint_every=2)
 
@@ -39,23 +40,18 @@ def mark(text):
   with open(marker, 'a') as f:
     f.write(text + '\\n')
 
-make_mixture = loop.make_mixture
-def slow_mixture(c, data):
-  mixture = make_mixture(c, data)
-  local_batch = mixture.local_batch
-  def delayed(step, *args):
-    time.sleep(0.25)
-    return local_batch(step, *args)
-  mixture.local_batch = delayed
-  return mixture
+local_batch = mixture_lib.Mixture.local_batch
+def slow_local_batch(self, step, *args):
+  time.sleep(0.25)
+  return local_batch(self, step, *args)
 if mode == 'slow':
-  loop.make_mixture = slow_mixture
+  mixture_lib.Mixture.local_batch = slow_local_batch
 
 evaluate = evaluation.Evaluator.__call__
-def slow_evaluate(self, params):
+def slow_evaluate(self, params, *args, **kwargs):
   mark('EVAL')
   time.sleep(1.0)
-  return evaluate(self, params)
+  return evaluate(self, params, *args, **kwargs)
 if mode == 'slow_eval':
   evaluation.Evaluator.__call__ = slow_evaluate
 
@@ -68,9 +64,9 @@ def slow_save(self, step, *args, **kwargs):
 if mode == 'slow_save':
   checkpoint.Checkpoints.save = slow_save
 
-runner, state, meta = loop.build(config, workdir, stage='pretrain', data=tiny_data())
-mark(f'START {meta["step"]}')
-summary = runner.train(state, meta)
+runner, state, loop_state = loop.build(config, workdir, stage='pretrain', data=tiny_data())
+mark(f'START {loop_state.step}')
+summary = runner.train(state, loop_state)
 checkpoints = checkpoint.Checkpoints(workdir, keep=2)
 state, _ = checkpoints.restore(runner.trainer.abstract_state)
 checkpoints.close()
@@ -237,8 +233,8 @@ def test_no_checkpoint_restores_is_one_line_and_moves_nothing(tmp_path, referenc
 
 def test_non_finite_evaluations_are_written_as_null_never_nan(tmp_path, monkeypatch):
   evaluate = evaluation.Evaluator.__call__
-  def nan_general(self, params):
-    results = evaluate(self, params)
+  def nan_general(self, params, *args, **kwargs):
+    results = evaluate(self, params, *args, **kwargs)
     results['general_test']['loss'] = float('nan')
     return results
   monkeypatch.setattr(evaluation.Evaluator, '__call__', nan_general)
