@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from spt_jax import aot
-from spt_jax import config as config_lib
+from configs import common
 from spt_jax import sharding
 from spt_jax import train
 
@@ -46,7 +46,8 @@ def test_unknown_topology_from_the_command_line_is_one_line():
 
 
 def _config(seq_len=128, batch_size=16):
-  c = config_lib.test_config('builtin:coq')
+  c = common.test()
+  c.data.domain = 'builtin:coq'
   c.data.seq_len, c.batch_size, c.eval_sequences = seq_len, batch_size, batch_size
   c.model.update(vocab_size=2048, loss_chunk_length=0)
   c.tokens = c.schedule.horizon_tokens = 40 * batch_size * seq_len
