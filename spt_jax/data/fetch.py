@@ -381,27 +381,19 @@ def main(argv=None) -> int:
   flags.DEFINE_string('only', '', f'comma-separated sources or groups: {", ".join(GROUPS)}, {", ".join(CORPORA)}, '
                       f'{TOKENIZER}', flag_values=fv)
   try:
-    rest = fv(['fetch', *(sys.argv[1:] if argv is None else argv)])[1:]
-  except flags.Error as error:
+    if fv(['fetch', *(sys.argv[1:] if argv is None else argv)])[1:]:
+      raise FetchError('unexpected argument; use --only=NAME[,NAME] and --cache_dir=DIR')
+    names = _expand(fv.only.split(',')) if fv.only else list(CORPORA) + [TOKENIZER]
+  except (flags.Error, FetchError) as error:
     print(f'error: {str(error).splitlines()[0]}', file=sys.stderr)
     return 2
-  if rest:
-    print(f'error: unexpected argument {rest[0]!r}; use --only=NAME[,NAME] and --cache_dir=DIR', file=sys.stderr)
-    return 2
-  args = fv
-  try:
-    names = _expand(args.only.split(',')) if args.only else list(CORPORA) + [TOKENIZER]
-  except FetchError as error:
-    print(f'error: {error}', file=sys.stderr)
-    return 2
   start = time.time()
-  print(f'fetching {len(names)} sources into {cache_root(args.cache_dir)}', file=sys.stderr, flush=True)
-  failures = fetch(names, args.cache_dir)
+  print(f'fetching {len(names)} sources into {cache_root(fv.cache_dir)}', file=sys.stderr, flush=True)
+  failures = fetch(names, fv.cache_dir)
   print(f'done in {time.time() - start:.1f} s: {len(names) - len(failures)} of {len(names)} sources ready' + (
       f'; skipped {", ".join(failures)} (reasons above)' if failures else ''), file=sys.stderr)
-  if args.only:
-    return 1 if failures else 0
-  return 1 if any(name in failures for name in PYPI_ONLY) else 0
+  failed = failures if fv.only else [name for name in failures if name in PYPI_ONLY]
+  return 1 if failed else 0
 
 
 if __name__ == '__main__':
