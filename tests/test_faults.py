@@ -306,13 +306,19 @@ def test_a_rejected_config_does_not_lock_the_user_out(tmp_path):
   json.loads((workdir / 'config.json').read_text(), parse_constant=pytest.fail)
 
 
+def _start_holding_the_lock(tmp_path, workdir) -> subprocess.Popen:
+  """The main command in the background, once it holds the workdir's lock."""
+  process = subprocess.Popen(_main_args(tmp_path, workdir), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  lock = workdir / '.lock'
+  _wait_for(lambda: lock.exists() and f'pid {process.pid} ' in lock.read_text(), process)
+  return process
+
+
 @pytest.mark.slow
 def test_two_runs_in_one_workdir(tmp_path):
   workdir = tmp_path / 'run'
-  first = subprocess.Popen(_main_args(tmp_path, workdir), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-  lock = workdir / '.lock'
-  _wait_for(lambda: lock.exists() and f'pid {first.pid} ' in lock.read_text(), first)
+  first = _start_holding_the_lock(tmp_path, workdir)
   second = _main(tmp_path, workdir)
   line = _one_line_error(second)
   assert f'is in use by a live run (pid {first.pid} on host ' in line, line
@@ -327,10 +333,7 @@ def test_two_runs_in_one_workdir(tmp_path):
 @pytest.mark.slow
 def test_sigterm_before_the_first_step_exits_0_with_one_line(tmp_path):
   workdir = tmp_path / 'run'
-  process = subprocess.Popen(_main_args(tmp_path, workdir), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-  lock = workdir / '.lock'
-  _wait_for(lambda: lock.exists() and f'pid {process.pid} ' in lock.read_text(), process)
+  process = _start_holding_the_lock(tmp_path, workdir)
   process.send_signal(signal.SIGTERM)  # While the BPE is trained and the data prepared.
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 0, stderr[-3000:]
