@@ -306,22 +306,47 @@ def test_a_rejected_config_does_not_lock_the_user_out(tmp_path):
   json.loads((workdir / 'config.json').read_text(), parse_constant=pytest.fail)
 
 
-def _start_holding_the_lock(tmp_path, workdir) -> subprocess.Popen:
-  """The main command in the background, once it holds the workdir's lock."""
-  process = subprocess.Popen(_main_args(tmp_path, workdir), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+# The main command, paused where it prepares its data (inside its workdir lock, before the first step) while the
+# file named by argv[1] exists: a test acts at that moment however slowly the machine runs.
+HOLD_SCRIPT = '''
+import os, sys, time
+hold = sys.argv.pop(1)
+from spt_jax.data import prepare
+prepare_data = prepare.prepare
+def held(config):
+  open(hold + '.reached', 'w').close()
+  while os.path.exists(hold):
+    time.sleep(0.05)
+  return prepare_data(config)
+prepare.prepare = held
+from spt_jax import main
+main._run()
+'''
+
+
+def _start_holding_the_lock(tmp_path, workdir) -> tuple:
+  """The main command in the background, paused before its first step while it holds the workdir's lock.
+
+  Returns the process and the file whose removal lets it go on.
+  """
+  hold = tmp_path / 'hold'
+  hold.touch()
+  process = subprocess.Popen([sys.executable, '-c', HOLD_SCRIPT, str(hold), *_main_args(tmp_path, workdir)[3:]],
+                             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   lock = workdir / '.lock'
-  _wait_for(lambda: lock.exists() and f'pid {process.pid} ' in lock.read_text(), process)
-  return process
+  _wait_for(lambda: pathlib.Path(f'{hold}.reached').exists(), process)
+  assert f'pid {process.pid} ' in lock.read_text()
+  return process, hold
 
 
 @pytest.mark.slow
 def test_two_runs_in_one_workdir(tmp_path):
   workdir = tmp_path / 'run'
-  first = _start_holding_the_lock(tmp_path, workdir)
+  first, hold = _start_holding_the_lock(tmp_path, workdir)
   second = _main(tmp_path, workdir)
   line = _one_line_error(second)
   assert f'is in use by a live run (pid {first.pid} on host ' in line, line
+  hold.unlink()
   _, stderr = first.communicate(timeout=300)
   assert first.returncode == 0, stderr[-3000:]  # The first run never noticed.
   summary = json.loads((workdir / 'summary.json').read_text())
@@ -333,8 +358,8 @@ def test_two_runs_in_one_workdir(tmp_path):
 @pytest.mark.slow
 def test_sigterm_before_the_first_step_exits_0_with_one_line(tmp_path):
   workdir = tmp_path / 'run'
-  process = _start_holding_the_lock(tmp_path, workdir)
-  process.send_signal(signal.SIGTERM)  # While the BPE is trained and the data prepared.
+  process, _ = _start_holding_the_lock(tmp_path, workdir)
+  process.send_signal(signal.SIGTERM)  # Where the data is about to be prepared.
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 0, stderr[-3000:]
   assert 'SIGTERM outside a training step: nothing new to save' in stderr.strip().splitlines()[-1]
