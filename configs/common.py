@@ -66,7 +66,7 @@ def cpu() -> ml_collections.ConfigDict:
   c.optimizer.lr = 3e-3
   c.schedule.kind = 'cosine'
   c.schedule.warmup_steps = 50
-  c.schedule.horizon_tokens = c.tokens
+  c.schedule.horizon_tokens = c.get_ref('tokens')  # The cosine ends with the run, also under --config.tokens=N.
   c.schedule.final_lr = 3e-4
   c.eval_every = 100
   c.eval_sequences = 64
@@ -94,7 +94,6 @@ def test() -> ml_collections.ConfigDict:
   c.data.domain_train_sequences = 8
   c.batch_size = 8
   c.tokens = 8 * 32 * 40
-  c.schedule.horizon_tokens = c.tokens
   c.schedule.warmup_steps = 5
   c.eval_every = 20
   c.eval_sequences = 16

@@ -134,3 +134,40 @@ def similarity_plot(rows: list, path: str) -> str:
   axis.legend(fontsize=8, bbox_to_anchor=(1.01, 1.0), loc='upper left')
   axis.grid(True, axis='y', alpha=0.3)
   return _save(figure, path)
+
+
+def seeds_plot(trajectories: dict, path: str, title: str = '') -> str:
+  """Both arms' domain and general test loss over seeds: pretraining then finetuning (top), finetuning (bottom).
+
+  trajectories: arm label -> list of seeds.trajectory dicts.
+  """
+  figure, axes = plt.subplots(2, 2, figsize=(12, 8))
+  for color, (label, runs) in zip(('tab:blue', 'tab:orange', 'tab:green', 'tab:red'), trajectories.items()):
+    for index, t in enumerate(runs):
+      name = label if index == 0 else None
+      for column, eval_set in enumerate(('domain_test', 'general_test')):
+        axes[0, column].plot(np.array(t['pretrain_tokens'] + t['finetune_tokens']) / 1e6,
+                             t[f'pretrain_{eval_set}'] + t[f'finetune_{eval_set}'], color=color, alpha=0.7,
+                             label=name)
+        axes[1, column].plot(t['finetune_steps'], t[f'finetune_{eval_set}'], color=color, alpha=0.7, marker='.',
+                             label=name)
+        best = t['finetune_steps'].index(t['best_step']) if t['best_step'] in t['finetune_steps'] else None
+        if best is not None:
+          axes[1, column].plot(t['best_step'], t[f'finetune_{eval_set}'][best], color=color, marker='*',
+                               markersize=12)
+  for column, eval_set in enumerate(('domain_test', 'general_test')):
+    axes[0, column].set(xlabel='tokens (millions): pretraining, then finetuning', ylabel=f'{eval_set} loss',
+                        title=f'{eval_set} through pretraining and finetuning')
+    low = min(min(t[f'finetune_{eval_set}'] + t[f'pretrain_{eval_set}'][-3:]) for runs in trajectories.values()
+              for t in runs)
+    high = max(max(t[f'finetune_{eval_set}'] + t[f'pretrain_{eval_set}'][-3:]) for runs in trajectories.values()
+               for t in runs)
+    axes[0, column].set_ylim(low - 0.5, high + 1.5)  # The early pretraining losses would flatten the rest.
+    axes[1, column].set(xlabel='finetuning step (★ best, by domain test loss)', ylabel=f'{eval_set} loss',
+                        title=f'{eval_set} during finetuning (best grid point)')
+    for row in range(2):
+      axes[row, column].grid(True, alpha=0.3)
+      axes[row, column].legend(fontsize=8)
+  if title:
+    figure.suptitle(title)
+  return _save(figure, path)

@@ -1,0 +1,88 @@
+"""§2.2 and Figs. 4-5, the headline: NPT→FT against SPT→FT, finetuning grid and early stopping included, over seeds.
+
+Reports mean ± standard deviation of the post-finetuning domain test loss, the relative gain G and the forgetting,
+with the paper's values beside them, and plots both arms' domain and general loss through pretraining and
+finetuning (W/report.md, W/headline.json, W/headline.png). A re-run skips the arms already finished.
+
+CPU scale, the setting of experiments/results/headline_* (one seed of one domain, both arms, in about 13 minutes
+on 2 cores):
+  python -m experiments.headline --config=configs/musicpile.py:tiny --config.tokens=1000000 \
+      --config.finetune.max_steps=200 --delta=0.1 --workdir=runs/headline_music
+Paper scale: --config=configs/musicpile.py:1b --seeds=0 (the paper runs one seed).
+"""
+
+import os
+
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import common
+from spt_jax.analysis import paper
+from spt_jax.analysis import seeds as seeds_lib
+
+_SEEDS = flags.DEFINE_list('seeds', '0,1,2', 'Seeds; each runs both arms (init, data order and split of batches).')
+_DELTA = flags.DEFINE_float('delta', None, 'δ of the SPT arm; default: the config\'s mixture.domain_fraction.')
+
+
+def domain_name() -> str:
+  """The domain's config file name (musicpile, proofpile, ...): the key of the paper's values."""
+  return os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS['config'])))[0]
+
+
+def report(result: dict, domain: str, delta: float, config) -> str:
+  s = result['summary']
+  known = f'relative_gain_pct/{domain}' in paper.VALUES
+  paper_gain = paper.cell('relative_gain_pct', domain) if known else '– (not a paper domain)'
+  lines = [
+      f'# Headline: NPT→FT against SPT→FT on {domain}, {result["seeds"]} seeds', '',
+      f'Model `{config.model.preset}`, {config.tokens:,} pretraining tokens, sequences of {config.data.seq_len}, '
+      f'SPT at δ = {100 * delta:g}%; finetuning grid {list(map(tuple, config.finetune.grid))} (lr, warmup) with '
+      f'early stopping (patience {config.finetune.patience}, evaluation every {config.finetune.eval_every} steps, '
+      f'at most {config.finetune.max_steps} steps); each arm\'s best grid point by domain test loss.', '',
+      '## Per seed', '', seeds_lib.format_tables(result), '',
+      'G = 100·(L_NPT→FT − L_SPT→FT)/L_NPT→FT. Forgetting: general test loss after finetuning (at the best '
+      'step) minus before.', '',
+      '## Against the paper', '',
+      '| quantity | ours (mean ± sd over seeds) | paper |', '|---|---|---|',
+      f'| relative gain G | {seeds_lib.plus_minus(s["gain_pct"], 2, "%")} ({s["seeds_spt_better"]} of {result["seeds"]} seeds '
+      f'SPT better) | {paper_gain} |',
+      f'| forgetting, NPT → SPT | {seeds_lib.plus_minus(s["npt_forgetting"])} → {seeds_lib.plus_minus(s["spt_forgetting"])} nats | '
+      f'{paper.cell("forgetting")} |',
+      f'| finetuning epochs to the best step | see per-seed table | {paper.cell("finetune_overfit_epochs")} |',
+      '', 'The paper\'s values are at 1B parameters and 200B tokens; ours at CPU scale, so the direction and rough '
+      'size compare, not the numbers.', '', '![both arms through pretraining and finetuning](headline.png)', '']
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  from spt_jax import files  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+  base = common.base_config()
+  delta = base.mixture.domain_fraction if _DELTA.value is None else _DELTA.value
+  if not 0 < delta < 1:
+    raise ValueError(f'the SPT arm needs 0 < δ < 1, got {delta}; set --delta or --config.mixture.domain_fraction')
+  seeds = [int(s) for s in _SEEDS.value if s]
+  if not seeds:
+    raise ValueError('--seeds is empty; give at least one seed, e.g. --seeds=0,1,2')
+  variants = {}
+  for seed in seeds:  # Seed by seed, both arms: a cut-off study has whole pairs.
+    variants[f'npt_seed{seed}'] = common.variant(base, seed=seed, mixture__domain_fraction=0.0)
+    variants[f'spt_seed{seed}'] = common.variant(base, seed=seed, mixture__domain_fraction=delta)
+  workdirs = common.run_variants(variants)
+  pairs = {seed: (runs.read(workdirs[f'npt_seed{seed}']), runs.read(workdirs[f'spt_seed{seed}'])) for seed in seeds}
+  result = seeds_lib.compare(pairs)
+  domain = domain_name()
+  trajectories = {'NPT→FT (δ = 0)': [seeds_lib.trajectory(npt) for npt, _ in pairs.values()],
+                  f'SPT→FT (δ = {100 * delta:g}%)': [seeds_lib.trajectory(spt) for _, spt in pairs.values()]}
+  out = common.WORKDIR.value
+  plots.seeds_plot(trajectories, os.path.join(out, 'headline.png'), f'{domain}: {len(seeds)} seeds')
+  files.write_json(os.path.join(out, 'headline.json'), {'domain': domain, 'delta': delta, **result,
+                                                        'trajectories': trajectories})
+  files.write_text(os.path.join(out, 'report.md'), report(result, domain, delta, base))
+  print(f'{domain}: G = {seeds_lib.plus_minus(result["summary"]["gain_pct"], 2, "%")} over {len(seeds)} seeds; {out}/report.md')
+
+
+if __name__ == '__main__':
+  common.run(main)

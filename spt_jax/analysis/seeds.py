@@ -1,0 +1,105 @@
+"""NPT→FT against SPT→FT over seeds (§2.2, Figs. 4-5): per-seed gains and forgetting, mean ± standard deviation.
+
+Each arm is a pipeline workdir (W/pretrain, W/finetune/<grid point>, W/summary.json). An arm's result is the best
+finetune over the grid from its last pretraining checkpoint, chosen by domain test loss as the pipeline chooses.
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+
+from spt_jax.analysis import gains as gains_lib
+from spt_jax.analysis import runs as runs_lib
+
+SETS = ('domain_test', 'general_test')
+
+
+def arm(run: runs_lib.Run) -> dict:
+  """One arm's numbers: pre- and post-finetuning domain loss, general loss before and after, forgetting."""
+  points = runs_lib.finetune_points(run)
+  if not points:
+    raise ValueError(f'{run.path}: no finetune with a finite best_domain_test_loss; rerun the study to finish it')
+  best = points[-1]
+  return {'run': run.name, 'delta': run.domain_fraction, 'pretrain_tokens': float(best['pretrain_tokens']),
+          'pre_ft_loss': float(best['domain_test_loss_before']), 'post_ft_loss': float(best['best_domain_test_loss']),
+          'general_before': float(best['general_test_loss_before']),
+          'general_after': float(best['general_test_loss_after']), 'forgetting': gains_lib.forgetting(best),
+          'best_finetune': best['name'], 'best_step': int(best['best_step']), 'epochs': float(best['epochs'])}
+
+
+def _spread(values) -> dict:
+  values = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+  sd = float(values.std(ddof=1)) if len(values) > 1 else None
+  return {'mean': float(values.mean()) if len(values) else None, 'sd': sd, 'n': int(len(values))}
+
+
+def compare(pairs: dict) -> dict:
+  """pairs: seed -> (NPT Run, SPT Run). Per-seed rows and, over seeds, mean and sample standard deviation."""
+  rows = []
+  for seed, (npt, spt) in sorted(pairs.items()):
+    runs_lib.check_consistent([npt, spt])
+    a, b = arm(npt), arm(spt)
+    rows.append({'seed': seed, 'npt': a, 'spt': b, 'gain_pct': gains_lib.relative_gain(a['post_ft_loss'],
+                                                                                      b['post_ft_loss'])})
+  summary = {
+      'npt_post_ft_loss': _spread(r['npt']['post_ft_loss'] for r in rows),
+      'spt_post_ft_loss': _spread(r['spt']['post_ft_loss'] for r in rows),
+      'npt_pre_ft_loss': _spread(r['npt']['pre_ft_loss'] for r in rows),
+      'spt_pre_ft_loss': _spread(r['spt']['pre_ft_loss'] for r in rows),
+      'gain_pct': _spread(r['gain_pct'] for r in rows),
+      'npt_forgetting': _spread(r['npt']['forgetting'] for r in rows),
+      'spt_forgetting': _spread(r['spt']['forgetting'] for r in rows),
+      'npt_general_after': _spread(r['npt']['general_after'] for r in rows),
+      'spt_general_after': _spread(r['spt']['general_after'] for r in rows),
+  }
+  gains = [r['gain_pct'] for r in rows]
+  summary['seeds_spt_better'] = int(sum(g > 0 for g in gains))
+  return {'rows': rows, 'summary': summary, 'seeds': len(rows)}
+
+
+def _read_jsonl(path: str) -> list:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def trajectory(run: runs_lib.Run) -> dict:
+  """Domain and general test loss through pretraining, then through the best finetune (tokens continue)."""
+  best = arm(run)
+  pretrain = [r for r in run.metrics if all(f'eval/{s}/loss' in r for s in SETS)]
+  finetune_dir = os.path.join(run.path, 'finetune', best['best_finetune'])
+  finetune = [r for r in _read_jsonl(os.path.join(finetune_dir, 'metrics.jsonl'))
+              if all(f'eval/{s}/loss' in r for s in SETS)]
+  start = best['pretrain_tokens']
+  out = {'pretrain_tokens': [float(r['tokens']) for r in pretrain],
+         'finetune_tokens': [start + float(r['tokens']) for r in finetune],
+         'finetune_steps': [int(r['step']) for r in finetune], 'best_step': best['best_step']}
+  for name in SETS:
+    out[f'pretrain_{name}'] = [float(r[f'eval/{name}/loss']) for r in pretrain]
+    out[f'finetune_{name}'] = [float(r[f'eval/{name}/loss']) for r in finetune]
+  return out
+
+
+def plus_minus(stats: dict, digits: int = 4, suffix: str = '') -> str:
+  if stats['mean'] is None:
+    return '–'
+  sd = '' if stats['sd'] is None else f' ± {stats["sd"]:.{digits}f}'
+  return f'{stats["mean"]:.{digits}f}{sd}{suffix}'
+
+
+def format_tables(result: dict) -> str:
+  """Markdown: one row per seed, then mean ± sd over seeds."""
+  lines = ['| seed | NPT pre-FT | NPT→FT | SPT pre-FT | SPT→FT | G | NPT forgetting | SPT forgetting | '
+           'NPT best FT | SPT best FT |', '|---|---|---|---|---|---|---|---|---|---|']
+  for r in result['rows']:
+    a, b = r['npt'], r['spt']
+    lines.append(f'| {r["seed"]} | {a["pre_ft_loss"]:.4f} | {a["post_ft_loss"]:.4f} | {b["pre_ft_loss"]:.4f} | '
+                 f'{b["post_ft_loss"]:.4f} | {r["gain_pct"]:+.2f}% | {a["forgetting"]:+.4f} | '
+                 f'{b["forgetting"]:+.4f} | {a["best_finetune"]} @{a["best_step"]} ({a["epochs"]:.1f} ep) | '
+                 f'{b["best_finetune"]} @{b["best_step"]} ({b["epochs"]:.1f} ep) |')
+  s = result['summary']
+  lines.append(f'| mean ± sd | {plus_minus(s["npt_pre_ft_loss"])} | {plus_minus(s["npt_post_ft_loss"])} | '
+               f'{plus_minus(s["spt_pre_ft_loss"])} | {plus_minus(s["spt_post_ft_loss"])} | {plus_minus(s["gain_pct"], 2, "%")} | '
+               f'{plus_minus(s["npt_forgetting"])} | {plus_minus(s["spt_forgetting"])} | | |')
+  return '\n'.join(lines)
