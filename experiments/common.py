@@ -61,6 +61,40 @@ def analyse(command: str, name: str = '', **arguments) -> str:
   return out
 
 
+def config_name() -> str:
+  """The --config file's name (musicpile, proofpile, ...): the domain key of the paper's values."""
+  return os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS['config'])))[0]
+
+
+def arms(base: ml_collections.ConfigDict, delta: float, seeds=(0,), prefix: str = '', **overrides) -> dict:
+  """NPT and SPT (δ) variants per seed, seed by seed: `npt_seed0`, `spt_seed0`, ... (studies share these names,
+  so a study pointed at another's workdir reuses its finished runs)."""
+  variants = {}
+  for seed in seeds:
+    for arm, fraction in (('npt', 0.0), ('spt', delta)):
+      variants[f'{prefix}{arm}_seed{seed}'] = variant(base, seed=seed, mixture__domain_fraction=fraction, **overrides)
+  return variants
+
+
+def write_report(title: str, sections: list) -> str:
+  """WORKDIR/report.md: the title, then the sections (markdown) separated by blank lines."""
+  from spt_jax import files  # pylint: disable=g-import-not-at-top
+  path = os.path.join(WORKDIR.value, 'report.md')
+  files.write_text(path, '\n\n'.join([f'# {title}', *sections]) + '\n')
+  print(f'report: {path}')
+  return path
+
+
+def paper_table(rows: list) -> str:
+  """Markdown rows (quantity, ours, paper key[, domain]) as a table with the paper's value and its source."""
+  from spt_jax.analysis import paper  # pylint: disable=g-import-not-at-top
+  lines = ['| quantity | ours | paper |', '|---|---|---|']
+  for quantity, ours, key, *domain in rows:
+    lines.append(f'| {quantity} | {ours} | {paper.cell(key, *domain)} |')
+  return '\n'.join(lines + ['', 'The paper: OLMo-style models of 300M-3B parameters and up to 200B tokens; ours: CPU '
+                             'scale. Directions compare, magnitudes need not.'])
+
+
 def pretrain_tokens(config) -> int:
   from spt_jax import run_plan  # pylint: disable=g-import-not-at-top
   return run_plan.make(config, 'pretrain').tokens

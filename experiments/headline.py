@@ -14,7 +14,6 @@ Paper scale: --config=configs/musicpile.py:1b --seeds=0 (the paper runs one seed
 import os
 
 from absl import flags
-from ml_collections import config_flags
 
 from experiments import common
 from spt_jax.analysis import paper
@@ -22,11 +21,6 @@ from spt_jax.analysis import seeds as seeds_lib
 
 _SEEDS = flags.DEFINE_list('seeds', '0,1,2', 'Seeds; each runs both arms (init, data order and split of batches).')
 _DELTA = flags.DEFINE_float('delta', None, 'δ of the SPT arm; default: the config\'s mixture.domain_fraction.')
-
-
-def domain_name() -> str:
-  """The domain's config file name (musicpile, proofpile, ...): the key of the paper's values."""
-  return os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS['config'])))[0]
 
 
 def report(result: dict, domain: str, delta: float, config) -> str:
@@ -66,14 +60,10 @@ def main(argv):
   seeds = [int(s) for s in _SEEDS.value if s]
   if not seeds:
     raise ValueError('--seeds is empty; give at least one seed, e.g. --seeds=0,1,2')
-  variants = {}
-  for seed in seeds:  # Seed by seed, both arms: a cut-off study has whole pairs.
-    variants[f'npt_seed{seed}'] = common.variant(base, seed=seed, mixture__domain_fraction=0.0)
-    variants[f'spt_seed{seed}'] = common.variant(base, seed=seed, mixture__domain_fraction=delta)
-  workdirs = common.run_variants(variants)
+  workdirs = common.run_variants(common.arms(base, delta, seeds))
   pairs = {seed: (runs.read(workdirs[f'npt_seed{seed}']), runs.read(workdirs[f'spt_seed{seed}'])) for seed in seeds}
   result = seeds_lib.compare(pairs)
-  domain = domain_name()
+  domain = common.config_name()
   trajectories = {'NPT→FT (δ = 0)': [seeds_lib.trajectory(npt) for npt, _ in pairs.values()],
                   f'SPT→FT (δ = {100 * delta:g}%)': [seeds_lib.trajectory(spt) for _, spt in pairs.values()]}
   out = common.WORKDIR.value

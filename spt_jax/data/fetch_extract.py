@@ -13,6 +13,8 @@ import struct
 import zlib
 from typing import Iterator
 
+from absl import logging
+
 Document = tuple  # (document id, text)
 
 
@@ -225,6 +227,101 @@ def web_bible_documents(root: pathlib.Path) -> Iterator[Document]:
   for module in modules:
     yield from ztext_documents(module)
 
+
+_CHAPTER_MARK = re.compile(r'<chapter\b[^>]*>')
+
+
+def ztext_chapters(module_dir: pathlib.Path) -> dict:
+  """Each chapter's non-empty verses (one line each, titles and footnotes dropped) by OSIS id, e.g. 'Gen.1'."""
+  chapters_found, current = {}, None
+  for verse in ztext_verses(module_dir):
+    pieces, start = [], 0
+    for mark in _CHAPTER_MARK.finditer(verse):  # A verse entry may hold a chapter's start or end marker.
+      pieces.append((current, verse[start:mark.start()]))
+      found = re.search(r'osisID="([^"]+)"', mark.group(0)) if 'sID=' in mark.group(0) else None
+      current, start = found and found.group(1), mark.end()
+    for chapter, markup in pieces + [(current, verse[start:])]:
+      text = ' '.join(osis_text(re.sub(r'<title\b.*?</title>', ' ', markup, flags=re.DOTALL)).split())
+      if chapter and text:
+        chapters_found.setdefault(chapter, []).append(text)
+  return chapters_found
+
+
+def aligned_bible_documents(root: pathlib.Path, first: str, second: str) -> Iterator[Document]:
+  """One document per chapter in both zText modules (named by folder), in the first's order: verse pairs by
+  position ("first\\nsecond", a blank line between pairs), for chapters with as many verses in both."""
+  found = [next(iter(sorted(root.glob(f'**/ztext/{name}'))), None) for name in (first, second)]
+  if None in found:
+    raise ValueError(f'no SWORD zText module {first} and {second} under {root}; the package layout changed')
+  left, right = (ztext_chapters(module) for module in found)
+  shared = [chapter for chapter in left if chapter in right]
+  aligned = [chapter for chapter in shared if len(left[chapter]) == len(right[chapter])]
+  logging.info('%s/%s: %d of %d shared chapters aligned, %d dropped (verse counts differ)', first, second,
+               len(aligned), len(shared), len(shared) - len(aligned))
+  for chapter in aligned:
+    yield chapter, '\n\n'.join(f'{a}\n{b}' for a, b in zip(left[chapter], right[chapter])) + '\n'
+
+
+def fortune_documents(root: pathlib.Path) -> Iterator[Document]:
+  """One document per fortune file (its .u8 twin and .dat index skipped): fortunes split at `%` lines."""
+  for path in files(root, '**/fortunes/*/*', r'\.dat$'):
+    if path.suffix == '.u8' and path.with_suffix('').exists():
+      continue
+    fortunes = re.split(r'^%[ \t]*$', read_text(path), flags=re.MULTILINE)
+    text = '\n\n'.join(tidy(x).strip('\n') for x in fortunes if x.strip())
+    if text:
+      yield path.name, tidy(re.sub(r'[\x00-\x08\x0b-\x1f\x7f]', '', text))
+
+
+# Manual pages: troff requests and escapes reduced to reading text (no filling, so source lines stay lines).
+_TROFF_CHARACTERS = {'em': '—', 'en': '–', 'aq': "'", 'dq': '"', 'bu': '•', 'co': '©', 'lq': '“', 'rq': '”',
+                     'hy': '-', 'ti': '~', 'ha': '^', 'rs': '\\', 'de': '°', 'if': '∞', 'is': '∫', 'pd': '∂',
+                     '*W': 'Ω', '*p': 'π', '>=': '≥', 'at': '@', 'sl': '/', 'cq': "'", '-': '-', 'e': '\\',
+                     '\\': '\\', ' ': ' ', '~': ' ', '0': ' ', 't': '\t', "'": "'", '`': '`', '.': '.'}
+_TROFF_ESCAPE = re.compile(r"\\(?:f(?:\(..|\[[^]]*\]|.)|s[-+]?\d+|[hvwoxlLDbNZ]'[^']*'|n(?:\(..|\[[^]]*\]|.)|"
+                           r"\*?\((..)|\*?\[([^]]*)\]|\*(.)|(.)|$)")
+_TROFF_FONTS = {'B', 'I', 'SM', 'SB', 'BR', 'IR', 'RB', 'BI', 'IB', 'RI'}
+
+
+def troff_inline(text: str) -> str:
+  """A line of troff with its escapes replaced: font and size changes dropped, named characters spelled out."""
+  return _TROFF_ESCAPE.sub(lambda m: _TROFF_CHARACTERS.get(next((g for g in m.groups() if g), ''), ''),
+                           re.sub(r'\\".*', '', text))
+
+
+def troff_text(source: str) -> str:
+  """A man page's troff as plain text: headings for .TH/.SH/.SS, a blank line at each paragraph macro, font
+  macros' text kept, other requests, comments, macro definitions and table formats dropped."""
+  lines, skip = [], ''
+  for line in source.split('\n'):
+    if skip:  # Inside a macro definition (up to `..`) or a table's format lines (up to one ending in '.').
+      skip = '' if (line.strip() == '..' if skip == 'de' else line.rstrip().endswith('.')) else skip
+      continue
+    if not line.startswith(('.', "'")):
+      lines.append(troff_inline(re.sub(r'^T\}|T\{$', '', line)))  # Without a table's text-block marks.
+      continue
+    request, _, rest = line[1:].strip().partition(' ')
+    words = [a or b for a, b in re.findall(r'"([^"]*)"?|(\S+)', rest)]
+    if request in ('de', 'ig', 'am', 'TS'):
+      skip = 'TS' if request == 'TS' else 'de'
+    elif request in ('TH', 'SH', 'SS'):
+      lines += ['', troff_inline(rest.replace('"', '')).strip(), '']
+    elif request in ('PP', 'P', 'LP', 'TP', 'IP', 'HP', 'sp'):  # (.br needs nothing: source lines stay lines.)
+      lines += [''] + ([troff_inline(words[0])] if request == 'IP' and words else [])  # An .IP tag: a bullet.
+    elif request in _TROFF_FONTS:  # Two-letter ones alternate fonts between arguments, written without spaces.
+      lines.append(troff_inline((' ' if len(request) == 1 or request[0] == 'S' else '').join(words)))
+  return tidy('\n'.join(lines))
+
+
+def manpage_documents(root: pathlib.Path) -> Iterator[Document]:
+  """One document per gzipped manual page under man*/ folders; `.so` pages (redirects to another page) skipped."""
+  for path in files(root, '**/man[1-9]*/*.gz'):
+    source = gzip.decompress(path.read_bytes()).decode('utf-8', errors='replace').replace('\r\n', '\n')
+    if re.search(r'^\.so\s', source, re.MULTILINE) and not re.search(r'^\.(SH|TH)\b', source, re.MULTILINE):
+      continue
+    text = troff_text(source)
+    if text.strip():
+      yield f'{path.parent.name}/{path.name.removesuffix(".gz")}', text
 
 
 def metamath_sections(text: str) -> list:

@@ -258,10 +258,10 @@ def _file_checksum(path: pathlib.Path, sampled: bool) -> str:
 
 
 def _builtin_names(source: Source) -> list:
-  from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
+  from spt_jax.data import corpora  # pylint: disable=g-import-not-at-top
   names = []
   for item in source.target.split(','):
-    for name in fetch.GROUPS.get(item, [item]):
+    for name in corpora.GROUPS.get(item, [item]):
       if name not in names:
         names.append(name)
   return names
