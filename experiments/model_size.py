@@ -1,29 +1,82 @@
-"""Section 4: does a small SPT model close the gap to a larger NPT model? (the paper: 1B SPT vs 3B NPT)
+"""§3.3, Fig. 8 (right), and §2.2's gap closed: does the SPT-NPT gap widen with model size?
 
-  python -m experiments.model_size --config=configs/proofpile.py:tiny --workdir=runs/proof_model_size
-Paper scale: --config=configs/proofpile.py:1b --large_preset=olmo-3b (plus the data paths).
+Each --presets model (smallest first) is pretrained NPT and SPT at δ on the same tokenizer and data, and finetuned
+from earlier checkpoints too (--checkpoints), so every size has post-finetuning losses at several budgets. The
+report gives NPT→FT, SPT→FT and the gap per size and budget, and the gap closed by each size's SPT model
+against the next size's NPT model (the paper: 1B SPT against 3B NPT).
+
+  python -m experiments.model_size --config=configs/musicpile.py:small --workdir=runs/music_model_size
+Paper scale: --config=configs/musicpile.py:300m --presets=olmo-300m,olmo-600m,olmo-1b,olmo-3b (plus data paths).
 """
+
+import os
 
 from absl import flags
 
 from experiments import common
 
-_DELTA = flags.DEFINE_float('delta', 0.05, 'δ of the small SPT model.')
-_LARGE = flags.DEFINE_string('large_preset', 'cpu-6m', 'Model preset of the larger NPT model.')
+_DELTA = flags.DEFINE_float('delta', 0.1, 'δ of the SPT models.')
+_PRESETS = flags.DEFINE_list('presets', 'tiny,cpu-2m,cpu-6m', 'Model presets, smallest first (at least 3 for the '
+                             'trend).')
+_CHECKPOINTS = flags.DEFINE_integer('checkpoints', 2, 'Earlier pretraining checkpoints to finetune from (budgets).')
+
+
+def _curve(workdir: str) -> dict:
+  from spt_jax.analysis import gains  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+  run = runs.read(workdir)
+  tokens, losses, _ = gains.post_ft_curve(run)
+  return {'params': int(run.summary['params']), 'tokens': tokens.tolist(), 'loss': losses.tolist()}
 
 
 def main(argv):
   del argv
-  from spt_jax import model
+  from spt_jax import files  # pylint: disable=g-import-not-at-top
+  from spt_jax import model  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
   base = common.base_config()
-  large = model.preset_config(_LARGE.value)
-  large.update(dtype=base.model.dtype, vocab_size=base.model.vocab_size)  # Same tokenizer for all three.
-  workdirs = common.run_variants({
-      'small_npt': common.variant(base, mixture__domain_fraction=0.0),
-      'small_spt': common.variant(base, mixture__domain_fraction=_DELTA.value),
-      'large_npt': common.variant(base, mixture__domain_fraction=0.0, model=large.to_dict()),
-  })
-  common.analyse('gains', npt=workdirs['small_npt'], spt=[workdirs['small_spt']], npt_large=workdirs['large_npt'])
+  presets = [p for p in _PRESETS.value if p]
+  if len(presets) < 2:
+    raise ValueError(f'--presets={_PRESETS.value}: give at least two model presets, smallest first')
+  from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
+  variants = {}
+  for preset in presets:
+    size = model.preset_config(preset)
+    size.update(dtype=base.model.dtype, vocab_size=base.model.vocab_size)  # Same tokenizer for every size.
+    variants.update(common.arms(base, _DELTA.value, prefix=f'{preset}_', model=size.to_dict(),
+                                finetune__from_steps=from_steps))
+  workdirs = common.run_variants(variants)
+  curves = {p: {arm: _curve(workdirs[f'{p}_{arm}_seed0']) for arm in ('npt', 'spt')} for p in presets}
+  table = ['| model | parameters | pretraining tokens | NPT→FT | SPT→FT | gap (NPT − SPT) | G |', '|---|---|---|---|---|---|---|']
+  gaps = {}
+  for preset in presets:
+    npt, spt = curves[preset]['npt'], curves[preset]['spt']
+    for tokens, npt_loss, spt_loss in zip(npt['tokens'], npt['loss'], spt['loss']):
+      gaps.setdefault(tokens, []).append(npt_loss - spt_loss)
+      table.append(f'| {preset} | {npt["params"]:,} | {tokens:,.0f} | {npt_loss:.4f} | {spt_loss:.4f} | '
+                   f'{npt_loss - spt_loss:+.4f} | {gains_lib.relative_gain(npt_loss, spt_loss):+.2f}% |')
+  closed = ['| SPT model | NPT model | gap closed |', '|---|---|---|']
+  for small, large in zip(presets, presets[1:]):
+    value = gains_lib.gap_closed(curves[small]['npt']['loss'][-1], curves[small]['spt']['loss'][-1],
+                                 curves[large]['npt']['loss'][-1])
+    closed.append(f'| {small} | {large} | {"undefined (larger not better)" if value is None else f"{value:.0f}%"} |')
+  params = [curves[p]['npt']['params'] for p in presets]
+  plots.series_plot({f'{tokens:,.0f} tokens': (params, values) for tokens, values in sorted(gaps.items())},
+                    os.path.join(common.WORKDIR.value, 'model_size.png'), 'parameters', 'NPT→FT − SPT→FT (nats)',
+                    'the SPT-NPT gap in post-finetuning domain loss, by model size', xscale='log')
+  final = gaps[max(gaps)]
+  widening = all(b >= a for a, b in zip(final, final[1:]))
+  files.write_json(os.path.join(common.WORKDIR.value, 'model_size.json'), curves)
+  common.write_report(f'Model size on {common.config_name()}: NPT against SPT (δ = {100 * _DELTA.value:g}%)', [
+      '\n'.join(table), '![the gap by model size](model_size.png)', '\n'.join(closed),
+      common.paper_table([
+          ('the gap at the full budget, smallest to largest',
+           ' → '.join(f'{g:+.4f}' for g in final) + (' (widens)' if widening else ' (does not widen throughout)'),
+           'model_size/direction'),
+          (f'gap closed, {presets[0]} SPT vs {presets[1]} NPT', closed[2].split('|')[3].strip(),
+           'gap_closed_pct', common.config_name() if common.config_name() in ('musicpile', 'proofpile', 'chempile')
+           else 'musicpile')])])
 
 
 if __name__ == '__main__':

@@ -1,21 +1,100 @@
-"""Appendix E: how far each built-in domain is from the general text (n-gram JSD; C2ST and MAUVE with the
-similarity extra installed and --embeddings).
+"""§3.1.2, App. E: does any similarity metric predict which domains gain most from SPT?
 
-  python -m experiments.similarity --workdir=runs/similarity
+For each domain: n-gram JSD against the general text (C2ST and MAUVE too with the similarity extra installed and
+--embeddings), and, with --gains (default), NPT and SPT runs pretrained and finetuned to measure G. Then each
+metric's Spearman rank correlation with G across the domains, beside the proxy the paper found best: the NPT
+model's post-finetuning domain loss.
+
+  python -m experiments.similarity --config=configs/musicpile.py:small --workdir=runs/similarity
+(the --config file gives the size; each domain replaces its data.domain)
 """
+
+import os
 
 from absl import flags
 
 from experiments import common
 
-_DOMAINS = flags.DEFINE_list('domains', 'builtin:coq,builtin:abc,builtin:moses', 'Domain source specs.')
+_DOMAINS = flags.DEFINE_list('domains', 'builtin:abc,builtin:moses,builtin:coq,builtin:metamath,builtin:hott',
+                             'Domain source specs.')
+_REFERENCE = flags.DEFINE_string('reference', 'builtin:english', 'The general text the domains are compared with.')
 _EMBEDDINGS = flags.DEFINE_bool('embeddings', False, 'Also the classifier two-sample test and MAUVE.')
+_GAINS = flags.DEFINE_bool('gains', True, 'Also train NPT and SPT per domain and correlate the metrics with G.')
+_DELTA = flags.DEFINE_float('delta', 0.1, 'δ of the SPT arms.')
+_MAX_TOKENS = flags.DEFINE_float('max_tokens', 1.5e6, 'Tokens per corpus for the metrics.')
+
+METRICS = ('unigram_jsd', 'bigram_jsd', 'trigram_jsd', 'c2st_auc', 'mauve')
+
+
+def _label(spec: str) -> str:
+  return spec.split(':', 1)[-1].replace(',', '+')
+
+
+def measured_gains(base, domains: list) -> dict:
+  """Per domain: G and the NPT post-finetuning loss of one NPT/SPT pair (`<domain>_npt_seed0`, ...)."""
+  from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import seeds  # pylint: disable=g-import-not-at-top
+  variants = {}
+  for spec in domains:
+    variants.update(common.arms(base, _DELTA.value, prefix=f'{_label(spec)}_', data__domain=spec))
+  workdirs = common.run_variants(variants)
+  out = {}
+  for spec in domains:
+    npt, spt = (seeds.arm(runs.read(workdirs[f'{_label(spec)}_{arm}_seed0'])) for arm in ('npt', 'spt'))
+    out[spec] = {'gain_pct': gains_lib.relative_gain(npt['post_ft_loss'], spt['post_ft_loss']),
+                 'npt_post_ft_loss': npt['post_ft_loss'], 'spt_post_ft_loss': spt['post_ft_loss']}
+  return out
+
+
+def rank_correlations(rows: list, gains: dict) -> dict:
+  """Spearman ρ (and its p-value) of each metric, and of the NPT post-FT loss, with G across domains."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  g = [gains[row['corpus_spec']]['gain_pct'] for row in rows]
+  candidates = {k: [row[k] for row in rows] for k in METRICS if k in rows[0]}
+  candidates['npt_post_ft_loss'] = [gains[row['corpus_spec']]['npt_post_ft_loss'] for row in rows]
+  result = {}
+  for name, values in candidates.items():
+    rho, p = stats.spearmanr(values, g)
+    result[name] = {'rho': float(rho), 'p': float(p)}
+  return result
 
 
 def main(argv):
   del argv
-  domains = [d if d.startswith('builtin:') or ':' in d else f'builtin:{d}' for d in _DOMAINS.value]
-  common.analyse('similarity', corpora=['builtin:english', *domains], embeddings=_EMBEDDINGS.value)
+  from spt_jax import files  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import similarity as similarity_lib  # pylint: disable=g-import-not-at-top
+  if not common.WORKDIR.value:
+    raise ValueError('--workdir is required: the folder where the study writes its runs and report')
+  domains = [d if ':' in d else f'builtin:{d}' for d in _DOMAINS.value if d]
+  if _GAINS.value and len(domains) < 3:
+    raise ValueError(f'--domains has {len(domains)}; a rank correlation needs at least 3 domains')
+  if _EMBEDDINGS.value and similarity_lib.embedding_extra_missing():
+    raise ValueError(similarity_lib.embedding_extra_missing())
+  gains = measured_gains(common.base_config(), domains) if _GAINS.value else {}
+  tokenizer = similarity_lib.load_tokenizer()
+  corpora = [similarity_lib.load_corpus(c, tokenizer, int(_MAX_TOKENS.value)) for c in [_REFERENCE.value, *domains]]
+  rows = similarity_lib.compare(corpora[0], corpora[1:], _EMBEDDINGS.value, tokenizer)
+  for row, spec in zip(rows, domains):
+    row['corpus_spec'] = spec
+  sections = [f'Each domain against `{_REFERENCE.value}` (OLMo\'s tokenizer, up to {_MAX_TOKENS.value:.3g} tokens '
+              'each).', similarity_lib.format_table(rows)]
+  result = {'rows': rows, 'gains': gains}
+  if gains:
+    correlations = rank_correlations(rows, gains)
+    result['correlations'] = correlations
+    table = ['| domain | G | NPT→FT | SPT→FT |', '|---|---|---|---|']
+    table += [f'| {spec} | {g["gain_pct"]:+.2f}% | {g["npt_post_ft_loss"]:.4f} | {g["spt_post_ft_loss"]:.4f} |'
+              for spec, g in gains.items()]
+    ranks = ['| predictor of G | Spearman ρ | p |', '|---|---|---|']
+    ranks += [f'| {name} | {c["rho"]:+.3f} | {c["p"]:.3f} |' for name, c in correlations.items()]
+    best = max(correlations, key=lambda k: abs(correlations[k]['rho']))
+    sections += [f'Measured G (SPT at δ = {100 * _DELTA.value:g}%, one seed, the --config size):',
+                 '\n'.join(table), f'Rank correlations across {len(domains)} domains:', '\n'.join(ranks),
+                 common.paper_table([('strongest predictor of G (largest absolute ρ)',
+                                      f'{best} (ρ = {correlations[best]["rho"]:+.3f})', 'similarity/best_proxy')])]
+  files.write_json(os.path.join(common.WORKDIR.value, 'similarity.json'), result)
+  common.write_report('Similarity of each domain to the general text, and G', sections)
 
 
 if __name__ == '__main__':

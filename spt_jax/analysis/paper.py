@@ -133,8 +133,10 @@ def beats_larger_model(domain: str) -> bool:
 
 
 def cell(key: str, domain: str = '', digits: int = 3) -> str:
-  """Markdown for a report's paper column: the number with its unit and source, or the claim."""
+  """Markdown for a report's paper column: the number with its unit, the claim, and the source."""
   item = entry(key, domain)
-  text = f'{item.value:.{digits}g}{item.unit if item.unit in ("%", "×") else ""}' if item.value is not None \
-      else item.claim
-  return f'{text} ({item.where})'
+  if item.value is None:
+    return f'{item.claim} ({item.where})'
+  unit = item.unit if item.unit in ('%', '×') else f' {item.unit}' if item.unit else ''
+  claim = f': {item.claim}' if item.claim else ''
+  return f'{item.value:.{digits}g}{unit}{claim} ({item.where})'

@@ -171,3 +171,17 @@ def seeds_plot(trajectories: dict, path: str, title: str = '') -> str:
   if title:
     figure.suptitle(title)
   return _save(figure, path)
+
+
+def series_plot(series: dict, path: str, xlabel: str, ylabel: str, title: str, xscale: str = 'linear') -> str:
+  """Lines with markers: label -> (x values, y values); a dotted zero line when y crosses zero."""
+  figure, axis = plt.subplots(figsize=(8, 5))
+  for color, (label, (x, y)) in zip(_colors(len(series)), series.items()):
+    axis.plot(x, y, marker='o', color=color, label=label)
+  values = [v for _, y in series.values() for v in y]
+  if values and min(values) < 0 < max(values):
+    axis.axhline(0.0, color='grey', linestyle=':')
+  axis.set(xscale=xscale, xlabel=xlabel, ylabel=ylabel, title=title)
+  axis.grid(True, which='both', alpha=0.3)
+  axis.legend(fontsize=8)
+  return _save(figure, path)

@@ -1,0 +1,113 @@
+"""§3.1.1, Fig. 7: does SPT gain more when pretraining holds less of the domain's language?
+
+The paper pretrains on English with a varied share of monolingual Japanese and uses English-Japanese parallel text
+as the domain. Built-in stand-in: the domain is the verse-aligned English-Spanish Bible (builtin:bible_en_es); the
+general set is English without the English Bible, with Spanish monolingual text (builtin:spanish: fortunes and
+manual pages) making up each --shares fraction of its bytes. For each share, NPT and SPT are pretrained and
+finetuned, and G is reported against the share. Each share trains its own BPE on its own mixture, so losses
+compare within a share (G), not across shares.
+
+  python -m experiments.overlap --config=configs/musicpile.py:small --workdir=runs/overlap
+(the --config file gives the size; this study sets data.general and data.domain itself)
+"""
+
+import json
+import os
+import random
+
+from absl import flags
+
+from experiments import common
+
+_SHARES = flags.DEFINE_list('shares', '0,0.01,0.03,0.1', 'Shares of Spanish in the general set (by bytes).')
+_DELTA = flags.DEFINE_float('delta', 0.1, 'δ of the SPT arms.')
+_ENGLISH = flags.DEFINE_string('english', 'builtin:brown,austen,shakespeare,python_docs,linux_docs',
+                               'The general set\'s English: builtin:english without web_bible.')
+_SPANISH = flags.DEFINE_string('spanish', 'builtin:spanish', 'Spanish monolingual text.')
+_DOMAIN = flags.DEFINE_string('domain', 'builtin:bible_en_es', 'The parallel domain set.')
+_GENERAL_MB = flags.DEFINE_float('general_mb', 4.0, 'Size of each general set in MB of text (pretraining should '
+                                 'read under one epoch of it).')
+
+
+def _share_name(share: float) -> str:
+  return f'share_{100 * share:g}pct_'
+
+
+def general_set(share: float, out: str, cache_dir: str = '') -> str:
+  """A JSON-lines general set of about --general_mb MB: Spanish documents for `share` of the bytes, English for
+  the rest, each drawn in a seeded order; written once."""
+  from spt_jax.data import sources  # pylint: disable=g-import-not-at-top
+  path = os.path.join(out, f'general_{100 * share:g}pct.jsonl')
+  if os.path.exists(path):
+    return path
+  target = int(_GENERAL_MB.value * 1e6)
+  chosen = []
+  for spec, budget in ((_SPANISH.value, int(share * target)), (_ENGLISH.value, target - int(share * target))):
+    documents = list(sources.parse(spec, 'general', cache_dir).documents())
+    random.Random(0).shuffle(documents)
+    total = 0
+    for document in documents:
+      if total >= budget:
+        break
+      chosen.append(document)
+      total += len(document.encode('utf-8'))
+    if total < budget:
+      raise ValueError(f'{spec} has only {total / 1e6:.2f} MB, short of the {budget / 1e6:.2f} MB the share {share:g} '
+                       'needs; lower --general_mb or the shares')
+  random.Random(1).shuffle(chosen)
+  os.makedirs(out, exist_ok=True)
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    for document in chosen:
+      f.write(json.dumps({'text': document}, ensure_ascii=False) + '\n')
+  os.replace(path + '.tmp', path)
+  return path
+
+
+def main(argv):
+  del argv
+  from spt_jax import files  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import seeds  # pylint: disable=g-import-not-at-top
+  if not common.WORKDIR.value:
+    raise ValueError('--workdir is required: the folder where the study writes its data and runs')
+  base = common.base_config()
+  shares = common.floats(_SHARES.value)
+  if len(shares) < 2 or not all(0 <= s < 1 for s in shares):
+    raise ValueError(f'--shares={_SHARES.value}: give at least two shares in [0, 1)')
+  variants = {}
+  for share in shares:
+    general = general_set(share, os.path.join(common.WORKDIR.value, 'data'), base.data.cache_dir)
+    variants.update(common.arms(base, _DELTA.value, prefix=_share_name(share), data__general=f'jsonl:{general}',
+                                data__general_max_tokens=0, data__domain=_DOMAIN.value))
+  workdirs = common.run_variants(variants)
+  rows = []
+  for share in shares:
+    npt, spt = (seeds.arm(runs.read(workdirs[f'{_share_name(share)}{arm}_seed0'])) for arm in ('npt', 'spt'))
+    rows.append({'share': share, 'npt': npt, 'spt': spt,
+                 'gain_pct': gains_lib.relative_gain(npt['post_ft_loss'], spt['post_ft_loss'])})
+  files.write_json(os.path.join(common.WORKDIR.value, 'overlap.json'), rows)
+  plots.series_plot({'G': ([100 * r['share'] for r in rows], [r['gain_pct'] for r in rows])},
+                    os.path.join(common.WORKDIR.value, 'overlap.png'), 'Spanish share of the general set (%)',
+                    'G (%)', 'gain of SPT over NPT after finetuning, by overlap', xscale='symlog')
+  table = ['| Spanish share | NPT→FT | SPT→FT | G | NPT forgetting | SPT forgetting |', '|---|---|---|---|---|---|']
+  table += [f'| {100 * r["share"]:g}% | {r["npt"]["post_ft_loss"]:.4f} | {r["spt"]["post_ft_loss"]:.4f} | '
+            f'{r["gain_pct"]:+.2f}% | {r["npt"]["forgetting"]:+.4f} | {r["spt"]["forgetting"]:+.4f} |' for r in rows]
+  low, high = rows[0], rows[-1]
+  direction = ('falls' if high['gain_pct'] < low['gain_pct'] else 'rises') + ' as the share grows'
+  common.write_report('Overlap: G against the share of the domain\'s second language in pretraining', [
+      f'Domain `{_DOMAIN.value}` (English-Spanish verse pairs); general: `{_ENGLISH.value}` with `{_SPANISH.value}` '
+      f'as {", ".join(f"{100 * s:g}%" for s in shares)} of about {_GENERAL_MB.value:g} MB; SPT at δ = '
+      f'{100 * _DELTA.value:g}%; one seed.', '\n'.join(table), '![G against the share](overlap.png)',
+      common.paper_table([
+          ('direction of G with the share', f'G {direction}: {low["gain_pct"]:+.2f}% at {100 * low["share"]:g}% → '
+           f'{high["gain_pct"]:+.2f}% at {100 * high["share"]:g}%', 'overlap/direction'),
+          ('G at the largest share', f'{high["gain_pct"]:+.2f}% at {100 * high["share"]:g}%',
+           'overlap/gain_at_10pct_japanese'),
+          ('G at the smallest share', f'{low["gain_pct"]:+.2f}% at {100 * low["share"]:g}%',
+           'overlap/gain_at_0.1pct_japanese')])])
+
+
+if __name__ == '__main__':
+  common.run(main)
