@@ -4,10 +4,8 @@ Reports mean ± standard deviation of the post-finetuning domain test loss, the 
 with the paper's values beside them, and plots both arms' domain and general loss through pretraining and
 finetuning (W/report.md, W/headline.json, W/headline.png). A re-run skips the arms already finished.
 
-CPU scale, the setting of experiments/results/headline_* (one seed of one domain, both arms, in about 13 minutes
-on 2 cores):
-  python -m experiments.headline --config=configs/musicpile.py:tiny --config.tokens=1000000 \
-      --config.finetune.max_steps=200 --delta=0.1 --workdir=runs/headline_music
+CPU scale, the setting of experiments/results/ (the `small` size, SPT at δ = 10%):
+  python -m experiments.headline --config=configs/musicpile.py:small --delta=0.1 --workdir=runs/headline_music
 Paper scale: --config=configs/musicpile.py:1b --seeds=0 (the paper runs one seed).
 """
 
