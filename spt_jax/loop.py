@@ -130,9 +130,7 @@ def build(config, workdir: str, *, stage: str | None = None, grid_point=None, da
   checkpoint.check_resumable(workdir, c)
   mesh = sharding.make_mesh(c.mesh)
   plan.sequences_per_device(sharding.batch_divisor(mesh))
-  optimizer = train.make_optimizer(c, plan.schedule)
-  trainer = train.Trainer(c.model, mesh, optimizer, plan.schedule, z_loss=c.optimizer.z_loss,
-                          microbatches=c.grad_accum_steps)
+  trainer = _trainer(c, mesh)
   checkpoints = checkpoint.Checkpoints(workdir, keep=c.keep_checkpoints, keep_steps=tuple(c.finetune.from_steps))
   resume_step = checkpoints.latest_step()
   finished = _finished_summary(workdir, resume_step)
@@ -166,6 +164,24 @@ def build(config, workdir: str, *, stage: str | None = None, grid_point=None, da
   return _Loop(plan, workdir, trainer, checkpoints, mixture, evaluator, data), state, loop_state
 
 
+_TRAINERS = collections.OrderedDict()  # The few last Trainers, by everything their compiled steps depend on.
+
+
+def _trainer(c, mesh) -> train.Trainer:
+  """A Trainer whose learning-rate schedule is an input of its step, shared by runs that differ only in their
+  schedule: every point of a finetuning grid (and every checkpoint finetuned from) reuses one compiled step."""
+  optimizer = {k: v for k, v in c.optimizer.to_dict().items() if k != 'lr'}
+  key = json.dumps([c.model.to_dict(), optimizer, c.grad_accum_steps, mesh.axis_names, mesh.devices.shape,
+                    [d.id for d in mesh.devices.flat]], sort_keys=True, default=str)
+  if key not in _TRAINERS:
+    _TRAINERS[key] = train.Trainer(c.model, mesh, functools.partial(train.make_optimizer, c),
+                                   z_loss=c.optimizer.z_loss, microbatches=c.grad_accum_steps)
+    while len(_TRAINERS) > 2:
+      _TRAINERS.popitem(last=False)
+  _TRAINERS.move_to_end(key)
+  return _TRAINERS[key]
+
+
 def _finished_summary(workdir: str, latest_step) -> dict | None:
   """The summary of a run that ended on its budget or by early stopping at its latest checkpoint."""
   path = os.path.join(workdir, 'summary.json')
@@ -186,6 +202,7 @@ class _Loop:
     self.plan, self.c, self.workdir, self.trainer, self.checkpoints = plan, c, workdir, trainer, checkpoints
     self.mixture, self.evaluator, self.data = mixture, evaluator, data
     self.steps, self.tokens_per_step, self.schedule = plan.steps, plan.tokens_per_step, plan.schedule
+    self.lr_table = jax.device_put(plan.lr_table(), trainer.replicated)  # An input: no recompiling per schedule.
     self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
     self.writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     self.flops_per_token = flops.train_flops_per_token(c.model, c.data.seq_len)
@@ -295,7 +312,7 @@ class _Loop:
       last_time, last_step = time.time(), step
       batches = self.batches(step)
       while step < self.steps and self.stop_reason is None:
-        state, metrics = self.trainer.train_step(state, next(batches))
+        state, metrics = self.trainer.train_step(state, next(batches), self.lr_table)
         step += 1
         for action in self.periodic_actions:
           action(step)

@@ -5,7 +5,10 @@ so they cannot disagree (steps are whole batches: config.tokens // tokens per st
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from spt_jax import schedules
@@ -52,6 +55,10 @@ class RunPlan:
   @property
   def tokens(self) -> int:
     return self.steps * self.tokens_per_step
+
+  def lr_table(self) -> np.ndarray:
+    """The learning rate of every step 0..steps (float32), computed as the compiled step would compute it."""
+    return np.asarray(jax.jit(jax.vmap(self.schedule))(jnp.arange(self.steps + 1, dtype=jnp.int32)))
 
   def sequences_per_device(self, data_parallel_devices: int) -> int:
     """Sequences per data-parallel device per microbatch; a one-line error when the batch does not divide."""

@@ -63,12 +63,19 @@ def chunked_token_losses(hidden_BxLxD: jax.Array, kernel_DxV: jax.Array, targets
 
 
 class Trainer:
-  """A model, an optimizer and a mesh, turned into sharded state and jitted, donated steps."""
+  """A model, an optimizer and a mesh, turned into sharded state and jitted, donated steps.
 
-  def __init__(self, model_cfg, mesh, optimizer: optax.GradientTransformation,
-               schedule: Callable[[jax.Array], jax.Array] | None = None, z_loss: float = 0.0,
-               microbatches: int = 1):
-    self.model_cfg, self.mesh, self.optimizer = model_cfg, mesh, optimizer
+  optimizer: an optax GradientTransformation (its schedule fixed: `train_step(state, batch)`), or a function
+  schedule -> GradientTransformation, whose schedule is then an input of the step: `train_step(state, batch,
+  lr_table)` with lr_table[s] the learning rate of step s, so that one compiled step serves any learning rate and
+  warmup (a finetuning grid compiles once).
+  """
+
+  def __init__(self, model_cfg, mesh, optimizer, schedule: Callable[[jax.Array], jax.Array] | None = None,
+               z_loss: float = 0.0, microbatches: int = 1):
+    self.model_cfg, self.mesh = model_cfg, mesh
+    self.optimizer_for = optimizer if callable(optimizer) else None
+    self.optimizer = optimizer(lambda step: jnp.zeros([])) if self.optimizer_for else optimizer
     self.microbatches = microbatches
     self.model = model_lib.Decoder(model_cfg, mesh=mesh)
     self.schedule = schedule or (lambda step: jnp.zeros([]))
@@ -79,11 +86,12 @@ class Trainer:
     self.abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                        nn.unbox(boxed), self.state_shardings)
     self.batch_sharding = sharding.batch_sharding(mesh)
-    replicated = sharding.replicated(mesh)
+    replicated = self.replicated = sharding.replicated(mesh)
     self._init = jax.jit(lambda rng: nn.unbox(self._boxed_state(rng)), out_shardings=self.state_shardings)
     self._from_params = jax.jit(self._state_from_params, in_shardings=(self.param_shardings, replicated),
                                 out_shardings=self.state_shardings)
-    self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
+    step, inputs = ((self._train_step_with_table, (replicated,)) if self.optimizer_for else (self._train_step, ()))
+    self.train_step = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding, *inputs),
                               out_shardings=(self.state_shardings, replicated), donate_argnums=0)
     self.eval_step = jax.jit(self._eval_step, in_shardings=(self.param_shardings, self.batch_sharding),
                              out_shardings=replicated)
@@ -143,11 +151,18 @@ class Trainer:
     return jax.tree.map(lambda g: g / m, grads), (loss / m, z_loss / m)
 
   def _train_step(self, state: TrainState, batch_BxLp1):
+    return self._update(state, batch_BxLp1, self.optimizer, self.schedule)
+
+  def _train_step_with_table(self, state: TrainState, batch_BxLp1, lr_table_S):
+    schedule = lambda step: lr_table_S[jnp.minimum(step, lr_table_S.shape[0] - 1)]
+    return self._update(state, batch_BxLp1, self.optimizer_for(schedule), schedule)
+
+  def _update(self, state: TrainState, batch_BxLp1, optimizer, schedule):
     grads, (loss, z_loss) = self._gradients(state.params, batch_BxLp1)
-    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'z_loss': z_loss, 'grad_norm': optax.tree.norm(grads),
-               'param_norm': optax.tree.norm(params), 'lr': self.schedule(state.step)}
+               'param_norm': optax.tree.norm(params), 'lr': schedule(state.step)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def _eval_step(self, params, batch_BxLp1):

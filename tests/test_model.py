@@ -1,5 +1,6 @@
 """The decoder: causality, presets' sizes, scan vs unrolled, tying, KV cache, a golden one-step loss."""
 
+import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -140,6 +141,28 @@ def test_golden_one_step_loss():
 
 GOLDEN_BEFORE = 6.2632222
 GOLDEN_AFTER = 6.0938160
+
+
+def test_schedule_as_an_input_compiles_once_and_matches_a_fixed_schedule():
+  """A Trainer built from an optimizer factory takes the learning rate of every step as an input: two schedules
+  (a finetuning grid's learning rates and warmups) share one compiled step, each equal to its fixed-schedule run."""
+  config = config_lib.base_config('tiny')
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  batch = np.asarray(_tokens(batch=4, length=33, vocab=config.model.vocab_size, seed=1))
+  shared = train.Trainer(config.model, mesh, functools.partial(train.make_optimizer, config))
+  for peak, warmup in ((1e-3, 1), (3e-3, 2)):
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)],
+                                    [warmup])
+    fixed = train.Trainer(config.model, mesh, train.make_optimizer(config, schedule), schedule)
+    table = np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(4)))
+    ours, theirs = shared.init_state(seed=0), fixed.init_state(seed=0)
+    for _ in range(3):
+      ours, ours_metrics = shared.train_step(ours, batch, table)
+      theirs, their_metrics = fixed.train_step(theirs, batch)
+      assert float(ours_metrics['loss']) == float(their_metrics['loss'])
+      assert float(ours_metrics['lr']) == float(their_metrics['lr'])
+    assert float(ours_metrics['lr']) == pytest.approx(peak)
+  assert shared.train_step._cache_size() == 1  # pylint: disable=protected-access
 
 
 def test_scanned_program_size_does_not_grow_with_depth():

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from spt_jax import loop
 from spt_jax import pipeline
 from tests import test_loop
 
@@ -16,7 +17,16 @@ def test_pipeline_writes_summary_and_report(tmp_path):
   config.finetune['from_steps'] = (3,)
   data = test_loop.tiny_data()
   workdir = str(tmp_path / 'w')
+  loop._TRAINERS.clear()  # pylint: disable=protected-access
   result = pipeline.run_pipeline(config, workdir, data=data)
+
+  # Four finetunes (two learning rates and warmups, two starting checkpoints), one compiled train step: the
+  # schedule is an input of the step.
+  finetune_trainer = list(loop._TRAINERS.values())[-1]  # pylint: disable=protected-access
+  assert finetune_trainer.train_step._cache_size() == 1  # pylint: disable=protected-access
+  lrs = {name: [r['lr'] for r in map(json.loads, open(os.path.join(workdir, 'finetune', name, 'metrics.jsonl')))]
+         for name in ('lr0.001_wu1', 'lr0.003_wu2')}
+  assert lrs['lr0.001_wu1'][-1] == pytest.approx(1e-3) and lrs['lr0.003_wu2'][-1] == pytest.approx(3e-3)
 
   names = [f['name'] for f in result['finetunes']]
   assert names == ['lr0.001_wu1', 'lr0.003_wu2', 'step3_lr0.001_wu1', 'step3_lr0.003_wu2']
