@@ -11,9 +11,7 @@ compare within a share (G), not across shares.
 (the --config file gives the size; this study sets data.general and data.domain itself)
 """
 
-import json
 import os
-import random
 
 from absl import flags
 
@@ -34,32 +32,11 @@ def _share_name(share: float) -> str:
 
 
 def general_set(share: float, out: str, cache_dir: str = '') -> str:
-  """A JSON-lines general set of about --general_mb MB: Spanish documents for `share` of the bytes, English for
-  the rest, each drawn in a seeded order; written once."""
-  from spt_jax.data import sources  # pylint: disable=g-import-not-at-top
+  """The general set of a share: Spanish for `share` of about --general_mb MB, English for the rest."""
+  from spt_jax.data import blend  # pylint: disable=g-import-not-at-top
   path = os.path.join(out, f'general_{100 * share:g}pct.jsonl')
-  if os.path.exists(path):
-    return path
-  target = int(_GENERAL_MB.value * 1e6)
-  chosen = []
-  for spec, budget in ((_SPANISH.value, int(share * target)), (_ENGLISH.value, target - int(share * target))):
-    documents = list(sources.parse(spec, 'general', cache_dir).documents())
-    random.Random(0).shuffle(documents)
-    total = 0
-    for document in documents:
-      if total >= budget:
-        break
-      chosen.append(document)
-      total += len(document.encode('utf-8'))
-    if total < budget:
-      raise ValueError(f'{spec} has only {total / 1e6:.2f} MB, short of the {budget / 1e6:.2f} MB the share {share:g} '
-                       'needs; lower --general_mb or the shares')
-  random.Random(1).shuffle(chosen)
-  os.makedirs(out, exist_ok=True)
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    for document in chosen:
-      f.write(json.dumps({'text': document}, ensure_ascii=False) + '\n')
-  os.replace(path + '.tmp', path)
+  taken = blend.write({_SPANISH.value: share, _ENGLISH.value: 1.0 - share}, _GENERAL_MB.value, path, cache_dir)
+  print(f'general set with {100 * share:g}% Spanish: {taken}')
   return path
 
 

@@ -47,17 +47,11 @@ def measured_gains(base, domains: list) -> dict:
   return out
 
 
-def rank_correlations(rows: list, gains: dict) -> dict:
-  """Spearman ρ (and its p-value) of each metric, and of the NPT post-FT loss, with G across domains."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top
-  g = [gains[row['corpus_spec']]['gain_pct'] for row in rows]
+def predictors(rows: list, gains: dict) -> dict:
+  """Each metric's values over the domains, and the NPT post-FT loss: what might rank the domains like G."""
   candidates = {k: [row[k] for row in rows] for k in METRICS if k in rows[0]}
   candidates['npt_post_ft_loss'] = [gains[row['corpus_spec']]['npt_post_ft_loss'] for row in rows]
-  result = {}
-  for name, values in candidates.items():
-    rho, p = stats.spearmanr(values, g)
-    result[name] = {'rho': float(rho), 'p': float(p)}
-  return result
+  return candidates
 
 
 def main(argv):
@@ -81,7 +75,8 @@ def main(argv):
               'each).', similarity_lib.format_table(rows)]
   result = {'rows': rows, 'gains': gains}
   if gains:
-    correlations = rank_correlations(rows, gains)
+    correlations = similarity_lib.rank_correlations(
+        predictors(rows, gains), [gains[row['corpus_spec']]['gain_pct'] for row in rows])
     result['correlations'] = correlations
     table = ['| domain | G | NPT→FT | SPT→FT |', '|---|---|---|---|']
     table += [f'| {spec} | {g["gain_pct"]:+.2f}% | {g["npt_post_ft_loss"]:.4f} | {g["spt_post_ft_loss"]:.4f} |'

@@ -252,3 +252,13 @@ def format_table(rows: list) -> str:
   for row in rows:
     lines.append(f'| {row["corpus"]} | {row["corpus_tokens"]} | ' + ' | '.join(f'{row[k]:.4f}' for k in keys) + ' |')
   return '\n'.join(lines)
+
+
+def rank_correlations(predictors: dict, gains) -> dict:
+  """Spearman ρ and its p-value of each predictor (name -> one value per domain) with the measured gains."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  result = {}
+  for name, values in predictors.items():
+    rho, p = stats.spearmanr(values, gains)
+    result[name] = {'rho': float(rho), 'p': float(p)}
+  return result

@@ -1,0 +1,87 @@
+"""Seeded NPT-vs-SPT comparisons (the headline), blended document sets (the overlap study) and rank correlations
+(similarity against gain), on small hand-made inputs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from spt_jax.analysis import runs
+from spt_jax.analysis import seeds
+from spt_jax.analysis import similarity
+from spt_jax.data import blend
+
+
+def _arm(root, name, delta, post_ft_loss, general_after, best_step=20):
+  """A pipeline workdir: pretraining metrics, one finetune (best at best_step) with its metrics, W/summary.json."""
+  workdir = root / name
+  (workdir / 'pretrain').mkdir(parents=True)
+  (workdir / 'finetune' / 'lr0.001_wu5').mkdir(parents=True)
+  summary = {'stage': 'pretrain', 'domain_fraction': delta, 'model': 'tiny', 'tokenizer': 'abc', 'seq_len': 32,
+             'tokens': 1000, 'steps': 10}
+  (workdir / 'pretrain' / 'summary.json').write_text(json.dumps(summary))
+  evals = lambda step, tokens, d, g: {'step': step, 'tokens': tokens, 'eval/domain_test/loss': d,
+                                      'eval/general_test/loss': g}
+  (workdir / 'pretrain' / 'metrics.jsonl').write_text(
+      '\n'.join(json.dumps(evals(s, 100 * s, 5.0 - 0.1 * s, 4.0 - 0.05 * s)) for s in (0, 5, 10)))
+  (workdir / 'finetune' / 'lr0.001_wu5' / 'metrics.jsonl').write_text(
+      '\n'.join(json.dumps(evals(s, 64 * s, post_ft_loss + 0.01 * abs(s - best_step), 3.5 + 0.01 * s))
+                for s in (0, 10, 20, 30)))
+  entry = {'name': 'lr0.001_wu5', 'pretrain_step': 10, 'pretrain_tokens': 1000, 'lr': 1e-3, 'warmup': 5,
+           'best_domain_test_loss': post_ft_loss, 'best_step': best_step, 'epochs': 4.0, 'steps': 30,
+           'domain_test_loss_before': 4.0, 'general_test_loss_before': 3.5, 'general_test_loss_after': general_after}
+  (workdir / 'summary.json').write_text(json.dumps({'pretrain': summary, 'finetunes': [entry]}))
+  return runs.read(str(workdir))
+
+
+def test_compare_over_seeds_by_hand(tmp_path):
+  pairs = {0: (_arm(tmp_path, 'npt0', 0.0, 2.0, 4.0), _arm(tmp_path, 'spt0', 0.1, 1.9, 3.7)),
+           1: (_arm(tmp_path, 'npt1', 0.0, 2.2, 4.1), _arm(tmp_path, 'spt1', 0.1, 2.2, 3.6))}
+  result = seeds.compare(pairs)
+  assert [r['gain_pct'] for r in result['rows']] == pytest.approx([5.0, 0.0])
+  s = result['summary']
+  assert s['gain_pct']['mean'] == pytest.approx(2.5) and s['gain_pct']['sd'] == pytest.approx(np.std([5, 0], ddof=1))
+  assert s['npt_forgetting']['mean'] == pytest.approx(0.55) and s['spt_forgetting']['mean'] == pytest.approx(0.15)
+  assert s['seeds_spt_better'] == 1 and result['seeds'] == 2
+  table = seeds.format_tables(result)
+  assert '| 0 | 4.0000 | 2.0000 | 4.0000 | 1.9000 | +5.00% |' in table
+  assert '2.50 ± 3.54%' in table
+  assert seeds.plus_minus(seeds.spread([1.0])) == '1.0000'  # One seed: no standard deviation.
+
+
+def test_trajectory_joins_pretraining_and_the_best_finetune(tmp_path):
+  t = seeds.trajectory(_arm(tmp_path, 'spt', 0.1, 1.9, 3.7, best_step=20))
+  assert t['pretrain_tokens'] == [0, 500, 1000] and t['finetune_tokens'] == [1000, 1640, 2280, 2920]
+  assert t['finetune_domain_test'][2] == pytest.approx(1.9) and t['best_step'] == 20
+  assert t['pretrain_general_test'] == pytest.approx([4.0, 3.75, 3.5])
+
+
+def test_an_arm_without_finetunes_is_a_one_line_error(tmp_path):
+  run = _arm(tmp_path, 'npt', 0.0, 2.0, 4.0)
+  run.finetunes = []
+  with pytest.raises(ValueError, match='no finetune with a finite best_domain_test_loss'):
+    seeds.arm(run)
+
+
+def test_blend_takes_each_share_of_the_bytes(tmp_path):
+  for name, word, count in (('es', 'hola', 60), ('en', 'hello', 200)):
+    (tmp_path / name).mkdir()
+    for i in range(count):
+      (tmp_path / name / f'{i:03d}.txt').write_text(f'{word} {i} ' * 20)
+  shares = {f'files:{tmp_path}/es/*.txt': 0.25, f'files:{tmp_path}/en/*.txt': 0.75}
+  path = str(tmp_path / 'blend.jsonl')
+  taken = blend.write(shares, 0.02, path)
+  texts = [json.loads(line)['text'] for line in open(path)]
+  spanish = sum(len(t) for t in texts if t.startswith('hola'))
+  assert spanish == taken[f'files:{tmp_path}/es/*.txt'] and 5000 <= spanish < 5000 + 200
+  assert 15000 <= sum(len(t) for t in texts) - spanish < 15000 + 200
+  assert blend.write(shares, 0.02, path) == {}  # Written once.
+  with pytest.raises(ValueError, match='short of the'):
+    blend.write({f'files:{tmp_path}/es/*.txt': 1.0}, 1.0, str(tmp_path / 'big.jsonl'))
+  with pytest.raises(ValueError, match='sum to 1'):
+    blend.write({f'files:{tmp_path}/es/*.txt': 0.5}, 0.01, str(tmp_path / 'half.jsonl'))
+
+
+def test_rank_correlations():
+  result = similarity.rank_correlations({'same': [1, 2, 3, 4], 'reversed': [9, 7, 5, 1]}, [0.1, 0.5, 0.7, 2.0])
+  assert result['same']['rho'] == pytest.approx(1.0) and result['reversed']['rho'] == pytest.approx(-1.0)
