@@ -20,6 +20,7 @@ import optax
 from spt_jax import dry_run
 from spt_jax import sharding
 from spt_jax import train
+from spt_jax import validate
 
 GIB = 1024 ** 3
 
@@ -158,6 +159,7 @@ def _fits(compiled: dict, hbm_bytes: int) -> bool:
 def plan(config, topology_name: str, mfu: float = 0.4, search: bool = True, log=print) -> dict:
   """The dry-run summary for a TPU topology: compiled per-chip memory, FLOPs, time and cost; knobs that fit."""
   topology = parse_topology(topology_name)
+  validate.check(config, devices=topology.chips, sources=False)  # One-line errors before minutes of compiling.
   devices = topology_devices(topology)
   summary = dry_run.describe(config, len(devices))
   hbm = topology.chip.hbm_bytes

@@ -155,20 +155,3 @@ def check_override_keys(config: ml_collections.ConfigDict, argv: list[str], flag
       close = difflib.get_close_matches(key, valid, n=5, cutoff=0.6)
       hint = f'close valid keys: {", ".join(close)}' if close else 'see spt_jax/config.py for every key'
       raise ValueError(f'unknown config key {key!r}; {hint}')
-
-
-def check_runnable(config: ml_collections.ConfigDict, backend: str) -> None:
-  """One-line errors for a config that cannot run here, before any data or compilation work."""
-  if config.stage not in ('pretrain', 'finetune', 'pipeline'):
-    raise ValueError(f'stage={config.stage!r}; use pretrain, finetune or pipeline')
-  if config.stage == 'finetune' and not config.init_from:
-    raise ValueError('stage=finetune needs --config.init_from=<pretrain workdir or checkpoint>')
-  missing = [key for key in ('general', 'domain') if not config.data[key]]
-  if missing:
-    raise ValueError(f'config.data.{" and config.data.".join(missing)} not set: point them at your data '
-                     "(e.g. --config.data.domain='files:/data/domain/*.txt'), or run the CPU-scale preset "
-                     '--config=configs/<domain>.py:tiny on the built-in corpora')
-  big = config.model.d_model >= 1024
-  if big and backend == 'cpu':
-    raise ValueError(f'model {config.model.preset} is paper scale and this host has only a CPU; run it on a '
-                     'TPU/GPU host, or run the CPU-scale preset --config=configs/<domain>.py:tiny')

@@ -24,7 +24,6 @@ _MFU = flags.DEFINE_float('mfu', 0.4, 'Dry run with --topology: the MFU the run\
 def main(argv):
   del argv
   import jax  # After flag parsing, so that --xla flags in the environment apply.
-  from spt_jax import config as config_lib
   from spt_jax import dry_run
   from spt_jax import files
   from spt_jax import sharding
@@ -49,8 +48,7 @@ def main(argv):
   sharding.initialize_distributed()
   if jax.process_count() == 1:  # Several hosts: JAX's preemption service owns SIGTERM.
     files.exit_quietly_on_sigterm()  # Before the first step a SIGTERM exits 0 with one line, not 143.
-  config_lib.check_runnable(config, jax.default_backend())
-  validate.check(config)  # Before anything is written: a rejected config leaves the workdir as it was.
+  validate.check(config, backend=jax.default_backend())  # Before anything is written: a rejected config leaves the workdir as it was.
   if not _WORKDIR.value and jax.process_index() == 0:
     print(f'--workdir not given: the run writes to {workdir}', flush=True)
   sharding.check_shared_folder(workdir, 'workdir')

@@ -25,20 +25,23 @@ def _get(config, dotted: str):
 
 
 def check(config, *, data=None, devices: int | None = None, sources: bool = True, stage: str | None = None,
-          grid_point=None, vocab: bool = True) -> None:
+          grid_point=None, vocab: bool = True, backend: str | None = None) -> None:
   """Raises a one-line ValueError naming the problem and the fix; reads no data, writes nothing.
 
   data: prepared data the caller already has (its sources and tokenizer are then not checked here).
   devices: plan the mesh for this many devices (default: those present). sources: check data specs and the
   tokenizer (the dry run plans paper configs whose data paths are not set). stage, grid_point: only this
   stage (and finetuning grid point), as the loop checks; default: every stage of config.stage. vocab: check
-  the tokenizer's size here (the loop checks it itself once init_from's shapes are checked).
+  the tokenizer's size here (the loop checks it itself once init_from's shapes are checked). backend: the
+  platform the run will use ('cpu' refuses paper-scale models).
   """
   from spt_jax import run_plan  # pylint: disable=g-import-not-at-top
   from spt_jax import sharding  # pylint: disable=g-import-not-at-top
   from spt_jax.data import mixture as mixture_lib  # pylint: disable=g-import-not-at-top
   if config.stage not in ('pretrain', 'finetune', 'pipeline'):
     raise ValueError(f'stage={config.stage!r}; use --config.stage=pretrain, finetune or pipeline')
+  if config.stage == 'finetune' and not config.init_from:
+    raise ValueError('stage=finetune needs --config.init_from=<pretrain workdir or checkpoint>')
   stages = (stage,) if stage else ('pretrain', 'finetune') if config.stage == 'pipeline' else (config.stage,)
   _check_numbers(config, 'finetune' in stages)
   data_config = config.data
@@ -57,6 +60,14 @@ def check(config, *, data=None, devices: int | None = None, sources: bool = True
       raise ValueError(f'{where}={plan.config.batch_size} is not a multiple of the {divisor} data-parallel '
                        f'devices × grad_accum_steps={plan.config.grad_accum_steps}; change --config.{where}, '
                        '--config.grad_accum_steps or --config.mesh')
+  missing = [key for key in ('general', 'domain') if not config.data[key]]
+  if sources and data is None and missing:
+    raise ValueError(f'config.data.{" and config.data.".join(missing)} not set: point them at your data '
+                     "(e.g. --config.data.domain='files:/data/domain/*.txt'), or run the CPU-scale preset "
+                     '--config=configs/<domain>.py:tiny on the built-in corpora')
+  if backend == 'cpu' and config.model.d_model >= 1024:
+    raise ValueError(f'model {config.model.preset} is paper scale and this host has only a CPU; run it on a '
+                     'TPU/GPU host, or run the CPU-scale preset --config=configs/<domain>.py:tiny')
   if sources and data is None:
     _check_sources(config)
   if sources and vocab:

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from spt_jax import config as config_lib
+from spt_jax import validate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -46,11 +47,11 @@ def test_paper_preset_needs_data_paths_and_an_accelerator(tmp_path):
   assert (config.data.general, config.data.domain) == (paper_data.DOLMA_OLMO_1B, paper_data.MUSICPILE)
   config.data.general = config.data.domain = ''
   with pytest.raises(ValueError, match=r'config.data.general and config.data.domain not set.*:tiny'):
-    config_lib.check_runnable(config, 'cpu')
+    validate.check(config, backend='cpu')
   config.data.general, config.data.domain = 'files:/a/*.txt', 'files:/b/*.txt'
   with pytest.raises(ValueError, match=r'paper scale and this host has only a CPU.*:tiny'):
-    config_lib.check_runnable(config, 'cpu')
-  config_lib.check_runnable(config, 'tpu')
+    validate.check(config, backend='cpu')
+  validate.check(config, backend='tpu', sources=False)
 
 
 def test_every_config_file_and_preset_loads():
