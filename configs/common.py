@@ -88,7 +88,7 @@ def cpu() -> ml_collections.ConfigDict:
 def small() -> ml_collections.ConfigDict:
   """The CPU config on the smallest model with a smaller domain set: the same shape of problem, a fifth the cost."""
   c = cpu()
-  c.model = model_lib.preset_config('tiny')
+  c.model = model_lib.preset_config('cpu-160k')
   c.data.tokenizer_vocab_size = c.model.vocab_size
   c.data.seq_len = 64
   c.data.general_max_tokens = 1_000_000
@@ -111,7 +111,7 @@ def small() -> ml_collections.ConfigDict:
 def test() -> ml_collections.ConfigDict:
   """The CPU config shrunk to seconds."""
   c = cpu()
-  c.model = model_lib.preset_config('tiny')
+  c.model = model_lib.preset_config('cpu-160k')
   c.data.tokenizer_vocab_size = c.model.vocab_size
   c.data.seq_len = 32
   c.data.general_max_tokens = 100_000

@@ -8,7 +8,7 @@ import ml_collections
 from spt_jax import model as model_lib
 
 
-def base_config(model_preset: str = 'tiny') -> ml_collections.ConfigDict:
+def base_config(model_preset: str = 'cpu-160k') -> ml_collections.ConfigDict:
   """All keys a run may read, with paper-faithful defaults (Appendix B) where the paper gives them."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # One seed for init, data order and dropout-free training noise: same seed, same run.

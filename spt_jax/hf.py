@@ -124,7 +124,7 @@ def _rope_theta(hf: dict) -> float:
 def model_config_from_hf(hf: dict, vocab_size: int | None = None) -> ml_collections.ConfigDict:
   """Our model config for an HF OLMo config; vocab_size: the tokenizer's (default: the embedding rows)."""
   rows = hf['vocab_size']
-  cfg = model_lib.preset_config('tiny')
+  cfg = model_lib.preset_config('cpu-160k')
   cfg.update(dict(vocab_size=vocab_size or rows, d_model=hf['hidden_size'], n_layers=hf['num_hidden_layers'],
                   n_heads=hf['num_attention_heads'], mlp_dim=hf['intermediate_size'], rope_theta=_rope_theta(hf),
                   layer_norm_eps=HF_LAYER_NORM_EPS, tie_embeddings=bool(hf.get('tie_word_embeddings', False)),

@@ -40,7 +40,7 @@ def _params(cfg, seed=0):
 
 
 def _cfg(tied=True, **overrides):
-  cfg = model.preset_config('tiny')
+  cfg = model.preset_config('cpu-160k')
   cfg.tie_embeddings = tied
   cfg.update(overrides)
   return cfg
@@ -83,7 +83,7 @@ def test_round_trip_is_bit_exact(tmp_path, tokenizer, tied):
   params = _params(cfg)
   first = hf.export_hf(params, cfg, tokenizer, str(tmp_path / 'first'), max_position_embeddings=64)
   imported, imported_cfg = hf.import_hf(first)
-  assert imported_cfg.tie_embeddings == tied and imported_cfg.preset == 'tiny'
+  assert imported_cfg.tie_embeddings == tied and imported_cfg.preset == 'cpu-160k'
   # 281 tokens would pad to 384 rows, not 512: the vocabulary is the embedding's rows.
   assert imported_cfg.vocab_size == cfg.vocab_size
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, np.asarray(b)), imported, params)

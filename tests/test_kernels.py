@@ -47,7 +47,7 @@ def test_splash_takes_the_xla_path_off_multiples_of_128():
 
 
 def _trainer(**model_overrides):
-  config = config_lib.base_config('tiny')
+  config = config_lib.base_config('cpu-160k')
   config.model.update(model_overrides)
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
   schedule = optax.constant_schedule(1e-3)
@@ -89,7 +89,7 @@ def test_chunk_length_must_divide_the_sequence():
 
 def test_splash_in_the_model_matches_xla():
   """The tiny decoder with splash attention (interpret mode) gives the XLA path's logits."""
-  cfg = model.preset_config('tiny')
+  cfg = model.preset_config('cpu-160k')
   tokens = jnp.asarray(np.random.RandomState(0).randint(0, 512, (1, 128)), jnp.int32)
   params = model.Decoder(cfg).init(jax.random.PRNGKey(0), tokens[:, :8])['params']
   xla = model.Decoder(cfg).apply({'params': params}, tokens)

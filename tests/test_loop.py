@@ -26,7 +26,7 @@ from spt_jax import config as config_lib
 
 
 def tiny_config(**overrides):
-  c = config_lib.base_config('tiny')
+  c = config_lib.base_config('cpu-160k')
   c.stage = 'pretrain'
   c.data.seq_len, c.batch_size, c.steps, c.tokens = 16, 8, 12, 0
   c.eval_every, c.checkpoint_every, c.log_every, c.eval_sequences, c.eval_batch_size = 4, 4, 1, 16, 8

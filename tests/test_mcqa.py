@@ -35,7 +35,7 @@ def tokenizer():
 
 @pytest.fixture(scope='module')
 def random_model():
-  cfg = model.preset_config('tiny')
+  cfg = model.preset_config('cpu-160k')
   init = jax.jit(lambda rng: model.Decoder(cfg).init(rng, jnp.zeros((1, 8), jnp.int32)))
   return cfg, jax.device_get(nn.unbox(init(jax.random.PRNGKey(0)))['params'])
 
@@ -46,7 +46,7 @@ def _biased_model(token_id: int):
   The blocks are zeroed (the residual stream is the embedding), every embedding row shares one direction u, and
   the head maps u onto token_id's logit only.
   """
-  cfg = model.preset_config('tiny')
+  cfg = model.preset_config('cpu-160k')
   cfg.tie_embeddings = False
   abstract = nn.unbox(model.abstract_params(cfg))
   params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)

@@ -16,7 +16,7 @@ from spt_jax import train
 
 
 def _tiny(**overrides):
-  cfg = model.preset_config('tiny')
+  cfg = model.preset_config('cpu-160k')
   cfg.update(overrides)
   return cfg
 
@@ -46,7 +46,7 @@ def test_causality():
     ('olmo-3b', 2_250_506_240, 2_147_483_648),  # The 1B with twice the layers.
     ('olmo-600m', 568_442_880, 471_859_200),
     ('olmo-300m', 305_561_600, 241_172_480),
-    ('tiny', 163_840, 131_072),
+    ('cpu-160k', 163_840, 131_072),
 ])
 def test_preset_parameter_counts(name, total, non_embedding):
   cfg = model.preset_config(name)
@@ -127,7 +127,7 @@ def test_golden_one_step_loss():
   Regenerate (only after an intended change of the model, init or optimizer) by printing `before` and `after`
   from this test: `pytest tests/test_model.py -k golden -s` with a print added.
   """
-  config = config_lib.base_config('tiny')
+  config = config_lib.base_config('cpu-160k')
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
   schedule = optax.constant_schedule(1e-3)
   trainer = train.Trainer(config.model, mesh, train.make_optimizer(config, schedule), schedule)
@@ -146,7 +146,7 @@ GOLDEN_AFTER = 6.0938160
 def test_schedule_as_an_input_compiles_once_and_matches_a_fixed_schedule():
   """A Trainer built from an optimizer factory takes the learning rate of every step as an input: two schedules
   (a finetuning grid's learning rates and warmups) share one compiled step, each equal to its fixed-schedule run."""
-  config = config_lib.base_config('tiny')
+  config = config_lib.base_config('cpu-160k')
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
   batch = np.asarray(_tokens(batch=4, length=33, vocab=config.model.vocab_size, seed=1))
   shared = train.Trainer(config.model, mesh, functools.partial(train.make_optimizer, config))

@@ -21,14 +21,14 @@ MAX_LEN = 32
 
 @pytest.fixture(scope='module')
 def tiny():
-  cfg = model.preset_config('tiny')
+  cfg = model.preset_config('cpu-160k')
   init = jax.jit(lambda rng: model.Decoder(cfg).init(rng, jnp.zeros((1, 8), jnp.int32)))
   return cfg, nn.unbox(init(jax.random.PRNGKey(1)))['params']
 
 
 @jax.jit
 def _padded_forward(params, tokens_1xT):
-  return model.Decoder(model.preset_config('tiny')).apply({'params': params}, tokens_1xT)
+  return model.Decoder(model.preset_config('cpu-160k')).apply({'params': params}, tokens_1xT)
 
 
 def _forward(cfg, params, ids):

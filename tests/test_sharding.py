@@ -22,7 +22,7 @@ _SCRIPT = textwrap.dedent('''
     import json, sys
     import jax, numpy as np, optax, ml_collections
     from spt_jax import config as config_lib, sharding, train
-    config = config_lib.base_config('tiny')
+    config = config_lib.base_config('cpu-160k')
     config.model.d_model, config.model.n_heads = 128, 4  # Divisible by every mesh axis below.
     batch = np.random.RandomState(0).randint(0, config.model.vocab_size, (16, 33)).astype(np.int32)
     results = []
