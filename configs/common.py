@@ -92,17 +92,17 @@ def small() -> ml_collections.ConfigDict:
   c.data.tokenizer_vocab_size = c.model.vocab_size
   c.data.seq_len = 64
   c.data.general_max_tokens = 1_000_000
-  c.data.domain_max_tokens = 10_000  # About 7,000 training tokens: δ = 10% of 400k tokens repeats them ~6 times.
-  c.data.test_tokens = 3_000
+  c.data.domain_max_tokens = 10_000  # Training tokens: δ = 10% of 400k tokens repeats them about 4 times.
+  c.data.test_tokens = 20_000  # Held out first, by whole documents (a Coq file can be thousands of tokens).
   c.data.domain_train_sequences = 32
   c.tokens = 400_000
   c.optimizer.lr = 5e-3
   c.schedule.warmup_steps = 20
   c.eval_every = 50
-  c.eval_sequences = 48
+  c.eval_sequences = 128
   c.log_every = 25
   c.checkpoint_every = 100
-  c.finetune.grid = ((3e-3, 5),)  # One point, for studies of many runs: the better of 1e-3 and 3e-3 for both arms.
+  c.finetune.grid = ((1e-3, 5), (3e-3, 5))
   c.finetune.eval_every = 5  # About two thirds of an epoch of the domain training split.
   c.finetune.max_steps = 400  # NPT needs many epochs of a small domain set before it overfits.
   return c
