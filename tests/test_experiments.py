@@ -29,3 +29,27 @@ def test_delta_sweep_trains_every_variant_then_analyses(tmp_path):
   assert gains
   assert (study / 'analysis' / 'fit' / 'fit.json').exists()
   assert list((study / 'analysis' / 'fit').glob('*.png'))
+
+
+@pytest.mark.slow
+def test_headline_runs_both_arms_per_seed_then_reports(tmp_path):
+  _write_documents(tmp_path / 'general', 'the a cat dog sat on mat and ran to house tree sun rain'.split(), 60, 0)
+  _write_documents(tmp_path / 'domain', 'lemma proof qed intros apply rewrite induction nat'.split(), 30, 1)
+  study = tmp_path / 'study'
+  settings = [f'data.general=files:{tmp_path}/general/*.txt', f'data.domain=files:{tmp_path}/domain/*.txt',
+              f'data.cache_dir={tmp_path}/cache', 'data.tokenizer_vocab_size=300', 'model.vocab_size=300']
+  command = [sys.executable, '-m', 'experiments.headline', '--config=configs/proofpile.py:test', f'--workdir={study}',
+             '--seeds=0,1', '--delta=0.2', *[f'--config.{s}' for s in settings]]
+  out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads((study / 'headline.json').read_text())
+  assert [r['seed'] for r in result['rows']] == [0, 1] and result['summary']['gain_pct']['n'] == 2
+  for row in result['rows']:  # Each seed's pair really differs in δ and shares its seed.
+    npt = json.loads((study / f'npt_seed{row["seed"]}' / 'pretrain' / 'config.json').read_text())
+    spt = json.loads((study / f'spt_seed{row["seed"]}' / 'pretrain' / 'config.json').read_text())
+    assert (npt['mixture']['domain_fraction'], spt['mixture']['domain_fraction']) == (0.0, 0.2)
+    assert npt['seed'] == spt['seed'] == row['seed']
+  report = (study / 'report.md').read_text()
+  assert 'mean ± sd' in report and 'Fig. 4' in report and (study / 'headline.png').stat().st_size > 10_000
+  again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)  # Finished: no training.
+  assert again.returncode == 0 and 'already finished' in again.stderr, again.stderr[-3000:]
