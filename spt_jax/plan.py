@@ -19,6 +19,8 @@ import warnings
 from absl import flags
 import numpy as np
 
+from spt_jax import files
+
 
 def _delta(text: str) -> float:
   value = float(text.rstrip('%')) / (100.0 if text.endswith('%') else 1.0)
@@ -45,14 +47,14 @@ def _json_default(value):
   return str(value)
 
 
-def _dump(value) -> str:
-  return json.dumps(value, default=_json_default, allow_nan=True)
+def _dump(value, **kwargs) -> str:
+  """Strict JSON: NaN and infinities (an undefined gain, a diverged fit) become null."""
+  return files.dumps(value, default=_json_default, **kwargs)
 
 
 def _write(out: str, name: str, value) -> str:
   path = os.path.join(out, name)
-  with open(path, 'w') as f:
-    f.write(value if isinstance(value, str) else json.dumps(value, indent=2, default=_json_default))
+  files.write_text(path, value if isinstance(value, str) else _dump(value, indent=2))
   return path
 
 

@@ -172,3 +172,9 @@ def test_fit_on_a_subset_with_the_huber_loss(workdirs, tmp_path):
   assert fit['objective'] == 'huber' and fit['fitted_on'] == {'max_delta': 0.05, 'max_tokens': 1e11}
   assert max(fit['fitted_deltas']) == 0.05 and fit['token_range'][1] <= 1e11
   assert '0.1' not in fit['finetune_delta']
+
+
+def test_outputs_are_strict_json(tmp_path):
+  """An undefined value (a NaN from a diverged fit) is written as null, never as a bare NaN."""
+  path = plan._write(str(tmp_path), 'x.json', {'gap': float('nan'), 'values': np.array([1.0, np.inf])})
+  assert json.loads(open(path).read(), parse_constant=pytest.fail) == {'gap': None, 'values': [1.0, None]}
