@@ -95,6 +95,31 @@ def paper_table(rows: list) -> str:
                              'scale. Directions compare, magnitudes need not.'])
 
 
+def paper_domain() -> str | None:
+  """The config's domain when the paper reports it (musicpile, proofpile, chempile), else None."""
+  from spt_jax.analysis import paper  # pylint: disable=g-import-not-at-top
+  return config_name() if config_name() in paper.DOMAINS else None
+
+
+def gains_report(npt: str, spts: list, title: str, sections=()) -> dict:
+  """The gains of SPT workdirs over an NPT one as WORKDIR/report.md, with the paper's headline values beside."""
+  from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+  result = gains_lib.gains(runs.read(npt), [runs.read(w) for w in spts])
+  best = max(result['spt'], key=lambda row: row['relative_gain'])
+  multiplier = best['compute_multiplier']['value']
+  rows = [('best relative gain G', f'{best["relative_gain"]:+.2f}% ({best["run"]}, δ = {100 * best["delta"]:g}%)',
+           'relative_gain_pct'),
+          ('compute multiplier there', '–' if multiplier is None else
+           f'{best["compute_multiplier"]["bound"]}{multiplier:.2f}×', 'compute_multiplier')]
+  domain = paper_domain()
+  paper_rows = [(*row, domain) for row in rows] if domain else []
+  paper_rows.append(('forgetting, NPT → best SPT', f'{result["npt"]["forgetting"]:+.4f} → {best["forgetting"]:+.4f}',
+                     'forgetting'))
+  write_report(title, [gains_lib.format_table(result), *sections, paper_table(paper_rows)])
+  return result
+
+
 def pretrain_tokens(config) -> int:
   from spt_jax import run_plan  # pylint: disable=g-import-not-at-top
   return run_plan.make(config, 'pretrain').tokens

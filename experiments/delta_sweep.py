@@ -6,6 +6,8 @@ Every pretraining run is also finetuned from earlier checkpoints (--checkpoints 
 compute multiplier can be read off post-finetuning curves and the finetuning delta (7) fitted over steps.
 """
 
+import os
+
 from absl import flags
 
 from experiments import common
@@ -22,9 +24,12 @@ def main(argv):
               for d in common.floats(_DELTAS.value)}
   workdirs = common.run_variants(variants)
   npt = workdirs.pop(common.delta_name(0.0), None)
+  fit = common.analyse('fit', runs=[*([npt] if npt else []), *workdirs.values()])
+  fit_link = f'The overfitting scaling-law fit: [{fit}/report.md]({os.path.relpath(fit, common.WORKDIR.value)}/report.md)'
   if npt:
     common.analyse('gains', npt=npt, spt=list(workdirs.values()))
-  common.analyse('fit', runs=[*([npt] if npt else []), *workdirs.values()])
+    common.gains_report(npt, list(workdirs.values()), f'δ sweep on {common.config_name()}: SPT against NPT',
+                        ['![post-FT loss by budget](analysis/gains/gains.png)', fit_link])
 
 
 if __name__ == '__main__':
