@@ -28,7 +28,8 @@ def main(argv):
   out = common.analyse('recommend', fit=f'{fit}/fit.json', tokens=budgets, candidates=deltas)
   with open(f'{out}/recommend.jsonl') as f:
     lines = [json.loads(line) for line in f if line.strip()]
-  table = ['| budget (tokens) | best δ (continuous) | best of the swept δ | forecast post-FT loss |', '|---|---|---|---|']
+  table = ['| budget (tokens) | best δ (continuous) | best of the swept δ | forecast post-FT loss |',
+           '|---|---|---|---|']
   table += [f'| {x["tokens"]:.3g} | {100 * x["best_delta"]:.2f}% | {100 * x["best_candidate"]:g}% | {x["loss"]:.4f} |'
             for x in lines if 'best_delta' in x]
   best = [x['best_candidate'] for x in lines if 'best_candidate' in x]

@@ -25,7 +25,8 @@ def main(argv):
   workdirs = common.run_variants(variants)
   npt = workdirs.pop(common.delta_name(0.0), None)
   fit = common.analyse('fit', runs=[*([npt] if npt else []), *workdirs.values()])
-  fit_link = f'The overfitting scaling-law fit: [{fit}/report.md]({os.path.relpath(fit, common.WORKDIR.value)}/report.md)'
+  relative = os.path.relpath(fit, common.WORKDIR.value)
+  fit_link = f'The overfitting scaling-law fit: [{relative}/report.md]({relative}/report.md)'
   if npt:
     common.analyse('gains', npt=npt, spt=list(workdirs.values()))
     common.gains_report(npt, list(workdirs.values()), f'δ sweep on {common.config_name()}: SPT against NPT',

@@ -34,7 +34,8 @@ def _paper_rows(report: dict, budget: float) -> list:
                  f'{100 * error["mean_abs_relative_error"]:.2f}%', 'forecast/onset_10pct_tokens'))
     onset = report['onset'].get(largest, {})
     rows.append((f'overfitting onset of δ = {100 * float(largest):g}%, predicted / observed (tokens)',
-                 f'{onset.get("predicted_tokens") or float("nan"):.3g} / {onset.get("observed_tokens") or float("nan"):.3g}'
+                 f'{onset.get("predicted_tokens") or float("nan"):.3g} / '
+                 f'{onset.get("observed_tokens") or float("nan"):.3g}'
                  f' (budget {budget:.3g})', 'forecast/onset_10pct_tokens'))
   for cross in report['crossovers']:
     def show(found):

@@ -36,9 +36,11 @@ def report(result: dict, domain: str, delta: float, config) -> str:
       'step) minus before.', '',
       '## Against the paper', '',
       '| quantity | ours (mean ± sd over seeds) | paper |', '|---|---|---|',
-      f'| relative gain G | {seeds_lib.plus_minus(s["gain_pct"], 2, "%")} ({s["seeds_spt_better"]} of {result["seeds"]} seeds '
+      f'| relative gain G | {seeds_lib.plus_minus(s["gain_pct"], 2, "%")} ({s["seeds_spt_better"]} of '
+      f'{result["seeds"]} seeds '
       f'SPT better) | {paper_gain} |',
-      f'| forgetting, NPT → SPT | {seeds_lib.plus_minus(s["npt_forgetting"])} → {seeds_lib.plus_minus(s["spt_forgetting"])} nats | '
+      f'| forgetting, NPT → SPT | {seeds_lib.plus_minus(s["npt_forgetting"])} → '
+      f'{seeds_lib.plus_minus(s["spt_forgetting"])} nats | '
       f'{paper.cell("forgetting")} |',
       f'| finetuning epochs to the best step | see per-seed table | {paper.cell("finetune_overfit_epochs")} |',
       '', 'The paper\'s values are at 1B parameters and 200B tokens; ours at CPU scale, so the direction and rough '
@@ -69,7 +71,8 @@ def main(argv):
   files.write_json(os.path.join(out, 'headline.json'), {'domain': domain, 'delta': delta, **result,
                                                         'trajectories': trajectories})
   files.write_text(os.path.join(out, 'report.md'), report(result, domain, delta, base))
-  print(f'{domain}: G = {seeds_lib.plus_minus(result["summary"]["gain_pct"], 2, "%")} over {len(seeds)} seeds; {out}/report.md')
+  gain = seeds_lib.plus_minus(result['summary']['gain_pct'], 2, '%')
+  print(f'{domain}: G = {gain} over {len(seeds)} seeds; {out}/report.md')
 
 
 if __name__ == '__main__':

@@ -48,7 +48,8 @@ def main(argv):
                                 finetune__from_steps=from_steps))
   workdirs = common.run_variants(variants)
   curves = {p: {arm: _curve(workdirs[f'{p}_{arm}_seed0']) for arm in ('npt', 'spt')} for p in presets}
-  table = ['| model | parameters | pretraining tokens | NPT→FT | SPT→FT | gap (NPT − SPT) | G |', '|---|---|---|---|---|---|---|']
+  table = ['| model | parameters | pretraining tokens | NPT→FT | SPT→FT | gap (NPT − SPT) | G |',
+           '|---|---|---|---|---|---|---|']
   gaps = {}
   for preset in presets:
     npt, spt = curves[preset]['npt'], curves[preset]['spt']

@@ -240,7 +240,8 @@ def format_plan(d: dict) -> str:
   c, hbm = d['compiled'], d['chip_hbm_bytes']
   lines = [dry_run.format_summary(d),
            f'topology         {d["topology"]} ({d["libtpu_topology"]}, {d["chips"]} chips of {hbm / GIB:.0f} GiB HBM, '
-           f'{d["chip_peak_flops"] / 1e12:.0f} TFLOP/s bf16 peak); {d["sequences_per_chip"]} sequences per chip per step']
+           f'{d["chip_peak_flops"] / 1e12:.0f} TFLOP/s bf16 peak); {d["sequences_per_chip"]} sequences per chip per '
+           'step']
   if 'peak_bytes' in c['train']:
     lines.append(f'per chip         parameters + optimizer state {_size(c["state_bytes"])}, train temporaries '
                  f'{_size(c["train"]["temporaries_bytes"])}, train peak {_size(c["train"]["peak_bytes"])} '

@@ -48,7 +48,8 @@ def main(argv):
   sharding.initialize_distributed()
   if jax.process_count() == 1:  # Several hosts: JAX's preemption service owns SIGTERM.
     files.exit_quietly_on_sigterm()  # Before the first step a SIGTERM exits 0 with one line, not 143.
-  validate.check(config, backend=jax.default_backend())  # Before anything is written: a rejected config leaves the workdir as it was.
+  # Before anything is written: a rejected config leaves the workdir as it was.
+  validate.check(config, backend=jax.default_backend())
   if not _WORKDIR.value and jax.process_index() == 0:
     print(f'--workdir not given: the run writes to {workdir}', flush=True)
   sharding.check_shared_folder(workdir, 'workdir')

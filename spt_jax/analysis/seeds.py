@@ -100,6 +100,7 @@ def format_tables(result: dict) -> str:
                  f'{b["best_finetune"]} @{b["best_step"]} ({b["epochs"]:.1f} ep) |')
   s = result['summary']
   lines.append(f'| mean ± sd | {plus_minus(s["npt_pre_ft_loss"])} | {plus_minus(s["npt_post_ft_loss"])} | '
-               f'{plus_minus(s["spt_pre_ft_loss"])} | {plus_minus(s["spt_post_ft_loss"])} | {plus_minus(s["gain_pct"], 2, "%")} | '
+               f'{plus_minus(s["spt_pre_ft_loss"])} | {plus_minus(s["spt_post_ft_loss"])} | '
+               f'{plus_minus(s["gain_pct"], 2, "%")} | '
                f'{plus_minus(s["npt_forgetting"])} | {plus_minus(s["spt_forgetting"])} | | |')
   return '\n'.join(lines)
