@@ -1,5 +1,6 @@
 """The training loop on a tiny model and tiny data made here: stage switch, early stopping, faults, resumption."""
 
+import collections
 import json
 import os
 import signal
@@ -193,11 +194,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
       super().__init__(*args, **kwargs)
       step_fn = self.train_step
 
-      def poisoned(state, batch):
-        state, metrics = step_fn(state, batch)
+      def poisoned(state, batch, *lr_table):
+        state, metrics = step_fn(state, batch, *lr_table)
         return state, dict(metrics, loss=jnp.where(state.step >= 7, jnp.nan, metrics['loss']))
       self.train_step = poisoned
   monkeypatch.setattr(train, 'Trainer', PoisonedTrainer)
+  monkeypatch.setattr(loop, '_TRAINERS', collections.OrderedDict())  # No Trainer cached by an earlier test.
   workdir = str(tmp_path / 'run')
   summary = loop.run(tiny_config(), workdir, stage='pretrain', data=tiny_data())
   assert summary['stop_reason'] == 'nonfinite_loss' and summary['last_checkpoint'] == 4
