@@ -202,7 +202,8 @@ class _Loop:
     self.plan, self.c, self.workdir, self.trainer, self.checkpoints = plan, c, workdir, trainer, checkpoints
     self.mixture, self.evaluator, self.data = mixture, evaluator, data
     self.steps, self.tokens_per_step, self.schedule = plan.steps, plan.tokens_per_step, plan.schedule
-    self.lr_table = jax.device_put(plan.lr_table(), trainer.replicated)  # An input: no recompiling per schedule.
+    table = plan.lr_table()  # An input of the step: no recompiling per learning rate or warmup.
+    self.lr_table = jax.make_array_from_callback(table.shape, trainer.replicated, lambda index: table[index])
     self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
     self.writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     self.flops_per_token = flops.train_flops_per_token(c.model, c.data.seq_len)
