@@ -53,3 +53,20 @@ def test_headline_runs_both_arms_per_seed_then_reports(tmp_path):
   assert 'mean ± sd' in report and 'Fig. 4' in report and (study / 'headline.png').stat().st_size > 10_000
   again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)  # Finished: no training.
   assert again.returncode == 0 and 'already finished' in again.stderr, again.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_forecast_check_fits_a_subset_then_scores_the_rest(tmp_path):
+  study = tmp_path / 'study'
+  command = [sys.executable, '-m', 'experiments.forecast_check', '--config=configs/proofpile.py:test',
+             f'--workdir={study}', '--deltas=0,0.05,0.1,0.2', '--checkpoints=1', '--max_delta=0.1',
+             '--config.eval_every=2', *_data_overrides(tmp_path)]
+  out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = json.loads((study / 'forecast_check.json').read_text())
+  assert report['fitted_on'] == {'max_delta': 0.1, 'max_tokens': pytest.approx(0.6 * 8 * 32 * 40)}
+  assert list(report['held_out_delta']) == ['0.2']  # Never fitted: its whole curve is forecast.
+  assert set(report['later_tokens']) == {'0', '0.05', '0.1'}  # Fitted on their first 60% of tokens only.
+  for entry in report['later_tokens'].values():
+    assert entry['tokens'][0] > 0.6 * 8 * 32 * 40
+  assert 'Fig. 13' in (study / 'report.md').read_text()
