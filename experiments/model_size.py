@@ -16,7 +16,7 @@ from absl import flags
 from experiments import common
 
 _DELTA = flags.DEFINE_float('delta', 0.1, 'δ of the SPT models.')
-_PRESETS = flags.DEFINE_list('presets', 'cpu-160k,cpu-2m,cpu-6m', 'Model presets, smallest first (at least 3 for the '
+_PRESETS = flags.DEFINE_list('presets', 'cpu-160k,cpu-600k,cpu-2m', 'Model presets, smallest first (at least 3 for the '
                              'trend).')
 _CHECKPOINTS = flags.DEFINE_integer('checkpoints', 2, 'Earlier pretraining checkpoints to finetune from (budgets).')
 

@@ -32,6 +32,8 @@ PRESETS: dict[str, dict] = {
                    layer_norm_eps=1e-5),
     'cpu-2m': dict(vocab_size=4096, d_model=128, n_layers=4, n_heads=4, mlp_dim=512, rope_theta=10_000.0,
                    layer_norm_eps=1e-5),
+    'cpu-600k': dict(vocab_size=512, d_model=96, n_layers=4, n_heads=4, mlp_dim=384, rope_theta=10_000.0,
+                     layer_norm_eps=1e-5),
     'cpu-160k': dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, mlp_dim=256, rope_theta=10_000.0,
                  layer_norm_eps=1e-5),
 }

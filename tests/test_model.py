@@ -46,6 +46,7 @@ def test_causality():
     ('olmo-3b', 2_250_506_240, 2_147_483_648),  # The 1B with twice the layers.
     ('olmo-600m', 568_442_880, 471_859_200),
     ('olmo-300m', 305_561_600, 241_172_480),
+    ('cpu-600k', 638_976, 589_824),
     ('cpu-160k', 163_840, 131_072),
 ])
 def test_preset_parameter_counts(name, total, non_embedding):
