@@ -46,7 +46,10 @@ def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, st
     return workdirs
   for name, config in variants.items():
     logging.info('Study %s: variant %s', WORKDIR.value, name)
-    pipeline.run_pipeline(config, workdirs[name])
+    if pipeline.run_pipeline(config, workdirs[name])['stop_reason'] == 'preempted':
+      logging.warning('Study %s stopped by SIGTERM at variant %s (saved); rerun the same command to go on.',
+                      WORKDIR.value, name)
+      raise SystemExit(0)  # As a preempted run: exit 0 so that a scheduler restarts it; no later variant starts.
   return workdirs
 
 
