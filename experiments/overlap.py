@@ -31,13 +31,13 @@ def _share_name(share: float) -> str:
   return f'share_{100 * share:g}pct_'
 
 
-def general_set(share: float, out: str, cache_dir: str = '') -> str:
-  """The general set of a share: Spanish for `share` of about --general_mb MB, English for the rest."""
+def general_set(share: float, out: str, cache_dir: str = '') -> tuple:
+  """The general set of a share (Spanish for `share` of about --general_mb MB, English for the rest): its path
+  and the share of Spanish bytes it really holds (documents are whole)."""
   from spt_jax.data import blend  # pylint: disable=g-import-not-at-top
   path = os.path.join(out, f'general_{100 * share:g}pct.jsonl')
   taken = blend.write({_SPANISH.value: share, _ENGLISH.value: 1.0 - share}, _GENERAL_MB.value, path, cache_dir)
-  print(f'general set with {100 * share:g}% Spanish: {taken}')
-  return path
+  return path, taken[_SPANISH.value] / sum(taken.values())
 
 
 def main(argv):
@@ -53,23 +53,25 @@ def main(argv):
   shares = common.floats(_SHARES.value)
   if len(shares) < 2 or not all(0 <= s < 1 for s in shares):
     raise ValueError(f'--shares={_SHARES.value}: give at least two shares in [0, 1)')
-  variants = {}
+  variants, actual = {}, {}
   for share in shares:
-    general = general_set(share, os.path.join(common.WORKDIR.value, 'data'), base.data.cache_dir)
+    general, actual[share] = general_set(share, os.path.join(common.WORKDIR.value, 'data'), base.data.cache_dir)
     variants.update(common.arms(base, _DELTA.value, prefix=_share_name(share), data__general=f'jsonl:{general}',
                                 data__general_max_tokens=0, data__domain=_DOMAIN.value))
   workdirs = common.run_variants(variants)
   rows = []
   for share in shares:
     npt, spt = (seeds.arm(runs.read(workdirs[f'{_share_name(share)}{arm}_seed0'])) for arm in ('npt', 'spt'))
-    rows.append({'share': share, 'npt': npt, 'spt': spt,
+    rows.append({'share': share, 'actual_share': actual[share], 'npt': npt, 'spt': spt,
                  'gain_pct': gains_lib.relative_gain(npt['post_ft_loss'], spt['post_ft_loss'])})
   files.write_json(os.path.join(common.WORKDIR.value, 'overlap.json'), rows)
-  plots.series_plot({'G': ([100 * r['share'] for r in rows], [r['gain_pct'] for r in rows])},
+  plots.series_plot({'G': ([100 * r['actual_share'] for r in rows], [r['gain_pct'] for r in rows])},
                     os.path.join(common.WORKDIR.value, 'overlap.png'), 'Spanish share of the general set (%)',
                     'G (%)', 'gain of SPT over NPT after finetuning, by overlap', xscale='symlog')
-  table = ['| Spanish share | NPT→FT | SPT→FT | G | NPT forgetting | SPT forgetting |', '|---|---|---|---|---|---|']
-  table += [f'| {100 * r["share"]:g}% | {r["npt"]["post_ft_loss"]:.4f} | {r["spt"]["post_ft_loss"]:.4f} | '
+  table = ['| Spanish share (of the bytes) | NPT→FT | SPT→FT | G | NPT forgetting | SPT forgetting |',
+           '|---|---|---|---|---|---|']
+  table += [f'| {100 * r["share"]:g}% ({100 * r["actual_share"]:.2f}%) | {r["npt"]["post_ft_loss"]:.4f} | '
+            f'{r["spt"]["post_ft_loss"]:.4f} | '
             f'{r["gain_pct"]:+.2f}% | {r["npt"]["forgetting"]:+.4f} | {r["spt"]["forgetting"]:+.4f} |' for r in rows]
   low, high = rows[0], rows[-1]
   direction = ('falls' if high['gain_pct'] < low['gain_pct'] else 'rises') + ' as the share grows'

@@ -73,9 +73,11 @@ def test_blend_takes_each_share_of_the_bytes(tmp_path):
   taken = blend.write(shares, 0.02, path)
   texts = [json.loads(line)['text'] for line in open(path)]
   spanish = sum(len(t) for t in texts if t.startswith('hola'))
-  assert spanish == taken[f'files:{tmp_path}/es/*.txt'] and 5000 <= spanish < 5000 + 200
-  assert 15000 <= sum(len(t) for t in texts) - spanish < 15000 + 200
-  assert blend.write(shares, 0.02, path) == {}  # Written once.
+  assert spanish == taken[f'files:{tmp_path}/es/*.txt'] and abs(spanish - 5000) <= 50
+  assert abs(sum(len(t) for t in texts) - spanish - 15000) <= 150
+  assert blend.write(shares, 0.02, path) == taken  # Written once; its counts are kept beside it.
+  (tmp_path / 'es' / 'big.txt').write_text('hola ' * 3000)  # 15 kB: would overshoot a 5 kB share alone.
+  assert abs(sum(blend.write(shares, 0.02, str(tmp_path / 'again.jsonl')).values()) - 20000) <= 200
   with pytest.raises(ValueError, match='short of the'):
     blend.write({f'files:{tmp_path}/es/*.txt': 1.0}, 1.0, str(tmp_path / 'big.jsonl'))
   with pytest.raises(ValueError, match='sum to 1'):

@@ -10,13 +10,19 @@ import random
 
 from spt_jax.data import sources
 
+TOLERANCE = 0.01  # Each source's bytes land within 1% of its share's budget (documents are whole).
+
 
 def write(shares: dict, megabytes: float, path: str, cache_dir: str = '', seed: int = 0) -> dict:
-  """Writes about `megabytes` MB of documents to path, `share` of the bytes from each source spec (whole documents,
-  each source in a seeded order, the blend shuffled); returns the bytes taken from each ({} when path exists: it
-  is kept). A source shorter than its share is a one-line error."""
-  if os.path.exists(path):
-    return {}
+  """Writes about `megabytes` MB of whole documents to path, `share` of the bytes from each source spec, and
+  returns the bytes taken from each (also in path + '.json'; an existing blend is kept and its counts read).
+
+  Each source's documents are taken in a seeded order, skipping any that would overshoot its budget, until it is
+  met within TOLERANCE; the blend is shuffled. A source too small for its share is a one-line error.
+  """
+  if os.path.exists(path) and os.path.exists(path + '.json'):
+    with open(path + '.json') as f:
+      return json.load(f)
   if abs(sum(shares.values()) - 1) > 1e-9 or any(s < 0 for s in shares.values()):
     raise ValueError(f'blend shares {shares} must be non-negative and sum to 1')
   target, chosen, taken = int(megabytes * 1e6), [], {}
@@ -25,13 +31,15 @@ def write(shares: dict, megabytes: float, path: str, cache_dir: str = '', seed: 
     documents = list(sources.parse(spec, 'blend', cache_dir).documents()) if budget else []
     random.Random(seed).shuffle(documents)
     for document in documents:
-      if total >= budget:
+      if total >= budget * (1 - TOLERANCE):
         break
-      chosen.append(document)
-      total += len(document.encode('utf-8'))
-    if total < budget:
-      raise ValueError(f'{spec} has {total / 1e6:.2f} MB, short of the {budget / 1e6:.2f} MB its share {share:g} of '
-                       f'{megabytes:g} MB needs; lower the size or the share')
+      size = len(document.encode('utf-8'))
+      if total + size <= budget * (1 + TOLERANCE):
+        chosen.append(document)
+        total += size
+    if total < budget * (1 - TOLERANCE):
+      raise ValueError(f'{spec} gives {total / 1e6:.3f} MB, short of the {budget / 1e6:.3f} MB its share {share:g} '
+                       f'of {megabytes:g} MB needs; lower the size or the share')
     taken[spec] = total
   random.Random(seed + 1).shuffle(chosen)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -39,4 +47,6 @@ def write(shares: dict, megabytes: float, path: str, cache_dir: str = '', seed: 
     for document in chosen:
       f.write(json.dumps({'text': document}, ensure_ascii=False) + '\n')
   os.replace(path + '.tmp', path)
+  with open(path + '.json', 'w') as f:
+    json.dump(taken, f)
   return taken
