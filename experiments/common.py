@@ -38,6 +38,8 @@ def variant(config: ml_collections.ConfigDict, **overrides) -> ml_collections.Co
 
 def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, str]:
   """Runs the pipeline of each variant into WORKDIR/<name> (finished ones are skipped); returns the workdirs."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from spt_jax import files  # pylint: disable=g-import-not-at-top
   from spt_jax import pipeline  # pylint: disable=g-import-not-at-top
   if not WORKDIR.value:
     raise ValueError('--workdir is required: the folder where the study writes one run per variant')
@@ -46,7 +48,10 @@ def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, st
     return workdirs
   for name, config in variants.items():
     logging.info('Study %s: variant %s', WORKDIR.value, name)
-    if pipeline.run_pipeline(config, workdirs[name])['stop_reason'] == 'preempted':
+    # Two studies sharing a variant never train it at once (process 0 locks for every host).
+    with files.WorkdirLock(workdirs[name], enabled=jax.process_index() == 0):
+      result = pipeline.run_pipeline(config, workdirs[name])
+    if result['stop_reason'] == 'preempted':
       logging.warning('Study %s stopped by SIGTERM at variant %s (saved); rerun the same command to go on.',
                       WORKDIR.value, name)
       raise SystemExit(0)  # As a preempted run: exit 0 so that a scheduler restarts it; no later variant starts.
