@@ -3,7 +3,7 @@
   1b, 3b, 600m, 300m  paper scale (Cloud TPU / GPU): OLMo tokenizer, 2048 × 2048-token batches, 200B tokens,
                       δ = 2%, the cosine of OLMo cut off at 200B of 2T tokens, Appendix B's finetuning grid
   tiny                CPU scale on the built-in corpora: the whole pipeline in minutes on a laptop
-  small               tiny's problem on the 0.2M-parameter model: about a minute a run, for studies of many runs
+  small               tiny's problem on the 0.16M-parameter model: a few minutes a pipeline, for studies of many runs
   test                tiny shrunk to seconds: for end-to-end tests, not for results
 Every key and its paper default is documented in spt_jax/config.py; a domain file sets its data on top.
 """
