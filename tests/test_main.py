@@ -56,10 +56,10 @@ def test_paper_preset_needs_data_paths_and_an_accelerator(tmp_path):
 
 def test_every_config_file_and_preset_loads():
   for name in ('proofpile', 'musicpile', 'chempile'):
-    for preset in ('1b', '3b', '600m', '300m', 'tiny', 'test'):
+    for preset in ('1b', '3b', '600m', '300m', 'tiny', 'small', 'test'):
       config = config_lib.load(str(ROOT / f'configs/{name}.py:{preset}'))
       assert config.model.vocab_size > 0
-      if preset in ('tiny', 'test'):
+      if preset in ('tiny', 'small', 'test'):
         assert config.data.tokenizer_vocab_size == config.model.vocab_size
 
 
