@@ -109,24 +109,18 @@ def small() -> ml_collections.ConfigDict:
 
 
 def test() -> ml_collections.ConfigDict:
-  """The CPU config shrunk to seconds."""
-  c = cpu()
-  c.model = model_lib.preset_config('cpu-160k')
-  c.data.tokenizer_vocab_size = c.model.vocab_size
+  """The small config (same model and domain set) shrunk to seconds."""
+  c = small()
+  c.optimizer.lr = 3e-3
   c.data.seq_len = 32
   c.data.general_max_tokens = 100_000
-  c.data.domain_max_tokens = 10_000
   c.data.test_tokens = 2_000
   c.data.domain_train_sequences = 8
   c.batch_size = 8
   c.tokens = 8 * 32 * 40
   c.schedule.warmup_steps = 5
-  c.eval_every = 20
-  c.eval_sequences = 16
-  c.log_every = 5
-  c.checkpoint_every = 20
+  c.eval_every, c.eval_sequences, c.log_every, c.checkpoint_every = 20, 16, 5, 20
   c.finetune.batch_size = 8
   c.finetune.grid = ((1e-3, 5),)
-  c.finetune.eval_every = 5
   c.finetune.max_steps = 30
   return c

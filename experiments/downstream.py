@@ -46,11 +46,14 @@ def build_tasks(config, names, out: str, examples: int) -> dict:
 
 def checkpoints(workdir: str) -> dict:
   """The arm's checkpoint at the end of pretraining and at its best finetuning step."""
+  from spt_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import seeds  # pylint: disable=g-import-not-at-top
-  best = seeds.arm(runs.read(workdir))
-  return {'before': os.path.join(workdir, 'pretrain', 'checkpoints', str(int(runs.read(workdir).summary['steps']))),
-          'after': os.path.join(workdir, 'finetune', best['best_finetune'], 'checkpoints', str(best['best_step']))}
+  run = runs.read(workdir)
+  best = seeds.arm(run)
+  return {'before': os.path.join(workdir, 'pretrain', checkpoint.CHECKPOINTS, str(int(run.summary['steps']))),
+          'after': os.path.join(workdir, 'finetune', best['best_finetune'], checkpoint.CHECKPOINTS,
+                                str(best['best_step']))}
 
 
 def score(checkpoint: str, tasks: dict) -> dict:
