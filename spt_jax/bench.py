@@ -5,8 +5,10 @@
 Model FLOPs per token are counted the standard way: 6·N (N = parameters that take part in matmuls: all but
 the embedding lookup; the tied output head counts) plus the attention term 12·layers·d_model·seq_len. MFU is
 model FLOP/s ÷ the peak matmul FLOP/s measured in the same run on the same device(s) and dtype (counting and
-MFU: spt_jax/flops.py, which the training loop uses too). With --pipeline, the data mixture's tokens/s
-(spt_jax/data/bench.py) beside the step's: the input pipeline must outpace the step by a wide margin.
+MFU: spt_jax/flops.py, which the training loop uses too). The peak and the step are timed in alternating
+rounds (--rounds) and each keeps its best round, so that a machine whose speed drifts (a shared host, turbo)
+moves both figures alike; the per-round MFU range is printed beside. With --pipeline, the data mixture's
+tokens/s (spt_jax/data/bench.py) beside the step's: the input pipeline must outpace the step by a wide margin.
 """
 
 import json
@@ -20,50 +22,74 @@ from spt_jax.data import bench as data_bench
 _PRESET = flags.DEFINE_string('preset', 'cpu-2m', 'Model preset (spt_jax.flops.PRESETS).')
 _BATCH, _SEQ_LEN = data_bench.BATCH, data_bench.SEQ_LEN  # --batch_size and --seq_len, shared with the mixture's.
 _PIPELINE = flags.DEFINE_bool('pipeline', False, 'Also time the data mixture (--pipeline_steps, --domain_fraction).')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after one compile-and-warm-up step).')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per round (after one compile-and-warm-up step).')
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds of the peak matmul and the train step.')
 _DTYPE = flags.DEFINE_string('dtype', '', "Computation dtype; default bfloat16 on accelerators, float32 on CPU.")
 _REMAT = flags.DEFINE_string('remat_policy', 'none', 'Remat policy (spt_jax.model.REMAT_POLICIES).')
 _ATTENTION = flags.DEFINE_string('attention_impl', 'auto', "'auto', 'splash', 'cudnn', 'xla' or '' (JAX picks).")
 _LOSS_CHUNK = flags.DEFINE_integer('loss_chunk_length', 0, 'Positions per loss chunk (0: the whole sequence).')
+_SCAN_UNROLL = flags.DEFINE_integer('scan_unroll', -1, 'Layers per scan iteration (0: all; -1: the preset\'s).')
 _MATMUL = flags.DEFINE_integer('matmul_size', 0, 'Side of the peak-FLOP/s matmul (0: 8192 on accelerators, '
                                '2048 on CPU).')
 
 
-def measure_train_step(preset: str, batch_size: int, seq_len: int, steps: int, dtype: str,
-                       remat_policy: str = 'none', attention_impl: str = 'auto', loss_chunk_length: int = 0) -> dict:
-  """Tokens/s and model FLOP/s of the real train step (sharded over all devices along fsdp)."""
-  import jax
-  import numpy as np
-  import optax
-  from spt_jax import config as config_lib
+class TrainStepTimer:
+  """The real train step of a preset on random tokens, sharded over all devices along fsdp, compiled once."""
+
+  def __init__(self, preset: str, batch_size: int, seq_len: int, dtype: str, **model_overrides):
+    import jax
+    import numpy as np
+    import optax
+    from spt_jax import config as config_lib
+    from spt_jax import flops
+    from spt_jax import sharding
+    from spt_jax import train
+    config = config_lib.base_config(preset)
+    config.model.update(dtype=dtype, **model_overrides)
+    schedule = optax.constant_schedule(1e-4)
+    self.trainer = train.Trainer(config.model, sharding.make_mesh(config.mesh),
+                                 train.make_optimizer(config, schedule), schedule)
+    self.state = self.trainer.init_state(seed=0)
+    batch = np.random.RandomState(0).randint(0, config.model.vocab_size, (batch_size, seq_len + 1), np.int32)
+    self.batch = jax.device_put(batch, self.trainer.batch_sharding)
+    self.tokens_per_step = batch_size * seq_len
+    self.flops_per_token = flops.train_flops_per_token(config.model, seq_len)
+    start = time.perf_counter()
+    self._run(1)
+    self.compile_seconds = time.perf_counter() - start
+
+  def _run(self, steps: int) -> None:
+    import jax
+    for _ in range(steps):
+      self.state, metrics = self.trainer.train_step(self.state, self.batch)
+    jax.block_until_ready(metrics)
+
+  def seconds_per_step(self, steps: int) -> float:
+    start = time.perf_counter()
+    self._run(steps)
+    return (time.perf_counter() - start) / steps
+
+
+def measure(preset: str, batch_size: int, seq_len: int, steps: int, rounds: int, dtype: str, matmul_size: int,
+            **model_overrides) -> dict:
+  """Peak matmul FLOP/s and the train step's time in alternating rounds; the best of each, and MFU."""
   from spt_jax import flops
   from spt_jax import model as model_lib
-  from spt_jax import sharding
-  from spt_jax import train
-  config = config_lib.base_config(preset)
-  config.model.update(dtype=dtype, remat_policy=remat_policy, attention_impl=attention_impl,
-                      loss_chunk_length=loss_chunk_length)
-  mesh = sharding.make_mesh(config.mesh)
-  schedule = optax.constant_schedule(1e-4)
-  trainer = train.Trainer(config.model, mesh, train.make_optimizer(config, schedule), schedule)
-  state = trainer.init_state(seed=0)
-  batch = np.random.RandomState(0).randint(0, config.model.vocab_size, (batch_size, seq_len + 1), np.int32)
-  batch = jax.device_put(batch, trainer.batch_sharding)
-  start = time.perf_counter()
-  state, metrics = trainer.train_step(state, batch)
-  jax.block_until_ready(metrics)
-  compile_seconds = time.perf_counter() - start
-  start = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = trainer.train_step(state, batch)
-  jax.block_until_ready(metrics)
-  seconds = (time.perf_counter() - start) / steps
-  tokens_per_second = batch_size * seq_len / seconds
-  flops_per_token = flops.train_flops_per_token(config.model, seq_len)
-  return dict(preset=preset, params=model_lib.count_params(state.params)[0], batch_size=batch_size,
-              seq_len=seq_len, dtype=dtype, step_seconds=seconds, compile_seconds=compile_seconds,
-              tokens_per_second=tokens_per_second, flops_per_token=flops_per_token,
-              model_flops_per_second=tokens_per_second * flops_per_token)
+  timer = TrainStepTimer(preset, batch_size, seq_len, dtype, **model_overrides)
+  peaks, seconds = [], []
+  for _ in range(rounds):
+    peaks.append(flops.peak_matmul_flops(dtype, matmul_size))
+    seconds.append(timer.seconds_per_step(steps))
+  step_seconds, peak = min(seconds), max(peaks)
+  tokens_per_second = timer.tokens_per_step / step_seconds
+  round_mfus = [flops.mfu(timer.flops_per_token, timer.tokens_per_step / t, p) for t, p in zip(seconds, peaks)]
+  return dict(preset=preset, params=model_lib.count_params(timer.state.params)[0], batch_size=batch_size,
+              seq_len=seq_len, dtype=dtype, rounds=rounds, steps_per_round=steps, step_seconds=step_seconds,
+              round_step_seconds=seconds, compile_seconds=timer.compile_seconds,
+              tokens_per_second=tokens_per_second, flops_per_token=timer.flops_per_token,
+              model_flops_per_second=tokens_per_second * timer.flops_per_token,
+              peak_matmul_flops_per_second=peak, round_peak_flops_per_second=peaks,
+              mfu=flops.mfu(timer.flops_per_token, tokens_per_second, peak), round_mfu=round_mfus)
 
 
 def main(argv):
@@ -71,22 +97,24 @@ def main(argv):
   import jax
   on_cpu = jax.default_backend() == 'cpu'
   dtype = _DTYPE.value or ('float32' if on_cpu else 'bfloat16')
-  from spt_jax import flops  # pylint: disable=g-import-not-at-top
-  peak = flops.peak_matmul_flops(dtype, _MATMUL.value or (2048 if on_cpu else 8192))
-  result = measure_train_step(_PRESET.value, _BATCH.value, _SEQ_LEN.value, _STEPS.value, dtype, _REMAT.value,
-                              _ATTENTION.value, _LOSS_CHUNK.value)
-  result.update(device=str(jax.devices()[0].device_kind), devices=jax.device_count(),
-                peak_matmul_flops_per_second=peak,
-                mfu=flops.mfu(result['flops_per_token'], result['tokens_per_second'], peak))
+  overrides = dict(remat_policy=_REMAT.value, attention_impl=_ATTENTION.value, loss_chunk_length=_LOSS_CHUNK.value)
+  if _SCAN_UNROLL.value >= 0:
+    overrides['scan_unroll'] = _SCAN_UNROLL.value
+  result = measure(_PRESET.value, _BATCH.value, _SEQ_LEN.value, _STEPS.value, _ROUNDS.value, dtype,
+                   _MATMUL.value or (2048 if on_cpu else 8192), **overrides)
+  result.update(device=str(jax.devices()[0].device_kind), devices=jax.device_count())
   print(f'device            {result["devices"]} × {result["device"]} ({dtype})')
-  print(f'peak matmul       {peak / 1e12:.3f} TFLOP/s (measured)')
+  print(f'peak matmul       {result["peak_matmul_flops_per_second"] / 1e12:.3f} TFLOP/s (measured: best of '
+        f'{result["rounds"]} rounds)')
   print(f'train step        {result["preset"]} ({result["params"] / 1e6:.1f}M params), batch '
         f'{result["batch_size"]} × {result["seq_len"]}: {result["step_seconds"] * 1e3:.1f} ms/step, '
-        f'{result["tokens_per_second"]:,.0f} tokens/s')
+        f'{result["tokens_per_second"]:,.0f} tokens/s (best round of {result["steps_per_round"]} steps)')
   print(f'model FLOP/s      {result["model_flops_per_second"] / 1e12:.4f} TFLOP/s '
         f'({result["flops_per_token"] / 1e6:.1f} MFLOP/token: 6N + 12·layers·d_model·seq_len)')
-  print(f'MFU               {100 * result["mfu"]:.1f}%')
+  print(f'MFU               {100 * result["mfu"]:.1f}% (rounds: '
+        f'{100 * min(result["round_mfu"]):.1f}-{100 * max(result["round_mfu"]):.1f}%)')
   if _PIPELINE.value:
+    from spt_jax import flops  # pylint: disable=g-import-not-at-top
     vocab_size = flops.PRESETS[_PRESET.value]['vocab_size']
     result.update(data_bench.pipeline_speed(_BATCH.value, _SEQ_LEN.value, vocab_size, data_bench.DELTA.value,
                                             data_bench.STEPS.value))

@@ -73,15 +73,15 @@ def mfu(flops_per_token: float, tokens_per_second: float, peak: float) -> float 
 
 
 def peak_matmul_flops(dtype: str, size: int, repeats: int = 5) -> float:
-  """Best FLOP/s of a square matmul sharded over all devices (each device multiplies its own pair)."""
+  """Best FLOP/s of square matmuls on all devices at once (each device multiplies its own pair)."""
   import jax  # pylint: disable=g-import-not-at-top
   n = jax.device_count()
+  mesh = jax.sharding.Mesh(jax.devices(), ('d',))
+  per_device = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('d'))
   keys = jax.random.split(jax.random.PRNGKey(0), 2)
-  a = jax.random.normal(keys[0], (n, size, size), dtype)
-  b = jax.random.normal(keys[1], (n, size, size), dtype)
-  matmul = jax.pmap(lambda x, y: x @ y) if n > 1 else jax.jit(lambda x, y: x @ y)
-  a, b = (jax.device_put_sharded(list(a), jax.devices()), jax.device_put_sharded(list(b), jax.devices())) \
-      if n > 1 else (a, b)
+  a, b = (jax.device_put(jax.random.normal(key, (n, size, size), dtype), per_device) for key in keys)
+  spec = jax.sharding.PartitionSpec('d')
+  matmul = jax.jit(jax.shard_map(lambda x, y: (x[0] @ y[0])[None], mesh=mesh, in_specs=(spec, spec), out_specs=spec))
   matmul(a, b).block_until_ready()
   best = float('inf')
   for _ in range(repeats):

@@ -45,22 +45,29 @@ def preset_config(name: str) -> ml_collections.ConfigDict:
   # once. 0: the whole sequence at once.
   c.loss_chunk_length = 0
   c.scan_layers = True  # nn.scan over layers: compile time independent of depth.
+  # Layers per iteration of the scan's loop (lax.scan's unroll): the same parameters and numbers, but a loop
+  # unrolled n_layers times (0: all) drops the per-iteration slicing and stacking that a small model pays for.
+  c.scan_unroll = 1
   c.remat_policy = 'none'  # One of REMAT_POLICIES: what the backward pass may keep instead of recomputing.
   c.init_std = 0.02  # Normal init; output projections are scaled down by sqrt(2 * n_layers).
   return c
 
 
-def rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding, rotate-half form (GPT-NeoX / OLMo / Hugging Face)."""
-  head_dim = x_BxLxHxK.shape[-1]
+def rope_tables(positions_L: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """cos and sin [L, head_dim] of the rotary embedding at these positions, rotate-half layout (GPT-NeoX / OLMo /
+  Hugging Face); computed once per forward pass and shared by every layer."""
   inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-  angles_BxLxK = positions_BxL[..., None].astype(jnp.float32) * inv_freq
-  angles_BxLxK = jnp.concatenate([angles_BxLxK, angles_BxLxK], axis=-1)
-  cos, sin = jnp.cos(angles_BxLxK)[:, :, None, :], jnp.sin(angles_BxLxK)[:, :, None, :]
+  angles_LxK = positions_L[:, None].astype(jnp.float32) * inv_freq
+  angles_LxK = jnp.concatenate([angles_LxK, angles_LxK], axis=-1)
+  return jnp.cos(angles_LxK), jnp.sin(angles_LxK)
+
+
+def rope(x_BxLxHxK: jax.Array, cos_LxK: jax.Array, sin_LxK: jax.Array) -> jax.Array:
+  """Rotary position embedding of [B, L, H, K] from rope_tables, in float32."""
   x = x_BxLxHxK.astype(jnp.float32)
   x1, x2 = jnp.split(x, 2, axis=-1)
   rotated = jnp.concatenate([-x2, x1], axis=-1)
-  return (x * cos + rotated * sin).astype(x_BxLxHxK.dtype)
+  return (x * cos_LxK[:, None, :] + rotated * sin_LxK[:, None, :]).astype(x_BxLxHxK.dtype)
 
 
 def layer_norm(x: jax.Array, eps: float) -> jax.Array:
@@ -81,7 +88,8 @@ class Block(nn.Module):
   mesh: Any = None
 
   @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, cache):
+  def __call__(self, x_BxLxD, positions, cache):
+    positions_L, cos_LxK, sin_LxK = positions
     cfg = self.cfg
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     heads, head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
@@ -93,8 +101,8 @@ class Block(nn.Module):
     q_BxLxHxK = dense((heads, head_dim), kernel_init=qkv_init, name='q')(h_BxLxD)
     k_BxLxHxK = dense((heads, head_dim), kernel_init=qkv_init, name='k')(h_BxLxD)
     v_BxLxHxK = dense((heads, head_dim), kernel_init=qkv_init, name='v')(h_BxLxD)
-    q_BxLxHxK = rope(q_BxLxHxK, positions_BxL, cfg.rope_theta)
-    k_BxLxHxK = rope(k_BxLxHxK, positions_BxL, cfg.rope_theta)
+    q_BxLxHxK = rope(q_BxLxHxK, cos_LxK, sin_LxK)
+    k_BxLxHxK = rope(k_BxLxHxK, cos_LxK, sin_LxK)
 
     if cache is None:
       o_BxLxHxK = attention.causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention_impl, self.mesh)
@@ -102,13 +110,13 @@ class Block(nn.Module):
       # Decoding: write this call's keys/values into the cache at their positions, attend to every cached
       # position up to each query's own.
       k_cache, v_cache = cache
-      start = positions_BxL[0, 0]
+      start = positions_L[0]
       k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k_BxLxHxK.astype(k_cache.dtype), start, axis=1)
       v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v_BxLxHxK.astype(v_cache.dtype), start, axis=1)
       key_positions = jnp.arange(k_cache.shape[1])
-      mask_Bx1xLxS = (key_positions[None, None, None, :] <= positions_BxL[:, None, :, None])
+      mask_1x1xLxS = (key_positions[None, None, None, :] <= positions_L[None, None, :, None])
       o_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_cache.astype(dtype), v_cache.astype(dtype),
-                                               mask=mask_Bx1xLxS, implementation='xla')
+                                               mask=mask_1x1xLxS, implementation='xla')
       cache = (k_cache, v_cache)
     x_BxLxD = x_BxLxD + dense(cfg.d_model, axis=(-2, -1), name='o',
                               kernel_init=_init(out_std, ('heads', 'head_dim', 'embed')))(o_BxLxHxK)
@@ -147,7 +155,8 @@ class Decoder(nn.Module):
                      embedding_init=_init(cfg.init_std, ('vocab', 'embed')), name='embed')
     x_BxLxD = embed(tokens_BxL)
     x_BxLxD = constrain(x_BxLxD, ('activation_batch', 'activation_length', 'activation_embed'), self.mesh)
-    positions_BxL = jnp.broadcast_to(start + jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
+    positions_L = start + jnp.arange(tokens_BxL.shape[1])  # Every row of a batch starts at `start`.
+    positions = (positions_L, *rope_tables(positions_L, cfg.d_model // cfg.n_heads, cfg.rope_theta))
 
     if cfg.remat_policy not in REMAT_POLICIES:
       raise ValueError(f'unknown remat_policy {cfg.remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}')
@@ -156,14 +165,14 @@ class Decoder(nn.Module):
       block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       blocks = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
-                       in_axes=(nn.broadcast, 0), length=cfg.n_layers,
+                       in_axes=(nn.broadcast, 0), length=cfg.n_layers, unroll=cfg.scan_unroll or cfg.n_layers,
                        metadata_params={nn.PARTITION_NAME: 'layers'})(cfg, self.mesh, name='blocks')
-      x_BxLxD, cache = blocks(x_BxLxD, positions_BxL, cache)
+      x_BxLxD, cache = blocks(x_BxLxD, positions, cache)
     else:
       new_cache = []
       for i in range(cfg.n_layers):
         layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
-        x_BxLxD, layer_cache = block(cfg, self.mesh, name=f'block_{i}')(x_BxLxD, positions_BxL, layer_cache)
+        x_BxLxD, layer_cache = block(cfg, self.mesh, name=f'block_{i}')(x_BxLxD, positions, layer_cache)
         new_cache.append(layer_cache)
       if cache is not None:
         cache = jax.tree.map(lambda *c: jnp.stack(c), *new_cache)

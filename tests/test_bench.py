@@ -1,0 +1,78 @@
+"""The throughput benchmark's figures, and the CPU host allocator it runs under.
+
+Subprocesses: the benchmark on 2 simulated devices, and allocator settings that only apply before jax is imported.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python(code: str, **env) -> str:
+  result = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], capture_output=True, text=True, cwd=_ROOT,
+                          env={**os.environ, 'PYTHONPATH': _ROOT, 'JAX_PLATFORMS': 'cpu', **env}, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def test_bench_keeps_the_best_round_of_each_figure_on_every_device():
+  result = subprocess.run(
+      [sys.executable, '-m', 'spt_jax.bench', '--preset=cpu-160k', '--batch_size=4', '--seq_len=32', '--steps=2',
+       '--rounds=2', '--matmul_size=256'], capture_output=True, text=True, cwd=_ROOT, timeout=300,
+      env={**os.environ, 'PYTHONPATH': _ROOT, 'JAX_PLATFORMS': 'cpu',
+           'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+  assert result.returncode == 0, result.stderr[-3000:]
+  figures = json.loads(result.stdout.strip().splitlines()[-1])
+  assert figures['devices'] == 2 and figures['rounds'] == 2
+  assert figures['step_seconds'] == min(figures['round_step_seconds'])
+  assert figures['peak_matmul_flops_per_second'] == max(figures['round_peak_flops_per_second'])
+  assert figures['tokens_per_second'] == pytest.approx(4 * 32 / figures['step_seconds'])
+  assert figures['mfu'] == pytest.approx(figures['model_flops_per_second'] / figures['peak_matmul_flops_per_second'])
+  assert 0 < figures['mfu'] < 1 and all(0 < m < 1 for m in figures['round_mfu'])
+
+
+_FAULTS = '''
+    import resource, sys
+    import spt_jax, jax, jax.numpy as jnp
+    from spt_jax import host_memory
+    f = jax.jit(lambda x: jnp.sin(x) * 2)
+    x = jnp.ones((32 << 20,), jnp.float32)  # 128 MiB in and out: above every glibc mmap threshold.
+    faults = []
+    for _ in range(12):
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+      f(x).block_until_ready()
+      faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(faults)
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc allocator settings')
+def test_cpu_host_memory_is_reused_instead_of_faulted_in_every_step():
+  kept = json.loads(_python(_FAULTS))
+  default = json.loads(_python(_FAULTS, SPT_JAX_KEEP_HOST_MEMORY='0'))
+  pages = (128 << 20) // 4096
+  assert min(default) > pages // 2  # glibc maps each large output afresh: a page fault per page touched.
+  assert kept[-1] < pages // 100  # Once the heap has grown to the working set, freed blocks are reused.
+
+
+def test_host_memory_settings_are_skipped_once_jax_is_imported_or_off_cpu():
+  out = _python('''
+      import jax
+      from spt_jax import host_memory
+      print(host_memory.reuse_freed_memory())
+  ''', SPT_JAX_KEEP_HOST_MEMORY='1')
+  assert out.strip() == 'False'
+  out = _python('''
+      import os, sys
+      sys.modules.pop('jax', None)
+      from spt_jax import host_memory
+      os.environ['JAX_PLATFORMS'] = 'tpu'
+      print(host_memory._cpu_only())
+  ''', SPT_JAX_KEEP_HOST_MEMORY='0')
+  assert out.strip() == 'False'
