@@ -28,6 +28,8 @@ BEST_METRIC = 'domain_test_loss'
 # Keys that may change between a run and its resumption without changing what it computes (init_from is only
 # read by a fresh start, and a workdir may be moved).
 RESUME_IGNORED = ('resume_mismatched', 'data.cache_dir', 'data.num_workers', 'log_every', 'init_from')
+# Keys added after runs were already saved without them: absent from a saved config means this value.
+ADDED_DEFAULTS = {'model.scan_unroll': 1}
 
 
 def config_dict(config) -> dict:
@@ -63,7 +65,8 @@ def _flatten(tree, prefix='') -> dict:
 
 def config_differences(saved: dict, config, ignored: Sequence[str] = RESUME_IGNORED) -> list[str]:
   """Dotted keys whose values differ between a saved config.json and a config (ignoring harmless keys)."""
-  a, b = _flatten(saved), _flatten(config_dict(config))
+  b = _flatten(config_dict(config))
+  a = {**{key: value for key, value in ADDED_DEFAULTS.items() if key in b}, **_flatten(saved)}
   return sorted(key for key in set(a) | set(b)
                 if a.get(key, '<absent>') != b.get(key, '<absent>') and key not in ignored)
 

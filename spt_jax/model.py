@@ -165,7 +165,7 @@ class Decoder(nn.Module):
       block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       blocks = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
-                       in_axes=(nn.broadcast, 0), length=cfg.n_layers, unroll=cfg.scan_unroll or cfg.n_layers,
+                       in_axes=(nn.broadcast, 0), length=cfg.n_layers, unroll=cfg.get('scan_unroll', 1) or cfg.n_layers,
                        metadata_params={nn.PARTITION_NAME: 'layers'})(cfg, self.mesh, name='blocks')
       x_BxLxD, cache = blocks(x_BxLxD, positions, cache)
     else:

@@ -136,3 +136,13 @@ def test_mismatched_config_refuses_to_resume(tmp_path):
   assert '\n' not in str(error.value)
   changed.resume_mismatched = True
   checkpoint.check_resumable(str(tmp_path), changed)
+
+
+def test_a_key_added_since_a_run_was_saved_resumes_at_its_default(tmp_path):
+  saved = ml_collections.ConfigDict(dict(seed=0, model=dict(d_model=8)))
+  checkpoint.write_config(str(tmp_path), saved)  # Written before model.scan_unroll existed.
+  newer = ml_collections.ConfigDict(dict(seed=0, model=dict(d_model=8, scan_unroll=1)))
+  checkpoint.check_resumable(str(tmp_path), newer)
+  newer.model.scan_unroll = 0
+  with pytest.raises(ValueError, match=r"model.scan_unroll: '<absent>' -> 0"):
+    checkpoint.check_resumable(str(tmp_path), newer)
