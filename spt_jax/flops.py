@@ -76,11 +76,10 @@ def peak_matmul_flops(dtype: str, size: int, repeats: int = 5) -> float:
   """Best FLOP/s of square matmuls on all devices at once (each device multiplies its own pair)."""
   import jax  # pylint: disable=g-import-not-at-top
   n = jax.device_count()
-  mesh = jax.sharding.Mesh(jax.devices(), ('d',))
-  per_device = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('d'))
+  mesh, spec = jax.sharding.Mesh(jax.devices(), ('d',)), jax.sharding.PartitionSpec('d')
   keys = jax.random.split(jax.random.PRNGKey(0), 2)
-  a, b = (jax.device_put(jax.random.normal(key, (n, size, size), dtype), per_device) for key in keys)
-  spec = jax.sharding.PartitionSpec('d')
+  a, b = (jax.device_put(jax.random.normal(key, (n, size, size), dtype), jax.sharding.NamedSharding(mesh, spec))
+          for key in keys)
   matmul = jax.jit(jax.shard_map(lambda x, y: (x[0] @ y[0])[None], mesh=mesh, in_specs=(spec, spec), out_specs=spec))
   matmul(a, b).block_until_ready()
   best = float('inf')
