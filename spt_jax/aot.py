@@ -9,15 +9,16 @@ microbatches, then full rematerialisation, and names the cheapest setting that f
 """
 
 import dataclasses
+import functools
 import math
 import os
 import re
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from spt_jax import dry_run
+from spt_jax import run_plan
 from spt_jax import sharding
 from spt_jax import train
 from spt_jax import validate
@@ -120,9 +121,10 @@ def compile_steps(config, devices, microbatches: int, remat_policy: str, eval_re
   config.model.remat_policy = remat_policy
   mesh = sharding.make_mesh(config.mesh, devices)
   divisor = sharding.batch_divisor(mesh)
-  schedule = optax.constant_schedule(config.optimizer.lr)
-  trainer = train.Trainer(config.model, mesh, train.make_optimizer(config, schedule), schedule,
+  # The loop's own step: the optimizer built per schedule, the learning rate of every step an input (RunPlan).
+  trainer = train.Trainer(config.model, mesh, functools.partial(train.make_optimizer, config),
                           z_loss=config.optimizer.z_loss, microbatches=microbatches)
+  lr_table = jax.ShapeDtypeStruct((run_plan.make(config).steps + 1,), jnp.float32, sharding=trainer.replicated)
   seq = config.data.seq_len + 1
   batch = jax.ShapeDtypeStruct((config.batch_size, seq), jnp.int32, sharding=trainer.batch_sharding)
   eval_rows = min(config.eval_batch_size or config.batch_size, config.eval_sequences)
@@ -130,7 +132,7 @@ def compile_steps(config, devices, microbatches: int, remat_policy: str, eval_re
                                     sharding=trainer.batch_sharding)
   result = dict(microbatches=microbatches, remat_policy=remat_policy,
                 state_bytes=_shard_bytes(trainer.abstract_state))
-  steps = [('train', trainer.train_step, (trainer.abstract_state, batch)),
+  steps = [('train', trainer.train_step, (trainer.abstract_state, batch, lr_table)),
            ('eval', trainer.eval_step, (trainer.abstract_state.params, eval_batch))]
   if eval_result is not None:
     result['eval'], steps = eval_result, steps[:1]
