@@ -8,6 +8,7 @@ import json
 import os
 import random
 
+from spt_jax import files
 from spt_jax.data import sources
 
 TOLERANCE = 0.01  # Each source's bytes land within 1% of its share's budget (documents are whole).
@@ -42,11 +43,6 @@ def write(shares: dict, megabytes: float, path: str, cache_dir: str = '', seed: 
                        f'of {megabytes:g} MB needs; lower the size or the share')
     taken[spec] = total
   random.Random(seed + 1).shuffle(chosen)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    for document in chosen:
-      f.write(json.dumps({'text': document}, ensure_ascii=False) + '\n')
-  os.replace(path + '.tmp', path)
-  with open(path + '.json', 'w') as f:
-    json.dump(taken, f)
+  files.write_text(path, ''.join(json.dumps({'text': document}, ensure_ascii=False) + '\n' for document in chosen))
+  files.write_json(path + '.json', taken)  # Atomic: a blend without its counts is written again.
   return taken
