@@ -5,13 +5,13 @@
   tiny                CPU scale on the built-in corpora: the whole pipeline in minutes on a laptop
   small               tiny's problem on the 0.16M-parameter model: a few minutes a pipeline, for studies of many runs
   test                tiny shrunk to seconds: for end-to-end tests, not for results
-Every key and its paper default is documented in spt_jax/config.py; a domain file sets its data on top.
+Every key and its paper default is documented in spt_jax/train/config.py; a domain file sets its data on top.
 """
 
 import ml_collections
 
-from spt_jax import config as config_lib
-from spt_jax import model as model_lib
+from spt_jax.train import config as config_lib
+from spt_jax.model import decoder as model_lib
 from spt_jax.data import paper_data
 
 PAPER_MODELS = {'1b': 'olmo-1b', '3b': 'olmo-3b', '600m': 'olmo-600m', '300m': 'olmo-300m'}

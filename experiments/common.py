@@ -39,8 +39,8 @@ def variant(config: ml_collections.ConfigDict, **overrides) -> ml_collections.Co
 def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, str]:
   """Runs the pipeline of each variant into WORKDIR/<name> (finished ones are skipped); returns the workdirs."""
   import jax  # pylint: disable=g-import-not-at-top
-  from spt_jax import files  # pylint: disable=g-import-not-at-top
-  from spt_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
+  from spt_jax.train import pipeline  # pylint: disable=g-import-not-at-top
   if not WORKDIR.value:
     raise ValueError('--workdir is required: the folder where the study writes one run per variant')
   workdirs = {name: os.path.join(WORKDIR.value, name) for name in variants}
@@ -86,7 +86,7 @@ def arms(base: ml_collections.ConfigDict, delta: float, seeds=(0,), prefix: str 
 
 def write_report(title: str, sections: list) -> str:
   """WORKDIR/report.md: the title, then the sections (markdown) separated by blank lines."""
-  from spt_jax import files  # pylint: disable=g-import-not-at-top
+  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
   path = os.path.join(WORKDIR.value, 'report.md')
   files.write_text(path, '\n\n'.join([f'# {title}', *sections]) + '\n')
   print(f'report: {path}')
@@ -129,13 +129,13 @@ def gains_report(npt: str, spts: list, title: str, sections=()) -> dict:
 
 
 def pretrain_tokens(config) -> int:
-  from spt_jax import run_plan  # pylint: disable=g-import-not-at-top
+  from spt_jax.train import run_plan  # pylint: disable=g-import-not-at-top
   return run_plan.make(config, 'pretrain').tokens
 
 
 def earlier_steps(config, count: int) -> tuple[int, ...]:
   """`count` evenly spaced pretraining steps before the last: also finetuned from (finetune.from_steps)."""
-  from spt_jax import run_plan  # pylint: disable=g-import-not-at-top
+  from spt_jax.train import run_plan  # pylint: disable=g-import-not-at-top
   steps = run_plan.make(config, 'pretrain').steps
   return tuple(steps * k // (count + 1) for k in range(1, count + 1))
 

@@ -25,7 +25,7 @@ _SCPT_DELTA = flags.DEFINE_float('scpt_delta', 0.01, 'δ of the SCPT stage (the 
 
 def main(argv):
   del argv
-  from spt_jax import files  # pylint: disable=g-import-not-at-top
+  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top

@@ -1,6 +1,6 @@
 """Fig. 5(b): multiple-choice accuracy before and after finetuning, NPT against SPT, on tasks of the domain.
 
-At CPU scale the tasks are built from the run's *held-out* domain documents (spt_jax/domain_tasks.py): music:
+At CPU scale the tasks are built from the run's *held-out* domain documents (spt_jax/evals/domain_tasks.py): music:
 the key and the metre of an ABC tune whose header line is removed; proofs: the true next proof line among lines of
 other proofs; chemistry: a real SMILES string among corruptions of it. Each arm is scored at the end of
 pretraining and at its best finetuning checkpoint. The arms are the headline's (`npt_seed0`, `spt_seed0`, ...):
@@ -30,8 +30,8 @@ PAPER_KEYS = {'musicpile': 'downstream/musictheorybench_points', 'proofpile': 'd
 
 def build_tasks(config, names, out: str, examples: int) -> dict:
   """Task files from the documents the run held out (the prepared folder lists them), built once."""
-  from spt_jax import domain_tasks  # pylint: disable=g-import-not-at-top
-  from spt_jax import run_plan  # pylint: disable=g-import-not-at-top
+  from spt_jax.evals import domain_tasks  # pylint: disable=g-import-not-at-top
+  from spt_jax.train import run_plan  # pylint: disable=g-import-not-at-top
   from spt_jax.data import prepare  # pylint: disable=g-import-not-at-top
   paths = {name: os.path.join(out, f'{name}.jsonl') for name in names}
   missing = [name for name, path in paths.items() if not os.path.exists(path) and name in domain_tasks.BUILDERS]
@@ -46,7 +46,7 @@ def build_tasks(config, names, out: str, examples: int) -> dict:
 
 def checkpoints(workdir: str) -> dict:
   """The arm's checkpoint at the end of pretraining and at its best finetuning step."""
-  from spt_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from spt_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import seeds  # pylint: disable=g-import-not-at-top
   run = runs.read(workdir)
@@ -58,7 +58,7 @@ def checkpoints(workdir: str) -> dict:
 
 def score(checkpoint: str, tasks: dict) -> dict:
   from spt_jax import export  # pylint: disable=g-import-not-at-top
-  from spt_jax import mcqa  # pylint: disable=g-import-not-at-top
+  from spt_jax.evals import mcqa  # pylint: disable=g-import-not-at-top
   loaded = export.load_checkpoint(checkpoint)
   return {name: mcqa.evaluate(loaded.params, loaded.model_cfg, loaded.tokenizer, task, max_len=loaded.seq_len)
           for name, task in tasks.items()}
@@ -81,7 +81,7 @@ def report(results: dict, tasks: dict, domain: str, delta: float) -> list:
                    for name, values in differences.items())
   paper_rows = [('SPT − NPT accuracy after finetuning', ours, PAPER_KEYS[domain])] if domain in PAPER_KEYS else []
   return [f'SPT at δ = {100 * delta:g}%. Accuracy ± standard error over the task\'s examples; a choice is scored by '
-          'the summed log-likelihood of its tokens (spt_jax/mcqa.py).', '\n'.join(lines),
+          'the summed log-likelihood of its tokens (spt_jax/evals/mcqa.py).', '\n'.join(lines),
           *([common.paper_table(paper_rows)] if paper_rows else [])]
 
 
@@ -99,7 +99,7 @@ def main(argv):
   results = {seed: {arm: {moment: score(path, tasks)
                           for moment, path in checkpoints(workdirs[f'{arm}_seed{seed}']).items()}
                     for arm in ('npt', 'spt')} for seed in seeds}
-  from spt_jax import files  # pylint: disable=g-import-not-at-top
+  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
   files.write_json(os.path.join(common.WORKDIR.value, 'downstream.json'), results)
   common.write_report(f'Downstream accuracy on {domain}: NPT against SPT, before and after finetuning',
                       report(results, tasks, domain, _DELTA.value))

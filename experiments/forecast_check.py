@@ -50,7 +50,7 @@ def _paper_rows(report: dict, budget: float) -> list:
 
 def main(argv):
   del argv
-  from spt_jax import files  # pylint: disable=g-import-not-at-top
+  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import forecast_check  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
   base = common.base_config()

@@ -31,8 +31,8 @@ def _curve(workdir: str) -> dict:
 
 def main(argv):
   del argv
-  from spt_jax import files  # pylint: disable=g-import-not-at-top
-  from spt_jax import model  # pylint: disable=g-import-not-at-top
+  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import decoder as model  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
   base = common.base_config()

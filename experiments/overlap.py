@@ -42,7 +42,7 @@ def general_set(share: float, out: str, cache_dir: str = '') -> tuple:
 
 def main(argv):
   del argv
-  from spt_jax import files  # pylint: disable=g-import-not-at-top
+  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top

@@ -56,7 +56,7 @@ def predictors(rows: list, gains: dict) -> dict:
 
 def main(argv):
   del argv
-  from spt_jax import files  # pylint: disable=g-import-not-at-top
+  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import similarity as similarity_lib  # pylint: disable=g-import-not-at-top
   if not common.WORKDIR.value:
     raise ValueError('--workdir is required: the folder where the study writes its runs and report')

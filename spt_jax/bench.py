@@ -5,7 +5,7 @@
 Model FLOPs per token are counted the standard way: 6·N (N = parameters that take part in matmuls: all but
 the embedding lookup; the tied output head counts) plus the attention term 12·layers·d_model·seq_len. MFU is
 model FLOP/s ÷ the peak matmul FLOP/s measured in the same run on the same device(s) and dtype (counting and
-MFU: spt_jax/flops.py, which the training loop uses too). The peak and the step are timed in alternating
+MFU: spt_jax/model/flops.py, which the training loop uses too). The peak and the step are timed in alternating
 rounds (--rounds) and each keeps its best round, so that a machine whose speed drifts (a shared host, turbo)
 moves both figures alike; the per-round MFU range is printed beside. With --pipeline, the data mixture's
 tokens/s (spt_jax/data/bench.py) beside the step's: the input pipeline must outpace the step by a wide margin.
@@ -19,13 +19,13 @@ from absl import flags
 
 from spt_jax.data import bench as data_bench
 
-_PRESET = flags.DEFINE_string('preset', 'cpu-2m', 'Model preset (spt_jax.flops.PRESETS).')
+_PRESET = flags.DEFINE_string('preset', 'cpu-2m', 'Model preset (spt_jax.model.flops.PRESETS).')
 _BATCH, _SEQ_LEN = data_bench.BATCH, data_bench.SEQ_LEN  # --batch_size and --seq_len, shared with the mixture's.
 _PIPELINE = flags.DEFINE_bool('pipeline', False, 'Also time the data mixture (--pipeline_steps, --domain_fraction).')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per round (after one compile-and-warm-up step).')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds of the peak matmul and the train step.')
 _DTYPE = flags.DEFINE_string('dtype', '', "Computation dtype; default bfloat16 on accelerators, float32 on CPU.")
-_REMAT = flags.DEFINE_string('remat_policy', 'none', 'Remat policy (spt_jax.model.REMAT_POLICIES).')
+_REMAT = flags.DEFINE_string('remat_policy', 'none', 'Remat policy (spt_jax.model.decoder.REMAT_POLICIES).')
 _ATTENTION = flags.DEFINE_string('attention_impl', 'auto', "'auto', 'splash', 'cudnn', 'xla' or '' (JAX picks).")
 _LOSS_CHUNK = flags.DEFINE_integer('loss_chunk_length', 0, 'Positions per loss chunk (0: the whole sequence).')
 _SCAN_UNROLL = flags.DEFINE_integer('scan_unroll', -1, 'Layers per scan iteration (0: all; -1: the preset\'s).')
@@ -40,10 +40,10 @@ class TrainStepTimer:
     import jax
     import numpy as np
     import optax
-    from spt_jax import config as config_lib
-    from spt_jax import flops
-    from spt_jax import sharding
-    from spt_jax import train
+    from spt_jax.train import config as config_lib
+    from spt_jax.model import flops
+    from spt_jax.model import sharding
+    from spt_jax.train import step as train
     config = config_lib.base_config(preset)
     config.model.update(dtype=dtype, **model_overrides)
     schedule = optax.constant_schedule(1e-4)
@@ -73,8 +73,8 @@ class TrainStepTimer:
 def measure(preset: str, batch_size: int, seq_len: int, steps: int, rounds: int, dtype: str, matmul_size: int,
             **model_overrides) -> dict:
   """Peak matmul FLOP/s and the train step's time in alternating rounds; the best of each, and MFU."""
-  from spt_jax import flops
-  from spt_jax import model as model_lib
+  from spt_jax.model import flops
+  from spt_jax.model import decoder as model_lib
   timer = TrainStepTimer(preset, batch_size, seq_len, dtype, **model_overrides)
   peaks, seconds = [], []
   for _ in range(rounds):
@@ -114,7 +114,7 @@ def main(argv):
   print(f'MFU               {100 * result["mfu"]:.1f}% (rounds: '
         f'{100 * min(result["round_mfu"]):.1f}-{100 * max(result["round_mfu"]):.1f}%)')
   if _PIPELINE.value:
-    from spt_jax import flops  # pylint: disable=g-import-not-at-top
+    from spt_jax.model import flops  # pylint: disable=g-import-not-at-top
     vocab_size = flops.PRESETS[_PRESET.value]['vocab_size']
     result.update(data_bench.pipeline_speed(_BATCH.value, _SEQ_LEN.value, vocab_size, data_bench.DELTA.value,
                                             data_bench.STEPS.value))

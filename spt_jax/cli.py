@@ -13,7 +13,7 @@ from absl import app
 
 def check_config_overrides(argv: list[str] | None = None) -> None:
   """Unknown `--config.KEY`s are one-line errors naming the close keys, before absl parses (and rejects) them."""
-  from spt_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
   argv = sys.argv if argv is None else argv
   config_arg = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
   if config_arg:

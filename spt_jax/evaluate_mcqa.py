@@ -9,8 +9,8 @@ from absl import app
 from absl import flags
 
 from spt_jax import cli
-from spt_jax import files
-from spt_jax import mcqa
+from spt_jax.storage import files
+from spt_jax.evals import mcqa
 
 
 FLAGS = flags.FLAGS

@@ -17,9 +17,9 @@ import ml_collections
 import tokenizers
 
 from spt_jax import cli
-from spt_jax import checkpoint as checkpoint_lib
-from spt_jax import hf
-from spt_jax import model as model_lib
+from spt_jax.train import checkpoint as checkpoint_lib
+from spt_jax.interop import hf
+from spt_jax.model import decoder as model_lib
 
 
 @dataclasses.dataclass

@@ -17,20 +17,20 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the run writes config, me
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Build the abstract state and print what the run would be.')
 _DEVICES = flags.DEFINE_integer('devices', 0, 'Dry run only: plan for this many devices (default: present).')
 _TOPOLOGY = flags.DEFINE_string('topology', '', 'Dry run only: compile for this Cloud TPU topology (v5e-256, v4-8, '
-                                '...) and print the per-chip plan (spt_jax/aot.py; needs libtpu).')
+                                '...) and print the per-chip plan (spt_jax/hardware/aot.py; needs libtpu).')
 _MFU = flags.DEFINE_float('mfu', 0.4, 'Dry run with --topology: the MFU the run\'s accelerator-hours assume.')
 
 
 def main(argv):
   del argv
   import jax  # After flag parsing, so that --xla flags in the environment apply.
-  from spt_jax import dry_run
-  from spt_jax import files
-  from spt_jax import sharding
-  from spt_jax import validate
+  from spt_jax.hardware import dry_run
+  from spt_jax.storage import files
+  from spt_jax.model import sharding
+  from spt_jax.train import validate
   config = _CONFIG.value
   if _DRY_RUN.value and _TOPOLOGY.value:
-    from spt_jax import aot
+    from spt_jax.hardware import aot
     summary = aot.plan(config, _TOPOLOGY.value, mfu=_MFU.value)
     print(aot.format_plan(summary))
     print(json.dumps(summary))
@@ -53,8 +53,8 @@ def main(argv):
   if not _WORKDIR.value and jax.process_index() == 0:
     print(f'--workdir not given: the run writes to {workdir}', flush=True)
   sharding.check_shared_folder(workdir, 'workdir')
-  from spt_jax import loop
-  from spt_jax import pipeline
+  from spt_jax.train import loop
+  from spt_jax.train import pipeline
   with files.WorkdirLock(workdir, enabled=jax.process_index() == 0):  # One live run per workdir.
     if config.stage == 'pipeline':
       result = pipeline.run_pipeline(config, workdir)

@@ -19,7 +19,7 @@ import warnings
 from absl import flags
 import numpy as np
 
-from spt_jax import files
+from spt_jax.storage import files
 
 
 def _delta(text: str) -> float:
@@ -93,11 +93,12 @@ def fit(runs: list[str] | None = None, csv: str | None = None, bootstrap: int = 
         max_tokens: float | None = None) -> None:
   """Fits the overfitting scaling laws (1)-(9) and the finetuning delta (7); writes out/fit.json."""
   from spt_jax.analysis import plots, scaling
+  from spt_jax.analysis import scaling_fit
   from spt_jax.analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
   if bool(runs) == bool(csv):
     raise ValueError('give either --runs W1 W2 ... or --csv FILE')
   data = runs_lib.read_csv(csv) if csv else runs_lib.scaling_data([runs_lib.read(w) for w in runs])
-  fit = scaling.fit_joint(data, loss=loss, huber=huber, bootstrap=bootstrap, seed=seed, max_delta=max_delta,
+  fit = scaling_fit.fit_joint(data, loss=loss, huber=huber, bootstrap=bootstrap, seed=seed, max_delta=max_delta,
                          max_tokens=max_tokens)
   law = scaling.law_from_fit(fit)
   lines = ['| parameter | value | 95% CI | meaning |', '|---|---|---|---|']

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spt_jax import cli
-from spt_jax import model as model_lib
+from spt_jax.model import decoder as model_lib
 
 
 def check_prompt(n_prompt: int, max_len: int) -> None:

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from spt_jax import aot
+from spt_jax.hardware import aot
 from configs import common
-from spt_jax import sharding
-from spt_jax import train
+from spt_jax.model import sharding
+from spt_jax.train import step as train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _MISSING = aot.libtpu_missing()

@@ -40,7 +40,7 @@ def test_bench_keeps_the_best_round_of_each_figure_on_every_device():
 _FAULTS = '''
     import resource, sys
     import spt_jax, jax, jax.numpy as jnp
-    from spt_jax import host_memory
+    from spt_jax.hardware import host_memory
     f = jax.jit(lambda x: jnp.sin(x) * 2)
     x = jnp.ones((32 << 20,), jnp.float32)  # 128 MiB in and out: above every glibc mmap threshold.
     faults = []
@@ -66,14 +66,14 @@ def test_cpu_host_memory_is_reused_instead_of_faulted_in_every_step():
 def test_host_memory_settings_are_skipped_once_jax_is_imported_or_off_cpu():
   out = _python('''
       import jax
-      from spt_jax import host_memory
+      from spt_jax.hardware import host_memory
       print(host_memory.reuse_freed_memory())
   ''', SPT_JAX_KEEP_HOST_MEMORY='1')
   assert out.strip() == 'False'
   out = _python('''
       import os, sys
       sys.modules.pop('jax', None)
-      from spt_jax import host_memory
+      from spt_jax.hardware import host_memory
       os.environ['JAX_PLATFORMS'] = 'tpu'
       print(host_memory._cpu_only())
   ''', SPT_JAX_KEEP_HOST_MEMORY='0')

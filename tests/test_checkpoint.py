@@ -9,8 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from spt_jax import checkpoint
-from spt_jax import train
+from spt_jax.train import checkpoint
+from spt_jax.train import step as train
 
 
 def _state(value: float, head: bool = False, width: int = 3) -> train.TrainState:

@@ -18,9 +18,9 @@ import time
 import numpy as np
 import pytest
 
-from spt_jax import checkpoint
-from spt_jax import evaluation
-from spt_jax import loop
+from spt_jax.train import checkpoint
+from spt_jax.evals import heldout as evaluation
+from spt_jax.train import loop
 from tests import test_loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -31,7 +31,9 @@ STEPS = 12
 SCRIPT = test_loop.HELPERS + '''
 import sys, time
 import jax, numpy as np
-from spt_jax import checkpoint, evaluation, loop
+from spt_jax.train import checkpoint
+from spt_jax.evals import heldout as evaluation
+from spt_jax.train import loop
 from spt_jax.data import mixture as mixture_lib
 workdir, mode, marker = sys.argv[1], sys.argv[2], sys.argv[3]
 config = tiny_config(steps=%d, checkpoint_every=2)

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from spt_jax import files
+from spt_jax.storage import files
 
 
 def test_json_never_holds_nan_or_infinity(tmp_path):
@@ -46,7 +46,7 @@ def test_clean_metrics_drops_duplicated_out_of_order_and_cut_lines(tmp_path):
 
 _HOLD = '''
 import sys, time
-from spt_jax import files
+from spt_jax.storage import files
 with files.WorkdirLock(sys.argv[1]):
   print('LOCKED', flush=True)
   time.sleep(600)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from spt_jax import evaluation
-from spt_jax import loop
-from spt_jax import schedules
+from spt_jax.evals import heldout as evaluation
+from spt_jax.train import loop
+from spt_jax.train import schedules
 from tests.test_loop import tiny_config, tiny_data
 from tests.test_schedules import _config
 
@@ -59,7 +59,7 @@ def test_early_stopping_then_decay_from_the_best_state(tmp_path, monkeypatch):
 
 def test_constant_finetunes_and_pretraining_never_decay():
   config = tiny_config()
-  from spt_jax import finetune_decay  # pylint: disable=g-import-not-at-top
+  from spt_jax.train import finetune_decay  # pylint: disable=g-import-not-at-top
   assert not finetune_decay.wants_decay(config, 'finetune', {'stop_reason': 'early_stopping'})
   config.finetune.schedule, config.finetune.decay_steps = 'wsd', 4
   assert finetune_decay.wants_decay(config, 'finetune', {'stop_reason': 'early_stopping'})

@@ -13,17 +13,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spt_jax import checkpoint
-from spt_jax import evaluation
-from spt_jax import loop
-from spt_jax import run_plan
-from spt_jax import train
+from spt_jax.train import checkpoint
+from spt_jax.evals import heldout as evaluation
+from spt_jax.train import loop
+from spt_jax.train import run_plan
+from spt_jax.train import step as train
 
 # Shared by the in-process tests and the subprocess script (which must rebuild the same config and data).
 HELPERS = '''
 import types
 import numpy as np
-from spt_jax import config as config_lib
+from spt_jax.train import config as config_lib
 
 
 def tiny_config(**overrides):
@@ -62,7 +62,7 @@ exec(HELPERS)  # pylint: disable=exec-used
 
 SCRIPT = HELPERS + '''
 import sys, time
-from spt_jax import loop
+from spt_jax.train import loop
 from spt_jax.data import mixture as mixture_lib
 workdir, delay_after = sys.argv[1], int(sys.argv[2])
 config = tiny_config(steps=int(sys.argv[3]))
@@ -213,7 +213,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 
 def _trainer_args():
-  from spt_jax import sharding
+  from spt_jax.model import sharding
   c = tiny_config()
   return c.model, sharding.make_mesh(c.mesh), train.make_optimizer(c, lambda step: 0.0)
 
@@ -282,7 +282,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
 
 def test_finetune_from_a_hugging_face_directory_with_mcqa(tmp_path):
   """The finetuner's baseline: open weights in, same pipeline; multiple-choice accuracy recorded at the best."""
-  from spt_jax import hf
+  from spt_jax.interop import hf
   from tests.test_hf import _tokenizer
   tokenizer = _tokenizer(vocab_size=500)
   data = tiny_data()

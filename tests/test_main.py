@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from spt_jax import config as config_lib
-from spt_jax import validate
+from spt_jax.train import config as config_lib
+from spt_jax.train import validate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -8,11 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from spt_jax import config as config_lib
-from spt_jax import flops
-from spt_jax import model
-from spt_jax import sharding
-from spt_jax import train
+from spt_jax.train import config as config_lib
+from spt_jax.model import flops
+from spt_jax.model import decoder as model
+from spt_jax.model import sharding
+from spt_jax.train import step as train
 
 
 def _tiny(**overrides):

@@ -198,7 +198,8 @@ def test_checkpoints_move_between_one_and_two_processes(corpora, reference):
 
 _SHARED_SCRIPT = '''
 import sys
-from spt_jax import cli, sharding
+from spt_jax import cli
+from spt_jax.model import sharding
 def main(argv):
   sharding.initialize_distributed()
   sharding.check_shared_folder(sys.argv[1], 'workdir', wait_seconds=2)
@@ -232,5 +233,5 @@ def test_a_workdir_that_processes_do_not_share_is_refused_on_every_process(tmp_p
 
 
 def sharding_default(config_arg):
-  from spt_jax import sharding  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import sharding  # pylint: disable=g-import-not-at-top
   return sharding.default_workdir(config_arg)

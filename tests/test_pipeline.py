@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from spt_jax import loop
-from spt_jax import pipeline
+from spt_jax.train import loop
+from spt_jax.train import pipeline
 from tests import test_loop
 
 

@@ -3,8 +3,8 @@
 import pytest
 
 from configs import common
-from spt_jax import flops
-from spt_jax import run_plan
+from spt_jax.model import flops
+from spt_jax.train import run_plan
 
 
 def test_steps_are_whole_batches_for_the_paper_run():

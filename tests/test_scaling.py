@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from spt_jax.analysis import scaling
+from spt_jax.analysis import scaling_fit
 
 # A generating law shaped like the paper's MusicPile: 10% is best early and overfits near 26B tokens, 5% takes
 # over near 52B; δ in percent and T in billions inside the formulas.
@@ -35,14 +36,14 @@ def synthetic_data(seed=0, points=40, noise=0.01, deltas=DELTAS):
   post = np.array([law.post_ft_loss(d, x) for d, x in zip(ft_delta, ft_t)])
   post *= 1 + noise * rng.standard_normal(len(ft_t))
   before = np.array([law.test_loss(d, x) for d, x in zip(ft_delta, ft_t)])
-  return scaling.ScalingData(delta, t, train, test, ft_delta, ft_t, before - post)
+  return scaling_fit.ScalingData(delta, t, train, test, ft_delta, ft_t, before - post)
 
 
 @pytest.fixture(scope='module')
 def fitted():
   data = synthetic_data()
   start = time.time()
-  fit = scaling.fit_joint(data, bootstrap=50)
+  fit = scaling_fit.fit_joint(data, bootstrap=50)
   return fit, scaling.law_from_fit(fit), time.time() - start
 
 
@@ -129,7 +130,7 @@ def test_too_few_points_nan_and_single_delta_are_errors():
 def test_unidentified_parameters_are_warned():
   # Two δ only: eqs. (5)-(6) cannot be pinned down, and the fit must say so.
   data = synthetic_data(points=15, deltas=(0.0, 0.05))
-  fit = scaling.fit_joint(data, bootstrap=20)
+  fit = scaling_fit.fit_joint(data, bootstrap=20)
   text = ' '.join(fit['warnings'])
   assert 'distinct δ' in text
   assert 'identify' in text or 'CI' in text
@@ -156,7 +157,7 @@ def test_mse_is_the_default_objective_and_the_unit_is_fixed(fitted):
     fitted = scaling.exponent(p['b_gap_s'], p['b_gap_g'], delta_pct)
     assert fitted == pytest.approx(scaling.exponent(TRUE['b_gap_s'], TRUE['b_gap_g'], delta_pct), abs=0.05)
   with pytest.raises(ValueError, match='loss'):
-    scaling.fit_joint(synthetic_data(points=10), loss='l1')
+    scaling_fit.fit_joint(synthetic_data(points=10), loss='l1')
 
 
 def test_cpu_scale_budgets_keep_the_unit_and_are_recovered():
@@ -166,7 +167,7 @@ def test_cpu_scale_budgets_keep_the_unit_and_are_recovered():
   truth = true_law()
   data.train_loss = truth.train_loss(data.delta, data.tokens) * (1 + 0.005 * np.sin(np.arange(len(data.delta))))
   data.test_loss = truth.test_loss(data.delta, data.tokens) * (1 + 0.005 * np.cos(np.arange(len(data.delta))))
-  fit = scaling.fit_joint(data, bootstrap=0)
+  fit = scaling_fit.fit_joint(data, bootstrap=0)
   law = scaling.law_from_fit(fit)
   assert fit['tokens_unit'] == 1e9 and law.token_range[1] == pytest.approx(2e8)
   for delta in (0.005, 0.03):
@@ -180,9 +181,9 @@ def test_sign_conditions_are_bounds_even_when_the_data_break_them():
   assert not any(scaling.sign_conditions(wrong).values())
   tokens = np.geomspace(2e9, 2e11, 20)
   delta, t = np.repeat(DELTAS, 20), np.tile(tokens, len(DELTAS))
-  data = scaling.ScalingData(delta, t, law.train_loss(delta, t), law.test_loss(delta, t))
+  data = scaling_fit.ScalingData(delta, t, law.train_loss(delta, t), law.test_loss(delta, t))
   for loss in ('mse', 'huber'):
-    fit = scaling.fit_joint(data, loss=loss, bootstrap=5)
+    fit = scaling_fit.fit_joint(data, loss=loss, bootstrap=5)
     p = {k: v['value'] for k, v in fit['params'].items()}
     assert p['b_train_s'] <= p['b_train_g'] <= 0 and p['b_gap_g'] <= 0 <= p['b_gap_s']
     for name in ('b_train_s', 'b_train_g', 'b_gap_g', 'b_gap_s'):
@@ -203,7 +204,7 @@ def test_finetuning_delta_fitted_per_delta_with_reported_fallbacks():
     ft_delta.append(d), ft_tokens.append(tokens), drop.append(0.1)
   data = synthetic_data(points=5)
   data.ft_delta, data.ft_tokens, data.ft_drop = np.array(ft_delta), np.array(ft_tokens), np.array(drop)
-  results, notes = scaling.fit_finetune_delta(data, bootstrap=10)
+  results, notes = scaling_fit.fit_finetune_delta(data, bootstrap=10)
   for d, abc in own.items():
     assert results[d]['method'].startswith('per-δ')
     assert results[d]['abc'] == pytest.approx(list(abc), abs=0.02)  # Each δ keeps its own exponent.

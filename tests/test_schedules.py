@@ -5,7 +5,7 @@ import math
 import ml_collections
 import pytest
 
-from spt_jax import schedules
+from spt_jax.train import schedules
 
 
 def _config(kind='cosine', lr=4e-4, **schedule):

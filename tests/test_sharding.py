@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import pytest
 
-from spt_jax import sharding
+from spt_jax.model import sharding
 
 # (data, fsdp, tensor, microbatches): gradient accumulation must not change the step either.
 _MESHES = [(1, 1, 1, 1), (8, 1, 1, 1), (2, 4, 1, 1), (2, 2, 2, 1), (2, 4, 1, 2), (1, 1, 1, 4)]
@@ -21,7 +21,9 @@ _MESHES = [(1, 1, 1, 1), (8, 1, 1, 1), (2, 4, 1, 1), (2, 2, 2, 1), (2, 4, 1, 2),
 _SCRIPT = textwrap.dedent('''
     import json, sys
     import jax, numpy as np, optax, ml_collections
-    from spt_jax import config as config_lib, sharding, train
+    from spt_jax.train import config as config_lib
+    from spt_jax.model import sharding
+    from spt_jax.train import step as train
     config = config_lib.base_config('cpu-160k')
     config.model.d_model, config.model.n_heads = 128, 4  # Divisible by every mesh axis below.
     batch = np.random.RandomState(0).randint(0, config.model.vocab_size, (16, 33)).astype(np.int32)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from spt_jax import validate
+from spt_jax.train import validate
 from tests import test_loop
 
 

@@ -15,8 +15,8 @@ the embedding lookup costs no FLOPs. The larger model's own pretraining is treat
 import dataclasses
 import math
 
-from spt_jax import flops
-from spt_jax.flops import FORWARD_FORMULA, INFERENCE_FORMULA, TRAIN_FORMULA
+from spt_jax.model import flops
+from spt_jax.model.flops import FORWARD_FORMULA, INFERENCE_FORMULA, TRAIN_FORMULA
 
 
 @dataclasses.dataclass

@@ -8,6 +8,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from spt_jax.analysis import cost as cost_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from spt_jax.analysis import scaling  # pylint: disable=g-import-not-at-top,wrong-import-position
+from spt_jax.analysis import scaling_fit
 
 
 def _colors(n: int):
@@ -25,7 +26,7 @@ def _percent(delta: float) -> str:
   return f'δ={100 * delta:g}%'
 
 
-def fit_plot(data: scaling.ScalingData, law: scaling.ScalingLaw, path: str) -> str:
+def fit_plot(data: scaling_fit.ScalingData, law: scaling.ScalingLaw, path: str) -> str:
   """Observed domain train/test loss and gap against the joint fit, one colour per δ."""
   figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
   deltas = np.unique(data.delta)

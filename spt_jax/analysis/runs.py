@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 
 from spt_jax.analysis import scaling
+from spt_jax.analysis import scaling_fit
 
 
 @dataclasses.dataclass
@@ -139,7 +140,7 @@ def finetune_points(run: Run) -> list:
   return [by_tokens[t] for t in sorted(by_tokens)]
 
 
-def scaling_data(runs: list) -> scaling.ScalingData:
+def scaling_data(runs: list) -> scaling_fit.ScalingData:
   """Every run's domain train/test evaluations, and finetuning deltas where the runs are pipelines."""
   check_consistent(runs)
   columns = {k: [] for k in ('delta', 'tokens', 'train', 'test', 'ft_delta', 'ft_tokens', 'ft_drop',
@@ -163,14 +164,14 @@ def scaling_data(runs: list) -> scaling.ScalingData:
       columns['ft_drop'].append(float(before) - float(entry['best_domain_test_loss']))
       columns['ft_before'].append(float(before))
   arrays = {k: np.array(v, float) for k, v in columns.items()}
-  return scaling.ScalingData(arrays['delta'], arrays['tokens'], arrays['train'], arrays['test'],
+  return scaling_fit.ScalingData(arrays['delta'], arrays['tokens'], arrays['train'], arrays['test'],
                              arrays['ft_delta'], arrays['ft_tokens'], arrays['ft_drop'], arrays['ft_before'])
 
 
 CSV_COLUMNS = ('delta', 'tokens', 'domain_train_loss', 'domain_test_loss')
 
 
-def read_csv(path: str) -> scaling.ScalingData:
+def read_csv(path: str) -> scaling_fit.ScalingData:
   """A CSV with columns delta (fraction), tokens, domain_train_loss, domain_test_loss[, post_ft_domain_test_loss]."""
   if not os.path.exists(path):
     raise ValueError(f'{path} does not exist; pass a CSV with columns {",".join(CSV_COLUMNS)}')
@@ -195,7 +196,7 @@ def read_csv(path: str) -> scaling.ScalingData:
     raise ValueError(f'{path}: {int(np.sum(bad))} row(s) have NaN or empty values (first at data row '
                      f'{int(np.argmax(bad)) + 1}); drop or fill them')
   has_post = np.isfinite(post)
-  return scaling.ScalingData(values['delta'], values['tokens'], values['domain_train_loss'],
+  return scaling_fit.ScalingData(values['delta'], values['tokens'], values['domain_train_loss'],
                              values['domain_test_loss'], values['delta'][has_post], values['tokens'][has_post],
                              values['domain_test_loss'][has_post] - post[has_post],
                              values['domain_test_loss'][has_post])

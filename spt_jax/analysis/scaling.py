@@ -1,7 +1,7 @@
 """Overfitting scaling laws of the domain loss during SPT (eqs. 1-6) and the finetuning delta (eq. 7): the law.
 
 This module holds the law and what it predicts (forecasts, overfitting onset, best δ, crossovers); the fits are
-in scaling_fit.py (re-exported here) and the out-of-sample check of a fit in forecast_check.py.
+in scaling_fit.py and the out-of-sample check of a fit in forecast_check.py.
 
 Units. Every public function takes δ as a fraction (0.02 for 2%) and T as a raw token count. Inside the
 formulas δ is in percent (the paper's convention: b(δ) = δ·b_s + (1 − δ)·b_g with δ = 2 for 2%) and T is
@@ -227,14 +227,3 @@ def extrapolation_notes(law: ScalingLaw, tokens: float, loss: float) -> list:
   if not loss > 0:
     notes.append(f'the law predicts a loss of {loss:.3g} here: it does not hold this far from the data')
   return notes
-
-
-_FITS = ('ScalingData', 'fit_joint', 'fit_per_run', 'fit_finetune_delta')
-
-
-def __getattr__(name):
-  """The fits live in scaling_fit.py (which imports this module); `scaling.fit_joint` etc. still work."""
-  if name in _FITS:
-    from spt_jax.analysis import scaling_fit  # pylint: disable=g-import-not-at-top
-    return getattr(scaling_fit, name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 
 from absl import flags
 
-from spt_jax import files
+from spt_jax.storage import files
 from spt_jax.data import corpora
 from spt_jax.data import fetch_extract as extract
 from spt_jax.data import pins

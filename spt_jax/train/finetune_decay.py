@@ -10,7 +10,7 @@ never comes. With finetune.schedule='wsd' and finetune.decay_steps = D > 0:
 The returned summary is the decay run's (its `initial` is the finetune's, its `best` the better of both phases)
 with a `decay` entry; W/summary.json stays the stable phase's. A rerun finds both finished and trains nothing.
 
-Hook (spt_jax/loop.py): `run` returns
+Hook (spt_jax/train/loop.py): `run` returns
   finetune_decay.after_early_stopping(config, workdir, summary, stage, rerun)
 where rerun(config, workdir) is `run` with the same stage, grid point and data; and stage_config copies
 finetune.decay_steps into schedule.decay_steps.

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from spt_jax import schedules
+from spt_jax.train import schedules
 
 STAGES = ('pretrain', 'finetune')
 

@@ -16,7 +16,7 @@ import numpy as np
 import safetensors
 from safetensors import numpy as safetensors_numpy
 
-from spt_jax import model as model_lib
+from spt_jax.model import decoder as model_lib
 
 CONFIG_FILE = 'config.json'
 WEIGHTS_FILE = 'model.safetensors'

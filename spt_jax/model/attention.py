@@ -71,7 +71,7 @@ def splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mesh=None, interpret: bool
   local = functools.partial(_splash_local, interpret=interpret)
   if mesh is None or mesh.size == 1:
     return local(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
-  from spt_jax import sharding  # Local import: sharding imports model, which imports this module.
+  from spt_jax.model import sharding  # Local import: sharding imports model, which imports this module.
   spec = sharding.spec(('activation_batch', None, 'heads', None), q_BxLxHxK.shape, mesh)
   return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
                        check_vma=False)(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)

@@ -7,11 +7,11 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from spt_jax import flops
-from spt_jax import model as model_lib
-from spt_jax import run_plan
-from spt_jax import sharding
-from spt_jax import train
+from spt_jax.model import flops
+from spt_jax.model import decoder as model_lib
+from spt_jax.train import run_plan
+from spt_jax.model import sharding
+from spt_jax.train import step as train
 
 
 def _bytes_per_device(boxed_tree, mesh_shape: dict[str, int]) -> int:

@@ -13,11 +13,11 @@ from absl import logging
 import jax
 import ml_collections
 
-from spt_jax import checkpoint
-from spt_jax import files
-from spt_jax import loop
-from spt_jax import run_plan
-from spt_jax import validate
+from spt_jax.train import checkpoint
+from spt_jax.storage import files
+from spt_jax.train import loop
+from spt_jax.train import run_plan
+from spt_jax.train import validate
 from spt_jax.data import prepare as prepare_lib
 
 

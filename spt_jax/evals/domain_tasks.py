@@ -2,7 +2,7 @@
 
 CPU scale: the tasks are made from documents of the domain's held-out split (never trained on), one example per
 question, the answer at a seeded random position, written as JSON lines {question, choices, answer} that
-spt_jax.mcqa scores by log-likelihood (`config.mcqa_tasks=('abc_key.jsonl',)` or `evaluate_mcqa --task F`):
+spt_jax.evals.mcqa scores by log-likelihood (`config.mcqa_tasks=('abc_key.jsonl',)` or `evaluate_mcqa --task F`):
   abc_key, abc_metre   an ABC tune with its K: (or M:) header line removed; the true key (metre) against keys
                        (metres) of other held-out tunes, all written the same canonical way (K:G, K:Am, M:6/8)
   proof_next_line      the lines of a proof so far; the true next line against lines of other documents' proofs
@@ -24,7 +24,7 @@ import os
 import random
 import re
 
-from spt_jax import mcqa
+from spt_jax.evals import mcqa
 
 N_CHOICES = 4
 _KEYS = ('C', 'G', 'D', 'A', 'E', 'F', 'Bb', 'Eb', 'Am', 'Em', 'Dm', 'Bm', 'Gm', 'Ador', 'Edor', 'Dmix', 'Gmix')
@@ -201,7 +201,7 @@ def build(name: str, documents, **kwargs) -> list:
 
 
 def write_jsonl(examples, path: str) -> str:
-  """Writes examples as JSON lines that spt_jax.mcqa.load_jsonl reads; returns the path."""
+  """Writes examples as JSON lines that spt_jax.evals.mcqa.load_jsonl reads; returns the path."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path + '.tmp', 'w', encoding='utf-8') as f:
     for example in examples:

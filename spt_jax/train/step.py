@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from spt_jax import model as model_lib
-from spt_jax import sharding
+from spt_jax.model import decoder as model_lib
+from spt_jax.model import sharding
 
 
 @flax.struct.dataclass

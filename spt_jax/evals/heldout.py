@@ -5,7 +5,7 @@ import math
 import jax
 import numpy as np
 
-from spt_jax import sharding
+from spt_jax.model import sharding
 
 MCQA_KEYS = ('accuracy', 'accuracy_stderr', 'accuracy_per_char', 'accuracy_per_token')
 
@@ -50,7 +50,7 @@ class Evaluator:
       bytes_per_token = self.bytes_per_token.get(name) or float('nan')
       results[name] = {'loss': loss, 'loss_stderr': stderr, 'bpb': loss / math.log(2) / bytes_per_token}
     for task in self.mcqa_tasks if mcqa else ():
-      from spt_jax import mcqa  # pylint: disable=g-import-not-at-top
+      from spt_jax.evals import mcqa  # pylint: disable=g-import-not-at-top
       scores = mcqa.evaluate(params, self.model_cfg, self.tokenizer, task, self.mcqa_max_examples,
                              max_len=self.seq_len, cache_dir=self.cache_dir, seed=self.seed)
       results[f'mcqa/{task}'] = {key: scores[key] for key in MCQA_KEYS}

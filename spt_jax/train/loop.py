@@ -23,15 +23,15 @@ import grain
 import jax
 import numpy as np
 
-from spt_jax import checkpoint
-from spt_jax import evaluation
-from spt_jax import finetune_decay
-from spt_jax import files
-from spt_jax import flops
-from spt_jax import run_plan
-from spt_jax import sharding
-from spt_jax import train
-from spt_jax import validate
+from spt_jax.train import checkpoint
+from spt_jax.evals import heldout as evaluation
+from spt_jax.train import finetune_decay
+from spt_jax.storage import files
+from spt_jax.model import flops
+from spt_jax.train import run_plan
+from spt_jax.model import sharding
+from spt_jax.train import step as train
+from spt_jax.train import validate
 from spt_jax.data import mixture as mixture_lib
 from spt_jax.data import prepare as prepare_lib
 

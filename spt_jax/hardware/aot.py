@@ -17,11 +17,11 @@ import re
 import jax
 import jax.numpy as jnp
 
-from spt_jax import dry_run
-from spt_jax import run_plan
-from spt_jax import sharding
-from spt_jax import train
-from spt_jax import validate
+from spt_jax.hardware import dry_run
+from spt_jax.train import run_plan
+from spt_jax.model import sharding
+from spt_jax.train import step as train
+from spt_jax.train import validate
 
 GIB = 1024 ** 3
 

@@ -35,8 +35,8 @@ def check(config, *, data=None, devices: int | None = None, sources: bool = True
   the tokenizer's size here (the loop checks it itself once init_from's shapes are checked). backend: the
   platform the run will use ('cpu' refuses paper-scale models).
   """
-  from spt_jax import run_plan  # pylint: disable=g-import-not-at-top
-  from spt_jax import sharding  # pylint: disable=g-import-not-at-top
+  from spt_jax.train import run_plan  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import sharding  # pylint: disable=g-import-not-at-top
   from spt_jax.data import mixture as mixture_lib  # pylint: disable=g-import-not-at-top
   if config.stage not in ('pretrain', 'finetune', 'pipeline'):
     raise ValueError(f'stage={config.stage!r}; use --config.stage=pretrain, finetune or pipeline')

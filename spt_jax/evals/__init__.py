@@ -1,0 +1,1 @@
+"""Evaluation: held-out losses and bits per byte, multiple-choice tasks of each domain."""
