@@ -28,7 +28,9 @@ def main(argv):
   from spt_jax.storage import files
   from spt_jax.model import sharding
   from spt_jax.train import validate
+  from spt_jax.hardware import compile_cache
   config = _CONFIG.value
+  compile_cache.enable(config.compilation_cache, config.data.cache_dir)  # Before the first compile.
   if _DRY_RUN.value and _TOPOLOGY.value:
     from spt_jax.hardware import aot
     summary = aot.plan(config, _TOPOLOGY.value, mfu=_MFU.value)

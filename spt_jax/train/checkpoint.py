@@ -27,7 +27,8 @@ TOKENIZER_FILE = 'tokenizer.json'  # The tokenizer the run's token ids belong to
 BEST_METRIC = 'domain_test_loss'
 # Keys that may change between a run and its resumption without changing what it computes (init_from is only
 # read by a fresh start, and a workdir may be moved).
-RESUME_IGNORED = ('resume_mismatched', 'data.cache_dir', 'data.num_workers', 'log_every', 'init_from')
+RESUME_IGNORED = ('resume_mismatched', 'data.cache_dir', 'data.num_workers', 'log_every', 'init_from',
+                  'compilation_cache')
 # Keys added after runs were already saved without them: absent from a saved config means this value.
 ADDED_DEFAULTS = {'model.scan_unroll': 1}
 

@@ -91,6 +91,9 @@ def base_config(model_preset: str = 'cpu-160k') -> ml_collections.ConfigDict:
   c.profile_from_step = 0  # Trace profile_steps steps from this step into W/plugins/profile (0: off)...
   c.profile_steps = 5
   c.profiler_port = 0  # ...or serve the profiler on this port, for TensorBoard to capture on demand (0: off).
+  # JAX's persistent compilation cache, so that a rerun, a resumed run or the next study of the same shapes
+  # does not compile again: 'auto' (<data cache>/jax_compilation), a folder, or '' (off).
+  c.compilation_cache = 'auto'
   c.peak_flops = 0.0  # Per-chip peak FLOP/s for MFU; 0: a table of accelerators or a measurement; < 0: no MFU.
   c.checkpoint_every = 1000
   c.keep_checkpoints = 2  # Last N kept, plus the best by domain_test loss.
