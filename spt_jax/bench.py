@@ -54,6 +54,7 @@ class TrainStepTimer:
     self.batch = jax.device_put(batch, self.trainer.batch_sharding)
     self.tokens_per_step = batch_size * seq_len
     self.flops_per_token = flops.train_flops_per_token(config.model, seq_len)
+    self.params = flops.count_params(config.model)[0]
     start = time.perf_counter()
     self._run(1)
     self.compile_seconds = time.perf_counter() - start
@@ -74,7 +75,6 @@ def measure(preset: str, batch_size: int, seq_len: int, steps: int, rounds: int,
             **model_overrides) -> dict:
   """Peak matmul FLOP/s and the train step's time in alternating rounds; the best of each, and MFU."""
   from spt_jax.model import flops
-  from spt_jax.model import decoder as model_lib
   timer = TrainStepTimer(preset, batch_size, seq_len, dtype, **model_overrides)
   peaks, seconds = [], []
   for _ in range(rounds):
@@ -83,7 +83,7 @@ def measure(preset: str, batch_size: int, seq_len: int, steps: int, rounds: int,
   step_seconds, peak = min(seconds), max(peaks)
   tokens_per_second = timer.tokens_per_step / step_seconds
   round_mfus = [flops.mfu(timer.flops_per_token, timer.tokens_per_step / t, p) for t, p in zip(seconds, peaks)]
-  return dict(preset=preset, params=model_lib.count_params(timer.state.params)[0], batch_size=batch_size,
+  return dict(preset=preset, params=timer.params, batch_size=batch_size,
               seq_len=seq_len, dtype=dtype, rounds=rounds, steps_per_round=steps, step_seconds=step_seconds,
               round_step_seconds=seconds, compile_seconds=timer.compile_seconds,
               tokens_per_second=tokens_per_second, flops_per_token=timer.flops_per_token,

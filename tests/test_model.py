@@ -15,6 +15,10 @@ from spt_jax.model import sharding
 from spt_jax.train import step as train
 
 
+def _tree_size(params) -> int:
+  return sum(x.size for x in jax.tree.leaves(nn.unbox(params)))
+
+
 def _tiny(**overrides):
   cfg = model.preset_config('cpu-160k')
   cfg.update(overrides)
@@ -51,8 +55,8 @@ def test_causality():
 ])
 def test_preset_parameter_counts(name, total, non_embedding):
   cfg = model.preset_config(name)
-  assert model.count_params(model.abstract_params(cfg)) == (total, non_embedding)
-  assert flops.count_params(cfg) == (total, non_embedding)  # The formula the dry run and analysis use.
+  assert flops.count_params(cfg) == (total, non_embedding)  # The one count: the dry run, loop and analysis use it.
+  assert _tree_size(model.abstract_params(cfg)) == total  # It is the model's own.
 
 
 @pytest.mark.parametrize('name', ['olmo-600m', 'olmo-300m'])
@@ -108,8 +112,9 @@ def test_untied_head_starts_equal_to_tied():
   tokens = _tokens()
   np.testing.assert_allclose(model.Decoder(tied).apply({'params': params}, tokens),
                              model.Decoder(untied).apply({'params': untied_params}, tokens), rtol=1e-6, atol=1e-6)
-  total, non_embedding = model.count_params(untied_params)
+  total, non_embedding = flops.count_params(untied)
   assert total - non_embedding == 2 * params['embed']['embedding'].size
+  assert _tree_size(untied_params) == total
 
 
 def test_kv_cache_decoding_equals_full_forward():

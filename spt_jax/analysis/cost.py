@@ -29,7 +29,7 @@ class ModelSize:
 
   def forward_flops_per_token(self, context: int) -> float:
     """FORWARD_FORMULA: one forward pass of a token that attends to `context` tokens."""
-    return 2.0 * self.matmul_params + 4.0 * self.n_layers * self.d_model * context
+    return flops.forward_flops_per_token(self.matmul_params, self.n_layers, self.d_model, context)
 
   def train_flops_per_token(self, seq_len: int) -> float:
     """TRAIN_FORMULA: forward and backward (3 forwards), every query against the whole sequence."""

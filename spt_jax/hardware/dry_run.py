@@ -53,7 +53,7 @@ def describe(config, n_devices: int) -> dict:
                             opt_state=optimizer.init(params), rng=rng)
 
   boxed = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
-  total, non_embedding = model_lib.count_params(boxed.params)
+  total, non_embedding = flops.count_params(c.model)
   params_bytes = _bytes_per_device(boxed.params, mesh_shape)
   state_bytes = _bytes_per_device(boxed, mesh_shape)
   return dict(

@@ -210,14 +210,6 @@ def abstract_params(cfg) -> Any:
   return jax.eval_shape(lambda: Decoder(cfg).init(jax.random.key(0), tokens))['params']
 
 
-def count_params(params) -> tuple[int, int]:
-  """(total, non-embedding) parameter counts; the input embedding and any untied head are 'embedding'."""
-  params = nn.unbox(params)
-  total = sum(x.size for x in jax.tree.leaves(params))
-  embedding = params['embed']['embedding'].size + (params['lm_head']['kernel'].size if 'lm_head' in params else 0)
-  return int(total), int(total - embedding)
-
-
 def shape_differences(model_shapes: dict, stored_shapes: dict, stored: str, limit: int = 4) -> str:
   """'' when two {parameter name: shape} maps agree; else what is missing, extra or of another shape."""
   problems = [f'{k}: missing from the {stored}' for k in model_shapes if k not in stored_shapes]

@@ -62,9 +62,14 @@ def matmul_params(model_cfg) -> int:
   return count_params(model_cfg)[1] + padded_vocab_size(model_cfg) * int(model_cfg['d_model'])
 
 
+def forward_flops_per_token(matmul_params_count: float, n_layers: int, d_model: int, context: int) -> float:
+  """FORWARD_FORMULA, the one count of a forward pass: 2·N + 4·layers·d_model·context (attention)."""
+  return 2.0 * matmul_params_count + 4.0 * n_layers * d_model * context
+
+
 def train_flops_per_token(model_cfg, seq_len: int) -> float:
-  """Model FLOPs per trained token: 6·N + 12·layers·d_model·seq_len (attention)."""
-  return 6.0 * matmul_params(model_cfg) + 12.0 * model_cfg['n_layers'] * model_cfg['d_model'] * seq_len
+  """Model FLOPs per trained token, 3 forward passes: 6·N + 12·layers·d_model·seq_len (attention)."""
+  return 3.0 * forward_flops_per_token(matmul_params(model_cfg), model_cfg['n_layers'], model_cfg['d_model'], seq_len)
 
 
 def mfu(flops_per_token: float, tokens_per_second: float, peak: float) -> float | None:

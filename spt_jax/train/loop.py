@@ -371,7 +371,7 @@ class _Loop:
         'initial': loop_state.initial, 'final': (loop_state.last_eval or {}).get('eval'),
         'best': loop_state.best, 'data': {k: dict(v) for k, v in accounting.items()},
         'model': c.model.get('preset', ''), **mixture_lib.summary_deltas(c, step * self.tokens_per_step),
-        'params': train.model_lib.count_params(self.trainer.abstract_state.params)[0],
+        'params': flops.count_params(c.model)[0],
         'seq_len': c.data.seq_len, 'tokenizer': (self.data.metadata or {}).get('tokenizer', ''),
         'lr': c.optimizer.lr, 'warmup_steps': self.plan.warmup_steps,
         'batch_size': c.batch_size, 'init_from': c.init_from, 'workdir': os.path.abspath(self.workdir),
