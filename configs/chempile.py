@@ -19,5 +19,5 @@ def get_config(arg: str = '1b'):
   if arg in common.CPU_SIZES:
     c.data.domain = 'builtin:moses'  # Built in: MOSES SMILES strings.
   else:
-    c.data.domain = paper_data.CHEMPILE  # The paper's set, streamed through `datasets`.
+    c.data.domain = paper_data.CHEMPILE  # The paper's set, read from the Hub by pinned revision.
   return c

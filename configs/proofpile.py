@@ -19,5 +19,5 @@ def get_config(arg: str = '1b'):
   if arg in common.CPU_SIZES:
     c.data.domain = 'builtin:coq'  # Built in: the Coq standard library.
   else:
-    c.data.domain = paper_data.PROOFPILE  # The paper's set, streamed through `datasets`.
+    c.data.domain = paper_data.PROOFPILE  # The paper's set, read from the Hub by pinned revision.
   return c

@@ -3,11 +3,14 @@
   hf:NAME[,NAME...]?split=train&field=text[&name=CONFIG][&where=FIELD=VALUE|VALUE...]
 
 Records are read in the dataset's order without downloading it whole; `where` keeps only records whose FIELD
-is one of the values (how MusicPile and ChemPile are subsampled by their source field).
+is one of the values. For users' own datasets: the paper's are `hub:` sources (hub_source.py), read by pinned
+revision and file list (`datasets` 4 refuses ProofPile's loading script).
 """
 
 import os
 from typing import Iterator
+
+from spt_jax.data import hub_datasets
 
 
 def _where(source) -> tuple:
@@ -53,8 +56,11 @@ def documents(source) -> Iterator[str]:
                                       split=source.options.get('split', 'train'), streaming=True)
     except Exception as error:  # pylint: disable=broad-except
       message = str(error).splitlines()[0] if str(error) else type(error).__name__
+      paper = next((dataset.name for dataset in hub_datasets.DATASETS.values() if len(dataset.parts) == 1
+                    and dataset.parts[0].repo == name), '')
+      hint = f'; the paper\'s {name} reads as hub:{paper}' if paper else ''
       raise ValueError(f'source {source.name!r}: datasets.load_dataset({name!r}) failed: {message[:200]}; '
-                       'check the name, ?name= and ?split=') from None
+                       f'check the name, ?name= and ?split={hint}') from None
     for number, record in enumerate(dataset):
       if key is not None and str(record.get(key)) not in values:
         continue

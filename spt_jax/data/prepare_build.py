@@ -32,13 +32,16 @@ _PACK_TOKENS = 1 << 22  # Tokens gathered per write while packing.
 class _Spilled:
   """A text source after one tokenizing pass: its per-document records and its tokens on disk."""
 
-  def __init__(self, path, dtype, hashes, sizes, lengths):
+  def __init__(self, path, dtype, hashes, sizes, lengths, group_names=(), groups=None):
     self.path, self.dtype = path, dtype
     self.hashes = np.frombuffer(hashes, np.uint64) if len(hashes) else np.zeros(0, np.uint64)
     self.sizes = np.frombuffer(sizes, np.int64) if len(sizes) else np.zeros(0, np.int64)
     self.lengths = np.frombuffer(lengths, np.int64) if len(lengths) else np.zeros(0, np.int64)
     self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
     self.tokens = (np.memmap(path, dtype=dtype, mode='r') if os.path.getsize(path) else np.zeros(0, dtype))
+    # The source within the source of each document (MusicPile's src ...), when the reader names them.
+    self.group_names = list(group_names)
+    self.groups = np.frombuffer(groups, np.uint32) if groups is not None and len(groups) == len(self) else None
 
   def __len__(self) -> int:
     return len(self.hashes)
@@ -64,7 +67,7 @@ def spill(source, tokenizer, eos: int, workers: int, dtype, folder: pathlib.Path
         raise shards.disk_full(folder, data.nbytes, f'the tokens of source {source.name!r}') from error
   if not hashes:
     raise ValueError(f'source {source.name!r} ({source.spec}) has no documents; point it at non-empty text')
-  return _Spilled(path, dtype, hashes, sizes, lengths)
+  return _Spilled(path, dtype, hashes, sizes, lengths, source.group_names, source.document_groups or None)
 
 
 def _through(lengths: np.ndarray, budget: int) -> int:
@@ -181,11 +184,32 @@ def _train_outputs(config, name, source, spilled, held, excluded, budget, tokeni
     del train
   (partial / f'test_documents_{name}.json').write_text(json.dumps(
       sorted(f'{h:016x}' for h in spilled.hashes[held].tolist())))
-  return dict(documents_kept=len(train_docs) + len(held), documents_train=len(train_docs),
+  by_source = _by_source(name, spilled, held, train_docs)
+  return dict(by_source=by_source, documents_kept=len(train_docs) + len(held), documents_train=len(train_docs),
               documents_test=len(held), documents_dropped_as_held_out_elsewhere=len(spilled) - len(held) -
               len(candidates), tokens_train=int(spilled.lengths[train_docs].sum()),
               tokens_test=int(spilled.lengths[test_docs].sum()), sequences_train=train_rows,
               sequences_test=len(test))
+
+
+def _by_source(name, spilled: _Spilled, held: np.ndarray, train_docs: np.ndarray) -> dict:
+  """Documents and tokens per source within a text source (read, held out, trained on), also logged."""
+  if spilled.groups is None:
+    return {}
+  count = len(spilled.group_names)
+  tally = lambda documents: (np.bincount(spilled.groups[documents], minlength=count),
+                             np.bincount(spilled.groups[documents], spilled.lengths[documents], minlength=count))
+  (read, read_tokens), (test, test_tokens), (train, train_tokens) = (
+      tally(np.arange(len(spilled))), tally(held), tally(train_docs))
+  result = {}
+  for index, group in enumerate(spilled.group_names):
+    result[group] = dict(documents=int(read[index]), tokens=int(read_tokens[index]),
+                         documents_test=int(test[index]), tokens_test=int(test_tokens[index]),
+                         documents_train=int(train[index]), tokens_train=int(train_tokens[index]))
+    logging.info('%s source %s: %d documents (%d tokens) read; %d (%d tokens) held out; %d (%d tokens) trained on',
+                 name, group, *[result[group][k] for k in ('documents', 'tokens', 'documents_test', 'tokens_test',
+                                                           'documents_train', 'tokens_train')])
+  return result
 
 
 def _token_outputs(config, name, source, budget, tokenizer, partial, dtype, metadata, cache_root):

@@ -8,12 +8,15 @@ A spec is `<kind>:<target>[?key=value&...]`:
   parquet:<glob>[?column=text]             a string column of Parquet files
   tfds:<name>[?split=train&field=text&data_dir=...]   any TFDS dataset through `tfds.data_source`
   hf:<name>[,<name>...][?split=train&field=text&name=...&where=F=V|V]   Hugging Face datasets, streamed
+  hub:<paper dataset>[?revision=...&configs=...&where=F~V|V&...]   the paper's datasets from the Hub by pinned
+                                           revision and file list (hub_source.py, facts in hub_datasets.py)
   tokens:<glob|URL glob|@list>?dtype=uint16|uint32[&eos=N]  flat pre-tokenized arrays (OLMo/Dolma style),
                                            EOS-separated; URLs (https://, gs://, ...) are fetched into the cache
 A bare existing folder or glob without a kind reads as `files:`. A folder means every file under it.
 Bytes that are not UTF-8 are replaced by U+FFFD, counted per file and reported as a warning.
 """
 
+import array
 import codecs
 import dataclasses
 import glob
@@ -28,12 +31,15 @@ from typing import Iterator
 import numpy as np
 
 from spt_jax.data import hf_source
+from spt_jax.data import hub_source
 from spt_jax.data import remote
 
-KINDS = ('builtin', 'files', 'jsonl', 'parquet', 'tfds', 'hf', 'tokens')
+KINDS = ('builtin', 'files', 'jsonl', 'parquet', 'tfds', 'hf', 'hub', 'tokens')
 _OPTIONS = {
     'builtin': (), 'files': ('separator',), 'jsonl': ('field',), 'parquet': ('column',),
-    'tfds': ('split', 'field', 'data_dir'), 'hf': ('split', 'field', 'name', 'where'), 'tokens': ('dtype', 'eos'),
+    'tfds': ('split', 'field', 'data_dir'), 'hf': ('split', 'field', 'name', 'where'),
+    'hub': ('revision', 'configs', 'skip_configs', 'split', 'field', 'where', 'check_records'),
+    'tokens': ('dtype', 'eos'),
 }
 # Token files are too large to hash whole at every start; this many bytes from each end stand in.
 _TOKEN_CHECKSUM_BYTES = 1 << 20
@@ -77,6 +83,10 @@ class Source:
   bad_bytes: dict = dataclasses.field(default_factory=dict)
   checksums: dict = dataclasses.field(default_factory=dict)
   expected_sha256: dict = dataclasses.field(default_factory=dict)  # Remote token files: sha256 from an @list.
+  plan: list = dataclasses.field(default_factory=list)  # hub: the files it reads (hub_source.HubFile).
+  # Sources within a source (MusicPile's src, ChemPile's configs): their names, and each document's index.
+  group_names: list = dataclasses.field(default_factory=list)
+  document_groups: array.array = dataclasses.field(default_factory=lambda: array.array('I'))
 
   @property
   def is_tokens(self) -> bool:
@@ -85,6 +95,8 @@ class Source:
   def fingerprint(self) -> dict:
     """Cheap identity of the source's current contents: file sizes and mtimes, plus manifest hashes."""
     result = {'spec': self.spec}
+    if self.kind == 'hub':
+      result.update(hub_source.fingerprint(self))  # URLs name their commit: a moved branch shows as changed.
     for path in self._resolved_paths():
       stat = path.stat()
       result[str(path)] = [stat.st_size, stat.st_mtime_ns]
@@ -120,6 +132,8 @@ class Source:
       yield from self._tfds_documents()
     elif self.kind == 'hf':
       yield from hf_source.documents(self)
+    elif self.kind == 'hub':
+      yield from hub_source.documents(self)
 
   def token_documents(self, eos_id: int) -> Iterator[np.ndarray]:
     """Yields documents of a token source as views ending with their EOS (a trailing partial one too)."""
@@ -158,6 +172,8 @@ class Source:
       return sorted(p for root in roots for p in pathlib.Path(root).rglob('*') if p.is_file())
     if self.kind == 'hf':
       return [pathlib.Path(p) for p in hf_source.local_files(self)]
+    if self.kind == 'hub':
+      return []
     return [pathlib.Path(p) for p in self.paths if not remote.is_remote(p)]
 
   def _read_text(self, path) -> str:
@@ -322,6 +338,8 @@ def parse(spec: str, name: str = 'source', cache_dir: str = '') -> Source:
       raise ValueError(f'source {name!r}: ?eos= must be a token id in {spec!r}')
   if kind == 'hf':
     hf_source.check(source)
+  if kind == 'hub':
+    hub_source.check(source, cache_root(cache_dir))
   if kind == 'tokens' and target.startswith('@'):
     source.paths, source.expected_sha256 = remote.read_list(target[1:], f'source {name!r}')
     missing = [p for p in source.paths if not remote.is_remote(p) and not os.path.isfile(os.path.expanduser(p))]
