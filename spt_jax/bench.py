@@ -55,6 +55,7 @@ class TrainStepTimer:
     self.tokens_per_step = batch_size * seq_len
     self.flops_per_token = flops.train_flops_per_token(config.model, seq_len)
     self.params = flops.count_params(config.model)[0]
+    self.preset, self.batch_size, self.seq_len = preset, batch_size, seq_len
     start = time.perf_counter()
     self._run(1)
     self.compile_seconds = time.perf_counter() - start
@@ -74,8 +75,13 @@ class TrainStepTimer:
 def measure(preset: str, batch_size: int, seq_len: int, steps: int, rounds: int, dtype: str, matmul_size: int,
             **model_overrides) -> dict:
   """Peak matmul FLOP/s and the train step's time in alternating rounds; the best of each, and MFU."""
+  return measure_timer(TrainStepTimer(preset, batch_size, seq_len, dtype, **model_overrides), steps, rounds, dtype,
+                       matmul_size)
+
+
+def measure_timer(timer: TrainStepTimer, steps: int, rounds: int, dtype: str, matmul_size: int) -> dict:
+  """measure() of a timer already built (and compiled)."""
   from spt_jax.model import flops
-  timer = TrainStepTimer(preset, batch_size, seq_len, dtype, **model_overrides)
   peaks, seconds = [], []
   for _ in range(rounds):
     peaks.append(flops.peak_matmul_flops(dtype, matmul_size))
@@ -83,8 +89,8 @@ def measure(preset: str, batch_size: int, seq_len: int, steps: int, rounds: int,
   step_seconds, peak = min(seconds), max(peaks)
   tokens_per_second = timer.tokens_per_step / step_seconds
   round_mfus = [flops.mfu(timer.flops_per_token, timer.tokens_per_step / t, p) for t, p in zip(seconds, peaks)]
-  return dict(preset=preset, params=timer.params, batch_size=batch_size,
-              seq_len=seq_len, dtype=dtype, rounds=rounds, steps_per_round=steps, step_seconds=step_seconds,
+  return dict(preset=timer.preset, params=timer.params, batch_size=timer.batch_size,
+              seq_len=timer.seq_len, dtype=dtype, rounds=rounds, steps_per_round=steps, step_seconds=step_seconds,
               round_step_seconds=seconds, compile_seconds=timer.compile_seconds,
               tokens_per_second=tokens_per_second, flops_per_token=timer.flops_per_token,
               model_flops_per_second=tokens_per_second * timer.flops_per_token,
