@@ -90,9 +90,19 @@ def write_report(title: str, sections: list) -> str:
   """WORKDIR/report.md: the title, then the sections (markdown) separated by blank lines."""
   from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
   path = os.path.join(WORKDIR.value, 'report.md')
-  files.write_text(path, '\n\n'.join([f'# {title}', *sections]) + '\n')
+  files.write_text(path, '\n\n'.join([f'# {title}', *sections, regime_section()]) + '\n')
   print(f'report: {path}')
   return path
+
+
+def regime_section() -> str:
+  """The study's regime beside the paper's (spt_jax/train/regime.py)."""
+  from spt_jax.train import regime  # pylint: disable=g-import-not-at-top
+  config = base_config()
+  ours = regime.of_config(f'this study ({config_name()})', config, config.data.domain_max_tokens)
+  return '## Regime\n\n' + regime.table([regime.paper(), ours]) + (
+      '\n\nDomain tokens are the domain set\'s subsample target (`data.domain_max_tokens`); budget points are '
+      'fifths of the run.')
 
 
 def paper_table(rows: list) -> str:
