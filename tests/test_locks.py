@@ -94,7 +94,7 @@ def _stop(process, hold) -> None:
 @pytest.mark.slow
 def test_a_run_on_a_stage_folder_of_a_live_pipeline_is_refused_and_touches_nothing(tmp_path):
   workdir = tmp_path / 'run'
-  pipeline, hold = _start(tmp_path, workdir, '--config.stage=pipeline')
+  pipeline, _ = _start(tmp_path, workdir, '--config.stage=pipeline')
   try:
     in_flight = workdir / 'pretrain' / 'checkpoints' / '4.orbax-checkpoint-tmp-1700000000000000'
     (in_flight / 'state').mkdir(parents=True)  # As the live run's asynchronous save leaves it mid-write.
