@@ -6,6 +6,7 @@
 """
 
 import json
+import os
 import sys
 
 from absl import flags
@@ -19,6 +20,8 @@ _DEVICES = flags.DEFINE_integer('devices', 0, 'Dry run only: plan for this many 
 _TOPOLOGY = flags.DEFINE_string('topology', '', 'Dry run only: compile for this Cloud TPU topology (v5e-256, v4-8, '
                                 '...) and print the per-chip plan (spt_jax/hardware/aot.py; needs libtpu).')
 _MFU = flags.DEFINE_float('mfu', 0.4, 'Dry run with --topology: the MFU the run\'s accelerator-hours assume.')
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'Show the libraries\' log lines (orbax, JAX, asyncio) on the terminal '
+                             'too; they always go to W/log.txt.')
 
 
 def main(argv):
@@ -43,6 +46,7 @@ def main(argv):
     print(dry_run.format_summary(summary))
     print(json.dumps(summary))
     return
+  held_logs = files.quiet_library_logs(_VERBOSE.value)
   workdir = _WORKDIR.value or sharding.default_workdir(config_flags.get_config_filename(flags.FLAGS['config']))
   if '://' in workdir:
     raise ValueError(f'--workdir={workdir} is a URL; use a path every host sees (mount a bucket with '
@@ -50,14 +54,19 @@ def main(argv):
   sharding.initialize_distributed()
   if jax.process_count() == 1:  # Several hosts: JAX's preemption service owns SIGTERM.
     files.exit_quietly_on_sigterm()  # Before the first step a SIGTERM exits 0 with one line, not 143.
-  # Before anything is written: a rejected config leaves the workdir as it was.
+  # Before anything is written: a rejected config or folder leaves the workdir and the cache as they were.
   validate.check(config, backend=jax.default_backend())
+  validate.check_folders(config, workdir)
   if not _WORKDIR.value and jax.process_index() == 0:
     print(f'--workdir not given: the run writes to {workdir}', flush=True)
   sharding.check_shared_folder(workdir, 'workdir')
   from spt_jax.train import loop
   from spt_jax.train import pipeline
-  with files.WorkdirLock(workdir, enabled=jax.process_index() == 0):  # One live run per workdir.
+  # One live run per workdir: a pipeline holds W and every stage folder, before any file in them is touched.
+  folders = [workdir, *(pipeline.stage_folders(config, workdir) if config.stage == 'pipeline' else [])]
+  with files.WorkdirLock(folders, enabled=jax.process_index() == 0):
+    log_name = files.LOG_FILE if jax.process_count() == 1 else f'log.{jax.process_index()}.txt'
+    files.log_to(held_logs, os.path.join(workdir, log_name))
     if config.stage == 'pipeline':
       result = pipeline.run_pipeline(config, workdir)
     else:

@@ -45,30 +45,66 @@ def test_clean_metrics_drops_duplicated_out_of_order_and_cut_lines(tmp_path):
 
 
 _HOLD = '''
-import sys, time
+import sys
 from spt_jax.storage import files
-with files.WorkdirLock(sys.argv[1]):
+with files.WorkdirLock(sys.argv[1:]):
   print('LOCKED', flush=True)
-  time.sleep(600)
+  sys.stdin.readline()  # Holds the lock until the test writes a line (or dies).
 '''
 
 
-def test_one_live_run_per_workdir_and_a_dead_one_holds_nothing(tmp_path):
-  workdir = str(tmp_path / 'run')
+def _holder(*workdirs) -> subprocess.Popen:
+  """A process holding the lock of workdirs, once this returns."""
   env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  holder = subprocess.Popen([sys.executable, '-c', _HOLD, workdir], stdout=subprocess.PIPE, text=True, env=env)
+  holder = subprocess.Popen([sys.executable, '-c', _HOLD, *map(str, workdirs)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+  assert holder.stdout.readline().strip() == 'LOCKED'
+  return holder
+
+
+def _refused(workdir) -> str:
+  with pytest.raises(ValueError, match=r'is in use by a live run \(') as error:
+    with files.WorkdirLock(str(workdir)):
+      pass
+  assert '\n' not in str(error.value)
+  return str(error.value)
+
+
+def test_one_live_run_per_workdir_and_a_dead_one_holds_nothing(tmp_path):
+  workdir = tmp_path / 'run'
+  holder = _holder(workdir)
   try:
-    assert holder.stdout.readline().strip() == 'LOCKED'
-    with pytest.raises(ValueError, match=rf'is in use by a live run \(pid {holder.pid} on host ') as error:
-      with files.WorkdirLock(workdir):
-        pass
-    assert '\n' not in str(error.value)
+    assert f'(pid {holder.pid} on host ' in _refused(workdir)
+    (workdir / files.LOCK_FILE).unlink()  # Deleted by hand: the lock is on the folder, so it still holds.
+    assert 'another process; .lock was removed' in _refused(workdir)
   finally:
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-  with files.WorkdirLock(workdir):  # The kernel released the dead process's lock: no stale file to delete.
-    with pytest.raises(ValueError, match=f'pid {os.getpid()} '):
-      with files.WorkdirLock(workdir):
+  with files.WorkdirLock(str(workdir)):  # The kernel released the dead process's lock: no stale file to delete.
+    with files.WorkdirLock(str(workdir)):  # This process re-enters what it holds (a pipeline's stages).
+      pass
+    assert f'pid {os.getpid()} ' in (workdir / files.LOCK_FILE).read_text()
+  holder = _holder(workdir)  # Released on exit, the nested entry's included.
+  holder.communicate('\n')
+  assert holder.returncode == 0
+
+
+def test_a_pipeline_holds_its_stage_folders_and_a_stage_run_blocks_the_pipeline(tmp_path):
+  workdir, stage = tmp_path / 'run', tmp_path / 'run' / 'pretrain'
+  holder = _holder(workdir, stage)
+  try:
+    line = _refused(stage)
+    assert f'(pid {holder.pid} on host ' in line and f'running {workdir}' in line
+  finally:
+    holder.communicate('\n')
+  holder = _holder(stage)
+  try:
+    before = sorted(p.name for p in workdir.rglob('*'))
+    with pytest.raises(ValueError, match=rf'{stage} is in use by a live run \(pid {holder.pid} '):
+      with files.WorkdirLock([str(workdir), str(stage), str(workdir / 'finetune' / 'point')]):
         pass
-  with files.WorkdirLock(workdir):  # Released on exit.
-    pass
+    assert sorted(p.name for p in workdir.rglob('*')) == before  # Refused: nothing written, nothing made.
+    with files.WorkdirLock(str(workdir)):  # W alone is free (W's and W/pretrain's own runs do not meet).
+      pass
+  finally:
+    holder.communicate('\n')

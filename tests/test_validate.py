@@ -1,5 +1,9 @@
 """Every pre-run check: one line naming the problem and the fix, before anything is read or written."""
 
+import os
+import shutil
+
+import ml_collections
 import pytest
 
 from spt_jax.train import validate
@@ -53,3 +57,74 @@ def test_data_paths_and_vocabulary(tmp_path):
   data = test_loop.tiny_data(vocab=600)
   with pytest.raises(ValueError, match=r'smaller than the prepared data.s tokenizer \(600 tokens\)'):
     validate.check_vocab(config, data)
+
+
+def test_every_key_of_the_base_config_has_a_rule():
+  from spt_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  leaves = {key for key in config_lib.flat_keys(config) if not hasattr(_value(config, key), 'items')}
+  assert leaves - set(validate.rules()) == set()  # A new key needs a rule in validate.py.
+  assert set(validate.rules()) - leaves <= {'extra_eval'}  # No rule for a key that no longer exists.
+
+
+def _value(config, key):
+  for part in key.split('.'):
+    config = config[part]
+  return config
+
+
+@pytest.mark.parametrize('overrides, expected', [
+    ({'optimizer.lr': float('nan')}, 'optimizer.lr=nan is not a finite number; set --config.optimizer.lr'),
+    ({'optimizer.grad_clip': float('inf')}, 'optimizer.grad_clip=inf is not a finite number'),
+    ({'optimizer.b2': float('nan')}, 'optimizer.b2=nan is not a finite number'),
+    ({'optimizer.weight_decay': float('inf')}, 'optimizer.weight_decay=inf is not a finite number'),
+    ({'schedule.final_lr': float('nan')}, 'schedule.final_lr=nan is not a finite number'),
+    ({'finetune.grid': ((float('nan'), 2),)}, 'finetune.grid=((nan, 2),) is not a finite number'),
+    ({'model.d_model': 0}, 'model.d_model=0 must be a positive integer; set --config.model.d_model'),
+    ({'model.n_layers': 0}, 'model.n_layers=0 must be a positive integer'),
+    ({'model.n_heads': 3}, 'model.n_heads=3 does not divide model.d_model=64'),
+    ({'model.n_heads': 64}, 'd_model / n_heads = 1 is odd'),
+    ({'model.loss_chunk_length': 5}, 'model.loss_chunk_length=5 does not divide data.seq_len=16'),
+    ({'optimizer.grad_clip': 0.0}, 'optimizer.grad_clip=0.0 must be a number > 0'),
+    ({'optimizer.b2': 1.0}, 'optimizer.b2=1.0 is outside [0, 1)'),
+    ({'schedule.stable_fraction': 1.5}, 'schedule.stable_fraction=1.5 is outside [0, 1]'),
+    ({'schedule.warmup_steps': -1}, 'schedule.warmup_steps=-1 must be an integer >= 0'),
+    ({'model.remat_policy': 'some'}, "model.remat_policy='some' is not one of 'none'"),
+    ({'stage': 'pipeline', 'finetune.grid': ()}, 'finetune.grid=() must be a non-empty tuple of (lr > 0, warmup'),
+    ({'stage': 'pipeline', 'finetune.grid': ((1e-3, -2),)}, 'finetune.grid=((0.001, -2),) must be a non-empty'),
+    ({'stage': 'pipeline', 'finetune.from_steps': (12,)}, 'finetune.from_steps [12] are outside the pretraining'),
+    ({'eval_intervals': (('general_test', 0),)}, 'eval_intervals='),
+])
+def test_every_value_is_checked(overrides, expected):
+  line = _error(test_loop.tiny_config(**overrides))
+  assert expected in line, line
+  corrected = test_loop.tiny_config(**{key: _value(test_loop.tiny_config(), key) for key in overrides
+                                       if key != 'stage'})
+  validate.check(corrected, data=test_loop.tiny_data())  # The tiny config's own value passes.
+
+
+def test_types_that_a_config_file_may_change_are_checked():
+  config = test_loop.tiny_config()
+  config.model = ml_collections.ConfigDict({**config.model.to_dict(), 'scan_layers': 1})  # A new field: any type.
+  assert 'model.scan_layers=1 must be True or False' in _error(config)
+
+
+def test_folders_are_checked_before_they_are_touched(tmp_path, monkeypatch):
+  config = test_loop.tiny_config(**{'data.cache_dir': str(tmp_path / 'cache')})
+  (tmp_path / 'file').write_text('x')
+  with pytest.raises(ValueError, match=rf'the workdir {tmp_path}/file is a file, not a folder; pass another'):
+    validate.check_folders(config, str(tmp_path / 'file'))
+  with pytest.raises(ValueError, match=rf'workdir {tmp_path}/file/run cannot be made: {tmp_path}/file is a file'):
+    validate.check_folders(config, str(tmp_path / 'file' / 'run'))
+  read_only = str(tmp_path / 'cache')
+  real_access = os.access
+  monkeypatch.setattr(os, 'access', lambda path, mode: path != read_only and real_access(path, mode))
+  (tmp_path / 'cache').mkdir()
+  with pytest.raises(ValueError, match=rf'data cache {read_only} cannot be written .*--config.data.cache_dir'):
+    validate.check_folders(config, str(tmp_path / 'run'))
+  monkeypatch.setattr(os, 'access', real_access)
+  validate.check_folders(config, str(tmp_path / 'run'))
+  monkeypatch.setattr(shutil, 'disk_usage', lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+  with pytest.raises(ValueError, match=r'has 0.00 GB free, less than one checkpoint of this model'):
+    validate.check_folders(config, str(tmp_path / 'run'))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['cache', 'file']  # Nothing was made.

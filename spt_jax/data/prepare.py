@@ -13,7 +13,9 @@ depend on the budgets), and a text document held out in any source is kept out o
 a token source holds out the tail of the last file it uses (whole documents).
 Many processes (jax.distributed): process 0 prepares while the others wait for its completion signal through
 JAX's coordination service, then read the same folder; a process that cannot see that folder (a cache that is
-not shared) prepares its own copy, which is identical because preparation is deterministic.
+not shared) prepares its own copy, which is identical because preparation is deterministic. Runs that share one
+cache prepare each key once: a lock per key (`prepared/.<key>.lock`) makes the second wait, then reuse the folder,
+which appears whole (built under a temporary name, then renamed).
 Ahead of training: `python -m spt_jax.data.prepare --config=configs/proofpile.py:tiny`. The key hashes the
 inputs (source specs, tokenizer, seq_len, seed, budgets, split), not the source contents: when a source's files
 change under an existing prepared set (sizes, mtimes or manifests differ and the checksums confirm it),
@@ -23,6 +25,8 @@ trains on different data.
 
 import collections
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -109,7 +113,7 @@ def prepare(config) -> PreparedData:
   signal = f'spt_jax/prepare/{key}/{_rounds[key]}'
   if index == 0:
     try:
-      result = _ready(folder, parsed) or _build_and_load(config, parsed, budgets, folder)
+      result = _ready_or_built(config, parsed, budgets, folder)
     except Exception as error:  # pylint: disable=broad-except
       if client is not None:
         client.key_value_set(signal, f'error:{error}' if isinstance(error, ValueError) else
@@ -130,8 +134,23 @@ def prepare(config) -> PreparedData:
   if result is None:  # This host does not see process 0's cache: prepare the identical data here.
     logging.warning('process %d of %d does not see %s (a cache that is not shared); preparing it here', index,
                     count, folder)
-    result = _ready(folder, parsed) or _build_and_load(config, parsed, budgets, folder)
+    result = _ready_or_built(config, parsed, budgets, folder)
   return result
+
+
+def _ready_or_built(config, parsed: dict, budgets: dict, folder: pathlib.Path) -> PreparedData:
+  """The prepared folder, built first if needed, under a lock per key: runs sharing a cache prepare it once (the
+  second waits, then reuses it), and none reads a folder another is setting aside or renaming into place."""
+  folder.parent.mkdir(parents=True, exist_ok=True)
+  with open(folder.parent / f'.{folder.name}.lock', 'a', encoding='utf-8') as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+      if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        return _ready(folder, parsed) or _build_and_load(config, parsed, budgets, folder)  # No locks here.
+      logging.info('waiting for another process preparing %s', folder)
+      fcntl.flock(lock, fcntl.LOCK_EX)  # Released when that process finishes or dies.
+    return _ready(folder, parsed) or _build_and_load(config, parsed, budgets, folder)
 
 
 def _build_and_load(config, parsed: dict, budgets: dict, folder: pathlib.Path) -> PreparedData:

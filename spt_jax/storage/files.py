@@ -9,6 +9,8 @@ and ±Infinity as null: strict readers (jq, JavaScript, most JSON libraries) rej
 import errno
 import fcntl
 import json
+import logging
+import logging.handlers
 import math
 import os
 import signal
@@ -19,6 +21,9 @@ import threading
 import time
 
 LOCK_FILE = '.lock'
+LOG_FILE = 'log.txt'  # Every log record of a run, the libraries' included (the terminal shows only the run's own).
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OWN_CODE = (_PACKAGE + os.sep, os.path.join(os.path.dirname(_PACKAGE), 'experiments') + os.sep)
 
 
 def finite(value):
@@ -106,45 +111,118 @@ def clean_metrics(path: str, up_to_step: int) -> int:
 
 
 class WorkdirLock:
-  """An exclusive lock on W/.lock for one live run per workdir; the kernel drops it when the process dies.
+  """One live run per workdir: an exclusive flock on each folder itself, held until the run exits.
 
-  fcntl.flock, not a pid file: a run killed with SIGKILL (or a machine that rebooted) holds nothing, so the next
-  run starts without anyone deleting a stale file. The file says who holds it, for the refusal message.
+  The lock is on the folder (opened read-only), not on a file in it: deleting a lock file by hand would let a
+  second run lock a fresh file beside the first run's, while a folder that holds a run cannot be replaced under
+  it. fcntl.flock, not a pid file: a run killed with SIGKILL (or a machine that rebooted) holds nothing, so the
+  next run starts without anyone deleting a stale file. A pipeline locks its workdir and every stage folder
+  (W/pretrain, W/finetune/<point>), so a run started on one of them is refused, as is a pipeline on W while a
+  run holds one of its stages. Folders this process already holds are re-entered (a pipeline runs its stages
+  in-process). W/.lock says who holds W, for the refusal message; deleting it weakens nothing.
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
-    self.workdir, self.enabled = os.path.abspath(workdir), enabled
-    self.path = os.path.join(self.workdir, LOCK_FILE)
-    self._file = None
+  def __init__(self, workdirs: str | list[str], enabled: bool = True):
+    workdirs = [workdirs] if isinstance(workdirs, str) else list(workdirs)
+    self.workdirs, self.enabled = [os.path.abspath(workdir) for workdir in workdirs], enabled
+    self.workdir = self.workdirs[0]
+    self._entered = []  # Real paths this lock entered, in order.
 
   def __enter__(self):
     if not self.enabled:  # Other hosts of a multi-host run: process 0 holds the lock for all of them.
       return self
-    os.makedirs(self.workdir, exist_ok=True)
-    handle = open(self.path, 'a+', encoding='utf-8')
+    taken = []
     try:
-      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-      if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-        handle.close()  # A filesystem without locks (some network mounts): run unlocked rather than not at all.
-        return self
-      handle.seek(0)
-      holder = handle.read().strip() or 'another process'
-      handle.close()
-      raise ValueError(f'{self.workdir} is in use by a live run ({holder}); wait for it to finish or stop it, '
-                       'or use another --workdir') from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f'pid {os.getpid()} on host {socket.gethostname()}, since '
-                 f'{time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}\n')
-    handle.flush()
-    self._file = handle
+      for workdir in self.workdirs:
+        if self._enter(workdir):
+          taken.append(workdir)
+    except BaseException:
+      self._release()
+      raise
+    since = time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())
+    for workdir in taken:  # Only once every folder is held: a refused run writes nothing.
+      running = '' if workdir == self.workdir else f', running {self.workdir}'
+      write_text(os.path.join(workdir, LOCK_FILE),
+                 f'pid {os.getpid()} on host {socket.gethostname()}{running}, since {since}\n')
     return self
 
+  def _enter(self, workdir: str) -> bool:
+    """Holds workdir (or re-enters it); whether this call took its lock."""
+    os.makedirs(workdir, exist_ok=True)
+    key = os.path.realpath(workdir)
+    if key in _HELD:
+      _HELD[key][1] += 1
+      self._entered.append(key)
+      return False
+    descriptor = os.open(workdir, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
+    try:
+      fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+      os.close(descriptor)
+      if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        descriptor = None  # A filesystem without locks (some network mounts): run unlocked rather than not at all.
+      else:
+        raise ValueError(f'{workdir} is in use by a live run ({_holder(workdir)}); wait for it to finish or stop '
+                         'it, or use another --workdir') from None
+    _HELD[key] = [descriptor, 1]
+    self._entered.append(key)
+    return descriptor is not None
+
+  def _release(self) -> None:
+    while self._entered:
+      key = self._entered.pop()
+      _HELD[key][1] -= 1
+      if not _HELD[key][1]:
+        descriptor = _HELD.pop(key)[0]
+        if descriptor is not None:
+          os.close(descriptor)  # Closing the descriptor releases the lock (the kernel does it if the process dies).
+
   def __exit__(self, *exc):
-    if self._file is not None:
-      self._file.close()  # Closing the descriptor releases the lock; the file stays (harmless, reused).
-      self._file = None
+    self._release()
+
+
+_HELD = {}  # Real path -> [descriptor or None, entries] of the folders this process holds.
+
+
+def _holder(workdir: str) -> str:
+  try:
+    with open(os.path.join(workdir, LOCK_FILE), encoding='utf-8') as f:
+      return f.read().strip() or 'another process'
+  except OSError:
+    return f'another process; {LOCK_FILE} was removed'
+
+
+class _OwnRecords(logging.Filter):
+  """Passes the run's own log records (spt_jax, experiments); drops those of libraries (orbax, JAX, asyncio)."""
+
+  def filter(self, record):
+    return os.path.abspath(record.pathname).startswith(_OWN_CODE)
+
+
+def quiet_library_logs(verbose: bool = False) -> logging.Handler:
+  """Keeps library log lines (and Python warnings) off the terminal unless verbose; holds every record for the
+  run's log file, which `log_to` opens once the workdir is held. Returns the holding handler."""
+  logging.captureWarnings(True)
+  root = logging.getLogger()
+  if not verbose:
+    for handler in root.handlers:
+      if not any(isinstance(f, _OwnRecords) for f in handler.filters):
+        handler.addFilter(_OwnRecords())
+  held = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+  root.addHandler(held)
+  return held
+
+
+def log_to(held: logging.Handler, path: str) -> None:
+  """Writes the records held so far, and every later one, to path (appended: a resumed run adds to its log)."""
+  handler = logging.FileHandler(path, encoding='utf-8')
+  handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)d] %(message)s'))
+  root = logging.getLogger()
+  held.setTarget(handler)
+  held.flush()
+  root.removeHandler(held)
+  held.close()
+  root.addHandler(handler)
 
 
 def exit_quietly_on_sigterm() -> None:

@@ -140,10 +140,27 @@ def load(spec: str) -> ml_collections.ConfigDict:
   path, _, preset = spec.partition(':')
   if not pathlib.Path(path).is_file():
     raise ValueError(f'config file {path!r} does not exist; pass --config=configs/<domain>.py[:preset]')
+  if not path.endswith('.py'):
+    raise ValueError(f'config file {path!r} is not a Python file; pass --config=configs/<domain>.py[:preset]')
   module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(preset) if preset else module.get_config()
+  try:
+    module_spec.loader.exec_module(module)
+  except (OSError, SyntaxError, UnicodeDecodeError) as error:
+    raise ValueError(f'config file {path!r} cannot be read as Python ({type(error).__name__}: {error}); fix it or '
+                     'pass another --config') from None
+  except Exception as error:  # pylint: disable=broad-except
+    raise ValueError(f'config file {path!r} raised {type(error).__name__} when loaded ({error}); fix the file or '
+                     'pass another --config') from None
+  if not callable(getattr(module, 'get_config', None)):
+    raise ValueError(f'config file {path!r} has no get_config(); define get_config(arg) returning the config')
+  try:
+    return module.get_config(preset) if preset else module.get_config()
+  except ValueError:
+    raise
+  except Exception as error:  # pylint: disable=broad-except
+    raise ValueError(f'config file {path!r}: get_config({preset!r}) raised {type(error).__name__} ({error}); fix '
+                     'the file or choose another preset') from None
 
 
 def check_override_keys(config: ml_collections.ConfigDict, argv: list[str], flag: str = 'config') -> None:

@@ -113,8 +113,13 @@ def run(config, workdir: str, *, stage: str | None = None, grid_point=None, data
 
   data: a PreparedData to reuse (the pipeline prepares once for every stage); None prepares from the config.
   """
-  built = build(config, workdir, stage=stage, grid_point=grid_point, data=data)
-  summary = built if isinstance(built, dict) else built[0].train(*built[1:])
+  stage_name = stage or ('pretrain' if config.stage == 'pipeline' else config.stage)
+  validate.check(config, data=data, stage=stage_name, grid_point=grid_point, vocab=False)  # Before the folder exists.
+  # Held before build creates the checkpoint manager, which would clean up another run's in-flight save (a no-op
+  # when the caller, main or the pipeline, already holds it).
+  with files.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    built = build(config, workdir, stage=stage, grid_point=grid_point, data=data)
+    summary = built if isinstance(built, dict) else built[0].train(*built[1:])
   return finetune_decay.after_early_stopping(config, workdir, summary, stage or config.stage, functools.partial(
       run, stage=stage, grid_point=grid_point, data=data))  # WSD finetunes decay from their best step.
 

@@ -27,19 +27,12 @@ def point_name(lr: float, warmup: int, pretrain_step: int | None = None) -> str:
   return name if pretrain_step is None else f'step{int(pretrain_step)}_{name}'
 
 
-def _check(config) -> list[int]:
-  """The pretraining steps to finetune from besides the last; one-line errors before any work."""
-  grid = list(config.finetune.grid)
-  if not grid or any(len(point) != 2 or point[0] <= 0 or point[1] < 0 for point in grid):
-    raise ValueError(f'finetune.grid={config.finetune.grid} must be a non-empty tuple of (lr > 0, warmup >= 0) '
-                     'pairs, e.g. ((1e-5, 50), (4e-5, 100)).')
-  from_steps = sorted(int(s) for s in (config.finetune.from_steps))
-  steps = run_plan.make(config, 'pretrain').steps
-  bad = [s for s in from_steps if not 0 < s < steps]
-  if bad:
-    raise ValueError(f'finetune.from_steps {bad} are outside the pretraining run (1..{steps - 1}); drop them '
-                     'or lengthen the run.')
-  return from_steps
+def stage_folders(config, workdir: str) -> list[str]:
+  """Every stage folder of the pipeline in workdir: W/pretrain, then W/finetune/<point> of every grid point."""
+  workdir = os.path.abspath(workdir)
+  labels = [None, *sorted(int(step) for step in config.finetune.from_steps)]
+  return [os.path.join(workdir, 'pretrain')] + [os.path.join(workdir, 'finetune', point_name(lr, warmup, label))
+                                                for label in labels for lr, warmup in config.finetune.grid]
 
 
 def _finetune_entry(name, summary, pretrain_step, pretrain_tokens, grid_point) -> dict:
@@ -67,8 +60,23 @@ def _best(finetunes: list) -> dict | None:
 def run_pipeline(config, workdir: str, data=None) -> dict:
   """Pretrains into W/pretrain, finetunes each grid point into W/finetune/, writes W/summary.json, W/report.md."""
   started = time.time()
-  from_steps = _check(config)
-  validate.check(config, data=data)  # Everything that can fail, before anything is written.
+  as_pipeline = ml_collections.ConfigDict(config.to_dict())
+  as_pipeline.stage = 'pipeline'  # Every stage, the finetuning grid and from_steps, whatever stage config names.
+  validate.check(as_pipeline, data=data)  # Everything that can fail, before anything is written.
+  # W and every stage folder, taken before any file is touched (re-entered when the caller already holds them).
+  with files.WorkdirLock([workdir, *stage_folders(config, workdir)], enabled=jax.process_index() == 0):
+    result = _run_locked(config, workdir, data)
+    result['wall_time_s'] = round(time.time() - started, 1)
+    if jax.process_index() == 0:
+      files.write_json(os.path.join(workdir, 'summary.json'), result)
+      files.write_text(os.path.join(workdir, 'report.md'), report(result))
+  logging.info('Pipeline stopped (%s); report: %s', result['stop_reason'], os.path.join(workdir, 'report.md'))
+  return result
+
+
+def _run_locked(config, workdir: str, data) -> dict:
+  """The stages of run_pipeline, once its folders are held."""
+  from_steps = sorted(int(step) for step in config.finetune.from_steps)
   data = prepare_lib.prepare(run_plan.stage_config(config, 'pretrain')) if data is None else data
   validate.check_vocab(config, data)
   os.makedirs(workdir, exist_ok=True)
@@ -96,11 +104,6 @@ def run_pipeline(config, workdir: str, data=None) -> dict:
       if result['stop_reason'] == 'preempted':
         break
   result['best'] = _best(result['finetunes'])
-  result['wall_time_s'] = round(time.time() - started, 1)
-  if jax.process_index() == 0:
-    files.write_json(os.path.join(workdir, 'summary.json'), result)
-    files.write_text(os.path.join(workdir, 'report.md'), report(result))
-  logging.info('Pipeline stopped (%s); report: %s', result['stop_reason'], os.path.join(workdir, 'report.md'))
   return result
 
 
