@@ -46,7 +46,7 @@ def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, st
   workdirs = {name: os.path.join(WORKDIR.value, name) for name in variants}
   if ONLY_ANALYSIS.value:
     return workdirs
-  from spt_jax.hardware import compile_cache  # pylint: disable=g-import-not-at-top
+  from spt_jax.train import compile_cache  # pylint: disable=g-import-not-at-top
   for name, config in variants.items():
     compile_cache.enable(config.compilation_cache, config.data.cache_dir)  # One setting per process.
     logging.info('Study %s: variant %s', WORKDIR.value, name)

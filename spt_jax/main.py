@@ -31,11 +31,11 @@ def main(argv):
   from spt_jax.storage import files
   from spt_jax.model import sharding
   from spt_jax.train import validate
-  from spt_jax.hardware import compile_cache
+  from spt_jax.train import compile_cache
   config = _CONFIG.value
-  compile_cache.enable(config.compilation_cache, config.data.cache_dir)  # Before the first compile.
   if _DRY_RUN.value and _TOPOLOGY.value:
     from spt_jax.hardware import aot
+    compile_cache.enable(config.compilation_cache, config.data.cache_dir)  # A rerun of the plan loads it.
     summary = aot.plan(config, _TOPOLOGY.value, mfu=_MFU.value)
     print(aot.format_plan(summary))
     print(json.dumps(summary))
@@ -57,6 +57,7 @@ def main(argv):
   # Before anything is written: a rejected config or folder leaves the workdir and the cache as they were.
   validate.check(config, backend=jax.default_backend())
   validate.check_folders(config, workdir)
+  compile_cache.enable(config.compilation_cache, config.data.cache_dir)  # Before the first compile.
   if not _WORKDIR.value and jax.process_index() == 0:
     print(f'--workdir not given: the run writes to {workdir}', flush=True)
   sharding.check_shared_folder(workdir, 'workdir')

@@ -13,6 +13,7 @@ import jax
 
 from spt_jax.model import attention
 from spt_jax.model import decoder
+from spt_jax.train import compile_cache
 from spt_jax.train import schedules
 
 OLMO_VOCAB_SIZE = 50280  # OLMo's GPT-NeoX tokenizer (data.tokenizer='olmo'), checked in tests/test_validate.py.
@@ -43,12 +44,13 @@ _BOOLEAN = ('model.tie_embeddings', 'model.scan_layers', 'finetune.untie_embeddi
 # Checked where they are read (one-line errors of their own): sources and the tokenizer (_check_sources,
 # check_vocab), the mesh (sharding.mesh_shape), the mixture, δ and the replay fraction
 # (mixture.stages_from_config), the finetuning grid and from_steps (_check_finetune), eval intervals
-# (_check_eval_intervals); peak_flops may be any finite number (< 0: no MFU) and decay_from_step is -1 or a step
-# (set by finetune_decay).
+# (_check_eval_intervals), the compilation cache (check_folders); peak_flops may be any finite number (< 0: no
+# MFU) and decay_from_step is -1 or a step (set by finetune_decay).
 _CHECKED_ELSEWHERE = ('init_from', 'model.preset', 'mesh.data', 'mesh.fsdp', 'mesh.tensor', 'data.general',
                       'data.domain', 'data.tokenizer', 'data.cache_dir', 'mixture.stages', 'eval_intervals',
                       'extra_eval', 'mcqa_tasks', 'peak_flops', 'finetune.grid', 'finetune.from_steps',
-                      'finetune.decay_from_step', 'mixture.domain_fraction', 'finetune.replay_fraction')
+                      'finetune.decay_from_step', 'mixture.domain_fraction', 'finetune.replay_fraction',
+                      'compilation_cache')
 
 
 def _get(config, dotted: str):
@@ -226,6 +228,9 @@ def check_folders(config, workdir: str) -> None:
   probe = _check_writable(workdir, 'workdir', 'pass another --workdir')
   _check_writable(str(sources_lib.cache_root(config.data.cache_dir)), 'data cache',
                   'set --config.data.cache_dir (or $SPT_JAX_CACHE) to a writable folder')
+  if config.compilation_cache:
+    _check_writable(compile_cache.folder(config.compilation_cache, config.data.cache_dir), 'compilation cache',
+                    "set --config.compilation_cache to a writable folder, or to '' to compile without it")
   checkpoint_bytes = 12 * flops.count_params(config.model)[0]  # float32 parameters and AdamW's two moments.
   free = shutil.disk_usage(probe).free
   if free < checkpoint_bytes:
