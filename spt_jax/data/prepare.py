@@ -11,8 +11,8 @@ whatever the size of a source, and free disk space is checked before writing.
 The held-out split of a text source is drawn over all its documents before any subsampling (so it does not
 depend on the budgets), and a text document held out in any source is kept out of every text training split;
 a token source holds out the tail of the last file it uses (whole documents).
-Many processes (jax.distributed): process 0 prepares while the others wait for its completion signal through
-JAX's coordination service, then read the same folder; a process that cannot see that folder (a cache that is
+Many processes (jax.distributed): process 0 prepares while the others wait for its completion signal (a broadcast
+from process 0, multihost_utils), then read the same folder; a process that cannot see that folder (a cache that is
 not shared) prepares its own copy, which is identical because preparation is deterministic.
 Ahead of training: `python -m spt_jax.data.prepare --config=configs/proofpile.py:tiny`. The key hashes the
 inputs (source specs, tokenizer, seq_len, seed, budgets, split), not the source contents: when a source's files
@@ -31,6 +31,7 @@ import pathlib
 import shutil
 import sys
 import time
+import zlib
 
 import numpy as np
 import tokenizers
@@ -79,15 +80,39 @@ def _validate(config) -> None:
     raise ValueError('data.test_fraction and data.test_tokens are both 0, so there is no held-out set; set one')
 
 
+class _WordFromProcessZero:
+  """Process 0's status to the others through multihost_utils.broadcast_one_to_all: JAX's public API has no
+  key-value store, so process 0's set and every other process's get of one key meet in one collective."""
+
+  _MAX_BYTES = 4096  # A status is 'ok' or a one-line error; a longer one is cut.
+
+  def key_value_set(self, key: str, value: str) -> None:
+    self._broadcast(key, value)
+
+  def blocking_key_value_get(self, key: str, timeout_ms: int) -> str:
+    del timeout_ms  # A collective waits as long as the platform lets it (XLA on CPU: 30 minutes by default).
+    return self._broadcast(key, '')
+
+  def _broadcast(self, key: str, value: str) -> str:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    encoded = value.encode()[:self._MAX_BYTES]
+    message = {'key': np.uint32(zlib.crc32(key.encode())), 'length': np.int32(len(encoded)),
+               'bytes': np.frombuffer(encoded.ljust(self._MAX_BYTES, b'\0'), np.uint8)}
+    received = multihost_utils.broadcast_one_to_all(message)
+    if int(received['key']) != int(message['key']):
+      raise RuntimeError(f'process 0 sent its status of another preparation than {key}: the processes run different '
+                         'configs; give every process the same flags')
+    return bytes(received['bytes'][:int(received['length'])]).decode(errors='replace')
+
+
 def _processes() -> tuple:
-  """(coordination client or None, process index, process count) of a jax.distributed job, else (None, 0, 1)."""
+  """(channel from process 0 or None, process index, process count) of a jax.distributed job, else (None, 0, 1)."""
   if 'jax' not in sys.modules:
     return None, 0, 1
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_count() == 1:
     return None, 0, 1
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  return distributed.global_state.client, jax.process_index(), jax.process_count()
+  return _WordFromProcessZero(), jax.process_index(), jax.process_count()
 
 
 def prepare(config) -> PreparedData:
