@@ -14,6 +14,7 @@ import ml_collections
 import pytest
 
 from spt_jax.model import sharding
+from spt_jax.model.flops import PRESETS
 
 # (data, fsdp, tensor, microbatches): gradient accumulation must not change the step either.
 _MESHES = [(1, 1, 1, 1), (8, 1, 1, 1), (2, 4, 1, 1), (2, 2, 2, 1), (2, 4, 1, 2), (1, 1, 1, 4)]
@@ -138,7 +139,6 @@ def test_flax_rules_give_the_expected_spec_of_every_preset_on_8_devices():
   out = subprocess.run([sys.executable, '-c', _SPECS_SCRIPT, json.dumps(list(_FULL_SPECS))], env=env,
                        capture_output=True, text=True, check=True)
   results = json.loads(out.stdout.strip().splitlines()[-1])
-  from spt_jax.model.flops import PRESETS  # pylint: disable=g-import-not-at-top
   for mesh_sizes, full in _FULL_SPECS.items():
     for preset in PRESETS:
       expected = dict(full, **_HEADS_WHOLE.get((preset, mesh_sizes[2]), {}))

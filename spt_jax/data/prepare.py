@@ -81,8 +81,8 @@ def _validate(config) -> None:
 
 
 class _WordFromProcessZero:
-  """Process 0's status to the others through multihost_utils.broadcast_one_to_all: JAX's public API has no
-  key-value store, so process 0's set and every other process's get of one key meet in one collective."""
+  """Process 0's status to the others by multihost_utils (JAX's public API has no key-value store)."""
+  # Process 0's set and every other process's get of one key meet in one broadcast_one_to_all.
 
   _MAX_BYTES = 4096  # A status is 'ok' or a one-line error; a longer one is cut.
 

@@ -110,9 +110,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def tree_shardings(abstract_tree, mesh: Mesh):
   """Shardings for a pytree whose leaves may be logically partitioned boxes (from model init); others replicate."""
-  is_spec = lambda x: isinstance(x, PartitionSpec)
   logical_specs = nn.get_partition_spec(abstract_tree)  # Logical names of each box; PartitionSpec() otherwise.
-  jax.tree.map(_check_names, logical_specs, is_leaf=is_spec)
+  jax.tree.map(_check_names, logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
   shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, RULES)
   return jax.tree.map(lambda s, x: NamedSharding(mesh, _dividing(s.spec, x.shape, mesh.shape)), shardings,
                       nn.unbox(abstract_tree))
