@@ -84,7 +84,11 @@ def _validate(config) -> None:
 
 
 def _processes() -> tuple:
-  """(coordination client or None, process index, process count) of a jax.distributed job, else (None, 0, 1)."""
+  """(coordination client or None, process index, process count) of a jax.distributed job, else (None, 0, 1).
+
+  The wait for process 0 uses the coordination service's key-value store, which JAX does not export: a device
+  collective (multihost_utils) instead would time out while process 0 tokenizes for hours (30 minutes on CPU).
+  """
   if 'jax' not in sys.modules:
     return None, 0, 1
   import jax  # pylint: disable=g-import-not-at-top

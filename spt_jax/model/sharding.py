@@ -1,24 +1,30 @@
 """The device mesh, the one table of logical-axis rules, and the shardings of state and batches.
 
-Parameters and activations are named by logical axes (model.py); RULES maps each name onto mesh axes. A mesh
-axis of size 1 costs nothing, so one code path serves 1 CPU and a pod. A dimension that a mesh axis does not
-divide is left unsharded along that axis instead of failing (small CPU models on 8 simulated devices).
+Parameters and activations are named by logical axes (decoder.py); RULES maps each name onto mesh axes through
+flax's logical partitioning, and `jax.make_mesh` lays the mesh out. A mesh axis of size 1 costs nothing, so one
+code path serves 1 CPU and a pod. flax maps names without looking at shapes, so `spec` then drops each mesh axis
+that does not divide its dimension, leaving it unsharded instead of failing (small CPU models on 8 simulated
+devices, the batch of 1 that init traces). Hosts agree through `jax.experimental.multihost_utils`.
 """
 
 import glob
 import logging
 import math
 import os
+import time
+import uuid
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
-# Logical axis -> mesh axes. Parameters are sharded over fsdp on their model dimension and over tensor on
-# heads / MLP / vocabulary; the batch is split over data and fsdp together (FSDP is data parallel too).
+# Logical axis -> mesh axes, as flax partitioning rules. Parameters are sharded over fsdp on their model dimension
+# and over tensor on heads / MLP / vocabulary; the batch is split over data and fsdp together (FSDP is data
+# parallel too).
 RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ('batch', ('data', 'fsdp')),
     ('activation_batch', ('data', 'fsdp')),
@@ -31,7 +37,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ('head_dim', None),
     ('layers', None),
 )
-_RULES = dict(RULES)
+_RULED_NAMES = frozenset(name for name, _ in RULES)
 
 
 def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
@@ -53,38 +59,45 @@ def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
 
 
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
-  """A (data, fsdp, tensor) mesh over `devices` (default: all), laid out for the interconnect."""
+  """A (data, fsdp, tensor) mesh over `devices` (default: all), laid out for the interconnect by jax.make_mesh."""
   devices = jax.devices() if devices is None else devices
   shape = mesh_shape(mesh_cfg, len(devices))
+  # Auto axes: shardings come from jit's in/out shardings and constraints, not from the types of arrays.
+  axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
   try:
-    from jax.experimental import mesh_utils
-    device_array = mesh_utils.create_device_mesh(shape, devices=devices)
+    return jax.make_mesh(shape, MESH_AXES, axis_types, devices=devices)
   except (ValueError, NotImplementedError, AssertionError):
-    device_array = np.asarray(devices).reshape(shape)
-  return Mesh(device_array, MESH_AXES)
+    # jax.make_mesh refuses device sets it cannot lay out physically (part of a TPU slice, several slices).
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
 
 
-def spec(names: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
-  """PartitionSpec for logical `names`, dropping mesh axes that do not divide their dimension."""
+def _check_names(names) -> None:
+  unknown = [name for name in names if name is not None and name not in _RULED_NAMES]
+  if unknown:
+    raise ValueError(f'logical axis {unknown[0]!r} has no sharding rule; add it to sharding.RULES')
+
+
+def _dividing(partition: PartitionSpec, shape: tuple[int, ...], mesh_sizes) -> PartitionSpec:
+  """`partition` without size-1 mesh axes and without mesh axes that do not divide their dimension."""
   out = []
-  used = set()
-  for name, dim in zip(names, shape):
-    axes = _RULES.get(name) if name is not None else None
-    if name is not None and name not in _RULES:
-      raise ValueError(f'logical axis {name!r} has no sharding rule; add it to sharding.RULES')
-    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  for axes, dim in zip(partition, shape):
     kept = []
-    for axis in axes:
-      size = mesh.shape[axis]
-      if axis in used or size == 1:
+    for axis in (axes,) if isinstance(axes, str) else tuple(axes or ()):
+      size = mesh_sizes[axis]
+      if size == 1:
         continue
-      if dim % (math.prod(mesh.shape[a] for a in kept) * size):
-        logging.debug('axis %s (%d) does not divide %s=%d: left unsharded', axis, size, name, dim)
+      if dim % (math.prod(mesh_sizes[a] for a in kept) * size):
+        logging.debug('axis %s (%d) does not divide a dimension of %d: left unsharded', axis, size, dim)
         continue
       kept.append(axis)
-    used.update(kept)
     out.append(tuple(kept) if len(kept) > 1 else (kept[0] if kept else None))
   return PartitionSpec(*out)
+
+
+def spec(names: tuple[str | None, ...], shape: tuple[int, ...], mesh) -> PartitionSpec:
+  """PartitionSpec for logical `names` by RULES, dropping mesh axes that do not divide their dimension."""
+  _check_names(names)
+  return _dividing(nn.logical_to_mesh_axes(tuple(names), RULES), tuple(shape), mesh.shape)
 
 
 def named_sharding(names, shape, mesh: Mesh) -> NamedSharding:
@@ -96,17 +109,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def tree_shardings(abstract_tree, mesh: Mesh):
-  """Shardings for a pytree whose leaves may be logically partitioned boxes (from model init)."""
-  def one(leaf):
-    if isinstance(leaf, nn.LogicallyPartitioned):
-      return named_sharding(leaf.names, leaf.value.shape, mesh)
-    return replicated(mesh)
-  return jax.tree.map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  """Shardings for a pytree whose leaves may be logically partitioned boxes (from model init); others replicate."""
+  logical_specs = nn.get_partition_spec(abstract_tree)  # Logical names of each box; PartitionSpec() otherwise.
+  jax.tree.map(_check_names, logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, RULES)
+  return jax.tree.map(lambda s, x: NamedSharding(mesh, _dividing(s.spec, x.shape, mesh.shape)), shardings,
+                      nn.unbox(abstract_tree))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Sequences split over (data, fsdp); the length axis is whole on every device."""
-  return NamedSharding(mesh, PartitionSpec(('data', 'fsdp')))
+  return NamedSharding(mesh, nn.logical_to_mesh_axes(('batch',), RULES))
 
 
 def batch_divisor(mesh: Mesh) -> int:
@@ -123,7 +136,7 @@ def initialize_distributed(force: bool = False) -> None:
   """
   on_tpu_vm = bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*')) or 'TPU_WORKER_HOSTNAMES' in os.environ
   address = os.environ.get('JAX_COORDINATOR_ADDRESS', '')
-  if not (force or on_tpu_vm or address):
+  if jax.distributed.is_initialized() or not (force or on_tpu_vm or address):
     return
   kwargs = {}
   if address:
@@ -160,35 +173,26 @@ def default_workdir(config_arg: str) -> str:
 def check_shared_folder(path: str, what: str, wait_seconds: float = 10.0) -> None:
   """With several processes, a one-line error on every process unless all of them see the same folder at path.
 
-  Process 0 writes a probe file there and names it through JAX's coordination service; every other process
-  looks for it (for a few seconds: shared file systems may show new files late) and reports back.
+  Process 0 writes a probe file there and broadcasts its name; every other process looks for it (for a few
+  seconds: shared file systems may show new files late), and all processes gather who saw it.
   """
   if jax.process_count() == 1:
     return
-  import time  # pylint: disable=g-import-not-at-top
-  import uuid  # pylint: disable=g-import-not-at-top
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  client, index, count = distributed.global_state.client, jax.process_index(), jax.process_count()
-  key = f'spt_jax/shared/{what}'  # The same on every process, whatever path each was given.
+  index, count = jax.process_index(), jax.process_count()
   os.makedirs(path, exist_ok=True)
+  token = np.frombuffer(uuid.uuid4().bytes, np.uint8)
+  if index == 0:  # Written before it is named, so that every other process may look for it at once.
+    with open(os.path.join(path, f'.shared-probe-{bytes(token).hex()}'), 'w') as f:
+      f.write(bytes(token).hex())
+  token = multihost_utils.broadcast_one_to_all(token)  # Process 0's token on every process.
+  probe = os.path.join(path, f'.shared-probe-{bytes(token).hex()}')
+  deadline = time.time() + wait_seconds
+  while not os.path.exists(probe) and time.time() < deadline:
+    time.sleep(0.5)
+  seen_by = multihost_utils.process_allgather(np.int32(os.path.exists(probe)))  # One entry per process.
   if index == 0:
-    token = uuid.uuid4().hex
-    probe = os.path.join(path, f'.shared-probe-{token}')
-    with open(probe, 'w') as f:
-      f.write(token)
-    client.key_value_set(key, token)
-    answers = {i: client.blocking_key_value_get(f'{key}/{i}', 600_000) for i in range(1, count)}
     os.remove(probe)
-    missing = sorted(i for i, seen in answers.items() if seen != 'yes')
-    client.key_value_set(f'{key}/missing', ','.join(map(str, missing)))
-  else:
-    probe = os.path.join(path, f'.shared-probe-{client.blocking_key_value_get(key, 600_000)}')
-    deadline = time.time() + wait_seconds
-    while not os.path.exists(probe) and time.time() < deadline:
-      time.sleep(0.5)
-    seen = os.path.exists(probe)
-    client.key_value_set(f'{key}/{index}', 'yes' if seen else 'no')
-    missing = [int(i) for i in client.blocking_key_value_get(f'{key}/missing', 600_000).split(',') if i]
+  missing = [i for i in range(count) if not seen_by[i]]
   if missing:
     raise ValueError(f'the {what} {os.path.abspath(path)} is not shared by the {count} processes (process(es) '
                      f'{missing} do not see what process 0 writes there); pass --{what}=<a path every host sees, '
