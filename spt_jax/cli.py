@@ -96,6 +96,7 @@ def help_text(flag_values: flags.FlagValues) -> str:
   modules = [module for module in flag_values.flags_by_module_dict()
              if module == sys.argv[0] or module.split('.')[0] in ('spt_jax', 'experiments')
              or flag_values is not flags.FLAGS]
+  modules.sort(key=lambda module: module != sys.argv[0])  # The command's own flags first.
   listing = '\n'.join(flag_values.module_help(module) for module in modules)
   return f'{(main_module.__doc__ or "").strip()}\n\nflags:\n{listing}'
 
