@@ -6,12 +6,12 @@ the laws, and recommend δ per budget (the paper: 10% best early, then 5%, 2% pa
 
 import json
 
-from absl import flags
-
 from experiments import common
+from spt_jax import cli
 
-_DELTAS = flags.DEFINE_list('deltas', '0,0.02,0.05,0.1', 'δ values (fractions), comma-separated.')
-_CHECKPOINTS = flags.DEFINE_integer('checkpoints', 5, 'Earlier pretraining checkpoints to finetune from.')
+_DELTAS = cli.define_list('deltas', '0,0.02,0.05,0.1', 'δ values (fractions), comma-separated.', cli.FRACTION)
+_CHECKPOINTS = common.checkpoints_flag(5)
+common.at_least(_DELTAS, 2, 'δ values to fit')
 
 
 def main(argv):
@@ -19,7 +19,7 @@ def main(argv):
   base = common.base_config()
   tokens = common.pretrain_tokens(base)
   from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
-  deltas = common.floats(_DELTAS.value)
+  deltas = _DELTAS.value
   workdirs = common.run_variants({
       common.delta_name(d): common.variant(base, mixture__domain_fraction=d, finetune__from_steps=from_steps)
       for d in deltas})

@@ -1,10 +1,13 @@
 """What every study shares: the base config and workdir flags, running named variants, then the analysis.
 
 The base config is read by ml_collections.config_flags, like spt_jax.main's:
-`--config=configs/musicpile.py:tiny --config.seed=1`; a study's own flags are absl flags.
+`--config=configs/musicpile.py:tiny --config.seed=1`; a study's own flags are absl flags, each checked where it is
+defined (spt_jax/cli.py: a wrong command line exits 2 before anything runs).
 """
 
 import os
+import re
+import sys
 
 from absl import flags
 from absl import logging
@@ -13,15 +16,41 @@ from ml_collections import config_flags
 
 from spt_jax import cli
 
-CONFIG = config_flags.DEFINE_config_file('config', 'configs/musicpile.py:tiny',
-                                         'Base config file with :size; override keys with --config.KEY=VALUE.')
-WORKDIR = flags.DEFINE_string('workdir', None, 'Folder of the study: one pipeline workdir per variant inside.')
+DEFAULT_CONFIG = 'configs/musicpile.py:tiny'
+CONFIG = config_flags.DEFINE_config_file('config', None, f'Base config file with :size (default: {DEFAULT_CONFIG}); '
+                                         'override keys with --config.KEY=VALUE.')
+WORKDIR = flags.DEFINE_string('workdir', None, 'Folder of the study: one pipeline workdir per variant inside.',
+                              required=True)
 ONLY_ANALYSIS = flags.DEFINE_bool('only_analysis', False, 'Skip training; analyse the variants already run.')
+CHECKPOINTS_HELP = 'Earlier pretraining checkpoints to finetune from'
 
 
 def run(main) -> None:
-  """Runs a study's main with one-line errors for bad input (unknown --config keys included)."""
+  """Runs a study's main under spt_jax/cli.py's convention (flags checked first, one-line errors, exit 2 or 1)."""
+  if not any(re.match(r'--?config(=|$)', argument) for argument in sys.argv[1:]):
+    # On the command line rather than as the flag's default: config_flags applies a default's --config.KEY
+    # overrides as the flag is defined, at import, where an unknown key is a traceback rather than a usage error.
+    # It reads sys.argv itself.
+    sys.argv.insert(1, f'--config={DEFAULT_CONFIG}')
   cli.run(main)
+
+
+def delta_flag(name: str, default: float | None, help_text: str) -> flags.FlagHolder:
+  """A float flag holding δ (or another fraction), checked to lie in (0, 1) (None allowed when the default)."""
+  holder = flags.DEFINE_float(name, default, help_text)
+  flags.register_validator(holder, lambda value: value is None or 0 < value < 1,
+                           f'--{name} is a fraction in (0, 1), e.g. 0.1 for 10%')
+  return holder
+
+
+def checkpoints_flag(default: int, help_text: str = CHECKPOINTS_HELP) -> flags.FlagHolder:
+  return flags.DEFINE_integer('checkpoints', default, f'{help_text}.', lower_bound=0)
+
+
+def at_least(holder: flags.FlagHolder, count: int, what: str) -> None:
+  """A validator: the list flag holds at least `count` items."""
+  flags.register_validator(holder, lambda values: len(values) >= count,
+                           f'give at least {count} {what}, comma-separated')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -41,8 +70,6 @@ def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, st
   import jax  # pylint: disable=g-import-not-at-top
   from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
   from spt_jax.train import pipeline  # pylint: disable=g-import-not-at-top
-  if not WORKDIR.value:
-    raise ValueError('--workdir is required: the folder where the study writes one run per variant')
   workdirs = {name: os.path.join(WORKDIR.value, name) for name in variants}
   if ONLY_ANALYSIS.value:
     return workdirs
@@ -63,8 +90,6 @@ def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, st
 def analyse(command: str, name: str = '', **arguments) -> str:
   """spt_jax.plan's `command` (gains, fit, recommend, similarity ...) into WORKDIR/analysis/<name or command>."""
   from spt_jax import plan  # pylint: disable=g-import-not-at-top
-  if not WORKDIR.value:
-    raise ValueError('--workdir is required: the folder where the study writes its analysis')
   out = os.path.join(WORKDIR.value, 'analysis', name or command)
   getattr(plan, command)(out=out, **arguments)
   print(f'{command}: {out}/')
@@ -155,6 +180,3 @@ def earlier_steps(config, count: int) -> tuple[int, ...]:
 def delta_name(delta: float) -> str:
   return f'delta_{100 * delta:g}pct'
 
-
-def floats(values: list[str]) -> list[float]:
-  return [float(x) for x in values if x]

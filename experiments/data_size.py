@@ -12,15 +12,17 @@ to 180B, then 20B at δ = 1%). SCPT rows are labelled with their stage δ.
 
 import os
 
-from absl import flags
-
 from experiments import common
+from spt_jax import cli
 
-_SIZES = flags.DEFINE_list('domain_tokens', '2500,10000,40000', 'Domain set sizes in tokens, smallest first.')
-_DELTAS = flags.DEFINE_list('deltas', '0.05,0.2', 'δ of the SPT runs (G is maximised over them).')
-_CHECKPOINTS = flags.DEFINE_integer('checkpoints', 2, 'Earlier pretraining checkpoints to finetune from (budgets).')
-_SCPT_START = flags.DEFINE_float('scpt_start', 0.9, 'Fraction of the pretraining tokens before SCPT mixes in.')
-_SCPT_DELTA = flags.DEFINE_float('scpt_delta', 0.01, 'δ of the SCPT stage (the paper: 1%).')
+_SIZES = cli.define_list('domain_tokens', '2500,10000,40000', 'Domain set sizes in tokens, smallest first.',
+                         cli.item(lambda text: int(float(text)), lambda size: size > 0, 'a positive number of tokens'))
+_DELTAS = cli.define_list('deltas', '0.05,0.2', 'δ of the SPT runs (G is maximised over them).', cli.OPEN_FRACTION)
+_CHECKPOINTS = common.checkpoints_flag(2, 'Earlier pretraining checkpoints to finetune from (budgets)')
+_SCPT_START = common.delta_flag('scpt_start', 0.9, 'Fraction of the pretraining tokens before SCPT mixes in.')
+_SCPT_DELTA = common.delta_flag('scpt_delta', 0.01, 'δ of the SCPT stage (the paper: 1%).')
+common.at_least(_SIZES, 1, 'domain set sizes')
+common.at_least(_DELTAS, 1, 'δ values')
 
 
 def main(argv):
@@ -31,8 +33,7 @@ def main(argv):
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
   base = common.base_config()
   tokens = common.pretrain_tokens(base)
-  sizes = [int(x) for x in common.floats(_SIZES.value)]
-  deltas = common.floats(_DELTAS.value)
+  sizes, deltas = _SIZES.value, _DELTAS.value
   from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
   variants = {}
   for size in sizes:

@@ -8,12 +8,13 @@ compute multiplier can be read off post-finetuning curves and the finetuning del
 
 import os
 
-from absl import flags
-
 from experiments import common
+from spt_jax import cli
 
-_DELTAS = flags.DEFINE_list('deltas', '0,0.001,0.01,0.02,0.05', 'δ values (fractions), comma-separated.')
-_CHECKPOINTS = flags.DEFINE_integer('checkpoints', 3, 'Earlier pretraining checkpoints to finetune from.')
+_DELTAS = cli.define_list('deltas', '0,0.001,0.01,0.02,0.05', 'δ values (fractions), comma-separated.',
+                          cli.FRACTION)
+_CHECKPOINTS = common.checkpoints_flag(3)
+common.at_least(_DELTAS, 2, 'δ values to fit')
 
 
 def main(argv):
@@ -21,7 +22,7 @@ def main(argv):
   base = common.base_config()
   from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
   variants = {common.delta_name(d): common.variant(base, mixture__domain_fraction=d, finetune__from_steps=from_steps)
-              for d in common.floats(_DELTAS.value)}
+              for d in _DELTAS.value}
   workdirs = common.run_variants(variants)
   npt = workdirs.pop(common.delta_name(0.0), None)
   fit = common.analyse('fit', runs=[*([npt] if npt else []), *workdirs.values()])

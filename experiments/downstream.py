@@ -15,12 +15,15 @@ import os
 from absl import flags
 
 from experiments import common
+from spt_jax import cli
 
-_SEEDS = flags.DEFINE_list('seeds', '0', 'Seeds; each runs both arms.')
-_DELTA = flags.DEFINE_float('delta', 0.1, 'δ of the SPT arm.')
+_SEEDS = cli.define_list('seeds', '0', 'Seeds; each runs both arms.', cli.SEED)
+_DELTA = common.delta_flag('delta', 0.1, 'δ of the SPT arm.')
 _TASKS = flags.DEFINE_list('tasks', '', 'Task builders (domain_tasks.BUILDERS) or benchmark names; default: the '
                            'domain\'s (abc_key,abc_metre | proof_next_line | smiles_real).')
-_EXAMPLES = flags.DEFINE_integer('examples', 300, 'Examples per task (held-out documents permitting).')
+_EXAMPLES = flags.DEFINE_integer('examples', 300, 'Examples per task (held-out documents permitting).',
+                                  lower_bound=1)
+common.at_least(_SEEDS, 1, 'seeds')
 
 DOMAIN_TASKS = {'musicpile': ('abc_key', 'abc_metre'), 'proofpile': ('proof_next_line',),
                 'chempile': ('smiles_real',)}
@@ -93,7 +96,7 @@ def main(argv):
   if not names:
     raise ValueError(f'no built-in tasks for {domain!r}; pass --tasks (one of abc_key, abc_metre, proof_next_line, '
                      'smiles_real, or a benchmark name)')
-  seeds = [int(s) for s in _SEEDS.value if s]
+  seeds = _SEEDS.value
   workdirs = common.run_variants(common.arms(base, _DELTA.value, seeds))
   tasks = build_tasks(base, names, os.path.join(common.WORKDIR.value, 'tasks'), _EXAMPLES.value)
   results = {seed: {arm: {moment: score(path, tasks)

@@ -16,13 +16,22 @@ import os
 from absl import flags
 
 from experiments import common
+from spt_jax import cli
 
-_DELTAS = flags.DEFINE_list('deltas', '0,0.01,0.02,0.05,0.1,0.2', 'δ values (fractions), comma-separated.')
-_CHECKPOINTS = flags.DEFINE_integer('checkpoints', 3, 'Earlier pretraining checkpoints to finetune from.')
-_MAX_DELTA = flags.DEFINE_float('max_delta', 0.05, 'The fit sees δ up to this (the paper: 5%).')
+_DELTAS = cli.define_list('deltas', '0,0.01,0.02,0.05,0.1,0.2', 'δ values (fractions), comma-separated.',
+                          cli.FRACTION)
+_CHECKPOINTS = common.checkpoints_flag(3)
+_MAX_DELTA = common.delta_flag('max_delta', 0.05, 'The fit sees δ up to this (the paper: 5%).')
 _MAX_TOKEN_FRACTION = flags.DEFINE_float('max_token_fraction', 0.6, 'The fit sees tokens up to this fraction of '
                                          'the budget (the paper extrapolates post-FT loss past 120B of 200B).')
-_CROSSOVER = flags.DEFINE_list('crossover', '0.02,0.05', 'Two δ whose predicted and observed crossover to compare.')
+_CROSSOVER = cli.define_list('crossover', '0.02,0.05', 'Two δ whose predicted and observed crossover to compare '
+                             '(empty: none).', cli.OPEN_FRACTION)
+flags.register_validator(_MAX_TOKEN_FRACTION, lambda fraction: 0 < fraction <= 1,
+                         'the fit sees a fraction in (0, 1] of the budget\'s tokens')
+flags.register_validator(_CROSSOVER, lambda deltas: len(deltas) in (0, 2), 'give two δ, DELTA_A,DELTA_B, or none')
+flags.register_multi_flags_validator(
+    ['deltas', 'max_delta'], lambda values: any(d > values['max_delta'] for d in values['deltas']),
+    '--deltas has no δ above --max_delta: nothing would be held out')
 
 
 def _paper_rows(report: dict, budget: float) -> list:
@@ -54,9 +63,7 @@ def main(argv):
   from spt_jax.analysis import forecast_check  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
   base = common.base_config()
-  deltas = common.floats(_DELTAS.value)
-  if not any(d > _MAX_DELTA.value for d in deltas):
-    raise ValueError(f'--deltas has no δ above --max_delta={_MAX_DELTA.value:g}: nothing would be held out')
+  deltas = _DELTAS.value
   from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
   workdirs = common.run_variants({
       common.delta_name(d): common.variant(base, mixture__domain_fraction=d, finetune__from_steps=from_steps)
@@ -68,7 +75,7 @@ def main(argv):
   with open(os.path.join(fit_dir, 'fit.json')) as f:
     fit = json.load(f)
   data = runs.scaling_data([runs.read(w) for w in workdirs.values()])
-  pair = tuple(common.floats(_CROSSOVER.value))
+  pair = tuple(_CROSSOVER.value)
   report = forecast_check.check(fit, data, crossover_pairs=[pair] if len(pair) == 2 else [])
   files.write_json(os.path.join(common.WORKDIR.value, 'forecast_check.json'), report)
   common.write_report(

@@ -11,14 +11,15 @@ Paper scale: --config=configs/musicpile.py:1b --seeds=0 (the paper runs one seed
 
 import os
 
-from absl import flags
-
 from experiments import common
+from spt_jax import cli
 from spt_jax.analysis import paper
 from spt_jax.analysis import seeds as seeds_lib
 
-_SEEDS = flags.DEFINE_list('seeds', '0,1,2', 'Seeds; each runs both arms (init, data order and split of batches).')
-_DELTA = flags.DEFINE_float('delta', None, 'δ of the SPT arm; default: the config\'s mixture.domain_fraction.')
+_SEEDS = cli.define_list('seeds', '0,1,2', 'Seeds; each runs both arms (init, data order and split of batches).',
+                         cli.SEED)
+_DELTA = common.delta_flag('delta', None, 'δ of the SPT arm; default: the config\'s mixture.domain_fraction.')
+common.at_least(_SEEDS, 1, 'seeds, e.g. --seeds=0,1,2')
 
 
 def report(result: dict, domain: str, delta: float, config) -> str:
@@ -57,9 +58,7 @@ def main(argv):
   delta = base.mixture.domain_fraction if _DELTA.value is None else _DELTA.value
   if not 0 < delta < 1:
     raise ValueError(f'the SPT arm needs 0 < δ < 1, got {delta}; set --delta or --config.mixture.domain_fraction')
-  seeds = [int(s) for s in _SEEDS.value if s]
-  if not seeds:
-    raise ValueError('--seeds is empty; give at least one seed, e.g. --seeds=0,1,2')
+  seeds = _SEEDS.value
   workdirs = common.run_variants(common.arms(base, delta, seeds))
   pairs = {seed: (runs.read(workdirs[f'npt_seed{seed}']), runs.read(workdirs[f'spt_seed{seed}'])) for seed in seeds}
   result = seeds_lib.compare(pairs)

@@ -11,14 +11,16 @@ Paper scale: --config=configs/musicpile.py:300m --presets=olmo-300m,olmo-600m,ol
 
 import os
 
-from absl import flags
-
 from experiments import common
+from spt_jax import cli
+from spt_jax.model import flops
 
-_DELTA = flags.DEFINE_float('delta', 0.1, 'δ of the SPT models.')
-_PRESETS = flags.DEFINE_list('presets', 'cpu-160k,cpu-600k,cpu-2m', 'Model presets, smallest first (at least 3 for the '
-                             'trend).')
-_CHECKPOINTS = flags.DEFINE_integer('checkpoints', 2, 'Earlier pretraining checkpoints to finetune from (budgets).')
+_DELTA = common.delta_flag('delta', 0.1, 'δ of the SPT models.')
+_PRESETS = cli.define_list('presets', 'cpu-160k,cpu-600k,cpu-2m', 'Model presets, smallest first (at least 3 for '
+                           'the trend).', cli.item(str, flops.PRESETS.__contains__,
+                                                   f'a model preset: one of {", ".join(flops.PRESETS)}'))
+_CHECKPOINTS = common.checkpoints_flag(2, 'Earlier pretraining checkpoints to finetune from (budgets)')
+common.at_least(_PRESETS, 2, 'model presets, smallest first')
 
 
 def _curve(workdir: str) -> dict:
@@ -36,9 +38,7 @@ def main(argv):
   from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
   base = common.base_config()
-  presets = [p for p in _PRESETS.value if p]
-  if len(presets) < 2:
-    raise ValueError(f'--presets={_PRESETS.value}: give at least two model presets, smallest first')
+  presets = _PRESETS.value
   from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
   variants = {}
   for preset in presets:

@@ -16,15 +16,19 @@ import os
 from absl import flags
 
 from experiments import common
+from spt_jax import cli
 
-_SHARES = flags.DEFINE_list('shares', '0,0.01,0.03,0.1', 'Shares of Spanish in the general set (by bytes).')
-_DELTA = flags.DEFINE_float('delta', 0.1, 'δ of the SPT arms.')
+_SHARES = cli.define_list('shares', '0,0.01,0.03,0.1', 'Shares of Spanish in the general set (by bytes).',
+                          cli.FRACTION)
+_DELTA = common.delta_flag('delta', 0.1, 'δ of the SPT arms.')
 _ENGLISH = flags.DEFINE_string('english', 'builtin:brown,austen,shakespeare,python_docs,linux_docs',
                                'The general set\'s English: builtin:english without web_bible.')
 _SPANISH = flags.DEFINE_string('spanish', 'builtin:spanish', 'Spanish monolingual text.')
 _DOMAIN = flags.DEFINE_string('domain', 'builtin:bible_en_es', 'The parallel domain set.')
 _GENERAL_MB = flags.DEFINE_float('general_mb', 4.0, 'Size of each general set in MB of text (pretraining should '
                                  'read under one epoch of it).')
+common.at_least(_SHARES, 2, 'shares in [0, 1)')
+flags.register_validator(_GENERAL_MB, lambda size: size > 0, 'the general set needs a positive size in MB')
 
 
 def _share_name(share: float) -> str:
@@ -47,12 +51,8 @@ def main(argv):
   from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import seeds  # pylint: disable=g-import-not-at-top
-  if not common.WORKDIR.value:
-    raise ValueError('--workdir is required: the folder where the study writes its data and runs')
   base = common.base_config()
-  shares = common.floats(_SHARES.value)
-  if len(shares) < 2 or not all(0 <= s < 1 for s in shares):
-    raise ValueError(f'--shares={_SHARES.value}: give at least two shares in [0, 1)')
+  shares = _SHARES.value
   variants, actual = {}, {}
   for share in shares:
     general, actual[share] = general_set(share, os.path.join(common.WORKDIR.value, 'data'), base.data.cache_dir)

@@ -3,19 +3,19 @@
   python -m experiments.replay --config=configs/chempile.py:tiny --workdir=runs/chem_replay
 """
 
-from absl import flags
-
 from experiments import common
+from spt_jax import cli
 
-_REPLAY = flags.DEFINE_list('replay', '0,0.1,0.2', 'Comma-separated replay fractions r.')
-_DELTA = flags.DEFINE_float('delta', 0.05, 'δ of the SPT runs.')
+_REPLAY = cli.define_list('replay', '0,0.1,0.2', 'Comma-separated replay fractions r.', cli.FRACTION)
+_DELTA = common.delta_flag('delta', 0.05, 'δ of the SPT runs.')
+common.at_least(_REPLAY, 1, 'replay fractions')
 
 
 def main(argv):
   del argv
   base = common.base_config()
   variants = {}
-  for r in common.floats(_REPLAY.value):
+  for r in _REPLAY.value:
     for name, delta in (('npt', 0.0), ('spt', _DELTA.value)):
       variants[f'{name}_replay_{100 * r:g}pct'] = common.variant(
           base, mixture__domain_fraction=delta, finetune__replay_fraction=r)
@@ -24,7 +24,7 @@ def main(argv):
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
   table = ['| replay r | NPT→FT | SPT→FT | G | NPT forgetting | SPT forgetting |', '|---|---|---|---|---|---|']
   losses = {}
-  for r in common.floats(_REPLAY.value):
+  for r in _REPLAY.value:
     name = f'replay_{100 * r:g}pct'
     result = gains.gains(runs.read(workdirs[f'npt_{name}']), [runs.read(workdirs[f'spt_{name}'])])
     npt, spt = result['npt'], result['spt'][0]

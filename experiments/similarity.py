@@ -20,8 +20,12 @@ _DOMAINS = flags.DEFINE_list('domains', 'builtin:abc,builtin:moses,builtin:coq,b
 _REFERENCE = flags.DEFINE_string('reference', 'builtin:english', 'The general text the domains are compared with.')
 _EMBEDDINGS = flags.DEFINE_bool('embeddings', False, 'Also the classifier two-sample test and MAUVE.')
 _GAINS = flags.DEFINE_bool('gains', True, 'Also train NPT and SPT per domain and correlate the metrics with G.')
-_DELTA = flags.DEFINE_float('delta', 0.1, 'δ of the SPT arms.')
+_DELTA = common.delta_flag('delta', 0.1, 'δ of the SPT arms.')
 _MAX_TOKENS = flags.DEFINE_float('max_tokens', 1.5e6, 'Tokens per corpus for the metrics.')
+flags.register_validator(_MAX_TOKENS, lambda tokens: tokens >= 1, 'sample at least one token per corpus')
+flags.register_multi_flags_validator(
+    ['domains', 'gains'], lambda values: not values['gains'] or len([d for d in values['domains'] if d]) >= 3,
+    'a rank correlation with G needs at least 3 --domains (or --nogains)')
 
 METRICS = ('unigram_jsd', 'bigram_jsd', 'trigram_jsd', 'c2st_auc', 'mauve')
 
@@ -58,11 +62,7 @@ def main(argv):
   del argv
   from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import similarity as similarity_lib  # pylint: disable=g-import-not-at-top
-  if not common.WORKDIR.value:
-    raise ValueError('--workdir is required: the folder where the study writes its runs and report')
   domains = [d if ':' in d else f'builtin:{d}' for d in _DOMAINS.value if d]
-  if _GAINS.value and len(domains) < 3:
-    raise ValueError(f'--domains has {len(domains)}; a rank correlation needs at least 3 domains')
   if _EMBEDDINGS.value and similarity_lib.embedding_extra_missing():
     raise ValueError(similarity_lib.embedding_extra_missing())
   gains = measured_gains(common.base_config(), domains) if _GAINS.value else {}

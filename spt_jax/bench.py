@@ -14,23 +14,31 @@ tokens/s (spt_jax/data/bench.py) beside the step's: the input pipeline must outp
 import json
 import time
 
-from absl import app
 from absl import flags
 
+from spt_jax import cli
 from spt_jax.data import bench as data_bench
+from spt_jax.model import flops
 
-_PRESET = flags.DEFINE_string('preset', 'cpu-2m', 'Model preset (spt_jax.model.flops.PRESETS).')
+_PRESET = flags.DEFINE_enum('preset', 'cpu-2m', list(flops.PRESETS), 'Model preset (spt_jax/model/flops.py).')
 _BATCH, _SEQ_LEN = data_bench.BATCH, data_bench.SEQ_LEN  # --batch_size and --seq_len, shared with the mixture's.
 _PIPELINE = flags.DEFINE_bool('pipeline', False, 'Also time the data mixture (--pipeline_steps, --domain_fraction).')
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per round (after one compile-and-warm-up step).')
-_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds of the peak matmul and the train step.')
-_DTYPE = flags.DEFINE_string('dtype', '', "Computation dtype; default bfloat16 on accelerators, float32 on CPU.")
-_REMAT = flags.DEFINE_string('remat_policy', 'none', 'Remat policy (spt_jax.model.decoder.REMAT_POLICIES).')
-_ATTENTION = flags.DEFINE_string('attention_impl', 'auto', "'auto', 'splash', 'cudnn', 'xla' or '' (JAX picks).")
-_LOSS_CHUNK = flags.DEFINE_integer('loss_chunk_length', 0, 'Positions per loss chunk (0: the whole sequence).')
-_SCAN_UNROLL = flags.DEFINE_integer('scan_unroll', -1, 'Layers per scan iteration (0: all; -1: the preset\'s).')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per round (after one compile-and-warm-up step).', lower_bound=1)
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds of the peak matmul and the train step.',
+                               lower_bound=1)
+_DTYPE = flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16', 'float16'],
+                           "Computation dtype; '' is bfloat16 on accelerators, float32 on CPU.")
+# The names of spt_jax.model.decoder.REMAT_POLICIES and attention.IMPLEMENTATIONS (tests/test_cli.py checks them),
+# written out so that a bad value is refused before JAX is imported.
+_REMAT = flags.DEFINE_enum('remat_policy', 'none', ['none', 'full', 'dots', 'dots_no_batch'], 'Remat policy.')
+_ATTENTION = flags.DEFINE_enum('attention_impl', 'auto', ['auto', 'splash', 'cudnn', 'xla', ''],
+                               "Attention kernel; '' lets JAX pick.")
+_LOSS_CHUNK = flags.DEFINE_integer('loss_chunk_length', 0, 'Positions per loss chunk (0: the whole sequence).',
+                                   lower_bound=0)
+_SCAN_UNROLL = flags.DEFINE_integer('scan_unroll', -1, 'Layers per scan iteration (0: all; -1: the preset\'s).',
+                                    lower_bound=-1)
 _MATMUL = flags.DEFINE_integer('matmul_size', 0, 'Side of the peak-FLOP/s matmul (0: 8192 on accelerators, '
-                               '2048 on CPU).')
+                               '2048 on CPU).', lower_bound=0)
 
 
 class TrainStepTimer:
@@ -41,7 +49,6 @@ class TrainStepTimer:
     import numpy as np
     import optax
     from spt_jax.train import config as config_lib
-    from spt_jax.model import flops
     from spt_jax.model import sharding
     from spt_jax.train import step as train
     config = config_lib.base_config(preset)
@@ -81,7 +88,6 @@ def measure(preset: str, batch_size: int, seq_len: int, steps: int, rounds: int,
 
 def measure_timer(timer: TrainStepTimer, steps: int, rounds: int, dtype: str, matmul_size: int) -> dict:
   """measure() of a timer already built (and compiled)."""
-  from spt_jax.model import flops
   peaks, seconds = [], []
   for _ in range(rounds):
     peaks.append(flops.peak_matmul_flops(dtype, matmul_size))
@@ -120,7 +126,6 @@ def main(argv):
   print(f'MFU               {100 * result["mfu"]:.1f}% (rounds: '
         f'{100 * min(result["round_mfu"]):.1f}-{100 * max(result["round_mfu"]):.1f}%)')
   if _PIPELINE.value:
-    from spt_jax.model import flops  # pylint: disable=g-import-not-at-top
     vocab_size = flops.PRESETS[_PRESET.value]['vocab_size']
     result.update(data_bench.pipeline_speed(_BATCH.value, _SEQ_LEN.value, vocab_size, data_bench.DELTA.value,
                                             data_bench.STEPS.value))
@@ -132,4 +137,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

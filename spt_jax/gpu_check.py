@@ -32,6 +32,8 @@ _OUT = flags.DEFINE_string('out', '', 'Folder for gpu_check.json (default: print
 _DRY = flags.DEFINE_bool('dry', False, 'CPU sizes (cpu-160k, float32, XLA attention, sequence 64): checks the path.')
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['64', '48', '32', '24', '16', '8'],
                                  'Batch sizes to try, largest first; the first that fits is measured.')
+flags.register_validator(_BATCH_SIZES, lambda sizes: bool(sizes) and all(s.isdigit() and int(s) > 0 for s in sizes),
+                         'give positive batch sizes, e.g. 64,32,16')
 FLAGS = flags.FLAGS  # Also spt_jax.bench's: --remat_policy, --steps, --rounds, --matmul_size (0: 8192).
 
 # What the check runs: the GPU run, and the dry run's CPU sizes of the same path.
@@ -81,11 +83,9 @@ def main(argv) -> None:
   del argv
   sizes = DRY if _DRY.value else FULL
   if not _DRY.value and jax.default_backend() != 'gpu':
-    raise ValueError(f'no GPU here (JAX backend {jax.default_backend()}); install jax[cuda12] on a GPU host, '
+    raise cli.UsageError(f'no GPU here (JAX backend {jax.default_backend()}); install jax[cuda12] on a GPU host, '
                          'or run with --dry to check the path on this host')
   batch_sizes = [int(b) for b in _BATCH_SIZES.value]
-  if not batch_sizes or min(batch_sizes) < 1:
-    raise ValueError(f'--batch_sizes={_BATCH_SIZES.value}: give positive batch sizes, e.g. 64,32,16')
   timer = largest_batch_timer(batch_sizes if not _DRY.value else [8, 4], FLAGS.remat_policy, **sizes)
   result = bench.measure_timer(timer, FLAGS.steps, FLAGS.rounds, sizes['dtype'],
                                FLAGS.matmul_size or (512 if _DRY.value else 8192))
@@ -113,4 +113,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  cli.run(main, before=None)
+  cli.run(main)

@@ -16,12 +16,36 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, optional
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the run writes config, metrics, checkpoints, summary '
                                 '(default: runs/<config>_<preset>; with several hosts, a path all of them see).')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Build the abstract state and print what the run would be.')
-_DEVICES = flags.DEFINE_integer('devices', 0, 'Dry run only: plan for this many devices (default: present).')
+_DEVICES = flags.DEFINE_integer('devices', 0, 'Dry run only: plan for this many devices (default: present).',
+                                lower_bound=0)
 _TOPOLOGY = flags.DEFINE_string('topology', '', 'Dry run only: compile for this Cloud TPU topology (v5e-256, v4-8, '
                                 '...) and print the per-chip plan (spt_jax/hardware/aot.py; needs libtpu).')
 _MFU = flags.DEFINE_float('mfu', 0.4, 'Dry run with --topology: the MFU the run\'s accelerator-hours assume.')
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'Show the libraries\' log lines (orbax, JAX, asyncio) on the terminal '
                              'too; they always go to W/log.txt.')
+flags.mark_flag_as_required('config')
+flags.register_validator(_WORKDIR, lambda workdir: '://' not in (workdir or ''), 'a URL; use a path every host sees '
+                         '(mount a bucket with gcsfuse, e.g. --workdir=/gcs/BUCKET/run)')
+flags.register_validator(_MFU, lambda mfu: 0 < mfu <= 1, 'the MFU is a fraction in (0, 1], e.g. 0.4')
+flags.register_multi_flags_validator(
+    ['dry_run', 'devices', 'topology'],
+    lambda values: values['dry_run'] or not (values['devices'] or values['topology']),
+    '--devices and --topology plan a dry run; add --dry_run')
+
+
+def _known_topology(name: str) -> bool:
+  """Empty, or a Cloud TPU accelerator type that aot.parse_topology reads (imported only when one is given)."""
+  if not name:
+    return True
+  from spt_jax.hardware import aot  # pylint: disable=g-import-not-at-top
+  try:
+    aot.parse_topology(name)
+  except ValueError as error:
+    raise flags.ValidationError(str(error)) from None
+  return True
+
+
+flags.register_validator(_TOPOLOGY, _known_topology)
 
 
 def main(argv):
@@ -48,9 +72,6 @@ def main(argv):
     return
   held_logs = files.quiet_library_logs(_VERBOSE.value)
   workdir = _WORKDIR.value or sharding.default_workdir(config_flags.get_config_filename(flags.FLAGS['config']))
-  if '://' in workdir:
-    raise ValueError(f'--workdir={workdir} is a URL; use a path every host sees (mount a bucket with '
-                     'gcsfuse, e.g. --workdir=/gcs/BUCKET/run)')
   sharding.initialize_distributed()
   if jax.process_count() == 1:  # Several hosts: JAX's preemption service owns SIGTERM.
     files.exit_quietly_on_sigterm()  # Before the first step a SIGTERM exits 0 with one line, not 143.

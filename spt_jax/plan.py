@@ -19,6 +19,7 @@ import warnings
 from absl import flags
 import numpy as np
 
+from spt_jax import cli
 from spt_jax.storage import files
 
 
@@ -238,9 +239,14 @@ COMMANDS = {
     'similarity': ('tokenizer', 'max_tokens', 'embeddings', 'segments', 'seed', 'out', 'format'),
 }
 _REQUIRED = {'gains': ('npt', 'spt'), 'forecast': ('fit', 'delta', 'tokens'), 'recommend': ('fit', 'tokens')}
-_DELTAS, _TOKENS = ('delta', 'candidates', 'crossover', 'delta_max', 'max_delta'), ('tokens', 'pretrain_tokens',
-                                                                        'finetune_tokens', 'max_inference_tokens',
-                                                                        'max_tokens')
+_INPUTS = ('npt', 'spt', 'npt_large', 'runs', 'csv', 'fit', 'tokenizer')  # Paths that must exist.
+
+
+def _model(text: str) -> str:
+  """A model preset name or parameter count, checked (cost.model_size's one-line error otherwise)."""
+  from spt_jax.analysis import cost as cost_lib  # pylint: disable=g-import-not-at-top
+  cost_lib.model_size(text)
+  return text
 
 
 def _flags() -> flags.FlagValues:
@@ -251,68 +257,69 @@ def _flags() -> flags.FlagValues:
   flags.DEFINE_string('npt_large', None, 'gains: pipeline workdir of a larger NPT model (gap closed)', **define)
   flags.DEFINE_list('runs', None, 'fit: run or pipeline workdirs at several δ', **define)
   flags.DEFINE_string('csv', None, 'fit: delta,tokens,domain_train_loss,domain_test_loss[,post_ft_...]', **define)
-  flags.DEFINE_integer('bootstrap', 100, 'fit: bootstrap resamples for 95% CIs (0: none)', **define)
+  flags.DEFINE_integer('bootstrap', 100, 'fit: bootstrap resamples for 95% CIs (0: none)', lower_bound=0, **define)
   flags.DEFINE_float('huber', 1e-2, 'fit: Huber scale on log-loss residuals (--loss=huber)', **define)
   flags.DEFINE_enum('loss', 'mse', ['mse', 'huber'], "fit: the paper's mean squared error, or a robust Huber loss",
                     **define)
-  flags.DEFINE_string('max_delta', None, 'fit: fit only runs with δ ≤ this (forecast the rest)', **define)
-  flags.DEFINE_integer('seed', 0, 'fit, similarity: random seed', **define)
+  cli.define('max_delta', None, 'fit: fit only runs with δ ≤ this (forecast the rest)', _delta, **define)
+  flags.DEFINE_integer('seed', 0, 'fit, similarity: random seed', lower_bound=0, **define)
   flags.DEFINE_string('fit', None, 'forecast, recommend: fit.json written by `plan fit`', **define)
-  flags.DEFINE_list('delta', None, 'forecast: δ values (fractions, or percentages with %)', **define)
-  flags.DEFINE_list('tokens', None, 'forecast, recommend: token budgets (200e9, 200B, 1.5T)', **define)
+  cli.define_list('delta', None, 'forecast: δ values (fractions, or percentages with %)', _delta, **define)
+  cli.define_list('tokens', None, 'forecast, recommend: token budgets (200e9, 200B, 1.5T)', _tokens, **define)
   flags.DEFINE_enum('objective', 'post_ft', ['post_ft', 'test'], 'recommend: the loss minimised', **define)
-  flags.DEFINE_string('delta_max', None, 'recommend: largest δ searched (default: the largest fitted)', **define)
-  flags.DEFINE_list('candidates', None, 'recommend: also pick the best of these δ', **define)
-  flags.DEFINE_list('crossover', None, 'recommend: two δ, DELTA_A,DELTA_B: where one overtakes the other', **define)
-  flags.DEFINE_string('small', 'olmo-1b', 'cost: model preset name or parameter count', **define)
-  flags.DEFINE_string('large', 'olmo-3b', 'cost: model preset name or parameter count', **define)
-  flags.DEFINE_string('pretrain_tokens', '200e9', 'cost: pretraining tokens of the small model', **define)
-  flags.DEFINE_string('finetune_tokens', '1.5e9', 'cost: finetuning tokens (both strategies)', **define)
-  flags.DEFINE_integer('seq_len', 2048, 'cost: training sequence length', **define)
-  flags.DEFINE_integer('context', 2048, 'cost: average attended context at inference', **define)
-  flags.DEFINE_string('max_inference_tokens', None, 'cost: right end of the plot', **define)
+  cli.define('delta_max', None, 'recommend: largest δ searched (default: the largest fitted)', _delta, **define)
+  cli.define_list('candidates', None, 'recommend: also pick the best of these δ', _delta, **define)
+  cli.define_list('crossover', None, 'recommend: two δ, DELTA_A,DELTA_B: where one overtakes the other', _delta,
+                  **define)
+  cli.define('small', 'olmo-1b', 'cost: model preset name or parameter count', _model, **define)
+  cli.define('large', 'olmo-3b', 'cost: model preset name or parameter count', _model, **define)
+  cli.define('pretrain_tokens', '200e9', 'cost: pretraining tokens of the small model', _tokens, **define)
+  cli.define('finetune_tokens', '1.5e9', 'cost: finetuning tokens (both strategies)', _tokens, **define)
+  flags.DEFINE_integer('seq_len', 2048, 'cost: training sequence length', lower_bound=1, **define)
+  flags.DEFINE_integer('context', 2048, 'cost: average attended context at inference', lower_bound=1, **define)
+  cli.define('max_inference_tokens', None, 'cost: right end of the plot', _tokens, **define)
   flags.DEFINE_string('tokenizer', '', "similarity: tokenizers JSON (default for built-in corpora: OLMo's)",
                       **define)
-  flags.DEFINE_string('max_tokens', None, 'similarity: tokens sampled per corpus (default 1.5e6); fit: fit only '
-                      'evaluations at ≤ this many tokens', **define)
+  cli.define('max_tokens', None, 'similarity: tokens sampled per corpus (default 1.5e6); fit: fit only '
+             'evaluations at ≤ this many tokens', _tokens, **define)
   flags.DEFINE_bool('embeddings', False, 'similarity: also C2ST AUC and MAUVE (needs the similarity extra)',
                     **define)
-  flags.DEFINE_integer('segments', 200, 'similarity: 256-token segments embedded per corpus', **define)
+  flags.DEFINE_integer('segments', 200, 'similarity: 256-token segments embedded per corpus', lower_bound=1,
+                       **define)
   flags.DEFINE_string('out', None, 'folder for plots, JSON and a report (fit: default .)', **define)
   flags.DEFINE_enum('format', 'text', ['text', 'json'], 'gains, cost, similarity: what is printed', **define)
+  flags.register_validator('huber', lambda scale: scale > 0, 'the Huber scale must be positive', flag_values=fv)
+  flags.register_validator('crossover', lambda deltas: deltas is None or len(deltas) == 2,
+                           'give two δ: DELTA_A,DELTA_B', flag_values=fv)
   return fv
 
 
-def _arguments(argv: list[str]) -> tuple[str, dict]:
-  """(subcommand, its keyword arguments) from the command line; one-line ValueErrors for bad input."""
-  fv = _flags()
-  try:
-    rest = fv(['plan', *argv])[1:]
-  except flags.Error as error:
-    raise ValueError(str(error).splitlines()[0]) from error
+def _arguments(fv: flags.FlagValues, rest: list[str]) -> tuple[str, dict]:
+  """(subcommand, its keyword arguments) from the parsed flags and positional arguments; UsageError if wrong."""
   if not rest or rest[0] not in COMMANDS:
-    raise ValueError(f'give a subcommand first: one of {", ".join(COMMANDS)} (python -m spt_jax.plan fit ...)')
+    raise cli.UsageError(f'give a subcommand first: one of {", ".join(COMMANDS)} (python -m spt_jax.plan fit ...)')
   command, positional = rest[0], rest[1:]
   given = [name for name in fv if fv[name].present]
   stray = [name for name in given if name not in COMMANDS[command]]
   if stray:
-    raise ValueError(f'--{stray[0]} is not a flag of `plan {command}`; its flags: '
-                     f'{", ".join("--" + name for name in COMMANDS[command])}')
+    raise cli.UsageError(f'--{stray[0]} is not a flag of `plan {command}`; its flags: '
+                         f'{", ".join("--" + name for name in COMMANDS[command])}')
   missing = [name for name in _REQUIRED.get(command, ()) if name not in given]
   if missing:
-    raise ValueError(f'`plan {command}` needs --{missing[0]}')
+    raise cli.UsageError(f'`plan {command}` needs --{missing[0]}')
+  if command == 'fit' and ('runs' in given) == ('csv' in given):
+    raise cli.UsageError('`plan fit` needs either --runs W1,W2,... or --csv FILE')
   if positional and command != 'similarity':
-    raise ValueError(f'`plan {command}` takes no positional arguments (got {positional[0]!r})')
-  arguments = {}
-  for name in given:
+    raise cli.UsageError(f'`plan {command}` takes no positional arguments (got {positional[0]!r})')
+  if command == 'similarity' and len(positional) < 2:
+    raise cli.UsageError('`plan similarity` compares a reference corpus with at least one other: give two or more '
+                         '(e.g. builtin:english builtin:coq)')
+  for name in set(given) & set(_INPUTS):
     value = fv[name].value
-    if name in _DELTAS:
-      value = [_delta(v) for v in value] if isinstance(value, list) else _delta(value)
-    elif name in _TOKENS:
-      value = [_tokens(v) for v in value] if isinstance(value, list) else _tokens(value)
-    arguments[name] = value
-  if len(arguments.get('crossover', (0, 0))) != 2:
-    raise ValueError('--crossover takes two δ: DELTA_A,DELTA_B')
+    for path in [value] if isinstance(value, str) else value:
+      if path and not os.path.exists(path):
+        raise cli.UsageError(f'--{name}: {path} does not exist')
+  arguments = {name: fv[name].value for name in given}
   if command == 'similarity':
     arguments['corpora'] = positional
   return command, arguments
@@ -322,19 +329,23 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
   print(f'warning: {message}', file=sys.stderr)
 
 
-def main(argv=None) -> int:
-  """`python -m spt_jax.plan SUBCOMMAND --flag=value ...`; 0 on success, 2 (and one line on stderr) on bad input."""
-  warnings.showwarning = _show_warning
-  try:
-    command, arguments = _arguments(sys.argv[1:] if argv is None else list(argv))
+def _subcommand(fv: flags.FlagValues):
+  """The main of one parse of fv: runs the subcommand its positional arguments name."""
+  def run(argv: list[str]) -> None:
+    warnings.showwarning = _show_warning
+    command, arguments = _arguments(fv, argv[1:])
     functions = {'gains': gains, 'fit': fit, 'forecast': forecast, 'recommend': recommend, 'cost': cost,
                  'similarity': similarity}
     functions[command](**arguments)
-  except ValueError as error:
-    print(f'error: {error}', file=sys.stderr)
-    return 2
-  return 0
+  return run
+
+
+def main(argv: list[str] | None = None) -> int:
+  """`python -m spt_jax.plan SUBCOMMAND --flag=value ...`: the exit status of spt_jax/cli.py's convention."""
+  fv = _flags()
+  return cli.status(_subcommand(fv), argv=None if argv is None else ['plan', *argv], flag_values=fv)
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  _FLAGS = _flags()
+  cli.run(_subcommand(_FLAGS), flag_values=_FLAGS)

@@ -10,7 +10,6 @@ CLI: python -m spt_jax.sample --checkpoint C --prompt 'X:1' [--temperature 0.8 -
 import functools
 import json
 
-from absl import app
 from absl import flags
 import flax.linen as nn
 import jax
@@ -134,24 +133,24 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   """The CLI's flags (defined on use, so that importing this module as a library defines none)."""
-  flags.DEFINE_string('checkpoint', None, 'Run workdir, checkpoint folder or Hugging Face OLMo dir.')
+  flags.DEFINE_string('checkpoint', None, 'Run workdir, checkpoint folder or Hugging Face OLMo dir.', required=True)
   flags.DEFINE_string('prompt', '', 'Text to continue (\\n is a newline).')
-  flags.DEFINE_integer('max_new_tokens', 256, 'Tokens to generate at most.')
-  flags.DEFINE_float('temperature', 0.0, '0: greedy.')
-  flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass (1: off).')
-  flags.DEFINE_integer('num_samples', 1, 'Continuations of the prompt.')
-  flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-  flags.DEFINE_integer('max_len', 0, 'Context length; 0: the run\'s data.seq_len.')
+  flags.DEFINE_integer('max_new_tokens', 256, 'Tokens to generate at most.', lower_bound=1)
+  flags.DEFINE_float('temperature', 0.0, '0: greedy.', lower_bound=0)
+  flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass (1: off).', upper_bound=1)
+  flags.DEFINE_integer('num_samples', 1, 'Continuations of the prompt.', lower_bound=1)
+  flags.DEFINE_integer('seed', 0, 'Sampling seed.', lower_bound=0)
+  flags.DEFINE_integer('max_len', 0, 'Context length; 0: the run\'s data.seq_len.', lower_bound=0)
   flags.DEFINE_bool('eos_prefix', True, 'Start the prompt after EOS, as every training document.')
   flags.DEFINE_bool('check_abc', False, 'Check that each sample parses as ABC music (needs music21).')
+  cli.must_exist('checkpoint', 'point it at a run workdir, a checkpoint folder or a Hugging Face OLMo directory')
+  flags.register_validator('top_p', lambda mass: mass > 0, 'the nucleus mass is in (0, 1]; 1 turns it off')
 
 
 def main(argv) -> None:
   del argv
   from spt_jax import export  # pylint: disable=g-import-not-at-top
   from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  if not FLAGS.checkpoint:
-    raise app.UsageError('--checkpoint is required: a run workdir, checkpoint folder or Hugging Face OLMo dir.')
   loaded = export.load_checkpoint(FLAGS.checkpoint)
   tokenizer = loaded.tokenizer
   max_len = FLAGS.max_len or loaded.seq_len

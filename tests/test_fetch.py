@@ -339,6 +339,15 @@ def test_plain_fetch_exit_code_depends_on_pypi_sources(monkeypatch):
   assert fetch.main([]) == 1
 
 
+def test_a_wrong_command_line_exits_2_before_fetching(monkeypatch, capsys):
+  monkeypatch.setattr(fetch, 'fetch', pytest.fail)
+  assert fetch.main(['--only', 'coq,nope']) == 2
+  known = sorted({*fetch.corpora.CORPORA, *fetch.corpora.GROUPS, fetch.corpora.TOKENIZER})
+  assert capsys.readouterr().err.strip() == ("error: flag --only=coq,nope: unknown built-in source 'nope'; choose "
+                                             f'from {", ".join(known)}')
+  assert fetch.main(['coq']) == 2 and "unexpected argument 'coq'" in capsys.readouterr().err
+
+
 def test_client_failure_and_absence_are_one_line_errors(tmp_path):
   failing = [sys.executable, '-c', 'import sys; print("Looking in indexes"); '
              'sys.stderr.write("ERROR: Could not find a version that satisfies the requirement x==9\\n"); sys.exit(1)']

@@ -115,6 +115,7 @@ def test_gains_cost_and_similarity_subcommands(workdirs, capsys, tmp_path):
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path, capsys, workdirs):
+  """A wrong command line exits 2 (spt_jax/cli.py's usage errors); inputs that cannot be analysed exit 1."""
   capsys.readouterr()
   assert plan.main(['forecast', '--fit', 'x.json', '--delta', '2', '--tokens', '1e9']) == 2
   assert 'fraction' in capsys.readouterr().err
@@ -124,20 +125,24 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys, workdirs):
   assert plan.main(['gains', '--npt', 'W0']) == 2
   assert 'needs --spt' in capsys.readouterr().err
   assert plan.main(['--bogus=1', 'fit']) == 2 and 'bogus' in capsys.readouterr().err
+  assert plan.main(['forecast', '--fit', str(tmp_path / 'x.json'), '--delta', '0.02', '--tokens', '1e9']) == 2
+  assert 'x.json does not exist' in capsys.readouterr().err
+  assert plan.main(['recommend', '--fit', 'x.json', '--tokens', '1e9', '--crossover', '0.02']) == 2
+  assert '--crossover' in capsys.readouterr().err
   csv = tmp_path / 'percent.csv'
   csv.write_text('delta,tokens,domain_train_loss,domain_test_loss\n2,1e9,2.0,2.1\n')
-  assert plan.main(['fit', '--csv', str(csv), '--out', str(tmp_path)]) == 2
+  assert plan.main(['fit', '--csv', str(csv), '--out', str(tmp_path)]) == 1
   err = capsys.readouterr().err
   assert 'percent' in err and len(err.strip().splitlines()) == 1
   missing = _write_pipeline(tmp_path, 0.02, 0, with_train_eval=False)
-  assert plan.main(['fit', '--runs', f'{workdirs[0]},{missing}', '--out', str(tmp_path)]) == 2
+  assert plan.main(['fit', '--runs', f'{workdirs[0]},{missing}', '--out', str(tmp_path)]) == 1
   assert 'eval/domain_train/loss' in capsys.readouterr().err
   mixed = _write_pipeline(tmp_path / 'mixed', 0.05, 0, tokenizer='olmo')
-  assert plan.main(['fit', '--runs', f'{workdirs[0]},{mixed}', '--out', str(tmp_path)]) == 2
+  assert plan.main(['fit', '--runs', f'{workdirs[0]},{mixed}', '--out', str(tmp_path)]) == 1
   assert 'different tokenizers' in capsys.readouterr().err
   few = tmp_path / 'few.csv'
   few.write_text('delta,tokens,domain_train_loss,domain_test_loss\n0.01,1e9,2.0,2.1\n0.02,2e9,1.9,2.0\n')
-  assert plan.main(['fit', '--csv', str(few), '--out', str(tmp_path)]) == 2
+  assert plan.main(['fit', '--csv', str(few), '--out', str(tmp_path)]) == 1
   assert 'cannot fit 12 parameters' in capsys.readouterr().err
 
 

