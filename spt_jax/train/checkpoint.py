@@ -5,7 +5,7 @@ A run's workdir W holds W/config.json and W/checkpoints/<step>/{state,meta}: `st
 The loop's data state is the step number, so nothing else is needed for an exact resume.
 
 Integrity: once orbax has committed a step (saves are asynchronous: a thread waits for the commit), process 0
-writes W/checkpoints/<step>/manifest.json with the size and BLAKE2b of every file of the step. Before orbax reads
+writes W/checkpoints/<step>/manifest.json with the size and SHA-256 of every file of the step. Before orbax reads
 a checkpoints folder, every step gets the light check (file list, sizes, small files hashed: orbax reads the
 metrics and metadata files at start-up) and the newest one that passes gets the full check; a restore and a
 params-only load (init_from) check the step they read first. A step that fails is moved, never deleted, to
@@ -475,7 +475,8 @@ def measure(parameters: int, folder: str, repeats: int = 3) -> dict:
   it, to write its manifest, and to check it (light and full): the best of `repeats`."""
   leaves = 8  # A model's state is many arrays; orbax writes them in parallel.
   size = max(int(parameters) // leaves, 1)
-  state = {part: [jax.numpy.full((size,), index, jax.numpy.float32) for index in range(leaves)]
+  keys = iter(jax.random.split(jax.random.PRNGKey(0), 3 * leaves))  # Random: orbax compresses constant arrays.
+  state = {part: [jax.random.normal(next(keys), (size,), jax.numpy.float32) for _ in range(leaves)]
            for part in ('params', 'mu', 'nu')}
   jax.block_until_ready(state)
   timings = {}
@@ -497,7 +498,9 @@ def measure(parameters: int, folder: str, repeats: int = 3) -> dict:
     checkpoints.close()
     timings = {key: min(value, timings.get(key, value)) for key, value in seconds.items()}
   state_bytes = 3 * leaves * size * 4
+  on_disk = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(step_dir) for name in names)
   return dict(parameters=int(parameters), state_megabytes=round(state_bytes / 1e6, 1),
+              on_disk_megabytes=round(on_disk / 1e6, 1),
               **{f'{key}_seconds': round(value, 4) for key, value in timings.items()},
               manifest_fraction=round(timings['manifest'] / timings['save'], 3),
               full_check_fraction=round(timings['full_check'] / timings['save'], 3))
