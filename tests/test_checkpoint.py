@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from spt_jax.storage import manifest
 from spt_jax.train import checkpoint
 from spt_jax.train import step as train
 
@@ -76,6 +77,19 @@ def test_non_finite_is_refused_and_existing_step_kept(tmp_path):
   state, _ = checkpoints.restore(_abstract(_state(0.0)))
   assert checkpoints.all_steps() == [3]
   assert float(state.params['embed']['embedding'][0, 0]) == 3.0
+  checkpoints.close()
+
+
+def test_every_step_carries_a_manifest_and_one_without_gets_it_once_restored(tmp_path):
+  checkpoints = _save_steps(str(tmp_path), {1: 2.0, 2: 1.0})
+  folders = {step: os.path.join(checkpoints.directory, str(step)) for step in (1, 2)}
+  assert all(manifest.check(folder) is None for folder in folders.values())
+  checkpoints.close()
+  os.unlink(os.path.join(folders[2], manifest.MANIFEST_FILE))  # Killed between orbax's commit and the manifest.
+  checkpoints = checkpoint.Checkpoints(str(tmp_path), keep=2)
+  step, state, _ = checkpoints.restore_newest(_abstract(_state(0.0)))
+  assert step == 2 and float(state.params['embed']['embedding'][0, 0]) == 2.0  # Used unverified: orbax commits whole.
+  assert manifest.check(folders[2]) is None  # And recorded now that it restored.
   checkpoints.close()
 
 

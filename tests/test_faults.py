@@ -192,45 +192,97 @@ def _largest_file(folder: pathlib.Path) -> pathlib.Path:
   return max((p for p in folder.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('damage', ['truncated', 'state_deleted', 'deleted'])
-def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(tmp_path, reference, damage):
-  workdir = tmp_path / 'run'
-  _unfinished_copy(reference, workdir)
-  newest = workdir / 'checkpoints' / str(STEPS)
-  if damage == 'truncated':  # As a full disk or a cut copy leaves it.
+def _flip_bytes(path: pathlib.Path, count: int = 3) -> None:
+  """Inverts a few bytes in the middle of a file: same size, same ends (a bad disk sector, a cosmic ray)."""
+  with open(path, 'r+b') as f:
+    f.seek(path.stat().st_size // 2)
+    middle = f.read(count)
+    f.seek(-len(middle), os.SEEK_CUR)
+    f.write(bytes(b ^ 0xFF for b in middle))
+
+
+def _damage(newest: pathlib.Path, damage: str) -> None:
+  if damage.startswith('unverified_'):  # As a step saved before manifests, or killed just before its manifest.
+    (newest / 'manifest.json').unlink()
+  if damage in ('truncated', 'unverified_truncated'):  # As a full disk or a cut copy leaves it.
     largest = _largest_file(newest / 'state')
     os.truncate(largest, largest.stat().st_size // 2)
   elif damage == 'state_deleted':
     shutil.rmtree(newest / 'state')
-  else:
+  elif damage == 'deleted':
     shutil.rmtree(newest)
-  process, marker = _start(tmp_path, workdir)
-  output = _finish(process)
-  assert f'STOP budget {STEPS}' in output and _markers(marker)[0] == 'START 10'
-  warnings = [line for line in output.splitlines() if 'does not restore' in line]
-  if damage == 'deleted':
-    assert not warnings  # Nothing to set aside: the previous checkpoint is simply the newest.
-  else:
-    assert len(warnings) == 1 and f'Checkpoint {STEPS} does not restore (' in warnings[0]
-    assert warnings[0].endswith('and resumed from step 10.')
-    set_aside = workdir / checkpoint.DAMAGED / str(STEPS)
-    assert set_aside.is_dir() and any(set_aside.rglob('*'))  # Kept, not deleted.
-  _same_run(workdir, reference)
+  elif damage == 'metrics_empty':
+    (newest / 'metrics' / 'metrics').write_bytes(b'')
+  elif damage in ('metrics_garbage', 'unverified_metrics_garbage'):  # Same size, not UTF-8.
+    metrics = newest / 'metrics' / 'metrics'
+    metrics.write_bytes(b'\xb8' * metrics.stat().st_size)
+  elif damage == 'meta_garbage':  # The loop's state and the resolved config.
+    _flip_bytes(newest / 'meta' / 'metadata', 1)
+  elif damage == 'array_bytes_flipped':
+    _flip_bytes(_largest_file(newest / 'state'))
 
 
 @pytest.mark.slow
-def test_no_checkpoint_restores_is_one_line_and_moves_nothing(tmp_path, reference):
+@pytest.mark.parametrize('damage, reason', [
+    ('truncated', 'size'), ('state_deleted', 'missing-file'), ('deleted', None), ('metrics_empty', 'size'),
+    ('metrics_garbage', 'hash-mismatch'), ('meta_garbage', 'hash-mismatch'), ('array_bytes_flipped', 'hash-mismatch'),
+    ('unverified_metrics_garbage', 'unreadable-metrics'), ('unverified_truncated', 'restore-error')])
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(tmp_path, reference, damage, reason):
+  workdir = tmp_path / 'run'
+  _unfinished_copy(reference, workdir)
+  _damage(workdir / 'checkpoints' / str(STEPS), damage)
+  process, marker = _start(tmp_path, workdir)
+  output = _finish(process)
+  assert f'STOP budget {STEPS}' in output and _markers(marker)[0] == 'START 10'
+  warnings = [line for line in output.splitlines() if ' is damaged (' in line]
+  if reason is None:
+    assert not warnings  # Nothing to set aside: the previous checkpoint is simply the newest.
+  else:
+    set_aside = workdir / checkpoint.DAMAGED / f'{STEPS}-{reason}'
+    assert len(warnings) == 1, warnings
+    assert f'Checkpoint {STEPS} is damaged ({reason}: ' in warnings[0]
+    # Found before orbax reads the step (the light or full check), or by orbax's own error while restoring it.
+    outcome = 'resumed from step 10.' if reason == 'restore-error' else 'the newest good checkpoint is step 10.'
+    assert warnings[0].endswith(f'; moved it to {set_aside}; {outcome}'), warnings[0]
+    assert set_aside.is_dir() and any(set_aside.rglob('*'))  # Kept, not deleted.
+    assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == ['10', '12']
+    assert (workdir / 'checkpoints' / '12' / 'manifest.json').is_file()  # The step saved again is recorded.
+  _same_run(workdir, reference)  # Every step logged once, none lost; the same parameters bit for bit.
+
+
+@pytest.mark.slow
+def test_no_checkpoint_is_usable_is_one_line_and_moves_nothing(tmp_path, reference):
   workdir = tmp_path / 'run'
   _unfinished_copy(reference, workdir)
   for step in checkpoint.Checkpoints(str(workdir), keep=2).all_steps():
     shutil.rmtree(workdir / 'checkpoints' / str(step) / 'state')
-  with pytest.raises(ValueError, match=r'no checkpoint in .* restores \(step 12: .*move .* aside') as error:
+  with pytest.raises(ValueError, match=r'no checkpoint in .* is usable \(step 12: missing-file: .*move .* aside') \
+      as error:
     loop.build(test_loop.tiny_config(steps=STEPS, checkpoint_every=2), str(workdir), stage='pretrain',
                data=test_loop.tiny_data())
   assert '\n' not in str(error.value)
   assert not (workdir / checkpoint.DAMAGED).exists()
   assert _metrics(workdir) == _metrics(reference)  # Nothing logged was dropped either.
+
+
+def test_a_damaged_final_pretrain_checkpoint_hands_finetuning_the_one_before(tmp_path, caplog):
+  data = test_loop.tiny_data()
+  pretrain = tmp_path / 'pretrain'
+  loop.run(test_loop.tiny_config(steps=4, checkpoint_every=2), str(pretrain), stage='pretrain', data=data)
+  _flip_bytes(_largest_file(pretrain / 'checkpoints' / '4' / 'state'))
+  with caplog.at_level('WARNING'):
+    summary = loop.run(test_loop.tiny_config(init_from=str(pretrain)), str(tmp_path / 'finetune'),
+                       stage='finetune', data=data)
+  warnings = [r.getMessage() for r in caplog.records if ' is damaged (' in r.getMessage()]
+  set_aside = pretrain / checkpoint.DAMAGED / '4-hash-mismatch'
+  flipped = _largest_file(set_aside / 'state').relative_to(set_aside)
+  expected = (f'Checkpoint 4 is damaged (hash-mismatch: {flipped} differs from its manifest); moved it to '
+              f'{set_aside}; loading step 2 instead.')
+  assert warnings == [expected], warnings
+  assert summary['init_step'] == 2 and summary['init_checkpoint'] == str(pretrain / 'checkpoints' / '2')
+  assert summary['stop_reason'] in ('budget', 'early_stopping')
+  steps = [r['step'] for r in _metrics(tmp_path / 'finetune')]
+  assert steps == sorted(set(steps)) and steps[0] == 0
 
 
 def test_non_finite_evaluations_are_written_as_null_never_nan(tmp_path, monkeypatch):

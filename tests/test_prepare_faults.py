@@ -1,6 +1,7 @@
-"""Preparation under faults: a full disk, a killed preparation's leftovers, a damaged shard, many processes."""
+"""Preparation under faults: a full disk, a killed preparation's leftovers, damaged shards, metadata and tokenizer."""
 
 import errno
+import json
 import logging
 import os
 import socket
@@ -93,3 +94,48 @@ def test_a_damaged_shard_is_found_by_its_checksum_set_aside_and_rebuilt(tmp_path
   for name, rows in _arrays(again).items():
     assert np.array_equal(rows, expected[name]), name
   assert not shards.damaged_files(again.path, again.metadata['shards'])
+
+
+@pytest.mark.parametrize('name, damage', [('metadata.json', 'flipped'), ('metadata.json', 'empty'),
+                                          ('tokenizer.json', 'flipped'), ('tokenizer.json', 'garbage')])
+def test_damaged_metadata_or_tokenizer_is_found_set_aside_and_rebuilt(tmp_path, caplog, name, damage):
+  config = _config(tmp_path)
+  first = prepare_lib.prepare(config)
+  expected, tokenizer = _arrays(first), first.tokenizer.to_str()
+  path = first.path / name
+  if damage == 'flipped':  # Still valid JSON: a digit changed, as a bad sector might.
+    text = path.read_text()
+    digit = next(i for i, c in enumerate(text) if c.isdigit() and i > len(text) // 2)
+    path.write_text(text[:digit] + str((int(text[digit]) + 1) % 10) + text[digit + 1:])
+  else:
+    path.write_bytes(b'' if damage == 'empty' else b'\xb8' * path.stat().st_size)
+  del first
+  with caplog.at_level(logging.WARNING):
+    again = prepare_lib.prepare(config)
+  warnings = [r.getMessage() for r in caplog.records if 'is damaged' in r.getMessage()]
+  set_aside = list(again.path.parent.glob(f'{again.path.name}.damaged-*'))
+  assert len(set_aside) == 1 and len(warnings) == 1, warnings
+  assert warnings[0] == (f'prepared data {again.path} is damaged ({name} does not match its recorded checksum): '
+                         f'set aside as {set_aside[0]}, preparing it again')
+  assert again.tokenizer.to_str() == tokenizer
+  for key, rows in _arrays(again).items():
+    assert np.array_equal(rows, expected[key]), key
+  assert not shards.damaged_files(again.path, json.loads((again.path / prepare_lib.CHECKSUMS_FILE).read_text()))
+
+
+def test_a_folder_without_checksums_gets_them_and_is_then_checked(tmp_path, caplog):
+  config = _config(tmp_path)
+  first = prepare_lib.prepare(config)
+  checksums = first.path / prepare_lib.CHECKSUMS_FILE
+  recorded = checksums.read_text()
+  checksums.unlink()  # As a folder prepared before checksums.json, or killed just before writing it.
+  (first.path / 'tokenizer.json').write_text('{"not": "a tokenizer"}')  # Unrecorded, but it does not load.
+  with caplog.at_level(logging.WARNING):
+    again = prepare_lib.prepare(config)
+  assert 'metadata.json or tokenizer.json does not load (Exception)' in caplog.text
+  rebuilt = json.loads(checksums.read_text())  # Rebuilt and recorded (metadata.json holds the build's timing).
+  assert rebuilt['tokenizer.json'] == json.loads(recorded)['tokenizer.json']
+  assert not shards.damaged_files(again.path, rebuilt)
+  recorded = checksums.read_text()
+  checksums.unlink()
+  assert prepare_lib.prepare(config).path == again.path and checksums.read_text() == recorded  # Recorded on use.

@@ -2,10 +2,13 @@
 
 Layout: `<cache_root>/prepared/<key>/` holds `train_<source>.npy` and `eval_<set>.npy` ([N, seq_len+1],
 uint16 when the vocabulary fits, else uint32; read memory-mapped), `test_documents_<source>.json` (content
-hashes of every held-out document), `tokenizer.json` (the tokenizer the ids belong to) and `metadata.json`
-(with a BLAKE2b checksum of every shard: a damaged shard is found at the next start, the folder is set aside
-and rebuilt). A pre-tokenized (`tokens:`) training source is not copied: metadata lists the files and rows
-it trains on, read in place (token_rows.py); remote token files are fetched once into `<cache_root>/remote/`.
+hashes of every held-out document), `tokenizer.json` (the tokenizer the ids belong to), `metadata.json`
+(with a BLAKE2b checksum of every shard) and `checksums.json` (the same checks of metadata.json and
+tokenizer.json). All are checked at each start: a damaged file sets the folder aside and it is rebuilt. A
+folder without checksums.json (prepared before it existed, or killed between its rename into place and that
+write) gets one at its next start, once its shards match metadata.json and both files load.
+A pre-tokenized (`tokens:`) training source is not copied: metadata lists the files and rows it trains on,
+read in place (token_rows.py); remote token files are fetched once into `<cache_root>/remote/`.
 Preparation streams (prepare_build.py): memory is bounded by ~24 bytes per text document plus a few chunks,
 whatever the size of a source, and free disk space is checked before writing.
 The held-out split of a text source is drawn over all its documents before any subsampling (so it does not
@@ -46,10 +49,13 @@ from spt_jax.data import sources as sources_lib
 from spt_jax.data import token_rows
 from spt_jax.data import tokenize
 from spt_jax.data import tokenizer as tokenizer_lib
+from spt_jax.storage import files
 
 FORMAT_VERSION = 3  # 2: held-out split before subsampling, across sources. 3: streamed, checksummed, in place.
 MAX_EVAL_SEQUENCES = build_lib.MAX_EVAL_SEQUENCES
 TRAIN_SOURCES = ('general', 'domain')
+CHECKSUMS_FILE = 'checksums.json'  # The checks of the files below, which metadata.json cannot hold of itself.
+CHECKSUMMED_FILES = ('metadata.json', 'tokenizer.json')
 tokenize_documents = tokenize.tokenize_documents  # The benchmark measures it.
 _WAIT_MS = 48 * 3600 * 1000  # How long processes other than 0 wait for its preparation.
 _rounds = collections.Counter()  # prepare() calls per key in this process: every process makes the same ones.
@@ -160,25 +166,60 @@ def _ready_or_built(config, parsed: dict, budgets: dict, folder: pathlib.Path) -
 def _build_and_load(config, parsed: dict, budgets: dict, folder: pathlib.Path) -> PreparedData:
   tokenizer = tokenizer_lib.load_tokenizer(config)
   metadata = _build(config, parsed, budgets, tokenizer, tokenizer_lib.tokenizer_hash(tokenizer), folder)
+  _record_checksums(folder)
   return _load(folder, metadata, tokenizer)
+
+
+def _record_checksums(folder: pathlib.Path) -> None:
+  files.write_json(str(folder / CHECKSUMS_FILE), {name: shards.file_checks(folder / name)
+                                                  for name in CHECKSUMMED_FILES})
+
+
+def _set_aside(folder: pathlib.Path, why: str) -> None:
+  aside = folder.with_name(f'{folder.name}.damaged-{time.strftime("%Y%m%d-%H%M%S")}')
+  folder.rename(aside)
+  logging.warning('prepared data %s is damaged (%s): set aside as %s, preparing it again', folder, why, aside)
+
+
+def _damaged_records(folder: pathlib.Path) -> str | None:
+  """Why metadata.json or tokenizer.json cannot be trusted (None when they match checksums.json or it is absent)."""
+  path = folder / CHECKSUMS_FILE
+  if not path.is_file():
+    return None
+  try:
+    checks = json.loads(path.read_text())
+    damaged = shards.damaged_files(folder, {name: checks[name] for name in CHECKSUMMED_FILES})
+  except (ValueError, KeyError, TypeError) as error:
+    return f'{CHECKSUMS_FILE} does not load ({type(error).__name__})'
+  return f'{damaged[0]} does not match its recorded checksum' if damaged else None
 
 
 def _ready(folder: pathlib.Path, parsed: dict, verify: bool = True) -> PreparedData | None:
   """The prepared data in folder when it is complete, unchanged and undamaged; None when it must be built."""
   if not (folder / 'metadata.json').is_file():
     return None
-  metadata = json.loads((folder / 'metadata.json').read_text())
+  damaged = _damaged_records(folder) if verify else None
+  if damaged:
+    _set_aside(folder, damaged)
+    return None
+  try:
+    metadata = json.loads((folder / 'metadata.json').read_text())
+    # The tokenizer the sequences were made with travels with them (a BPE may since have been retrained).
+    tokenizer = tokenizers.Tokenizer.from_file(str(folder / 'tokenizer.json'))
+  except Exception as error:  # pylint: disable=broad-except  (tokenizers raises a bare Exception)
+    if not verify:
+      raise
+    _set_aside(folder, f'metadata.json or tokenizer.json does not load ({type(error).__name__})')
+    return None
   for name, source in parsed.items():
     _check_unchanged(source, metadata['sources'][name], folder)
-  damaged = shards.damaged_files(folder, metadata.get('shards', {})) if verify else []
-  if damaged:
-    aside = folder.with_name(f'{folder.name}.damaged-{time.strftime("%Y%m%d-%H%M%S")}')
-    folder.rename(aside)
-    logging.warning('prepared data %s is damaged (%s does not match its recorded checksum): set aside as %s, '
-                    'preparing it again', folder, damaged[0], aside)
+  damaged_shards = shards.damaged_files(folder, metadata.get('shards', {})) if verify else []
+  if damaged_shards:
+    _set_aside(folder, f'{damaged_shards[0]} does not match its recorded checksum')
     return None
-  # The tokenizer the sequences were made with travels with them (a BPE may since have been retrained).
-  return _load(folder, metadata, tokenizers.Tokenizer.from_file(str(folder / 'tokenizer.json')))
+  if verify and not (folder / CHECKSUMS_FILE).is_file():
+    _record_checksums(folder)
+  return _load(folder, metadata, tokenizer)
 
 
 def _tokenizer_identity(config) -> str:

@@ -4,6 +4,8 @@ A shard is a 2-D `.npy` file written by appending rows through ordinary writes (
 which turns a full disk into SIGBUS). Its header is written last, padded to a fixed size, so that the rows can
 stream in without knowing their count. A BLAKE2b digest of the rows is computed while writing and recorded in
 the prepared folder's metadata; `damaged_files` recomputes it (whole for small sets, sampled for huge ones).
+Other files (metadata.json, tokenizer.json) get the same checks from `file_checks`, their digest over the whole
+file (`offset` 0 rather than after the shard header).
 """
 
 import errno
@@ -114,11 +116,17 @@ def write_array(path: pathlib.Path, rows: np.ndarray) -> dict:
   return writer.close()
 
 
-def body_digest(path: pathlib.Path) -> str:
-  """BLAKE2b of a shard's rows (everything after the fixed header)."""
+def file_checks(path: pathlib.Path) -> dict:
+  """The checks of any file, as a shard's (size, whole and sampled digests), its digest taken from byte 0."""
+  return dict(size=os.path.getsize(path), digest=body_digest(path, offset=0), sampled=sampled_digest(path),
+              offset=0)
+
+
+def body_digest(path: pathlib.Path, offset: int = _HEADER_BYTES) -> str:
+  """BLAKE2b of a shard's rows (everything after the fixed header), or of a file from offset on."""
   digest = hashlib.blake2b(digest_size=16)
   with open(path, 'rb') as file:
-    file.seek(_HEADER_BYTES)
+    file.seek(offset)
     for block in iter(lambda: file.read(1 << 24), b''):
       digest.update(block)
   return digest.hexdigest()
@@ -147,7 +155,8 @@ def damaged_files(folder: pathlib.Path, checks: dict) -> list:
     path = folder / name
     if not path.is_file() or os.path.getsize(path) != check['size']:
       damaged.append(name)
-    elif sampled_digest(path) != check['sampled'] or (whole and body_digest(path) != check['digest']):
+    elif sampled_digest(path) != check['sampled'] or (
+        whole and body_digest(path, check.get('offset', _HEADER_BYTES)) != check['digest']):
       damaged.append(name)
   return damaged
 

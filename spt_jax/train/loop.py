@@ -46,6 +46,7 @@ class LoopState:
   last_eval: dict | None = None
   train_loss: float | None = None
   seconds: float = 0.0  # Wall time of the sessions before this one.
+  init_checkpoint: str | None = None  # The step folder (or HF directory) init_from's parameters came from.
 
   @classmethod
   def from_meta(cls, meta: dict) -> 'LoopState':
@@ -143,9 +144,9 @@ def build(config, workdir: str, *, stage: str | None = None, grid_point=None, da
     checkpoints.close()
     logging.info('%s already finished (%s); nothing to do.', workdir, finished['stop_reason'])
     return finished
-  params = None
+  params = init_checkpoint = None
   if resume_step is None and c.init_from:  # Shapes are checked here, before data or compilation.
-    params = checkpoint.restore_params(c.init_from, trainer.abstract_state.params)
+    params, init_checkpoint = checkpoint.restore_params_from(c.init_from, trainer.abstract_state.params)
   elif resume_step is None and c.stage == 'finetune':
     raise ValueError('finetuning needs parameters: set --config.init_from to a pretrain workdir or checkpoint.')
   if data is None:
@@ -162,7 +163,7 @@ def build(config, workdir: str, *, stage: str | None = None, grid_point=None, da
     logging.info('Resumed %s at step %d', workdir, resume_step)
   else:
     state = trainer.init_state(c.seed) if params is None else trainer.state_from_params(params, c.seed)
-    loop_state = LoopState()
+    loop_state = LoopState(init_checkpoint=init_checkpoint)
   checkpoint.write_config(workdir, c)  # Only now that the run really starts: a rejected config leaves none.
   if data.tokenizer is not None and jax.process_index() == 0:  # The run carries its tokenizer to any machine.
     files.write_text(os.path.join(workdir, checkpoint.TOKENIZER_FILE), data.tokenizer.to_str())
@@ -197,6 +198,12 @@ def _finished_summary(workdir: str, latest_step) -> dict | None:
   if summary.get('stop_reason') in ('budget', 'early_stopping') and summary.get('steps') == latest_step:
     return summary
   return None
+
+
+def _step_of(step_dir: str | None) -> int | None:
+  """The step a checkpoint folder holds (None for a Hugging Face directory or no folder)."""
+  name = os.path.basename(step_dir or '')
+  return int(name) if name.isdigit() else None
 
 
 class _Loop:
@@ -380,6 +387,7 @@ class _Loop:
         'seq_len': c.data.seq_len, 'tokenizer': (self.data.metadata or {}).get('tokenizer', ''),
         'lr': c.optimizer.lr, 'warmup_steps': self.plan.warmup_steps,
         'batch_size': c.batch_size, 'init_from': c.init_from, 'workdir': os.path.abspath(self.workdir),
+        'init_checkpoint': loop_state.init_checkpoint, 'init_step': _step_of(loop_state.init_checkpoint),
         'last_checkpoint': self.checkpoints.latest_step(), 'wall_time_s': round(self.seconds(loop_state), 1),
         'train_tokens_per_second': self.timing['train_steps'] * self.tokens_per_step / max(train_seconds, 1e-9),
         'eval_seconds': self.timing['eval_seconds'],

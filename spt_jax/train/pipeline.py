@@ -40,6 +40,7 @@ def _finetune_entry(name, summary, pretrain_step, pretrain_tokens, grid_point) -
   best_eval = best.get('eval') or {}
   return {
       'name': name, 'pretrain_step': pretrain_step, 'pretrain_tokens': pretrain_tokens,
+      'init_step': summary.get('init_step'),  # Differs from pretrain_step when that checkpoint was damaged.
       'lr': grid_point[0], 'warmup': int(grid_point[1]), 'stop_reason': summary['stop_reason'],
       'steps': summary['steps'], 'best_domain_test_loss': best_eval.get('domain_test'),
       'best_step': best.get('step'), 'epochs': (best.get('epochs') or {}).get('domain'),
