@@ -23,8 +23,16 @@ from scipy import optimize
 
 from spt_jax.analysis import scaling
 from spt_jax.analysis.fitting import FitResult, natural, robust_fit, to_theta
-from spt_jax.analysis.scaling import (DELTA_UNIT, JOINT_NAMES, JOINT_PARAMS, TOKENS_UNIT, exponent, gap_coefficient,
-                                      offset_c, power)
+from spt_jax.analysis.scaling import (
+  DELTA_UNIT,
+  JOINT_NAMES,
+  JOINT_PARAMS,
+  TOKENS_UNIT,
+  exponent,
+  gap_coefficient,
+  offset_c,
+  power,
+)
 
 LOSSES = ('mse', 'huber')
 # The search space: the law's parameters with b_train_s replaced by b_train_ds = b_train_s − b_train_g ≤ 0.
