@@ -110,7 +110,7 @@ def fit(runs: list[str] | None = None, csv: str | None = None, bootstrap: int = 
   residuals = fit['residuals']
   lines.append(f'\nResiduals (log loss, RMS): train {residuals["rms_log_train"]:.4f}, test '
                f'{residuals["rms_log_test"]:.4f}, max |r| {residuals["max_abs_log"]:.4f} over '
-               f'{residuals["n_points"]} points; tokens unit {fit["tokens_unit"]:g}; δ in percent inside formulas.')
+               f'{residuals["n_points"]} points; tokens unit {fit["tokens_unit"]:g}; δ a fraction inside formulas.')
   table = '\n'.join(lines)
   print(table)
   for note in fit['warnings']:
@@ -139,9 +139,8 @@ def forecast(fit: str, delta: list[float], tokens: list[float], out: str = '') -
   for one_delta in delta:
     for budget in tokens:
       lines.append(scaling.forecast(law, one_delta, budget))
-    onset = scaling.overfitting_onset(law, one_delta)
-    lines.append({'delta': one_delta, 'overfitting_onset_tokens': onset,
-                  'note': '' if onset else 'the law never overfits at this δ (gap exponent ≤ 0 or no gap)'})
+    onset, why = scaling.onset_with_reason(law, one_delta)
+    lines.append({'delta': one_delta, 'overfitting_onset_tokens': onset, 'note': why})
   print('\n'.join(_dump(line) for line in lines))
   if out:
     os.makedirs(out, exist_ok=True)

@@ -9,9 +9,11 @@ from spt_jax.analysis import scaling
 from spt_jax.analysis import scaling_fit
 
 # A generating law shaped like the paper's MusicPile: 10% is best early and overfits near 26B tokens, 5% takes
-# over near 52B; δ in percent and T in billions inside the formulas.
-TRUE = dict(A_train=0.6, b_train_s=-0.11, b_train_g=-0.1, kappa0=1.5, kappa1=0.06, kappa2=0.3, kappa3=0.01,
-            alpha1=0.006, alpha2=1.0, alpha3=-0.3, b_gap_s=0.05, b_gap_g=-0.05)
+# over near 52B; δ a fraction and T in billions inside the formulas. (The same curves as the percent-unit law
+# b_train_s=-0.11, κ0=1.5, κ2=0.3, κ3=0.01, α1=0.006, α3=-0.3, b_gap_s=0.05: b_s → b_g + 100·(b_s − b_g),
+# κ0 → κ0 − κ1·log 100, κ2 → κ2/100, κ3 → 100·κ3, α1 → α1·100^α2, α3 → 100·α3.)
+TRUE = dict(A_train=0.6, b_train_s=-1.1, b_train_g=-0.1, kappa0=1.5 - 0.06 * np.log(100), kappa1=0.06, kappa2=0.003,
+            kappa3=1.0, alpha1=0.6, alpha2=1.0, alpha3=-30.0, b_gap_s=9.95, b_gap_g=-0.05)
 DELTAS = (0.0, 0.001, 0.01, 0.02, 0.05, 0.1)
 
 
@@ -103,7 +105,27 @@ def test_fit_json_round_trip_and_meanings(fitted):
   assert float(again.test_loss(0.02, 1e11)) == pytest.approx(float(law.test_loss(0.02, 1e11)))
   assert set(fit['params']) == set(scaling.JOINT_NAMES)
   assert all(entry['meaning'] and entry['ci95'] for entry in fit['params'].values())
-  assert 'percent' in fit['units']['delta']
+  assert 'fraction' in fit['units']['delta'] and fit['delta_unit'] == 'fraction'
+  assert set(fit['identification']) == set(scaling.JOINT_NAMES)
+
+
+def test_a_fit_file_of_the_percent_form_is_refused(fitted):
+  fit, _, _ = fitted
+  old = {k: v for k, v in fit.items() if k != 'delta_unit'}  # Files of the percent form carry no delta_unit.
+  with pytest.raises(ValueError, match='refit it with'):
+    scaling.ScalingLaw.from_json(old)
+
+
+@pytest.mark.parametrize('extreme', [dict(b_gap_s=50.0, b_gap_g=-5.0, alpha1=1e-12, alpha3=-2000.0),
+                                     dict(b_gap_s=1e-9, b_train_s=-1e-9, b_train_g=-1e-10, alpha1=1e12),
+                                     dict(A_train=1e4, b_train_s=-20.0, b_gap_s=50.0, alpha1=1e12, alpha3=2000.0)])
+def test_onset_and_forecasts_stay_finite_at_the_bounds_of_the_search(extreme):
+  law = scaling.ScalingLaw(dict(TRUE, **extreme), 1e9, {0.05: (100.0, 5.0, 10.0)}, (0.0, 0.05), (1e9, 1e10))
+  for delta in (0.0, 0.001, 0.05, 0.1, 1.0):
+    onset, why = scaling.onset_with_reason(law, delta)
+    assert (onset is None) == bool(why) and (onset is None or np.isfinite(onset))
+    result = scaling.forecast(law, delta, 1e15)
+    assert all(np.isfinite(result[k]) for k in ('train_loss', 'gap', 'test_loss', 'post_ft_loss')), result
 
 
 def test_delta_in_percent_is_an_error():
@@ -153,9 +175,9 @@ def test_mse_is_the_default_objective_and_the_unit_is_fixed(fitted):
   assert p['b_train_s'] <= p['b_train_g'] <= 0 and p['b_gap_g'] <= 0 <= p['b_gap_s']
   for name, holds in fit['sign_conditions'].items():  # Checked after the fit; a failure is warned.
     assert holds or any(name in w for w in fit['warnings'])
-  for delta_pct in (5.0, 10.0):  # The gap exponent where the gap is large enough to see.
-    fitted = scaling.exponent(p['b_gap_s'], p['b_gap_g'], delta_pct)
-    assert fitted == pytest.approx(scaling.exponent(TRUE['b_gap_s'], TRUE['b_gap_g'], delta_pct), abs=0.05)
+  for delta in (0.05, 0.1):  # The gap exponent where the gap is large enough to see.
+    fitted = scaling.exponent(p['b_gap_s'], p['b_gap_g'], delta)
+    assert fitted == pytest.approx(scaling.exponent(TRUE['b_gap_s'], TRUE['b_gap_g'], delta), abs=0.05)
   with pytest.raises(ValueError, match='loss'):
     scaling_fit.fit_joint(synthetic_data(points=10), loss='l1')
 
@@ -200,14 +222,15 @@ def test_finetuning_delta_fitted_per_delta_with_reported_fallbacks():
     for tokens in np.geomspace(5e9, 2e11, 8):
       ft_delta.append(d), ft_tokens.append(tokens)
       drop.append(a * (tokens / 1e9) ** b + c + 1e-4 * rng.standard_normal())
-  for d, tokens in ((0.01, 1e10), (0.01, 1e11), (0.1, 5e10)):  # Two and one checkpoints.
-    ft_delta.append(d), ft_tokens.append(tokens), drop.append(0.1)
+  for d, tokens in ((0.01, 1e10), (0.01, 3e10), (0.01, 1e11), (0.03, 1e10), (0.03, 1e11), (0.1, 5e10)):
+    ft_delta.append(d), ft_tokens.append(tokens), drop.append(0.1)  # Three, two and one checkpoints.
   data = synthetic_data(points=5)
   data.ft_delta, data.ft_tokens, data.ft_drop = np.array(ft_delta), np.array(ft_tokens), np.array(drop)
   results, notes = scaling_fit.fit_finetune_delta(data, bootstrap=10)
   for d, abc in own.items():
     assert results[d]['method'].startswith('per-δ')
     assert results[d]['abc'] == pytest.approx(list(abc), abs=0.02)  # Each δ keeps its own exponent.
-  assert results[0.01]['method'] == 'fallback: exponent shared by all δ'
-  assert results[0.1]['method'] == 'fallback: constant (mean Δ)' and results[0.1]['abc'] == [0.0, 0.0, 0.1]
+  assert results[0.01]['method'] == 'fallback: exponent shared by all δ'  # a and c only: 2 parameters on 3 points.
+  for d in (0.03, 0.1):  # Fewer than 3 checkpoints: never a fitted curve.
+    assert results[d]['method'] == 'fallback: constant (mean Δ)' and results[d]['abc'] == [0.0, 0.0, 0.1]
   assert any('shared' in n for n in notes) and any('constant' in n for n in notes)

@@ -4,7 +4,9 @@ This module holds the law and what it predicts (forecasts, overfitting onset, be
 in scaling_fit.py and the out-of-sample check of a fit in forecast_check.py.
 
 Units. Every public function takes δ as a fraction (0.02 for 2%) and T as a raw token count. Inside the
-formulas δ is in percent (the paper's convention: b(δ) = δ·b_s + (1 − δ)·b_g with δ = 2 for 2%) and T is
+formulas δ is a fraction too, as in the paper's fits: eq. (4) b(δ) = δ·b_s + (1 − δ)·b_g is then a convex mix of
+the exponents of specialized (δ = 1) and general (δ = 0) data. (In percent 1 − δ turns negative past 1% and the
+sign bounds pin b_gap_s; fit.json records `delta_unit` and files of the percent form are refused.) T is
 tokens / TOKENS_UNIT, with TOKENS_UNIT = 1e9 fixed for every fit. With A_train shared by all δ the unit is part
 of the model family (A·(T/u)^b(δ) = A·u^-b(δ)·T^b(δ): changing u changes how the coefficient varies with δ), so a
 unit chosen from the data would make fits of different runs different laws; 1e9 is the paper's scale (billions
@@ -21,21 +23,25 @@ import numpy as np
 from scipy import optimize
 
 TOKENS_UNIT = 1e9  # T inside every formula is tokens / TOKENS_UNIT, for every fit (see the module docstring).
+DELTA_UNIT = 'fraction'  # δ inside every formula; recorded in fit.json so that a file of another unit is refused.
+MAX_LOG_POWER = 300.0  # Powers are exp(clip(b·log T)): a product of two of them stays below float64's e^709.
 
-# Joint law (1)-(6): name, transform, lower, upper (in natural units), meaning.
+# Joint law (1)-(6) with δ a fraction: name, transform, lower, upper (in natural units), meaning. The exponents'
+# s-utilities are the exponents at δ = 1, so b_gap(10%) in (0, 1) allows b_gap_s up to about 10 + 9·|b_gap_g|;
+# rates per unit δ (α3, κ3) are a hundred times their per-percent values.
 JOINT_PARAMS = (
     ('A_train', 'log', 1e-8, 1e4, 'train-loss power-law coefficient, shared by all δ (eq. 1)'),
-    ('b_train_s', 'linear', -5.0, 0.0, 'train exponent utility of specialized data, per percent δ (eq. 4); < b_g'),
-    ('b_train_g', 'linear', -5.0, 0.0, 'train exponent utility of general data (eq. 4); < 0'),
+    ('b_train_s', 'linear', -20.0, 0.0, 'train exponent utility of specialized data: b_train at δ = 1 (eq. 4); < b_g'),
+    ('b_train_g', 'linear', -5.0, 0.0, 'train exponent utility of general data: b_train at δ = 0 (eq. 4); < 0'),
     ('kappa0', 'linear', -50.0, 50.0, 'train offset C(δ) = κ0 − κ1·log(δ + κ2) − κ3·δ: constant (eq. 6)'),
     ('kappa1', 'linear', -20.0, 20.0, 'train offset: log coefficient (eq. 6)'),
-    ('kappa2', 'log', 1e-4, 1e3, 'train offset: shift of δ inside the log, percent (eq. 6)'),
-    ('kappa3', 'linear', -20.0, 20.0, 'train offset: linear coefficient per percent δ (eq. 6)'),
-    ('alpha1', 'log', 1e-10, 1e4, 'gap coefficient A_gap(δ) = α1·δ^α2·exp(α3·δ): scale (eq. 5)'),
+    ('kappa2', 'log', 1e-6, 10.0, 'train offset: shift of δ (a fraction) inside the log (eq. 6)'),
+    ('kappa3', 'linear', -2000.0, 2000.0, 'train offset: linear coefficient per unit δ (eq. 6)'),
+    ('alpha1', 'log', 1e-12, 1e12, 'gap coefficient A_gap(δ) = α1·δ^α2·exp(α3·δ): scale, δ a fraction (eq. 5)'),
     ('alpha2', 'linear', 0.0, 10.0, 'gap coefficient: power of δ (eq. 5)'),
-    ('alpha3', 'linear', -20.0, 20.0, 'gap coefficient: exponential rate per percent δ (eq. 5)'),
-    ('b_gap_s', 'linear', 0.0, 5.0, 'gap exponent utility of specialized data, per percent δ (eq. 4); > 0'),
-    ('b_gap_g', 'linear', -5.0, 0.0, 'gap exponent utility of general data (eq. 4); < 0'),
+    ('alpha3', 'linear', -2000.0, 2000.0, 'gap coefficient: exponential rate per unit δ (eq. 5)'),
+    ('b_gap_s', 'linear', 0.0, 50.0, 'gap exponent utility of specialized data: b_gap at δ = 1 (eq. 4); > 0'),
+    ('b_gap_g', 'linear', -5.0, 0.0, 'gap exponent utility of general data: b_gap at δ = 0 (eq. 4); < 0'),
 )
 JOINT_NAMES = tuple(p[0] for p in JOINT_PARAMS)
 
@@ -50,22 +56,29 @@ def sign_conditions(p: dict, margin: float = 1e-6) -> dict:
           'b_gap_g < 0 < b_gap_s (more δ overfits faster)': bool(p['b_gap_g'] < -margin and p['b_gap_s'] > margin)}
 
 
-def offset_c(p: dict, delta_pct):
-  """Eq. (6): the train-loss offset C(δ), δ in percent."""
-  return p['kappa0'] - p['kappa1'] * np.log(delta_pct + p['kappa2']) - p['kappa3'] * delta_pct
+def offset_c(p: dict, delta):
+  """Eq. (6): the train-loss offset C(δ), δ a fraction."""
+  return p['kappa0'] - p['kappa1'] * np.log(delta + p['kappa2']) - p['kappa3'] * delta
 
 
-def gap_coefficient(p: dict, delta_pct):
-  """Eq. (5): the gap coefficient A_gap(δ), δ in percent."""
+def gap_coefficient(p: dict, delta):
+  """Eq. (5): the gap coefficient A_gap(δ), δ a fraction; computed in logs so that no factor overflows."""
+  delta = np.asarray(delta, float)
   with np.errstate(divide='ignore', invalid='ignore'):
-    power = np.where(np.asarray(delta_pct) > 0, np.power(np.maximum(delta_pct, 1e-300), p['alpha2']),
-                     1.0 if p['alpha2'] == 0 else 0.0)
-  return p['alpha1'] * power * np.exp(p['alpha3'] * delta_pct)
+    log_power = np.where(delta > 0, p['alpha2'] * np.log(np.maximum(delta, 1e-300)),
+                         0.0 if p['alpha2'] == 0 else -np.inf)
+  log_value = np.log(p['alpha1']) + log_power + p['alpha3'] * delta
+  return np.exp(np.minimum(log_value, MAX_LOG_POWER))
 
 
-def exponent(s: float, g: float, delta_pct):
-  """Eq. (4): b(δ) = δ·b_s + (1 − δ)·b_g, δ in percent."""
-  return delta_pct * s + (1.0 - delta_pct) * g
+def exponent(s: float, g: float, delta):
+  """Eq. (4): b(δ) = δ·b_s + (1 − δ)·b_g, δ a fraction: a convex mix of the two utilities."""
+  return delta * s + (1.0 - delta) * g
+
+
+def power(t, b):
+  """T^b as exp(b·log T), clipped so that extreme fitted exponents give a huge finite value, never inf or nan."""
+  return np.exp(np.clip(b * np.log(t), -MAX_LOG_POWER, MAX_LOG_POWER))
 
 
 @dataclasses.dataclass
@@ -83,19 +96,19 @@ class ScalingLaw:
     delta = np.asarray(delta, float)
     if np.any(delta > 1) or np.any(delta < 0):
       raise ValueError(f'δ={np.max(delta)} is not a fraction in [0, 1]; pass 0.02 for 2% (not 2)')
-    return 100.0 * delta, np.asarray(tokens, float) / self.tokens_unit
+    return delta, np.asarray(tokens, float) / self.tokens_unit
 
   def train_loss(self, delta, tokens):
     """Eq. (1): domain train loss."""
-    delta_pct, t = self._x(delta, tokens)
+    delta, t = self._x(delta, tokens)
     p = self.params
-    return p['A_train'] * t ** exponent(p['b_train_s'], p['b_train_g'], delta_pct) + offset_c(p, delta_pct)
+    return p['A_train'] * power(t, exponent(p['b_train_s'], p['b_train_g'], delta)) + offset_c(p, delta)
 
   def gap(self, delta, tokens):
     """Eq. (2): domain train-test gap."""
-    delta_pct, t = self._x(delta, tokens)
+    delta, t = self._x(delta, tokens)
     p = self.params
-    return gap_coefficient(p, delta_pct) * t ** exponent(p['b_gap_s'], p['b_gap_g'], delta_pct)
+    return gap_coefficient(p, delta) * power(t, exponent(p['b_gap_s'], p['b_gap_g'], delta))
 
   def test_loss(self, delta, tokens):
     """Eq. (3): domain test loss after pretraining."""
@@ -129,13 +142,16 @@ class ScalingLaw:
     raise ValueError(f'objective {objective!r} unknown; use test or post_ft')
 
   def to_json(self) -> dict:
-    return {'params': dict(self.params), 'tokens_unit': self.tokens_unit,
+    return {'params': dict(self.params), 'tokens_unit': self.tokens_unit, 'delta_unit': DELTA_UNIT,
             'finetune_delta': {repr(k): list(v) for k, v in self.finetune_delta.items()},
             'fitted_deltas': list(self.fitted_deltas), 'token_range': list(self.token_range),
             'fitted_on': dict(self.fitted_on)}
 
   @classmethod
   def from_json(cls, d: dict) -> 'ScalingLaw':
+    if d.get('delta_unit') != DELTA_UNIT:
+      raise ValueError(f'fit file has δ in {d.get("delta_unit") or "percent"} inside its formulas (an older format '
+                       'this version would misread); refit it with `python -m spt_jax.plan fit`')
     params = {k: (v['value'] if isinstance(v, dict) else v) for k, v in d['params'].items()}
     missing = sorted(set(JOINT_NAMES) - set(params))
     if missing:
@@ -147,7 +163,7 @@ class ScalingLaw:
 
 def _power_offset(abc, t):
   a, b, c = abc
-  return a * np.asarray(t, float) ** b + c
+  return a * power(np.asarray(t, float), b) + c
 
 
 def law_from_fit(fit: dict) -> ScalingLaw:
@@ -155,17 +171,26 @@ def law_from_fit(fit: dict) -> ScalingLaw:
 
 
 def overfitting_onset(law: ScalingLaw, delta: float) -> float | None:
-  """Tokens at which the domain test loss (eq. 3) at δ is lowest; None when the law never turns up at δ."""
-  delta_pct = 100.0 * delta
+  """Tokens at which the domain test loss (eq. 3) at δ is lowest; None when the law has no onset in range."""
+  return onset_with_reason(law, delta)[0]
+
+
+def onset_with_reason(law: ScalingLaw, delta: float) -> tuple:
+  """(tokens or None, why None): the closed-form minimum of eq. (3) over T, computed in logs (never overflows)."""
   p = law.params
-  b_train = exponent(p['b_train_s'], p['b_train_g'], delta_pct)
-  b_gap = exponent(p['b_gap_s'], p['b_gap_g'], delta_pct)
-  a_gap = float(gap_coefficient(p, delta_pct))
-  if not (b_train < 0 < b_gap) or a_gap <= 0:
-    return None
-  # d/dT [A·T^b_train + A_gap·T^b_gap] = 0 has this closed form when b_train < 0 < b_gap.
-  t = (-p['A_train'] * b_train / (a_gap * b_gap)) ** (1.0 / (b_gap - b_train))
-  return float(t * law.tokens_unit)
+  b_train = float(exponent(p['b_train_s'], p['b_train_g'], delta))
+  b_gap = float(exponent(p['b_gap_s'], p['b_gap_g'], delta))
+  a_gap = float(gap_coefficient(p, delta))
+  if not b_gap > 0:
+    return None, f'the gap exponent b_gap({delta:g}) = {b_gap:.3g} ≤ 0: the gap shrinks with T, never overfits'
+  if not b_train < 0 or not a_gap > 0 or not p['A_train'] > 0:
+    return None, f'no gap or no falling train loss at δ={delta:g}: the test loss never turns up'
+  # d/dT [A·T^b_train + A_gap·T^b_gap] = 0 at log T = log(−A·b_train / (A_gap·b_gap)) / (b_gap − b_train).
+  log_t = (math.log(p['A_train']) + math.log(-b_train) - math.log(a_gap) - math.log(b_gap)) / (b_gap - b_train)
+  log_tokens = log_t + math.log(law.tokens_unit)
+  if not math.isfinite(log_tokens) or not 0 < log_tokens < math.log(1e30):
+    return None, f'the law\'s minimum at δ={delta:g} lies at e^{log_tokens:.4g} tokens, outside any budget'
+  return math.exp(log_tokens), ''
 
 
 def best_delta(law: ScalingLaw, tokens: float, objective: str = 'post_ft', delta_max: float | None = None,
