@@ -39,7 +39,7 @@ def test_unknown_topology_is_an_error(name):
 def test_unknown_topology_from_the_command_line_is_one_line():
   out = subprocess.run([sys.executable, '-m', 'spt_jax.main', '--config=configs/proofpile.py:test', '--dry_run',
                         '--topology=v9-8'], cwd=ROOT, capture_output=True, text=True,
-                       env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=120)
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=900)
   assert out.returncode != 0
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and 'unknown topology' in lines[0], out.stderr

@@ -53,7 +53,7 @@ def _run(module: str, *runs: list[str]) -> list[subprocess.CompletedProcess]:
                                 stderr=subprocess.PIPE, text=True, env=env) for args in runs]
   results = []
   for process, args in zip(processes, runs):
-    stdout, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=900)
     results.append(subprocess.CompletedProcess(args, process.returncode, stdout, stderr))
   return results
 

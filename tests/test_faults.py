@@ -98,7 +98,7 @@ def _markers(marker) -> list:
   return marker.read_text().splitlines() if marker.exists() else []
 
 
-def _wait_for(condition, process, timeout=240):
+def _wait_for(condition, process, timeout=900):
   deadline = time.time() + timeout
   while not condition():
     assert process.poll() is None, process.stdout.read()[-3000:]
@@ -107,7 +107,7 @@ def _wait_for(condition, process, timeout=240):
 
 
 def _finish(process) -> str:
-  output = process.communicate(timeout=300)[0]
+  output = process.communicate(timeout=900)[0]
   assert process.returncode == 0, output[-3000:]
   return output
 
@@ -324,7 +324,7 @@ def _main_args(tmp_path, workdir, *overrides) -> list:
 
 def _main(tmp_path, workdir, *overrides):
   return subprocess.run(_main_args(tmp_path, workdir, *overrides), cwd=ROOT, capture_output=True, text=True,
-                        env=_env(), timeout=300)
+                        env=_env(), timeout=900)
 
 
 def _one_line_error(out) -> str:
@@ -401,7 +401,7 @@ def test_two_runs_in_one_workdir(tmp_path):
   line = _one_line_error(second)
   assert f'is in use by a live run (pid {first.pid} on host ' in line, line
   hold.unlink()
-  _, stderr = first.communicate(timeout=300)
+  _, stderr = first.communicate(timeout=900)
   assert first.returncode == 0, stderr[-3000:]  # The first run never noticed.
   summary = json.loads((workdir / 'summary.json').read_text())
   assert summary['stop_reason'] == 'budget' and summary['steps'] == 6
@@ -414,7 +414,7 @@ def test_sigterm_before_the_first_step_exits_0_with_one_line(tmp_path):
   workdir = tmp_path / 'run'
   process, _ = _start_holding_the_lock(tmp_path, workdir)
   process.send_signal(signal.SIGTERM)  # Where the data is about to be prepared.
-  _, stderr = process.communicate(timeout=120)
+  _, stderr = process.communicate(timeout=900)
   assert process.returncode == 0, stderr[-3000:]
   assert 'SIGTERM outside a training step: nothing new to save' in stderr.strip().splitlines()[-1]
   assert not (workdir / 'checkpoints').exists() or not any((workdir / 'checkpoints').iterdir())

@@ -53,7 +53,7 @@ def test_bad_folders_and_config_files_are_one_line(tmp_path):
                            ('config.yaml', 'is not a Python file'), ('missing.py', 'does not exist')]:
     out = subprocess.run([sys.executable, '-m', 'spt_jax.main', f'--config={tmp_path}/{config}',
                           f'--workdir={tmp_path}/run'], cwd=ROOT, capture_output=True, text=True,
-                         env=_env(), timeout=300)
+                         env=_env(), timeout=900)
     line = _one_line_error(out)
     assert line.startswith(f"error: config file '{tmp_path}/{config}' ") and expected in line, line
   assert not (tmp_path / 'run').exists()
@@ -87,7 +87,7 @@ def _start(tmp_path, workdir, *overrides) -> tuple:
 
 def _stop(process, hold) -> None:
   hold.unlink()
-  _, stderr = process.communicate(timeout=300)
+  _, stderr = process.communicate(timeout=900)
   assert process.returncode == 0, stderr[-3000:]
 
 
@@ -164,7 +164,7 @@ def test_two_preparations_sharing_a_cache_prepare_once(tmp_path):
   second = start()
   _wait_for(lambda: 'WAITING' in marker.read_text(), second)
   hold.unlink()
-  outputs = [process.communicate(timeout=300)[0] for process in (first, second)]
+  outputs = [process.communicate(timeout=900)[0] for process in (first, second)]
   assert [process.returncode for process in (first, second)] == [0, 0], outputs
   assert marker.read_text().split() == ['BUILD', 'WAITING']  # Prepared once; the second reused it.
   assert outputs[0].strip().splitlines()[-1] == outputs[1].strip().splitlines()[-1]

@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def _main(*args, env=None):
   return subprocess.run([sys.executable, '-m', 'spt_jax.main', *args], cwd=ROOT, capture_output=True, text=True,
-                        env=dict(os.environ, JAX_PLATFORMS='cpu', **(env or {})), timeout=120)
+                        env=dict(os.environ, JAX_PLATFORMS='cpu', **(env or {})), timeout=900)
 
 
 @pytest.mark.parametrize('preset, params', [('1b', 1_176_764_416), ('3b', 2_250_506_240)])

@@ -87,7 +87,7 @@ def _start(corpora, workdir, processes: int, cache: str, delay: float = 0.0) -> 
   return started
 
 
-def _wait(processes, timeout=400) -> list:
+def _wait(processes, timeout=900) -> list:
   deadline = time.time() + timeout
   codes = []
   for process in processes:
@@ -223,7 +223,7 @@ def test_a_workdir_that_processes_do_not_share_is_refused_on_every_process(tmp_p
                  JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(index))
       running.append(subprocess.Popen([sys.executable, str(script), str(folder)], env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    outputs = [p.communicate(timeout=120) for p in running]
+    outputs = [p.communicate(timeout=900) for p in running]
     if shared:
       assert [p.returncode for p in running] == [0, 0] and all('shared' in out for out, _ in outputs), outputs
     else:

@@ -145,11 +145,11 @@ def test_cli_samples_and_rejects_a_long_prompt(tmp_path, tiny):
   command = [sys.executable, '-m', 'spt_jax.sample', f'--checkpoint={directory}', '--max_new_tokens=6',
              '--temperature=0.7', '--top_p=0.9', '--num_samples=2', '--check_abc']
   done = subprocess.run(command + ['--prompt=X:1\\nK:G\\n'], env=env, capture_output=True, text=True,
-                        timeout=120, check=False)
+                        timeout=900, check=False)
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.count('--- sample') == 2 and done.stdout.count('--- ABC check') == 2
   done = subprocess.run(command + ['--prompt=' + 'GABc dedB| ' * 20], env=env, capture_output=True, text=True,
-                        timeout=120, check=False)
+                        timeout=900, check=False)
   assert done.returncode != 0
   last = done.stderr.strip().splitlines()[-1]
   assert last.startswith('error: the prompt has') and 'context is 32' in last
