@@ -20,25 +20,42 @@ def main(argv):
   tokens = common.pretrain_tokens(base)
   from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
   deltas = _DELTAS.value
-  workdirs = common.run_variants({
+  workdirs = common.run_variants(
+    {
       common.delta_name(d): common.variant(base, mixture__domain_fraction=d, finetune__from_steps=from_steps)
-      for d in deltas})
+      for d in deltas
+    }
+  )
   fit = common.analyse('fit', runs=list(workdirs.values()))
   budgets = [float(int(tokens * f)) for f in (0.25, 0.5, 1, 2, 4, 8)]
   out = common.analyse('recommend', fit=f'{fit}/fit.json', tokens=budgets, candidates=deltas)
   with open(f'{out}/recommend.jsonl') as f:
     lines = [json.loads(line) for line in f if line.strip()]
-  table = ['| budget (tokens) | best δ (continuous) | best of the swept δ | forecast post-FT loss |',
-           '|---|---|---|---|']
-  table += [f'| {x["tokens"]:.3g} | {100 * x["best_delta"]:.2f}% | {100 * x["best_candidate"]:g}% | {x["loss"]:.4f} |'
-            for x in lines if 'best_delta' in x]
+  table = [
+    '| budget (tokens) | best δ (continuous) | best of the swept δ | forecast post-FT loss |',
+    '|---|---|---|---|',
+  ]
+  table += [
+    f'| {x["tokens"]:.3g} | {100 * x["best_delta"]:.2f}% | {100 * x["best_candidate"]:g}% | {x["loss"]:.4f} |'
+    for x in lines
+    if 'best_delta' in x
+  ]
   best = [x['best_candidate'] for x in lines if 'best_candidate' in x]
-  common.write_report(f'The best δ by budget on {common.config_name()}', [
+  common.write_report(
+    f'The best δ by budget on {common.config_name()}',
+    [
       f'Forecast from the fit of the δ sweep {{{", ".join(f"{100 * d:g}%" for d in deltas)}}} (pretraining budget '
-      f'{tokens:,} tokens; larger budgets are extrapolated).', '\n'.join(table),
-      '![optimal δ](analysis/recommend/optimal_delta.png)', common.paper_table([
+      f'{tokens:,} tokens; larger budgets are extrapolated).',
+      '\n'.join(table),
+      '![optimal δ](analysis/recommend/optimal_delta.png)',
+      common.paper_table(
+        [
           ('best swept δ at the smallest budget', f'{100 * best[0]:g}%', 'budget/best_delta_small_budget'),
-          ('best swept δ at the largest budget', f'{100 * best[-1]:g}%', 'budget/best_delta_past_240b')])])
+          ('best swept δ at the largest budget', f'{100 * best[-1]:g}%', 'budget/best_delta_past_240b'),
+        ]
+      ),
+    ],
+  )
 
 
 if __name__ == '__main__':

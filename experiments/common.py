@@ -17,10 +17,12 @@ from ml_collections import config_flags
 from spt_jax import cli
 
 DEFAULT_CONFIG = 'configs/musicpile.py:tiny'
-CONFIG = config_flags.DEFINE_config_file('config', None, f'Base config file with :size (default: {DEFAULT_CONFIG}); '
-                                         'override keys with --config.KEY=VALUE.')
-WORKDIR = flags.DEFINE_string('workdir', None, 'Folder of the study: one pipeline workdir per variant inside.',
-                              required=True)
+CONFIG = config_flags.DEFINE_config_file(
+  'config', None, f'Base config file with :size (default: {DEFAULT_CONFIG}); override keys with --config.KEY=VALUE.'
+)
+WORKDIR = flags.DEFINE_string(
+  'workdir', None, 'Folder of the study: one pipeline workdir per variant inside.', required=True
+)
 ONLY_ANALYSIS = flags.DEFINE_bool('only_analysis', False, 'Skip training; analyse the variants already run.')
 CHECKPOINTS_HELP = 'Earlier pretraining checkpoints to finetune from'
 
@@ -38,8 +40,9 @@ def run(main) -> None:
 def delta_flag(name: str, default: float | None, help_text: str) -> flags.FlagHolder:
   """A float flag holding δ (or another fraction), checked to lie in (0, 1) (None allowed when the default)."""
   holder = flags.DEFINE_float(name, default, help_text)
-  flags.register_validator(holder, lambda value: value is None or 0 < value < 1,
-                           f'--{name} is a fraction in (0, 1), e.g. 0.1 for 10%')
+  flags.register_validator(
+    holder, lambda value: value is None or 0 < value < 1, f'--{name} is a fraction in (0, 1), e.g. 0.1 for 10%'
+  )
   return holder
 
 
@@ -49,8 +52,9 @@ def checkpoints_flag(default: int, help_text: str = CHECKPOINTS_HELP) -> flags.F
 
 def at_least(holder: flags.FlagHolder, count: int, what: str) -> None:
   """A validator: the list flag holds at least `count` items."""
-  flags.register_validator(holder, lambda values: len(values) >= count,
-                           f'give at least {count} {what}, comma-separated')
+  flags.register_validator(
+    holder, lambda values: len(values) >= count, f'give at least {count} {what}, comma-separated'
+  )
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -70,10 +74,12 @@ def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, st
   import jax  # pylint: disable=g-import-not-at-top
   from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
   from spt_jax.train import pipeline  # pylint: disable=g-import-not-at-top
+
   workdirs = {name: os.path.join(WORKDIR.value, name) for name in variants}
   if ONLY_ANALYSIS.value:
     return workdirs
   from spt_jax.train import compile_cache  # pylint: disable=g-import-not-at-top
+
   for name, config in variants.items():
     compile_cache.enable(config.compilation_cache, config.data.cache_dir)  # One setting per process.
     logging.info('Study %s: variant %s', WORKDIR.value, name)
@@ -81,8 +87,9 @@ def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, st
     with files.WorkdirLock(workdirs[name], enabled=jax.process_index() == 0):
       result = pipeline.run_pipeline(config, workdirs[name])
     if result['stop_reason'] == 'preempted':
-      logging.warning('Study %s stopped by SIGTERM at variant %s (saved); rerun the same command to go on.',
-                      WORKDIR.value, name)
+      logging.warning(
+        'Study %s stopped by SIGTERM at variant %s (saved); rerun the same command to go on.', WORKDIR.value, name
+      )
       raise SystemExit(0)  # As a preempted run: exit 0 so that a scheduler restarts it; no later variant starts.
   return workdirs
 
@@ -90,6 +97,7 @@ def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, st
 def analyse(command: str, name: str = '', **arguments) -> str:
   """spt_jax.plan's `command` (gains, fit, recommend, similarity ...) into WORKDIR/analysis/<name or command>."""
   from spt_jax import plan  # pylint: disable=g-import-not-at-top
+
   out = os.path.join(WORKDIR.value, 'analysis', name or command)
   getattr(plan, command)(out=out, **arguments)
   print(f'{command}: {out}/')
@@ -114,6 +122,7 @@ def arms(base: ml_collections.ConfigDict, delta: float, seeds=(0,), prefix: str 
 def write_report(title: str, sections: list) -> str:
   """WORKDIR/report.md: the title, then the sections (markdown) separated by blank lines."""
   from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
+
   path = os.path.join(WORKDIR.value, 'report.md')
   files.write_text(path, '\n\n'.join([f'# {title}', *sections, regime_section()]) + '\n')
   print(f'report: {path}')
@@ -123,26 +132,40 @@ def write_report(title: str, sections: list) -> str:
 def regime_section() -> str:
   """The study's regime beside the paper's (spt_jax/train/regime.py)."""
   from spt_jax.train import regime  # pylint: disable=g-import-not-at-top
+
   config = base_config()
   ours = regime.of_config(f'this study ({config_name()})', config, config.data.domain_max_tokens)
-  return '## Regime\n\n' + regime.table([regime.paper(), ours]) + (
-      '\n\nDomain tokens are the domain set\'s subsample target (`data.domain_max_tokens`); budget points are '
-      'fifths of the run.')
+  return (
+    '## Regime\n\n'
+    + regime.table([regime.paper(), ours])
+    + (
+      "\n\nDomain tokens are the domain set's subsample target (`data.domain_max_tokens`); budget points are "
+      'fifths of the run.'
+    )
+  )
 
 
 def paper_table(rows: list) -> str:
   """Markdown rows (quantity, ours, paper key[, domain]) as a table with the paper's value and its source."""
   from spt_jax.analysis import paper  # pylint: disable=g-import-not-at-top
+
   lines = ['| quantity | ours | paper |', '|---|---|---|']
   for quantity, ours, key, *domain in rows:
     lines.append(f'| {quantity} | {ours} | {paper.cell(key, *domain)} |')
-  return '\n'.join(lines + ['', 'The paper: OLMo-style models of 300M-3B parameters and up to 200B tokens; ours: CPU '
-                             'scale. Directions compare, magnitudes need not.'])
+  return '\n'.join(
+    lines
+    + [
+      '',
+      'The paper: OLMo-style models of 300M-3B parameters and up to 200B tokens; ours: CPU '
+      'scale. Directions compare, magnitudes need not.',
+    ]
+  )
 
 
 def paper_domain() -> str | None:
   """The config's domain when the paper reports it (musicpile, proofpile, chempile), else None."""
   from spt_jax.analysis import paper  # pylint: disable=g-import-not-at-top
+
   return config_name() if config_name() in paper.DOMAINS else None
 
 
@@ -150,33 +173,44 @@ def gains_report(npt: str, spts: list, title: str, sections=()) -> dict:
   """The gains of SPT workdirs over an NPT one as WORKDIR/report.md, with the paper's headline values beside."""
   from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+
   result = gains_lib.gains(runs.read(npt), [runs.read(w) for w in spts])
   best = max(result['spt'], key=lambda row: row['relative_gain'])
   multiplier = best['compute_multiplier']['value']
-  rows = [('best relative gain G', f'{best["relative_gain"]:+.2f}% ({best["run"]}, δ = {100 * best["delta"]:g}%)',
-           'relative_gain_pct'),
-          ('compute multiplier there', '–' if multiplier is None else
-           f'{best["compute_multiplier"]["bound"]}{multiplier:.2f}×', 'compute_multiplier')]
+  rows = [
+    (
+      'best relative gain G',
+      f'{best["relative_gain"]:+.2f}% ({best["run"]}, δ = {100 * best["delta"]:g}%)',
+      'relative_gain_pct',
+    ),
+    (
+      'compute multiplier there',
+      '–' if multiplier is None else f'{best["compute_multiplier"]["bound"]}{multiplier:.2f}×',
+      'compute_multiplier',
+    ),
+  ]
   domain = paper_domain()
   paper_rows = [(*row, domain) for row in rows] if domain else []
-  paper_rows.append(('forgetting, NPT → best SPT', f'{result["npt"]["forgetting"]:+.4f} → {best["forgetting"]:+.4f}',
-                     'forgetting'))
+  paper_rows.append(
+    ('forgetting, NPT → best SPT', f'{result["npt"]["forgetting"]:+.4f} → {best["forgetting"]:+.4f}', 'forgetting')
+  )
   write_report(title, [gains_lib.format_table(result), *sections, paper_table(paper_rows)])
   return result
 
 
 def pretrain_tokens(config) -> int:
   from spt_jax.train import run_plan  # pylint: disable=g-import-not-at-top
+
   return run_plan.make(config, 'pretrain').tokens
 
 
 def earlier_steps(config, count: int) -> tuple[int, ...]:
   """`count` evenly spaced pretraining steps before the last: also finetuned from (finetune.from_steps)."""
   from spt_jax.train import run_plan  # pylint: disable=g-import-not-at-top
+
   steps = run_plan.make(config, 'pretrain').steps
   return tuple(steps * k // (count + 1) for k in range(1, count + 1))
 
 
 def delta_name(delta: float) -> str:
   return f'delta_{100 * delta:g}pct'
-

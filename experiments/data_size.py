@@ -15,8 +15,12 @@ import os
 from experiments import common
 from spt_jax import cli
 
-_SIZES = cli.define_list('domain_tokens', '2500,10000,40000', 'Domain set sizes in tokens, smallest first.',
-                         cli.item(lambda text: int(float(text)), lambda size: size > 0, 'a positive number of tokens'))
+_SIZES = cli.define_list(
+  'domain_tokens',
+  '2500,10000,40000',
+  'Domain set sizes in tokens, smallest first.',
+  cli.item(lambda text: int(float(text)), lambda size: size > 0, 'a positive number of tokens'),
+)
 _DELTAS = cli.define_list('deltas', '0.05,0.2', 'δ of the SPT runs (G is maximised over them).', cli.OPEN_FRACTION)
 _CHECKPOINTS = common.checkpoints_flag(2, 'Earlier pretraining checkpoints to finetune from (budgets)')
 _SCPT_START = common.delta_flag('scpt_start', 0.9, 'Fraction of the pretraining tokens before SCPT mixes in.')
@@ -31,6 +35,7 @@ def main(argv):
   from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+
   base = common.base_config()
   tokens = common.pretrain_tokens(base)
   sizes, deltas = _SIZES.value, _DELTAS.value
@@ -41,12 +46,18 @@ def main(argv):
     for delta in [0.0, *deltas]:
       variants[f'size_{size}_{common.delta_name(delta)}'] = common.variant(sized, mixture__domain_fraction=delta)
     if size in sizes[:2]:
-      variants[f'size_{size}_scpt'] = common.variant(sized, mixture__stages=(
+      variants[f'size_{size}_scpt'] = common.variant(
+        sized,
+        mixture__stages=(
           (int(tokens * _SCPT_START.value), {'general': 1.0}),
-          (0, {'general': 1.0 - _SCPT_DELTA.value, 'domain': _SCPT_DELTA.value})))
+          (0, {'general': 1.0 - _SCPT_DELTA.value, 'domain': _SCPT_DELTA.value}),
+        ),
+      )
   workdirs = common.run_variants(variants)
-  table = ['| domain set (tokens) | budget (tokens) | NPT→FT | best SPT→FT (δ) | max G over δ | SCPT→FT (stage δ) | '
-           'SCPT G |', '|---|---|---|---|---|---|---|']
+  table = [
+    '| domain set (tokens) | budget (tokens) | NPT→FT | best SPT→FT (δ) | max G over δ | SCPT→FT (stage δ) | SCPT G |',
+    '|---|---|---|---|---|---|---|',
+  ]
   series, result = {}, {}
   for size in sizes:
     curves = {}
@@ -62,29 +73,61 @@ def main(argv):
       name = min(curves, key=lambda n: curves[n]['loss'][i])  # pylint: disable=cell-var-from-loop
       best = gains_lib.relative_gain(npt['loss'][i], curves[name]['loss'][i])
       best_gains.append(best)
-      scpt_cells = ' | |' if scpt is None else (
+      scpt_cells = (
+        ' | |'
+        if scpt is None
+        else (
           f' {scpt["loss"][i]:.4f} (δ = {100 * scpt["delta"]:g}%) | '
-          f'{gains_lib.relative_gain(npt["loss"][i], scpt["loss"][i]):+.2f}% |')
-      table.append(f'| {size:,} | {budget:,.0f} | {npt["loss"][i]:.4f} | {curves[name]["loss"][i]:.4f} (δ = '
-                   f'{100 * curves[name]["delta"]:g}%) | {best:+.2f}% |' + scpt_cells)
+          f'{gains_lib.relative_gain(npt["loss"][i], scpt["loss"][i]):+.2f}% |'
+        )
+      )
+      table.append(
+        f'| {size:,} | {budget:,.0f} | {npt["loss"][i]:.4f} | {curves[name]["loss"][i]:.4f} (δ = '
+        f'{100 * curves[name]["delta"]:g}%) | {best:+.2f}% |' + scpt_cells
+      )
     series[f'{size:,} domain tokens'] = (npt['tokens'], best_gains)
     result[size]['max_gain_pct'] = best_gains
-  plots.series_plot(series, os.path.join(common.WORKDIR.value, 'data_size.png'), 'pretraining tokens',
-                    'max G over δ (%)', 'the gain of the best δ, by domain-set size and budget')
+  plots.series_plot(
+    series,
+    os.path.join(common.WORKDIR.value, 'data_size.png'),
+    'pretraining tokens',
+    'max G over δ (%)',
+    'the gain of the best δ, by domain-set size and budget',
+  )
   files.write_json(os.path.join(common.WORKDIR.value, 'data_size.json'), result)
   final = {size: result[size]['max_gain_pct'][-1] for size in sizes}
-  common.write_report(f'Domain-set size and SCPT on {common.config_name()}', [
+  common.write_report(
+    f'Domain-set size and SCPT on {common.config_name()}',
+    [
       f'δ ∈ {{{", ".join(f"{100 * d:g}%" for d in deltas)}}}; SCPT: general only to {100 * _SCPT_START.value:g}% '
       f'of {tokens:,} tokens, then δ = {100 * _SCPT_DELTA.value:g}%. Budgets: finetuned from earlier checkpoints.',
-      '\n'.join(table), '![max G by size and budget](data_size.png)',
-      common.paper_table([
-          ('max G at the first budget, by size', ', '.join(f'{s:,}: {result[s]["max_gain_pct"][0]:+.2f}%'
-                                                          for s in sizes), 'data_size/at_40b'),
-          ('max G at the full budget, by size', ', '.join(f'{s:,}: {g:+.2f}%' for s, g in final.items()),
-           'data_size/later'),
-          ('SCPT against SPT at the full budget', ', '.join(
+      '\n'.join(table),
+      '![max G by size and budget](data_size.png)',
+      common.paper_table(
+        [
+          (
+            'max G at the first budget, by size',
+            ', '.join(f'{s:,}: {result[s]["max_gain_pct"][0]:+.2f}%' for s in sizes),
+            'data_size/at_40b',
+          ),
+          (
+            'max G at the full budget, by size',
+            ', '.join(f'{s:,}: {g:+.2f}%' for s, g in final.items()),
+            'data_size/later',
+          ),
+          (
+            'SCPT against SPT at the full budget',
+            ', '.join(
               f'{s:,}: SCPT {result[s]["scpt"]["loss"][-1]:.4f} vs best SPT '
-              f'{min(c["loss"][-1] for c in result[s]["spt"].values()):.4f}' for s in sizes[:2]), 'data_size/scpt')])])
+              f'{min(c["loss"][-1] for c in result[s]["spt"].values()):.4f}'
+              for s in sizes[:2]
+            ),
+            'data_size/scpt',
+          ),
+        ]
+      ),
+    ],
+  )
 
 
 if __name__ == '__main__':

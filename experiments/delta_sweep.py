@@ -11,8 +11,7 @@ import os
 from experiments import common
 from spt_jax import cli
 
-_DELTAS = cli.define_list('deltas', '0,0.001,0.01,0.02,0.05', 'δ values (fractions), comma-separated.',
-                          cli.FRACTION)
+_DELTAS = cli.define_list('deltas', '0,0.001,0.01,0.02,0.05', 'δ values (fractions), comma-separated.', cli.FRACTION)
 _CHECKPOINTS = common.checkpoints_flag(3)
 common.at_least(_DELTAS, 2, 'δ values to fit')
 
@@ -21,8 +20,10 @@ def main(argv):
   del argv
   base = common.base_config()
   from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
-  variants = {common.delta_name(d): common.variant(base, mixture__domain_fraction=d, finetune__from_steps=from_steps)
-              for d in _DELTAS.value}
+  variants = {
+    common.delta_name(d): common.variant(base, mixture__domain_fraction=d, finetune__from_steps=from_steps)
+    for d in _DELTAS.value
+  }
   workdirs = common.run_variants(variants)
   npt = workdirs.pop(common.delta_name(0.0), None)
   fit = common.analyse('fit', runs=[*([npt] if npt else []), *workdirs.values()])
@@ -30,8 +31,12 @@ def main(argv):
   fit_link = f'The overfitting scaling-law fit: [{relative}/report.md]({relative}/report.md)'
   if npt:
     common.analyse('gains', npt=npt, spt=list(workdirs.values()))
-    common.gains_report(npt, list(workdirs.values()), f'δ sweep on {common.config_name()}: SPT against NPT',
-                        ['![post-FT loss by budget](analysis/gains/gains.png)', fit_link])
+    common.gains_report(
+      npt,
+      list(workdirs.values()),
+      f'δ sweep on {common.config_name()}: SPT against NPT',
+      ['![post-FT loss by budget](analysis/gains/gains.png)', fit_link],
+    )
 
 
 if __name__ == '__main__':

@@ -19,16 +19,21 @@ from spt_jax import cli
 
 _SEEDS = cli.define_list('seeds', '0', 'Seeds; each runs both arms.', cli.SEED)
 _DELTA = common.delta_flag('delta', 0.1, 'δ of the SPT arm.')
-_TASKS = flags.DEFINE_list('tasks', '', 'Task builders (domain_tasks.BUILDERS) or benchmark names; default: the '
-                           'domain\'s (abc_key,abc_metre | proof_next_line | smiles_real).')
-_EXAMPLES = flags.DEFINE_integer('examples', 300, 'Examples per task (held-out documents permitting).',
-                                  lower_bound=1)
+_TASKS = flags.DEFINE_list(
+  'tasks',
+  '',
+  'Task builders (domain_tasks.BUILDERS) or benchmark names; default: the '
+  "domain's (abc_key,abc_metre | proof_next_line | smiles_real).",
+)
+_EXAMPLES = flags.DEFINE_integer('examples', 300, 'Examples per task (held-out documents permitting).', lower_bound=1)
 common.at_least(_SEEDS, 1, 'seeds')
 
-DOMAIN_TASKS = {'musicpile': ('abc_key', 'abc_metre'), 'proofpile': ('proof_next_line',),
-                'chempile': ('smiles_real',)}
-PAPER_KEYS = {'musicpile': 'downstream/musictheorybench_points', 'proofpile': 'downstream/math_mcqa_points',
-              'chempile': 'downstream/chembench'}
+DOMAIN_TASKS = {'musicpile': ('abc_key', 'abc_metre'), 'proofpile': ('proof_next_line',), 'chempile': ('smiles_real',)}
+PAPER_KEYS = {
+  'musicpile': 'downstream/musictheorybench_points',
+  'proofpile': 'downstream/math_mcqa_points',
+  'chempile': 'downstream/chembench',
+}
 
 
 def build_tasks(config, names, out: str, examples: int) -> dict:
@@ -36,12 +41,14 @@ def build_tasks(config, names, out: str, examples: int) -> dict:
   from spt_jax.evals import domain_tasks  # pylint: disable=g-import-not-at-top
   from spt_jax.train import run_plan  # pylint: disable=g-import-not-at-top
   from spt_jax.data import prepare  # pylint: disable=g-import-not-at-top
+
   paths = {name: os.path.join(out, f'{name}.jsonl') for name in names}
   missing = [name for name, path in paths.items() if not os.path.exists(path) and name in domain_tasks.BUILDERS]
   if missing:
     prepared = prepare.prepare(run_plan.stage_config(config, 'pretrain'))
-    documents = domain_tasks.held_out_documents(config.data.domain, prepared_dir=str(prepared.path),
-                                                cache_dir=config.data.cache_dir)
+    documents = domain_tasks.held_out_documents(
+      config.data.domain, prepared_dir=str(prepared.path), cache_dir=config.data.cache_dir
+    )
     for name in missing:
       domain_tasks.write_jsonl(domain_tasks.build(name, documents, n=examples), paths[name])
   return {name: paths[name] if name in domain_tasks.BUILDERS else name for name in names}
@@ -52,40 +59,54 @@ def checkpoints(workdir: str) -> dict:
   from spt_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import seeds  # pylint: disable=g-import-not-at-top
+
   run = runs.read(workdir)
   best = seeds.arm(run)
-  return {'before': os.path.join(workdir, 'pretrain', checkpoint.CHECKPOINTS, str(int(run.summary['steps']))),
-          'after': os.path.join(workdir, 'finetune', best['best_finetune'], checkpoint.CHECKPOINTS,
-                                str(best['best_step']))}
+  return {
+    'before': os.path.join(workdir, 'pretrain', checkpoint.CHECKPOINTS, str(int(run.summary['steps']))),
+    'after': os.path.join(workdir, 'finetune', best['best_finetune'], checkpoint.CHECKPOINTS, str(best['best_step'])),
+  }
 
 
 def score(checkpoint: str, tasks: dict) -> dict:
   from spt_jax import export  # pylint: disable=g-import-not-at-top
   from spt_jax.evals import mcqa  # pylint: disable=g-import-not-at-top
+
   loaded = export.load_checkpoint(checkpoint)
-  return {name: mcqa.evaluate(loaded.params, loaded.model_cfg, loaded.tokenizer, task, max_len=loaded.seq_len)
-          for name, task in tasks.items()}
+  return {
+    name: mcqa.evaluate(loaded.params, loaded.model_cfg, loaded.tokenizer, task, max_len=loaded.seq_len)
+    for name, task in tasks.items()
+  }
 
 
 def report(results: dict, tasks: dict, domain: str, delta: float) -> list:
   from spt_jax.analysis import seeds as seeds_lib  # pylint: disable=g-import-not-at-top
-  lines = ['| task | seed | NPT before FT | NPT after FT | SPT before FT | SPT after FT | SPT − NPT after FT |',
-           '|---|---|---|---|---|---|---|']
+
+  lines = [
+    '| task | seed | NPT before FT | NPT after FT | SPT before FT | SPT after FT | SPT − NPT after FT |',
+    '|---|---|---|---|---|---|---|',
+  ]
   differences = {name: [] for name in tasks}
   for name in tasks:
     for seed, arms in sorted(results.items()):
       cells = [arms[arm][moment][name] for arm in ('npt', 'spt') for moment in ('before', 'after')]
       difference = 100 * (cells[3]['accuracy'] - cells[1]['accuracy'])
       differences[name].append(difference)
-      lines.append(f'| {name} (n={cells[0]["examples"]}, chance {cells[0]["chance"]:.2f}) | {seed} | ' +
-                   ' | '.join(f'{c["accuracy"]:.3f} ± {c["accuracy_stderr"]:.3f}' for c in cells) +
-                   f' | {difference:+.1f} points |')
-  ours = '; '.join(f'{name} {seeds_lib.plus_minus(seeds_lib.spread(values), 1, " points")}'
-                   for name, values in differences.items())
+      lines.append(
+        f'| {name} (n={cells[0]["examples"]}, chance {cells[0]["chance"]:.2f}) | {seed} | '
+        + ' | '.join(f'{c["accuracy"]:.3f} ± {c["accuracy_stderr"]:.3f}' for c in cells)
+        + f' | {difference:+.1f} points |'
+      )
+  ours = '; '.join(
+    f'{name} {seeds_lib.plus_minus(seeds_lib.spread(values), 1, " points")}' for name, values in differences.items()
+  )
   paper_rows = [('SPT − NPT accuracy after finetuning', ours, PAPER_KEYS[domain])] if domain in PAPER_KEYS else []
-  return [f'SPT at δ = {100 * delta:g}%. Accuracy ± standard error over the task\'s examples; a choice is scored by '
-          'the summed log-likelihood of its tokens (spt_jax/evals/mcqa.py).', '\n'.join(lines),
-          *([common.paper_table(paper_rows)] if paper_rows else [])]
+  return [
+    f"SPT at δ = {100 * delta:g}%. Accuracy ± standard error over the task's examples; a choice is scored by "
+    'the summed log-likelihood of its tokens (spt_jax/evals/mcqa.py).',
+    '\n'.join(lines),
+    *([common.paper_table(paper_rows)] if paper_rows else []),
+  ]
 
 
 def main(argv):
@@ -94,18 +115,27 @@ def main(argv):
   domain = common.config_name()
   names = [t for t in _TASKS.value if t] or list(DOMAIN_TASKS.get(domain, ()))
   if not names:
-    raise ValueError(f'no built-in tasks for {domain!r}; pass --tasks (one of abc_key, abc_metre, proof_next_line, '
-                     'smiles_real, or a benchmark name)')
+    raise ValueError(
+      f'no built-in tasks for {domain!r}; pass --tasks (one of abc_key, abc_metre, proof_next_line, '
+      'smiles_real, or a benchmark name)'
+    )
   seeds = _SEEDS.value
   workdirs = common.run_variants(common.arms(base, _DELTA.value, seeds))
   tasks = build_tasks(base, names, os.path.join(common.WORKDIR.value, 'tasks'), _EXAMPLES.value)
-  results = {seed: {arm: {moment: score(path, tasks)
-                          for moment, path in checkpoints(workdirs[f'{arm}_seed{seed}']).items()}
-                    for arm in ('npt', 'spt')} for seed in seeds}
+  results = {
+    seed: {
+      arm: {moment: score(path, tasks) for moment, path in checkpoints(workdirs[f'{arm}_seed{seed}']).items()}
+      for arm in ('npt', 'spt')
+    }
+    for seed in seeds
+  }
   from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
+
   files.write_json(os.path.join(common.WORKDIR.value, 'downstream.json'), results)
-  common.write_report(f'Downstream accuracy on {domain}: NPT against SPT, before and after finetuning',
-                      report(results, tasks, domain, _DELTA.value))
+  common.write_report(
+    f'Downstream accuracy on {domain}: NPT against SPT, before and after finetuning',
+    report(results, tasks, domain, _DELTA.value),
+  )
 
 
 if __name__ == '__main__':

@@ -18,20 +18,26 @@ from absl import flags
 from experiments import common
 from spt_jax import cli
 
-_DELTAS = cli.define_list('deltas', '0,0.01,0.02,0.05,0.1,0.2', 'δ values (fractions), comma-separated.',
-                          cli.FRACTION)
+_DELTAS = cli.define_list('deltas', '0,0.01,0.02,0.05,0.1,0.2', 'δ values (fractions), comma-separated.', cli.FRACTION)
 _CHECKPOINTS = common.checkpoints_flag(3)
 _MAX_DELTA = common.delta_flag('max_delta', 0.05, 'The fit sees δ up to this (the paper: 5%).')
-_MAX_TOKEN_FRACTION = flags.DEFINE_float('max_token_fraction', 0.6, 'The fit sees tokens up to this fraction of '
-                                         'the budget (the paper extrapolates post-FT loss past 120B of 200B).')
-_CROSSOVER = cli.define_list('crossover', '0.02,0.05', 'Two δ whose predicted and observed crossover to compare '
-                             '(empty: none).', cli.OPEN_FRACTION)
-flags.register_validator(_MAX_TOKEN_FRACTION, lambda fraction: 0 < fraction <= 1,
-                         'the fit sees a fraction in (0, 1] of the budget\'s tokens')
+_MAX_TOKEN_FRACTION = flags.DEFINE_float(
+  'max_token_fraction',
+  0.6,
+  'The fit sees tokens up to this fraction of the budget (the paper extrapolates post-FT loss past 120B of 200B).',
+)
+_CROSSOVER = cli.define_list(
+  'crossover', '0.02,0.05', 'Two δ whose predicted and observed crossover to compare (empty: none).', cli.OPEN_FRACTION
+)
+flags.register_validator(
+  _MAX_TOKEN_FRACTION, lambda fraction: 0 < fraction <= 1, "the fit sees a fraction in (0, 1] of the budget's tokens"
+)
 flags.register_validator(_CROSSOVER, lambda deltas: len(deltas) in (0, 2), 'give two δ, DELTA_A,DELTA_B, or none')
 flags.register_multi_flags_validator(
-    ['deltas', 'max_delta'], lambda values: any(d > values['max_delta'] for d in values['deltas']),
-    '--deltas has no δ above --max_delta: nothing would be held out')
+  ['deltas', 'max_delta'],
+  lambda values: any(d > values['max_delta'] for d in values['deltas']),
+  '--deltas has no δ above --max_delta: nothing would be held out',
+)
 
 
 def _paper_rows(report: dict, budget: float) -> list:
@@ -39,21 +45,43 @@ def _paper_rows(report: dict, budget: float) -> list:
   rows = []
   if largest is not None:
     error = report['held_out_delta'][largest]['test']
-    rows.append((f'forecast of the held-out δ = {100 * float(largest):g}% curve (mean abs. relative error)',
-                 f'{100 * error["mean_abs_relative_error"]:.2f}%', 'forecast/onset_10pct_tokens'))
+    rows.append(
+      (
+        f'forecast of the held-out δ = {100 * float(largest):g}% curve (mean abs. relative error)',
+        f'{100 * error["mean_abs_relative_error"]:.2f}%',
+        'forecast/onset_10pct_tokens',
+      )
+    )
     onset = report['onset'].get(largest, {})
-    rows.append((f'overfitting onset of δ = {100 * float(largest):g}%, predicted / observed (tokens)',
-                 f'{onset.get("predicted_tokens") or float("nan"):.3g} / '
-                 f'{onset.get("observed_tokens") or float("nan"):.3g}'
-                 f' (budget {budget:.3g})', 'forecast/onset_10pct_tokens'))
+    rows.append(
+      (
+        f'overfitting onset of δ = {100 * float(largest):g}%, predicted / observed (tokens)',
+        f'{onset.get("predicted_tokens") or float("nan"):.3g} / '
+        f'{onset.get("observed_tokens") or float("nan"):.3g}'
+        f' (budget {budget:.3g})',
+        'forecast/onset_10pct_tokens',
+      )
+    )
   for cross in report['crossovers']:
+
     def show(found):
       return ', '.join(f'{f["tokens"]:.3g}' for f in found) or 'none'
-    rows.append((f'crossover δ = {100 * cross["deltas"][0]:g}% vs {100 * cross["deltas"][1]:g}% '
-                 f'({cross["objective"]}), predicted / observed', f'{show(cross["predicted"])} / '
-                 f'{show(cross["observed"])}', 'forecast/crossover_2pct_over_5pct_tokens'))
-  rows.append(('the fit sees', f'δ ≤ {100 * _MAX_DELTA.value:g}%, tokens ≤ {_MAX_TOKEN_FRACTION.value:g} of the '
-               'budget', 'forecast/fit_max_delta'))
+
+    rows.append(
+      (
+        f'crossover δ = {100 * cross["deltas"][0]:g}% vs {100 * cross["deltas"][1]:g}% '
+        f'({cross["objective"]}), predicted / observed',
+        f'{show(cross["predicted"])} / {show(cross["observed"])}',
+        'forecast/crossover_2pct_over_5pct_tokens',
+      )
+    )
+  rows.append(
+    (
+      'the fit sees',
+      f'δ ≤ {100 * _MAX_DELTA.value:g}%, tokens ≤ {_MAX_TOKEN_FRACTION.value:g} of the budget',
+      'forecast/fit_max_delta',
+    )
+  )
   return rows
 
 
@@ -62,16 +90,21 @@ def main(argv):
   from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import forecast_check  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+
   base = common.base_config()
   deltas = _DELTAS.value
   from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
-  workdirs = common.run_variants({
+  workdirs = common.run_variants(
+    {
       common.delta_name(d): common.variant(base, mixture__domain_fraction=d, finetune__from_steps=from_steps)
-      for d in deltas})
+      for d in deltas
+    }
+  )
   budget = float(common.pretrain_tokens(base))
   max_tokens = _MAX_TOKEN_FRACTION.value * budget
-  fit_dir = common.analyse('fit', name='fit_subset', runs=list(workdirs.values()), max_delta=_MAX_DELTA.value,
-                           max_tokens=max_tokens)
+  fit_dir = common.analyse(
+    'fit', name='fit_subset', runs=list(workdirs.values()), max_delta=_MAX_DELTA.value, max_tokens=max_tokens
+  )
   with open(os.path.join(fit_dir, 'fit.json')) as f:
     fit = json.load(f)
   data = runs.scaling_data([runs.read(w) for w in workdirs.values()])
@@ -79,12 +112,17 @@ def main(argv):
   report = forecast_check.check(fit, data, crossover_pairs=[pair] if len(pair) == 2 else [])
   files.write_json(os.path.join(common.WORKDIR.value, 'forecast_check.json'), report)
   common.write_report(
-      f'Forecast check on {common.config_name()}: fitted on δ ≤ {100 * _MAX_DELTA.value:g}% and the first '
-      f'{100 * _MAX_TOKEN_FRACTION.value:g}% of {budget:.3g} tokens',
-      ['Errors are forecast − observed on rows the fit never saw (domain test loss; post-FT: best loss after '
-       'finetuning).', forecast_check.format_report(report), common.paper_table(_paper_rows(report, budget)),
-       f'The fit itself: [analysis/fit_subset/report.md](analysis/fit_subset/report.md) '
-       f'(![fit](analysis/fit_subset/fit.png))'])
+    f'Forecast check on {common.config_name()}: fitted on δ ≤ {100 * _MAX_DELTA.value:g}% and the first '
+    f'{100 * _MAX_TOKEN_FRACTION.value:g}% of {budget:.3g} tokens',
+    [
+      'Errors are forecast − observed on rows the fit never saw (domain test loss; post-FT: best loss after '
+      'finetuning).',
+      forecast_check.format_report(report),
+      common.paper_table(_paper_rows(report, budget)),
+      f'The fit itself: [analysis/fit_subset/report.md](analysis/fit_subset/report.md) '
+      f'(![fit](analysis/fit_subset/fit.png))',
+    ],
+  )
 
 
 if __name__ == '__main__':

@@ -16,9 +16,10 @@ from spt_jax import cli
 from spt_jax.analysis import paper
 from spt_jax.analysis import seeds as seeds_lib
 
-_SEEDS = cli.define_list('seeds', '0,1,2', 'Seeds; each runs both arms (init, data order and split of batches).',
-                         cli.SEED)
-_DELTA = common.delta_flag('delta', None, 'δ of the SPT arm; default: the config\'s mixture.domain_fraction.')
+_SEEDS = cli.define_list(
+  'seeds', '0,1,2', 'Seeds; each runs both arms (init, data order and split of batches).', cli.SEED
+)
+_DELTA = common.delta_flag('delta', None, "δ of the SPT arm; default: the config's mixture.domain_fraction.")
 common.at_least(_SEEDS, 1, 'seeds, e.g. --seeds=0,1,2')
 
 
@@ -27,25 +28,38 @@ def report(result: dict, domain: str, delta: float, config) -> str:
   known = f'relative_gain_pct/{domain}' in paper.VALUES
   paper_gain = paper.cell('relative_gain_pct', domain) if known else '– (not a paper domain)'
   lines = [
-      f'# Headline: NPT→FT against SPT→FT on {domain}, {result["seeds"]} seeds', '',
-      f'Model `{config.model.preset}`, {config.tokens:,} pretraining tokens, sequences of {config.data.seq_len}, '
-      f'SPT at δ = {100 * delta:g}%; finetuning grid {list(map(tuple, config.finetune.grid))} (lr, warmup) with '
-      f'early stopping (patience {config.finetune.patience}, evaluation every {config.finetune.eval_every} steps, '
-      f'at most {config.finetune.max_steps} steps); each arm\'s best grid point by domain test loss.', '',
-      '## Per seed', '', seeds_lib.format_tables(result), '',
-      'G = 100·(L_NPT→FT − L_SPT→FT)/L_NPT→FT. Forgetting: general test loss after finetuning (at the best '
-      'step) minus before.', '',
-      '## Against the paper', '',
-      '| quantity | ours (mean ± sd over seeds) | paper |', '|---|---|---|',
-      f'| relative gain G | {seeds_lib.plus_minus(s["gain_pct"], 2, "%")} ({s["seeds_spt_better"]} of '
-      f'{result["seeds"]} seeds '
-      f'SPT better) | {paper_gain} |',
-      f'| forgetting, NPT → SPT | {seeds_lib.plus_minus(s["npt_forgetting"])} → '
-      f'{seeds_lib.plus_minus(s["spt_forgetting"])} nats | '
-      f'{paper.cell("forgetting")} |',
-      f'| finetuning epochs to the best step | see per-seed table | {paper.cell("finetune_overfit_epochs")} |',
-      '', 'The paper\'s values are at 1B parameters and 200B tokens; ours at CPU scale, so the direction and rough '
-      'size compare, not the numbers.', '', '![both arms through pretraining and finetuning](headline.png)', '']
+    f'# Headline: NPT→FT against SPT→FT on {domain}, {result["seeds"]} seeds',
+    '',
+    f'Model `{config.model.preset}`, {config.tokens:,} pretraining tokens, sequences of {config.data.seq_len}, '
+    f'SPT at δ = {100 * delta:g}%; finetuning grid {list(map(tuple, config.finetune.grid))} (lr, warmup) with '
+    f'early stopping (patience {config.finetune.patience}, evaluation every {config.finetune.eval_every} steps, '
+    f"at most {config.finetune.max_steps} steps); each arm's best grid point by domain test loss.",
+    '',
+    '## Per seed',
+    '',
+    seeds_lib.format_tables(result),
+    '',
+    'G = 100·(L_NPT→FT − L_SPT→FT)/L_NPT→FT. Forgetting: general test loss after finetuning (at the best '
+    'step) minus before.',
+    '',
+    '## Against the paper',
+    '',
+    '| quantity | ours (mean ± sd over seeds) | paper |',
+    '|---|---|---|',
+    f'| relative gain G | {seeds_lib.plus_minus(s["gain_pct"], 2, "%")} ({s["seeds_spt_better"]} of '
+    f'{result["seeds"]} seeds '
+    f'SPT better) | {paper_gain} |',
+    f'| forgetting, NPT → SPT | {seeds_lib.plus_minus(s["npt_forgetting"])} → '
+    f'{seeds_lib.plus_minus(s["spt_forgetting"])} nats | '
+    f'{paper.cell("forgetting")} |',
+    f'| finetuning epochs to the best step | see per-seed table | {paper.cell("finetune_overfit_epochs")} |',
+    '',
+    "The paper's values are at 1B parameters and 200B tokens; ours at CPU scale, so the direction and rough "
+    'size compare, not the numbers.',
+    '',
+    '![both arms through pretraining and finetuning](headline.png)',
+    '',
+  ]
   return '\n'.join(lines)
 
 
@@ -54,6 +68,7 @@ def main(argv):
   from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+
   base = common.base_config()
   delta = base.mixture.domain_fraction if _DELTA.value is None else _DELTA.value
   if not 0 < delta < 1:
@@ -63,12 +78,15 @@ def main(argv):
   pairs = {seed: (runs.read(workdirs[f'npt_seed{seed}']), runs.read(workdirs[f'spt_seed{seed}'])) for seed in seeds}
   result = seeds_lib.compare(pairs)
   domain = common.config_name()
-  trajectories = {'NPT→FT (δ = 0)': [seeds_lib.trajectory(npt) for npt, _ in pairs.values()],
-                  f'SPT→FT (δ = {100 * delta:g}%)': [seeds_lib.trajectory(spt) for _, spt in pairs.values()]}
+  trajectories = {
+    'NPT→FT (δ = 0)': [seeds_lib.trajectory(npt) for npt, _ in pairs.values()],
+    f'SPT→FT (δ = {100 * delta:g}%)': [seeds_lib.trajectory(spt) for _, spt in pairs.values()],
+  }
   out = common.WORKDIR.value
   plots.seeds_plot(trajectories, os.path.join(out, 'headline.png'), f'{domain}: {len(seeds)} seeds')
-  files.write_json(os.path.join(out, 'headline.json'), {'domain': domain, 'delta': delta, **result,
-                                                        'trajectories': trajectories})
+  files.write_json(
+    os.path.join(out, 'headline.json'), {'domain': domain, 'delta': delta, **result, 'trajectories': trajectories}
+  )
   files.write_text(os.path.join(out, 'report.md'), report(result, domain, delta, base))
   gain = seeds_lib.plus_minus(result['summary']['gain_pct'], 2, '%')
   print(f'{domain}: G = {gain} over {len(seeds)} seeds; {out}/report.md')

@@ -16,9 +16,12 @@ from spt_jax import cli
 from spt_jax.model import flops
 
 _DELTA = common.delta_flag('delta', 0.1, 'δ of the SPT models.')
-_PRESETS = cli.define_list('presets', 'cpu-160k,cpu-600k,cpu-2m', 'Model presets, smallest first (at least 3 for '
-                           'the trend).', cli.item(str, flops.PRESETS.__contains__,
-                                                   f'a model preset: one of {", ".join(flops.PRESETS)}'))
+_PRESETS = cli.define_list(
+  'presets',
+  'cpu-160k,cpu-600k,cpu-2m',
+  'Model presets, smallest first (at least 3 for the trend).',
+  cli.item(str, flops.PRESETS.__contains__, f'a model preset: one of {", ".join(flops.PRESETS)}'),
+)
 _CHECKPOINTS = common.checkpoints_flag(2, 'Earlier pretraining checkpoints to finetune from (budgets)')
 common.at_least(_PRESETS, 2, 'model presets, smallest first')
 
@@ -26,6 +29,7 @@ common.at_least(_PRESETS, 2, 'model presets, smallest first')
 def _curve(workdir: str) -> dict:
   from spt_jax.analysis import gains  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+
   run = runs.read(workdir)
   tokens, losses, _ = gains.post_ft_curve(run)
   return {'params': int(run.summary['params']), 'tokens': tokens.tolist(), 'loss': losses.tolist()}
@@ -37,6 +41,7 @@ def main(argv):
   from spt_jax.model import decoder as model  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
+
   base = common.base_config()
   presets = _PRESETS.value
   from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
@@ -44,40 +49,65 @@ def main(argv):
   for preset in presets:
     size = model.preset_config(preset)
     size.update(dtype=base.model.dtype, vocab_size=base.model.vocab_size)  # Same tokenizer for every size.
-    variants.update(common.arms(base, _DELTA.value, prefix=f'{preset}_', model=size.to_dict(),
-                                finetune__from_steps=from_steps))
+    variants.update(
+      common.arms(base, _DELTA.value, prefix=f'{preset}_', model=size.to_dict(), finetune__from_steps=from_steps)
+    )
   workdirs = common.run_variants(variants)
   curves = {p: {arm: _curve(workdirs[f'{p}_{arm}_seed0']) for arm in ('npt', 'spt')} for p in presets}
-  table = ['| model | parameters | pretraining tokens | NPT→FT | SPT→FT | gap (NPT − SPT) | G |',
-           '|---|---|---|---|---|---|---|']
+  table = [
+    '| model | parameters | pretraining tokens | NPT→FT | SPT→FT | gap (NPT − SPT) | G |',
+    '|---|---|---|---|---|---|---|',
+  ]
   gaps = {}
   for preset in presets:
     npt, spt = curves[preset]['npt'], curves[preset]['spt']
     for tokens, npt_loss, spt_loss in zip(npt['tokens'], npt['loss'], spt['loss']):
       gaps.setdefault(tokens, []).append(npt_loss - spt_loss)
-      table.append(f'| {preset} | {npt["params"]:,} | {tokens:,.0f} | {npt_loss:.4f} | {spt_loss:.4f} | '
-                   f'{npt_loss - spt_loss:+.4f} | {gains_lib.relative_gain(npt_loss, spt_loss):+.2f}% |')
+      table.append(
+        f'| {preset} | {npt["params"]:,} | {tokens:,.0f} | {npt_loss:.4f} | {spt_loss:.4f} | '
+        f'{npt_loss - spt_loss:+.4f} | {gains_lib.relative_gain(npt_loss, spt_loss):+.2f}% |'
+      )
   closed = ['| SPT model | NPT model | gap closed |', '|---|---|---|']
   for small, large in zip(presets, presets[1:]):
-    value = gains_lib.gap_closed(curves[small]['npt']['loss'][-1], curves[small]['spt']['loss'][-1],
-                                 curves[large]['npt']['loss'][-1])
+    value = gains_lib.gap_closed(
+      curves[small]['npt']['loss'][-1], curves[small]['spt']['loss'][-1], curves[large]['npt']['loss'][-1]
+    )
     closed.append(f'| {small} | {large} | {"undefined (larger not better)" if value is None else f"{value:.0f}%"} |')
   params = [curves[p]['npt']['params'] for p in presets]
-  plots.series_plot({f'{tokens:,.0f} tokens': (params, values) for tokens, values in sorted(gaps.items())},
-                    os.path.join(common.WORKDIR.value, 'model_size.png'), 'parameters', 'NPT→FT − SPT→FT (nats)',
-                    'the SPT-NPT gap in post-finetuning domain loss, by model size', xscale='log')
+  plots.series_plot(
+    {f'{tokens:,.0f} tokens': (params, values) for tokens, values in sorted(gaps.items())},
+    os.path.join(common.WORKDIR.value, 'model_size.png'),
+    'parameters',
+    'NPT→FT − SPT→FT (nats)',
+    'the SPT-NPT gap in post-finetuning domain loss, by model size',
+    xscale='log',
+  )
   final = gaps[max(gaps)]
   widening = all(b >= a for a, b in zip(final, final[1:]))
   files.write_json(os.path.join(common.WORKDIR.value, 'model_size.json'), curves)
-  common.write_report(f'Model size on {common.config_name()}: NPT against SPT (δ = {100 * _DELTA.value:g}%)', [
-      '\n'.join(table), '![the gap by model size](model_size.png)', '\n'.join(closed),
-      common.paper_table([
-          ('the gap at the full budget, smallest to largest',
-           ' → '.join(f'{g:+.4f}' for g in final) + (' (widens)' if widening else ' (does not widen throughout)'),
-           'model_size/direction'),
-          (f'gap closed, {presets[0]} SPT vs {presets[1]} NPT', closed[2].split('|')[3].strip(),
-           'gap_closed_pct', common.config_name() if common.config_name() in ('musicpile', 'proofpile', 'chempile')
-           else 'musicpile')])])
+  common.write_report(
+    f'Model size on {common.config_name()}: NPT against SPT (δ = {100 * _DELTA.value:g}%)',
+    [
+      '\n'.join(table),
+      '![the gap by model size](model_size.png)',
+      '\n'.join(closed),
+      common.paper_table(
+        [
+          (
+            'the gap at the full budget, smallest to largest',
+            ' → '.join(f'{g:+.4f}' for g in final) + (' (widens)' if widening else ' (does not widen throughout)'),
+            'model_size/direction',
+          ),
+          (
+            f'gap closed, {presets[0]} SPT vs {presets[1]} NPT',
+            closed[2].split('|')[3].strip(),
+            'gap_closed_pct',
+            common.config_name() if common.config_name() in ('musicpile', 'proofpile', 'chempile') else 'musicpile',
+          ),
+        ]
+      ),
+    ],
+  )
 
 
 if __name__ == '__main__':

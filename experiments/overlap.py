@@ -18,15 +18,18 @@ from absl import flags
 from experiments import common
 from spt_jax import cli
 
-_SHARES = cli.define_list('shares', '0,0.01,0.03,0.1', 'Shares of Spanish in the general set (by bytes).',
-                          cli.FRACTION)
+_SHARES = cli.define_list('shares', '0,0.01,0.03,0.1', 'Shares of Spanish in the general set (by bytes).', cli.FRACTION)
 _DELTA = common.delta_flag('delta', 0.1, 'δ of the SPT arms.')
-_ENGLISH = flags.DEFINE_string('english', 'builtin:brown,austen,shakespeare,python_docs,linux_docs',
-                               'The general set\'s English: builtin:english without web_bible.')
+_ENGLISH = flags.DEFINE_string(
+  'english',
+  'builtin:brown,austen,shakespeare,python_docs,linux_docs',
+  "The general set's English: builtin:english without web_bible.",
+)
 _SPANISH = flags.DEFINE_string('spanish', 'builtin:spanish', 'Spanish monolingual text.')
 _DOMAIN = flags.DEFINE_string('domain', 'builtin:bible_en_es', 'The parallel domain set.')
-_GENERAL_MB = flags.DEFINE_float('general_mb', 4.0, 'Size of each general set in MB of text (pretraining should '
-                                 'read under one epoch of it).')
+_GENERAL_MB = flags.DEFINE_float(
+  'general_mb', 4.0, 'Size of each general set in MB of text (pretraining should read under one epoch of it).'
+)
 common.at_least(_SHARES, 2, 'shares in [0, 1)')
 flags.register_validator(_GENERAL_MB, lambda size: size > 0, 'the general set needs a positive size in MB')
 
@@ -39,6 +42,7 @@ def general_set(share: float, out: str, cache_dir: str = '') -> tuple:
   """The general set of a share (Spanish for `share` of about --general_mb MB, English for the rest): its path
   and the share of Spanish bytes it really holds (documents are whole)."""
   from spt_jax.data import blend  # pylint: disable=g-import-not-at-top
+
   path = os.path.join(out, f'general_{100 * share:g}pct.jsonl')
   taken = blend.write({_SPANISH.value: share, _ENGLISH.value: 1.0 - share}, _GENERAL_MB.value, path, cache_dir)
   return path, taken[_SPANISH.value] / sum(taken.values())
@@ -51,41 +55,86 @@ def main(argv):
   from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import seeds  # pylint: disable=g-import-not-at-top
+
   base = common.base_config()
   shares = _SHARES.value
   variants, actual = {}, {}
   for share in shares:
     general, actual[share] = general_set(share, os.path.join(common.WORKDIR.value, 'data'), base.data.cache_dir)
-    variants.update(common.arms(base, _DELTA.value, prefix=_share_name(share), data__general=f'jsonl:{general}',
-                                data__general_max_tokens=0, data__domain=_DOMAIN.value))
+    variants.update(
+      common.arms(
+        base,
+        _DELTA.value,
+        prefix=_share_name(share),
+        data__general=f'jsonl:{general}',
+        data__general_max_tokens=0,
+        data__domain=_DOMAIN.value,
+      )
+    )
   workdirs = common.run_variants(variants)
   rows = []
   for share in shares:
     npt, spt = (seeds.arm(runs.read(workdirs[f'{_share_name(share)}{arm}_seed0'])) for arm in ('npt', 'spt'))
-    rows.append({'share': share, 'actual_share': actual[share], 'npt': npt, 'spt': spt,
-                 'gain_pct': gains_lib.relative_gain(npt['post_ft_loss'], spt['post_ft_loss'])})
+    rows.append(
+      {
+        'share': share,
+        'actual_share': actual[share],
+        'npt': npt,
+        'spt': spt,
+        'gain_pct': gains_lib.relative_gain(npt['post_ft_loss'], spt['post_ft_loss']),
+      }
+    )
   files.write_json(os.path.join(common.WORKDIR.value, 'overlap.json'), rows)
-  plots.series_plot({'G': ([100 * r['actual_share'] for r in rows], [r['gain_pct'] for r in rows])},
-                    os.path.join(common.WORKDIR.value, 'overlap.png'), 'Spanish share of the general set (%)',
-                    'G (%)', 'gain of SPT over NPT after finetuning, by overlap', xscale='symlog')
-  table = ['| Spanish share (of the bytes) | NPT→FT | SPT→FT | G | NPT forgetting | SPT forgetting |',
-           '|---|---|---|---|---|---|']
-  table += [f'| {100 * r["share"]:g}% ({100 * r["actual_share"]:.2f}%) | {r["npt"]["post_ft_loss"]:.4f} | '
-            f'{r["spt"]["post_ft_loss"]:.4f} | '
-            f'{r["gain_pct"]:+.2f}% | {r["npt"]["forgetting"]:+.4f} | {r["spt"]["forgetting"]:+.4f} |' for r in rows]
+  plots.series_plot(
+    {'G': ([100 * r['actual_share'] for r in rows], [r['gain_pct'] for r in rows])},
+    os.path.join(common.WORKDIR.value, 'overlap.png'),
+    'Spanish share of the general set (%)',
+    'G (%)',
+    'gain of SPT over NPT after finetuning, by overlap',
+    xscale='symlog',
+  )
+  table = [
+    '| Spanish share (of the bytes) | NPT→FT | SPT→FT | G | NPT forgetting | SPT forgetting |',
+    '|---|---|---|---|---|---|',
+  ]
+  table += [
+    f'| {100 * r["share"]:g}% ({100 * r["actual_share"]:.2f}%) | {r["npt"]["post_ft_loss"]:.4f} | '
+    f'{r["spt"]["post_ft_loss"]:.4f} | '
+    f'{r["gain_pct"]:+.2f}% | {r["npt"]["forgetting"]:+.4f} | {r["spt"]["forgetting"]:+.4f} |'
+    for r in rows
+  ]
   low, high = rows[0], rows[-1]
   direction = ('falls' if high['gain_pct'] < low['gain_pct'] else 'rises') + ' as the share grows'
-  common.write_report('Overlap: G against the share of the domain\'s second language in pretraining', [
+  common.write_report(
+    "Overlap: G against the share of the domain's second language in pretraining",
+    [
       f'Domain `{_DOMAIN.value}` (English-Spanish verse pairs); general: `{_ENGLISH.value}` with `{_SPANISH.value}` '
       f'as {", ".join(f"{100 * s:g}%" for s in shares)} of about {_GENERAL_MB.value:g} MB; SPT at δ = '
-      f'{100 * _DELTA.value:g}%; one seed.', '\n'.join(table), '![G against the share](overlap.png)',
-      common.paper_table([
-          ('direction of G with the share', f'G {direction}: {low["gain_pct"]:+.2f}% at {100 * low["share"]:g}% → '
-           f'{high["gain_pct"]:+.2f}% at {100 * high["share"]:g}%', 'overlap/direction'),
-          ('G at the largest share', f'{high["gain_pct"]:+.2f}% at {100 * high["share"]:g}%',
-           'overlap/gain_at_10pct_japanese'),
-          ('G at the smallest share', f'{low["gain_pct"]:+.2f}% at {100 * low["share"]:g}%',
-           'overlap/gain_at_0.1pct_japanese')])])
+      f'{100 * _DELTA.value:g}%; one seed.',
+      '\n'.join(table),
+      '![G against the share](overlap.png)',
+      common.paper_table(
+        [
+          (
+            'direction of G with the share',
+            f'G {direction}: {low["gain_pct"]:+.2f}% at {100 * low["share"]:g}% → '
+            f'{high["gain_pct"]:+.2f}% at {100 * high["share"]:g}%',
+            'overlap/direction',
+          ),
+          (
+            'G at the largest share',
+            f'{high["gain_pct"]:+.2f}% at {100 * high["share"]:g}%',
+            'overlap/gain_at_10pct_japanese',
+          ),
+          (
+            'G at the smallest share',
+            f'{low["gain_pct"]:+.2f}% at {100 * low["share"]:g}%',
+            'overlap/gain_at_0.1pct_japanese',
+          ),
+        ]
+      ),
+    ],
+  )
 
 
 if __name__ == '__main__':

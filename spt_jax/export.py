@@ -39,28 +39,34 @@ def find_run_config(path: str) -> tuple[str, dict]:
     if config is not None and 'model' in config:
       return candidate, config
     candidate = os.path.dirname(candidate)
-  raise ValueError(f'no run config.json at or above {path}; point --checkpoint at a run workdir (or a checkpoint '
-                   'inside one) or a Hugging Face OLMo directory.')
+  raise ValueError(
+    f'no run config.json at or above {path}; point --checkpoint at a run workdir (or a checkpoint '
+    'inside one) or a Hugging Face OLMo directory.'
+  )
 
 
 def _abstract_params(model_cfg):
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                      nn.unbox(model_lib.abstract_params(model_cfg)))
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), nn.unbox(model_lib.abstract_params(model_cfg))
+  )
 
 
 def load_checkpoint(path: str, tokenizer_required: bool = True) -> LoadedModel:
   """Parameters, model config, tokenizer and context of a run checkpoint or a Hugging Face OLMo directory."""
   from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
-    raise ValueError(f'--checkpoint {path} does not exist; point it at a run workdir, a checkpoint folder or a '
-                     'Hugging Face OLMo directory.')
+    raise ValueError(
+      f'--checkpoint {path} does not exist; point it at a run workdir, a checkpoint folder or a '
+      'Hugging Face OLMo directory.'
+    )
   if hf.is_hf_dir(path):
     params, model_cfg = hf.import_hf(path)
     tokenizer = hf.load_tokenizer(path)
     if tokenizer is None and tokenizer_required:
-      raise ValueError(f'{path} has no {hf.TOKENIZER_FILE}; add the model\'s tokenizer.json to the directory.')
+      raise ValueError(f"{path} has no {hf.TOKENIZER_FILE}; add the model's tokenizer.json to the directory.")
     seq_len = int(hf.read_hf_config(path).get('max_position_embeddings', 2048))
     return LoadedModel(params, model_cfg, tokenizer, seq_len, path)
   workdir, config = find_run_config(path)
@@ -70,11 +76,12 @@ def load_checkpoint(path: str, tokenizer_required: bool = True) -> LoadedModel:
   tokenizer = None
   if tokenizer_required:  # The run's own copy; else rebuild it from the config (a BPE needs its data here).
     saved = os.path.join(workdir, checkpoint_lib.TOKENIZER_FILE)
-    tokenizer = (tokenizers.Tokenizer.from_file(saved) if os.path.isfile(saved)
-                 else tokenizer_lib.load_tokenizer(config))
+    tokenizer = tokenizers.Tokenizer.from_file(saved) if os.path.isfile(saved) else tokenizer_lib.load_tokenizer(config)
   if tokenizer is not None and tokenizer.get_vocab_size() > model_lib.padded_vocab_size(model_cfg):
-    raise ValueError(f'the run\'s tokenizer has {tokenizer.get_vocab_size()} tokens but its model '
-                     f'{model_cfg.vocab_size}; check data.tokenizer in {workdir}/config.json.')
+    raise ValueError(
+      f"the run's tokenizer has {tokenizer.get_vocab_size()} tokens but its model "
+      f'{model_cfg.vocab_size}; check data.tokenizer in {workdir}/config.json.'
+    )
   params = checkpoint_lib.restore_params(step_dir, _abstract_params(model_cfg))
   if not model_cfg.tie_embeddings and 'lm_head' not in params:
     params = model_lib.untie(params)
@@ -86,8 +93,9 @@ def export(checkpoint: str, out_dir: str) -> str:
   loaded = load_checkpoint(checkpoint)
   if os.path.abspath(out_dir) == loaded.source:
     raise ValueError(f'--out {out_dir} is the checkpoint itself; choose another folder.')
-  return hf.export_hf(loaded.params, loaded.model_cfg, loaded.tokenizer, out_dir,
-                      max_position_embeddings=loaded.seq_len)
+  return hf.export_hf(
+    loaded.params, loaded.model_cfg, loaded.tokenizer, out_dir, max_position_embeddings=loaded.seq_len
+  )
 
 
 FLAGS = flags.FLAGS

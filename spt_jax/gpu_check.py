@@ -30,10 +30,16 @@ from spt_jax.train import step as train
 
 _OUT = flags.DEFINE_string('out', '', 'Folder for gpu_check.json (default: print only).')
 _DRY = flags.DEFINE_bool('dry', False, 'CPU sizes (cpu-160k, float32, XLA attention, sequence 64): checks the path.')
-_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['64', '48', '32', '24', '16', '8'],
-                                 'Batch sizes to try, largest first; the first that fits is measured.')
-flags.register_validator(_BATCH_SIZES, lambda sizes: bool(sizes) and all(s.isdigit() and int(s) > 0 for s in sizes),
-                         'give positive batch sizes, e.g. 64,32,16')
+_BATCH_SIZES = flags.DEFINE_list(
+  'batch_sizes',
+  ['64', '48', '32', '24', '16', '8'],
+  'Batch sizes to try, largest first; the first that fits is measured.',
+)
+flags.register_validator(
+  _BATCH_SIZES,
+  lambda sizes: bool(sizes) and all(s.isdigit() and int(s) > 0 for s in sizes),
+  'give positive batch sizes, e.g. 64,32,16',
+)
 FLAGS = flags.FLAGS  # Also spt_jax.bench's: --remat_policy, --steps, --rounds, --matmul_size (0: 8192).
 
 # What the check runs: the GPU run, and the dry run's CPU sizes of the same path.
@@ -49,8 +55,9 @@ def largest_batch_timer(batch_sizes, remat_policy: str, preset: str, seq_len: in
   """The train step timer at the largest batch that compiles and runs one step without running out of memory."""
   for batch_size in sorted(batch_sizes, reverse=True):
     try:
-      return bench.TrainStepTimer(preset, batch_size, seq_len, dtype, remat_policy=remat_policy,
-                                  attention_impl=attention_impl)
+      return bench.TrainStepTimer(
+        preset, batch_size, seq_len, dtype, remat_policy=remat_policy, attention_impl=attention_impl
+      )
     except Exception as error:  # pylint: disable=broad-exception-caught
       if not _out_of_memory(error):
         raise
@@ -63,8 +70,12 @@ def trained_tiny_model(steps: int = 60, seq_len: int = 32):
   config = config_lib.base_config('cpu-160k')
   config.model.update(vocab_size=128, attention_impl='xla')
   schedule = optax.constant_schedule(3e-3)
-  trainer = train.Trainer(config.model, sharding.make_mesh(config.mesh, jax.devices('cpu')[:1]),
-                          train.make_optimizer(config, schedule), schedule)
+  trainer = train.Trainer(
+    config.model,
+    sharding.make_mesh(config.mesh, jax.devices('cpu')[:1]),
+    train.make_optimizer(config, schedule),
+    schedule,
+  )
   state = trainer.init_state(seed=0)
   pattern = np.arange(seq_len + 1) * 7 % 61 + 3  # A fixed cycle of 61 tokens.
   rows = np.stack([np.roll(pattern, -shift) for shift in range(16)]).astype(np.int32)
@@ -83,28 +94,39 @@ def main(argv) -> None:
   del argv
   sizes = DRY if _DRY.value else FULL
   if not _DRY.value and jax.default_backend() != 'gpu':
-    raise cli.UsageError(f'no GPU here (JAX backend {jax.default_backend()}); install jax[cuda12] on a GPU host, '
-                         'or run with --dry to check the path on this host')
+    raise cli.UsageError(
+      f'no GPU here (JAX backend {jax.default_backend()}); install jax[cuda12] on a GPU host, '
+      'or run with --dry to check the path on this host'
+    )
   batch_sizes = [int(b) for b in _BATCH_SIZES.value]
   timer = largest_batch_timer(batch_sizes if not _DRY.value else [8, 4], FLAGS.remat_policy, **sizes)
-  result = bench.measure_timer(timer, FLAGS.steps, FLAGS.rounds, sizes['dtype'],
-                               FLAGS.matmul_size or (512 if _DRY.value else 8192))
+  result = bench.measure_timer(
+    timer, FLAGS.steps, FLAGS.rounds, sizes['dtype'], FLAGS.matmul_size or (512 if _DRY.value else 8192)
+  )
   result.update(sizes, remat_policy=FLAGS.remat_policy, device=str(jax.devices()[0].device_kind))
   print(f'device            {result["device"]} ({sizes["dtype"]})')
   print(f'matrix rate       {result["peak_matmul_flops_per_second"] / 1e12:.1f} TFLOP/s (measured)')
-  print(f'train step        {sizes["preset"]}, batch {result["batch_size"]} × {sizes["seq_len"]} '
-        f'({sizes["attention_impl"]} attention, remat {FLAGS.remat_policy}): {result["tokens_per_second"]:,.0f} tokens/s, '
-        f'MFU {100 * result["mfu"]:.1f}% (rounds {100 * min(result["round_mfu"]):.1f}-'
-        f'{100 * max(result["round_mfu"]):.1f}%)')
+  print(
+    f'train step        {sizes["preset"]}, batch {result["batch_size"]} × {sizes["seq_len"]} '
+    f'({sizes["attention_impl"]} attention, remat {FLAGS.remat_policy}): {result["tokens_per_second"]:,.0f} tokens/s, '
+    f'MFU {100 * result["mfu"]:.1f}% (rounds {100 * min(result["round_mfu"]):.1f}-'
+    f'{100 * max(result["round_mfu"]):.1f}%)'
+  )
 
   params, model_cfg, prompt = trained_tiny_model()
   cpu = jax.devices('cpu')[0]
   other = jax.devices()[0]
   on_cpu, on_device = greedy_on(cpu, params, model_cfg, prompt), greedy_on(other, params, model_cfg, prompt)
-  result.update(greedy_cpu=on_cpu, greedy_device=on_device, greedy_equal=on_cpu == on_device,
-                greedy_device_kind=str(other.device_kind))
-  print(f'greedy            {"equal" if on_cpu == on_device else "DIFFERENT"} on cpu and {other.platform} '
-        f'({len(on_cpu)} tokens: {on_cpu[:8]} ...)')
+  result.update(
+    greedy_cpu=on_cpu,
+    greedy_device=on_device,
+    greedy_equal=on_cpu == on_device,
+    greedy_device_kind=str(other.device_kind),
+  )
+  print(
+    f'greedy            {"equal" if on_cpu == on_device else "DIFFERENT"} on cpu and {other.platform} '
+    f'({len(on_cpu)} tokens: {on_cpu[:8]} ...)'
+  )
   if _OUT.value:
     os.makedirs(_OUT.value, exist_ok=True)
     files.write_json(os.path.join(_OUT.value, 'gpu_check.json'), result)

@@ -1,8 +1,8 @@
 """Entry point: flags -> config -> the stage(s) of a run (or a dry run). Nothing else lives here.
 
-  python -m spt_jax.main --config=configs/proofpile.py:tiny --workdir=/tmp/proofpile_tiny
-  python -m spt_jax.main --config=configs/proofpile.py --workdir=W --dry_run
-  python -m spt_jax.main --config=configs/proofpile.py --dry_run --topology=v5e-256
+python -m spt_jax.main --config=configs/proofpile.py:tiny --workdir=/tmp/proofpile_tiny
+python -m spt_jax.main --config=configs/proofpile.py --workdir=W --dry_run
+python -m spt_jax.main --config=configs/proofpile.py --dry_run --topology=v5e-256
 """
 
 import json
@@ -13,24 +13,40 @@ from absl import flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :preset.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where the run writes config, metrics, checkpoints, summary '
-                                '(default: runs/<config>_<preset>; with several hosts, a path all of them see).')
+_WORKDIR = flags.DEFINE_string(
+  'workdir',
+  None,
+  'Where the run writes config, metrics, checkpoints, summary '
+  '(default: runs/<config>_<preset>; with several hosts, a path all of them see).',
+)
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Build the abstract state and print what the run would be.')
-_DEVICES = flags.DEFINE_integer('devices', 0, 'Dry run only: plan for this many devices (default: present).',
-                                lower_bound=0)
-_TOPOLOGY = flags.DEFINE_string('topology', '', 'Dry run only: compile for this Cloud TPU topology (v5e-256, v4-8, '
-                                '...) and print the per-chip plan (spt_jax/hardware/aot.py; needs libtpu).')
-_MFU = flags.DEFINE_float('mfu', 0.4, 'Dry run with --topology: the MFU the run\'s accelerator-hours assume.')
-_VERBOSE = flags.DEFINE_bool('verbose', False, 'Show the libraries\' log lines (orbax, JAX, asyncio) on the terminal '
-                             'too; they always go to W/log.txt.')
+_DEVICES = flags.DEFINE_integer(
+  'devices', 0, 'Dry run only: plan for this many devices (default: present).', lower_bound=0
+)
+_TOPOLOGY = flags.DEFINE_string(
+  'topology',
+  '',
+  'Dry run only: compile for this Cloud TPU topology (v5e-256, v4-8, '
+  '...) and print the per-chip plan (spt_jax/hardware/aot.py; needs libtpu).',
+)
+_MFU = flags.DEFINE_float('mfu', 0.4, "Dry run with --topology: the MFU the run's accelerator-hours assume.")
+_VERBOSE = flags.DEFINE_bool(
+  'verbose',
+  False,
+  "Show the libraries' log lines (orbax, JAX, asyncio) on the terminal too; they always go to W/log.txt.",
+)
 flags.mark_flag_as_required('config')
-flags.register_validator(_WORKDIR, lambda workdir: '://' not in (workdir or ''), 'a URL; use a path every host sees '
-                         '(mount a bucket with gcsfuse, e.g. --workdir=/gcs/BUCKET/run)')
+flags.register_validator(
+  _WORKDIR,
+  lambda workdir: '://' not in (workdir or ''),
+  'a URL; use a path every host sees (mount a bucket with gcsfuse, e.g. --workdir=/gcs/BUCKET/run)',
+)
 flags.register_validator(_MFU, lambda mfu: 0 < mfu <= 1, 'the MFU is a fraction in (0, 1], e.g. 0.4')
 flags.register_multi_flags_validator(
-    ['dry_run', 'devices', 'topology'],
-    lambda values: values['dry_run'] or not (values['devices'] or values['topology']),
-    '--devices and --topology plan a dry run; add --dry_run')
+  ['dry_run', 'devices', 'topology'],
+  lambda values: values['dry_run'] or not (values['devices'] or values['topology']),
+  '--devices and --topology plan a dry run; add --dry_run',
+)
 
 
 def _known_topology(name: str) -> bool:
@@ -38,6 +54,7 @@ def _known_topology(name: str) -> bool:
   if not name:
     return True
   from spt_jax.hardware import aot  # pylint: disable=g-import-not-at-top
+
   try:
     aot.parse_topology(name)
   except ValueError as error:
@@ -56,9 +73,11 @@ def main(argv):
   from spt_jax.model import sharding
   from spt_jax.train import validate
   from spt_jax.train import compile_cache
+
   config = _CONFIG.value
   if _DRY_RUN.value and _TOPOLOGY.value:
     from spt_jax.hardware import aot
+
     compile_cache.enable(config.compilation_cache, config.data.cache_dir)  # A rerun of the plan loads it.
     summary = aot.plan(config, _TOPOLOGY.value, mfu=_MFU.value)
     print(aot.format_plan(summary))
@@ -84,6 +103,7 @@ def main(argv):
   sharding.check_shared_folder(workdir, 'workdir')
   from spt_jax.train import loop
   from spt_jax.train import pipeline
+
   # One live run per workdir: a pipeline holds W and every stage folder, before any file in them is touched.
   folders = [workdir, *(pipeline.stage_folders(config, workdir) if config.stage == 'pipeline' else [])]
   with files.WorkdirLock(folders, enabled=jax.process_index() == 0):
@@ -99,6 +119,7 @@ def main(argv):
 
 def _run():
   from spt_jax import cli
+
   cli.run(main)
 
 

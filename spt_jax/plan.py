@@ -34,6 +34,7 @@ def _delta(text: str) -> float:
 
 def _tokens(text: str) -> float:
   from spt_jax.analysis import cost  # pylint: disable=g-import-not-at-top
+
   value = cost.parse_count(text)
   if value is None or value <= 0 or not math.isfinite(value):
     raise ValueError(f'{text!r} is not a token count; write e.g. 200e9 or 200B')
@@ -81,26 +82,43 @@ def gains(npt: str, spt: list[str], npt_large: str | None = None, out: str = '',
   """Relative gain, compute multiplier, gap closed and forgetting of SPT pipelines against an NPT one."""
   from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import plots, runs  # pylint: disable=g-import-not-at-top
-  result = gains_lib.gains(runs.read(npt), [runs.read(w) for w in spt],
-                           runs.read(npt_large) if npt_large else None)
+
+  result = gains_lib.gains(runs.read(npt), [runs.read(w) for w in spt], runs.read(npt_large) if npt_large else None)
   table = gains_lib.format_table(result)
   print(_dump(result) if format == 'json' else table)
-  _publish(out, 'gains', result, 'Headline metrics', table, lambda path: plots.gains_plot(result, path),
-           'post-FT loss by budget')
+  _publish(
+    out,
+    'gains',
+    result,
+    'Headline metrics',
+    table,
+    lambda path: plots.gains_plot(result, path),
+    'post-FT loss by budget',
+  )
 
 
-def fit(runs: list[str] | None = None, csv: str | None = None, bootstrap: int = 100, huber: float = 1e-2,
-        seed: int = 0, out: str = '.', loss: str = 'mse', max_delta: float | None = None,
-        max_tokens: float | None = None) -> None:
+def fit(
+  runs: list[str] | None = None,
+  csv: str | None = None,
+  bootstrap: int = 100,
+  huber: float = 1e-2,
+  seed: int = 0,
+  out: str = '.',
+  loss: str = 'mse',
+  max_delta: float | None = None,
+  max_tokens: float | None = None,
+) -> None:
   """Fits the overfitting scaling laws (1)-(9) and the finetuning delta (7); writes out/fit.json."""
   from spt_jax.analysis import plots, scaling
   from spt_jax.analysis import scaling_fit
   from spt_jax.analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
+
   if bool(runs) == bool(csv):
     raise ValueError('give either --runs W1 W2 ... or --csv FILE')
   data = runs_lib.read_csv(csv) if csv else runs_lib.scaling_data([runs_lib.read(w) for w in runs])
-  fit = scaling_fit.fit_joint(data, loss=loss, huber=huber, bootstrap=bootstrap, seed=seed, max_delta=max_delta,
-                         max_tokens=max_tokens)
+  fit = scaling_fit.fit_joint(
+    data, loss=loss, huber=huber, bootstrap=bootstrap, seed=seed, max_delta=max_delta, max_tokens=max_tokens
+  )
   law = scaling.law_from_fit(fit)
   lines = ['| parameter | value | 95% CI | meaning |', '|---|---|---|---|']
   for name, entry in fit['params'].items():
@@ -108,9 +126,11 @@ def fit(runs: list[str] | None = None, csv: str | None = None, bootstrap: int = 
     ci_text = f'[{ci[0]:.4g}, {ci[1]:.4g}]' if ci else '—'
     lines.append(f'| {name} | {entry["value"]:.4g} | {ci_text} | {entry["meaning"]} |')
   residuals = fit['residuals']
-  lines.append(f'\nResiduals (log loss, RMS): train {residuals["rms_log_train"]:.4f}, test '
-               f'{residuals["rms_log_test"]:.4f}, max |r| {residuals["max_abs_log"]:.4f} over '
-               f'{residuals["n_points"]} points; tokens unit {fit["tokens_unit"]:g}; δ a fraction inside formulas.')
+  lines.append(
+    f'\nResiduals (log loss, RMS): train {residuals["rms_log_train"]:.4f}, test '
+    f'{residuals["rms_log_test"]:.4f}, max |r| {residuals["max_abs_log"]:.4f} over '
+    f'{residuals["n_points"]} points; tokens unit {fit["tokens_unit"]:g}; δ a fraction inside formulas.'
+  )
   table = '\n'.join(lines)
   print(table)
   for note in fit['warnings']:
@@ -118,13 +138,13 @@ def fit(runs: list[str] | None = None, csv: str | None = None, bootstrap: int = 
   os.makedirs(out, exist_ok=True)
   path = _write(out, 'fit.json', fit)
   plots.fit_plot(data, law, os.path.join(out, 'fit.png'))
-  _report(out, 'Overfitting scaling-law fit',
-          [table, '![data vs fit](fit.png)', _warnings_section(fit['warnings'])])
+  _report(out, 'Overfitting scaling-law fit', [table, '![data vs fit](fit.png)', _warnings_section(fit['warnings'])])
   print(f'wrote {path}')
 
 
 def _load_law(path: str):
   from spt_jax.analysis import scaling  # pylint: disable=g-import-not-at-top
+
   if not os.path.exists(path):
     raise ValueError(f'fit file {path} does not exist; make one with `python -m spt_jax.plan fit --out DIR`')
   with open(path) as f:
@@ -134,6 +154,7 @@ def _load_law(path: str):
 def forecast(fit: str, delta: list[float], tokens: list[float], out: str = '') -> None:
   """Predicted losses at each (δ, T) and where each δ starts to overfit."""
   from spt_jax.analysis import plots, scaling  # pylint: disable=g-import-not-at-top
+
   law = _load_law(fit)
   lines = []
   for one_delta in delta:
@@ -147,22 +168,32 @@ def forecast(fit: str, delta: list[float], tokens: list[float], out: str = '') -
     _write(out, 'forecast.jsonl', '\n'.join(_dump(line) for line in lines) + '\n')
     low = min(min(tokens), law.token_range[0] if law.token_range else min(tokens))
     plots.forecast_plot(law, delta, (low, max(tokens) * 1.5), os.path.join(out, 'forecast.png'))
-    _report(out, 'Forecast', ['```\n' + '\n'.join(_dump(line) for line in lines) + '\n```',
-                              '![forecast](forecast.png)'])
+    _report(
+      out, 'Forecast', ['```\n' + '\n'.join(_dump(line) for line in lines) + '\n```', '![forecast](forecast.png)']
+    )
 
 
-def recommend(fit: str, tokens: list[float], objective: str = 'post_ft', delta_max: float | None = None,
-              candidates: list[float] | None = None, crossover: list[float] | None = None, out: str = '') -> None:
+def recommend(
+  fit: str,
+  tokens: list[float],
+  objective: str = 'post_ft',
+  delta_max: float | None = None,
+  candidates: list[float] | None = None,
+  crossover: list[float] | None = None,
+  out: str = '',
+) -> None:
   """The best δ for each budget, and where one δ overtakes another."""
   from spt_jax.analysis import plots, scaling  # pylint: disable=g-import-not-at-top
+
   law = _load_law(fit)
   if objective == 'post_ft' and not law.finetune_delta:
     raise ValueError('the fit has no finetuning data (eq. 7); use --objective test, or refit with pipelines')
   delta_max = delta_max or max(law.fitted_deltas or (0.1,))
   lines = []
   if law.fitted_deltas and delta_max > max(law.fitted_deltas):
-    lines.append({'note': f'--delta_max {delta_max:g} lies beyond the fitted δ up to {max(law.fitted_deltas):g}: '
-                          'extrapolated'})
+    lines.append(
+      {'note': f'--delta_max {delta_max:g} lies beyond the fitted δ up to {max(law.fitted_deltas):g}: extrapolated'}
+    )
   for budget in tokens:
     delta, loss = scaling.best_delta(law, budget, objective, delta_max)
     line = {'tokens': budget, 'objective': objective, 'best_delta': delta, 'loss': loss}
@@ -170,8 +201,7 @@ def recommend(fit: str, tokens: list[float], objective: str = 'post_ft', delta_m
     if notes:
       line['notes'] = notes
     if candidates:
-      line['best_candidate'], line['candidate_loss'] = scaling.best_delta(law, budget, objective,
-                                                                           candidates=candidates)
+      line['best_candidate'], line['candidate_loss'] = scaling.best_delta(law, budget, objective, candidates=candidates)
     lines.append(line)
   span = (min(tokens) / 10, max(tokens) * 10)
   if crossover:
@@ -183,33 +213,62 @@ def recommend(fit: str, tokens: list[float], objective: str = 'post_ft', delta_m
     _write(out, 'recommend.jsonl', '\n'.join(_dump(line) for line in lines) + '\n')
     budgets = np.geomspace(min(tokens), max(tokens), 25) if len(tokens) > 1 else tokens
     best = [scaling.best_delta(law, t, objective, delta_max)[0] for t in budgets]
-    candidate_best = ([scaling.best_delta(law, t, objective, candidates=candidates)[0] for t in budgets]
-                      if candidates else None)
-    plots.optimal_delta_plot(budgets, best, os.path.join(out, 'optimal_delta.png'), candidates,
-                             candidate_best)
-    _report(out, 'Recommended δ', ['```\n' + '\n'.join(_dump(line) for line in lines) + '\n```',
-                                   '![optimal δ](optimal_delta.png)'])
+    candidate_best = (
+      [scaling.best_delta(law, t, objective, candidates=candidates)[0] for t in budgets] if candidates else None
+    )
+    plots.optimal_delta_plot(budgets, best, os.path.join(out, 'optimal_delta.png'), candidates, candidate_best)
+    _report(
+      out,
+      'Recommended δ',
+      ['```\n' + '\n'.join(_dump(line) for line in lines) + '\n```', '![optimal δ](optimal_delta.png)'],
+    )
 
 
-def cost(small: str = 'olmo-1b', large: str = 'olmo-3b', pretrain_tokens: float = 200e9,
-         finetune_tokens: float = 1.5e9, seq_len: int = 2048, context: int = 2048,
-         max_inference_tokens: float | None = None, out: str = '', format: str = 'text') -> None:
+def cost(
+  small: str = 'olmo-1b',
+  large: str = 'olmo-3b',
+  pretrain_tokens: float = 200e9,
+  finetune_tokens: float = 1.5e9,
+  seq_len: int = 2048,
+  context: int = 2048,
+  max_inference_tokens: float | None = None,
+  out: str = '',
+  format: str = 'text',
+) -> None:
   """Compute of SPT on a small model against finetuning a larger one."""
   from spt_jax.analysis import cost as cost_lib
   from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
-  costs = cost_lib.strategy_costs(cost_lib.model_size(small), cost_lib.model_size(large), pretrain_tokens,
-                                  finetune_tokens, seq_len, context)
+
+  costs = cost_lib.strategy_costs(
+    cost_lib.model_size(small), cost_lib.model_size(large), pretrain_tokens, finetune_tokens, seq_len, context
+  )
   text = cost_lib.format_costs(costs)
   print(_dump(costs) if format == 'json' else text)
-  _publish(out, 'cost', costs, 'Cost of the strategies', text,
-           lambda path: plots.cost_plot(costs, path, max_inference_tokens), 'total compute')
+  _publish(
+    out,
+    'cost',
+    costs,
+    'Cost of the strategies',
+    text,
+    lambda path: plots.cost_plot(costs, path, max_inference_tokens),
+    'total compute',
+  )
 
 
-def similarity(corpora: list[str], tokenizer: str = '', max_tokens: float = 1.5e6, embeddings: bool = False,
-               segments: int = 200, seed: int = 0, out: str = '', format: str = 'text') -> None:
+def similarity(
+  corpora: list[str],
+  tokenizer: str = '',
+  max_tokens: float = 1.5e6,
+  embeddings: bool = False,
+  segments: int = 200,
+  seed: int = 0,
+  out: str = '',
+  format: str = 'text',
+) -> None:
   """N-gram JSD (and C2ST, MAUVE) of corpora against the first one."""
   from spt_jax.analysis import plots
   from spt_jax.analysis import similarity as similarity_lib  # pylint: disable=g-import-not-at-top
+
   if len(corpora) < 2:
     raise ValueError('give a reference corpus and at least one other (e.g. builtin:english builtin:coq)')
   if embeddings:
@@ -222,20 +281,36 @@ def similarity(corpora: list[str], tokenizer: str = '', max_tokens: float = 1.5e
   rows = similarity_lib.compare(corpora[0], corpora[1:], embeddings, tokenizer, segments, seed)
   table = similarity_lib.format_table(rows)
   print(_dump(rows) if format == 'json' else table)
-  _publish(out, 'similarity', rows, 'Distribution similarity', table,
-           lambda path: plots.similarity_plot(rows, path), 'similarity')
+  _publish(
+    out,
+    'similarity',
+    rows,
+    'Distribution similarity',
+    table,
+    lambda path: plots.similarity_plot(rows, path),
+    'similarity',
+  )
 
 
 # The flags of each subcommand (absl flags, defined on their own FlagValues at each call of main); lists are
 # comma-separated (--spt=W1,W2 --delta=0.02,0.05 --tokens=1e9,200B). Unset flags keep the function's default.
 COMMANDS = {
-    'gains': ('npt', 'spt', 'npt_large', 'out', 'format'),
-    'fit': ('runs', 'csv', 'bootstrap', 'loss', 'huber', 'max_delta', 'max_tokens', 'seed', 'out'),
-    'forecast': ('fit', 'delta', 'tokens', 'out'),
-    'recommend': ('fit', 'tokens', 'objective', 'delta_max', 'candidates', 'crossover', 'out'),
-    'cost': ('small', 'large', 'pretrain_tokens', 'finetune_tokens', 'seq_len', 'context', 'max_inference_tokens',
-             'out', 'format'),
-    'similarity': ('tokenizer', 'max_tokens', 'embeddings', 'segments', 'seed', 'out', 'format'),
+  'gains': ('npt', 'spt', 'npt_large', 'out', 'format'),
+  'fit': ('runs', 'csv', 'bootstrap', 'loss', 'huber', 'max_delta', 'max_tokens', 'seed', 'out'),
+  'forecast': ('fit', 'delta', 'tokens', 'out'),
+  'recommend': ('fit', 'tokens', 'objective', 'delta_max', 'candidates', 'crossover', 'out'),
+  'cost': (
+    'small',
+    'large',
+    'pretrain_tokens',
+    'finetune_tokens',
+    'seq_len',
+    'context',
+    'max_inference_tokens',
+    'out',
+    'format',
+  ),
+  'similarity': ('tokenizer', 'max_tokens', 'embeddings', 'segments', 'seed', 'out', 'format'),
 }
 _REQUIRED = {'gains': ('npt', 'spt'), 'forecast': ('fit', 'delta', 'tokens'), 'recommend': ('fit', 'tokens')}
 _INPUTS = ('npt', 'spt', 'npt_large', 'runs', 'csv', 'fit', 'tokenizer')  # Paths that must exist.
@@ -244,6 +319,7 @@ _INPUTS = ('npt', 'spt', 'npt_large', 'runs', 'csv', 'fit', 'tokenizer')  # Path
 def _model(text: str) -> str:
   """A model preset name or parameter count, checked (cost.model_size's one-line error otherwise)."""
   from spt_jax.analysis import cost as cost_lib  # pylint: disable=g-import-not-at-top
+
   cost_lib.model_size(text)
   return text
 
@@ -258,8 +334,9 @@ def _flags() -> flags.FlagValues:
   flags.DEFINE_string('csv', None, 'fit: delta,tokens,domain_train_loss,domain_test_loss[,post_ft_...]', **define)
   flags.DEFINE_integer('bootstrap', 100, 'fit: bootstrap resamples for 95% CIs (0: none)', lower_bound=0, **define)
   flags.DEFINE_float('huber', 1e-2, 'fit: Huber scale on log-loss residuals (--loss=huber)', **define)
-  flags.DEFINE_enum('loss', 'mse', ['mse', 'huber'], "fit: the paper's mean squared error, or a robust Huber loss",
-                    **define)
+  flags.DEFINE_enum(
+    'loss', 'mse', ['mse', 'huber'], "fit: the paper's mean squared error, or a robust Huber loss", **define
+  )
   cli.define('max_delta', None, 'fit: fit only runs with δ ≤ this (forecast the rest)', _delta, **define)
   flags.DEFINE_integer('seed', 0, 'fit, similarity: random seed', lower_bound=0, **define)
   flags.DEFINE_string('fit', None, 'forecast, recommend: fit.json written by `plan fit`', **define)
@@ -268,8 +345,9 @@ def _flags() -> flags.FlagValues:
   flags.DEFINE_enum('objective', 'post_ft', ['post_ft', 'test'], 'recommend: the loss minimised', **define)
   cli.define('delta_max', None, 'recommend: largest δ searched (default: the largest fitted)', _delta, **define)
   cli.define_list('candidates', None, 'recommend: also pick the best of these δ', _delta, **define)
-  cli.define_list('crossover', None, 'recommend: two δ, DELTA_A,DELTA_B: where one overtakes the other', _delta,
-                  **define)
+  cli.define_list(
+    'crossover', None, 'recommend: two δ, DELTA_A,DELTA_B: where one overtakes the other', _delta, **define
+  )
   cli.define('small', 'olmo-1b', 'cost: model preset name or parameter count', _model, **define)
   cli.define('large', 'olmo-3b', 'cost: model preset name or parameter count', _model, **define)
   cli.define('pretrain_tokens', '200e9', 'cost: pretraining tokens of the small model', _tokens, **define)
@@ -277,19 +355,22 @@ def _flags() -> flags.FlagValues:
   flags.DEFINE_integer('seq_len', 2048, 'cost: training sequence length', lower_bound=1, **define)
   flags.DEFINE_integer('context', 2048, 'cost: average attended context at inference', lower_bound=1, **define)
   cli.define('max_inference_tokens', None, 'cost: right end of the plot', _tokens, **define)
-  flags.DEFINE_string('tokenizer', '', "similarity: tokenizers JSON (default for built-in corpora: OLMo's)",
-                      **define)
-  cli.define('max_tokens', None, 'similarity: tokens sampled per corpus (default 1.5e6); fit: fit only '
-             'evaluations at ≤ this many tokens', _tokens, **define)
-  flags.DEFINE_bool('embeddings', False, 'similarity: also C2ST AUC and MAUVE (needs the similarity extra)',
-                    **define)
-  flags.DEFINE_integer('segments', 200, 'similarity: 256-token segments embedded per corpus', lower_bound=1,
-                       **define)
+  flags.DEFINE_string('tokenizer', '', "similarity: tokenizers JSON (default for built-in corpora: OLMo's)", **define)
+  cli.define(
+    'max_tokens',
+    None,
+    'similarity: tokens sampled per corpus (default 1.5e6); fit: fit only evaluations at ≤ this many tokens',
+    _tokens,
+    **define,
+  )
+  flags.DEFINE_bool('embeddings', False, 'similarity: also C2ST AUC and MAUVE (needs the similarity extra)', **define)
+  flags.DEFINE_integer('segments', 200, 'similarity: 256-token segments embedded per corpus', lower_bound=1, **define)
   flags.DEFINE_string('out', None, 'folder for plots, JSON and a report (fit: default .)', **define)
   flags.DEFINE_enum('format', 'text', ['text', 'json'], 'gains, cost, similarity: what is printed', **define)
   flags.register_validator('huber', lambda scale: scale > 0, 'the Huber scale must be positive', flag_values=fv)
-  flags.register_validator('crossover', lambda deltas: deltas is None or len(deltas) == 2,
-                           'give two δ: DELTA_A,DELTA_B', flag_values=fv)
+  flags.register_validator(
+    'crossover', lambda deltas: deltas is None or len(deltas) == 2, 'give two δ: DELTA_A,DELTA_B', flag_values=fv
+  )
   return fv
 
 
@@ -301,8 +382,10 @@ def _arguments(fv: flags.FlagValues, rest: list[str]) -> tuple[str, dict]:
   given = [name for name in fv if fv[name].present]
   stray = [name for name in given if name not in COMMANDS[command]]
   if stray:
-    raise cli.UsageError(f'--{stray[0]} is not a flag of `plan {command}`; its flags: '
-                         f'{", ".join("--" + name for name in COMMANDS[command])}')
+    raise cli.UsageError(
+      f'--{stray[0]} is not a flag of `plan {command}`; its flags: '
+      f'{", ".join("--" + name for name in COMMANDS[command])}'
+    )
   missing = [name for name in _REQUIRED.get(command, ()) if name not in given]
   if missing:
     raise cli.UsageError(f'`plan {command}` needs --{missing[0]}')
@@ -311,8 +394,10 @@ def _arguments(fv: flags.FlagValues, rest: list[str]) -> tuple[str, dict]:
   if positional and command != 'similarity':
     raise cli.UsageError(f'`plan {command}` takes no positional arguments (got {positional[0]!r})')
   if command == 'similarity' and len(positional) < 2:
-    raise cli.UsageError('`plan similarity` compares a reference corpus with at least one other: give two or more '
-                         '(e.g. builtin:english builtin:coq)')
+    raise cli.UsageError(
+      '`plan similarity` compares a reference corpus with at least one other: give two or more '
+      '(e.g. builtin:english builtin:coq)'
+    )
   for name in set(given) & set(_INPUTS):
     value = fv[name].value
     for path in [value] if isinstance(value, str) else value:
@@ -330,12 +415,20 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def _subcommand(fv: flags.FlagValues):
   """The main of one parse of fv: runs the subcommand its positional arguments name."""
+
   def run(argv: list[str]) -> None:
     warnings.showwarning = _show_warning
     command, arguments = _arguments(fv, argv[1:])
-    functions = {'gains': gains, 'fit': fit, 'forecast': forecast, 'recommend': recommend, 'cost': cost,
-                 'similarity': similarity}
+    functions = {
+      'gains': gains,
+      'fit': fit,
+      'forecast': forecast,
+      'recommend': recommend,
+      'cost': cost,
+      'similarity': similarity,
+    }
     functions[command](**arguments)
+
   return run
 
 

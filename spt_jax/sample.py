@@ -25,8 +25,10 @@ def check_prompt(n_prompt: int, max_len: int) -> None:
   if n_prompt < 1:
     raise ValueError('the prompt is empty; give at least one token (or keep the EOS prefix on).')
   if n_prompt >= max_len:
-    raise ValueError(f'the prompt has {n_prompt} tokens but the context is {max_len}; shorten the prompt to at '
-                     f'most {max_len - 1} tokens or raise --max_len.')
+    raise ValueError(
+      f'the prompt has {n_prompt} tokens but the context is {max_len}; shorten the prompt to at '
+      f'most {max_len - 1} tokens or raise --max_len.'
+    )
 
 
 def filter_logits(logits_BxV: jax.Array, vocab_size: int, top_p: jax.Array) -> jax.Array:
@@ -55,6 +57,7 @@ def choose(logits_BxV, rng, temperature, top_p, vocab_size: int):
 def _generate_fn(model_cfg_json: str, batch: int, max_len: int):
   """The jitted generation program of one (model config, batch, context length)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   cfg = ml_collections.ConfigDict(json.loads(model_cfg_json))
   decoder = model_lib.Decoder(cfg)
 
@@ -83,14 +86,26 @@ def _generate_fn(model_cfg_json: str, batch: int, max_len: int):
       return position + 1, buffer_BxT, cache, logits_Bx1xV[:, 0], done_B, rng
 
     position, buffer_BxT, _, _, _, _ = jax.lax.while_loop(
-        cond, body, (n_prompt, buffer_BxT, cache, last_BxV, done_B, rng))
+      cond, body, (n_prompt, buffer_BxT, cache, last_BxV, done_B, rng)
+    )
     return buffer_BxT, position
 
   return generate
 
 
-def generate(params, model_cfg, prompt_ids, max_new_tokens: int, *, max_len: int, temperature: float = 0.0,
-             top_p: float = 1.0, num_samples: int = 1, seed: int = 0, eos_id: int | None = None) -> list[list[int]]:
+def generate(
+  params,
+  model_cfg,
+  prompt_ids,
+  max_new_tokens: int,
+  *,
+  max_len: int,
+  temperature: float = 0.0,
+  top_p: float = 1.0,
+  num_samples: int = 1,
+  seed: int = 0,
+  eos_id: int | None = None,
+) -> list[list[int]]:
   """Continues one prompt (token ids) num_samples times; each continuation stops after EOS (kept) or the context.
 
   temperature 0: greedy. top_p < 1: nucleus sampling. Returns the new token ids of each sample.
@@ -100,16 +115,23 @@ def generate(params, model_cfg, prompt_ids, max_new_tokens: int, *, max_len: int
   if not 0.0 < top_p <= 1.0 or temperature < 0:
     raise ValueError(f'temperature={temperature}, top_p={top_p}: use temperature >= 0 and 0 < top_p <= 1.')
   buffer = np.zeros((num_samples, max_len), np.int32)
-  buffer[:, :len(prompt_ids)] = prompt_ids
+  buffer[:, : len(prompt_ids)] = prompt_ids
   run = _generate_fn(model_cfg.to_json(), num_samples, max_len)
-  tokens, end = run(nn.unbox(params), buffer, jnp.int32(len(prompt_ids)), jnp.int32(max_new_tokens),
-                    jax.random.PRNGKey(seed), jnp.float32(temperature), jnp.float32(top_p),
-                    jnp.int32(-1 if eos_id is None else eos_id))
-  tokens = np.asarray(tokens)[:, len(prompt_ids):int(end)]
+  tokens, end = run(
+    nn.unbox(params),
+    buffer,
+    jnp.int32(len(prompt_ids)),
+    jnp.int32(max_new_tokens),
+    jax.random.PRNGKey(seed),
+    jnp.float32(temperature),
+    jnp.float32(top_p),
+    jnp.int32(-1 if eos_id is None else eos_id),
+  )
+  tokens = np.asarray(tokens)[:, len(prompt_ids) : int(end)]
   samples = []
   for row in tokens.tolist():
     if eos_id is not None and eos_id in row:
-      row = row[:row.index(eos_id) + 1]
+      row = row[: row.index(eos_id) + 1]
     samples.append(row)
   return samples
 
@@ -140,7 +162,7 @@ def _define_flags() -> None:
   flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass (1: off).', upper_bound=1)
   flags.DEFINE_integer('num_samples', 1, 'Continuations of the prompt.', lower_bound=1)
   flags.DEFINE_integer('seed', 0, 'Sampling seed.', lower_bound=0)
-  flags.DEFINE_integer('max_len', 0, 'Context length; 0: the run\'s data.seq_len.', lower_bound=0)
+  flags.DEFINE_integer('max_len', 0, "Context length; 0: the run's data.seq_len.", lower_bound=0)
   flags.DEFINE_bool('eos_prefix', True, 'Start the prompt after EOS, as every training document.')
   flags.DEFINE_bool('check_abc', False, 'Check that each sample parses as ABC music (needs music21).')
   cli.must_exist('checkpoint', 'point it at a run workdir, a checkpoint folder or a Hugging Face OLMo directory')
@@ -151,6 +173,7 @@ def main(argv) -> None:
   del argv
   from spt_jax import export  # pylint: disable=g-import-not-at-top
   from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+
   loaded = export.load_checkpoint(FLAGS.checkpoint)
   tokenizer = loaded.tokenizer
   max_len = FLAGS.max_len or loaded.seq_len
@@ -158,9 +181,18 @@ def main(argv) -> None:
   prompt = FLAGS.prompt.replace('\\n', '\n')
   ids = ([eos] if FLAGS.eos_prefix else []) + tokenizer.encode(prompt, add_special_tokens=False).ids
   check_prompt(len(ids), max_len)
-  samples = generate(loaded.params, loaded.model_cfg, ids, FLAGS.max_new_tokens, max_len=max_len,
-                     temperature=FLAGS.temperature, top_p=FLAGS.top_p, num_samples=FLAGS.num_samples,
-                     seed=FLAGS.seed, eos_id=eos)
+  samples = generate(
+    loaded.params,
+    loaded.model_cfg,
+    ids,
+    FLAGS.max_new_tokens,
+    max_len=max_len,
+    temperature=FLAGS.temperature,
+    top_p=FLAGS.top_p,
+    num_samples=FLAGS.num_samples,
+    seed=FLAGS.seed,
+    eos_id=eos,
+  )
   parsed, checked = 0, True
   for i, sample in enumerate(samples):
     text = prompt + tokenizer.decode([t for t in sample if t != eos])

@@ -21,10 +21,19 @@ _MISSING = aot.libtpu_missing()
 needs_libtpu = pytest.mark.skipif(bool(_MISSING), reason=_MISSING)
 
 
-@pytest.mark.parametrize('name, chips, shape, libtpu_name', [
-    ('v5e-256', 256, (16, 16), 'v5e:16x16'), ('v5litepod-8', 8, (2, 4), 'v5e:2x4'), ('v5e-1', 1, (1, 1), 'v5e:1x1'),
-    ('v4-8', 4, (2, 2, 1), 'v4:2x2x1'), ('v4-32', 16, (2, 2, 4), 'v4:2x2x4'), ('v5p-128', 64, (4, 4, 4), 'v5p:4x4x4'),
-    ('v6e-128', 128, (8, 16), 'v6e:8x16'), ('V4-512', 256, (4, 8, 8), 'v4:4x8x8')])
+@pytest.mark.parametrize(
+  'name, chips, shape, libtpu_name',
+  [
+    ('v5e-256', 256, (16, 16), 'v5e:16x16'),
+    ('v5litepod-8', 8, (2, 4), 'v5e:2x4'),
+    ('v5e-1', 1, (1, 1), 'v5e:1x1'),
+    ('v4-8', 4, (2, 2, 1), 'v4:2x2x1'),
+    ('v4-32', 16, (2, 2, 4), 'v4:2x2x4'),
+    ('v5p-128', 64, (4, 4, 4), 'v5p:4x4x4'),
+    ('v6e-128', 128, (8, 16), 'v6e:8x16'),
+    ('V4-512', 256, (4, 8, 8), 'v4:4x8x8'),
+  ],
+)
 def test_topology_names(name, chips, shape, libtpu_name):
   topology = aot.parse_topology(name)
   assert (topology.chips, topology.shape, topology.libtpu_name) == (chips, shape, libtpu_name)
@@ -37,9 +46,14 @@ def test_unknown_topology_is_an_error(name):
 
 
 def test_unknown_topology_from_the_command_line_is_one_line():
-  out = subprocess.run([sys.executable, '-m', 'spt_jax.main', '--config=configs/proofpile.py:test', '--dry_run',
-                        '--topology=v9-8'], cwd=ROOT, capture_output=True, text=True,
-                       env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=900)
+  out = subprocess.run(
+    [sys.executable, '-m', 'spt_jax.main', '--config=configs/proofpile.py:test', '--dry_run', '--topology=v9-8'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    timeout=900,
+  )
   assert out.returncode != 0
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and 'unknown topology' in lines[0], out.stderr

@@ -15,18 +15,42 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _python(code: str, **env) -> str:
-  result = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], capture_output=True, text=True, cwd=_ROOT,
-                          env={**os.environ, 'PYTHONPATH': _ROOT, 'JAX_PLATFORMS': 'cpu', **env}, timeout=900)
+  result = subprocess.run(
+    [sys.executable, '-c', textwrap.dedent(code)],
+    capture_output=True,
+    text=True,
+    cwd=_ROOT,
+    env={**os.environ, 'PYTHONPATH': _ROOT, 'JAX_PLATFORMS': 'cpu', **env},
+    timeout=900,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout
 
 
 def test_bench_keeps_the_best_round_of_each_figure_on_every_device():
   result = subprocess.run(
-      [sys.executable, '-m', 'spt_jax.bench', '--preset=cpu-160k', '--batch_size=4', '--seq_len=32', '--steps=2',
-       '--rounds=2', '--matmul_size=256'], capture_output=True, text=True, cwd=_ROOT, timeout=900,
-      env={**os.environ, 'PYTHONPATH': _ROOT, 'JAX_PLATFORMS': 'cpu',
-           'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+    [
+      sys.executable,
+      '-m',
+      'spt_jax.bench',
+      '--preset=cpu-160k',
+      '--batch_size=4',
+      '--seq_len=32',
+      '--steps=2',
+      '--rounds=2',
+      '--matmul_size=256',
+    ],
+    capture_output=True,
+    text=True,
+    cwd=_ROOT,
+    timeout=900,
+    env={
+      **os.environ,
+      'PYTHONPATH': _ROOT,
+      'JAX_PLATFORMS': 'cpu',
+      'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+    },
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   figures = json.loads(result.stdout.strip().splitlines()[-1])
   assert figures['devices'] == 2 and figures['rounds'] == 2
@@ -37,7 +61,7 @@ def test_bench_keeps_the_best_round_of_each_figure_on_every_device():
   assert 0 < figures['mfu'] < 1 and all(0 < m < 1 for m in figures['round_mfu'])
 
 
-_FAULTS = '''
+_FAULTS = """
     import resource, sys
     import spt_jax, jax, jax.numpy as jnp
     from spt_jax.hardware import host_memory
@@ -49,7 +73,7 @@ _FAULTS = '''
       f(x).block_until_ready()
       faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     print(faults)
-'''
+"""
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc allocator settings')
@@ -64,17 +88,23 @@ def test_cpu_host_memory_is_reused_instead_of_faulted_in_every_step():
 
 
 def test_host_memory_settings_are_skipped_once_jax_is_imported_or_off_cpu():
-  out = _python('''
+  out = _python(
+    """
       import jax
       from spt_jax.hardware import host_memory
       print(host_memory.reuse_freed_memory())
-  ''', SPT_JAX_KEEP_HOST_MEMORY='1')
+  """,
+    SPT_JAX_KEEP_HOST_MEMORY='1',
+  )
   assert out.strip() == 'False'
-  out = _python('''
+  out = _python(
+    """
       import os, sys
       sys.modules.pop('jax', None)
       from spt_jax.hardware import host_memory
       os.environ['JAX_PLATFORMS'] = 'tpu'
       print(host_memory._cpu_only())
-  ''', SPT_JAX_KEEP_HOST_MEMORY='0')
+  """,
+    SPT_JAX_KEEP_HOST_MEMORY='0',
+  )
   assert out.strip() == 'False'

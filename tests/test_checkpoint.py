@@ -19,8 +19,9 @@ def _state(value: float, head: bool = False, width: int = 3) -> train.TrainState
   params = {'embed': {'embedding': jnp.full((8, width), value)}, 'blocks': {'w': jnp.arange(6.0) * value}}
   if head:
     params['lm_head'] = {'kernel': jnp.full((width, 8), -value)}
-  return train.TrainState(step=jnp.int32(value), params=params, opt_state=({'mu': jnp.ones(4) * value},),
-                          rng=jax.random.PRNGKey(int(value)))
+  return train.TrainState(
+    step=jnp.int32(value), params=params, opt_state=({'mu': jnp.ones(4) * value},), rng=jax.random.PRNGKey(int(value))
+  )
 
 
 def _abstract(tree):
@@ -122,8 +123,9 @@ def test_init_from_errors_are_one_line(tmp_path):
   with pytest.raises(ValueError, match='holds no checkpoint'):
     checkpoint.restore_params(str(tmp_path / 'empty'), abstract)
   _save_steps(str(tmp_path / 'run'), {1: 1.0}).close()
-  with pytest.raises(ValueError, match=r'another shape \(embed/embedding: checkpoint \(8, 3\) vs model \(8, 5\)')\
-      as error:
+  with pytest.raises(
+    ValueError, match=r'another shape \(embed/embedding: checkpoint \(8, 3\) vs model \(8, 5\)'
+  ) as error:
     checkpoint.restore_params(str(tmp_path / 'run'), _abstract(_state(0.0, width=5).params))
   assert '\n' not in str(error.value)
   _save_steps(str(tmp_path / 'untied'), {}).close()
@@ -135,8 +137,9 @@ def test_init_from_errors_are_one_line(tmp_path):
 
 
 def test_mismatched_config_refuses_to_resume(tmp_path):
-  config = ml_collections.ConfigDict(dict(seed=0, batch_size=4, resume_mismatched=False, grid=((1e-5, 50),),
-                                          data=dict(seq_len=16, cache_dir='/a')))
+  config = ml_collections.ConfigDict(
+    dict(seed=0, batch_size=4, resume_mismatched=False, grid=((1e-5, 50),), data=dict(seq_len=16, cache_dir='/a'))
+  )
   checkpoint.write_config(str(tmp_path), config)
   assert json.load(open(tmp_path / 'config.json'))['grid'] == [[1e-5, 50]]
   checkpoint.check_resumable(str(tmp_path), config)  # Same config (after a JSON round trip): fine.
@@ -144,8 +147,7 @@ def test_mismatched_config_refuses_to_resume(tmp_path):
   changed.data.cache_dir = '/b'  # Harmless.
   checkpoint.check_resumable(str(tmp_path), changed)
   changed.batch_size, changed.data.seq_len = 8, 32
-  with pytest.raises(ValueError, match=r'batch_size: 4 -> 8, data.seq_len: 16 -> 32.*resume_mismatched') \
-      as error:
+  with pytest.raises(ValueError, match=r'batch_size: 4 -> 8, data.seq_len: 16 -> 32.*resume_mismatched') as error:
     checkpoint.check_resumable(str(tmp_path), changed)
   assert '\n' not in str(error.value)
   changed.resume_mismatched = True

@@ -14,34 +14,39 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # module, the arguments before the flag under test, a flag value that is refused, the flag named in the error.
 ENTRY_POINTS = [
-    ('spt_jax.main', [], '--devices=-1', 'devices'),
-    ('spt_jax.plan', ['cost'], '--seq_len=0', 'seq_len'),
-    ('spt_jax.bench', [], '--batch_size=0', 'batch_size'),
-    ('spt_jax.export', ['--out=/tmp/unused'], '--checkpoint=/no/such/run', 'checkpoint'),
-    ('spt_jax.sample', ['--checkpoint=.'], '--top_p=1.5', 'top_p'),
-    ('spt_jax.evaluate_mcqa', ['--checkpoint=.', '--task=arc_easy'], '--batch_size=0', 'batch_size'),
-    ('spt_jax.gpu_check', [], '--batch_sizes=0', 'batch_sizes'),
-    ('spt_jax.data.fetch', [], '--only=coq,nope', 'only'),
-    ('spt_jax.data.prepare', [], '--config=configs/nope.py', 'config'),
-    ('spt_jax.data.bench', [], '--prepare_kind=pdf', 'prepare_kind'),
-    ('experiments.budget', ['--workdir=W'], '--deltas=0,2', 'deltas'),
-    ('experiments.data_size', ['--workdir=W'], '--scpt_start=1.5', 'scpt_start'),
-    ('experiments.delta_sweep', ['--workdir=W'], '--checkpoints=-1', 'checkpoints'),
-    ('experiments.downstream', ['--workdir=W'], '--examples=0', 'examples'),
-    ('experiments.forecast_check', ['--workdir=W'], '--crossover=0.02', 'crossover'),
-    ('experiments.headline', ['--workdir=W'], '--seeds=one', 'seeds'),
-    ('experiments.model_size', ['--workdir=W'], '--presets=cpu-2m,olmo-9b', 'presets'),
-    ('experiments.overlap', ['--workdir=W'], '--shares=0.1', 'shares'),
-    ('experiments.replay', ['--workdir=W'], '--replay=1', 'replay'),
-    ('experiments.similarity', ['--workdir=W'], '--delta=0', 'delta'),
+  ('spt_jax.main', [], '--devices=-1', 'devices'),
+  ('spt_jax.plan', ['cost'], '--seq_len=0', 'seq_len'),
+  ('spt_jax.bench', [], '--batch_size=0', 'batch_size'),
+  ('spt_jax.export', ['--out=/tmp/unused'], '--checkpoint=/no/such/run', 'checkpoint'),
+  ('spt_jax.sample', ['--checkpoint=.'], '--top_p=1.5', 'top_p'),
+  ('spt_jax.evaluate_mcqa', ['--checkpoint=.', '--task=arc_easy'], '--batch_size=0', 'batch_size'),
+  ('spt_jax.gpu_check', [], '--batch_sizes=0', 'batch_sizes'),
+  ('spt_jax.data.fetch', [], '--only=coq,nope', 'only'),
+  ('spt_jax.data.prepare', [], '--config=configs/nope.py', 'config'),
+  ('spt_jax.data.bench', [], '--prepare_kind=pdf', 'prepare_kind'),
+  ('experiments.budget', ['--workdir=W'], '--deltas=0,2', 'deltas'),
+  ('experiments.data_size', ['--workdir=W'], '--scpt_start=1.5', 'scpt_start'),
+  ('experiments.delta_sweep', ['--workdir=W'], '--checkpoints=-1', 'checkpoints'),
+  ('experiments.downstream', ['--workdir=W'], '--examples=0', 'examples'),
+  ('experiments.forecast_check', ['--workdir=W'], '--crossover=0.02', 'crossover'),
+  ('experiments.headline', ['--workdir=W'], '--seeds=one', 'seeds'),
+  ('experiments.model_size', ['--workdir=W'], '--presets=cpu-2m,olmo-9b', 'presets'),
+  ('experiments.overlap', ['--workdir=W'], '--shares=0.1', 'shares'),
+  ('experiments.replay', ['--workdir=W'], '--replay=1', 'replay'),
+  ('experiments.similarity', ['--workdir=W'], '--delta=0', 'delta'),
 ]
 
 
 def test_every_entry_point_is_in_the_table():
-  studies = {f'experiments.{p.stem}' for p in (ROOT / 'experiments').glob('*.py') if p.stem not in ('__init__', 'common')}
+  studies = {
+    f'experiments.{p.stem}' for p in (ROOT / 'experiments').glob('*.py') if p.stem not in ('__init__', 'common')
+  }
   top = {f'spt_jax.{p.stem}' for p in (ROOT / 'spt_jax').glob('*.py') if p.stem not in ('__init__', 'cli')}
-  data = {f'spt_jax.data.{p.stem}' for p in (ROOT / 'spt_jax' / 'data').glob('*.py')
-          if "__name__ == '__main__'" in p.read_text()}
+  data = {
+    f'spt_jax.data.{p.stem}'
+    for p in (ROOT / 'spt_jax' / 'data').glob('*.py')
+    if "__name__ == '__main__'" in p.read_text()
+  }
   assert {module for module, *_ in ENTRY_POINTS} == studies | top | data
 
 
@@ -49,8 +54,17 @@ def _run(module: str, *runs: list[str]) -> list[subprocess.CompletedProcess]:
   """`python -m module ARGS` for each ARGS, the processes side by side (each spends its time importing)."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT))
   env.pop('SPT_JAX_TRACEBACK', None)
-  processes = [subprocess.Popen([sys.executable, '-m', module, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env) for args in runs]
+  processes = [
+    subprocess.Popen(
+      [sys.executable, '-m', module, *args],
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env,
+    )
+    for args in runs
+  ]
   results = []
   for process, args in zip(processes, runs):
     stdout, stderr = process.communicate(timeout=900)
@@ -79,6 +93,7 @@ def test_bench_choices_are_the_models():
   from spt_jax import bench  # pylint: disable=g-import-not-at-top,unused-import  # Defines the flags.
   from spt_jax.model import attention  # pylint: disable=g-import-not-at-top
   from spt_jax.model import decoder  # pylint: disable=g-import-not-at-top
+
   assert flags.FLAGS['remat_policy'].parser.enum_values == list(decoder.REMAT_POLICIES)
   assert flags.FLAGS['attention_impl'].parser.enum_values == list(attention.IMPLEMENTATIONS)
 
@@ -92,6 +107,7 @@ def _status(main, *args: str) -> int:
 def _raise(error: BaseException):
   def main(argv):
     raise error
+
   return main
 
 
@@ -104,7 +120,10 @@ def test_exit_status_by_kind(capsys, monkeypatch):
   assert _status(_raise(ValueError('the data is damaged\nrebuild it'))) == 1
   assert _status(_raise(OSError(28, 'No space left on device'))) == 1
   assert capsys.readouterr().err.splitlines() == [
-      'error: --count: too many', 'error: the data is damaged; rebuild it', 'error: [Errno 28] No space left on device']
+    'error: --count: too many',
+    'error: the data is damaged; rebuild it',
+    'error: [Errno 28] No space left on device',
+  ]
   with pytest.raises(KeyError):  # A bug keeps its traceback.
     _status(_raise(KeyError('x')))
   monkeypatch.setenv('SPT_JAX_TRACEBACK', '1')

@@ -10,10 +10,16 @@ from tests import test_main
 
 def _pipeline(tmp_path, workdir, *extra):
   out = test_main._main(  # pylint: disable=protected-access
-      '--config=configs/proofpile.py:test', f'--workdir={tmp_path / workdir}',
-      f'--config.data.general=files:{tmp_path}/general/*.txt', f'--config.data.domain=files:{tmp_path}/domain/*.txt',
-      f'--config.data.cache_dir={tmp_path}/cache', '--config.data.tokenizer_vocab_size=300',
-      '--config.model.vocab_size=300', *extra, env={'JAX_LOG_COMPILES': '1'})
+    '--config=configs/proofpile.py:test',
+    f'--workdir={tmp_path / workdir}',
+    f'--config.data.general=files:{tmp_path}/general/*.txt',
+    f'--config.data.domain=files:{tmp_path}/domain/*.txt',
+    f'--config.data.cache_dir={tmp_path}/cache',
+    '--config.data.tokenizer_vocab_size=300',
+    '--config.model.vocab_size=300',
+    *extra,
+    env={'JAX_LOG_COMPILES': '1'},
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   compiled = re.findall(r'Compiling (\S+) with global shapes', out.stderr)
   hits = re.findall(r"Persistent compilation cache hit for '(\S+)'", out.stderr)

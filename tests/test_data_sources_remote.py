@@ -94,10 +94,22 @@ def _config(tmp_path, general, domain):
   tokenizer, _ = _tokenizer(tmp_path)
   config = ml_collections.ConfigDict()
   config.seed, config.steps, config.batch_size, config.tokens = 0, 0, 8, 20_000
-  config.data = ml_collections.ConfigDict(dict(
-      seq_len=L, general=general, domain=domain, domain_max_tokens=0, general_max_tokens=0,
-      tokenizer=tokenizer, tokenizer_vocab_size=300, test_fraction=0.0, test_tokens=300,
-      domain_train_sequences=4, cache_dir=str(tmp_path / 'cache'), num_workers=1))
+  config.data = ml_collections.ConfigDict(
+    dict(
+      seq_len=L,
+      general=general,
+      domain=domain,
+      domain_max_tokens=0,
+      general_max_tokens=0,
+      tokenizer=tokenizer,
+      tokenizer_vocab_size=300,
+      test_fraction=0.0,
+      test_tokens=300,
+      domain_train_sequences=4,
+      cache_dir=str(tmp_path / 'cache'),
+      num_workers=1,
+    )
+  )
   config.extra_eval = ml_collections.ConfigDict()
   return config
 
@@ -113,7 +125,7 @@ def test_remote_token_files_fetched_once_only_as_many_as_the_budget_needs(tmp_pa
   assert fetched == ['/part-000-00000.npy', '/part-001-00000.npy']
   info = data.metadata['sources']['general']
   assert info['files_used'] == 2 and info['files_listed'] == 3
-  assert np.array_equal(np.asarray(data.train['general'][0]), files[0][:L + 1])
+  assert np.array_equal(np.asarray(data.train['general'][0]), files[0][: L + 1])
   for path in data.metadata['in_place']['general']['files']:
     record = json.loads(open(path['path'] + '.json').read())
     assert record['sha256'] == hashlib.sha256(open(path['path'], 'rb').read()).hexdigest()
@@ -185,8 +197,7 @@ def test_hf_source_streams_a_local_hub_style_folder(tmp_path, monkeypatch):
   # Prepared as a domain set next to a token general set, like the paper presets.
   (tmp_path / 'tokens').mkdir()
   _token_files(tmp_path / 'tokens', sizes=(300,))
-  config = _config(tmp_path, f'tokens:{tmp_path}/tokens/*.npy?dtype=uint16',
-                   f'hf:{folder}?split=train&field=text')
+  config = _config(tmp_path, f'tokens:{tmp_path}/tokens/*.npy?dtype=uint16', f'hf:{folder}?split=train&field=text')
   data = prepare_lib.prepare(config)
   assert data.metadata['sources']['domain']['documents'] == 120 and len(data.train['domain']) > 0
 
@@ -199,6 +210,7 @@ def test_the_paper_preset_runs_end_to_end_on_stand_ins_of_its_data(tmp_path, ser
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   from spt_jax.data import paper_data  # pylint: disable=g-import-not-at-top
+
   root, url, log = server
   _token_files(root)
   folder = _hub_folder(tmp_path)
@@ -206,20 +218,47 @@ def test_the_paper_preset_runs_end_to_end_on_stand_ins_of_its_data(tmp_path, ser
   vocab = tokenizer_lib.tokenizers.Tokenizer.from_file(tokenizer).get_vocab_size()
   repo = pathlib.Path(__file__).resolve().parents[1]
   assert paper_data.PROOFPILE.startswith('hf:') and paper_data.DOLMA_OLMO_1B.startswith('tokens:@')
-  overrides = dict(stage='pretrain', steps=3, tokens=3 * 8 * L, batch_size=8, eval_every=0, eval_sequences=8,
-                   log_every=1, checkpoint_every=3, peak_flops=-1, **{
-                       'data.general_max_tokens': 3 * 8 * L,
-                       'data.general': f'tokens:{url}/part-*.npy?dtype=uint16',
-                       'data.domain': f'hf:{folder}?split=train&field=text', 'data.tokenizer': tokenizer,
-                       'data.seq_len': L, 'data.test_tokens': 300, 'data.cache_dir': str(tmp_path / 'cache'),
-                       'schedule.warmup_steps': 1, 'schedule.horizon_tokens': 3 * 8 * L, 'model.d_model': 64,
-                       'model.mlp_dim': 256, 'model.n_heads': 4, 'model.n_layers': 2, 'model.vocab_size': vocab,
-                       'model.dtype': 'float32', 'model.remat_policy': 'none'})
-  env = dict(os.environ, PYTHONPATH=str(repo), JAX_PLATFORMS='cpu', HF_DATASETS_OFFLINE='1',
-             HF_HOME=str(tmp_path / 'hf'))
-  result = subprocess.run([sys.executable, '-m', 'spt_jax.main', f'--config={repo}/configs/proofpile.py'] +
-                          [f'--config.{k}={v}' for k, v in overrides.items()], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+  overrides = dict(
+    stage='pretrain',
+    steps=3,
+    tokens=3 * 8 * L,
+    batch_size=8,
+    eval_every=0,
+    eval_sequences=8,
+    log_every=1,
+    checkpoint_every=3,
+    peak_flops=-1,
+    **{
+      'data.general_max_tokens': 3 * 8 * L,
+      'data.general': f'tokens:{url}/part-*.npy?dtype=uint16',
+      'data.domain': f'hf:{folder}?split=train&field=text',
+      'data.tokenizer': tokenizer,
+      'data.seq_len': L,
+      'data.test_tokens': 300,
+      'data.cache_dir': str(tmp_path / 'cache'),
+      'schedule.warmup_steps': 1,
+      'schedule.horizon_tokens': 3 * 8 * L,
+      'model.d_model': 64,
+      'model.mlp_dim': 256,
+      'model.n_heads': 4,
+      'model.n_layers': 2,
+      'model.vocab_size': vocab,
+      'model.dtype': 'float32',
+      'model.remat_policy': 'none',
+    },
+  )
+  env = dict(
+    os.environ, PYTHONPATH=str(repo), JAX_PLATFORMS='cpu', HF_DATASETS_OFFLINE='1', HF_HOME=str(tmp_path / 'hf')
+  )
+  result = subprocess.run(
+    [sys.executable, '-m', 'spt_jax.main', f'--config={repo}/configs/proofpile.py']
+    + [f'--config.{k}={v}' for k, v in overrides.items()],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'the run writes to runs/proofpile_1b' in result.stdout
   summary = json.loads((tmp_path / 'runs' / 'proofpile_1b' / 'summary.json').read_text())

@@ -14,17 +14,34 @@ def _data_overrides(tmp_path) -> list:
   """Small general and domain sets written here, and --config overrides that point a study's runs at them."""
   _write_documents(tmp_path / 'general', 'the a cat dog sat on mat and ran to house tree sun rain'.split(), 60, 0)
   _write_documents(tmp_path / 'domain', 'lemma proof qed intros apply rewrite induction nat'.split(), 30, 1)
-  return [f'--config.data.general=files:{tmp_path}/general/*.txt',
-          f'--config.data.domain=files:{tmp_path}/domain/*.txt', f'--config.data.cache_dir={tmp_path}/cache',
-          '--config.data.tokenizer_vocab_size=300', '--config.model.vocab_size=300']
+  return [
+    f'--config.data.general=files:{tmp_path}/general/*.txt',
+    f'--config.data.domain=files:{tmp_path}/domain/*.txt',
+    f'--config.data.cache_dir={tmp_path}/cache',
+    '--config.data.tokenizer_vocab_size=300',
+    '--config.model.vocab_size=300',
+  ]
 
 
 @pytest.mark.slow
 def test_delta_sweep_trains_every_variant_then_analyses(tmp_path):
   study, settings = tmp_path / 'study', _data_overrides(tmp_path) + ['--config.eval_every=5']
-  out = subprocess.run([sys.executable, '-m', 'experiments.delta_sweep', '--config=configs/proofpile.py:test',
-                        f'--workdir={study}', '--deltas=0,0.05,0.1,0.2', '--checkpoints=1', *settings],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+  out = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'experiments.delta_sweep',
+      '--config=configs/proofpile.py:test',
+      f'--workdir={study}',
+      '--deltas=0,0.05,0.1,0.2',
+      '--checkpoints=1',
+      *settings,
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   for name in ('delta_0pct', 'delta_5pct', 'delta_10pct', 'delta_20pct'):
     summary = json.loads((study / name / 'summary.json').read_text())
@@ -38,8 +55,16 @@ def test_delta_sweep_trains_every_variant_then_analyses(tmp_path):
 @pytest.mark.slow
 def test_headline_runs_both_arms_per_seed_then_reports(tmp_path):
   study, settings = tmp_path / 'study', _data_overrides(tmp_path)
-  command = [sys.executable, '-m', 'experiments.headline', '--config=configs/proofpile.py:test', f'--workdir={study}',
-             '--seeds=0,1', '--delta=0.2', *settings]
+  command = [
+    sys.executable,
+    '-m',
+    'experiments.headline',
+    '--config=configs/proofpile.py:test',
+    f'--workdir={study}',
+    '--seeds=0,1',
+    '--delta=0.2',
+    *settings,
+  ]
   out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads((study / 'headline.json').read_text())
@@ -58,9 +83,18 @@ def test_headline_runs_both_arms_per_seed_then_reports(tmp_path):
 @pytest.mark.slow
 def test_forecast_check_fits_a_subset_then_scores_the_rest(tmp_path):
   study = tmp_path / 'study'
-  command = [sys.executable, '-m', 'experiments.forecast_check', '--config=configs/proofpile.py:test',
-             f'--workdir={study}', '--deltas=0,0.05,0.1,0.2', '--checkpoints=1', '--max_delta=0.1',
-             '--config.eval_every=2', *_data_overrides(tmp_path)]
+  command = [
+    sys.executable,
+    '-m',
+    'experiments.forecast_check',
+    '--config=configs/proofpile.py:test',
+    f'--workdir={study}',
+    '--deltas=0,0.05,0.1,0.2',
+    '--checkpoints=1',
+    '--max_delta=0.1',
+    '--config.eval_every=2',
+    *_data_overrides(tmp_path),
+  ]
   out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   report = json.loads((study / 'forecast_check.json').read_text())

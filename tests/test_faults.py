@@ -28,7 +28,9 @@ STEPS = 12
 
 # A run of the tiny config in a subprocess (same config and data as tests/test_loop.py), with faults to inject:
 # argv: workdir, mode (plain | slow | slow_eval | slow_save), marker file. It writes its final parameters.
-SCRIPT = test_loop.HELPERS + '''
+SCRIPT = (
+  test_loop.HELPERS
+  + """
 import sys, time
 import jax, numpy as np
 from spt_jax.train import checkpoint
@@ -74,12 +76,13 @@ state, _ = checkpoints.restore(runner.trainer.abstract_state)
 checkpoints.close()
 np.savez(workdir + '/params.npz', *[np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))])
 print('STOP', summary['stop_reason'], summary['steps'], flush=True)
-''' % STEPS
+"""
+  % STEPS
+)
 
 
 def _env():
-  env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''),
-             JAX_PLATFORMS='cpu')
+  env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''), JAX_PLATFORMS='cpu')
   env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'  # Sharded state: fsdp over 4 devices.
   return env
 
@@ -89,8 +92,13 @@ def _start(tmp_path, workdir, mode='plain'):
   script.write_text(SCRIPT)
   marker = tmp_path / f'{pathlib.Path(workdir).name}.markers'
   marker.unlink(missing_ok=True)
-  process = subprocess.Popen([sys.executable, str(script), str(workdir), mode, str(marker)], env=_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  process = subprocess.Popen(
+    [sys.executable, str(script), str(workdir), mode, str(marker)],
+    env=_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   return process, marker
 
 
@@ -223,10 +231,20 @@ def _damage(newest: pathlib.Path, damage: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('damage, reason', [
-    ('truncated', 'size'), ('state_deleted', 'missing-file'), ('deleted', None), ('metrics_empty', 'size'),
-    ('metrics_garbage', 'hash-mismatch'), ('meta_garbage', 'hash-mismatch'), ('array_bytes_flipped', 'hash-mismatch'),
-    ('unverified_metrics_garbage', 'unreadable-metrics'), ('unverified_truncated', 'restore-error')])
+@pytest.mark.parametrize(
+  'damage, reason',
+  [
+    ('truncated', 'size'),
+    ('state_deleted', 'missing-file'),
+    ('deleted', None),
+    ('metrics_empty', 'size'),
+    ('metrics_garbage', 'hash-mismatch'),
+    ('meta_garbage', 'hash-mismatch'),
+    ('array_bytes_flipped', 'hash-mismatch'),
+    ('unverified_metrics_garbage', 'unreadable-metrics'),
+    ('unverified_truncated', 'restore-error'),
+  ],
+)
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(tmp_path, reference, damage, reason):
   workdir = tmp_path / 'run'
   _unfinished_copy(reference, workdir)
@@ -256,10 +274,12 @@ def test_no_checkpoint_is_usable_is_one_line_and_moves_nothing(tmp_path, referen
   _unfinished_copy(reference, workdir)
   for step in checkpoint.Checkpoints(str(workdir), keep=2).all_steps():
     shutil.rmtree(workdir / 'checkpoints' / str(step) / 'state')
-  with pytest.raises(ValueError, match=r'no checkpoint in .* is usable \(step 12: missing-file: .*move .* aside') \
-      as error:
-    loop.build(test_loop.tiny_config(steps=STEPS, checkpoint_every=2), str(workdir), stage='pretrain',
-               data=test_loop.tiny_data())
+  with pytest.raises(
+    ValueError, match=r'no checkpoint in .* is usable \(step 12: missing-file: .*move .* aside'
+  ) as error:
+    loop.build(
+      test_loop.tiny_config(steps=STEPS, checkpoint_every=2), str(workdir), stage='pretrain', data=test_loop.tiny_data()
+    )
   assert '\n' not in str(error.value)
   assert not (workdir / checkpoint.DAMAGED).exists()
   assert _metrics(workdir) == _metrics(reference)  # Nothing logged was dropped either.
@@ -271,13 +291,16 @@ def test_a_damaged_final_pretrain_checkpoint_hands_finetuning_the_one_before(tmp
   loop.run(test_loop.tiny_config(steps=4, checkpoint_every=2), str(pretrain), stage='pretrain', data=data)
   _flip_bytes(_largest_file(pretrain / 'checkpoints' / '4' / 'state'))
   with caplog.at_level('WARNING'):
-    summary = loop.run(test_loop.tiny_config(init_from=str(pretrain)), str(tmp_path / 'finetune'),
-                       stage='finetune', data=data)
+    summary = loop.run(
+      test_loop.tiny_config(init_from=str(pretrain)), str(tmp_path / 'finetune'), stage='finetune', data=data
+    )
   warnings = [r.getMessage() for r in caplog.records if ' is damaged (' in r.getMessage()]
   set_aside = pretrain / checkpoint.DAMAGED / '4-hash-mismatch'
   flipped = _largest_file(set_aside / 'state').relative_to(set_aside)
-  expected = (f'Checkpoint 4 is damaged (hash-mismatch: {flipped} differs from its manifest); moved it to '
-              f'{set_aside}; loading step 2 instead.')
+  expected = (
+    f'Checkpoint 4 is damaged (hash-mismatch: {flipped} differs from its manifest); moved it to '
+    f'{set_aside}; loading step 2 instead.'
+  )
   assert warnings == [expected], warnings
   assert summary['init_step'] == 2 and summary['init_checkpoint'] == str(pretrain / 'checkpoints' / '2')
   assert summary['stop_reason'] in ('budget', 'early_stopping')
@@ -287,17 +310,21 @@ def test_a_damaged_final_pretrain_checkpoint_hands_finetuning_the_one_before(tmp
 
 def test_non_finite_evaluations_are_written_as_null_never_nan(tmp_path, monkeypatch):
   evaluate = evaluation.Evaluator.__call__
+
   def nan_general(self, params, *args, **kwargs):
     results = evaluate(self, params, *args, **kwargs)
     results['general_test']['loss'] = float('nan')
     return results
+
   monkeypatch.setattr(evaluation.Evaluator, '__call__', nan_general)
   data = test_loop.tiny_data()
   data.bytes_per_token = {}  # Bits per byte unknown: NaN.
   workdir = tmp_path / 'run'
   loop.run(test_loop.tiny_config(steps=4), str(workdir), stage='pretrain', data=data)
+
   def strict(text):
     return json.loads(text, parse_constant=lambda token: pytest.fail(f'bare {token} in a JSON file'))
+
   summary = strict((workdir / 'summary.json').read_text())
   assert summary['final']['general_test'] is None and summary['final']['domain_test'] > 0
   records = [strict(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
@@ -316,15 +343,27 @@ def _write_documents(folder: pathlib.Path, words: list, n_documents: int, seed: 
 def _main_args(tmp_path, workdir, *overrides) -> list:
   _write_documents(tmp_path / 'general', 'the a cat dog sat on mat and ran to house tree sun rain'.split(), 30, 0)
   _write_documents(tmp_path / 'domain', 'lemma proof qed intros apply rewrite induction nat'.split(), 15, 1)
-  return [sys.executable, '-m', 'spt_jax.main', '--config=configs/proofpile.py:test', f'--workdir={workdir}',
-          '--config.stage=pretrain', '--config.steps=6', f'--config.data.general=files:{tmp_path}/general/*.txt',
-          f'--config.data.domain=files:{tmp_path}/domain/*.txt', f'--config.data.cache_dir={tmp_path}/cache',
-          '--config.data.tokenizer_vocab_size=300', '--config.model.vocab_size=300', *overrides]
+  return [
+    sys.executable,
+    '-m',
+    'spt_jax.main',
+    '--config=configs/proofpile.py:test',
+    f'--workdir={workdir}',
+    '--config.stage=pretrain',
+    '--config.steps=6',
+    f'--config.data.general=files:{tmp_path}/general/*.txt',
+    f'--config.data.domain=files:{tmp_path}/domain/*.txt',
+    f'--config.data.cache_dir={tmp_path}/cache',
+    '--config.data.tokenizer_vocab_size=300',
+    '--config.model.vocab_size=300',
+    *overrides,
+  ]
 
 
 def _main(tmp_path, workdir, *overrides):
-  return subprocess.run(_main_args(tmp_path, workdir, *overrides), cwd=ROOT, capture_output=True, text=True,
-                        env=_env(), timeout=900)
+  return subprocess.run(
+    _main_args(tmp_path, workdir, *overrides), cwd=ROOT, capture_output=True, text=True, env=_env(), timeout=900
+  )
 
 
 def _one_line_error(out) -> str:
@@ -334,7 +373,9 @@ def _one_line_error(out) -> str:
   return lines[-1]
 
 
-@pytest.mark.parametrize('override, expected', [
+@pytest.mark.parametrize(
+  'override, expected',
+  [
     ('--config.batch_size=0', 'batch_size=0 must be a positive integer; set --config.batch_size'),
     ('--config.mixture.domain_fraction=1.5', 'mixture.domain_fraction (δ) is 1.5, outside [0, 1)'),
     ('--config.mixture.stages=((0, {"domain": 0.5, "general": 0.6}),)', 'sum to 1.1, not 1'),
@@ -342,7 +383,8 @@ def _one_line_error(out) -> str:
     ('--config.data.tokenizer_vocab_size=3000', 'model vocab_size 300 does not match data.tokenizer_vocab_size 3000'),
     ('--config.mesh.data=3', 'mesh'),
     ('--config.batch_size=6', 'batch_size=6 is not a multiple of the 4 data-parallel devices'),
-])
+  ],
+)
 def test_bad_input_is_one_line_before_anything_is_written(tmp_path, override, expected):
   workdir = tmp_path / 'run'
   line = _one_line_error(_main(tmp_path, workdir, override))
@@ -362,7 +404,7 @@ def test_a_rejected_config_does_not_lock_the_user_out(tmp_path):
 
 # The main command, paused where it prepares its data (inside its workdir lock, before the first step) while the
 # file named by argv[1] exists: a test acts at that moment however slowly the machine runs.
-HOLD_SCRIPT = '''
+HOLD_SCRIPT = """
 import os, sys, time
 hold = sys.argv.pop(1)
 from spt_jax.data import prepare
@@ -375,7 +417,7 @@ def held(config):
 prepare.prepare = held
 from spt_jax import main
 main._run()
-'''
+"""
 
 
 def _start_holding_the_lock(tmp_path, workdir) -> tuple:
@@ -385,8 +427,14 @@ def _start_holding_the_lock(tmp_path, workdir) -> tuple:
   """
   hold = tmp_path / 'hold'
   hold.touch()
-  process = subprocess.Popen([sys.executable, '-c', HOLD_SCRIPT, str(hold), *_main_args(tmp_path, workdir)[3:]],
-                             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  process = subprocess.Popen(
+    [sys.executable, '-c', HOLD_SCRIPT, str(hold), *_main_args(tmp_path, workdir)[3:]],
+    cwd=ROOT,
+    env=_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   lock = workdir / '.lock'
   _wait_for(lambda: pathlib.Path(f'{hold}.reached').exists(), process)
   assert f'pid {process.pid} ' in lock.read_text()

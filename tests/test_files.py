@@ -14,8 +14,13 @@ from spt_jax.storage import files
 
 
 def test_json_never_holds_nan_or_infinity(tmp_path):
-  value = {'loss': float('nan'), 'best': [1.5, float('inf'), -float('inf')], 'x': np.float32('nan'), 'n': 3,
-           'array': np.array([0.5, np.nan])}
+  value = {
+    'loss': float('nan'),
+    'best': [1.5, float('inf'), -float('inf')],
+    'x': np.float32('nan'),
+    'n': 3,
+    'array': np.array([0.5, np.nan]),
+  }
   text = files.dumps(value)
   assert 'NaN' not in text and 'Infinity' not in text
   assert json.loads(text) == {'loss': None, 'best': [1.5, None, None], 'x': None, 'n': 3, 'array': [0.5, None]}
@@ -26,8 +31,10 @@ def test_json_never_holds_nan_or_infinity(tmp_path):
 def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
   path = tmp_path / 'report.md'
   files.write_text(str(path), 'old')
+
   def full_disk(*args):
     raise OSError(28, 'No space left on device')
+
   monkeypatch.setattr(os, 'replace', full_disk)
   with pytest.raises(OSError):
     files.write_text(str(path), 'new')
@@ -37,27 +44,31 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
 
 def test_clean_metrics_drops_duplicated_out_of_order_and_cut_lines(tmp_path):
   path = tmp_path / 'metrics.jsonl'
-  lines = [{'step': 0}, {'step': 5}, {'step': 10}, {'step': 5}, {'step': 10}, {'step': 15}, {'step': 20},
-           {'step': 25}]
+  lines = [{'step': 0}, {'step': 5}, {'step': 10}, {'step': 5}, {'step': 10}, {'step': 15}, {'step': 20}, {'step': 25}]
   path.write_text(''.join(json.dumps(line) + '\n' for line in lines) + '{"step": 30, "train/lo')
   assert files.clean_metrics(str(path), 20) == 4  # 5 and 10 again, 25, the cut line.
   assert [json.loads(line)['step'] for line in path.read_text().splitlines()] == [0, 5, 10, 15, 20]
 
 
-_HOLD = '''
+_HOLD = """
 import sys
 from spt_jax.storage import files
 with files.WorkdirLock(sys.argv[1:]):
   print('LOCKED', flush=True)
   sys.stdin.readline()  # Holds the lock until the test writes a line (or dies).
-'''
+"""
 
 
 def _holder(*workdirs) -> subprocess.Popen:
   """A process holding the lock of workdirs, once this returns."""
   env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  holder = subprocess.Popen([sys.executable, '-c', _HOLD, *map(str, workdirs)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env)
+  holder = subprocess.Popen(
+    [sys.executable, '-c', _HOLD, *map(str, workdirs)],
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    text=True,
+    env=env,
+  )
   assert holder.stdout.readline().strip() == 'LOCKED'
   return holder
 

@@ -34,9 +34,12 @@ def test_early_stopping_then_decay_from_the_best_state(tmp_path, monkeypatch):
     results = real_call(self, params, *args, **kwargs)
     results['domain_test']['loss'] = next(curve)
     return results
+
   monkeypatch.setattr(evaluation.Evaluator, '__call__', scripted)
-  config = tiny_config(init_from=str(tmp_path / 'pretrain'), **{
-      'finetune.schedule': 'wsd', 'finetune.decay_steps': 4, 'finetune.max_steps': 1000})
+  config = tiny_config(
+    init_from=str(tmp_path / 'pretrain'),
+    **{'finetune.schedule': 'wsd', 'finetune.decay_steps': 4, 'finetune.max_steps': 1000},
+  )
   workdir = tmp_path / 'finetune'
   summary = loop.run(config, str(workdir), stage='finetune', data=data)
   assert summary['decay']['from_step'] == 4 and summary['decay']['stable_steps'] == 8
@@ -60,10 +63,12 @@ def test_early_stopping_then_decay_from_the_best_state(tmp_path, monkeypatch):
 def test_constant_finetunes_and_pretraining_never_decay():
   config = tiny_config()
   from spt_jax.train import finetune_decay  # pylint: disable=g-import-not-at-top
+
   assert not finetune_decay.wants_decay(config, 'finetune', {'stop_reason': 'early_stopping'})
   config.finetune.schedule, config.finetune.decay_steps = 'wsd', 4
   assert finetune_decay.wants_decay(config, 'finetune', {'stop_reason': 'early_stopping'})
   assert not finetune_decay.wants_decay(config, 'finetune', {'stop_reason': 'budget'})
   assert not finetune_decay.wants_decay(config, 'pretrain', {'stop_reason': 'early_stopping'})
-  assert not finetune_decay.wants_decay(finetune_decay.decay_config(config, 4), 'finetune',
-                                        {'stop_reason': 'early_stopping'})
+  assert not finetune_decay.wants_decay(
+    finetune_decay.decay_config(config, 4), 'finetune', {'stop_reason': 'early_stopping'}
+  )

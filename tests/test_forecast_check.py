@@ -69,6 +69,9 @@ def test_nothing_held_out_is_said():
 def test_analysis_modules_import_alone_without_model_code(module):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  code = (f'import sys; import spt_jax.analysis.{module}; '
-          'assert "spt_jax.model.decoder" not in sys.modules and "spt_jax.train.step" not in sys.modules')
+
+  code = (
+    f'import sys; import spt_jax.analysis.{module}; '
+    'assert "spt_jax.model.decoder" not in sys.modules and "spt_jax.train.step" not in sys.modules'
+  )
   subprocess.run([sys.executable, '-c', code], check=True)

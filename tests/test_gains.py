@@ -40,13 +40,31 @@ def test_compute_multiplier_by_hand_and_out_of_range():
 def _pipeline(root, name, delta, finetunes, model='tiny', tokenizer='abc', seq_len=32):
   workdir = root / name
   (workdir / 'pretrain').mkdir(parents=True)
-  summary = {'stage': 'pretrain', 'domain_fraction': delta, 'model': model, 'tokenizer': tokenizer,
-             'seq_len': seq_len, 'tokens': max(f[0] for f in finetunes)}
+  summary = {
+    'stage': 'pretrain',
+    'domain_fraction': delta,
+    'model': model,
+    'tokenizer': tokenizer,
+    'seq_len': seq_len,
+    'tokens': max(f[0] for f in finetunes),
+  }
   (workdir / 'pretrain' / 'summary.json').write_text(json.dumps(summary))
   (workdir / 'pretrain' / 'metrics.jsonl').write_text('')
-  entries = [{'pretrain_step': i, 'pretrain_tokens': t, 'lr': lr, 'warmup': 50, 'best_domain_test_loss': loss,
-              'best_step': 10, 'epochs': 3.0, 'general_test_loss_before': 3.0, 'general_test_loss_after': after,
-              'domain_test_loss_before': loss + 0.2} for i, (t, loss, lr, after) in enumerate(finetunes)]
+  entries = [
+    {
+      'pretrain_step': i,
+      'pretrain_tokens': t,
+      'lr': lr,
+      'warmup': 50,
+      'best_domain_test_loss': loss,
+      'best_step': 10,
+      'epochs': 3.0,
+      'general_test_loss_before': 3.0,
+      'general_test_loss_after': after,
+      'domain_test_loss_before': loss + 0.2,
+    }
+    for i, (t, loss, lr, after) in enumerate(finetunes)
+  ]
   (workdir / 'summary.json').write_text(json.dumps({'pretrain': summary, 'finetunes': entries}))
   return str(workdir)
 
@@ -62,7 +80,7 @@ def test_gains_table_from_pipeline_workdirs(tmp_path):
   assert row['forgetting'] == pytest.approx(0.04)
   assert result['npt']['forgetting'] == pytest.approx(0.2)  # The lr=1e-4 finetune, the best one.
   # SPT reaches 2.00 halfway in log tokens between 1e6 (2.04) and 2e6 (1.96): at sqrt(2)·1e6.
-  assert row['compute_multiplier']['value'] == pytest.approx(2 ** 0.5)
+  assert row['compute_multiplier']['value'] == pytest.approx(2**0.5)
   table = gains.format_table(result)
   assert '2.00%' in table and '1.41x' in table and '133%' in table
 

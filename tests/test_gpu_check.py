@@ -15,9 +15,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_dry_path_measures_and_compares(tmp_path):
-  out = subprocess.run([sys.executable, '-m', 'spt_jax.gpu_check', '--dry', f'--out={tmp_path}', '--rounds=1',
-                        '--steps=2'], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  out = subprocess.run(
+    [sys.executable, '-m', 'spt_jax.gpu_check', '--dry', f'--out={tmp_path}', '--rounds=1', '--steps=2'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   result = json.loads((tmp_path / 'gpu_check.json').read_text())
   assert result['batch_size'] == 8 and result['preset'] == 'cpu-160k'
@@ -29,7 +34,13 @@ def test_dry_path_measures_and_compares(tmp_path):
 
 
 def test_without_a_gpu_the_full_check_is_refused_in_one_line():
-  out = subprocess.run([sys.executable, '-m', 'spt_jax.gpu_check'], cwd=ROOT, capture_output=True, text=True,
-                       timeout=900, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  out = subprocess.run(
+    [sys.executable, '-m', 'spt_jax.gpu_check'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=900,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert out.returncode != 0 and 'Traceback' not in out.stderr
   assert out.stderr.strip().splitlines()[-1].startswith('error: no GPU here')

@@ -24,8 +24,12 @@ def _tokenizer(vocab_size=300):
   tokenizer = tokenizers.Tokenizer(models.BPE())
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tokenizer.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=['<|endoftext|>'], show_progress=False,
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  trainer = trainers.BpeTrainer(
+    vocab_size=vocab_size,
+    special_tokens=['<|endoftext|>'],
+    show_progress=False,
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+  )
   tokenizer.train_from_iterator(['the cat sat on the mat and the dog ate the cat food'] * 20, trainer=trainer)
   return tokenizer
 
@@ -87,12 +91,18 @@ def test_round_trip_is_bit_exact(tmp_path, tokenizer, tied):
   # 281 tokens would pad to 384 rows, not 512: the vocabulary is the embedding's rows.
   assert imported_cfg.vocab_size == cfg.vocab_size
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, np.asarray(b)), imported, params)
-  second = hf.export_hf(imported, imported_cfg, hf.load_tokenizer(first), str(tmp_path / 'second'),
-                        max_position_embeddings=64)
+  second = hf.export_hf(
+    imported, imported_cfg, hf.load_tokenizer(first), str(tmp_path / 'second'), max_position_embeddings=64
+  )
   names = sorted(os.listdir(first))
   assert names == sorted(os.listdir(second))
-  assert set(names) >= {'config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json',
-                        'special_tokens_map.json'}
+  assert set(names) >= {
+    'config.json',
+    'model.safetensors',
+    'tokenizer.json',
+    'tokenizer_config.json',
+    'special_tokens_map.json',
+  }
   _, mismatch, errors = filecmp.cmpfiles(first, second, names, shallow=False)
   assert not mismatch and not errors
   # Unrolled layers import to the same model, and export to the same bytes.
@@ -101,8 +111,7 @@ def test_round_trip_is_bit_exact(tmp_path, tokenizer, tied):
   tokens = np.arange(20).reshape(2, 10)
   np.testing.assert_allclose(_logits(unrolled_cfg, unrolled, tokens), _logits(cfg, params, tokens), atol=1e-5)
   third = hf.export_hf(unrolled, unrolled_cfg, tokenizer, str(tmp_path / 'third'), max_position_embeddings=64)
-  assert filecmp.cmp(os.path.join(first, 'model.safetensors'), os.path.join(third, 'model.safetensors'),
-                     shallow=False)
+  assert filecmp.cmp(os.path.join(first, 'model.safetensors'), os.path.join(third, 'model.safetensors'), shallow=False)
 
 
 def test_model_config_of_olmo_1b():
@@ -127,8 +136,11 @@ def test_transformers_saved_dir_imports_bit_exact(tmp_path, tokenizer):
 
 
 def test_safetensors_format(tmp_path):
-  tensors = {'b': np.arange(6, dtype=np.float32).reshape(2, 3),
-             'a': np.asarray([1.5, -2.25], dtype=ml_dtypes.bfloat16), 'c': np.zeros([0], np.float16)}
+  tensors = {
+    'b': np.arange(6, dtype=np.float32).reshape(2, 3),
+    'a': np.asarray([1.5, -2.25], dtype=ml_dtypes.bfloat16),
+    'c': np.zeros([0], np.float16),
+  }
   path = str(tmp_path / 'x.safetensors')
   hf.write_safetensors(path, tensors, {'format': 'pt'})
   with open(path, 'rb') as f:
@@ -140,6 +152,7 @@ def test_safetensors_format(tmp_path):
     assert back[name].dtype == array.dtype
     np.testing.assert_array_equal(back[name], array)
   from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+
   plain = {'b': tensors['b'], 'c': np.ones([3, 2], np.float16)}
   reference = str(tmp_path / 'reference.safetensors')
   safetensors_numpy.save_file(plain, reference)
@@ -159,13 +172,16 @@ def _edit_config(directory, **changes):
     json.dump(config, f)
 
 
-@pytest.mark.parametrize('changes, match', [
+@pytest.mark.parametrize(
+  'changes, match',
+  [
     ({'model_type': 'llama'}, "'llama' model"),
     ({'hidden_size': 128}, 'weights do not match config.json'),
     ({'num_hidden_layers': 3}, 'missing'),
     ({'num_key_value_heads': 2}, 'grouped-query'),
     ({'vocab_size': 500}, 'multiple of 128'),
-])
+  ],
+)
 def test_other_architectures_are_one_line_errors(tmp_path, changes, match):
   cfg = _cfg()
   directory = hf.export_hf(_params(cfg), cfg, None, str(tmp_path / 'hf'))

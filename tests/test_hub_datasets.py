@@ -80,7 +80,7 @@ class _HubHandler(http.server.SimpleHTTPRequestHandler):
     link = {}
     if start + PAGE < len(entries):
       link['Link'] = f'<{self.path.split("?")[0]}?cursor={start + PAGE}>; rel="next"'
-    return self._json(200, entries[start:start + PAGE], headers=link)
+    return self._json(200, entries[start : start + PAGE], headers=link)
 
   def _json(self, status, body, error_code='', headers=None):
     data = json.dumps(body).encode()
@@ -99,14 +99,15 @@ class _HubHandler(http.server.SimpleHTTPRequestHandler):
       return self.send_error(404)
     data = pathlib.Path(path).read_bytes()
     match = re.fullmatch(r'bytes=(\d+)-(\d*)', self.headers.get('Range', ''))
-    start, end = (int(match.group(1)), min(int(match.group(2) or len(data) - 1), len(data) - 1)) if match else (
-        0, len(data) - 1)
+    start, end = (
+      (int(match.group(1)), min(int(match.group(2) or len(data) - 1), len(data) - 1)) if match else (0, len(data) - 1)
+    )
     self.send_response(206 if match else 200)
     self.send_header('Content-Length', str(end - start + 1))
     if match:
       self.send_header('Content-Range', f'bytes {start}-{end}/{len(data)}')
     self.end_headers()
-    self.wfile.write(data[start:end + 1])
+    self.wfile.write(data[start : end + 1])
     return None
 
 
@@ -126,38 +127,73 @@ def _build_hub(root):
   proof = _resolve(root, hub_datasets.PROOF_PILE)
   (proof / 'proof-pile.py').write_text('raise SystemExit("the loading script ran")\n')  # Must never be fetched.
   (proof / 'README.md').write_text('---\nlicense: apache-2.0\n---\n')
-  metas = [{'config': 'arxiv', 'file': '1812.02537/v5 arxiv/sections/5.tex'}, {'set_name': 'stack_exchange'},
-           {'set_name': 'MATH'}, {'subset_name': 'curated'}]
-  for folder, names in (('train', [f'proofpile_train_{i}' for i in range(21)]), ('dev', ['proofpile_dev']),
-                        ('test', ['proofpile_test'])):
+  metas = [
+    {'config': 'arxiv', 'file': '1812.02537/v5 arxiv/sections/5.tex'},
+    {'set_name': 'stack_exchange'},
+    {'set_name': 'MATH'},
+    {'subset_name': 'curated'},
+  ]
+  for folder, names in (
+    ('train', [f'proofpile_train_{i}' for i in range(21)]),
+    ('dev', ['proofpile_dev']),
+    ('test', ['proofpile_test']),
+  ):
     (proof / folder).mkdir()
     for number, name in enumerate(names):
-      lines = [json.dumps({'text': f'{name} doc {j}: {_words(rng, 30)}', 'meta': metas[(number + j) % 4]})
-               for j in range(4)]
+      lines = [
+        json.dumps({'text': f'{name} doc {j}: {_words(rng, 30)}', 'meta': metas[(number + j) % 4]}) for j in range(4)
+      ]
       (proof / folder / f'{name}.jsonl.gz').write_bytes(gzip.compress(('\n'.join(lines) + '\n').encode()))
   music = _resolve(root, hub_datasets.MUSIC_PILE) / 'data'
   music.mkdir()
   row = 0
   for shard in range(3):
-    sources = [GENERAL[i % 3] for i in range(30)] if shard == 0 else [  # General rows first, as the viewer shows.
-        (IRISHMAN, MUSIC_CHAT, 'Generated with GPT-4', GENERAL[i % 3])[i % 4] for i in range(40)]
+    sources = (
+      [GENERAL[i % 3] for i in range(30)]
+      if shard == 0
+      else [  # General rows first, as the viewer shows.
+        (IRISHMAN, MUSIC_CHAT, 'Generated with GPT-4', GENERAL[i % 3])[i % 4] for i in range(40)
+      ]
+    )
     texts = [f'row {row + i} X:1 K:D {_words(rng, 25)}' for i in range(len(sources))]
-    pq.write_table(pa.table({'id': pa.array(range(row, row + len(texts)), pa.int64()), 'text': texts,
-                             'src': sources}), music / f'train-{shard:05d}-of-00003.parquet', row_group_size=10)
+    pq.write_table(
+      pa.table({'id': pa.array(range(row, row + len(texts)), pa.int64()), 'text': texts, 'src': sources}),
+      music / f'train-{shard:05d}-of-00003.parquet',
+      row_group_size=10,
+    )
     row += len(texts)
-  chem = {hub_datasets.CHEMPILE_REASONING: {
-      'chemistry_stackexchange-raw_data': lambda i: {'title': 't', 'q': 'q', 'a': 'a', 'split': 'train',
-                                                     'text': f'acid question {i} {_words(rng, 20)}'},
-      'physics_stackexchange-raw_data': lambda i: {'title': 't', 'q': 'q', 'a': 'a', 'split': 'train',
-                                                   'text': f'physics question {i} {_words(rng, 20)}'}},
-      hub_datasets.CHEMPILE_EDUCATION: {
-          'LibreText_Chemistry-default': lambda i: {'text': f'textbook page {i} {_words(rng, 40)}'}},
-      hub_datasets.CHEMPILE_INSTRUCTION: {
-          'chempile-reasoning': lambda i: {
-              'messages': [{'role': 'user', 'content': f'What is bond {i}?'},
-                           {'role': 'assistant', 'content': f'A bond {_words(rng, 15)}'}],
-              'first_tag': ['chem'], 'second_tag': ['bond'],
-              'origin': {'dataset': 'chempile-reasoning', 'config': 'x', 'split': 'train', 'prompt_type': 'qa'}}}}
+  chem = {
+    hub_datasets.CHEMPILE_REASONING: {
+      'chemistry_stackexchange-raw_data': lambda i: {
+        'title': 't',
+        'q': 'q',
+        'a': 'a',
+        'split': 'train',
+        'text': f'acid question {i} {_words(rng, 20)}',
+      },
+      'physics_stackexchange-raw_data': lambda i: {
+        'title': 't',
+        'q': 'q',
+        'a': 'a',
+        'split': 'train',
+        'text': f'physics question {i} {_words(rng, 20)}',
+      },
+    },
+    hub_datasets.CHEMPILE_EDUCATION: {
+      'LibreText_Chemistry-default': lambda i: {'text': f'textbook page {i} {_words(rng, 40)}'}
+    },
+    hub_datasets.CHEMPILE_INSTRUCTION: {
+      'chempile-reasoning': lambda i: {
+        'messages': [
+          {'role': 'user', 'content': f'What is bond {i}?'},
+          {'role': 'assistant', 'content': f'A bond {_words(rng, 15)}'},
+        ],
+        'first_tag': ['chem'],
+        'second_tag': ['bond'],
+        'origin': {'dataset': 'chempile-reasoning', 'config': 'x', 'split': 'train', 'prompt_type': 'qa'},
+      }
+    },
+  }
   for part, configs in chem.items():
     commit = 'c' * 40 if part.revision == 'main' else part.revision
     if part.revision == 'main':
@@ -168,8 +204,9 @@ def _build_hub(root):
     for config, make in configs.items():
       (base / config).mkdir()
       for split, count in (('train', 12), ('val', 3), ('test', 3)):
-        pq.write_table(pa.Table.from_pylist([make(i) for i in range(count)]),
-                       base / config / f'{split}-00000-of-00001.parquet')
+        pq.write_table(
+          pa.Table.from_pylist([make(i) for i in range(count)]), base / config / f'{split}-00000-of-00001.parquet'
+        )
 
 
 @pytest.fixture
@@ -200,20 +237,39 @@ def _config(tmp_path, domain):
     tokenizer_lib.train_bpe({'general': f'files:{corpus}'}, 300, str(tmp_path / 'cache')).save(str(tokenizer))
   config = ml_collections.ConfigDict()
   config.seed, config.steps, config.batch_size, config.tokens = 0, 0, 8, 20_000
-  config.data = ml_collections.ConfigDict(dict(
-      seq_len=L, general=f'files:{corpus}', domain=domain, domain_max_tokens=0, general_max_tokens=0,
-      tokenizer=str(tokenizer), tokenizer_vocab_size=300, test_fraction=0.0, test_tokens=200,
-      domain_train_sequences=4, cache_dir=str(tmp_path / 'cache'), num_workers=1))
+  config.data = ml_collections.ConfigDict(
+    dict(
+      seq_len=L,
+      general=f'files:{corpus}',
+      domain=domain,
+      domain_max_tokens=0,
+      general_max_tokens=0,
+      tokenizer=str(tokenizer),
+      tokenizer_vocab_size=300,
+      test_fraction=0.0,
+      test_tokens=200,
+      domain_train_sequences=4,
+      cache_dir=str(tmp_path / 'cache'),
+      num_workers=1,
+    )
+  )
   config.extra_eval = ml_collections.ConfigDict()
   return config
 
 
 def test_the_paper_presets_read_the_hub_datasets():
   from configs import chempile, musicpile, proofpile  # pylint: disable=g-import-not-at-top
+
   assert [m.get_config('1b').data.domain for m in (proofpile, musicpile, chempile)] == [
-      'hub:proof-pile', 'hub:musicpile', 'hub:chempile']
+    'hub:proof-pile',
+    'hub:musicpile',
+    'hub:chempile',
+  ]
   assert (paper_data.PROOFPILE, paper_data.MUSICPILE, paper_data.CHEMPILE) == (
-      'hub:proof-pile', 'hub:musicpile', 'hub:chempile')
+    'hub:proof-pile',
+    'hub:musicpile',
+    'hub:chempile',
+  )
   for dataset in hub_datasets.DATASETS.values():
     for part in dataset.parts:
       assert part.revision == 'main' or re.fullmatch(r'[0-9a-f]{40}', part.revision), part
@@ -225,8 +281,11 @@ def test_proof_pile_reads_its_21_train_files_and_never_the_loading_script(tmp_pa
   assert [p.rsplit('/', 1)[-1] for p in source.paths] == sorted(f'proofpile_train_{i}.jsonl.gz' for i in range(21))
   documents = list(source.documents())
   assert len(documents) == 84 and documents[0].startswith('proofpile_train_0 doc 0: ')
-  assert sorted(hub) == sorted(f'/datasets/hoskinson-center/proof-pile/resolve/{hub_datasets.PROOF_PILE.revision}/'
-                               f'train/proofpile_train_{i}.jsonl.gz' for i in range(21))
+  assert sorted(hub) == sorted(
+    f'/datasets/hoskinson-center/proof-pile/resolve/{hub_datasets.PROOF_PILE.revision}/'
+    f'train/proofpile_train_{i}.jsonl.gz'
+    for i in range(21)
+  )
   assert sorted(source.group_names) == ['MATH', 'arxiv', 'curated', 'stack_exchange']
   assert np.bincount(np.asarray(source.document_groups)).tolist() == [21, 21, 21, 21]
 
@@ -246,19 +305,25 @@ def test_chempile_reads_every_config_and_turns_messages_into_text(tmp_path, hub)
   documents = list(source.documents())
   assert len(documents) == 48
   assert any(d.startswith('User: What is bond 0?\n\nAssistant: A bond ') for d in documents)
-  assert source.group_names == ['chempile-reasoning/chemistry_stackexchange-raw_data',
-                                'chempile-reasoning/physics_stackexchange-raw_data',
-                                'chempile-instruction/chempile-reasoning',
-                                'chempile-education/LibreText_Chemistry-default']
+  assert source.group_names == [
+    'chempile-reasoning/chemistry_stackexchange-raw_data',
+    'chempile-reasoning/physics_stackexchange-raw_data',
+    'chempile-instruction/chempile-reasoning',
+    'chempile-education/LibreText_Chemistry-default',
+  ]
   only = _parse('hub:chempile?configs=LibreText_Chemistry-default', tmp_path)
   assert len(only.paths) == 1 and len(list(only.documents())) == 12
 
 
 def test_messages_template():
-  text = hub_datasets.messages_text([{'role': 'system', 'content': 'Be brief. '},
-                                     {'role': 'user', 'content': 'Name an acid.'},
-                                     {'role': 'assistant', 'content': ''},
-                                     {'role': 'assistant', 'content': 'HCl'}])
+  text = hub_datasets.messages_text(
+    [
+      {'role': 'system', 'content': 'Be brief. '},
+      {'role': 'user', 'content': 'Name an acid.'},
+      {'role': 'assistant', 'content': ''},
+      {'role': 'assistant', 'content': 'HCl'},
+    ]
+  )
   assert text == 'System: Be brief.\n\nUser: Name an acid.\n\nAssistant: HCl'
   with pytest.raises(ValueError, match='not a list'):
     hub_datasets.messages_text('User: hi')
@@ -266,9 +331,14 @@ def test_messages_template():
     hub_datasets.messages_text([{'text': 'hi'}])
 
 
-@pytest.mark.parametrize('domain, documents, by_source', [
-    (paper_data.PROOFPILE, 84, 'arxiv'), (paper_data.MUSICPILE, 60, IRISHMAN),
-    (paper_data.CHEMPILE, 48, 'chempile-instruction/chempile-reasoning')])
+@pytest.mark.parametrize(
+  'domain, documents, by_source',
+  [
+    (paper_data.PROOFPILE, 84, 'arxiv'),
+    (paper_data.MUSICPILE, 60, IRISHMAN),
+    (paper_data.CHEMPILE, 48, 'chempile-instruction/chempile-reasoning'),
+  ],
+)
 def test_each_paper_domain_prepares_from_the_hub_layout(tmp_path, hub, domain, documents, by_source):
   config = _config(tmp_path, domain)
   config.data.domain_max_tokens = 1000  # Subsampled by whole documents, after the held-out split.
@@ -288,8 +358,11 @@ def test_each_paper_domain_prepares_from_the_hub_layout(tmp_path, hub, domain, d
 
 def test_a_filter_that_matches_nothing_stops_with_the_values_it_saw(tmp_path, hub):
   source = _parse('hub:musicpile?where=src=irishman|kernscores&check_records=25', tmp_path)
-  with pytest.raises(ValueError, match=r"matched none of the first 25 records; the src values seen: 'pile' "
-                                       r"\(9\); 'Wikipedia' \(8\); 'GPT4-Alpaca' \(8\)") as error:
+  with pytest.raises(
+    ValueError,
+    match=r"matched none of the first 25 records; the src values seen: 'pile' "
+    r"\(9\); 'Wikipedia' \(8\); 'GPT4-Alpaca' \(8\)",
+  ) as error:
     list(source.documents())
   assert '\n' not in str(error.value)
   assert not any('/train-00000' not in p for p in hub)  # It stopped in the first shard.
@@ -297,20 +370,33 @@ def test_a_filter_that_matches_nothing_stops_with_the_values_it_saw(tmp_path, hu
     list(_parse('hub:musicpile?where=src=nothing', tmp_path).documents())
 
 
-@pytest.mark.parametrize('spec, message', [
+@pytest.mark.parametrize(
+  'spec, message',
+  [
     ('hub:proofpile', "unknown hub dataset 'proofpile'.*use one of proof-pile, musicpile, chempile"),
-    (f'hub:musicpile?revision={"0" * 40}', (f"revision '{'0' * 40}' of m-a-p/MusicPile was not found at "
-                                           r'http://127.0.0.1:\d+ \(HTTP 404, RevisionNotFound\)')),
+    (
+      f'hub:musicpile?revision={"0" * 40}',
+      (
+        f"revision '{'0' * 40}' of m-a-p/MusicPile was not found at "
+        r'http://127.0.0.1:\d+ \(HTTP 404, RevisionNotFound\)'
+      ),
+    ),
     ('hub:musicpile?revision=v2', "revision 'v2' of m-a-p/MusicPile was not found"),
-    ('hub:chempile-reasoning?configs=organic_chemistry', (r"config\(s\) \['organic_chemistry'\] are not in "
-                                                          r"chempile-reasoning \(configs: \['chemistry_stackexchange")),
+    (
+      'hub:chempile-reasoning?configs=organic_chemistry',
+      (
+        r"config\(s\) \['organic_chemistry'\] are not in "
+        r"chempile-reasoning \(configs: \['chemistry_stackexchange"
+      ),
+    ),
     ('hub:musicpile?field=body', r"records of m-a-p/MusicPile have no field 'body' \(fields: \['id', 'text', 'src'"),
     ('hub:musicpile?where=genre=folk', "records of m-a-p/MusicPile have no field 'genre'"),
     ('hub:musicpile?where=src', 'FIELD=V1|V2'),
     ('hub:chempile?revision=main', 'needs a single repository'),
     ('hub:proof-pile?split=validation', "has no folder 'validation'"),
     ('hub:musicpile?shards=2', r"unknown option\(s\) \['shards'\]"),
-])
+  ],
+)
 def test_bad_input_is_one_line_before_any_download(tmp_path, hub, spec, message):
   with pytest.raises(ValueError, match=message) as error:
     _parse(spec, tmp_path)
@@ -328,8 +414,9 @@ def test_a_field_the_records_lack_stops_on_first_contact(tmp_path, hub):
 def test_hf_names_the_hub_source_of_a_paper_dataset_it_cannot_load(tmp_path, monkeypatch):
   def refuse(name, *args, **kwargs):
     raise RuntimeError(f'Dataset scripts are no longer supported, but found proof-pile.py ({name})')
+
   monkeypatch.setitem(sys.modules, 'datasets', types.SimpleNamespace(load_dataset=refuse))  # As datasets 4 answers.
   source = _parse('hf:hoskinson-center/proof-pile?split=train', tmp_path)
-  with pytest.raises(ValueError, match="no longer supported.*reads as hub:proof-pile$") as error:
+  with pytest.raises(ValueError, match='no longer supported.*reads as hub:proof-pile$') as error:
     list(source.documents())
   assert '\n' not in str(error.value)

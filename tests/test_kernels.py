@@ -42,8 +42,9 @@ def test_auto_attention_picks_by_platform_and_dtype():
 
 def test_splash_takes_the_xla_path_off_multiples_of_128():
   q, k, v = _qkv(length=96)
-  np.testing.assert_array_equal(attention.causal_attention(q, k, v, 'splash'),
-                                attention.causal_attention(q, k, v, 'xla'))
+  np.testing.assert_array_equal(
+    attention.causal_attention(q, k, v, 'splash'), attention.causal_attention(q, k, v, 'xla')
+  )
 
 
 def _trainer(**model_overrides):
@@ -64,12 +65,14 @@ def test_chunked_loss_matches_the_plain_loss_in_value_and_gradient(tie):
   np.testing.assert_allclose(value_c, value, rtol=1e-6)
   np.testing.assert_allclose(aux_c[1], aux[1], rtol=1e-5)  # z-loss
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads_c, grads)
-  np.testing.assert_allclose(chunked.eval_step(params, batch)['sequence_loss'],
-                             plain.eval_step(params, batch)['sequence_loss'], rtol=1e-6)
+  np.testing.assert_allclose(
+    chunked.eval_step(params, batch)['sequence_loss'], plain.eval_step(params, batch)['sequence_loss'], rtol=1e-6
+  )
 
 
 def test_chunked_loss_never_holds_all_logits():
   """The compiled gradient's temporaries shrink when the loss is chunked (the [B, L, V] logits are gone)."""
+
   def temp_bytes(chunk):
     trainer = _trainer(vocab_size=8192, loss_chunk_length=chunk)
     batch = jax.ShapeDtypeStruct((8, 257), jnp.int32)

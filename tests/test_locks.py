@@ -15,8 +15,12 @@ from tests import test_loop
 ROOT = test_faults.ROOT
 # The command line and its helpers, shared with tests/test_faults.py.
 # pylint: disable=protected-access
-_main, _main_args, _env, _write_documents = (test_faults._main, test_faults._main_args, test_faults._env,
-                                             test_faults._write_documents)
+_main, _main_args, _env, _write_documents = (
+  test_faults._main,
+  test_faults._main_args,
+  test_faults._env,
+  test_faults._write_documents,
+)
 _one_line_error, _wait_for = test_faults._one_line_error, test_faults._wait_for
 # pylint: enable=protected-access
 
@@ -26,12 +30,15 @@ def _snapshot(folder: pathlib.Path) -> dict:
   return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob('*')} if folder.exists() else {}
 
 
-@pytest.mark.parametrize('overrides, expected', [
+@pytest.mark.parametrize(
+  'overrides, expected',
+  [
     (['--config.optimizer.lr=nan'], 'optimizer.lr=nan is not a finite number; set --config.optimizer.lr'),
     (['--config.model.d_model=0'], 'model.d_model=0 must be a positive integer; set --config.model.d_model'),
     (['--config.model.n_heads=3'], 'model.n_heads=3 does not divide model.d_model=64'),
     (['--config.stage=pipeline', '--config.finetune.grid=()'], 'finetune.grid=() must be a non-empty tuple'),
-])
+  ],
+)
 def test_a_bad_value_is_one_line_and_writes_nothing(tmp_path, overrides, expected):
   workdir = tmp_path / 'run'
   line = _one_line_error(_main(tmp_path, workdir, *overrides))
@@ -48,12 +55,20 @@ def test_bad_folders_and_config_files_are_one_line(tmp_path):
   (tmp_path / 'broken.py').write_text('def get_config(:\n')
   (tmp_path / 'raises.py').write_text('raise RuntimeError("no such dataset")\n')
   (tmp_path / 'config.yaml').write_text('batch_size: 8\n')
-  for config, expected in [('broken.py', 'cannot be read as Python (SyntaxError'),
-                           ('raises.py', 'raised RuntimeError when loaded (no such dataset)'),
-                           ('config.yaml', 'is not a Python file'), ('missing.py', 'does not exist')]:
-    out = subprocess.run([sys.executable, '-m', 'spt_jax.main', f'--config={tmp_path}/{config}',
-                          f'--workdir={tmp_path}/run'], cwd=ROOT, capture_output=True, text=True,
-                         env=_env(), timeout=900)
+  for config, expected in [
+    ('broken.py', 'cannot be read as Python (SyntaxError'),
+    ('raises.py', 'raised RuntimeError when loaded (no such dataset)'),
+    ('config.yaml', 'is not a Python file'),
+    ('missing.py', 'does not exist'),
+  ]:
+    out = subprocess.run(
+      [sys.executable, '-m', 'spt_jax.main', f'--config={tmp_path}/{config}', f'--workdir={tmp_path}/run'],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      env=_env(),
+      timeout=900,
+    )
     line = _one_line_error(out)
     assert line.startswith(f"error: config file '{tmp_path}/{config}' ") and expected in line, line
   assert not (tmp_path / 'run').exists()
@@ -79,8 +94,14 @@ def _start(tmp_path, workdir, *overrides) -> tuple:
   hold = tmp_path / f'hold_{workdir.name}'
   hold.touch()
   args = _main_args(tmp_path, workdir, *overrides)[3:]
-  process = subprocess.Popen([sys.executable, '-c', test_faults.HOLD_SCRIPT, str(hold), *args], cwd=ROOT,
-                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  process = subprocess.Popen(
+    [sys.executable, '-c', test_faults.HOLD_SCRIPT, str(hold), *args],
+    cwd=ROOT,
+    env=_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   _wait_for(lambda: pathlib.Path(f'{hold}.reached').exists(), process)
   return process, hold
 
@@ -123,7 +144,9 @@ def test_a_pipeline_is_refused_while_a_run_holds_its_pretrain_folder(tmp_path):
 
 # Prepares the data of tests/test_validate.py's BPE config on argv[1]'s files into the cache argv[2]; each build
 # is marked in argv[3]; the build waits while argv[4] exists; a wait for another preparation is marked too.
-PREPARE_SCRIPT = test_loop.HELPERS + '''
+PREPARE_SCRIPT = (
+  test_loop.HELPERS
+  + """
 import logging, os, sys, time
 from spt_jax.data import prepare, prepare_build
 docs, cache, marker, hold = sys.argv[1:5]
@@ -148,17 +171,25 @@ config.data.general = config.data.domain = f'files:{docs}/*.txt'
 config.data.tokenizer, config.data.tokenizer_vocab_size, config.data.cache_dir = 'bpe', 512, cache
 data = prepare.prepare(config)
 print(data.path, {name: rows.shape for name, rows in data.train.items()}, flush=True)
-'''
+"""
+)
 
 
 def test_two_preparations_sharing_a_cache_prepare_once(tmp_path):
   _write_documents(tmp_path / 'docs', 'lemma proof qed intros apply the a cat dog'.split(), 20, 0)
   marker, hold = tmp_path / 'markers', tmp_path / 'hold'
   hold.touch()
+
   def start():
-    return subprocess.Popen([sys.executable, '-c', PREPARE_SCRIPT, str(tmp_path / 'docs'), str(tmp_path / 'cache'),
-                             str(marker), str(hold)], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+      [sys.executable, '-c', PREPARE_SCRIPT, str(tmp_path / 'docs'), str(tmp_path / 'cache'), str(marker), str(hold)],
+      cwd=ROOT,
+      env=_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+
   first = start()
   _wait_for(lambda: marker.exists() and 'BUILD' in marker.read_text(), first)
   second = start()

@@ -60,7 +60,9 @@ def tiny_data(seq_len=16, vocab=500):
 '''
 exec(HELPERS)  # pylint: disable=exec-used
 
-SCRIPT = HELPERS + '''
+SCRIPT = (
+  HELPERS
+  + """
 import sys, time
 from spt_jax.train import loop
 from spt_jax.data import mixture as mixture_lib
@@ -78,7 +80,8 @@ runner, state, loop_state = loop.build(config, workdir, stage='pretrain', data=t
 print('START', loop_state.step, flush=True)
 summary = runner.train(state, loop_state)
 print('STOP', summary['stop_reason'])
-'''
+"""
+)
 
 
 def _losses(workdir):
@@ -98,8 +101,13 @@ def _script(tmp_path):
 def _start(tmp_path, workdir, delay_after, steps):
   env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get('PYTHONPATH', ''))
   env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'  # Sharded state: fsdp over 4 devices.
-  return subprocess.Popen([sys.executable, _script(tmp_path), workdir, str(delay_after), str(steps)], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    [sys.executable, _script(tmp_path), workdir, str(delay_after), str(steps)],
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def _wait_for(condition, process, timeout=900):
@@ -115,8 +123,16 @@ def test_stage_config_is_the_only_difference():
   pretrain = run_plan.stage_config(config, 'pretrain')
   finetune = run_plan.stage_config(config, 'finetune', (4e-5, 100))
   differences = checkpoint.config_differences(checkpoint.config_dict(pretrain), finetune, ignored=())
-  assert differences == ['eval_every', 'model.tie_embeddings', 'optimizer.lr',
-                         'optimizer.weight_decay', 'patience', 'schedule.kind', 'schedule.warmup_steps', 'stage']
+  assert differences == [
+    'eval_every',
+    'model.tie_embeddings',
+    'optimizer.lr',
+    'optimizer.weight_decay',
+    'patience',
+    'schedule.kind',
+    'schedule.warmup_steps',
+    'stage',
+  ]
   assert (finetune.optimizer.lr, finetune.schedule.warmup_steps, finetune.schedule.kind) == (4e-5, 100, 'constant')
   with pytest.raises(ValueError, match='pipeline'):
     run_plan.stage_config(config, 'pipeline')
@@ -134,8 +150,7 @@ def test_pretrain_then_finetune_switch(tmp_path):
   adam = state.opt_state[1][0]  # clip_by_global_norm, then adamw's ScaleByAdamState.
   assert int(adam.count) == 0
   assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves((adam.mu, adam.nu)))
-  pretrained = checkpoint.restore_params(str(tmp_path / 'pretrain'),
-                                         runner.trainer.abstract_state.params)
+  pretrained = checkpoint.restore_params(str(tmp_path / 'pretrain'), runner.trainer.abstract_state.params)
   np.testing.assert_array_equal(state.params['embed']['embedding'], pretrained['embed']['embedding'])
   np.testing.assert_array_equal(state.params['lm_head']['kernel'], state.params['embed']['embedding'].T)
   summary = runner.train(state, loop_state)
@@ -144,8 +159,9 @@ def test_pretrain_then_finetune_switch(tmp_path):
   assert summary['initial']['domain_test'] == pytest.approx(pretrain['final']['domain_test'], rel=1e-5)
   assert summary['data']['tokens']['general'] == 0
   records = [json.loads(line) for line in open(tmp_path / 'finetune' / 'metrics.jsonl')]
-  assert {'eval/domain_test/loss', 'eval/domain_test/loss_stderr', 'eval/domain_test/bpb',
-          'eval/gap'} <= set(records[0])
+  assert {'eval/domain_test/loss', 'eval/domain_test/loss_stderr', 'eval/domain_test/bpb', 'eval/gap'} <= set(
+    records[0]
+  )
   assert {'step', 'tokens', 'train/loss', 'lr', 'data/tokens/domain', 'data/epochs/domain'} <= set(records[1])
   record = records[0]
   assert record['eval/domain_test/bpb'] == pytest.approx(record['eval/domain_test/loss'] / np.log(2) / 2.0)
@@ -163,6 +179,7 @@ def test_early_stopping_on_rising_curve_keeps_the_best(tmp_path, monkeypatch):
     results = real_call(self, params, *args, **kwargs)
     results['domain_test']['loss'] = next(curve)
     return results
+
   monkeypatch.setattr(evaluation.Evaluator, '__call__', rising)
   workdir = str(tmp_path / 'finetune')
   summary = loop.run(tiny_config(init_from=str(tmp_path / 'pretrain')), workdir, stage='finetune', data=data)
@@ -175,8 +192,7 @@ def test_early_stopping_on_rising_curve_keeps_the_best(tmp_path, monkeypatch):
   checkpoints.close()
   assert checkpoint.resolve_checkpoint(workdir).endswith(os.path.join('checkpoints', '4'))
   # A finished run is not trained again.
-  assert loop.run(tiny_config(init_from=str(tmp_path / 'pretrain')), workdir, stage='finetune',
-                  data=data)['steps'] == 8
+  assert loop.run(tiny_config(init_from=str(tmp_path / 'pretrain')), workdir, stage='finetune', data=data)['steps'] == 8
 
 
 def test_an_eval_set_with_its_own_interval(tmp_path):
@@ -197,7 +213,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
       def poisoned(state, batch, *lr_table):
         state, metrics = step_fn(state, batch, *lr_table)
         return state, dict(metrics, loss=jnp.where(state.step >= 7, jnp.nan, metrics['loss']))
+
       self.train_step = poisoned
+
   monkeypatch.setattr(train, 'Trainer', PoisonedTrainer)
   monkeypatch.setattr(loop, '_TRAINERS', collections.OrderedDict())  # No Trainer cached by an earlier test.
   workdir = str(tmp_path / 'run')
@@ -214,6 +232,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 def _trainer_args():
   from spt_jax.model import sharding
+
   c = tiny_config()
   return c.model, sharding.make_mesh(c.mesh), train.make_optimizer(c, lambda step: 0.0)
 
@@ -237,8 +256,7 @@ def test_mismatched_config_refuses_to_resume(tmp_path):
   workdir = str(tmp_path / 'run')
   loop.run(tiny_config(steps=4, checkpoint_every=2), workdir, stage='pretrain', data=tiny_data())
   with pytest.raises(ValueError, match=r'different config \(batch_size: 8 -> 16\).*resume_mismatched') as error:
-    loop.run(tiny_config(steps=4, checkpoint_every=2, batch_size=16), workdir, stage='pretrain',
-             data=tiny_data())
+    loop.run(tiny_config(steps=4, checkpoint_every=2, batch_size=16), workdir, stage='pretrain', data=tiny_data())
   assert '\n' not in str(error.value)
 
 
@@ -284,6 +302,7 @@ def test_finetune_from_a_hugging_face_directory_with_mcqa(tmp_path):
   """The finetuner's baseline: open weights in, same pipeline; multiple-choice accuracy recorded at the best."""
   from spt_jax.interop import hf
   from tests.test_hf import _tokenizer
+
   tokenizer = _tokenizer(vocab_size=500)
   data = tiny_data()
   data.tokenizer = tokenizer
@@ -292,12 +311,16 @@ def test_finetune_from_a_hugging_face_directory_with_mcqa(tmp_path):
   params = checkpoint.restore_params(str(tmp_path / 'pretrain'), abstract)
   hf.export_hf(jax.device_get(params), tiny_config().model, tokenizer, str(tmp_path / 'open_model'))
   task = tmp_path / 'task.jsonl'
-  task.write_text('\n'.join(json.dumps({'question': f'the cat sat on the {i}', 'choices': ['mat', 'dog food'],
-                                        'answer': 0}) for i in range(4)))
+  task.write_text(
+    '\n'.join(
+      json.dumps({'question': f'the cat sat on the {i}', 'choices': ['mat', 'dog food'], 'answer': 0}) for i in range(4)
+    )
+  )
   config = tiny_config(init_from=str(tmp_path / 'open_model'), mcqa_tasks=(str(task),), mcqa_max_examples=4)
   summary = loop.run(config, str(tmp_path / 'finetune'), stage='finetune', data=data)
   assert summary['initial']['domain_test'] == pytest.approx(pretrain['final']['domain_test'], rel=1e-5)
   import tokenizers
+
   saved = tokenizers.Tokenizer.from_file(str(tmp_path / 'finetune' / 'tokenizer.json'))
   assert saved.to_str() == tokenizer.to_str()
   accuracy = summary['best']['mcqa'][str(task)]

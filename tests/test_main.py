@@ -15,8 +15,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _main(*args, env=None):
-  return subprocess.run([sys.executable, '-m', 'spt_jax.main', *args], cwd=ROOT, capture_output=True, text=True,
-                        env=dict(os.environ, JAX_PLATFORMS='cpu', **(env or {})), timeout=900)
+  return subprocess.run(
+    [sys.executable, '-m', 'spt_jax.main', *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS='cpu', **(env or {})),
+    timeout=900,
+  )
 
 
 @pytest.mark.parametrize('preset, params', [('1b', 1_176_764_416), ('3b', 2_250_506_240)])
@@ -44,6 +50,7 @@ def test_unknown_key_names_close_keys(tmp_path):
 def test_paper_preset_needs_data_paths_and_an_accelerator(tmp_path):
   config = config_lib.load(str(ROOT / 'configs/musicpile.py:1b'))
   from spt_jax.data import paper_data  # pylint: disable=g-import-not-at-top
+
   assert (config.data.general, config.data.domain) == (paper_data.DOLMA_OLMO_1B, paper_data.MUSICPILE)
   config.data.general = config.data.domain = ''
   with pytest.raises(ValueError, match=r'config.data.general and config.data.domain not set.*:tiny'):
@@ -65,6 +72,7 @@ def test_every_config_file_and_preset_loads():
 
 def _write_documents(folder: pathlib.Path, words: list[str], n_documents: int, seed: int) -> None:
   import random
+
   rng = random.Random(seed)
   folder.mkdir()
   for i in range(n_documents):
@@ -78,10 +86,15 @@ def test_whole_pipeline_from_the_command_line(tmp_path):
   _write_documents(tmp_path / 'general', 'the a cat dog sat on mat and ran to house tree sun rain'.split(), 60, 0)
   _write_documents(tmp_path / 'domain', 'lemma proof qed intros apply rewrite induction nat'.split(), 30, 1)
   workdir = tmp_path / 'run'
-  out = _main('--config=configs/proofpile.py:test', f'--workdir={workdir}',
-              f'--config.data.general=files:{tmp_path}/general/*.txt',
-              f'--config.data.domain=files:{tmp_path}/domain/*.txt', f'--config.data.cache_dir={tmp_path}/cache',
-              '--config.data.tokenizer_vocab_size=300', '--config.model.vocab_size=300')
+  out = _main(
+    '--config=configs/proofpile.py:test',
+    f'--workdir={workdir}',
+    f'--config.data.general=files:{tmp_path}/general/*.txt',
+    f'--config.data.domain=files:{tmp_path}/domain/*.txt',
+    f'--config.data.cache_dir={tmp_path}/cache',
+    '--config.data.tokenizer_vocab_size=300',
+    '--config.model.vocab_size=300',
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   summary = json.loads((workdir / 'summary.json').read_text())
   assert summary['pretrain']['stop_reason'] == 'budget'
@@ -93,9 +106,14 @@ def test_whole_pipeline_from_the_command_line(tmp_path):
   records = [json.loads(line) for line in (workdir / 'pretrain' / 'metrics.jsonl').read_text().splitlines()]
   assert {'step', 'tokens', 'train/loss', 'lr', 'data/tokens/domain', 'data/epochs/general'} <= set(records[-1])
   # Running the same command again finds everything finished and changes nothing.
-  again = _main('--config=configs/proofpile.py:test', f'--workdir={workdir}',
-                f'--config.data.general=files:{tmp_path}/general/*.txt',
-                f'--config.data.domain=files:{tmp_path}/domain/*.txt', f'--config.data.cache_dir={tmp_path}/cache',
-                '--config.data.tokenizer_vocab_size=300', '--config.model.vocab_size=300')
+  again = _main(
+    '--config=configs/proofpile.py:test',
+    f'--workdir={workdir}',
+    f'--config.data.general=files:{tmp_path}/general/*.txt',
+    f'--config.data.domain=files:{tmp_path}/domain/*.txt',
+    f'--config.data.cache_dir={tmp_path}/cache',
+    '--config.data.tokenizer_vocab_size=300',
+    '--config.model.vocab_size=300',
+  )
   assert again.returncode == 0, again.stderr[-3000:]
   assert json.loads((workdir / 'summary.json').read_text())['best'] == best

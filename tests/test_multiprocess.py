@@ -22,7 +22,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS, BATCH = 8, 8
 
-_WRAPPER = '''
+_WRAPPER = """
 import json, os, runpy, sys, time
 from spt_jax.data import mixture
 log_path, delay = os.environ['SPT_TEST_ROWS'], float(os.environ.get('SPT_TEST_DELAY', '0'))
@@ -37,15 +37,16 @@ def recorded(self, indices):
 mixture.Mixture.examples = recorded
 sys.argv = ['spt_jax.main'] + sys.argv[1:]
 runpy.run_module('spt_jax.main', run_name='__main__')
-'''
+"""
 
 
 def _documents(folder: pathlib.Path, words: str, count: int, seed: int) -> None:
   rng = random.Random(seed)
   folder.mkdir()
   for i in range(count):
-    (folder / f'{i:03d}.txt').write_text(' '.join(
-        ' '.join(rng.choice(words.split()) for _ in range(rng.randint(4, 12))) + '.' for _ in range(30)))
+    (folder / f'{i:03d}.txt').write_text(
+      ' '.join(' '.join(rng.choice(words.split()) for _ in range(rng.randint(4, 12))) + '.' for _ in range(30))
+    )
 
 
 @pytest.fixture(scope='module')
@@ -66,22 +67,40 @@ def _free_port() -> int:
 def _start(corpora, workdir, processes: int, cache: str, delay: float = 0.0) -> list:
   """Starts the run as `processes` processes sharing 8 simulated devices; returns the Popen objects."""
   port = _free_port()
-  args = [sys.executable, str(corpora / 'wrapper.py'), '--config=configs/proofpile.py:test',
-          '--config.stage=pretrain', f'--config.steps={STEPS}', '--config.checkpoint_every=2',
-          '--config.eval_every=4', '--config.log_every=1', '--config.peak_flops=-1',
-          f'--config.data.general=files:{corpora}/general/*.txt', f'--config.data.domain=files:{corpora}/domain/*.txt',
-          f'--config.data.cache_dir={corpora}/{cache}', '--config.data.tokenizer_vocab_size=300',
-          '--config.model.vocab_size=300', f'--workdir={workdir}']
+  args = [
+    sys.executable,
+    str(corpora / 'wrapper.py'),
+    '--config=configs/proofpile.py:test',
+    '--config.stage=pretrain',
+    f'--config.steps={STEPS}',
+    '--config.checkpoint_every=2',
+    '--config.eval_every=4',
+    '--config.log_every=1',
+    '--config.peak_flops=-1',
+    f'--config.data.general=files:{corpora}/general/*.txt',
+    f'--config.data.domain=files:{corpora}/domain/*.txt',
+    f'--config.data.cache_dir={corpora}/{cache}',
+    '--config.data.tokenizer_vocab_size=300',
+    '--config.model.vocab_size=300',
+    f'--workdir={workdir}',
+  ]
   started = []
   for index in range(processes):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu', SPT_TEST_DELAY=str(delay),
-               # Resumed runs reuse compiled steps: most of each start is compilation on a small CPU.
-               JAX_COMPILATION_CACHE_DIR=str(corpora / 'jax-cache'), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-               XLA_FLAGS=f'--xla_force_host_platform_device_count={8 // processes}',
-               SPT_TEST_ROWS=str(workdir) + f'.rows-{index}-of-{processes}.jsonl')
+    env = dict(
+      os.environ,
+      PYTHONPATH=str(ROOT),
+      JAX_PLATFORMS='cpu',
+      SPT_TEST_DELAY=str(delay),
+      # Resumed runs reuse compiled steps: most of each start is compilation on a small CPU.
+      JAX_COMPILATION_CACHE_DIR=str(corpora / 'jax-cache'),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+      XLA_FLAGS=f'--xla_force_host_platform_device_count={8 // processes}',
+      SPT_TEST_ROWS=str(workdir) + f'.rows-{index}-of-{processes}.jsonl',
+    )
     if processes > 1:
-      env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES=str(processes),
-                 JAX_PROCESS_ID=str(index))
+      env.update(
+        JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(index)
+      )
     log = open(str(workdir) + f'.log-{index}-of-{processes}', 'a')
     started.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
   return started
@@ -106,8 +125,9 @@ def _run(corpora, workdir, processes: int, cache: str = 'cache') -> None:
 
 
 def _tail(workdir) -> str:
-  return '\n'.join(p.read_text()[-2500:] for p in sorted(pathlib.Path(workdir).parent.glob(
-      pathlib.Path(workdir).name + '.log-*')))
+  return '\n'.join(
+    p.read_text()[-2500:] for p in sorted(pathlib.Path(workdir).parent.glob(pathlib.Path(workdir).name + '.log-*'))
+  )
 
 
 def _losses(workdir) -> dict:
@@ -136,8 +156,13 @@ def _same_losses(losses: dict, reference: dict) -> None:
 
 def _rows_read(workdir, processes: int) -> list:
   """Each process's example indices (one list per call of the mixture)."""
-  return [[json.loads(line) for line in pathlib.Path(str(workdir) + f'.rows-{i}-of-{processes}.jsonl')
-           .read_text().splitlines()] for i in range(processes)]
+  return [
+    [
+      json.loads(line)
+      for line in pathlib.Path(str(workdir) + f'.rows-{i}-of-{processes}.jsonl').read_text().splitlines()
+    ]
+    for i in range(processes)
+  ]
 
 
 @pytest.fixture(scope='module')
@@ -196,7 +221,7 @@ def test_checkpoints_move_between_one_and_two_processes(corpora, reference):
   _same_losses(_losses(workdir), reference)
 
 
-_SHARED_SCRIPT = '''
+_SHARED_SCRIPT = """
 import sys
 from spt_jax import cli
 from spt_jax.model import sharding
@@ -205,7 +230,7 @@ def main(argv):
   sharding.check_shared_folder(sys.argv[1], 'workdir', wait_seconds=2)
   print('shared', flush=True)
 cli.run(main)
-'''
+"""
 
 
 def test_a_workdir_that_processes_do_not_share_is_refused_on_every_process(tmp_path):
@@ -219,10 +244,19 @@ def test_a_workdir_that_processes_do_not_share_is_refused_on_every_process(tmp_p
     running = []
     for index in range(2):
       folder = tmp_path / ('same' if shared else f'host{index}')
-      env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu', JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
-                 JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(index))
-      running.append(subprocess.Popen([sys.executable, str(script), str(folder)], env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+      env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        JAX_PLATFORMS='cpu',
+        JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+        JAX_NUM_PROCESSES='2',
+        JAX_PROCESS_ID=str(index),
+      )
+      running.append(
+        subprocess.Popen(
+          [sys.executable, str(script), str(folder)], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+      )
     outputs = [p.communicate(timeout=900) for p in running]
     if shared:
       assert [p.returncode for p in running] == [0, 0] and all('shared' in out for out, _ in outputs), outputs
@@ -234,4 +268,5 @@ def test_a_workdir_that_processes_do_not_share_is_refused_on_every_process(tmp_p
 
 def sharding_default(config_arg):
   from spt_jax.model import sharding  # pylint: disable=g-import-not-at-top
+
   return sharding.default_workdir(config_arg)

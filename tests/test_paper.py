@@ -27,8 +27,9 @@ def test_headline_values_agree_with_the_text():
 def test_lookup_and_report_cells():
   assert paper.entry('compute_multiplier', 'chempile').where.startswith('Fig. 4')
   assert paper.cell('relative_gain_pct', 'musicpile') == '2% (Fig. 4 (left), §2.2)'
-  assert paper.cell('data_size/scpt') == ('0.01 δ of the late stage: SCPT beats SPT for the 30M subset; for 3M it '
-                                          'still overfits (Fig. 8 (left), §3.2)')
+  assert paper.cell('data_size/scpt') == (
+    '0.01 δ of the late stage: SCPT beats SPT for the 30M subset; for 3M it still overfits (Fig. 8 (left), §3.2)'
+  )
   assert paper.cell('overlap/gain_at_10pct_japanese') == '2 % G (about) (Fig. 7, §3.1.1)'
   assert 'widens' in paper.cell('model_size/direction')
   with pytest.raises(KeyError, match='relative_gain_pct/musicpile'):

@@ -24,8 +24,10 @@ def test_pipeline_writes_summary_and_report(tmp_path):
   # schedule is an input of the step.
   finetune_trainer = list(loop._TRAINERS.values())[-1]  # pylint: disable=protected-access
   assert finetune_trainer.train_step._cache_size() == 1  # pylint: disable=protected-access
-  lrs = {name: [r['lr'] for r in map(json.loads, open(os.path.join(workdir, 'finetune', name, 'metrics.jsonl')))]
-         for name in ('lr0.001_wu1', 'lr0.003_wu2')}
+  lrs = {
+    name: [r['lr'] for r in map(json.loads, open(os.path.join(workdir, 'finetune', name, 'metrics.jsonl')))]
+    for name in ('lr0.001_wu1', 'lr0.003_wu2')
+  }
   assert lrs['lr0.001_wu1'][-1] == pytest.approx(1e-3) and lrs['lr0.003_wu2'][-1] == pytest.approx(3e-3)
 
   names = [f['name'] for f in result['finetunes']]
@@ -51,8 +53,9 @@ def test_pipeline_writes_summary_and_report(tmp_path):
 
   # Rerunning finishes at once: every run is found complete.
   again = pipeline.run_pipeline(config, workdir, data=data)
-  assert [f['best_domain_test_loss'] for f in again['finetunes']] == \
-      [f['best_domain_test_loss'] for f in result['finetunes']]
+  assert [f['best_domain_test_loss'] for f in again['finetunes']] == [
+    f['best_domain_test_loss'] for f in result['finetunes']
+  ]
 
 
 def test_bad_grid_and_from_steps_fail_before_work(tmp_path):

@@ -14,8 +14,12 @@ def _write_pipeline(root, delta, seed, nan_row=False, tokenizer='bpe-1234', with
   law, rng = test_scaling.true_law(), np.random.default_rng(seed)
   workdir = root / f'delta{delta:g}'
   (workdir / 'pretrain').mkdir(parents=True)
-  config = {'stage': 'pretrain', 'mixture': {'domain_fraction': delta, 'stages': []},
-            'data': {'seq_len': 128, 'tokenizer': 'bpe'}, 'model': {'preset': 'cpu-2m'}}
+  config = {
+    'stage': 'pretrain',
+    'mixture': {'domain_fraction': delta, 'stages': []},
+    'data': {'seq_len': 128, 'tokenizer': 'bpe'},
+    'model': {'preset': 'cpu-2m'},
+  }
   (workdir / 'pretrain' / 'config.json').write_text(json.dumps(config))
   records = [{'step': 0, 'tokens': 0, 'eval/domain_test/loss': 9.0, 'eval/domain_train/loss': 9.0}]
   for step, tokens in enumerate(np.geomspace(2e9, 2e11, 15), 1):
@@ -29,18 +33,38 @@ def _write_pipeline(root, delta, seed, nan_row=False, tokenizer='bpe-1234', with
   if nan_row:
     records[3]['eval/domain_test/loss'] = float('nan')
   (workdir / 'pretrain' / 'metrics.jsonl').write_text('\n'.join(json.dumps(r) for r in records) + '\n')
-  summary = {'stage': 'pretrain', 'steps': 1500, 'tokens': 2e11, 'stop_reason': 'budget', 'domain_fraction': delta,
-             'model': 'cpu-2m', 'params': 1572864, 'seq_len': 128, 'tokenizer': tokenizer,
-             'final': {'domain_test': 2.0}, 'best': {'step': 1500, 'tokens': 2e11, 'eval': {'domain_test': 2.0}}}
+  summary = {
+    'stage': 'pretrain',
+    'steps': 1500,
+    'tokens': 2e11,
+    'stop_reason': 'budget',
+    'domain_fraction': delta,
+    'model': 'cpu-2m',
+    'params': 1572864,
+    'seq_len': 128,
+    'tokenizer': tokenizer,
+    'final': {'domain_test': 2.0},
+    'best': {'step': 1500, 'tokens': 2e11, 'eval': {'domain_test': 2.0}},
+  }
   (workdir / 'pretrain' / 'summary.json').write_text(json.dumps(summary))
   finetunes = []
   for step, tokens in enumerate(np.geomspace(5e9, 2e11, 6)):
     before = float(law.test_loss(delta, tokens))
     for lr, extra in ((1e-4, 0.0), (1e-5, 0.01)):
-      finetunes.append({'pretrain_step': step, 'pretrain_tokens': float(tokens), 'lr': lr, 'warmup': 50,
-                        'best_domain_test_loss': float(law.post_ft_loss(delta, tokens)) + extra, 'best_step': 20,
-                        'epochs': 4.0, 'general_test_loss_before': 3.0, 'general_test_loss_after': 3.0 + 0.1 - delta,
-                        'domain_test_loss_before': before})
+      finetunes.append(
+        {
+          'pretrain_step': step,
+          'pretrain_tokens': float(tokens),
+          'lr': lr,
+          'warmup': 50,
+          'best_domain_test_loss': float(law.post_ft_loss(delta, tokens)) + extra,
+          'best_step': 20,
+          'epochs': 4.0,
+          'general_test_loss_before': 3.0,
+          'general_test_loss_after': 3.0 + 0.1 - delta,
+          'domain_test_loss_before': before,
+        }
+      )
   best = min(finetunes, key=lambda f: f['best_domain_test_loss'])
   (workdir / 'summary.json').write_text(json.dumps({'pretrain': summary, 'finetunes': finetunes, 'best': best}))
   return str(workdir)
@@ -75,14 +99,29 @@ def test_fit_writes_parameters_plot_and_report(fit_dir):
 def test_forecast_and_recommend(fit_dir, capsys, tmp_path):
   capsys.readouterr()
   fit = str(fit_dir / 'fit.json')
-  assert plan.main(['forecast', '--fit', fit, '--delta', '0.03', '--tokens', '1e11,400B', '--out',
-                    str(tmp_path)]) == 0
+  assert plan.main(['forecast', '--fit', fit, '--delta', '0.03', '--tokens', '1e11,400B', '--out', str(tmp_path)]) == 0
   lines = _lines(capsys)
   truth = test_scaling.true_law()
   assert lines[0]['test_loss'] == pytest.approx(float(truth.test_loss(0.03, 1e11)), rel=0.02)
   assert lines[1]['tokens'] == 4e11 and lines[2]['delta'] == 0.03 and 'overfitting_onset_tokens' in lines[2]
-  assert plan.main(['recommend', '--fit', fit, '--tokens', '3e10,2e11', '--candidates', '0,0.02,0.05,0.1',
-                    '--crossover', '0.05,0.1', '--out', str(tmp_path)]) == 0
+  assert (
+    plan.main(
+      [
+        'recommend',
+        '--fit',
+        fit,
+        '--tokens',
+        '3e10,2e11',
+        '--candidates',
+        '0,0.02,0.05,0.1',
+        '--crossover',
+        '0.05,0.1',
+        '--out',
+        str(tmp_path),
+      ]
+    )
+    == 0
+  )
   lines = _lines(capsys)
   assert lines[0]['best_candidate'] == 0.1 and lines[1]['best_candidate'] == 0.05
   crossing = [line for line in lines if 'crossover' in line]
@@ -100,15 +139,29 @@ def test_gains_cost_and_similarity_subcommands(workdirs, capsys, tmp_path):
   truth = test_scaling.true_law()
   npt, spt = float(truth.post_ft_loss(0.0, 2e11)), float(truth.post_ft_loss(0.02, 2e11))
   assert result['spt'][0]['relative_gain'] == pytest.approx(100 * (npt - spt) / npt, rel=1e-6)
-  assert plan.main(['cost', '--small', 'olmo-1b', '--large', 'olmo-3b', '--format', 'json', '--out',
-                    str(tmp_path)]) == 0
+  assert (
+    plan.main(['cost', '--small', 'olmo-1b', '--large', 'olmo-3b', '--format', 'json', '--out', str(tmp_path)]) == 0
+  )
   costs = json.loads(capsys.readouterr().out)
   assert costs['break_even_inference_tokens'] > 0 and (tmp_path / 'cost.png').exists()
   rng = np.random.default_rng(0)
   np.save(tmp_path / 'a.npy', rng.integers(0, 50, (20, 33)).astype(np.uint16))
   np.save(tmp_path / 'b.npy', rng.integers(50, 100, (20, 33)).astype(np.uint16))
-  assert plan.main(['similarity', str(tmp_path / 'a.npy'), str(tmp_path / 'a.npy'), str(tmp_path / 'b.npy'),
-                    '--format', 'json', '--out', str(tmp_path)]) == 0
+  assert (
+    plan.main(
+      [
+        'similarity',
+        str(tmp_path / 'a.npy'),
+        str(tmp_path / 'a.npy'),
+        str(tmp_path / 'b.npy'),
+        '--format',
+        'json',
+        '--out',
+        str(tmp_path),
+      ]
+    )
+    == 0
+  )
   rows = json.loads(capsys.readouterr().out)
   assert rows[0]['unigram_jsd'] == pytest.approx(0.0) and rows[1]['unigram_jsd'] == pytest.approx(1.0)
   assert (tmp_path / 'similarity.png').exists() and (tmp_path / 'report.md').exists()
@@ -148,6 +201,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys, workdirs):
 
 def test_nan_evaluations_are_dropped_with_a_warning(tmp_path, capsys):
   from spt_jax.analysis import runs
+
   workdir = _write_pipeline(tmp_path, 0.02, 0, nan_row=True)
   with pytest.warns(UserWarning, match='NaN'):
     curve = runs.eval_curve(runs.read(workdir))
@@ -171,8 +225,26 @@ def test_csv_input(tmp_path, capsys):
 
 
 def test_fit_on_a_subset_with_the_huber_loss(workdirs, tmp_path):
-  assert plan.main(['fit', '--runs', ','.join(workdirs), '--bootstrap', '0', '--loss', 'huber', '--max_delta', '5%',
-                    '--max_tokens', '100B', '--out', str(tmp_path)]) == 0
+  assert (
+    plan.main(
+      [
+        'fit',
+        '--runs',
+        ','.join(workdirs),
+        '--bootstrap',
+        '0',
+        '--loss',
+        'huber',
+        '--max_delta',
+        '5%',
+        '--max_tokens',
+        '100B',
+        '--out',
+        str(tmp_path),
+      ]
+    )
+    == 0
+  )
   fit = json.loads((tmp_path / 'fit.json').read_text())
   assert fit['objective'] == 'huber' and fit['fitted_on'] == {'max_delta': 0.05, 'max_tokens': 1e11}
   assert max(fit['fitted_deltas']) == 0.05 and fit['token_range'][1] <= 1e11

@@ -15,8 +15,10 @@ from spt_jax.data import tokenize as tokenize_lib
 from spt_jax.data import tokenizer as tokenizer_lib
 
 L = 32
-_WORDS = ('lemma proof qed intros apply the of and music chord note theorem rewrite induction simpl '
-          'reflexivity exact destruct forall exists').split()
+_WORDS = (
+  'lemma proof qed intros apply the of and music chord note theorem rewrite induction simpl '
+  'reflexivity exact destruct forall exists'
+).split()
 
 
 def _write_corpus(folder, prefix, count, seed, duplicates=0):
@@ -35,11 +37,22 @@ def _config(tmp_path, **data):
     _write_corpus(tmp_path / 'domain', 'd', 60, 1, duplicates=20)
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.data = ml_collections.ConfigDict(dict(
-      seq_len=L, general=f'files:{tmp_path}/general', domain=f'files:{tmp_path}/domain/*.txt',
-      domain_max_tokens=0, general_max_tokens=0, tokenizer='bpe', tokenizer_vocab_size=300,
-      test_fraction=0.2, test_tokens=0, domain_train_sequences=8, cache_dir=str(tmp_path / 'cache'),
-      num_workers=1))
+  config.data = ml_collections.ConfigDict(
+    dict(
+      seq_len=L,
+      general=f'files:{tmp_path}/general',
+      domain=f'files:{tmp_path}/domain/*.txt',
+      domain_max_tokens=0,
+      general_max_tokens=0,
+      tokenizer='bpe',
+      tokenizer_vocab_size=300,
+      test_fraction=0.2,
+      test_tokens=0,
+      domain_train_sequences=8,
+      cache_dir=str(tmp_path / 'cache'),
+      num_workers=1,
+    )
+  )
   config.data.update(data)
   config.extra_eval = ml_collections.ConfigDict()
   return config
@@ -99,9 +112,10 @@ def test_a_document_held_out_in_one_source_never_trains_through_another(tmp_path
   first = prepare_lib.prepare(_config(tmp_path, **budgets))
   held_out = json.loads((first.path / 'test_documents_domain.json').read_text())
   # The held-out domain document furthest along the split order: general's smaller budget stops before it.
-  copied = max((p for p in (tmp_path / 'domain').glob('*.txt')
-                if f'{sources_lib.content_hash(p.read_text()):016x}' in held_out),
-               key=lambda p: sources_lib.split_unit(sources_lib.content_hash(p.read_text())))
+  copied = max(
+    (p for p in (tmp_path / 'domain').glob('*.txt') if f'{sources_lib.content_hash(p.read_text()):016x}' in held_out),
+    key=lambda p: sources_lib.split_unit(sources_lib.content_hash(p.read_text())),
+  )
   (tmp_path / 'general' / 'copy_of_a_domain_test_document.txt').write_bytes(copied.read_bytes())
   data = prepare_lib.prepare(_config(tmp_path, cache_dir=str(tmp_path / 'cache2'), **budgets))
   assert data.metadata['sources']['general']['documents_dropped_as_held_out_elsewhere'] == 1
@@ -120,11 +134,11 @@ def test_same_inputs_same_arrays_in_a_fresh_cache(tmp_path):
 @pytest.mark.filterwarnings('ignore:This process .* is multi-threaded:DeprecationWarning')
 def test_parallel_workers_give_the_same_tokens(tmp_path, monkeypatch):
   serial = prepare_lib.prepare(_config(tmp_path))
-  monkeypatch.setattr(tokenize_lib, "CHUNK_CHARS", 2000)
+  monkeypatch.setattr(tokenize_lib, 'CHUNK_CHARS', 2000)
   texts = list(sources_lib.parse(f'files:{tmp_path}/domain/*.txt').documents())
   expected = np.concatenate([np.array(serial.tokenizer.encode(t).ids + [0]) for t in texts])
   for processes in (False, True):  # The tokenizer's threads, then forked worker processes.
-    monkeypatch.setattr(tokenize_lib, "_use_processes", lambda workers, use=processes: use)
+    monkeypatch.setattr(tokenize_lib, '_use_processes', lambda workers, use=processes: use)
     chunks = list(prepare_lib.tokenize_documents(texts, serial.tokenizer, 0, num_workers=2))
     assert len(chunks) > 2
     assert np.array_equal(np.concatenate([c[0] for c in chunks]), expected)
@@ -171,8 +185,9 @@ def test_subsample_by_whole_documents(tmp_path):
   # The held-out split is drawn before subsampling: the same documents whatever the budget.
   whole = prepare_lib.prepare(_config(tmp_path))
   for name in ('domain', 'general'):
-    assert ((data.path / f'test_documents_{name}.json').read_text() ==
-            (whole.path / f'test_documents_{name}.json').read_text())
+    assert (data.path / f'test_documents_{name}.json').read_text() == (
+      whole.path / f'test_documents_{name}.json'
+    ).read_text()
     np.testing.assert_array_equal(data.eval_sets[f'{name}_test'], whole.eval_sets[f'{name}_test'])
   other_seed = _config(tmp_path, domain_max_tokens=1500, general_max_tokens=3000)
   other_seed.seed = 1
@@ -217,16 +232,19 @@ def test_token_sources_are_used_in_place(tmp_path):
   data = prepare_lib.prepare(config)
   assert not (data.path / 'train_general.npy').exists()  # Nothing copied: rows are views of the files.
   info, entry = data.metadata['sources']['general'], data.metadata['in_place']['general']
-  assert info['files_used'] == 2 and [f['path'] for f in entry['files']] == [str(tmp_path / 'part-0.bin'),
-                                                                              str(tmp_path / 'part-1.bin')]
+  assert info['files_used'] == 2 and [f['path'] for f in entry['files']] == [
+    str(tmp_path / 'part-0.bin'),
+    str(tmp_path / 'part-1.bin'),
+  ]
   row = L + 1
   start = info['tokens_in_files_used'] - len(files[0]) - info['tokens_test']  # Held-out tail of the last file.
   assert files[1][start - 1] == eos and len(files[1]) - start >= 400  # Whole documents, at least the budget.
-  expected = np.concatenate([files[0][:len(files[0]) // row * row].reshape(-1, row),
-                             files[1][:start // row * row].reshape(-1, row)])
+  expected = np.concatenate(
+    [files[0][: len(files[0]) // row * row].reshape(-1, row), files[1][: start // row * row].reshape(-1, row)]
+  )
   assert np.array_equal(np.asarray(data.train['general']), expected)
   assert np.array_equal(data.train['general'][[len(expected) - 1, 0]], expected[[-1, 0]])
-  held = files[1][start:start + len(data.eval_sets['general_test']) * row]
+  held = files[1][start : start + len(data.eval_sets['general_test']) * row]
   assert np.array_equal(np.asarray(data.eval_sets['general_test']).ravel(), held)
   assert data.bytes_per_token['general_test'] > 0
   # A token budget uses only the files it needs.
@@ -256,13 +274,16 @@ def test_domain_smaller_than_one_sequence(tmp_path):
   assert '\n' not in str(error.value)
 
 
-@pytest.mark.parametrize('data, match', [
+@pytest.mark.parametrize(
+  'data, match',
+  [
     (dict(domain=''), "source 'domain' is empty"),
     (dict(general='files:/nonexistent/spt_jax/*.txt'), 'no files match'),
     (dict(test_fraction=1.0), r'outside \[0, 1\)'),
     (dict(test_fraction=0.0, test_tokens=0), 'no held-out set'),
     (dict(seq_len=0), 'must be positive'),
-])
+  ],
+)
 def test_bad_inputs_fail_before_work(tmp_path, data, match):
   with pytest.raises(ValueError, match=match) as error:
     prepare_lib.prepare(_config(tmp_path, **data))

@@ -19,8 +19,10 @@ from test_prepare import _config  # pylint: disable=g-import-not-at-top,wrong-im
 
 
 def _arrays(data):
-  return {**{f"train_{k}": np.array(v) for k, v in data.train.items()},
-          **{f"eval_{k}": np.array(v) for k, v in data.eval_sets.items()}}
+  return {
+    **{f'train_{k}': np.array(v) for k, v in data.train.items()},
+    **{f'eval_{k}': np.array(v) for k, v in data.eval_sets.items()},
+  }
 
 
 def test_too_little_free_space_is_one_line_before_writing(tmp_path, monkeypatch):
@@ -39,18 +41,23 @@ def test_a_disk_that_fills_up_while_writing_is_one_line_and_leaves_nothing(tmp_p
 
   class Full:
     """A file on a disk with 10 kB left."""
+
     def __init__(self, path):
       self.file, self.left = open(path, 'wb'), 10_000
+
     def write(self, data):
       size = memoryview(data).nbytes
       if size > self.left:
         raise OSError(errno.ENOSPC, 'No space left on device')
       self.left -= size
       return self.file.write(data)
+
     def __getattr__(self, name):
       return getattr(self.file, name)
+
     def __enter__(self):
       return self
+
     def __exit__(self, *exc):
       self.file.close()
 
@@ -96,8 +103,15 @@ def test_a_damaged_shard_is_found_by_its_checksum_set_aside_and_rebuilt(tmp_path
   assert not shards.damaged_files(again.path, again.metadata['shards'])
 
 
-@pytest.mark.parametrize('name, damage', [('metadata.json', 'flipped'), ('metadata.json', 'empty'),
-                                          ('tokenizer.json', 'flipped'), ('tokenizer.json', 'garbage')])
+@pytest.mark.parametrize(
+  'name, damage',
+  [
+    ('metadata.json', 'flipped'),
+    ('metadata.json', 'empty'),
+    ('tokenizer.json', 'flipped'),
+    ('tokenizer.json', 'garbage'),
+  ],
+)
 def test_damaged_metadata_or_tokenizer_is_found_set_aside_and_rebuilt(tmp_path, caplog, name, damage):
   config = _config(tmp_path)
   first = prepare_lib.prepare(config)
@@ -106,7 +120,7 @@ def test_damaged_metadata_or_tokenizer_is_found_set_aside_and_rebuilt(tmp_path, 
   if damage == 'flipped':  # Still valid JSON: a digit changed, as a bad sector might.
     text = path.read_text()
     digit = next(i for i, c in enumerate(text) if c.isdigit() and i > len(text) // 2)
-    path.write_text(text[:digit] + str((int(text[digit]) + 1) % 10) + text[digit + 1:])
+    path.write_text(text[:digit] + str((int(text[digit]) + 1) % 10) + text[digit + 1 :])
   else:
     path.write_bytes(b'' if damage == 'empty' else b'\xb8' * path.stat().st_size)
   del first
@@ -115,8 +129,10 @@ def test_damaged_metadata_or_tokenizer_is_found_set_aside_and_rebuilt(tmp_path, 
   warnings = [r.getMessage() for r in caplog.records if 'is damaged' in r.getMessage()]
   set_aside = list(again.path.parent.glob(f'{again.path.name}.damaged-*'))
   assert len(set_aside) == 1 and len(warnings) == 1, warnings
-  assert warnings[0] == (f'prepared data {again.path} is damaged ({name} does not match its recorded checksum): '
-                         f'set aside as {set_aside[0]}, preparing it again')
+  assert warnings[0] == (
+    f'prepared data {again.path} is damaged ({name} does not match its recorded checksum): '
+    f'set aside as {set_aside[0]}, preparing it again'
+  )
   assert again.tokenizer.to_str() == tokenizer
   for key, rows in _arrays(again).items():
     assert np.array_equal(rows, expected[key]), key

@@ -35,16 +35,17 @@ def _forward(cfg, params, ids):
   """Uncached logits [len(ids), V], from one compiled full-context pass (causal: the padding is never seen)."""
   del cfg
   tokens = np.zeros((1, MAX_LEN), np.int32)
-  tokens[0, :len(ids)] = ids
-  return np.asarray(_padded_forward(params, tokens))[0, :len(ids)]
+  tokens[0, : len(ids)] = ids
+  return np.asarray(_padded_forward(params, tokens))[0, : len(ids)]
 
 
 def test_kv_cache_decoding_equals_uncached_forward(tiny):
   cfg, params = tiny
   ids = np.random.RandomState(0).randint(0, cfg.vocab_size, 20).tolist()
   full_LxV = _forward(cfg, params, ids)
-  step = jax.jit(lambda p, tokens, cache, start: model.Decoder(cfg).apply({'params': p}, tokens, cache=cache,
-                                                                          start=start))
+  step = jax.jit(
+    lambda p, tokens, cache, start: model.Decoder(cfg).apply({'params': p}, tokens, cache=cache, start=start)
+  )
   cache = model.init_cache(cfg, 1, MAX_LEN)
   prefill = 7
   logits, cache = step(params, jnp.asarray([ids[:prefill]]), cache, 0)
@@ -60,9 +61,9 @@ def test_greedy_equals_argmax_of_full_forward(tiny):
   new = 12
   expected = list(prompt)
   for _ in range(new):
-    expected.append(int(np.argmax(_forward(cfg, params, expected)[-1, :cfg.vocab_size])))
+    expected.append(int(np.argmax(_forward(cfg, params, expected)[-1, : cfg.vocab_size])))
   (got,) = sample.generate(params, cfg, prompt, new, max_len=MAX_LEN, temperature=0.0)
-  assert got == expected[len(prompt):]
+  assert got == expected[len(prompt) :]
   # Two samples of one prompt at temperature 0 are both the greedy continuation.
   twice = sample.generate(params, cfg, prompt, new, max_len=MAX_LEN, temperature=0.0, num_samples=2)
   assert twice == [got, got]
@@ -76,7 +77,7 @@ def test_generation_stops_at_context_and_eos(tiny):
   (greedy,) = sample.generate(params, cfg, [1, 2], 10, max_len=MAX_LEN)
   eos = greedy[3]  # Pretend the fourth greedy token is EOS: generation must stop right after it.
   (stopped,) = sample.generate(params, cfg, [1, 2], 10, max_len=MAX_LEN, eos_id=eos)
-  assert stopped == greedy[:greedy.index(eos) + 1]
+  assert stopped == greedy[: greedy.index(eos) + 1]
 
 
 def test_top_p_keeps_the_nucleus():
@@ -104,8 +105,9 @@ def test_sampling_is_seeded_and_tiny_top_p_is_greedy(tiny):
   assert nucleus == greedy
 
 
-@pytest.mark.parametrize('prompt, match', [(list(range(MAX_LEN)), 'context is 32'),
-                                           (list(range(40)), 'shorten the prompt'), ([], 'empty')])
+@pytest.mark.parametrize(
+  'prompt, match', [(list(range(MAX_LEN)), 'context is 32'), (list(range(40)), 'shorten the prompt'), ([], 'empty')]
+)
 def test_bad_prompt_is_a_one_line_error(tiny, prompt, match):
   cfg, params = tiny
   with pytest.raises(ValueError, match=match) as error:
@@ -136,20 +138,36 @@ def test_cli_samples_and_rejects_a_long_prompt(tmp_path, tiny):
   tokenizer = tokenizers.Tokenizer(models.BPE())
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tokenizer.decoder = decoders.ByteLevel()
-  tokenizer.train_from_iterator(['X:1\nK:G\nGABc dedB|'] * 10, trainer=trainers.BpeTrainer(
-      vocab_size=280, special_tokens=['<|endoftext|>'], show_progress=False,
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tokenizer.train_from_iterator(
+    ['X:1\nK:G\nGABc dedB|'] * 10,
+    trainer=trainers.BpeTrainer(
+      vocab_size=280,
+      special_tokens=['<|endoftext|>'],
+      show_progress=False,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    ),
+  )
   directory = hf.export_hf(params, cfg, tokenizer, str(tmp_path / 'hf'), max_position_embeddings=MAX_LEN)
-  env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-             JAX_PLATFORMS='cpu')
-  command = [sys.executable, '-m', 'spt_jax.sample', f'--checkpoint={directory}', '--max_new_tokens=6',
-             '--temperature=0.7', '--top_p=0.9', '--num_samples=2', '--check_abc']
-  done = subprocess.run(command + ['--prompt=X:1\\nK:G\\n'], env=env, capture_output=True, text=True,
-                        timeout=900, check=False)
+  env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), JAX_PLATFORMS='cpu')
+  command = [
+    sys.executable,
+    '-m',
+    'spt_jax.sample',
+    f'--checkpoint={directory}',
+    '--max_new_tokens=6',
+    '--temperature=0.7',
+    '--top_p=0.9',
+    '--num_samples=2',
+    '--check_abc',
+  ]
+  done = subprocess.run(
+    command + ['--prompt=X:1\\nK:G\\n'], env=env, capture_output=True, text=True, timeout=900, check=False
+  )
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.count('--- sample') == 2 and done.stdout.count('--- ABC check') == 2
-  done = subprocess.run(command + ['--prompt=' + 'GABc dedB| ' * 20], env=env, capture_output=True, text=True,
-                        timeout=900, check=False)
+  done = subprocess.run(
+    command + ['--prompt=' + 'GABc dedB| ' * 20], env=env, capture_output=True, text=True, timeout=900, check=False
+  )
   assert done.returncode != 0
   last = done.stderr.strip().splitlines()[-1]
   assert last.startswith('error: the prompt has') and 'context is 32' in last

@@ -12,8 +12,20 @@ from spt_jax.analysis import scaling_fit
 # over near 52B; δ a fraction and T in billions inside the formulas. (The same curves as the percent-unit law
 # b_train_s=-0.11, κ0=1.5, κ2=0.3, κ3=0.01, α1=0.006, α3=-0.3, b_gap_s=0.05: b_s → b_g + 100·(b_s − b_g),
 # κ0 → κ0 − κ1·log 100, κ2 → κ2/100, κ3 → 100·κ3, α1 → α1·100^α2, α3 → 100·α3.)
-TRUE = dict(A_train=0.6, b_train_s=-1.1, b_train_g=-0.1, kappa0=1.5 - 0.06 * np.log(100), kappa1=0.06, kappa2=0.003,
-            kappa3=1.0, alpha1=0.6, alpha2=1.0, alpha3=-30.0, b_gap_s=9.95, b_gap_g=-0.05)
+TRUE = dict(
+  A_train=0.6,
+  b_train_s=-1.1,
+  b_train_g=-0.1,
+  kappa0=1.5 - 0.06 * np.log(100),
+  kappa1=0.06,
+  kappa2=0.003,
+  kappa3=1.0,
+  alpha1=0.6,
+  alpha2=1.0,
+  alpha3=-30.0,
+  b_gap_s=9.95,
+  b_gap_g=-0.05,
+)
 DELTAS = (0.0, 0.001, 0.01, 0.02, 0.05, 0.1)
 
 
@@ -116,9 +128,14 @@ def test_a_fit_file_of_the_percent_form_is_refused(fitted):
     scaling.ScalingLaw.from_json(old)
 
 
-@pytest.mark.parametrize('extreme', [dict(b_gap_s=50.0, b_gap_g=-5.0, alpha1=1e-12, alpha3=-2000.0),
-                                     dict(b_gap_s=1e-9, b_train_s=-1e-9, b_train_g=-1e-10, alpha1=1e12),
-                                     dict(A_train=1e4, b_train_s=-20.0, b_gap_s=50.0, alpha1=1e12, alpha3=2000.0)])
+@pytest.mark.parametrize(
+  'extreme',
+  [
+    dict(b_gap_s=50.0, b_gap_g=-5.0, alpha1=1e-12, alpha3=-2000.0),
+    dict(b_gap_s=1e-9, b_train_s=-1e-9, b_train_g=-1e-10, alpha1=1e12),
+    dict(A_train=1e4, b_train_s=-20.0, b_gap_s=50.0, alpha1=1e12, alpha3=2000.0),
+  ],
+)
 def test_onset_and_forecasts_stay_finite_at_the_bounds_of_the_search(extreme):
   law = scaling.ScalingLaw(dict(TRUE, **extreme), 1e9, {0.05: (100.0, 5.0, 10.0)}, (0.0, 0.05), (1e9, 1e10))
   for delta in (0.0, 0.001, 0.05, 0.1, 1.0):
@@ -160,6 +177,7 @@ def test_unidentified_parameters_are_warned():
 
 def test_extrapolation_and_impossible_losses_are_flagged():
   import types
+
   law = types.SimpleNamespace(token_range=(1e9, 1e10))
   assert scaling.extrapolation_notes(law, 5e9, 2.0) == []
   far = scaling.extrapolation_notes(law, 8e10, 2.0)

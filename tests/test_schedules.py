@@ -11,9 +11,18 @@ from spt_jax.train import schedules
 def _config(kind='cosine', lr=4e-4, **schedule):
   c = ml_collections.ConfigDict()
   c.optimizer = ml_collections.ConfigDict(dict(lr=lr))
-  c.schedule = ml_collections.ConfigDict(dict(
-      kind=kind, warmup_steps=10, warmup_tokens=0, final_lr=4e-5, horizon_tokens=0, stable_fraction=0.8,
-      decay_fraction=0.2, decay_shape='linear'))
+  c.schedule = ml_collections.ConfigDict(
+    dict(
+      kind=kind,
+      warmup_steps=10,
+      warmup_tokens=0,
+      final_lr=4e-5,
+      horizon_tokens=0,
+      stable_fraction=0.8,
+      decay_fraction=0.2,
+      decay_shape='linear',
+    )
+  )
   c.schedule.update(schedule)
   return c
 
@@ -80,18 +89,22 @@ def test_constant_and_warmup_in_tokens():
 def test_schedule_is_jittable():
   import jax
   import jax.numpy as jnp
+
   schedule = schedules.make_schedule(_config('wsd'), 110, 64)
   assert float(jax.jit(schedule)(jnp.int32(10))) == pytest.approx(4e-4)
 
 
-@pytest.mark.parametrize('kind,schedule,match', [
+@pytest.mark.parametrize(
+  'kind,schedule,match',
+  [
     ('linear', {}, 'schedule.kind'),
     ('wsd', dict(stable_fraction=0.9, decay_fraction=0.2), 'exceeds 1'),
     ('wsd', dict(decay_shape='exp'), 'decay_shape'),
     ('cosine', dict(warmup_steps=-1), 'negative'),
     ('cosine', dict(horizon_tokens=-5), 'negative'),
     ('constant', dict(warmup_steps=1000), 'longer than the run'),
-])
+  ],
+)
 def test_bad_values_are_one_line_errors(kind, schedule, match):
   with pytest.raises(ValueError, match=match) as error:
     schedules.make_schedule(_config(kind, **schedule), 100, 64)

@@ -17,26 +17,53 @@ def _arm(root, name, delta, post_ft_loss, general_after, best_step=20):
   workdir = root / name
   (workdir / 'pretrain').mkdir(parents=True)
   (workdir / 'finetune' / 'lr0.001_wu5').mkdir(parents=True)
-  summary = {'stage': 'pretrain', 'domain_fraction': delta, 'model': 'tiny', 'tokenizer': 'abc', 'seq_len': 32,
-             'tokens': 1000, 'steps': 10}
+  summary = {
+    'stage': 'pretrain',
+    'domain_fraction': delta,
+    'model': 'tiny',
+    'tokenizer': 'abc',
+    'seq_len': 32,
+    'tokens': 1000,
+    'steps': 10,
+  }
   (workdir / 'pretrain' / 'summary.json').write_text(json.dumps(summary))
-  evals = lambda step, tokens, d, g: {'step': step, 'tokens': tokens, 'eval/domain_test/loss': d,
-                                      'eval/general_test/loss': g}
+  evals = lambda step, tokens, d, g: {
+    'step': step,
+    'tokens': tokens,
+    'eval/domain_test/loss': d,
+    'eval/general_test/loss': g,
+  }
   (workdir / 'pretrain' / 'metrics.jsonl').write_text(
-      '\n'.join(json.dumps(evals(s, 100 * s, 5.0 - 0.1 * s, 4.0 - 0.05 * s)) for s in (0, 5, 10)))
+    '\n'.join(json.dumps(evals(s, 100 * s, 5.0 - 0.1 * s, 4.0 - 0.05 * s)) for s in (0, 5, 10))
+  )
   (workdir / 'finetune' / 'lr0.001_wu5' / 'metrics.jsonl').write_text(
-      '\n'.join(json.dumps(evals(s, 64 * s, post_ft_loss + 0.01 * abs(s - best_step), 3.5 + 0.01 * s))
-                for s in (0, 10, 20, 30)))
-  entry = {'name': 'lr0.001_wu5', 'pretrain_step': 10, 'pretrain_tokens': 1000, 'lr': 1e-3, 'warmup': 5,
-           'best_domain_test_loss': post_ft_loss, 'best_step': best_step, 'epochs': 4.0, 'steps': 30,
-           'domain_test_loss_before': 4.0, 'general_test_loss_before': 3.5, 'general_test_loss_after': general_after}
+    '\n'.join(
+      json.dumps(evals(s, 64 * s, post_ft_loss + 0.01 * abs(s - best_step), 3.5 + 0.01 * s)) for s in (0, 10, 20, 30)
+    )
+  )
+  entry = {
+    'name': 'lr0.001_wu5',
+    'pretrain_step': 10,
+    'pretrain_tokens': 1000,
+    'lr': 1e-3,
+    'warmup': 5,
+    'best_domain_test_loss': post_ft_loss,
+    'best_step': best_step,
+    'epochs': 4.0,
+    'steps': 30,
+    'domain_test_loss_before': 4.0,
+    'general_test_loss_before': 3.5,
+    'general_test_loss_after': general_after,
+  }
   (workdir / 'summary.json').write_text(json.dumps({'pretrain': summary, 'finetunes': [entry]}))
   return runs.read(str(workdir))
 
 
 def test_compare_over_seeds_by_hand(tmp_path):
-  pairs = {0: (_arm(tmp_path, 'npt0', 0.0, 2.0, 4.0), _arm(tmp_path, 'spt0', 0.1, 1.9, 3.7)),
-           1: (_arm(tmp_path, 'npt1', 0.0, 2.2, 4.1), _arm(tmp_path, 'spt1', 0.1, 2.2, 3.6))}
+  pairs = {
+    0: (_arm(tmp_path, 'npt0', 0.0, 2.0, 4.0), _arm(tmp_path, 'spt0', 0.1, 1.9, 3.7)),
+    1: (_arm(tmp_path, 'npt1', 0.0, 2.2, 4.1), _arm(tmp_path, 'spt1', 0.1, 2.2, 3.6)),
+  }
   result = seeds.compare(pairs)
   assert [r['gain_pct'] for r in result['rows']] == pytest.approx([5.0, 0.0])
   s = result['summary']

@@ -19,7 +19,7 @@ from spt_jax.model.flops import PRESETS
 # (data, fsdp, tensor, microbatches): gradient accumulation must not change the step either.
 _MESHES = [(1, 1, 1, 1), (8, 1, 1, 1), (2, 4, 1, 1), (2, 2, 2, 1), (2, 4, 1, 2), (1, 1, 1, 4)]
 
-_SCRIPT = textwrap.dedent('''
+_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np, optax, ml_collections
     from spt_jax.train import config as config_lib
@@ -45,13 +45,14 @@ _SCRIPT = textwrap.dedent('''
                           shard_fraction=min(shards.values()),
                           spec=str(state.params['blocks']['q']['kernel'].sharding.spec)))
     print(json.dumps(results))
-''')
+""")
 
 
 def test_same_loss_and_grad_norm_on_every_mesh_and_with_microbatches():
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
-  out = subprocess.run([sys.executable, '-c', _SCRIPT, json.dumps(_MESHES)], env=env, capture_output=True,
-                       text=True, check=True)
+  out = subprocess.run(
+    [sys.executable, '-c', _SCRIPT, json.dumps(_MESHES)], env=env, capture_output=True, text=True, check=True
+  )
   results = json.loads(out.stdout.strip().splitlines()[-1])
   reference = results[0]
   for r in results[1:]:
@@ -70,11 +71,14 @@ def test_mesh_shape_fills_minus_one():
   assert sharding.mesh_shape(cfg, 16) == (2, 4, 2)
 
 
-@pytest.mark.parametrize('data, fsdp, tensor, message', [
+@pytest.mark.parametrize(
+  'data, fsdp, tensor, message',
+  [
     (3, -1, 1, 'does not divide'),
     (2, 2, 1, 'devices but'),
     (-1, -1, 1, 'at most one -1'),
-])
+  ],
+)
 def test_bad_mesh_is_a_one_line_error(data, fsdp, tensor, message):
   cfg = ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
   with pytest.raises(ValueError, match=message) as error:
@@ -87,7 +91,7 @@ def test_undividable_dimension_stays_unsharded():
   assert sharding.spec(('embed', 'mlp'), (6, 10), mesh) == jax.sharding.PartitionSpec(None, None)
 
 
-_SPECS_SCRIPT = textwrap.dedent('''
+_SPECS_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, ml_collections
     from spt_jax.model import decoder, sharding
@@ -106,45 +110,78 @@ _SPECS_SCRIPT = textwrap.dedent('''
       results[f'activations {data} {fsdp} {tensor}'] = list(sharding.spec(
           ('activation_batch', 'activation_length', 'activation_embed'), (2, 8, 64), mesh))
     print(json.dumps(results))
-''')
+""")
 
 # What each kernel's spec is on each 8-device mesh when every mesh axis divides its dimension ([..] is a tuple).
 _FULL_SPECS = {
-    (1, 8, 1): {'embed/embedding': [None, 'fsdp'], 'lm_head/kernel': ['fsdp', None],
-                'blocks/q/kernel': [None, 'fsdp', None, None], 'blocks/o/kernel': [None, None, None, 'fsdp'],
-                'blocks/gate/kernel': [None, 'fsdp', None], 'blocks/down/kernel': [None, None, 'fsdp']},
-    (2, 2, 2): {'embed/embedding': ['tensor', 'fsdp'], 'lm_head/kernel': ['fsdp', 'tensor'],
-                'blocks/q/kernel': [None, 'fsdp', 'tensor', None], 'blocks/o/kernel': [None, 'tensor', None, 'fsdp'],
-                'blocks/gate/kernel': [None, 'fsdp', 'tensor'], 'blocks/down/kernel': [None, 'tensor', 'fsdp']},
-    (1, 2, 4): {'embed/embedding': ['tensor', 'fsdp'], 'lm_head/kernel': ['fsdp', 'tensor'],
-                'blocks/q/kernel': [None, 'fsdp', 'tensor', None], 'blocks/o/kernel': [None, 'tensor', None, 'fsdp'],
-                'blocks/gate/kernel': [None, 'fsdp', 'tensor'], 'blocks/down/kernel': [None, 'tensor', 'fsdp']},
-    (8, 1, 1): {'embed/embedding': [None, None], 'lm_head/kernel': [None, None],
-                'blocks/q/kernel': [None, None, None, None], 'blocks/o/kernel': [None, None, None, None],
-                'blocks/gate/kernel': [None, None, None], 'blocks/down/kernel': [None, None, None]},
+  (1, 8, 1): {
+    'embed/embedding': [None, 'fsdp'],
+    'lm_head/kernel': ['fsdp', None],
+    'blocks/q/kernel': [None, 'fsdp', None, None],
+    'blocks/o/kernel': [None, None, None, 'fsdp'],
+    'blocks/gate/kernel': [None, 'fsdp', None],
+    'blocks/down/kernel': [None, None, 'fsdp'],
+  },
+  (2, 2, 2): {
+    'embed/embedding': ['tensor', 'fsdp'],
+    'lm_head/kernel': ['fsdp', 'tensor'],
+    'blocks/q/kernel': [None, 'fsdp', 'tensor', None],
+    'blocks/o/kernel': [None, 'tensor', None, 'fsdp'],
+    'blocks/gate/kernel': [None, 'fsdp', 'tensor'],
+    'blocks/down/kernel': [None, 'tensor', 'fsdp'],
+  },
+  (1, 2, 4): {
+    'embed/embedding': ['tensor', 'fsdp'],
+    'lm_head/kernel': ['fsdp', 'tensor'],
+    'blocks/q/kernel': [None, 'fsdp', 'tensor', None],
+    'blocks/o/kernel': [None, 'tensor', None, 'fsdp'],
+    'blocks/gate/kernel': [None, 'fsdp', 'tensor'],
+    'blocks/down/kernel': [None, 'tensor', 'fsdp'],
+  },
+  (8, 1, 1): {
+    'embed/embedding': [None, None],
+    'lm_head/kernel': [None, None],
+    'blocks/q/kernel': [None, None, None, None],
+    'blocks/o/kernel': [None, None, None, None],
+    'blocks/gate/kernel': [None, None, None],
+    'blocks/down/kernel': [None, None, None],
+  },
 }
 # olmo-600m has 15 heads and olmo-300m 10: a tensor axis that does not divide them leaves the heads whole.
-_HEADS_WHOLE = {('olmo-600m', 2): {'blocks/q/kernel': [None, 'fsdp', None, None],
-                                   'blocks/o/kernel': [None, None, None, 'fsdp']},
-                ('olmo-600m', 4): {'blocks/q/kernel': [None, 'fsdp', None, None],
-                                   'blocks/o/kernel': [None, None, None, 'fsdp']},
-                ('olmo-300m', 4): {'blocks/q/kernel': [None, 'fsdp', None, None],
-                                   'blocks/o/kernel': [None, None, None, 'fsdp']}}
-_ACTIVATION_SPECS = {(1, 8, 1): [None, None, None], (2, 2, 2): ['data', None, None], (1, 2, 4): ['fsdp', None, None],
-                     (8, 1, 1): [None, None, None]}
+_HEADS_WHOLE = {
+  ('olmo-600m', 2): {'blocks/q/kernel': [None, 'fsdp', None, None], 'blocks/o/kernel': [None, None, None, 'fsdp']},
+  ('olmo-600m', 4): {'blocks/q/kernel': [None, 'fsdp', None, None], 'blocks/o/kernel': [None, None, None, 'fsdp']},
+  ('olmo-300m', 4): {'blocks/q/kernel': [None, 'fsdp', None, None], 'blocks/o/kernel': [None, None, None, 'fsdp']},
+}
+_ACTIVATION_SPECS = {
+  (1, 8, 1): [None, None, None],
+  (2, 2, 2): ['data', None, None],
+  (1, 2, 4): ['fsdp', None, None],
+  (8, 1, 1): [None, None, None],
+}
 
 
 def test_flax_rules_give_the_expected_spec_of_every_preset_on_8_devices():
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
-  out = subprocess.run([sys.executable, '-c', _SPECS_SCRIPT, json.dumps(list(_FULL_SPECS))], env=env,
-                       capture_output=True, text=True, check=True)
+  out = subprocess.run(
+    [sys.executable, '-c', _SPECS_SCRIPT, json.dumps(list(_FULL_SPECS))],
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   results = json.loads(out.stdout.strip().splitlines()[-1])
   for mesh_sizes, full in _FULL_SPECS.items():
     for preset in PRESETS:
       expected = dict(full, **_HEADS_WHOLE.get((preset, mesh_sizes[2]), {}))
       # k and v are named as q; up as gate.
-      expected.update({'blocks/k/kernel': expected['blocks/q/kernel'], 'blocks/v/kernel': expected['blocks/q/kernel'],
-                       'blocks/up/kernel': expected['blocks/gate/kernel']})
+      expected.update(
+        {
+          'blocks/k/kernel': expected['blocks/q/kernel'],
+          'blocks/v/kernel': expected['blocks/q/kernel'],
+          'blocks/up/kernel': expected['blocks/gate/kernel'],
+        }
+      )
       assert results[f'{preset} {" ".join(map(str, mesh_sizes))}'] == expected, (preset, mesh_sizes)
     assert results[f'activations {" ".join(map(str, mesh_sizes))}'] == _ACTIVATION_SPECS[mesh_sizes], mesh_sizes
 

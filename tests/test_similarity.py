@@ -46,6 +46,7 @@ def test_ngrams_do_not_cross_segments():
 def _word_tokenizer(path):
   import tokenizers
   from tokenizers import models, pre_tokenizers
+
   words = ['[UNK]', 'the', 'cat', 'sat', 'on', 'mat', 'lemma', 'proof', 'qed', 'intros', 'apply']
   tokenizer = tokenizers.Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token='[UNK]'))
   tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()

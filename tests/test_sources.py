@@ -50,6 +50,7 @@ def test_jsonl_field_and_dotted_field(tmp_path):
 def test_parquet_column(tmp_path):
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
   pq.write_table(pa.table({'body': ['p1', 'p2', ''], 'id': [1, 2, 3]}), tmp_path / 'd.parquet')
   assert list(sources.parse(f'parquet:{tmp_path}/*.parquet?column=body').documents()) == ['p1', 'p2']
   _one_line_error(f'parquet:{tmp_path}/*.parquet', r"has no column 'text'")
@@ -85,8 +86,7 @@ def test_non_utf8_bytes_replaced_counted_reported(tmp_path, caplog):
   assert documents[1] == 'fine \ufffd already'  # A real U+FFFD is not a bad byte.
   bad_path = str(tmp_path / 'bad.txt')
   assert source.bad_bytes == {bad_path: 3}
-  assert any('replaced 3 non-UTF-8 bytes' in r.getMessage() and bad_path in r.getMessage()
-             for r in caplog.records)
+  assert any('replaced 3 non-UTF-8 bytes' in r.getMessage() and bad_path in r.getMessage() for r in caplog.records)
 
 
 def test_tfds_data_source(tmp_path):
@@ -94,12 +94,12 @@ def test_tfds_data_source(tmp_path):
 
   class SptJaxTinyText(tfds.core.GeneratorBasedBuilder):
     """Ten short texts."""
+
     __module__ = 'spt_jax_test_datasets'  # One-part module: TFDS then skips a package-resource lookup.
     VERSION = tfds.core.Version('1.0.0')
 
     def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-          {'text': tfds.features.Text()}))
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({'text': tfds.features.Text()}))
 
     def _split_generators(self, dl_manager):
       del dl_manager
@@ -118,7 +118,9 @@ def test_tfds_data_source(tmp_path):
   _one_line_error(f'tfds:spt_jax_tiny_text?split=train&field=body&data_dir={tmp_path}', "no field 'body'")
 
 
-@pytest.mark.parametrize('spec, match', [
+@pytest.mark.parametrize(
+  'spec, match',
+  [
     ('', 'is empty'),
     ('   ', 'is empty'),
     ('mystery:/x', "unknown kind 'mystery'"),
@@ -126,7 +128,8 @@ def test_tfds_data_source(tmp_path):
     ('files:/nonexistent/spt_jax/*.txt', 'no files match'),
     ('jsonl:/nonexistent/spt_jax/x.jsonl', 'no files match'),
     ('files:/tmp?colour=red', r"unknown option\(s\) \['colour'\]"),
-])
+  ],
+)
 def test_bad_specs(spec, match):
   _one_line_error(spec, match)
 
@@ -173,7 +176,7 @@ def test_fingerprint_tracks_size_and_mtime(tmp_path):
 
 def test_hashes_are_stable():
   assert sources.content_hash('abc') == sources.content_hash('abc') != sources.content_hash('abd')
-  assert sources.content_hash('abc') == 0x5995d533d814bbd8  # The split must not move between versions.
+  assert sources.content_hash('abc') == 0x5995D533D814BBD8  # The split must not move between versions.
   assert 0 <= sources.split_unit(sources.content_hash('abc')) < 1
   assert sources.seeded_order_key(1, 0) != sources.seeded_order_key(1, 1)
 
@@ -181,6 +184,7 @@ def test_hashes_are_stable():
 def test_builtin_groups_and_names(tmp_path, monkeypatch):
   from spt_jax.data import corpora  # pylint: disable=g-import-not-at-top
   from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
+
   texts = {'brown': ['b1', 'b2'], 'austen': ['a1'], 'coq': ['c1']}
   for name in texts:
     (tmp_path / name).mkdir()

@@ -8,8 +8,10 @@ import pytest
 
 from spt_jax.data import tokenizer as tokenizer_lib
 
-_WORDS = ('lemma proof qed intros apply the of and music chord note theorem rewrite induction '
-          'simpl reflexivity exact destruct forall exists').split()
+_WORDS = (
+  'lemma proof qed intros apply the of and music chord note theorem rewrite induction '
+  'simpl reflexivity exact destruct forall exists'
+).split()
 
 
 def _write_corpus(folder, prefix, count, seed):
@@ -24,9 +26,15 @@ def _config(tmp_path, tokenizer='bpe', vocab_size=300):
   _write_corpus(tmp_path / 'general', 'g', 80, 0)
   _write_corpus(tmp_path / 'domain', 'd', 20, 1)
   config = ml_collections.ConfigDict()
-  config.data = ml_collections.ConfigDict(dict(
-      general=f'files:{tmp_path}/general', domain=f'files:{tmp_path}/domain/*.txt', tokenizer=tokenizer,
-      tokenizer_vocab_size=vocab_size, cache_dir=str(tmp_path / 'cache')))
+  config.data = ml_collections.ConfigDict(
+    dict(
+      general=f'files:{tmp_path}/general',
+      domain=f'files:{tmp_path}/domain/*.txt',
+      tokenizer=tokenizer,
+      tokenizer_vocab_size=vocab_size,
+      cache_dir=str(tmp_path / 'cache'),
+    )
+  )
   return config
 
 
@@ -77,6 +85,7 @@ def test_vocab_too_small_for_bytes(tmp_path):
 
 def test_eos_missing(tmp_path):
   import tokenizers  # pylint: disable=g-import-not-at-top
+
   bare = tokenizers.Tokenizer(tokenizers.models.BPE())
   with pytest.raises(ValueError, match='none of the EOS tokens'):
     tokenizer_lib.eos_id(bare)

@@ -51,6 +51,7 @@ def test_data_paths_and_vocabulary(tmp_path):
   config.data.tokenizer = str(tmp_path / 'missing.json')
   assert 'does not exist' in _error(config)
   from tests.test_hf import _tokenizer
+
   _tokenizer(vocab_size=300).save(str(tmp_path / 'tokenizer.json'))
   config.data.tokenizer = str(tmp_path / 'tokenizer.json')
   assert 'does not match the tokenizer' in _error(config)
@@ -61,6 +62,7 @@ def test_data_paths_and_vocabulary(tmp_path):
 
 def test_every_key_of_the_base_config_has_a_rule():
   from spt_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+
   config = config_lib.base_config()
   leaves = {key for key in config_lib.flat_keys(config) if not hasattr(_value(config, key), 'items')}
   assert leaves - set(validate.rules()) == set()  # A new key needs a rule in validate.py.
@@ -73,7 +75,9 @@ def _value(config, key):
   return config
 
 
-@pytest.mark.parametrize('overrides, expected', [
+@pytest.mark.parametrize(
+  'overrides, expected',
+  [
     ({'optimizer.lr': float('nan')}, 'optimizer.lr=nan is not a finite number; set --config.optimizer.lr'),
     ({'optimizer.grad_clip': float('inf')}, 'optimizer.grad_clip=inf is not a finite number'),
     ({'optimizer.b2': float('nan')}, 'optimizer.b2=nan is not a finite number'),
@@ -94,12 +98,14 @@ def _value(config, key):
     ({'stage': 'pipeline', 'finetune.grid': ((1e-3, -2),)}, 'finetune.grid=((0.001, -2),) must be a non-empty'),
     ({'stage': 'pipeline', 'finetune.from_steps': (12,)}, 'finetune.from_steps [12] are outside the pretraining'),
     ({'eval_intervals': (('general_test', 0),)}, 'eval_intervals='),
-])
+  ],
+)
 def test_every_value_is_checked(overrides, expected):
   line = _error(test_loop.tiny_config(**overrides))
   assert expected in line, line
-  corrected = test_loop.tiny_config(**{key: _value(test_loop.tiny_config(), key) for key in overrides
-                                       if key != 'stage'})
+  corrected = test_loop.tiny_config(
+    **{key: _value(test_loop.tiny_config(), key) for key in overrides if key != 'stage'}
+  )
   validate.check(corrected, data=test_loop.tiny_data())  # The tiny config's own value passes.
 
 

@@ -22,6 +22,7 @@ from spt_jax.model.flops import FORWARD_FORMULA, INFERENCE_FORMULA, TRAIN_FORMUL
 @dataclasses.dataclass
 class ModelSize:
   """A model's matmul parameter count, and its shape for the attention term (0 when only N is known)."""
+
   name: str
   matmul_params: float
   n_layers: int = 0
@@ -66,8 +67,9 @@ def parse_count(text) -> float | None:
     return None
 
 
-def strategy_costs(small: ModelSize, large: ModelSize, pretrain_tokens: float, finetune_tokens: float,
-                   seq_len: int, context: int) -> dict:
+def strategy_costs(
+  small: ModelSize, large: ModelSize, pretrain_tokens: float, finetune_tokens: float, seq_len: int, context: int
+) -> dict:
   """Fixed (training) and per-inference-token FLOPs of both strategies, and the break-even inference tokens."""
   spt_train = small.train_flops_per_token(seq_len) * (pretrain_tokens + finetune_tokens)
   ft_train = large.train_flops_per_token(seq_len) * finetune_tokens
@@ -82,15 +84,23 @@ def strategy_costs(small: ModelSize, large: ModelSize, pretrain_tokens: float, f
   if not small.n_layers or not large.n_layers:
     notes.append('a model given as a parameter count has no attention term: pass a preset name to include it')
   return {
-      'formulas': [FORWARD_FORMULA, TRAIN_FORMULA, INFERENCE_FORMULA,
-                   'SPT total = train_small·(D_PT + D_FT) + serve_small·I; FT-large total = train_large·D_FT + '
-                   'serve_large·I (its pretraining already paid)'],
-      'small': dataclasses.asdict(small), 'large': dataclasses.asdict(large),
-      'pretrain_tokens': pretrain_tokens, 'finetune_tokens': finetune_tokens, 'seq_len': seq_len,
-      'context': context,
-      'spt': {'training_flops': spt_train, 'inference_flops_per_token': spt_serve},
-      'finetune_large': {'training_flops': ft_train, 'inference_flops_per_token': ft_serve},
-      'break_even_inference_tokens': break_even, 'notes': notes,
+    'formulas': [
+      FORWARD_FORMULA,
+      TRAIN_FORMULA,
+      INFERENCE_FORMULA,
+      'SPT total = train_small·(D_PT + D_FT) + serve_small·I; FT-large total = train_large·D_FT + '
+      'serve_large·I (its pretraining already paid)',
+    ],
+    'small': dataclasses.asdict(small),
+    'large': dataclasses.asdict(large),
+    'pretrain_tokens': pretrain_tokens,
+    'finetune_tokens': finetune_tokens,
+    'seq_len': seq_len,
+    'context': context,
+    'spt': {'training_flops': spt_train, 'inference_flops_per_token': spt_serve},
+    'finetune_large': {'training_flops': ft_train, 'inference_flops_per_token': ft_serve},
+    'break_even_inference_tokens': break_even,
+    'notes': notes,
   }
 
 
@@ -102,11 +112,15 @@ def total_flops(costs: dict, strategy: str, inference_tokens):
 
 def format_costs(costs: dict) -> str:
   lines = [f'- {f}' for f in costs['formulas']]
-  for key, label, size in (('spt', f'SPT {costs["small"]["name"]}', costs['small']),
-                           ('finetune_large', f'finetune {costs["large"]["name"]}', costs['large'])):
+  for key, label, size in (
+    ('spt', f'SPT {costs["small"]["name"]}', costs['small']),
+    ('finetune_large', f'finetune {costs["large"]["name"]}', costs['large']),
+  ):
     part = costs[key]
-    lines.append(f'- {label} (N={size["matmul_params"]:.4g}): training {part["training_flops"]:.3e} FLOPs, '
-                 f'serving {part["inference_flops_per_token"]:.3e} FLOPs/token')
+    lines.append(
+      f'- {label} (N={size["matmul_params"]:.4g}): training {part["training_flops"]:.3e} FLOPs, '
+      f'serving {part["inference_flops_per_token"]:.3e} FLOPs/token'
+    )
   lines.append(f'- break-even after {costs["break_even_inference_tokens"]:.3e} inference tokens')
   lines += [f'- {note}' for note in costs['notes']]
   return '\n'.join(lines)

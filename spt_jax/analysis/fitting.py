@@ -20,6 +20,7 @@ WIDE_ERROR = 0.1  # A standard error above this fraction of the search range: th
 @dataclasses.dataclass
 class FitResult:
   """A robust least-squares fit: natural parameter values, bootstrap CIs, residuals and warnings."""
+
   params: dict
   names: tuple
   spec: tuple
@@ -52,12 +53,22 @@ def _standard_errors(jacobian, residuals, n_params) -> np.ndarray:
   _, singular, right = np.linalg.svd(jacobian, full_matrices=False)
   floor = max(singular[0], 1e-300) * 1e-12
   dof = max(len(residuals) - n_params, 1)
-  variance = float(np.sum(residuals ** 2)) / dof * np.sum((right.T / np.maximum(singular, floor)) ** 2, axis=1)
+  variance = float(np.sum(residuals**2)) / dof * np.sum((right.T / np.maximum(singular, floor)) ** 2, axis=1)
   return np.sqrt(variance)
 
 
-def robust_fit(residual_fn, starts, spec, n_rows: int, huber, seed: int = 0, bootstrap: int = 100,
-               groups=None, derived=None, fixed=None) -> FitResult:
+def robust_fit(
+  residual_fn,
+  starts,
+  spec,
+  n_rows: int,
+  huber,
+  seed: int = 0,
+  bootstrap: int = 100,
+  groups=None,
+  derived=None,
+  fixed=None,
+) -> FitResult:
   """Least squares (Huber when huber is set) from several starts; bootstrap over rows for 95% CIs.
 
   residual_fn(theta, rows) returns the residuals of the given rows, theta holding every parameter of spec. With
@@ -83,8 +94,13 @@ def robust_fit(residual_fn, starts, spec, n_rows: int, huber, seed: int = 0, boo
   span = upper - lower
   margin = 1e-9 * span
   rows = np.arange(n_rows)
-  options = dict(bounds=(lower, upper), loss='huber' if huber else 'linear', f_scale=huber or 1.0,
-                 x_scale='jac', max_nfev=100 * len(free_spec))
+  options = dict(
+    bounds=(lower, upper),
+    loss='huber' if huber else 'linear',
+    f_scale=huber or 1.0,
+    x_scale='jac',
+    max_nfev=100 * len(free_spec),
+  )
   best = None
   for start in starts:
     x0 = np.clip(np.asarray(start, float)[free_index], lower + 1e3 * margin, upper - 1e3 * margin)
@@ -99,16 +115,19 @@ def robust_fit(residual_fn, starts, spec, n_rows: int, huber, seed: int = 0, boo
   if singular[-1] < 1e-7 * singular[0]:
     null = np.linalg.svd(best.jac)[2][-1]
     involved = [names[i] for i in np.argsort(-np.abs(null))[:3]]
-    notes.append(f'the data cannot identify {", ".join(involved)} (rank-deficient Jacobian): they trade off; '
-                 'forecasts may still hold but do not read these values')
+    notes.append(
+      f'the data cannot identify {", ".join(involved)} (rank-deficient Jacobian): they trade off; '
+      'forecasts may still hold but do not read these values'
+    )
   errors = _standard_errors(best.jac, best.fun, len(free_spec))
   for i, name in enumerate(names):
     if best.x[i] - lower[i] < BOUND_MARGIN * span[i] or upper[i] - best.x[i] < BOUND_MARGIN * span[i]:
       unidentified[name] = f'at its bound ({values[name]:.4g})'
     elif not errors[i] < min(WIDE_ERROR * span[i], math.log(10) if free_spec[i][1] == 'log' else abs(best.x[i])):
       unit = ' in log' if free_spec[i][1] == 'log' else ''
-      unidentified[name] = (f'not constrained by the data (standard error {errors[i]:.3g}{unit} over a search '
-                            f'range of {span[i]:.3g})')
+      unidentified[name] = (
+        f'not constrained by the data (standard error {errors[i]:.3g}{unit} over a search range of {span[i]:.3g})'
+      )
   notes += [f'{name}: {why}: not identified by this data' for name, why in unidentified.items()]
   ci = {}
   if bootstrap:
@@ -116,11 +135,15 @@ def robust_fit(residual_fn, starts, spec, n_rows: int, huber, seed: int = 0, boo
     groups_rows = None if groups is None else [np.nonzero(groups == g)[0] for g in np.unique(groups)]
     samples = []
     for _ in range(bootstrap):
-      resampled = (rng.integers(0, n_rows, n_rows) if groups is None else
-                   np.concatenate([rng.choice(members, len(members)) for members in groups_rows]))
+      resampled = (
+        rng.integers(0, n_rows, n_rows)
+        if groups is None
+        else np.concatenate([rng.choice(members, len(members)) for members in groups_rows])
+      )
       with np.errstate(all='ignore'):
-        refit = optimize.least_squares(lambda th: free_residuals(th, resampled), best.x,
-                                       **dict(options, max_nfev=20 * len(free_spec)))
+        refit = optimize.least_squares(
+          lambda th: free_residuals(th, resampled), best.x, **dict(options, max_nfev=20 * len(free_spec))
+        )
       samples.append(refit.x)
     if derived is not None:
       extra = np.array([list(derived(natural(expand(x), spec)).values()) for x in samples])
@@ -141,5 +164,15 @@ def robust_fit(residual_fn, starts, spec, n_rows: int, huber, seed: int = 0, boo
   params = dict(values)
   if derived is not None:
     params.update(derived(params))
-  return FitResult(params, tuple(s[0] for s in spec), tuple(spec), ci, best.fun, notes, unidentified, fixed,
-                   float(best.cost), {name: float(e) for name, e in zip(names, errors)})
+  return FitResult(
+    params,
+    tuple(s[0] for s in spec),
+    tuple(spec),
+    ci,
+    best.fun,
+    notes,
+    unidentified,
+    fixed,
+    float(best.cost),
+    {name: float(e) for name, e in zip(names, errors)},
+  )

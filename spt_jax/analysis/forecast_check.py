@@ -23,9 +23,13 @@ def _errors(predicted, observed) -> dict:
   predicted, observed = np.asarray(predicted, float), np.asarray(observed, float)
   error = predicted - observed
   relative = error / observed
-  return {'n': int(len(error)), 'rmse': float(np.sqrt(np.mean(error ** 2))), 'mean_error': float(np.mean(error)),
-          'mean_abs_relative_error': float(np.mean(np.abs(relative))),
-          'max_abs_relative_error': float(np.max(np.abs(relative)))}
+  return {
+    'n': int(len(error)),
+    'rmse': float(np.sqrt(np.mean(error**2))),
+    'mean_error': float(np.mean(error)),
+    'mean_abs_relative_error': float(np.mean(np.abs(relative))),
+    'max_abs_relative_error': float(np.max(np.abs(relative))),
+  }
 
 
 def observed_onset(tokens, loss) -> float | None:
@@ -91,17 +95,26 @@ def check(fit: dict, data: ScalingData, crossover_pairs=(), objective: str = 'po
   max_delta, max_tokens = fitted_on.get('max_delta'), fitted_on.get('max_tokens')
   seen = _within(data.delta, data.tokens, max_delta, max_tokens)
   fitted = np.isin(data.delta, law.fitted_deltas)
-  report = {'fitted_on': fitted_on, 'held_out_delta': {}, 'later_tokens': {}, 'post_ft': {}, 'onset': {},
-            'crossovers': [], 'notes': []}
+  report = {
+    'fitted_on': fitted_on,
+    'held_out_delta': {},
+    'later_tokens': {},
+    'post_ft': {},
+    'onset': {},
+    'crossovers': [],
+    'notes': [],
+  }
   predicted_test = law.test_loss(data.delta, data.tokens)
   for d in np.unique(data.delta):
     rows = (data.delta == d) & ~seen
     if not np.any(rows):
       continue
     key = 'later_tokens' if np.any(fitted & (data.delta == d)) else 'held_out_delta'
-    entry = {'test': _errors(predicted_test[rows], data.test_loss[rows]),
-             'train': _errors(law.train_loss(d, data.tokens[rows]), data.train_loss[rows]),
-             'tokens': [float(np.min(data.tokens[rows])), float(np.max(data.tokens[rows]))]}
+    entry = {
+      'test': _errors(predicted_test[rows], data.test_loss[rows]),
+      'train': _errors(law.train_loss(d, data.tokens[rows]), data.train_loss[rows]),
+      'tokens': [float(np.min(data.tokens[rows])), float(np.max(data.tokens[rows]))],
+    }
     report[key][f'{d:g}'] = entry
   post_observed = None
   if len(data.ft_before) == len(data.ft_delta) and len(data.ft_delta):
@@ -129,12 +142,18 @@ def check(fit: dict, data: ScalingData, crossover_pairs=(), objective: str = 'po
     if delta_a not in observed_curves or delta_b not in observed_curves:
       report['notes'].append(f'no observed {objective} curves at both δ={delta_a:g} and δ={delta_b:g}')
       continue
-    span = (min(observed_curves[delta_a][0].min(), observed_curves[delta_b][0].min()) / 2,
-            max(observed_curves[delta_a][0].max(), observed_curves[delta_b][0].max()) * 2)
-    report['crossovers'].append({
-        'deltas': [delta_a, delta_b], 'objective': objective,
+    span = (
+      min(observed_curves[delta_a][0].min(), observed_curves[delta_b][0].min()) / 2,
+      max(observed_curves[delta_a][0].max(), observed_curves[delta_b][0].max()) * 2,
+    )
+    report['crossovers'].append(
+      {
+        'deltas': [delta_a, delta_b],
+        'objective': objective,
         'predicted': scaling.crossovers(law, delta_a, delta_b, span, objective),
-        'observed': _observed_crossovers(observed_curves, delta_a, delta_b)})
+        'observed': _observed_crossovers(observed_curves, delta_a, delta_b),
+      }
+    )
   if not report['held_out_delta'] and not report['later_tokens']:
     report['notes'].append('every row was fitted: nothing is out of sample (fit with max_delta / max_tokens)')
   return report
@@ -142,25 +161,35 @@ def check(fit: dict, data: ScalingData, crossover_pairs=(), objective: str = 'po
 
 def format_report(report: dict) -> str:
   """A markdown table of the out-of-sample errors, onsets and crossovers."""
-  lines = ['| held out | δ | tokens | test RMSE (nats) | mean abs rel. error | max abs rel. error |',
-           '|---|---|---|---|---|---|']
+  lines = [
+    '| held out | δ | tokens | test RMSE (nats) | mean abs rel. error | max abs rel. error |',
+    '|---|---|---|---|---|---|',
+  ]
   for key in ('held_out_delta', 'later_tokens'):
     for d, entry in report[key].items():
       e = entry['test']
-      lines.append(f'| {key.replace("_", " ")} | {d} | {entry["tokens"][0]:.3g}–{entry["tokens"][1]:.3g} | '
-                   f'{e["rmse"]:.4f} | {100 * e["mean_abs_relative_error"]:.2f}% | '
-                   f'{100 * e["max_abs_relative_error"]:.2f}% |')
+      lines.append(
+        f'| {key.replace("_", " ")} | {d} | {entry["tokens"][0]:.3g}–{entry["tokens"][1]:.3g} | '
+        f'{e["rmse"]:.4f} | {100 * e["mean_abs_relative_error"]:.2f}% | '
+        f'{100 * e["max_abs_relative_error"]:.2f}% |'
+      )
   for d, e in report['post_ft'].items():
-    lines.append(f'| post-FT | {d} | | {e["rmse"]:.4f} | {100 * e["mean_abs_relative_error"]:.2f}% | '
-                 f'{100 * e["max_abs_relative_error"]:.2f}% |')
+    lines.append(
+      f'| post-FT | {d} | | {e["rmse"]:.4f} | {100 * e["mean_abs_relative_error"]:.2f}% | '
+      f'{100 * e["max_abs_relative_error"]:.2f}% |'
+    )
   lines += ['', '| δ | predicted onset (tokens) | observed onset | fitted δ |', '|---|---|---|---|']
   for d, entry in report['onset'].items():
     predicted, observed = entry['predicted_tokens'], entry['observed_tokens']
     lines.append(f'| {d} | {predicted or float("nan"):.3g} | {observed or float("nan"):.3g} | {entry["fitted"]} |')
   for cross in report['crossovers']:
+
     def show(found):
       return ', '.join(f'{f["tokens"]:.3g} ({f["better_after"]:g} better after)' for f in found) or 'none'
-    lines.append(f'\nCrossover δ={cross["deltas"][0]:g} vs {cross["deltas"][1]:g} ({cross["objective"]}): '
-                 f'predicted {show(cross["predicted"])}; observed {show(cross["observed"])}')
+
+    lines.append(
+      f'\nCrossover δ={cross["deltas"][0]:g} vs {cross["deltas"][1]:g} ({cross["objective"]}): '
+      f'predicted {show(cross["predicted"])}; observed {show(cross["observed"])}'
+    )
   lines += [f'\n- {note}' for note in report['notes']]
   return '\n'.join(lines)

@@ -32,8 +32,11 @@ def tokens_to_reach(tokens, losses, target: float) -> dict:
     return {'tokens': None, 'status': 'not reached', 'range': [float(tokens[0]), float(tokens[-1])]}
   i = int(reached[0])
   if i == 0:
-    return {'tokens': float(tokens[0]), 'status': 'at or before the first checkpoint',
-            'range': [float(tokens[0]), float(tokens[-1])]}
+    return {
+      'tokens': float(tokens[0]),
+      'status': 'at or before the first checkpoint',
+      'range': [float(tokens[0]), float(tokens[-1])],
+    }
   fraction = (target - losses[i - 1]) / (losses[i] - losses[i - 1])
   log_t = math.log(tokens[i - 1]) + fraction * (math.log(tokens[i]) - math.log(tokens[i - 1]))
   return {'tokens': math.exp(log_t), 'status': 'interpolated', 'range': [float(tokens[0]), float(tokens[-1])]}
@@ -49,27 +52,44 @@ def compute_multiplier(npt_tokens, npt_losses, spt_tokens, spt_losses) -> dict:
   if reach['status'] == 'interpolated':
     return {'value': budget / reach['tokens'], 'bound': '=', 'spt_tokens': reach['tokens'], 'note': ''}
   if reach['status'] == 'at or before the first checkpoint':
-    return {'value': budget / reach['tokens'], 'bound': '>', 'spt_tokens': None,
-            'note': f'SPT already beats NPT\'s final loss at its first finetuned checkpoint ({reach["tokens"]:.3g} '
-                    'tokens): finetune earlier SPT checkpoints for an exact multiplier'}
+    return {
+      'value': budget / reach['tokens'],
+      'bound': '>',
+      'spt_tokens': None,
+      'note': f"SPT already beats NPT's final loss at its first finetuned checkpoint ({reach['tokens']:.3g} "
+      'tokens): finetune earlier SPT checkpoints for an exact multiplier',
+    }
   # SPT never reaches NPT's final loss: how many NPT tokens match SPT's final loss instead (a multiplier < 1).
   spt_final, spt_budget = float(spt_losses[-1]), float(spt_tokens[-1])
   back = tokens_to_reach(npt_tokens, npt_losses, spt_final)
   if back['status'] == 'interpolated':
-    return {'value': back['tokens'] / spt_budget, 'bound': '=', 'spt_tokens': None,
-            'note': 'SPT does not reach NPT\'s final loss; NPT tokens to reach SPT\'s final loss ÷ SPT\'s budget'}
-  return {'value': None, 'bound': '', 'spt_tokens': None,
-          'note': 'the curves do not cross within the finetuned checkpoints; no multiplier without extrapolating'}
+    return {
+      'value': back['tokens'] / spt_budget,
+      'bound': '=',
+      'spt_tokens': None,
+      'note': "SPT does not reach NPT's final loss; NPT tokens to reach SPT's final loss ÷ SPT's budget",
+    }
+  return {
+    'value': None,
+    'bound': '',
+    'spt_tokens': None,
+    'note': 'the curves do not cross within the finetuned checkpoints; no multiplier without extrapolating',
+  }
 
 
 def post_ft_curve(run: runs_lib.Run):
   """(tokens, best post-FT domain test loss, entries) over the run's finetuned checkpoints."""
   points = runs_lib.finetune_points(run)
   if not points:
-    raise ValueError(f'{run.path}: W/summary.json has no finetunes with a best_domain_test_loss; run the pipeline '
-                     '(stage=pipeline) so that its checkpoints are finetuned')
-  return (np.array([float(p['pretrain_tokens']) for p in points]),
-          np.array([float(p['best_domain_test_loss']) for p in points]), points)
+    raise ValueError(
+      f'{run.path}: W/summary.json has no finetunes with a best_domain_test_loss; run the pipeline '
+      '(stage=pipeline) so that its checkpoints are finetuned'
+    )
+  return (
+    np.array([float(p['pretrain_tokens']) for p in points]),
+    np.array([float(p['best_domain_test_loss']) for p in points]),
+    points,
+  )
 
 
 def forgetting(entry: dict) -> float | None:
@@ -81,9 +101,16 @@ def forgetting(entry: dict) -> float | None:
 
 
 def _row(run, tokens, losses, entries) -> dict:
-  return {'run': run.name, 'path': run.path, 'delta': run.domain_fraction, 'model': run.model,
-          'pretrain_tokens': float(tokens[-1]), 'post_ft_loss': float(losses[-1]),
-          'forgetting': forgetting(entries[-1]), 'curve': {'tokens': tokens.tolist(), 'loss': losses.tolist()}}
+  return {
+    'run': run.name,
+    'path': run.path,
+    'delta': run.domain_fraction,
+    'model': run.model,
+    'pretrain_tokens': float(tokens[-1]),
+    'post_ft_loss': float(losses[-1]),
+    'forgetting': forgetting(entries[-1]),
+    'curve': {'tokens': tokens.tolist(), 'loss': losses.tolist()},
+  }
 
 
 def gains(npt: runs_lib.Run, spts: list, npt_large: runs_lib.Run | None = None) -> dict:
@@ -105,8 +132,10 @@ def gains(npt: runs_lib.Run, spts: list, npt_large: runs_lib.Run | None = None) 
     tokens, losses, entries = post_ft_curve(spt)
     row = _row(spt, tokens, losses, entries)
     if tokens[-1] != npt_tokens[-1]:
-      notes.append(f'{spt.name} pretrained {tokens[-1]:.3g} tokens, NPT {npt_tokens[-1]:.3g}: the relative gain '
-                   'compares different budgets')
+      notes.append(
+        f'{spt.name} pretrained {tokens[-1]:.3g} tokens, NPT {npt_tokens[-1]:.3g}: the relative gain '
+        'compares different budgets'
+      )
     row['relative_gain'] = relative_gain(float(npt_losses[-1]), float(losses[-1]))
     row['compute_multiplier'] = compute_multiplier(npt_tokens, npt_losses, tokens, losses)
     if row['compute_multiplier']['note']:
@@ -115,8 +144,10 @@ def gains(npt: runs_lib.Run, spts: list, npt_large: runs_lib.Run | None = None) 
     if large_loss is not None:
       row['gap_closed'] = gap_closed(float(npt_losses[-1]), float(losses[-1]), large_loss)
       if row['gap_closed'] is None:
-        notes.append(f'the larger NPT model ({large_loss:.4f}) is not better than the smaller ({npt_losses[-1]:.4f}); '
-                     'gap closed is undefined')
+        notes.append(
+          f'the larger NPT model ({large_loss:.4f}) is not better than the smaller ({npt_losses[-1]:.4f}); '
+          'gap closed is undefined'
+        )
     result['spt'].append(row)
   return result
 
@@ -127,16 +158,23 @@ def _fmt(value, spec: str, suffix: str = '') -> str:
 
 def format_table(result: dict) -> str:
   """A markdown table of the headline metrics."""
-  lines = ['| run | δ | tokens | post-FT loss | relative gain | compute multiplier | gap closed | forgetting |',
-           '|---|---|---|---|---|---|---|---|']
-  for row, kind in [(result['npt'], 'NPT')] + ([(result['npt_large'], 'NPT large')] if result['npt_large'] else []) \
-      + [(r, 'SPT') for r in result['spt']]:
+  lines = [
+    '| run | δ | tokens | post-FT loss | relative gain | compute multiplier | gap closed | forgetting |',
+    '|---|---|---|---|---|---|---|---|',
+  ]
+  for row, kind in (
+    [(result['npt'], 'NPT')]
+    + ([(result['npt_large'], 'NPT large')] if result['npt_large'] else [])
+    + [(r, 'SPT') for r in result['spt']]
+  ):
     multiplier = row.get('compute_multiplier')
     multiplier_text = '—'
     if multiplier and multiplier['value'] is not None:
       multiplier_text = f'{"> " if multiplier["bound"] == ">" else ""}{multiplier["value"]:.2f}x'
-    lines.append(f'| {row["run"]} ({kind}) | {100 * row["delta"]:g}% | {row["pretrain_tokens"]:.3g} | '
-                 f'{row["post_ft_loss"]:.4f} | {_fmt(row.get("relative_gain"), ".2f", "%")} | {multiplier_text} | '
-                 f'{_fmt(row.get("gap_closed"), ".0f", "%")} | {_fmt(row["forgetting"], "+.4f")} |')
+    lines.append(
+      f'| {row["run"]} ({kind}) | {100 * row["delta"]:g}% | {row["pretrain_tokens"]:.3g} | '
+      f'{row["post_ft_loss"]:.4f} | {_fmt(row.get("relative_gain"), ".2f", "%")} | {multiplier_text} | '
+      f'{_fmt(row.get("gap_closed"), ".0f", "%")} | {_fmt(row["forgetting"], "+.4f")} |'
+    )
   lines += [f'- {note}' for note in result['notes']]
   return '\n'.join(lines)

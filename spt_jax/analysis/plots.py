@@ -39,10 +39,18 @@ def fit_plot(data: scaling_fit.ScalingData, law: scaling.ScalingLaw, path: str) 
     left.plot(grid, law.train_loss(d, grid), color=color, linestyle='--')
     right.scatter(data.tokens[mask], data.test_loss[mask] - data.train_loss[mask], s=12, color=color)
     right.plot(grid, law.gap(d, grid), color=color, label=_percent(d))
-  left.set(xscale='log', xlabel='pretraining tokens', ylabel='domain loss (nats/token)',
-           title='test (o, solid) and train (x, dashed): data vs fit')
-  right.set(xscale='log', xlabel='pretraining tokens', ylabel='test − train (nats/token)',
-            title='train-test gap: data vs eq. (2)')
+  left.set(
+    xscale='log',
+    xlabel='pretraining tokens',
+    ylabel='domain loss (nats/token)',
+    title='test (o, solid) and train (x, dashed): data vs fit',
+  )
+  right.set(
+    xscale='log',
+    xlabel='pretraining tokens',
+    ylabel='test − train (nats/token)',
+    title='train-test gap: data vs eq. (2)',
+  )
   left.legend(fontsize=8)
   right.legend(fontsize=8)
   for axis in (left, right):
@@ -63,8 +71,12 @@ def forecast_plot(law: scaling.ScalingLaw, deltas, token_range, path: str) -> st
       axis.plot([onset], [law.test_loss(d, onset)], marker='v', color=color, markersize=9)
   if law.token_range:
     axis.axvline(law.token_range[1], color='grey', linestyle=':', label='largest fitted budget')
-  axis.set(xscale='log', xlabel='pretraining tokens', ylabel='domain loss (nats/token)',
-           title='forecast domain loss (▼ overfitting onset)')
+  axis.set(
+    xscale='log',
+    xlabel='pretraining tokens',
+    ylabel='domain loss (nats/token)',
+    title='forecast domain loss (▼ overfitting onset)',
+  )
   axis.grid(True, which='both', alpha=0.3)
   axis.legend(fontsize=8, ncol=2)
   return _save(figure, path)
@@ -75,10 +87,19 @@ def optimal_delta_plot(budgets, best_deltas, path: str, candidates=None, candida
   figure, axis = plt.subplots(figsize=(8, 4.5))
   axis.plot(budgets, 100 * np.asarray(best_deltas), marker='o', label='best δ (continuous)')
   if candidate_best is not None:
-    axis.step(budgets, 100 * np.asarray(candidate_best), where='mid', linestyle='--',
-              label=f'best of {", ".join(f"{100 * c:g}%" for c in candidates)}')
-  axis.set(xscale='log', xlabel='pretraining budget (tokens)', ylabel='optimal δ (%)',
-           title='optimal domain fraction against budget')
+    axis.step(
+      budgets,
+      100 * np.asarray(candidate_best),
+      where='mid',
+      linestyle='--',
+      label=f'best of {", ".join(f"{100 * c:g}%" for c in candidates)}',
+    )
+  axis.set(
+    xscale='log',
+    xlabel='pretraining budget (tokens)',
+    ylabel='optimal δ (%)',
+    title='optimal domain fraction against budget',
+  )
   axis.grid(True, which='both', alpha=0.3)
   axis.legend()
   return _save(figure, path)
@@ -92,8 +113,12 @@ def gains_plot(result: dict, path: str) -> str:
     label = f'{row["run"]} ({_percent(row["delta"])}, {row["model"] or "model"})'
     axis.plot(row['curve']['tokens'], row['curve']['loss'], marker='o', color=color, label=label)
   axis.axhline(result['npt']['post_ft_loss'], color='grey', linestyle=':', label='NPT final post-FT loss')
-  axis.set(xscale='log', xlabel='pretraining tokens', ylabel='best post-FT domain test loss',
-           title='post-finetuning domain loss by pretraining budget')
+  axis.set(
+    xscale='log',
+    xlabel='pretraining tokens',
+    ylabel='best post-FT domain test loss',
+    title='post-finetuning domain loss by pretraining budget',
+  )
   axis.grid(True, which='both', alpha=0.3)
   axis.legend(fontsize=8)
   return _save(figure, path)
@@ -106,19 +131,23 @@ def cost_plot(costs: dict, path: str, max_inference_tokens: float | None = None)
   tokens = np.geomspace(top * 1e-6, top, 300)
   figure, axis = plt.subplots(figsize=(8, 5))
   axis.plot(tokens, cost_lib.total_flops(costs, 'spt', tokens), label=f'SPT {costs["small"]["name"]}')
-  axis.plot(tokens, cost_lib.total_flops(costs, 'finetune_large', tokens),
-            label=f'finetune {costs["large"]["name"]}')
+  axis.plot(tokens, cost_lib.total_flops(costs, 'finetune_large', tokens), label=f'finetune {costs["large"]["name"]}')
   if 0 < break_even < np.inf:
     axis.axvline(break_even, color='grey', linestyle=':', label=f'break-even {break_even:.3g} tokens')
-  axis.set(xscale='log', yscale='log', xlabel='inference tokens served', ylabel='total FLOPs',
-           title='training + inference compute')
+  axis.set(
+    xscale='log',
+    yscale='log',
+    xlabel='inference tokens served',
+    ylabel='total FLOPs',
+    title='training + inference compute',
+  )
   axis.grid(True, which='both', alpha=0.3)
   axis.legend()
   return _save(figure, path)
 
 
 def _short(name: str, width: int = 28) -> str:
-  return name if len(name) <= width else '…' + name[-(width - 1):]
+  return name if len(name) <= width else '…' + name[-(width - 1) :]
 
 
 def similarity_plot(rows: list, path: str) -> str:
@@ -129,8 +158,7 @@ def similarity_plot(rows: list, path: str) -> str:
   positions = np.arange(len(rows))
   for i, (color, key) in enumerate(zip(_colors(len(keys)), keys)):
     axis.bar(positions + i * width, [row[key] for row in rows], width, color=color, label=key)
-  axis.set_xticks(positions + width * (len(keys) - 1) / 2, [_short(row['corpus']) for row in rows],
-                  rotation=10)
+  axis.set_xticks(positions + width * (len(keys) - 1) / 2, [_short(row['corpus']) for row in rows], rotation=10)
   axis.set(ylim=(0, 1.05), ylabel='value (JSD in bits)', title=f'similarity to {_short(rows[0]["reference"], 60)}')
   axis.legend(fontsize=8, bbox_to_anchor=(1.01, 1.0), loc='upper left')
   axis.grid(True, axis='y', alpha=0.3)
@@ -147,25 +175,37 @@ def seeds_plot(trajectories: dict, path: str, title: str = '') -> str:
     for index, t in enumerate(runs):
       name = label if index == 0 else None
       for column, eval_set in enumerate(('domain_test', 'general_test')):
-        axes[0, column].plot(np.array(t['pretrain_tokens'] + t['finetune_tokens']) / 1e6,
-                             t[f'pretrain_{eval_set}'] + t[f'finetune_{eval_set}'], color=color, alpha=0.7,
-                             label=name)
-        axes[1, column].plot(t['finetune_steps'], t[f'finetune_{eval_set}'], color=color, alpha=0.7, marker='.',
-                             label=name)
+        axes[0, column].plot(
+          np.array(t['pretrain_tokens'] + t['finetune_tokens']) / 1e6,
+          t[f'pretrain_{eval_set}'] + t[f'finetune_{eval_set}'],
+          color=color,
+          alpha=0.7,
+          label=name,
+        )
+        axes[1, column].plot(
+          t['finetune_steps'], t[f'finetune_{eval_set}'], color=color, alpha=0.7, marker='.', label=name
+        )
         best = t['finetune_steps'].index(t['best_step']) if t['best_step'] in t['finetune_steps'] else None
         if best is not None:
-          axes[1, column].plot(t['best_step'], t[f'finetune_{eval_set}'][best], color=color, marker='*',
-                               markersize=12)
+          axes[1, column].plot(t['best_step'], t[f'finetune_{eval_set}'][best], color=color, marker='*', markersize=12)
   for column, eval_set in enumerate(('domain_test', 'general_test')):
-    axes[0, column].set(xlabel='tokens (millions): pretraining, then finetuning', ylabel=f'{eval_set} loss',
-                        title=f'{eval_set} through pretraining and finetuning')
-    low = min(min(t[f'finetune_{eval_set}'] + t[f'pretrain_{eval_set}'][-3:]) for runs in trajectories.values()
-              for t in runs)
-    high = max(max(t[f'finetune_{eval_set}'] + t[f'pretrain_{eval_set}'][-3:]) for runs in trajectories.values()
-               for t in runs)
+    axes[0, column].set(
+      xlabel='tokens (millions): pretraining, then finetuning',
+      ylabel=f'{eval_set} loss',
+      title=f'{eval_set} through pretraining and finetuning',
+    )
+    low = min(
+      min(t[f'finetune_{eval_set}'] + t[f'pretrain_{eval_set}'][-3:]) for runs in trajectories.values() for t in runs
+    )
+    high = max(
+      max(t[f'finetune_{eval_set}'] + t[f'pretrain_{eval_set}'][-3:]) for runs in trajectories.values() for t in runs
+    )
     axes[0, column].set_ylim(low - 0.5, high + 1.5)  # The early pretraining losses would flatten the rest.
-    axes[1, column].set(xlabel='finetuning step (★ best, by domain test loss)', ylabel=f'{eval_set} loss',
-                        title=f'{eval_set} during finetuning (best grid point)')
+    axes[1, column].set(
+      xlabel='finetuning step (★ best, by domain test loss)',
+      ylabel=f'{eval_set} loss',
+      title=f'{eval_set} during finetuning (best grid point)',
+    )
     for row in range(2):
       axes[row, column].grid(True, alpha=0.3)
       axes[row, column].legend(fontsize=8)

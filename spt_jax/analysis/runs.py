@@ -16,6 +16,7 @@ from spt_jax.analysis import scaling_fit
 @dataclasses.dataclass
 class Run:
   """One workdir: a single run, or a pipeline whose pretraining run lies in W/pretrain."""
+
   path: str
   config: dict
   summary: dict  # The pretraining run's summary.json.
@@ -37,8 +38,7 @@ class Run:
     if value is None:
       value = self.config.get('mixture', {}).get('domain_fraction')
     if value is None:
-      raise ValueError(f'{self.path}: neither summary.json nor config.json gives domain_fraction; is it a spt_jax '
-                       'run?')
+      raise ValueError(f'{self.path}: neither summary.json nor config.json gives domain_fraction; is it a spt_jax run?')
     return float(value)
 
   @property
@@ -111,12 +111,17 @@ def eval_curve(run: Run, sets=('domain_train', 'domain_test')) -> dict:
   rows = [r for r in run.metrics if any(k in r for k in keys) and r.get('tokens', 0) > 0]
   missing = [name for name, key in zip(sets, keys) if not any(key in r for r in rows)]
   if missing:
-    raise ValueError(f'{run.path}: metrics.jsonl has no eval/{missing[0]}/loss after step 0; the fit needs the '
-                     f'eval sets {", ".join(sets)} (set config.data.domain_train_sequences > 0 and eval_every > 0)')
+    raise ValueError(
+      f'{run.path}: metrics.jsonl has no eval/{missing[0]}/loss after step 0; the fit needs the '
+      f'eval sets {", ".join(sets)} (set config.data.domain_train_sequences > 0 and eval_every > 0)'
+    )
   good = [r for r in rows if all(isinstance(r.get(k), (int, float)) and math.isfinite(r[k]) for k in keys)]
   if len(good) < len(rows):
-    warnings.warn(f'{run.path}: {len(rows) - len(good)} of {len(rows)} evaluations have NaN or missing losses '
-                  '(diverged or cut off); they are left out', stacklevel=2)
+    warnings.warn(
+      f'{run.path}: {len(rows) - len(good)} of {len(rows)} evaluations have NaN or missing losses '
+      '(diverged or cut off); they are left out',
+      stacklevel=2,
+    )
   if not good:
     raise ValueError(f'{run.path}: no evaluation with finite {" and ".join(sets)} losses after step 0')
   curve = {'tokens': np.array([float(r['tokens']) for r in good])}
@@ -131,8 +136,11 @@ def finetune_points(run: Run) -> list:
   for entry in run.finetunes:
     loss = entry.get('best_domain_test_loss')
     if loss is None or not math.isfinite(float(loss)):
-      warnings.warn(f'{run.path}: a finetune at {entry.get("pretrain_tokens")} tokens has no finite '
-                    'best_domain_test_loss; left out', stacklevel=2)
+      warnings.warn(
+        f'{run.path}: a finetune at {entry.get("pretrain_tokens")} tokens has no finite '
+        'best_domain_test_loss; left out',
+        stacklevel=2,
+      )
       continue
     tokens = float(entry['pretrain_tokens'])
     if tokens not in by_tokens or loss < by_tokens[tokens]['best_domain_test_loss']:
@@ -143,14 +151,15 @@ def finetune_points(run: Run) -> list:
 def scaling_data(runs: list) -> scaling_fit.ScalingData:
   """Every run's domain train/test evaluations, and finetuning deltas where the runs are pipelines."""
   check_consistent(runs)
-  columns = {k: [] for k in ('delta', 'tokens', 'train', 'test', 'ft_delta', 'ft_tokens', 'ft_drop',
-                            'ft_before')}
+  columns = {k: [] for k in ('delta', 'tokens', 'train', 'test', 'ft_delta', 'ft_tokens', 'ft_drop', 'ft_before')}
   for run in runs:
     curve = eval_curve(run)
     delta = run.domain_fraction
     if run.config.get('mixture', {}).get('stages'):
-      warnings.warn(f'{run.path} used a staged mixture (labelled by its stage δ={delta:g}); the law assumes '
-                    'one δ throughout', stacklevel=2)
+      warnings.warn(
+        f'{run.path} used a staged mixture (labelled by its stage δ={delta:g}); the law assumes one δ throughout',
+        stacklevel=2,
+      )
     columns['delta'] += [delta] * len(curve['tokens'])
     columns['tokens'] += list(curve['tokens'])
     columns['train'] += list(curve['domain_train'])
@@ -164,8 +173,16 @@ def scaling_data(runs: list) -> scaling_fit.ScalingData:
       columns['ft_drop'].append(float(before) - float(entry['best_domain_test_loss']))
       columns['ft_before'].append(float(before))
   arrays = {k: np.array(v, float) for k, v in columns.items()}
-  return scaling_fit.ScalingData(arrays['delta'], arrays['tokens'], arrays['train'], arrays['test'],
-                             arrays['ft_delta'], arrays['ft_tokens'], arrays['ft_drop'], arrays['ft_before'])
+  return scaling_fit.ScalingData(
+    arrays['delta'],
+    arrays['tokens'],
+    arrays['train'],
+    arrays['test'],
+    arrays['ft_delta'],
+    arrays['ft_tokens'],
+    arrays['ft_drop'],
+    arrays['ft_before'],
+  )
 
 
 CSV_COLUMNS = ('delta', 'tokens', 'domain_train_loss', 'domain_test_loss')
@@ -182,21 +199,34 @@ def read_csv(path: str) -> scaling_fit.ScalingData:
       raise ValueError(f'{path} lacks column(s) {", ".join(missing)}; the header must hold {",".join(CSV_COLUMNS)}')
     rows = list(reader)
   try:
-    values = {c: np.array([float(r[c]) if r[c] not in ('', None) else math.nan for r in rows])
-              for c in CSV_COLUMNS}
-    post = np.array([float(r['post_ft_domain_test_loss']) if r.get('post_ft_domain_test_loss') not in ('', None)
-                     else math.nan for r in rows])
+    values = {c: np.array([float(r[c]) if r[c] not in ('', None) else math.nan for r in rows]) for c in CSV_COLUMNS}
+    post = np.array(
+      [
+        float(r['post_ft_domain_test_loss']) if r.get('post_ft_domain_test_loss') not in ('', None) else math.nan
+        for r in rows
+      ]
+    )
   except ValueError as error:
     raise ValueError(f'{path}: a value is not a number ({error}); fix that row') from error
   if np.any(values['delta'] > 1):
-    raise ValueError(f'{path}: δ up to {np.max(values["delta"]):g} > 1: the delta column is a fraction (0.02 for '
-                     '2%), it looks like percent: divide it by 100')
+    raise ValueError(
+      f'{path}: δ up to {np.max(values["delta"]):g} > 1: the delta column is a fraction (0.02 for '
+      '2%), it looks like percent: divide it by 100'
+    )
   bad = ~np.all([np.isfinite(v) for v in values.values()], axis=0)
   if np.any(bad):
-    raise ValueError(f'{path}: {int(np.sum(bad))} row(s) have NaN or empty values (first at data row '
-                     f'{int(np.argmax(bad)) + 1}); drop or fill them')
+    raise ValueError(
+      f'{path}: {int(np.sum(bad))} row(s) have NaN or empty values (first at data row '
+      f'{int(np.argmax(bad)) + 1}); drop or fill them'
+    )
   has_post = np.isfinite(post)
-  return scaling_fit.ScalingData(values['delta'], values['tokens'], values['domain_train_loss'],
-                             values['domain_test_loss'], values['delta'][has_post], values['tokens'][has_post],
-                             values['domain_test_loss'][has_post] - post[has_post],
-                             values['domain_test_loss'][has_post])
+  return scaling_fit.ScalingData(
+    values['delta'],
+    values['tokens'],
+    values['domain_train_loss'],
+    values['domain_test_loss'],
+    values['delta'][has_post],
+    values['tokens'][has_post],
+    values['domain_test_loss'][has_post] - post[has_post],
+    values['domain_test_loss'][has_post],
+  )

@@ -30,18 +30,18 @@ MAX_LOG_POWER = 300.0  # Powers are exp(clip(b·log T)): a product of two of the
 # s-utilities are the exponents at δ = 1, so b_gap(10%) in (0, 1) allows b_gap_s up to about 10 + 9·|b_gap_g|;
 # rates per unit δ (α3, κ3) are a hundred times their per-percent values.
 JOINT_PARAMS = (
-    ('A_train', 'log', 1e-8, 1e4, 'train-loss power-law coefficient, shared by all δ (eq. 1)'),
-    ('b_train_s', 'linear', -20.0, 0.0, 'train exponent utility of specialized data: b_train at δ = 1 (eq. 4); < b_g'),
-    ('b_train_g', 'linear', -5.0, 0.0, 'train exponent utility of general data: b_train at δ = 0 (eq. 4); < 0'),
-    ('kappa0', 'linear', -50.0, 50.0, 'train offset C(δ) = κ0 − κ1·log(δ + κ2) − κ3·δ: constant (eq. 6)'),
-    ('kappa1', 'linear', -20.0, 20.0, 'train offset: log coefficient (eq. 6)'),
-    ('kappa2', 'log', 1e-6, 10.0, 'train offset: shift of δ (a fraction) inside the log (eq. 6)'),
-    ('kappa3', 'linear', -2000.0, 2000.0, 'train offset: linear coefficient per unit δ (eq. 6)'),
-    ('alpha1', 'log', 1e-12, 1e12, 'gap coefficient A_gap(δ) = α1·δ^α2·exp(α3·δ): scale, δ a fraction (eq. 5)'),
-    ('alpha2', 'linear', 0.0, 10.0, 'gap coefficient: power of δ (eq. 5)'),
-    ('alpha3', 'linear', -2000.0, 2000.0, 'gap coefficient: exponential rate per unit δ (eq. 5)'),
-    ('b_gap_s', 'linear', 0.0, 50.0, 'gap exponent utility of specialized data: b_gap at δ = 1 (eq. 4); > 0'),
-    ('b_gap_g', 'linear', -5.0, 0.0, 'gap exponent utility of general data: b_gap at δ = 0 (eq. 4); < 0'),
+  ('A_train', 'log', 1e-8, 1e4, 'train-loss power-law coefficient, shared by all δ (eq. 1)'),
+  ('b_train_s', 'linear', -20.0, 0.0, 'train exponent utility of specialized data: b_train at δ = 1 (eq. 4); < b_g'),
+  ('b_train_g', 'linear', -5.0, 0.0, 'train exponent utility of general data: b_train at δ = 0 (eq. 4); < 0'),
+  ('kappa0', 'linear', -50.0, 50.0, 'train offset C(δ) = κ0 − κ1·log(δ + κ2) − κ3·δ: constant (eq. 6)'),
+  ('kappa1', 'linear', -20.0, 20.0, 'train offset: log coefficient (eq. 6)'),
+  ('kappa2', 'log', 1e-6, 10.0, 'train offset: shift of δ (a fraction) inside the log (eq. 6)'),
+  ('kappa3', 'linear', -2000.0, 2000.0, 'train offset: linear coefficient per unit δ (eq. 6)'),
+  ('alpha1', 'log', 1e-12, 1e12, 'gap coefficient A_gap(δ) = α1·δ^α2·exp(α3·δ): scale, δ a fraction (eq. 5)'),
+  ('alpha2', 'linear', 0.0, 10.0, 'gap coefficient: power of δ (eq. 5)'),
+  ('alpha3', 'linear', -2000.0, 2000.0, 'gap coefficient: exponential rate per unit δ (eq. 5)'),
+  ('b_gap_s', 'linear', 0.0, 50.0, 'gap exponent utility of specialized data: b_gap at δ = 1 (eq. 4); > 0'),
+  ('b_gap_g', 'linear', -5.0, 0.0, 'gap exponent utility of general data: b_gap at δ = 0 (eq. 4); < 0'),
 )
 JOINT_NAMES = tuple(p[0] for p in JOINT_PARAMS)
 
@@ -51,9 +51,12 @@ def sign_conditions(p: dict, margin: float = 1e-6) -> dict:
 
   A fit bounded by them can only meet one at equality; within margin of it (at the bound) it counts as failed.
   """
-  return {'b_train_s < b_train_g < 0 (training exponents negative, |b_g| < |b_s|)':
-          bool(p['b_train_s'] + margin < p['b_train_g'] < -margin),
-          'b_gap_g < 0 < b_gap_s (more δ overfits faster)': bool(p['b_gap_g'] < -margin and p['b_gap_s'] > margin)}
+  return {
+    'b_train_s < b_train_g < 0 (training exponents negative, |b_g| < |b_s|)': bool(
+      p['b_train_s'] + margin < p['b_train_g'] < -margin
+    ),
+    'b_gap_g < 0 < b_gap_s (more δ overfits faster)': bool(p['b_gap_g'] < -margin and p['b_gap_s'] > margin),
+  }
 
 
 def offset_c(p: dict, delta):
@@ -65,8 +68,9 @@ def gap_coefficient(p: dict, delta):
   """Eq. (5): the gap coefficient A_gap(δ), δ a fraction; computed in logs so that no factor overflows."""
   delta = np.asarray(delta, float)
   with np.errstate(divide='ignore', invalid='ignore'):
-    log_power = np.where(delta > 0, p['alpha2'] * np.log(np.maximum(delta, 1e-300)),
-                         0.0 if p['alpha2'] == 0 else -np.inf)
+    log_power = np.where(
+      delta > 0, p['alpha2'] * np.log(np.maximum(delta, 1e-300)), 0.0 if p['alpha2'] == 0 else -np.inf
+    )
   log_value = np.log(p['alpha1']) + log_power + p['alpha3'] * delta
   return np.exp(np.minimum(log_value, MAX_LOG_POWER))
 
@@ -84,6 +88,7 @@ def power(t, b):
 @dataclasses.dataclass
 class ScalingLaw:
   """A fitted (or generating) law: predicts domain losses at any (δ, T)."""
+
   params: dict
   tokens_unit: float = TOKENS_UNIT
   # Finetuning delta (eq. 7) per fitted δ (fraction): (a, b, c) of Δ = a·T^b + c, T in tokens_unit.
@@ -127,7 +132,8 @@ class ScalingLaw:
       nearest = keys[0] if delta < keys[0] else keys[-1]
       return values[keys.index(nearest)], f'nearest fitted δ={nearest:g} (outside the fitted δ range)'
     return np.array([np.interp(delta, keys, column) for column in np.atleast_2d(values.T)]).reshape(
-        np.shape(t)), 'interpolated in δ between fitted δ'
+      np.shape(t)
+    ), 'interpolated in δ between fitted δ'
 
   def post_ft_loss(self, delta, tokens):
     """Predicted post-finetuning domain test loss: eq. (3) minus eq. (7)."""
@@ -142,23 +148,36 @@ class ScalingLaw:
     raise ValueError(f'objective {objective!r} unknown; use test or post_ft')
 
   def to_json(self) -> dict:
-    return {'params': dict(self.params), 'tokens_unit': self.tokens_unit, 'delta_unit': DELTA_UNIT,
-            'finetune_delta': {repr(k): list(v) for k, v in self.finetune_delta.items()},
-            'fitted_deltas': list(self.fitted_deltas), 'token_range': list(self.token_range),
-            'fitted_on': dict(self.fitted_on)}
+    return {
+      'params': dict(self.params),
+      'tokens_unit': self.tokens_unit,
+      'delta_unit': DELTA_UNIT,
+      'finetune_delta': {repr(k): list(v) for k, v in self.finetune_delta.items()},
+      'fitted_deltas': list(self.fitted_deltas),
+      'token_range': list(self.token_range),
+      'fitted_on': dict(self.fitted_on),
+    }
 
   @classmethod
   def from_json(cls, d: dict) -> 'ScalingLaw':
     if d.get('delta_unit') != DELTA_UNIT:
-      raise ValueError(f'fit file has δ in {d.get("delta_unit") or "percent"} inside its formulas (an older format '
-                       'this version would misread); refit it with `python -m spt_jax.plan fit`')
+      raise ValueError(
+        f'fit file has δ in {d.get("delta_unit") or "percent"} inside its formulas (an older format '
+        'this version would misread); refit it with `python -m spt_jax.plan fit`'
+      )
     params = {k: (v['value'] if isinstance(v, dict) else v) for k, v in d['params'].items()}
     missing = sorted(set(JOINT_NAMES) - set(params))
     if missing:
       raise ValueError(f'fit file lacks parameters {missing}; regenerate it with `python -m spt_jax.plan fit`')
     ft = {float(k): tuple(v['abc'] if isinstance(v, dict) else v) for k, v in d.get('finetune_delta', {}).items()}
-    return cls(params, float(d['tokens_unit']), ft, tuple(d.get('fitted_deltas', ())),
-               tuple(d.get('token_range', ())), dict(d.get('fitted_on') or {}))
+    return cls(
+      params,
+      float(d['tokens_unit']),
+      ft,
+      tuple(d.get('fitted_deltas', ())),
+      tuple(d.get('token_range', ())),
+      dict(d.get('fitted_on') or {}),
+    )
 
 
 def _power_offset(abc, t):
@@ -189,12 +208,13 @@ def onset_with_reason(law: ScalingLaw, delta: float) -> tuple:
   log_t = (math.log(p['A_train']) + math.log(-b_train) - math.log(a_gap) - math.log(b_gap)) / (b_gap - b_train)
   log_tokens = log_t + math.log(law.tokens_unit)
   if not math.isfinite(log_tokens) or not 0 < log_tokens < math.log(1e30):
-    return None, f'the law\'s minimum at δ={delta:g} lies at e^{log_tokens:.4g} tokens, outside any budget'
+    return None, f"the law's minimum at δ={delta:g} lies at e^{log_tokens:.4g} tokens, outside any budget"
   return math.exp(log_tokens), ''
 
 
-def best_delta(law: ScalingLaw, tokens: float, objective: str = 'post_ft', delta_max: float | None = None,
-               candidates=None) -> tuple:
+def best_delta(
+  law: ScalingLaw, tokens: float, objective: str = 'post_ft', delta_max: float | None = None, candidates=None
+) -> tuple:
   """(δ, loss) with the lowest forecast loss at a budget: among candidates, else over [0, delta_max]."""
   if candidates is not None:
     losses = [float(law.loss(objective, d, tokens)) for d in candidates]
@@ -205,15 +225,15 @@ def best_delta(law: ScalingLaw, tokens: float, objective: str = 'post_ft', delta
   losses = np.array([float(law.loss(objective, d, tokens)) for d in grid])
   i = int(np.nanargmin(losses))
   lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-  refined = optimize.minimize_scalar(lambda d: float(law.loss(objective, d, tokens)), bounds=(lo, hi),
-                                     method='bounded', options={'xatol': 1e-6})
+  refined = optimize.minimize_scalar(
+    lambda d: float(law.loss(objective, d, tokens)), bounds=(lo, hi), method='bounded', options={'xatol': 1e-6}
+  )
   if refined.success and refined.fun <= losses[i]:
     return float(refined.x), float(refined.fun)
   return float(grid[i]), float(losses[i])
 
 
-def crossovers(law: ScalingLaw, delta_a: float, delta_b: float, token_range: tuple,
-               objective: str = 'post_ft') -> list:
+def crossovers(law: ScalingLaw, delta_a: float, delta_b: float, token_range: tuple, objective: str = 'post_ft') -> list:
   """Budgets in token_range where the forecast losses of δ_a and δ_b cross, with which leads after."""
   log_t = np.linspace(math.log(token_range[0]), math.log(token_range[1]), 400)
 
@@ -232,12 +252,22 @@ def forecast(law: ScalingLaw, delta: float, tokens: float) -> dict:
   """Every prediction of the law at one (δ, T)."""
   drop, how = law.delta_finetune(delta, tokens)
   train, gap = float(law.train_loss(delta, tokens)), float(law.gap(delta, tokens))
-  result = {'delta': delta, 'tokens': tokens, 'train_loss': train, 'gap': gap, 'test_loss': train + gap,
-            'finetune_delta': float(drop), 'post_ft_loss': train + gap - float(drop), 'finetune_delta_from': how}
+  result = {
+    'delta': delta,
+    'tokens': tokens,
+    'train_loss': train,
+    'gap': gap,
+    'test_loss': train + gap,
+    'finetune_delta': float(drop),
+    'post_ft_loss': train + gap - float(drop),
+    'finetune_delta_from': how,
+  }
   notes = []
   if law.fitted_deltas and not min(law.fitted_deltas) <= delta <= max(law.fitted_deltas):
-    notes.append(f'δ={delta:g} is outside the fitted δ range [{min(law.fitted_deltas):g}, '
-                 f'{max(law.fitted_deltas):g}]: extrapolated')
+    notes.append(
+      f'δ={delta:g} is outside the fitted δ range [{min(law.fitted_deltas):g}, '
+      f'{max(law.fitted_deltas):g}]: extrapolated'
+    )
   notes += extrapolation_notes(law, tokens, result['post_ft_loss'])
   if notes:
     result['notes'] = notes

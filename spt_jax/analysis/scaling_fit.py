@@ -50,10 +50,15 @@ LOSSES = ('mse', 'huber')
 GAP_REFERENCE_DELTA = 0.1
 GAP_LOW_DELTA = 0.01
 FIT_SPEC = tuple(
-    ('b_train_ds', 'linear', -20.0, 0.0, 'b_train_s − b_train_g (≤ 0: |b_train_s| ≥ |b_train_g|)') if p[0] == 'b_train_s'
-    else ('b_gap_10', 'linear', 0.0, 1.0, 'b_gap(δ = 10%), in [0, 1] as in the paper\'s fits') if p[0] == 'b_gap_s'
-    else ('b_gap_g_share', 'linear', 0.0, 1.0, 'b_gap_g over its lowest value −b_gap(10%)/9 (1: b_gap(1%) = 0)')
-    if p[0] == 'b_gap_g' else p for p in JOINT_PARAMS)
+  ('b_train_ds', 'linear', -20.0, 0.0, 'b_train_s − b_train_g (≤ 0: |b_train_s| ≥ |b_train_g|)')
+  if p[0] == 'b_train_s'
+  else ('b_gap_10', 'linear', 0.0, 1.0, "b_gap(δ = 10%), in [0, 1] as in the paper's fits")
+  if p[0] == 'b_gap_s'
+  else ('b_gap_g_share', 'linear', 0.0, 1.0, 'b_gap_g over its lowest value −b_gap(10%)/9 (1: b_gap(1%) = 0)')
+  if p[0] == 'b_gap_g'
+  else p
+  for p in JOINT_PARAMS
+)
 FITTED_AS = {'b_train_s': 'b_train_ds', 'b_gap_s': 'b_gap_10', 'b_gap_g': 'b_gap_g_share'}  # Law name: fitted name.
 MIN_FINETUNE_POINTS = 5  # Finetuned checkpoints a δ needs for its own Δ = a·T^b + c (eq. 7): 3 parameters.
 MIN_SHARED_POINTS = 3  # With 3-4, a δ fits a_δ and c_δ with an exponent shared by all such δ; fewer: a constant.
@@ -61,10 +66,13 @@ MIN_SHARED_POINTS = 3  # With 3-4, a δ fits a_δ and c_δ with an exponent shar
 # α3 and κ3 add a term in δ that α2 and κ1 already nearly make on a handful of δ; κ2 only bends log(δ + κ2) below
 # the smallest positive δ, where no run is.
 FIXABLE = (
-    ('alpha3', lambda deltas: 0.0, 'eq. (5) without its exponential factor: A_gap = α1·δ^α2'),
-    ('kappa3', lambda deltas: 0.0, 'eq. (6) without its linear term: C = κ0 − κ1·log(δ + κ2)'),
-    ('kappa2', lambda deltas: float(np.min(deltas[deltas > 0])),
-     'the smallest positive δ fitted, where log(δ + κ2) bends'),
+  ('alpha3', lambda deltas: 0.0, 'eq. (5) without its exponential factor: A_gap = α1·δ^α2'),
+  ('kappa3', lambda deltas: 0.0, 'eq. (6) without its linear term: C = κ0 − κ1·log(δ + κ2)'),
+  (
+    'kappa2',
+    lambda deltas: float(np.min(deltas[deltas > 0])),
+    'the smallest positive δ fitted, where log(δ + κ2) bends',
+  ),
 )
 CHI2_1_95 = 3.84  # 95% point of χ² with 1 degree of freedom: the largest rise in cost a fixing may cause.
 
@@ -94,6 +102,7 @@ def _within(delta, tokens, max_delta, max_tokens) -> np.ndarray:
 @dataclasses.dataclass
 class ScalingData:
   """Observations: one row per evaluated (run, step)."""
+
   delta: np.ndarray  # fraction
   tokens: np.ndarray
   train_loss: np.ndarray
@@ -109,8 +118,16 @@ class ScalingData:
     keep = _within(self.delta, self.tokens, max_delta, max_tokens)
     ft = _within(self.ft_delta, self.ft_tokens, max_delta, max_tokens)
     before = self.ft_before[ft] if len(self.ft_before) == len(self.ft_delta) else self.ft_before[:0]
-    return ScalingData(self.delta[keep], self.tokens[keep], self.train_loss[keep], self.test_loss[keep],
-                       self.ft_delta[ft], self.ft_tokens[ft], self.ft_drop[ft], before)
+    return ScalingData(
+      self.delta[keep],
+      self.tokens[keep],
+      self.train_loss[keep],
+      self.test_loss[keep],
+      self.ft_delta[ft],
+      self.ft_tokens[ft],
+      self.ft_drop[ft],
+      before,
+    )
 
   def validate(self, n_params: int = len(JOINT_PARAMS)) -> list:
     """One-line errors for data no fit can use; returns warnings for data a fit can use with care."""
@@ -121,19 +138,24 @@ class ScalingData:
       raise ValueError('NaN or infinite values in the scaling data; drop those rows (or the diverged runs)')
     if np.any(self.delta > 1):
       raise ValueError(f'δ up to {np.max(self.delta):g} > 1: δ must be a fraction (0.02 for 2%), not percent')
-    if np.any(self.delta < 0) or np.any(self.tokens <= 0) or np.any(self.train_loss <= 0) \
-        or np.any(self.test_loss <= 0):
+    if (
+      np.any(self.delta < 0) or np.any(self.tokens <= 0) or np.any(self.train_loss <= 0) or np.any(self.test_loss <= 0)
+    ):
       raise ValueError('δ must be ≥ 0 and tokens and losses > 0; drop the step-0 evaluation and bad rows')
     if len(self.delta) < n_params + 1:
-      raise ValueError(f'{len(self.delta)} points cannot fit {n_params} parameters; give at least '
-                       f'{n_params + 1} (more evaluations per run, or more runs, or a wider max_delta/max_tokens)')
+      raise ValueError(
+        f'{len(self.delta)} points cannot fit {n_params} parameters; give at least '
+        f'{n_params + 1} (more evaluations per run, or more runs, or a wider max_delta/max_tokens)'
+      )
     notes = []
     distinct = np.unique(self.delta)
     if len(distinct) < 2:
       raise ValueError(f'all points have δ={distinct[0]:g}; the law over δ needs runs at several δ (≥ 4 advised)')
     if len(distinct) < 4:
-      notes.append(f'only {len(distinct)} distinct δ: eqs. (5)-(6) have 3-4 parameters each and are '
-                   'barely identified; add runs at more δ')
+      notes.append(
+        f'only {len(distinct)} distinct δ: eqs. (5)-(6) have 3-4 parameters each and are '
+        'barely identified; add runs at more δ'
+      )
     return notes
 
 
@@ -146,8 +168,9 @@ def _residuals(train, test, observed_train, observed_test, loss: str) -> np.ndar
   """MSE: differences of losses (nats); Huber: differences of log losses."""
   if loss == 'mse':
     return np.concatenate([train - observed_train, test - observed_test])
-  return np.concatenate([np.log(np.maximum(train, 1e-12)) - np.log(observed_train),
-                         np.log(np.maximum(test, 1e-12)) - np.log(observed_test)])
+  return np.concatenate(
+    [np.log(np.maximum(train, 1e-12)) - np.log(observed_train), np.log(np.maximum(test, 1e-12)) - np.log(observed_test)]
+  )
 
 
 def _joint_residuals(theta, delta, t, train_obs, test_obs, loss):
@@ -173,9 +196,9 @@ def _per_run_spec(deltas):
 def _per_run_residuals(theta, delta, t, train_obs, test_obs, index, n_runs, loss):
   log_a, b_train_ds, b_train_g, b_gap_10, b_gap_g_share = theta[:5]
   b_gap_s, b_gap_g = _gap_exponents(b_gap_10, b_gap_g_share)
-  offsets = theta[5:5 + n_runs]
+  offsets = theta[5 : 5 + n_runs]
   gaps = np.zeros(n_runs)
-  gaps[n_runs - (len(theta) - 5 - n_runs):] = np.exp(theta[5 + n_runs:])
+  gaps[n_runs - (len(theta) - 5 - n_runs) :] = np.exp(theta[5 + n_runs :])
   train = np.exp(log_a) * power(t, exponent(b_train_g + b_train_ds, b_train_g, delta)) + offsets[index]
   test = train + gaps[index] * power(t, exponent(b_gap_s, b_gap_g, delta))
   return _residuals(train, test, train_obs, test_obs, loss)
@@ -193,8 +216,7 @@ def fit_per_run(data: ScalingData, loss: str = 'mse', huber: float = 1e-2, seed:
     for fraction in (0.5, 0.9):
       # b_s start: b(δ) = δ·b_s + (1 − δ)·b_g with b_s the exponent at δ = 1, ten times b_g for train; the gap's
       # b_gap(10%) and b_gap_g halfway in their ranges (b_gap turns positive near 0.5%).
-      x = {'A_train': 1.0, 'b_train_ds': -10 * abs(b0), 'b_train_g': b0, 'b_gap_10': 0.4,
-           'b_gap_g_share': 0.5}
+      x = {'A_train': 1.0, 'b_train_ds': -10 * abs(b0), 'b_train_g': b0, 'b_gap_10': 0.4, 'b_gap_g_share': 0.5}
       for d in deltas:
         mask = data.delta == d
         x[f'C[{100 * d:g}%]'] = fraction * float(np.min(data.train_loss[mask]))
@@ -206,8 +228,16 @@ def fit_per_run(data: ScalingData, loss: str = 'mse', huber: float = 1e-2, seed:
   def residuals(theta, rows):
     return _per_run_residuals(theta, *(a[rows] for a in args), len(deltas), loss)
 
-  return robust_fit(residuals, starts, spec, len(data.delta), huber=huber if loss == 'huber' else None,
-                    seed=seed, bootstrap=0, derived=_law_params)
+  return robust_fit(
+    residuals,
+    starts,
+    spec,
+    len(data.delta),
+    huber=huber if loss == 'huber' else None,
+    seed=seed,
+    bootstrap=0,
+    derived=_law_params,
+  )
 
 
 def _init_from_per_run(per_run: dict, deltas) -> list:
@@ -217,34 +247,59 @@ def _init_from_per_run(per_run: dict, deltas) -> list:
   starts = []
   for kappa2 in (0.001, 0.01):
     c_fit = optimize.least_squares(
-        lambda k: k[0] - k[1] * np.log(deltas + kappa2) - k[2] * deltas - offsets, np.zeros(3))
+      lambda k: k[0] - k[1] * np.log(deltas + kappa2) - k[2] * deltas - offsets, np.zeros(3)
+    )
     positive = deltas > 0
     if np.sum(positive) >= 3:
       a_fit = optimize.least_squares(
-          lambda a: a[0] + a[1] * np.log(deltas[positive]) + a[2] * deltas[positive]
-          - np.log(gaps[positive]), np.array([0.0, 1.0, 0.0]), bounds=([-27, 0, -2000], [27, 10, 2000])).x
+        lambda a: a[0] + a[1] * np.log(deltas[positive]) + a[2] * deltas[positive] - np.log(gaps[positive]),
+        np.array([0.0, 1.0, 0.0]),
+        bounds=([-27, 0, -2000], [27, 10, 2000]),
+      ).x
     else:
       a_fit = np.array([np.log(max(np.mean(gaps), 1e-8)), 1.0, 0.0])
     k0, k1, k3 = c_fit.x
-    starts.append(dict(A_train=per_run['A_train'], b_train_ds=per_run['b_train_ds'],
-                       b_train_g=per_run['b_train_g'], kappa0=k0, kappa1=k1, kappa2=kappa2, kappa3=k3,
-                       alpha1=math.exp(a_fit[0]), alpha2=a_fit[1], alpha3=a_fit[2],
-                       b_gap_10=per_run['b_gap_10'], b_gap_g_share=per_run['b_gap_g_share']))
+    starts.append(
+      dict(
+        A_train=per_run['A_train'],
+        b_train_ds=per_run['b_train_ds'],
+        b_train_g=per_run['b_train_g'],
+        kappa0=k0,
+        kappa1=k1,
+        kappa2=kappa2,
+        kappa3=k3,
+        alpha1=math.exp(a_fit[0]),
+        alpha2=a_fit[1],
+        alpha3=a_fit[2],
+        b_gap_10=per_run['b_gap_10'],
+        b_gap_g_share=per_run['b_gap_g_share'],
+      )
+    )
   return starts
 
 
 def _sign_notes(params: dict, deltas) -> list:
-  notes = [f'sign condition {name} fails or holds only at its bound: the data do not show the paper\'s shape'
-           for name, holds in scaling.sign_conditions(params).items() if not holds]
+  notes = [
+    f"sign condition {name} fails or holds only at its bound: the data do not show the paper's shape"
+    for name, holds in scaling.sign_conditions(params).items()
+    if not holds
+  ]
   for d in deltas:
     b_gap = exponent(params['b_gap_s'], params['b_gap_g'], d)
     if d > 0 and not 0 < b_gap < 1:
-      notes.append(f'b_gap(δ={d:g}) = {b_gap:.3g} lies outside (0, 1), where the paper\'s fits keep it up to δ=10%')
+      notes.append(f"b_gap(δ={d:g}) = {b_gap:.3g} lies outside (0, 1), where the paper's fits keep it up to δ=10%")
   return notes
 
 
-def fit_joint(data: ScalingData, loss: str = 'mse', huber: float = 1e-2, bootstrap: int = 100, seed: int = 0,
-              max_delta: float | None = None, max_tokens: float | None = None) -> dict:
+def fit_joint(
+  data: ScalingData,
+  loss: str = 'mse',
+  huber: float = 1e-2,
+  bootstrap: int = 100,
+  seed: int = 0,
+  max_delta: float | None = None,
+  max_tokens: float | None = None,
+) -> dict:
   """The joint fit (1)-(6), initialised from the per-run fits (8)-(9), with bootstrap CIs and diagnostics.
 
   loss: 'mse' (the paper's, on losses) or 'huber' (scale `huber`, on log losses). max_delta / max_tokens: fit
@@ -266,9 +321,18 @@ def fit_joint(data: ScalingData, loss: str = 'mse', huber: float = 1e-2, bootstr
   args = (data.delta, data.tokens / TOKENS_UNIT, data.train_loss, data.test_loss)
 
   def joint_fit(fixed, samples, starts=starts):
-    return robust_fit(lambda theta, rows: _joint_residuals(theta, *(a[rows] for a in args), loss), starts,
-                      FIT_SPEC, len(data.delta), huber=huber if loss == 'huber' else None, seed=seed,
-                      bootstrap=samples, groups=data.delta, derived=_law_params, fixed=fixed)
+    return robust_fit(
+      lambda theta, rows: _joint_residuals(theta, *(a[rows] for a in args), loss),
+      starts,
+      FIT_SPEC,
+      len(data.delta),
+      huber=huber if loss == 'huber' else None,
+      seed=seed,
+      bootstrap=samples,
+      groups=data.delta,
+      derived=_law_params,
+      fixed=fixed,
+    )
 
   fixed, why_fixed, kept_free = {}, {}, {}
   joint = joint_fit(fixed, 0)
@@ -276,9 +340,11 @@ def fit_joint(data: ScalingData, loss: str = 'mse', huber: float = 1e-2, bootstr
     # Only a bound's value is the search's, not the data's: an interior value with a wide standard error is where
     # the data put the parameter (eq. 5's α3 is what carries the gap to δ beyond those fitted), so it stays there
     # and is reported as weakly identified; fixing it would replace a loose estimate with an arbitrary one.
-    fixable = [(name, value(deltas), why) for name, value, why in FIXABLE
-               if joint.unidentified.get(name, '').startswith('at its bound') and name not in fixed
-               and name not in kept_free]
+    fixable = [
+      (name, value(deltas), why)
+      for name, value, why in FIXABLE
+      if joint.unidentified.get(name, '').startswith('at its bound') and name not in fixed and name not in kept_free
+    ]
     if not fixable:
       break
     name, value, why = fixable[0]
@@ -289,8 +355,10 @@ def fit_joint(data: ScalingData, loss: str = 'mse', huber: float = 1e-2, bootstr
     variance = 2 * joint.cost / max(2 * len(data.delta) - (len(FIT_SPEC) - len(fixed)), 1)
     rise = 2 * (candidate.cost - joint.cost) / max(variance, 1e-300)
     if rise > CHI2_1_95:
-      kept_free[name] = (f'weakly identified ({joint.unidentified[name]}); kept free at {joint.params[name]:.4g}: '
-                         f'fixing it at {value:g} ({why}) raises the cost by χ² = {rise:.3g} > {CHI2_1_95}')
+      kept_free[name] = (
+        f'weakly identified ({joint.unidentified[name]}); kept free at {joint.params[name]:.4g}: '
+        f'fixing it at {value:g} ({why}) raises the cost by χ² = {rise:.3g} > {CHI2_1_95}'
+      )
       continue
     fixed[name] = value
     why_fixed[name] = f'fixed at {value:g} ({why}): the free fit left it {joint.unidentified[name]}'
@@ -300,14 +368,21 @@ def fit_joint(data: ScalingData, loss: str = 'mse', huber: float = 1e-2, bootstr
   identification = {}
   for name in JOINT_NAMES:  # b_train_s is fitted as b_train_ds: it takes that parameter's status.
     fitted_name = FITTED_AS.get(name, name)
-    identification[name] = why_fixed.get(fitted_name) or kept_free.get(fitted_name) or (
-        f'unidentified: {joint.unidentified[fitted_name]}' if fitted_name in joint.unidentified else 'identified')
+    identification[name] = (
+      why_fixed.get(fitted_name)
+      or kept_free.get(fitted_name)
+      or (f'unidentified: {joint.unidentified[fitted_name]}' if fitted_name in joint.unidentified else 'identified')
+    )
   fix_notes = [f'{name} {why}' for name, why in {**why_fixed, **kept_free}.items()]
   finetune, ft_notes = fit_finetune_delta(data, bootstrap, seed)
-  law = scaling.ScalingLaw({k: joint.params[k] for k in JOINT_NAMES}, TOKENS_UNIT,
-                           {k: v['abc'] for k, v in finetune.items()},
-                           tuple(float(d) for d in np.unique(data.delta)),
-                           (float(np.min(data.tokens)), float(np.max(data.tokens))), fitted_on)
+  law = scaling.ScalingLaw(
+    {k: joint.params[k] for k in JOINT_NAMES},
+    TOKENS_UNIT,
+    {k: v['abc'] for k, v in finetune.items()},
+    tuple(float(d) for d in np.unique(data.delta)),
+    (float(np.min(data.tokens)), float(np.max(data.tokens))),
+    fitted_on,
+  )
   train, test = law.train_loss(data.delta, data.tokens), law.test_loss(data.delta, data.tokens)
   log_residual = _residuals(train, test, data.train_loss, data.test_loss, 'huber')
   residual = _residuals(train, test, data.train_loss, data.test_loss, 'mse')
@@ -316,33 +391,58 @@ def fit_joint(data: ScalingData, loss: str = 'mse', huber: float = 1e-2, bootstr
   for d in np.unique(data.delta):
     mask = np.concatenate([data.delta == d, data.delta == d])
     by_delta[f'{d:g}'] = float(np.sqrt(np.mean(log_residual[mask] ** 2)))
-  objective = ('mean squared error of the losses (the paper\'s, App. D.1)' if loss == 'mse' else
-               f'Huber (scale {huber:g}) on log losses')
+  objective = (
+    "mean squared error of the losses (the paper's, App. D.1)"
+    if loss == 'mse'
+    else f'Huber (scale {huber:g}) on log losses'
+  )
   sign = scaling.sign_conditions(law.params)
   return {
-      'law': 'domain loss during SPT, eqs. (1)-(6) of The Finetuner\'s Fallacy; finetuning delta eq. (7)',
-      'units': {'delta': 'a fraction inside the formulas (δ=0.02 is 2%), as every input and key of this file',
-                'tokens': f'T = tokens / {TOKENS_UNIT:g} inside the formulas (fixed for every '
-                                               'fit)', 'losses': 'nats per token',
-                'fit': f'{objective}, scipy least_squares with the sign conditions as bounds'},
-      'objective': loss, 'tokens_unit': TOKENS_UNIT, 'delta_unit': DELTA_UNIT, 'fitted_on': fitted_on,
-      'fitted_deltas': list(law.fitted_deltas), 'token_range': list(law.token_range),
-      'params': {name: {'value': joint.params[name], 'ci95': joint.ci.get(name), 'meaning': meaning,
-                        'identification': identification[name]}
-                 for name, _, _, _, meaning in JOINT_PARAMS},
-      'identification': identification,
-      'sign_conditions': sign,
-      'per_run': {name: {'value': per_run.params[name], 'meaning': spec[4]}
-                  for name, spec in zip(per_run.names, per_run.spec)},
-      'finetune_delta': {repr(float(k)): v for k, v in finetune.items()},
-      'residuals': {'rms_log_train': float(np.sqrt(np.mean(log_residual[:n] ** 2))),
-                    'rms_log_test': float(np.sqrt(np.mean(log_residual[n:] ** 2))),
-                    'rms_train': float(np.sqrt(np.mean(residual[:n] ** 2))),
-                    'rms_test': float(np.sqrt(np.mean(residual[n:] ** 2))),
-                    'max_abs_log': float(np.max(np.abs(log_residual))), 'rms_log_by_delta': by_delta,
-                    'n_points': n},
-      'warnings': (notes + fix_notes + _sign_notes(law.params, law.fitted_deltas) + joint.warnings
-                   + [f'per-run fit (8)-(9): {w}' for w in per_run.warnings] + ft_notes),
+    'law': "domain loss during SPT, eqs. (1)-(6) of The Finetuner's Fallacy; finetuning delta eq. (7)",
+    'units': {
+      'delta': 'a fraction inside the formulas (δ=0.02 is 2%), as every input and key of this file',
+      'tokens': f'T = tokens / {TOKENS_UNIT:g} inside the formulas (fixed for every fit)',
+      'losses': 'nats per token',
+      'fit': f'{objective}, scipy least_squares with the sign conditions as bounds',
+    },
+    'objective': loss,
+    'tokens_unit': TOKENS_UNIT,
+    'delta_unit': DELTA_UNIT,
+    'fitted_on': fitted_on,
+    'fitted_deltas': list(law.fitted_deltas),
+    'token_range': list(law.token_range),
+    'params': {
+      name: {
+        'value': joint.params[name],
+        'ci95': joint.ci.get(name),
+        'meaning': meaning,
+        'identification': identification[name],
+      }
+      for name, _, _, _, meaning in JOINT_PARAMS
+    },
+    'identification': identification,
+    'sign_conditions': sign,
+    'per_run': {
+      name: {'value': per_run.params[name], 'meaning': spec[4]} for name, spec in zip(per_run.names, per_run.spec)
+    },
+    'finetune_delta': {repr(float(k)): v for k, v in finetune.items()},
+    'residuals': {
+      'rms_log_train': float(np.sqrt(np.mean(log_residual[:n] ** 2))),
+      'rms_log_test': float(np.sqrt(np.mean(log_residual[n:] ** 2))),
+      'rms_train': float(np.sqrt(np.mean(residual[:n] ** 2))),
+      'rms_test': float(np.sqrt(np.mean(residual[n:] ** 2))),
+      'max_abs_log': float(np.max(np.abs(log_residual))),
+      'rms_log_by_delta': by_delta,
+      'n_points': n,
+    },
+    'warnings': (
+      notes
+      + fix_notes
+      + _sign_notes(law.params, law.fitted_deltas)
+      + joint.warnings
+      + [f'per-run fit (8)-(9): {w}' for w in per_run.warnings]
+      + ft_notes
+    ),
   }
 
 
@@ -352,13 +452,15 @@ def _power_fit(t, drop, groups, n_groups, bootstrap, seed, shared: bool):
   for k in range(n_groups):
     if not shared:
       spec.append((f'b[{k}]', 'linear', -5.0, 5.0, f'exponent of T of group {k}'))
-    spec += [(f'a[{k}]', 'linear', -100.0, 100.0, f'coefficient of group {k}'),
-             (f'c[{k}]', 'linear', -10.0, 10.0, f'offset of group {k}')]
+    spec += [
+      (f'a[{k}]', 'linear', -100.0, 100.0, f'coefficient of group {k}'),
+      (f'c[{k}]', 'linear', -10.0, 10.0, f'offset of group {k}'),
+    ]
   width = 2 if shared else 3
 
   def unpack(theta):
     body = theta[1:] if shared else theta
-    a, c = body[width - 2::width], body[width - 1::width]
+    a, c = body[width - 2 :: width], body[width - 1 :: width]
     b = np.full(n_groups, theta[0]) if shared else body[0::3]
     return a, b, c
 
@@ -375,14 +477,12 @@ def _power_fit(t, drop, groups, n_groups, bootstrap, seed, shared: bool):
       design = np.stack([t[rows] ** b0, np.ones(np.sum(rows))], axis=1)
       x += ([] if shared else [b0]) + list(np.linalg.lstsq(design, drop[rows], rcond=None)[0])
     starts.append(np.clip(np.array(x), -9.0, 9.0))
-  result = robust_fit(residuals, starts, tuple(spec), len(t), huber=None, seed=seed, bootstrap=bootstrap,
-                      groups=groups)
+  result = robust_fit(residuals, starts, tuple(spec), len(t), huber=None, seed=seed, bootstrap=bootstrap, groups=groups)
   a, b, c = unpack(np.array([result.params[s[0]] for s in spec]))
   return a, b, c, result
 
 
-def fit_finetune_delta(data: ScalingData, bootstrap: int = 100, seed: int = 0,
-                       min_points: int = MIN_FINETUNE_POINTS):
+def fit_finetune_delta(data: ScalingData, bootstrap: int = 100, seed: int = 0, min_points: int = MIN_FINETUNE_POINTS):
   """Eq. (7): Δ(T) = a_δ·T^b_δ + c_δ fitted per δ where a δ has ≥ min_points (5) finetuned checkpoints.
 
   Three parameters are never fitted to fewer points (their bootstrap intervals would collapse). Fallbacks, each
@@ -398,24 +498,33 @@ def fit_finetune_delta(data: ScalingData, bootstrap: int = 100, seed: int = 0,
   for d in deltas:
     drop = data.ft_drop[data.ft_delta == d]
     if np.any(drop < 0):
-      notes.append(f'δ={d:g}: finetuning raised the domain test loss at {int(np.sum(drop < 0))} checkpoint(s); '
-                   'early stopping should keep Δ ≥ 0: check the finetune evals')
+      notes.append(
+        f'δ={d:g}: finetuning raised the domain test loss at {int(np.sum(drop < 0))} checkpoint(s); '
+        'early stopping should keep Δ ≥ 0: check the finetune evals'
+      )
   counts = {float(d): int(np.sum(data.ft_delta == d)) for d in deltas}
   t_all = data.ft_tokens / TOKENS_UNIT
   for d in deltas:
     rows = data.ft_delta == d
     if counts[float(d)] < min_points:
       continue
-    a, b, c, result = _power_fit(t_all[rows], data.ft_drop[rows], np.zeros(int(np.sum(rows)), int), 1,
-                                 bootstrap, seed, shared=False)
+    a, b, c, result = _power_fit(
+      t_all[rows], data.ft_drop[rows], np.zeros(int(np.sum(rows)), int), 1, bootstrap, seed, shared=False
+    )
     ci = {'a': result.ci.get('a[0]'), 'b': result.ci.get('b[0]'), 'c': result.ci.get('c[0]')}
-    results[float(d)] = {'abc': [float(a[0]), float(b[0]), float(c[0])], 'ci95': ci, 'n_points': counts[float(d)],
-                         'method': 'per-δ fit of a·T^b + c (eq. 7)',
-                         'rms_residual': float(np.sqrt(np.mean(result.residuals ** 2)))}
+    results[float(d)] = {
+      'abc': [float(a[0]), float(b[0]), float(c[0])],
+      'ci95': ci,
+      'n_points': counts[float(d)],
+      'method': 'per-δ fit of a·T^b + c (eq. 7)',
+      'rms_residual': float(np.sqrt(np.mean(result.residuals**2))),
+    }
     if result.warnings:
       names = sorted({w.split(':')[0].split(' ')[0].split('=')[0] for w in result.warnings})
-      notes.append(f'finetuning delta (eq. 7) at δ={d:g}: {", ".join(names)} weakly identified by '
-                   f'{counts[float(d)]} checkpoints; Δ far beyond the fitted T is uncertain')
+      notes.append(
+        f'finetuning delta (eq. 7) at δ={d:g}: {", ".join(names)} weakly identified by '
+        f'{counts[float(d)]} checkpoints; Δ far beyond the fitted T is uncertain'
+      )
   few = [d for d in deltas if counts[float(d)] < min_points]
   pairs = [d for d in deltas if counts[float(d)] >= MIN_SHARED_POINTS]
   borrowing = [d for d in few if counts[float(d)] >= MIN_SHARED_POINTS]
@@ -423,25 +532,36 @@ def fit_finetune_delta(data: ScalingData, bootstrap: int = 100, seed: int = 0,
     mask = np.isin(data.ft_delta, pairs)
     groups = np.searchsorted(np.array(pairs), data.ft_delta[mask])
     if np.sum(mask) >= 2 * len(pairs) + 2:
-      a, b, c, result = _power_fit(t_all[mask], data.ft_drop[mask], groups, len(pairs), bootstrap, seed,
-                                   shared=True)
+      a, b, c, result = _power_fit(t_all[mask], data.ft_drop[mask], groups, len(pairs), bootstrap, seed, shared=True)
       for d in borrowing:
         k = pairs.index(d)
-        results[float(d)] = {'abc': [float(a[k]), float(b[k]), float(c[k])], 'ci95': {'b': result.ci.get('b')},
-                             'n_points': counts[float(d)], 'method': 'fallback: exponent shared by all δ',
-                             'rms_residual': float(np.sqrt(np.mean(result.residuals ** 2)))}
-      notes.append(f'finetuning delta (eq. 7): δ={", ".join(f"{d:g}" for d in borrowing)} have fewer than '
-                   f'{min_points} finetuned checkpoints; fitted a_δ and c_δ only, with the exponent '
-                   f'b={float(b[0]):.3g} shared by every δ with {MIN_SHARED_POINTS} or more (finetune more '
-                   'pretraining checkpoints for a per-δ fit)')
+        results[float(d)] = {
+          'abc': [float(a[k]), float(b[k]), float(c[k])],
+          'ci95': {'b': result.ci.get('b')},
+          'n_points': counts[float(d)],
+          'method': 'fallback: exponent shared by all δ',
+          'rms_residual': float(np.sqrt(np.mean(result.residuals**2))),
+        }
+      notes.append(
+        f'finetuning delta (eq. 7): δ={", ".join(f"{d:g}" for d in borrowing)} have fewer than '
+        f'{min_points} finetuned checkpoints; fitted a_δ and c_δ only, with the exponent '
+        f'b={float(b[0]):.3g} shared by every δ with {MIN_SHARED_POINTS} or more (finetune more '
+        'pretraining checkpoints for a per-δ fit)'
+      )
     else:
       few += borrowing
       borrowing = []
   for d in few:
     if float(d) in results:
       continue
-    results[float(d)] = {'abc': [0.0, 0.0, float(np.mean(data.ft_drop[data.ft_delta == d]))], 'ci95': None,
-                         'n_points': counts[float(d)], 'method': 'fallback: constant (mean Δ)'}
-    notes.append(f'δ={d:g}: {counts[float(d)]} finetuned checkpoint(s) cannot show how Δ changes with T; using '
-                 'a constant Δ (finetune more pretraining checkpoints)')
+    results[float(d)] = {
+      'abc': [0.0, 0.0, float(np.mean(data.ft_drop[data.ft_delta == d]))],
+      'ci95': None,
+      'n_points': counts[float(d)],
+      'method': 'fallback: constant (mean Δ)',
+    }
+    notes.append(
+      f'δ={d:g}: {counts[float(d)]} finetuned checkpoint(s) cannot show how Δ changes with T; using '
+      'a constant Δ (finetune more pretraining checkpoints)'
+    )
   return results, notes

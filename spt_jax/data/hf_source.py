@@ -29,8 +29,7 @@ def check(source) -> None:
   try:
     import datasets  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
-    raise ValueError(f'source {source.name!r}: hf: sources need the `datasets` package; pip install '
-                     'datasets') from None
+    raise ValueError(f'source {source.name!r}: hf: sources need the `datasets` package; pip install datasets') from None
 
 
 def local_files(source) -> list:
@@ -39,34 +38,50 @@ def local_files(source) -> list:
   for name in source.target.split(','):
     folder = os.path.expanduser(name)
     if os.path.isdir(folder):
-      found += sorted(os.path.join(root, f) for root, _, files in os.walk(folder) for f in files
-                      if not f.startswith('.'))
+      found += sorted(
+        os.path.join(root, f) for root, _, files in os.walk(folder) for f in files if not f.startswith('.')
+      )
   return found
 
 
 def documents(source) -> Iterator[str]:
   import datasets  # pylint: disable=g-import-not-at-top
+
   field = source.options.get('field', 'text')
   key, values = _where(source)
   for name in source.target.split(','):
     name = name.strip()
     path = os.path.expanduser(name)
     try:
-      dataset = datasets.load_dataset(path if os.path.isdir(path) else name, source.options.get('name') or None,
-                                      split=source.options.get('split', 'train'), streaming=True)
+      dataset = datasets.load_dataset(
+        path if os.path.isdir(path) else name,
+        source.options.get('name') or None,
+        split=source.options.get('split', 'train'),
+        streaming=True,
+      )
     except Exception as error:  # pylint: disable=broad-except
       message = str(error).splitlines()[0] if str(error) else type(error).__name__
-      paper = next((dataset.name for dataset in hub_datasets.DATASETS.values() if len(dataset.parts) == 1
-                    and dataset.parts[0].repo == name), '')
-      hint = f'; the paper\'s {name} reads as hub:{paper}' if paper else ''
-      raise ValueError(f'source {source.name!r}: datasets.load_dataset({name!r}) failed: {message[:200]}; '
-                       f'check the name, ?name= and ?split={hint}') from None
+      paper = next(
+        (
+          dataset.name
+          for dataset in hub_datasets.DATASETS.values()
+          if len(dataset.parts) == 1 and dataset.parts[0].repo == name
+        ),
+        '',
+      )
+      hint = f"; the paper's {name} reads as hub:{paper}" if paper else ''
+      raise ValueError(
+        f'source {source.name!r}: datasets.load_dataset({name!r}) failed: {message[:200]}; '
+        f'check the name, ?name= and ?split={hint}'
+      ) from None
     for number, record in enumerate(dataset):
       if key is not None and str(record.get(key)) not in values:
         continue
       if field not in record:
-        raise ValueError(f'source {source.name!r}: records of {name!r} have no field {field!r} (fields: '
-                         f'{sorted(record)}); set ?field= in {source.spec!r}')
+        raise ValueError(
+          f'source {source.name!r}: records of {name!r} have no field {field!r} (fields: '
+          f'{sorted(record)}); set ?field= in {source.spec!r}'
+        )
       text = source._as_text(record[field], f'{name}[{number}]')  # pylint: disable=protected-access
       if isinstance(text, str) and text.strip():
         yield text

@@ -25,6 +25,7 @@ FILTER_CHECK_RECORDS = 1_000_000
 @dataclasses.dataclass(frozen=True)
 class Part:
   """One Hub dataset repository and what is read from it."""
+
   repo: str
   revision: str  # A commit hash; a branch name is resolved to its commit on first contact and recorded.
   revision_source: str  # Where the revision was read.
@@ -42,6 +43,7 @@ class Part:
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """A paper dataset: its parts and the subset of them the paper trains on (Appendix C)."""
+
   name: str
   parts: tuple
   where: str = ''  # The subset filter: FIELD=V|V (equal to one) or FIELD~V|V (contains one, any case).
@@ -58,10 +60,17 @@ class Dataset:
 # third-party code that downloads exactly these 23 files, and `490b980` is a commit in the Hub's blame page of
 # README.md (stored page); that it is the latest main is UNVERIFIED.
 PROOF_PILE = Part(
-    repo='hoskinson-center/proof-pile', revision='490b980249446f2f3bd2df3a8cf085d0f2de240a',
-    revision_source='third-party pin PROOF_PILE_REV; commit 490b980 on the Hub blame page of README.md',
-    file_format='jsonl.gz', folder='{split}', file_pattern='proofpile_{split}_*.jsonl.gz', fields=('text', 'meta'),
-    text_field='text', group_field='meta', verified=('repo', 'file_format', 'folder', 'file_pattern', 'fields'))
+  repo='hoskinson-center/proof-pile',
+  revision='490b980249446f2f3bd2df3a8cf085d0f2de240a',
+  revision_source='third-party pin PROOF_PILE_REV; commit 490b980 on the Hub blame page of README.md',
+  file_format='jsonl.gz',
+  folder='{split}',
+  file_pattern='proofpile_{split}_*.jsonl.gz',
+  fields=('text', 'meta'),
+  text_field='text',
+  group_field='meta',
+  verified=('repo', 'file_format', 'folder', 'file_pattern', 'fields'),
+)
 PROOF_PILE_TRAIN_FILES = 21  # The loading script's range(21); a listing with another count stops the run.
 PROOF_PILE_META_KEYS = ('config', 'set_name', 'subset_name')  # Where a record's meta names its subset.
 
@@ -71,10 +80,17 @@ PROOF_PILE_META_KEYS = ('config', 'set_name', 'subset_name')  # Where a record's
 # 5930bd71...: the card commit `5930bd7` is main in the stored card page; the full hash is from two third-party
 # notes that resolved it with HfApi.repo_info (one says it holds 29 parquet shards: UNVERIFIED, listed).
 MUSIC_PILE = Part(
-    repo='m-a-p/MusicPile', revision='5930bd7199ddead76ab540901e2187ea4e5fc6a7',
-    revision_source='card commit 5930bd7 (stored card page); full hash from third-party notes',
-    file_format='parquet', folder='data', file_pattern='{split}-*', fields=('id', 'text', 'src'), text_field='text',
-    group_field='src', verified=('repo', 'file_format', 'folder', 'file_pattern', 'fields'))
+  repo='m-a-p/MusicPile',
+  revision='5930bd7199ddead76ab540901e2187ea4e5fc6a7',
+  revision_source='card commit 5930bd7 (stored card page); full hash from third-party notes',
+  file_format='parquet',
+  folder='data',
+  file_pattern='{split}-*',
+  fields=('id', 'text', 'src'),
+  text_field='text',
+  group_field='src',
+  verified=('repo', 'file_format', 'folder', 'file_pattern', 'fields'),
+)
 # The music-specific sources (Appendix C: "sander-wood/irishman, Generated with GPT-4, and constructed from
 # OpenChat, IrishMAN and KernScores"; the card's music-score rows IrishMAN, KernScores, JSB Chorales and the music
 # chat and knowledge built from them). The column's real values are UNVERIFIED: third-party code filters the
@@ -94,35 +110,64 @@ MUSIC_SOURCES = ('irishman', 'kernscores', 'deepchoir', 'jsb', 'generated with g
 # physics_stackexchange-raw_data with columns title, q, a, split, text (a third-party spec); lamalab-org/chempile
 # rephrase_chempile/rephrase.py keeps configs with a `text` column. Revision ef18e5d9...: a third-party pin.
 CHEMPILE_REASONING = Part(
-    repo='jablonkagroup/chempile-reasoning', revision='ef18e5d93c259b572a485475422d5dc0b9b544d2',
-    revision_source='third-party pin', file_format='parquet', folder='{config}', file_pattern='{split}-*.parquet',
-    fields=('text',), text_field='text', has_configs=True, verified=('repo',))
+  repo='jablonkagroup/chempile-reasoning',
+  revision='ef18e5d93c259b572a485475422d5dc0b9b544d2',
+  revision_source='third-party pin',
+  file_format='parquet',
+  folder='{config}',
+  file_pattern='{split}-*.parquet',
+  fields=('text',),
+  text_field='text',
+  has_configs=True,
+  verified=('repo',),
+)
 # chempile-education: config LibreText_Chemistry-default with a `text` column (lamalab-org/chempile
 # embedding_dataset/create_dataset.py); a third-party note counts 4 configs. Revision c653c3c7...: resolved by a
 # third party with HfApi.repo_info.
 CHEMPILE_EDUCATION = Part(
-    repo='jablonkagroup/chempile-education', revision='c653c3c7bbf599030b80f117b6748ebae406043b',
-    revision_source='third-party note (HfApi.repo_info)', file_format='parquet', folder='{config}',
-    file_pattern='{split}-*.parquet', fields=('text',), text_field='text', has_configs=True, verified=('repo',))
+  repo='jablonkagroup/chempile-education',
+  revision='c653c3c7bbf599030b80f117b6748ebae406043b',
+  revision_source='third-party note (HfApi.repo_info)',
+  file_format='parquet',
+  folder='{config}',
+  file_pattern='{split}-*.parquet',
+  fields=('text',),
+  text_field='text',
+  has_configs=True,
+  verified=('repo',),
+)
 # chempile-instruction: lamalab-org/chempile rephrase_chempile/rephrase.py (commit 5264ed6) pushes it with
 # push_to_hub(config_name=<source dataset>, e.g. chempile-reasoning); columns first_tag, second_tag, origin and
 # `messages`, a list of {"role", "content"}, no `text` (an earlier variant pushed `text`: which is on the Hub is
 # UNVERIFIED, checked on first contact). No pinned revision was found: main, resolved to its commit on first
 # contact and recorded with the prepared data (pin it with ?revision=).
 CHEMPILE_INSTRUCTION = Part(
-    repo='jablonkagroup/chempile-instruction', revision='main', revision_source='none found (UNVERIFIED)',
-    file_format='parquet', folder='{config}', file_pattern='{split}-*.parquet', fields=('messages',),
-    text_field='messages', text_template='messages', has_configs=True, verified=('repo',))
+  repo='jablonkagroup/chempile-instruction',
+  revision='main',
+  revision_source='none found (UNVERIFIED)',
+  file_format='parquet',
+  folder='{config}',
+  file_pattern='{split}-*.parquet',
+  fields=('messages',),
+  text_field='messages',
+  text_template='messages',
+  has_configs=True,
+  verified=('repo',),
+)
 
 DATASETS = {
-    'proof-pile': Dataset('proof-pile', (PROOF_PILE,), why='Appendix C: "the entire ProofPile set"'),
-    'musicpile': Dataset('musicpile', (MUSIC_PILE,), where='src~' + '|'.join(MUSIC_SOURCES),
-                         why='Appendix C: its music-specific sources'),
-    'chempile': Dataset('chempile', (CHEMPILE_REASONING, CHEMPILE_INSTRUCTION, CHEMPILE_EDUCATION),
-                        why='Appendix C: the reasoning, instruction and education parts, every config'),
-    'chempile-reasoning': Dataset('chempile-reasoning', (CHEMPILE_REASONING,)),
-    'chempile-instruction': Dataset('chempile-instruction', (CHEMPILE_INSTRUCTION,)),
-    'chempile-education': Dataset('chempile-education', (CHEMPILE_EDUCATION,)),
+  'proof-pile': Dataset('proof-pile', (PROOF_PILE,), why='Appendix C: "the entire ProofPile set"'),
+  'musicpile': Dataset(
+    'musicpile', (MUSIC_PILE,), where='src~' + '|'.join(MUSIC_SOURCES), why='Appendix C: its music-specific sources'
+  ),
+  'chempile': Dataset(
+    'chempile',
+    (CHEMPILE_REASONING, CHEMPILE_INSTRUCTION, CHEMPILE_EDUCATION),
+    why='Appendix C: the reasoning, instruction and education parts, every config',
+  ),
+  'chempile-reasoning': Dataset('chempile-reasoning', (CHEMPILE_REASONING,)),
+  'chempile-instruction': Dataset('chempile-instruction', (CHEMPILE_INSTRUCTION,)),
+  'chempile-education': Dataset('chempile-education', (CHEMPILE_EDUCATION,)),
 }
 
 # OLMo-1B's general set (read as `tokens:@olmo-1b-dolma-v1_5.txt`, not through the Hub). Source: github

@@ -47,6 +47,7 @@ def endpoint() -> str:
 @dataclasses.dataclass(frozen=True)
 class HubFile:
   """One file a hub: source reads."""
+
   part: hub_datasets.Part
   config: str
   path: str
@@ -97,7 +98,7 @@ class _RemoteFile(io.RawIOBase):
 
   def readinto(self, buffer) -> int:
     data = self.read(len(buffer))
-    buffer[:len(data)] = data
+    buffer[: len(data)] = data
     return len(data)
 
   def read(self, count: int = -1) -> bytes:
@@ -106,7 +107,7 @@ class _RemoteFile(io.RawIOBase):
     while count > 0:
       if not self._start <= self.position < self._start + len(self._block):
         self._fetch(self.position, max(count, _BLOCK))
-      piece = self._block[self.position - self._start:self.position - self._start + count]
+      piece = self._block[self.position - self._start : self.position - self._start + count]
       pieces.append(piece)
       self.position += len(piece)
       count -= len(piece)
@@ -119,7 +120,7 @@ class _RemoteFile(io.RawIOBase):
         with _open(self.url, {'Range': f'bytes={start}-{end}', 'Accept-Encoding': 'identity'}) as response:
           data = response.read()
           if response.status == 200:  # A server that ignores Range sends the whole file.
-            data = data[start:end + 1]
+            data = data[start : end + 1]
         if len(data) == end - start + 1:
           self._start, self._block = start, data
           return
@@ -127,8 +128,9 @@ class _RemoteFile(io.RawIOBase):
       except (urllib.error.HTTPError, OSError) as error:
         failure = f'{type(error).__name__}: {str(error)[:120]}'
       time.sleep(min(2**attempt, 30))
-    raise ValueError(f'{self.where}: reading {self.url} at byte {start} failed {_RETRIES} times ({failure}); '
-                     'rerun to try again')
+    raise ValueError(
+      f'{self.where}: reading {self.url} at byte {start} failed {_RETRIES} times ({failure}); rerun to try again'
+    )
 
 
 def _get_json(url: str) -> tuple:
@@ -152,20 +154,25 @@ def _resolve_revision(part: hub_datasets.Part, revision: str, where: str) -> str
   except urllib.error.HTTPError as error:
     raise _not_found(part, revision, error, where) from None
   except OSError as error:
-    raise ValueError(f'{where}: cannot reach {endpoint()} ({type(error).__name__}: {str(error)[:120]}); check the '
-                     'network or HF_ENDPOINT') from None
+    raise ValueError(
+      f'{where}: cannot reach {endpoint()} ({type(error).__name__}: {str(error)[:120]}); check the '
+      'network or HF_ENDPOINT'
+    ) from None
   if not _COMMIT.fullmatch(sha or ''):
     raise ValueError(f'{where}: {url} names no commit (sha: {sha!r}); pin one with ?revision=')
-  logging.warning('%s: %s at %r is commit %s (no pinned revision; pin it with ?revision=%s)', where, part.repo,
-                  revision, sha, sha)
+  logging.warning(
+    '%s: %s at %r is commit %s (no pinned revision; pin it with ?revision=%s)', where, part.repo, revision, sha, sha
+  )
   return sha
 
 
 def _not_found(part, revision, error, where) -> ValueError:
   code = _error_code(error)
   what = 'the repository' if code == 'RepoNotFound' else f'revision {revision!r}'
-  return ValueError(f'{where}: {what} of {part.repo} was not found at {endpoint()} (HTTP {error.code}'
-                    f'{", " + code if code else ""}); fix ?revision= (a commit of {part.repo}) or HF_ENDPOINT')
+  return ValueError(
+    f'{where}: {what} of {part.repo} was not found at {endpoint()} (HTTP {error.code}'
+    f'{", " + code if code else ""}); fix ?revision= (a commit of {part.repo}) or HF_ENDPOINT'
+  )
 
 
 def _list(part, commit: str, folder: str, cache_root, where: str) -> list | None:
@@ -174,8 +181,9 @@ def _list(part, commit: str, folder: str, cache_root, where: str) -> list | None
   cached = cache_root / 'hub' / key / part.repo / commit / f'{folder.replace("/", "%2F") or "_root"}.json'
   if cached.is_file():
     return json.loads(cached.read_text())
-  url = f'{endpoint()}/api/datasets/{part.repo}/tree/{commit}' + (f'/{urllib.parse.quote(folder, safe="")}'
-                                                                  if folder else '')
+  url = f'{endpoint()}/api/datasets/{part.repo}/tree/{commit}' + (
+    f'/{urllib.parse.quote(folder, safe="")}' if folder else ''
+  )
   entries = []
   try:
     while url:
@@ -186,8 +194,10 @@ def _list(part, commit: str, folder: str, cache_root, where: str) -> list | None
       return None
     raise _not_found(part, commit, error, where) from None
   except OSError as error:
-    raise ValueError(f'{where}: cannot reach {endpoint()} ({type(error).__name__}: {str(error)[:120]}); check the '
-                     'network or HF_ENDPOINT') from None
+    raise ValueError(
+      f'{where}: cannot reach {endpoint()} ({type(error).__name__}: {str(error)[:120]}); check the '
+      'network or HF_ENDPOINT'
+    ) from None
   files.write_text(str(cached), json.dumps(entries))
   return entries
 
@@ -201,32 +211,49 @@ def _options(source) -> dict:
   where = f'source {source.name!r}'
   dataset = hub_datasets.DATASETS.get(source.target)
   if dataset is None:
-    raise ValueError(f'{where}: unknown hub dataset {source.target!r} in {source.spec!r}; use one of '
-                     f'{", ".join(hub_datasets.DATASETS)} (or hf: for any other Hugging Face dataset)')
+    raise ValueError(
+      f'{where}: unknown hub dataset {source.target!r} in {source.spec!r}; use one of '
+      f'{", ".join(hub_datasets.DATASETS)} (or hf: for any other Hugging Face dataset)'
+    )
   options = source.options
   if options.get('revision') and len(dataset.parts) > 1:
-    raise ValueError(f'{where}: ?revision= needs a single repository; {source.target} has '
-                     f'{len(dataset.parts)} ({", ".join(p.repo for p in dataset.parts)}): name one of them')
+    raise ValueError(
+      f'{where}: ?revision= needs a single repository; {source.target} has '
+      f'{len(dataset.parts)} ({", ".join(p.repo for p in dataset.parts)}): name one of them'
+    )
   check_records = options.get('check_records', str(hub_datasets.FILTER_CHECK_RECORDS))
   if not check_records.isdigit() or int(check_records) < 1:
     raise ValueError(f'{where}: ?check_records= must be a positive number of records in {source.spec!r}')
   filter_spec = options.get('where', dataset.where)
   match = re.fullmatch(r'([\w.]+)([=~])(.+)', filter_spec) if filter_spec else None
   if filter_spec and not match:
-    raise ValueError(f'{where}: ?where= must read FIELD=V1|V2 (equals one) or FIELD~V1|V2 (contains one) in '
-                     f'{source.spec!r}')
-  result = dict(dataset=dataset, where=where, split=options.get('split', 'train'), field=options.get('field', ''),
-                check_records=int(check_records), filter=None, configs=_set(options.get('configs')),
-                skip_configs=_set(options.get('skip_configs')))
+    raise ValueError(
+      f'{where}: ?where= must read FIELD=V1|V2 (equals one) or FIELD~V1|V2 (contains one) in {source.spec!r}'
+    )
+  result = dict(
+    dataset=dataset,
+    where=where,
+    split=options.get('split', 'train'),
+    field=options.get('field', ''),
+    check_records=int(check_records),
+    filter=None,
+    configs=_set(options.get('configs')),
+    skip_configs=_set(options.get('skip_configs')),
+  )
   if match:
     values = tuple(v for v in match.group(3).split('|') if v)
-    result['filter'] = (match.group(1), match.group(2), values if match.group(2) == '=' else
-                        tuple(v.lower() for v in values))
+    result['filter'] = (
+      match.group(1),
+      match.group(2),
+      values if match.group(2) == '=' else tuple(v.lower() for v in values),
+    )
   for part in dataset.parts:
     for name, label in ((result['field'], '?field='), (match.group(1) if match else '', '?where=')):
       if name and 'fields' in part.verified and name not in part.fields:
-        raise ValueError(f'{where}: records of {part.repo} have no field {name!r} (fields: {list(part.fields)}); '
-                         f'fix {label} in {source.spec!r}')
+        raise ValueError(
+          f'{where}: records of {part.repo} have no field {name!r} (fields: {list(part.fields)}); '
+          f'fix {label} in {source.spec!r}'
+        )
   return result
 
 
@@ -246,32 +273,50 @@ def check(source, cache_root) -> None:
     if part.has_configs:
       available = _names(root, 'directory')
       configs_seen.update(available)
-      configs = [c for c in available if (not options['configs'] or c in options['configs'])
-                 and c not in options['skip_configs']]
+      configs = [
+        c for c in available if (not options['configs'] or c in options['configs']) and c not in options['skip_configs']
+      ]
     for config in configs:
       folder = part.folder.format(config=config, split=split)
       entries = _list(part, commit, folder, cache_root, where)
       if entries is None:
-        raise ValueError(f'{where}: {part.repo}@{commit[:8]} has no folder {folder!r} (top level: '
-                         f'{_names(root, "directory") + _names(root, "file")}); fix ?split= or the layout in '
-                         'hub_datasets.py')
+        raise ValueError(
+          f'{where}: {part.repo}@{commit[:8]} has no folder {folder!r} (top level: '
+          f'{_names(root, "directory") + _names(root, "file")}); fix ?split= or the layout in '
+          'hub_datasets.py'
+        )
       pattern = part.file_pattern.format(split=split)
-      chosen = sorted((e for e in entries if e.get('type') == 'file' and
-                       fnmatch.fnmatch(e['path'].rsplit('/', 1)[-1], pattern)), key=lambda e: e['path'])
+      chosen = sorted(
+        (e for e in entries if e.get('type') == 'file' and fnmatch.fnmatch(e['path'].rsplit('/', 1)[-1], pattern)),
+        key=lambda e: e['path'],
+      )
       if not chosen:
-        raise ValueError(f'{where}: no file of {part.repo}@{commit[:8]}/{folder} matches {pattern!r} (files: '
-                         f'{_names(entries, "file")[:8]}); fix ?split= or the layout in hub_datasets.py')
+        raise ValueError(
+          f'{where}: no file of {part.repo}@{commit[:8]}/{folder} matches {pattern!r} (files: '
+          f'{_names(entries, "file")[:8]}); fix ?split= or the layout in hub_datasets.py'
+        )
       if part is hub_datasets.PROOF_PILE and split == 'train' and len(chosen) != hub_datasets.PROOF_PILE_TRAIN_FILES:
-        raise ValueError(f'{where}: {part.repo}@{commit[:8]}/{folder} lists {len(chosen)} train files, not the '
-                         f'{hub_datasets.PROOF_PILE_TRAIN_FILES} its loading script names; check the revision')
+        raise ValueError(
+          f'{where}: {part.repo}@{commit[:8]}/{folder} lists {len(chosen)} train files, not the '
+          f'{hub_datasets.PROOF_PILE_TRAIN_FILES} its loading script names; check the revision'
+        )
       for entry in chosen:
-        plan.append(HubFile(part, config, entry['path'], int(entry.get('size') or 0),
-                            (entry.get('lfs') or {}).get('oid') or entry.get('oid', ''),
-                            f'{endpoint()}/datasets/{part.repo}/resolve/{commit}/{urllib.parse.quote(entry["path"])}'))
+        plan.append(
+          HubFile(
+            part,
+            config,
+            entry['path'],
+            int(entry.get('size') or 0),
+            (entry.get('lfs') or {}).get('oid') or entry.get('oid', ''),
+            f'{endpoint()}/datasets/{part.repo}/resolve/{commit}/{urllib.parse.quote(entry["path"])}',
+          )
+        )
   unknown = sorted((options['configs'] | options['skip_configs']) - configs_seen)
   if unknown:
-    raise ValueError(f'{where}: config(s) {unknown} are not in {source.target} (configs: {sorted(configs_seen)}); '
-                     f'fix ?configs= or ?skip_configs= in {source.spec!r}')
+    raise ValueError(
+      f'{where}: config(s) {unknown} are not in {source.target} (configs: {sorted(configs_seen)}); '
+      f'fix ?configs= or ?skip_configs= in {source.spec!r}'
+    )
   if not plan:
     raise ValueError(f'{where}: ?configs= and ?skip_configs= leave no config of {source.target} to read')
   source.plan, source.paths = plan, [f.url for f in plan]
@@ -304,7 +349,7 @@ class _Filter:
       return True
     value = '' if value is None else str(value)
     self.examined += 1
-    kept = (value in self.values if self.operator == '=' else any(v in value.lower() for v in self.values))
+    kept = value in self.values if self.operator == '=' else any(v in value.lower() for v in self.values)
     self.matched += kept
     if not self.matched and len(self.seen) < 1000:
       self.seen[value] = self.seen.get(value, 0) + 1
@@ -314,9 +359,11 @@ class _Filter:
 
   def fail(self) -> None:
     values = '; '.join(f'{v[:60]!r} ({n:,})' for v, n in sorted(self.seen.items(), key=lambda item: -item[1])[:12])
-    raise ValueError(f'source {self.source.name!r}: ?where={self.field}{self.operator}{"|".join(self.values)} '
-                     f'matched none of the first {self.examined:,} records; the {self.field} values seen: '
-                     f'{values or "none"}; fix ?where= in {self.source.spec!r}')
+    raise ValueError(
+      f'source {self.source.name!r}: ?where={self.field}{self.operator}{"|".join(self.values)} '
+      f'matched none of the first {self.examined:,} records; the {self.field} values seen: '
+      f'{values or "none"}; fix ?where= in {self.source.spec!r}'
+    )
 
 
 def documents(source) -> Iterator[str]:
@@ -330,16 +377,23 @@ def documents(source) -> Iterator[str]:
     part = hub_file.part
     field = options['field'] or part.text_field
     template = part.text_template if field == part.text_field else ''
-    logging.info('source %r: reading %s (file %d of %d, %.1f MB)', source.name, hub_file.url, number,
-                 len(source.plan), hub_file.size / 1e6)
+    logging.info(
+      'source %r: reading %s (file %d of %d, %.1f MB)',
+      source.name,
+      hub_file.url,
+      number,
+      len(source.plan),
+      hub_file.size / 1e6,
+    )
     where = f'source {source.name!r}: {part.repo}/{hub_file.path}'
     source.checksums[hub_file.url] = hub_file.checksum
     reader = _parquet_records if part.file_format == 'parquet' else _jsonl_records
     for value, group_value in reader(hub_file, field, part.group_field, record_filter, where):
       text = hub_datasets.messages_text(value) if template == 'messages' else value
       if not isinstance(text, str):
-        raise ValueError(f'{where}: field {field!r} holds {type(text).__name__}, not text; set ?field= in '
-                         f'{source.spec!r}')
+        raise ValueError(
+          f'{where}: field {field!r} holds {type(text).__name__}, not text; set ?field= in {source.spec!r}'
+        )
       if text.strip():
         name = _group(hub_file, group_value)
         if name not in groups:
@@ -354,14 +408,17 @@ def documents(source) -> Iterator[str]:
 def _missing(where: str, names, have, what: str) -> None:
   absent = [n for n in names if n and n not in have]
   if absent:
-    raise ValueError(f'{where}: the records have no field {absent[0]!r} ({what}: {sorted(have)}); fix ?field= or '
-                     '?where=, or leave this config out with ?skip_configs=')
+    raise ValueError(
+      f'{where}: the records have no field {absent[0]!r} ({what}: {sorted(have)}); fix ?field= or '
+      '?where=, or leave this config out with ?skip_configs='
+    )
 
 
 def _parquet_records(hub_file: HubFile, field: str, group_field: str, record_filter: _Filter, where: str):
   """(text value, group value) of the kept records, row group by row group, reading only the columns used."""
   import pyarrow  # pylint: disable=g-import-not-at-top
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
   with _RemoteFile(hub_file.url, hub_file.size, where) as remote:
     parquet = pq.ParquetFile(pyarrow.PythonFile(remote, mode='r'))
     columns = parquet.schema_arrow.names
@@ -371,8 +428,10 @@ def _parquet_records(hub_file: HubFile, field: str, group_field: str, record_fil
     for index in range(parquet.num_row_groups):
       mask = None
       if record_filter.field:
-        mask = [record_filter.keep(v) for v in
-                parquet.read_row_group(index, columns=[record_filter.field]).column(0).to_pylist()]
+        mask = [
+          record_filter.keep(v)
+          for v in parquet.read_row_group(index, columns=[record_filter.field]).column(0).to_pylist()
+        ]
         if not any(mask):
           continue  # The text of a row group without a match is never fetched.
       table = parquet.read_row_group(index, columns=wanted)

@@ -44,8 +44,10 @@ def validate_stages(stages: Sequence) -> list:
     _validate_weights(weights, f'mixture stage {k}')
     last = k == len(stages) - 1
     if not (last and until == 0) and until <= previous:
-      raise ValueError(f'mixture stage bounds must increase: stage {k} ends at {until} tokens after {previous}; '
-                       'fix mixture.stages (only the last may be 0, meaning "to the end")')
+      raise ValueError(
+        f'mixture stage bounds must increase: stage {k} ends at {until} tokens after {previous}; '
+        'fix mixture.stages (only the last may be 0, meaning "to the end")'
+      )
     previous = until
     result.append((until, weights))
   return result
@@ -58,14 +60,16 @@ def stages_from_config(config, stage: str) -> list:
       return validate_stages([(until, dict(weights)) for until, weights in config.mixture.stages])
     delta = config.mixture.domain_fraction
     if not 0 <= delta < 1:
-      raise ValueError(f'mixture.domain_fraction (δ) is {delta}, outside [0, 1); set '
-                       '--config.mixture.domain_fraction to e.g. 0.02')
+      raise ValueError(
+        f'mixture.domain_fraction (δ) is {delta}, outside [0, 1); set --config.mixture.domain_fraction to e.g. 0.02'
+      )
     return validate_stages([(0, {'domain': delta, 'general': 1.0 - delta})])
   if stage == 'finetune':
     replay = config.finetune.replay_fraction
     if not 0 <= replay < 1:
-      raise ValueError(f'finetune.replay_fraction is {replay}, outside [0, 1); set '
-                       '--config.finetune.replay_fraction to e.g. 0.1')
+      raise ValueError(
+        f'finetune.replay_fraction is {replay}, outside [0, 1); set --config.finetune.replay_fraction to e.g. 0.1'
+      )
     return validate_stages([(0, {'domain': 1.0 - replay, 'general': replay})])
   raise ValueError(f"stage {stage!r} has no mixture; use 'pretrain' or 'finetune'")
 
@@ -79,8 +83,9 @@ def stage_deltas(stages: Sequence, tokens: float | None = None) -> list:
   for until, weights in validate_stages(stages):
     if tokens is not None and start >= tokens and result:
       break
-    result.append({'from_tokens': start, 'until_tokens': until or None,
-                   'domain_fraction': float(weights.get('domain', 0.0))})
+    result.append(
+      {'from_tokens': start, 'until_tokens': until or None, 'domain_fraction': float(weights.get('domain', 0.0))}
+    )
     start = until
   return result
 
@@ -166,18 +171,24 @@ class Mixture:
     for k, (_, weights) in enumerate(self.stages):
       missing = sorted(set(weights) - set(train_sources))
       if missing:
-        raise ValueError(f'mixture stage {k} names source(s) {missing} that do not exist (sources: '
-                         f'{sorted(train_sources)}); fix the stage weights')
+        raise ValueError(
+          f'mixture stage {k} names source(s) {missing} that do not exist (sources: '
+          f'{sorted(train_sources)}); fix the stage weights'
+        )
     self.sources = dict(train_sources)
     for name, rows in self.sources.items():
       if rows.ndim != 2 or rows.shape[1] != seq_len + 1:
-        raise ValueError(f'source {name!r} has shape {rows.shape}, not [N, seq_len + 1 = {seq_len + 1}]; '
-                         're-prepare the data with this seq_len')
+        raise ValueError(
+          f'source {name!r} has shape {rows.shape}, not [N, seq_len + 1 = {seq_len + 1}]; '
+          're-prepare the data with this seq_len'
+        )
     used = {name for _, weights in self.stages for name, weight in weights.items() if weight > 0}
     for name in sorted(used):
       if len(self.sources[name]) < 1:
-        raise ValueError(f'the {name} set is smaller than one sequence of {seq_len + 1} tokens; add data or '
-                         'lower --config.data.seq_len')
+        raise ValueError(
+          f'the {name} set is smaller than one sequence of {seq_len + 1} tokens; add data or '
+          'lower --config.data.seq_len'
+        )
     self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
     self.rows = {name: len(rows) for name, rows in self.sources.items()}
     self._levels = [_levels(weights) for _, weights in self.stages]
@@ -198,9 +209,10 @@ class Mixture:
   def accounting(self, step: int) -> dict:
     """Tokens and epochs of each source consumed by steps [0, step)."""
     counts = self.consumed(step * self.batch_size)
-    return {'tokens': {name: count * self.seq_len for name, count in counts.items()},
-            'epochs': {name: count / self.rows[name] if self.rows[name] else 0.0
-                       for name, count in counts.items()}}
+    return {
+      'tokens': {name: count * self.seq_len for name, count in counts.items()},
+      'epochs': {name: count / self.rows[name] if self.rows[name] else 0.0 for name, count in counts.items()},
+    }
 
   def locate(self, examples: np.ndarray) -> tuple:
     """(source number in `names`, row) of each global example index; `names` orders self.sources."""
@@ -260,8 +272,10 @@ class Mixture:
   def local_batch(self, step: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
     """This process's rows [p B / P, (p + 1) B / P) of the global batch of a step."""
     if self.batch_size % process_count:
-      raise ValueError(f'batch_size {self.batch_size} is not divisible by the {process_count} processes; '
-                       f'use a multiple of {process_count}')
+      raise ValueError(
+        f'batch_size {self.batch_size} is not divisible by the {process_count} processes; '
+        f'use a multiple of {process_count}'
+      )
     if not 0 <= process_index < process_count:
       raise ValueError(f'process_index {process_index} is outside [0, {process_count})')
     per_process = self.batch_size // process_count
@@ -272,8 +286,9 @@ class Mixture:
     """The global examples as a Grain MapDataset (index i -> int32 [seq_len + 1])."""
     return _ExampleDataset(self)
 
-  def batch_dataset(self, process_index: int = 0, process_count: int = 1, start_step: int = 0,
-                    num_steps: int = 0) -> grain.MapDataset:
+  def batch_dataset(
+    self, process_index: int = 0, process_count: int = 1, start_step: int = 0, num_steps: int = 0
+  ) -> grain.MapDataset:
     """Local batches of steps start_step, start_step + 1, ... as a Grain MapDataset (resume = start_step)."""
     return _BatchDataset(self, process_index, process_count, start_step, num_steps or sys.maxsize // 2)
 

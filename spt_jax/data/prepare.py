@@ -64,6 +64,7 @@ _rounds = collections.Counter()  # prepare() calls per key in this process: ever
 @dataclasses.dataclass
 class PreparedData:
   """Packed sequences per training source and per eval set, plus what is needed to read them."""
+
   train: dict
   eval_sets: dict
   bytes_per_token: dict
@@ -71,7 +72,6 @@ class PreparedData:
   tokenizer: tokenizers.Tokenizer
   metadata: dict
   path: pathlib.Path
-
 
 
 def _budgets(config) -> dict:
@@ -98,9 +98,11 @@ def _processes() -> tuple:
   if 'jax' not in sys.modules:
     return None, 0, 1
   import jax  # pylint: disable=g-import-not-at-top
+
   if jax.process_count() == 1:
     return None, 0, 1
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
+
   return distributed.global_state.client, jax.process_index(), jax.process_count()
 
 
@@ -126,8 +128,12 @@ def prepare(config) -> PreparedData:
       result = _ready_or_built(config, parsed, budgets, folder)
     except Exception as error:  # pylint: disable=broad-except
       if client is not None:
-        client.key_value_set(signal, f'error:{error}' if isinstance(error, ValueError) else
-                             f'error:process 0 failed to prepare {folder} ({type(error).__name__})')
+        client.key_value_set(
+          signal,
+          f'error:{error}'
+          if isinstance(error, ValueError)
+          else f'error:process 0 failed to prepare {folder} ({type(error).__name__})',
+        )
       raise
     if client is not None:
       client.key_value_set(signal, 'ok')
@@ -136,14 +142,15 @@ def prepare(config) -> PreparedData:
     logging.info('process %d waits for process 0 to prepare %s', index, folder)
     status = client.blocking_key_value_get(signal, _WAIT_MS)
     if status.startswith('error:'):
-      raise ValueError(status[len('error:'):])
+      raise ValueError(status[len('error:') :])
   else:
     while not (folder / 'metadata.json').is_file():
       time.sleep(2)
   result = _ready(folder, parsed, verify=False)
   if result is None:  # This host does not see process 0's cache: prepare the identical data here.
-    logging.warning('process %d of %d does not see %s (a cache that is not shared); preparing it here', index,
-                    count, folder)
+    logging.warning(
+      'process %d of %d does not see %s (a cache that is not shared); preparing it here', index, count, folder
+    )
     result = _ready_or_built(config, parsed, budgets, folder)
   return result
 
@@ -171,8 +178,9 @@ def _build_and_load(config, parsed: dict, budgets: dict, folder: pathlib.Path) -
 
 
 def _record_checksums(folder: pathlib.Path) -> None:
-  files.write_json(str(folder / CHECKSUMS_FILE), {name: shards.file_checks(folder / name)
-                                                  for name in CHECKSUMMED_FILES})
+  files.write_json(
+    str(folder / CHECKSUMS_FILE), {name: shards.file_checks(folder / name) for name in CHECKSUMMED_FILES}
+  )
 
 
 def _set_aside(folder: pathlib.Path, why: str) -> None:
@@ -229,25 +237,33 @@ def _tokenizer_identity(config) -> str:
     return f'bpe:{config.data.tokenizer_vocab_size}:{tokenizer_lib.BPE_SAMPLE_BYTES}'
   if name == 'olmo':
     from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
+
     path = pathlib.Path(fetch.tokenizer_file(config.data.cache_dir))
   else:
     path = pathlib.Path(os.path.expanduser(name))
   if not path.is_file():
-    raise ValueError(f'tokenizer file {str(path)!r} does not exist; set --config.data.tokenizer to a '
-                     "tokenizers JSON, 'olmo' or 'bpe'")
+    raise ValueError(
+      f"tokenizer file {str(path)!r} does not exist; set --config.data.tokenizer to a tokenizers JSON, 'olmo' or 'bpe'"
+    )
   return hashlib.sha256(path.read_bytes()).hexdigest()
-
 
 
 def _cache_key(config, tokenizer_identity: str, specs: dict, budgets: dict) -> str:
   data = config.data
-  inputs = dict(version=FORMAT_VERSION, specs=specs, tokenizer=tokenizer_identity, seq_len=data.seq_len,
-                budgets=budgets,
-                seed=config.seed, domain_max_tokens=data.domain_max_tokens,
-                general_max_tokens=data.general_max_tokens, test_fraction=data.test_fraction,
-                test_tokens=data.test_tokens, domain_train_sequences=data.domain_train_sequences)
+  inputs = dict(
+    version=FORMAT_VERSION,
+    specs=specs,
+    tokenizer=tokenizer_identity,
+    seq_len=data.seq_len,
+    budgets=budgets,
+    seed=config.seed,
+    domain_max_tokens=data.domain_max_tokens,
+    general_max_tokens=data.general_max_tokens,
+    test_fraction=data.test_fraction,
+    test_tokens=data.test_tokens,
+    domain_train_sequences=data.domain_train_sequences,
+  )
   return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
-
 
 
 def _check_unchanged(source, stored: dict, folder: pathlib.Path) -> None:
@@ -256,23 +272,33 @@ def _check_unchanged(source, stored: dict, folder: pathlib.Path) -> None:
   if current == stored['fingerprint']:
     return
   changed = sorted(set(current) ^ set(stored['fingerprint']))
-  suspects = [p for p in set(current) & set(stored['fingerprint'])
-              if p != 'spec' and current[p] != stored['fingerprint'][p]]
+  suspects = [
+    p for p in set(current) & set(stored['fingerprint']) if p != 'spec' and current[p] != stored['fingerprint'][p]
+  ]
   for path in sorted(suspects):
     old = stored['checksums'].get(path)
     checksum = sources_lib._file_checksum(pathlib.Path(path), sampled=source.is_tokens)  # pylint: disable=protected-access
     if old is None or checksum != old:
       changed.append(path)
   if changed:
-    raise ValueError(f'source {source.name!r} ({source.spec}) changed since {folder} was prepared '
-                     f'({len(changed)} file(s) differ, e.g. {changed[0]}); delete that folder to re-prepare')
-
+    raise ValueError(
+      f'source {source.name!r} ({source.spec}) changed since {folder} was prepared '
+      f'({len(changed)} file(s) differ, e.g. {changed[0]}); delete that folder to re-prepare'
+    )
 
 
 def _build(config, parsed, budgets, tokenizer, digest, folder) -> dict:
-  return build_lib.build(config, parsed, budgets, tokenizer, digest, folder,
-                         sources_lib.cache_root(config.data.cache_dir), FORMAT_VERSION,
-                         tokenizer_lib.eos_id(tokenizer))
+  return build_lib.build(
+    config,
+    parsed,
+    budgets,
+    tokenizer,
+    digest,
+    folder,
+    sources_lib.cache_root(config.data.cache_dir),
+    FORMAT_VERSION,
+    tokenizer_lib.eos_id(tokenizer),
+  )
 
 
 def _in_place(metadata: dict, name: str, cache_root: pathlib.Path) -> token_rows.TokenRows:
@@ -294,11 +320,17 @@ def _load(folder: pathlib.Path, metadata: dict, tokenizer) -> PreparedData:
   read = lambda stem: np.load(folder / f'{stem}.npy', mmap_mode='r')
   cache_root = folder.parent.parent
   return PreparedData(
-      train={name: (_in_place(metadata, name, cache_root) if name in metadata.get('in_place', {})
-                    else read(f'train_{name}')) for name in TRAIN_SOURCES},
-      eval_sets={name: read(f'eval_{name}') for name in metadata['eval_sets']},
-      bytes_per_token=dict(metadata['bytes_per_token']), vocab_size=metadata['vocab_size'],
-      tokenizer=tokenizer, metadata=metadata, path=folder)
+    train={
+      name: (_in_place(metadata, name, cache_root) if name in metadata.get('in_place', {}) else read(f'train_{name}'))
+      for name in TRAIN_SOURCES
+    },
+    eval_sets={name: read(f'eval_{name}') for name in metadata['eval_sets']},
+    bytes_per_token=dict(metadata['bytes_per_token']),
+    vocab_size=metadata['vocab_size'],
+    tokenizer=tokenizer,
+    metadata=metadata,
+    path=folder,
+  )
 
 
 def main(argv) -> None:
@@ -307,14 +339,17 @@ def main(argv) -> None:
   data = prepare(_CONFIG.value)
   for name, rows in {**{f'train_{k}': v for k, v in data.train.items()}, **data.eval_sets}.items():
     print(f'{name:24s} {rows.shape[0]:>10,d} sequences of {rows.shape[1]} tokens')
-  print(f'{data.path}  ({data.metadata.get("seconds", 0):.1f} s, '
-        f'{data.metadata.get("megabytes_per_second_per_worker", 0):.2f} MB/s per worker when prepared)')
+  print(
+    f'{data.path}  ({data.metadata.get("seconds", 0):.1f} s, '
+    f'{data.metadata.get("megabytes_per_second_per_worker", 0):.2f} MB/s per worker when prepared)'
+  )
 
 
 if __name__ == '__main__':
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from spt_jax import cli  # pylint: disable=g-import-not-at-top
+
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'A config file (configs/<domain>.py:<preset>).')
   flags.mark_flag_as_required('config')
   cli.run(main)

@@ -20,8 +20,10 @@ import time
 import numpy as np
 
 _FILE_BYTES = 512 << 20
-_WORDS = ('the of and to in is was for on that with as by at from his her an be this which or are were had not '
-          'but it have one all their been has more when who will there would lemma proof qed note chord').split()
+_WORDS = (
+  'the of and to in is was for on that with as by at from his her an be this which or are were had not '
+  'but it have one all their been has more when who will there would lemma proof qed note chord'
+).split()
 
 
 def _generate_tokens(folder: pathlib.Path, size: int, vocab: int, eos: int) -> int:
@@ -45,7 +47,7 @@ def _generate_text(folder: pathlib.Path, size: int) -> int:
   while written < size:
     with open(folder / f'{number:04d}.txt', 'w') as f:
       for start in rng.integers(0, len(stream) - 10_000, 256).tolist():
-        document = stream[start:start + 9000] + '.\n'
+        document = stream[start : start + 9000] + '.\n'
         f.write(document + '\f')
         written += len(document) + 1
     number += 1
@@ -90,6 +92,7 @@ def _child(spec: str) -> None:
   """Runs in the child: prepares the config described by spec (JSON) and prints the metadata's timing."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from spt_jax.data import prepare  # pylint: disable=g-import-not-at-top
+
   options = json.loads(spec)
   config = ml_collections.ConfigDict()
   config.seed, config.steps, config.batch_size, config.tokens = 0, 0, 0, 0
@@ -97,13 +100,17 @@ def _child(spec: str) -> None:
   config.extra_eval = ml_collections.ConfigDict()
   start = time.time()
   data = prepare.prepare(config)
-  print(json.dumps(dict(seconds=time.time() - start, sequences_train={k: len(v) for k, v in data.train.items()},
-                        path=str(data.path))))
+  print(
+    json.dumps(
+      dict(seconds=time.time() - start, sequences_train={k: len(v) for k, v in data.train.items()}, path=str(data.path))
+    )
+  )
 
 
 def run(folder: str, gigabytes: float, kind: str, num_workers: int = 0, tokenizer_file: str = '') -> dict:
   """Generates the source, prepares it in a child process and returns its figures (then deletes everything)."""
   from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+
   root = pathlib.Path(folder)
   source, cache = root / 'source', root / 'cache'
   shutil.rmtree(root, ignore_errors=True)
@@ -112,6 +119,7 @@ def run(folder: str, gigabytes: float, kind: str, num_workers: int = 0, tokenize
   _generate_text(root / 'domain', 1 << 20)
   if tokenizer_file:  # e.g. OLMo's: python -m spt_jax.data.bench ... --tokenizer=PATH/TO/tokenizer.json
     import tokenizers  # pylint: disable=g-import-not-at-top
+
     tokenizer = tokenizers.Tokenizer.from_file(tokenizer_file)
   else:
     tokenizer = tokenizer_lib.train_bpe({'domain': f'files:{root}/domain'}, 1024, str(cache), sample_bytes=1 << 20)
@@ -119,21 +127,46 @@ def run(folder: str, gigabytes: float, kind: str, num_workers: int = 0, tokenize
   eos = tokenizer_lib.eos_id(tokenizer)
   size = int(gigabytes * (1 << 30))
   start = time.time()
-  written = (_generate_tokens(source, size, tokenizer.get_vocab_size(), eos) if kind == 'tokens'
-             else _generate_text(source, size))
+  written = (
+    _generate_tokens(source, size, tokenizer.get_vocab_size(), eos)
+    if kind == 'tokens'
+    else _generate_text(source, size)
+  )
   generate_seconds = time.time() - start
-  general = (f'tokens:{source}/*.npy?dtype=uint16' if kind == 'tokens'
-             else f'files:{source}/*.txt?separator=%0C')
+  general = f'tokens:{source}/*.npy?dtype=uint16' if kind == 'tokens' else f'files:{source}/*.txt?separator=%0C'
   workers = num_workers or os.cpu_count() or 1
-  options = dict(seq_len=2048, general=general, domain=f'files:{root}/domain?separator=%0C', domain_max_tokens=0,
-                 general_max_tokens=0, tokenizer=str(root / 'tokenizer.json'), tokenizer_vocab_size=0,
-                 test_fraction=0.0, test_tokens=200_000, domain_train_sequences=8, cache_dir=str(cache),
-                 num_workers=workers)
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [str(pathlib.Path(__file__).parents[2]),
-                                                                os.environ.get('PYTHONPATH', '')] if p))
-  child = subprocess.Popen([sys.executable, '-c', 'import sys; from spt_jax.data import prepare_bench; '
-                            'prepare_bench._child(sys.argv[1])', json.dumps(options)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+  options = dict(
+    seq_len=2048,
+    general=general,
+    domain=f'files:{root}/domain?separator=%0C',
+    domain_max_tokens=0,
+    general_max_tokens=0,
+    tokenizer=str(root / 'tokenizer.json'),
+    tokenizer_vocab_size=0,
+    test_fraction=0.0,
+    test_tokens=200_000,
+    domain_train_sequences=8,
+    cache_dir=str(cache),
+    num_workers=workers,
+  )
+  env = dict(
+    os.environ,
+    PYTHONPATH=os.pathsep.join(
+      p for p in [str(pathlib.Path(__file__).parents[2]), os.environ.get('PYTHONPATH', '')] if p
+    ),
+  )
+  child = subprocess.Popen(
+    [
+      sys.executable,
+      '-c',
+      'import sys; from spt_jax.data import prepare_bench; prepare_bench._child(sys.argv[1])',
+      json.dumps(options),
+    ],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=env,
+  )
   start, cpu = time.time(), os.times()
   peak = _watch(child)
   wall, cpu_end = time.time() - start, os.times()
@@ -144,11 +177,18 @@ def run(folder: str, gigabytes: float, kind: str, num_workers: int = 0, tokenize
   cpu_seconds = (cpu_end.children_user + cpu_end.children_system) - (cpu.children_user + cpu.children_system)
   shutil.rmtree(root, ignore_errors=True)
   megabytes = written / 1e6
-  return dict(prepare_kind=kind, source_megabytes=round(megabytes, 1), generate_seconds=round(generate_seconds, 1),
-              prepare_seconds=round(prepared['seconds'], 2), process_seconds=round(wall, 2), workers=workers,
-              megabytes_per_second=round(megabytes / prepared['seconds'], 1),
-              megabytes_per_second_per_core=round(megabytes / prepared['seconds'] / workers, 1),
-              cpu_seconds=round(cpu_seconds, 1), peak_anonymous_megabytes=round(peak / 1e6, 1),
-              # Robust to other load on the machine: what one core does per second of its own time.
-              megabytes_per_cpu_second=round(megabytes / max(cpu_seconds, 1e-9), 1),
-              sequences_train=prepared['sequences_train'])
+  return dict(
+    prepare_kind=kind,
+    source_megabytes=round(megabytes, 1),
+    generate_seconds=round(generate_seconds, 1),
+    prepare_seconds=round(prepared['seconds'], 2),
+    process_seconds=round(wall, 2),
+    workers=workers,
+    megabytes_per_second=round(megabytes / prepared['seconds'], 1),
+    megabytes_per_second_per_core=round(megabytes / prepared['seconds'] / workers, 1),
+    cpu_seconds=round(cpu_seconds, 1),
+    peak_anonymous_megabytes=round(peak / 1e6, 1),
+    # Robust to other load on the machine: what one core does per second of its own time.
+    megabytes_per_cpu_second=round(megabytes / max(cpu_seconds, 1e-9), 1),
+    sequences_train=prepared['sequences_train'],
+  )

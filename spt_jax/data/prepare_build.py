@@ -38,7 +38,7 @@ class _Spilled:
     self.sizes = np.frombuffer(sizes, np.int64) if len(sizes) else np.zeros(0, np.int64)
     self.lengths = np.frombuffer(lengths, np.int64) if len(lengths) else np.zeros(0, np.int64)
     self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
-    self.tokens = (np.memmap(path, dtype=dtype, mode='r') if os.path.getsize(path) else np.zeros(0, dtype))
+    self.tokens = np.memmap(path, dtype=dtype, mode='r') if os.path.getsize(path) else np.zeros(0, dtype)
     # The source within the source of each document (MusicPile's src ...), when the reader names them.
     self.group_names = list(group_names)
     self.groups = np.frombuffer(groups, np.uint32) if groups is not None and len(groups) == len(self) else None
@@ -52,8 +52,9 @@ def spill(source, tokenizer, eos: int, workers: int, dtype, folder: pathlib.Path
   hashes, sizes, lengths = array.array('Q'), array.array('q'), array.array('q')
   path = folder / f'spill_{source.name.replace(":", "_")}.bin'
   with shards.open_for_write(path) as out:
-    for chunk, ids, chunk_lengths in tokenize.encode_chunks(tokenize.chunked(source.documents()), tokenizer, eos,
-                                                            workers):
+    for chunk, ids, chunk_lengths in tokenize.encode_chunks(
+      tokenize.chunked(source.documents()), tokenizer, eos, workers
+    ):
       for text in chunk:
         encoded = text.encode('utf-8', errors='replace')
         hashes.append(int.from_bytes(hashlib.blake2b(encoded, digest_size=8).digest(), 'little'))
@@ -90,17 +91,20 @@ def held_out(spilled: _Spilled, test_fraction: float, test_tokens: int) -> np.nd
 def training_order(spilled: _Spilled, excluded: np.ndarray, seed: int, max_tokens: int) -> tuple:
   """(candidates, chosen): documents not held out anywhere in a seeded order, and those within max_tokens."""
   candidates = np.flatnonzero(~np.isin(spilled.hashes, excluded))
-  keys = np.fromiter((sources_lib.seeded_order_key(h, seed) for h in spilled.hashes[candidates].tolist()),
-                     dtype=np.uint64, count=len(candidates))
+  keys = np.fromiter(
+    (sources_lib.seeded_order_key(h, seed) for h in spilled.hashes[candidates].tolist()),
+    dtype=np.uint64,
+    count=len(candidates),
+  )
   candidates = candidates[np.argsort(keys, kind='stable')]
-  return candidates, candidates[:_through(spilled.lengths[candidates], max_tokens)]
+  return candidates, candidates[: _through(spilled.lengths[candidates], max_tokens)]
 
 
 def _stream(spilled: _Spilled, documents: np.ndarray):
   """The tokens of documents, in order, in pieces of about _PACK_TOKENS."""
   pieces, size = [], 0
   for start, length in zip(spilled.starts[documents].tolist(), spilled.lengths[documents].tolist()):
-    pieces.append(spilled.tokens[start:start + length])
+    pieces.append(spilled.tokens[start : start + length])
     size += length
     if size >= _PACK_TOKENS:
       yield np.concatenate(pieces)
@@ -117,8 +121,8 @@ def pack_to(writer: shards.ShardWriter, pieces, row: int, max_rows: int = 0) -> 
     count = len(stream) // row
     if max_rows:
       count = min(count, max_rows - writer.rows)
-    writer.append(stream[:count * row])
-    carry = stream[count * row:]
+    writer.append(stream[: count * row])
+    carry = stream[count * row :]
     if max_rows and writer.rows >= max_rows:
       return
 
@@ -126,7 +130,7 @@ def pack_to(writer: shards.ShardWriter, pieces, row: int, max_rows: int = 0) -> 
 def pack_small(pieces, row: int, dtype, max_rows: int) -> np.ndarray:
   stream = np.concatenate([np.asarray(p, dtype) for p in pieces]) if pieces else np.zeros(0, dtype)
   count = min(len(stream) // row, max_rows)
-  return stream[:count * row].reshape(count, row)
+  return stream[: count * row].reshape(count, row)
 
 
 def _text_bytes_per_token(spilled: _Spilled, documents: np.ndarray) -> float:
@@ -141,7 +145,7 @@ def bytes_per_token(tokenizer, sizes, token_arrays) -> float:
     return float('nan')
   sample, used = [], 0
   for piece in token_arrays:
-    piece = np.asarray(piece[:max(1_000_000 - used, 0)])
+    piece = np.asarray(piece[: max(1_000_000 - used, 0)])
     sample.append(piece.tolist())
     used += len(piece)
     if used >= 1_000_000:
@@ -161,35 +165,42 @@ def _train_outputs(config, name, source, spilled, held, excluded, budget, tokeni
   """Writes train_<name>, eval_<name>_test (and eval_domain_train) of a text source; returns its info."""
   row, data = config.data.seq_len + 1, config.data
   eval_cap = MAX_EVAL_SEQUENCES * row
-  test_docs = held[:_through(spilled.lengths[held], eval_cap)]
+  test_docs = held[: _through(spilled.lengths[held], eval_cap)]
   candidates, train_docs = training_order(spilled, excluded, config.seed, budget)
   train_rows = int(spilled.lengths[train_docs].sum()) // row
   test_rows = int(spilled.lengths[test_docs].sum()) // row
   for split, rows in (('training', train_rows), ('held-out', test_rows)):
     if not rows:
-      raise ValueError(f'the {name} {split} split has fewer than seq_len + 1 = {row} tokens; '
-                       'add documents, lower --config.data.seq_len or adjust test_fraction/test_tokens')
+      raise ValueError(
+        f'the {name} {split} split has fewer than seq_len + 1 = {row} tokens; '
+        'add documents, lower --config.data.seq_len or adjust test_fraction/test_tokens'
+      )
   writer = shards.ShardWriter(partial / f'train_{name}.npy', dtype, row, expected_rows=train_rows)
   pack_to(writer, _stream(spilled, train_docs), row)
   metadata['shards'][f'train_{name}.npy'] = writer.close()
   test = pack_small(list(_stream(spilled, test_docs)), row, dtype, MAX_EVAL_SEQUENCES)
-  _write_eval(partial, f'{name}_test', test, metadata,
-              _text_bytes_per_token(spilled, test_docs))
+  _write_eval(partial, f'{name}_test', test, metadata, _text_bytes_per_token(spilled, test_docs))
   if name == 'domain':
     train = np.load(partial / f'train_{name}.npy', mmap_mode='r')
     count = min(data.domain_train_sequences, len(train))
     rows = np.sort(np.random.default_rng([config.seed, 7]).choice(len(train), count, replace=False))
-    _write_eval(partial, 'domain_train', np.asarray(train[rows]), metadata,
-                _text_bytes_per_token(spilled, train_docs))
+    _write_eval(partial, 'domain_train', np.asarray(train[rows]), metadata, _text_bytes_per_token(spilled, train_docs))
     del train
-  (partial / f'test_documents_{name}.json').write_text(json.dumps(
-      sorted(f'{h:016x}' for h in spilled.hashes[held].tolist())))
+  (partial / f'test_documents_{name}.json').write_text(
+    json.dumps(sorted(f'{h:016x}' for h in spilled.hashes[held].tolist()))
+  )
   by_source = _by_source(name, spilled, held, train_docs)
-  return dict(by_source=by_source, documents_kept=len(train_docs) + len(held), documents_train=len(train_docs),
-              documents_test=len(held), documents_dropped_as_held_out_elsewhere=len(spilled) - len(held) -
-              len(candidates), tokens_train=int(spilled.lengths[train_docs].sum()),
-              tokens_test=int(spilled.lengths[test_docs].sum()), sequences_train=train_rows,
-              sequences_test=len(test))
+  return dict(
+    by_source=by_source,
+    documents_kept=len(train_docs) + len(held),
+    documents_train=len(train_docs),
+    documents_test=len(held),
+    documents_dropped_as_held_out_elsewhere=len(spilled) - len(held) - len(candidates),
+    tokens_train=int(spilled.lengths[train_docs].sum()),
+    tokens_test=int(spilled.lengths[test_docs].sum()),
+    sequences_train=train_rows,
+    sequences_test=len(test),
+  )
 
 
 def _by_source(name, spilled: _Spilled, held: np.ndarray, train_docs: np.ndarray) -> dict:
@@ -197,18 +208,34 @@ def _by_source(name, spilled: _Spilled, held: np.ndarray, train_docs: np.ndarray
   if spilled.groups is None:
     return {}
   count = len(spilled.group_names)
-  tally = lambda documents: (np.bincount(spilled.groups[documents], minlength=count),
-                             np.bincount(spilled.groups[documents], spilled.lengths[documents], minlength=count))
+  tally = lambda documents: (
+    np.bincount(spilled.groups[documents], minlength=count),
+    np.bincount(spilled.groups[documents], spilled.lengths[documents], minlength=count),
+  )
   (read, read_tokens), (test, test_tokens), (train, train_tokens) = (
-      tally(np.arange(len(spilled))), tally(held), tally(train_docs))
+    tally(np.arange(len(spilled))),
+    tally(held),
+    tally(train_docs),
+  )
   result = {}
   for index, group in enumerate(spilled.group_names):
-    result[group] = dict(documents=int(read[index]), tokens=int(read_tokens[index]),
-                         documents_test=int(test[index]), tokens_test=int(test_tokens[index]),
-                         documents_train=int(train[index]), tokens_train=int(train_tokens[index]))
-    logging.info('%s source %s: %d documents (%d tokens) read; %d (%d tokens) held out; %d (%d tokens) trained on',
-                 name, group, *[result[group][k] for k in ('documents', 'tokens', 'documents_test', 'tokens_test',
-                                                           'documents_train', 'tokens_train')])
+    result[group] = dict(
+      documents=int(read[index]),
+      tokens=int(read_tokens[index]),
+      documents_test=int(test[index]),
+      tokens_test=int(test_tokens[index]),
+      documents_train=int(train[index]),
+      tokens_train=int(train_tokens[index]),
+    )
+    logging.info(
+      '%s source %s: %d documents (%d tokens) read; %d (%d tokens) held out; %d (%d tokens) trained on',
+      name,
+      group,
+      *[
+        result[group][k]
+        for k in ('documents', 'tokens', 'documents_test', 'tokens_test', 'documents_train', 'tokens_train')
+      ],
+    )
   return result
 
 
@@ -216,30 +243,54 @@ def _token_outputs(config, name, source, budget, tokenizer, partial, dtype, meta
   """Plans an in-place token source (train rows over its files) and writes its eval sets; returns its info."""
   data, row = config.data, config.data.seq_len + 1
   extra = name.startswith('extra:')
-  plan = token_rows.plan(source, data.seq_len, metadata['eos'], budget, 0.0 if extra else data.test_fraction,
-                         0 if extra else data.test_tokens, cache_root)
+  plan = token_rows.plan(
+    source,
+    data.seq_len,
+    metadata['eos'],
+    budget,
+    0.0 if extra else data.test_fraction,
+    0 if extra else data.test_tokens,
+    cache_root,
+  )
   arrays = [source.token_array(p) for p in plan.paths]
   eval_cap = MAX_EVAL_SEQUENCES * row
-  test_tokens = (arrays[0][:eval_cap] if extra else arrays[-1][plan.test_start:plan.test_end][:eval_cap])
+  test_tokens = arrays[0][:eval_cap] if extra else arrays[-1][plan.test_start : plan.test_end][:eval_cap]
   test = pack_small([test_tokens], row, dtype, MAX_EVAL_SEQUENCES)
   rows = token_rows.TokenRows(arrays, plan.rows, row)
   if not extra:
     for split, count in (('training', len(rows)), ('held-out', len(test))):
       if not count:
-        raise ValueError(f'the {name} {split} split has fewer than seq_len + 1 = {row} tokens; '
-                         'add token files, lower --config.data.seq_len or adjust test_fraction/test_tokens')
-    metadata['in_place'][name] = dict(files=[dict(path=p, rows=r, url=u) for p, r, u in zip(
-        plan.paths, plan.rows, source.paths)], dtype=source.options['dtype'])
-  _write_eval(partial, name[6:] if extra else f'{name}_test', test, metadata,
-              bytes_per_token(tokenizer, None, [test_tokens]))
+        raise ValueError(
+          f'the {name} {split} split has fewer than seq_len + 1 = {row} tokens; '
+          'add token files, lower --config.data.seq_len or adjust test_fraction/test_tokens'
+        )
+    metadata['in_place'][name] = dict(
+      files=[dict(path=p, rows=r, url=u) for p, r, u in zip(plan.paths, plan.rows, source.paths)],
+      dtype=source.options['dtype'],
+    )
+  _write_eval(
+    partial, name[6:] if extra else f'{name}_test', test, metadata, bytes_per_token(tokenizer, None, [test_tokens])
+  )
   if name == 'domain':
     count = min(data.domain_train_sequences, len(rows))
     picked = np.sort(np.random.default_rng([config.seed, 7]).choice(len(rows), count, replace=False))
-    _write_eval(partial, 'domain_train', rows[picked].astype(dtype), metadata,
-                bytes_per_token(tokenizer, None, [rows[picked].ravel()]))
-  return dict(documents=None, files_used=len(plan.paths), files_listed=len(source.paths),
-              tokens_in_files_used=plan.tokens_used, tokens_train=len(rows) * row, tokens_test=len(test_tokens),
-              sequences_train=len(rows), sequences_test=len(test))
+    _write_eval(
+      partial,
+      'domain_train',
+      rows[picked].astype(dtype),
+      metadata,
+      bytes_per_token(tokenizer, None, [rows[picked].ravel()]),
+    )
+  return dict(
+    documents=None,
+    files_used=len(plan.paths),
+    files_listed=len(source.paths),
+    tokens_in_files_used=plan.tokens_used,
+    tokens_train=len(rows) * row,
+    tokens_test=len(test_tokens),
+    sequences_train=len(rows),
+    sequences_test=len(test),
+  )
 
 
 def _write_eval(partial, name, rows, metadata, bytes_per_token_value) -> None:
@@ -248,8 +299,17 @@ def _write_eval(partial, name, rows, metadata, bytes_per_token_value) -> None:
   metadata['bytes_per_token'][name] = bytes_per_token_value
 
 
-def build(config, parsed: dict, budgets: dict, tokenizer, digest: str, folder: pathlib.Path,
-          cache_root: pathlib.Path, format_version: int, tokenizer_eos: int) -> dict:
+def build(
+  config,
+  parsed: dict,
+  budgets: dict,
+  tokenizer,
+  digest: str,
+  folder: pathlib.Path,
+  cache_root: pathlib.Path,
+  format_version: int,
+  tokenizer_eos: int,
+) -> dict:
   """Prepares every source into a temporary folder and renames it into place; returns the metadata."""
   data, start = config.data, time.time()
   vocab_size = tokenizer.get_vocab_size()
@@ -263,34 +323,67 @@ def build(config, parsed: dict, budgets: dict, tokenizer, digest: str, folder: p
   partial = shards.partial_name(folder)
   shutil.rmtree(partial, ignore_errors=True)
   partial.mkdir(parents=True)
-  metadata = dict(version=format_version, tokenizer=digest, vocab_size=vocab_size, eos=tokenizer_eos,
-                  seq_len=data.seq_len, dtype=np.dtype(dtype).name, seed=config.seed, sources={},
-                  eval_sets={}, bytes_per_token={}, shards={}, in_place={}, budgets=budgets)
+  metadata = dict(
+    version=format_version,
+    tokenizer=digest,
+    vocab_size=vocab_size,
+    eos=tokenizer_eos,
+    seq_len=data.seq_len,
+    dtype=np.dtype(dtype).name,
+    seed=config.seed,
+    sources={},
+    eval_sets={},
+    bytes_per_token={},
+    shards={},
+    in_place={},
+    budgets=budgets,
+  )
   try:
     spilled, held = {}, {}
     for name, source in parsed.items():  # First every held-out split, so none reaches training elsewhere.
       if not source.is_tokens:
         spilled[name] = spill(source, tokenizer, tokenizer_eos, workers, dtype, partial)
-        held[name] = (np.arange(len(spilled[name])) if name.startswith('extra:') else
-                      held_out(spilled[name], data.test_fraction, data.test_tokens))
+        held[name] = (
+          np.arange(len(spilled[name]))
+          if name.startswith('extra:')
+          else held_out(spilled[name], data.test_fraction, data.test_tokens)
+        )
     excluded = np.unique(np.concatenate([spilled[n].hashes[held[n]] for n in spilled] or [np.zeros(0, np.uint64)]))
     text_bytes = 0
     for name, source in parsed.items():
       info = dict(spec=source.spec, bad_bytes=source.bad_bytes)
       if source.is_tokens:
-        info.update(_token_outputs(config, name, source, budgets.get(name, 0), tokenizer, partial, dtype,
-                                   metadata, cache_root))
+        info.update(
+          _token_outputs(config, name, source, budgets.get(name, 0), tokenizer, partial, dtype, metadata, cache_root)
+        )
       elif name.startswith('extra:'):
         sp = spilled[name]
-        docs = held[name][:_through(sp.lengths[held[name]], MAX_EVAL_SEQUENCES * (data.seq_len + 1))]
-        _write_eval(partial, name[6:], pack_small(list(_stream(sp, docs)), data.seq_len + 1, dtype,
-                                                   MAX_EVAL_SEQUENCES), metadata,
-                    _text_bytes_per_token(sp, docs))
+        docs = held[name][: _through(sp.lengths[held[name]], MAX_EVAL_SEQUENCES * (data.seq_len + 1))]
+        _write_eval(
+          partial,
+          name[6:],
+          pack_small(list(_stream(sp, docs)), data.seq_len + 1, dtype, MAX_EVAL_SEQUENCES),
+          metadata,
+          _text_bytes_per_token(sp, docs),
+        )
         info.update(documents=len(sp), tokens=int(sp.lengths[docs].sum()))
       else:
         info.update(documents=len(spilled[name]))
-        info.update(_train_outputs(config, name, source, spilled[name], held[name], excluded,
-                                   budgets.get(name, 0), tokenizer, partial, dtype, metadata))
+        info.update(
+          _train_outputs(
+            config,
+            name,
+            source,
+            spilled[name],
+            held[name],
+            excluded,
+            budgets.get(name, 0),
+            tokenizer,
+            partial,
+            dtype,
+            metadata,
+          )
+        )
       if name in spilled:
         text_bytes += int(spilled[name].sizes.sum())
         path = spilled.pop(name).path
@@ -298,8 +391,12 @@ def build(config, parsed: dict, budgets: dict, tokenizer, digest: str, folder: p
       info.update(fingerprint=source.fingerprint(), checksums=source.checksums or source.content_checksums())
       metadata['sources'][name] = info
     seconds = time.time() - start
-    metadata.update(seconds=round(seconds, 2), text_bytes=text_bytes, workers=workers,
-                    megabytes_per_second_per_worker=round(text_bytes / 1e6 / seconds / workers, 3))
+    metadata.update(
+      seconds=round(seconds, 2),
+      text_bytes=text_bytes,
+      workers=workers,
+      megabytes_per_second_per_worker=round(text_bytes / 1e6 / seconds / workers, 3),
+    )
     tokenizer.save(str(partial / 'tokenizer.json'))
     (partial / 'metadata.json').write_text(json.dumps(metadata, indent=1, sort_keys=True))
   except BaseException:

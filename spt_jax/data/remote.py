@@ -26,6 +26,7 @@ def is_remote(path: str) -> bool:
 
 def _filesystem(url: str):
   import fsspec  # pylint: disable=g-import-not-at-top
+
   return fsspec.core.url_to_fs(url)
 
 
@@ -35,8 +36,9 @@ def read_list(name: str, where: str) -> tuple[list, dict]:
   if not path.is_file() and (_LISTS / name).is_file():
     path = _LISTS / name
   if not path.is_file():
-    raise ValueError(f'{where}: list file {name!r} does not exist (nor spt_jax/data/lists/{name}); write one URL '
-                     'or path per line')
+    raise ValueError(
+      f'{where}: list file {name!r} does not exist (nor spt_jax/data/lists/{name}); write one URL or path per line'
+    )
   urls, expected = [], {}
   for line in path.read_text().splitlines():
     fields = line.split('#', 1)[0].split()
@@ -57,8 +59,10 @@ def expand(pattern: str, where: str) -> list:
   try:
     found = sorted(fs.glob(path))
   except Exception as error:  # pylint: disable=broad-except
-    raise ValueError(f'{where}: cannot list {pattern} ({type(error).__name__}: {str(error)[:120]}); name the '
-                     'files in an @list file instead') from None
+    raise ValueError(
+      f'{where}: cannot list {pattern} ({type(error).__name__}: {str(error)[:120]}); name the '
+      'files in an @list file instead'
+    ) from None
   if not found:
     raise ValueError(f'{where}: no files match {pattern}; fix the URL or name the files in an @list file')
   return [fs.unstrip_protocol(p) if '://' not in p else p for p in found]
@@ -130,8 +134,9 @@ def fetch(url: str, cache_root: pathlib.Path, expected_sha256: str = '', where: 
   sha256 = digest.hexdigest()
   if expected_sha256 and sha256 != expected_sha256:
     partial.unlink()
-    raise ValueError(f'{where}: {url} has sha256 {sha256}, not the {expected_sha256} its list gives; '
-                     'fetched again on the next run')
+    raise ValueError(
+      f'{where}: {url} has sha256 {sha256}, not the {expected_sha256} its list gives; fetched again on the next run'
+    )
   record = path.with_name(path.name + '.json')
   record.write_text(json.dumps(dict(url=url, size=size, sha256=sha256, fetched=time.time())))
   os.replace(partial, path)

@@ -45,14 +45,18 @@ def ensure_space(folder: pathlib.Path, needed: int, what: str) -> None:
   probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), pathlib.Path('/'))
   free = shutil.disk_usage(probe).free
   if free < needed + _SPACE_MARGIN:
-    raise DiskFullError(f'not enough disk space in {folder} for {what}: about {_gb(needed)} needed, '
-                        f'{_gb(free)} free; free space there or set --config.data.cache_dir to a larger disk')
+    raise DiskFullError(
+      f'not enough disk space in {folder} for {what}: about {_gb(needed)} needed, '
+      f'{_gb(free)} free; free space there or set --config.data.cache_dir to a larger disk'
+    )
 
 
 def disk_full(folder: pathlib.Path, needed: int, what: str) -> DiskFullError:
   free = shutil.disk_usage(folder).free if pathlib.Path(folder).exists() else 0
-  return DiskFullError(f'the disk holding {folder} filled up while writing {what}: about {_gb(needed)} more '
-                       f'needed, {_gb(free)} free; free space there or set --config.data.cache_dir to a larger disk')
+  return DiskFullError(
+    f'the disk holding {folder} filled up while writing {what}: about {_gb(needed)} more '
+    f'needed, {_gb(free)} free; free space there or set --config.data.cache_dir to a larger disk'
+  )
 
 
 def _header(dtype: np.dtype, shape: tuple) -> bytes:
@@ -105,8 +109,7 @@ class ShardWriter:
         raise disk_full(self.path.parent, 0, self.path.name) from None
       raise
     self._file.close()
-    return dict(size=os.path.getsize(self.path), digest=self._digest.hexdigest(),
-                sampled=sampled_digest(self.path))
+    return dict(size=os.path.getsize(self.path), digest=self._digest.hexdigest(), sampled=sampled_digest(self.path))
 
 
 def write_array(path: pathlib.Path, rows: np.ndarray) -> dict:
@@ -118,8 +121,7 @@ def write_array(path: pathlib.Path, rows: np.ndarray) -> dict:
 
 def file_checks(path: pathlib.Path) -> dict:
   """The checks of any file, as a shard's (size, whole and sampled digests), its digest taken from byte 0."""
-  return dict(size=os.path.getsize(path), digest=body_digest(path, offset=0), sampled=sampled_digest(path),
-              offset=0)
+  return dict(size=os.path.getsize(path), digest=body_digest(path, offset=0), sampled=sampled_digest(path), offset=0)
 
 
 def body_digest(path: pathlib.Path, offset: int = _HEADER_BYTES) -> str:
@@ -156,7 +158,8 @@ def damaged_files(folder: pathlib.Path, checks: dict) -> list:
     if not path.is_file() or os.path.getsize(path) != check['size']:
       damaged.append(name)
     elif sampled_digest(path) != check['sampled'] or (
-        whole and body_digest(path, check.get('offset', _HEADER_BYTES)) != check['digest']):
+      whole and body_digest(path, check.get('offset', _HEADER_BYTES)) != check['digest']
+    ):
       damaged.append(name)
   return damaged
 
@@ -185,8 +188,9 @@ def remove_stale_partials(parent: pathlib.Path) -> list:
   for path in parent.glob('.*.tmp-*'):
     owner, _, pid = path.name.rpartition('.tmp-')[2].rpartition('-')
     try:
-      stale = (not _alive(int(pid))) if owner == host else (
-          time.time() - path.stat().st_mtime > _STALE_OTHER_HOST_SECONDS)
+      stale = (
+        (not _alive(int(pid))) if owner == host else (time.time() - path.stat().st_mtime > _STALE_OTHER_HOST_SECONDS)
+      )
     except (ValueError, OSError):
       continue
     if stale and int(pid) != os.getpid():

@@ -36,10 +36,14 @@ from spt_jax.data import remote
 
 KINDS = ('builtin', 'files', 'jsonl', 'parquet', 'tfds', 'hf', 'hub', 'tokens')
 _OPTIONS = {
-    'builtin': (), 'files': ('separator',), 'jsonl': ('field',), 'parquet': ('column',),
-    'tfds': ('split', 'field', 'data_dir'), 'hf': ('split', 'field', 'name', 'where'),
-    'hub': ('revision', 'configs', 'skip_configs', 'split', 'field', 'where', 'check_records'),
-    'tokens': ('dtype', 'eos'),
+  'builtin': (),
+  'files': ('separator',),
+  'jsonl': ('field',),
+  'parquet': ('column',),
+  'tfds': ('split', 'field', 'data_dir'),
+  'hf': ('split', 'field', 'name', 'where'),
+  'hub': ('revision', 'configs', 'skip_configs', 'split', 'field', 'where', 'check_records'),
+  'tokens': ('dtype', 'eos'),
 }
 # Token files are too large to hash whole at every start; this many bytes from each end stand in.
 _TOKEN_CHECKSUM_BYTES = 1 << 20
@@ -73,6 +77,7 @@ def decode_utf8(data: bytes) -> tuple[str, int]:
 @dataclasses.dataclass
 class Source:
   """A parsed source spec; reading it fills `bad_bytes` and `checksums` (per file)."""
+
   name: str
   spec: str
   kind: str
@@ -114,8 +119,7 @@ class Source:
   def documents(self) -> Iterator[str]:
     """Yields the text documents of a text source, in a fixed order."""
     if self.is_tokens:
-      raise ValueError(f'source {self.name!r} ({self.spec}) holds token ids, not text; read it with '
-                       'token_documents()')
+      raise ValueError(f'source {self.name!r} ({self.spec}) holds token ids, not text; read it with token_documents()')
     if self.kind == 'builtin':
       yield from self._builtin_documents()
     elif self.kind == 'files':
@@ -156,12 +160,16 @@ class Source:
         self.checksums[str(path)] = _file_checksum(pathlib.Path(path), sampled=True)
         array = np.load(path, mmap_mode='r')
         if array.ndim != 1 or array.dtype != dtype:
-          raise ValueError(f'source {self.name!r}: {path} holds {array.dtype.name} {list(array.shape)}, not a '
-                           f'flat {dtype.name} array; fix ?dtype= in {self.spec!r}')
+          raise ValueError(
+            f'source {self.name!r}: {path} holds {array.dtype.name} {list(array.shape)}, not a '
+            f'flat {dtype.name} array; fix ?dtype= in {self.spec!r}'
+          )
         return array
     if os.path.getsize(path) % dtype.itemsize:
-      raise ValueError(f'source {self.name!r}: {path} has {os.path.getsize(path)} bytes, not a multiple of '
-                       f'{dtype.itemsize} ({dtype.name}); check ?dtype= in {self.spec!r}')
+      raise ValueError(
+        f'source {self.name!r}: {path} has {os.path.getsize(path)} bytes, not a multiple of '
+        f'{dtype.itemsize} ({dtype.name}); check ?dtype= in {self.spec!r}'
+      )
     self.checksums[str(path)] = _file_checksum(pathlib.Path(path), sampled=True)
     return np.memmap(path, dtype=dtype, mode='r')
 
@@ -180,8 +188,9 @@ class Source:
     try:
       data = pathlib.Path(path).read_bytes()
     except OSError as error:
-      raise ValueError(f'source {self.name!r}: cannot read {path} ({error.strerror}); fix its permissions '
-                       'or remove it from the glob') from None
+      raise ValueError(
+        f'source {self.name!r}: cannot read {path} ({error.strerror}); fix its permissions or remove it from the glob'
+      ) from None
     self.checksums[str(path)] = hashlib.sha256(data).hexdigest()
     text, bad = decode_utf8(data)
     if bad:
@@ -191,6 +200,7 @@ class Source:
 
   def _builtin_documents(self) -> Iterator[str]:
     from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
+
     for corpus in _builtin_names(self):
       yield from fetch.documents(corpus, cache_dir=self.cache_dir)
 
@@ -205,23 +215,29 @@ class Source:
           for key in field.split('.'):
             value = value[key]
         except (json.JSONDecodeError, KeyError, TypeError, IndexError):
-          raise ValueError(f'source {self.name!r}: {path}:{number} is not a JSON object with field '
-                           f'{field!r}; fix the line or set ?field= in {self.spec!r}') from None
+          raise ValueError(
+            f'source {self.name!r}: {path}:{number} is not a JSON object with field '
+            f'{field!r}; fix the line or set ?field= in {self.spec!r}'
+          ) from None
         if isinstance(value, str) and value.strip():
           yield value
 
   def _parquet_documents(self) -> Iterator[str]:
     import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
     column = self.options.get('column', 'text')
     for path in self.paths:
       try:
         parquet_file = pq.ParquetFile(path)
       except Exception as error:  # pylint: disable=broad-except
-        raise ValueError(f'source {self.name!r}: cannot read {path} as Parquet ({type(error).__name__}); '
-                         'remove it from the glob') from None
+        raise ValueError(
+          f'source {self.name!r}: cannot read {path} as Parquet ({type(error).__name__}); remove it from the glob'
+        ) from None
       if column not in parquet_file.schema_arrow.names:
-        raise ValueError(f'source {self.name!r}: {path} has no column {column!r} (columns: '
-                         f'{parquet_file.schema_arrow.names}); set ?column= in {self.spec!r}')
+        raise ValueError(
+          f'source {self.name!r}: {path} has no column {column!r} (columns: '
+          f'{parquet_file.schema_arrow.names}); set ?column= in {self.spec!r}'
+        )
       for batch in parquet_file.iter_batches(columns=[column]):
         for value in batch.column(0).to_pylist():
           text = self._as_text(value, path)
@@ -230,19 +246,24 @@ class Source:
 
   def _tfds_documents(self) -> Iterator[str]:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
     field = self.options.get('field', 'text')
     kwargs = {'data_dir': self.options['data_dir']} if self.options.get('data_dir') else {}
     try:
       data = tfds.data_source(self.target, split=self.options.get('split', 'train'), **kwargs)
     except Exception as error:  # pylint: disable=broad-except
-      raise ValueError(f'source {self.name!r}: tfds.data_source({self.target!r}) failed: '
-                       f'{str(error).splitlines()[0] if str(error) else type(error).__name__}; prepare the '
-                       'dataset with tfds first or fix ?split=/data_dir=') from None
+      raise ValueError(
+        f'source {self.name!r}: tfds.data_source({self.target!r}) failed: '
+        f'{str(error).splitlines()[0] if str(error) else type(error).__name__}; prepare the '
+        'dataset with tfds first or fix ?split=/data_dir='
+      ) from None
     for index in range(len(data)):
       record = data[index]
       if field not in record:
-        raise ValueError(f'source {self.name!r}: TFDS records of {self.target!r} have no field {field!r} '
-                         f'(fields: {sorted(record)}); set ?field= in {self.spec!r}')
+        raise ValueError(
+          f'source {self.name!r}: TFDS records of {self.target!r} have no field {field!r} '
+          f'(fields: {sorted(record)}); set ?field= in {self.spec!r}'
+        )
       text = self._as_text(record[field], f'{self.target}[{index}]')
       if text and text.strip():
         yield text
@@ -275,6 +296,7 @@ def _file_checksum(path: pathlib.Path, sampled: bool) -> str:
 
 def _builtin_names(source: Source) -> list:
   from spt_jax.data import corpora  # pylint: disable=g-import-not-at-top
+
   names = []
   for item in source.target.split(','):
     for name in corpora.GROUPS.get(item, [item]):
@@ -285,6 +307,7 @@ def _builtin_names(source: Source) -> list:
 
 def _builtin_roots(source: Source) -> list:
   from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
+
   return list(fetch.ensure(_builtin_names(source), cache_dir=source.cache_dir).values())
 
 
@@ -297,11 +320,14 @@ def _glob_files(name: str, spec: str, pattern: str) -> list:
     raise ValueError(f'source {name!r}: no files match {pattern!r} (from {spec!r}); fix the path or glob')
   unreadable = [p for p in paths if not os.access(p, os.R_OK)]
   if unreadable:
-    raise ValueError(f'source {name!r}: {len(unreadable)} file(s) are unreadable, e.g. {unreadable[0]}; fix '
-                     'their permissions or narrow the glob')
+    raise ValueError(
+      f'source {name!r}: {len(unreadable)} file(s) are unreadable, e.g. {unreadable[0]}; fix '
+      'their permissions or narrow the glob'
+    )
   if all(os.path.getsize(p) == 0 for p in paths):
-    raise ValueError(f'source {name!r}: all {len(paths)} file(s) matching {pattern!r} are empty; point it at '
-                     'files with text')
+    raise ValueError(
+      f'source {name!r}: all {len(paths)} file(s) matching {pattern!r} are empty; point it at files with text'
+    )
   return paths
 
 
@@ -315,8 +341,10 @@ def parse(spec: str, name: str = 'source', cache_dir: str = '') -> Source:
     if glob.glob(os.path.expanduser(spec.partition('?')[0]), recursive=True):
       kind, rest = 'files', spec
     else:
-      raise ValueError(f'source {name!r}: unknown kind {kind!r} in {spec!r}; use one of '
-                       f'{", ".join(k + ":" for k in KINDS)} (or an existing path)')
+      raise ValueError(
+        f'source {name!r}: unknown kind {kind!r} in {spec!r}; use one of '
+        f'{", ".join(k + ":" for k in KINDS)} (or an existing path)'
+      )
   target, _, query = rest.partition('?')
   target = target.strip()
   if not target:
@@ -324,8 +352,9 @@ def parse(spec: str, name: str = 'source', cache_dir: str = '') -> Source:
   options = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
   unknown = sorted(set(options) - set(_OPTIONS[kind]))
   if unknown:
-    raise ValueError(f'source {name!r}: unknown option(s) {unknown} for {kind}: (allowed: '
-                     f'{list(_OPTIONS[kind])}) in {spec!r}')
+    raise ValueError(
+      f'source {name!r}: unknown option(s) {unknown} for {kind}: (allowed: {list(_OPTIONS[kind])}) in {spec!r}'
+    )
   if 'separator' in options:
     options['separator'] = options['separator'].replace('\\n', '\n').replace('\\t', '\t')
     if not options['separator']:
@@ -373,6 +402,7 @@ def cache_root(cache_dir: str = '') -> pathlib.Path:
   """Root of corpora and prepared data: cache_dir, else $SPT_JAX_CACHE, else ~/.cache/spt_jax."""
   try:
     from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
+
     if hasattr(fetch, 'cache_root'):
       return pathlib.Path(fetch.cache_root(cache_dir))
   except ImportError:

@@ -21,7 +21,7 @@ class TokenRows:
   """A read-only [rows, row_length] view over several memory-mapped flat token files."""
 
   def __init__(self, arrays: list, rows: list, row_length: int):
-    self._views = [a[:r * row_length].reshape(r, row_length) for a, r in zip(arrays, rows) if r]
+    self._views = [a[: r * row_length].reshape(r, row_length) for a, r in zip(arrays, rows) if r]
     self._starts = np.cumsum([0] + [len(v) for v in self._views])
     self.shape = (int(self._starts[-1]), row_length)
     self.ndim, self.dtype = 2, (self._views[0].dtype if self._views else np.dtype(np.uint16))
@@ -52,6 +52,7 @@ class TokenRows:
 @dataclasses.dataclass
 class Plan:
   """Which files and rows of a token source train, and where its held-out tail starts."""
+
   paths: list
   rows: list
   test_start: int  # In the last file.
@@ -70,8 +71,9 @@ def _document_start_before(tokens: np.ndarray, position: int, eos: int) -> int:
   return 0
 
 
-def plan(source, seq_len: int, eos: int, max_tokens: int, test_fraction: float, test_tokens: int,
-         cache_root: pathlib.Path) -> Plan:
+def plan(
+  source, seq_len: int, eos: int, max_tokens: int, test_fraction: float, test_tokens: int, cache_root: pathlib.Path
+) -> Plan:
   """Uses files in order until max_tokens (0: all) plus the held-out budget are covered, fetching remote ones."""
   eos = int(source.options.get('eos', eos))
   row = seq_len + 1
@@ -80,8 +82,11 @@ def plan(source, seq_len: int, eos: int, max_tokens: int, test_fraction: float, 
     reserve = test_tokens or math.ceil(test_fraction * total)
     if max_tokens and arrays and total >= max_tokens + reserve:
       break
-    path = remote.fetch(name, cache_root, source.expected_sha256.get(name, ''), f'source {source.name!r}') \
-        if remote.is_remote(name) else pathlib.Path(name)
+    path = (
+      remote.fetch(name, cache_root, source.expected_sha256.get(name, ''), f'source {source.name!r}')
+      if remote.is_remote(name)
+      else pathlib.Path(name)
+    )
     arrays.append(source.token_array(path))
     paths.append(str(path))
     total += len(arrays[-1])

@@ -35,7 +35,7 @@ def encode(tokenizer, texts: list, eos: int) -> tuple:
   ids = np.empty(int(lengths.sum()), dtype=np.uint32)
   ends = np.cumsum(lengths)
   for encoding, end, length in zip(encodings, ends.tolist(), lengths.tolist()):
-    ids[end - length:end - 1] = encoding.ids
+    ids[end - length : end - 1] = encoding.ids
   ids[ends - 1] = eos
   return ids, lengths
 
@@ -61,8 +61,7 @@ def chunked(texts: Iterable[str], chunk_chars: int = 0) -> Iterator[list]:
 
 def _use_processes(workers: int) -> bool:
   """Worker processes pay off only on many cores; forking is unsafe once JAX's threads exist."""
-  return (workers >= _MIN_PROCESSES and 'jax' not in sys.modules
-          and 'fork' in multiprocessing.get_all_start_methods())
+  return workers >= _MIN_PROCESSES and 'jax' not in sys.modules and 'fork' in multiprocessing.get_all_start_methods()
 
 
 def encode_chunks(chunks: Iterable[list], tokenizer, eos: int, num_workers: int = 0) -> Iterator[tuple]:
@@ -105,8 +104,9 @@ def _tokenizer_threads(enabled: bool):
 def _encode_in_pool(chunks: Iterable[list], tokenizer, eos: int, workers: int):
   """Encodes chunks in forked worker processes, in order, with a bounded number of chunks in flight."""
   with _tokenizer_threads(False):  # Forked children must not inherit a thread pool.
-    executor = futures.ProcessPoolExecutor(workers, multiprocessing.get_context('fork'), _init_worker,
-                                           (tokenizer.to_str(),))
+    executor = futures.ProcessPoolExecutor(
+      workers, multiprocessing.get_context('fork'), _init_worker, (tokenizer.to_str(),)
+    )
     pending = collections.deque()
     try:
       for chunk in chunks:

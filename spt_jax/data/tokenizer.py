@@ -33,8 +33,10 @@ def eos_id(tokenizer: tokenizers.Tokenizer) -> int:
     token_id = tokenizer.token_to_id(token)
     if token_id is not None:
       return token_id
-  raise ValueError(f'the tokenizer has none of the EOS tokens {list(_EOS_CANDIDATES)}; add {EOS_TOKEN!r} as a '
-                   'special token to its JSON')
+  raise ValueError(
+    f'the tokenizer has none of the EOS tokens {list(_EOS_CANDIDATES)}; add {EOS_TOKEN!r} as a '
+    'special token to its JSON'
+  )
 
 
 def load_tokenizer(config) -> tokenizers.Tokenizer:
@@ -42,6 +44,7 @@ def load_tokenizer(config) -> tokenizers.Tokenizer:
   name = config.data.tokenizer
   if name == 'olmo':
     from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
+
     return _from_file(fetch.tokenizer_file(config.data.cache_dir))
   if name == 'bpe':
     specs = {'general': config.data.general, 'domain': config.data.domain}
@@ -52,13 +55,16 @@ def load_tokenizer(config) -> tokenizers.Tokenizer:
 def _from_file(path) -> tokenizers.Tokenizer:
   path = pathlib.Path(os.path.expanduser(str(path)))
   if not path.is_file():
-    raise ValueError(f'tokenizer file {str(path)!r} does not exist; set --config.data.tokenizer to a '
-                     "tokenizers JSON, 'olmo' or 'bpe'")
+    raise ValueError(
+      f"tokenizer file {str(path)!r} does not exist; set --config.data.tokenizer to a tokenizers JSON, 'olmo' or 'bpe'"
+    )
   try:
     return tokenizers.Tokenizer.from_file(str(path))
   except Exception as error:  # pylint: disable=broad-except
-    raise ValueError(f'{path} is not a tokenizers JSON ({str(error).splitlines()[0]}); point '
-                     '--config.data.tokenizer at a tokenizer.json') from None
+    raise ValueError(
+      f'{path} is not a tokenizers JSON ({str(error).splitlines()[0]}); point '
+      '--config.data.tokenizer at a tokenizer.json'
+    ) from None
 
 
 def _sample(source: sources_lib.Source, budget: int) -> list:
@@ -67,6 +73,7 @@ def _sample(source: sources_lib.Source, budget: int) -> list:
   Streams the source keeping only the lowest-hash documents that can still fall within the budget, so memory
   is about `budget` whatever the size of the source.
   """
+
   def lowest(documents) -> list:
     heap, kept = [], 0  # Max-heap on the hash (negated), holding the lowest hashes seen so far.
     for document_hash, document in documents:
@@ -75,8 +82,13 @@ def _sample(source: sources_lib.Source, budget: int) -> list:
       while heap and kept - len(heap[0][1]) >= budget:
         kept -= len(heapq.heappop(heap)[1])
     return sorted((-negated, document) for negated, document in heap)
-  upper = ((h, d) for d in source.documents()
-           for h in (sources_lib.content_hash(d),) if sources_lib.split_unit(h) >= _BPE_SPLIT_FLOOR)
+
+  upper = (
+    (h, d)
+    for d in source.documents()
+    for h in (sources_lib.content_hash(d),)
+    if sources_lib.split_unit(h) >= _BPE_SPLIT_FLOOR
+  )
   ranked = lowest(upper)
   if not ranked:  # A source of one or two documents: use what there is.
     ranked = lowest((sources_lib.content_hash(d), d) for d in source.documents())
@@ -84,24 +96,36 @@ def _sample(source: sources_lib.Source, budget: int) -> list:
   for _, document in ranked:
     if used >= budget:
       break
-    sample.append(document[:budget - used])
+    sample.append(document[: budget - used])
     used += len(sample[-1])
   return sample
 
 
-def train_bpe(specs: dict, vocab_size: int, cache_dir: str = '',
-              sample_bytes: int = BPE_SAMPLE_BYTES) -> tokenizers.Tokenizer:
+def train_bpe(
+  specs: dict, vocab_size: int, cache_dir: str = '', sample_bytes: int = BPE_SAMPLE_BYTES
+) -> tokenizers.Tokenizer:
   """Trains (or loads from cache) a byte-level BPE with `vocab_size` entries including EOS."""
   if vocab_size < 258:
-    raise ValueError(f'tokenizer_vocab_size {vocab_size} is too small for a byte-level BPE (256 bytes + EOS); '
-                     'set --config.data.tokenizer_vocab_size to at least 258')
+    raise ValueError(
+      f'tokenizer_vocab_size {vocab_size} is too small for a byte-level BPE (256 bytes + EOS); '
+      'set --config.data.tokenizer_vocab_size to at least 258'
+    )
   parsed = [sources_lib.parse(spec, name, cache_dir) for name, spec in sorted(specs.items()) if spec]
   token_sources = [s.name for s in parsed if s.is_tokens]
   if token_sources:
-    raise ValueError(f'cannot train a BPE on pre-tokenized source(s) {token_sources}; set '
-                     '--config.data.tokenizer to the tokenizer those ids come from')
-  key = json.dumps({'version': _BPE_VERSION, 'vocab_size': vocab_size, 'sample_bytes': sample_bytes,
-                    'sources': [s.fingerprint() for s in parsed]}, sort_keys=True)
+    raise ValueError(
+      f'cannot train a BPE on pre-tokenized source(s) {token_sources}; set '
+      '--config.data.tokenizer to the tokenizer those ids come from'
+    )
+  key = json.dumps(
+    {
+      'version': _BPE_VERSION,
+      'vocab_size': vocab_size,
+      'sample_bytes': sample_bytes,
+      'sources': [s.fingerprint() for s in parsed],
+    },
+    sort_keys=True,
+  )
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
   path = sources_lib.cache_root(cache_dir) / 'tokenizers' / f'bpe-{vocab_size}-{digest}.json'
   if path.is_file():
@@ -110,13 +134,21 @@ def train_bpe(specs: dict, vocab_size: int, cache_dir: str = '',
   tokenizer = tokenizers.Tokenizer(models.BPE())
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tokenizer.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN], show_progress=False,
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  trainer = trainers.BpeTrainer(
+    vocab_size=vocab_size,
+    special_tokens=[EOS_TOKEN],
+    show_progress=False,
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+  )
   tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
   path.parent.mkdir(parents=True, exist_ok=True)
   partial = path.with_suffix(f'.tmp{os.getpid()}')
   tokenizer.save(str(partial))
   os.replace(partial, path)
-  logging.info('trained a byte-level BPE of %d tokens on %.1f MB: %s', tokenizer.get_vocab_size(),
-               sum(len(t) for t in texts) / 1e6, path)
+  logging.info(
+    'trained a byte-level BPE of %d tokens on %.1f MB: %s',
+    tokenizer.get_vocab_size(),
+    sum(len(t) for t in texts) / 1e6,
+    path,
+  )
   return tokenizer

@@ -29,8 +29,21 @@ from spt_jax.evals import mcqa
 N_CHOICES = 4
 _KEYS = ('C', 'G', 'D', 'A', 'E', 'F', 'Bb', 'Eb', 'Am', 'Em', 'Dm', 'Bm', 'Gm', 'Ador', 'Edor', 'Dmix', 'Gmix')
 _METRES = ('4/4', '3/4', '6/8', '2/4', '9/8', '2/2', '12/8', 'C', 'C|', '3/2', '5/4', '6/4')
-_MODES = {'': '', 'maj': '', 'major': '', 'ion': '', 'm': 'm', 'min': 'm', 'minor': 'm', 'aeo': 'm', 'dor': 'dor',
-          'mix': 'mix', 'lyd': 'lyd', 'phr': 'phr', 'loc': 'loc'}
+_MODES = {
+  '': '',
+  'maj': '',
+  'major': '',
+  'ion': '',
+  'm': 'm',
+  'min': 'm',
+  'minor': 'm',
+  'aeo': 'm',
+  'dor': 'dor',
+  'mix': 'mix',
+  'lyd': 'lyd',
+  'phr': 'phr',
+  'loc': 'loc',
+}
 _PROOF_START = re.compile(r'^\s*Proof\b')
 _PROOF_END = re.compile(r'^\s*(Qed|Defined|Admitted|Abort)\.')
 _SMILES = re.compile(r'^[A-Za-z0-9@+\-\[\]()=#$%/\\.:*]{3,}$')
@@ -56,7 +69,7 @@ def _header_field(tune: str, field: str):
   """(line index, value) of the first `field:` line of a tune's header (before the body), or None."""
   for index, line in enumerate(tune.split('\n')):
     if line.startswith(f'{field}:'):
-      return index, line[len(field) + 1:].strip()
+      return index, line[len(field) + 1 :].strip()
     if line.startswith('K:'):  # K: closes the header.
       return None
   return None
@@ -66,14 +79,15 @@ def _pick_choices(rng, true: str, pool, fallback, n_choices: int):
   others = sorted({v for v in pool if v != true})
   rng.shuffle(others)
   extra = [v for v in fallback if v != true and v not in others]
-  distractors = (others + extra)[:n_choices - 1]
+  distractors = (others + extra)[: n_choices - 1]
   choices = [true] + distractors
   rng.shuffle(choices)
   return choices, choices.index(true)
 
 
-def abc_field_task(documents, field: str = 'K', n: int = 200, seed: int = 0, n_choices: int = N_CHOICES,
-                   max_chars: int = 600) -> list:
+def abc_field_task(
+  documents, field: str = 'K', n: int = 200, seed: int = 0, n_choices: int = N_CHOICES, max_chars: int = 600
+) -> list:
   """ABC tunes with their K: (or M:) line removed; the true value among those of other tunes."""
   canonical = canonical_key if field == 'K' else canonical_metre
   fallback = _KEYS if field == 'K' else _METRES
@@ -83,7 +97,7 @@ def abc_field_task(documents, field: str = 'K', n: int = 200, seed: int = 0, n_c
     value = canonical(hit[1]) if hit else None
     if value is not None:
       lines = tune.split('\n')
-      found.append(('\n'.join(lines[:hit[0]] + lines[hit[0] + 1:]).strip()[:max_chars], value))
+      found.append(('\n'.join(lines[: hit[0]] + lines[hit[0] + 1 :]).strip()[:max_chars], value))
   rng = random.Random(seed)
   rng.shuffle(found)
   pool = [value for _, value in found]
@@ -108,15 +122,18 @@ def _proof_lines(document: str) -> list:
   return result
 
 
-def proof_next_line_task(documents, n: int = 200, seed: int = 0, n_choices: int = N_CHOICES,
-                         context_lines: int = 12, max_chars: int = 600) -> list:
+def proof_next_line_task(
+  documents, n: int = 200, seed: int = 0, n_choices: int = N_CHOICES, context_lines: int = 12, max_chars: int = 600
+) -> list:
   """The proof so far; the true next line against lines of other documents' proofs of similar length."""
   rng = random.Random(seed)
   per_document = [(d, _proof_lines(d)) for d in documents]
   per_document = [(d, lines) for d, lines in per_document if lines]
   if len(per_document) < 2:
-    raise ValueError('proof_next_line needs held-out documents with proofs (Proof. ... Qed.) from at least two '
-                     f'documents; got {len(per_document)}')
+    raise ValueError(
+      'proof_next_line needs held-out documents with proofs (Proof. ... Qed.) from at least two '
+      f'documents; got {len(per_document)}'
+    )
   examples, order = [], list(range(len(per_document)))
   rng.shuffle(order)
   for round_ in range(n):
@@ -124,10 +141,15 @@ def proof_next_line_task(documents, n: int = 200, seed: int = 0, n_choices: int 
     document, lines = per_document[k]
     index, line = rng.choice(lines)
     true = line.strip()
-    context = '\n'.join(document.split('\n')[max(0, index - context_lines):index])[-max_chars:]
+    context = '\n'.join(document.split('\n')[max(0, index - context_lines) : index])[-max_chars:]
     own = {text.strip() for text in document.split('\n')}  # A line of this proof could be right here too.
-    pool = [other.strip() for j, (_, others) in enumerate(per_document) if j != k for _, other in others
-            if 0.5 <= len(other.strip()) / len(true) <= 2.0 and other.strip() not in own]
+    pool = [
+      other.strip()
+      for j, (_, others) in enumerate(per_document)
+      if j != k
+      for _, other in others
+      if 0.5 <= len(other.strip()) / len(true) <= 2.0 and other.strip() not in own
+    ]
     if len(set(pool)) < n_choices - 1 or not context.strip():
       continue
     distractors = rng.sample(sorted(set(pool)), n_choices - 1)
@@ -155,14 +177,13 @@ def corrupt_smiles(smiles: str, rng) -> str:
   return smiles[::-1] if smiles[::-1] != smiles else smiles + 'C'
 
 
-def smiles_real_task(documents, n: int = 200, seed: int = 0, n_choices: int = N_CHOICES,
-                     context: int = 3) -> list:
+def smiles_real_task(documents, n: int = 200, seed: int = 0, n_choices: int = N_CHOICES, context: int = 3) -> list:
   """Preceding molecules of a held-out document; the true next SMILES against corruptions of it."""
   rng = random.Random(seed)
   candidates = []
   for document in documents:
     lines = [line.strip() for line in document.split('\n') if _SMILES.match(line.strip())]
-    candidates += [(lines[i - context:i], lines[i]) for i in range(context, len(lines))]
+    candidates += [(lines[i - context : i], lines[i]) for i in range(context, len(lines))]
   rng.shuffle(candidates)
   examples = []
   for previous, true in candidates:
@@ -183,10 +204,10 @@ def smiles_real_task(documents, n: int = 200, seed: int = 0, n_choices: int = N_
 
 
 BUILDERS = {
-    'abc_key': lambda docs, **kw: abc_field_task(docs, 'K', **kw),
-    'abc_metre': lambda docs, **kw: abc_field_task(docs, 'M', **kw),
-    'proof_next_line': proof_next_line_task,
-    'smiles_real': smiles_real_task,
+  'abc_key': lambda docs, **kw: abc_field_task(docs, 'K', **kw),
+  'abc_metre': lambda docs, **kw: abc_field_task(docs, 'M', **kw),
+  'proof_next_line': proof_next_line_task,
+  'smiles_real': smiles_real_task,
 }
 
 
@@ -210,11 +231,13 @@ def write_jsonl(examples, path: str) -> str:
   return path
 
 
-def held_out_documents(spec: str, prepared_dir: str = '', test_fraction: float = 0.0, source: str = 'domain',
-                       cache_dir: str = '') -> list:
+def held_out_documents(
+  spec: str, prepared_dir: str = '', test_fraction: float = 0.0, source: str = 'domain', cache_dir: str = ''
+) -> list:
   """The documents of a source spec that a run held out: those listed in its prepared folder's
   test_documents_<source>.json (exact), or those whose hash split position is below test_fraction."""
   from spt_jax.data import sources  # pylint: disable=g-import-not-at-top
+
   documents = list(sources.parse(spec, source, cache_dir).documents())
   if prepared_dir:
     path = os.path.join(prepared_dir, f'test_documents_{source}.json')
@@ -224,7 +247,7 @@ def held_out_documents(spec: str, prepared_dir: str = '', test_fraction: float =
       held = set(json.load(f))
     return [d for d in documents if f'{sources.content_hash(d):016x}' in held]
   if not 0 < test_fraction < 1:
-    raise ValueError('give prepared_dir (exact) or a test_fraction in (0, 1) equal to the run\'s data.test_fraction')
+    raise ValueError("give prepared_dir (exact) or a test_fraction in (0, 1) equal to the run's data.test_fraction")
   return [d for d in documents if sources.split_unit(sources.content_hash(d)) < test_fraction]
 
 
@@ -250,19 +273,21 @@ def _math_mcqa(row):
 
 
 BENCHMARKS = {
-    'musictheorybench': ('m-a-p/MusicTheoryBench', None, 'test', _music_theory),
-    'chembench': ('jablonkagroup/ChemBench', 'general_chemistry', 'train', _chembench),
-    'math_mcqa': ('stellaathena/math_mcqa', None, 'test', _math_mcqa),
+  'musictheorybench': ('m-a-p/MusicTheoryBench', None, 'test', _music_theory),
+  'chembench': ('jablonkagroup/ChemBench', 'general_chemistry', 'train', _chembench),
+  'math_mcqa': ('stellaathena/math_mcqa', None, 'test', _math_mcqa),
 }
 
 
-def load_benchmark(name: str, path: str = '', subset: str | None = '', split: str = '', data_files=None,
-                   max_examples: int = 0) -> mcqa.Task:
+def load_benchmark(
+  name: str, path: str = '', subset: str | None = '', split: str = '', data_files=None, max_examples: int = 0
+) -> mcqa.Task:
   """A named paper-scale benchmark through `datasets.load_dataset` (hub id, or a local folder / format with
   data_files in the same layout) as an mcqa.Task; rows that are not single-answer multiple choice are skipped."""
   if name not in BENCHMARKS:
     raise ValueError(f'unknown benchmark {name!r}; choose one of {", ".join(sorted(BENCHMARKS))}')
   import datasets  # pylint: disable=g-import-not-at-top
+
   hub, default_subset, default_split, reader = BENCHMARKS[name]
   subset = default_subset if subset == '' else subset
   rows = datasets.load_dataset(path or hub, subset, split=split or default_split, data_files=data_files)

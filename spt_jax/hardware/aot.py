@@ -23,7 +23,7 @@ from spt_jax.model import sharding
 from spt_jax.train import step as train
 from spt_jax.train import validate
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,11 +36,11 @@ class Chip:
 
 
 CHIPS = {
-    'v4': Chip('v4', 3, 2, 32 * GIB, 275e12),
-    'v5e': Chip('v5e', 2, 1, 16 * GIB, 197e12),
-    'v5litepod': Chip('v5e', 2, 1, 16 * GIB, 197e12),
-    'v5p': Chip('v5p', 3, 2, 95 * GIB, 459e12),
-    'v6e': Chip('v6e', 2, 1, 32 * GIB, 918e12),
+  'v4': Chip('v4', 3, 2, 32 * GIB, 275e12),
+  'v5e': Chip('v5e', 2, 1, 16 * GIB, 197e12),
+  'v5litepod': Chip('v5e', 2, 1, 16 * GIB, 197e12),
+  'v5p': Chip('v5p', 3, 2, 95 * GIB, 459e12),
+  'v6e': Chip('v6e', 2, 1, 32 * GIB, 918e12),
 }
 
 
@@ -59,16 +59,18 @@ class Topology:
 def parse_topology(name: str) -> Topology:
   """'v5e-256' -> 256 v5e chips as a 16x16 torus; a one-line error for anything else."""
   match = re.fullmatch(r'(v4|v5e|v5litepod|v5p|v6e)-(\d+)', name.strip().lower())
-  hint = ('use a Cloud TPU accelerator type: v4-N, v5e-N (or v5litepod-N), v5p-N, v6e-N, e.g. v5e-256 or v4-8')
+  hint = 'use a Cloud TPU accelerator type: v4-N, v5e-N (or v5litepod-N), v5p-N, v6e-N, e.g. v5e-256 or v4-8'
   if not match:
     raise ValueError(f'unknown topology {name!r}; {hint}')
   chip, count = CHIPS[match.group(1)], int(match.group(2))
   chips = count // chip.cores_in_name
   smallest = 4 if chip.dimensions == 3 else 1
   if count % chip.cores_in_name or chips < smallest or chips & (chips - 1) or chips > 4096:
-    raise ValueError(f'unknown topology {name!r}: {match.group(1)} slices have a power-of-two number of chips '
-                     f'(at least {smallest}){" and count 2 cores per chip" if chip.cores_in_name == 2 else ""}; '
-                     f'{hint}')
+    raise ValueError(
+      f'unknown topology {name!r}: {match.group(1)} slices have a power-of-two number of chips '
+      f'(at least {smallest}){" and count 2 cores per chip" if chip.cores_in_name == 2 else ""}; '
+      f'{hint}'
+    )
   if chip.dimensions == 2:
     side = 2 ** (int(math.log2(chips)) // 2)
     shape = (side, chips // side)
@@ -86,15 +88,21 @@ def topology_devices(topology: Topology):
   # Compiling needs no chip, so several processes (pytest workers, two dry runs) may load libtpu at once.
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   from jax.experimental import topologies
+
   host_bounds = (2, 2, 1) if topology.chips >= 4 else (topology.shape[0], topology.shape[1], 1)
   try:
     description = topologies.get_topology_desc(
-        topology_name=topology.libtpu_name, platform='tpu',
-        chip_config_name='megacore' if topology.chip.cores_in_name == 2 else 'default',
-        chips_per_host_bounds=host_bounds, num_slices=1)
+      topology_name=topology.libtpu_name,
+      platform='tpu',
+      chip_config_name='megacore' if topology.chip.cores_in_name == 2 else 'default',
+      chips_per_host_bounds=host_bounds,
+      num_slices=1,
+    )
   except Exception as e:  # libtpu absent or refusing: one line that says what to install.
-    raise ValueError(f'--topology={topology.name} needs libtpu to compile for TPU on this host '
-                     f"(pip install -e '.[tpu]'): {str(e).splitlines()[0][:200]}") from None
+    raise ValueError(
+      f'--topology={topology.name} needs libtpu to compile for TPU on this host '
+      f"(pip install -e '.[tpu]'): {str(e).splitlines()[0][:200]}"
+    ) from None
   return description.devices
 
 
@@ -108,8 +116,9 @@ def libtpu_missing() -> str:
 
 
 def _shard_bytes(abstract_tree) -> int:
-  return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
-             for x in jax.tree.leaves(abstract_tree))
+  return sum(
+    math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(abstract_tree)
+  )
 
 
 def compile_steps(config, devices, microbatches: int, remat_policy: str, eval_result: dict | None = None) -> dict:
@@ -122,18 +131,25 @@ def compile_steps(config, devices, microbatches: int, remat_policy: str, eval_re
   mesh = sharding.make_mesh(config.mesh, devices)
   divisor = sharding.batch_divisor(mesh)
   # The loop's own step: the optimizer built per schedule, the learning rate of every step an input (RunPlan).
-  trainer = train.Trainer(config.model, mesh, functools.partial(train.make_optimizer, config),
-                          z_loss=config.optimizer.z_loss, microbatches=microbatches)
+  trainer = train.Trainer(
+    config.model,
+    mesh,
+    functools.partial(train.make_optimizer, config),
+    z_loss=config.optimizer.z_loss,
+    microbatches=microbatches,
+  )
   lr_table = jax.ShapeDtypeStruct((run_plan.make(config).steps + 1,), jnp.float32, sharding=trainer.replicated)
   seq = config.data.seq_len + 1
   batch = jax.ShapeDtypeStruct((config.batch_size, seq), jnp.int32, sharding=trainer.batch_sharding)
   eval_rows = min(config.eval_batch_size or config.batch_size, config.eval_sequences)
-  eval_batch = jax.ShapeDtypeStruct((-(-eval_rows // divisor) * divisor, seq), jnp.int32,
-                                    sharding=trainer.batch_sharding)
-  result = dict(microbatches=microbatches, remat_policy=remat_policy,
-                state_bytes=_shard_bytes(trainer.abstract_state))
-  steps = [('train', trainer.train_step, (trainer.abstract_state, batch, lr_table)),
-           ('eval', trainer.eval_step, (trainer.abstract_state.params, eval_batch))]
+  eval_batch = jax.ShapeDtypeStruct(
+    (-(-eval_rows // divisor) * divisor, seq), jnp.int32, sharding=trainer.batch_sharding
+  )
+  result = dict(microbatches=microbatches, remat_policy=remat_policy, state_bytes=_shard_bytes(trainer.abstract_state))
+  steps = [
+    ('train', trainer.train_step, (trainer.abstract_state, batch, lr_table)),
+    ('eval', trainer.eval_step, (trainer.abstract_state.params, eval_batch)),
+  ]
   if eval_result is not None:
     result['eval'], steps = eval_result, steps[:1]
   for name, step, args in steps:
@@ -147,10 +163,15 @@ def compile_steps(config, devices, microbatches: int, remat_policy: str, eval_re
       if needed:
         result[name]['temporaries_bytes'] = int(float(needed.group(1)) * 1024 ** ' KMGT'.index(needed.group(2)))
       continue
-    peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-            + memory.temp_size_in_bytes)
-    result[name] = dict(arguments_bytes=memory.argument_size_in_bytes, temporaries_bytes=memory.temp_size_in_bytes,
-                        peak_bytes=peak)
+    peak = (
+      memory.argument_size_in_bytes
+      + memory.output_size_in_bytes
+      - memory.alias_size_in_bytes
+      + memory.temp_size_in_bytes
+    )
+    result[name] = dict(
+      arguments_bytes=memory.argument_size_in_bytes, temporaries_bytes=memory.temp_size_in_bytes, peak_bytes=peak
+    )
   return result
 
 
@@ -174,11 +195,21 @@ def plan(config, topology_name: str, mfu: float = 0.4, search: bool = True, log=
   step_flops = summary['train_flops_per_token'] * summary['tokens_per_step']
   peak = topology.chip.peak_bf16_flops
   summary.update(
-      topology=topology.name, libtpu_topology=topology.libtpu_name, chips=topology.chips,
-      chip_hbm_bytes=hbm, chip_peak_flops=peak, sequences_per_chip=per_device,
-      compiled=tried[0], fits=_fits(tried[0], hbm), tried=tried[1:], recommendation=recommendation,
-      step_flops=step_flops, step_seconds_floor=step_flops / (topology.chips * peak), mfu=mfu,
-      chip_hours=summary['steps'] * step_flops / (peak * mfu) / 3600)
+    topology=topology.name,
+    libtpu_topology=topology.libtpu_name,
+    chips=topology.chips,
+    chip_hbm_bytes=hbm,
+    chip_peak_flops=peak,
+    sequences_per_chip=per_device,
+    compiled=tried[0],
+    fits=_fits(tried[0], hbm),
+    tried=tried[1:],
+    recommendation=recommendation,
+    step_flops=step_flops,
+    step_seconds_floor=step_flops / (topology.chips * peak),
+    mfu=mfu,
+    chip_hours=summary['steps'] * step_flops / (peak * mfu) / 3600,
+  )
   return summary
 
 
@@ -187,8 +218,11 @@ def _search(config, devices, hbm: int, tried: list, log) -> dict | None:
   for each, the fewest microbatches (powers of two). Compiles are minutes each at paper scale, so the first guess
   scales the count by how far the temporaries overshoot (they shrink about as 1 / microbatches), then steps."""
   per_device = config.batch_size // (sharding.batch_divisor(sharding.make_mesh(config.mesh, devices)))
-  counts = [m for m in (2 ** i for i in range(int(math.log2(per_device)) + 1))
-            if m > config.grad_accum_steps and per_device % m == 0]
+  counts = [
+    m
+    for m in (2**i for i in range(int(math.log2(per_device)) + 1))
+    if m > config.grad_accum_steps and per_device % m == 0
+  ]
   policies = [config.model.remat_policy] + ([] if config.model.remat_policy == 'full' else ['full'])
   results = {}
 
@@ -223,7 +257,7 @@ def _search(config, devices, hbm: int, tried: list, log) -> dict | None:
 
 
 def _size(n: int) -> str:
-  return f'{n / GIB:.2f} GiB' if n >= GIB / 10 else f'{n / 2 ** 20:.1f} MiB'
+  return f'{n / GIB:.2f} GiB' if n >= GIB / 10 else f'{n / 2**20:.1f} MiB'
 
 
 def format_compiled(compiled: dict, hbm: int) -> str:
@@ -231,38 +265,51 @@ def format_compiled(compiled: dict, hbm: int) -> str:
     c = compiled[name]
     if 'error' in c:
       return f'{name}: does not compile ({c["error"][:120]})'
-    return (f'{name}: temporaries {_size(c["temporaries_bytes"])}, peak {_size(c["peak_bytes"])}')
+    return f'{name}: temporaries {_size(c["temporaries_bytes"])}, peak {_size(c["peak_bytes"])}'
+
   verdict = 'fits' if _fits(compiled, hbm) else 'does not fit'
-  return (f'compiled         remat={compiled["remat_policy"]}, {compiled["microbatches"]} microbatch(es): '
-          f'state {_size(compiled["state_bytes"])}, {one("train")}; {one("eval")}; '
-          f'{verdict} in {hbm / GIB:.0f} GiB')
+  return (
+    f'compiled         remat={compiled["remat_policy"]}, {compiled["microbatches"]} microbatch(es): '
+    f'state {_size(compiled["state_bytes"])}, {one("train")}; {one("eval")}; '
+    f'{verdict} in {hbm / GIB:.0f} GiB'
+  )
 
 
 def format_plan(d: dict) -> str:
   c, hbm = d['compiled'], d['chip_hbm_bytes']
-  lines = [dry_run.format_summary(d),
-           f'topology         {d["topology"]} ({d["libtpu_topology"]}, {d["chips"]} chips of {hbm / GIB:.0f} GiB HBM, '
-           f'{d["chip_peak_flops"] / 1e12:.0f} TFLOP/s bf16 peak); {d["sequences_per_chip"]} sequences per chip per '
-           'step']
+  lines = [
+    dry_run.format_summary(d),
+    f'topology         {d["topology"]} ({d["libtpu_topology"]}, {d["chips"]} chips of {hbm / GIB:.0f} GiB HBM, '
+    f'{d["chip_peak_flops"] / 1e12:.0f} TFLOP/s bf16 peak); {d["sequences_per_chip"]} sequences per chip per '
+    'step',
+  ]
   if 'peak_bytes' in c['train']:
-    lines.append(f'per chip         parameters + optimizer state {_size(c["state_bytes"])}, train temporaries '
-                 f'{_size(c["train"]["temporaries_bytes"])}, train peak {_size(c["train"]["peak_bytes"])} '
-                 f'of {hbm / GIB:.0f} GiB ({"fits" if d["fits"] else "does NOT fit"}; '
-                 f'{_size(hbm - c["train"]["peak_bytes"])} free)')
+    lines.append(
+      f'per chip         parameters + optimizer state {_size(c["state_bytes"])}, train temporaries '
+      f'{_size(c["train"]["temporaries_bytes"])}, train peak {_size(c["train"]["peak_bytes"])} '
+      f'of {hbm / GIB:.0f} GiB ({"fits" if d["fits"] else "does NOT fit"}; '
+      f'{_size(hbm - c["train"]["peak_bytes"])} free)'
+    )
   else:
     lines.append(f'per chip         does NOT fit: {c["train"]["error"][:200]}')
-  lines += [f'FLOPs            {d["step_flops"]:.3g} per step (6·N·D + attention, by formula; the compiled '
-            'cost analysis counts a scanned layer once)',
-            f'time             step at least {d["step_seconds_floor"]:.3g} s at chip peak; the run takes '
-            f'{d["chip_hours"]:,.0f} chip-hours ({d["chip_hours"] / d["chips"]:,.1f} h on {d["chips"]} chips) '
-            f'at {100 * d["mfu"]:.0f}% MFU']
+  lines += [
+    f'FLOPs            {d["step_flops"]:.3g} per step (6·N·D + attention, by formula; the compiled '
+    'cost analysis counts a scanned layer once)',
+    f'time             step at least {d["step_seconds_floor"]:.3g} s at chip peak; the run takes '
+    f'{d["chip_hours"]:,.0f} chip-hours ({d["chip_hours"] / d["chips"]:,.1f} h on {d["chips"]} chips) '
+    f'at {100 * d["mfu"]:.0f}% MFU',
+  ]
   r = d['recommendation']
   if not d['fits']:
     if r:
-      lines.append(f'fits with        --config.grad_accum_steps={r["grad_accum_steps"]} '
-                   f'--config.model.remat_policy={r["remat_policy"]} (peak {r["peak_bytes"] / GIB:.2f} GiB): the '
-                   'cheapest setting tried that fits')
+      lines.append(
+        f'fits with        --config.grad_accum_steps={r["grad_accum_steps"]} '
+        f'--config.model.remat_policy={r["remat_policy"]} (peak {r["peak_bytes"] / GIB:.2f} GiB): the '
+        'cheapest setting tried that fits'
+      )
     else:
-      lines.append(f'nothing fits     on {d["topology"]} even with one sequence per chip per microbatch and '
-                   'full remat: use more chips, tensor parallelism (--config.mesh.tensor) or a bigger chip')
+      lines.append(
+        f'nothing fits     on {d["topology"]} even with one sequence per chip per microbatch and '
+        'full remat: use more chips, tensor parallelism (--config.mesh.tensor) or a bigger chip'
+      )
   return '\n'.join(lines)

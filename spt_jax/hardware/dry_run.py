@@ -49,27 +49,40 @@ def describe(config, n_devices: int) -> dict:
 
   def boxed_state(rng):
     params = model.init(rng, jax.numpy.zeros((1, 8), jax.numpy.int32))['params']
-    return train.TrainState(step=jax.numpy.zeros([], jax.numpy.int32), params=params,
-                            opt_state=optimizer.init(params), rng=rng)
+    return train.TrainState(
+      step=jax.numpy.zeros([], jax.numpy.int32), params=params, opt_state=optimizer.init(params), rng=rng
+    )
 
   boxed = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
   total, non_embedding = flops.count_params(c.model)
   params_bytes = _bytes_per_device(boxed.params, mesh_shape)
   state_bytes = _bytes_per_device(boxed, mesh_shape)
   return dict(
-      model=c.model.preset, params=total, non_embedding_params=non_embedding,
-      mesh=mesh_shape, devices=n_devices, batch_size=c.batch_size, seq_len=c.data.seq_len,
-      grad_accum_steps=c.grad_accum_steps, sequences_per_device_per_microbatch=sequences_per_device,
-      tokens_per_step=plan.tokens_per_step, steps=plan.steps, tokens=plan.tokens,
-      params_bytes_per_device=params_bytes, state_bytes_per_device=state_bytes,
-      train_flops_per_token=flops.train_flops_per_token(c.model, c.data.seq_len),
-      peak_lr=c.optimizer.lr, lr_at_end=float(plan.schedule(plan.steps)),
-      domain_fraction=c.mixture.domain_fraction)
+    model=c.model.preset,
+    params=total,
+    non_embedding_params=non_embedding,
+    mesh=mesh_shape,
+    devices=n_devices,
+    batch_size=c.batch_size,
+    seq_len=c.data.seq_len,
+    grad_accum_steps=c.grad_accum_steps,
+    sequences_per_device_per_microbatch=sequences_per_device,
+    tokens_per_step=plan.tokens_per_step,
+    steps=plan.steps,
+    tokens=plan.tokens,
+    params_bytes_per_device=params_bytes,
+    state_bytes_per_device=state_bytes,
+    train_flops_per_token=flops.train_flops_per_token(c.model, c.data.seq_len),
+    peak_lr=c.optimizer.lr,
+    lr_at_end=float(plan.schedule(plan.steps)),
+    domain_fraction=c.mixture.domain_fraction,
+  )
 
 
 def format_summary(d: dict) -> str:
-  gib = 1024 ** 3
-  return '\n'.join([
+  gib = 1024**3
+  return '\n'.join(
+    [
       f'model            {d["model"]}: {d["params"] / 1e9:.3f}B parameters '
       f'({d["non_embedding_params"] / 1e9:.3f}B non-embedding)',
       f'mesh             {d["mesh"]} over {d["devices"]} devices',
@@ -80,4 +93,5 @@ def format_summary(d: dict) -> str:
       f'learning rate    peak {d["peak_lr"]:.3g}, {d["lr_at_end"]:.3g} at the end',
       f'per device       parameters {d["params_bytes_per_device"] / gib:.2f} GiB, '
       f'parameters + optimizer state {d["state_bytes_per_device"] / gib:.2f} GiB',
-  ])
+    ]
+  )

@@ -30,13 +30,19 @@ def _cpu_only() -> bool:
 
 def reuse_freed_memory() -> bool:
   """Whether glibc now serves every thread from one arena that keeps freed memory (see the module docstring)."""
-  if (os.environ.get('SPT_JAX_KEEP_HOST_MEMORY', '1') == '0' or 'jax' in sys.modules
-      or not sys.platform.startswith('linux') or not _cpu_only()):
+  if (
+    os.environ.get('SPT_JAX_KEEP_HOST_MEMORY', '1') == '0'
+    or 'jax' in sys.modules
+    or not sys.platform.startswith('linux')
+    or not _cpu_only()
+  ):
     return False
   try:
     libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
     mallopt = libc.mallopt
   except (OSError, AttributeError):  # Not glibc (musl has no mallopt).
     return False
-  return all(mallopt(option, value) == 1 for option, value in
-             ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+  return all(
+    mallopt(option, value) == 1
+    for option, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+  )

@@ -39,8 +39,10 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     return safetensors_numpy.load_file(path)
   except (safetensors.SafetensorError, OSError) as error:
     first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-    raise HfFormatError(f'{path} cannot be read as safetensors ({first_line}): the file is truncated or corrupt, '
-                        'download or save it again.') from error
+    raise HfFormatError(
+      f'{path} cannot be read as safetensors ({first_line}): the file is truncated or corrupt, '
+      'download or save it again.'
+    ) from error
 
 
 def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
@@ -64,8 +66,11 @@ def read_weights(directory: str) -> dict[str, np.ndarray]:
   path = os.path.join(directory, WEIGHTS_FILE)
   if not os.path.isfile(path):
     found = sorted(name for name in os.listdir(directory) if name.endswith(('.bin', '.pt', '.pth', '.ckpt')))
-    hint = (f'it has {found[0]}: re-save it with save_pretrained(dir, safe_serialization=True)' if found
-            else 'download the model with its safetensors weights')
+    hint = (
+      f'it has {found[0]}: re-save it with save_pretrained(dir, safe_serialization=True)'
+      if found
+      else 'download the model with its safetensors weights'
+    )
     raise HfFormatError(f'{directory} has no {WEIGHTS_FILE} or {INDEX_FILE}; {hint}.')
   return read_safetensors(path)
 
@@ -91,8 +96,10 @@ def read_hf_config(directory: str) -> dict:
     hf = json.load(f)
   model_type = hf.get('model_type')
   if model_type != 'olmo':
-    raise HfFormatError(f'{directory} holds a {model_type!r} model; only model_type "olmo" (OlmoForCausalLM: '
-                        'non-parametric LayerNorm, RoPE, SwiGLU) converts to this decoder.')
+    raise HfFormatError(
+      f'{directory} holds a {model_type!r} model; only model_type "olmo" (OlmoForCausalLM: '
+      'non-parametric LayerNorm, RoPE, SwiGLU) converts to this decoder.'
+    )
   heads = hf['num_attention_heads']
   problems = []
   if hf.get('num_key_value_heads') not in (None, heads):
@@ -103,8 +110,12 @@ def read_hf_config(directory: str) -> dict:
     problems.append('attention_bias=true')
   if hf.get('clip_qkv') is not None:
     problems.append(f'clip_qkv={hf["clip_qkv"]}')
-  rope_type = (hf.get('rope_parameters') or {}).get('rope_type') or (hf.get('rope_scaling') or {}).get(
-      'rope_type') or (hf.get('rope_scaling') or {}).get('type') or 'default'
+  rope_type = (
+    (hf.get('rope_parameters') or {}).get('rope_type')
+    or (hf.get('rope_scaling') or {}).get('rope_type')
+    or (hf.get('rope_scaling') or {}).get('type')
+    or 'default'
+  )
   if rope_type != 'default':
     problems.append(f'rope_type={rope_type!r}')
   if hf['hidden_size'] % heads:
@@ -112,8 +123,9 @@ def read_hf_config(directory: str) -> dict:
   if hf['vocab_size'] % 128:
     problems.append(f'vocab_size={hf["vocab_size"]} (this decoder pads the vocabulary to a multiple of 128)')
   if problems:
-    raise HfFormatError(f'{directory}: this decoder cannot represent {", ".join(problems)}; convert a plain '
-                        'OLMo model.')
+    raise HfFormatError(
+      f'{directory}: this decoder cannot represent {", ".join(problems)}; convert a plain OLMo model.'
+    )
   return hf
 
 
@@ -125,10 +137,19 @@ def model_config_from_hf(hf: dict, vocab_size: int | None = None) -> ml_collecti
   """Our model config for an HF OLMo config; vocab_size: the tokenizer's (default: the embedding rows)."""
   rows = hf['vocab_size']
   cfg = model_lib.preset_config('cpu-160k')
-  cfg.update(dict(vocab_size=vocab_size or rows, d_model=hf['hidden_size'], n_layers=hf['num_hidden_layers'],
-                  n_heads=hf['num_attention_heads'], mlp_dim=hf['intermediate_size'], rope_theta=_rope_theta(hf),
-                  layer_norm_eps=HF_LAYER_NORM_EPS, tie_embeddings=bool(hf.get('tie_word_embeddings', False)),
-                  init_std=float(hf.get('initializer_range', 0.02))))
+  cfg.update(
+    dict(
+      vocab_size=vocab_size or rows,
+      d_model=hf['hidden_size'],
+      n_layers=hf['num_hidden_layers'],
+      n_heads=hf['num_attention_heads'],
+      mlp_dim=hf['intermediate_size'],
+      rope_theta=_rope_theta(hf),
+      layer_norm_eps=HF_LAYER_NORM_EPS,
+      tie_embeddings=bool(hf.get('tie_word_embeddings', False)),
+      init_std=float(hf.get('initializer_range', 0.02)),
+    )
+  )
   if model_lib.padded_vocab_size(cfg) != rows:
     cfg.vocab_size = rows
   cfg.preset = 'hf'
@@ -141,38 +162,41 @@ def model_config_from_hf(hf: dict, vocab_size: int | None = None) -> ml_collecti
 def hf_config(model_cfg, tokenizer=None, max_position_embeddings: int = 2048) -> dict:
   """The config.json of an OlmoForCausalLM equivalent to model_cfg."""
   if abs(model_cfg.layer_norm_eps - HF_LAYER_NORM_EPS) > 1e-12:
-    raise ValueError(f'layer_norm_eps={model_cfg.layer_norm_eps}, but transformers\' OLMo fixes it at '
-                     f'{HF_LAYER_NORM_EPS}; only models with that epsilon export.')
+    raise ValueError(
+      f"layer_norm_eps={model_cfg.layer_norm_eps}, but transformers' OLMo fixes it at "
+      f'{HF_LAYER_NORM_EPS}; only models with that epsilon export.'
+    )
   eos = pad = None
   if tokenizer is not None:
     from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+
     eos = tokenizer_lib.eos_id(tokenizer)
     pad = tokenizer.token_to_id('<|padding|>')
   theta = float(model_cfg.rope_theta)
   return {
-      'architectures': ['OlmoForCausalLM'],
-      'attention_bias': False,
-      'attention_dropout': 0.0,
-      'bos_token_id': None,
-      'clip_qkv': None,
-      'eos_token_id': eos,
-      'hidden_act': 'silu',
-      'hidden_size': int(model_cfg.d_model),
-      'initializer_range': float(model_cfg.get('init_std', 0.02)),
-      'intermediate_size': int(model_cfg.mlp_dim),
-      'max_position_embeddings': int(max_position_embeddings),
-      'model_type': 'olmo',
-      'num_attention_heads': int(model_cfg.n_heads),
-      'num_hidden_layers': int(model_cfg.n_layers),
-      'num_key_value_heads': int(model_cfg.n_heads),
-      'pad_token_id': eos if pad is None else pad,
-      # transformers >= 5 reads rope_parameters; older releases read rope_theta.
-      'rope_parameters': {'rope_theta': theta, 'rope_type': 'default'},
-      'rope_theta': theta,
-      'tie_word_embeddings': bool(model_cfg.tie_embeddings),
-      'torch_dtype': 'float32',
-      'use_cache': True,
-      'vocab_size': model_lib.padded_vocab_size(model_cfg),
+    'architectures': ['OlmoForCausalLM'],
+    'attention_bias': False,
+    'attention_dropout': 0.0,
+    'bos_token_id': None,
+    'clip_qkv': None,
+    'eos_token_id': eos,
+    'hidden_act': 'silu',
+    'hidden_size': int(model_cfg.d_model),
+    'initializer_range': float(model_cfg.get('init_std', 0.02)),
+    'intermediate_size': int(model_cfg.mlp_dim),
+    'max_position_embeddings': int(max_position_embeddings),
+    'model_type': 'olmo',
+    'num_attention_heads': int(model_cfg.n_heads),
+    'num_hidden_layers': int(model_cfg.n_layers),
+    'num_key_value_heads': int(model_cfg.n_heads),
+    'pad_token_id': eos if pad is None else pad,
+    # transformers >= 5 reads rope_parameters; older releases read rope_theta.
+    'rope_parameters': {'rope_theta': theta, 'rope_type': 'default'},
+    'rope_theta': theta,
+    'tie_word_embeddings': bool(model_cfg.tie_embeddings),
+    'torch_dtype': 'float32',
+    'use_cache': True,
+    'vocab_size': model_lib.padded_vocab_size(model_cfg),
   }
 
 
@@ -197,12 +221,13 @@ def params_to_hf(params, model_cfg) -> dict[str, np.ndarray]:
     for name in _MLP_IN + ('down',):
       tensors[f'{prefix}mlp.{name}_proj.weight'] = layer[name]['kernel'].T
   if model_cfg.tie_embeddings and 'lm_head' in params:
-    raise ValueError('the parameters have an untied lm_head but the model config is tied; set '
-                     'tie_embeddings=False.')
+    raise ValueError('the parameters have an untied lm_head but the model config is tied; set tie_embeddings=False.')
   if not model_cfg.tie_embeddings:
     if 'lm_head' not in params:
-      raise ValueError('the model config is untied but the parameters have no lm_head; untie them first '
-                       '(model.untie) or set tie_embeddings=True.')
+      raise ValueError(
+        'the model config is untied but the parameters have no lm_head; untie them first '
+        '(model.untie) or set tie_embeddings=True.'
+      )
     tensors['lm_head.weight'] = np.asarray(params['lm_head']['kernel']).T
   return {name: np.ascontiguousarray(array) for name, array in tensors.items()}
 
@@ -227,13 +252,17 @@ def check_hf_tensors(tensors: dict, model_cfg, where: str) -> None:
   if model_cfg.tie_embeddings and 'lm_head.weight' in found:
     # Some writers store the tied head anyway: accept it only if it is the embedding.
     if not np.array_equal(tensors['lm_head.weight'], tensors.get('model.embed_tokens.weight')):
-      raise HfFormatError(f'{where}: tie_word_embeddings is true but lm_head.weight differs from the embedding; '
-                          'set tie_word_embeddings to false in config.json.')
+      raise HfFormatError(
+        f'{where}: tie_word_embeddings is true but lm_head.weight differs from the embedding; '
+        'set tie_word_embeddings to false in config.json.'
+      )
     found.pop('lm_head.weight')
   differences = model_lib.shape_differences(expected, found, 'safetensors file', limit=3)
   if differences:
-    raise HfFormatError(f'{where}: weights do not match config.json ({differences}); '
-                        'the directory holds another architecture or a corrupt checkpoint.')
+    raise HfFormatError(
+      f'{where}: weights do not match config.json ({differences}); '
+      'the directory holds another architecture or a corrupt checkpoint.'
+    )
 
 
 def params_from_hf(tensors: dict, model_cfg, dtype=np.float32) -> dict:
@@ -244,8 +273,10 @@ def params_from_hf(tensors: dict, model_cfg, dtype=np.float32) -> dict:
   layers = []
   for i in range(model_cfg.n_layers):
     prefix = f'model.layers.{i}.'
-    layer = {name: {'kernel': cast(tensors[f'{prefix}self_attn.{name}_proj.weight'].T.reshape(d, heads, head_dim))}
-             for name in _ATTENTION}
+    layer = {
+      name: {'kernel': cast(tensors[f'{prefix}self_attn.{name}_proj.weight'].T.reshape(d, heads, head_dim))}
+      for name in _ATTENTION
+    }
     layer['o'] = {'kernel': cast(tensors[f'{prefix}self_attn.o_proj.weight'].T.reshape(heads, head_dim, d))}
     for name in _MLP_IN + ('down',):
       layer[name] = {'kernel': cast(tensors[f'{prefix}mlp.{name}_proj.weight'].T)}
@@ -266,6 +297,7 @@ def load_tokenizer(directory: str):
   if not os.path.isfile(path):
     return None
   import tokenizers  # pylint: disable=g-import-not-at-top
+
   return tokenizers.Tokenizer.from_file(path)
 
 
@@ -286,14 +318,25 @@ def import_hf(directory: str, scan_layers: bool = True) -> tuple[dict, ml_collec
 def _tokenizer_files(tokenizer, max_length: int) -> dict[str, dict | str]:
   """tokenizer.json plus the two small files transformers' PreTrainedTokenizerFast reads beside it."""
   from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+
   eos = tokenizer.id_to_token(tokenizer_lib.eos_id(tokenizer))
   pad = '<|padding|>' if tokenizer.token_to_id('<|padding|>') is not None else eos
   special = {'eos_token': eos, 'pad_token': pad}
-  tokenizer_config = dict(special, add_bos_token=False, add_eos_token=False, bos_token=None,
-                          clean_up_tokenization_spaces=False, model_max_length=int(max_length),
-                          tokenizer_class='PreTrainedTokenizerFast', unk_token=None)
-  return {TOKENIZER_FILE: tokenizer.to_str(), 'tokenizer_config.json': tokenizer_config,
-          'special_tokens_map.json': special}
+  tokenizer_config = dict(
+    special,
+    add_bos_token=False,
+    add_eos_token=False,
+    bos_token=None,
+    clean_up_tokenization_spaces=False,
+    model_max_length=int(max_length),
+    tokenizer_class='PreTrainedTokenizerFast',
+    unk_token=None,
+  )
+  return {
+    TOKENIZER_FILE: tokenizer.to_str(),
+    'tokenizer_config.json': tokenizer_config,
+    'special_tokens_map.json': special,
+  }
 
 
 def export_hf(params, model_cfg, tokenizer, out_dir: str, max_position_embeddings: int = 2048) -> str:
@@ -303,8 +346,10 @@ def export_hf(params, model_cfg, tokenizer, out_dir: str, max_position_embedding
   the model was trained at (RoPE has no hard limit; serving stacks read it as the maximum length).
   """
   if tokenizer is not None and tokenizer.get_vocab_size() > model_lib.padded_vocab_size(model_cfg):
-    raise ValueError(f'the tokenizer has {tokenizer.get_vocab_size()} tokens but the model only '
-                     f'{model_lib.padded_vocab_size(model_cfg)} embeddings; export with the run\'s own tokenizer.')
+    raise ValueError(
+      f'the tokenizer has {tokenizer.get_vocab_size()} tokens but the model only '
+      f"{model_lib.padded_vocab_size(model_cfg)} embeddings; export with the run's own tokenizer."
+    )
   config = hf_config(model_cfg, tokenizer, max_position_embeddings)
   tensors = params_to_hf(params, model_cfg)
   check_hf_tensors(tensors, model_cfg, 'export')
@@ -337,15 +382,18 @@ def load_for_init(directory: str, abstract_params) -> Any:
   check_hf_tensors(tensors, model_cfg, directory)
   params = params_from_hf(tensors, model_cfg)
   if 'lm_head' in params and 'lm_head' not in abstract_params:
-    raise HfFormatError(f'init_from={directory} has an untied output head but the model is tied; set '
-                        '--config.model.tie_embeddings=False.')
+    raise HfFormatError(
+      f'init_from={directory} has an untied output head but the model is tied; set --config.model.tie_embeddings=False.'
+    )
   wanted = {k: v for k, v in abstract_params.items() if k in params or k != 'lm_head'}
   model_shapes = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(wanted)}
   have_shapes = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(params)}
   if model_shapes != have_shapes:
     differing = sorted(k for k in set(model_shapes) | set(have_shapes) if model_shapes.get(k) != have_shapes.get(k))
     first = differing[0]
-    raise HfFormatError(f'init_from={directory} holds a model of another shape ({first}: HF '
-                        f'{have_shapes.get(first)} vs model {model_shapes.get(first)}); set the model config to '
-                        'match its config.json.')
+    raise HfFormatError(
+      f'init_from={directory} holds a model of another shape ({first}: HF '
+      f'{have_shapes.get(first)} vs model {model_shapes.get(first)}); set the model config to '
+      'match its config.json.'
+    )
   return jax.tree.map(lambda x, a: jax.device_put(x.astype(a.dtype), getattr(a, 'sharding', None)), params, wanted)

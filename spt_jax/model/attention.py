@@ -40,8 +40,9 @@ def causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, implementation: str, mesh=
     implementation = 'xla'  # Splash tiles the sequence by 128s; short inputs (model init) take the XLA path.
   if implementation == 'splash':  # Off TPU the Pallas kernel runs in interpret mode (slow; for tests).
     return splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mesh, interpret=_platform(mesh) != 'tpu')
-  return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True,
-                                      implementation=implementation or None)
+  return jax.nn.dot_product_attention(
+    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True, implementation=implementation or None
+  )
 
 
 def _block(length: int) -> int:
@@ -53,15 +54,23 @@ def _splash_local(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, interpret: bool):
   """Splash attention on one device's shard: the kernel takes [H, L, K] per sequence, vmapped over B."""
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
+
   _, length, heads, head_dim = q_BxLxHxK.shape
   b = _block(length)
   mask = mask_lib.MultiHeadMask([mask_lib.CausalMask((length, length)) for _ in range(heads)])
-  sizes = kernel_lib.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
-                                block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
-  kernel = kernel_lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                      interpret=interpret)
+  sizes = kernel_lib.BlockSizes(
+    block_q=b,
+    block_kv=b,
+    block_kv_compute=b,
+    block_q_dkv=b,
+    block_kv_dkv=b,
+    block_kv_dkv_compute=b,
+    block_q_dq=b,
+    block_kv_dq=b,
+  )
+  kernel = kernel_lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
   to_heads = lambda x: jnp.swapaxes(x, 1, 2)  # [B, L, H, K] -> [B, H, L, K]
-  q = to_heads(q_BxLxHxK * jnp.asarray(head_dim ** -0.5, q_BxLxHxK.dtype))  # The kernel does not scale.
+  q = to_heads(q_BxLxHxK * jnp.asarray(head_dim**-0.5, q_BxLxHxK.dtype))  # The kernel does not scale.
   o_BxHxLxK = jax.vmap(kernel)(q, to_heads(k_BxLxHxK), to_heads(v_BxLxHxK))
   return to_heads(o_BxHxLxK)
 
@@ -72,6 +81,8 @@ def splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mesh=None, interpret: bool
   if mesh is None or mesh.size == 1:
     return local(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
   from spt_jax.model import sharding  # Local import: sharding imports model, which imports this module.
+
   spec = sharding.spec(('activation_batch', None, 'heads', None), q_BxLxHxK.shape, mesh)
-  return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
-                       check_vma=False)(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+  return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(
+    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK
+  )

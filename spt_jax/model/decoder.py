@@ -21,10 +21,10 @@ from spt_jax.model.flops import PRESETS  # The named sizes; counts and FLOPs by 
 from spt_jax.model.flops import padded_vocab_size
 
 REMAT_POLICIES = {
-    'none': None,
-    'full': jax.checkpoint_policies.nothing_saveable,
-    'dots': jax.checkpoint_policies.checkpoint_dots,
-    'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  'none': None,
+  'full': jax.checkpoint_policies.nothing_saveable,
+  'dots': jax.checkpoint_policies.checkpoint_dots,
+  'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
@@ -84,6 +84,7 @@ def _init(std: float, names: tuple[str, ...]):
 
 class Block(nn.Module):
   """One pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
   cfg: ml_collections.ConfigDict
   mesh: Any = None
 
@@ -114,12 +115,14 @@ class Block(nn.Module):
       k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k_BxLxHxK.astype(k_cache.dtype), start, axis=1)
       v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v_BxLxHxK.astype(v_cache.dtype), start, axis=1)
       key_positions = jnp.arange(k_cache.shape[1])
-      mask_1x1xLxS = (key_positions[None, None, None, :] <= positions_L[None, None, :, None])
-      o_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_cache.astype(dtype), v_cache.astype(dtype),
-                                               mask=mask_1x1xLxS, implementation='xla')
+      mask_1x1xLxS = key_positions[None, None, None, :] <= positions_L[None, None, :, None]
+      o_BxLxHxK = jax.nn.dot_product_attention(
+        q_BxLxHxK, k_cache.astype(dtype), v_cache.astype(dtype), mask=mask_1x1xLxS, implementation='xla'
+      )
       cache = (k_cache, v_cache)
-    x_BxLxD = x_BxLxD + dense(cfg.d_model, axis=(-2, -1), name='o',
-                              kernel_init=_init(out_std, ('heads', 'head_dim', 'embed')))(o_BxLxHxK)
+    x_BxLxD = x_BxLxD + dense(
+      cfg.d_model, axis=(-2, -1), name='o', kernel_init=_init(out_std, ('heads', 'head_dim', 'embed'))
+    )(o_BxLxHxK)
 
     h_BxLxD = layer_norm(x_BxLxD, cfg.layer_norm_eps)
     up_init = _init(cfg.init_std, ('embed', 'mlp'))
@@ -144,6 +147,7 @@ class Decoder(nn.Module):
   With `return_hidden`, returns the final normalised hidden states [B, L, D] instead of logits (the loss then
   applies the head chunk by chunk: see `head_kernel` and train.chunked_token_losses).
   """
+
   cfg: ml_collections.ConfigDict
   mesh: Any = None
 
@@ -151,8 +155,14 @@ class Decoder(nn.Module):
   def __call__(self, tokens_BxL, cache=None, start: jax.Array | int = 0, return_hidden: bool = False):
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
-    embed = nn.Embed(padded_vocab_size(cfg), cfg.d_model, dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype),
-                     embedding_init=_init(cfg.init_std, ('vocab', 'embed')), name='embed')
+    embed = nn.Embed(
+      padded_vocab_size(cfg),
+      cfg.d_model,
+      dtype=dtype,
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      embedding_init=_init(cfg.init_std, ('vocab', 'embed')),
+      name='embed',
+    )
     x_BxLxD = embed(tokens_BxL)
     x_BxLxD = constrain(x_BxLxD, ('activation_batch', 'activation_length', 'activation_embed'), self.mesh)
     positions_L = start + jnp.arange(tokens_BxL.shape[1])  # Every row of a batch starts at `start`.
@@ -164,9 +174,15 @@ class Decoder(nn.Module):
     if cfg.remat_policy != 'none':
       block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
-      blocks = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
-                       in_axes=(nn.broadcast, 0), length=cfg.n_layers, unroll=cfg.get('scan_unroll', 1) or cfg.n_layers,
-                       metadata_params={nn.PARTITION_NAME: 'layers'})(cfg, self.mesh, name='blocks')
+      blocks = nn.scan(
+        block,
+        variable_axes={'params': 0},
+        split_rngs={'params': True},
+        in_axes=(nn.broadcast, 0),
+        length=cfg.n_layers,
+        unroll=cfg.get('scan_unroll', 1) or cfg.n_layers,
+        metadata_params={nn.PARTITION_NAME: 'layers'},
+      )(cfg, self.mesh, name='blocks')
       x_BxLxD, cache = blocks(x_BxLxD, positions, cache)
     else:
       new_cache = []
@@ -183,9 +199,14 @@ class Decoder(nn.Module):
     if cfg.tie_embeddings:
       logits_BxLxV = embed.attend(x_BxLxD)
     else:
-      logits_BxLxV = nn.DenseGeneral(padded_vocab_size(cfg), use_bias=False, dtype=dtype,
-                                     param_dtype=jnp.dtype(cfg.param_dtype),
-                                     kernel_init=_init(cfg.init_std, ('embed', 'vocab')), name='lm_head')(x_BxLxD)
+      logits_BxLxV = nn.DenseGeneral(
+        padded_vocab_size(cfg),
+        use_bias=False,
+        dtype=dtype,
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        kernel_init=_init(cfg.init_std, ('embed', 'vocab')),
+        name='lm_head',
+      )(x_BxLxD)
     logits_BxLxV = logits_BxLxV.astype(jnp.float32)
     return logits_BxLxV if cache is None else (logits_BxLxV, cache)
 
@@ -214,8 +235,11 @@ def shape_differences(model_shapes: dict, stored_shapes: dict, stored: str, limi
   """'' when two {parameter name: shape} maps agree; else what is missing, extra or of another shape."""
   problems = [f'{k}: missing from the {stored}' for k in model_shapes if k not in stored_shapes]
   problems += [f'{k}: not in the model' for k in stored_shapes if k not in model_shapes]
-  problems += [f'{k}: {stored} {stored_shapes[k]} vs model {model_shapes[k]}' for k in model_shapes
-               if k in stored_shapes and stored_shapes[k] != model_shapes[k]]
+  problems += [
+    f'{k}: {stored} {stored_shapes[k]} vs model {model_shapes[k]}'
+    for k in model_shapes
+    if k in stored_shapes and stored_shapes[k] != model_shapes[k]
+  ]
   more = f' (and {len(problems) - limit} more)' if len(problems) > limit else ''
   return '; '.join(problems[:limit]) + more
 

@@ -23,25 +23,39 @@ INFERENCE_FORMULA = 'inference FLOPs/token = forward at c = context = 2·N + 4·
 # twice the layers: 2.25B parameters.
 _OLMO = dict(vocab_size=50280, rope_theta=10_000.0, layer_norm_eps=1e-5)
 PRESETS: dict[str, dict] = {
-    'olmo-3b': dict(_OLMO, d_model=2048, n_layers=32, n_heads=16, mlp_dim=8192),
-    'olmo-1b': dict(_OLMO, d_model=2048, n_layers=16, n_heads=16, mlp_dim=8192),
-    'olmo-600m': dict(_OLMO, d_model=1920, n_layers=8, n_heads=15, mlp_dim=7680),
-    'olmo-300m': dict(_OLMO, d_model=1280, n_layers=8, n_heads=10, mlp_dim=6144),
-    # CPU presets. Their vocab_size matches the BPE the CPU configs train (see configs/common.py).
-    'cpu-6m': dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, mlp_dim=1024, rope_theta=10_000.0,
-                   layer_norm_eps=1e-5),
-    'cpu-2m': dict(vocab_size=4096, d_model=128, n_layers=4, n_heads=4, mlp_dim=512, rope_theta=10_000.0,
-                   layer_norm_eps=1e-5),
-    'cpu-600k': dict(vocab_size=512, d_model=96, n_layers=4, n_heads=4, mlp_dim=384, rope_theta=10_000.0,
-                     layer_norm_eps=1e-5),
-    'cpu-160k': dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, mlp_dim=256, rope_theta=10_000.0,
-                 layer_norm_eps=1e-5),
+  'olmo-3b': dict(_OLMO, d_model=2048, n_layers=32, n_heads=16, mlp_dim=8192),
+  'olmo-1b': dict(_OLMO, d_model=2048, n_layers=16, n_heads=16, mlp_dim=8192),
+  'olmo-600m': dict(_OLMO, d_model=1920, n_layers=8, n_heads=15, mlp_dim=7680),
+  'olmo-300m': dict(_OLMO, d_model=1280, n_layers=8, n_heads=10, mlp_dim=6144),
+  # CPU presets. Their vocab_size matches the BPE the CPU configs train (see configs/common.py).
+  'cpu-6m': dict(
+    vocab_size=8192, d_model=256, n_layers=4, n_heads=4, mlp_dim=1024, rope_theta=10_000.0, layer_norm_eps=1e-5
+  ),
+  'cpu-2m': dict(
+    vocab_size=4096, d_model=128, n_layers=4, n_heads=4, mlp_dim=512, rope_theta=10_000.0, layer_norm_eps=1e-5
+  ),
+  'cpu-600k': dict(
+    vocab_size=512, d_model=96, n_layers=4, n_heads=4, mlp_dim=384, rope_theta=10_000.0, layer_norm_eps=1e-5
+  ),
+  'cpu-160k': dict(
+    vocab_size=512, d_model=64, n_layers=2, n_heads=4, mlp_dim=256, rope_theta=10_000.0, layer_norm_eps=1e-5
+  ),
 }
 
 # Peak dense bf16 FLOP/s per chip, for MFU; unknown devices (CPUs) are measured unless config.peak_flops is set.
-PEAK_FLOPS = {'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v5': 459e12,
-              'TPU v6 lite': 918e12, 'TPU v6e': 918e12, 'A100': 312e12, 'H100': 989e12, 'H200': 989e12,
-              'B200': 2250e12}
+PEAK_FLOPS = {
+  'TPU v4': 275e12,
+  'TPU v5 lite': 197e12,
+  'TPU v5e': 197e12,
+  'TPU v5p': 459e12,
+  'TPU v5': 459e12,
+  'TPU v6 lite': 918e12,
+  'TPU v6e': 918e12,
+  'A100': 312e12,
+  'H100': 989e12,
+  'H200': 989e12,
+  'B200': 2250e12,
+}
 
 
 def padded_vocab_size(model_cfg) -> int:
@@ -80,11 +94,14 @@ def mfu(flops_per_token: float, tokens_per_second: float, peak: float) -> float 
 def peak_matmul_flops(dtype: str, size: int, repeats: int = 5) -> float:
   """Best FLOP/s of square matmuls on all devices at once (each device multiplies its own pair)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   n = jax.device_count()
   mesh, spec = jax.sharding.Mesh(jax.devices(), ('d',)), jax.sharding.PartitionSpec('d')
   keys = jax.random.split(jax.random.PRNGKey(0), 2)
-  a, b = (jax.device_put(jax.random.normal(key, (n, size, size), dtype), jax.sharding.NamedSharding(mesh, spec))
-          for key in keys)
+  a, b = (
+    jax.device_put(jax.random.normal(key, (n, size, size), dtype), jax.sharding.NamedSharding(mesh, spec))
+    for key in keys
+  )
   matmul = jax.jit(jax.shard_map(lambda x, y: (x[0] @ y[0])[None], mesh=mesh, in_specs=(spec, spec), out_specs=spec))
   matmul(a, b).block_until_ready()
   best = float('inf')
@@ -92,13 +109,14 @@ def peak_matmul_flops(dtype: str, size: int, repeats: int = 5) -> float:
     start = time.perf_counter()
     matmul(a, b).block_until_ready()
     best = min(best, time.perf_counter() - start)
-  return 2.0 * n * size ** 3 / best
+  return 2.0 * n * size**3 / best
 
 
 def peak_flops(per_chip: float) -> float:
   """Peak FLOP/s of all devices together: per_chip (config.peak_flops) when > 0, the table for known
   accelerators, else a quick matmul measurement (once per process); per_chip < 0 turns MFU off (0)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   if per_chip < 0:
     return 0.0
   if per_chip > 0:
@@ -114,6 +132,7 @@ def peak_flops(per_chip: float) -> float:
 def _measured_peak_flops() -> float:
   import jax  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
+
   try:
     cpu = jax.default_backend() == 'cpu'
     return peak_matmul_flops('float32' if cpu else 'bfloat16', 1024 if cpu else 4096, repeats=3)

@@ -26,16 +26,16 @@ MESH_AXES = ('data', 'fsdp', 'tensor')
 # and over tensor on heads / MLP / vocabulary; the batch is split over data and fsdp together (FSDP is data
 # parallel too).
 RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ('batch', ('data', 'fsdp')),
-    ('activation_batch', ('data', 'fsdp')),
-    ('activation_length', None),
-    ('activation_embed', None),
-    ('vocab', 'tensor'),
-    ('embed', 'fsdp'),
-    ('heads', 'tensor'),
-    ('mlp', 'tensor'),
-    ('head_dim', None),
-    ('layers', None),
+  ('batch', ('data', 'fsdp')),
+  ('activation_batch', ('data', 'fsdp')),
+  ('activation_length', None),
+  ('activation_embed', None),
+  ('vocab', 'tensor'),
+  ('embed', 'fsdp'),
+  ('heads', 'tensor'),
+  ('mlp', 'tensor'),
+  ('head_dim', None),
+  ('layers', None),
 )
 _RULED_NAMES = frozenset(name for name, _ in RULES)
 
@@ -44,17 +44,22 @@ def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
   """(data, fsdp, tensor) sizes; at most one may be -1, meaning all remaining devices."""
   sizes = [int(mesh_cfg[axis]) for axis in MESH_AXES]
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))}: sizes must be positive, with at most one -1; '
-                     'set --config.mesh.data/fsdp/tensor accordingly')
+    raise ValueError(
+      f'mesh {dict(zip(MESH_AXES, sizes))}: sizes must be positive, with at most one -1; '
+      'set --config.mesh.data/fsdp/tensor accordingly'
+    )
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if n_devices % known:
-      raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))}: {known} does not divide the {n_devices} devices; '
-                       'change --config.mesh.*')
+      raise ValueError(
+        f'mesh {dict(zip(MESH_AXES, sizes))}: {known} does not divide the {n_devices} devices; change --config.mesh.*'
+      )
     sizes[sizes.index(-1)] = n_devices // known
   if math.prod(sizes) != n_devices:
-    raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but {n_devices} are '
-                     'available; make the product match or set one axis to -1')
+    raise ValueError(
+      f'mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but {n_devices} are '
+      'available; make the product match or set one axis to -1'
+    )
   return tuple(sizes)
 
 
@@ -113,8 +118,9 @@ def tree_shardings(abstract_tree, mesh: Mesh):
   logical_specs = nn.get_partition_spec(abstract_tree)  # Logical names of each box; PartitionSpec() otherwise.
   jax.tree.map(_check_names, logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
   shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, RULES)
-  return jax.tree.map(lambda s, x: NamedSharding(mesh, _dividing(s.spec, x.shape, mesh.shape)), shardings,
-                      nn.unbox(abstract_tree))
+  return jax.tree.map(
+    lambda s, x: NamedSharding(mesh, _dividing(s.spec, x.shape, mesh.shape)), shardings, nn.unbox(abstract_tree)
+  )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -144,13 +150,20 @@ def initialize_distributed(force: bool = False) -> None:
     if not (count or index) and on_tpu_vm:
       kwargs = {'coordinator_address': address}  # The TPU VM metadata gives the process count and index.
     elif not (count.isdigit() and index.isdigit() and int(index) < int(count)):
-      raise ValueError(f'JAX_COORDINATOR_ADDRESS={address} needs JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=i '
-                       f'(0 <= i < N) on every process; got {count or "unset"!s} and {index or "unset"!s}')
+      raise ValueError(
+        f'JAX_COORDINATOR_ADDRESS={address} needs JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=i '
+        f'(0 <= i < N) on every process; got {count or "unset"!s} and {index or "unset"!s}'
+      )
     else:
       kwargs = dict(coordinator_address=address, num_processes=int(count), process_id=int(index))
   jax.distributed.initialize(**kwargs)
-  logging.info('jax.distributed: process %d of %d, %d local / %d global devices', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info(
+    'jax.distributed: process %d of %d, %d local / %d global devices',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
 def default_workdir(config_arg: str) -> str:
@@ -160,6 +173,7 @@ def default_workdir(config_arg: str) -> str:
     try:
       import importlib.util  # pylint: disable=g-import-not-at-top
       import inspect  # pylint: disable=g-import-not-at-top
+
       module_spec = importlib.util.spec_from_file_location('_config_for_workdir', path)
       module = importlib.util.module_from_spec(module_spec)
       module_spec.loader.exec_module(module)
@@ -194,6 +208,8 @@ def check_shared_folder(path: str, what: str, wait_seconds: float = 10.0) -> Non
     os.remove(probe)
   missing = [i for i in range(count) if not seen_by[i]]
   if missing:
-    raise ValueError(f'the {what} {os.path.abspath(path)} is not shared by the {count} processes (process(es) '
-                     f'{missing} do not see what process 0 writes there); pass --{what}=<a path every host sees, '
-                     'e.g. a gcsfuse mount /gcs/BUCKET/run>')
+    raise ValueError(
+      f'the {what} {os.path.abspath(path)} is not shared by the {count} processes (process(es) '
+      f'{missing} do not see what process 0 writes there); pass --{what}=<a path every host sees, '
+      'e.g. a gcsfuse mount /gcs/BUCKET/run>'
+    )

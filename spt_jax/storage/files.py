@@ -142,8 +142,9 @@ class WorkdirLock:
     since = time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())
     for workdir in taken:  # Only once every folder is held: a refused run writes nothing.
       running = '' if workdir == self.workdir else f', running {self.workdir}'
-      write_text(os.path.join(workdir, LOCK_FILE),
-                 f'pid {os.getpid()} on host {socket.gethostname()}{running}, since {since}\n')
+      write_text(
+        os.path.join(workdir, LOCK_FILE), f'pid {os.getpid()} on host {socket.gethostname()}{running}, since {since}\n'
+      )
     return self
 
   def _enter(self, workdir: str) -> bool:
@@ -162,8 +163,10 @@ class WorkdirLock:
       if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
         descriptor = None  # A filesystem without locks (some network mounts): run unlocked rather than not at all.
       else:
-        raise ValueError(f'{workdir} is in use by a live run ({_holder(workdir)}); wait for it to finish or stop '
-                         'it, or use another --workdir') from None
+        raise ValueError(
+          f'{workdir} is in use by a live run ({_holder(workdir)}); wait for it to finish or stop '
+          'it, or use another --workdir'
+        ) from None
     _HELD[key] = [descriptor, 1]
     self._entered.append(key)
     return descriptor is not None
@@ -231,12 +234,16 @@ def exit_quietly_on_sigterm() -> None:
   The loop installs its own handler while it trains (finish the step, checkpoint, exit 0); outside it there is
   no step to save, and every file is written atomically, so stopping at once loses nothing.
   """
+
   def handle(signum, frame):
     del signum, frame
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    sys.stderr.write('SIGTERM outside a training step: nothing new to save (files already written are whole, '
-                     'checkpoints kept); rerun the same command to continue\n')
+    sys.stderr.write(
+      'SIGTERM outside a training step: nothing new to save (files already written are whole, '
+      'checkpoints kept); rerun the same command to continue\n'
+    )
     sys.stderr.flush()
     raise SystemExit(0)
+
   if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGTERM, handle)

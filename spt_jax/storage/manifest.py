@@ -25,6 +25,7 @@ _TEMPORARY_PREFIX = f'.{MANIFEST_FILE}.tmp-'  # files.write_text's temporary nam
 @dataclasses.dataclass(frozen=True)
 class Problem:
   """Why a folder does not match its manifest: a short reason (used in folder names) and the file concerned."""
+
   reason: str
   detail: str
 
@@ -71,8 +72,10 @@ def write(folder: str) -> dict:
       os.unlink(os.path.join(folder, name))
   sizes = _listing(folder)
   names = sorted(sizes)
-  entries = {name: {'size': sizes[name], 'sha256': digest}
-             for name, digest in zip(names, _hashes([os.path.join(folder, n) for n in names]))}
+  entries = {
+    name: {'size': sizes[name], 'sha256': digest}
+    for name, digest in zip(names, _hashes([os.path.join(folder, n) for n in names]))
+  }
   files.write_json(os.path.join(folder, MANIFEST_FILE), {'version': 1, 'files': entries})
   return entries
 

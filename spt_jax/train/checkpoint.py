@@ -37,16 +37,26 @@ from spt_jax.model import decoder as model_lib
 CHECKPOINTS = 'checkpoints'
 DAMAGED = 'damaged_checkpoints'  # Checkpoints that fail their check or restore are moved here (never deleted).
 # JSON files orbax reads of a step, with the reason a step whose copy does not parse is set aside under.
-_JSON_FILES = (('metrics/metrics', 'unreadable-metrics'), ('meta/metadata', 'unreadable-meta'),
-               ('_CHECKPOINT_METADATA', 'unreadable-metadata'), ('state/_METADATA', 'unreadable-metadata'))
+_JSON_FILES = (
+  ('metrics/metrics', 'unreadable-metrics'),
+  ('meta/metadata', 'unreadable-meta'),
+  ('_CHECKPOINT_METADATA', 'unreadable-metadata'),
+  ('state/_METADATA', 'unreadable-metadata'),
+)
 CONFIG_FILE = 'config.json'
 TOKENIZER_FILE = 'tokenizer.json'  # The tokenizer the run's token ids belong to, beside its config.
 # The metric orbax ranks checkpoints by: eval domain_test loss, lower is better.
 BEST_METRIC = 'domain_test_loss'
 # Keys that may change between a run and its resumption without changing what it computes (init_from is only
 # read by a fresh start, and a workdir may be moved).
-RESUME_IGNORED = ('resume_mismatched', 'data.cache_dir', 'data.num_workers', 'log_every', 'init_from',
-                  'compilation_cache')
+RESUME_IGNORED = (
+  'resume_mismatched',
+  'data.cache_dir',
+  'data.num_workers',
+  'log_every',
+  'init_from',
+  'compilation_cache',
+)
 # Keys added after runs were already saved without them: absent from a saved config means this value.
 ADDED_DEFAULTS = {'model.scan_unroll': 1}
 
@@ -86,8 +96,9 @@ def config_differences(saved: dict, config, ignored: Sequence[str] = RESUME_IGNO
   """Dotted keys whose values differ between a saved config.json and a config (ignoring harmless keys)."""
   b = _flatten(config_dict(config))
   a = {**{key: value for key, value in ADDED_DEFAULTS.items() if key in b}, **_flatten(saved)}
-  return sorted(key for key in set(a) | set(b)
-                if a.get(key, '<absent>') != b.get(key, '<absent>') and key not in ignored)
+  return sorted(
+    key for key in set(a) | set(b) if a.get(key, '<absent>') != b.get(key, '<absent>') and key not in ignored
+  )
 
 
 def check_resumable(workdir: str, config) -> None:
@@ -97,11 +108,15 @@ def check_resumable(workdir: str, config) -> None:
     return
   differences = config_differences(saved, config)
   if differences:
-    shown = ', '.join(f'{key}: {_flatten(saved).get(key, "<absent>")!r} -> '
-                      f'{_flatten(config_dict(config)).get(key, "<absent>")!r}' for key in differences[:8])
+    shown = ', '.join(
+      f'{key}: {_flatten(saved).get(key, "<absent>")!r} -> {_flatten(config_dict(config)).get(key, "<absent>")!r}'
+      for key in differences[:8]
+    )
     more = f' (and {len(differences) - 8} more)' if len(differences) > 8 else ''
-    raise ValueError(f'{workdir} holds a run of a different config ({shown}{more}); use another --workdir or '
-                     'set --config.resume_mismatched=True.')
+    raise ValueError(
+      f'{workdir} holds a run of a different config ({shown}{more}); use another --workdir or '
+      'set --config.resume_mismatched=True.'
+    )
 
 
 def _is_finite(value) -> bool:
@@ -137,8 +152,10 @@ def _step_numbers(directory: str) -> list[int]:
   """The step folders of a checkpoints folder, newest first (orbax's temporary folders are not steps)."""
   if not os.path.isdir(directory):
     return []
-  return sorted((int(name) for name in os.listdir(directory)
-                 if name.isdigit() and os.path.isdir(os.path.join(directory, name))), reverse=True)
+  return sorted(
+    (int(name) for name in os.listdir(directory) if name.isdigit() and os.path.isdir(os.path.join(directory, name))),
+    reverse=True,
+  )
 
 
 def _set_aside(directory: str, step: int, reason: str) -> str:
@@ -153,8 +170,14 @@ def _set_aside(directory: str, step: int, reason: str) -> str:
   return target
 
 
-def _use_first_good(directory: str, steps: Sequence[int], load: Callable[[str], Any], outcome: str,
-                    checked: set | None = None, restores: bool = True) -> tuple[int, Any] | None:
+def _use_first_good(
+  directory: str,
+  steps: Sequence[int],
+  load: Callable[[str], Any],
+  outcome: str,
+  checked: set | None = None,
+  restores: bool = True,
+) -> tuple[int, Any] | None:
   """(step, load(step folder)) of the first of steps that passes its check and loads; None when there are none.
 
   The steps that failed before it are set aside, each with one warning line ending in outcome.format(step);
@@ -172,22 +195,28 @@ def _use_first_good(directory: str, steps: Sequence[int], load: Callable[[str], 
       try:
         result = load(step_dir)
       except Exception as error:  # pylint: disable=broad-except
-        problem = error.problem if isinstance(error, DamagedCheckpoint) else manifest.Problem(
-            'restore-error', _first_line(error))
+        problem = (
+          error.problem
+          if isinstance(error, DamagedCheckpoint)
+          else manifest.Problem('restore-error', _first_line(error))
+        )
     if problem is not None:
       failures.append((step, problem))
       continue
     for bad_step, bad_problem in failures:
       target = _set_aside(directory, bad_step, bad_problem.reason)
-      logging.warning('Checkpoint %d is damaged (%s); moved it to %s; %s.', bad_step, bad_problem, target,
-                      outcome.format(step))
+      logging.warning(
+        'Checkpoint %d is damaged (%s); moved it to %s; %s.', bad_step, bad_problem, target, outcome.format(step)
+      )
     if restores and not manifest.has_manifest(step_dir) and jax.process_index() == 0:
       manifest.write(step_dir)  # It restored: from now on it is checked like the others.
     return step, result
   if failures:
     step, problem = failures[0]
-    raise ValueError(f'no checkpoint in {directory} is usable (step {step}: {problem}; {len(failures)} tried); '
-                     f'move {directory} aside to start the run over, or use another --workdir')
+    raise ValueError(
+      f'no checkpoint in {directory} is usable (step {step}: {problem}; {len(failures)} tried); '
+      f'move {directory} aside to start the run over, or use another --workdir'
+    )
   return None
 
 
@@ -196,6 +225,7 @@ def _agree(value: int) -> int:
   if jax.process_count() == 1:
     return value
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
@@ -209,8 +239,9 @@ def screen(directory: str) -> int | None:
   if jax.process_index() == 0:
     steps = _step_numbers(directory)
     try:
-      found = _use_first_good(directory, steps, lambda step_dir: None, 'the newest good checkpoint is step {}',
-                              restores=False)
+      found = _use_first_good(
+        directory, steps, lambda step_dir: None, 'the newest good checkpoint is step {}', restores=False
+      )
     except ValueError as failure:
       good, error = -2, failure
     else:
@@ -219,12 +250,19 @@ def screen(directory: str) -> int | None:
         problem = check_step(os.path.join(directory, str(step)), full=False)
         if problem is not None:
           target = _set_aside(directory, step, problem.reason)
-          logging.warning('Checkpoint %d is damaged (%s); moved it to %s; the newest good checkpoint is step %d.',
-                          step, problem, target, good)
+          logging.warning(
+            'Checkpoint %d is damaged (%s); moved it to %s; the newest good checkpoint is step %d.',
+            step,
+            problem,
+            target,
+            good,
+          )
   good = _agree(good)
   if good == -2:
-    raise error or ValueError(f'no checkpoint in {directory} is usable (process 0 checked them); move '
-                              f'{directory} aside to start the run over, or use another --workdir')
+    raise error or ValueError(
+      f'no checkpoint in {directory} is usable (process 0 checked them); move '
+      f'{directory} aside to start the run over, or use another --workdir'
+    )
   return None if good < 0 else good
 
 
@@ -234,17 +272,24 @@ class Checkpoints:
   def __init__(self, workdir: str, keep: int, keep_steps: Sequence[int] = (), async_save: bool = True):
     if keep < 1:
       raise ValueError(f'keep_checkpoints={keep}: keep at least 1 checkpoint.')
-    policies = [ocp.checkpoint_managers.LatestN(n=keep),
-                ocp.checkpoint_managers.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC], reverse=True,
-                                              n=1, keep_checkpoints_without_metrics=False)]
+    policies = [
+      ocp.checkpoint_managers.LatestN(n=keep),
+      ocp.checkpoint_managers.BestN(
+        get_metric_fn=lambda metrics: metrics[BEST_METRIC], reverse=True, n=1, keep_checkpoints_without_metrics=False
+      ),
+    ]
     if keep_steps:
       policies.append(ocp.checkpoint_managers.CustomSteps(steps=list(keep_steps)))
     # best_fn only makes orbax persist each step's metrics (the preservation policy does the keeping), so that
     # the best checkpoint is still known after a restart.
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-        best_fn=lambda metrics: metrics[BEST_METRIC], best_mode='min',
-        enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True)
+      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+      best_fn=lambda metrics: metrics[BEST_METRIC],
+      best_mode='min',
+      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True,
+      create=True,
+    )
     self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
     # Before orbax reads the steps: its start-up parses every step's metrics and metadata.
     newest_good = screen(self.directory)
@@ -265,18 +310,24 @@ class Checkpoints:
   def save(self, step: int, state, meta: dict, domain_test_loss: float | None = None) -> bool:
     """Starts an asynchronous save; refuses non-finite losses and never overwrites an existing step."""
     if not _is_finite(meta.get('train_loss')) or not _is_finite(domain_test_loss):
-      raise ValueError(f'refusing to checkpoint step {step}: its loss is not finite '
-                       f'(train {meta.get("train_loss")}, domain_test {domain_test_loss}).')
+      raise ValueError(
+        f'refusing to checkpoint step {step}: its loss is not finite '
+        f'(train {meta.get("train_loss")}, domain_test {domain_test_loss}).'
+      )
     if step in self.manager.all_steps():
       return False
     self._join_manifest()  # The previous step's manifest before orbax starts (and may delete old steps).
     metrics = None if domain_test_loss is None else {BEST_METRIC: float(domain_test_loss)}
-    started = self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                              meta=ocp.args.JsonSave(files.finite(meta))),
-                                metrics=metrics, force=True)
+    started = self.manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(files.finite(meta))),
+      metrics=metrics,
+      force=True,
+    )
     if started:
-      self._manifest_thread = threading.Thread(target=self._write_manifest, args=(step,), daemon=True,
-                                               name=f'manifest-{step}')
+      self._manifest_thread = threading.Thread(
+        target=self._write_manifest, args=(step,), daemon=True, name=f'manifest-{step}'
+      )
       self._manifest_thread.start()
     return started
 
@@ -292,8 +343,7 @@ class Checkpoints:
     try:
       manifest.write(step_dir)
     except OSError as error:
-      logging.warning('Checkpoint %d: its manifest could not be written (%s); it will be used unverified.', step,
-                      error)
+      logging.warning('Checkpoint %d: its manifest could not be written (%s); it will be used unverified.', step, error)
 
   def _join_manifest(self) -> None:
     if self._manifest_thread is not None:
@@ -314,8 +364,9 @@ class Checkpoints:
       if problem is not None:
         raise DamagedCheckpoint(os.path.join(self.directory, str(step)), problem)
       self.checked.add(step)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    restored = self.manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+    )
     return restored.state, dict(restored.meta)
 
   def restore_newest(self, abstract_state) -> tuple[int, Any, dict]:
@@ -327,8 +378,13 @@ class Checkpoints:
     """
     self.wait()
     steps = sorted(self.all_steps(), reverse=True)
-    found = _use_first_good(self.directory, steps, lambda step_dir: self.restore(
-        abstract_state, int(os.path.basename(step_dir))), 'resumed from step {}', checked=self.checked)
+    found = _use_first_good(
+      self.directory,
+      steps,
+      lambda step_dir: self.restore(abstract_state, int(os.path.basename(step_dir))),
+      'resumed from step {}',
+      checked=self.checked,
+    )
     if found is None:
       raise ValueError(f'no checkpoint in {self.directory} to restore.')
     step, (state, meta) = found
@@ -391,17 +447,22 @@ def _candidates(path: str) -> tuple[str, list[int]]:
   if name.isdigit() and (set_aside or os.path.isdir(os.path.join(path, 'state')) or manifest.has_manifest(path)):
     return parent, [step for step in _step_numbers(parent) if step <= int(name)]
   directory = os.path.join(path, CHECKPOINTS) if os.path.isdir(os.path.join(path, CHECKPOINTS)) else path
-  steps = [step for step in _step_numbers(directory)
-           if os.path.isdir(os.path.join(directory, str(step), 'state')) or
-           manifest.has_manifest(os.path.join(directory, str(step)))]
+  steps = [
+    step
+    for step in _step_numbers(directory)
+    if os.path.isdir(os.path.join(directory, str(step), 'state'))
+    or manifest.has_manifest(os.path.join(directory, str(step)))
+  ]
   if not steps:
-    raise ValueError(f'init_from={path} holds no checkpoint; point it at a workdir with {CHECKPOINTS}/<step>/ '
-                     'or at a step folder.')
+    raise ValueError(
+      f'init_from={path} holds no checkpoint; point it at a workdir with {CHECKPOINTS}/<step>/ or at a step folder.'
+    )
   if (read_config(path) or {}).get('stage') == 'finetune':
     losses = {step: _recorded_loss(os.path.join(directory, str(step))) for step in steps}
     # The lowest loss (the earlier step of a tie, as orbax ranks them), then steps without one, newest first.
-    steps = sorted(steps, key=lambda step: (losses[step] is None, losses[step] or 0.0,
-                                            step if losses[step] is not None else -step))
+    steps = sorted(
+      steps, key=lambda step: (losses[step] is None, losses[step] or 0.0, step if losses[step] is not None else -step)
+    )
   return directory, steps
 
 
@@ -410,8 +471,9 @@ def _load_usable(path: str, load: Callable[[str], Any], restores: bool = True) -
   directory, steps = _candidates(path)
   found = _use_first_good(directory, steps, load, 'loading step {} instead', restores=restores)
   if found is None:
-    raise ValueError(f'init_from={path} holds no checkpoint; point it at a workdir with {CHECKPOINTS}/<step>/ '
-                     'or at a step folder.')
+    raise ValueError(
+      f'init_from={path} holds no checkpoint; point it at a workdir with {CHECKPOINTS}/<step>/ or at a step folder.'
+    )
   return os.path.join(directory, str(found[0])), found[1]
 
 
@@ -441,6 +503,7 @@ def restore_params(path: str, abstract_params, optional: Sequence[str] = ('lm_he
 def restore_params_from(path: str, abstract_params, optional: Sequence[str] = ('lm_head',)) -> tuple[Any, str]:
   """(parameters, the step folder they came from) as restore_params; a damaged step falls back to an older one."""
   from spt_jax.interop import hf  # pylint: disable=g-import-not-at-top
+
   if hf.is_hf_dir(path):
     return hf.load_for_init(path, abstract_params), os.path.abspath(path)
   shape_error = []
@@ -452,15 +515,22 @@ def restore_params_from(path: str, abstract_params, optional: Sequence[str] = ('
     model_shapes = {_key_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(target)}
     differences = model_lib.shape_differences(model_shapes, stored_shapes, 'checkpoint')
     if differences:  # The model's fault, not the files': no fallback.
-      shape_error.append(ValueError(f'init_from={path} holds a model of another shape ({differences}); '
-                                    'use the model preset it was trained with.'))
+      shape_error.append(
+        ValueError(
+          f'init_from={path} holds a model of another shape ({differences}); use the model preset it was trained with.'
+        )
+      )
       return None
     logging.info('Loading parameters from %s', step_dir)
     checkpointer = ocp.PyTreeCheckpointer()
     try:
       item = {'params': target}
-      restored = checkpointer.restore(os.path.join(step_dir, 'state'), args=ocp.args.PyTreeRestore(
-          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+      restored = checkpointer.restore(
+        os.path.join(step_dir, 'state'),
+        args=ocp.args.PyTreeRestore(
+          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+        ),
+      )
     finally:
       checkpointer.close()
     return restored['params']
@@ -477,16 +547,19 @@ def measure(parameters: int, folder: str, repeats: int = 3) -> dict:
   leaves = 8  # A model's state is many arrays; orbax writes them in parallel.
   size = max(int(parameters) // leaves, 1)
   keys = iter(jax.random.split(jax.random.PRNGKey(0), 3 * leaves))  # Random: orbax compresses constant arrays.
-  state = {part: [jax.random.normal(next(keys), (size,), jax.numpy.float32) for _ in range(leaves)]
-           for part in ('params', 'mu', 'nu')}
+  state = {
+    part: [jax.random.normal(next(keys), (size,), jax.numpy.float32) for _ in range(leaves)]
+    for part in ('params', 'mu', 'nu')
+  }
   jax.block_until_ready(state)
   timings = {}
   for repeat in range(repeats):
     checkpoints = Checkpoints(os.path.join(folder, f'measure_{parameters}_{repeat}'), keep=1)
     step_dir = os.path.join(checkpoints.directory, '1')
     started = time.perf_counter()
-    checkpoints.manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave({'step': 1})), force=True)
+    checkpoints.manager.save(
+      1, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({'step': 1})), force=True
+    )
     checkpoints.manager.wait_until_finished()
     seconds = {'save': time.perf_counter() - started}
     started = time.perf_counter()
@@ -500,23 +573,27 @@ def measure(parameters: int, folder: str, repeats: int = 3) -> dict:
     timings = {key: min(value, timings.get(key, value)) for key, value in seconds.items()}
   state_bytes = 3 * leaves * size * 4
   on_disk = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(step_dir) for name in names)
-  return dict(parameters=int(parameters), state_megabytes=round(state_bytes / 1e6, 1),
-              on_disk_megabytes=round(on_disk / 1e6, 1),
-              **{f'{key}_seconds': round(value, 4) for key, value in timings.items()},
-              manifest_fraction=round(timings['manifest'] / timings['save'], 3),
-              full_check_fraction=round(timings['full_check'] / timings['save'], 3))
+  return dict(
+    parameters=int(parameters),
+    state_megabytes=round(state_bytes / 1e6, 1),
+    on_disk_megabytes=round(on_disk / 1e6, 1),
+    **{f'{key}_seconds': round(value, 4) for key, value in timings.items()},
+    manifest_fraction=round(timings['manifest'] / timings['save'], 3),
+    full_check_fraction=round(timings['full_check'] / timings['save'], 3),
+  )
 
 
 if __name__ == '__main__':
   # python -m spt_jax.train.checkpoint --parameters=160e3,1.6e6,100e6 --folder=/tmp/measure: the manifest's cost.
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   _PARAMETERS = flags.DEFINE_list('parameters', ['160e3', '1.6e6'], 'State sizes to measure, in parameters.')
-  _FOLDER = flags.DEFINE_string('folder', None, 'An empty folder on the disk to measure (it is filled).',
-                                required=True)
+  _FOLDER = flags.DEFINE_string('folder', None, 'An empty folder on the disk to measure (it is filled).', required=True)
 
   def main(argv):
     del argv
     for parameters in _PARAMETERS.value:
       print(json.dumps(measure(int(float(parameters)), _FOLDER.value)), flush=True)
+
   app.run(main)

@@ -32,8 +32,10 @@ def enable(setting: str, cache_dir: str = '') -> str:
   path = folder(setting, cache_dir) if setting else ''
   if _enabled_in is not None:
     if path != _enabled_in:
-      raise ValueError(f'the compilation cache is already {_enabled_in or "off"} in this process; '
-                       f'one process keeps one setting (got compilation_cache={setting!r})')
+      raise ValueError(
+        f'the compilation cache is already {_enabled_in or "off"} in this process; '
+        f'one process keeps one setting (got compilation_cache={setting!r})'
+      )
     return path
   if path:
     os.makedirs(path, exist_ok=True)

@@ -103,8 +103,17 @@ def base_config(model_preset: str = 'cpu-160k') -> ml_collections.ConfigDict:
   c.finetune.batch_size = 512
   c.finetune.weight_decay = 1e-7
   # (lr, warmup_steps) points run from the same pretrained parameters; the best domain_test loss is reported.
-  c.finetune.grid = ((1e-5, 50), (1e-5, 100), (1e-5, 200), (4e-5, 50), (4e-5, 100), (4e-5, 200),
-                     (1e-4, 50), (1e-4, 100), (1e-4, 200))
+  c.finetune.grid = (
+    (1e-5, 50),
+    (1e-5, 100),
+    (1e-5, 200),
+    (4e-5, 50),
+    (4e-5, 100),
+    (4e-5, 200),
+    (1e-4, 50),
+    (1e-4, 100),
+    (1e-4, 200),
+  )
   c.finetune.schedule = 'constant'  # Appendix B: constant with warmup.
   c.finetune.replay_fraction = 0.0  # Fraction r of general data replayed during finetuning.
   c.finetune.untie_embeddings = True  # The output head starts as a copy of the input embedding.
@@ -137,6 +146,7 @@ def load(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:preset]` (big_vision style): the file's get_config(preset)."""
   import importlib.util
   import pathlib
+
   path, _, preset = spec.partition(':')
   if not pathlib.Path(path).is_file():
     raise ValueError(f'config file {path!r} does not exist; pass --config=configs/<domain>.py[:preset]')
@@ -147,11 +157,14 @@ def load(spec: str) -> ml_collections.ConfigDict:
   try:
     module_spec.loader.exec_module(module)
   except (OSError, SyntaxError, UnicodeDecodeError) as error:
-    raise ValueError(f'config file {path!r} cannot be read as Python ({type(error).__name__}: {error}); fix it or '
-                     'pass another --config') from None
+    raise ValueError(
+      f'config file {path!r} cannot be read as Python ({type(error).__name__}: {error}); fix it or '
+      'pass another --config'
+    ) from None
   except Exception as error:  # pylint: disable=broad-except
-    raise ValueError(f'config file {path!r} raised {type(error).__name__} when loaded ({error}); fix the file or '
-                     'pass another --config') from None
+    raise ValueError(
+      f'config file {path!r} raised {type(error).__name__} when loaded ({error}); fix the file or pass another --config'
+    ) from None
   if not callable(getattr(module, 'get_config', None)):
     raise ValueError(f'config file {path!r} has no get_config(); define get_config(arg) returning the config')
   try:
@@ -159,18 +172,21 @@ def load(spec: str) -> ml_collections.ConfigDict:
   except ValueError:
     raise
   except Exception as error:  # pylint: disable=broad-except
-    raise ValueError(f'config file {path!r}: get_config({preset!r}) raised {type(error).__name__} ({error}); fix '
-                     'the file or choose another preset') from None
+    raise ValueError(
+      f'config file {path!r}: get_config({preset!r}) raised {type(error).__name__} ({error}); fix '
+      'the file or choose another preset'
+    ) from None
 
 
 def check_override_keys(config: ml_collections.ConfigDict, argv: list[str], flag: str = 'config') -> None:
   """Raises a one-line ValueError for a `--config.key=value` whose key does not exist, naming close keys."""
   import difflib
+
   valid = flat_keys(config)
   for arg in argv:
     if not arg.startswith(f'--{flag}.'):
       continue
-    key = arg[len(flag) + 3:].split('=', 1)[0]
+    key = arg[len(flag) + 3 :].split('=', 1)[0]
     if key not in valid:
       close = difflib.get_close_matches(key, valid, n=5, cutoff=0.6)
       hint = f'close valid keys: {", ".join(close)}' if close else 'see spt_jax/train/config.py for every key'

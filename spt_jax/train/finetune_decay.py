@@ -28,13 +28,19 @@ CHECKPOINTS = 'checkpoints'  # checkpoint.CHECKPOINTS; not imported, so that thi
 def wants_decay(config, stage: str, summary: dict) -> bool:
   """Whether a finished finetune should now decay: WSD, decay_steps > 0, stopped early, not a decay run."""
   ft = config.finetune
-  return (stage == 'finetune' and ft.schedule == 'wsd' and ft.get('decay_steps', 0) > 0
-          and ft.get('decay_from_step', -1) < 0 and summary.get('stop_reason') == 'early_stopping')
+  return (
+    stage == 'finetune'
+    and ft.schedule == 'wsd'
+    and ft.get('decay_steps', 0) > 0
+    and ft.get('decay_from_step', -1) < 0
+    and summary.get('stop_reason') == 'early_stopping'
+  )
 
 
 def decay_config(config, best_step: int):
   """The config of the decay run: max_steps = best_step + decay_steps, marked as the decay of best_step."""
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   c = ml_collections.ConfigDict(config.to_dict())
   c.finetune.max_steps = int(best_step) + int(config.finetune.decay_steps)
   c.finetune.decay_from_step = int(best_step)
@@ -63,10 +69,18 @@ def after_early_stopping(config, workdir: str, summary: dict, stage: str, rerun)
   best_step = int((summary.get('best') or {}).get('step') or 0)
   decay_dir = os.path.join(workdir, DECAY_DIR)
   import jax  # pylint: disable=g-import-not-at-top
+
   if jax.process_index() == 0 and not _seed(workdir, decay_dir, best_step):
     logging.warning('%s: no checkpoint at the best step %d; the WSD decay is skipped', workdir, best_step)
     return dict(summary, decay={'skipped': f'no checkpoint at the best step {best_step}'})
   decayed = rerun(decay_config(config, best_step), decay_dir)
-  return dict(decayed, decay={'from_step': best_step, 'steps': int(config.finetune.decay_steps),
-                              'workdir': os.path.abspath(decay_dir), 'stable_steps': summary['steps'],
-                              'stable_best': summary.get('best')})
+  return dict(
+    decayed,
+    decay={
+      'from_step': best_step,
+      'steps': int(config.finetune.decay_steps),
+      'workdir': os.path.abspath(decay_dir),
+      'stable_steps': summary['steps'],
+      'stable_best': summary.get('best'),
+    },
+  )

@@ -39,6 +39,7 @@ from spt_jax.data import prepare as prepare_lib
 @dataclasses.dataclass
 class LoopState:
   """What the loop carries between steps besides the TrainState; checkpointed as JSON with each step."""
+
   step: int = 0
   initial: dict | None = None  # Eval losses before the first step.
   best: dict | None = None  # Step, tokens, eval losses, epochs and MCQA accuracy of the best domain_test.
@@ -88,12 +89,16 @@ def _truncate_metrics(path: str, step: int) -> None:
 def _check_host_rows(batch_sharding, global_shape) -> None:
   """Each host reads rows [p·B/P, (p+1)·B/P): true unless a non-batch mesh axis (tensor) spans hosts."""
   process, count = jax.process_index(), jax.process_count()
-  rows = {(index[0].start or 0, global_shape[0] if index[0].stop is None else index[0].stop)
-          for index in batch_sharding.addressable_devices_indices_map(global_shape).values()}
+  rows = {
+    (index[0].start or 0, global_shape[0] if index[0].stop is None else index[0].stop)
+    for index in batch_sharding.addressable_devices_indices_map(global_shape).values()
+  }
   per_host = global_shape[0] // count
   if (min(r[0] for r in rows), max(r[1] for r in rows)) != (process * per_host, (process + 1) * per_host):
-    raise ValueError(f'host {process} of {count} holds batch rows {sorted(rows)} rather than its own slice: a '
-                     'non-batch mesh axis spans hosts; keep --config.mesh.tensor within one host')
+    raise ValueError(
+      f'host {process} of {count} holds batch rows {sorted(rows)} rather than its own slice: a '
+      'non-batch mesh axis spans hosts; keep --config.mesh.tensor within one host'
+    )
 
 
 class _QuietOrbax(std_logging.Filter):
@@ -106,7 +111,7 @@ class _QuietOrbax(std_logging.Filter):
 @functools.cache
 def _start_profiler_server(port: int) -> None:
   jax.profiler.start_server(port)
-  logging.info('Profiler server on port %d: capture a trace from TensorBoard\'s profile tab.', port)
+  logging.info("Profiler server on port %d: capture a trace from TensorBoard's profile tab.", port)
 
 
 def run(config, workdir: str, *, stage: str | None = None, grid_point=None, data=None) -> dict:
@@ -121,8 +126,13 @@ def run(config, workdir: str, *, stage: str | None = None, grid_point=None, data
   with files.WorkdirLock(workdir, enabled=jax.process_index() == 0):
     built = build(config, workdir, stage=stage, grid_point=grid_point, data=data)
     summary = built if isinstance(built, dict) else built[0].train(*built[1:])
-  return finetune_decay.after_early_stopping(config, workdir, summary, stage or config.stage, functools.partial(
-      run, stage=stage, grid_point=grid_point, data=data))  # WSD finetunes decay from their best step.
+  return finetune_decay.after_early_stopping(
+    config,
+    workdir,
+    summary,
+    stage or config.stage,
+    functools.partial(run, stage=stage, grid_point=grid_point, data=data),
+  )  # WSD finetunes decay from their best step.
 
 
 def build(config, workdir: str, *, stage: str | None = None, grid_point=None, data=None):
@@ -153,8 +163,9 @@ def build(config, workdir: str, *, stage: str | None = None, grid_point=None, da
     validate.check_vocab(c)  # The tokenizer against the model, before data is prepared.
   data = prepare_lib.prepare(c) if data is None else data
   validate.check_vocab(c, data)  # The prepared tokenizer against the model, before anything is compiled.
-  mixture = mixture_lib.Mixture(data.train, mixture_lib.stages_from_config(c, c.stage), c.batch_size,
-                                c.data.seq_len, c.seed)
+  mixture = mixture_lib.Mixture(
+    data.train, mixture_lib.stages_from_config(c, c.stage), c.batch_size, c.data.seq_len, c.seed
+  )
   evaluator = evaluation.Evaluator(c, trainer, data)
 
   if resume_step is not None:
@@ -177,11 +188,26 @@ def _trainer(c, mesh) -> train.Trainer:
   """A Trainer whose learning-rate schedule is an input of its step, shared by runs that differ only in their
   schedule: every point of a finetuning grid (and every checkpoint finetuned from) reuses one compiled step."""
   optimizer = {k: v for k, v in c.optimizer.to_dict().items() if k != 'lr'}
-  key = json.dumps([c.model.to_dict(), optimizer, c.grad_accum_steps, mesh.axis_names, mesh.devices.shape,
-                    [d.id for d in mesh.devices.flat]], sort_keys=True, default=str)
+  key = json.dumps(
+    [
+      c.model.to_dict(),
+      optimizer,
+      c.grad_accum_steps,
+      mesh.axis_names,
+      mesh.devices.shape,
+      [d.id for d in mesh.devices.flat],
+    ],
+    sort_keys=True,
+    default=str,
+  )
   if key not in _TRAINERS:
-    _TRAINERS[key] = train.Trainer(c.model, mesh, functools.partial(train.make_optimizer, c),
-                                   z_loss=c.optimizer.z_loss, microbatches=c.grad_accum_steps)
+    _TRAINERS[key] = train.Trainer(
+      c.model,
+      mesh,
+      functools.partial(train.make_optimizer, c),
+      z_loss=c.optimizer.z_loss,
+      microbatches=c.grad_accum_steps,
+    )
     while len(_TRAINERS) > 2:
       _TRAINERS.popitem(last=False)
   _TRAINERS.move_to_end(key)
@@ -223,12 +249,22 @@ class _Loop:
     self.stop_reason = None
     self.keep_steps = set(c.finetune.from_steps)  # Checkpointed and kept: finetuned from.
     # Steps/s and the ETA to TensorBoard and the log; a profiler trace of chosen steps into the workdir.
-    self.periodic_actions = [periodic_actions.ReportProgress(
-        num_train_steps=self.steps, writer=self.writer, every_steps=c.log_every or None, every_secs=None)]
+    self.periodic_actions = [
+      periodic_actions.ReportProgress(
+        num_train_steps=self.steps, writer=self.writer, every_steps=c.log_every or None, every_secs=None
+      )
+    ]
     if c.profile_from_step > 0:
-      self.periodic_actions.append(periodic_actions.Profile(
-          logdir=workdir, num_profile_steps=c.profile_steps, profile_duration_ms=0,
-          first_profile=c.profile_from_step, every_steps=None, every_secs=None))
+      self.periodic_actions.append(
+        periodic_actions.Profile(
+          logdir=workdir,
+          num_profile_steps=c.profile_steps,
+          profile_duration_ms=0,
+          first_profile=c.profile_from_step,
+          every_steps=None,
+          every_secs=None,
+        )
+      )
     if c.profiler_port > 0:  # TensorBoard's "capture profile" traces the running loop on demand.
       _start_profiler_server(c.profiler_port)
 
@@ -236,8 +272,9 @@ class _Loop:
     """This host's rows of the batches from start_step on, read ahead by Grain threads while the device works."""
     shape = (self.c.batch_size, self.c.data.seq_len + 1)
     _check_host_rows(self.trainer.batch_sharding, shape)
-    dataset = self.mixture.batch_dataset(jax.process_index(), jax.process_count(), start_step,
-                                         max(self.steps - start_step, 1))
+    dataset = self.mixture.batch_dataset(
+      jax.process_index(), jax.process_count(), start_step, max(self.steps - start_step, 1)
+    )
     for local in dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)):
       yield jax.make_array_from_process_local_data(self.trainer.batch_sharding, np.asarray(local, np.int32), shape)
 
@@ -256,9 +293,13 @@ class _Loop:
     """Host values of a finished step's metrics; None (and the stop reason set) when the loss is not finite."""
     values = {f'train/{k}': float(v) for k, v in jax.device_get(metrics).items() if k != 'lr'}
     if not all(math.isfinite(values.get(f'train/{k}', 0.0)) for k in ('loss', 'grad_norm', 'param_norm')):
-      logging.error('Step %d: non-finite training loss or gradient (%s); stopping without saving. The last '
-                    'good checkpoint in %s is untouched; lower optimizer.lr or raise warmup.', step, values,
-                    self.checkpoints.directory)
+      logging.error(
+        'Step %d: non-finite training loss or gradient (%s); stopping without saving. The last '
+        'good checkpoint in %s is untouched; lower optimizer.lr or raise warmup.',
+        step,
+        values,
+        self.checkpoints.directory,
+      )
       self.stop_reason = 'nonfinite_loss'
       return None
     return values
@@ -275,8 +316,13 @@ class _Loop:
     domain = losses.get('domain_test', float('nan'))
     improved = loop_state.best is None or domain < loop_state.best['eval']['domain_test']
     if improved:
-      loop_state.best = {'step': step, 'tokens': step * self.tokens_per_step, 'eval': losses,
-                         'epochs': self.mixture.accounting(step)['epochs'], 'mcqa': evaluation.accuracies(results)}
+      loop_state.best = {
+        'step': step,
+        'tokens': step * self.tokens_per_step,
+        'eval': losses,
+        'epochs': self.mixture.accounting(step)['epochs'],
+        'mcqa': evaluation.accuracies(results),
+      }
       loop_state.evals_without_improvement = 0
     else:
       loop_state.evals_without_improvement += 1
@@ -287,16 +333,24 @@ class _Loop:
     return loop_state.seconds + time.time() - self.started
 
   def save(self, step: int, state, loop_state: LoopState, domain_test_loss=None) -> None:
-    meta = dict(dataclasses.asdict(loop_state), step=step, tokens=step * self.tokens_per_step,
-                seconds=self.seconds(loop_state))
+    meta = dict(
+      dataclasses.asdict(loop_state), step=step, tokens=step * self.tokens_per_step, seconds=self.seconds(loop_state)
+    )
     if self.checkpoints.save(step, state, meta, domain_test_loss=domain_test_loss):
       logging.info('Checkpoint %d started.', step)
 
   def progress(self, step: int, loss: float, tokens_per_second: float) -> dict:
     """Logs the step's progress line; returns its performance scalars (tokens/s, and MFU when the peak is known)."""
     mfu = flops.mfu(self.flops_per_token, tokens_per_second, self.peak_flops)
-    logging.info('step %d/%d tokens %.4g loss %.4f %.4g tokens/s%s', step, self.steps, step * self.tokens_per_step,
-                 loss, tokens_per_second, '' if mfu is None else f' MFU {100 * mfu:.1f}%')
+    logging.info(
+      'step %d/%d tokens %.4g loss %.4f %.4g tokens/s%s',
+      step,
+      self.steps,
+      step * self.tokens_per_step,
+      loss,
+      tokens_per_second,
+      '' if mfu is None else f' MFU {100 * mfu:.1f}%',
+    )
     return {'perf/tokens_per_second': tokens_per_second, **({} if mfu is None else {'perf/mfu': mfu})}
 
   def is_due(self, every: int, step: int) -> bool:
@@ -335,8 +389,9 @@ class _Loop:
         due = self.eval_sets_due(step)
         is_eval = due is None or bool(due)
         is_checkpoint = self.is_due(c.checkpoint_every, step) or step in self.keep_steps
-        preempted = preemption.requested or (jax.process_count() > 1 and
-                                             self.checkpoints.manager.reached_preemption(step))
+        preempted = preemption.requested or (
+          jax.process_count() > 1 and self.checkpoints.manager.reached_preemption(step)
+        )
         if not (self.is_due(c.log_every, step) or is_eval or is_checkpoint or preempted):
           continue
         values = self.read(*pending)
@@ -360,8 +415,13 @@ class _Loop:
         if c.patience and loop_state.evals_without_improvement >= c.patience:
           self.stop_reason = 'early_stopping'
         # Checkpoint on schedule, at the end, on preemption and (with early stopping) at each new best.
-        if (is_checkpoint or preempted or step == self.steps or self.stop_reason
-            or (c.patience and domain_test is not None and improved)):
+        if (
+          is_checkpoint
+          or preempted
+          or step == self.steps
+          or self.stop_reason
+          or (c.patience and domain_test is not None and improved)
+        ):
           self.save(step, state, loop_state, domain_test)
         if preempted:
           self.stop_reason = 'preempted'
@@ -379,21 +439,38 @@ class _Loop:
     c, stop_reason, train_seconds = self.c, self.stop_reason or 'budget', self.timing['train_seconds']
     accounting = self.mixture.accounting(step)
     summary = {
-        'stage': c.stage, 'steps': step, 'tokens': step * self.tokens_per_step, 'stop_reason': stop_reason,
-        'initial': loop_state.initial, 'final': (loop_state.last_eval or {}).get('eval'),
-        'best': loop_state.best, 'data': {k: dict(v) for k, v in accounting.items()},
-        'model': c.model.get('preset', ''), **mixture_lib.summary_deltas(c, step * self.tokens_per_step),
-        'params': flops.count_params(c.model)[0],
-        'seq_len': c.data.seq_len, 'tokenizer': (self.data.metadata or {}).get('tokenizer', ''),
-        'lr': c.optimizer.lr, 'warmup_steps': self.plan.warmup_steps,
-        'batch_size': c.batch_size, 'init_from': c.init_from, 'workdir': os.path.abspath(self.workdir),
-        'init_checkpoint': loop_state.init_checkpoint, 'init_step': _step_of(loop_state.init_checkpoint),
-        'last_checkpoint': self.checkpoints.latest_step(), 'wall_time_s': round(self.seconds(loop_state), 1),
-        'train_tokens_per_second': self.timing['train_steps'] * self.tokens_per_step / max(train_seconds, 1e-9),
-        'eval_seconds': self.timing['eval_seconds'],
+      'stage': c.stage,
+      'steps': step,
+      'tokens': step * self.tokens_per_step,
+      'stop_reason': stop_reason,
+      'initial': loop_state.initial,
+      'final': (loop_state.last_eval or {}).get('eval'),
+      'best': loop_state.best,
+      'data': {k: dict(v) for k, v in accounting.items()},
+      'model': c.model.get('preset', ''),
+      **mixture_lib.summary_deltas(c, step * self.tokens_per_step),
+      'params': flops.count_params(c.model)[0],
+      'seq_len': c.data.seq_len,
+      'tokenizer': (self.data.metadata or {}).get('tokenizer', ''),
+      'lr': c.optimizer.lr,
+      'warmup_steps': self.plan.warmup_steps,
+      'batch_size': c.batch_size,
+      'init_from': c.init_from,
+      'workdir': os.path.abspath(self.workdir),
+      'init_checkpoint': loop_state.init_checkpoint,
+      'init_step': _step_of(loop_state.init_checkpoint),
+      'last_checkpoint': self.checkpoints.latest_step(),
+      'wall_time_s': round(self.seconds(loop_state), 1),
+      'train_tokens_per_second': self.timing['train_steps'] * self.tokens_per_step / max(train_seconds, 1e-9),
+      'eval_seconds': self.timing['eval_seconds'],
     }
     if jax.process_index() == 0:  # Atomically: a rerun reads it to skip finished runs.
       files.write_json(os.path.join(self.workdir, 'summary.json'), summary)
-    logging.info('%s finished: %s after %d steps; best domain_test %s', c.stage, stop_reason, step,
-                 (summary['best'] or {}).get('eval', {}).get('domain_test'))
+    logging.info(
+      '%s finished: %s after %d steps; best domain_test %s',
+      c.stage,
+      stop_reason,
+      step,
+      (summary['best'] or {}).get('eval', {}).get('domain_test'),
+    )
     return summary

@@ -31,30 +31,43 @@ def stage_folders(config, workdir: str) -> list[str]:
   """Every stage folder of the pipeline in workdir: W/pretrain, then W/finetune/<point> of every grid point."""
   workdir = os.path.abspath(workdir)
   labels = [None, *sorted(int(step) for step in config.finetune.from_steps)]
-  return [os.path.join(workdir, 'pretrain')] + [os.path.join(workdir, 'finetune', point_name(lr, warmup, label))
-                                                for label in labels for lr, warmup in config.finetune.grid]
+  return [os.path.join(workdir, 'pretrain')] + [
+    os.path.join(workdir, 'finetune', point_name(lr, warmup, label))
+    for label in labels
+    for lr, warmup in config.finetune.grid
+  ]
 
 
 def _finetune_entry(name, summary, pretrain_step, pretrain_tokens, grid_point) -> dict:
   initial, best = summary.get('initial') or {}, summary.get('best') or {}
   best_eval = best.get('eval') or {}
   return {
-      'name': name, 'pretrain_step': pretrain_step, 'pretrain_tokens': pretrain_tokens,
-      'init_step': summary.get('init_step'),  # Differs from pretrain_step when that checkpoint was damaged.
-      'lr': grid_point[0], 'warmup': int(grid_point[1]), 'stop_reason': summary['stop_reason'],
-      'steps': summary['steps'], 'best_domain_test_loss': best_eval.get('domain_test'),
-      'best_step': best.get('step'), 'epochs': (best.get('epochs') or {}).get('domain'),
-      'domain_test_loss_before': initial.get('domain_test'),
-      'general_test_loss_before': initial.get('general_test'),
-      'general_test_loss_after': best_eval.get('general_test'),
-      'domain_train_loss_after': best_eval.get('domain_train'), 'wall_time_s': summary.get('wall_time_s'),
-      'mcqa_at_best': best.get('mcqa') or {},
+    'name': name,
+    'pretrain_step': pretrain_step,
+    'pretrain_tokens': pretrain_tokens,
+    'init_step': summary.get('init_step'),  # Differs from pretrain_step when that checkpoint was damaged.
+    'lr': grid_point[0],
+    'warmup': int(grid_point[1]),
+    'stop_reason': summary['stop_reason'],
+    'steps': summary['steps'],
+    'best_domain_test_loss': best_eval.get('domain_test'),
+    'best_step': best.get('step'),
+    'epochs': (best.get('epochs') or {}).get('domain'),
+    'domain_test_loss_before': initial.get('domain_test'),
+    'general_test_loss_before': initial.get('general_test'),
+    'general_test_loss_after': best_eval.get('general_test'),
+    'domain_train_loss_after': best_eval.get('domain_train'),
+    'wall_time_s': summary.get('wall_time_s'),
+    'mcqa_at_best': best.get('mcqa') or {},
   }
 
 
 def _best(finetunes: list) -> dict | None:
-  finite = [f for f in finetunes if f['best_domain_test_loss'] is not None
-            and math.isfinite(f['best_domain_test_loss']) and f['best_step']]
+  finite = [
+    f
+    for f in finetunes
+    if f['best_domain_test_loss'] is not None and math.isfinite(f['best_domain_test_loss']) and f['best_step']
+  ]
   return min(finite, key=lambda f: f['best_domain_test_loss']) if finite else None
 
 
@@ -89,15 +102,17 @@ def _run_locked(config, workdir: str, data) -> dict:
   if pretrain['stop_reason'] in ('budget', 'early_stopping'):
     sources = [(pretrain['steps'], pretrain['tokens'], pretrain_dir, None)]
     tokens_per_step = pretrain['tokens'] // max(pretrain['steps'], 1)
-    sources += [(s, s * tokens_per_step, os.path.join(pretrain_dir, checkpoint.CHECKPOINTS, str(s)), s)
-                for s in from_steps]
+    sources += [
+      (s, s * tokens_per_step, os.path.join(pretrain_dir, checkpoint.CHECKPOINTS, str(s)), s) for s in from_steps
+    ]
     for pretrain_step, pretrain_tokens, init_from, label in sources:
       for lr, warmup in config.finetune.grid:
         name = point_name(lr, warmup, label)
         finetune_config = ml_collections.ConfigDict(config.to_dict())
         finetune_config.init_from = init_from
-        summary = loop.run(finetune_config, os.path.join(workdir, 'finetune', name), stage='finetune',
-                           grid_point=(lr, warmup), data=data)
+        summary = loop.run(
+          finetune_config, os.path.join(workdir, 'finetune', name), stage='finetune', grid_point=(lr, warmup), data=data
+        )
         result['finetunes'].append(_finetune_entry(name, summary, pretrain_step, pretrain_tokens, (lr, warmup)))
         if summary['stop_reason'] == 'preempted':
           result['stop_reason'] = 'preempted'
@@ -118,19 +133,19 @@ def report(result: dict) -> str:
   initial, final = pretrain.get('initial') or {}, pretrain.get('final') or {}
   epochs = pretrain['data']['epochs']
   lines = [
-      '# Specialized pretraining: pretrain, then finetune',
-      '',
-      f'Model `{pretrain["model"]}` ({pretrain["params"] / 1e6:.2f}M parameters), sequences of '
-      f'{pretrain["seq_len"]} tokens, domain fraction δ = {pretrain["domain_fraction"]:g}.',
-      '',
-      '## Pretraining',
-      '',
-      f'{pretrain["steps"]} steps, {pretrain["tokens"]:,} tokens ({pretrain["stop_reason"]}). Domain data seen '
-      f'{epochs.get("domain", 0):.2f} epochs ({pretrain["data"]["tokens"].get("domain", 0):,} tokens); general '
-      f'data {epochs.get("general", 0):.3f} epochs.',
-      '',
-      '| eval set | loss at start | loss at end |',
-      '|---|---|---|',
+    '# Specialized pretraining: pretrain, then finetune',
+    '',
+    f'Model `{pretrain["model"]}` ({pretrain["params"] / 1e6:.2f}M parameters), sequences of '
+    f'{pretrain["seq_len"]} tokens, domain fraction δ = {pretrain["domain_fraction"]:g}.',
+    '',
+    '## Pretraining',
+    '',
+    f'{pretrain["steps"]} steps, {pretrain["tokens"]:,} tokens ({pretrain["stop_reason"]}). Domain data seen '
+    f'{epochs.get("domain", 0):.2f} epochs ({pretrain["data"]["tokens"].get("domain", 0):,} tokens); general '
+    f'data {epochs.get("general", 0):.3f} epochs.',
+    '',
+    '| eval set | loss at start | loss at end |',
+    '|---|---|---|',
   ]
   lines += [f'| {name} | {_number(initial.get(name))} | {_number(final.get(name))} |' for name in sorted(final)]
   if 'domain_test' in final and 'domain_train' in final:
@@ -139,27 +154,42 @@ def report(result: dict) -> str:
   if not result['finetunes']:
     lines.append(f'No finetuning ran (pretraining stopped: {pretrain["stop_reason"]}).')
   else:
-    lines += ['| run | from step | lr | warmup | steps | stop | best step | domain epochs | domain_test before → '
-              'best | general_test before → after (forgetting) |', '|---|---|---|---|---|---|---|---|---|---|']
+    lines += [
+      '| run | from step | lr | warmup | steps | stop | best step | domain epochs | domain_test before → '
+      'best | general_test before → after (forgetting) |',
+      '|---|---|---|---|---|---|---|---|---|---|',
+    ]
     for f in result['finetunes']:
-      forgetting = (None if f['general_test_loss_after'] is None or f['general_test_loss_before'] is None
-                    else f['general_test_loss_after'] - f['general_test_loss_before'])
+      forgetting = (
+        None
+        if f['general_test_loss_after'] is None or f['general_test_loss_before'] is None
+        else f['general_test_loss_after'] - f['general_test_loss_before']
+      )
       lines.append(
-          f'| {f["name"]} | {f["pretrain_step"]} | {f["lr"]:g} | {f["warmup"]} | {f["steps"]} | '
-          f'{f["stop_reason"]} | {f["best_step"]} | {_number(f["epochs"], 2)} | '
-          f'{_number(f["domain_test_loss_before"])} → {_number(f["best_domain_test_loss"])} | '
-          f'{_number(f["general_test_loss_before"])} → {_number(f["general_test_loss_after"])} '
-          f'({"–" if forgetting is None else f"{forgetting:+.4f}"}) |')
+        f'| {f["name"]} | {f["pretrain_step"]} | {f["lr"]:g} | {f["warmup"]} | {f["steps"]} | '
+        f'{f["stop_reason"]} | {f["best_step"]} | {_number(f["epochs"], 2)} | '
+        f'{_number(f["domain_test_loss_before"])} → {_number(f["best_domain_test_loss"])} | '
+        f'{_number(f["general_test_loss_before"])} → {_number(f["general_test_loss_after"])} '
+        f'({"–" if forgetting is None else f"{forgetting:+.4f}"}) |'
+      )
   if best is not None:
     gain = best['domain_test_loss_before'] - best['best_domain_test_loss']
-    lines += ['', '## Best point', '',
-              f'`{best["name"]}`: domain_test {best["domain_test_loss_before"]:.4f} → '
-              f'{best["best_domain_test_loss"]:.4f} ({-gain:+.4f}) at finetuning step {best["best_step"]} '
-              f'({_number(best["epochs"], 2)} domain epochs); general_test '
-              f'{_number(best["general_test_loss_before"])} → {_number(best["general_test_loss_after"])}.']
+    lines += [
+      '',
+      '## Best point',
+      '',
+      f'`{best["name"]}`: domain_test {best["domain_test_loss_before"]:.4f} → '
+      f'{best["best_domain_test_loss"]:.4f} ({-gain:+.4f}) at finetuning step {best["best_step"]} '
+      f'({_number(best["epochs"], 2)} domain epochs); general_test '
+      f'{_number(best["general_test_loss_before"])} → {_number(best["general_test_loss_after"])}.',
+    ]
   if result['stop_reason'] == 'preempted':
     lines += ['', 'The pipeline was preempted: rerun the same command to continue.']
   finetune_seconds = sum(f.get('wall_time_s') or 0 for f in result['finetunes'])
-  lines += ['', f'Training time: pretraining {pretrain.get("wall_time_s") or 0:.0f} s, finetuning '
-            f'{finetune_seconds:.0f} s ({len(result["finetunes"])} run{"s" * (len(result["finetunes"]) != 1)}).', '']
+  lines += [
+    '',
+    f'Training time: pretraining {pretrain.get("wall_time_s") or 0:.0f} s, finetuning '
+    f'{finetune_seconds:.0f} s ({len(result["finetunes"])} run{"s" * (len(result["finetunes"]) != 1)}).',
+    '',
+  ]
   return '\n'.join(lines)

@@ -23,6 +23,7 @@ BUDGET_FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)  # A CPU run's budget points: check
 @dataclasses.dataclass(frozen=True)
 class Regime:
   """The ratios of one run (see the module docstring)."""
+
   name: str
   params: int
   tokens: int
@@ -36,8 +37,14 @@ class Regime:
   finetune_epochs_before_turn: float | None  # Measured (or the paper's); None when unknown.
 
 
-def of_config(name: str, config, domain_tokens: int, deltas=PAPER_DELTAS, budgets=None,
-              finetune_epochs_before_turn: float | None = None) -> Regime:
+def of_config(
+  name: str,
+  config,
+  domain_tokens: int,
+  deltas=PAPER_DELTAS,
+  budgets=None,
+  finetune_epochs_before_turn: float | None = None,
+) -> Regime:
   """The regime of a config whose domain training set holds `domain_tokens` tokens; budgets in tokens."""
   plan = run_plan.make(config, 'pretrain')
   params = flops.count_params(config.model)[0]
@@ -46,18 +53,29 @@ def of_config(name: str, config, domain_tokens: int, deltas=PAPER_DELTAS, budget
   lr_at = {float(b): float(plan.schedule(min(int(b // plan.tokens_per_step), plan.steps))) / peak for b in budgets}
   grid_lrs = [float(lr) for lr, _ in config.finetune.grid]
   return Regime(
-      name=name, params=params, tokens=plan.tokens, domain_tokens=int(domain_tokens),
-      tokens_per_param=plan.tokens / params, domain_tokens_per_param=domain_tokens / params,
-      domain_epochs={float(d): d * plan.tokens / domain_tokens for d in deltas}, lr_at_budget=lr_at,
-      finetune_lr_ratio=(min(grid_lrs) / peak, max(grid_lrs) / peak),
-      finetune_batch_over_domain=config.finetune.batch_size * config.data.seq_len / domain_tokens,
-      finetune_epochs_before_turn=finetune_epochs_before_turn)
+    name=name,
+    params=params,
+    tokens=plan.tokens,
+    domain_tokens=int(domain_tokens),
+    tokens_per_param=plan.tokens / params,
+    domain_tokens_per_param=domain_tokens / params,
+    domain_epochs={float(d): d * plan.tokens / domain_tokens for d in deltas},
+    lr_at_budget=lr_at,
+    finetune_lr_ratio=(min(grid_lrs) / peak, max(grid_lrs) / peak),
+    finetune_batch_over_domain=config.finetune.batch_size * config.data.seq_len / domain_tokens,
+    finetune_epochs_before_turn=finetune_epochs_before_turn,
+  )
 
 
 def paper() -> Regime:
   """The paper's run: OLMo-1B, 200B tokens, a 300M-token domain set, Appendix B's finetuning grid."""
-  return of_config('paper (OLMo-1B, 200B tokens)', config_lib.base_config('olmo-1b'), paper_data.DOMAIN_TOKENS,
-                   budgets=PAPER_BUDGETS, finetune_epochs_before_turn=PAPER_FINETUNE_EPOCHS_BEFORE_TURN)
+  return of_config(
+    'paper (OLMo-1B, 200B tokens)',
+    config_lib.base_config('olmo-1b'),
+    paper_data.DOMAIN_TOKENS,
+    budgets=PAPER_BUDGETS,
+    finetune_epochs_before_turn=PAPER_FINETUNE_EPOCHS_BEFORE_TURN,
+  )
 
 
 def epochs_before_turn(steps, domain_test_losses, batch_tokens: int, domain_tokens: int) -> float | None:
@@ -81,18 +99,25 @@ def table(regimes: list[Regime]) -> str:
   """A Markdown table, one column per regime (the paper's first)."""
   deltas = sorted({d for r in regimes for d in r.domain_epochs})
   rows = [
-      ('parameters', [f'{r.params:,}' for r in regimes]),
-      ('pretraining tokens', [f'{r.tokens:,}' for r in regimes]),
-      ('domain training tokens', [f'{r.domain_tokens:,}' for r in regimes]),
-      ('tokens per parameter', [f'{r.tokens_per_param:.3g}' for r in regimes]),
-      ('domain tokens per parameter', [f'{r.domain_tokens_per_param:.3g}' for r in regimes]),
-      *[(f'domain epochs at δ = {100 * d:g}%', [f'{r.domain_epochs[d]:.3g}' if d in r.domain_epochs else '–'
-                                                for r in regimes]) for d in deltas],
-      ('LR at the budget points ÷ peak', [_range(r.lr_at_budget.values()) for r in regimes]),
-      ('finetuning LR ÷ pretraining peak', [_range(r.finetune_lr_ratio) for r in regimes]),
-      ('finetuning batch ÷ domain set', [f'{r.finetune_batch_over_domain:.3g}' for r in regimes]),
-      ('finetuning epochs before the domain loss turns up',
-       ['–' if r.finetune_epochs_before_turn is None else f'{r.finetune_epochs_before_turn:.3g}' for r in regimes]),
+    ('parameters', [f'{r.params:,}' for r in regimes]),
+    ('pretraining tokens', [f'{r.tokens:,}' for r in regimes]),
+    ('domain training tokens', [f'{r.domain_tokens:,}' for r in regimes]),
+    ('tokens per parameter', [f'{r.tokens_per_param:.3g}' for r in regimes]),
+    ('domain tokens per parameter', [f'{r.domain_tokens_per_param:.3g}' for r in regimes]),
+    *[
+      (
+        f'domain epochs at δ = {100 * d:g}%',
+        [f'{r.domain_epochs[d]:.3g}' if d in r.domain_epochs else '–' for r in regimes],
+      )
+      for d in deltas
+    ],
+    ('LR at the budget points ÷ peak', [_range(r.lr_at_budget.values()) for r in regimes]),
+    ('finetuning LR ÷ pretraining peak', [_range(r.finetune_lr_ratio) for r in regimes]),
+    ('finetuning batch ÷ domain set', [f'{r.finetune_batch_over_domain:.3g}' for r in regimes]),
+    (
+      'finetuning epochs before the domain loss turns up',
+      ['–' if r.finetune_epochs_before_turn is None else f'{r.finetune_epochs_before_turn:.3g}' for r in regimes],
+    ),
   ]
   lines = ['| | ' + ' | '.join(r.name for r in regimes) + ' |', '|---' * (len(regimes) + 1) + '|']
   lines += [f'| {name} | ' + ' | '.join(cells) + ' |' for name, cells in rows]

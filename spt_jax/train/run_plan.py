@@ -24,8 +24,7 @@ def stage_config(config, stage: str, grid_point=None) -> ml_collections.ConfigDi
   finetune.max_steps steps, and an untied output head when finetune.untie_embeddings.
   """
   if stage not in STAGES:
-    raise ValueError(f'stage={stage!r} cannot be trained directly; use pretrain or finetune (the pipeline runs '
-                     'both).')
+    raise ValueError(f'stage={stage!r} cannot be trained directly; use pretrain or finetune (the pipeline runs both).')
   c = ml_collections.ConfigDict(config.to_dict())
   c.stage = stage
   if stage == 'finetune':
@@ -46,6 +45,7 @@ def stage_config(config, stage: str, grid_point=None) -> ml_collections.ConfigDi
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
   """One stage's length and learning rate, derived from its effective config."""
+
   config: ml_collections.ConfigDict  # The stage's effective config (stage_config).
   steps: int
   tokens_per_step: int
@@ -65,9 +65,11 @@ class RunPlan:
     c = self.config
     divisor = data_parallel_devices * c.grad_accum_steps
     if c.batch_size % divisor:
-      raise ValueError(f'batch_size={c.batch_size} is not a multiple of the {data_parallel_devices} '
-                       f'data-parallel devices × grad_accum_steps={c.grad_accum_steps}; change --config.batch_size, '
-                       '--config.grad_accum_steps or --config.mesh.')
+      raise ValueError(
+        f'batch_size={c.batch_size} is not a multiple of the {data_parallel_devices} '
+        f'data-parallel devices × grad_accum_steps={c.grad_accum_steps}; change --config.batch_size, '
+        '--config.grad_accum_steps or --config.mesh.'
+      )
     return c.batch_size // divisor
 
 
@@ -78,7 +80,8 @@ def make(config, stage: str | None = None, grid_point=None) -> RunPlan:
   tokens_per_step = c.batch_size * c.data.seq_len
   steps = c.steps or (c.tokens // tokens_per_step if tokens_per_step > 0 else 0)
   if steps <= 0:
-    raise ValueError(f'the run has no steps (steps={c.steps}, tokens={c.tokens}); set --config.steps or '
-                     '--config.tokens.')
+    raise ValueError(
+      f'the run has no steps (steps={c.steps}, tokens={c.tokens}); set --config.steps or --config.tokens.'
+    )
   schedule = schedules.make_schedule(c, int(steps), tokens_per_step)
   return RunPlan(c, int(steps), tokens_per_step, schedules.warmup_steps(c, tokens_per_step), schedule)

@@ -23,25 +23,39 @@ def _check(config, total_steps: int, tokens_per_step: int):
   if schedule.kind not in KINDS:
     raise ValueError(f'schedule.kind={schedule.kind!r} is unknown; use one of {", ".join(KINDS)}.')
   if total_steps <= 0 or tokens_per_step <= 0:
-    raise ValueError(f'The run has {total_steps} steps of {tokens_per_step} tokens; set steps or tokens (and '
-                     'batch_size, data.seq_len) to positive values.')
-  for key in ('warmup_steps', 'warmup_tokens', 'horizon_tokens', 'final_lr', 'stable_fraction',
-              'decay_fraction', 'decay_steps'):
+    raise ValueError(
+      f'The run has {total_steps} steps of {tokens_per_step} tokens; set steps or tokens (and '
+      'batch_size, data.seq_len) to positive values.'
+    )
+  for key in (
+    'warmup_steps',
+    'warmup_tokens',
+    'horizon_tokens',
+    'final_lr',
+    'stable_fraction',
+    'decay_fraction',
+    'decay_steps',
+  ):
     if schedule.get(key, 0) < 0:
       raise ValueError(f'schedule.{key}={schedule.get(key)} is negative; set it to 0 or more.')
   if config.optimizer.lr <= 0:
     raise ValueError(f'optimizer.lr={config.optimizer.lr} must be positive.')
   if schedule.kind == 'wsd':
     if schedule.stable_fraction + schedule.decay_fraction > 1 + 1e-9:
-      raise ValueError(f'schedule.stable_fraction + schedule.decay_fraction = '
-                       f'{schedule.stable_fraction + schedule.decay_fraction:g} exceeds 1; make them sum to 1 or '
-                       'less (fractions of the run after warmup).')
+      raise ValueError(
+        f'schedule.stable_fraction + schedule.decay_fraction = '
+        f'{schedule.stable_fraction + schedule.decay_fraction:g} exceeds 1; make them sum to 1 or '
+        'less (fractions of the run after warmup).'
+      )
     if schedule.decay_shape not in DECAY_SHAPES:
-      raise ValueError(f'schedule.decay_shape={schedule.decay_shape!r} is unknown; use one of '
-                       f'{", ".join(DECAY_SHAPES)}.')
+      raise ValueError(
+        f'schedule.decay_shape={schedule.decay_shape!r} is unknown; use one of {", ".join(DECAY_SHAPES)}.'
+      )
   if warmup_steps(config, tokens_per_step) > total_steps:
-    raise ValueError(f'Warmup ({warmup_steps(config, tokens_per_step)} steps) is longer than the run '
-                     f'({total_steps} steps); shorten schedule.warmup_steps/warmup_tokens or lengthen the run.')
+    raise ValueError(
+      f'Warmup ({warmup_steps(config, tokens_per_step)} steps) is longer than the run '
+      f'({total_steps} steps); shorten schedule.warmup_steps/warmup_tokens or lengthen the run.'
+    )
 
 
 def _decay(shape: str, progress):
@@ -60,9 +74,11 @@ def _warmup(peak: float, warmup: int) -> optax.Schedule:
 
 def _decay_to(final: float, peak: float, steps: int, shape: str) -> optax.Schedule:
   """From peak to final over `steps` steps in `shape`, then final."""
+
   def lr_at(step):
     progress = jnp.clip(jnp.asarray(step, jnp.float32) / steps, 0.0, 1.0)
     return final + (peak - final) * _decay(shape, progress)
+
   return lr_at
 
 
@@ -81,8 +97,7 @@ def make_schedule(config, total_steps: int, tokens_per_step: int) -> optax.Sched
   warmup = warmup_steps(config, tokens_per_step)
   if schedule.kind == 'cosine':
     # The cosine spans the horizon (OLMo: 2T tokens); the run is cut off wherever total_steps ends.
-    horizon = (int(round(schedule.horizon_tokens / tokens_per_step)) if schedule.horizon_tokens > 0
-               else total_steps)
+    horizon = int(round(schedule.horizon_tokens / tokens_per_step)) if schedule.horizon_tokens > 0 else total_steps
     phases, boundaries = [_decay_to(final, peak, max(horizon - warmup, 1), 'cosine')], [warmup]
   elif schedule.kind == 'wsd':
     after_warmup = total_steps - warmup

@@ -24,9 +24,11 @@ def make_optimizer(config, schedule: optax.Schedule, weight_decay: float | None 
   """AdamW with global-norm clipping (Appendix B: β=(0.9, 0.95), ε=1e-5, clip 1.0)."""
   o = config.optimizer
   return optax.chain(
-      optax.clip_by_global_norm(o.grad_clip),
-      optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps,
-                  weight_decay=o.weight_decay if weight_decay is None else weight_decay))
+    optax.clip_by_global_norm(o.grad_clip),
+    optax.adamw(
+      schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay if weight_decay is None else weight_decay
+    ),
+  )
 
 
 def token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -37,8 +39,9 @@ def token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> tuple[jax.A
   return log_z_BxL - target_logit_BxL, log_z_BxL
 
 
-def chunked_token_losses(hidden_BxLxD: jax.Array, kernel_DxV: jax.Array, targets_BxL: jax.Array,
-                         chunk_length: int, dtype) -> tuple[jax.Array, jax.Array]:
+def chunked_token_losses(
+  hidden_BxLxD: jax.Array, kernel_DxV: jax.Array, targets_BxL: jax.Array, chunk_length: int, dtype
+) -> tuple[jax.Array, jax.Array]:
   """token_losses of the logits hidden·kernel, computed `chunk_length` positions at a time.
 
   Each chunk's logits are recomputed in the backward pass (jax.checkpoint inside a scan), so at most one
@@ -71,8 +74,15 @@ class Trainer:
   warmup (a finetuning grid compiles once).
   """
 
-  def __init__(self, model_cfg, mesh, optimizer, schedule: Callable[[jax.Array], jax.Array] | None = None,
-               z_loss: float = 0.0, microbatches: int = 1):
+  def __init__(
+    self,
+    model_cfg,
+    mesh,
+    optimizer,
+    schedule: Callable[[jax.Array], jax.Array] | None = None,
+    z_loss: float = 0.0,
+    microbatches: int = 1,
+  ):
     self.model_cfg, self.mesh = model_cfg, mesh
     self.optimizer_for = optimizer if callable(optimizer) else None
     self.optimizer = optimizer(lambda step: jnp.zeros([])) if self.optimizer_for else optimizer
@@ -83,18 +93,25 @@ class Trainer:
     boxed = jax.eval_shape(self._boxed_state, jax.random.PRNGKey(0))
     self.state_shardings = sharding.tree_shardings(boxed, mesh)
     self.param_shardings = self.state_shardings.params
-    self.abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                       nn.unbox(boxed), self.state_shardings)
+    self.abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), self.state_shardings
+    )
     self.batch_sharding = sharding.batch_sharding(mesh)
     replicated = self.replicated = sharding.replicated(mesh)
     self._init = jax.jit(lambda rng: nn.unbox(self._boxed_state(rng)), out_shardings=self.state_shardings)
-    self._from_params = jax.jit(self._state_from_params, in_shardings=(self.param_shardings, replicated),
-                                out_shardings=self.state_shardings)
-    step, inputs = ((self._train_step_with_table, (replicated,)) if self.optimizer_for else (self._train_step, ()))
-    self.train_step = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding, *inputs),
-                              out_shardings=(self.state_shardings, replicated), donate_argnums=0)
-    self.eval_step = jax.jit(self._eval_step, in_shardings=(self.param_shardings, self.batch_sharding),
-                             out_shardings=replicated)
+    self._from_params = jax.jit(
+      self._state_from_params, in_shardings=(self.param_shardings, replicated), out_shardings=self.state_shardings
+    )
+    step, inputs = (self._train_step_with_table, (replicated,)) if self.optimizer_for else (self._train_step, ())
+    self.train_step = jax.jit(
+      step,
+      in_shardings=(self.state_shardings, self.batch_sharding, *inputs),
+      out_shardings=(self.state_shardings, replicated),
+      donate_argnums=0,
+    )
+    self.eval_step = jax.jit(
+      self._eval_step, in_shardings=(self.param_shardings, self.batch_sharding), out_shardings=replicated
+    )
 
   def _boxed_state(self, rng) -> TrainState:
     params = self.model.init(rng, jnp.zeros((1, 8), jnp.int32))['params']
@@ -112,8 +129,9 @@ class Trainer:
     if not self.model_cfg.tie_embeddings and 'lm_head' not in params:
       params = model_lib.untie(params)
     if self.model_cfg.tie_embeddings and 'lm_head' in params:
-      raise ValueError('the parameters have an untied output head but the model is tied; '
-                       'set --config.model.tie_embeddings=False')
+      raise ValueError(
+        'the parameters have an untied output head but the model is tied; set --config.model.tie_embeddings=False'
+      )
     return self._from_params(params, jax.random.PRNGKey(seed))
 
   def token_losses(self, params, batch_BxLp1) -> tuple[jax.Array, jax.Array]:
@@ -123,8 +141,9 @@ class Trainer:
     if not chunk_length or chunk_length >= inputs_BxL.shape[1]:
       return token_losses(self.model.apply({'params': params}, inputs_BxL), targets_BxL)
     hidden_BxLxD = self.model.apply({'params': params}, inputs_BxL, return_hidden=True)
-    return chunked_token_losses(hidden_BxLxD, model_lib.head_kernel(self.model_cfg, params), targets_BxL,
-                                chunk_length, self.model_cfg.dtype)
+    return chunked_token_losses(
+      hidden_BxLxD, model_lib.head_kernel(self.model_cfg, params), targets_BxL, chunk_length, self.model_cfg.dtype
+    )
 
   def loss_fn(self, params, batch_BxLp1):
     losses_BxL, log_z_BxL = self.token_losses(params, batch_BxLp1)
@@ -161,8 +180,13 @@ class Trainer:
     grads, (loss, z_loss) = self._gradients(state.params, batch_BxLp1)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': loss, 'z_loss': z_loss, 'grad_norm': optax.tree.norm(grads),
-               'param_norm': optax.tree.norm(params), 'lr': schedule(state.step)}
+    metrics = {
+      'loss': loss,
+      'z_loss': z_loss,
+      'grad_norm': optax.tree.norm(grads),
+      'param_norm': optax.tree.norm(params),
+      'lr': schedule(state.step),
+    }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def _eval_step(self, params, batch_BxLp1):

@@ -19,38 +19,97 @@ from spt_jax.train import schedules
 OLMO_VOCAB_SIZE = 50280  # OLMo's GPT-NeoX tokenizer (data.tokenizer='olmo'), checked in tests/test_validate.py.
 # What every key of the base config must hold; tests/test_validate.py checks that no key of config.base_config is
 # missing, so a new key cannot go unchecked. Any float anywhere in a config (tuples included) must be finite.
-_POSITIVE_INTEGER = ('model.d_model', 'model.n_layers', 'model.n_heads', 'model.mlp_dim', 'model.vocab_size',
-                     'data.seq_len', 'batch_size', 'grad_accum_steps', 'eval_sequences', 'log_every',
-                     'keep_checkpoints', 'profile_steps')
+_POSITIVE_INTEGER = (
+  'model.d_model',
+  'model.n_layers',
+  'model.n_heads',
+  'model.mlp_dim',
+  'model.vocab_size',
+  'data.seq_len',
+  'batch_size',
+  'grad_accum_steps',
+  'eval_sequences',
+  'log_every',
+  'keep_checkpoints',
+  'profile_steps',
+)
 _FINETUNE_POSITIVE_INTEGER = ('finetune.batch_size', 'finetune.max_steps', 'finetune.eval_every')
-_POSITIVE = ('optimizer.lr', 'optimizer.eps', 'optimizer.grad_clip', 'model.rope_theta', 'model.layer_norm_eps',
-             'model.init_std')
-_NON_NEGATIVE_INTEGER = ('steps', 'tokens', 'eval_every', 'checkpoint_every', 'patience', 'eval_batch_size',
-                         'data.domain_max_tokens', 'data.general_max_tokens', 'data.test_tokens',
-                         'data.domain_train_sequences', 'data.tokenizer_vocab_size', 'data.num_workers',
-                         'mcqa_max_examples', 'schedule.warmup_steps', 'schedule.warmup_tokens',
-                         'schedule.horizon_tokens', 'schedule.decay_steps', 'model.loss_chunk_length',
-                         'model.scan_unroll', 'profile_from_step', 'profiler_port', 'finetune.patience',
-                         'finetune.decay_steps', 'seed')
+_POSITIVE = (
+  'optimizer.lr',
+  'optimizer.eps',
+  'optimizer.grad_clip',
+  'model.rope_theta',
+  'model.layer_norm_eps',
+  'model.init_std',
+)
+_NON_NEGATIVE_INTEGER = (
+  'steps',
+  'tokens',
+  'eval_every',
+  'checkpoint_every',
+  'patience',
+  'eval_batch_size',
+  'data.domain_max_tokens',
+  'data.general_max_tokens',
+  'data.test_tokens',
+  'data.domain_train_sequences',
+  'data.tokenizer_vocab_size',
+  'data.num_workers',
+  'mcqa_max_examples',
+  'schedule.warmup_steps',
+  'schedule.warmup_tokens',
+  'schedule.horizon_tokens',
+  'schedule.decay_steps',
+  'model.loss_chunk_length',
+  'model.scan_unroll',
+  'profile_from_step',
+  'profiler_port',
+  'finetune.patience',
+  'finetune.decay_steps',
+  'seed',
+)
 _NON_NEGATIVE = ('optimizer.weight_decay', 'optimizer.z_loss', 'schedule.final_lr', 'finetune.weight_decay')
 _BELOW_ONE = ('optimizer.b1', 'optimizer.b2', 'data.test_fraction')  # In [0, 1).
 _UP_TO_ONE = ('schedule.stable_fraction', 'schedule.decay_fraction')  # In [0, 1].
 _DTYPES = ('float32', 'bfloat16', 'float16')
-_CHOICES = {'stage': ('pretrain', 'finetune', 'pipeline'), 'schedule.kind': schedules.KINDS,
-            'schedule.decay_shape': schedules.DECAY_SHAPES, 'finetune.schedule': schedules.KINDS,
-            'model.dtype': _DTYPES, 'model.param_dtype': _DTYPES, 'model.attention_impl': attention.IMPLEMENTATIONS,
-            'model.remat_policy': tuple(decoder.REMAT_POLICIES)}
+_CHOICES = {
+  'stage': ('pretrain', 'finetune', 'pipeline'),
+  'schedule.kind': schedules.KINDS,
+  'schedule.decay_shape': schedules.DECAY_SHAPES,
+  'finetune.schedule': schedules.KINDS,
+  'model.dtype': _DTYPES,
+  'model.param_dtype': _DTYPES,
+  'model.attention_impl': attention.IMPLEMENTATIONS,
+  'model.remat_policy': tuple(decoder.REMAT_POLICIES),
+}
 _BOOLEAN = ('model.tie_embeddings', 'model.scan_layers', 'finetune.untie_embeddings', 'resume_mismatched')
 # Checked where they are read (one-line errors of their own): sources and the tokenizer (_check_sources,
 # check_vocab), the mesh (sharding.mesh_shape), the mixture, δ and the replay fraction
 # (mixture.stages_from_config), the finetuning grid and from_steps (_check_finetune), eval intervals
 # (_check_eval_intervals), the compilation cache (check_folders); peak_flops may be any finite number (< 0: no
 # MFU) and decay_from_step is -1 or a step (set by finetune_decay).
-_CHECKED_ELSEWHERE = ('init_from', 'model.preset', 'mesh.data', 'mesh.fsdp', 'mesh.tensor', 'data.general',
-                      'data.domain', 'data.tokenizer', 'data.cache_dir', 'mixture.stages', 'eval_intervals',
-                      'extra_eval', 'mcqa_tasks', 'peak_flops', 'finetune.grid', 'finetune.from_steps',
-                      'finetune.decay_from_step', 'mixture.domain_fraction', 'finetune.replay_fraction',
-                      'compilation_cache')
+_CHECKED_ELSEWHERE = (
+  'init_from',
+  'model.preset',
+  'mesh.data',
+  'mesh.fsdp',
+  'mesh.tensor',
+  'data.general',
+  'data.domain',
+  'data.tokenizer',
+  'data.cache_dir',
+  'mixture.stages',
+  'eval_intervals',
+  'extra_eval',
+  'mcqa_tasks',
+  'peak_flops',
+  'finetune.grid',
+  'finetune.from_steps',
+  'finetune.decay_from_step',
+  'mixture.domain_fraction',
+  'finetune.replay_fraction',
+  'compilation_cache',
+)
 
 
 def _get(config, dotted: str):
@@ -60,8 +119,17 @@ def _get(config, dotted: str):
   return value
 
 
-def check(config, *, data=None, devices: int | None = None, sources: bool = True, stage: str | None = None,
-          grid_point=None, vocab: bool = True, backend: str | None = None) -> None:
+def check(
+  config,
+  *,
+  data=None,
+  devices: int | None = None,
+  sources: bool = True,
+  stage: str | None = None,
+  grid_point=None,
+  vocab: bool = True,
+  backend: str | None = None,
+) -> None:
   """Raises a one-line ValueError naming the problem and the fix; reads no data, writes nothing.
 
   data: prepared data the caller already has (its sources and tokenizer are then not checked here).
@@ -74,6 +142,7 @@ def check(config, *, data=None, devices: int | None = None, sources: bool = True
   from spt_jax.train import run_plan  # pylint: disable=g-import-not-at-top
   from spt_jax.model import sharding  # pylint: disable=g-import-not-at-top
   from spt_jax.data import mixture as mixture_lib  # pylint: disable=g-import-not-at-top
+
   if config.stage not in ('pretrain', 'finetune', 'pipeline'):
     raise ValueError(f'stage={config.stage!r}; use --config.stage=pretrain, finetune or pipeline')
   if config.stage == 'finetune' and not config.init_from:
@@ -84,8 +153,9 @@ def check(config, *, data=None, devices: int | None = None, sources: bool = True
     _check_finetune(config)
   data_config = config.data
   if not 0 <= data_config.test_fraction < 1:
-    raise ValueError(f'data.test_fraction {data_config.test_fraction} is outside [0, 1); set '
-                     '--config.data.test_fraction')
+    raise ValueError(
+      f'data.test_fraction {data_config.test_fraction} is outside [0, 1); set --config.data.test_fraction'
+    )
   if data_config.test_fraction == 0 and data_config.test_tokens <= 0:
     raise ValueError('data.test_fraction and data.test_tokens are both 0, so there is no held-out set; set one')
   mesh = sharding.mesh_shape(config.mesh, devices or jax.device_count())
@@ -94,22 +164,30 @@ def check(config, *, data=None, devices: int | None = None, sources: bool = True
     plan = run_plan.make(config, name, grid_point)  # Steps and schedule: one-line errors of their own.
     outside = [step for step in config.finetune.from_steps if not 0 < step < plan.steps]
     if name == 'pretrain' and config.stage == 'pipeline' and outside:
-      raise ValueError(f'finetune.from_steps {outside} are outside the pretraining run (1..{plan.steps - 1}); drop '
-                       'them or lengthen the run')
+      raise ValueError(
+        f'finetune.from_steps {outside} are outside the pretraining run (1..{plan.steps - 1}); drop '
+        'them or lengthen the run'
+      )
     mixture_lib.stages_from_config(plan.config, name)
     where = 'finetune.batch_size' if name == 'finetune' else 'batch_size'
     if plan.config.batch_size % (divisor * plan.config.grad_accum_steps):
-      raise ValueError(f'{where}={plan.config.batch_size} is not a multiple of the {divisor} data-parallel '
-                       f'devices × grad_accum_steps={plan.config.grad_accum_steps}; change --config.{where}, '
-                       '--config.grad_accum_steps or --config.mesh')
+      raise ValueError(
+        f'{where}={plan.config.batch_size} is not a multiple of the {divisor} data-parallel '
+        f'devices × grad_accum_steps={plan.config.grad_accum_steps}; change --config.{where}, '
+        '--config.grad_accum_steps or --config.mesh'
+      )
   missing = [key for key in ('general', 'domain') if not config.data[key]]
   if sources and data is None and missing:
-    raise ValueError(f'config.data.{" and config.data.".join(missing)} not set: point them at your data '
-                     "(e.g. --config.data.domain='files:/data/domain/*.txt'), or run the CPU-scale preset "
-                     '--config=configs/<domain>.py:tiny on the built-in corpora')
+    raise ValueError(
+      f'config.data.{" and config.data.".join(missing)} not set: point them at your data '
+      "(e.g. --config.data.domain='files:/data/domain/*.txt'), or run the CPU-scale preset "
+      '--config=configs/<domain>.py:tiny on the built-in corpora'
+    )
   if backend == 'cpu' and config.model.d_model >= 1024:
-    raise ValueError(f'model {config.model.preset} is paper scale and this host has only a CPU; run it on a '
-                     'TPU/GPU host, or run the CPU-scale preset --config=configs/<domain>.py:tiny')
+    raise ValueError(
+      f'model {config.model.preset} is paper scale and this host has only a CPU; run it on a '
+      'TPU/GPU host, or run the CPU-scale preset --config=configs/<domain>.py:tiny'
+    )
   if sources and data is None:
     _check_sources(config)
   if sources and vocab:
@@ -118,10 +196,17 @@ def check(config, *, data=None, devices: int | None = None, sources: bool = True
 
 def rules() -> dict:
   """Each key a rule covers, with the rule's name (tests check that every key of the base config has one)."""
-  named = {'positive integer': _POSITIVE_INTEGER + _FINETUNE_POSITIVE_INTEGER, 'positive': _POSITIVE,
-           'non-negative integer': _NON_NEGATIVE_INTEGER, 'non-negative': _NON_NEGATIVE, 'in [0, 1)': _BELOW_ONE,
-           'in [0, 1]': _UP_TO_ONE, 'choice': tuple(_CHOICES), 'boolean': _BOOLEAN,
-           'checked where read': _CHECKED_ELSEWHERE}
+  named = {
+    'positive integer': _POSITIVE_INTEGER + _FINETUNE_POSITIVE_INTEGER,
+    'positive': _POSITIVE,
+    'non-negative integer': _NON_NEGATIVE_INTEGER,
+    'non-negative': _NON_NEGATIVE,
+    'in [0, 1)': _BELOW_ONE,
+    'in [0, 1]': _UP_TO_ONE,
+    'choice': tuple(_CHOICES),
+    'boolean': _BOOLEAN,
+    'checked where read': _CHECKED_ELSEWHERE,
+  }
   return {key: rule for rule, keys in named.items() for key in keys}
 
 
@@ -147,6 +232,7 @@ def _is_integer(value) -> bool:
 def _check_numbers(config, finetunes: bool) -> None:
   """Every value of the base config's keys against its rule, and no NaN or infinity anywhere in the config."""
   from spt_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+
   for name in config_lib.flat_keys(config):
     value = _get(config, name)
     if not hasattr(value, 'items') and _non_finite(value):
@@ -180,8 +266,9 @@ def _check_numbers(config, finetunes: bool) -> None:
     if not isinstance(_get(config, name), bool):
       raise ValueError(f'{name}={_get(config, name)!r} must be True or False; set --config.{name}')
   if not _is_number(config.peak_flops):
-    raise ValueError(f'peak_flops={config.peak_flops!r} must be a number (0: measured, < 0: no MFU); set '
-                     '--config.peak_flops')
+    raise ValueError(
+      f'peak_flops={config.peak_flops!r} must be a number (0: measured, < 0: no MFU); set --config.peak_flops'
+    )
   _check_model(config.model, config.data.seq_len)
   _check_eval_intervals(config)
 
@@ -189,54 +276,89 @@ def _check_numbers(config, finetunes: bool) -> None:
 def _check_model(model, seq_len: int) -> None:
   """What the decoder's shapes need: heads that divide the width into even head sizes (RoPE rotates halves)."""
   if model.d_model % model.n_heads:
-    raise ValueError(f'model.n_heads={model.n_heads} does not divide model.d_model={model.d_model}; set '
-                     '--config.model.n_heads to a divisor of d_model (e.g. d_model / 64)')
+    raise ValueError(
+      f'model.n_heads={model.n_heads} does not divide model.d_model={model.d_model}; set '
+      '--config.model.n_heads to a divisor of d_model (e.g. d_model / 64)'
+    )
   if (model.d_model // model.n_heads) % 2:
-    raise ValueError(f'model.d_model / n_heads = {model.d_model // model.n_heads} is odd, and rotary embeddings '
-                     'rotate halves of each head; choose n_heads so that d_model / n_heads is even')
+    raise ValueError(
+      f'model.d_model / n_heads = {model.d_model // model.n_heads} is odd, and rotary embeddings '
+      'rotate halves of each head; choose n_heads so that d_model / n_heads is even'
+    )
   if model.loss_chunk_length and seq_len % model.loss_chunk_length:
-    raise ValueError(f'model.loss_chunk_length={model.loss_chunk_length} does not divide data.seq_len={seq_len}; '
-                     'set --config.model.loss_chunk_length to a divisor of seq_len (0: the whole sequence)')
+    raise ValueError(
+      f'model.loss_chunk_length={model.loss_chunk_length} does not divide data.seq_len={seq_len}; '
+      'set --config.model.loss_chunk_length to a divisor of seq_len (0: the whole sequence)'
+    )
 
 
 def _check_eval_intervals(config) -> None:
   for item in config.eval_intervals:
-    if (not isinstance(item, (list, tuple)) or len(item) != 2 or not isinstance(item[0], str)
-        or not _is_integer(item[1]) or item[1] < 1):
-      raise ValueError(f'eval_intervals={config.eval_intervals!r}: each item must be (eval set name, steps >= 1), '
-                       "e.g. (('general_test', 5000),)")
+    if (
+      not isinstance(item, (list, tuple))
+      or len(item) != 2
+      or not isinstance(item[0], str)
+      or not _is_integer(item[1])
+      or item[1] < 1
+    ):
+      raise ValueError(
+        f'eval_intervals={config.eval_intervals!r}: each item must be (eval set name, steps >= 1), '
+        "e.g. (('general_test', 5000),)"
+      )
 
 
 def _check_finetune(config) -> None:
   """A non-empty grid of (lr > 0, warmup >= 0) pairs, and from_steps within the pretraining run."""
   grid = config.finetune.grid
-  if (not isinstance(grid, (list, tuple)) or not grid
-      or any(not isinstance(point, (list, tuple)) or len(point) != 2 or not _is_number(point[0]) or point[0] <= 0
-             or not _is_integer(point[1]) or point[1] < 0 for point in grid)):
-    raise ValueError(f'finetune.grid={grid!r} must be a non-empty tuple of (lr > 0, warmup steps >= 0) pairs; set '
-                     '--config.finetune.grid, e.g. "((1e-5, 50), (4e-5, 100))"')
+  if (
+    not isinstance(grid, (list, tuple))
+    or not grid
+    or any(
+      not isinstance(point, (list, tuple))
+      or len(point) != 2
+      or not _is_number(point[0])
+      or point[0] <= 0
+      or not _is_integer(point[1])
+      or point[1] < 0
+      for point in grid
+    )
+  ):
+    raise ValueError(
+      f'finetune.grid={grid!r} must be a non-empty tuple of (lr > 0, warmup steps >= 0) pairs; set '
+      '--config.finetune.grid, e.g. "((1e-5, 50), (4e-5, 100))"'
+    )
   from_steps = config.finetune.from_steps
   if any(not _is_integer(step) for step in from_steps):
-    raise ValueError(f'finetune.from_steps={from_steps!r} must be pretraining steps (integers); set '
-                     '--config.finetune.from_steps')
+    raise ValueError(
+      f'finetune.from_steps={from_steps!r} must be pretraining steps (integers); set --config.finetune.from_steps'
+    )
 
 
 def check_folders(config, workdir: str) -> None:
   """The workdir and the data cache can be made and written, with room for a checkpoint; touches neither."""
   from spt_jax.data import sources as sources_lib  # pylint: disable=g-import-not-at-top
   from spt_jax.model import flops  # pylint: disable=g-import-not-at-top
+
   probe = _check_writable(workdir, 'workdir', 'pass another --workdir')
-  _check_writable(str(sources_lib.cache_root(config.data.cache_dir)), 'data cache',
-                  'set --config.data.cache_dir (or $SPT_JAX_CACHE) to a writable folder')
+  _check_writable(
+    str(sources_lib.cache_root(config.data.cache_dir)),
+    'data cache',
+    'set --config.data.cache_dir (or $SPT_JAX_CACHE) to a writable folder',
+  )
   if config.compilation_cache:
-    _check_writable(compile_cache.folder(config.compilation_cache, config.data.cache_dir), 'compilation cache',
-                    "set --config.compilation_cache to a writable folder, or to '' to compile without it")
+    _check_writable(
+      compile_cache.folder(config.compilation_cache, config.data.cache_dir),
+      'compilation cache',
+      "set --config.compilation_cache to a writable folder, or to '' to compile without it",
+    )
   checkpoint_bytes = 12 * flops.count_params(config.model)[0]  # float32 parameters and AdamW's two moments.
   free = shutil.disk_usage(probe).free
   if free < checkpoint_bytes:
-    raise ValueError(f'the disk holding the workdir {os.path.abspath(workdir)} has {free / 1e9:.2f} GB free, less '
-                     f'than one checkpoint of this model ({checkpoint_bytes / 1e9:.2f} GB); free space there or '
-                     'pass another --workdir')
+    raise ValueError(
+      f'the disk holding the workdir {os.path.abspath(workdir)} has {free / 1e9:.2f} GB free, less '
+      f'than one checkpoint of this model ({checkpoint_bytes / 1e9:.2f} GB); free space there or '
+      'pass another --workdir'
+    )
 
 
 def _check_writable(path: str, what: str, fix: str) -> str:
@@ -256,6 +378,7 @@ def _check_writable(path: str, what: str, fix: str) -> str:
 def _check_sources(config) -> None:
   """Every source spec parses and its files exist (nothing is read; built-in corpora are not fetched)."""
   from spt_jax.data import sources as sources_lib  # pylint: disable=g-import-not-at-top
+
   extra = dict(config.get('extra_eval', {}) or {})
   clash = sorted(set(extra) & {'domain_test', 'domain_train', 'general_test'})
   if clash:
@@ -278,38 +401,49 @@ def check_vocab(config, data=None) -> None:
     tokenizer = getattr(data, 'tokenizer', None)
     size = tokenizer.get_vocab_size() if tokenizer is not None else getattr(data, 'vocab_size', None)
     if size is not None and size > model.vocab_size:
-      raise ValueError(f"model vocab_size {model.vocab_size} is smaller than the prepared data's tokenizer "
-                       f'({size} tokens); set --config.model.vocab_size={size}')
+      raise ValueError(
+        f"model vocab_size {model.vocab_size} is smaller than the prepared data's tokenizer "
+        f'({size} tokens); set --config.model.vocab_size={size}'
+      )
     return
   name = config.data.tokenizer
   if name == 'bpe':
     size = config.data.tokenizer_vocab_size
     if size < 258:
-      raise ValueError(f'data.tokenizer_vocab_size={size} is too small for a byte-level BPE (256 bytes + EOS); '
-                       'set --config.data.tokenizer_vocab_size to at least 258')
+      raise ValueError(
+        f'data.tokenizer_vocab_size={size} is too small for a byte-level BPE (256 bytes + EOS); '
+        'set --config.data.tokenizer_vocab_size to at least 258'
+      )
     if size != model.vocab_size:
-      raise ValueError(f'model vocab_size {model.vocab_size} does not match data.tokenizer_vocab_size {size} '
-                       f'(the BPE to train); set --config.model.vocab_size={size} or '
-                       f'--config.data.tokenizer_vocab_size={model.vocab_size}')
+      raise ValueError(
+        f'model vocab_size {model.vocab_size} does not match data.tokenizer_vocab_size {size} '
+        f'(the BPE to train); set --config.model.vocab_size={size} or '
+        f'--config.data.tokenizer_vocab_size={model.vocab_size}'
+      )
     return
   if name == 'olmo':  # Known without fetching it.
     if model.vocab_size != OLMO_VOCAB_SIZE:
-      raise ValueError(f"model vocab_size {model.vocab_size} does not match the OLMo tokenizer's "
-                       f'{OLMO_VOCAB_SIZE}; set --config.model.vocab_size={OLMO_VOCAB_SIZE} or another '
-                       '--config.data.tokenizer')
+      raise ValueError(
+        f"model vocab_size {model.vocab_size} does not match the OLMo tokenizer's "
+        f'{OLMO_VOCAB_SIZE}; set --config.model.vocab_size={OLMO_VOCAB_SIZE} or another '
+        '--config.data.tokenizer'
+      )
     return
   path = os.path.expanduser(str(name))
   if not os.path.isfile(path):
-    raise ValueError(f'tokenizer file {path!r} does not exist; set --config.data.tokenizer to a tokenizers '
-                     "JSON, 'olmo' or 'bpe'")
+    raise ValueError(
+      f"tokenizer file {path!r} does not exist; set --config.data.tokenizer to a tokenizers JSON, 'olmo' or 'bpe'"
+    )
   size = _load_tokenizer(path, os.path.getmtime(path)).get_vocab_size()
   if model.vocab_size != size:
-    raise ValueError(f"model vocab_size {model.vocab_size} does not match the tokenizer's {size}; set "
-                     f'--config.model.vocab_size={size}')
+    raise ValueError(
+      f"model vocab_size {model.vocab_size} does not match the tokenizer's {size}; set --config.model.vocab_size={size}"
+    )
 
 
 @functools.lru_cache(maxsize=4)
 def _load_tokenizer(path: str, mtime: float):
   del mtime  # Part of the cache key: a rewritten file is read again.
   from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+
   return tokenizer_lib._from_file(path)  # pylint: disable=protected-access
