@@ -10,9 +10,9 @@ Every key and its paper default is documented in spt_jax/train/config.py; a doma
 
 import ml_collections
 
-from spt_jax.train import config as config_lib
-from spt_jax.model import decoder as model_lib
 from spt_jax.data import paper_data
+from spt_jax.model import decoder as model_lib
+from spt_jax.train import config as config_lib
 
 PAPER_MODELS = {'1b': 'olmo-1b', '3b': 'olmo-3b', '600m': 'olmo-600m', '300m': 'olmo-300m'}
 CPU_SIZES = ('tiny', 'small', 'test')

@@ -9,9 +9,8 @@ import os
 import re
 import sys
 
-from absl import flags
-from absl import logging
 import ml_collections
+from absl import flags, logging
 from ml_collections import config_flags
 
 from spt_jax import cli
@@ -72,6 +71,7 @@ def variant(config: ml_collections.ConfigDict, **overrides) -> ml_collections.Co
 def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, str]:
   """Runs the pipeline of each variant into WORKDIR/<name> (finished ones are skipped); returns the workdirs."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
   from spt_jax.train import pipeline  # pylint: disable=g-import-not-at-top
 

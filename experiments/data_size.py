@@ -31,10 +31,12 @@ common.at_least(_DELTAS, 1, 'δ values')
 
 def main(argv):
   del argv
-  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import (
+    plots,  # pylint: disable=g-import-not-at-top
+    runs,  # pylint: disable=g-import-not-at-top
+  )
+  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
 
   base = common.base_config()
   tokens = common.pretrain_tokens(base)

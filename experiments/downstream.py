@@ -38,9 +38,9 @@ PAPER_KEYS = {
 
 def build_tasks(config, names, out: str, examples: int) -> dict:
   """Task files from the documents the run held out (the prepared folder lists them), built once."""
+  from spt_jax.data import prepare  # pylint: disable=g-import-not-at-top
   from spt_jax.evals import domain_tasks  # pylint: disable=g-import-not-at-top
   from spt_jax.train import run_plan  # pylint: disable=g-import-not-at-top
-  from spt_jax.data import prepare  # pylint: disable=g-import-not-at-top
 
   paths = {name: os.path.join(out, f'{name}.jsonl') for name in names}
   missing = [name for name, path in paths.items() if not os.path.exists(path) and name in domain_tasks.BUILDERS]
@@ -56,9 +56,11 @@ def build_tasks(config, names, out: str, examples: int) -> dict:
 
 def checkpoints(workdir: str) -> dict:
   """The arm's checkpoint at the end of pretraining and at its best finetuning step."""
+  from spt_jax.analysis import (
+    runs,  # pylint: disable=g-import-not-at-top
+    seeds,  # pylint: disable=g-import-not-at-top
+  )
   from spt_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import seeds  # pylint: disable=g-import-not-at-top
 
   run = runs.read(workdir)
   best = seeds.arm(run)

@@ -87,9 +87,11 @@ def _paper_rows(report: dict, budget: float) -> list:
 
 def main(argv):
   del argv
+  from spt_jax.analysis import (
+    forecast_check,  # pylint: disable=g-import-not-at-top
+    runs,  # pylint: disable=g-import-not-at-top
+  )
   from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import forecast_check  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
 
   base = common.base_config()
   deltas = _DELTAS.value
@@ -119,8 +121,8 @@ def main(argv):
       'finetuning).',
       forecast_check.format_report(report),
       common.paper_table(_paper_rows(report, budget)),
-      f'The fit itself: [analysis/fit_subset/report.md](analysis/fit_subset/report.md) '
-      f'(![fit](analysis/fit_subset/fit.png))',
+      'The fit itself: [analysis/fit_subset/report.md](analysis/fit_subset/report.md) '
+      '(![fit](analysis/fit_subset/fit.png))',
     ],
   )
 

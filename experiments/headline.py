@@ -65,9 +65,11 @@ def report(result: dict, domain: str, delta: float, config) -> str:
 
 def main(argv):
   del argv
+  from spt_jax.analysis import (
+    plots,  # pylint: disable=g-import-not-at-top
+    runs,  # pylint: disable=g-import-not-at-top
+  )
   from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
 
   base = common.base_config()
   delta = base.mixture.domain_fraction if _DELTA.value is None else _DELTA.value

@@ -27,8 +27,10 @@ common.at_least(_PRESETS, 2, 'model presets, smallest first')
 
 
 def _curve(workdir: str) -> dict:
-  from spt_jax.analysis import gains  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import (
+    gains,  # pylint: disable=g-import-not-at-top
+    runs,  # pylint: disable=g-import-not-at-top
+  )
 
   run = runs.read(workdir)
   tokens, losses, _ = gains.post_ft_curve(run)
@@ -37,10 +39,10 @@ def _curve(workdir: str) -> dict:
 
 def main(argv):
   del argv
-  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
-  from spt_jax.model import decoder as model  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import decoder as model  # pylint: disable=g-import-not-at-top
+  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
 
   base = common.base_config()
   presets = _PRESETS.value

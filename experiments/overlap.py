@@ -50,11 +50,13 @@ def general_set(share: float, out: str, cache_dir: str = '') -> tuple:
 
 def main(argv):
   del argv
-  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
   from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import seeds  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import (
+    plots,  # pylint: disable=g-import-not-at-top
+    runs,  # pylint: disable=g-import-not-at-top
+    seeds,  # pylint: disable=g-import-not-at-top
+  )
+  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
 
   base = common.base_config()
   shares = _SHARES.value

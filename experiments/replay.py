@@ -21,8 +21,10 @@ def main(argv):
         base, mixture__domain_fraction=delta, finetune__replay_fraction=r
       )
   workdirs = common.run_variants(variants)
-  from spt_jax.analysis import gains  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import (
+    gains,  # pylint: disable=g-import-not-at-top
+    runs,  # pylint: disable=g-import-not-at-top
+  )
 
   table = ['| replay r | NPT→FT | SPT→FT | G | NPT forgetting | SPT forgetting |', '|---|---|---|---|---|---|']
   losses = {}

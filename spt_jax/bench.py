@@ -55,8 +55,9 @@ class TrainStepTimer:
     import jax
     import numpy as np
     import optax
-    from spt_jax.train import config as config_lib
+
     from spt_jax.model import sharding
+    from spt_jax.train import config as config_lib
     from spt_jax.train import step as train
 
     config = config_lib.base_config(preset)

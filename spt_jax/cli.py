@@ -25,11 +25,11 @@ import os
 import pathlib
 import re
 import sys
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
-from absl import app
-from absl import flags
 import ml_collections
+from absl import app, flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser  # What DEFINE_config_file's flags parse by.
 
 USAGE = 2

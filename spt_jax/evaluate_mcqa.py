@@ -8,9 +8,8 @@ mmlu_chemistry, mmlu_mathematics, mmlu_<subject>, each with an optional ':split'
 from absl import flags
 
 from spt_jax import cli
-from spt_jax.storage import files
 from spt_jax.evals import mcqa
-
+from spt_jax.storage import files
 
 FLAGS = flags.FLAGS
 

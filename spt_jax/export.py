@@ -9,16 +9,16 @@ import dataclasses
 import os
 from typing import Any
 
-from absl import flags
 import flax.linen as nn
 import jax
 import ml_collections
 import tokenizers
+from absl import flags
 
 from spt_jax import cli
-from spt_jax.train import checkpoint as checkpoint_lib
 from spt_jax.interop import hf
 from spt_jax.model import decoder as model_lib
+from spt_jax.train import checkpoint as checkpoint_lib
 
 
 @dataclasses.dataclass

@@ -15,14 +15,12 @@ Prints one line per figure and writes DIR/gpu_check.json; exits 1 when the conti
 import os
 import sys
 
-from absl import flags
 import jax
 import numpy as np
 import optax
+from absl import flags
 
-from spt_jax import bench
-from spt_jax import cli
-from spt_jax import sample
+from spt_jax import bench, cli, sample
 from spt_jax.model import sharding
 from spt_jax.storage import files
 from spt_jax.train import config as config_lib

@@ -68,11 +68,11 @@ flags.register_validator(_TOPOLOGY, _known_topology)
 def main(argv):
   del argv
   import jax  # After flag parsing, so that --xla flags in the environment apply.
+
   from spt_jax.hardware import dry_run
-  from spt_jax.storage import files
   from spt_jax.model import sharding
-  from spt_jax.train import validate
-  from spt_jax.train import compile_cache
+  from spt_jax.storage import files
+  from spt_jax.train import compile_cache, validate
 
   config = _CONFIG.value
   if _DRY_RUN.value and _TOPOLOGY.value:
@@ -101,8 +101,7 @@ def main(argv):
   if not _WORKDIR.value and jax.process_index() == 0:
     print(f'--workdir not given: the run writes to {workdir}', flush=True)
   sharding.check_shared_folder(workdir, 'workdir')
-  from spt_jax.train import loop
-  from spt_jax.train import pipeline
+  from spt_jax.train import loop, pipeline
 
   # One live run per workdir: a pipeline holds W and every stage folder, before any file in them is touched.
   folders = [workdir, *(pipeline.stage_folders(config, workdir) if config.stage == 'pipeline' else [])]

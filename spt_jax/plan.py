@@ -16,8 +16,8 @@ import os
 import sys
 import warnings
 
-from absl import flags
 import numpy as np
+from absl import flags
 
 from spt_jax import cli
 from spt_jax.storage import files
@@ -109,8 +109,7 @@ def fit(
   max_tokens: float | None = None,
 ) -> None:
   """Fits the overfitting scaling laws (1)-(9) and the finetuning delta (7); writes out/fit.json."""
-  from spt_jax.analysis import plots, scaling
-  from spt_jax.analysis import scaling_fit
+  from spt_jax.analysis import plots, scaling, scaling_fit
   from spt_jax.analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
 
   if bool(runs) == bool(csv):

@@ -10,11 +10,11 @@ CLI: python -m spt_jax.sample --checkpoint C --prompt 'X:1' [--temperature 0.8 -
 import functools
 import json
 
-from absl import flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 from spt_jax import cli
 from spt_jax.model import decoder as model_lib

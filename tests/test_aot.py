@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from spt_jax.hardware import aot
 from configs import common
+from spt_jax.hardware import aot
 from spt_jax.model import sharding
 from spt_jax.train import step as train
 

@@ -23,8 +23,8 @@ def test_training_and_inference_count_attention_the_same_way():
 
 
 def test_training_count_matches_the_train_step_mfu_count():
-  from spt_jax.model import flops
   from spt_jax.model import decoder as model
+  from spt_jax.model import flops
 
   cfg = model.preset_config('cpu-160k')
   size = cost.model_size('cpu-160k')

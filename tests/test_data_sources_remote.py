@@ -149,7 +149,7 @@ def test_an_interrupted_fetch_resumes_where_it_stopped(tmp_path, server):
   half = files[0].nbytes // 2
   target.with_name(target.name + '.part').write_bytes(files[0].tobytes()[:half])  # What a killed fetch left.
   path = remote.fetch(source, cache_root)
-  assert (f'/part-000-00000.npy', half) in log and not any(start == 0 for _, start in log)
+  assert ('/part-000-00000.npy', half) in log and not any(start == 0 for _, start in log)
   assert path.read_bytes() == files[0].tobytes()
   assert json.loads(path.with_name(path.name + '.json').read_text())['size'] == files[0].nbytes
 
@@ -209,6 +209,7 @@ def test_the_paper_preset_runs_end_to_end_on_stand_ins_of_its_data(tmp_path, ser
   import pathlib  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
+
   from spt_jax.data import paper_data  # pylint: disable=g-import-not-at-top
 
   root, url, log = server

@@ -5,8 +5,7 @@ import random
 
 import pytest
 
-from spt_jax.evals import domain_tasks
-from spt_jax.evals import mcqa
+from spt_jax.evals import domain_tasks, mcqa
 
 KEYS = ('G', 'D', 'Ador', 'Em', 'A', 'Bb')
 METRES = ('6/8', '4/4', '3/4', '2/4', '9/8')

@@ -1,7 +1,6 @@
 """A study end to end at test scale: the δ sweep trains its variants, then runs the gains and the fit."""
 
 import json
-import pathlib
 import subprocess
 import sys
 

@@ -18,9 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from spt_jax.train import checkpoint
 from spt_jax.evals import heldout as evaluation
-from spt_jax.train import loop
+from spt_jax.train import checkpoint, loop
 from tests import test_loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -13,10 +13,8 @@ import zlib
 
 import pytest
 
-from spt_jax.data import corpora
-from spt_jax.data import fetch
+from spt_jax.data import corpora, fetch, pins
 from spt_jax.data import fetch_extract as extract
-from spt_jax.data import pins
 
 
 # Extractors.

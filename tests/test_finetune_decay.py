@@ -5,8 +5,7 @@ import json
 import pytest
 
 from spt_jax.evals import heldout as evaluation
-from spt_jax.train import loop
-from spt_jax.train import schedules
+from spt_jax.train import loop, schedules
 from tests.test_loop import tiny_config, tiny_data
 from tests.test_schedules import _config
 

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from spt_jax.analysis import forecast_check, scaling
-from spt_jax.analysis import scaling_fit
+from spt_jax.analysis import forecast_check, scaling, scaling_fit
 from tests import test_scaling
 
 

@@ -14,10 +14,10 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from configs import common
-from spt_jax.train import checkpoint
 from spt_jax import export
 from spt_jax.interop import hf
 from spt_jax.model import decoder as model
+from spt_jax.train import checkpoint
 
 
 def _tokenizer(vocab_size=300):

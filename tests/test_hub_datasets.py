@@ -19,8 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spt_jax.data import hub_datasets
-from spt_jax.data import paper_data
+from spt_jax.data import hub_datasets, paper_data
 from spt_jax.data import prepare as prepare_lib
 from spt_jax.data import sources as sources_lib
 from spt_jax.data import tokenizer as tokenizer_lib

@@ -6,10 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from spt_jax.model import attention
-from spt_jax.train import config as config_lib
+from spt_jax.model import attention, sharding
 from spt_jax.model import decoder as model
-from spt_jax.model import sharding
+from spt_jax.train import config as config_lib
 from spt_jax.train import step as train
 
 

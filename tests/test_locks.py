@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-from tests import test_faults
-from tests import test_loop
+from tests import test_faults, test_loop
 
 ROOT = test_faults.ROOT
 # The command line and its helpers, shared with tests/test_faults.py.

@@ -13,10 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spt_jax.train import checkpoint
 from spt_jax.evals import heldout as evaluation
-from spt_jax.train import loop
-from spt_jax.train import run_plan
+from spt_jax.train import checkpoint, loop, run_plan
 from spt_jax.train import step as train
 
 # Shared by the in-process tests and the subprocess script (which must rebuild the same config and data).

@@ -15,8 +15,8 @@ import pytest
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from spt_jax.interop import hf
 from spt_jax.evals import mcqa
+from spt_jax.interop import hf
 from spt_jax.model import decoder as model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

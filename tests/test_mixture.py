@@ -215,6 +215,7 @@ def test_summary_labels_scpt_by_its_stage_delta_not_the_base_delta():
 
 def test_analysis_reads_the_stage_delta_of_scpt_runs(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
+
   from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
 
   scpt = [[180, {'general': 1.0}], [0, {'general': 0.99, 'domain': 0.01}]]

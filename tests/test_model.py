@@ -1,6 +1,7 @@
 """The decoder: causality, presets' sizes, scan vs unrolled, tying, KV cache, a golden one-step loss."""
 
 import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,10 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from spt_jax.train import config as config_lib
-from spt_jax.model import flops
 from spt_jax.model import decoder as model
-from spt_jax.model import sharding
+from spt_jax.model import flops, sharding
+from spt_jax.train import config as config_lib
 from spt_jax.train import step as train
 
 

@@ -5,8 +5,7 @@ import os
 
 import pytest
 
-from spt_jax.train import loop
-from spt_jax.train import pipeline
+from spt_jax.train import loop, pipeline
 from tests import test_loop
 
 

@@ -12,9 +12,9 @@ import pytest
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from spt_jax import sample
 from spt_jax.interop import hf
 from spt_jax.model import decoder as model
-from spt_jax import sample
 
 MAX_LEN = 32
 

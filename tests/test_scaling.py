@@ -5,8 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from spt_jax.analysis import scaling
-from spt_jax.analysis import scaling_fit
+from spt_jax.analysis import scaling, scaling_fit
 
 # A generating law shaped like the paper's MusicPile: 10% is best early and overfits near 26B tokens, 5% takes
 # over near 52B; δ a fraction and T in billions inside the formulas. (The same curves as the percent-unit law

@@ -6,9 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from spt_jax.analysis import runs
-from spt_jax.analysis import seeds
-from spt_jax.analysis import similarity
+from spt_jax.analysis import runs, seeds, similarity
 from spt_jax.data import blend
 
 

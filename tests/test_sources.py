@@ -182,8 +182,10 @@ def test_hashes_are_stable():
 
 
 def test_builtin_groups_and_names(tmp_path, monkeypatch):
-  from spt_jax.data import corpora  # pylint: disable=g-import-not-at-top
-  from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
+  from spt_jax.data import (
+    corpora,  # pylint: disable=g-import-not-at-top
+    fetch,  # pylint: disable=g-import-not-at-top
+  )
 
   texts = {'brown': ['b1', 'b2'], 'austen': ['a1'], 'coq': ['c1']}
   for name in texts:

@@ -7,8 +7,10 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from spt_jax.analysis import cost as cost_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from spt_jax.analysis import scaling  # pylint: disable=g-import-not-at-top,wrong-import-position
-from spt_jax.analysis import scaling_fit
+from spt_jax.analysis import (
+  scaling,  # pylint: disable=g-import-not-at-top,wrong-import-position
+  scaling_fit,
+)
 
 
 def _colors(n: int):

@@ -9,7 +9,6 @@ import warnings
 
 import numpy as np
 
-from spt_jax.analysis import scaling
 from spt_jax.analysis import scaling_fit
 
 

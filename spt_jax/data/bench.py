@@ -13,8 +13,8 @@ import json
 import os
 import time
 
-from absl import flags
 import numpy as np
+from absl import flags
 
 from spt_jax import cli
 
@@ -70,8 +70,10 @@ def measure_pipeline(mixture, steps: int, start_step: int = 0) -> dict:
 
 def measure_prepare(spec: str, tokenizer, num_workers: int = 0) -> dict:
   """MB of text per second per worker for reading + tokenizing a source the way prepare does."""
-  from spt_jax.data import prepare  # pylint: disable=g-import-not-at-top
-  from spt_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from spt_jax.data import (
+    prepare,  # pylint: disable=g-import-not-at-top
+    sources,  # pylint: disable=g-import-not-at-top
+  )
   from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
 
   workers = num_workers or os.cpu_count() or 1
@@ -101,8 +103,9 @@ def measure_prepare(spec: str, tokenizer, num_workers: int = 0) -> dict:
 
 
 def _load_tokenizer(name: str, spec: str):
-  from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
+
+  from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
 
   data = ml_collections.ConfigDict(
     dict(tokenizer=name, tokenizer_vocab_size=_VOCAB.value, general=spec, domain='', cache_dir=_CACHE_DIR.value)

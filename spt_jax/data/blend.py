@@ -8,8 +8,8 @@ import json
 import os
 import random
 
-from spt_jax.storage import files
 from spt_jax.data import sources
+from spt_jax.storage import files
 
 TOLERANCE = 0.01  # Each source's bytes land within 1% of its share's budget (documents are whole).
 

@@ -4,7 +4,7 @@ one document is, and the function that turns its unpacked package files into doc
 
 import dataclasses
 import pathlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from spt_jax.data import fetch_extract as extract
 

@@ -20,15 +20,14 @@ import tempfile
 import threading
 import time
 import zipfile
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from absl import flags
 
 from spt_jax import cli
-from spt_jax.storage import files
-from spt_jax.data import corpora
+from spt_jax.data import corpora, pins
 from spt_jax.data import fetch_extract as extract
-from spt_jax.data import pins
+from spt_jax.storage import files
 
 
 class FetchError(ValueError):

@@ -11,7 +11,7 @@ import random
 import re
 import struct
 import zlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from absl import logging
 
@@ -95,6 +95,7 @@ def r_object(data: bytes):
   """A serialized R object (XDR, decompressed) as the `rdata` package converts it: a character vector is a numpy
   array of str (None for NA), a named list a dict."""
   import warnings  # pylint: disable=g-import-not-at-top
+
   import rdata  # pylint: disable=g-import-not-at-top
 
   with warnings.catch_warnings():

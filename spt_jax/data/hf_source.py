@@ -8,7 +8,7 @@ revision and file list (`datasets` 4 refuses ProofPile's loading script).
 """
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from spt_jax.data import hub_datasets
 

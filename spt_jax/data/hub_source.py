@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 from spt_jax.data import hub_datasets
 from spt_jax.storage import files

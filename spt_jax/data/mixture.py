@@ -13,7 +13,7 @@ import fractions
 import hashlib
 import math
 import sys
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import grain
 import numpy as np

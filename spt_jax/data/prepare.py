@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import pathlib
-import shutil
 import sys
 import time
 
@@ -43,11 +42,8 @@ import numpy as np
 import tokenizers
 
 from spt_jax.data import prepare_build as build_lib
-from spt_jax.data import remote
-from spt_jax.data import shards
+from spt_jax.data import remote, shards, token_rows, tokenize
 from spt_jax.data import sources as sources_lib
-from spt_jax.data import token_rows
-from spt_jax.data import tokenize
 from spt_jax.data import tokenizer as tokenizer_lib
 from spt_jax.storage import files
 
@@ -348,6 +344,7 @@ def main(argv) -> None:
 if __name__ == '__main__':
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
   from spt_jax import cli  # pylint: disable=g-import-not-at-top
 
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'A config file (configs/<domain>.py:<preset>).')

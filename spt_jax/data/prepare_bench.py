@@ -91,6 +91,7 @@ def _tree(root: int) -> list:
 def _child(spec: str) -> None:
   """Runs in the child: prepares the config described by spec (JSON) and prints the metadata's timing."""
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   from spt_jax.data import prepare  # pylint: disable=g-import-not-at-top
 
   options = json.loads(spec)

@@ -12,7 +12,6 @@ import array
 import hashlib
 import json
 import logging
-import math
 import os
 import pathlib
 import shutil
@@ -20,10 +19,8 @@ import time
 
 import numpy as np
 
-from spt_jax.data import shards
+from spt_jax.data import shards, token_rows, tokenize
 from spt_jax.data import sources as sources_lib
-from spt_jax.data import token_rows
-from spt_jax.data import tokenize
 
 MAX_EVAL_SEQUENCES = 4096  # Cap of each held-out eval set; more adds eval time, not precision that matters.
 _PACK_TOKENS = 1 << 22  # Tokens gathered per write while packing.

@@ -26,13 +26,11 @@ import logging
 import os
 import pathlib
 import urllib.parse
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
-from spt_jax.data import hf_source
-from spt_jax.data import hub_source
-from spt_jax.data import remote
+from spt_jax.data import hf_source, hub_source, remote
 
 KINDS = ('builtin', 'files', 'jsonl', 'parquet', 'tfds', 'hf', 'hub', 'tokens')
 _OPTIONS = {

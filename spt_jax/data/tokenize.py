@@ -7,11 +7,11 @@ processes, one single-threaded tokenizer each, so that turning ids into arrays r
 
 import collections
 import contextlib
-from concurrent import futures
 import multiprocessing
 import os
 import sys
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from concurrent import futures
 
 import numpy as np
 import tokenizers

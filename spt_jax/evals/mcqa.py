@@ -11,13 +11,14 @@ import glob
 import json
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from spt_jax.model import decoder as model_lib
 

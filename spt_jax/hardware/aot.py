@@ -18,10 +18,9 @@ import jax
 import jax.numpy as jnp
 
 from spt_jax.hardware import dry_run
-from spt_jax.train import run_plan
 from spt_jax.model import sharding
+from spt_jax.train import run_plan, validate
 from spt_jax.train import step as train
-from spt_jax.train import validate
 
 GIB = 1024**3
 

@@ -7,10 +7,9 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from spt_jax.model import flops
 from spt_jax.model import decoder as model_lib
+from spt_jax.model import flops, sharding
 from spt_jax.train import run_plan
-from spt_jax.model import sharding
 from spt_jax.train import step as train
 
 

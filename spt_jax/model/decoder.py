@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from spt_jax.model import attention
-from spt_jax.model import sharding
-from spt_jax.model.flops import PRESETS  # The named sizes; counts and FLOPs by formula live beside them.
-from spt_jax.model.flops import padded_vocab_size
+from spt_jax.model import attention, sharding
+from spt_jax.model.flops import (
+  PRESETS,  # The named sizes; counts and FLOPs by formula live beside them.
+  padded_vocab_size,
+)
 
 REMAT_POLICIES = {
   'none': None,

@@ -21,18 +21,18 @@ import math
 import os
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from absl import logging
-from etils import epath
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
 
-from spt_jax.storage import files
-from spt_jax.storage import manifest
 from spt_jax.model import decoder as model_lib
+from spt_jax.storage import files, manifest
 
 CHECKPOINTS = 'checkpoints'
 DAMAGED = 'damaged_checkpoints'  # Checkpoints that fail their check or restore are moved here (never deleted).
@@ -585,8 +585,10 @@ def measure(parameters: int, folder: str, repeats: int = 3) -> dict:
 
 if __name__ == '__main__':
   # python -m spt_jax.train.checkpoint --parameters=160e3,1.6e6,100e6 --folder=/tmp/measure: the manifest's cost.
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import (
+    app,  # pylint: disable=g-import-not-at-top
+    flags,  # pylint: disable=g-import-not-at-top
+  )
 
   _PARAMETERS = flags.DEFINE_list('parameters', ['160e3', '1.6e6'], 'State sizes to measure, in parameters.')
   _FOLDER = flags.DEFINE_string('folder', None, 'An empty folder on the disk to measure (it is filled).', required=True)

@@ -16,24 +16,19 @@ import signal
 import threading
 import time
 
-from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 import grain
 import jax
 import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
 
-from spt_jax.train import checkpoint
-from spt_jax.evals import heldout as evaluation
-from spt_jax.train import finetune_decay
-from spt_jax.storage import files
-from spt_jax.model import flops
-from spt_jax.train import run_plan
-from spt_jax.model import sharding
-from spt_jax.train import step as train
-from spt_jax.train import validate
 from spt_jax.data import mixture as mixture_lib
 from spt_jax.data import prepare as prepare_lib
+from spt_jax.evals import heldout as evaluation
+from spt_jax.model import flops, sharding
+from spt_jax.storage import files
+from spt_jax.train import checkpoint, finetune_decay, run_plan, validate
+from spt_jax.train import step as train
 
 
 @dataclasses.dataclass

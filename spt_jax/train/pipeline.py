@@ -9,16 +9,13 @@ import math
 import os
 import time
 
-from absl import logging
 import jax
 import ml_collections
+from absl import logging
 
-from spt_jax.train import checkpoint
-from spt_jax.storage import files
-from spt_jax.train import loop
-from spt_jax.train import run_plan
-from spt_jax.train import validate
 from spt_jax.data import prepare as prepare_lib
+from spt_jax.storage import files
+from spt_jax.train import checkpoint, loop, run_plan, validate
 
 
 def point_name(lr: float, warmup: int, pretrain_step: int | None = None) -> str:

@@ -1,6 +1,7 @@
 """One functional train state and the jitted train and eval steps that every stage shares."""
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import flax.linen as nn

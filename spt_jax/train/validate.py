@@ -11,10 +11,8 @@ import shutil
 
 import jax
 
-from spt_jax.model import attention
-from spt_jax.model import decoder
-from spt_jax.train import compile_cache
-from spt_jax.train import schedules
+from spt_jax.model import attention, decoder
+from spt_jax.train import compile_cache, schedules
 
 OLMO_VOCAB_SIZE = 50280  # OLMo's GPT-NeoX tokenizer (data.tokenizer='olmo'), checked in tests/test_validate.py.
 # What every key of the base config must hold; tests/test_validate.py checks that no key of config.base_config is
@@ -139,9 +137,9 @@ def check(
   the tokenizer's size here (the loop checks it itself once init_from's shapes are checked). backend: the
   platform the run will use ('cpu' refuses paper-scale models).
   """
-  from spt_jax.train import run_plan  # pylint: disable=g-import-not-at-top
-  from spt_jax.model import sharding  # pylint: disable=g-import-not-at-top
   from spt_jax.data import mixture as mixture_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax.model import sharding  # pylint: disable=g-import-not-at-top
+  from spt_jax.train import run_plan  # pylint: disable=g-import-not-at-top
 
   if config.stage not in ('pretrain', 'finetune', 'pipeline'):
     raise ValueError(f'stage={config.stage!r}; use --config.stage=pretrain, finetune or pipeline')
