@@ -63,14 +63,14 @@ def main(argv):
   gaps = {}
   for preset in presets:
     npt, spt = curves[preset]['npt'], curves[preset]['spt']
-    for tokens, npt_loss, spt_loss in zip(npt['tokens'], npt['loss'], spt['loss']):
+    for tokens, npt_loss, spt_loss in zip(npt['tokens'], npt['loss'], spt['loss'], strict=False):
       gaps.setdefault(tokens, []).append(npt_loss - spt_loss)
       table.append(
         f'| {preset} | {npt["params"]:,} | {tokens:,.0f} | {npt_loss:.4f} | {spt_loss:.4f} | '
         f'{npt_loss - spt_loss:+.4f} | {gains_lib.relative_gain(npt_loss, spt_loss):+.2f}% |'
       )
   closed = ['| SPT model | NPT model | gap closed |', '|---|---|---|']
-  for small, large in zip(presets, presets[1:]):
+  for small, large in zip(presets, presets[1:], strict=False):
     value = gains_lib.gap_closed(
       curves[small]['npt']['loss'][-1], curves[small]['spt']['loss'][-1], curves[large]['npt']['loss'][-1]
     )
@@ -85,7 +85,7 @@ def main(argv):
     xscale='log',
   )
   final = gaps[max(gaps)]
-  widening = all(b >= a for a, b in zip(final, final[1:]))
+  widening = all(b >= a for a, b in zip(final, final[1:], strict=False))
   files.write_json(os.path.join(common.WORKDIR.value, 'model_size.json'), curves)
   common.write_report(
     f'Model size on {common.config_name()}: NPT against SPT (δ = {100 * _DELTA.value:g}%)',

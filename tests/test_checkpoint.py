@@ -58,7 +58,7 @@ def test_restore_is_exact_with_shardings(tmp_path):
   checkpoints = _save_steps(str(tmp_path), {7: 1.0})
   state, meta = checkpoints.restore(_abstract(_state(0.0)))
   expected = _state(7)
-  for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(expected)):
+  for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(expected), strict=True):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     assert got.dtype == want.dtype
   assert isinstance(state, train.TrainState)

@@ -66,7 +66,7 @@ def _run(module: str, *runs: list[str]) -> list[subprocess.CompletedProcess]:
     for args in runs
   ]
   results = []
-  for process, args in zip(processes, runs):
+  for process, args in zip(processes, runs, strict=True):
     stdout, stderr = process.communicate(timeout=900)
     results.append(subprocess.CompletedProcess(args, process.returncode, stdout, stderr))
   return results

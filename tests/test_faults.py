@@ -29,7 +29,7 @@ STEPS = 12
 # argv: workdir, mode (plain | slow | slow_eval | slow_save), marker file. It writes its final parameters.
 SCRIPT = (
   test_loop.HELPERS
-  + """
+  + f"""
 import sys, time
 import jax, numpy as np
 from spt_jax.train import checkpoint
@@ -37,7 +37,7 @@ from spt_jax.evals import heldout as evaluation
 from spt_jax.train import loop
 from spt_jax.data import mixture as mixture_lib
 workdir, mode, marker = sys.argv[1], sys.argv[2], sys.argv[3]
-config = tiny_config(steps=%d, checkpoint_every=2)
+config = tiny_config(steps={STEPS}, checkpoint_every=2)
 
 def mark(text):
   with open(marker, 'a') as f:
@@ -61,14 +61,14 @@ if mode == 'slow_eval':
 save = checkpoint.Checkpoints.save
 def slow_save(self, step, *args, **kwargs):
   started = save(self, step, *args, **kwargs)
-  mark(f'SAVING {step}')  # The asynchronous save is in flight now.
+  mark(f'SAVING {{step}}')  # The asynchronous save is in flight now.
   time.sleep(0.5)
   return started
 if mode == 'slow_save':
   checkpoint.Checkpoints.save = slow_save
 
 runner, state, loop_state = loop.build(config, workdir, stage='pretrain', data=tiny_data())
-mark(f'START {loop_state.step}')
+mark(f'START {{loop_state.step}}')
 summary = runner.train(state, loop_state)
 checkpoints = checkpoint.Checkpoints(workdir, keep=2)
 state, _ = checkpoints.restore(runner.trainer.abstract_state)
@@ -76,7 +76,6 @@ checkpoints.close()
 np.savez(workdir + '/params.npz', *[np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))])
 print('STOP', summary['stop_reason'], summary['steps'], flush=True)
 """
-  % STEPS
 )
 
 
@@ -160,7 +159,7 @@ def test_kill_9_at_random_steps_resumes_bit_for_bit(tmp_path, reference):
   kill_after = sorted(random.Random(12).sample(range(2, STEPS - 1), 3))
   for step in kill_after:
     process, _ = _start(tmp_path, workdir, 'slow')
-    _wait_for(lambda: _steps_logged(workdir) >= step, process)  # pylint: disable=cell-var-from-loop
+    _wait_for(lambda step=step: _steps_logged(workdir) >= step, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL

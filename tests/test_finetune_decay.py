@@ -53,7 +53,9 @@ def test_early_stopping_then_decay_from_the_best_state(tmp_path, monkeypatch):
   peak = max(r['lr'] for r in stable)
   assert all(r['lr'] == pytest.approx(peak) for r in stable if r['step'] > 2)  # Stable, no decay in sight.
   lrs = [r['lr'] for r in decay if 'lr' in r]
-  assert lrs[0] == pytest.approx(peak) and all(a > b for a, b in zip(lrs, lrs[1:]))  # Decays from the peak...
+  assert lrs[0] == pytest.approx(peak) and all(
+    a > b for a, b in zip(lrs, lrs[1:], strict=False)
+  )  # Decays from the peak...
   assert lrs[-1] == pytest.approx(config.schedule.final_lr + (peak - config.schedule.final_lr) / 4)  # ...linearly.
   again = loop.run(config, str(workdir), stage='finetune', data=data)  # Both phases finished: nothing runs.
   assert again['best'] == summary['best'] and again['decay']['from_step'] == 4

@@ -10,7 +10,9 @@ from tests import test_scaling
 @pytest.fixture(scope='module')
 def checked():
   data = test_scaling.synthetic_data(points=30)
-  post = np.array([float(test_scaling.true_law().post_ft_loss(d, t)) for d, t in zip(data.ft_delta, data.ft_tokens)])
+  post = np.array(
+    [float(test_scaling.true_law().post_ft_loss(d, t)) for d, t in zip(data.ft_delta, data.ft_tokens, strict=True)]
+  )
   data.ft_before = post + data.ft_drop
   fit = scaling_fit.fit_joint(data, bootstrap=0, max_delta=0.05, max_tokens=1.2e11)
   return data, fit, forecast_check.check(fit, data, crossover_pairs=[(0.05, 0.1)], objective='test')

@@ -27,7 +27,7 @@ def test_splash_attention_matches_xla_in_value_and_gradient():
   splash, splash_grads = jax.value_and_grad(loss('splash'), argnums=(0, 1, 2))(q, k, v)
   xla, xla_grads = jax.value_and_grad(loss('xla'), argnums=(0, 1, 2))(q, k, v)
   np.testing.assert_allclose(splash, xla, rtol=1e-5, atol=1e-4)
-  for ours, reference in zip(splash_grads, xla_grads):
+  for ours, reference in zip(splash_grads, xla_grads, strict=True):
     assert float(jnp.abs(reference).max()) > 1e-3  # The gradient is not trivially zero.
     np.testing.assert_allclose(ours, reference, atol=1e-4)
 

@@ -1,4 +1,4 @@
-"""The training loop on a tiny model and tiny data made here: stage switch, early stopping, faults, resumption."""
+"""The training loop on a tiny model and tiny data (tests/tiny.py): stage switch, early stopping, faults, resumption."""
 
 import collections
 import json
@@ -16,47 +16,10 @@ import pytest
 from spt_jax.evals import heldout as evaluation
 from spt_jax.train import checkpoint, loop, run_plan
 from spt_jax.train import step as train
+from tests.tiny import tiny_config, tiny_data
 
-# Shared by the in-process tests and the subprocess script (which must rebuild the same config and data).
-HELPERS = '''
-import types
-import numpy as np
-from spt_jax.train import config as config_lib
-
-
-def tiny_config(**overrides):
-  c = config_lib.base_config('cpu-160k')
-  c.stage = 'pretrain'
-  c.data.seq_len, c.batch_size, c.steps, c.tokens = 16, 8, 12, 0
-  c.eval_every, c.checkpoint_every, c.log_every, c.eval_sequences, c.eval_batch_size = 4, 4, 1, 16, 8
-  c.optimizer.lr, c.schedule.warmup_steps, c.schedule.horizon_tokens = 3e-3, 2, 0
-  c.finetune.batch_size, c.finetune.eval_every, c.finetune.patience, c.finetune.max_steps = 8, 2, 2, 12
-  c.finetune.grid = ((1e-3, 2),)
-  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
-  for key, value in overrides.items():
-    target = c
-    *parents, last = key.split('.')
-    for parent in parents:
-      target = target[parent]
-    target[last] = value
-  return c
-
-
-def tiny_data(seq_len=16, vocab=500):
-  """Two sources with learnable structure (domain: counting with a stride; general: a repeated motif)."""
-  rng = np.random.default_rng(0)
-  def counting(n):
-    start, stride = rng.integers(0, vocab, (n, 1)), rng.integers(1, 4, (n, 1))
-    return ((start + stride * np.arange(seq_len + 1)) % vocab).astype(np.int32)
-  def motif(n):
-    motifs = rng.integers(0, vocab, (n, 4))
-    return np.tile(motifs, (1, seq_len // 4 + 1))[:, :seq_len + 1].astype(np.int32)
-  train = {'domain': counting(40), 'general': motif(200)}
-  eval_sets = {'domain_test': counting(16), 'domain_train': train['domain'][:16], 'general_test': motif(16)}
-  return types.SimpleNamespace(train=train, eval_sets=eval_sets, vocab_size=vocab, tokenizer=None,
-                               bytes_per_token={name: 2.0 for name in eval_sets}, metadata={'tokenizer': 'test'})
-'''
-exec(HELPERS)  # pylint: disable=exec-used
+# The subprocess scripts rebuild the same config and data.
+HELPERS = 'from tests.tiny import tiny_config, tiny_data\n'
 
 SCRIPT = (
   HELPERS

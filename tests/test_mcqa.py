@@ -87,7 +87,7 @@ def test_known_answer_is_found(tmp_path, tokenizer):
   assert result['mean_logprob_correct'] > -0.1  # Every choice token is the one the model predicts.
   assert result['chance'] == pytest.approx((1 / 3 + 1 / 2 + 1 / 3) / 3)
   # The same questions with a wrong key: no metric can get any right.
-  wrong = [dict(row, answer=answer) for row, answer in zip(rows, (0, 'B', 'mat mat'))]
+  wrong = [dict(row, answer=answer) for row, answer in zip(rows, (0, 'B', 'mat mat'), strict=True)]
   result = mcqa.evaluate(params, cfg, tokenizer, _write_jsonl(tmp_path / 'wrong.jsonl', wrong), max_len=64)
   assert result['accuracy'] == result['accuracy_per_char'] == result['accuracy_per_token'] == 0.0
 
@@ -125,7 +125,9 @@ def test_scores_equal_brute_force_forward(tokenizer, random_model):
     ('accuracy_per_char', np.array(brute) / chars),
     ('accuracy_per_token', np.array(brute) / tokens),
   ):
-    correct = np.array([np.argmax(values[a:b]) == e.answer for a, b, e in zip(bounds[:-1], bounds[1:], examples)])
+    correct = np.array(
+      [np.argmax(values[a:b]) == e.answer for a, b, e in zip(bounds[:-1], bounds[1:], examples, strict=False)]
+    )
     assert result[key] == pytest.approx(correct.mean())
     assert result[key + '_stderr'] == pytest.approx(correct.std(ddof=1) / math.sqrt(len(correct)))
 

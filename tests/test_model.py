@@ -95,7 +95,10 @@ def test_unrolled_scan_keeps_parameters_and_values(scan_unroll):
   cfg, unrolled = _tiny(n_layers=4), _tiny(n_layers=4, scan_unroll=scan_unroll)
   params, tokens = _params(cfg), _tokens()
   jax.tree.map(np.testing.assert_array_equal, params, _params(unrolled))
-  loss = lambda c: lambda p: model.Decoder(c).apply({'params': p}, tokens).mean()
+
+  def loss(c):
+    return lambda p: model.Decoder(c).apply({'params': p}, tokens).mean()
+
   (value, grads), (unrolled_value, unrolled_grads) = (jax.value_and_grad(loss(c))(params) for c in (cfg, unrolled))
   np.testing.assert_allclose(value, unrolled_value, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, unrolled_grads)
@@ -105,7 +108,10 @@ def test_unrolled_scan_keeps_parameters_and_values(scan_unroll):
 def test_remat_changes_nothing(remat_policy):
   cfg, remat_cfg = _tiny(), _tiny(remat_policy=remat_policy)
   params, tokens = _params(cfg), _tokens()
-  loss = lambda c: lambda p: model.Decoder(c).apply({'params': p}, tokens).mean()
+
+  def loss(c):
+    return lambda p: model.Decoder(c).apply({'params': p}, tokens).mean()
+
   np.testing.assert_allclose(
     jax.grad(loss(cfg))(params)['embed']['embedding'],
     jax.grad(loss(remat_cfg))(params)['embed']['embedding'],

@@ -210,9 +210,9 @@ def test_nan_evaluations_are_dropped_with_a_warning(tmp_path, capsys):
 
 def test_csv_input(tmp_path, capsys):
   data = test_scaling.synthetic_data(points=15)
-  post = {(d, t): l for d, t, l in zip(data.ft_delta, data.ft_tokens, data.ft_drop)}
+  post = {(d, t): drop for d, t, drop in zip(data.ft_delta, data.ft_tokens, data.ft_drop, strict=True)}
   lines = ['delta,tokens,domain_train_loss,domain_test_loss,post_ft_domain_test_loss']
-  for d, t, train, test in zip(data.delta, data.tokens, data.train_loss, data.test_loss):
+  for d, t, train, test in zip(data.delta, data.tokens, data.train_loss, data.test_loss, strict=True):
     lines.append(f'{d},{t},{train},{test},')
   law = test_scaling.true_law()
   for (d, t), drop in post.items():

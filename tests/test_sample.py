@@ -125,7 +125,7 @@ def test_check_abc():
   tune = 'X:1\nT:Test\nM:4/4\nL:1/8\nK:G\nGABc dedB|dedB dedB|\n'
   ok, message = sample.check_abc(tune)
   try:
-    import music21  # pylint: disable=unused-import,g-import-not-at-top
+    import music21  # noqa: F401, PLC0415  availability check of an optional dependency
   except ImportError:
     assert not ok and 'music21 is not installed' in message
     return

@@ -46,9 +46,9 @@ def synthetic_data(seed=0, points=40, noise=0.01, deltas=DELTAS):
   test = law.test_loss(delta, t) * (1 + noise * rng.standard_normal(len(t)))
   ft_tokens = np.geomspace(5e9, 2e11, 8)
   ft_delta, ft_t = np.repeat(deltas, 8), np.tile(ft_tokens, len(deltas))
-  post = np.array([law.post_ft_loss(d, x) for d, x in zip(ft_delta, ft_t)])
+  post = np.array([law.post_ft_loss(d, x) for d, x in zip(ft_delta, ft_t, strict=True)])
   post *= 1 + noise * rng.standard_normal(len(ft_t))
-  before = np.array([law.test_loss(d, x) for d, x in zip(ft_delta, ft_t)])
+  before = np.array([law.test_loss(d, x) for d, x in zip(ft_delta, ft_t, strict=True)])
   return scaling_fit.ScalingData(delta, t, train, test, ft_delta, ft_t, before - post)
 
 

@@ -25,12 +25,10 @@ def _arm(root, name, delta, post_ft_loss, general_after, best_step=20):
     'steps': 10,
   }
   (workdir / 'pretrain' / 'summary.json').write_text(json.dumps(summary))
-  evals = lambda step, tokens, d, g: {
-    'step': step,
-    'tokens': tokens,
-    'eval/domain_test/loss': d,
-    'eval/general_test/loss': g,
-  }
+
+  def evals(step, tokens, d, g):
+    return {'step': step, 'tokens': tokens, 'eval/domain_test/loss': d, 'eval/general_test/loss': g}
+
   (workdir / 'pretrain' / 'metrics.jsonl').write_text(
     '\n'.join(json.dumps(evals(s, 100 * s, 5.0 - 0.1 * s, 4.0 - 0.05 * s)) for s in (0, 5, 10))
   )

@@ -35,7 +35,7 @@ class FitResult:
 
 def natural(theta, spec) -> dict:
   """Parameter vector (log-transformed where the spec says so) -> {name: natural value}."""
-  return {s[0]: (math.exp(v) if s[1] == 'log' else float(v)) for s, v in zip(spec, theta)}
+  return {s[0]: (math.exp(v) if s[1] == 'log' else float(v)) for s, v in zip(spec, theta, strict=True)}
 
 
 def to_theta(values: dict, spec) -> np.ndarray:
@@ -142,7 +142,9 @@ def robust_fit(
       )
       with np.errstate(all='ignore'):
         refit = optimize.least_squares(
-          lambda th: free_residuals(th, resampled), best.x, **dict(options, max_nfev=20 * len(free_spec))
+          lambda th, resampled=resampled: free_residuals(th, resampled),
+          best.x,
+          **dict(options, max_nfev=20 * len(free_spec)),
         )
       samples.append(refit.x)
     if derived is not None:
@@ -174,5 +176,5 @@ def robust_fit(
     unidentified,
     fixed,
     float(best.cost),
-    {name: float(e) for name, e in zip(names, errors)},
+    {name: float(e) for name, e in zip(names, errors, strict=True)},
   )

@@ -33,7 +33,7 @@ def fit_plot(data: scaling_fit.ScalingData, law: scaling.ScalingLaw, path: str) 
   figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
   deltas = np.unique(data.delta)
   grid = np.geomspace(np.min(data.tokens), np.max(data.tokens), 200)
-  for color, d in zip(_colors(len(deltas)), deltas):
+  for color, d in zip(_colors(len(deltas)), deltas, strict=True):
     mask = data.delta == d
     left.scatter(data.tokens[mask], data.test_loss[mask], s=12, color=color, marker='o')
     left.scatter(data.tokens[mask], data.train_loss[mask], s=12, color=color, marker='x')
@@ -64,7 +64,7 @@ def forecast_plot(law: scaling.ScalingLaw, deltas, token_range, path: str) -> st
   """Forecast test and post-FT loss curves per δ, with each δ's overfitting onset marked."""
   figure, axis = plt.subplots(figsize=(8, 5))
   grid = np.geomspace(token_range[0], token_range[1], 300)
-  for color, d in zip(_colors(len(deltas)), deltas):
+  for color, d in zip(_colors(len(deltas)), deltas, strict=True):
     axis.plot(grid, law.test_loss(d, grid), color=color, label=f'{_percent(d)} test')
     if law.finetune_delta:
       axis.plot(grid, law.post_ft_loss(d, grid), color=color, linestyle='--', label=f'{_percent(d)} post-FT')
@@ -111,7 +111,7 @@ def gains_plot(result: dict, path: str) -> str:
   """Post-finetuning domain test loss against pretraining tokens for NPT, SPT (and a larger NPT)."""
   figure, axis = plt.subplots(figsize=(8, 5))
   rows = [result['npt']] + ([result['npt_large']] if result['npt_large'] else []) + result['spt']
-  for color, row in zip(_colors(len(rows)), rows):
+  for color, row in zip(_colors(len(rows)), rows, strict=True):
     label = f'{row["run"]} ({_percent(row["delta"])}, {row["model"] or "model"})'
     axis.plot(row['curve']['tokens'], row['curve']['loss'], marker='o', color=color, label=label)
   axis.axhline(result['npt']['post_ft_loss'], color='grey', linestyle=':', label='NPT final post-FT loss')
@@ -158,7 +158,7 @@ def similarity_plot(rows: list, path: str) -> str:
   figure, axis = plt.subplots(figsize=(max(6, 2 * len(rows) + 3), 4.5))
   width = 0.8 / len(keys)
   positions = np.arange(len(rows))
-  for i, (color, key) in enumerate(zip(_colors(len(keys)), keys)):
+  for i, (color, key) in enumerate(zip(_colors(len(keys)), keys, strict=True)):
     axis.bar(positions + i * width, [row[key] for row in rows], width, color=color, label=key)
   axis.set_xticks(positions + width * (len(keys) - 1) / 2, [_short(row['corpus']) for row in rows], rotation=10)
   axis.set(ylim=(0, 1.05), ylabel='value (JSD in bits)', title=f'similarity to {_short(rows[0]["reference"], 60)}')
@@ -173,7 +173,9 @@ def seeds_plot(trajectories: dict, path: str, title: str = '') -> str:
   trajectories: arm label -> list of seeds.trajectory dicts.
   """
   figure, axes = plt.subplots(2, 2, figsize=(12, 8))
-  for color, (label, runs) in zip(('tab:blue', 'tab:orange', 'tab:green', 'tab:red'), trajectories.items()):
+  for color, (label, runs) in zip(
+    ('tab:blue', 'tab:orange', 'tab:green', 'tab:red'), trajectories.items(), strict=False
+  ):
     for index, t in enumerate(runs):
       name = label if index == 0 else None
       for column, eval_set in enumerate(('domain_test', 'general_test')):
@@ -219,7 +221,7 @@ def seeds_plot(trajectories: dict, path: str, title: str = '') -> str:
 def series_plot(series: dict, path: str, xlabel: str, ylabel: str, title: str, xscale: str = 'linear') -> str:
   """Lines with markers: label -> (x values, y values); a dotted zero line when y crosses zero."""
   figure, axis = plt.subplots(figsize=(8, 5))
-  for color, (label, (x, y)) in zip(_colors(len(series)), series.items()):
+  for color, (label, (x, y)) in zip(_colors(len(series)), series.items(), strict=True):
     axis.plot(x, y, marker='o', color=color, label=label)
   values = [v for _, y in series.values() for v in y]
   if values and min(values) < 0 < max(values):

@@ -108,7 +108,7 @@ def eval_curve(run: Run, sets=('domain_train', 'domain_test')) -> dict:
   """Tokens and losses of every evaluation (step > 0) in metrics.jsonl; rows with NaN dropped with a warning."""
   keys = [f'eval/{name}/loss' for name in sets]
   rows = [r for r in run.metrics if any(k in r for k in keys) and r.get('tokens', 0) > 0]
-  missing = [name for name, key in zip(sets, keys) if not any(key in r for r in rows)]
+  missing = [name for name, key in zip(sets, keys, strict=True) if not any(key in r for r in rows)]
   if missing:
     raise ValueError(
       f'{run.path}: metrics.jsonl has no eval/{missing[0]}/loss after step 0; the fit needs the '
@@ -124,7 +124,7 @@ def eval_curve(run: Run, sets=('domain_train', 'domain_test')) -> dict:
   if not good:
     raise ValueError(f'{run.path}: no evaluation with finite {" and ".join(sets)} losses after step 0')
   curve = {'tokens': np.array([float(r['tokens']) for r in good])}
-  for name, key in zip(sets, keys):
+  for name, key in zip(sets, keys, strict=True):
     curve[name] = np.array([float(r[key]) for r in good])
   return curve
 

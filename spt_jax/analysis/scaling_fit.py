@@ -247,12 +247,14 @@ def _init_from_per_run(per_run: dict, deltas) -> list:
   starts = []
   for kappa2 in (0.001, 0.01):
     c_fit = optimize.least_squares(
-      lambda k: k[0] - k[1] * np.log(deltas + kappa2) - k[2] * deltas - offsets, np.zeros(3)
+      lambda k, kappa2=kappa2: k[0] - k[1] * np.log(deltas + kappa2) - k[2] * deltas - offsets, np.zeros(3)
     )
     positive = deltas > 0
     if np.sum(positive) >= 3:
       a_fit = optimize.least_squares(
-        lambda a: a[0] + a[1] * np.log(deltas[positive]) + a[2] * deltas[positive] - np.log(gaps[positive]),
+        lambda a, positive=positive: (
+          a[0] + a[1] * np.log(deltas[positive]) + a[2] * deltas[positive] - np.log(gaps[positive])
+        ),
         np.array([0.0, 1.0, 0.0]),
         bounds=([-27, 0, -2000], [27, 10, 2000]),
       ).x
@@ -423,7 +425,8 @@ def fit_joint(
     'identification': identification,
     'sign_conditions': sign,
     'per_run': {
-      name: {'value': per_run.params[name], 'meaning': spec[4]} for name, spec in zip(per_run.names, per_run.spec)
+      name: {'value': per_run.params[name], 'meaning': spec[4]}
+      for name, spec in zip(per_run.names, per_run.spec, strict=True)
     },
     'finetune_delta': {repr(float(k)): v for k, v in finetune.items()},
     'residuals': {

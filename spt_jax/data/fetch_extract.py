@@ -223,10 +223,10 @@ def ztext_documents(module_dir: pathlib.Path) -> Iterator[Document]:
     books.append((name, parts + [verse[: start.start()]]))
     found = re.search(r'osisID="([^"]+)"', start.group(0))
     name, parts = (found.group(1) if found else f'book-{len(books)}'), [verse[start.start() :]]
-  for name, parts in books + [(name, parts)]:
-    text = osis_text(''.join(parts))
+  for book_name, book_parts in books + [(name, parts)]:
+    text = osis_text(''.join(book_parts))
     if text.strip():
-      yield name, text
+      yield book_name, text
 
 
 def web_bible_documents(root: pathlib.Path) -> Iterator[Document]:
@@ -275,7 +275,7 @@ def aligned_bible_documents(root: pathlib.Path, first: str, second: str) -> Iter
     len(shared) - len(aligned),
   )
   for chapter in aligned:
-    yield chapter, '\n\n'.join(f'{a}\n{b}' for a, b in zip(left[chapter], right[chapter])) + '\n'
+    yield chapter, '\n\n'.join(f'{a}\n{b}' for a, b in zip(left[chapter], right[chapter], strict=False)) + '\n'
 
 
 def fortune_documents(root: pathlib.Path) -> Iterator[Document]:
@@ -383,7 +383,9 @@ def metamath_sections(text: str) -> list:
       if following.startswith(('#*#*#', '=-=-=')):
         starts.append(i)
   starts.append(len(lines))
-  return [tidy('\n'.join(lines[a:b])) for a, b in zip(starts, starts[1:]) if '\n'.join(lines[a:b]).strip()]
+  return [
+    tidy('\n'.join(lines[a:b])) for a, b in zip(starts, starts[1:], strict=False) if '\n'.join(lines[a:b]).strip()
+  ]
 
 
 def metamath_documents(root: pathlib.Path) -> Iterator[Document]:
@@ -396,7 +398,7 @@ def metamath_documents(root: pathlib.Path) -> Iterator[Document]:
 def abc_tunes(text: str) -> list:
   """An ABC file's tunes, each from its `X:` line up to the next one; text before the first tune is dropped."""
   starts = [m.start() for m in re.finditer(r'^X:', text, re.MULTILINE)]
-  return [tidy(text[a:b]) for a, b in zip(starts, starts[1:] + [len(text)])]
+  return [tidy(text[a:b]) for a, b in zip(starts, starts[1:] + [len(text)], strict=True)]
 
 
 def abc_documents(root: pathlib.Path) -> Iterator[Document]:

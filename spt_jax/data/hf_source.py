@@ -27,7 +27,7 @@ def check(source) -> None:
   """One-line errors for a malformed hf: spec, before any download."""
   _where(source)
   try:
-    import datasets  # pylint: disable=g-import-not-at-top,unused-import
+    import datasets  # noqa: F401, PLC0415  availability check: `datasets` is imported only by hf: sources
   except ImportError:
     raise ValueError(f'source {source.name!r}: hf: sources need the `datasets` package; pip install datasets') from None
 

@@ -437,7 +437,7 @@ def _parquet_records(hub_file: HubFile, field: str, group_field: str, record_fil
       table = parquet.read_row_group(index, columns=wanted)
       values = table.column(field).to_pylist()
       group_values = table.column(group_field).to_pylist() if group_field else [None] * len(values)
-      for row, (value, group_value) in enumerate(zip(values, group_values)):
+      for row, (value, group_value) in enumerate(zip(values, group_values, strict=True)):
         if mask is None or mask[row]:
           yield value, group_value
 

@@ -313,7 +313,9 @@ def _in_place(metadata: dict, name: str, cache_root: pathlib.Path) -> token_rows
 
 
 def _load(folder: pathlib.Path, metadata: dict, tokenizer) -> PreparedData:
-  read = lambda stem: np.load(folder / f'{stem}.npy', mmap_mode='r')
+  def read(stem):
+    return np.load(folder / f'{stem}.npy', mmap_mode='r')
+
   cache_root = folder.parent.parent
   return PreparedData(
     train={

@@ -4,9 +4,10 @@
   python -m spt_jax.data.bench --prepare_bench=/tmp/prep --prepare_gb=0.25 --prepare_kind=text [--tokenizer=F.json]
 
 `tokens`: flat uint16 token files (OLMo's layout) as the general set, used in place. `text`: plain-text files
-of random words, tokenized by a small byte-level BPE or --tokenizer (a tokenizers JSON file, e.g. OLMo's). Peak memory is the largest sum of anonymous resident memory
-(RssAnon: not the pages of memory-mapped inputs, which the kernel can drop) over the child's process tree,
-sampled every 20 ms. The generated files and the prepared folder are deleted afterwards.
+of random words, tokenized by a small byte-level BPE or --tokenizer (a tokenizers JSON file, e.g. OLMo's). Peak
+memory is the largest sum of anonymous resident memory (RssAnon: not the pages of memory-mapped inputs, which
+the kernel can drop) over the child's process tree, sampled every 20 ms. The generated files and the prepared
+folder are deleted afterwards.
 """
 
 import json

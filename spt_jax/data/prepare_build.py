@@ -100,7 +100,7 @@ def training_order(spilled: _Spilled, excluded: np.ndarray, seed: int, max_token
 def _stream(spilled: _Spilled, documents: np.ndarray):
   """The tokens of documents, in order, in pieces of about _PACK_TOKENS."""
   pieces, size = [], 0
-  for start, length in zip(spilled.starts[documents].tolist(), spilled.lengths[documents].tolist()):
+  for start, length in zip(spilled.starts[documents].tolist(), spilled.lengths[documents].tolist(), strict=True):
     pieces.append(spilled.tokens[start : start + length])
     size += length
     if size >= _PACK_TOKENS:
@@ -205,10 +205,13 @@ def _by_source(name, spilled: _Spilled, held: np.ndarray, train_docs: np.ndarray
   if spilled.groups is None:
     return {}
   count = len(spilled.group_names)
-  tally = lambda documents: (
-    np.bincount(spilled.groups[documents], minlength=count),
-    np.bincount(spilled.groups[documents], spilled.lengths[documents], minlength=count),
-  )
+
+  def tally(documents):
+    return (
+      np.bincount(spilled.groups[documents], minlength=count),
+      np.bincount(spilled.groups[documents], spilled.lengths[documents], minlength=count),
+    )
+
   (read, read_tokens), (test, test_tokens), (train, train_tokens) = (
     tally(np.arange(len(spilled))),
     tally(held),
@@ -262,7 +265,7 @@ def _token_outputs(config, name, source, budget, tokenizer, partial, dtype, meta
           'add token files, lower --config.data.seq_len or adjust test_fraction/test_tokens'
         )
     metadata['in_place'][name] = dict(
-      files=[dict(path=p, rows=r, url=u) for p, r, u in zip(plan.paths, plan.rows, source.paths)],
+      files=[dict(path=p, rows=r, url=u) for p, r, u in zip(plan.paths, plan.rows, source.paths, strict=True)],
       dtype=source.options['dtype'],
     )
   _write_eval(

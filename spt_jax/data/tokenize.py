@@ -34,7 +34,7 @@ def encode(tokenizer, texts: list, eos: int) -> tuple:
   lengths = np.fromiter((len(e.ids) + 1 for e in encodings), dtype=np.int64, count=len(texts))
   ids = np.empty(int(lengths.sum()), dtype=np.uint32)
   ends = np.cumsum(lengths)
-  for encoding, end, length in zip(encodings, ends.tolist(), lengths.tolist()):
+  for encoding, end, length in zip(encodings, ends.tolist(), lengths.tolist(), strict=True):
     ids[end - length : end - 1] = encoding.ids
   ids[ends - 1] = eos
   return ids, lengths

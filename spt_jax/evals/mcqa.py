@@ -219,7 +219,7 @@ def _requests(tokenizer, examples: Sequence[Example], max_len: int, prefix: Sequ
   """(token ids of prompt + choice, number of choice tokens) for every choice of every example, in order."""
   requests = []
   prompt_ids = [list(prefix) + tokenizer.encode(e.prompt, add_special_tokens=False).ids for e in examples]
-  for example, context in zip(examples, prompt_ids):
+  for example, context in zip(examples, prompt_ids, strict=True):
     for choice in example.choices:
       continuation = tokenizer.encode(choice, add_special_tokens=False).ids
       if len(continuation) > max_len:
@@ -301,8 +301,10 @@ def evaluate(
     ('accuracy_per_char', scores / char_counts),
     ('accuracy_per_token', scores / token_counts),
   ):
-    predictions = np.array([np.argmax(normalised[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+    predictions = np.array([np.argmax(normalised[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
     result[key], result[key + '_stderr'] = _mean_stderr((predictions == answers).astype(np.float64))
   result['chance'] = float(np.mean([1.0 / len(e.choices) for e in examples]))
-  result['mean_logprob_correct'] = float(np.mean([scores[a + e.answer] for a, e in zip(bounds[:-1], examples)]))
+  result['mean_logprob_correct'] = float(
+    np.mean([scores[a + e.answer] for a, e in zip(bounds[:-1], examples, strict=False)])
+  )
   return result

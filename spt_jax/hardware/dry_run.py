@@ -39,7 +39,7 @@ class _ShapeOnlyMesh:
 
 def describe(config, n_devices: int) -> dict:
   """The dry-run summary of `config` (its first stage) on `n_devices` devices."""
-  mesh_shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, n_devices)))
+  mesh_shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, n_devices), strict=True))
   plan = run_plan.make(config)
   c = plan.config
   sequences_per_device = plan.sequences_per_device(mesh_shape['data'] * mesh_shape['fsdp'])

@@ -269,7 +269,10 @@ def params_from_hf(tensors: dict, model_cfg, dtype=np.float32) -> dict:
   """HF OLMo state dict -> our parameter tree (scanned or unrolled as model_cfg.scan_layers), as numpy."""
   d, heads = model_cfg.d_model, model_cfg.n_heads
   head_dim = d // heads
-  cast = lambda x: np.asarray(x, dtype=dtype)
+
+  def cast(x):
+    return np.asarray(x, dtype=dtype)
+
   layers = []
   for i in range(model_cfg.n_layers):
     prefix = f'model.layers.{i}.'

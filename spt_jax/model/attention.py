@@ -69,7 +69,10 @@ def _splash_local(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, interpret: bool):
     block_kv_dq=b,
   )
   kernel = kernel_lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
-  to_heads = lambda x: jnp.swapaxes(x, 1, 2)  # [B, L, H, K] -> [B, H, L, K]
+
+  def to_heads(x):  # [B, L, H, K] -> [B, H, L, K]
+    return jnp.swapaxes(x, 1, 2)
+
   q = to_heads(q_BxLxHxK * jnp.asarray(head_dim**-0.5, q_BxLxHxK.dtype))  # The kernel does not scale.
   o_BxHxLxK = jax.vmap(kernel)(q, to_heads(k_BxLxHxK), to_heads(v_BxLxHxK))
   return to_heads(o_BxHxLxK)

@@ -188,7 +188,7 @@ class Decoder(nn.Module):
     else:
       new_cache = []
       for i in range(cfg.n_layers):
-        layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
+        layer_cache = None if cache is None else jax.tree.map(lambda c, i=i: c[i], cache)
         x_BxLxD, layer_cache = block(cfg, self.mesh, name=f'block_{i}')(x_BxLxD, positions, layer_cache)
         new_cache.append(layer_cache)
       if cache is not None:
@@ -257,5 +257,5 @@ def scan_to_unrolled(params, n_layers: int):
   params = dict(params)
   blocks = params.pop('blocks')
   for i in range(n_layers):
-    params[f'block_{i}'] = jax.tree.map(lambda x: x[i], blocks)
+    params[f'block_{i}'] = jax.tree.map(lambda x, i=i: x[i], blocks)
   return params

@@ -16,8 +16,8 @@ FORWARD_FORMULA = 'forward FLOPs/token at attended context c = 2·N + 4·n_layer
 TRAIN_FORMULA = 'training FLOPs/token = 3 × forward at c = seq_len = 6·N + 12·n_layers·d_model·seq_len'
 INFERENCE_FORMULA = 'inference FLOPs/token = forward at c = context = 2·N + 4·n_layers·d_model·context'
 
-# Widths of the paper's models (spt_jax.model.decoder builds them). OLMo-1B and 3B are given; the paper says 300M and 600M
-# halve the layers of the 1B and shrink the hidden and MLP widths, without numbers: the widths here keep
+# Widths of the paper's models (spt_jax.model.decoder builds them). OLMo-1B and 3B are given; the paper says 300M
+# and 600M halve the layers of the 1B and shrink the hidden and MLP widths, without numbers: the widths here keep
 # head_dim = 128, stay below the 1B's (2048, 8192) and land near the named sizes (the 600M keeps the 1B's MLP
 # ratio of 4; `count_params` below, pinned in tests against the model's shapes). The paper's '3B' is the 1B with
 # twice the layers: 2.25B parameters.

@@ -45,19 +45,20 @@ def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
   sizes = [int(mesh_cfg[axis]) for axis in MESH_AXES]
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
     raise ValueError(
-      f'mesh {dict(zip(MESH_AXES, sizes))}: sizes must be positive, with at most one -1; '
+      f'mesh {dict(zip(MESH_AXES, sizes, strict=True))}: sizes must be positive, with at most one -1; '
       'set --config.mesh.data/fsdp/tensor accordingly'
     )
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if n_devices % known:
       raise ValueError(
-        f'mesh {dict(zip(MESH_AXES, sizes))}: {known} does not divide the {n_devices} devices; change --config.mesh.*'
+        f'mesh {dict(zip(MESH_AXES, sizes, strict=True))}: {known} does not divide the {n_devices} devices; '
+        'change --config.mesh.*'
       )
     sizes[sizes.index(-1)] = n_devices // known
   if math.prod(sizes) != n_devices:
     raise ValueError(
-      f'mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but {n_devices} are '
+      f'mesh {dict(zip(MESH_AXES, sizes, strict=True))} has {math.prod(sizes)} devices but {n_devices} are '
       'available; make the product match or set one axis to -1'
     )
   return tuple(sizes)
@@ -85,7 +86,7 @@ def _check_names(names) -> None:
 def _dividing(partition: PartitionSpec, shape: tuple[int, ...], mesh_sizes) -> PartitionSpec:
   """`partition` without size-1 mesh axes and without mesh axes that do not divide their dimension."""
   out = []
-  for axes, dim in zip(partition, shape):
+  for axes, dim in zip(partition, shape, strict=True):
     kept = []
     for axis in (axes,) if isinstance(axes, str) else tuple(axes or ()):
       size = mesh_sizes[axis]

@@ -74,7 +74,7 @@ def write(folder: str) -> dict:
   names = sorted(sizes)
   entries = {
     name: {'size': sizes[name], 'sha256': digest}
-    for name, digest in zip(names, _hashes([os.path.join(folder, n) for n in names]))
+    for name, digest in zip(names, _hashes([os.path.join(folder, n) for n in names]), strict=True)
   }
   files.write_json(os.path.join(folder, MANIFEST_FILE), {'version': 1, 'files': entries})
   return entries
@@ -99,7 +99,7 @@ def check(folder: str, full: bool = True) -> Problem | None:
     if sizes[name] != recorded[name][0]:
       return Problem('size', f'{name} has {sizes[name]} bytes, its manifest {recorded[name][0]}')
   names = sorted(name for name in recorded if full or recorded[name][0] <= SMALL_FILE_BYTES)
-  for name, digest in zip(names, _hashes([os.path.join(folder, n) for n in names])):
+  for name, digest in zip(names, _hashes([os.path.join(folder, n) for n in names]), strict=True):
     if digest != recorded[name][1]:
       return Problem('hash-mismatch', f'{name} differs from its manifest')
   return None

@@ -80,7 +80,11 @@ def paper() -> Regime:
 
 def epochs_before_turn(steps, domain_test_losses, batch_tokens: int, domain_tokens: int) -> float | None:
   """Domain epochs a finetune had seen at its lowest domain_test loss, when the loss rose after it; else None."""
-  pairs = [(s, l) for s, l in zip(steps, domain_test_losses) if l is not None and math.isfinite(l)]
+  pairs = [
+    (step, loss)
+    for step, loss in zip(steps, domain_test_losses, strict=True)
+    if loss is not None and math.isfinite(loss)
+  ]
   if len(pairs) < 2:
     return None
   best = min(range(len(pairs)), key=lambda i: pairs[i][1])

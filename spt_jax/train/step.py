@@ -62,7 +62,10 @@ def chunked_token_losses(
     return token_losses(logits_BxCxV, targets_BxC)
 
   losses_NxBxC, log_z_NxBxC = jax.lax.map(one_chunk, (hidden_NxBxCxD, targets_NxBxC))
-  unchunk = lambda x_NxBxC: x_NxBxC.swapaxes(0, 1).reshape(batch, length)
+
+  def unchunk(x_NxBxC):
+    return x_NxBxC.swapaxes(0, 1).reshape(batch, length)
+
   return unchunk(losses_NxBxC), unchunk(log_z_NxBxC)
 
 
@@ -174,7 +177,9 @@ class Trainer:
     return self._update(state, batch_BxLp1, self.optimizer, self.schedule)
 
   def _train_step_with_table(self, state: TrainState, batch_BxLp1, lr_table_S):
-    schedule = lambda step: lr_table_S[jnp.minimum(step, lr_table_S.shape[0] - 1)]
+    def schedule(step):
+      return lr_table_S[jnp.minimum(step, lr_table_S.shape[0] - 1)]
+
     return self._update(state, batch_BxLp1, self.optimizer_for(schedule), schedule)
 
   def _update(self, state: TrainState, batch_BxLp1, optimizer, schedule):
