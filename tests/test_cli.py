@@ -9,6 +9,10 @@ import pytest
 from absl import flags
 
 from spt_jax import cli
+from spt_jax.model import (
+  attention,
+  decoder,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -90,10 +94,6 @@ def test_a_wrong_command_line_is_one_line_and_exit_2(module, before, bad_value, 
 
 
 def test_bench_choices_are_the_models():
-  from spt_jax.model import (
-    attention,  # pylint: disable=g-import-not-at-top
-    decoder,  # pylint: disable=g-import-not-at-top
-  )
 
   assert flags.FLAGS['remat_policy'].parser.enum_values == list(decoder.REMAT_POLICIES)
   assert flags.FLAGS['attention_impl'].parser.enum_values == list(attention.IMPLEMENTATIONS)

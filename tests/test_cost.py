@@ -5,6 +5,8 @@ import math
 import pytest
 
 from spt_jax.analysis import cost
+from spt_jax.model import decoder as model
+from spt_jax.model import flops
 
 
 def test_flops_per_token_formulas_by_hand():
@@ -23,8 +25,6 @@ def test_training_and_inference_count_attention_the_same_way():
 
 
 def test_training_count_matches_the_train_step_mfu_count():
-  from spt_jax.model import decoder as model
-  from spt_jax.model import flops
 
   cfg = model.preset_config('cpu-160k')
   size = cost.model_size('cpu-160k')

@@ -5,15 +5,18 @@ import hashlib
 import http.server
 import json
 import os
+import pathlib
 import re
+import subprocess
+import sys
 import threading
 
 import ml_collections
 import numpy as np
 import pytest
 
+from spt_jax.data import paper_data, remote
 from spt_jax.data import prepare as prepare_lib
-from spt_jax.data import remote
 from spt_jax.data import sources as sources_lib
 from spt_jax.data import tokenizer as tokenizer_lib
 
@@ -206,11 +209,6 @@ def test_hf_source_streams_a_local_hub_style_folder(tmp_path, monkeypatch):
 def test_the_paper_preset_runs_end_to_end_on_stand_ins_of_its_data(tmp_path, server, monkeypatch):
   """`python -m spt_jax.main --config=configs/proofpile.py` without --workdir: Dolma-style token files over HTTP,
   a hub-style domain folder through `datasets`; only the model is shrunk (a CPU cannot run OLMo-1B)."""
-  import pathlib  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-
-  from spt_jax.data import paper_data  # pylint: disable=g-import-not-at-top
 
   root, url, log = server
   _token_files(root)

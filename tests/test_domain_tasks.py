@@ -3,8 +3,11 @@
 import json
 import random
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from spt_jax.data import sources
 from spt_jax.evals import domain_tasks, mcqa
 
 KEYS = ('G', 'D', 'Ador', 'Em', 'A', 'Bb')
@@ -115,7 +118,6 @@ def test_unknown_task_and_empty_documents_are_errors():
 
 
 def test_held_out_documents_follow_the_runs_split(tmp_path):
-  from spt_jax.data import sources  # pylint: disable=g-import-not-at-top
 
   folder = tmp_path / 'docs'
   folder.mkdir()
@@ -134,8 +136,6 @@ def test_held_out_documents_follow_the_runs_split(tmp_path):
 
 def test_benchmark_loaders_read_their_layouts(tmp_path):
   pytest.importorskip('datasets')
-  import pyarrow as pa  # pylint: disable=g-import-not-at-top
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
 
   music = pa.table(
     {

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from spt_jax.evals import heldout as evaluation
-from spt_jax.train import loop, schedules
+from spt_jax.train import finetune_decay, loop, schedules
 from tests.test_loop import tiny_config, tiny_data
 from tests.test_schedules import _config
 
@@ -63,7 +63,6 @@ def test_early_stopping_then_decay_from_the_best_state(tmp_path, monkeypatch):
 
 def test_constant_finetunes_and_pretraining_never_decay():
   config = tiny_config()
-  from spt_jax.train import finetune_decay  # pylint: disable=g-import-not-at-top
 
   assert not finetune_decay.wants_decay(config, 'finetune', {'stop_reason': 'early_stopping'})
   config.finetune.schedule, config.finetune.decay_steps = 'wsd', 4

@@ -1,5 +1,8 @@
 """Fits on a subset of the runs forecast the held-out ones (§5.3): errors, onsets and crossovers scored."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -68,8 +71,6 @@ def test_nothing_held_out_is_said():
 
 @pytest.mark.parametrize('module', ['scaling_fit', 'forecast_check', 'scaling', 'paper', 'runs'])
 def test_analysis_modules_import_alone_without_model_code(module):
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
 
   code = (
     f'import sys; import spt_jax.analysis.{module}; '

@@ -11,6 +11,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import tokenizers
+from safetensors import numpy as safetensors_numpy
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from configs import common
@@ -151,7 +152,6 @@ def test_safetensors_format(tmp_path):
   for name, array in tensors.items():
     assert back[name].dtype == array.dtype
     np.testing.assert_array_equal(back[name], array)
-  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
 
   plain = {'b': tensors['b'], 'c': np.ones([3, 2], np.float16)}
   reference = str(tmp_path / 'reference.safetensors')

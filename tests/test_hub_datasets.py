@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from configs import chempile, musicpile, proofpile
 from spt_jax.data import hub_datasets, paper_data
 from spt_jax.data import prepare as prepare_lib
 from spt_jax.data import sources as sources_lib
@@ -257,7 +258,6 @@ def _config(tmp_path, domain):
 
 
 def test_the_paper_presets_read_the_hub_datasets():
-  from configs import chempile, musicpile, proofpile  # pylint: disable=g-import-not-at-top
 
   assert [m.get_config('1b').data.domain for m in (proofpile, musicpile, chempile)] == [
     'hub:proof-pile',

@@ -12,10 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tokenizers
 
 from spt_jax.evals import heldout as evaluation
+from spt_jax.interop import hf
+from spt_jax.model import sharding
 from spt_jax.train import checkpoint, loop, run_plan
 from spt_jax.train import step as train
+from tests.test_hf import _tokenizer
 from tests.tiny import tiny_config, tiny_data
 
 # The subprocess scripts rebuild the same config and data.
@@ -192,7 +196,6 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 
 def _trainer_args():
-  from spt_jax.model import sharding
 
   c = tiny_config()
   return c.model, sharding.make_mesh(c.mesh), train.make_optimizer(c, lambda step: 0.0)
@@ -261,8 +264,6 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
 
 def test_finetune_from_a_hugging_face_directory_with_mcqa(tmp_path):
   """The finetuner's baseline: open weights in, same pipeline; multiple-choice accuracy recorded at the best."""
-  from spt_jax.interop import hf
-  from tests.test_hf import _tokenizer
 
   tokenizer = _tokenizer(vocab_size=500)
   data = tiny_data()
@@ -280,7 +281,6 @@ def test_finetune_from_a_hugging_face_directory_with_mcqa(tmp_path):
   config = tiny_config(init_from=str(tmp_path / 'open_model'), mcqa_tasks=(str(task),), mcqa_max_examples=4)
   summary = loop.run(config, str(tmp_path / 'finetune'), stage='finetune', data=data)
   assert summary['initial']['domain_test'] == pytest.approx(pretrain['final']['domain_test'], rel=1e-5)
-  import tokenizers
 
   saved = tokenizers.Tokenizer.from_file(str(tmp_path / 'finetune' / 'tokenizer.json'))
   assert saved.to_str() == tokenizer.to_str()

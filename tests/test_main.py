@@ -3,11 +3,13 @@
 import json
 import os
 import pathlib
+import random
 import subprocess
 import sys
 
 import pytest
 
+from spt_jax.data import paper_data
 from spt_jax.train import config as config_lib
 from spt_jax.train import validate
 
@@ -49,7 +51,6 @@ def test_unknown_key_names_close_keys(tmp_path):
 
 def test_paper_preset_needs_data_paths_and_an_accelerator(tmp_path):
   config = config_lib.load(str(ROOT / 'configs/musicpile.py:1b'))
-  from spt_jax.data import paper_data  # pylint: disable=g-import-not-at-top
 
   assert (config.data.general, config.data.domain) == (paper_data.DOLMA_OLMO_1B, paper_data.MUSICPILE)
   config.data.general = config.data.domain = ''
@@ -71,7 +72,6 @@ def test_every_config_file_and_preset_loads():
 
 
 def _write_documents(folder: pathlib.Path, words: list[str], n_documents: int, seed: int) -> None:
-  import random
 
   rng = random.Random(seed)
   folder.mkdir()

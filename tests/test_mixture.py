@@ -1,11 +1,13 @@
 """Mixture: exact δ, stage switches, epoch accounting, determinism, restart, per-process slices, bad input."""
 
+import json
 import math
 
 import ml_collections
 import numpy as np
 import pytest
 
+from spt_jax.analysis import runs
 from spt_jax.data import mixture as mixture_lib
 
 L = 8  # seq_len of the synthetic sources
@@ -214,9 +216,6 @@ def test_summary_labels_scpt_by_its_stage_delta_not_the_base_delta():
 
 
 def test_analysis_reads_the_stage_delta_of_scpt_runs(tmp_path):
-  import json  # pylint: disable=g-import-not-at-top
-
-  from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
 
   scpt = [[180, {'general': 1.0}], [0, {'general': 0.99, 'domain': 0.01}]]
   (tmp_path / 'config.json').write_text(json.dumps({'mixture': {'domain_fraction': 0.05, 'stages': scpt}}))

@@ -18,6 +18,8 @@ import time
 
 import pytest
 
+from spt_jax.model import sharding
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS, BATCH = 8, 8
 
@@ -266,6 +268,5 @@ def test_a_workdir_that_processes_do_not_share_is_refused_on_every_process(tmp_p
 
 
 def sharding_default(config_arg):
-  from spt_jax.model import sharding  # pylint: disable=g-import-not-at-top
 
   return sharding.default_workdir(config_arg)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from spt_jax import plan
+from spt_jax.analysis import runs
 from tests import test_scaling
 
 
@@ -200,7 +201,6 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys, workdirs):
 
 
 def test_nan_evaluations_are_dropped_with_a_warning(tmp_path, capsys):
-  from spt_jax.analysis import runs
 
   workdir = _write_pipeline(tmp_path, 0.02, 0, nan_row=True)
   with pytest.warns(UserWarning, match='NaN'):

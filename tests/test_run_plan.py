@@ -1,5 +1,6 @@
 """RunPlan: what a stage runs, read by the dry run, the loop, the pipeline and the experiments alike; and FLOPs."""
 
+import jax
 import pytest
 
 from configs import common
@@ -52,7 +53,6 @@ def test_flops_per_token_by_hand():
 
 
 def test_peak_flops_from_the_config_or_off():
-  import jax  # pylint: disable=g-import-not-at-top
 
   assert flops.peak_flops(1e12) == 1e12 * jax.device_count()
   assert flops.peak_flops(-1) == 0.0

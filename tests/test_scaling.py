@@ -1,6 +1,7 @@
 """The scaling-law fits recover forecasts, optima and crossovers of data generated from known laws (1)-(7)."""
 
 import time
+import types
 
 import numpy as np
 import pytest
@@ -175,7 +176,6 @@ def test_unidentified_parameters_are_warned():
 
 
 def test_extrapolation_and_impossible_losses_are_flagged():
-  import types
 
   law = types.SimpleNamespace(token_range=(1e9, 1e10))
   assert scaling.extrapolation_notes(law, 5e9, 2.0) == []

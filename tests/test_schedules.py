@@ -2,6 +2,8 @@
 
 import math
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import pytest
 
@@ -87,8 +89,6 @@ def test_constant_and_warmup_in_tokens():
 
 
 def test_schedule_is_jittable():
-  import jax
-  import jax.numpy as jnp
 
   schedule = schedules.make_schedule(_config('wsd'), 110, 64)
   assert float(jax.jit(schedule)(jnp.int32(10))) == pytest.approx(4e-4)

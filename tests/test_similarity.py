@@ -4,6 +4,8 @@ import importlib.util
 
 import numpy as np
 import pytest
+import tokenizers
+from tokenizers import models, pre_tokenizers
 
 from spt_jax.analysis import similarity
 
@@ -44,8 +46,6 @@ def test_ngrams_do_not_cross_segments():
 
 
 def _word_tokenizer(path):
-  import tokenizers
-  from tokenizers import models, pre_tokenizers
 
   words = ['[UNK]', 'the', 'cat', 'sat', 'on', 'mat', 'lemma', 'proof', 'qed', 'intros', 'apply']
   tokenizer = tokenizers.Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token='[UNK]'))

@@ -5,9 +5,15 @@ import logging
 import os
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from spt_jax.data import sources
+from spt_jax.data import (
+  corpora,
+  fetch,
+  sources,
+)
 
 
 def _one_line_error(spec, match, **kwargs):
@@ -48,8 +54,6 @@ def test_jsonl_field_and_dotted_field(tmp_path):
 
 
 def test_parquet_column(tmp_path):
-  import pyarrow as pa  # pylint: disable=g-import-not-at-top
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
 
   pq.write_table(pa.table({'body': ['p1', 'p2', ''], 'id': [1, 2, 3]}), tmp_path / 'd.parquet')
   assert list(sources.parse(f'parquet:{tmp_path}/*.parquet?column=body').documents()) == ['p1', 'p2']
@@ -182,10 +186,6 @@ def test_hashes_are_stable():
 
 
 def test_builtin_groups_and_names(tmp_path, monkeypatch):
-  from spt_jax.data import (
-    corpora,  # pylint: disable=g-import-not-at-top
-    fetch,  # pylint: disable=g-import-not-at-top
-  )
 
   texts = {'brown': ['b1', 'b2'], 'austen': ['a1'], 'coq': ['c1']}
   for name in texts:

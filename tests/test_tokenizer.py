@@ -5,6 +5,7 @@ import time
 
 import ml_collections
 import pytest
+import tokenizers
 
 from spt_jax.data import tokenizer as tokenizer_lib
 
@@ -84,7 +85,6 @@ def test_vocab_too_small_for_bytes(tmp_path):
 
 
 def test_eos_missing(tmp_path):
-  import tokenizers  # pylint: disable=g-import-not-at-top
 
   bare = tokenizers.Tokenizer(tokenizers.models.BPE())
   with pytest.raises(ValueError, match='none of the EOS tokens'):

@@ -6,8 +6,10 @@ import shutil
 import ml_collections
 import pytest
 
+from spt_jax.train import config as config_lib
 from spt_jax.train import validate
 from tests import test_loop
+from tests.test_hf import _tokenizer
 
 
 def _error(config, **kwargs) -> str:
@@ -50,7 +52,6 @@ def test_data_paths_and_vocabulary(tmp_path):
   assert f'--config.model.vocab_size={validate.OLMO_VOCAB_SIZE}' in _error(config)
   config.data.tokenizer = str(tmp_path / 'missing.json')
   assert 'does not exist' in _error(config)
-  from tests.test_hf import _tokenizer
 
   _tokenizer(vocab_size=300).save(str(tmp_path / 'tokenizer.json'))
   config.data.tokenizer = str(tmp_path / 'tokenizer.json')
@@ -61,7 +62,6 @@ def test_data_paths_and_vocabulary(tmp_path):
 
 
 def test_every_key_of_the_base_config_has_a_rule():
-  from spt_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
 
   config = config_lib.base_config()
   leaves = {key for key in config_lib.flat_keys(config) if not hasattr(_value(config, key), 'items')}

@@ -3,6 +3,10 @@
 Also the checks of a config read from the command line: unknown keys, and what cannot run on this host.
 """
 
+import difflib
+import importlib.util
+import pathlib
+
 import ml_collections
 
 from spt_jax.model import decoder as model_lib
@@ -144,8 +148,6 @@ def flat_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
 
 def load(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:preset]` (big_vision style): the file's get_config(preset)."""
-  import importlib.util
-  import pathlib
 
   path, _, preset = spec.partition(':')
   if not pathlib.Path(path).is_file():
@@ -180,7 +182,6 @@ def load(spec: str) -> ml_collections.ConfigDict:
 
 def check_override_keys(config: ml_collections.ConfigDict, argv: list[str], flag: str = 'config') -> None:
   """Raises a one-line ValueError for a `--config.key=value` whose key does not exist, naming close keys."""
-  import difflib
 
   valid = flat_keys(config)
   for arg in argv:
