@@ -70,15 +70,15 @@ def variant(config: ml_collections.ConfigDict, **overrides) -> ml_collections.Co
 
 def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, str]:
   """Runs the pipeline of each variant into WORKDIR/<name> (finished ones are skipped); returns the workdirs."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # noqa: PLC0415  jax on first use: importing this module stays light
 
-  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
-  from spt_jax.train import pipeline  # pylint: disable=g-import-not-at-top
+  from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.train import pipeline  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   workdirs = {name: os.path.join(WORKDIR.value, name) for name in variants}
   if ONLY_ANALYSIS.value:
     return workdirs
-  from spt_jax.train import compile_cache  # pylint: disable=g-import-not-at-top
+  from spt_jax.train import compile_cache  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   for name, config in variants.items():
     compile_cache.enable(config.compilation_cache, config.data.cache_dir)  # One setting per process.
@@ -96,7 +96,7 @@ def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, st
 
 def analyse(command: str, name: str = '', **arguments) -> str:
   """spt_jax.plan's `command` (gains, fit, recommend, similarity ...) into WORKDIR/analysis/<name or command>."""
-  from spt_jax import plan  # pylint: disable=g-import-not-at-top
+  from spt_jax import plan  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   out = os.path.join(WORKDIR.value, 'analysis', name or command)
   getattr(plan, command)(out=out, **arguments)
@@ -121,7 +121,7 @@ def arms(base: ml_collections.ConfigDict, delta: float, seeds=(0,), prefix: str 
 
 def write_report(title: str, sections: list) -> str:
   """WORKDIR/report.md: the title, then the sections (markdown) separated by blank lines."""
-  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
+  from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   path = os.path.join(WORKDIR.value, 'report.md')
   files.write_text(path, '\n\n'.join([f'# {title}', *sections, regime_section()]) + '\n')
@@ -131,7 +131,7 @@ def write_report(title: str, sections: list) -> str:
 
 def regime_section() -> str:
   """The study's regime beside the paper's (spt_jax/train/regime.py)."""
-  from spt_jax.train import regime  # pylint: disable=g-import-not-at-top
+  from spt_jax.train import regime  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   config = base_config()
   ours = regime.of_config(f'this study ({config_name()})', config, config.data.domain_max_tokens)
@@ -147,7 +147,7 @@ def regime_section() -> str:
 
 def paper_table(rows: list) -> str:
   """Markdown rows (quantity, ours, paper key[, domain]) as a table with the paper's value and its source."""
-  from spt_jax.analysis import paper  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import paper  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   lines = ['| quantity | ours | paper |', '|---|---|---|']
   for quantity, ours, key, *domain in rows:
@@ -164,15 +164,15 @@ def paper_table(rows: list) -> str:
 
 def paper_domain() -> str | None:
   """The config's domain when the paper reports it (musicpile, proofpile, chempile), else None."""
-  from spt_jax.analysis import paper  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import paper  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   return config_name() if config_name() in paper.DOMAINS else None
 
 
 def gains_report(npt: str, spts: list, title: str, sections=()) -> dict:
   """The gains of SPT workdirs over an NPT one as WORKDIR/report.md, with the paper's headline values beside."""
-  from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import gains as gains_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.analysis import runs  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   result = gains_lib.gains(runs.read(npt), [runs.read(w) for w in spts])
   best = max(result['spt'], key=lambda row: row['relative_gain'])
@@ -199,14 +199,14 @@ def gains_report(npt: str, spts: list, title: str, sections=()) -> dict:
 
 
 def pretrain_tokens(config) -> int:
-  from spt_jax.train import run_plan  # pylint: disable=g-import-not-at-top
+  from spt_jax.train import run_plan  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   return run_plan.make(config, 'pretrain').tokens
 
 
 def earlier_steps(config, count: int) -> tuple[int, ...]:
   """`count` evenly spaced pretraining steps before the last: also finetuned from (finetune.from_steps)."""
-  from spt_jax.train import run_plan  # pylint: disable=g-import-not-at-top
+  from spt_jax.train import run_plan  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   steps = run_plan.make(config, 'pretrain').steps
   return tuple(steps * k // (count + 1) for k in range(1, count + 1))

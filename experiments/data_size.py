@@ -31,12 +31,12 @@ common.at_least(_DELTAS, 1, 'δ values')
 
 def main(argv):
   del argv
-  from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import (
+  from spt_jax.analysis import gains as gains_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
     plots,  # pylint: disable=g-import-not-at-top
     runs,  # pylint: disable=g-import-not-at-top
   )
-  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
+  from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   base = common.base_config()
   tokens = common.pretrain_tokens(base)

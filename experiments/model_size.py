@@ -27,7 +27,7 @@ common.at_least(_PRESETS, 2, 'model presets, smallest first')
 
 
 def _curve(workdir: str) -> dict:
-  from spt_jax.analysis import (
+  from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
     gains,  # pylint: disable=g-import-not-at-top
     runs,  # pylint: disable=g-import-not-at-top
   )
@@ -39,10 +39,10 @@ def _curve(workdir: str) -> dict:
 
 def main(argv):
   del argv
-  from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
-  from spt_jax.model import decoder as model  # pylint: disable=g-import-not-at-top
-  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import gains as gains_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.analysis import plots  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.model import decoder as model  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   base = common.base_config()
   presets = _PRESETS.value

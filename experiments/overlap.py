@@ -41,7 +41,7 @@ def _share_name(share: float) -> str:
 def general_set(share: float, out: str, cache_dir: str = '') -> tuple:
   """The general set of a share (Spanish for `share` of about --general_mb MB, English for the rest): its path
   and the share of Spanish bytes it really holds (documents are whole)."""
-  from spt_jax.data import blend  # pylint: disable=g-import-not-at-top
+  from spt_jax.data import blend  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   path = os.path.join(out, f'general_{100 * share:g}pct.jsonl')
   taken = blend.write({_SPANISH.value: share, _ENGLISH.value: 1.0 - share}, _GENERAL_MB.value, path, cache_dir)
@@ -50,13 +50,13 @@ def general_set(share: float, out: str, cache_dir: str = '') -> tuple:
 
 def main(argv):
   del argv
-  from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import (
+  from spt_jax.analysis import gains as gains_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
     plots,  # pylint: disable=g-import-not-at-top
     runs,  # pylint: disable=g-import-not-at-top
     seeds,  # pylint: disable=g-import-not-at-top
   )
-  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
+  from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   base = common.base_config()
   shares = _SHARES.value

@@ -21,7 +21,7 @@ def main(argv):
         base, mixture__domain_fraction=delta, finetune__replay_fraction=r
       )
   workdirs = common.run_variants(variants)
-  from spt_jax.analysis import (
+  from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
     gains,  # pylint: disable=g-import-not-at-top
     runs,  # pylint: disable=g-import-not-at-top
   )

@@ -39,8 +39,8 @@ def _label(spec: str) -> str:
 
 def measured_gains(base, domains: list) -> dict:
   """Per domain: G and the NPT post-finetuning loss of one NPT/SPT pair (`<domain>_npt_seed0`, ...)."""
-  from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import (
+  from spt_jax.analysis import gains as gains_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
     runs,  # pylint: disable=g-import-not-at-top
     seeds,  # pylint: disable=g-import-not-at-top
   )
@@ -69,8 +69,8 @@ def predictors(rows: list, gains: dict) -> dict:
 
 def main(argv):
   del argv
-  from spt_jax.analysis import similarity as similarity_lib  # pylint: disable=g-import-not-at-top
-  from spt_jax.storage import files  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import similarity as similarity_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   domains = [d if ':' in d else f'builtin:{d}' for d in _DOMAINS.value if d]
   if _EMBEDDINGS.value and similarity_lib.embedding_extra_missing():

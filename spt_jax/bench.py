@@ -52,13 +52,13 @@ class TrainStepTimer:
   """The real train step of a preset on random tokens, sharded over all devices along fsdp, compiled once."""
 
   def __init__(self, preset: str, batch_size: int, seq_len: int, dtype: str, **model_overrides):
-    import jax
-    import numpy as np
-    import optax
+    import jax  # noqa: PLC0415  jax on first use: importing this module stays light
+    import numpy as np  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+    import optax  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-    from spt_jax.model import sharding
-    from spt_jax.train import config as config_lib
-    from spt_jax.train import step as train
+    from spt_jax.model import sharding  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+    from spt_jax.train import config as config_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+    from spt_jax.train import step as train  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
     config = config_lib.base_config(preset)
     config.model.update(dtype=dtype, **model_overrides)
@@ -78,7 +78,7 @@ class TrainStepTimer:
     self.compile_seconds = time.perf_counter() - start
 
   def _run(self, steps: int) -> None:
-    import jax
+    import jax  # noqa: PLC0415  jax on first use: importing this module stays light
 
     for _ in range(steps):
       self.state, metrics = self.trainer.train_step(self.state, self.batch)
@@ -133,7 +133,7 @@ def measure_timer(timer: TrainStepTimer, steps: int, rounds: int, dtype: str, ma
 
 def main(argv):
   del argv
-  import jax
+  import jax  # noqa: PLC0415  jax on first use: importing this module stays light
 
   on_cpu = jax.default_backend() == 'cpu'
   dtype = _DTYPE.value or ('float32' if on_cpu else 'bfloat16')

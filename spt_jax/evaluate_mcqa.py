@@ -31,7 +31,7 @@ def _define_flags() -> None:
 
 def main(argv) -> None:
   del argv
-  from spt_jax import export  # pylint: disable=g-import-not-at-top
+  from spt_jax import export  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   tasks = [t for t in FLAGS.task if t]
   # Tasks are read (and checked) before the model, so that a bad task file fails fast.

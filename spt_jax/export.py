@@ -54,7 +54,7 @@ def _abstract_params(model_cfg):
 
 def load_checkpoint(path: str, tokenizer_required: bool = True) -> LoadedModel:
   """Parameters, model config, tokenizer and context of a run checkpoint or a Hugging Face OLMo directory."""
-  from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax.data import tokenizer as tokenizer_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):

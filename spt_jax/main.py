@@ -53,7 +53,7 @@ def _known_topology(name: str) -> bool:
   """Empty, or a Cloud TPU accelerator type that aot.parse_topology reads (imported only when one is given)."""
   if not name:
     return True
-  from spt_jax.hardware import aot  # pylint: disable=g-import-not-at-top
+  from spt_jax.hardware import aot  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   try:
     aot.parse_topology(name)
@@ -67,16 +67,16 @@ flags.register_validator(_TOPOLOGY, _known_topology)
 
 def main(argv):
   del argv
-  import jax  # After flag parsing, so that --xla flags in the environment apply.
+  import jax  # noqa: PLC0415  After flag parsing, so that --xla flags in the environment apply.
 
-  from spt_jax.hardware import dry_run
-  from spt_jax.model import sharding
-  from spt_jax.storage import files
-  from spt_jax.train import compile_cache, validate
+  from spt_jax.hardware import dry_run  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.model import sharding  # noqa: PLC0415  after absl parses the flags, so that --xla flags in the environment apply
+  from spt_jax.storage import files  # noqa: PLC0415  after absl parses the flags, so that --xla flags in the environment apply
+  from spt_jax.train import compile_cache, validate  # noqa: PLC0415  after absl parses the flags, so that --xla flags in the environment apply
 
   config = _CONFIG.value
   if _DRY_RUN.value and _TOPOLOGY.value:
-    from spt_jax.hardware import aot
+    from spt_jax.hardware import aot  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
     compile_cache.enable(config.compilation_cache, config.data.cache_dir)  # A rerun of the plan loads it.
     summary = aot.plan(config, _TOPOLOGY.value, mfu=_MFU.value)
@@ -101,7 +101,7 @@ def main(argv):
   if not _WORKDIR.value and jax.process_index() == 0:
     print(f'--workdir not given: the run writes to {workdir}', flush=True)
   sharding.check_shared_folder(workdir, 'workdir')
-  from spt_jax.train import loop, pipeline
+  from spt_jax.train import loop, pipeline  # noqa: PLC0415  after absl parses the flags, so that --xla flags in the environment apply
 
   # One live run per workdir: a pipeline holds W and every stage folder, before any file in them is touched.
   folders = [workdir, *(pipeline.stage_folders(config, workdir) if config.stage == 'pipeline' else [])]
@@ -117,7 +117,7 @@ def main(argv):
 
 
 def _run():
-  from spt_jax import cli
+  from spt_jax import cli  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   cli.run(main)
 

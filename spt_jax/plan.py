@@ -33,7 +33,7 @@ def _delta(text: str) -> float:
 
 
 def _tokens(text: str) -> float:
-  from spt_jax.analysis import cost  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import cost  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   value = cost.parse_count(text)
   if value is None or value <= 0 or not math.isfinite(value):
@@ -80,8 +80,8 @@ def _warnings_section(notes: list) -> str:
 
 def gains(npt: str, spt: list[str], npt_large: str | None = None, out: str = '', format: str = 'text') -> None:
   """Relative gain, compute multiplier, gap closed and forgetting of SPT pipelines against an NPT one."""
-  from spt_jax.analysis import gains as gains_lib  # pylint: disable=g-import-not-at-top
-  from spt_jax.analysis import plots, runs  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import gains as gains_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.analysis import plots, runs  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   result = gains_lib.gains(runs.read(npt), [runs.read(w) for w in spt], runs.read(npt_large) if npt_large else None)
   table = gains_lib.format_table(result)
@@ -109,8 +109,8 @@ def fit(
   max_tokens: float | None = None,
 ) -> None:
   """Fits the overfitting scaling laws (1)-(9) and the finetuning delta (7); writes out/fit.json."""
-  from spt_jax.analysis import plots, scaling, scaling_fit
-  from spt_jax.analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import plots, scaling, scaling_fit  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.analysis import runs as runs_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   if bool(runs) == bool(csv):
     raise ValueError('give either --runs W1 W2 ... or --csv FILE')
@@ -142,7 +142,7 @@ def fit(
 
 
 def _load_law(path: str):
-  from spt_jax.analysis import scaling  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import scaling  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   if not os.path.exists(path):
     raise ValueError(f'fit file {path} does not exist; make one with `python -m spt_jax.plan fit --out DIR`')
@@ -152,7 +152,7 @@ def _load_law(path: str):
 
 def forecast(fit: str, delta: list[float], tokens: list[float], out: str = '') -> None:
   """Predicted losses at each (δ, T) and where each δ starts to overfit."""
-  from spt_jax.analysis import plots, scaling  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import plots, scaling  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   law = _load_law(fit)
   lines = []
@@ -182,7 +182,7 @@ def recommend(
   out: str = '',
 ) -> None:
   """The best δ for each budget, and where one δ overtakes another."""
-  from spt_jax.analysis import plots, scaling  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import plots, scaling  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   law = _load_law(fit)
   if objective == 'post_ft' and not law.finetune_delta:
@@ -235,8 +235,8 @@ def cost(
   format: str = 'text',
 ) -> None:
   """Compute of SPT on a small model against finetuning a larger one."""
-  from spt_jax.analysis import cost as cost_lib
-  from spt_jax.analysis import plots  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import cost as cost_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.analysis import plots  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   costs = cost_lib.strategy_costs(
     cost_lib.model_size(small), cost_lib.model_size(large), pretrain_tokens, finetune_tokens, seq_len, context
@@ -265,8 +265,8 @@ def similarity(
   format: str = 'text',
 ) -> None:
   """N-gram JSD (and C2ST, MAUVE) of corpora against the first one."""
-  from spt_jax.analysis import plots
-  from spt_jax.analysis import similarity as similarity_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import plots  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.analysis import similarity as similarity_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   if len(corpora) < 2:
     raise ValueError('give a reference corpus and at least one other (e.g. builtin:english builtin:coq)')
@@ -317,7 +317,7 @@ _INPUTS = ('npt', 'spt', 'npt_large', 'runs', 'csv', 'fit', 'tokenizer')  # Path
 
 def _model(text: str) -> str:
   """A model preset name or parameter count, checked (cost.model_size's one-line error otherwise)."""
-  from spt_jax.analysis import cost as cost_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax.analysis import cost as cost_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   cost_lib.model_size(text)
   return text

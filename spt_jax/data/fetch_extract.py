@@ -94,9 +94,9 @@ def brown_documents(root: pathlib.Path) -> Iterator[Document]:
 def r_object(data: bytes):
   """A serialized R object (XDR, decompressed) as the `rdata` package converts it: a character vector is a numpy
   array of str (None for NA), a named list a dict."""
-  import warnings  # pylint: disable=g-import-not-at-top
+  import warnings  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  import rdata  # pylint: disable=g-import-not-at-top
+  import rdata  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')  # "Unknown file type: assumed RDS": a lazy-load value is an RDS body.
@@ -117,11 +117,11 @@ def r_lazy_load(rdb: pathlib.Path, rdx: pathlib.Path) -> dict:
     blob = data[offset : offset + size]
     kind = blob[4:5]
     if kind == b'2':
-      import bz2  # pylint: disable=g-import-not-at-top
+      import bz2  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
       raw = bz2.decompress(blob[5:])
     elif kind == b'3':
-      import lzma  # pylint: disable=g-import-not-at-top
+      import lzma  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
       raw = lzma.decompress(blob[5:])
     elif kind == b'0':

@@ -416,8 +416,8 @@ def _missing(where: str, names, have, what: str) -> None:
 
 def _parquet_records(hub_file: HubFile, field: str, group_field: str, record_filter: _Filter, where: str):
   """(text value, group value) of the kept records, row group by row group, reading only the columns used."""
-  import pyarrow  # pylint: disable=g-import-not-at-top
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  import pyarrow  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  import pyarrow.parquet as pq  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   with _RemoteFile(hub_file.url, hub_file.size, where) as remote:
     parquet = pq.ParquetFile(pyarrow.PythonFile(remote, mode='r'))

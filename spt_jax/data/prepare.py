@@ -93,11 +93,11 @@ def _processes() -> tuple:
   """
   if 'jax' not in sys.modules:
     return None, 0, 1
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # noqa: PLC0415  jax on first use: importing this module stays light
 
   if jax.process_count() == 1:
     return None, 0, 1
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  from jax._src import distributed  # noqa: PLC0415  jax on first use: importing this module stays light
 
   return distributed.global_state.client, jax.process_index(), jax.process_count()
 
@@ -232,7 +232,7 @@ def _tokenizer_identity(config) -> str:
   if name == 'bpe':
     return f'bpe:{config.data.tokenizer_vocab_size}:{tokenizer_lib.BPE_SAMPLE_BYTES}'
   if name == 'olmo':
-    from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
+    from spt_jax.data import fetch  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
     path = pathlib.Path(fetch.tokenizer_file(config.data.cache_dir))
   else:

@@ -91,9 +91,9 @@ def _tree(root: int) -> list:
 
 def _child(spec: str) -> None:
   """Runs in the child: prepares the config described by spec (JSON) and prints the metadata's timing."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
+  import ml_collections  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  from spt_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  from spt_jax.data import prepare  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   options = json.loads(spec)
   config = ml_collections.ConfigDict()
@@ -111,7 +111,7 @@ def _child(spec: str) -> None:
 
 def run(folder: str, gigabytes: float, kind: str, num_workers: int = 0, tokenizer_file: str = '') -> dict:
   """Generates the source, prepares it in a child process and returns its figures (then deletes everything)."""
-  from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax.data import tokenizer as tokenizer_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   root = pathlib.Path(folder)
   source, cache = root / 'source', root / 'cache'
@@ -120,7 +120,7 @@ def run(folder: str, gigabytes: float, kind: str, num_workers: int = 0, tokenize
   (root / 'domain').mkdir()
   _generate_text(root / 'domain', 1 << 20)
   if tokenizer_file:  # e.g. OLMo's: python -m spt_jax.data.bench ... --tokenizer=PATH/TO/tokenizer.json
-    import tokenizers  # pylint: disable=g-import-not-at-top
+    import tokenizers  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
     tokenizer = tokenizers.Tokenizer.from_file(tokenizer_file)
   else:

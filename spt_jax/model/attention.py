@@ -52,8 +52,8 @@ def _block(length: int) -> int:
 
 def _splash_local(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, interpret: bool):
   """Splash attention on one device's shard: the kernel takes [H, L, K] per sequence, vmapped over B."""
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib  # noqa: PLC0415  TPU kernels: imported only when splash attention runs
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib  # noqa: PLC0415  TPU kernels: imported only when splash attention runs
 
   _, length, heads, head_dim = q_BxLxHxK.shape
   b = _block(length)
@@ -83,7 +83,7 @@ def splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mesh=None, interpret: bool
   local = functools.partial(_splash_local, interpret=interpret)
   if mesh is None or mesh.size == 1:
     return local(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
-  from spt_jax.model import sharding  # Local import: sharding imports model, which imports this module.
+  from spt_jax.model import sharding  # noqa: PLC0415  import cycle: sharding imports the model, which imports this module
 
   spec = sharding.spec(('activation_batch', None, 'heads', None), q_BxLxHxK.shape, mesh)
   return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(

@@ -93,7 +93,7 @@ def mfu(flops_per_token: float, tokens_per_second: float, peak: float) -> float 
 
 def peak_matmul_flops(dtype: str, size: int, repeats: int = 5) -> float:
   """Best FLOP/s of square matmuls on all devices at once (each device multiplies its own pair)."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # noqa: PLC0415  jax on first use: importing this module stays light
 
   n = jax.device_count()
   mesh, spec = jax.sharding.Mesh(jax.devices(), ('d',)), jax.sharding.PartitionSpec('d')
@@ -115,7 +115,7 @@ def peak_matmul_flops(dtype: str, size: int, repeats: int = 5) -> float:
 def peak_flops(per_chip: float) -> float:
   """Peak FLOP/s of all devices together: per_chip (config.peak_flops) when > 0, the table for known
   accelerators, else a quick matmul measurement (once per process); per_chip < 0 turns MFU off (0)."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # noqa: PLC0415  jax on first use: importing this module stays light
 
   if per_chip < 0:
     return 0.0
@@ -130,8 +130,8 @@ def peak_flops(per_chip: float) -> float:
 
 @functools.cache
 def _measured_peak_flops() -> float:
-  import jax  # pylint: disable=g-import-not-at-top
-  from absl import logging  # pylint: disable=g-import-not-at-top
+  import jax  # noqa: PLC0415  jax on first use: importing this module stays light
+  from absl import logging  # noqa: PLC0415  jax on first use: importing this module stays light
 
   try:
     cpu = jax.default_backend() == 'cpu'

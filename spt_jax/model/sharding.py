@@ -172,8 +172,8 @@ def default_workdir(config_arg: str) -> str:
   path, _, preset = (config_arg or 'run').partition(':')
   if not preset:
     try:
-      import importlib.util  # pylint: disable=g-import-not-at-top
-      import inspect  # pylint: disable=g-import-not-at-top
+      import importlib.util  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+      import inspect  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
       module_spec = importlib.util.spec_from_file_location('_config_for_workdir', path)
       module = importlib.util.module_from_spec(module_spec)

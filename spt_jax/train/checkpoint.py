@@ -224,7 +224,7 @@ def _agree(value: int) -> int:
   """Process 0's value on every process: all hosts then see the same steps (process 0 moves damaged ones)."""
   if jax.process_count() == 1:
     return value
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # noqa: PLC0415  jax on first use: importing this module stays light
 
   return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
@@ -502,7 +502,7 @@ def restore_params(path: str, abstract_params, optional: Sequence[str] = ('lm_he
 
 def restore_params_from(path: str, abstract_params, optional: Sequence[str] = ('lm_head',)) -> tuple[Any, str]:
   """(parameters, the step folder they came from) as restore_params; a damaged step falls back to an older one."""
-  from spt_jax.interop import hf  # pylint: disable=g-import-not-at-top
+  from spt_jax.interop import hf  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   if hf.is_hf_dir(path):
     return hf.load_for_init(path, abstract_params), os.path.abspath(path)

@@ -39,7 +39,7 @@ def wants_decay(config, stage: str, summary: dict) -> bool:
 
 def decay_config(config, best_step: int):
   """The config of the decay run: max_steps = best_step + decay_steps, marked as the decay of best_step."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
+  import ml_collections  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   c = ml_collections.ConfigDict(config.to_dict())
   c.finetune.max_steps = int(best_step) + int(config.finetune.decay_steps)
@@ -68,7 +68,7 @@ def after_early_stopping(config, workdir: str, summary: dict, stage: str, rerun)
     return summary
   best_step = int((summary.get('best') or {}).get('step') or 0)
   decay_dir = os.path.join(workdir, DECAY_DIR)
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # noqa: PLC0415  jax on first use: importing this module stays light
 
   if jax.process_index() == 0 and not _seed(workdir, decay_dir, best_step):
     logging.warning('%s: no checkpoint at the best step %d; the WSD decay is skipped', workdir, best_step)
