@@ -33,8 +33,8 @@ def main(argv):
   del argv
   from spt_jax.analysis import gains as gains_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
   from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-    plots,  # pylint: disable=g-import-not-at-top
-    runs,  # pylint: disable=g-import-not-at-top
+    plots,
+    runs,
   )
   from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
@@ -72,7 +72,7 @@ def main(argv):
     result[size] = {'npt': npt, 'spt': curves, 'scpt': scpt}
     best_gains = []
     for i, budget in enumerate(npt['tokens']):
-      name = min(curves, key=lambda n: curves[n]['loss'][i])  # pylint: disable=cell-var-from-loop
+      name = min(curves, key=lambda n: curves[n]['loss'][i])
       best = gains_lib.relative_gain(npt['loss'][i], curves[name]['loss'][i])
       best_gains.append(best)
       scpt_cells = (

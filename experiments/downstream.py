@@ -57,8 +57,8 @@ def build_tasks(config, names, out: str, examples: int) -> dict:
 def checkpoints(workdir: str) -> dict:
   """The arm's checkpoint at the end of pretraining and at its best finetuning step."""
   from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-    runs,  # pylint: disable=g-import-not-at-top
-    seeds,  # pylint: disable=g-import-not-at-top
+    runs,
+    seeds,
   )
   from spt_jax.train import checkpoint  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 

@@ -88,8 +88,8 @@ def _paper_rows(report: dict, budget: float) -> list:
 def main(argv):
   del argv
   from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-    forecast_check,  # pylint: disable=g-import-not-at-top
-    runs,  # pylint: disable=g-import-not-at-top
+    forecast_check,
+    runs,
   )
   from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 

@@ -66,8 +66,8 @@ def report(result: dict, domain: str, delta: float, config) -> str:
 def main(argv):
   del argv
   from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-    plots,  # pylint: disable=g-import-not-at-top
-    runs,  # pylint: disable=g-import-not-at-top
+    plots,
+    runs,
   )
   from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 

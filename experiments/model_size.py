@@ -28,8 +28,8 @@ common.at_least(_PRESETS, 2, 'model presets, smallest first')
 
 def _curve(workdir: str) -> dict:
   from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-    gains,  # pylint: disable=g-import-not-at-top
-    runs,  # pylint: disable=g-import-not-at-top
+    gains,
+    runs,
   )
 
   run = runs.read(workdir)

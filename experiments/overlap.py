@@ -52,9 +52,9 @@ def main(argv):
   del argv
   from spt_jax.analysis import gains as gains_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
   from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-    plots,  # pylint: disable=g-import-not-at-top
-    runs,  # pylint: disable=g-import-not-at-top
-    seeds,  # pylint: disable=g-import-not-at-top
+    plots,
+    runs,
+    seeds,
   )
   from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 

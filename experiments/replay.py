@@ -22,8 +22,8 @@ def main(argv):
       )
   workdirs = common.run_variants(variants)
   from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-    gains,  # pylint: disable=g-import-not-at-top
-    runs,  # pylint: disable=g-import-not-at-top
+    gains,
+    runs,
   )
 
   table = ['| replay r | NPT→FT | SPT→FT | G | NPT forgetting | SPT forgetting |', '|---|---|---|---|---|---|']

@@ -41,8 +41,8 @@ def measured_gains(base, domains: list) -> dict:
   """Per domain: G and the NPT post-finetuning loss of one NPT/SPT pair (`<domain>_npt_seed0`, ...)."""
   from spt_jax.analysis import gains as gains_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
   from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-    runs,  # pylint: disable=g-import-not-at-top
-    seeds,  # pylint: disable=g-import-not-at-top
+    runs,
+    seeds,
   )
 
   variants = {}

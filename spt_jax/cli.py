@@ -263,5 +263,5 @@ def define_list(
 
 def _calling_module() -> str:
   """The module that called define*: where --help lists the flag (absl would list it under this one)."""
-  name = sys._getframe(2).f_globals.get('__name__', '')  # pylint: disable=protected-access
+  name = sys._getframe(2).f_globals.get('__name__', '')
   return sys.argv[0] if name == '__main__' else name

@@ -56,7 +56,7 @@ def largest_batch_timer(batch_sizes, remat_policy: str, preset: str, seq_len: in
       return bench.TrainStepTimer(
         preset, batch_size, seq_len, dtype, remat_policy=remat_policy, attention_impl=attention_impl
       )
-    except Exception as error:  # pylint: disable=broad-exception-caught
+    except Exception as error:
       if not _out_of_memory(error):
         raise
       print(f'batch {batch_size}: does not fit ({str(error).splitlines()[0][:120]})', flush=True)

@@ -144,7 +144,7 @@ def check_abc(text: str) -> tuple[bool, str]:
     return False, 'music21 is not installed (pip install music21) so the tune was not checked'
   try:
     score = converter.parse(text, format='abc')
-  except Exception as error:  # pylint: disable=broad-except  # music21 raises many kinds on bad ABC.
+  except Exception as error:  # music21 raises many kinds on bad ABC.
     return False, f'does not parse as ABC: {str(error).splitlines()[0] if str(error) else type(error).__name__}'
   notes = len(score.flatten().notes)
   return notes > 0, f'parses as ABC with {notes} notes'

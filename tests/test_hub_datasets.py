@@ -38,7 +38,7 @@ class _HubHandler(http.server.SimpleHTTPRequestHandler):
   def log_message(self, *args):
     pass
 
-  def do_GET(self):  # pylint: disable=invalid-name
+  def do_GET(self):
     path = urllib.parse.urlsplit(self.path)
     match = re.fullmatch(r'/api/datasets/([^/]+/[^/]+)/(tree|revision)/([^/]+)(?:/(.*))?', path.path)
     if match:

@@ -13,7 +13,6 @@ from tests import test_faults, test_loop
 
 ROOT = test_faults.ROOT
 # The command line and its helpers, shared with tests/test_faults.py.
-# pylint: disable=protected-access
 _main, _main_args, _env, _write_documents = (
   test_faults._main,
   test_faults._main_args,
@@ -21,7 +20,6 @@ _main, _main_args, _env, _write_documents = (
   test_faults._write_documents,
 )
 _one_line_error, _wait_for = test_faults._one_line_error, test_faults._wait_for
-# pylint: enable=protected-access
 
 
 def _snapshot(folder: pathlib.Path) -> dict:

@@ -200,7 +200,7 @@ def test_schedule_as_an_input_compiles_once_and_matches_a_fixed_schedule():
       assert float(ours_metrics['loss']) == float(their_metrics['loss'])
       assert float(ours_metrics['lr']) == float(their_metrics['lr'])
     assert float(ours_metrics['lr']) == pytest.approx(peak)
-  assert shared.train_step._cache_size() == 1  # pylint: disable=protected-access
+  assert shared.train_step._cache_size() == 1
 
 
 def test_scanned_program_size_does_not_grow_with_depth():

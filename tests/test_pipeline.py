@@ -16,13 +16,13 @@ def test_pipeline_writes_summary_and_report(tmp_path):
   config.finetune['from_steps'] = (3,)
   data = test_loop.tiny_data()
   workdir = str(tmp_path / 'w')
-  loop._TRAINERS.clear()  # pylint: disable=protected-access
+  loop._TRAINERS.clear()
   result = pipeline.run_pipeline(config, workdir, data=data)
 
   # Four finetunes (two learning rates and warmups, two starting checkpoints), one compiled train step: the
   # schedule is an input of the step.
-  finetune_trainer = list(loop._TRAINERS.values())[-1]  # pylint: disable=protected-access
-  assert finetune_trainer.train_step._cache_size() == 1  # pylint: disable=protected-access
+  finetune_trainer = list(loop._TRAINERS.values())[-1]
+  assert finetune_trainer.train_step._cache_size() == 1
   lrs = {
     name: [r['lr'] for r in map(json.loads, open(os.path.join(workdir, 'finetune', name, 'metrics.jsonl')))]
     for name in ('lr0.001_wu1', 'lr0.003_wu2')

@@ -15,7 +15,7 @@ from spt_jax.data import prepare as prepare_lib
 from spt_jax.data import shards
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_prepare import _config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from test_prepare import _config
 
 
 def _arrays(data):

@@ -115,7 +115,7 @@ def test_tfds_data_source(tmp_path):
 
   try:
     SptJaxTinyText(data_dir=str(tmp_path), file_format='array_record').download_and_prepare()
-  except Exception as error:  # pylint: disable=broad-except
+  except Exception as error:
     pytest.skip(f'cannot build a TFDS dataset here: {error}')
   source = sources.parse(f'tfds:spt_jax_tiny_text?split=train&data_dir={tmp_path}', 'general')
   assert sorted(source.documents()) == sorted(f'document {i}' for i in range(10))

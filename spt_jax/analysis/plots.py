@@ -3,12 +3,12 @@
 import matplotlib
 
 matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import matplotlib.pyplot as plt
+import numpy as np
 
-from spt_jax.analysis import cost as cost_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from spt_jax.analysis import cost as cost_lib
 from spt_jax.analysis import (
-  scaling,  # pylint: disable=g-import-not-at-top,wrong-import-position
+  scaling,
   scaling_fit,
 )
 

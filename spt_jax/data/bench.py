@@ -71,8 +71,8 @@ def measure_pipeline(mixture, steps: int, start_step: int = 0) -> dict:
 def measure_prepare(spec: str, tokenizer, num_workers: int = 0) -> dict:
   """MB of text per second per worker for reading + tokenizing a source the way prepare does."""
   from spt_jax.data import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-    prepare,  # pylint: disable=g-import-not-at-top
-    sources,  # pylint: disable=g-import-not-at-top
+    prepare,
+    sources,
   )
   from spt_jax.data import tokenizer as tokenizer_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 

@@ -343,7 +343,7 @@ def fetch(names: Iterable[str], cache_dir: str = '', log=None) -> dict:
         if cached
         else (_fetch_one(name, cache_dir))
       )
-    except Exception as error:  # pylint: disable=broad-except
+    except Exception as error:
       reason = ' '.join(str(error).split())
       reason = reason if isinstance(error, FetchError) else f'{type(error).__name__}: {reason}'
       failures[name] = reason if reason.startswith(f'{name}:') else f'{name}: {reason}'

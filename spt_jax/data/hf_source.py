@@ -59,7 +59,7 @@ def documents(source) -> Iterator[str]:
         split=source.options.get('split', 'train'),
         streaming=True,
       )
-    except Exception as error:  # pylint: disable=broad-except
+    except Exception as error:
       message = str(error).splitlines()[0] if str(error) else type(error).__name__
       paper = next(
         (
@@ -82,6 +82,6 @@ def documents(source) -> Iterator[str]:
           f'source {source.name!r}: records of {name!r} have no field {field!r} (fields: '
           f'{sorted(record)}); set ?field= in {source.spec!r}'
         )
-      text = source._as_text(record[field], f'{name}[{number}]')  # pylint: disable=protected-access
+      text = source._as_text(record[field], f'{name}[{number}]')
       if isinstance(text, str) and text.strip():
         yield text

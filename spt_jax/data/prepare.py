@@ -122,7 +122,7 @@ def prepare(config) -> PreparedData:
   if index == 0:
     try:
       result = _ready_or_built(config, parsed, budgets, folder)
-    except Exception as error:  # pylint: disable=broad-except
+    except Exception as error:
       if client is not None:
         client.key_value_set(
           signal,
@@ -210,7 +210,7 @@ def _ready(folder: pathlib.Path, parsed: dict, verify: bool = True) -> PreparedD
     metadata = json.loads((folder / 'metadata.json').read_text())
     # The tokenizer the sequences were made with travels with them (a BPE may since have been retrained).
     tokenizer = tokenizers.Tokenizer.from_file(str(folder / 'tokenizer.json'))
-  except Exception as error:  # pylint: disable=broad-except  (tokenizers raises a bare Exception)
+  except Exception as error:  # tokenizers raises a bare Exception.
     if not verify:
       raise
     _set_aside(folder, f'metadata.json or tokenizer.json does not load ({type(error).__name__})')
@@ -273,7 +273,7 @@ def _check_unchanged(source, stored: dict, folder: pathlib.Path) -> None:
   ]
   for path in sorted(suspects):
     old = stored['checksums'].get(path)
-    checksum = sources_lib._file_checksum(pathlib.Path(path), sampled=source.is_tokens)  # pylint: disable=protected-access
+    checksum = sources_lib._file_checksum(pathlib.Path(path), sampled=source.is_tokens)
     if old is None or checksum != old:
       changed.append(path)
   if changed:
@@ -344,10 +344,10 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
+  from ml_collections import config_flags
 
-  from spt_jax import cli  # pylint: disable=g-import-not-at-top
+  from spt_jax import cli
 
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'A config file (configs/<domain>.py:<preset>).')
   flags.mark_flag_as_required('config')

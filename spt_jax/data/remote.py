@@ -58,7 +58,7 @@ def expand(pattern: str, where: str) -> list:
   fs, path = _filesystem(pattern)
   try:
     found = sorted(fs.glob(path))
-  except Exception as error:  # pylint: disable=broad-except
+  except Exception as error:
     raise ValueError(
       f'{where}: cannot list {pattern} ({type(error).__name__}: {str(error)[:120]}); name the '
       'files in an @list file instead'
@@ -99,7 +99,7 @@ def fetch(url: str, cache_root: pathlib.Path, expected_sha256: str = '', where: 
   partial = path.with_name(path.name + '.part')
   try:
     size = remote_size(url)
-  except Exception as error:  # pylint: disable=broad-except
+  except Exception as error:
     raise ValueError(f'{where}: cannot reach {url} ({type(error).__name__}: {str(error)[:120]})') from None
   offset = partial.stat().st_size if partial.is_file() else 0
   if offset > size:

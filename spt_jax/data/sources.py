@@ -227,7 +227,7 @@ class Source:
     for path in self.paths:
       try:
         parquet_file = pq.ParquetFile(path)
-      except Exception as error:  # pylint: disable=broad-except
+      except Exception as error:
         raise ValueError(
           f'source {self.name!r}: cannot read {path} as Parquet ({type(error).__name__}); remove it from the glob'
         ) from None
@@ -249,7 +249,7 @@ class Source:
     kwargs = {'data_dir': self.options['data_dir']} if self.options.get('data_dir') else {}
     try:
       data = tfds.data_source(self.target, split=self.options.get('split', 'train'), **kwargs)
-    except Exception as error:  # pylint: disable=broad-except
+    except Exception as error:
       raise ValueError(
         f'source {self.name!r}: tfds.data_source({self.target!r}) failed: '
         f'{str(error).splitlines()[0] if str(error) else type(error).__name__}; prepare the '

@@ -60,7 +60,7 @@ def _from_file(path) -> tokenizers.Tokenizer:
     )
   try:
     return tokenizers.Tokenizer.from_file(str(path))
-  except Exception as error:  # pylint: disable=broad-except
+  except Exception as error:
     raise ValueError(
       f'{path} is not a tokenizers JSON ({str(error).splitlines()[0]}); point '
       '--config.data.tokenizer at a tokenizer.json'

@@ -136,6 +136,6 @@ def _measured_peak_flops() -> float:
   try:
     cpu = jax.default_backend() == 'cpu'
     return peak_matmul_flops('float32' if cpu else 'bfloat16', 1024 if cpu else 4096, repeats=3)
-  except Exception as error:  # pylint: disable=broad-except
+  except Exception as error:
     logging.warning('No peak FLOP/s measurement (%s): MFU is not reported.', error)
     return 0.0

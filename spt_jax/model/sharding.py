@@ -180,7 +180,7 @@ def default_workdir(config_arg: str) -> str:
       module_spec.loader.exec_module(module)
       defaults = [p.default for p in inspect.signature(module.get_config).parameters.values()]
       preset = defaults[0] if defaults and isinstance(defaults[0], str) else ''
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       preset = ''
   return os.path.join('runs', f'{os.path.splitext(os.path.basename(path))[0]}_{preset or "default"}')
 

@@ -194,7 +194,7 @@ def _use_first_good(
         checked.add(step)
       try:
         result = load(step_dir)
-      except Exception as error:  # pylint: disable=broad-except
+      except Exception as error:
         problem = (
           error.problem
           if isinstance(error, DamagedCheckpoint)
@@ -335,7 +335,7 @@ class Checkpoints:
     """Waits for orbax to commit step, then records its files (process 0); runs beside training."""
     try:
       self.manager.wait_until_finished()
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       return  # The save failed: wait() raises it in the training thread.
     step_dir = os.path.join(self.directory, str(step))
     if jax.process_index() != 0 or not os.path.isdir(step_dir):
@@ -586,8 +586,8 @@ def measure(parameters: int, folder: str, repeats: int = 3) -> dict:
 if __name__ == '__main__':
   # python -m spt_jax.train.checkpoint --parameters=160e3,1.6e6,100e6 --folder=/tmp/measure: the manifest's cost.
   from absl import (
-    app,  # pylint: disable=g-import-not-at-top
-    flags,  # pylint: disable=g-import-not-at-top
+    app,
+    flags,
   )
 
   _PARAMETERS = flags.DEFINE_list('parameters', ['160e3', '1.6e6'], 'State sizes to measure, in parameters.')

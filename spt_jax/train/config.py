@@ -163,7 +163,7 @@ def load(spec: str) -> ml_collections.ConfigDict:
       f'config file {path!r} cannot be read as Python ({type(error).__name__}: {error}); fix it or '
       'pass another --config'
     ) from None
-  except Exception as error:  # pylint: disable=broad-except
+  except Exception as error:
     raise ValueError(
       f'config file {path!r} raised {type(error).__name__} when loaded ({error}); fix the file or pass another --config'
     ) from None
@@ -173,7 +173,7 @@ def load(spec: str) -> ml_collections.ConfigDict:
     return module.get_config(preset) if preset else module.get_config()
   except ValueError:
     raise
-  except Exception as error:  # pylint: disable=broad-except
+  except Exception as error:
     raise ValueError(
       f'config file {path!r}: get_config({preset!r}) raised {type(error).__name__} ({error}); fix '
       'the file or choose another preset'

@@ -444,4 +444,4 @@ def _load_tokenizer(path: str, mtime: float):
   del mtime  # Part of the cache key: a rewritten file is read again.
   from spt_jax.data import tokenizer as tokenizer_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  return tokenizer_lib._from_file(path)  # pylint: disable=protected-access
+  return tokenizer_lib._from_file(path)
