@@ -79,7 +79,7 @@ def main(argv):
   tokenizer = similarity_lib.load_tokenizer()
   corpora = [similarity_lib.load_corpus(c, tokenizer, int(_MAX_TOKENS.value)) for c in [_REFERENCE.value, *domains]]
   rows = similarity_lib.compare(corpora[0], corpora[1:], _EMBEDDINGS.value, tokenizer)
-  for row, spec in zip(rows, domains, strict=True):
+  for row, spec in zip(rows, domains, strict=False):
     row['corpus_spec'] = spec
   sections = [
     f"Each domain against `{_REFERENCE.value}` (OLMo's tokenizer, up to {_MAX_TOKENS.value:.3g} tokens each).",

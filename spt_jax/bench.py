@@ -108,7 +108,7 @@ def measure_timer(timer: TrainStepTimer, steps: int, rounds: int, dtype: str, ma
   step_seconds, peak = min(seconds), max(peaks)
   tokens_per_second = timer.tokens_per_step / step_seconds
   round_mfus = [
-    flops.mfu(timer.flops_per_token, timer.tokens_per_step / t, p) for t, p in zip(seconds, peaks, strict=True)
+    flops.mfu(timer.flops_per_token, timer.tokens_per_step / t, p) for t, p in zip(seconds, peaks, strict=False)
   ]
   return dict(
     preset=timer.preset,

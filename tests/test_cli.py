@@ -94,6 +94,7 @@ def test_a_wrong_command_line_is_one_line_and_exit_2(module, before, bad_value, 
 
 
 def test_bench_choices_are_the_models():
+  from spt_jax import bench  # noqa: F401, PLC0415  defines the flags under test, in this test only
 
   assert flags.FLAGS['remat_policy'].parser.enum_values == list(decoder.REMAT_POLICIES)
   assert flags.FLAGS['attention_impl'].parser.enum_values == list(attention.IMPLEMENTATIONS)

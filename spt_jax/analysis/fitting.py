@@ -35,7 +35,7 @@ class FitResult:
 
 def natural(theta, spec) -> dict:
   """Parameter vector (log-transformed where the spec says so) -> {name: natural value}."""
-  return {s[0]: (math.exp(v) if s[1] == 'log' else float(v)) for s, v in zip(spec, theta, strict=True)}
+  return {s[0]: (math.exp(v) if s[1] == 'log' else float(v)) for s, v in zip(spec, theta, strict=False)}
 
 
 def to_theta(values: dict, spec) -> np.ndarray:
@@ -176,5 +176,5 @@ def robust_fit(
     unidentified,
     fixed,
     float(best.cost),
-    {name: float(e) for name, e in zip(names, errors, strict=True)},
+    {name: float(e) for name, e in zip(names, errors, strict=False)},
   )

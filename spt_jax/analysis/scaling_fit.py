@@ -426,7 +426,7 @@ def fit_joint(
     'sign_conditions': sign,
     'per_run': {
       name: {'value': per_run.params[name], 'meaning': spec[4]}
-      for name, spec in zip(per_run.names, per_run.spec, strict=True)
+      for name, spec in zip(per_run.names, per_run.spec, strict=False)
     },
     'finetune_delta': {repr(float(k)): v for k, v in finetune.items()},
     'residuals': {

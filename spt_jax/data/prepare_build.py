@@ -265,7 +265,7 @@ def _token_outputs(config, name, source, budget, tokenizer, partial, dtype, meta
           'add token files, lower --config.data.seq_len or adjust test_fraction/test_tokens'
         )
     metadata['in_place'][name] = dict(
-      files=[dict(path=p, rows=r, url=u) for p, r, u in zip(plan.paths, plan.rows, source.paths, strict=True)],
+      files=[dict(path=p, rows=r, url=u) for p, r, u in zip(plan.paths, plan.rows, source.paths, strict=False)],
       dtype=source.options['dtype'],
     )
   _write_eval(

@@ -21,7 +21,7 @@ class TokenRows:
   """A read-only [rows, row_length] view over several memory-mapped flat token files."""
 
   def __init__(self, arrays: list, rows: list, row_length: int):
-    self._views = [a[: r * row_length].reshape(r, row_length) for a, r in zip(arrays, rows, strict=True) if r]
+    self._views = [a[: r * row_length].reshape(r, row_length) for a, r in zip(arrays, rows, strict=False) if r]
     self._starts = np.cumsum([0] + [len(v) for v in self._views])
     self.shape = (int(self._starts[-1]), row_length)
     self.ndim, self.dtype = 2, (self._views[0].dtype if self._views else np.dtype(np.uint16))

@@ -86,7 +86,7 @@ def _check_names(names) -> None:
 def _dividing(partition: PartitionSpec, shape: tuple[int, ...], mesh_sizes) -> PartitionSpec:
   """`partition` without size-1 mesh axes and without mesh axes that do not divide their dimension."""
   out = []
-  for axes, dim in zip(partition, shape, strict=True):
+  for axes, dim in zip(partition, shape, strict=False):  # A partition may name fewer axes than the shape has.
     kept = []
     for axis in (axes,) if isinstance(axes, str) else tuple(axes or ()):
       size = mesh_sizes[axis]
