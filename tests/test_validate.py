@@ -109,6 +109,10 @@ def test_every_value_is_checked(overrides, expected):
   validate.check(corrected, data=test_loop.tiny_data())  # The tiny config's own value passes.
 
 
+def test_a_loss_chunk_as_long_as_the_sequence_or_longer_is_the_whole_sequence():
+  validate.check(test_loop.tiny_config(**{'model.loss_chunk_length': 256}), data=test_loop.tiny_data())
+
+
 def test_types_that_a_config_file_may_change_are_checked():
   config = test_loop.tiny_config()
   config.model = ml_collections.ConfigDict({**config.model.to_dict(), 'scan_layers': 1})  # A new field: any type.

@@ -283,7 +283,8 @@ def _check_model(model, seq_len: int) -> None:
       f'model.d_model / n_heads = {model.d_model // model.n_heads} is odd, and rotary embeddings '
       'rotate halves of each head; choose n_heads so that d_model / n_heads is even'
     )
-  if model.loss_chunk_length and seq_len % model.loss_chunk_length:
+  # A chunk as long as the sequence or longer is the whole sequence at once (Trainer.token_losses).
+  if 0 < model.loss_chunk_length < seq_len and seq_len % model.loss_chunk_length:
     raise ValueError(
       f'model.loss_chunk_length={model.loss_chunk_length} does not divide data.seq_len={seq_len}; '
       'set --config.model.loss_chunk_length to a divisor of seq_len (0: the whole sequence)'
