@@ -21,8 +21,9 @@ def _pipeline(tmp_path, workdir, *extra):
     env={'JAX_LOG_COMPILES': '1'},
   )
   assert out.returncode == 0, out.stderr[-3000:]
-  compiled = re.findall(r'Compiling (\S+) with global shapes', out.stderr)
-  hits = re.findall(r"Persistent compilation cache hit for '(\S+)'", out.stderr)
+  log = (tmp_path / workdir / 'log.txt').read_text()  # JAX's lines go to the run's log, not the terminal.
+  compiled = re.findall(r'Compiling (\S+) with global shapes', log)
+  hits = re.findall(r"Persistent compilation cache hit for '(\S+)'", log)
   return compiled, hits
 
 
