@@ -37,7 +37,7 @@ FAULT = 1
 _HELP = re.compile(r'--?(help|helpshort|helpfull|\?)')
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
   """The command line is wrong in itself (exit 2); the message is one line naming the flag and the fix."""
 
 
@@ -118,13 +118,33 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   path, _, size = spec.partition(':')
   if not pathlib.Path(path).is_file():
     raise UsageError(f'config file {path!r} does not exist; pass --config=configs/<domain>.py[:size]')
+  if not path.endswith('.py'):
+    raise UsageError(f'config file {path!r} is not a Python file; pass --config=configs/<domain>.py[:size]')
   module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except (OSError, SyntaxError, UnicodeDecodeError) as error:
+    raise UsageError(
+      f'config file {path!r} cannot be read as Python ({type(error).__name__}: {_first_line(error)}); fix it or '
+      'pass another --config'
+    ) from None
+  except Exception as error:  # The file's own code failed: say so in one line, whatever it raised.
+    raise UsageError(
+      f'config file {path!r} raised {type(error).__name__} when loaded ({_first_line(error)}); fix the file or '
+      'pass another --config'
+    ) from None
+  if not callable(getattr(module, 'get_config', None)):
+    raise UsageError(f'config file {path!r} has no get_config(); define get_config(arg) returning the config')
   try:
     return module.get_config(size) if size else module.get_config()
   except ValueError as error:  # An unknown size: configs/common.py names the valid ones.
     raise UsageError(f'--config={spec}: {_first_line(error)}') from error
+  except Exception as error:
+    raise UsageError(
+      f'config file {path!r}: get_config({size!r}) raised {type(error).__name__} ({_first_line(error)}); fix '
+      'the file or choose another size'
+    ) from None
 
 
 def _check_config_flag(name: str, default: str | None, argv: list[str]) -> None:

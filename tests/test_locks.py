@@ -66,7 +66,9 @@ def test_bad_folders_and_config_files_are_one_line(tmp_path):
       env=_env(),
       timeout=900,
     )
-    line = _one_line_error(out)
+    assert out.returncode == 2, out.stderr[-3000:]  # A --config that cannot be read is a usage error.
+    line = out.stderr.strip().splitlines()[-1]
+    assert 'Traceback' not in out.stderr, out.stderr[-3000:]
     assert line.startswith(f"error: config file '{tmp_path}/{config}' ") and expected in line, line
   assert not (tmp_path / 'run').exists()
 

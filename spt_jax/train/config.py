@@ -3,12 +3,9 @@
 Also the checks of a config read from the command line: unknown keys, and what cannot run on this host.
 """
 
-import difflib
-import importlib.util
-import pathlib
-
 import ml_collections
 
+from spt_jax import cli
 from spt_jax.model import decoder as model_lib
 
 
@@ -147,48 +144,5 @@ def flat_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
 
 
 def load(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path/to/config.py[:preset]` (big_vision style): the file's get_config(preset)."""
-
-  path, _, preset = spec.partition(':')
-  if not pathlib.Path(path).is_file():
-    raise ValueError(f'config file {path!r} does not exist; pass --config=configs/<domain>.py[:preset]')
-  if not path.endswith('.py'):
-    raise ValueError(f'config file {path!r} is not a Python file; pass --config=configs/<domain>.py[:preset]')
-  module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-  module = importlib.util.module_from_spec(module_spec)
-  try:
-    module_spec.loader.exec_module(module)
-  except (OSError, SyntaxError, UnicodeDecodeError) as error:
-    raise ValueError(
-      f'config file {path!r} cannot be read as Python ({type(error).__name__}: {error}); fix it or '
-      'pass another --config'
-    ) from None
-  except Exception as error:
-    raise ValueError(
-      f'config file {path!r} raised {type(error).__name__} when loaded ({error}); fix the file or pass another --config'
-    ) from None
-  if not callable(getattr(module, 'get_config', None)):
-    raise ValueError(f'config file {path!r} has no get_config(); define get_config(arg) returning the config')
-  try:
-    return module.get_config(preset) if preset else module.get_config()
-  except ValueError:
-    raise
-  except Exception as error:
-    raise ValueError(
-      f'config file {path!r}: get_config({preset!r}) raised {type(error).__name__} ({error}); fix '
-      'the file or choose another preset'
-    ) from None
-
-
-def check_override_keys(config: ml_collections.ConfigDict, argv: list[str], flag: str = 'config') -> None:
-  """Raises a one-line ValueError for a `--config.key=value` whose key does not exist, naming close keys."""
-
-  valid = flat_keys(config)
-  for arg in argv:
-    if not arg.startswith(f'--{flag}.'):
-      continue
-    key = arg[len(flag) + 3 :].split('=', 1)[0]
-    if key not in valid:
-      close = difflib.get_close_matches(key, valid, n=5, cutoff=0.6)
-      hint = f'close valid keys: {", ".join(close)}' if close else 'see spt_jax/train/config.py for every key'
-      raise ValueError(f'unknown config key {key!r}; {hint}')
+  """Loads `path/to/config.py[:preset]` (big_vision style): the file's get_config(preset); one-line errors."""
+  return cli.load_config(spec)
