@@ -9,17 +9,7 @@ from tests import test_main
 
 
 def _pipeline(tmp_path, workdir, *extra):
-  out = test_main._main(
-    '--config=configs/proofpile.py:test',
-    f'--workdir={tmp_path / workdir}',
-    f'--config.data.general=files:{tmp_path}/general/*.txt',
-    f'--config.data.domain=files:{tmp_path}/domain/*.txt',
-    f'--config.data.cache_dir={tmp_path}/cache',
-    '--config.data.tokenizer_vocab_size=300',
-    '--config.model.vocab_size=300',
-    *extra,
-    env={'JAX_LOG_COMPILES': '1'},
-  )
+  out = test_main._main(*test_main.local_files_run(tmp_path, tmp_path / workdir), *extra, env={'JAX_LOG_COMPILES': '1'})
   assert out.returncode == 0, out.stderr[-3000:]
   log = (tmp_path / workdir / 'log.txt').read_text()  # JAX's lines go to the run's log, not the terminal.
   compiled = re.findall(r'Compiling (\S+) with global shapes', log)

@@ -80,13 +80,9 @@ def _write_documents(folder: pathlib.Path, words: list[str], n_documents: int, s
     (folder / f'doc{i:03d}.txt').write_text(' '.join(sentences))
 
 
-@pytest.mark.slow
-def test_whole_pipeline_from_the_command_line(tmp_path):
-  """The main command end to end on local files (the built-in corpora need the network): pretrain, finetune, report."""
-  _write_documents(tmp_path / 'general', 'the a cat dog sat on mat and ran to house tree sun rain'.split(), 60, 0)
-  _write_documents(tmp_path / 'domain', 'lemma proof qed intros apply rewrite induction nat'.split(), 30, 1)
-  workdir = tmp_path / 'run'
-  out = _main(
+def local_files_run(tmp_path, workdir) -> list[str]:
+  """The `:test` pipeline on the documents _write_documents made under tmp_path (general/, domain/)."""
+  return [
     '--config=configs/proofpile.py:test',
     f'--workdir={workdir}',
     f'--config.data.general=files:{tmp_path}/general/*.txt',
@@ -94,7 +90,16 @@ def test_whole_pipeline_from_the_command_line(tmp_path):
     f'--config.data.cache_dir={tmp_path}/cache',
     '--config.data.tokenizer_vocab_size=300',
     '--config.model.vocab_size=300',
-  )
+  ]
+
+
+@pytest.mark.slow
+def test_whole_pipeline_from_the_command_line(tmp_path):
+  """The main command end to end on local files (the built-in corpora need the network): pretrain, finetune, report."""
+  _write_documents(tmp_path / 'general', 'the a cat dog sat on mat and ran to house tree sun rain'.split(), 60, 0)
+  _write_documents(tmp_path / 'domain', 'lemma proof qed intros apply rewrite induction nat'.split(), 30, 1)
+  workdir = tmp_path / 'run'
+  out = _main(*local_files_run(tmp_path, workdir))
   assert out.returncode == 0, out.stderr[-3000:]
   summary = json.loads((workdir / 'summary.json').read_text())
   assert summary['pretrain']['stop_reason'] == 'budget'
@@ -106,14 +111,6 @@ def test_whole_pipeline_from_the_command_line(tmp_path):
   records = [json.loads(line) for line in (workdir / 'pretrain' / 'metrics.jsonl').read_text().splitlines()]
   assert {'step', 'tokens', 'train/loss', 'lr', 'data/tokens/domain', 'data/epochs/general'} <= set(records[-1])
   # Running the same command again finds everything finished and changes nothing.
-  again = _main(
-    '--config=configs/proofpile.py:test',
-    f'--workdir={workdir}',
-    f'--config.data.general=files:{tmp_path}/general/*.txt',
-    f'--config.data.domain=files:{tmp_path}/domain/*.txt',
-    f'--config.data.cache_dir={tmp_path}/cache',
-    '--config.data.tokenizer_vocab_size=300',
-    '--config.model.vocab_size=300',
-  )
+  again = _main(*local_files_run(tmp_path, workdir))
   assert again.returncode == 0, again.stderr[-3000:]
   assert json.loads((workdir / 'summary.json').read_text())['best'] == best
