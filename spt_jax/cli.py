@@ -159,7 +159,7 @@ def _check_config_flag(name: str, default: str | None, argv: list[str]) -> None:
       overrides.append(argument[len(name) + 3 :].split('=', 1)[0])
   if not spec or (spec == default and not overrides):
     return  # Absent (a required flag says so) or the default unchanged (config_flags reads it).
-  valid = _flat_keys(load_config(spec))
+  valid = flat_keys(load_config(spec))
   for key in overrides:
     if key not in valid:
       close = difflib.get_close_matches(key, valid, n=5, cutoff=0.6)
@@ -167,11 +167,12 @@ def _check_config_flag(name: str, default: str | None, argv: list[str]) -> None:
       raise UsageError(f'unknown config key {key!r}; {hint}')
 
 
-def _flat_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+  """Every key of a config as a dotted path (sub-configs and their leaves)."""
   keys = []
   for key, value in config.items():
     if isinstance(value, ml_collections.ConfigDict):
-      keys.extend(_flat_keys(value, f'{prefix}{key}.'))
+      keys.extend(flat_keys(value, f'{prefix}{key}.'))
     keys.append(f'{prefix}{key}')
   return keys
 

@@ -6,6 +6,7 @@ import shutil
 import ml_collections
 import pytest
 
+from spt_jax import cli
 from spt_jax.train import config as config_lib
 from spt_jax.train import validate
 from tests import test_loop
@@ -64,7 +65,7 @@ def test_data_paths_and_vocabulary(tmp_path):
 def test_every_key_of_the_base_config_has_a_rule():
 
   config = config_lib.base_config()
-  leaves = {key for key in config_lib.flat_keys(config) if not hasattr(_value(config, key), 'items')}
+  leaves = {key for key in cli.flat_keys(config) if not hasattr(_value(config, key), 'items')}
   assert leaves - set(validate.rules()) == set()  # A new key needs a rule in validate.py.
   assert set(validate.rules()) - leaves <= {'extra_eval'}  # No rule for a key that no longer exists.
 

@@ -39,6 +39,13 @@ _RETRIES = 6
 _COMMIT = re.compile(r'[0-9a-f]{40}')
 
 
+def _unreachable(where: str, error: OSError) -> ValueError:
+  """The one line for an endpoint that did not answer."""
+  return ValueError(
+    f'{where}: cannot reach {endpoint()} ({type(error).__name__}: {str(error)[:120]}); check the network or HF_ENDPOINT'
+  )
+
+
 def endpoint() -> str:
   """Where the Hub is: $HF_ENDPOINT, else huggingface.co."""
   return (os.environ.get('HF_ENDPOINT') or hub_datasets.ENDPOINT).rstrip('/')
@@ -154,10 +161,7 @@ def _resolve_revision(part: hub_datasets.Part, revision: str, where: str) -> str
   except urllib.error.HTTPError as error:
     raise _not_found(part, revision, error, where) from None
   except OSError as error:
-    raise ValueError(
-      f'{where}: cannot reach {endpoint()} ({type(error).__name__}: {str(error)[:120]}); check the '
-      'network or HF_ENDPOINT'
-    ) from None
+    raise _unreachable(where, error) from None
   if not _COMMIT.fullmatch(sha or ''):
     raise ValueError(f'{where}: {url} names no commit (sha: {sha!r}); pin one with ?revision=')
   logging.warning(
@@ -194,10 +198,7 @@ def _list(part, commit: str, folder: str, cache_root, where: str) -> list | None
       return None
     raise _not_found(part, commit, error, where) from None
   except OSError as error:
-    raise ValueError(
-      f'{where}: cannot reach {endpoint()} ({type(error).__name__}: {str(error)[:120]}); check the '
-      'network or HF_ENDPOINT'
-    ) from None
+    raise _unreachable(where, error) from None
   files.write_text(str(cached), json.dumps(entries))
   return entries
 

@@ -132,17 +132,6 @@ def base_config(model_preset: str = 'cpu-160k') -> ml_collections.ConfigDict:
   return c
 
 
-def flat_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
-  """Every leaf key of a config as a dotted path."""
-  keys = []
-  for key, value in config.items():
-    path = f'{prefix}{key}'
-    if isinstance(value, ml_collections.ConfigDict):
-      keys.extend(flat_keys(value, path + '.'))
-    keys.append(path)
-  return keys
-
-
 def load(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:preset]` (big_vision style): the file's get_config(preset); one-line errors."""
   return cli.load_config(spec)

@@ -119,7 +119,7 @@ def run(config, workdir: str, *, stage: str | None = None, grid_point=None, data
   # Held before build creates the checkpoint manager, which would clean up another run's in-flight save (a no-op
   # when the caller, main or the pipeline, already holds it).
   with files.WorkdirLock(workdir, enabled=jax.process_index() == 0):
-    built = build(config, workdir, stage=stage, grid_point=grid_point, data=data)
+    built = build(config, workdir, stage=stage, grid_point=grid_point, data=data, checked=True)
     summary = built if isinstance(built, dict) else built[0].train(*built[1:])
   return finetune_decay.after_early_stopping(
     config,
@@ -130,13 +130,17 @@ def run(config, workdir: str, *, stage: str | None = None, grid_point=None, data
   )  # WSD finetunes decay from their best step.
 
 
-def build(config, workdir: str, *, stage: str | None = None, grid_point=None, data=None):
-  """(loop, state, loop state) ready to train, or the summary of a run that already finished in workdir."""
+def build(config, workdir: str, *, stage: str | None = None, grid_point=None, data=None, checked: bool = False):
+  """(loop, state, loop state) ready to train, or the summary of a run that already finished in workdir.
+
+  checked: the caller (run) already validated the config before taking the workdir's lock.
+  """
   plan = run_plan.make(config, stage or config.stage, grid_point)
   c = plan.config
   if not any(isinstance(f, _QuietOrbax) for f in logging.get_absl_logger().filters):
     logging.get_absl_logger().addFilter(_QuietOrbax())
-  validate.check(config, data=data, stage=c.stage, grid_point=grid_point, vocab=False)  # Before any write.
+  if not checked:
+    validate.check(config, data=data, stage=c.stage, grid_point=grid_point, vocab=False)  # Before any write.
   os.makedirs(workdir, exist_ok=True)
   checkpoint.check_resumable(workdir, c)
   mesh = sharding.make_mesh(c.mesh)

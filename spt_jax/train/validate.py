@@ -11,6 +11,7 @@ import shutil
 
 import jax
 
+from spt_jax import cli
 from spt_jax.model import attention, decoder
 from spt_jax.train import compile_cache, schedules
 
@@ -229,9 +230,8 @@ def _is_integer(value) -> bool:
 
 def _check_numbers(config, finetunes: bool) -> None:
   """Every value of the base config's keys against its rule, and no NaN or infinity anywhere in the config."""
-  from spt_jax.train import config as config_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  for name in config_lib.flat_keys(config):
+  for name in cli.flat_keys(config):
     value = _get(config, name)
     if not hasattr(value, 'items') and _non_finite(value):
       raise ValueError(f'{name}={value!r} is not a finite number; set --config.{name} to a finite value')
