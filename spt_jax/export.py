@@ -72,7 +72,6 @@ def load_checkpoint(path: str, tokenizer_required: bool = True) -> LoadedModel:
   workdir, config = find_run_config(path)
   config = ml_collections.ConfigDict(config)
   model_cfg = config.model
-  step_dir = checkpoint_lib.resolve_checkpoint(path)
   tokenizer = None
   if tokenizer_required:  # The run's own copy; else rebuild it from the config (a BPE needs its data here).
     saved = os.path.join(workdir, checkpoint_lib.TOKENIZER_FILE)
@@ -82,7 +81,8 @@ def load_checkpoint(path: str, tokenizer_required: bool = True) -> LoadedModel:
       f"the run's tokenizer has {tokenizer.get_vocab_size()} tokens but its model "
       f'{model_cfg.vocab_size}; check data.tokenizer in {workdir}/config.json.'
     )
-  params = checkpoint_lib.restore_params(step_dir, _abstract_params(model_cfg))
+  # One check of the step (a damaged one falls back to an older one) and one read of it.
+  params, step_dir = checkpoint_lib.restore_params_from(path, _abstract_params(model_cfg))
   if not model_cfg.tie_embeddings and 'lm_head' not in params:
     params = model_lib.untie(params)
   return LoadedModel(params, model_cfg, tokenizer, int(config.data.seq_len), step_dir)
