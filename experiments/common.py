@@ -69,10 +69,7 @@ def variant(config: ml_collections.ConfigDict, **overrides) -> ml_collections.Co
 
 
 def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, str]:
-  """Runs the pipeline of each variant into WORKDIR/<name> (finished ones are skipped); returns the workdirs."""
-  import jax  # noqa: PLC0415  jax on first use: importing this module stays light
-
-  from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  """Runs the pipeline of each variant into WORKDIR/<name> (finished runs are skipped); returns the workdirs."""
   from spt_jax.train import pipeline  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   workdirs = {name: os.path.join(WORKDIR.value, name) for name in variants}
@@ -80,17 +77,20 @@ def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, st
     return workdirs
   from spt_jax.train import compile_cache  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  for name, config in variants.items():
-    compile_cache.enable(config.compilation_cache, config.data.cache_dir)  # One setting per process.
-    logging.info('Study %s: variant %s', WORKDIR.value, name)
-    # Two studies sharing a variant never train it at once (process 0 locks for every host).
-    with files.WorkdirLock(workdirs[name], enabled=jax.process_index() == 0):
-      result = pipeline.run_pipeline(config, workdirs[name])
-    if result['stop_reason'] == 'preempted':
-      logging.warning(
-        'Study %s stopped by SIGTERM at variant %s (saved); rerun the same command to go on.', WORKDIR.value, name
-      )
-      raise SystemExit(0)  # As a preempted run: exit 0 so that a scheduler restarts it; no later variant starts.
+  first = next(iter(variants.values()))
+  compile_cache.enable(first.compilation_cache, first.data.cache_dir)  # One setting per process.
+  logging.info('Study %s: variants %s, %d run(s) at a time', WORKDIR.value, ', '.join(variants), first.runs_together)
+  # Every pretraining, then every finetune, runs_together at a time where shapes allow; the pipelines lock their
+  # folders, so two studies sharing a variant never train it at once (process 0 locks for every host).
+  results = pipeline.run_pipelines([(config, workdirs[name], None) for name, config in variants.items()])
+  preempted = [name for name, result in zip(variants, results, strict=True) if result['stop_reason'] == 'preempted']
+  if preempted:
+    logging.warning(
+      'Study %s stopped by SIGTERM (saved; %s unfinished); rerun the same command to go on.',
+      WORKDIR.value,
+      ', '.join(preempted),
+    )
+    raise SystemExit(0)  # As a preempted run: exit 0 so that a scheduler restarts it.
   return workdirs
 
 

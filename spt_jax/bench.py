@@ -43,6 +43,13 @@ _LOSS_CHUNK = flags.DEFINE_integer(
 _SCAN_UNROLL = flags.DEFINE_integer(
   'scan_unroll', -1, "Layers per scan iteration (0: all; -1: the preset's).", lower_bound=-1
 )
+_RUNS = flags.DEFINE_integer(
+  'runs',
+  1,
+  'With R > 1: R runs trained together (one step over a leading run axis) against the same R runs one after '
+  'another, in alternating rounds, all tokens/s of all runs.',
+  lower_bound=1,
+)
 _MATMUL = flags.DEFINE_integer(
   'matmul_size', 0, 'Side of the peak-FLOP/s matmul (0: 8192 on accelerators, 2048 on CPU).', lower_bound=0
 )
@@ -88,6 +95,105 @@ class TrainStepTimer:
     start = time.perf_counter()
     self._run(steps)
     return (time.perf_counter() - start) / steps
+
+
+class RunsTogetherTimer:
+  """R runs of a preset (different initialisations) stepped together as one stack (Trainer.stacked_train_step) or
+  one after another with the single-run step; both steps take a learning-rate table, as the training loop's do."""
+
+  def __init__(self, preset: str, batch_size: int, seq_len: int, dtype: str, runs: int, **model_overrides):
+    import functools  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+
+    import jax  # noqa: PLC0415  jax on first use: importing this module stays light
+    import numpy as np  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+
+    from spt_jax.model import sharding  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+    from spt_jax.train import config as config_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+    from spt_jax.train import step as train  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+
+    config = config_lib.base_config(preset)
+    config.model.update(dtype=dtype, **model_overrides)
+    trainer = self.trainer = train.Trainer(
+      config.model, sharding.make_mesh(config.mesh), functools.partial(train.make_optimizer, config)
+    )
+    self.states = [trainer.init_state(seed=run) for run in range(runs)]
+    self.stacked = trainer.stack(self.states)
+    batches = np.random.RandomState(0).randint(0, config.model.vocab_size, (runs, batch_size, seq_len + 1), np.int32)
+    self.batches = [jax.device_put(batch, trainer.batch_sharding) for batch in batches]
+    self.stacked_batches = jax.device_put(batches, trainer.stacked_batch_sharding)
+    self.table = jax.device_put(np.full(2, 1e-4, np.float32), trainer.replicated)
+    self.tables = jax.device_put(np.full((runs, 2), 1e-4, np.float32), trainer.replicated)
+    self.active = np.ones(runs, bool)
+    self.runs, self.tokens_per_step = runs, runs * batch_size * seq_len  # Tokens of all runs per step of each.
+    self.flops_per_token = flops.train_flops_per_token(config.model, seq_len)
+    self.params = flops.count_params(config.model)[0]
+    start = time.perf_counter()
+    self.together_seconds(1)
+    self.compile_seconds = time.perf_counter() - start
+    self.alone_seconds(1)
+
+  def alone_seconds(self, steps: int) -> float:
+    """Seconds for every run to take `steps` steps, one run after another."""
+    import jax  # noqa: PLC0415  jax on first use: importing this module stays light
+
+    start = time.perf_counter()
+    for run in range(self.runs):
+      for _ in range(steps):
+        self.states[run], metrics = self.trainer.train_step(self.states[run], self.batches[run], self.table)
+      jax.block_until_ready(metrics)
+    return time.perf_counter() - start
+
+  def together_seconds(self, steps: int) -> float:
+    """Seconds for every run to take `steps` steps, all in one stacked step."""
+    import jax  # noqa: PLC0415  jax on first use: importing this module stays light
+
+    start = time.perf_counter()
+    for _ in range(steps):
+      self.stacked, metrics = self.trainer.stacked_train_step(
+        self.stacked, self.stacked_batches, self.tables, self.active
+      )
+    jax.block_until_ready(metrics)
+    return time.perf_counter() - start
+
+
+def measure_runs_together(
+  preset: str,
+  batch_size: int,
+  seq_len: int,
+  runs: int,
+  steps: int,
+  rounds: int,
+  dtype: str,
+  matmul_size: int,
+  **model_overrides,
+) -> dict:
+  """R runs together against one after another (tokens/s of all runs, best of alternating rounds, with MFU)."""
+  timer = RunsTogetherTimer(preset, batch_size, seq_len, dtype, runs, **model_overrides)
+  peaks, together, alone = [], [], []
+  for _ in range(rounds):
+    peaks.append(flops.peak_matmul_flops(dtype, matmul_size))
+    together.append(timer.together_seconds(steps))
+    alone.append(timer.alone_seconds(steps))
+  peak, tokens = max(peaks), timer.tokens_per_step * steps
+  together_tps, alone_tps = tokens / min(together), tokens / min(alone)
+  return dict(
+    preset=preset,
+    params=timer.params,
+    batch_size=batch_size,
+    seq_len=seq_len,
+    runs=runs,
+    dtype=dtype,
+    rounds=rounds,
+    steps_per_round=steps,
+    compile_seconds=timer.compile_seconds,
+    peak_matmul_flops_per_second=peak,
+    together_tokens_per_second=together_tps,
+    alone_tokens_per_second=alone_tps,
+    together_over_alone=together_tps / alone_tps,
+    round_together_over_alone=[a / t for t, a in zip(together, alone, strict=True)],
+    together_mfu=flops.mfu(timer.flops_per_token, together_tps, peak),
+    alone_mfu=flops.mfu(timer.flops_per_token, alone_tps, peak),
+  )
 
 
 def measure(
@@ -140,6 +246,35 @@ def main(argv):
   overrides = dict(remat_policy=_REMAT.value, attention_impl=_ATTENTION.value, loss_chunk_length=_LOSS_CHUNK.value)
   if _SCAN_UNROLL.value >= 0:
     overrides['scan_unroll'] = _SCAN_UNROLL.value
+  matmul_size = _MATMUL.value or (2048 if on_cpu else 8192)
+  if _RUNS.value > 1:
+    result = measure_runs_together(
+      _PRESET.value,
+      _BATCH.value,
+      _SEQ_LEN.value,
+      _RUNS.value,
+      _STEPS.value,
+      _ROUNDS.value,
+      dtype,
+      matmul_size,
+      **overrides,
+    )
+    result.update(device=str(jax.devices()[0].device_kind), devices=jax.device_count())
+    print(f'device            {result["devices"]} × {result["device"]} ({dtype})')
+    print(f'peak matmul       {result["peak_matmul_flops_per_second"] / 1e12:.3f} TFLOP/s (measured)')
+    for way in ('together', 'alone'):
+      label = 'together' if way == 'together' else 'one by one'
+      print(
+        f'{label:<18}{result["runs"]} runs of {result["preset"]}, batch {result["batch_size"]} × '
+        f'{result["seq_len"]}: {result[f"{way}_tokens_per_second"]:,.0f} tokens/s, '
+        f'MFU {100 * result[f"{way}_mfu"]:.1f}%'
+      )
+    print(
+      f'together ÷ alone  {result["together_over_alone"]:.2f}× (rounds: '
+      f'{min(result["round_together_over_alone"]):.2f}-{max(result["round_together_over_alone"]):.2f}×)'
+    )
+    print(json.dumps(result))
+    return
   result = measure(
     _PRESET.value,
     _BATCH.value,
@@ -147,7 +282,7 @@ def main(argv):
     _STEPS.value,
     _ROUNDS.value,
     dtype,
-    _MATMUL.value or (2048 if on_cpu else 8192),
+    matmul_size,
     **overrides,
   )
   result.update(device=str(jax.devices()[0].device_kind), devices=jax.device_count())

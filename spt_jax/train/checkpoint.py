@@ -56,6 +56,7 @@ RESUME_IGNORED = (
   'log_every',
   'init_from',
   'compilation_cache',
+  'runs_together',
 )
 # Keys added after runs were already saved without them: absent from a saved config means this value.
 ADDED_DEFAULTS = {'model.scan_unroll': 1}

@@ -97,6 +97,10 @@ def base_config(model_preset: str = 'cpu-160k') -> ml_collections.ConfigDict:
   c.compilation_cache = 'auto'
   c.peak_flops = 0.0  # Per-chip peak FLOP/s for MFU; 0: a table of accelerators or a measurement; < 0: no MFU.
   c.checkpoint_every = 1000
+  # Runs of the same shapes (seeds, δs, finetuning grid points) trained as one program over a leading run axis,
+  # at most this many at once, each into its own folder as if alone (spt_jax/train/loop.run_many). It pays on
+  # small models, whose steps do not fill the chips; 1: one after another.
+  c.runs_together = 1
   c.keep_checkpoints = 2  # Last N kept, plus the best by domain_test loss.
   c.resume_mismatched = False  # Resume a workdir even if its config.json differs from this config.
 

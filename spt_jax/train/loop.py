@@ -15,6 +15,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grain
 import jax
@@ -114,20 +116,141 @@ def run(config, workdir: str, *, stage: str | None = None, grid_point=None, data
 
   data: a PreparedData to reuse (the pipeline prepares once for every stage); None prepares from the config.
   """
-  stage_name = stage or ('pretrain' if config.stage == 'pipeline' else config.stage)
-  validate.check(config, data=data, stage=stage_name, grid_point=grid_point, vocab=False)  # Before the folder exists.
-  # Held before build creates the checkpoint manager, which would clean up another run's in-flight save (a no-op
-  # when the caller, main or the pipeline, already holds it).
-  with files.WorkdirLock(workdir, enabled=jax.process_index() == 0):
-    built = build(config, workdir, stage=stage, grid_point=grid_point, data=data, checked=True)
-    summary = built if isinstance(built, dict) else built[0].train(*built[1:])
-  return finetune_decay.after_early_stopping(
-    config,
-    workdir,
-    summary,
-    stage or config.stage,
-    functools.partial(run, stage=stage, grid_point=grid_point, data=data),
-  )  # WSD finetunes decay from their best step.
+  return run_many([Run(config, workdir, stage, grid_point, data)])[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One stage to train into its own workdir (see `run` for the fields)."""
+
+  config: Any
+  workdir: str
+  stage: str | None = None
+  grid_point: tuple | None = None
+  data: Any = None
+
+  @property
+  def stage_name(self) -> str:
+    return self.stage or ('pretrain' if self.config.stage == 'pipeline' else self.config.stage)
+
+
+def run_many(runs: Sequence[Run], together: int = 1) -> list[dict]:
+  """Trains several runs, each into its own workdir exactly as `run` would, and returns their summaries in order
+  (None for a run that did not start because an earlier one was preempted).
+
+  Runs that share every compiled shape (model, optimizer but its learning rate, batch, sequence length, mesh:
+  seeds, δs, finetuning grid points) train `together` at a time as one program over a leading run axis
+  (Trainer.stacked_train_step), each with its own data order, mixture, schedule, evaluation, early stopping,
+  checkpoints, metrics.jsonl and summary.json; a run that stops leaves the stack. 1: one after another.
+  """
+  if together < 1:
+    raise ValueError(f'together={together}: train at least 1 run at a time (1: one after another).')
+  for r in runs:  # Every config, before any folder exists.
+    validate.check(r.config, data=r.data, stage=r.stage_name, grid_point=r.grid_point, vocab=False)
+  summaries = [None] * len(runs)
+  # Held before build creates a checkpoint manager, which would clean up another run's in-flight save (a no-op for
+  # folders the caller, main or the pipeline, already holds).
+  with files.WorkdirLock([r.workdir for r in runs], enabled=jax.process_index() == 0):
+    groups = collections.defaultdict(list)  # Runs that can share one compiled step, by what it depends on.
+    for index, r in enumerate(runs):
+      c = run_plan.stage_config(r.config, r.stage_name, r.grid_point)
+      groups[(_trainer_key(c, sharding.make_mesh(c.mesh)), c.batch_size, c.data.seq_len)].append(index)
+    for group in groups.values():
+      for start in range(0, len(group), together):
+        if any(s is not None and s['stop_reason'] == 'preempted' for s in summaries):
+          break  # A preemption notice stops the whole set: what has not started starts on the rerun.
+        chunk = []
+        for index in group[start : start + together]:
+          r = runs[index]
+          built = build(r.config, r.workdir, stage=r.stage, grid_point=r.grid_point, data=r.data, checked=True)
+          if isinstance(built, dict):
+            summaries[index] = built
+          else:
+            chunk.append((index, built))
+        if len(chunk) == 1:
+          index, (loop_, state, loop_state) = chunk[0]
+          summaries[index] = loop_.train(state, loop_state)
+        elif chunk:
+          trained = _train_together(*(list(column) for column in zip(*(b for _, b in chunk), strict=True)))
+          for (index, _), summary in zip(chunk, trained, strict=True):
+            summaries[index] = summary
+  return [
+    finetune_decay.after_early_stopping(  # WSD finetunes decay from their best step.
+      r.config,
+      r.workdir,
+      summary,
+      r.stage or r.config.stage,
+      functools.partial(run, stage=r.stage, grid_point=r.grid_point, data=r.data),
+    )
+    if summary is not None
+    else None
+    for r, summary in zip(runs, summaries, strict=True)
+  ]
+
+
+def _train_together(loops: list['_Loop'], states: list, loop_states: list[LoopState]) -> list[dict]:
+  """Trains runs that share one Trainer as one stack; a run that stops keeps its state and, once at most half of
+  the stack still trains, the stack shrinks to the runs left (one more compile of the step, at most log2 R)."""
+  trainer = loops[0].trainer
+  for loop_, state, loop_state in zip(loops, states, loop_states, strict=True):
+    loop_.begin(state, loop_state)
+  slots = [i for i, loop_ in enumerate(loops) if loop_.running()]  # The run in each slot of the stack.
+  if not slots:
+    return [loop_.finish() for loop_ in loops]
+  stacked = trainer.stack([states[i] for i in slots])
+  del states  # The stack holds them now (and the step donates it).
+  # Each run's learning-rate table, padded with its last value to the longest run's, on the device once.
+  width = max(len(loops[i].host_lr_table) for i in slots)
+  host_tables = np.stack(
+    [np.pad(loops[i].host_lr_table, (0, width - len(loops[i].host_lr_table)), 'edge') for i in slots]
+  )
+  tables = jax.device_put(host_tables, trainer.replicated)
+  batches = {i: loops[i].host_batches(loops[i].step) for i in slots}
+  shape = (loops[0].c.batch_size, loops[0].c.data.seq_len + 1)
+  _check_host_rows(trainer.batch_sharding, shape)
+  idle = np.zeros((shape[0] // jax.process_count(), shape[1]), np.int32)  # The batch of a stopped run's slot.
+  with _Preemption() as preemption:
+    while slots:
+      active = np.array([loops[i].running() for i in slots])
+      if active.sum() <= len(slots) // 2:  # Drop the stopped runs from the stack.
+        keep = [k for k, a in enumerate(active) if a]
+        if not keep:
+          break
+        stacked, slots, active = trainer.select(stacked, keep), [slots[k] for k in keep], active[keep]
+        host_tables = host_tables[keep]
+        tables = jax.device_put(host_tables, trainer.replicated)
+      rows = np.stack([next(batches[i]) if a else idle for i, a in zip(slots, active, strict=True)])
+      device_batch = jax.make_array_from_process_local_data(trainer.stacked_batch_sharding, rows, (len(rows), *shape))
+      stacked, metrics = trainer.stacked_train_step(stacked, device_batch, tables, active)
+      view = _StackedMetrics(metrics)
+      for slot, (i, a) in enumerate(zip(slots, active, strict=True)):
+        if a:
+          loops[i].after_step(functools.partial(trainer.unstack, stacked, slot), view.run(slot), preemption)
+  return [loop_.finish() for loop_ in loops]
+
+
+class _StackedMetrics:
+  """The metrics of one stacked step, read from the device once for all of its runs."""
+
+  def __init__(self, metrics):
+    self.metrics, self._host = metrics, None
+
+  def run(self, slot: int) -> '_RunMetrics':
+    return _RunMetrics(self, slot)
+
+  def host(self) -> dict:
+    if self._host is None:
+      self._host = jax.device_get(self.metrics)
+    return self._host
+
+
+@dataclasses.dataclass(frozen=True)
+class _RunMetrics:
+  stacked: _StackedMetrics
+  slot: int
+
+  def host(self) -> dict:
+    return {name: values[self.slot] for name, values in self.stacked.host().items()}
 
 
 def build(config, workdir: str, *, stage: str | None = None, grid_point=None, data=None, checked: bool = False):
@@ -183,22 +306,17 @@ def build(config, workdir: str, *, stage: str | None = None, grid_point=None, da
 _TRAINERS = collections.OrderedDict()  # The few last Trainers, by everything their compiled steps depend on.
 
 
+def _trainer_key(c, mesh) -> str:
+  """Everything a Trainer's compiled steps depend on (not the learning rate: an input of the step)."""
+  optimizer = {k: v for k, v in c.optimizer.to_dict().items() if k != 'lr'}
+  devices = [mesh.axis_names, mesh.devices.shape, [d.id for d in mesh.devices.flat]]
+  return json.dumps([c.model.to_dict(), optimizer, c.grad_accum_steps, *devices], sort_keys=True, default=str)
+
+
 def _trainer(c, mesh) -> train.Trainer:
   """A Trainer whose learning-rate schedule is an input of its step, shared by runs that differ only in their
   schedule: every point of a finetuning grid (and every checkpoint finetuned from) reuses one compiled step."""
-  optimizer = {k: v for k, v in c.optimizer.to_dict().items() if k != 'lr'}
-  key = json.dumps(
-    [
-      c.model.to_dict(),
-      optimizer,
-      c.grad_accum_steps,
-      mesh.axis_names,
-      mesh.devices.shape,
-      [d.id for d in mesh.devices.flat],
-    ],
-    sort_keys=True,
-    default=str,
-  )
+  key = _trainer_key(c, mesh)
   if key not in _TRAINERS:
     _TRAINERS[key] = train.Trainer(
       c.model,
@@ -239,7 +357,7 @@ class _Loop:
     self.plan, self.c, self.workdir, self.trainer, self.checkpoints = plan, c, workdir, trainer, checkpoints
     self.mixture, self.evaluator, self.data = mixture, evaluator, data
     self.steps, self.tokens_per_step, self.schedule = plan.steps, plan.tokens_per_step, plan.schedule
-    table = plan.lr_table()  # An input of the step: no recompiling per learning rate or warmup.
+    table = self.host_lr_table = plan.lr_table()  # An input of the step: no recompiling per learning rate or warmup.
     self.lr_table = jax.make_array_from_callback(table.shape, trainer.replicated, lambda index: table[index])
     self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
     self.writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -267,15 +385,20 @@ class _Loop:
     if c.profiler_port > 0:  # TensorBoard's "capture profile" traces the running loop on demand.
       _start_profiler_server(c.profiler_port)
 
-  def batches(self, start_step: int):
+  def host_batches(self, start_step: int):
     """This host's rows of the batches from start_step on, read ahead by Grain threads while the device works."""
-    shape = (self.c.batch_size, self.c.data.seq_len + 1)
-    _check_host_rows(self.trainer.batch_sharding, shape)
     dataset = self.mixture.batch_dataset(
       jax.process_index(), jax.process_count(), start_step, max(self.steps - start_step, 1)
     )
     for local in dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)):
-      yield jax.make_array_from_process_local_data(self.trainer.batch_sharding, np.asarray(local, np.int32), shape)
+      yield np.asarray(local, np.int32)
+
+  def device_batches(self, start_step: int):
+    """The global batches from start_step on, each host contributing its rows."""
+    shape = (self.c.batch_size, self.c.data.seq_len + 1)
+    _check_host_rows(self.trainer.batch_sharding, shape)
+    for local in self.host_batches(start_step):
+      yield jax.make_array_from_process_local_data(self.trainer.batch_sharding, local, shape)
 
   def log(self, step: int, scalars: dict) -> None:
     accounting = self.mixture.accounting(step)
@@ -290,7 +413,8 @@ class _Loop:
 
   def read(self, step: int, metrics) -> dict | None:
     """Host values of a finished step's metrics; None (and the stop reason set) when the loss is not finite."""
-    values = {f'train/{k}': float(v) for k, v in jax.device_get(metrics).items() if k != 'lr'}
+    host = metrics.host() if isinstance(metrics, _RunMetrics) else jax.device_get(metrics)
+    values = {f'train/{k}': float(v) for k, v in host.items() if k != 'lr'}
     if not all(math.isfinite(values.get(f'train/{k}', 0.0)) for k in ('loss', 'grad_norm', 'param_norm')):
       logging.error(
         'Step %d: non-finite training loss or gradient (%s); stopping without saving. The last '
@@ -363,74 +487,91 @@ class _Loop:
     return [name for name in self.evaluator.sets if self.is_due(intervals.get(name, self.c.eval_every), step)]
 
   def train(self, state, loop_state: LoopState) -> dict:
-    c = self.c
+    """Trains from loop_state.step to the end of the run (or a stop) and returns the summary."""
+    self.begin(state, loop_state)
+    with _Preemption() as preemption:
+      batches = self.device_batches(self.step)
+      while self.running():
+        state, metrics = self.trainer.train_step(state, next(batches), self.lr_table)
+        self.after_step(lambda: state, metrics, preemption)  # noqa: B023  called before `state` changes again
+    return self.finish()
+
+  def begin(self, state, loop_state: LoopState) -> None:
+    """The start of this session: metrics logged after the restored step dropped; at step 0, the first evaluation."""
     self.started = time.time()
-    step = first_step = loop_state.step
+    self.loop_state, self.step = loop_state, loop_state.step
+    self.first_step = self.last_step = self.step
+    self.pending = None  # (step, metrics) of the step dispatched last: read after the next one is dispatched.
     self.timing = collections.Counter()  # This session's training and evaluation time, for the summary.
     # A fresh start drops what a run killed before its first checkpoint logged; a resume, the steps after it.
-    _truncate_metrics(self.metrics_path, step if loop_state.initial is not None else -1)
-    if step == 0 and loop_state.initial is None:
+    _truncate_metrics(self.metrics_path, self.step if loop_state.initial is not None else -1)
+    if self.step == 0 and loop_state.initial is None:
       results, _ = self.evaluate(0, state, loop_state)
       loop_state.initial = evaluation.losses(results)
       self.log(0, evaluation.scalars(results))
-    with _Preemption() as preemption:
-      pending = None  # (step, device metrics) of the step dispatched last: read after the next is dispatched.
-      last_time, last_step = time.time(), step
-      batches = self.batches(step)
-      while step < self.steps and self.stop_reason is None:
-        state, metrics = self.trainer.train_step(state, next(batches), self.lr_table)
-        step += 1
-        for action in self.periodic_actions:
-          action(step)
-        if pending is not None and self.read(*pending) is None:
-          break
-        pending = (step, metrics)
-        due = self.eval_sets_due(step)
-        is_eval = due is None or bool(due)
-        is_checkpoint = self.is_due(c.checkpoint_every, step) or step in self.keep_steps
-        preempted = preemption.requested or (
-          jax.process_count() > 1 and self.checkpoints.manager.reached_preemption(step)
-        )
-        if not (self.is_due(c.log_every, step) or is_eval or is_checkpoint or preempted):
-          continue
-        values = self.read(*pending)
-        pending = None
-        if values is None:
-          break
-        loop_state.train_loss = values['train/loss']
-        now = time.time()
-        tokens_per_second = self.tokens_per_step * max(step - last_step, 1) / (now - last_time)
-        if last_step > first_step:  # Throughput excludes the first window (compilation) and evaluations.
-          self.timing.update(train_seconds=now - last_time, train_steps=step - last_step)  # Counter: adds.
-        scalars = dict(values, **self.progress(step, values['train/loss'], tokens_per_second))
-        domain_test, improved = None, False
-        if is_eval:
-          eval_started = time.time()
-          results, improved = self.evaluate(step, state, loop_state, due)
-          self.timing.update(eval_seconds=time.time() - eval_started)
-          scalars.update(evaluation.scalars(results))
-          domain_test = results.get('domain_test', {}).get('loss')
-        self.log(step, scalars)
-        if c.patience and loop_state.evals_without_improvement >= c.patience:
-          self.stop_reason = 'early_stopping'
-        # Checkpoint on schedule, at the end, on preemption and (with early stopping) at each new best.
-        if (
-          is_checkpoint
-          or preempted
-          or step == self.steps
-          or self.stop_reason
-          or (c.patience and domain_test is not None and improved)
-        ):
-          self.save(step, state, loop_state, domain_test)
-        if preempted:
-          self.stop_reason = 'preempted'
-        last_time, last_step = time.time(), step
-      if pending is not None and self.stop_reason is None:
-        self.read(*pending)
+    self.last_time = time.time()
+
+  def running(self) -> bool:
+    return self.step < self.steps and self.stop_reason is None
+
+  def after_step(self, state_of: Callable[[], Any], metrics, preemption: _Preemption) -> None:
+    """The bookkeeping of a step just dispatched: the previous step's metrics checked, then (when due) progress,
+    evaluation, early stopping and checkpoints. state_of() gives the state after the step (read only when due)."""
+    c, loop_state = self.c, self.loop_state
+    self.step = step = self.step + 1
+    for action in self.periodic_actions:
+      action(step)
+    if self.pending is not None and self.read(*self.pending) is None:
+      return
+    self.pending = (step, metrics)
+    due = self.eval_sets_due(step)
+    is_eval = due is None or bool(due)
+    is_checkpoint = self.is_due(c.checkpoint_every, step) or step in self.keep_steps
+    preempted = preemption.requested or (jax.process_count() > 1 and self.checkpoints.manager.reached_preemption(step))
+    if not (self.is_due(c.log_every, step) or is_eval or is_checkpoint or preempted):
+      return
+    values = self.read(*self.pending)
+    self.pending = None
+    if values is None:
+      return
+    loop_state.train_loss = values['train/loss']
+    now = time.time()
+    tokens_per_second = self.tokens_per_step * max(step - self.last_step, 1) / (now - self.last_time)
+    if self.last_step > self.first_step:  # Throughput excludes the first window (compilation) and evaluations.
+      self.timing.update(train_seconds=now - self.last_time, train_steps=step - self.last_step)  # Counter: adds.
+    scalars = dict(values, **self.progress(step, values['train/loss'], tokens_per_second))
+    domain_test, improved, state = None, False, None
+    if is_eval:
+      eval_started = time.time()
+      state = state_of()
+      results, improved = self.evaluate(step, state, loop_state, due)
+      self.timing.update(eval_seconds=time.time() - eval_started)
+      scalars.update(evaluation.scalars(results))
+      domain_test = results.get('domain_test', {}).get('loss')
+    self.log(step, scalars)
+    if c.patience and loop_state.evals_without_improvement >= c.patience:
+      self.stop_reason = 'early_stopping'
+    # Checkpoint on schedule, at the end, on preemption and (with early stopping) at each new best.
+    if (
+      is_checkpoint
+      or preempted
+      or step == self.steps
+      or self.stop_reason
+      or (c.patience and domain_test is not None and improved)
+    ):
+      self.save(step, state_of() if state is None else state, loop_state, domain_test)
+    if preempted:
+      self.stop_reason = 'preempted'
+    self.last_time, self.last_step = time.time(), step
+
+  def finish(self) -> dict:
+    """The end of the session: the last metrics checked, checkpoints committed, the summary written."""
+    if self.pending is not None and self.stop_reason is None:
+      self.read(*self.pending)
     self.checkpoints.wait()  # The summary only speaks of committed checkpoints.
     self.writer.flush()
     self.writer.close()
-    summary = self.summarise(step, loop_state)
+    summary = self.summarise(self.step, self.loop_state)
     self.checkpoints.close()
     return summary
 

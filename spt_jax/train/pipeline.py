@@ -70,54 +70,75 @@ def _best(finetunes: list) -> dict | None:
 
 def run_pipeline(config, workdir: str, data=None) -> dict:
   """Pretrains into W/pretrain, finetunes each grid point into W/finetune/, writes W/summary.json, W/report.md."""
+  return run_pipelines([(config, workdir, data)])[0]
+
+
+def run_pipelines(pipelines: list[tuple]) -> list[dict]:
+  """Runs several pipelines, given as (config, workdir, data or None), as `run_pipeline` runs each; their stages
+  train config.runs_together at a time where shapes allow (every pretraining together, then every finetune)."""
   started = time.time()
-  as_pipeline = ml_collections.ConfigDict(config.to_dict())
-  as_pipeline.stage = 'pipeline'  # Every stage, the finetuning grid and from_steps, whatever stage config names.
-  validate.check(as_pipeline, data=data)  # Everything that can fail, before anything is written.
+  folders = []
+  for config, workdir, data in pipelines:
+    as_pipeline = ml_collections.ConfigDict(config.to_dict())
+    as_pipeline.stage = 'pipeline'  # Every stage, the finetuning grid and from_steps, whatever stage config names.
+    validate.check(as_pipeline, data=data)  # Everything that can fail, before anything is written.
+    folders += [workdir, *stage_folders(config, workdir)]
   # W and every stage folder, taken before any file is touched (re-entered when the caller already holds them).
-  with files.WorkdirLock([workdir, *stage_folders(config, workdir)], enabled=jax.process_index() == 0):
-    result = _run_locked(config, workdir, data)
-    result['wall_time_s'] = round(time.time() - started, 1)
+  with files.WorkdirLock(folders, enabled=jax.process_index() == 0):
+    results = _run_locked(pipelines)
+    for (_, workdir, _), result in zip(pipelines, results, strict=True):
+      result['wall_time_s'] = round(time.time() - started, 1)
+      if jax.process_index() == 0 and result['pretrain'] is not None:
+        files.write_json(os.path.join(workdir, 'summary.json'), result)
+        files.write_text(os.path.join(workdir, 'report.md'), report(result))
+      logging.info('Pipeline stopped (%s); report: %s', result['stop_reason'], os.path.join(workdir, 'report.md'))
+  return results
+
+
+def _run_locked(pipelines: list[tuple]) -> list[dict]:
+  """The stages of run_pipelines, once their folders are held."""
+  together = min(config.runs_together for config, _, _ in pipelines)
+  prepared = []
+  for config, workdir, data in pipelines:
+    data = prepare_lib.prepare(run_plan.stage_config(config, 'pretrain')) if data is None else data
+    validate.check_vocab(config, data)
+    os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
-      files.write_json(os.path.join(workdir, 'summary.json'), result)
-      files.write_text(os.path.join(workdir, 'report.md'), report(result))
-  logging.info('Pipeline stopped (%s); report: %s', result['stop_reason'], os.path.join(workdir, 'report.md'))
-  return result
-
-
-def _run_locked(config, workdir: str, data) -> dict:
-  """The stages of run_pipeline, once its folders are held."""
-  from_steps = sorted(int(step) for step in config.finetune.from_steps)
-  data = prepare_lib.prepare(run_plan.stage_config(config, 'pretrain')) if data is None else data
-  validate.check_vocab(config, data)
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    checkpoint.write_config(workdir, config)
-  pretrain_dir = os.path.join(os.path.abspath(workdir), 'pretrain')
-  pretrain = loop.run(config, pretrain_dir, stage='pretrain', data=data)
-  result = {'pretrain': pretrain, 'finetunes': [], 'best': None, 'stop_reason': pretrain['stop_reason']}
-  if pretrain['stop_reason'] in ('budget', 'early_stopping'):
+      checkpoint.write_config(workdir, config)
+    prepared.append((config, os.path.join(os.path.abspath(workdir), 'pretrain'), data))
+  pretrains = loop.run_many([loop.Run(c, folder, 'pretrain', data=d) for c, folder, d in prepared], together)
+  results, finetunes = [], []  # finetunes: (pipeline, name, pretrain step, pretrain tokens, grid point, Run).
+  for p, ((config, pretrain_dir, data), pretrain) in enumerate(zip(prepared, pretrains, strict=True)):
+    stop_reason = 'preempted' if pretrain is None else pretrain['stop_reason']  # None: not started (preempted).
+    results.append({'pretrain': pretrain, 'finetunes': [], 'best': None, 'stop_reason': stop_reason})
+    if stop_reason not in ('budget', 'early_stopping'):
+      continue
+    workdir = os.path.dirname(pretrain_dir)
     sources = [(pretrain['steps'], pretrain['tokens'], pretrain_dir, None)]
     tokens_per_step = pretrain['tokens'] // max(pretrain['steps'], 1)
     sources += [
-      (s, s * tokens_per_step, os.path.join(pretrain_dir, checkpoint.CHECKPOINTS, str(s)), s) for s in from_steps
+      (s, s * tokens_per_step, os.path.join(pretrain_dir, checkpoint.CHECKPOINTS, str(s)), s)
+      for s in sorted(int(step) for step in config.finetune.from_steps)
     ]
     for pretrain_step, pretrain_tokens, init_from, label in sources:
       for lr, warmup in config.finetune.grid:
         name = point_name(lr, warmup, label)
         finetune_config = ml_collections.ConfigDict(config.to_dict())
         finetune_config.init_from = init_from
-        summary = loop.run(
-          finetune_config, os.path.join(workdir, 'finetune', name), stage='finetune', grid_point=(lr, warmup), data=data
-        )
-        result['finetunes'].append(_finetune_entry(name, summary, pretrain_step, pretrain_tokens, (lr, warmup)))
-        if summary['stop_reason'] == 'preempted':
-          result['stop_reason'] = 'preempted'
-          break
-      if result['stop_reason'] == 'preempted':
-        break
-  result['best'] = _best(result['finetunes'])
-  return result
+        folder = os.path.join(workdir, 'finetune', name)
+        run = loop.Run(finetune_config, folder, 'finetune', (lr, warmup), data)
+        finetunes.append((p, name, pretrain_step, pretrain_tokens, (lr, warmup), run))
+  summaries = loop.run_many([f[-1] for f in finetunes], together)
+  for (p, name, pretrain_step, pretrain_tokens, grid_point, _), summary in zip(finetunes, summaries, strict=True):
+    if summary is None:  # Not started: an earlier run was preempted.
+      results[p]['stop_reason'] = 'preempted'
+      continue
+    results[p]['finetunes'].append(_finetune_entry(name, summary, pretrain_step, pretrain_tokens, grid_point))
+    if summary['stop_reason'] == 'preempted':
+      results[p]['stop_reason'] = 'preempted'
+  for result in results:
+    result['best'] = _best(result['finetunes'])
+  return results
 
 
 def _number(value, digits=4) -> str:

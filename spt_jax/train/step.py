@@ -13,12 +13,27 @@ from spt_jax.model import decoder as model_lib
 from spt_jax.model import sharding
 
 
+def _with_run_axis(named: jax.sharding.NamedSharding) -> jax.sharding.NamedSharding:
+  """The sharding of a stack of runs of arrays sharded as `named`: the leading run axis is whole on every device."""
+  return jax.sharding.NamedSharding(named.mesh, jax.sharding.PartitionSpec(None, *named.spec))
+
+
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
   rng: jax.Array
+
+
+def _stack(*trees):
+  """One tree whose leaves stack the trees' leaves along a new leading run axis."""
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _take(stacked, index):
+  """The leaves of a stack of runs at `index` along the run axis (a scalar index drops the axis)."""
+  return jax.tree.map(lambda leaf: leaf[index], stacked)
 
 
 def make_optimizer(config, schedule: optax.Schedule, weight_decay: float | None = None):
@@ -116,6 +131,44 @@ class Trainer:
     self.eval_step = jax.jit(
       self._eval_step, in_shardings=(self.param_shardings, self.batch_sharding), out_shardings=replicated
     )
+    # Runs trained together (loop.run_many): the same state, batch and learning-rate table with a leading run axis.
+    self.stacked_state_shardings = jax.tree.map(_with_run_axis, self.state_shardings)
+    self.stacked_batch_sharding = _with_run_axis(self.batch_sharding)
+    self._stacked_train_step = None
+    self._stack = jax.jit(_stack, out_shardings=self.stacked_state_shardings)
+    self._take_one = jax.jit(_take, out_shardings=self.state_shardings)
+    self._take_runs = jax.jit(_take, out_shardings=self.stacked_state_shardings)
+
+  def stack(self, states: list[TrainState]) -> TrainState:
+    """One state whose every leaf has a leading run axis, from the states of several runs."""
+    return self._stack(*states)
+
+  def unstack(self, stacked: TrainState, run: int) -> TrainState:
+    """Run `run`'s state out of a stacked one (a copy: the stack may be donated to the next step)."""
+    return self._take_one(stacked, jnp.asarray(run, jnp.int32))
+
+  def select(self, stacked: TrainState, runs: list[int]) -> TrainState:
+    """The stack of only the runs `runs` (runs that stopped are dropped, so that they stop costing steps)."""
+    return self._take_runs(stacked, jnp.asarray(runs, jnp.int32))
+
+  def stacked_train_step(self, stacked: TrainState, batches_RxBxLp1, lr_tables_RxS, active_R):
+    """One step of every run of a stack (jax.vmap of the train step), each with its own batch and learning-rate
+    table; a run whose `active` is False keeps its state (it stopped; its slot is computed and discarded)."""
+    if self.optimizer_for is None:
+      raise ValueError('runs train together only with a learning-rate table (Trainer(optimizer=a function))')
+    if self._stacked_train_step is None:
+      replicated = self.replicated
+      self._stacked_train_step = jax.jit(
+        jax.vmap(self._masked_train_step),
+        in_shardings=(self.stacked_state_shardings, self.stacked_batch_sharding, replicated, replicated),
+        out_shardings=(self.stacked_state_shardings, replicated),
+        donate_argnums=0,
+      )
+    return self._stacked_train_step(stacked, batches_RxBxLp1, lr_tables_RxS, active_R)
+
+  def _masked_train_step(self, state: TrainState, batch_BxLp1, lr_table_S, active):
+    updated, metrics = self._train_step_with_table(state, batch_BxLp1, lr_table_S)
+    return jax.tree.map(lambda new, old: jnp.where(active, new, old), updated, state), metrics
 
   def _boxed_state(self, rng) -> TrainState:
     params = self.model.init(rng, jnp.zeros((1, 8), jnp.int32))['params']

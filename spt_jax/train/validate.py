@@ -30,6 +30,7 @@ _POSITIVE_INTEGER = (
   'eval_sequences',
   'log_every',
   'keep_checkpoints',
+  'runs_together',
   'profile_steps',
 )
 _FINETUNE_POSITIVE_INTEGER = ('finetune.batch_size', 'finetune.max_steps', 'finetune.eval_every')
