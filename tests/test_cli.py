@@ -25,6 +25,7 @@ ENTRY_POINTS = [
   ('spt_jax.sample', ['--checkpoint=.'], '--top_p=1.5', 'top_p'),
   ('spt_jax.evaluate_mcqa', ['--checkpoint=.', '--task=arc_easy'], '--batch_size=0', 'batch_size'),
   ('spt_jax.gpu_check', [], '--batch_sizes=0', 'batch_sizes'),
+  ('spt_jax.crash_check', ['--config=configs/proofpile.py:test', '--workdir=W'], '--kills=0', 'kills'),
   ('spt_jax.data.fetch', [], '--only=coq,nope', 'only'),
   ('spt_jax.data.prepare', [], '--config=configs/nope.py', 'config'),
   ('spt_jax.data.bench', [], '--prepare_kind=pdf', 'prepare_kind'),

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -111,6 +112,36 @@ def test_a_pipeline_with_runs_together_reports_as_one_without(tmp_path):
     assert (a['steps'], a['best_step']) == (b['steps'], b['best_step'])
     assert math.isclose(a['best_domain_test_loss'], b['best_domain_test_loss'], rel_tol=RTOL)
   assert results[0]['best']['name'] == results[1]['best']['name']
+
+
+def test_stack_width_halves_while_the_runs_fit():
+  assert [loop.stack_width(n, 8) for n in range(8, 0, -1)] == [8, 8, 8, 8, 4, 4, 2, 1]
+  assert [loop.stack_width(n, 3) for n in (3, 2, 1)] == [3, 3, 1]
+
+
+def test_a_stack_resumed_from_different_steps_reproduces_every_loss_bit_for_bit(tmp_path):
+  """Runs resumed from different checkpoints, and runs that had finished, leave each step at its first width."""
+  data = tiny_data()
+  configs = [tiny_config(seed=seed, steps=steps, checkpoint_every=2) for seed, steps in enumerate((6, 6, 12, 12))]
+
+  def run_all(root):
+    return loop.run_many([loop.Run(c, str(root / f'run{i}'), data=data) for i, c in enumerate(configs)], together=4)
+
+  run_all(tmp_path / 'reference')  # Four wide until two runs end at step 6, then two wide.
+  resumed = tmp_path / 'resumed'
+  shutil.copytree(tmp_path / 'reference', resumed)
+  for run, keep_until in (('run1', 4), ('run2', 4), ('run3', 8)):  # As if killed before these later saves.
+    (resumed / run / 'summary.json').unlink()
+    for folder in (resumed / run / 'checkpoints').iterdir():
+      if folder.name.isdigit() and int(folder.name) > keep_until:
+        shutil.rmtree(folder)
+  summaries = run_all(resumed)
+  assert [s['steps'] for s in summaries] == [6, 6, 12, 12]
+  for i in range(4):
+    expected, got = _records(tmp_path / 'reference' / f'run{i}'), _records(resumed / f'run{i}')
+    assert [{k: v for k, v in r.items() if not k.startswith(_MACHINE)} for r in got] == [
+      {k: v for k, v in r.items() if not k.startswith(_MACHINE)} for r in expected
+    ]
 
 
 SCRIPT = """

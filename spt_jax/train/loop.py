@@ -147,7 +147,7 @@ def run_many(runs: Sequence[Run], together: int = 1) -> list[dict]:
     raise ValueError(f'together={together}: train at least 1 run at a time (1: one after another).')
   for r in runs:  # Every config, before any folder exists.
     validate.check(r.config, data=r.data, stage=r.stage_name, grid_point=r.grid_point, vocab=False)
-  summaries = [None] * len(runs)
+  summaries = dict.fromkeys(range(len(runs)))
   # Held before build creates a checkpoint manager, which would clean up another run's in-flight save (a no-op for
   # folders the caller, main or the pipeline, already holds).
   with files.WorkdirLock([r.workdir for r in runs], enabled=jax.process_index() == 0):
@@ -157,23 +157,20 @@ def run_many(runs: Sequence[Run], together: int = 1) -> list[dict]:
       groups[(_trainer_key(c, sharding.make_mesh(c.mesh)), c.batch_size, c.data.seq_len)].append(index)
     for group in groups.values():
       for start in range(0, len(group), together):
-        if any(s is not None and s['stop_reason'] == 'preempted' for s in summaries):
+        if any(s is not None and s['stop_reason'] == 'preempted' for s in summaries.values()):
           break  # A preemption notice stops the whole set: what has not started starts on the rerun.
-        chunk = []
-        for index in group[start : start + together]:
+        chunk = group[start : start + together]
+        built = []
+        for index in chunk:
           r = runs[index]
-          built = build(r.config, r.workdir, stage=r.stage, grid_point=r.grid_point, data=r.data, checked=True)
-          if isinstance(built, dict):
-            summaries[index] = built
-          else:
-            chunk.append((index, built))
-        if len(chunk) == 1:
-          index, (loop_, state, loop_state) = chunk[0]
-          summaries[index] = loop_.train(state, loop_state)
-        elif chunk:
-          trained = _train_together(*(list(column) for column in zip(*(b for _, b in chunk), strict=True)))
-          for (index, _), summary in zip(chunk, trained, strict=True):
-            summaries[index] = summary
+          built.append(build(r.config, r.workdir, stage=r.stage, grid_point=r.grid_point, data=r.data, checked=True))
+        if all(isinstance(b, dict) for b in built):  # Finished before.
+          summaries.update(zip(chunk, built, strict=True))
+        elif len(chunk) == 1:
+          loop_, state, loop_state = built[0]
+          summaries[chunk[0]] = loop_.train(state, loop_state)
+        else:  # Finished runs keep their slots, so that the stack is as wide as on a first run.
+          summaries.update(zip(chunk, _train_together(built), strict=True))
   return [
     finetune_decay.after_early_stopping(  # WSD finetunes decay from their best step.
       r.config,
@@ -184,49 +181,73 @@ def run_many(runs: Sequence[Run], together: int = 1) -> list[dict]:
     )
     if summary is not None
     else None
-    for r, summary in zip(runs, summaries, strict=True)
+    for r, summary in zip(runs, summaries.values(), strict=True)
   ]
 
 
-def _train_together(loops: list['_Loop'], states: list, loop_states: list[LoopState]) -> list[dict]:
-  """Trains runs that share one Trainer as one stack; a run that stops keeps its state and, once at most half of
-  the stack still trains, the stack shrinks to the runs left (one more compile of the step, at most log2 R)."""
-  trainer = loops[0].trainer
-  for loop_, state, loop_state in zip(loops, states, loop_states, strict=True):
+def stack_width(running: int, width: int) -> int:
+  """The width of a stack of `width` slots while `running` of its runs still train: halved while the runs fit."""
+  while running <= width // 2:
+    width //= 2
+  return width
+
+
+def _train_together(entries: list) -> list[dict]:
+  """Trains runs that share one Trainer as one stack and returns their summaries.
+
+  entries: (loop, state, loop state) of each run of the chunk, or the summary of one that has finished (its slot
+  stays, idle). A run that stops keeps its state; the stack shrinks by halves (stack_width), one more compile
+  each. A run's arithmetic depends on the width of the stack it is computed in (XLA picks kernels by shape), not
+  on its partners or its slot; so that a resumed stack computes every step at the width it had on a first run,
+  the runs step in lockstep (one resumed from a later checkpoint waits for the others) and the width at step s
+  counts the runs that had not stopped by s, the finished ones included.
+  """
+  live = [entry for entry in entries if not isinstance(entry, dict)]
+  trainer = live[0][0].trainer
+  for loop_, state, loop_state in live:
     loop_.begin(state, loop_state)
-  slots = [i for i, loop_ in enumerate(loops) if loop_.running()]  # The run in each slot of the stack.
-  if not slots:
-    return [loop_.finish() for loop_ in loops]
-  stacked = trainer.stack([states[i] for i in slots])
-  del states  # The stack holds them now (and the step donates it).
+  loops = [None if isinstance(entry, dict) else entry[0] for entry in entries]
+  finished_at = [entry['steps'] if isinstance(entry, dict) else None for entry in entries]
+  filler = live[0]  # What an idle slot holds: never updated, its outputs discarded.
+  stacked = trainer.stack([(filler if isinstance(entry, dict) else entry)[1] for entry in entries])
+  del live, filler  # The stack holds the states now (and the step donates it).
   # Each run's learning-rate table, padded with its last value to the longest run's, on the device once.
-  width = max(len(loops[i].host_lr_table) for i in slots)
-  host_tables = np.stack(
-    [np.pad(loops[i].host_lr_table, (0, width - len(loops[i].host_lr_table)), 'edge') for i in slots]
-  )
+  width = max(len(loop_.host_lr_table) for loop_ in loops if loop_)
+  tables = [loop_.host_lr_table if loop_ else np.zeros(1, np.float32) for loop_ in loops]
+  host_tables = np.stack([np.pad(table, (0, width - len(table)), 'edge') for table in tables])
   tables = jax.device_put(host_tables, trainer.replicated)
-  batches = {i: loops[i].host_batches(loops[i].step) for i in slots}
-  shape = (loops[0].c.batch_size, loops[0].c.data.seq_len + 1)
+  batches = {i: loop_.host_batches(loop_.step) for i, loop_ in enumerate(loops) if loop_ and loop_.running()}
+  some = next(loop_ for loop_ in loops if loop_)
+  shape = (some.c.batch_size, some.c.data.seq_len + 1)
   _check_host_rows(trainer.batch_sharding, shape)
-  idle = np.zeros((shape[0] // jax.process_count(), shape[1]), np.int32)  # The batch of a stopped run's slot.
+  idle = np.zeros((shape[0] // jax.process_count(), shape[1]), np.int32)  # The batch of an idle slot.
+  slots = list(range(len(entries)))  # The run in each slot of the stack (None: idle).
   with _Preemption() as preemption:
-    while slots:
-      active = np.array([loops[i].running() for i in slots])
-      if active.sum() <= len(slots) // 2:  # Drop the stopped runs from the stack.
-        keep = [k for k, a in enumerate(active) if a]
-        if not keep:
-          break
-        stacked, slots, active = trainer.select(stacked, keep), [slots[k] for k in keep], active[keep]
-        host_tables = host_tables[keep]
+    while True:
+      running = [k for k, i in enumerate(slots) if i is not None and loops[i] and loops[i].running()]
+      if not running:
+        break
+      clock = min(loops[slots[k]].step for k in running)
+      unstopped = sum(
+        bool(loop_ and loop_.running()) or (loop_.step if loop_ else finished_at[i]) > clock
+        for i, loop_ in enumerate(loops)
+      )
+      width = stack_width(unstopped, len(slots))
+      if width < len(slots):  # Drop the slots of stopped runs.
+        keep = running + [running[0]] * (width - len(running))
+        stacked, host_tables = trainer.select(stacked, keep), host_tables[keep]
         tables = jax.device_put(host_tables, trainer.replicated)
-      rows = np.stack([next(batches[i]) if a else idle for i, a in zip(slots, active, strict=True)])
+        slots = [slots[k] for k in running] + [None] * (width - len(running))
+        running = list(range(len(running)))
+      stepping = [k for k in running if loops[slots[k]].step == clock]  # Runs ahead of the clock wait.
+      active = np.isin(np.arange(len(slots)), stepping)
+      rows = np.stack([next(batches[slots[k]]) if a else idle for k, a in enumerate(active)])
       device_batch = jax.make_array_from_process_local_data(trainer.stacked_batch_sharding, rows, (len(rows), *shape))
       stacked, metrics = trainer.stacked_train_step(stacked, device_batch, tables, active)
       view = _StackedMetrics(metrics)
-      for slot, (i, a) in enumerate(zip(slots, active, strict=True)):
-        if a:
-          loops[i].after_step(functools.partial(trainer.unstack, stacked, slot), view.run(slot), preemption)
-  return [loop_.finish() for loop_ in loops]
+      for k in stepping:
+        loops[slots[k]].after_step(functools.partial(trainer.unstack, stacked, k), view.run(k), preemption)
+  return [loop_.finish() if loop_ else entry for loop_, entry in zip(loops, entries, strict=True)]
 
 
 class _StackedMetrics:

@@ -1,0 +1,34 @@
+"""spt_jax.crash_check: the `:test` pipeline (its finetuning grid trained together) killed 20 times."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_main import ROOT, _write_documents, local_files_run
+
+
+@pytest.mark.slow
+def test_a_pipeline_killed_20_times_ends_as_an_uninterrupted_one(tmp_path):
+  _write_documents(tmp_path / 'general', 'the a cat dog sat on mat and ran to house tree sun rain'.split(), 60, 0)
+  _write_documents(tmp_path / 'domain', 'lemma proof qed intros apply rewrite induction nat'.split(), 30, 1)
+  arguments = local_files_run(tmp_path, tmp_path / 'check')
+  # Two finetuning points, so that the finetunes train as one stack of two.
+  arguments.append('--config.finetune.grid=((1e-3, 5), (3e-3, 5))')
+  result = subprocess.run(
+    [sys.executable, '-m', 'spt_jax.crash_check', *arguments, '--kills=20', '--seed=0'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    timeout=3000,
+  )
+  assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+  out = result.stdout
+  assert '20 kills;' in out and 'all equal, bit for bit' in out, out
+  kills = [line for line in out.splitlines() if line.startswith('kill ')]
+  # Kills landed while evaluating, saving, starting each kind of stage and writing the report.
+  for doing in ('last began EVAL', 'last began SAVE', 'last began BEGIN pretrain', 'last began BEGIN finetune'):
+    assert any(doing in line for line in kills), (doing, out)
+  assert 'last began REPORT' in kills[-1], out
