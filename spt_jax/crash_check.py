@@ -38,12 +38,11 @@ flags.register_validator(
 # What a kill waits for, in turn (the report comes last): a marker prefix, or '' for a random time.
 _MOMENTS = ('', 'EVAL', 'SAVE', '', 'BEGIN')
 # Values that measure the machine or name the folder, not the run.
-_UNCOMPARED = ('perf/', 'steps_per_sec', 'uptime', 'wall_time_s', 'train_tokens_per_second', 'eval_seconds')
+_UNCOMPARED = ('perf/', 'steps_per_sec', 'uptime', 'wall_time_s', 'train_tokens_per_second', 'eval_seconds', 'timing')
 
 
 def _mark_moments(path: str) -> None:
   """Appends a line to `path` as each evaluation, checkpoint save, stage and report starts."""
-  from spt_jax.evals import heldout  # noqa: PLC0415  only in the marked run
   from spt_jax.train import checkpoint, loop, pipeline  # noqa: PLC0415  only in the marked run
 
   def mark(text: str) -> None:
@@ -59,7 +58,7 @@ def _mark_moments(path: str) -> None:
 
     setattr(owner, name, marked)
 
-  wrap(heldout.Evaluator, '__call__', lambda self, *_: 'EVAL')
+  wrap(loop._Loop, 'evaluate', lambda self, step, *_: f'EVAL {step} {self.workdir}')  # noqa: SLF001
   wrap(checkpoint.Checkpoints, 'save', lambda self, step, *_: f'SAVE {step} {self.directory}')
   wrap(loop._Loop, 'begin', lambda self, *_: f'BEGIN {self.c.stage} {self.workdir}')  # noqa: SLF001
   wrap(pipeline, 'report', lambda *_: 'REPORT')
@@ -115,51 +114,60 @@ def _records(root: str) -> dict:
   return records
 
 
-def _kill_when(process, markers: str, moment: str, rng: random.Random, mean_seconds: float) -> str | None:
-  """Waits for the moment (a marker, then up to 0.2 s; or a random time), kills, and says what was running."""
-  started = time.time()
-  deadline = started + (rng.uniform(0.2, 2.0) * mean_seconds if not moment else _TIMEOUT.value)
-  seen = len(_lines(markers))
-  while process.poll() is None:
-    if moment:
-      new = [line for line in _lines(markers)[seen:] if line.split(' ', 2)[1:2] == [moment]]
-      if new:
-        time.sleep(rng.uniform(0, 0.2))
-        break
-    if time.time() > deadline:
+def _kill_when(process, markers: str, moment: str, seen: set, random_seconds: float) -> str | None:
+  """Waits for the moment and kills; says what the run was doing (None: it finished first).
+
+  moment: '' for a random time (up to random_seconds); else a marker to wait for (then up to 0.2 s more). An EVAL
+  or SAVE must be one no earlier run reached (its step and folder unseen), so that every kill comes later in the
+  pipeline than the last one of its kind and the pipeline gets on.
+  """
+  started, rng = time.time(), random.Random(len(seen))
+  deadline = started + (random.uniform(0, random_seconds) if not moment else _TIMEOUT.value)
+  awaited = 'a random time'
+  while process.poll() is None and time.time() < deadline:
+    lines = [line.split(' ', 1)[1] for line in _lines(markers)]
+    hits = [
+      line
+      for line in lines
+      if moment and line.split(' ', 1)[0] == moment and (moment in ('BEGIN', 'REPORT') or line not in seen)
+    ]
+    if hits:
+      awaited = hits[0]
+      time.sleep(rng.uniform(0, 0.2))
       break
     time.sleep(0.01)
   if process.poll() is not None:
-    return None  # It finished first.
+    _finish(process, 'killed')
+    return None
   process.send_signal(signal.SIGKILL)
   process.wait()
-  last = _lines(markers)[-1:]
-  doing = last[0].split(' ', 1)[1] if last else 'starting (imports, data, compiling)'
-  return f'{time.time() - started:6.1f} s into its run, waiting for {moment or "a random time"}: last began {doing}'
+  lines = [line.split(' ', 1)[1] for line in _lines(markers)]
+  seen.update(lines)
+  doing = lines[-1] if lines else 'starting (imports, data, compiling)'
+  return f'{time.time() - started:5.1f} s into its run, at {awaited}; last began {doing}'
 
 
 def check(workdir: str, kills: int, seed: int) -> bool:
   """Runs the reference and the killed pipeline under workdir; prints the kills and the verdict."""
-  rng = random.Random(seed)
+  random.seed(seed)
   reference, killed = os.path.join(workdir, 'reference'), os.path.join(workdir, 'killed')
   os.makedirs(workdir, exist_ok=True)
+  timing = os.path.join(workdir, 'reference.seconds')
   if not os.path.exists(os.path.join(reference, 'summary.json')):
     started = time.time()
     _finish(_start(reference, os.path.join(workdir, 'reference.markers')), 'reference')
-    print(f'reference: {time.time() - started:.1f} s', flush=True)
-  reference_seconds = max(float(line.split()[0]) for line in _lines(os.path.join(workdir, 'reference.markers'))) - min(
-    float(line.split()[0]) for line in _lines(os.path.join(workdir, 'reference.markers'))
-  )
-  sent = 0
+    with open(timing, 'w') as f:
+      f.write(f'{time.time() - started:.1f}\n')
+  with open(timing) as f:
+    reference_seconds = float(f.read())
+  print(f'reference: {reference_seconds:.1f} s', flush=True)
+  sent, seen = 0, set()
   for attempt in range(kills):
     moment = 'REPORT' if attempt == kills - 1 else _MOMENTS[attempt % len(_MOMENTS)]
-    process = _start(killed, os.path.join(workdir, f'killed.{attempt}.markers'))
-    what = _kill_when(
-      process, os.path.join(workdir, f'killed.{attempt}.markers'), moment, rng, reference_seconds / kills
-    )
+    markers = os.path.join(workdir, f'killed.{attempt}.markers')
+    what = _kill_when(_start(killed, markers), markers, moment, seen, reference_seconds / 2)
     if what is None:
-      _finish(process, 'killed')
-      print(f'kill {attempt + 1}: the pipeline finished first', flush=True)
+      print(f'run {attempt + 1} finished before its kill (waiting for {moment or "a random time"})', flush=True)
       break
     sent += 1
     print(f'kill {sent}: {what}', flush=True)

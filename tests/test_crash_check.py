@@ -14,7 +14,8 @@ def test_a_pipeline_killed_20_times_ends_as_an_uninterrupted_one(tmp_path):
   _write_documents(tmp_path / 'general', 'the a cat dog sat on mat and ran to house tree sun rain'.split(), 60, 0)
   _write_documents(tmp_path / 'domain', 'lemma proof qed intros apply rewrite induction nat'.split(), 30, 1)
   arguments = local_files_run(tmp_path, tmp_path / 'check')
-  # Two finetuning points, so that the finetunes train as one stack of two.
+  # 200 pretraining steps with 10 evaluations and saves; two finetuning points, trained as one stack of two.
+  arguments += ['--config.tokens=51200', '--config.eval_every=20', '--config.checkpoint_every=20']
   arguments.append('--config.finetune.grid=((1e-3, 5), (3e-3, 5))')
   result = subprocess.run(
     [sys.executable, '-m', 'spt_jax.crash_check', *arguments, '--kills=20', '--seed=0'],
@@ -29,6 +30,7 @@ def test_a_pipeline_killed_20_times_ends_as_an_uninterrupted_one(tmp_path):
   assert '20 kills;' in out and 'all equal, bit for bit' in out, out
   kills = [line for line in out.splitlines() if line.startswith('kill ')]
   # Kills landed while evaluating, saving, starting each kind of stage and writing the report.
-  for doing in ('last began EVAL', 'last began SAVE', 'last began BEGIN pretrain', 'last began BEGIN finetune'):
-    assert any(doing in line for line in kills), (doing, out)
-  assert 'last began REPORT' in kills[-1], out
+  for moment in ('at EVAL', 'at SAVE', 'at BEGIN pretrain', 'at BEGIN finetune', 'at a random time'):
+    assert any(moment in line for line in kills), (moment, out)
+  assert any('/finetune/' in line and 'at SAVE' in line for line in kills), out
+  assert 'at REPORT' in kills[-1], out

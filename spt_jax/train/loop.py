@@ -206,6 +206,8 @@ def _train_together(entries: list) -> list[dict]:
   trainer = live[0][0].trainer
   for loop_, state, loop_state in live:
     loop_.begin(state, loop_state)
+  for loop_, *_ in live:  # The first windows start together, after every first evaluation.
+    loop_.last_time = time.time()
   loops = [None if isinstance(entry, dict) else entry[0] for entry in entries]
   finished_at = [entry['steps'] if isinstance(entry, dict) else None for entry in entries]
   filler = live[0]  # What an idle slot holds: never updated, its outputs discarded.
@@ -222,6 +224,8 @@ def _train_together(entries: list) -> list[dict]:
   _check_host_rows(trainer.batch_sharding, shape)
   idle = np.zeros((shape[0] // jax.process_count(), shape[1]), np.int32)  # The batch of an idle slot.
   slots = list(range(len(entries)))  # The run in each slot of the stack (None: idle).
+  summaries = {i: loop_.finish() for i, loop_ in enumerate(loops) if loop_ and not loop_.running()}
+  waited = collections.Counter()  # Seconds spent waiting for the device's metrics (that is, for the steps).
   with _Preemption() as preemption:
     while True:
       running = [k for k, i in enumerate(slots) if i is not None and loops[i] and loops[i].running()]
@@ -244,24 +248,34 @@ def _train_together(entries: list) -> list[dict]:
       rows = np.stack([next(batches[slots[k]]) if a else idle for k, a in enumerate(active)])
       device_batch = jax.make_array_from_process_local_data(trainer.stacked_batch_sharding, rows, (len(rows), *shape))
       stacked, metrics = trainer.stacked_train_step(stacked, device_batch, tables, active)
-      view = _StackedMetrics(metrics)
+      view = _StackedMetrics(metrics, waited)
       for k in stepping:
-        loops[slots[k]].after_step(functools.partial(trainer.unstack, stacked, k), view.run(k), preemption)
-  return [loop_.finish() if loop_ else entry for loop_, entry in zip(loops, entries, strict=True)]
+        started, loop_, waited_before = time.time(), loops[slots[k]], waited['seconds']
+        loop_.after_step(functools.partial(trainer.unstack, stacked, k), view.run(k), preemption)
+        if not loop_.running():  # Its summary now, with its own wall time.
+          summaries[slots[k]] = loop_.finish()
+        # The others' time windows exclude this run's evaluation and saving (not the wait for the shared step).
+        spent = time.time() - started - (waited['seconds'] - waited_before)
+        for other in (loops[i] for i in slots if i is not None and i != slots[k] and i not in summaries):
+          other.others_seconds += spent
+  summaries.update({i: loop_.finish() for i, loop_ in enumerate(loops) if loop_ and i not in summaries})
+  return [summaries[i] if loop_ else entry for i, (loop_, entry) in enumerate(zip(loops, entries, strict=True))]
 
 
 class _StackedMetrics:
   """The metrics of one stacked step, read from the device once for all of its runs."""
 
-  def __init__(self, metrics):
-    self.metrics, self._host = metrics, None
+  def __init__(self, metrics, waited: collections.Counter):
+    self.metrics, self._host, self.waited = metrics, None, waited
 
   def run(self, slot: int) -> '_RunMetrics':
     return _RunMetrics(self, slot)
 
   def host(self) -> dict:
     if self._host is None:
+      started = time.time()
       self._host = jax.device_get(self.metrics)
+      self.waited.update(seconds=time.time() - started)
     return self._host
 
 
@@ -279,6 +293,7 @@ def build(config, workdir: str, *, stage: str | None = None, grid_point=None, da
 
   checked: the caller (run) already validated the config before taking the workdir's lock.
   """
+  started = time.time()
   plan = run_plan.make(config, stage or config.stage, grid_point)
   c = plan.config
   if not any(isinstance(f, _QuietOrbax) for f in logging.get_absl_logger().filters):
@@ -321,7 +336,9 @@ def build(config, workdir: str, *, stage: str | None = None, grid_point=None, da
   checkpoint.write_config(workdir, c)  # Only now that the run really starts: a rejected config leaves none.
   if data.tokenizer is not None and jax.process_index() == 0:  # The run carries its tokenizer to any machine.
     files.write_text(os.path.join(workdir, checkpoint.TOKENIZER_FILE), data.tokenizer.to_str())
-  return _Loop(plan, workdir, trainer, checkpoints, mixture, evaluator, data), state, loop_state
+  loop_ = _Loop(plan, workdir, trainer, checkpoints, mixture, evaluator, data)
+  loop_.setup_seconds = time.time() - started  # Data, restore, evaluation sets: this session's set-up.
+  return loop_, state, loop_state
 
 
 _TRAINERS = collections.OrderedDict()  # The few last Trainers, by everything their compiled steps depend on.
@@ -385,6 +402,7 @@ class _Loop:
     self.flops_per_token = flops.train_flops_per_token(c.model, c.data.seq_len)
     self.peak_flops = flops.peak_flops(c.peak_flops)
     self.stop_reason = None
+    self.setup_seconds = 0.0  # Set by build: data, restore and evaluation sets before the first step.
     self.keep_steps = set(c.finetune.from_steps)  # Checkpointed and kept: finetuned from.
     # Steps/s and the ETA to TensorBoard and the log; a profiler trace of chosen steps into the workdir.
     self.periodic_actions = [
@@ -527,10 +545,13 @@ class _Loop:
     # A fresh start drops what a run killed before its first checkpoint logged; a resume, the steps after it.
     _truncate_metrics(self.metrics_path, self.step if loop_state.initial is not None else -1)
     if self.step == 0 and loop_state.initial is None:
+      evaluating = time.time()
       results, _ = self.evaluate(0, state, loop_state)
+      self.timing.update(eval_seconds=time.time() - evaluating)
       loop_state.initial = evaluation.losses(results)
       self.log(0, evaluation.scalars(results))
     self.last_time = time.time()
+    self.others_seconds = 0.0  # Seconds the other runs of a stack spent on their own bookkeeping since last_time.
 
   def running(self) -> bool:
     return self.step < self.steps and self.stop_reason is None
@@ -557,9 +578,13 @@ class _Loop:
       return
     loop_state.train_loss = values['train/loss']
     now = time.time()
-    tokens_per_second = self.tokens_per_step * max(step - self.last_step, 1) / (now - self.last_time)
+    window = now - self.last_time - self.others_seconds  # Without what other runs of a stack did meanwhile.
+    self.timing.update(other_runs_seconds=self.others_seconds)
+    tokens_per_second = self.tokens_per_step * max(step - self.last_step, 1) / window
     if self.last_step > self.first_step:  # Throughput excludes the first window (compilation) and evaluations.
-      self.timing.update(train_seconds=now - self.last_time, train_steps=step - self.last_step)  # Counter: adds.
+      self.timing.update(train_seconds=window, train_steps=step - self.last_step)  # Counter: adds.
+    else:
+      self.timing.update(first_window_seconds=window)
     scalars = dict(values, **self.progress(step, values['train/loss'], tokens_per_second))
     domain_test, improved, state = None, False, None
     if is_eval:
@@ -580,21 +605,43 @@ class _Loop:
       or self.stop_reason
       or (c.patience and domain_test is not None and improved)
     ):
+      saving = time.time()
       self.save(step, state_of() if state is None else state, loop_state, domain_test)
+      self.timing.update(checkpoint_seconds=time.time() - saving)
     if preempted:
       self.stop_reason = 'preempted'
-    self.last_time, self.last_step = time.time(), step
+    self.last_time, self.last_step, self.others_seconds = time.time(), step, 0.0
 
   def finish(self) -> dict:
     """The end of the session: the last metrics checked, checkpoints committed, the summary written."""
     if self.pending is not None and self.stop_reason is None:
       self.read(*self.pending)
+    waiting = time.time()
     self.checkpoints.wait()  # The summary only speaks of committed checkpoints.
+    self.timing.update(checkpoint_seconds=time.time() - waiting)
     self.writer.flush()
     self.writer.close()
     summary = self.summarise(self.step, self.loop_state)
     self.checkpoints.close()
     return summary
+
+  def time_split(self) -> dict:
+    """Where this session's wall time went, in seconds: set-up (data, restore), the first window of steps (with
+    the compiles), the other steps, evaluation, checkpointing, and the rest (logging, the loop's own work)."""
+    split = {
+      'setup': self.setup_seconds,
+      'first_window': self.timing['first_window_seconds'],
+      'steps': self.timing['train_seconds'],
+      'eval': self.timing['eval_seconds'],
+      'checkpoint': self.timing['checkpoint_seconds'],
+      'other_runs': self.timing['other_runs_seconds'],  # Trained together: the other runs' evaluations and saves.
+    }
+    wall = split['setup'] + time.time() - self.started
+    return {
+      **{k: round(v, 3) for k, v in split.items()},
+      'other': round(wall - sum(split.values()), 3),
+      'wall': round(wall, 3),
+    }
 
   def summarise(self, step: int, loop_state: LoopState) -> dict:
     c, stop_reason, train_seconds = self.c, self.stop_reason or 'budget', self.timing['train_seconds']
@@ -624,6 +671,7 @@ class _Loop:
       'wall_time_s': round(self.seconds(loop_state), 1),
       'train_tokens_per_second': self.timing['train_steps'] * self.tokens_per_step / max(train_seconds, 1e-9),
       'eval_seconds': self.timing['eval_seconds'],
+      'timing': self.time_split(),
     }
     if jax.process_index() == 0:  # Atomically: a rerun reads it to skip finished runs.
       files.write_json(os.path.join(self.workdir, 'summary.json'), summary)

@@ -87,10 +87,13 @@ def run_pipelines(pipelines: list[tuple]) -> list[dict]:
   with files.WorkdirLock(folders, enabled=jax.process_index() == 0):
     results = _run_locked(pipelines)
     for (_, workdir, _), result in zip(pipelines, results, strict=True):
+      reporting = time.time()
+      if jax.process_index() == 0 and result['pretrain'] is not None:
+        files.write_text(os.path.join(workdir, 'report.md'), report(result))
+      result['timing']['report'] = round(time.time() - reporting, 3)
       result['wall_time_s'] = round(time.time() - started, 1)
       if jax.process_index() == 0 and result['pretrain'] is not None:
         files.write_json(os.path.join(workdir, 'summary.json'), result)
-        files.write_text(os.path.join(workdir, 'report.md'), report(result))
       logging.info('Pipeline stopped (%s); report: %s', result['stop_reason'], os.path.join(workdir, 'report.md'))
   return results
 
@@ -98,6 +101,7 @@ def run_pipelines(pipelines: list[tuple]) -> list[dict]:
 def _run_locked(pipelines: list[tuple]) -> list[dict]:
   """The stages of run_pipelines, once their folders are held."""
   together = min(config.runs_together for config, _, _ in pipelines)
+  started = time.time()
   prepared = []
   for config, workdir, data in pipelines:
     data = prepare_lib.prepare(run_plan.stage_config(config, 'pretrain')) if data is None else data
@@ -106,7 +110,10 @@ def _run_locked(pipelines: list[tuple]) -> list[dict]:
     if jax.process_index() == 0:
       checkpoint.write_config(workdir, config)
     prepared.append((config, os.path.join(os.path.abspath(workdir), 'pretrain'), data))
+  timing = {'prepare': round(time.time() - started, 3)}  # Of every pipeline together (they share their stages).
+  started = time.time()
   pretrains = loop.run_many([loop.Run(c, folder, 'pretrain', data=d) for c, folder, d in prepared], together)
+  timing['pretrain'] = round(time.time() - started, 3)
   results, finetunes = [], []  # finetunes: (pipeline, name, pretrain step, pretrain tokens, grid point, Run).
   for p, ((config, pretrain_dir, data), pretrain) in enumerate(zip(prepared, pretrains, strict=True)):
     stop_reason = 'preempted' if pretrain is None else pretrain['stop_reason']  # None: not started (preempted).
@@ -128,7 +135,9 @@ def _run_locked(pipelines: list[tuple]) -> list[dict]:
         folder = os.path.join(workdir, 'finetune', name)
         run = loop.Run(finetune_config, folder, 'finetune', (lr, warmup), data)
         finetunes.append((p, name, pretrain_step, pretrain_tokens, (lr, warmup), run))
+  started = time.time()
   summaries = loop.run_many([f[-1] for f in finetunes], together)
+  timing['finetune'] = round(time.time() - started, 3)
   for (p, name, pretrain_step, pretrain_tokens, grid_point, _), summary in zip(finetunes, summaries, strict=True):
     if summary is None:  # Not started: an earlier run was preempted.
       results[p]['stop_reason'] = 'preempted'
@@ -138,6 +147,7 @@ def _run_locked(pipelines: list[tuple]) -> list[dict]:
       results[p]['stop_reason'] = 'preempted'
   for result in results:
     result['best'] = _best(result['finetunes'])
+    result['timing'] = dict(timing)
   return results
 
 
