@@ -4,11 +4,11 @@
 
 Takes main's flags (--config and its overrides, --workdir), each written --flag=value. Runs the pipeline once
 without interruption into W/reference, then into W/killed, killing it with SIGKILL and starting it again until it
-finishes: the kills come in turn at a random time, at an evaluation, during a checkpoint save, at the start of a
-stage (pretraining or a finetune), and the last one while the report is written. Then every stage's metrics.jsonl
-(without the wall-clock figures) and every summary.json (without times and paths) must equal the reference's, bit
-for bit. Prints one line per kill (when, and what the run was doing) and the verdict; exits 0 when equal, 1 when
-not.
+finishes: the kills come in turn at the start of a stage (pretraining, then the finetunes), at a random time, at an
+evaluation, during a checkpoint save and at a random time again, and the last one while the report is written. Then
+every stage's metrics.jsonl (without the wall-clock figures) and every summary.json (without times and paths) must
+equal the reference's, bit for bit. Prints one line per kill (when, and what the run was doing) and the verdict;
+exits 0 when equal, 1 when not.
 
 The runs are `python -m spt_jax.crash_check --markers=FILE ...`: the pipeline of spt_jax.main, with a line
 appended to FILE as each evaluation, save, stage and report starts (the moments to kill at).
@@ -25,6 +25,8 @@ import time
 from absl import flags
 
 from spt_jax import main as main_lib
+from spt_jax.storage import files
+from spt_jax.train import pipeline
 
 _KILLS = flags.DEFINE_integer('kills', 20, 'SIGKILLs to send before letting the pipeline finish.', lower_bound=1)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the kill times and of the moments picked.', lower_bound=0)
@@ -36,7 +38,7 @@ flags.register_validator(
 )
 
 # What a kill waits for, in turn (the report comes last): a marker prefix, or '' for a random time.
-_MOMENTS = ('', 'EVAL', 'SAVE', '', 'BEGIN')
+_MOMENTS = ('BEGIN', '', 'EVAL', 'SAVE', '')
 # Values that measure the machine or name the folder, not the run.
 _UNCOMPARED = ('perf/', 'steps_per_sec', 'uptime', 'wall_time_s', 'train_tokens_per_second', 'eval_seconds', 'timing')
 
@@ -114,23 +116,26 @@ def _records(root: str) -> dict:
   return records
 
 
-def _kill_when(process, markers: str, moment: str, seen: set, random_seconds: float) -> str | None:
+def _kill_when(process, markers: str, moment: str, seen: set, startup_seconds: float, anew: bool) -> str | None:
   """Waits for the moment and kills; says what the run was doing (None: it finished first).
 
-  moment: '' for a random time (up to random_seconds); else a marker to wait for (then up to 0.2 s more). An EVAL
-  or SAVE must be one no earlier run reached (its step and folder unseen), so that every kill comes later in the
-  pipeline than the last one of its kind and the pipeline gets on.
+  moment: '' for a random time; else a marker to wait for (then up to 0.2 s more), one no earlier run reached (an
+  evaluation or save of an unseen step and folder, a stage not begun before), so that every kill comes later in the
+  pipeline than the last one of its kind and the pipeline gets on; with anew, also one seen before.
   """
   started, rng = time.time(), random.Random(len(seen))
-  deadline = started + (random.uniform(0, random_seconds) if not moment else _TIMEOUT.value)
+  # A random time: in half the runs while it starts (imports, data, compiling), else within a second of its first
+  # evaluation (the pipeline is further on every time, so that is anywhere in it).
+  during_start = not moment and random.random() < 0.5
+  deadline = started + (random.uniform(0, startup_seconds) if during_start else _TIMEOUT.value)
+  after_first = None if moment or during_start else random.uniform(0, 1.0)
   awaited = 'a random time'
   while process.poll() is None and time.time() < deadline:
     lines = [line.split(' ', 1)[1] for line in _lines(markers)]
-    hits = [
-      line
-      for line in lines
-      if moment and line.split(' ', 1)[0] == moment and (moment in ('BEGIN', 'REPORT') or line not in seen)
-    ]
+    if after_first is not None and lines:
+      deadline = min(deadline, time.time() + after_first)
+      after_first = None
+    hits = [line for line in lines if moment and line.split(' ', 1)[0] == moment and (line not in seen or anew)]
     if hits:
       awaited = hits[0]
       time.sleep(rng.uniform(0, 0.2))
@@ -152,20 +157,25 @@ def check(workdir: str, kills: int, seed: int) -> bool:
   random.seed(seed)
   reference, killed = os.path.join(workdir, 'reference'), os.path.join(workdir, 'killed')
   os.makedirs(workdir, exist_ok=True)
-  timing = os.path.join(workdir, 'reference.seconds')
+  timing, reference_markers = os.path.join(workdir, 'reference.json'), os.path.join(workdir, 'reference.markers')
   if not os.path.exists(os.path.join(reference, 'summary.json')):
     started = time.time()
-    _finish(_start(reference, os.path.join(workdir, 'reference.markers')), 'reference')
-    with open(timing, 'w') as f:
-      f.write(f'{time.time() - started:.1f}\n')
+    _finish(_start(reference, reference_markers), 'reference')
+    first_marker = float(_lines(reference_markers)[0].split()[0])
+    files.write_json(timing, {'seconds': time.time() - started, 'startup_seconds': first_marker - started})
   with open(timing) as f:
-    reference_seconds = float(f.read())
-  print(f'reference: {reference_seconds:.1f} s', flush=True)
+    reference_timing = json.load(f)
+  print(
+    f'reference: {reference_timing["seconds"]:.1f} s, {reference_timing["startup_seconds"]:.1f} s to start', flush=True
+  )
   sent, seen = 0, set()
+  stages = pipeline.stage_folders(main_lib._CONFIG.value, killed)  # noqa: SLF001
   for attempt in range(kills):
     moment = 'REPORT' if attempt == kills - 1 else _MOMENTS[attempt % len(_MOMENTS)]
     markers = os.path.join(workdir, f'killed.{attempt}.markers')
-    what = _kill_when(_start(killed, markers), markers, moment, seen, reference_seconds / 2)
+    begun = {line.split()[-1] for line in seen if line.startswith('BEGIN')}
+    anew = moment == 'REPORT' or (moment == 'BEGIN' and begun >= set(stages))  # Every stage has begun before.
+    what = _kill_when(_start(killed, markers), markers, moment, seen, reference_timing['startup_seconds'], anew)
     if what is None:
       print(f'run {attempt + 1} finished before its kill (waiting for {moment or "a random time"})', flush=True)
       break

@@ -256,8 +256,9 @@ def _train_together(entries: list) -> list[dict]:
           summaries[slots[k]] = loop_.finish()
         # The others' time windows exclude this run's evaluation and saving (not the wait for the shared step).
         spent = time.time() - started - (waited['seconds'] - waited_before)
-        for other in (loops[i] for i in slots if i is not None and i != slots[k] and i not in summaries):
-          other.others_seconds += spent
+        for i in slots:
+          if i is not None and loops[i] is not None and i != slots[k] and i not in summaries:
+            loops[i].others_seconds += spent
   summaries.update({i: loop_.finish() for i, loop_ in enumerate(loops) if loop_ and i not in summaries})
   return [summaries[i] if loop_ else entry for i, (loop_, entry) in enumerate(zip(loops, entries, strict=True))]
 
