@@ -55,6 +55,15 @@ _MATMUL = flags.DEFINE_integer(
 )
 
 
+def _config(preset: str, dtype: str, **model_overrides):
+  """The base config of a preset, its model in `dtype` with the overrides."""
+  from spt_jax.train import config as config_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+
+  config = config_lib.base_config(preset)
+  config.model.update(dtype=dtype, **model_overrides)
+  return config
+
+
 class TrainStepTimer:
   """The real train step of a preset on random tokens, sharded over all devices along fsdp, compiled once."""
 
@@ -64,11 +73,9 @@ class TrainStepTimer:
     import optax  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
     from spt_jax.model import sharding  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-    from spt_jax.train import config as config_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
     from spt_jax.train import step as train  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-    config = config_lib.base_config(preset)
-    config.model.update(dtype=dtype, **model_overrides)
+    config = _config(preset, dtype, **model_overrides)
     schedule = optax.constant_schedule(1e-4)
     self.trainer = train.Trainer(
       config.model, sharding.make_mesh(config.mesh), train.make_optimizer(config, schedule), schedule
@@ -108,11 +115,9 @@ class RunsTogetherTimer:
     import numpy as np  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
     from spt_jax.model import sharding  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-    from spt_jax.train import config as config_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
     from spt_jax.train import step as train  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-    config = config_lib.base_config(preset)
-    config.model.update(dtype=dtype, **model_overrides)
+    config = _config(preset, dtype, **model_overrides)
     trainer = self.trainer = train.Trainer(
       config.model, sharding.make_mesh(config.mesh), functools.partial(train.make_optimizer, config)
     )

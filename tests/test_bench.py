@@ -27,11 +27,11 @@ def _python(code: str, **env) -> str:
   return result.stdout
 
 
-def test_bench_of_runs_together_against_one_by_one_on_every_device():
-  """--runs=R: both ways train R runs of R·batch tokens per step; the ratio is of their best rounds."""
+def _bench(*arguments: str) -> tuple[str, dict]:
+  """The benchmark of cpu-160k at 4 × 32 on 2 simulated devices, 2 rounds of 2 steps: its output and figures."""
   result = subprocess.run(
-    [sys.executable, '-m', 'spt_jax.bench', '--preset=cpu-160k', '--batch_size=4', '--seq_len=32', '--runs=3']
-    + ['--steps=2', '--rounds=2', '--matmul_size=256'],
+    [sys.executable, '-m', 'spt_jax.bench', '--preset=cpu-160k', '--batch_size=4', '--seq_len=32', '--steps=2']
+    + ['--rounds=2', '--matmul_size=256', *arguments],
     capture_output=True,
     text=True,
     cwd=_ROOT,
@@ -44,7 +44,12 @@ def test_bench_of_runs_together_against_one_by_one_on_every_device():
     },
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  figures = json.loads(result.stdout.strip().splitlines()[-1])
+  return result.stdout, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_bench_of_runs_together_against_one_by_one_on_every_device():
+  """--runs=R: both ways train R runs of R·batch tokens per step; the ratio is of their best rounds."""
+  out, figures = _bench('--runs=3')
   assert figures['devices'] == 2 and figures['runs'] == 3
   assert figures['together_over_alone'] == pytest.approx(
     figures['together_tokens_per_second'] / figures['alone_tokens_per_second']
@@ -52,35 +57,11 @@ def test_bench_of_runs_together_against_one_by_one_on_every_device():
   assert len(figures['round_together_over_alone']) == 2 and figures['alone_tokens_per_second'] > 0
   # Both MFUs share the FLOPs per token and the peak measured in the run.
   assert figures['together_mfu'] / figures['alone_mfu'] == pytest.approx(figures['together_over_alone'])
-  assert 'together ÷ alone' in result.stdout
+  assert 'together ÷ alone' in out
 
 
 def test_bench_keeps_the_best_round_of_each_figure_on_every_device():
-  result = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'spt_jax.bench',
-      '--preset=cpu-160k',
-      '--batch_size=4',
-      '--seq_len=32',
-      '--steps=2',
-      '--rounds=2',
-      '--matmul_size=256',
-    ],
-    capture_output=True,
-    text=True,
-    cwd=_ROOT,
-    timeout=900,
-    env={
-      **os.environ,
-      'PYTHONPATH': _ROOT,
-      'JAX_PLATFORMS': 'cpu',
-      'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
-    },
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  figures = json.loads(result.stdout.strip().splitlines()[-1])
+  _, figures = _bench()
   assert figures['devices'] == 2 and figures['rounds'] == 2
   assert figures['step_seconds'] == min(figures['round_step_seconds'])
   assert figures['peak_matmul_flops_per_second'] == max(figures['round_peak_flops_per_second'])
