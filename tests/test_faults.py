@@ -50,13 +50,13 @@ def slow_local_batch(self, step, *args):
 if mode == 'slow':
   mixture_lib.Mixture.local_batch = slow_local_batch
 
-evaluate = evaluation.Evaluator.__call__
+evaluate = evaluation.Evaluator.heldout
 def slow_evaluate(self, params, *args, **kwargs):
   mark('EVAL')
   time.sleep(1.0)
   return evaluate(self, params, *args, **kwargs)
 if mode == 'slow_eval':
-  evaluation.Evaluator.__call__ = slow_evaluate
+  evaluation.Evaluator.heldout = slow_evaluate
 
 save = checkpoint.Checkpoints.save
 def slow_save(self, step, *args, **kwargs):
@@ -307,14 +307,14 @@ def test_a_damaged_final_pretrain_checkpoint_hands_finetuning_the_one_before(tmp
 
 
 def test_non_finite_evaluations_are_written_as_null_never_nan(tmp_path, monkeypatch):
-  evaluate = evaluation.Evaluator.__call__
+  evaluate = evaluation.Evaluator.heldout
 
   def nan_general(self, params, *args, **kwargs):
     results = evaluate(self, params, *args, **kwargs)
     results['general_test']['loss'] = float('nan')
     return results
 
-  monkeypatch.setattr(evaluation.Evaluator, '__call__', nan_general)
+  monkeypatch.setattr(evaluation.Evaluator, 'heldout', nan_general)
   data = test_loop.tiny_data()
   data.bytes_per_token = {}  # Bits per byte unknown: NaN.
   workdir = tmp_path / 'run'

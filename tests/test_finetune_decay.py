@@ -27,14 +27,14 @@ def test_early_stopping_then_decay_from_the_best_state(tmp_path, monkeypatch):
   assert pretrain['stage_deltas'] == [{'from_tokens': 0, 'until_tokens': None, 'domain_fraction': delta}]
   # Evals of the stable phase at steps 0, 2, 4, 6, 8 (best 4, stop at 8); of the decay at 6 and 8.
   curve = iter([3.0, 2.0, 1.5, 1.7, 1.8, 1.4, 1.3])
-  real_call = evaluation.Evaluator.__call__
+  real_call = evaluation.Evaluator.heldout
 
   def scripted(self, params, *args, **kwargs):
     results = real_call(self, params, *args, **kwargs)
     results['domain_test']['loss'] = next(curve)
     return results
 
-  monkeypatch.setattr(evaluation.Evaluator, '__call__', scripted)
+  monkeypatch.setattr(evaluation.Evaluator, 'heldout', scripted)
   config = tiny_config(
     init_from=str(tmp_path / 'pretrain'),
     **{'finetune.schedule': 'wsd', 'finetune.decay_steps': 4, 'finetune.max_steps': 1000},

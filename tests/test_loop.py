@@ -138,14 +138,14 @@ def test_early_stopping_on_rising_curve_keeps_the_best(tmp_path, monkeypatch):
   data = tiny_data()
   loop.run(tiny_config(steps=2), str(tmp_path / 'pretrain'), stage='pretrain', data=data)
   curve = iter([3.0, 2.0, 1.5, 1.7, 1.8, 1.9, 2.0, 2.1])  # Evals at steps 0, 2, 4, 6, ...
-  real_call = evaluation.Evaluator.__call__
+  real_call = evaluation.Evaluator.heldout
 
   def rising(self, params, *args, **kwargs):
     results = real_call(self, params, *args, **kwargs)
     results['domain_test']['loss'] = next(curve)
     return results
 
-  monkeypatch.setattr(evaluation.Evaluator, '__call__', rising)
+  monkeypatch.setattr(evaluation.Evaluator, 'heldout', rising)
   workdir = str(tmp_path / 'finetune')
   summary = loop.run(tiny_config(init_from=str(tmp_path / 'pretrain')), workdir, stage='finetune', data=data)
   assert summary['stop_reason'] == 'early_stopping'

@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 
+from spt_jax.evals import heldout as evaluation
+from spt_jax.model import sharding
 from spt_jax.train import loop, pipeline
 from spt_jax.train import step as train
 from tests.test_loop import _losses, _wait_for
@@ -112,6 +114,30 @@ def test_a_pipeline_with_runs_together_reports_as_one_without(tmp_path):
     assert (a['steps'], a['best_step']) == (b['steps'], b['best_step'])
     assert math.isclose(a['best_domain_test_loss'], b['best_domain_test_loss'], rel_tol=RTOL)
   assert results[0]['best']['name'] == results[1]['best']['name']
+
+
+def test_a_stack_evaluates_each_run_as_alone_whatever_its_partners():
+  c = tiny_config()
+  mesh = sharding.make_mesh(c.mesh)
+  trainer = loop._trainer(c, mesh)
+  data, other = tiny_data(), tiny_data()
+  other.eval_sets = {name: rows[::-1][:12] for name, rows in other.eval_sets.items()}  # Other rows, a short batch.
+  evaluators = [evaluation.Evaluator(c, trainer, d) for d in (data, other)]
+  states = [trainer.init_state(seed) for seed in (0, 1, 2)]
+  names = [None, None, ['domain_test']]
+  alone = [evaluators[0].heldout(states[0].params), evaluators[1].heldout(states[2].params, ['domain_test'])]
+  stacked = evaluation.heldout_stacked(
+    [evaluators[0], None, evaluators[1]], trainer, trainer.stack(states).params, names
+  )
+  assert stacked[1] is None and sorted(stacked[0]) == sorted(alone[0]) and sorted(stacked[2]) == ['domain_test']
+  for results, expected in ((stacked[0], alone[0]), (stacked[2], alone[1])):
+    for name, values in expected.items():
+      for key, value in values.items():
+        assert math.isclose(results[name][key], value, rel_tol=RTOL), (name, key)
+  # Another partner in the middle slot and the other idle: slot 0's results bit for bit.
+  partners = trainer.stack([states[0], states[2], states[1]]).params
+  again = evaluation.heldout_stacked([evaluators[0], evaluators[1], None], trainer, partners, names)
+  assert again[0] == stacked[0]
 
 
 def test_stack_width_halves_while_the_runs_fit():

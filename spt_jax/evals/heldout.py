@@ -1,10 +1,12 @@
 """Held-out evaluation: loss, standard error and bits per byte per named set; multiple-choice accuracy."""
 
+import collections
 import math
 
 import jax
 import numpy as np
 
+from spt_jax.evals import mcqa as mcqa_lib
 from spt_jax.model import sharding
 
 MCQA_KEYS = ('accuracy', 'accuracy_stderr', 'accuracy_per_char', 'accuracy_per_token')
@@ -32,27 +34,43 @@ class Evaluator:
   def _device(self, rows):
     return jax.make_array_from_callback(rows.shape, self.trainer.batch_sharding, lambda index: rows[index])
 
-  def __call__(self, params, names=None, mcqa: bool = True) -> dict:
-    """Results of the named sets (default: all) and, with mcqa, of the multiple-choice tasks."""
-    results, pending = {}, {}
-    chosen = {name: rows for name, rows in self.sets.items() if names is None or name in names}
-    for name, rows in chosen.items():  # Dispatch everything, then read: the device never waits on the host.
-      outputs = []
-      for start in range(0, len(rows), self.batch_size):
-        chunk = rows[start : start + self.batch_size]
-        padded = np.concatenate([chunk, np.repeat(chunk[:1], self.batch_size - len(chunk), 0)])
-        outputs.append((len(chunk), self.trainer.eval_step(params, self._device(padded))))
-      pending[name] = outputs
-    for name, outputs in pending.items():
-      losses = np.concatenate([np.asarray(out['sequence_loss'])[:n] for n, out in outputs]).astype(np.float64)
-      loss = float(losses.mean())
-      stderr = float(losses.std(ddof=1) / math.sqrt(len(losses))) if len(losses) > 1 else float('nan')
-      bytes_per_token = self.bytes_per_token.get(name) or float('nan')
-      results[name] = {'loss': loss, 'loss_stderr': stderr, 'bpb': loss / math.log(2) / bytes_per_token}
-    for task in self.mcqa_tasks if mcqa else ():
-      from spt_jax.evals import mcqa  # noqa: PLC0415  the parameter `mcqa` (a bool) holds the module's name here
+  def chunks(self, names=None) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """The named sets (default: all) as batches of batch_size rows: (rows used, rows padded with the first)."""
+    chunks = {}
+    for name, rows in self.sets.items():
+      if names is None or name in names:
+        chunks[name] = []
+        for start in range(0, len(rows), self.batch_size):
+          chunk = rows[start : start + self.batch_size]
+          chunks[name].append(
+            (len(chunk), np.concatenate([chunk, np.repeat(chunk[:1], self.batch_size - len(chunk), 0)]))
+          )
+    return chunks
 
-      scores = mcqa.evaluate(
+  def result(self, name: str, sequence_losses: np.ndarray) -> dict:
+    """Loss, its standard error and bits per byte of a set from its sequences' mean losses."""
+    losses = np.asarray(sequence_losses, np.float64)
+    loss = float(losses.mean())
+    stderr = float(losses.std(ddof=1) / math.sqrt(len(losses))) if len(losses) > 1 else float('nan')
+    bytes_per_token = self.bytes_per_token.get(name) or float('nan')
+    return {'loss': loss, 'loss_stderr': stderr, 'bpb': loss / math.log(2) / bytes_per_token}
+
+  def heldout(self, params, names=None) -> dict:
+    """Results of the named held-out sets (default: all)."""
+    pending = {  # Dispatch everything, then read: the device never waits on the host.
+      name: [(n, self.trainer.eval_step(params, self._device(rows))) for n, rows in chunks]
+      for name, chunks in self.chunks(names).items()
+    }
+    return {
+      name: self.result(name, np.concatenate([np.asarray(out['sequence_loss'])[:n] for n, out in outputs]))
+      for name, outputs in pending.items()
+    }
+
+  def mcqa(self, params) -> dict:
+    """Results of the multiple-choice tasks."""
+    results = {}
+    for task in self.mcqa_tasks:
+      scores = mcqa_lib.evaluate(
         params,
         self.model_cfg,
         self.tokenizer,
@@ -64,6 +82,35 @@ class Evaluator:
       )
       results[f'mcqa/{task}'] = {key: scores[key] for key in MCQA_KEYS}
     return results
+
+
+def heldout_stacked(evaluators: list, trainer, stacked_params, names: list) -> list[dict | None]:
+  """Held-out results of the runs of a stack, each run's batches side by side in one dispatch (a vmapped eval step).
+
+  evaluators[k] evaluates the run in slot k of stacked_params on the sets names[k] (None: all); a slot whose
+  evaluator is None is idle (zeros in, outputs dropped). The evaluators share one batch size. A run's results equal
+  its Evaluator's alone to float tolerance (XLA may order a batched matmul's sums otherwise) and, at the same stack
+  width, bit for bit whatever the other slots hold.
+  """
+  chunks = [None if e is None else e.chunks(names[k]) for k, e in enumerate(evaluators)]
+  shape = next(rows.shape for c in chunks if c for parts in c.values() for _, rows in parts)
+  idle = np.zeros(shape, np.int32)
+  pending = []  # Dispatch everything, then read.
+  for name in sorted({name for c in chunks if c for name in c}):
+    for j in range(max(len(c.get(name, ())) for c in chunks if c)):
+      rows = np.stack([c[name][j][1] if c and j < len(c.get(name, ())) else idle for c in chunks])
+      device_rows = jax.make_array_from_callback(rows.shape, trainer.stacked_batch_sharding, lambda i, r=rows: r[i])
+      pending.append((name, j, trainer.stacked_eval_step(stacked_params, device_rows)))
+  losses = [collections.defaultdict(list) for _ in chunks]
+  for name, j, outputs in pending:
+    values = np.asarray(outputs['sequence_loss'])  # [runs, batch]
+    for k, c in enumerate(chunks):
+      if c and j < len(c.get(name, ())):
+        losses[k][name].append(values[k, : c[name][j][0]])
+  return [
+    None if e is None else {name: e.result(name, np.concatenate(parts)) for name, parts in losses[k].items()}
+    for k, e in enumerate(evaluators)
+  ]
 
 
 def scalars(results: dict) -> dict:

@@ -249,9 +249,22 @@ def _train_together(entries: list) -> list[dict]:
       device_batch = jax.make_array_from_process_local_data(trainer.stacked_batch_sharding, rows, (len(rows), *shape))
       stacked, metrics = trainer.stacked_train_step(stacked, device_batch, tables, active)
       view = _StackedMetrics(metrics, waited)
+      heldout, evaluating = _stack_heldout(
+        trainer, stacked, [loops[i] if i is not None else None for i in slots], stepping, view
+      )
+      share = evaluating / max(len(heldout), 1)  # Each evaluated run's share of the stack's evaluation.
+      for i in slots:
+        if i is not None and loops[i] is not None and i not in summaries:
+          loops[i].others_seconds += evaluating - (share if slots.index(i) in heldout else 0.0)
       for k in stepping:
         started, loop_, waited_before = time.time(), loops[slots[k]], waited['seconds']
-        loop_.after_step(functools.partial(trainer.unstack, stacked, k), view.run(k), preemption)
+        loop_.after_step(
+          functools.partial(trainer.unstack, stacked, k),
+          view.run(k),
+          preemption,
+          heldout.get(k),
+          share if k in heldout else 0.0,
+        )
         if not loop_.running():  # Its summary now, with its own wall time.
           summaries[slots[k]] = loop_.finish()
         # The others' time windows exclude this run's evaluation and saving (not the wait for the shared step).
@@ -261,6 +274,26 @@ def _train_together(entries: list) -> list[dict]:
             loops[i].others_seconds += spent
   summaries.update({i: loop_.finish() for i, loop_ in enumerate(loops) if loop_ and i not in summaries})
   return [summaries[i] if loop_ else entry for i, (loop_, entry) in enumerate(zip(loops, entries, strict=True))]
+
+
+def _stack_heldout(trainer, stacked, loops: list, stepping: list[int], view: '_StackedMetrics') -> tuple[dict, float]:
+  """{slot: held-out results} of the stepping runs whose evaluation is due after this step, computed for all of
+  them in one vmapped pass over the stack (always at the stack's width, so that a resumed stack computes the same
+  values bit for bit), and its seconds; ({}, 0) when none is due or the runs' eval batches differ (each evaluates
+  alone)."""
+  due = {k: loops[k].eval_sets_due(loops[k].step + 1) for k in stepping}
+  due = {k: names for k, names in due.items() if names is None or names}
+  if not due or len({loops[k].evaluator.batch_size for k in due}) > 1:
+    return {}, 0.0
+  view.host()  # Waiting for the step is the step's time, not evaluation's.
+  started = time.time()
+  results = evaluation.heldout_stacked(
+    [loops[k].evaluator if k in due else None for k in range(len(loops))],
+    trainer,
+    stacked.params,
+    [due.get(k) for k in range(len(loops))],
+  )
+  return {k: results[k] for k in due}, time.time() - started
 
 
 class _StackedMetrics:
@@ -467,15 +500,22 @@ class _Loop:
       return None
     return values
 
-  def evaluate(self, step: int, state, loop_state: LoopState, names=None) -> tuple[dict, bool]:
-    """The results of the eval sets due (default: all), and whether domain_test improved (updating the best and
-    the patience count; a step that does not evaluate domain_test changes neither)."""
-    results = self.evaluator(state.params, names, mcqa=names is None or 'domain_test' in names)
+  def eval_results(self, params_of: Callable[[], Any], names=None, heldout: dict | None = None) -> dict:
+    """The results of the eval sets due (default: all), with the multiple-choice tasks whenever domain_test is due;
+    heldout: the held-out sets' results computed already (by the run's stack)."""
+    results = self.evaluator.heldout(params_of(), names) if heldout is None else dict(heldout)
+    if self.evaluator.mcqa_tasks and (names is None or 'domain_test' in names):
+      results.update(self.evaluator.mcqa(params_of()))
+    return results
+
+  def evaluate(self, step: int, results: dict, loop_state: LoopState, names=None) -> bool:
+    """Records the results of the eval sets due (default: all); whether domain_test improved (updating the best
+    and the patience count; a step that does not evaluate domain_test changes neither)."""
     losses = evaluation.losses(results)
     previous = (loop_state.last_eval or {}).get('eval') or {}
     loop_state.last_eval = {'step': step, 'eval': {**previous, **losses}}  # The latest loss of every set.
     if names is not None and 'domain_test' not in names:
-      return results, False
+      return False
     domain = losses.get('domain_test', float('nan'))
     improved = loop_state.best is None or domain < loop_state.best['eval']['domain_test']
     if improved:
@@ -489,7 +529,7 @@ class _Loop:
       loop_state.evals_without_improvement = 0
     else:
       loop_state.evals_without_improvement += 1
-    return results, improved
+    return improved
 
   def seconds(self, loop_state: LoopState) -> float:
     """Wall time of the run so far, over all its sessions (resumptions included)."""
@@ -547,7 +587,8 @@ class _Loop:
     _truncate_metrics(self.metrics_path, self.step if loop_state.initial is not None else -1)
     if self.step == 0 and loop_state.initial is None:
       evaluating = time.time()
-      results, _ = self.evaluate(0, state, loop_state)
+      results = self.eval_results(lambda: state.params)
+      self.evaluate(0, results, loop_state)
       self.timing.update(eval_seconds=time.time() - evaluating)
       loop_state.initial = evaluation.losses(results)
       self.log(0, evaluation.scalars(results))
@@ -557,10 +598,19 @@ class _Loop:
   def running(self) -> bool:
     return self.step < self.steps and self.stop_reason is None
 
-  def after_step(self, state_of: Callable[[], Any], metrics, preemption: _Preemption) -> None:
+  def after_step(
+    self,
+    state_of: Callable[[], Any],
+    metrics,
+    preemption: _Preemption,
+    heldout: dict | None = None,
+    heldout_seconds: float = 0.0,
+  ) -> None:
     """The bookkeeping of a step just dispatched: the previous step's metrics checked, then (when due) progress,
-    evaluation, early stopping and checkpoints. state_of() gives the state after the step (read only when due)."""
+    evaluation, early stopping and checkpoints. state_of() gives the state after the step (read only when due).
+    heldout: the results of the held-out sets due, computed by the run's stack in heldout_seconds (its share)."""
     c, loop_state = self.c, self.loop_state
+    state_of = functools.cache(state_of)  # Read once for evaluation and saving.
     self.step = step = self.step + 1
     for action in self.periodic_actions:
       action(step)
@@ -579,7 +629,8 @@ class _Loop:
       return
     loop_state.train_loss = values['train/loss']
     now = time.time()
-    window = now - self.last_time - self.others_seconds  # Without what other runs of a stack did meanwhile.
+    # Without what other runs of a stack did meanwhile, nor this run's share of the stack's evaluation.
+    window = now - self.last_time - self.others_seconds - heldout_seconds
     self.timing.update(other_runs_seconds=self.others_seconds)
     tokens_per_second = self.tokens_per_step * max(step - self.last_step, 1) / window
     if self.last_step > self.first_step:  # Throughput excludes the first window (compilation) and evaluations.
@@ -587,12 +638,12 @@ class _Loop:
     else:
       self.timing.update(first_window_seconds=window)
     scalars = dict(values, **self.progress(step, values['train/loss'], tokens_per_second))
-    domain_test, improved, state = None, False, None
+    domain_test, improved = None, False
     if is_eval:
       eval_started = time.time()
-      state = state_of()
-      results, improved = self.evaluate(step, state, loop_state, due)
-      self.timing.update(eval_seconds=time.time() - eval_started)
+      results = self.eval_results(lambda: state_of().params, due, heldout)
+      improved = self.evaluate(step, results, loop_state, due)
+      self.timing.update(eval_seconds=time.time() - eval_started + heldout_seconds)
       scalars.update(evaluation.scalars(results))
       domain_test = results.get('domain_test', {}).get('loss')
     self.log(step, scalars)
@@ -607,7 +658,7 @@ class _Loop:
       or (c.patience and domain_test is not None and improved)
     ):
       saving = time.time()
-      self.save(step, state_of() if state is None else state, loop_state, domain_test)
+      self.save(step, state_of(), loop_state, domain_test)
       self.timing.update(checkpoint_seconds=time.time() - saving)
     if preempted:
       self.stop_reason = 'preempted'

@@ -134,7 +134,7 @@ class Trainer:
     # Runs trained together (loop.run_many): the same state, batch and learning-rate table with a leading run axis.
     self.stacked_state_shardings = jax.tree.map(_with_run_axis, self.state_shardings)
     self.stacked_batch_sharding = _with_run_axis(self.batch_sharding)
-    self._stacked_train_step = None
+    self._stacked_train_step = self._stacked_eval_step = None
     self._stack = jax.jit(_stack, out_shardings=self.stacked_state_shardings)
     self._take_one = jax.jit(_take, out_shardings=self.state_shardings)
     self._take_runs = jax.jit(_take, out_shardings=self.stacked_state_shardings)
@@ -165,6 +165,16 @@ class Trainer:
         donate_argnums=0,
       )
     return self._stacked_train_step(stacked, batches_RxBxLp1, lr_tables_RxS, active_R)
+
+  def stacked_eval_step(self, stacked_params, batches_RxBxLp1):
+    """The eval step of every run of a stack (jax.vmap), each on its own batch."""
+    if self._stacked_eval_step is None:
+      self._stacked_eval_step = jax.jit(
+        jax.vmap(self._eval_step),
+        in_shardings=(self.stacked_state_shardings.params, self.stacked_batch_sharding),
+        out_shardings=self.replicated,
+      )
+    return self._stacked_eval_step(stacked_params, batches_RxBxLp1)
 
   def _masked_train_step(self, state: TrainState, batch_BxLp1, lr_table_S, active):
     updated, metrics = self._train_step_with_table(state, batch_BxLp1, lr_table_S)
