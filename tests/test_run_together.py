@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from spt_jax.evals import heldout as evaluation
 from spt_jax.model import sharding
@@ -205,6 +206,7 @@ def _start(tmp_path, root, delay_after):
   )
 
 
+@pytest.mark.slow
 def test_runs_together_killed_and_resumed_reproduce_the_losses(tmp_path):
   reference = str(tmp_path / 'reference')
   process = _start(tmp_path, reference, 10_000)
