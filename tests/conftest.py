@@ -1,4 +1,5 @@
-"""Test ordering: the slow end-to-end tests first, so that pytest-xdist's workers end together with short ones."""
+"""Test ordering: the slow end-to-end tests first. pytest-xdist hands each worker half of the queue and an idle worker
+takes tests from the end of the other's (--dist worksteal), so the workers end together on short tests."""
 
 
 def pytest_collection_modifyitems(items):
