@@ -31,9 +31,6 @@ class Evaluator:
     batch = min(c.eval_batch_size or c.batch_size, longest)
     self.batch_size = max(divisor, -(-batch // divisor) * divisor)
 
-  def _device(self, rows):
-    return jax.make_array_from_callback(rows.shape, self.trainer.batch_sharding, lambda index: rows[index])
-
   def chunks(self, names=None) -> dict[str, list[tuple[int, np.ndarray]]]:
     """The named sets (default: all) as batches of batch_size rows: (rows used, rows padded with the first)."""
     chunks = {}
@@ -58,7 +55,7 @@ class Evaluator:
   def heldout(self, params, names=None) -> dict:
     """Results of the named held-out sets (default: all)."""
     pending = {  # Dispatch everything, then read: the device never waits on the host.
-      name: [(n, self.trainer.eval_step(params, self._device(rows))) for n, rows in chunks]
+      name: [(n, self.trainer.eval_step(params, _device(rows, self.trainer.batch_sharding))) for n, rows in chunks]
       for name, chunks in self.chunks(names).items()
     }
     return {
@@ -84,6 +81,11 @@ class Evaluator:
     return results
 
 
+def _device(rows: np.ndarray, batch_sharding) -> jax.Array:
+  """Host rows as a device array of the given sharding (each device gets its slice)."""
+  return jax.make_array_from_callback(rows.shape, batch_sharding, lambda index: rows[index])
+
+
 def heldout_stacked(evaluators: list, trainer, stacked_params, names: list) -> list[dict | None]:
   """Held-out results of the runs of a stack, each run's batches side by side in one dispatch (a vmapped eval step).
 
@@ -99,8 +101,9 @@ def heldout_stacked(evaluators: list, trainer, stacked_params, names: list) -> l
   for name in sorted({name for c in chunks if c for name in c}):
     for j in range(max(len(c.get(name, ())) for c in chunks if c)):
       rows = np.stack([c[name][j][1] if c and j < len(c.get(name, ())) else idle for c in chunks])
-      device_rows = jax.make_array_from_callback(rows.shape, trainer.stacked_batch_sharding, lambda i, r=rows: r[i])
-      pending.append((name, j, trainer.stacked_eval_step(stacked_params, device_rows)))
+      pending.append(
+        (name, j, trainer.stacked_eval_step(stacked_params, _device(rows, trainer.stacked_batch_sharding)))
+      )
   losses = [collections.defaultdict(list) for _ in chunks]
   for name, j, outputs in pending:
     values = np.asarray(outputs['sequence_loss'])  # [runs, batch]

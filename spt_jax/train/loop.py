@@ -253,9 +253,9 @@ def _train_together(entries: list) -> list[dict]:
         trainer, stacked, [loops[i] if i is not None else None for i in slots], stepping, view
       )
       share = evaluating / max(len(heldout), 1)  # Each evaluated run's share of the stack's evaluation.
-      for i in slots:
+      for k, i in enumerate(slots):
         if i is not None and loops[i] is not None and i not in summaries:
-          loops[i].others_seconds += evaluating - (share if slots.index(i) in heldout else 0.0)
+          loops[i].others_seconds += evaluating - (share if k in heldout else 0.0)
       for k in stepping:
         started, loop_, waited_before = time.time(), loops[slots[k]], waited['seconds']
         loop_.after_step(
