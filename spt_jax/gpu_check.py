@@ -9,19 +9,24 @@
    tokens/s and MFU against the rate of 1 (spt_jax/bench.py's method).
 3. A tiny model trained for a few steps on the CPU on a fixed pattern, then its greedy continuation of a prompt
    on the CPU and on the GPU: the tokens must be equal.
-Prints one line per figure and writes DIR/gpu_check.json; exits 1 when the continuations differ.
+4. The attention of 2 above (cuDNN, bfloat16) and XLA's attention in bfloat16 against XLA's in float32 at the
+   highest matmul precision, at the model's shapes: output and the three gradients, each as the largest
+   difference over the reference's largest magnitude. cuDNN's may be at most twice XLA's.
+Prints one line per figure and writes DIR/gpu_check.json; exits 1 when the continuations differ or the attention
+is off.
 """
 
 import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import flags
 
 from spt_jax import bench, cli, sample
-from spt_jax.model import sharding
+from spt_jax.model import attention, sharding
 from spt_jax.storage import files
 from spt_jax.train import config as config_lib
 from spt_jax.train import step as train
@@ -30,7 +35,7 @@ _OUT = flags.DEFINE_string('out', '', 'Folder for gpu_check.json (default: print
 _DRY = flags.DEFINE_bool('dry', False, 'CPU sizes (cpu-160k, float32, XLA attention, sequence 64): checks the path.')
 _BATCH_SIZES = flags.DEFINE_list(
   'batch_sizes',
-  ['64', '48', '32', '24', '16', '8'],
+  ['32', '24', '20', '16', '12', '8', '4'],
   'Batch sizes to try, largest first; the first that fits is measured.',
 )
 flags.register_validator(
@@ -43,6 +48,8 @@ FLAGS = flags.FLAGS  # Also spt_jax.bench's: --remat_policy, --steps, --rounds, 
 # What the check runs: the GPU run, and the dry run's CPU sizes of the same path.
 FULL = dict(preset='olmo-1b', seq_len=2048, dtype='bfloat16', attention_impl='cudnn')
 DRY = dict(preset='cpu-160k', seq_len=64, dtype='float32', attention_impl='xla')
+# The attention compared (batch, heads, head dimension; the sequence is the run's): olmo-1b's heads, cpu-160k's.
+ATTENTION_SHAPES = {'olmo-1b': (2, 16, 128), 'cpu-160k': (2, 2, 32)}
 
 
 def _out_of_memory(error: Exception) -> bool:
@@ -81,6 +88,25 @@ def trained_tiny_model(steps: int = 60, seq_len: int = 32):
   for _ in range(steps):
     state, _ = trainer.train_step(state, batch)
   return jax.device_get(state.params), config.model, [int(t) for t in pattern[:8]]
+
+
+def attention_errors(implementation: str, dtype: str, batch: int, length: int, heads: int, head_dim: int):
+  """The largest differences of attention in `dtype` from XLA's in float32 at the highest precision, each over
+  the reference's largest magnitude: [output, dq, dk, dv], the gradients of a random weighting of the output."""
+  keys = jax.random.split(jax.random.PRNGKey(1), 4)
+  q, k, v, weights = (jax.random.normal(key, (batch, length, heads, head_dim), jnp.float32) for key in keys)
+
+  def output_and_grads(implementation, dtype):
+    def attend(q, k, v):
+      return attention.causal_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), implementation)
+
+    output, pullback = jax.vjp(attend, q, k, v)
+    return [output.astype(jnp.float32), *(g.astype(jnp.float32) for g in pullback(weights.astype(output.dtype)))]
+
+  with jax.default_matmul_precision('highest'):
+    reference = jax.jit(output_and_grads, static_argnums=(0, 1))('xla', jnp.float32)
+  ours = jax.jit(output_and_grads, static_argnums=(0, 1))(implementation, jnp.dtype(dtype))
+  return [float(jnp.abs(x - r).max() / jnp.abs(r).max()) for x, r in zip(ours, reference, strict=True)]
 
 
 def greedy_on(device, params, model_cfg, prompt, new_tokens: int = 24) -> list[int]:
@@ -125,10 +151,21 @@ def main(argv) -> None:
     f'greedy            {"equal" if on_cpu == on_device else "DIFFERENT"} on cpu and {other.platform} '
     f'({len(on_cpu)} tokens: {on_cpu[:8]} ...)'
   )
+
+  shape = (*ATTENTION_SHAPES[sizes['preset']][:1], sizes['seq_len'], *ATTENTION_SHAPES[sizes['preset']][1:])
+  ours = attention_errors(sizes['attention_impl'], 'bfloat16', *shape)
+  xla = attention_errors('xla', 'bfloat16', *shape)
+  attention_ok = all(o <= 2 * x for o, x in zip(ours, xla, strict=True))
+  result.update(attention_errors=ours, attention_errors_xla=xla, attention_ok=attention_ok)
+  print(
+    f"attention         {sizes['attention_impl']} {'within' if attention_ok else 'OUTSIDE'} twice XLA's "
+    f'bfloat16 error against float32 (output, dq, dk, dv): '
+    f'{", ".join(f"{o:.1e}" for o in ours)} against {", ".join(f"{x:.1e}" for x in xla)}'
+  )
   if _OUT.value:
     os.makedirs(_OUT.value, exist_ok=True)
     files.write_json(os.path.join(_OUT.value, 'gpu_check.json'), result)
-  if on_cpu != on_device:
+  if on_cpu != on_device or not attention_ok:
     sys.exit(1)
 
 

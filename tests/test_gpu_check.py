@@ -1,5 +1,5 @@
 """The GPU check's path at CPU sizes: the step measured against a rate measured in the same run, a trained tiny
-model's greedy continuation compared across devices (here the CPU with itself)."""
+model's greedy continuation compared across devices (here the CPU with itself), attention's bfloat16 error."""
 
 import json
 import os
@@ -31,6 +31,9 @@ def test_dry_path_measures_and_compares(tmp_path):
   # The model learnt its pattern (a 61-token cycle from token 8 on), so the comparison is of confident choices.
   pattern = (np.arange(8, 32) * 7 % 61 + 3).tolist()
   assert result['greedy_cpu'] == pattern
+  # Attention in bfloat16 against float32: real rounding errors (bfloat16 has 8 bits), here XLA's against itself.
+  assert result['attention_ok'] and result['attention_errors'] == result['attention_errors_xla']
+  assert all(1e-4 < error < 3e-2 for error in result['attention_errors'])
 
 
 def test_without_a_gpu_the_full_check_is_refused_in_one_line():
