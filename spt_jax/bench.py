@@ -12,6 +12,7 @@ tokens/s (spt_jax/data/bench.py) beside the step's: the input pipeline must outp
 """
 
 import json
+import os
 import time
 
 from absl import flags
@@ -49,6 +50,12 @@ _RUNS = flags.DEFINE_integer(
   'With R > 1: R runs trained together (one step over a leading run axis) against the same R runs one after '
   'another, in alternating rounds, all tokens/s of all runs.',
   lower_bound=1,
+)
+_PROFILE = flags.DEFINE_string(
+  'profile',
+  '',
+  'Folder for a profiler trace of --steps more steps: prints their time by kind of operation (matrix '
+  "multiplications, data movement, reductions, element-wise) and the matrix multiplications' FLOP/s.",
 )
 _MATMUL = flags.DEFINE_integer(
   'matmul_size', 0, 'Side of the peak-FLOP/s matmul (0: 8192 on accelerators, 2048 on CPU).', lower_bound=0
@@ -201,17 +208,8 @@ def measure_runs_together(
   )
 
 
-def measure(
-  preset: str, batch_size: int, seq_len: int, steps: int, rounds: int, dtype: str, matmul_size: int, **model_overrides
-) -> dict:
-  """Peak matmul FLOP/s and the train step's time in alternating rounds; the best of each, and MFU."""
-  return measure_timer(
-    TrainStepTimer(preset, batch_size, seq_len, dtype, **model_overrides), steps, rounds, dtype, matmul_size
-  )
-
-
 def measure_timer(timer: TrainStepTimer, steps: int, rounds: int, dtype: str, matmul_size: int) -> dict:
-  """measure() of a timer already built (and compiled)."""
+  """Peak matmul FLOP/s and the train step's time in alternating rounds; the best of each, and MFU."""
   peaks, seconds = [], []
   for _ in range(rounds):
     peaks.append(flops.peak_matmul_flops(dtype, matmul_size))
@@ -246,6 +244,11 @@ def main(argv):
   del argv
   import jax  # noqa: PLC0415  jax on first use: importing this module stays light
 
+  if _PROFILE.value:  # Checked before anything is compiled.
+    try:
+      os.makedirs(_PROFILE.value, exist_ok=True)
+    except OSError as error:
+      raise cli.UsageError(f'--profile={_PROFILE.value}: {error.strerror}; give a folder you can write') from error
   on_cpu = jax.default_backend() == 'cpu'
   dtype = _DTYPE.value or ('float32' if on_cpu else 'bfloat16')
   overrides = dict(remat_policy=_REMAT.value, attention_impl=_ATTENTION.value, loss_chunk_length=_LOSS_CHUNK.value)
@@ -280,16 +283,8 @@ def main(argv):
     )
     print(json.dumps(result))
     return
-  result = measure(
-    _PRESET.value,
-    _BATCH.value,
-    _SEQ_LEN.value,
-    _STEPS.value,
-    _ROUNDS.value,
-    dtype,
-    matmul_size,
-    **overrides,
-  )
+  timer = TrainStepTimer(_PRESET.value, _BATCH.value, _SEQ_LEN.value, dtype, **overrides)
+  result = measure_timer(timer, _STEPS.value, _ROUNDS.value, dtype, matmul_size)
   result.update(device=str(jax.devices()[0].device_kind), devices=jax.device_count())
   print(f'device            {result["devices"]} × {result["device"]} ({dtype})')
   print(
@@ -322,7 +317,36 @@ def main(argv):
       f'{result["pipeline_tokens_per_second"]:,.0f} tokens/s: {result["pipeline_over_step"]:.0f}× the step '
       '(must be >= 20×)'
     )
+  if _PROFILE.value:
+    result['profile'] = profile(timer, _STEPS.value, _PROFILE.value, result)
   print(json.dumps(result))
+
+
+def profile(timer: TrainStepTimer, steps: int, folder: str, result: dict) -> dict:
+  """Where the step's time goes (spt_jax/hardware/step_profile.py), printed against the bench's figures."""
+  from spt_jax.hardware import step_profile  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+
+  hlo = timer.trainer.train_step.lower(timer.state, timer.batch).compile().as_text()
+  seconds = []
+  events = step_profile.trace(lambda: seconds.append(timer.seconds_per_step(steps)), folder)
+  found = step_profile.breakdown(events, hlo, steps)
+  found['traced_seconds_per_step'] = seconds[0]
+  peak = result['peak_matmul_flops_per_second'] / result['devices']  # The operations' times are per device.
+  print(
+    f"profile           {steps} steps traced at {seconds[0] * 1e3:.1f} ms/step; the operations' own time "
+    f'{found["op_seconds_per_step"] * 1e3:.1f} ms/step (summed over threads):'
+  )
+  for kind, kind_seconds in found['seconds_per_step_by_kind'].items():
+    print(f'  {kind:<16}{kind_seconds * 1e3:9.1f} ms  {100 * kind_seconds / found["op_seconds_per_step"]:5.1f}%')
+  print(
+    f'  matmuls at {found["matmul_flops_per_second"] / 1e12:.3f} TFLOP/s = '
+    f'{100 * found["matmul_flops_per_second"] / peak:.0f}% of the peak matmul '
+    f'({found["matmul_flops_per_step"] / 1e9:.1f} GFLOP/step in dots; the model counts '
+    f'{timer.flops_per_token * timer.tokens_per_step / 1e9:.1f})'
+  )
+  for op in found['top_ops']:
+    print(f'  {op["name"]:<40}{op["kind"]:<16}{op["seconds_per_step"] * 1e3:8.2f} ms')
+  return found
 
 
 if __name__ == '__main__':

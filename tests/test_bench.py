@@ -9,7 +9,11 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import jax.numpy as jnp
 import pytest
+
+from spt_jax.hardware import step_profile
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,6 +72,42 @@ def test_bench_keeps_the_best_round_of_each_figure_on_every_device():
   assert figures['tokens_per_second'] == pytest.approx(4 * 32 / figures['step_seconds'])
   assert figures['mfu'] == pytest.approx(figures['model_flops_per_second'] / figures['peak_matmul_flops_per_second'])
   assert 0 < figures['mfu'] < 1 and all(0 < m < 1 for m in figures['round_mfu'])
+
+
+def test_profile_splits_the_step_by_kind_and_finds_the_model_flops_in_its_dots(tmp_path):
+  out, figures = _bench(f'--profile={tmp_path}')
+  found = figures['profile']
+  kinds = found['seconds_per_step_by_kind']
+  assert sum(kinds.values()) == pytest.approx(found['op_seconds_per_step'])
+  assert kinds['matmul'] > 0 and kinds['elementwise'] > 0 and found['matmul_flops_per_second'] > 0
+  # The dots' FLOPs, read from the compiled program (both devices' shares, every layer of the scan), are the
+  # model's count (6N + attention) give or take what the count leaves out.
+  assert 0.8 < found['matmul_flops_per_step'] / (figures['flops_per_token'] * 4 * 32) < 1.25
+  assert 'of the peak matmul' in out and found['top_ops'][0]['seconds_per_step'] > 0
+
+
+def test_profile_into_a_folder_that_cannot_be_made_is_refused_in_one_line(tmp_path):
+  (tmp_path / 'file').write_text('')
+  out = subprocess.run(
+    [sys.executable, '-m', 'spt_jax.bench', f'--profile={tmp_path}/file/trace'],
+    capture_output=True,
+    text=True,
+    cwd=_ROOT,
+    timeout=900,
+    env={**os.environ, 'PYTHONPATH': _ROOT, 'JAX_PLATFORMS': 'cpu'},
+  )
+  assert out.returncode == 2 and 'Traceback' not in out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith(f'error: --profile={tmp_path}/file/trace: Not a directory')
+
+
+def test_profile_reads_a_dot_and_what_a_fusion_computes_from_the_compiled_program():
+  a, b = jnp.ones((64, 32)), jnp.ones((32, 16))
+  hlo = jax.jit(lambda a, b: (jnp.tanh(a @ b).sum(), a.T)).lower(a, b).compile().as_text()
+  ops, computations = step_profile.parse_hlo(hlo)
+  flops = {name: sum(leaf.dot_flops for leaf in step_profile.fused(op, computations)) for name, op in ops.items()}
+  assert sorted(f for f in flops.values() if f) == [2 * 64 * 16 * 32]
+  kinds = {step_profile.kind_of(op, computations) for op in ops.values()}
+  assert {'matmul', 'data movement'} <= kinds
 
 
 _FAULTS = """
