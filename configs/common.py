@@ -77,7 +77,7 @@ def cpu() -> ml_collections.ConfigDict:
   c.checkpoint_every = 200
   c.mesh.fsdp = 1
   c.mesh.data = -1
-  c.runs_together = 8  # Seeds, δs and grid points of the same shapes train as one program (train/loop.run_many).
+  c.runs_together = 0  # 8 on accelerators (seeds, δs and grid points of the same shapes as one program), 1 on CPU.
   c.finetune.batch_size = 16
   c.finetune.grid = ((3e-4, 10), (1e-3, 10))
   c.finetune.eval_every = 10  # About one epoch of the domain training split.

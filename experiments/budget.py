@@ -8,6 +8,7 @@ import json
 
 from experiments import common
 from spt_jax import cli
+from spt_jax.storage import markdown
 
 _DELTAS = cli.define_list('deltas', '0,0.02,0.05,0.1', 'δ values (fractions), comma-separated.', cli.FRACTION)
 _CHECKPOINTS = common.checkpoints_flag(5)
@@ -31,15 +32,14 @@ def main(argv):
   out = common.analyse('recommend', fit=f'{fit}/fit.json', tokens=budgets, candidates=deltas)
   with open(f'{out}/recommend.jsonl') as f:
     lines = [json.loads(line) for line in f if line.strip()]
-  table = [
-    '| budget (tokens) | best δ (continuous) | best of the swept δ | forecast post-FT loss |',
-    '|---|---|---|---|',
-  ]
-  table += [
-    f'| {x["tokens"]:.3g} | {100 * x["best_delta"]:.2f}% | {100 * x["best_candidate"]:g}% | {x["loss"]:.4f} |'
-    for x in lines
-    if 'best_delta' in x
-  ]
+  table = markdown.table(
+    ['budget (tokens)', 'best δ (continuous)', 'best of the swept δ', 'forecast post-FT loss'],
+    [
+      [f'{x["tokens"]:.3g}', f'{100 * x["best_delta"]:.2f}%', f'{100 * x["best_candidate"]:g}%', f'{x["loss"]:.4f}']
+      for x in lines
+      if 'best_delta' in x
+    ],
+  )
   best = [x['best_candidate'] for x in lines if 'best_candidate' in x]
   common.write_report(
     f'The best δ by budget on {common.config_name()}',

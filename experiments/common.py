@@ -14,6 +14,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from spt_jax import cli
+from spt_jax.storage import markdown
 
 DEFAULT_CONFIG = 'configs/musicpile.py:tiny'
 CONFIG = config_flags.DEFINE_config_file(
@@ -70,7 +71,7 @@ def variant(config: ml_collections.ConfigDict, **overrides) -> ml_collections.Co
 
 def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, str]:
   """Runs the pipeline of each variant into WORKDIR/<name> (finished runs are skipped); returns the workdirs."""
-  from spt_jax.train import pipeline  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.train import loop, pipeline  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   workdirs = {name: os.path.join(WORKDIR.value, name) for name in variants}
   if ONLY_ANALYSIS.value:
@@ -79,7 +80,12 @@ def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, st
 
   first = next(iter(variants.values()))
   compile_cache.enable(first.compilation_cache, first.data.cache_dir)  # One setting per process.
-  logging.info('Study %s: variants %s, %d run(s) at a time', WORKDIR.value, ', '.join(variants), first.runs_together)
+  logging.info(
+    'Study %s: variants %s, %d run(s) at a time',
+    WORKDIR.value,
+    ', '.join(variants),
+    loop.runs_at_once(first.runs_together),
+  )
   # Every pretraining, then every finetune, runs_together at a time where shapes allow; the pipelines lock their
   # folders, so two studies sharing a variant never train it at once (process 0 locks for every host).
   results = pipeline.run_pipelines([(config, workdirs[name], None) for name, config in variants.items()])
@@ -149,9 +155,9 @@ def paper_table(rows: list) -> str:
   """Markdown rows (quantity, ours, paper key[, domain]) as a table with the paper's value and its source."""
   from spt_jax.analysis import paper  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  lines = ['| quantity | ours | paper |', '|---|---|---|']
-  for quantity, ours, key, *domain in rows:
-    lines.append(f'| {quantity} | {ours} | {paper.cell(key, *domain)} |')
+  lines = markdown.table(
+    ['quantity', 'ours', 'paper'], [[quantity, ours, paper.cell(key, *domain)] for quantity, ours, key, *domain in rows]
+  )
   return '\n'.join(
     lines
     + [

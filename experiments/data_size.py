@@ -14,6 +14,7 @@ import os
 
 from experiments import common
 from spt_jax import cli
+from spt_jax.storage import markdown
 
 _SIZES = cli.define_list(
   'domain_tokens',
@@ -56,10 +57,11 @@ def main(argv):
         ),
       )
   workdirs = common.run_variants(variants)
-  table = [
-    '| domain set (tokens) | budget (tokens) | NPT→FT | best SPT→FT (δ) | max G over δ | SCPT→FT (stage δ) | SCPT G |',
-    '|---|---|---|---|---|---|---|',
-  ]
+  table = markdown.table(
+    ['domain set (tokens)', 'budget (tokens)', 'NPT→FT', 'best SPT→FT (δ)', 'max G over δ', 'SCPT→FT (stage δ)']
+    + ['SCPT G'],
+    [],
+  )
   series, result = {}, {}
   for size in sizes:
     curves = {}
@@ -76,16 +78,18 @@ def main(argv):
       best = gains_lib.relative_gain(npt['loss'][i], curves[name]['loss'][i])
       best_gains.append(best)
       scpt_cells = (
-        ' | |'
+        ['', '']
         if scpt is None
-        else (
-          f' {scpt["loss"][i]:.4f} (δ = {100 * scpt["delta"]:g}%) | '
-          f'{gains_lib.relative_gain(npt["loss"][i], scpt["loss"][i]):+.2f}% |'
-        )
+        else [
+          f'{scpt["loss"][i]:.4f} (δ = {100 * scpt["delta"]:g}%)',
+          f'{gains_lib.relative_gain(npt["loss"][i], scpt["loss"][i]):+.2f}%',
+        ]
       )
       table.append(
-        f'| {size:,} | {budget:,.0f} | {npt["loss"][i]:.4f} | {curves[name]["loss"][i]:.4f} (δ = '
-        f'{100 * curves[name]["delta"]:g}%) | {best:+.2f}% |' + scpt_cells
+        markdown.row(
+          [f'{size:,}', f'{budget:,.0f}', f'{npt["loss"][i]:.4f}']
+          + [f'{curves[name]["loss"][i]:.4f} (δ = {100 * curves[name]["delta"]:g}%)', f'{best:+.2f}%', *scpt_cells]
+        )
       )
     series[f'{size:,} domain tokens'] = (npt['tokens'], best_gains)
     result[size]['max_gain_pct'] = best_gains

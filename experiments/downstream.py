@@ -16,6 +16,7 @@ from absl import flags
 
 from experiments import common
 from spt_jax import cli
+from spt_jax.storage import markdown
 
 _SEEDS = cli.define_list('seeds', '0', 'Seeds; each runs both arms.', cli.SEED)
 _DELTA = common.delta_flag('delta', 0.1, 'δ of the SPT arm.')
@@ -84,10 +85,8 @@ def score(checkpoint: str, tasks: dict) -> dict:
 def report(results: dict, tasks: dict, domain: str, delta: float) -> list:
   from spt_jax.analysis import seeds as seeds_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  lines = [
-    '| task | seed | NPT before FT | NPT after FT | SPT before FT | SPT after FT | SPT − NPT after FT |',
-    '|---|---|---|---|---|---|---|',
-  ]
+  header = ['task', 'seed', 'NPT before FT', 'NPT after FT', 'SPT before FT', 'SPT after FT', 'SPT − NPT after FT']
+  lines = markdown.table(header, [])
   differences = {name: [] for name in tasks}
   for name in tasks:
     for seed, arms in sorted(results.items()):
@@ -95,9 +94,11 @@ def report(results: dict, tasks: dict, domain: str, delta: float) -> list:
       difference = 100 * (cells[3]['accuracy'] - cells[1]['accuracy'])
       differences[name].append(difference)
       lines.append(
-        f'| {name} (n={cells[0]["examples"]}, chance {cells[0]["chance"]:.2f}) | {seed} | '
-        + ' | '.join(f'{c["accuracy"]:.3f} ± {c["accuracy_stderr"]:.3f}' for c in cells)
-        + f' | {difference:+.1f} points |'
+        markdown.row(
+          [f'{name} (n={cells[0]["examples"]}, chance {cells[0]["chance"]:.2f})', seed]
+          + [f'{c["accuracy"]:.3f} ± {c["accuracy_stderr"]:.3f}' for c in cells]
+          + [f'{difference:+.1f} points']
+        )
       )
   ours = '; '.join(
     f'{name} {seeds_lib.plus_minus(seeds_lib.spread(values), 1, " points")}' for name, values in differences.items()

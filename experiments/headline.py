@@ -15,6 +15,7 @@ from experiments import common
 from spt_jax import cli
 from spt_jax.analysis import paper
 from spt_jax.analysis import seeds as seeds_lib
+from spt_jax.storage import markdown
 
 _SEEDS = cli.define_list(
   'seeds', '0,1,2', 'Seeds; each runs both arms (init, data order and split of batches).', cli.SEED
@@ -44,15 +45,23 @@ def report(result: dict, domain: str, delta: float, config) -> str:
     '',
     '## Against the paper',
     '',
-    '| quantity | ours (mean ± sd over seeds) | paper |',
-    '|---|---|---|',
-    f'| relative gain G | {seeds_lib.plus_minus(s["gain_pct"], 2, "%")} ({s["seeds_spt_better"]} of '
-    f'{result["seeds"]} seeds '
-    f'SPT better) | {paper_gain} |',
-    f'| forgetting, NPT → SPT | {seeds_lib.plus_minus(s["npt_forgetting"])} → '
-    f'{seeds_lib.plus_minus(s["spt_forgetting"])} nats | '
-    f'{paper.cell("forgetting")} |',
-    f'| finetuning epochs to the best step | see per-seed table | {paper.cell("finetune_overfit_epochs")} |',
+    *markdown.table(
+      ['quantity', 'ours (mean ± sd over seeds)', 'paper'],
+      [
+        [
+          'relative gain G',
+          f'{seeds_lib.plus_minus(s["gain_pct"], 2, "%")} ({s["seeds_spt_better"]} of {result["seeds"]} seeds '
+          'SPT better)',
+          paper_gain,
+        ],
+        [
+          'forgetting, NPT → SPT',
+          f'{seeds_lib.plus_minus(s["npt_forgetting"])} → {seeds_lib.plus_minus(s["spt_forgetting"])} nats',
+          paper.cell('forgetting'),
+        ],
+        ['finetuning epochs to the best step', 'see per-seed table', paper.cell('finetune_overfit_epochs')],
+      ],
+    ),
     '',
     "The paper's values are at 1B parameters and 200B tokens; ours at CPU scale, so the direction and rough "
     'size compare, not the numbers.',

@@ -14,6 +14,7 @@ import os
 from experiments import common
 from spt_jax import cli
 from spt_jax.model import flops
+from spt_jax.storage import markdown
 
 _DELTA = common.delta_flag('delta', 0.1, 'δ of the SPT models.')
 _PRESETS = cli.define_list(
@@ -56,25 +57,24 @@ def main(argv):
     )
   workdirs = common.run_variants(variants)
   curves = {p: {arm: _curve(workdirs[f'{p}_{arm}_seed0']) for arm in ('npt', 'spt')} for p in presets}
-  table = [
-    '| model | parameters | pretraining tokens | NPT→FT | SPT→FT | gap (NPT − SPT) | G |',
-    '|---|---|---|---|---|---|---|',
-  ]
+  table = markdown.table(['model', 'parameters', 'pretraining tokens', 'NPT→FT', 'SPT→FT', 'gap (NPT − SPT)', 'G'], [])
   gaps = {}
   for preset in presets:
     npt, spt = curves[preset]['npt'], curves[preset]['spt']
     for tokens, npt_loss, spt_loss in zip(npt['tokens'], npt['loss'], spt['loss'], strict=False):
       gaps.setdefault(tokens, []).append(npt_loss - spt_loss)
       table.append(
-        f'| {preset} | {npt["params"]:,} | {tokens:,.0f} | {npt_loss:.4f} | {spt_loss:.4f} | '
-        f'{npt_loss - spt_loss:+.4f} | {gains_lib.relative_gain(npt_loss, spt_loss):+.2f}% |'
+        markdown.row(
+          [preset, f'{npt["params"]:,}', f'{tokens:,.0f}', f'{npt_loss:.4f}', f'{spt_loss:.4f}']
+          + [f'{npt_loss - spt_loss:+.4f}', f'{gains_lib.relative_gain(npt_loss, spt_loss):+.2f}%']
+        )
       )
-  closed = ['| SPT model | NPT model | gap closed |', '|---|---|---|']
+  closed = markdown.table(['SPT model', 'NPT model', 'gap closed'], [])
   for small, large in zip(presets, presets[1:], strict=False):
     value = gains_lib.gap_closed(
       curves[small]['npt']['loss'][-1], curves[small]['spt']['loss'][-1], curves[large]['npt']['loss'][-1]
     )
-    closed.append(f'| {small} | {large} | {"undefined (larger not better)" if value is None else f"{value:.0f}%"} |')
+    closed.append(markdown.row([small, large, 'undefined (larger not better)' if value is None else f'{value:.0f}%']))
   params = [curves[p]['npt']['params'] for p in presets]
   plots.series_plot(
     {f'{tokens:,.0f} tokens': (params, values) for tokens, values in sorted(gaps.items())},

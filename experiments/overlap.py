@@ -17,6 +17,7 @@ from absl import flags
 
 from experiments import common
 from spt_jax import cli
+from spt_jax.storage import markdown
 
 _SHARES = cli.define_list('shares', '0,0.01,0.03,0.1', 'Shares of Spanish in the general set (by bytes).', cli.FRACTION)
 _DELTA = common.delta_flag('delta', 0.1, 'δ of the SPT arms.')
@@ -95,16 +96,20 @@ def main(argv):
     'gain of SPT over NPT after finetuning, by overlap',
     xscale='symlog',
   )
-  table = [
-    '| Spanish share (of the bytes) | NPT→FT | SPT→FT | G | NPT forgetting | SPT forgetting |',
-    '|---|---|---|---|---|---|',
-  ]
-  table += [
-    f'| {100 * r["share"]:g}% ({100 * r["actual_share"]:.2f}%) | {r["npt"]["post_ft_loss"]:.4f} | '
-    f'{r["spt"]["post_ft_loss"]:.4f} | '
-    f'{r["gain_pct"]:+.2f}% | {r["npt"]["forgetting"]:+.4f} | {r["spt"]["forgetting"]:+.4f} |'
-    for r in rows
-  ]
+  table = markdown.table(
+    ['Spanish share (of the bytes)', 'NPT→FT', 'SPT→FT', 'G', 'NPT forgetting', 'SPT forgetting'],
+    [
+      [
+        f'{100 * r["share"]:g}% ({100 * r["actual_share"]:.2f}%)',
+        f'{r["npt"]["post_ft_loss"]:.4f}',
+        f'{r["spt"]["post_ft_loss"]:.4f}',
+        f'{r["gain_pct"]:+.2f}%',
+        f'{r["npt"]["forgetting"]:+.4f}',
+        f'{r["spt"]["forgetting"]:+.4f}',
+      ]
+      for r in rows
+    ],
+  )
   low, high = rows[0], rows[-1]
   direction = ('falls' if high['gain_pct'] < low['gain_pct'] else 'rises') + ' as the share grows'
   common.write_report(

@@ -5,6 +5,7 @@ python -m experiments.replay --config=configs/chempile.py:tiny --workdir=runs/ch
 
 from experiments import common
 from spt_jax import cli
+from spt_jax.storage import markdown
 
 _REPLAY = cli.define_list('replay', '0,0.1,0.2', 'Comma-separated replay fractions r.', cli.FRACTION)
 _DELTA = common.delta_flag('delta', 0.05, 'δ of the SPT runs.')
@@ -26,17 +27,24 @@ def main(argv):
     runs,
   )
 
-  table = ['| replay r | NPT→FT | SPT→FT | G | NPT forgetting | SPT forgetting |', '|---|---|---|---|---|---|']
+  cells = []
   losses = {}
   for r in _REPLAY.value:
     name = f'replay_{100 * r:g}pct'
     result = gains.gains(runs.read(workdirs[f'npt_{name}']), [runs.read(workdirs[f'spt_{name}'])])
     npt, spt = result['npt'], result['spt'][0]
     losses[r] = (npt['post_ft_loss'], spt['post_ft_loss'])
-    table.append(
-      f'| {100 * r:g}% | {npt["post_ft_loss"]:.4f} | {spt["post_ft_loss"]:.4f} | '
-      f'{spt["relative_gain"]:+.2f}% | {npt["forgetting"]:+.4f} | {spt["forgetting"]:+.4f} |'
+    cells.append(
+      [
+        f'{100 * r:g}%',
+        f'{npt["post_ft_loss"]:.4f}',
+        f'{spt["post_ft_loss"]:.4f}',
+        f'{spt["relative_gain"]:+.2f}%',
+        f'{npt["forgetting"]:+.4f}',
+        f'{spt["forgetting"]:+.4f}',
+      ]
     )
+  table = markdown.table(['replay r', 'NPT→FT', 'SPT→FT', 'G', 'NPT forgetting', 'SPT forgetting'], cells)
   spt_everywhere = all(s < n for n, s in losses.values())
   no_replay_spt = losses[min(losses)][1]
   npt_best = min(n for n, _ in losses.values())

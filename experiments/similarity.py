@@ -14,6 +14,7 @@ import os
 from absl import flags
 
 from experiments import common
+from spt_jax.storage import markdown
 
 _DOMAINS = flags.DEFINE_list(
   'domains', 'builtin:abc,builtin:moses,builtin:coq,builtin:metamath,builtin:hott', 'Domain source specs.'
@@ -91,13 +92,17 @@ def main(argv):
       predictors(rows, gains), [gains[row['corpus_spec']]['gain_pct'] for row in rows]
     )
     result['correlations'] = correlations
-    table = ['| domain | G | NPT→FT | SPT→FT |', '|---|---|---|---|']
-    table += [
-      f'| {spec} | {g["gain_pct"]:+.2f}% | {g["npt_post_ft_loss"]:.4f} | {g["spt_post_ft_loss"]:.4f} |'
-      for spec, g in gains.items()
-    ]
-    ranks = ['| predictor of G | Spearman ρ | p |', '|---|---|---|']
-    ranks += [f'| {name} | {c["rho"]:+.3f} | {c["p"]:.3f} |' for name, c in correlations.items()]
+    table = markdown.table(
+      ['domain', 'G', 'NPT→FT', 'SPT→FT'],
+      [
+        [spec, f'{g["gain_pct"]:+.2f}%', f'{g["npt_post_ft_loss"]:.4f}', f'{g["spt_post_ft_loss"]:.4f}']
+        for spec, g in gains.items()
+      ],
+    )
+    ranks = markdown.table(
+      ['predictor of G', 'Spearman ρ', 'p'],
+      [[name, f'{c["rho"]:+.3f}', f'{c["p"]:.3f}'] for name, c in correlations.items()],
+    )
     best = max(correlations, key=lambda k: abs(correlations[k]['rho']))
     sections += [
       f'Measured G (SPT at δ = {100 * _DELTA.value:g}%, one seed, the --config size):',

@@ -20,7 +20,7 @@ import numpy as np
 from absl import flags
 
 from spt_jax import cli
-from spt_jax.storage import files
+from spt_jax.storage import files, markdown
 
 
 def _delta(text: str) -> float:
@@ -119,11 +119,13 @@ def fit(
     data, loss=loss, huber=huber, bootstrap=bootstrap, seed=seed, max_delta=max_delta, max_tokens=max_tokens
   )
   law = scaling.law_from_fit(fit)
-  lines = ['| parameter | value | 95% CI | meaning |', '|---|---|---|---|']
-  for name, entry in fit['params'].items():
-    ci = entry['ci95']
-    ci_text = f'[{ci[0]:.4g}, {ci[1]:.4g}]' if ci else '—'
-    lines.append(f'| {name} | {entry["value"]:.4g} | {ci_text} | {entry["meaning"]} |')
+  lines = markdown.table(
+    ['parameter', 'value', '95% CI', 'meaning'],
+    [
+      [name, f'{e["value"]:.4g}', f'[{e["ci95"][0]:.4g}, {e["ci95"][1]:.4g}]' if e['ci95'] else '—', e['meaning']]
+      for name, e in fit['params'].items()
+    ],
+  )
   residuals = fit['residuals']
   lines.append(
     f'\nResiduals (log loss, RMS): train {residuals["rms_log_train"]:.4f}, test '

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from spt_jax.storage import files
+from spt_jax.storage import files, markdown
 
 
 def test_json_never_holds_nan_or_infinity(tmp_path):
@@ -118,3 +118,8 @@ def test_a_pipeline_holds_its_stage_folders_and_a_stage_run_blocks_the_pipeline(
       pass
   finally:
     holder.communicate('\n')
+
+
+def test_a_markdown_table_is_its_header_rule_and_rows_with_cells_as_text():
+  assert markdown.table(['a', 'b'], [[1, 'x'], [2.5, '']]) == ['| a | b |', '|---|---|', '| 1 | x |', '| 2.5 |  |']
+  assert markdown.row(['only']) == '| only |'

@@ -117,6 +117,10 @@ def test_a_pipeline_with_runs_together_reports_as_one_without(tmp_path):
   assert results[0]['best']['name'] == results[1]['best']['name']
 
 
+def test_runs_together_0_is_one_at_a_time_on_this_cpu_and_other_values_as_given():
+  assert loop.runs_at_once(0) == 1 and loop.runs_at_once(1) == 1 and loop.runs_at_once(3) == 3
+
+
 def test_a_stack_evaluates_each_run_as_alone_whatever_its_partners():
   c = tiny_config()
   mesh = sharding.make_mesh(c.mesh)

@@ -17,6 +17,7 @@ import numpy as np
 
 from spt_jax.analysis import scaling
 from spt_jax.analysis.scaling_fit import ScalingData, _within
+from spt_jax.storage import markdown
 
 
 def _errors(predicted, observed) -> dict:
@@ -161,27 +162,38 @@ def check(fit: dict, data: ScalingData, crossover_pairs=(), objective: str = 'po
 
 def format_report(report: dict) -> str:
   """A markdown table of the out-of-sample errors, onsets and crossovers."""
-  lines = [
-    '| held out | δ | tokens | test RMSE (nats) | mean abs rel. error | max abs rel. error |',
-    '|---|---|---|---|---|---|',
+
+  def errors(e):
+    return [
+      f'{e["rmse"]:.4f}',
+      f'{100 * e["mean_abs_relative_error"]:.2f}%',
+      f'{100 * e["max_abs_relative_error"]:.2f}%',
+    ]
+
+  rows = [
+    [key.replace('_', ' '), d, f'{entry["tokens"][0]:.3g}–{entry["tokens"][1]:.3g}', *errors(entry['test'])]
+    for key in ('held_out_delta', 'later_tokens')
+    for d, entry in report[key].items()
   ]
-  for key in ('held_out_delta', 'later_tokens'):
-    for d, entry in report[key].items():
-      e = entry['test']
-      lines.append(
-        f'| {key.replace("_", " ")} | {d} | {entry["tokens"][0]:.3g}–{entry["tokens"][1]:.3g} | '
-        f'{e["rmse"]:.4f} | {100 * e["mean_abs_relative_error"]:.2f}% | '
-        f'{100 * e["max_abs_relative_error"]:.2f}% |'
-      )
-  for d, e in report['post_ft'].items():
-    lines.append(
-      f'| post-FT | {d} | | {e["rmse"]:.4f} | {100 * e["mean_abs_relative_error"]:.2f}% | '
-      f'{100 * e["max_abs_relative_error"]:.2f}% |'
-    )
-  lines += ['', '| δ | predicted onset (tokens) | observed onset | fitted δ |', '|---|---|---|---|']
-  for d, entry in report['onset'].items():
-    predicted, observed = entry['predicted_tokens'], entry['observed_tokens']
-    lines.append(f'| {d} | {predicted or float("nan"):.3g} | {observed or float("nan"):.3g} | {entry["fitted"]} |')
+  rows += [['post-FT', d, '', *errors(e)] for d, e in report['post_ft'].items()]
+  lines = markdown.table(
+    ['held out', 'δ', 'tokens', 'test RMSE (nats)', 'mean abs rel. error', 'max abs rel. error'], rows
+  )
+  lines += [
+    '',
+    *markdown.table(
+      ['δ', 'predicted onset (tokens)', 'observed onset', 'fitted δ'],
+      [
+        [
+          d,
+          f'{entry["predicted_tokens"] or float("nan"):.3g}',
+          f'{entry["observed_tokens"] or float("nan"):.3g}',
+          entry['fitted'],
+        ]
+        for d, entry in report['onset'].items()
+      ],
+    ),
+  ]
   for cross in report['crossovers']:
 
     def show(found):

@@ -5,6 +5,7 @@ import math
 import numpy as np
 
 from spt_jax.analysis import runs as runs_lib
+from spt_jax.storage import markdown
 
 
 def relative_gain(npt_loss: float, spt_loss: float) -> float:
@@ -158,10 +159,9 @@ def _fmt(value, spec: str, suffix: str = '') -> str:
 
 def format_table(result: dict) -> str:
   """A markdown table of the headline metrics."""
-  lines = [
-    '| run | δ | tokens | post-FT loss | relative gain | compute multiplier | gap closed | forgetting |',
-    '|---|---|---|---|---|---|---|---|',
-  ]
+  lines = markdown.table(
+    ['run', 'δ', 'tokens', 'post-FT loss', 'relative gain', 'compute multiplier', 'gap closed', 'forgetting'], []
+  )
   for row, kind in (
     [(result['npt'], 'NPT')]
     + ([(result['npt_large'], 'NPT large')] if result['npt_large'] else [])
@@ -172,9 +172,18 @@ def format_table(result: dict) -> str:
     if multiplier and multiplier['value'] is not None:
       multiplier_text = f'{"> " if multiplier["bound"] == ">" else ""}{multiplier["value"]:.2f}x'
     lines.append(
-      f'| {row["run"]} ({kind}) | {100 * row["delta"]:g}% | {row["pretrain_tokens"]:.3g} | '
-      f'{row["post_ft_loss"]:.4f} | {_fmt(row.get("relative_gain"), ".2f", "%")} | {multiplier_text} | '
-      f'{_fmt(row.get("gap_closed"), ".0f", "%")} | {_fmt(row["forgetting"], "+.4f")} |'
+      markdown.row(
+        [
+          f'{row["run"]} ({kind})',
+          f'{100 * row["delta"]:g}%',
+          f'{row["pretrain_tokens"]:.3g}',
+          f'{row["post_ft_loss"]:.4f}',
+          _fmt(row.get('relative_gain'), '.2f', '%'),
+          multiplier_text,
+          _fmt(row.get('gap_closed'), '.0f', '%'),
+          _fmt(row['forgetting'], '+.4f'),
+        ]
+      )
     )
   lines += [f'- {note}' for note in result['notes']]
   return '\n'.join(lines)

@@ -12,6 +12,7 @@ import numpy as np
 
 from spt_jax.analysis import gains as gains_lib
 from spt_jax.analysis import runs as runs_lib
+from spt_jax.storage import markdown
 
 SETS = ('domain_test', 'general_test')
 
@@ -103,24 +104,20 @@ def plus_minus(stats: dict, digits: int = 4, suffix: str = '') -> str:
 
 def format_tables(result: dict) -> str:
   """Markdown: one row per seed, then mean ± sd over seeds."""
-  lines = [
-    '| seed | NPT pre-FT | NPT→FT | SPT pre-FT | SPT→FT | G | NPT forgetting | SPT forgetting | '
-    'NPT best FT | SPT best FT |',
-    '|---|---|---|---|---|---|---|---|---|---|',
-  ]
+  rows = []
   for r in result['rows']:
     a, b = r['npt'], r['spt']
-    lines.append(
-      f'| {r["seed"]} | {a["pre_ft_loss"]:.4f} | {a["post_ft_loss"]:.4f} | {b["pre_ft_loss"]:.4f} | '
-      f'{b["post_ft_loss"]:.4f} | {r["gain_pct"]:+.2f}% | {a["forgetting"]:+.4f} | '
-      f'{b["forgetting"]:+.4f} | {a["best_finetune"]} @{a["best_step"]} ({a["epochs"]:.1f} ep) | '
-      f'{b["best_finetune"]} @{b["best_step"]} ({b["epochs"]:.1f} ep) |'
+    rows.append(
+      [r['seed'], *(f'{x:.4f}' for x in (a['pre_ft_loss'], a['post_ft_loss'], b['pre_ft_loss'], b['post_ft_loss']))]
+      + [f'{r["gain_pct"]:+.2f}%', f'{a["forgetting"]:+.4f}', f'{b["forgetting"]:+.4f}']
+      + [f'{arm["best_finetune"]} @{arm["best_step"]} ({arm["epochs"]:.1f} ep)' for arm in (a, b)]
     )
   s = result['summary']
-  lines.append(
-    f'| mean ± sd | {plus_minus(s["npt_pre_ft_loss"])} | {plus_minus(s["npt_post_ft_loss"])} | '
-    f'{plus_minus(s["spt_pre_ft_loss"])} | {plus_minus(s["spt_post_ft_loss"])} | '
-    f'{plus_minus(s["gain_pct"], 2, "%")} | '
-    f'{plus_minus(s["npt_forgetting"])} | {plus_minus(s["spt_forgetting"])} | | |'
+  rows.append(
+    ['mean ± sd']
+    + [plus_minus(s[key]) for key in ('npt_pre_ft_loss', 'npt_post_ft_loss', 'spt_pre_ft_loss', 'spt_post_ft_loss')]
+    + [plus_minus(s['gain_pct'], 2, '%'), plus_minus(s['npt_forgetting']), plus_minus(s['spt_forgetting']), '', '']
   )
+  header = ['seed', 'NPT pre-FT', 'NPT→FT', 'SPT pre-FT', 'SPT→FT', 'G', 'NPT forgetting', 'SPT forgetting']
+  lines = markdown.table([*header, 'NPT best FT', 'SPT best FT'], rows)
   return '\n'.join(lines)

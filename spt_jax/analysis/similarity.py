@@ -12,6 +12,8 @@ import random
 
 import numpy as np
 
+from spt_jax.storage import markdown
+
 HASH_BINS = 2**20
 _MULTIPLIERS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], dtype=np.uint64)
 
@@ -263,13 +265,12 @@ def compare(
 
 def format_table(rows: list) -> str:
   keys = [k for k in ('unigram_jsd', 'bigram_jsd', 'trigram_jsd', 'c2st_auc', 'mauve') if k in rows[0]]
-  lines = [
-    '| corpus vs ' + rows[0]['reference'] + ' | tokens | ' + ' | '.join(keys) + ' |',
-    '|---|---|' + '---|' * len(keys),
-  ]
-  for row in rows:
-    lines.append(f'| {row["corpus"]} | {row["corpus_tokens"]} | ' + ' | '.join(f'{row[k]:.4f}' for k in keys) + ' |')
-  return '\n'.join(lines)
+  return '\n'.join(
+    markdown.table(
+      [f'corpus vs {rows[0]["reference"]}', 'tokens', *keys],
+      [[row['corpus'], row['corpus_tokens'], *(f'{row[k]:.4f}' for k in keys)] for row in rows],
+    )
+  )
 
 
 def rank_correlations(predictors: dict, gains) -> dict:

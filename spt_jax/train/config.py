@@ -99,7 +99,8 @@ def base_config(model_preset: str = 'cpu-160k') -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000
   # Runs of the same shapes (seeds, δs, finetuning grid points) trained as one program over a leading run axis,
   # at most this many at once, each into its own folder as if alone (spt_jax/train/loop.run_many). It pays on
-  # small models, whose steps do not fill the chips; 1: one after another.
+  # small models on accelerators, whose steps do not fill the chips; 1: one after another; 0: 8 on accelerators
+  # and 1 on CPU, where stacks measured no faster (the README's Throughput section).
   c.runs_together = 1
   c.keep_checkpoints = 2  # Last N kept, plus the best by domain_test loss.
   c.resume_mismatched = False  # Resume a workdir even if its config.json differs from this config.

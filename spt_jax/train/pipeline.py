@@ -14,7 +14,7 @@ import ml_collections
 from absl import logging
 
 from spt_jax.data import prepare as prepare_lib
-from spt_jax.storage import files
+from spt_jax.storage import files, markdown
 from spt_jax.train import checkpoint, loop, run_plan, validate
 
 
@@ -100,7 +100,7 @@ def run_pipelines(pipelines: list[tuple]) -> list[dict]:
 
 def _run_locked(pipelines: list[tuple]) -> list[dict]:
   """The stages of run_pipelines, once their folders are held."""
-  together = min(config.runs_together for config, _, _ in pipelines)
+  together = min(loop.runs_at_once(config.runs_together) for config, _, _ in pipelines)
   started = time.time()
   prepared = []
   for config, workdir, data in pipelines:
@@ -172,21 +172,22 @@ def report(result: dict) -> str:
     f'{epochs.get("domain", 0):.2f} epochs ({pretrain["data"]["tokens"].get("domain", 0):,} tokens); general '
     f'data {epochs.get("general", 0):.3f} epochs.',
     '',
-    '| eval set | loss at start | loss at end |',
-    '|---|---|---|',
+    *markdown.table(
+      ['eval set', 'loss at start', 'loss at end'],
+      [[name, _number(initial.get(name)), _number(final.get(name))] for name in sorted(final)],
+    ),
   ]
-  lines += [f'| {name} | {_number(initial.get(name))} | {_number(final.get(name))} |' for name in sorted(final)]
   if 'domain_test' in final and 'domain_train' in final:
     lines += ['', f'Train-test gap on the domain at the end: {final["domain_test"] - final["domain_train"]:+.4f}.']
   lines += ['', '## Finetuning grid', '']
   if not result['finetunes']:
     lines.append(f'No finetuning ran (pretraining stopped: {pretrain["stop_reason"]}).')
   else:
-    lines += [
-      '| run | from step | lr | warmup | steps | stop | best step | domain epochs | domain_test before → '
-      'best | general_test before → after (forgetting) |',
-      '|---|---|---|---|---|---|---|---|---|---|',
-    ]
+    lines += markdown.table(
+      ['run', 'from step', 'lr', 'warmup', 'steps', 'stop', 'best step', 'domain epochs']
+      + ['domain_test before → best', 'general_test before → after (forgetting)'],
+      [],
+    )
     for f in result['finetunes']:
       forgetting = (
         None
@@ -194,11 +195,15 @@ def report(result: dict) -> str:
         else f['general_test_loss_after'] - f['general_test_loss_before']
       )
       lines.append(
-        f'| {f["name"]} | {f["pretrain_step"]} | {f["lr"]:g} | {f["warmup"]} | {f["steps"]} | '
-        f'{f["stop_reason"]} | {f["best_step"]} | {_number(f["epochs"], 2)} | '
-        f'{_number(f["domain_test_loss_before"])} → {_number(f["best_domain_test_loss"])} | '
-        f'{_number(f["general_test_loss_before"])} → {_number(f["general_test_loss_after"])} '
-        f'({"–" if forgetting is None else f"{forgetting:+.4f}"}) |'
+        markdown.row(
+          [f['name'], f['pretrain_step'], f'{f["lr"]:g}', f['warmup'], f['steps'], f['stop_reason'], f['best_step']]
+          + [
+            _number(f['epochs'], 2),
+            f'{_number(f["domain_test_loss_before"])} → {_number(f["best_domain_test_loss"])}',
+            f'{_number(f["general_test_loss_before"])} → {_number(f["general_test_loss_after"])} '
+            f'({"–" if forgetting is None else f"{forgetting:+.4f}"})',
+          ]
+        )
       )
   if best is not None:
     gain = best['domain_test_loss_before'] - best['best_domain_test_loss']

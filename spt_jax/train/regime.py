@@ -11,6 +11,7 @@ import math
 
 from spt_jax.data import paper_data
 from spt_jax.model import flops
+from spt_jax.storage import markdown
 from spt_jax.train import config as config_lib
 from spt_jax.train import run_plan
 
@@ -123,6 +124,4 @@ def table(regimes: list[Regime]) -> str:
       ['–' if r.finetune_epochs_before_turn is None else f'{r.finetune_epochs_before_turn:.3g}' for r in regimes],
     ),
   ]
-  lines = ['| | ' + ' | '.join(r.name for r in regimes) + ' |', '|---' * (len(regimes) + 1) + '|']
-  lines += [f'| {name} | ' + ' | '.join(cells) + ' |' for name, cells in rows]
-  return '\n'.join(lines)
+  return '\n'.join(markdown.table(['', *(r.name for r in regimes)], [[name, *cells] for name, cells in rows]))

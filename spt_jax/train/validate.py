@@ -30,7 +30,6 @@ _POSITIVE_INTEGER = (
   'eval_sequences',
   'log_every',
   'keep_checkpoints',
-  'runs_together',
   'profile_steps',
 )
 _FINETUNE_POSITIVE_INTEGER = ('finetune.batch_size', 'finetune.max_steps', 'finetune.eval_every')
@@ -43,6 +42,7 @@ _POSITIVE = (
   'model.init_std',
 )
 _NON_NEGATIVE_INTEGER = (
+  'runs_together',
   'steps',
   'tokens',
   'eval_every',
