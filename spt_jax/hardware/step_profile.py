@@ -2,9 +2,10 @@
 the spans of the operations inside it), grouped by what the operation computes, with the matrix multiplications'
 FLOP/s beside the device's measured peak.
 
-The operations are the thunks (CPU) or kernels (accelerators) the runtime names after HLO instructions; each name is
-looked up in the compiled program's HLO text, which says whether it is (or fuses) a dot, only moves data, reduces,
-or computes element by element. `python -m spt_jax.bench --profile=DIR` prints the table for a preset's train step.
+The operations are the events the runtime names after HLO instructions (an event's `hlo_op`, else its name: the
+CPU runtime's thunks; tested there only); each is looked up in the compiled program's HLO text, which says whether
+it is (or fuses) a dot, only moves data, reduces, or computes element by element. `python -m spt_jax.bench
+--profile=DIR` prints the table for a preset's train step.
 """
 
 import collections
@@ -126,8 +127,9 @@ def kind_of(op: Op, computations) -> str:
 
 
 def self_times(events: list[dict]) -> dict[str, tuple[float, int]]:
-  """Per name of complete events: microseconds less those of the events nested inside them on their thread, and
-  how many there were (an operation inside a loop runs once per iteration)."""
+  """Per HLO instruction (an event's `hlo_op`, else its name) of complete events: microseconds less those of the
+  events nested inside them on their thread, and how many there were (an operation in a loop runs once per
+  iteration)."""
   by_thread = collections.defaultdict(list)
   for event in events:
     if event.get('ph') == 'X' and 'dur' in event:
@@ -140,15 +142,19 @@ def self_times(events: list[dict]) -> dict[str, tuple[float, int]]:
       end = event['ts'] + event['dur']
       while stack and stack[-1][1] <= event['ts']:
         done = stack.pop()
-        totals[done[0]['name']] += done[0]['dur'] - done[2]
-        counts[done[0]['name']] += 1
+        totals[_op_name(done[0])] += done[0]['dur'] - done[2]
+        counts[_op_name(done[0])] += 1
       if stack:
         stack[-1][2] += event['dur']
       stack.append([event, end, 0.0])
     for done in stack:
-      totals[done[0]['name']] += done[0]['dur'] - done[2]
-      counts[done[0]['name']] += 1
+      totals[_op_name(done[0])] += done[0]['dur'] - done[2]
+      counts[_op_name(done[0])] += 1
   return {name: (totals[name], counts[name]) for name in totals}
+
+
+def _op_name(event: dict) -> str:
+  return event.get('args', {}).get('hlo_op') or event['name']
 
 
 def trace(run: Callable[[], object], folder: str) -> list[dict]:
