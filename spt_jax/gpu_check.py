@@ -26,7 +26,7 @@ import optax
 from absl import flags
 
 from spt_jax import bench, cli, sample
-from spt_jax.model import attention, sharding
+from spt_jax.model import attention, flops, sharding
 from spt_jax.storage import files
 from spt_jax.train import config as config_lib
 from spt_jax.train import step as train
@@ -48,8 +48,6 @@ FLAGS = flags.FLAGS  # Also spt_jax.bench's: --remat_policy, --steps, --rounds, 
 # What the check runs: the GPU run, and the dry run's CPU sizes of the same path.
 FULL = dict(preset='olmo-1b', seq_len=2048, dtype='bfloat16', attention_impl='cudnn')
 DRY = dict(preset='cpu-160k', seq_len=64, dtype='float32', attention_impl='xla')
-# The attention compared (batch, heads, head dimension; the sequence is the run's): olmo-1b's heads, cpu-160k's.
-ATTENTION_SHAPES = {'olmo-1b': (2, 16, 128), 'cpu-160k': (2, 2, 32)}
 
 
 def _out_of_memory(error: Exception) -> bool:
@@ -152,7 +150,8 @@ def main(argv) -> None:
     f'({len(on_cpu)} tokens: {on_cpu[:8]} ...)'
   )
 
-  shape = (*ATTENTION_SHAPES[sizes['preset']][:1], sizes['seq_len'], *ATTENTION_SHAPES[sizes['preset']][1:])
+  preset = flops.PRESETS[sizes['preset']]  # The model's heads, 2 sequences of the run's length.
+  shape = (2, sizes['seq_len'], preset['n_heads'], preset['d_model'] // preset['n_heads'])
   ours = attention_errors(sizes['attention_impl'], 'bfloat16', *shape)
   xla = attention_errors('xla', 'bfloat16', *shape)
   attention_ok = all(o <= 2 * x for o, x in zip(ours, xla, strict=True))

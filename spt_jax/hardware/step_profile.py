@@ -176,11 +176,11 @@ def breakdown(events: list[dict], hlo_text: str, steps: int) -> dict:
   """Per step: seconds of the program's operations by kind, the top operations, and the dots' FLOP/s."""
   ops, computations = parse_hlo(hlo_text)
   times = {name: timed for name, timed in self_times(events).items() if name in ops}
+  kinds = {name: kind_of(ops[name], computations) for name in times}
   by_kind = collections.Counter()
   matmul_flops = 0.0
   for name, (us, count) in times.items():
-    kind = kind_of(ops[name], computations)
-    by_kind[kind] += us / 1e6 / steps
+    by_kind[kinds[name]] += us / 1e6 / steps
     matmul_flops += sum(leaf.dot_flops for leaf in fused(ops[name], computations)) * count / steps
   matmul_seconds = by_kind['matmul']
   top = sorted(times.items(), key=lambda item: -item[1][0])[:12]
@@ -189,7 +189,5 @@ def breakdown(events: list[dict], hlo_text: str, steps: int) -> dict:
     seconds_per_step_by_kind={kind: by_kind[kind] for kind in KINDS if by_kind[kind]},
     matmul_flops_per_step=matmul_flops,
     matmul_flops_per_second=matmul_flops / matmul_seconds if matmul_seconds else 0.0,
-    top_ops=[
-      dict(name=name, kind=kind_of(ops[name], computations), seconds_per_step=us / 1e6 / steps) for name, (us, _) in top
-    ],
+    top_ops=[dict(name=name, kind=kinds[name], seconds_per_step=us / 1e6 / steps) for name, (us, _) in top],
   )
