@@ -111,6 +111,7 @@ def _config(tmp_path, general, domain):
       domain_train_sequences=4,
       cache_dir=str(tmp_path / 'cache'),
       num_workers=1,
+      keep_tokenized=True,
     )
   )
   config.extra_eval = ml_collections.ConfigDict()

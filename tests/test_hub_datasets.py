@@ -251,6 +251,7 @@ def _config(tmp_path, domain):
       domain_train_sequences=4,
       cache_dir=str(tmp_path / 'cache'),
       num_workers=1,
+      keep_tokenized=True,
     )
   )
   config.extra_eval = ml_collections.ConfigDict()
@@ -353,6 +354,16 @@ def test_each_paper_domain_prepares_from_the_hub_layout(tmp_path, hub, domain, d
   # A second run finds the prepared set, its listings cached on disk: nothing is downloaded again.
   hub.clear()
   assert prepare_lib.prepare(config).path == data.path and not hub
+  # Another seed subsamples the same tokens: nothing is downloaded or tokenized again, and what reading recorded
+  # (the files' checksums, each document's source) comes back with them.
+  config.seed += 1
+  other = prepare_lib.prepare(config)
+  again = other.metadata['sources']['domain']
+  assert other.path != data.path and not hub and (info['tokenized'], again['tokenized']) == ('now', 'reused')
+  assert again['checksums'] == info['checksums']
+  assert {k: c['documents'] for k, c in again['by_source'].items()} == {
+    k: c['documents'] for k, c in info['by_source'].items()
+  }
 
 
 def test_a_filter_that_matches_nothing_stops_with_the_values_it_saw(tmp_path, hub):

@@ -51,6 +51,7 @@ def _config(tmp_path, **data):
       domain_train_sequences=8,
       cache_dir=str(tmp_path / 'cache'),
       num_workers=1,
+      keep_tokenized=True,
     )
   )
   config.data.update(data)
@@ -157,6 +158,50 @@ def test_reuse_and_new_key_on_changed_inputs(tmp_path):
   config.data.seq_len = 16
   assert prepare_lib.prepare(config).path != first.path
   assert not list(first.path.parent.glob('.*tmp*'))  # Written atomically: no partial folders left.
+
+
+def test_a_source_is_tokenized_once_for_every_seed_and_a_damaged_pass_is_redone(tmp_path, monkeypatch, caplog):
+  (tmp_path / 'domain').mkdir(parents=True)
+  (tmp_path / 'domain' / 'latin1.txt').write_bytes('d99 caf\xe9 na\xefve lemma proof\n'.encode('latin-1'))
+  first = prepare_lib.prepare(_config(tmp_path))
+  assert {s['tokenized'] for s in first.metadata['sources'].values()} == {'now'}
+  kept = sorted((tmp_path / 'cache' / 'tokenized').glob('[0-9a-f]*'))
+  assert len(kept) == 2 and not list(first.path.glob('spill_*'))  # Domain and general, kept outside the set.
+
+  def no_tokenizing(*args, **kwargs):
+    raise AssertionError('tokenized again')
+
+  def seeded(seed, **data):
+    config = _config(tmp_path, **data)
+    config.seed = seed
+    return config
+
+  fresh = prepare_lib.prepare(seeded(1, keep_tokenized=False, cache_dir=str(tmp_path / 'fresh')))
+  with monkeypatch.context() as patch:
+    patch.setattr(tokenize_lib, 'encode_chunks', no_tokenizing)
+    reused = prepare_lib.prepare(seeded(1))
+  assert {s['tokenized'] for s in reused.metadata['sources'].values()} == {'reused'}
+  assert reused.path.name == fresh.path.name != first.path.name
+  for name in reused.train:  # What another seed draws from the kept tokens is what it draws from the text.
+    assert np.array_equal(reused.train[name], fresh.train[name])
+  for name in reused.eval_sets:
+    assert np.array_equal(reused.eval_sets[name], fresh.eval_sets[name])
+  for name in ('domain', 'general'):
+    for key in ('bad_bytes', 'checksums', 'documents', 'documents_train', 'tokens_train'):
+      assert reused.metadata['sources'][name][key] == fresh.metadata['sources'][name][key], (name, key)
+  assert not list((tmp_path / 'fresh').glob('tokenized/[0-9a-f]*'))  # keep_tokenized=False keeps none.
+  # A damaged pass is set aside with one warning and the source tokenized again.
+  with open(kept[0] / 'tokens.bin', 'r+b') as f:
+    f.seek(7)
+    byte = f.read(1)
+    f.seek(7)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  again = prepare_lib.prepare(seeded(2))
+  assert sorted(s['tokenized'] for s in again.metadata['sources'].values()) == ['now', 'reused']
+  assert len(list(kept[0].parent.glob(f'{kept[0].name}.damaged-*'))) == 1 and 'tokens.bin does not match' in caplog.text
+  fresh = prepare_lib.prepare(seeded(2, keep_tokenized=False, cache_dir=str(tmp_path / 'fresh')))
+  for name in again.train:
+    assert np.array_equal(again.train[name], fresh.train[name])
 
 
 def test_changed_source_under_cache_is_an_error(tmp_path):

@@ -28,8 +28,6 @@ trains on different data.
 
 import collections
 import dataclasses
-import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -155,14 +153,7 @@ def _ready_or_built(config, parsed: dict, budgets: dict, folder: pathlib.Path) -
   """The prepared folder, built first if needed, under a lock per key: runs sharing a cache prepare it once (the
   second waits, then reuses it), and none reads a folder another is setting aside or renaming into place."""
   folder.parent.mkdir(parents=True, exist_ok=True)
-  with open(folder.parent / f'.{folder.name}.lock', 'a', encoding='utf-8') as lock:
-    try:
-      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-      if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-        return _ready(folder, parsed) or _build_and_load(config, parsed, budgets, folder)  # No locks here.
-      logging.info('waiting for another process preparing %s', folder)
-      fcntl.flock(lock, fcntl.LOCK_EX)  # Released when that process finishes or dies.
+  with shards.exclusive(folder.parent / f'.{folder.name}.lock', f'preparing {folder}'):
     return _ready(folder, parsed) or _build_and_load(config, parsed, budgets, folder)
 
 
@@ -180,9 +171,7 @@ def _record_checksums(folder: pathlib.Path) -> None:
 
 
 def _set_aside(folder: pathlib.Path, why: str) -> None:
-  aside = folder.with_name(f'{folder.name}.damaged-{time.strftime("%Y%m%d-%H%M%S")}')
-  folder.rename(aside)
-  logging.warning('prepared data %s is damaged (%s): set aside as %s, preparing it again', folder, why, aside)
+  shards.set_aside(folder, 'prepared data', why, 'preparing it')
 
 
 def _damaged_records(folder: pathlib.Path) -> str | None:

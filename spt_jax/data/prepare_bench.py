@@ -150,6 +150,7 @@ def run(folder: str, gigabytes: float, kind: str, num_workers: int = 0, tokenize
     domain_train_sequences=8,
     cache_dir=str(cache),
     num_workers=workers,
+    keep_tokenized=False,  # Each measurement tokenizes.
   )
   env = dict(
     os.environ,

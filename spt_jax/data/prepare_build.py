@@ -1,15 +1,11 @@
-"""Building a prepared folder in bounded memory: text is tokenized once into a spill file, then packed.
+"""Building a prepared folder in bounded memory: each text source tokenized once (tokenized.py), then packed.
 
-Text sources stream through the tokenizer chunk by chunk; each chunk's ids are appended to
-`spill_<source>.bin` in the output dtype and each document leaves 24 bytes (content hash, UTF-8 size, tokens)
-in memory. The split and the subsample are then chosen on those per-document records, exactly as when every
-document was held in memory, and packing reads the chosen documents back from the memory-mapped spill file
-into rows appended to the shard. Pre-tokenized sources are used in place (token_rows.py). Peak memory is the
-per-document records plus a few chunks, whatever the size of the source.
+The split and the subsample are chosen on a tokenized source's per-document records (content hash, UTF-8 size,
+tokens), exactly as when every document was held in memory, and packing reads the chosen documents back from
+its memory-mapped token file into rows appended to the shard. Pre-tokenized sources are used in place
+(token_rows.py). Peak memory is the per-document records plus a few chunks, whatever the size of the source.
 """
 
-import array
-import hashlib
 import json
 import logging
 import os
@@ -19,53 +15,11 @@ import time
 
 import numpy as np
 
-from spt_jax.data import shards, token_rows, tokenize
+from spt_jax.data import shards, token_rows, tokenized
 from spt_jax.data import sources as sources_lib
 
 MAX_EVAL_SEQUENCES = 4096  # Cap of each held-out eval set; more adds eval time, not precision that matters.
 _PACK_TOKENS = 1 << 22  # Tokens gathered per write while packing.
-
-
-class _Spilled:
-  """A text source after one tokenizing pass: its per-document records and its tokens on disk."""
-
-  def __init__(self, path, dtype, hashes, sizes, lengths, group_names=(), groups=None):
-    self.path, self.dtype = path, dtype
-    self.hashes = np.frombuffer(hashes, np.uint64) if len(hashes) else np.zeros(0, np.uint64)
-    self.sizes = np.frombuffer(sizes, np.int64) if len(sizes) else np.zeros(0, np.int64)
-    self.lengths = np.frombuffer(lengths, np.int64) if len(lengths) else np.zeros(0, np.int64)
-    self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
-    self.tokens = np.memmap(path, dtype=dtype, mode='r') if os.path.getsize(path) else np.zeros(0, dtype)
-    # The source within the source of each document (MusicPile's src ...), when the reader names them.
-    self.group_names = list(group_names)
-    self.groups = np.frombuffer(groups, np.uint32) if groups is not None and len(groups) == len(self) else None
-
-  def __len__(self) -> int:
-    return len(self.hashes)
-
-
-def spill(source, tokenizer, eos: int, workers: int, dtype, folder: pathlib.Path) -> _Spilled:
-  """Tokenizes every document of a text source once, appending the ids to a file in folder."""
-  hashes, sizes, lengths = array.array('Q'), array.array('q'), array.array('q')
-  path = folder / f'spill_{source.name.replace(":", "_")}.bin'
-  with shards.open_for_write(path) as out:
-    for chunk, ids, chunk_lengths in tokenize.encode_chunks(
-      tokenize.chunked(source.documents()), tokenizer, eos, workers
-    ):
-      for text in chunk:
-        encoded = text.encode('utf-8', errors='replace')
-        hashes.append(int.from_bytes(hashlib.blake2b(encoded, digest_size=8).digest(), 'little'))
-        sizes.append(len(encoded))
-      lengths.extend(chunk_lengths.tolist())
-      data = ids.astype(dtype)
-      shards.ensure_space(folder, data.nbytes * 2, f'the tokens of source {source.name!r}')
-      try:
-        out.write(data.data)
-      except OSError as error:
-        raise shards.disk_full(folder, data.nbytes, f'the tokens of source {source.name!r}') from error
-  if not hashes:
-    raise ValueError(f'source {source.name!r} ({source.spec}) has no documents; point it at non-empty text')
-  return _Spilled(path, dtype, hashes, sizes, lengths, source.group_names, source.document_groups or None)
 
 
 def _through(lengths: np.ndarray, budget: int) -> int:
@@ -75,7 +29,7 @@ def _through(lengths: np.ndarray, budget: int) -> int:
   return min(int(np.searchsorted(np.cumsum(lengths), budget)) + 1, len(lengths))
 
 
-def held_out(spilled: _Spilled, test_fraction: float, test_tokens: int) -> np.ndarray:
+def held_out(spilled: tokenized.Tokenized, test_fraction: float, test_tokens: int) -> np.ndarray:
   """Indices of held-out documents in split order: the lowest split positions, by fraction or token budget."""
   units = spilled.hashes.astype(np.float64) / 2.0**64
   by_unit = np.argsort(units, kind='stable')
@@ -85,7 +39,7 @@ def held_out(spilled: _Spilled, test_fraction: float, test_tokens: int) -> np.nd
   return by_unit[units[by_unit] < test_fraction]
 
 
-def training_order(spilled: _Spilled, excluded: np.ndarray, seed: int, max_tokens: int) -> tuple:
+def training_order(spilled: tokenized.Tokenized, excluded: np.ndarray, seed: int, max_tokens: int) -> tuple:
   """(candidates, chosen): documents not held out anywhere in a seeded order, and those within max_tokens."""
   candidates = np.flatnonzero(~np.isin(spilled.hashes, excluded))
   keys = np.fromiter(
@@ -97,7 +51,7 @@ def training_order(spilled: _Spilled, excluded: np.ndarray, seed: int, max_token
   return candidates, candidates[: _through(spilled.lengths[candidates], max_tokens)]
 
 
-def _stream(spilled: _Spilled, documents: np.ndarray):
+def _stream(spilled: tokenized.Tokenized, documents: np.ndarray):
   """The tokens of documents, in order, in pieces of about _PACK_TOKENS."""
   pieces, size = [], 0
   for start, length in zip(spilled.starts[documents].tolist(), spilled.lengths[documents].tolist(), strict=True):
@@ -130,7 +84,7 @@ def pack_small(pieces, row: int, dtype, max_rows: int) -> np.ndarray:
   return stream[: count * row].reshape(count, row)
 
 
-def _text_bytes_per_token(spilled: _Spilled, documents: np.ndarray) -> float:
+def _text_bytes_per_token(spilled: tokenized.Tokenized, documents: np.ndarray) -> float:
   tokens = int(spilled.lengths[documents].sum())
   return float(spilled.sizes[documents].sum()) / tokens if tokens else float('nan')
 
@@ -200,7 +154,7 @@ def _train_outputs(config, name, source, spilled, held, excluded, budget, tokeni
   )
 
 
-def _by_source(name, spilled: _Spilled, held: np.ndarray, train_docs: np.ndarray) -> dict:
+def _by_source(name, spilled: tokenized.Tokenized, held: np.ndarray, train_docs: np.ndarray) -> dict:
   """Documents and tokens per source within a text source (read, held out, trained on), also logged."""
   if spilled.groups is None:
     return {}
@@ -342,14 +296,16 @@ def build(
     spilled, held = {}, {}
     for name, source in parsed.items():  # First every held-out split, so none reaches training elsewhere.
       if not source.is_tokens:
-        spilled[name] = spill(source, tokenizer, tokenizer_eos, workers, dtype, partial)
+        spilled[name] = tokenized.tokenize_source(
+          source, tokenizer, digest, tokenizer_eos, workers, dtype, cache_root if data.keep_tokenized else None, partial
+        )
         held[name] = (
           np.arange(len(spilled[name]))
           if name.startswith('extra:')
           else held_out(spilled[name], data.test_fraction, data.test_tokens)
         )
     excluded = np.unique(np.concatenate([spilled[n].hashes[held[n]] for n in spilled] or [np.zeros(0, np.uint64)]))
-    text_bytes = 0
+    text_bytes = tokenized_bytes = 0
     for name, source in parsed.items():
       info = dict(spec=source.spec, bad_bytes=source.bad_bytes)
       if source.is_tokens:
@@ -385,17 +341,21 @@ def build(
           )
         )
       if name in spilled:
-        text_bytes += int(spilled[name].sizes.sum())
-        path = spilled.pop(name).path
-        os.unlink(path)
+        done = spilled.pop(name)
+        info.update(tokenized='reused' if done.reused else 'now')
+        text_bytes += int(done.sizes.sum())
+        tokenized_bytes += 0 if done.reused else int(done.sizes.sum())
+        if done.temporary:
+          os.unlink(done.path)
       info.update(fingerprint=source.fingerprint(), checksums=source.checksums or source.content_checksums())
       metadata['sources'][name] = info
     seconds = time.time() - start
     metadata.update(
       seconds=round(seconds, 2),
       text_bytes=text_bytes,
+      text_bytes_tokenized=tokenized_bytes,  # Text tokenized by this preparation (not read from the cache).
       workers=workers,
-      megabytes_per_second_per_worker=round(text_bytes / 1e6 / seconds / workers, 3),
+      megabytes_per_second_per_worker=round(tokenized_bytes / 1e6 / seconds / workers, 3),
     )
     tokenizer.save(str(partial / 'tokenizer.json'))
     (partial / 'metadata.json').write_text(json.dumps(metadata, indent=1, sort_keys=True))
@@ -407,5 +367,11 @@ def build(
   except OSError:  # Another process finished the same folder first: theirs is identical.
     shutil.rmtree(partial, ignore_errors=True)
     return json.loads((folder / 'metadata.json').read_text())
-  logging.info('prepared %.1f MB of text in %.1f s into %s', text_bytes / 1e6, seconds, folder)
+  logging.info(
+    'prepared %.1f MB of text (%.1f MB tokenized now) in %.1f s into %s',
+    text_bytes / 1e6,
+    tokenized_bytes / 1e6,
+    seconds,
+    folder,
+  )
   return metadata

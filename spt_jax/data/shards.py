@@ -8,7 +8,9 @@ Other files (metadata.json, tokenizer.json) get the same checks from `file_check
 file (`offset` 0 rather than after the shard header).
 """
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -162,6 +164,28 @@ def damaged_files(folder: pathlib.Path, checks: dict) -> list:
     ):
       damaged.append(name)
   return damaged
+
+
+def set_aside(folder: pathlib.Path, what: str, why: str, redo: str) -> None:
+  """Renames a damaged folder to `<name>.damaged-<time>`, with one warning line saying what is done instead."""
+  aside = folder.with_name(f'{folder.name}.damaged-{time.strftime("%Y%m%d-%H%M%S")}')
+  folder.rename(aside)
+  logging.warning('%s %s is damaged (%s): set aside as %s, %s again', what, folder, why, aside, redo)
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: pathlib.Path, what: str):
+  """Holds an exclusive lock on lock_path for the block, waiting (one log line saying for what) while another
+  process holds it; released when the block ends or the process dies. Where the filesystem has no locks, holds
+  nothing (temporary names and renames still keep every reader from a half-written folder)."""
+  with open(lock_path, 'a', encoding='utf-8') as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+      if error.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        logging.info('waiting for another process %s', what)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    yield
 
 
 def partial_name(folder: pathlib.Path) -> pathlib.Path:

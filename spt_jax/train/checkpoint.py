@@ -53,6 +53,7 @@ RESUME_IGNORED = (
   'resume_mismatched',
   'data.cache_dir',
   'data.num_workers',
+  'data.keep_tokenized',
   'log_every',
   'init_from',
   'compilation_cache',

@@ -42,6 +42,9 @@ def base_config(model_preset: str = 'cpu-160k') -> ml_collections.ConfigDict:
   c.data.domain_train_sequences = 64  # Fixed sample of training sequences kept as the `domain_train` eval set.
   c.data.cache_dir = ''  # Corpora and prepared data; empty: $SPT_JAX_CACHE or ~/.cache/spt_jax.
   c.data.num_workers = 0  # Tokenizer processes for prepare; 0: one per core.
+  # Keep each text source's tokens in <cache>/tokenized/, so that preparing it again (another seed, budget, split
+  # or seq_len) does not tokenize it again; False: deleted after packing (disk: about 2-4 bytes per token).
+  c.data.keep_tokenized = True
 
   c.mixture = ml_collections.ConfigDict()
   c.mixture.domain_fraction = 0.02  # δ: fraction of pretraining tokens drawn from the domain set.

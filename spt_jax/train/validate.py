@@ -82,7 +82,13 @@ _CHOICES = {
   'model.attention_impl': attention.IMPLEMENTATIONS,
   'model.remat_policy': tuple(decoder.REMAT_POLICIES),
 }
-_BOOLEAN = ('model.tie_embeddings', 'model.scan_layers', 'finetune.untie_embeddings', 'resume_mismatched')
+_BOOLEAN = (
+  'model.tie_embeddings',
+  'model.scan_layers',
+  'finetune.untie_embeddings',
+  'resume_mismatched',
+  'data.keep_tokenized',
+)
 # Checked where they are read (one-line errors of their own): sources and the tokenizer (_check_sources,
 # check_vocab), the mesh (sharding.mesh_shape), the mixture, δ and the replay fraction
 # (mixture.stages_from_config), the finetuning grid and from_steps (_check_finetune), eval intervals
