@@ -34,5 +34,5 @@ def test_a_program_compiles_once_and_a_new_process_loads_it(tmp_path):
   assert {'jit__train_step_with_table', 'jit__eval_step'} <= set(hits_again)
 
   # Off with one flag: nothing is read from the cache.
-  _, hits_off = _pipeline(tmp_path, 'third', '--config.compilation_cache=')
+  _, hits_off = _pipeline(tmp_path, 'third', '--config.compilation_cache=', '--config.stage=pretrain')
   assert hits_off == []

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ import pytest
 from spt_jax.evals import heldout as evaluation
 from spt_jax.train import checkpoint, loop
 from tests import test_loop
+from tests.test_loop import _wait_for
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -102,14 +102,6 @@ def _start(tmp_path, workdir, mode='plain'):
 
 def _markers(marker) -> list:
   return marker.read_text().splitlines() if marker.exists() else []
-
-
-def _wait_for(condition, process, timeout=900):
-  deadline = time.time() + timeout
-  while not condition():
-    assert process.poll() is None, process.stdout.read()[-3000:]
-    assert time.time() < deadline, 'timed out'
-    time.sleep(0.05)
 
 
 def _finish(process) -> str:

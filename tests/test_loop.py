@@ -3,9 +3,6 @@
 import collections
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import jax
@@ -25,29 +22,6 @@ from tests.tiny import tiny_config, tiny_data
 # The subprocess scripts rebuild the same config and data.
 HELPERS = 'from tests.tiny import tiny_config, tiny_data\n'
 
-SCRIPT = (
-  HELPERS
-  + """
-import sys, time
-from spt_jax.train import loop
-from spt_jax.data import mixture as mixture_lib
-workdir, delay_after = sys.argv[1], int(sys.argv[2])
-config = tiny_config(steps=int(sys.argv[3]))
-local_batch = mixture_lib.Mixture.local_batch
-
-def delayed(self, step, *args):
-  if step >= delay_after:
-    time.sleep(0.3)
-  return local_batch(self, step, *args)
-
-mixture_lib.Mixture.local_batch = delayed
-runner, state, loop_state = loop.build(config, workdir, stage='pretrain', data=tiny_data())
-print('START', loop_state.step, flush=True)
-summary = runner.train(state, loop_state)
-print('STOP', summary['stop_reason'])
-"""
-)
-
 
 def _losses(workdir):
   if not os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
@@ -55,24 +29,6 @@ def _losses(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
   return {r['step']: r['train/loss'] for r in records if 'train/loss' in r}
-
-
-def _script(tmp_path):
-  path = tmp_path / 'run_tiny.py'
-  path.write_text(SCRIPT)
-  return str(path)
-
-
-def _start(tmp_path, workdir, delay_after, steps):
-  env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'  # Sharded state: fsdp over 4 devices.
-  return subprocess.Popen(
-    [sys.executable, _script(tmp_path), workdir, str(delay_after), str(steps)],
-    env=env,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-  )
 
 
 def _wait_for(condition, process, timeout=900):
@@ -222,44 +178,6 @@ def test_mismatched_config_refuses_to_resume(tmp_path):
   with pytest.raises(ValueError, match=r'different config \(batch_size: 8 -> 16\).*resume_mismatched') as error:
     loop.run(tiny_config(steps=4, checkpoint_every=2, batch_size=16), workdir, stage='pretrain', data=tiny_data())
   assert '\n' not in str(error.value)
-
-
-@pytest.mark.slow
-def test_kill_and_resume_reproduces_the_losses(tmp_path):
-  reference = str(tmp_path / 'reference')
-  process = _start(tmp_path, reference, 10_000, 12)
-  assert process.wait(timeout=900) == 0, process.stdout.read()[-3000:]
-  killed = str(tmp_path / 'killed')
-  process = _start(tmp_path, killed, 6, 12)  # Slow from step 6 on, so that it is killed mid-run.
-  committed = os.path.join(killed, 'checkpoints', '4', '_CHECKPOINT_METADATA')
-  _wait_for(lambda: os.path.exists(committed) and max(_losses(killed), default=0) >= 6, process)
-  process.kill()
-  process.wait()
-  assert max(_losses(killed)) < 12
-  process = _start(tmp_path, killed, 10_000, 12)
-  output = process.communicate(timeout=900)[0]
-  assert process.returncode == 0, output[-3000:]
-  assert 'START 4' in output or 'START 8' in output, output[-3000:]
-  expected, resumed = _losses(reference), _losses(killed)
-  assert sorted(resumed) == list(range(1, 13))
-  assert resumed == expected  # Exactly, step for step.
-  assert json.load(open(os.path.join(killed, 'summary.json')))['stop_reason'] == 'budget'
-
-
-@pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
-  workdir = str(tmp_path / 'run')
-  process = _start(tmp_path, workdir, 2, 40)
-  _wait_for(lambda: max(_losses(workdir), default=0) >= 3, process)
-  process.send_signal(signal.SIGTERM)
-  output = process.communicate(timeout=900)[0]
-  assert process.returncode == 0, output[-3000:]
-  assert 'STOP preempted' in output
-  summary = json.load(open(os.path.join(workdir, 'summary.json')))
-  assert summary['stop_reason'] == 'preempted' and 3 <= summary['steps'] < 40
-  checkpoints = checkpoint.Checkpoints(workdir, keep=2)
-  assert checkpoints.latest_step() == summary['steps']
-  checkpoints.close()
 
 
 def test_finetune_from_a_hugging_face_directory_with_mcqa(tmp_path):
