@@ -14,7 +14,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from spt_jax import cli
-from spt_jax.storage import markdown
+from spt_jax.storage import layout, markdown
 
 DEFAULT_CONFIG = 'configs/musicpile.py:tiny'
 CONFIG = config_flags.DEFINE_config_file(
@@ -129,7 +129,7 @@ def write_report(title: str, sections: list) -> str:
   """WORKDIR/report.md: the title, then the sections (markdown) separated by blank lines."""
   from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  path = os.path.join(WORKDIR.value, 'report.md')
+  path = os.path.join(WORKDIR.value, layout.REPORT)
   files.write_text(path, '\n\n'.join([f'# {title}', *sections, regime_section()]) + '\n')
   print(f'report: {path}')
   return path

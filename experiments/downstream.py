@@ -16,7 +16,7 @@ from absl import flags
 
 from experiments import common
 from spt_jax import cli
-from spt_jax.storage import markdown
+from spt_jax.storage import layout, markdown
 
 _SEEDS = cli.define_list('seeds', '0', 'Seeds; each runs both arms.', cli.SEED)
 _DELTA = common.delta_flag('delta', 0.1, 'δ of the SPT arm.')
@@ -61,13 +61,12 @@ def checkpoints(workdir: str) -> dict:
     runs,
     seeds,
   )
-  from spt_jax.train import checkpoint  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   run = runs.read(workdir)
   best = seeds.arm(run)
   return {
-    'before': os.path.join(workdir, 'pretrain', checkpoint.CHECKPOINTS, str(int(run.summary['steps']))),
-    'after': os.path.join(workdir, 'finetune', best['best_finetune'], checkpoint.CHECKPOINTS, str(best['best_step'])),
+    'before': layout.checkpoint_dir(layout.pretrain_dir(workdir), int(run.summary['steps'])),
+    'after': layout.checkpoint_dir(layout.finetune_dir(workdir, best['best_finetune']), best['best_step']),
   }
 
 

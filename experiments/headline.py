@@ -24,13 +24,16 @@ _DELTA = common.delta_flag('delta', None, "δ of the SPT arm; default: the confi
 common.at_least(_SEEDS, 1, 'seeds, e.g. --seeds=0,1,2')
 
 
+def title(result: dict, domain: str) -> str:
+  return f'Headline: NPT→FT against SPT→FT on {domain}, {result["seeds"]} seeds'
+
+
 def report(result: dict, domain: str, delta: float, config) -> str:
+  """The report's body (the regime section follows it: common.write_report)."""
   s = result['summary']
   known = f'relative_gain_pct/{domain}' in paper.VALUES
   paper_gain = paper.cell('relative_gain_pct', domain) if known else '– (not a paper domain)'
   lines = [
-    f'# Headline: NPT→FT against SPT→FT on {domain}, {result["seeds"]} seeds',
-    '',
     f'Model `{config.model.preset}`, {config.tokens:,} pretraining tokens, sequences of {config.data.seq_len}, '
     f'SPT at δ = {100 * delta:g}%; finetuning grid {list(map(tuple, config.finetune.grid))} (lr, warmup) with '
     f'early stopping (patience {config.finetune.patience}, evaluation every {config.finetune.eval_every} steps, '
@@ -50,7 +53,8 @@ def report(result: dict, domain: str, delta: float, config) -> str:
       [
         [
           'relative gain G',
-          f'{seeds_lib.plus_minus(s["gain_pct"], 2, "%")} ({s["seeds_spt_better"]} of {result["seeds"]} seeds '
+          f'{seeds_lib.plus_minus(s["gain_pct"], 2, "%")}; 95% CI of the mean '
+          f'{seeds_lib.interval(s["gain_pct"], 2, "%")} ({s["seeds_spt_better"]} of {result["seeds"]} seeds '
           'SPT better)',
           paper_gain,
         ],
@@ -67,7 +71,6 @@ def report(result: dict, domain: str, delta: float, config) -> str:
     'size compare, not the numbers.',
     '',
     '![both arms through pretraining and finetuning](headline.png)',
-    '',
   ]
   return '\n'.join(lines)
 
@@ -98,9 +101,10 @@ def main(argv):
   files.write_json(
     os.path.join(out, 'headline.json'), {'domain': domain, 'delta': delta, **result, 'trajectories': trajectories}
   )
-  files.write_text(os.path.join(out, 'report.md'), report(result, domain, delta, base))
-  gain = seeds_lib.plus_minus(result['summary']['gain_pct'], 2, '%')
-  print(f'{domain}: G = {gain} over {len(seeds)} seeds; {out}/report.md')
+  path = common.write_report(title(result, domain), [report(result, domain, delta, base)])
+  gain = result['summary']['gain_pct']
+  interval = seeds_lib.interval(gain, 2, '%')
+  print(f'{domain}: G = {seeds_lib.plus_minus(gain, 2, "%")} (95% CI {interval}) over {len(seeds)} seeds; {path}')
 
 
 if __name__ == '__main__':

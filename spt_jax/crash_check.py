@@ -25,7 +25,7 @@ import time
 from absl import flags
 
 from spt_jax import main as main_lib
-from spt_jax.storage import files
+from spt_jax.storage import files, layout
 from spt_jax.train import pipeline
 
 _KILLS = flags.DEFINE_integer('kills', 20, 'SIGKILLs to send before letting the pipeline finish.', lower_bound=1)
@@ -108,9 +108,9 @@ def _records(root: str) -> dict:
   for folder, _, names in os.walk(root):
     for name in names:
       path = os.path.join(folder, name)
-      if name == 'metrics.jsonl':
+      if name == layout.METRICS:
         records[os.path.relpath(path, root)] = [_normalised(json.loads(line), root) for line in _lines(path)]
-      elif name == 'summary.json':
+      elif name == layout.SUMMARY:
         with open(path) as f:
           records[os.path.relpath(path, root)] = _normalised(json.load(f), root)
   return records
@@ -158,7 +158,7 @@ def check(workdir: str, kills: int, seed: int) -> bool:
   reference, killed = os.path.join(workdir, 'reference'), os.path.join(workdir, 'killed')
   os.makedirs(workdir, exist_ok=True)
   timing, reference_markers = os.path.join(workdir, 'reference.json'), os.path.join(workdir, 'reference.markers')
-  if not os.path.exists(os.path.join(reference, 'summary.json')):
+  if not os.path.exists(os.path.join(reference, layout.SUMMARY)):
     started = time.time()
     _finish(_start(reference, reference_markers), 'reference')
     first_marker = float(_lines(reference_markers)[0].split()[0])

@@ -18,6 +18,7 @@ from absl import flags
 from spt_jax import cli
 from spt_jax.interop import hf
 from spt_jax.model import decoder as model_lib
+from spt_jax.storage import layout
 from spt_jax.train import checkpoint as checkpoint_lib
 
 
@@ -74,7 +75,7 @@ def load_checkpoint(path: str, tokenizer_required: bool = True) -> LoadedModel:
   model_cfg = config.model
   tokenizer = None
   if tokenizer_required:  # The run's own copy; else rebuild it from the config (a BPE needs its data here).
-    saved = os.path.join(workdir, checkpoint_lib.TOKENIZER_FILE)
+    saved = os.path.join(workdir, layout.TOKENIZER)
     tokenizer = tokenizers.Tokenizer.from_file(saved) if os.path.isfile(saved) else tokenizer_lib.load_tokenizer(config)
   if tokenizer is not None and tokenizer.get_vocab_size() > model_lib.padded_vocab_size(model_cfg):
     raise ValueError(

@@ -12,6 +12,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from spt_jax.storage import layout
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :preset.')
 _WORKDIR = flags.DEFINE_string(
   'workdir',
@@ -106,8 +108,7 @@ def main(argv):
   # One live run per workdir: a pipeline holds W and every stage folder, before any file in them is touched.
   folders = [workdir, *(pipeline.stage_folders(config, workdir) if config.stage == 'pipeline' else [])]
   with files.WorkdirLock(folders, enabled=jax.process_index() == 0):
-    log_name = files.LOG_FILE if jax.process_count() == 1 else f'log.{jax.process_index()}.txt'
-    files.log_to(held_logs, os.path.join(workdir, log_name))
+    files.log_to(held_logs, os.path.join(workdir, layout.log_name(jax.process_index(), jax.process_count())))
     if config.stage == 'pipeline':
       result = pipeline.run_pipeline(config, workdir)
     else:

@@ -20,7 +20,7 @@ import numpy as np
 from absl import flags
 
 from spt_jax import cli
-from spt_jax.storage import files, markdown
+from spt_jax.storage import files, layout, markdown
 
 
 def _delta(text: str) -> float:
@@ -61,7 +61,7 @@ def _write(out: str, name: str, value) -> str:
 
 
 def _report(out: str, title: str, sections: list) -> None:
-  _write(out, 'report.md', f'# {title}\n\n' + '\n\n'.join(sections) + '\n')
+  _write(out, layout.REPORT, f'# {title}\n\n' + '\n\n'.join(sections) + '\n')
 
 
 def _publish(out: str, stem: str, value, title: str, text: str, plot, caption: str) -> None:

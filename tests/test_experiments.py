@@ -1,6 +1,7 @@
 """A study end to end at test scale: the δ sweep trains its variants, then runs the gains and the fit."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -75,6 +76,10 @@ def test_headline_runs_both_arms_per_seed_then_reports(tmp_path):
     assert npt['seed'] == spt['seed'] == row['seed']
   report = (study / 'report.md').read_text()
   assert 'mean ± sd' in report and 'Fig. 4' in report and (study / 'headline.png').stat().st_size > 10_000
+  gain = result['summary']['gain_pct']
+  low, high = gain['ci95']  # Student's t with 1 degree of freedom: 12.71 standard errors either side.
+  assert math.isclose(high - gain['mean'], 12.706 * gain['sd'] / math.sqrt(2), rel_tol=1e-3) and low < gain['mean']
+  assert '95% CI of the mean [' in report and '## Regime' in report  # The study's regime beside the paper's.
   again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)  # Finished: no training.
   assert again.returncode == 0 and 'already finished' in again.stderr, again.stderr[-3000:]
 

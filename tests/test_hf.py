@@ -18,6 +18,7 @@ from configs import common
 from spt_jax import export
 from spt_jax.interop import hf
 from spt_jax.model import decoder as model
+from spt_jax.storage import layout
 from spt_jax.train import checkpoint
 
 
@@ -268,7 +269,7 @@ def test_export_uses_the_tokenizer_saved_with_the_run(tmp_path, tokenizer):
   config['data'].update(tokenizer='bpe', cache_dir=str(tmp_path / 'no_cache_here'))
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     json.dump(config, f)
-  tokenizer.save(os.path.join(workdir, checkpoint.TOKENIZER_FILE))
+  tokenizer.save(os.path.join(workdir, layout.TOKENIZER))
   loaded = export.load_checkpoint(workdir)
   assert loaded.tokenizer.to_str() == tokenizer.to_str()
   assert not (tmp_path / 'no_cache_here').exists()  # Nothing was rebuilt.

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 
 from spt_jax.analysis import scaling_fit
+from spt_jax.storage import layout
 
 
 @dataclasses.dataclass
@@ -81,16 +82,16 @@ def read(workdir: str) -> Run:
   """A run or pipeline workdir; one-line errors when its files are missing."""
   if not os.path.isdir(workdir):
     raise ValueError(f'workdir {workdir} does not exist; pass the folder a run wrote (with summary.json)')
-  pretrain = os.path.join(workdir, 'pretrain')
+  pretrain = layout.pretrain_dir(workdir)
   if os.path.isdir(pretrain):
-    top = _read_json(os.path.join(workdir, 'summary.json'), 'the pipeline has not finished; wait or rerun it')
+    top = _read_json(os.path.join(workdir, layout.SUMMARY), 'the pipeline has not finished; wait or rerun it')
     run_dir = pretrain
   else:
     top, run_dir = None, workdir
-  summary = _read_json(os.path.join(run_dir, 'summary.json'), 'the run has not finished; wait or rerun it')
-  config_path = os.path.join(run_dir, 'config.json')
+  summary = _read_json(os.path.join(run_dir, layout.SUMMARY), 'the run has not finished; wait or rerun it')
+  config_path = os.path.join(run_dir, layout.CONFIG)
   config = _read_json(config_path, 'not a spt_jax workdir') if os.path.exists(config_path) else {}
-  metrics = _read_metrics(os.path.join(run_dir, 'metrics.jsonl'))
+  metrics = _read_metrics(os.path.join(run_dir, layout.METRICS))
   finetunes = list((top or {}).get('finetunes') or summary.get('finetunes') or [])
   return Run(workdir, config, summary, metrics, finetunes, top)
 

@@ -9,10 +9,11 @@ import math
 import os
 
 import numpy as np
+from scipy import stats
 
 from spt_jax.analysis import gains as gains_lib
 from spt_jax.analysis import runs as runs_lib
-from spt_jax.storage import markdown
+from spt_jax.storage import layout, markdown
 
 SETS = ('domain_test', 'general_test')
 
@@ -39,9 +40,22 @@ def arm(run: runs_lib.Run) -> dict:
 
 
 def spread(values) -> dict:
+  """Mean, sample standard deviation and the 95% confidence interval of the mean (Student's t) of the finite
+  values; None where there are too few."""
   values = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
   sd = float(values.std(ddof=1)) if len(values) > 1 else None
-  return {'mean': float(values.mean()) if len(values) else None, 'sd': sd, 'n': int(len(values))}
+  mean = float(values.mean()) if len(values) else None
+  half = None if sd is None else float(stats.t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values))
+  ci95 = None if half is None else [mean - half, mean + half]
+  return {'mean': mean, 'sd': sd, 'n': int(len(values)), 'ci95': ci95}
+
+
+def interval(summary: dict, digits: int = 2, suffix: str = '') -> str:
+  """'[lo, hi]' of a spread's 95% confidence interval of the mean ('–' with fewer than two values)."""
+  if summary.get('ci95') is None:
+    return '–'
+  low, high = summary['ci95']
+  return f'[{low:.{digits}f}, {high:.{digits}f}]{suffix}'
 
 
 def compare(pairs: dict) -> dict:
@@ -78,9 +92,9 @@ def trajectory(run: runs_lib.Run) -> dict:
   """Domain and general test loss through pretraining, then through the best finetune (tokens continue)."""
   best = arm(run)
   pretrain = [r for r in run.metrics if all(f'eval/{s}/loss' in r for s in SETS)]
-  finetune_dir = os.path.join(run.path, 'finetune', best['best_finetune'])
+  finetune_dir = layout.finetune_dir(run.path, best['best_finetune'])
   finetune = [
-    r for r in _read_jsonl(os.path.join(finetune_dir, 'metrics.jsonl')) if all(f'eval/{s}/loss' in r for s in SETS)
+    r for r in _read_jsonl(os.path.join(finetune_dir, layout.METRICS)) if all(f'eval/{s}/loss' in r for s in SETS)
   ]
   start = best['pretrain_tokens']
   out = {
@@ -95,11 +109,11 @@ def trajectory(run: runs_lib.Run) -> dict:
   return out
 
 
-def plus_minus(stats: dict, digits: int = 4, suffix: str = '') -> str:
-  if stats['mean'] is None:
+def plus_minus(summary: dict, digits: int = 4, suffix: str = '') -> str:
+  if summary['mean'] is None:
     return '–'
-  sd = '' if stats['sd'] is None else f' ± {stats["sd"]:.{digits}f}'
-  return f'{stats["mean"]:.{digits}f}{sd}{suffix}'
+  sd = '' if summary['sd'] is None else f' ± {summary["sd"]:.{digits}f}'
+  return f'{summary["mean"]:.{digits}f}{sd}{suffix}'
 
 
 def format_tables(result: dict) -> str:

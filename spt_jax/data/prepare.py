@@ -326,10 +326,13 @@ def main(argv) -> None:
   data = prepare(_CONFIG.value)
   for name, rows in {**{f'train_{k}': v for k, v in data.train.items()}, **data.eval_sets}.items():
     print(f'{name:24s} {rows.shape[0]:>10,d} sequences of {rows.shape[1]} tokens')
-  print(
-    f'{data.path}  ({data.metadata.get("seconds", 0):.1f} s, '
-    f'{data.metadata.get("megabytes_per_second_per_worker", 0):.2f} MB/s per worker when prepared)'
+  meta = data.metadata
+  speed = (
+    f'{meta.get("megabytes_per_second_per_worker", 0):.2f} MB/s per worker when prepared'
+    if meta.get('text_bytes_tokenized', meta.get('text_bytes'))
+    else 'no text tokenized: every source read from the cache or in place'
   )
+  print(f'{data.path}  ({meta.get("seconds", 0):.1f} s, {speed})')
 
 
 if __name__ == '__main__':

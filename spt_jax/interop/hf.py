@@ -17,6 +17,7 @@ import safetensors
 from safetensors import numpy as safetensors_numpy
 
 from spt_jax.model import decoder as model_lib
+from spt_jax.storage import layout
 
 CONFIG_FILE = 'config.json'
 WEIGHTS_FILE = 'model.safetensors'
@@ -78,7 +79,7 @@ def read_weights(directory: str) -> dict[str, np.ndarray]:
 def is_hf_dir(path: str) -> bool:
   """Whether path is a directory with an HF config.json (a `model_type` key) and no run checkpoints."""
   config_path = os.path.join(path, CONFIG_FILE)
-  if not os.path.isfile(config_path) or os.path.isdir(os.path.join(path, 'checkpoints')):
+  if not os.path.isfile(config_path) or os.path.isdir(os.path.join(path, layout.CHECKPOINTS)):
     return False
   try:
     with open(config_path) as f:

@@ -21,7 +21,6 @@ import threading
 import time
 
 LOCK_FILE = '.lock'
-LOG_FILE = 'log.txt'  # Every log record of a run, the libraries' included (the terminal shows only the run's own).
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OWN_CODE = (_PACKAGE + os.sep, os.path.join(os.path.dirname(_PACKAGE), 'experiments') + os.sep)
 

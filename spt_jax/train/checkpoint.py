@@ -32,9 +32,8 @@ from absl import logging
 from etils import epath
 
 from spt_jax.model import decoder as model_lib
-from spt_jax.storage import files, manifest
+from spt_jax.storage import files, layout, manifest
 
-CHECKPOINTS = 'checkpoints'
 DAMAGED = 'damaged_checkpoints'  # Checkpoints that fail their check or restore are moved here (never deleted).
 # JSON files orbax reads of a step, with the reason a step whose copy does not parse is set aside under.
 _JSON_FILES = (
@@ -43,8 +42,6 @@ _JSON_FILES = (
   ('_CHECKPOINT_METADATA', 'unreadable-metadata'),
   ('state/_METADATA', 'unreadable-metadata'),
 )
-CONFIG_FILE = 'config.json'
-TOKENIZER_FILE = 'tokenizer.json'  # The tokenizer the run's token ids belong to, beside its config.
 # The metric orbax ranks checkpoints by: eval domain_test loss, lower is better.
 BEST_METRIC = 'domain_test_loss'
 # Keys that may change between a run and its resumption without changing what it computes (init_from is only
@@ -74,11 +71,11 @@ def write_config(workdir: str, config) -> None:
   """Writes the resolved config as W/config.json (process 0 only)."""
   if jax.process_index() != 0:
     return
-  files.write_json(os.path.join(workdir, CONFIG_FILE), config_dict(config))
+  files.write_json(os.path.join(workdir, layout.CONFIG), config_dict(config))
 
 
 def read_config(workdir: str) -> dict | None:
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(workdir, layout.CONFIG)
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -292,7 +289,7 @@ class Checkpoints:
       cleanup_tmp_directories=True,
       create=True,
     )
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+    self.directory = os.path.join(os.path.abspath(workdir), layout.CHECKPOINTS)
     # Before orbax reads the steps: its start-up parses every step's metrics and metadata.
     newest_good = screen(self.directory)
     self.checked = set() if newest_good is None else {newest_good}  # Steps fully checked by this process.
@@ -448,7 +445,7 @@ def _candidates(path: str) -> tuple[str, list[int]]:
     raise ValueError(f'init_from={path} does not exist; point it at a pretrain workdir or a checkpoint folder.')
   if name.isdigit() and (set_aside or os.path.isdir(os.path.join(path, 'state')) or manifest.has_manifest(path)):
     return parent, [step for step in _step_numbers(parent) if step <= int(name)]
-  directory = os.path.join(path, CHECKPOINTS) if os.path.isdir(os.path.join(path, CHECKPOINTS)) else path
+  directory = os.path.join(path, layout.CHECKPOINTS) if os.path.isdir(os.path.join(path, layout.CHECKPOINTS)) else path
   steps = [
     step
     for step in _step_numbers(directory)
@@ -456,9 +453,7 @@ def _candidates(path: str) -> tuple[str, list[int]]:
     or manifest.has_manifest(os.path.join(directory, str(step)))
   ]
   if not steps:
-    raise ValueError(
-      f'init_from={path} holds no checkpoint; point it at a workdir with {CHECKPOINTS}/<step>/ or at a step folder.'
-    )
+    raise _no_checkpoint(path)
   if (read_config(path) or {}).get('stage') == 'finetune':
     losses = {step: _recorded_loss(os.path.join(directory, str(step))) for step in steps}
     # The lowest loss (the earlier step of a tie, as orbax ranks them), then steps without one, newest first.
@@ -468,14 +463,18 @@ def _candidates(path: str) -> tuple[str, list[int]]:
   return directory, steps
 
 
+def _no_checkpoint(path: str) -> ValueError:
+  return ValueError(
+    f'init_from={path} holds no checkpoint; point it at a workdir with {layout.CHECKPOINTS}/<step>/ or a step folder.'
+  )
+
+
 def _load_usable(path: str, load: Callable[[str], Any], restores: bool = True) -> tuple[str, Any]:
   """(step folder, load(step folder)) of the first usable checkpoint init_from=path names (see _candidates)."""
   directory, steps = _candidates(path)
   found = _use_first_good(directory, steps, load, 'loading step {} instead', restores=restores)
   if found is None:
-    raise ValueError(
-      f'init_from={path} holds no checkpoint; point it at a workdir with {CHECKPOINTS}/<step>/ or at a step folder.'
-    )
+    raise _no_checkpoint(path)
   return os.path.join(directory, str(found[0])), found[1]
 
 

@@ -21,8 +21,9 @@ import shutil
 
 from absl import logging
 
+from spt_jax.storage import layout
+
 DECAY_DIR = 'decay'
-CHECKPOINTS = 'checkpoints'  # checkpoint.CHECKPOINTS; not imported, so that this module stays light.
 
 
 def wants_decay(config, stage: str, summary: dict) -> bool:
@@ -49,8 +50,8 @@ def decay_config(config, best_step: int):
 
 def _seed(workdir: str, decay_dir: str, best_step: int) -> bool:
   """Copies the best checkpoint into the decay workdir once, so that the decay run resumes from it."""
-  source = os.path.join(workdir, CHECKPOINTS, str(best_step))
-  target_root = os.path.join(decay_dir, CHECKPOINTS)
+  source = layout.checkpoint_dir(workdir, best_step)
+  target_root = os.path.join(decay_dir, layout.CHECKPOINTS)
   if os.path.isdir(target_root) and os.listdir(target_root):
     return True  # Seeded before (the decay run may have checkpoints of its own by now).
   if not os.path.isdir(source):

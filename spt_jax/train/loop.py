@@ -28,7 +28,7 @@ from spt_jax.data import mixture as mixture_lib
 from spt_jax.data import prepare as prepare_lib
 from spt_jax.evals import heldout as evaluation
 from spt_jax.model import flops, sharding
-from spt_jax.storage import files
+from spt_jax.storage import files, layout
 from spt_jax.train import checkpoint, finetune_decay, run_plan, validate
 from spt_jax.train import step as train
 
@@ -375,7 +375,7 @@ def build(config, workdir: str, *, stage: str | None = None, grid_point=None, da
     loop_state = LoopState(init_checkpoint=init_checkpoint)
   checkpoint.write_config(workdir, c)  # Only now that the run really starts: a rejected config leaves none.
   if data.tokenizer is not None and jax.process_index() == 0:  # The run carries its tokenizer to any machine.
-    files.write_text(os.path.join(workdir, checkpoint.TOKENIZER_FILE), data.tokenizer.to_str())
+    files.write_text(os.path.join(workdir, layout.TOKENIZER), data.tokenizer.to_str())
   loop_ = _Loop(plan, workdir, trainer, checkpoints, mixture, evaluator, data)
   loop_.setup_seconds = time.time() - started  # Data, restore, evaluation sets: this session's set-up.
   return loop_, state, loop_state
@@ -411,7 +411,7 @@ def _trainer(c, mesh) -> train.Trainer:
 
 def _finished_summary(workdir: str, latest_step) -> dict | None:
   """The summary of a run that ended on its budget or by early stopping at its latest checkpoint."""
-  path = os.path.join(workdir, 'summary.json')
+  path = os.path.join(workdir, layout.SUMMARY)
   if latest_step is None or not os.path.exists(path):
     return None
   with open(path) as f:
@@ -437,7 +437,7 @@ class _Loop:
     self.steps, self.tokens_per_step, self.schedule = plan.steps, plan.tokens_per_step, plan.schedule
     table = self.host_lr_table = plan.lr_table()  # An input of the step: no recompiling per learning rate or warmup.
     self.lr_table = jax.make_array_from_callback(table.shape, trainer.replicated, lambda index: table[index])
-    self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
+    self.metrics_path = os.path.join(workdir, layout.METRICS)
     self.writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     self.flops_per_token = flops.train_flops_per_token(c.model, c.data.seq_len)
     self.peak_flops = flops.peak_flops(c.peak_flops)
@@ -732,7 +732,7 @@ class _Loop:
       'timing': self.time_split(),
     }
     if jax.process_index() == 0:  # Atomically: a rerun reads it to skip finished runs.
-      files.write_json(os.path.join(self.workdir, 'summary.json'), summary)
+      files.write_json(os.path.join(self.workdir, layout.SUMMARY), summary)
     logging.info(
       '%s finished: %s after %d steps; best domain_test %s',
       c.stage,

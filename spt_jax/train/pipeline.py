@@ -14,7 +14,7 @@ import ml_collections
 from absl import logging
 
 from spt_jax.data import prepare as prepare_lib
-from spt_jax.storage import files, markdown
+from spt_jax.storage import files, layout, markdown
 from spt_jax.train import checkpoint, loop, run_plan, validate
 
 
@@ -28,8 +28,8 @@ def stage_folders(config, workdir: str) -> list[str]:
   """Every stage folder of the pipeline in workdir: W/pretrain, then W/finetune/<point> of every grid point."""
   workdir = os.path.abspath(workdir)
   labels = [None, *sorted(int(step) for step in config.finetune.from_steps)]
-  return [os.path.join(workdir, 'pretrain')] + [
-    os.path.join(workdir, 'finetune', point_name(lr, warmup, label))
+  return [layout.pretrain_dir(workdir)] + [
+    layout.finetune_dir(workdir, point_name(lr, warmup, label))
     for label in labels
     for lr, warmup in config.finetune.grid
   ]
@@ -89,12 +89,12 @@ def run_pipelines(pipelines: list[tuple]) -> list[dict]:
     for (_, workdir, _), result in zip(pipelines, results, strict=True):
       reporting = time.time()
       if jax.process_index() == 0 and result['pretrain'] is not None:
-        files.write_text(os.path.join(workdir, 'report.md'), report(result))
+        files.write_text(os.path.join(workdir, layout.REPORT), report(result))
       result['timing']['report'] = round(time.time() - reporting, 3)
       result['wall_time_s'] = round(time.time() - started, 1)
       if jax.process_index() == 0 and result['pretrain'] is not None:
-        files.write_json(os.path.join(workdir, 'summary.json'), result)
-      logging.info('Pipeline stopped (%s); report: %s', result['stop_reason'], os.path.join(workdir, 'report.md'))
+        files.write_json(os.path.join(workdir, layout.SUMMARY), result)
+      logging.info('Pipeline stopped (%s); report: %s', result['stop_reason'], os.path.join(workdir, layout.REPORT))
   return results
 
 
@@ -109,7 +109,7 @@ def _run_locked(pipelines: list[tuple]) -> list[dict]:
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
       checkpoint.write_config(workdir, config)
-    prepared.append((config, os.path.join(os.path.abspath(workdir), 'pretrain'), data))
+    prepared.append((config, layout.pretrain_dir(os.path.abspath(workdir)), data))
   timing = {'prepare': round(time.time() - started, 3)}  # Of every pipeline together (they share their stages).
   started = time.time()
   pretrains = loop.run_many([loop.Run(c, folder, 'pretrain', data=d) for c, folder, d in prepared], together)
@@ -124,7 +124,7 @@ def _run_locked(pipelines: list[tuple]) -> list[dict]:
     sources = [(pretrain['steps'], pretrain['tokens'], pretrain_dir, None)]
     tokens_per_step = pretrain['tokens'] // max(pretrain['steps'], 1)
     sources += [
-      (s, s * tokens_per_step, os.path.join(pretrain_dir, checkpoint.CHECKPOINTS, str(s)), s)
+      (s, s * tokens_per_step, layout.checkpoint_dir(pretrain_dir, s), s)
       for s in sorted(int(step) for step in config.finetune.from_steps)
     ]
     for pretrain_step, pretrain_tokens, init_from, label in sources:
@@ -132,7 +132,7 @@ def _run_locked(pipelines: list[tuple]) -> list[dict]:
         name = point_name(lr, warmup, label)
         finetune_config = ml_collections.ConfigDict(config.to_dict())
         finetune_config.init_from = init_from
-        folder = os.path.join(workdir, 'finetune', name)
+        folder = layout.finetune_dir(workdir, name)
         run = loop.Run(finetune_config, folder, 'finetune', (lr, warmup), data)
         finetunes.append((p, name, pretrain_step, pretrain_tokens, (lr, warmup), run))
   started = time.time()

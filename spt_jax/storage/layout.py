@@ -1,0 +1,36 @@
+"""A workdir's layout: every file and folder name that a run or a pipeline writes, in one place.
+
+A run (one stage) writes into its workdir `config.json`, `tokenizer.json`, `metrics.jsonl`, `checkpoints/<step>/`,
+the log and, when it ends, `summary.json`. A pipeline's workdir W holds one run in `W/pretrain` and one per
+finetuning grid point in `W/finetune/<point>`, then `W/summary.json` and `W/report.md`. A study's folder holds
+one pipeline workdir per variant and its own `report.md`.
+"""
+
+import os
+
+CONFIG = 'config.json'  # The resolved config; a rerun compares against it before resuming.
+TOKENIZER = 'tokenizer.json'  # The tokenizer the run's token ids belong to.
+METRICS = 'metrics.jsonl'  # One JSON record per logged step.
+SUMMARY = 'summary.json'  # Written when a run or a pipeline ends; a rerun reads it to skip finished work.
+REPORT = 'report.md'
+LOG = 'log.txt'  # Every log record of a run, the libraries' included (the terminal shows only the run's own).
+CHECKPOINTS = 'checkpoints'  # One folder per saved step.
+PRETRAIN = 'pretrain'
+FINETUNE = 'finetune'
+
+
+def log_name(process_index: int, process_count: int) -> str:
+  """The log file of one process: log.txt alone, log.<index>.txt when several processes share the workdir."""
+  return LOG if process_count == 1 else f'log.{process_index}.txt'
+
+
+def checkpoint_dir(workdir: str, step: int) -> str:
+  return os.path.join(workdir, CHECKPOINTS, str(step))
+
+
+def pretrain_dir(workdir: str) -> str:
+  return os.path.join(workdir, PRETRAIN)
+
+
+def finetune_dir(workdir: str, point: str) -> str:
+  return os.path.join(workdir, FINETUNE, point)
