@@ -41,8 +41,11 @@ def test_too_little_free_space_is_one_line_before_writing(tmp_path, monkeypatch)
   )
 
 
-def test_a_disk_that_fills_up_while_writing_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
-  config = _config(tmp_path)
+@pytest.mark.parametrize('keep_tokenized, first_written', [(True, 'tokenized'), (False, 'prepared')])
+def test_a_disk_that_fills_up_while_writing_is_one_line_and_leaves_nothing(
+  tmp_path, monkeypatch, keep_tokenized, first_written
+):
+  config = _config(tmp_path, keep_tokenized=keep_tokenized)
 
   class Full:
     """A file on a disk with 10 kB left."""
@@ -69,8 +72,10 @@ def test_a_disk_that_fills_up_while_writing_is_one_line_and_leaves_nothing(tmp_p
   monkeypatch.setattr(shards, 'open_for_write', Full)
   with pytest.raises(shards.DiskFullError, match='filled up while writing') as error:
     prepare_lib.prepare(config)
-  assert '\n' not in str(error.value) and 'prepared' in str(error.value)
-  assert not list((tmp_path / 'cache' / 'prepared').glob('.*tmp-*'))  # The partial folder is removed.
+  # The first file written: a source's kept tokens (cache/tokenized/), or its spill in the prepared partial folder.
+  assert '\n' not in str(error.value) and str(tmp_path / 'cache' / first_written) in str(error.value)
+  for folder in ('prepared', 'tokenized'):  # The partial folders are removed.
+    assert not list((tmp_path / 'cache' / folder).glob('.*tmp-*')), folder
   monkeypatch.undo()
   assert len(prepare_lib.prepare(config).train['domain'])  # Space freed: the same command works.
 
