@@ -52,6 +52,9 @@ def _pipeline(root, name, delta, finetunes, model='tiny', tokenizer='abc', seq_l
   (workdir / 'pretrain' / 'metrics.jsonl').write_text('')
   entries = [
     {
+      'name': f'lr{lr:g}_wu50_from{i}',
+      'stop_reason': 'early_stopping',
+      'steps': 20,
       'pretrain_step': i,
       'pretrain_tokens': t,
       'lr': lr,

@@ -29,32 +29,30 @@ def test_pipeline_writes_summary_and_report(tmp_path):
   }
   assert lrs['lr0.001_wu1'][-1] == pytest.approx(1e-3) and lrs['lr0.003_wu2'][-1] == pytest.approx(3e-3)
 
-  names = [f['name'] for f in result['finetunes']]
+  names = [f.name for f in result['finetunes']]
   assert names == ['lr0.001_wu1', 'lr0.003_wu2', 'step3_lr0.001_wu1', 'step3_lr0.003_wu2']
   for name in names:
     assert os.path.exists(os.path.join(workdir, 'finetune', name, 'summary.json'))
   assert result['pretrain']['steps'] == 6 and result['pretrain']['stop_reason'] == 'budget'
   first, from_step3 = result['finetunes'][0], result['finetunes'][2]
-  assert (first['pretrain_step'], from_step3['pretrain_step']) == (6, 3)
-  assert from_step3['pretrain_tokens'] == 3 * 8 * 16
+  assert (first.pretrain_step, from_step3.pretrain_step) == (6, 3)
+  assert from_step3.pretrain_tokens == 3 * 8 * 16
   # Finetuning starts from the pretrained model: its loss before equals the pretraining's final loss.
-  assert first['domain_test_loss_before'] == pytest.approx(result['pretrain']['final']['domain_test'], rel=1e-5)
-  assert from_step3['domain_test_loss_before'] != pytest.approx(first['domain_test_loss_before'], rel=1e-6)
+  assert first.domain_test_loss_before == pytest.approx(result['pretrain']['final']['domain_test'], rel=1e-5)
+  assert from_step3.domain_test_loss_before != pytest.approx(first.domain_test_loss_before, rel=1e-6)
   best = result['best']
-  assert best['best_domain_test_loss'] == min(f['best_domain_test_loss'] for f in result['finetunes'])
-  assert best['best_domain_test_loss'] < best['domain_test_loss_before']
-  assert best['epochs'] == pytest.approx(best['best_step'] * 8 / 40)
+  assert best.best_domain_test_loss == min(f.best_domain_test_loss for f in result['finetunes'])
+  assert best.best_domain_test_loss < best.domain_test_loss_before
+  assert best.epochs == pytest.approx(best.best_step * 8 / 40)
   with open(os.path.join(workdir, 'summary.json')) as f:
-    assert json.load(f)['best']['name'] == best['name']
+    assert json.load(f)['best']['name'] == best.name
   report = open(os.path.join(workdir, 'report.md')).read()
-  assert '## Finetuning grid' in report and best['name'] in report and 'forgetting' in report
+  assert '## Finetuning grid' in report and best.name in report and 'forgetting' in report
   assert 'Domain data seen' in report
 
   # Rerunning finishes at once: every run is found complete.
   again = pipeline.run_pipeline(config, workdir, data=data)
-  assert [f['best_domain_test_loss'] for f in again['finetunes']] == [
-    f['best_domain_test_loss'] for f in result['finetunes']
-  ]
+  assert [f.best_domain_test_loss for f in again['finetunes']] == [f.best_domain_test_loss for f in result['finetunes']]
 
 
 def test_bad_grid_and_from_steps_fail_before_work(tmp_path):

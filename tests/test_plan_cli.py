@@ -54,6 +54,9 @@ def _write_pipeline(root, delta, seed, nan_row=False, tokenizer='bpe-1234', with
     for lr, extra in ((1e-4, 0.0), (1e-5, 0.01)):
       finetunes.append(
         {
+          'name': f'lr{lr:g}_wu50_from{step}',
+          'stop_reason': 'early_stopping',
+          'steps': 40,
           'pretrain_step': step,
           'pretrain_tokens': float(tokens),
           'lr': lr,

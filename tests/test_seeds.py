@@ -39,6 +39,7 @@ def _arm(root, name, delta, post_ft_loss, general_after, best_step=20):
   )
   entry = {
     'name': 'lr0.001_wu5',
+    'stop_reason': 'early_stopping',
     'pretrain_step': 10,
     'pretrain_tokens': 1000,
     'lr': 1e-3,

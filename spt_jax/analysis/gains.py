@@ -87,18 +87,10 @@ def post_ft_curve(run: runs_lib.Run):
       '(stage=pipeline) so that its checkpoints are finetuned'
     )
   return (
-    np.array([float(p['pretrain_tokens']) for p in points]),
-    np.array([float(p['best_domain_test_loss']) for p in points]),
+    np.array([float(p.pretrain_tokens) for p in points]),
+    np.array([float(p.best_domain_test_loss) for p in points]),
     points,
   )
-
-
-def forgetting(entry: dict) -> float | None:
-  """General test loss after finetuning minus before (positive: general knowledge lost)."""
-  before, after = entry.get('general_test_loss_before'), entry.get('general_test_loss_after')
-  if before is None or after is None:
-    return None
-  return float(after) - float(before)
 
 
 def _row(run, tokens, losses, entries) -> dict:
@@ -109,7 +101,7 @@ def _row(run, tokens, losses, entries) -> dict:
     'model': run.model,
     'pretrain_tokens': float(tokens[-1]),
     'post_ft_loss': float(losses[-1]),
-    'forgetting': forgetting(entries[-1]),
+    'forgetting': entries[-1].forgetting,  # General test loss after finetuning minus before.
     'curve': {'tokens': tokens.tolist(), 'loss': losses.tolist()},
   }
 

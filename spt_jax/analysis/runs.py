@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 
 from spt_jax.analysis import scaling_fit
-from spt_jax.storage import layout
+from spt_jax.storage import layout, records
 
 
 @dataclasses.dataclass
@@ -21,7 +21,7 @@ class Run:
   config: dict
   summary: dict  # The pretraining run's summary.json.
   metrics: list  # The pretraining run's metrics.jsonl records.
-  finetunes: list  # The pipeline's `finetunes` entries ([] for a single run).
+  finetunes: list[records.FinetunePoint]  # The pipeline's finetuning runs ([] for a single run).
   pipeline_summary: dict | None = None
 
   @property
@@ -92,7 +92,7 @@ def read(workdir: str) -> Run:
   config_path = os.path.join(run_dir, layout.CONFIG)
   config = _read_json(config_path, 'not a spt_jax workdir') if os.path.exists(config_path) else {}
   metrics = _read_metrics(os.path.join(run_dir, layout.METRICS))
-  finetunes = list((top or {}).get('finetunes') or summary.get('finetunes') or [])
+  finetunes = [records.FinetunePoint.from_json(f) for f in (top or {}).get('finetunes') or []]
   return Run(workdir, config, summary, metrics, finetunes, top)
 
 
@@ -134,16 +134,15 @@ def finetune_points(run: Run) -> list:
   """Per finetuned pretraining checkpoint: the best finetune over the grid, sorted by pretraining tokens."""
   by_tokens = {}
   for entry in run.finetunes:
-    loss = entry.get('best_domain_test_loss')
+    loss = entry.best_domain_test_loss
     if loss is None or not math.isfinite(float(loss)):
       warnings.warn(
-        f'{run.path}: a finetune at {entry.get("pretrain_tokens")} tokens has no finite '
-        'best_domain_test_loss; left out',
+        f'{run.path}: a finetune at {entry.pretrain_tokens} tokens has no finite best_domain_test_loss; left out',
         stacklevel=2,
       )
       continue
-    tokens = float(entry['pretrain_tokens'])
-    if tokens not in by_tokens or loss < by_tokens[tokens]['best_domain_test_loss']:
+    tokens = float(entry.pretrain_tokens)
+    if tokens not in by_tokens or loss < by_tokens[tokens].best_domain_test_loss:
       by_tokens[tokens] = entry
   return [by_tokens[t] for t in sorted(by_tokens)]
 
@@ -165,12 +164,12 @@ def scaling_data(runs: list) -> scaling_fit.ScalingData:
     columns['train'] += list(curve['domain_train'])
     columns['test'] += list(curve['domain_test'])
     for entry in finetune_points(run):
-      before = entry.get('domain_test_loss_before')
+      before = entry.domain_test_loss_before
       if before is None:
         continue
       columns['ft_delta'].append(delta)
-      columns['ft_tokens'].append(float(entry['pretrain_tokens']))
-      columns['ft_drop'].append(float(before) - float(entry['best_domain_test_loss']))
+      columns['ft_tokens'].append(float(entry.pretrain_tokens))
+      columns['ft_drop'].append(float(before) - float(entry.best_domain_test_loss))
       columns['ft_before'].append(float(before))
   arrays = {k: np.array(v, float) for k, v in columns.items()}
   return scaling_fit.ScalingData(

@@ -27,15 +27,15 @@ def arm(run: runs_lib.Run) -> dict:
   return {
     'run': run.name,
     'delta': run.domain_fraction,
-    'pretrain_tokens': float(best['pretrain_tokens']),
-    'pre_ft_loss': float(best['domain_test_loss_before']),
-    'post_ft_loss': float(best['best_domain_test_loss']),
-    'general_before': float(best['general_test_loss_before']),
-    'general_after': float(best['general_test_loss_after']),
-    'forgetting': gains_lib.forgetting(best),
-    'best_finetune': best['name'],
-    'best_step': int(best['best_step']),
-    'epochs': float(best['epochs']),
+    'pretrain_tokens': float(best.pretrain_tokens),
+    'pre_ft_loss': float(best.domain_test_loss_before),
+    'post_ft_loss': float(best.best_domain_test_loss),
+    'general_before': float(best.general_test_loss_before),
+    'general_after': float(best.general_test_loss_after),
+    'forgetting': best.forgetting,
+    'best_finetune': best.name,
+    'best_step': int(best.best_step),
+    'epochs': float(best.epochs),
   }
 
 

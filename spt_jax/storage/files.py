@@ -6,6 +6,7 @@ or a kill leaves the old file or the new one, never half of one. JSON goes throu
 and ±Infinity as null: strict readers (jq, JavaScript, most JSON libraries) reject the bare tokens.
 """
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -27,6 +28,8 @@ _OWN_CODE = (_PACKAGE + os.sep, os.path.join(os.path.dirname(_PACKAGE), 'experim
 
 def finite(value):
   """value with every non-finite float (NaN, ±inf, also numpy scalars) replaced by None, recursively."""
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):  # A typed record (storage/records.py).
+    value = dataclasses.asdict(value)
   if isinstance(value, dict):
     return {key: finite(item) for key, item in value.items()}
   if isinstance(value, (list, tuple)):

@@ -5,7 +5,6 @@ finetune.from_steps); W/summary.json and W/report.md compare them. Every run res
 command after a preemption continues where it stopped and skips what has finished.
 """
 
-import math
 import os
 import time
 
@@ -14,7 +13,7 @@ import ml_collections
 from absl import logging
 
 from spt_jax.data import prepare as prepare_lib
-from spt_jax.storage import files, layout, markdown
+from spt_jax.storage import files, layout, markdown, records
 from spt_jax.train import checkpoint, loop, run_plan, validate
 
 
@@ -35,37 +34,33 @@ def stage_folders(config, workdir: str) -> list[str]:
   ]
 
 
-def _finetune_entry(name, summary, pretrain_step, pretrain_tokens, grid_point) -> dict:
+def _finetune_entry(name, summary, pretrain_step, pretrain_tokens, grid_point) -> records.FinetunePoint:
   initial, best = summary.get('initial') or {}, summary.get('best') or {}
   best_eval = best.get('eval') or {}
-  return {
-    'name': name,
-    'pretrain_step': pretrain_step,
-    'pretrain_tokens': pretrain_tokens,
-    'init_step': summary.get('init_step'),  # Differs from pretrain_step when that checkpoint was damaged.
-    'lr': grid_point[0],
-    'warmup': int(grid_point[1]),
-    'stop_reason': summary['stop_reason'],
-    'steps': summary['steps'],
-    'best_domain_test_loss': best_eval.get('domain_test'),
-    'best_step': best.get('step'),
-    'epochs': (best.get('epochs') or {}).get('domain'),
-    'domain_test_loss_before': initial.get('domain_test'),
-    'general_test_loss_before': initial.get('general_test'),
-    'general_test_loss_after': best_eval.get('general_test'),
-    'domain_train_loss_after': best_eval.get('domain_train'),
-    'wall_time_s': summary.get('wall_time_s'),
-    'mcqa_at_best': best.get('mcqa') or {},
-  }
+  return records.FinetunePoint(
+    name=name,
+    pretrain_step=pretrain_step,
+    pretrain_tokens=pretrain_tokens,
+    init_step=summary.get('init_step'),
+    lr=grid_point[0],
+    warmup=int(grid_point[1]),
+    stop_reason=summary['stop_reason'],
+    steps=summary['steps'],
+    best_domain_test_loss=best_eval.get('domain_test'),
+    best_step=best.get('step'),
+    epochs=(best.get('epochs') or {}).get('domain'),
+    domain_test_loss_before=initial.get('domain_test'),
+    general_test_loss_before=initial.get('general_test'),
+    general_test_loss_after=best_eval.get('general_test'),
+    domain_train_loss_after=best_eval.get('domain_train'),
+    wall_time_s=summary.get('wall_time_s'),
+    mcqa_at_best=best.get('mcqa') or {},
+  )
 
 
-def _best(finetunes: list) -> dict | None:
-  finite = [
-    f
-    for f in finetunes
-    if f['best_domain_test_loss'] is not None and math.isfinite(f['best_domain_test_loss']) and f['best_step']
-  ]
-  return min(finite, key=lambda f: f['best_domain_test_loss']) if finite else None
+def _best(finetunes: list[records.FinetunePoint]) -> records.FinetunePoint | None:
+  finished = [f for f in finetunes if f.finished]
+  return min(finished, key=lambda f: f.best_domain_test_loss) if finished else None
 
 
 def run_pipeline(config, workdir: str, data=None) -> dict:
@@ -189,36 +184,32 @@ def report(result: dict) -> str:
       [],
     )
     for f in result['finetunes']:
-      forgetting = (
-        None
-        if f['general_test_loss_after'] is None or f['general_test_loss_before'] is None
-        else f['general_test_loss_after'] - f['general_test_loss_before']
-      )
+      forgetting = f.forgetting
       lines.append(
         markdown.row(
-          [f['name'], f['pretrain_step'], f'{f["lr"]:g}', f['warmup'], f['steps'], f['stop_reason'], f['best_step']]
+          [f.name, f.pretrain_step, f'{f.lr:g}', f.warmup, f.steps, f.stop_reason, f.best_step]
           + [
-            _number(f['epochs'], 2),
-            f'{_number(f["domain_test_loss_before"])} → {_number(f["best_domain_test_loss"])}',
-            f'{_number(f["general_test_loss_before"])} → {_number(f["general_test_loss_after"])} '
+            _number(f.epochs, 2),
+            f'{_number(f.domain_test_loss_before)} → {_number(f.best_domain_test_loss)}',
+            f'{_number(f.general_test_loss_before)} → {_number(f.general_test_loss_after)} '
             f'({"–" if forgetting is None else f"{forgetting:+.4f}"})',
           ]
         )
       )
   if best is not None:
-    gain = best['domain_test_loss_before'] - best['best_domain_test_loss']
+    gain = best.domain_test_loss_before - best.best_domain_test_loss
     lines += [
       '',
       '## Best point',
       '',
-      f'`{best["name"]}`: domain_test {best["domain_test_loss_before"]:.4f} → '
-      f'{best["best_domain_test_loss"]:.4f} ({-gain:+.4f}) at finetuning step {best["best_step"]} '
-      f'({_number(best["epochs"], 2)} domain epochs); general_test '
-      f'{_number(best["general_test_loss_before"])} → {_number(best["general_test_loss_after"])}.',
+      f'`{best.name}`: domain_test {best.domain_test_loss_before:.4f} → '
+      f'{best.best_domain_test_loss:.4f} ({-gain:+.4f}) at finetuning step {best.best_step} '
+      f'({_number(best.epochs, 2)} domain epochs); general_test '
+      f'{_number(best.general_test_loss_before)} → {_number(best.general_test_loss_after)}.',
     ]
   if result['stop_reason'] == 'preempted':
     lines += ['', 'The pipeline was preempted: rerun the same command to continue.']
-  finetune_seconds = sum(f.get('wall_time_s') or 0 for f in result['finetunes'])
+  finetune_seconds = sum(f.wall_time_s or 0 for f in result['finetunes'])
   lines += [
     '',
     f'Training time: pretraining {pretrain.get("wall_time_s") or 0:.0f} s, finetuning '

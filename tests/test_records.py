@@ -1,0 +1,31 @@
+"""Typed records of summary.json (spt_jax/storage/records.py): written as strict JSON, read back, older ones too."""
+
+import dataclasses
+import json
+
+from spt_jax.storage import files, records
+
+
+def test_a_finetune_point_round_trips_through_summary_json_and_reads_older_records():
+  point = records.FinetunePoint(
+    name='lr0.001_wu5',
+    pretrain_step=10,
+    pretrain_tokens=1000,
+    lr=1e-3,
+    warmup=5,
+    stop_reason='early_stopping',
+    steps=30,
+    best_step=20,
+    best_domain_test_loss=float('nan'),
+    general_test_loss_before=3.0,
+    general_test_loss_after=3.5,
+  )
+  record = json.loads(files.dumps({'finetunes': [point], 'best': None}))['finetunes'][0]
+  assert record['best_domain_test_loss'] is None and record['name'] == 'lr0.001_wu5'  # Strict JSON: NaN is null.
+  again = records.FinetunePoint.from_json({**record, 'a_field_of_a_later_version': 1})
+  assert again == dataclasses.replace(point, best_domain_test_loss=None)
+  assert again.forgetting == 0.5 and not again.finished  # No finite best loss: not comparable.
+  assert dataclasses.replace(again, best_domain_test_loss=2.5).finished
+  older = records.FinetunePoint.from_json({k: v for k, v in record.items() if k not in ('init_step', 'mcqa_at_best')})
+  assert older.init_step is None and older.mcqa_at_best == {}
+  assert dataclasses.replace(older, general_test_loss_after=None).forgetting is None
