@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from spt_jax.storage import files, markdown
+from spt_jax.storage import files, layout, markdown
 
 
 def test_json_never_holds_nan_or_infinity(tmp_path):
@@ -85,7 +85,7 @@ def test_one_live_run_per_workdir_and_a_dead_one_holds_nothing(tmp_path):
   holder = _holder(workdir)
   try:
     assert f'(pid {holder.pid} on host ' in _refused(workdir)
-    (workdir / files.LOCK_FILE).unlink()  # Deleted by hand: the lock is on the folder, so it still holds.
+    (workdir / layout.LOCK).unlink()  # Deleted by hand: the lock is on the folder, so it still holds.
     assert 'another process; .lock was removed' in _refused(workdir)
   finally:
     holder.send_signal(signal.SIGKILL)
@@ -93,7 +93,7 @@ def test_one_live_run_per_workdir_and_a_dead_one_holds_nothing(tmp_path):
   with files.WorkdirLock(str(workdir)):  # The kernel released the dead process's lock: no stale file to delete.
     with files.WorkdirLock(str(workdir)):  # This process re-enters what it holds (a pipeline's stages).
       pass
-    assert f'pid {os.getpid()} ' in (workdir / files.LOCK_FILE).read_text()
+    assert f'pid {os.getpid()} ' in (workdir / layout.LOCK).read_text()
   holder = _holder(workdir)  # Released on exit, the nested entry's included.
   holder.communicate('\n')
   assert holder.returncode == 0

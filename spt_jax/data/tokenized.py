@@ -136,10 +136,8 @@ def tokenize_source(
     except BaseException:
       shutil.rmtree(partial, ignore_errors=True)  # A failed pass leaves nothing behind.
       raise
-  loaded = _load(folder, source, dtype)
-  if loaded is None:
-    raise RuntimeError(f'{folder} was written but does not load; delete it and run again')
-  return loaded
+  # The records in hand: what was just written and checked is not read back.
+  return Tokenized(folder / _TOKENS, np.dtype(dtype), hashes, sizes, lengths, info['group_names'], groups, False)
 
 
 def _load(folder: pathlib.Path, source, dtype) -> Tokenized | None:
@@ -152,16 +150,17 @@ def _load(folder: pathlib.Path, source, dtype) -> Tokenized | None:
   try:
     checks = json.loads(checks_path.read_text())
     damaged = shards.damaged_files(folder, checks)
+    why = f'{damaged[0]} does not match its recorded checks' if damaged else None
     if not damaged:
       info = json.loads((folder / _INFO).read_text())
       with np.load(folder / _RECORDS) as records:
         hashes, sizes, lengths, groups = (records[k] for k in ('hashes', 'sizes', 'lengths', 'groups'))
       if _TOKENS not in checks or (folder / _TOKENS).stat().st_size != int(lengths.sum()) * np.dtype(dtype).itemsize:
-        damaged = [_TOKENS]
+        why = f'{_TOKENS} does not hold the tokens its records count'
   except (ValueError, KeyError, TypeError, OSError) as error:
-    damaged = [f'{_CHECKS} or its files do not load ({type(error).__name__})']
-  if damaged:
-    shards.set_aside(folder, 'tokenized source', f'{damaged[0]} does not match its recorded checks', 'tokenizing it')
+    why = f'{_CHECKS} or its files do not load ({type(error).__name__})'
+  if why:
+    shards.set_aside(folder, 'tokenized source', why, 'tokenizing it')
     return None
   source.bad_bytes.update(info['bad_bytes'])
   source.checksums.update(info['checksums'])

@@ -21,7 +21,8 @@ import tempfile
 import threading
 import time
 
-LOCK_FILE = '.lock'
+from spt_jax.storage import layout
+
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OWN_CODE = (_PACKAGE + os.sep, os.path.join(os.path.dirname(_PACKAGE), 'experiments') + os.sep)
 
@@ -145,7 +146,8 @@ class WorkdirLock:
     for workdir in taken:  # Only once every folder is held: a refused run writes nothing.
       running = '' if workdir == self.workdir else f', running {self.workdir}'
       write_text(
-        os.path.join(workdir, LOCK_FILE), f'pid {os.getpid()} on host {socket.gethostname()}{running}, since {since}\n'
+        os.path.join(workdir, layout.LOCK),
+        f'pid {os.getpid()} on host {socket.gethostname()}{running}, since {since}\n',
       )
     return self
 
@@ -191,10 +193,10 @@ _HELD = {}  # Real path -> [descriptor or None, entries] of the folders this pro
 
 def _holder(workdir: str) -> str:
   try:
-    with open(os.path.join(workdir, LOCK_FILE), encoding='utf-8') as f:
+    with open(os.path.join(workdir, layout.LOCK), encoding='utf-8') as f:
       return f.read().strip() or 'another process'
   except OSError:
-    return f'another process; {LOCK_FILE} was removed'
+    return f'another process; {layout.LOCK} was removed'
 
 
 class _OwnRecords(logging.Filter):

@@ -1,9 +1,10 @@
 """A workdir's layout: every file and folder name that a run or a pipeline writes, in one place.
 
 A run (one stage) writes into its workdir `config.json`, `tokenizer.json`, `metrics.jsonl`, `checkpoints/<step>/`,
-the log and, when it ends, `summary.json`. A pipeline's workdir W holds one run in `W/pretrain` and one per
-finetuning grid point in `W/finetune/<point>`, then `W/summary.json` and `W/report.md`. A study's folder holds
-one pipeline workdir per variant and its own `report.md`.
+the log, `.lock` while it runs, `decay/` after a WSD finetune stops early, and, when it ends, `summary.json`. A
+pipeline's workdir W holds one run in `W/pretrain` and one per finetuning grid point in `W/finetune/<point>`, then
+`W/summary.json` and `W/report.md`. A study's folder holds one pipeline workdir per variant and its own
+`report.md`.
 """
 
 import os
@@ -13,10 +14,12 @@ TOKENIZER = 'tokenizer.json'  # The tokenizer the run's token ids belong to.
 METRICS = 'metrics.jsonl'  # One JSON record per logged step.
 SUMMARY = 'summary.json'  # Written when a run or a pipeline ends; a rerun reads it to skip finished work.
 REPORT = 'report.md'
+LOCK = '.lock'  # Names the live run holding the workdir (the lock itself is an flock on the folder).
 LOG = 'log.txt'  # Every log record of a run, the libraries' included (the terminal shows only the run's own).
 CHECKPOINTS = 'checkpoints'  # One folder per saved step.
 PRETRAIN = 'pretrain'
 FINETUNE = 'finetune'
+DECAY = 'decay'  # Inside a WSD finetune that stopped early: its decay from the best checkpoint.
 
 
 def log_name(process_index: int, process_count: int) -> str:

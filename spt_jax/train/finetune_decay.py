@@ -23,8 +23,6 @@ from absl import logging
 
 from spt_jax.storage import layout
 
-DECAY_DIR = 'decay'
-
 
 def wants_decay(config, stage: str, summary: dict) -> bool:
   """Whether a finished finetune should now decay: WSD, decay_steps > 0, stopped early, not a decay run."""
@@ -68,7 +66,7 @@ def after_early_stopping(config, workdir: str, summary: dict, stage: str, rerun)
   if not wants_decay(config, stage, summary):
     return summary
   best_step = int((summary.get('best') or {}).get('step') or 0)
-  decay_dir = os.path.join(workdir, DECAY_DIR)
+  decay_dir = os.path.join(workdir, layout.DECAY)
   import jax  # noqa: PLC0415  jax on first use: importing this module stays light
 
   if jax.process_index() == 0 and not _seed(workdir, decay_dir, best_step):
