@@ -4,6 +4,9 @@
                       δ = 2%, the cosine of OLMo cut off at 200B of 2T tokens, Appendix B's finetuning grid
   tiny                CPU scale on the built-in corpora: the whole pipeline in minutes on a laptop
   small               tiny's problem on the 0.16M-parameter model: a few minutes a pipeline, for studies of many runs
+  study               small in the paper's regime (20 tokens per parameter, domain epochs 8-40 at δ = 2-10%, the
+                      budget points near the peak LR of a cut cosine, Appendix B's 3 × 3 finetuning grid scaled to
+                      it, a validation split beside the test split): a CPU study whose ratios are the paper's
   test                tiny shrunk to seconds: for end-to-end tests, not for results
 Every key and its paper default is documented in spt_jax/train/config.py; a domain file sets its data on top.
 """
@@ -15,7 +18,7 @@ from spt_jax.model import decoder as model_lib
 from spt_jax.train import config as config_lib
 
 PAPER_MODELS = {'1b': 'olmo-1b', '3b': 'olmo-3b', '600m': 'olmo-600m', '300m': 'olmo-300m'}
-CPU_SIZES = ('tiny', 'small', 'test')
+CPU_SIZES = ('tiny', 'small', 'study', 'test')
 SIZES = (*PAPER_MODELS, *CPU_SIZES)
 
 
@@ -25,6 +28,8 @@ def sized(arg: str) -> ml_collections.ConfigDict:
     return cpu()
   if arg == 'small':
     return small()
+  if arg == 'study':
+    return study()
   if arg == 'test':
     return test()
   if arg in PAPER_MODELS:
@@ -106,6 +111,37 @@ def small() -> ml_collections.ConfigDict:
   c.finetune.grid = ((1e-3, 5), (3e-3, 5))
   c.finetune.eval_every = 5  # About two thirds of an epoch of the domain training split.
   c.finetune.max_steps = 400  # NPT needs many epochs of a small domain set before it overfits.
+  return c
+
+
+def study() -> ml_collections.ConfigDict:
+  """The small model and data in the paper's regime (spt_jax/train/regime.py prints its ratios beside the paper's).
+
+  20 tokens per parameter (the paper 170: 2 cores cannot), the domain set small enough that δ = 2-10% repeats it
+  8-40 times (the paper: 13-67 times), a cosine that would end at 10× the run, so that every budget point (a
+  checkpoint of the one run) sits at ≥ 0.97 of the peak LR, and Appendix B's finetuning grid at the same ratios to
+  the pretraining peak (0.025, 0.1, 0.25) and warmups of about 1/4 to 1 epoch of the domain set.
+  """
+  c = small()
+  c.batch_size = 64  # bench: the 0.16M model runs about 1.6× the tokens/s at batch 64 as at 16.
+  c.tokens = 800 * 64 * 64  # 3.3M: 20 tokens per parameter.
+  c.schedule.warmup_steps = 32
+  # The paper's cut (200B of a 2T cosine): the horizon unlinked from the run's end, then linked at 10× its tokens.
+  del c.schedule['horizon_tokens']
+  c.schedule.horizon_tokens = c.get_ref('tokens') * 10
+  c.schedule.final_lr = 0.1 * c.optimizer.lr
+  c.data.general_max_tokens = 3_300_000  # Pretraining reads each general document about once.
+  c.data.domain_max_tokens = 8_000  # 41 epochs at δ = 10%, 8 at 2%.
+  c.data.test_tokens = 20_000
+  c.data.valid_tokens = 20_000  # Finetuning selects on it too (the clean protocol), beside the paper's.
+  c.eval_every = 100
+  c.eval_batch_size = 128
+  c.checkpoint_every = 100
+  c.log_every = 50
+  peak = c.optimizer.lr
+  c.finetune.grid = tuple((ratio * peak, warmup) for ratio in (0.025, 0.1, 0.25) for warmup in (2, 4, 8))
+  c.finetune.eval_every = 8  # About one epoch of the domain set (8 batches of 16 × 65 tokens).
+  c.finetune.max_steps = 400
   return c
 
 

@@ -37,7 +37,9 @@ def report(result: dict, domain: str, delta: float, config) -> str:
     f'Model `{config.model.preset}`, {config.tokens:,} pretraining tokens, sequences of {config.data.seq_len}, '
     f'SPT at δ = {100 * delta:g}%; finetuning grid {list(map(tuple, config.finetune.grid))} (lr, warmup) with '
     f'early stopping (patience {config.finetune.patience}, evaluation every {config.finetune.eval_every} steps, '
-    f"at most {config.finetune.max_steps} steps); each arm's best grid point by domain test loss.",
+    f'at most {config.finetune.max_steps} steps; the grid extended up to {config.finetune.extend_grid} step(s) '
+    "past an edge that wins); each arm's best grid point by domain test loss (the paper's protocol) and, where "
+    'the data has a validation split, by validation loss with its test loss reported (the clean protocol).',
     '',
     '## Per seed',
     '',
@@ -58,10 +60,29 @@ def report(result: dict, domain: str, delta: float, config) -> str:
           'SPT better)',
           paper_gain,
         ],
+        *(
+          [
+            [
+              'relative gain G, clean protocol (selected on validation)',
+              f'{seeds_lib.plus_minus(s["gain_pct_clean"], 2, "%")}; 95% CI of the mean '
+              f'{seeds_lib.interval(s["gain_pct_clean"], 2, "%")} ({s["seeds_spt_better_clean"]} of '
+              f'{s["gain_pct_clean"]["n"]} seeds SPT better)',
+              '– (the paper selects on test)',
+            ],
+          ]
+          if 'gain_pct_clean' in s
+          else []
+        ),
         [
-          'forgetting, NPT → SPT',
+          'forgetting at the selected step, NPT → SPT',
           f'{seeds_lib.plus_minus(s["npt_forgetting"])} → {seeds_lib.plus_minus(s["spt_forgetting"])} nats',
           paper.cell('forgetting'),
+        ],
+        [
+          'forgetting at equal finetuning steps, NPT → SPT',
+          f'{seeds_lib.plus_minus(s["npt_forgetting_equal_steps"])} → '
+          f'{seeds_lib.plus_minus(s["spt_forgetting_equal_steps"])} nats',
+          '–',
         ],
         ['finetuning epochs to the best step', 'see per-seed table', paper.cell('finetune_overfit_epochs')],
       ],

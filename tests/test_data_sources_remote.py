@@ -109,6 +109,7 @@ def _config(tmp_path, general, domain):
       test_fraction=0.0,
       test_tokens=300,
       domain_train_sequences=4,
+      valid_tokens=0,
       cache_dir=str(tmp_path / 'cache'),
       num_workers=1,
       keep_tokenized=True,

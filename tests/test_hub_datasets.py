@@ -249,6 +249,7 @@ def _config(tmp_path, domain):
       test_fraction=0.0,
       test_tokens=200,
       domain_train_sequences=4,
+      valid_tokens=0,
       cache_dir=str(tmp_path / 'cache'),
       num_workers=1,
       keep_tokenized=True,

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from spt_jax.storage import records
 from spt_jax.train import loop, pipeline
 from tests import test_loop
 
@@ -65,3 +66,90 @@ def test_bad_grid_and_from_steps_fail_before_work(tmp_path):
   with pytest.raises(ValueError, match='finetune.grid'):
     pipeline.run_pipeline(config, str(tmp_path / 'b'), data=test_loop.tiny_data())
   assert not os.path.exists(tmp_path / 'a' / 'pretrain')
+
+
+def _point(lr, warmup, test_loss, valid_loss=None):
+  clean = None if valid_loss is None else records.Selection(step=4, domain_valid_loss=valid_loss, domain_test_loss=1.0)
+  return records.FinetunePoint(
+    name=pipeline.point_name(lr, warmup),
+    pretrain_step=10,
+    pretrain_tokens=100,
+    lr=lr,
+    warmup=warmup,
+    stop_reason='early_stopping',
+    steps=8,
+    best_step=4,
+    best_domain_test_loss=test_loss,
+    clean=clean,
+  )
+
+
+def _rounded(points) -> set:
+  return {(float(f'{lr:.6g}'), warmup) for lr, warmup in points}
+
+
+def test_a_winner_on_the_grid_edge_adds_the_next_point_that_way_up_to_the_limit():
+  grid = [(lr, wu) for lr in (1e-4, 4e-4, 1.6e-3) for wu in (5, 10, 20)]
+  losses = {point: 3.0 for point in grid}
+  inner = [_point(lr, wu, loss) for (lr, wu), loss in {**losses, (4e-4, 10): 2.0}.items()]
+  assert pipeline.extensions(grid, inner, limit=2) == {}  # The winner is inside the grid: nothing to add.
+
+  top_lr = [_point(lr, wu, loss) for (lr, wu), loss in {**losses, (1.6e-3, 10): 2.0}.items()]
+  added = pipeline.extensions(grid, top_lr, limit=2)
+  assert _rounded(added) == {(6.4e-3, 10)}  # The grid's ratio (4x) further, at the winner's warmup.
+  assert 'lr 0.0016 won (test) at the top' in next(iter(added.values()))
+
+  # The added point won too, but one step past the grid is the limit: nothing more.
+  past = [*top_lr, _point(6.4e-3, 10, 1.5)]
+  assert pipeline.extensions(grid, past, limit=1) == {}
+  assert _rounded(pipeline.extensions(grid, past, limit=2)) == {(2.56e-2, 10)}
+
+  # Warmup at the bottom: 5 × 5/10 rounds to 2 steps; and the validation split's winner (another point, at the
+  # bottom of lr) is extended too.
+  both = [_point(lr, wu, loss, valid_loss=2.0) for (lr, wu), loss in {**losses, (4e-4, 5): 2.0}.items()]
+  both[0] = _point(1e-4, 5, 3.0, valid_loss=1.0)
+  added = pipeline.extensions(grid, both, limit=2)
+  assert _rounded(added) == {(4e-4, 2), (2.5e-5, 5), (1e-4, 2)}
+  assert 'warmup 5 won (test) at the bottom' in added[(4e-4, 2)]
+  assert '(validation)' in added[(1e-4, 2)]
+
+  # An axis of one value is the user's choice: never extended.
+  single = [_point(lr, 10, loss) for lr, loss in ((1e-4, 3.0), (4e-4, 2.0))]
+  assert _rounded(pipeline.extensions([(1e-4, 10), (4e-4, 10)], single, limit=2)) == {(1.6e-3, 10)}
+
+
+def test_the_pipeline_extends_its_grid_and_reports_both_protocols(tmp_path):
+  config = test_loop.tiny_config(steps=6, eval_every=3, checkpoint_every=3)
+  config.finetune.grid = ((1e-4, 1), (1e-3, 1))
+  config.finetune.max_steps, config.finetune.eval_every, config.finetune.patience = 6, 2, 1
+  config.finetune.extend_grid = 1
+  data = test_loop.tiny_data()
+  data.eval_sets['domain_valid'] = data.eval_sets.pop('domain_train')  # Held-out counting rows beside the test.
+  data.bytes_per_token['domain_valid'] = 2.0
+  workdir = tmp_path / 'w'
+  result = pipeline.run_pipeline(config, str(workdir), data=data)
+
+  first = result['finetunes'][:2]
+  expected = pipeline.extensions(config.finetune.grid, first, limit=1)
+  assert expected and [e['name'] for e in result['extended']] == [pipeline.point_name(*p) for p in expected]
+  names = [f.name for f in result['finetunes']]
+  assert names[2:] == [e['name'] for e in result['extended']]
+  report = (workdir / 'report.md').read_text()
+  assert all(f'Grid extended by `{e["name"]}`' in report for e in result['extended'])
+
+  for point in result['finetunes']:
+    logged = map(json.loads, open(workdir / 'finetune' / point.name / 'metrics.jsonl'))
+    evals = [r for r in logged if 'eval/domain_test/loss' in r]
+    test = {r['step']: r['eval/domain_test/loss'] for r in evals}
+    valid = {r['step']: r['eval/domain_valid/loss'] for r in evals}
+    assert point.best_step == min(test, key=test.get) and point.clean.step == min(valid, key=valid.get)
+    assert point.clean.domain_test_loss == pytest.approx(test[point.clean.step])
+    assert point.clean.domain_valid_loss == pytest.approx(valid[point.clean.step])
+    # Early stopping waits for both sets: the last `patience` evaluations improved neither.
+    if point.stop_reason == 'early_stopping':
+      assert max(point.best_step, point.clean.step) < max(test)
+  clean = result['best_clean']
+  assert clean.clean.domain_valid_loss == min(f.clean.domain_valid_loss for f in result['finetunes'])
+  assert f'`{clean.name}`: domain_test' in report and 'the clean protocol' in report
+  read = json.loads((workdir / 'summary.json').read_text())
+  assert records.FinetunePoint.from_json(read['best_clean']) == clean

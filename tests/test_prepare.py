@@ -49,6 +49,7 @@ def _config(tmp_path, **data):
       test_fraction=0.2,
       test_tokens=0,
       domain_train_sequences=8,
+      valid_tokens=0,
       cache_dir=str(tmp_path / 'cache'),
       num_workers=1,
       keep_tokenized=True,
@@ -106,6 +107,41 @@ def test_no_test_document_reaches_training(tmp_path):
       elif len(tokens) < 4 * L:
         seen_train += _contains(stream, tokens)  # The check itself finds training documents.
     assert seen_test and seen_train > 10
+
+
+def test_a_validation_split_is_held_out_beside_the_test_split_and_is_the_same_for_every_seed(tmp_path):
+  config = _config(tmp_path, valid_tokens=800)
+  data = prepare_lib.prepare(config)
+  other_seed = _config(tmp_path, valid_tokens=800)
+  other_seed.seed = 3
+  other = prepare_lib.prepare(other_seed)
+  assert set(data.eval_sets) == {'general_test', 'domain_test', 'domain_train', 'domain_valid'}
+  assert np.array_equal(data.eval_sets['domain_valid'], other.eval_sets['domain_valid'])
+  assert np.array_equal(data.eval_sets['domain_test'], other.eval_sets['domain_test'])
+  domain = data.metadata['sources']['domain']
+  assert 800 <= domain['tokens_valid'] < 800 + 2 * 400 and domain['documents_valid'] >= 2
+  assert domain['documents_train'] + domain['documents_test'] + domain['documents_valid'] == domain['documents']
+  # Neither split trains, in any seed; the test split is the one prepared without a validation split.
+  without = prepare_lib.prepare(_config(tmp_path))
+  assert np.array_equal(without.eval_sets['domain_test'], data.eval_sets['domain_test'])
+  eos = tokenizer_lib.eos_id(data.tokenizer)
+  held = set(json.loads((data.path / 'test_documents_domain.json').read_text()))
+  test_only = set(json.loads((without.path / 'test_documents_domain.json').read_text()))
+  assert test_only < held  # The listed held-out documents: the test split's and the validation split's.
+  valid_text = [
+    d
+    for d in sources_lib.parse(config.data.domain, 'domain').documents()
+    if f'{sources_lib.content_hash(d):016x}' in held - test_only
+  ]
+  assert len(valid_text) == domain['documents_valid']
+  assert valid_text
+  valid_stream = data.eval_sets['domain_valid'].reshape(-1)
+  for prepared in (data, other):
+    stream = np.asarray(prepared.train['domain']).reshape(-1)
+    for document in valid_text:
+      tokens = np.array(data.tokenizer.encode(document).ids + [eos])
+      assert not _contains(stream, tokens)
+  assert any(_contains(valid_stream, np.array(data.tokenizer.encode(d).ids[:L])) for d in valid_text)
 
 
 def test_a_document_held_out_in_one_source_never_trains_through_another(tmp_path):

@@ -10,8 +10,9 @@ from spt_jax.analysis import runs, seeds, similarity
 from spt_jax.data import blend
 
 
-def _arm(root, name, delta, post_ft_loss, general_after, best_step=20):
-  """A pipeline workdir: pretraining metrics, one finetune (best at best_step) with its metrics, W/summary.json."""
+def _arm(root, name, delta, post_ft_loss, general_after, best_step=20, clean=None):
+  """A pipeline workdir: pretraining metrics, one finetune (best at best_step) with its metrics, W/summary.json;
+  clean: the finetune's step chosen on validation (a records.Selection as JSON)."""
   workdir = root / name
   (workdir / 'pretrain').mkdir(parents=True)
   (workdir / 'finetune' / 'lr0.001_wu5').mkdir(parents=True)
@@ -51,6 +52,7 @@ def _arm(root, name, delta, post_ft_loss, general_after, best_step=20):
     'domain_test_loss_before': 4.0,
     'general_test_loss_before': 3.5,
     'general_test_loss_after': general_after,
+    'clean': clean,
   }
   (workdir / 'summary.json').write_text(json.dumps({'pretrain': summary, 'finetunes': [entry]}))
   return runs.read(str(workdir))
@@ -71,6 +73,31 @@ def test_compare_over_seeds_by_hand(tmp_path):
   assert '| 0 | 4.0000 | 2.0000 | 4.0000 | 1.9000 | +5.00% |' in table
   assert '2.50 ± 3.54%' in table
   assert seeds.plus_minus(seeds.spread([1.0])) == '1.0000'  # One seed: no standard deviation.
+
+
+def test_the_clean_protocol_and_forgetting_at_equal_steps_by_hand(tmp_path):
+  def clean(step, test_loss, general_after):
+    return dict(step=step, domain_valid_loss=2.5, domain_test_loss=test_loss, general_test_loss_after=general_after)
+
+  pairs = {
+    0: (
+      _arm(tmp_path, 'npt0', 0.0, 2.0, 3.7, best_step=20, clean=clean(30, 2.1, 3.8)),
+      _arm(tmp_path, 'spt0', 0.1, 1.9, 3.6, best_step=10, clean=clean(10, 2.0, 3.6)),
+    ),
+    1: (_arm(tmp_path, 'npt1', 0.0, 2.2, 4.1), _arm(tmp_path, 'spt1', 0.1, 2.2, 3.6)),  # No validation split.
+  }
+  result = seeds.compare(pairs)
+  first, second = result['rows']
+  # Equal steps: the earlier selected step (10), read from both finetunes' metrics (general 3.5 + 0.01 * step).
+  assert first['equal_steps'] == {'step': 10, 'npt': pytest.approx(0.1), 'spt': pytest.approx(0.1)}
+  assert second['equal_steps']['step'] == 20
+  assert first['gain_pct_clean'] == pytest.approx(100 * (2.1 - 2.0) / 2.1) and 'gain_pct_clean' not in second
+  assert first['npt']['clean']['forgetting'] == pytest.approx(0.3) and second['npt']['clean'] is None
+  s = result['summary']
+  assert s['gain_pct_clean']['n'] == 1 and s['seeds_spt_better_clean'] == 1
+  assert s['npt_forgetting_equal_steps']['mean'] == pytest.approx(0.15)
+  table = seeds.format_tables(result)
+  assert '| 0 | 10 | +0.1000 | +0.1000 |' in table and '| 0 | 2.1000 | 2.0000 | +4.76% | +0.3000 | +0.1000 |' in table
 
 
 def test_trajectory_joins_pretraining_and_the_best_finetune(tmp_path):

@@ -16,6 +16,7 @@ def tiny_config(**overrides):
   c.optimizer.lr, c.schedule.warmup_steps, c.schedule.horizon_tokens = 3e-3, 2, 0
   c.finetune.batch_size, c.finetune.eval_every, c.finetune.patience, c.finetune.max_steps = 8, 2, 2, 12
   c.finetune.grid = ((1e-3, 2),)
+  c.finetune.extend_grid = 0  # Tests of the grid's extension set it.
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
   for key, value in overrides.items():
     target = c

@@ -13,6 +13,7 @@ Preparation streams (prepare_build.py): memory is bounded by ~24 bytes per text 
 whatever the size of a source, and free disk space is checked before writing.
 The held-out split of a text source is drawn over all its documents before any subsampling (so it does not
 depend on the budgets), and a text document held out in any source is kept out of every text training split;
+with data.valid_tokens, the domain's next documents in that order are a validation split (`eval_domain_valid`);
 a token source holds out the tail of the last file it uses (whole documents).
 Many processes (jax.distributed): process 0 prepares while the others wait for its completion signal through
 JAX's coordination service, then read the same folder; a process that cannot see that folder (a cache that is
@@ -105,12 +106,14 @@ def prepare(config) -> PreparedData:
   _validate(config)
   data = config.data
   extra = dict(config.get('extra_eval', {}) or {})
-  clash = sorted(set(extra) & {'domain_test', 'domain_train', 'general_test'})
+  clash = sorted(set(extra) & {'domain_test', 'domain_train', 'domain_valid', 'general_test'})
   if clash:
     raise ValueError(f'extra_eval names {clash} clash with the built-in eval sets; rename them')
   specs = {'domain': data.domain, 'general': data.general}  # The small domain first: its errors come early.
   specs.update({f'extra:{name}': spec for name, spec in sorted(extra.items())})
   parsed = {name: sources_lib.parse(spec, name, data.cache_dir) for name, spec in specs.items()}
+  if data.valid_tokens and parsed['domain'].is_tokens:
+    raise ValueError('data.valid_tokens needs a text domain source (a token source has no documents to hold out)')
   budgets = _budgets(config)
   key = _cache_key(config, _tokenizer_identity(config), specs, budgets)
   folder = sources_lib.cache_root(data.cache_dir) / 'prepared' / key
@@ -248,6 +251,8 @@ def _cache_key(config, tokenizer_identity: str, specs: dict, budgets: dict) -> s
     test_tokens=data.test_tokens,
     domain_train_sequences=data.domain_train_sequences,
   )
+  if data.valid_tokens:  # Only when set: a preparation without a validation split keeps its key.
+    inputs['valid_tokens'] = data.valid_tokens
   return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -148,6 +148,7 @@ def run(folder: str, gigabytes: float, kind: str, num_workers: int = 0, tokenize
     test_fraction=0.0,
     test_tokens=200_000,
     domain_train_sequences=8,
+    valid_tokens=0,
     cache_dir=str(cache),
     num_workers=workers,
     keep_tokenized=False,  # Each measurement tokenizes.

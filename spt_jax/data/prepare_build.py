@@ -39,6 +39,18 @@ def held_out(spilled: tokenized.Tokenized, test_fraction: float, test_tokens: in
   return by_unit[units[by_unit] < test_fraction]
 
 
+def held_out_after(spilled: tokenized.Tokenized, held: np.ndarray, tokens: int) -> np.ndarray:
+  """Indices of the documents next in split order after `held`, through `tokens` tokens (a validation split
+  beside the test split: disjoint from it, drawn on the same content hashes, so fixed for every seed)."""
+  if tokens <= 0:
+    return np.zeros(0, np.int64)
+  units = spilled.hashes.astype(np.float64) / 2.0**64
+  rest = np.argsort(units, kind='stable')
+  rest = rest[~np.isin(rest, held)]
+  threshold = units[rest[_through(spilled.lengths[rest], tokens) - 1]]
+  return rest[units[rest] <= threshold]  # Through the last one's copies (same hash, same unit).
+
+
 def training_order(spilled: tokenized.Tokenized, excluded: np.ndarray, seed: int, max_tokens: int) -> tuple:
   """(candidates, chosen): documents not held out anywhere in a seeded order, and those within max_tokens."""
   candidates = np.flatnonzero(~np.isin(spilled.hashes, excluded))
@@ -112,8 +124,9 @@ def text_source_estimate(source) -> int:
     return 0
 
 
-def _train_outputs(config, name, source, spilled, held, excluded, budget, tokenizer, partial, dtype, metadata):
-  """Writes train_<name>, eval_<name>_test (and eval_domain_train) of a text source; returns its info."""
+def _train_outputs(config, name, source, spilled, held, valid, excluded, budget, tokenizer, partial, dtype, metadata):
+  """Writes train_<name>, eval_<name>_test (and eval_domain_train, eval_domain_valid) of a text source; returns its
+  info. valid: the documents of the validation split (empty: none)."""
   row, data = config.data.seq_len + 1, config.data
   eval_cap = MAX_EVAL_SEQUENCES * row
   test_docs = held[: _through(spilled.lengths[held], eval_cap)]
@@ -131,6 +144,14 @@ def _train_outputs(config, name, source, spilled, held, excluded, budget, tokeni
   metadata['shards'][f'train_{name}.npy'] = writer.close()
   test = pack_small(list(_stream(spilled, test_docs)), row, dtype, MAX_EVAL_SEQUENCES)
   _write_eval(partial, f'{name}_test', test, metadata, _text_bytes_per_token(spilled, test_docs))
+  if len(valid):
+    valid_docs = valid[: _through(spilled.lengths[valid], eval_cap)]
+    rows = pack_small(list(_stream(spilled, valid_docs)), row, dtype, MAX_EVAL_SEQUENCES)
+    if not len(rows):
+      raise ValueError(
+        f'the {name} validation split has fewer than seq_len + 1 = {row} tokens; raise --config.data.valid_tokens'
+      )
+    _write_eval(partial, f'{name}_valid', rows, metadata, _text_bytes_per_token(spilled, valid_docs))
   if name == 'domain':
     train = np.load(partial / f'train_{name}.npy', mmap_mode='r')
     count = min(data.domain_train_sequences, len(train))
@@ -138,7 +159,7 @@ def _train_outputs(config, name, source, spilled, held, excluded, budget, tokeni
     _write_eval(partial, 'domain_train', np.asarray(train[rows]), metadata, _text_bytes_per_token(spilled, train_docs))
     del train
   (partial / f'test_documents_{name}.json').write_text(
-    json.dumps(sorted(f'{h:016x}' for h in spilled.hashes[held].tolist()))
+    json.dumps(sorted(f'{h:016x}' for h in spilled.hashes[np.concatenate([held, valid])].tolist()))
   )
   by_source = _by_source(name, spilled, held, train_docs)
   return dict(
@@ -146,6 +167,8 @@ def _train_outputs(config, name, source, spilled, held, excluded, budget, tokeni
     documents_kept=len(train_docs) + len(held),
     documents_train=len(train_docs),
     documents_test=len(held),
+    documents_valid=len(valid),
+    tokens_valid=int(spilled.lengths[valid].sum()),
     documents_dropped_as_held_out_elsewhere=len(spilled) - len(held) - len(candidates),
     tokens_train=int(spilled.lengths[train_docs].sum()),
     tokens_test=int(spilled.lengths[test_docs].sum()),
@@ -293,7 +316,7 @@ def build(
     budgets=budgets,
   )
   try:
-    spilled, held = {}, {}
+    spilled, held, valid = {}, {}, {}
     for name, source in parsed.items():  # First every held-out split, so none reaches training elsewhere.
       if not source.is_tokens:
         spilled[name] = tokenized.tokenize_source(
@@ -304,7 +327,12 @@ def build(
           if name.startswith('extra:')
           else held_out(spilled[name], data.test_fraction, data.test_tokens)
         )
-    excluded = np.unique(np.concatenate([spilled[n].hashes[held[n]] for n in spilled] or [np.zeros(0, np.uint64)]))
+        valid[name] = held_out_after(spilled[name], held[name], data.valid_tokens if name == 'domain' else 0)
+    excluded = np.unique(
+      np.concatenate(
+        [spilled[n].hashes[np.concatenate([held[n], valid[n]])] for n in spilled] or [np.zeros(0, np.uint64)]
+      )
+    )
     text_bytes = tokenized_bytes = 0
     for name, source in parsed.items():
       info = dict(spec=source.spec, bad_bytes=source.bad_bytes)
@@ -332,6 +360,7 @@ def build(
             source,
             spilled[name],
             held[name],
+            valid[name],
             excluded,
             budgets.get(name, 0),
             tokenizer,

@@ -17,11 +17,12 @@ class Evaluator:
 
   def __init__(self, c, trainer, data):
     self.trainer, self.bytes_per_token = trainer, data.bytes_per_token
-    self.model_cfg, self.tokenizer, self.seq_len, self.seed = c.model, data.tokenizer, c.data.seq_len, c.seed
+    self.model_cfg, self.tokenizer, self.seq_len = c.model, data.tokenizer, c.data.seq_len
+    self.seed = c.data.heldout_seed  # The eval samples are the same for every run seed.
     self.mcqa_tasks, self.mcqa_max_examples = tuple(c.mcqa_tasks), c.mcqa_max_examples
     self.cache_dir = c.data.cache_dir
     divisor = sharding.batch_divisor(trainer.mesh)
-    rng = np.random.default_rng(c.seed)
+    rng = np.random.default_rng(c.data.heldout_seed)
     self.sets = {}
     for name, rows in sorted(data.eval_sets.items()):
       if len(rows) > c.eval_sequences:  # A fixed, seeded sample.

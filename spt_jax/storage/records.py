@@ -1,12 +1,25 @@
 """Typed records of what the pipeline writes and the analysis reads back from `summary.json`.
 
 A pipeline's `W/summary.json` holds one `FinetunePoint` per finetuning run (`finetunes`) and the best of them
-(`best`). The pipeline builds them; the analysis and the studies read them with `FinetunePoint.from_json`,
-which takes the JSON a run wrote (older runs may lack later fields: they read as their defaults).
+under each protocol (`best`: the paper's, stopping and selecting on the domain test split; `best_clean`:
+selecting on a validation split held out beside it, `Selection`). The pipeline builds them; the analysis and
+the studies read them with `FinetunePoint.from_json`, which takes the JSON a run wrote (older runs may lack
+later fields: they read as their defaults).
 """
 
 import dataclasses
 import math
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """A finetuning run's step chosen on the validation split (the clean protocol), reported on the test split."""
+
+  step: int
+  domain_valid_loss: float  # What chose the step.
+  domain_test_loss: float  # What is reported.
+  general_test_loss_after: float | None = None
+  epochs: float | None = None  # Domain epochs seen at that step.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,12 +43,16 @@ class FinetunePoint:
   domain_train_loss_after: float | None = None
   wall_time_s: float | None = None
   mcqa_at_best: dict = dataclasses.field(default_factory=dict)  # Multiple-choice accuracies at the best step.
+  clean: Selection | None = None  # The step chosen on domain_valid, when the data has that split.
 
   @classmethod
   def from_json(cls, record: dict) -> 'FinetunePoint':
     """The record of a summary.json entry; keys this version does not know are ignored."""
     names = {field.name for field in dataclasses.fields(cls)}
-    return cls(**{key: value for key, value in record.items() if key in names})
+    fields = {key: value for key, value in record.items() if key in names}
+    if fields.get('clean') is not None:
+      fields['clean'] = Selection(**fields['clean'])
+    return cls(**fields)
 
   @property
   def forgetting(self) -> float | None:
@@ -43,6 +60,13 @@ class FinetunePoint:
     if self.general_test_loss_after is None or self.general_test_loss_before is None:
       return None
     return self.general_test_loss_after - self.general_test_loss_before
+
+  @property
+  def clean_forgetting(self) -> float | None:
+    """General test loss at the step chosen on validation minus before finetuning."""
+    if self.clean is None or self.clean.general_test_loss_after is None or self.general_test_loss_before is None:
+      return None
+    return self.clean.general_test_loss_after - self.general_test_loss_before
 
   @property
   def finished(self) -> bool:

@@ -55,9 +55,10 @@ RESUME_IGNORED = (
   'init_from',
   'compilation_cache',
   'runs_together',
+  'finetune.extend_grid',  # Which grid points a pipeline adds, not what any run computes.
 )
 # Keys added after runs were already saved without them: absent from a saved config means this value.
-ADDED_DEFAULTS = {'model.scan_unroll': 1}
+ADDED_DEFAULTS = {'model.scan_unroll': 1, 'data.valid_tokens': 0, 'data.heldout_seed': 0}
 
 
 def config_dict(config) -> dict:

@@ -39,6 +39,12 @@ def base_config(model_preset: str = 'cpu-160k') -> ml_collections.ConfigDict:
   c.data.tokenizer_vocab_size = 0  # Only for tokenizer='bpe'.
   c.data.test_fraction = 0.05  # Fraction of each source's documents held out by content hash...
   c.data.test_tokens = 0  # ...or, when > 0, a token budget for the held-out split instead.
+  # Domain tokens held out beside the test split as `domain_valid` (0: none): finetuning then also stops and
+  # selects on it (the clean protocol, reported on test beside the paper's protocol of selecting on test).
+  c.data.valid_tokens = 0
+  # Seed of the eval sets' fixed samples (eval_sequences rows of each set, the MCQA subset): not the run's seed,
+  # so that every seed is evaluated on the same sequences and losses compare across seeds.
+  c.data.heldout_seed = 0
   c.data.domain_train_sequences = 64  # Fixed sample of training sequences kept as the `domain_train` eval set.
   c.data.cache_dir = ''  # Corpora and prepared data; empty: $SPT_JAX_CACHE or ~/.cache/spt_jax.
   c.data.num_workers = 0  # Tokenizer processes for prepare; 0: one per core.
@@ -123,6 +129,9 @@ def base_config(model_preset: str = 'cpu-160k') -> ml_collections.ConfigDict:
     (1e-4, 100),
     (1e-4, 200),
   )
+  # When the best point (under either protocol) sits on the grid's edge in lr or warmup (an axis of 2 or more
+  # values), the pipeline adds the next point that way, the grid's own ratio further, up to this many per side.
+  c.finetune.extend_grid = 2
   c.finetune.schedule = 'constant'  # Appendix B: constant with warmup.
   c.finetune.replay_fraction = 0.0  # Fraction r of general data replayed during finetuning.
   c.finetune.untie_embeddings = True  # The output head starts as a copy of the input embedding.

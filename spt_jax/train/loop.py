@@ -41,6 +41,9 @@ class LoopState:
   initial: dict | None = None  # Eval losses before the first step.
   best: dict | None = None  # Step, tokens, eval losses, epochs and MCQA accuracy of the best domain_test.
   evals_without_improvement: int = 0
+  # The same of the best domain_valid, when the data has that set (the clean protocol: select on validation).
+  best_valid: dict | None = None
+  valid_evals_without_improvement: int = 0
   last_eval: dict | None = None
   train_loss: float | None = None
   seconds: float = 0.0  # Wall time of the sessions before this one.
@@ -516,26 +519,40 @@ class _Loop:
 
   def evaluate(self, step: int, results: dict, loop_state: LoopState, names=None) -> bool:
     """Records the results of the eval sets due (default: all); whether domain_test improved (updating the best
-    and the patience count; a step that does not evaluate domain_test changes neither)."""
+    and the patience count; a step that does not evaluate domain_test changes neither). domain_valid, when the
+    data has it, keeps its own best and patience count the same way."""
     losses = evaluation.losses(results)
     previous = (loop_state.last_eval or {}).get('eval') or {}
     loop_state.last_eval = {'step': step, 'eval': {**previous, **losses}}  # The latest loss of every set.
+    record = {
+      'step': step,
+      'tokens': step * self.tokens_per_step,
+      'eval': losses,
+      'epochs': self.mixture.accounting(step)['epochs'],
+      'mcqa': evaluation.accuracies(results),
+    }
+    if 'domain_valid' in losses:
+      if loop_state.best_valid is None or losses['domain_valid'] < loop_state.best_valid['eval']['domain_valid']:
+        loop_state.best_valid, loop_state.valid_evals_without_improvement = record, 0
+      else:
+        loop_state.valid_evals_without_improvement += 1
     if names is not None and 'domain_test' not in names:
       return False
     domain = losses.get('domain_test', float('nan'))
     improved = loop_state.best is None or domain < loop_state.best['eval']['domain_test']
     if improved:
-      loop_state.best = {
-        'step': step,
-        'tokens': step * self.tokens_per_step,
-        'eval': losses,
-        'epochs': self.mixture.accounting(step)['epochs'],
-        'mcqa': evaluation.accuracies(results),
-      }
-      loop_state.evals_without_improvement = 0
+      loop_state.best, loop_state.evals_without_improvement = record, 0
     else:
       loop_state.evals_without_improvement += 1
     return improved
+
+  def patience_spent(self, loop_state: LoopState) -> bool:
+    """Early stopping: domain_test (and domain_valid, when evaluated) without improvement for `patience` evals;
+    with both sets the run goes on until both have stopped, so that either protocol's choice is in its record."""
+    patience = self.c.patience
+    if not patience or loop_state.evals_without_improvement < patience:
+      return False
+    return 'domain_valid' not in self.evaluator.sets or loop_state.valid_evals_without_improvement >= patience
 
   def seconds(self, loop_state: LoopState) -> float:
     """Wall time of the run so far, over all its sessions (resumptions included)."""
@@ -653,7 +670,7 @@ class _Loop:
       scalars.update(evaluation.scalars(results))
       domain_test = results.get('domain_test', {}).get('loss')
     self.log(step, scalars)
-    if c.patience and loop_state.evals_without_improvement >= c.patience:
+    if self.patience_spent(loop_state):
       self.stop_reason = 'early_stopping'
     # Checkpoint on schedule, at the end, on preemption and (with early stopping) at each new best.
     if (
@@ -712,6 +729,7 @@ class _Loop:
       'initial': loop_state.initial,
       'final': (loop_state.last_eval or {}).get('eval'),
       'best': loop_state.best,
+      'best_valid': loop_state.best_valid,
       'data': {k: dict(v) for k, v in accounting.items()},
       'model': c.model.get('preset', ''),
       **mixture_lib.summary_deltas(c, step * self.tokens_per_step),

@@ -34,6 +34,20 @@ def stage_folders(config, workdir: str) -> list[str]:
   ]
 
 
+def _selection(best_valid: dict | None) -> records.Selection | None:
+  """The clean protocol's choice from a finetune summary's best_valid (None without a validation split)."""
+  losses = (best_valid or {}).get('eval') or {}
+  if 'domain_valid' not in losses or 'domain_test' not in losses:
+    return None
+  return records.Selection(
+    step=best_valid['step'],
+    domain_valid_loss=losses['domain_valid'],
+    domain_test_loss=losses['domain_test'],
+    general_test_loss_after=losses.get('general_test'),
+    epochs=(best_valid.get('epochs') or {}).get('domain'),
+  )
+
+
 def _finetune_entry(name, summary, pretrain_step, pretrain_tokens, grid_point) -> records.FinetunePoint:
   initial, best = summary.get('initial') or {}, summary.get('best') or {}
   best_eval = best.get('eval') or {}
@@ -55,12 +69,50 @@ def _finetune_entry(name, summary, pretrain_step, pretrain_tokens, grid_point) -
     domain_train_loss_after=best_eval.get('domain_train'),
     wall_time_s=summary.get('wall_time_s'),
     mcqa_at_best=best.get('mcqa') or {},
+    clean=_selection(summary.get('best_valid')),
   )
 
 
 def _best(finetunes: list[records.FinetunePoint]) -> records.FinetunePoint | None:
+  """The paper's protocol: the point with the lowest domain test loss (stopped and selected on test)."""
   finished = [f for f in finetunes if f.finished]
   return min(finished, key=lambda f: f.best_domain_test_loss) if finished else None
+
+
+def _best_clean(finetunes: list[records.FinetunePoint]) -> records.FinetunePoint | None:
+  """The clean protocol: the point with the lowest validation loss (its test loss is what is reported)."""
+  chosen = [f for f in finetunes if f.finished and f.clean is not None]
+  return min(chosen, key=lambda f: f.clean.domain_valid_loss) if chosen else None
+
+
+def extensions(grid, points: list[records.FinetunePoint], limit: int) -> dict[tuple[float, int], str]:
+  """Grid points to add, with why: where a protocol's best point sits on the edge of an axis (lr or warmup) of
+  two or more values, the next value that way (the ratio of the edge to its neighbour, for warmup at least 1),
+  at the winner's other coordinate; at most `limit` values past the grid's own range on each side."""
+  grid_values = {'lr': sorted({float(lr) for lr, _ in grid}), 'warmup': sorted({int(w) for _, w in grid})}
+  tried = {(p.lr, p.warmup) for p in points}
+  added = {}
+  for protocol, winner in (('test', _best(points)), ('validation', _best_clean(points))):
+    if winner is None:
+      continue
+    for axis, original in grid_values.items():
+      values = sorted({getattr(p, axis) for p in points})
+      if len(original) < 2:  # One value: the user fixed this axis.
+        continue
+      won = getattr(winner, axis)
+      for side, edge, inner in (('top', values[-1], values[-2]), ('bottom', values[0], values[1])):
+        past = sum(v > original[-1] for v in values) if side == 'top' else sum(v < original[0] for v in values)
+        if won != edge or past >= limit or edge <= 0:
+          continue
+        value = edge * edge / inner if inner > 0 else edge * 2
+        if axis == 'warmup':
+          value = int(round(value))
+          if value < 1 or value == edge:
+            continue
+        point = (value, winner.warmup) if axis == 'lr' else (winner.lr, value)
+        if point not in tried and point not in added:
+          added[point] = f'{axis} {won:g} won ({protocol}) at the {side} of the grid'
+  return added
 
 
 def run_pipeline(config, workdir: str, data=None) -> dict:
@@ -109,39 +161,52 @@ def _run_locked(pipelines: list[tuple]) -> list[dict]:
   started = time.time()
   pretrains = loop.run_many([loop.Run(c, folder, 'pretrain', data=d) for c, folder, d in prepared], together)
   timing['pretrain'] = round(time.time() - started, 3)
-  results, finetunes = [], []  # finetunes: (pipeline, name, pretrain step, pretrain tokens, grid point, Run).
-  for p, ((config, pretrain_dir, data), pretrain) in enumerate(zip(prepared, pretrains, strict=True)):
+  results, sources = [], []  # sources: (pipeline, pretrain step, pretrain tokens, init_from, label) to finetune.
+  for p, ((config, pretrain_dir, _), pretrain) in enumerate(zip(prepared, pretrains, strict=True)):
     stop_reason = 'preempted' if pretrain is None else pretrain['stop_reason']  # None: not started (preempted).
-    results.append({'pretrain': pretrain, 'finetunes': [], 'best': None, 'stop_reason': stop_reason})
+    results.append({'pretrain': pretrain, 'finetunes': [], 'extended': [], 'stop_reason': stop_reason})
     if stop_reason not in ('budget', 'early_stopping'):
       continue
-    workdir = os.path.dirname(pretrain_dir)
-    sources = [(pretrain['steps'], pretrain['tokens'], pretrain_dir, None)]
     tokens_per_step = pretrain['tokens'] // max(pretrain['steps'], 1)
+    sources.append((p, pretrain['steps'], pretrain['tokens'], pretrain_dir, None))
     sources += [
-      (s, s * tokens_per_step, layout.checkpoint_dir(pretrain_dir, s), s)
+      (p, s, s * tokens_per_step, layout.checkpoint_dir(pretrain_dir, s), s)
       for s in sorted(int(step) for step in config.finetune.from_steps)
     ]
-    for pretrain_step, pretrain_tokens, init_from, label in sources:
-      for lr, warmup in config.finetune.grid:
-        name = point_name(lr, warmup, label)
-        finetune_config = ml_collections.ConfigDict(config.to_dict())
-        finetune_config.init_from = init_from
-        folder = layout.finetune_dir(workdir, name)
-        run = loop.Run(finetune_config, folder, 'finetune', (lr, warmup), data)
-        finetunes.append((p, name, pretrain_step, pretrain_tokens, (lr, warmup), run))
   started = time.time()
-  summaries = loop.run_many([f[-1] for f in finetunes], together)
+  points = {source: [] for source in sources}  # The finetunes of each source, as they finish.
+  pending = [(source, tuple(point)) for source in sources for point in prepared[source[0]][0].finetune.grid]
+  while pending:  # The grid, then each round of its extensions.
+    runs = []
+    for (p, _, _, init_from, label), (lr, warmup) in pending:
+      config, pretrain_dir, data = prepared[p]
+      finetune_config = ml_collections.ConfigDict(config.to_dict())
+      finetune_config.init_from = init_from
+      folder = layout.finetune_dir(os.path.dirname(pretrain_dir), point_name(lr, warmup, label))
+      runs.append(loop.Run(finetune_config, folder, 'finetune', (lr, warmup), data))
+    summaries = loop.run_many(runs, together)
+    for (source, grid_point), summary in zip(pending, summaries, strict=True):
+      p, pretrain_step, pretrain_tokens, _, label = source
+      if summary is None or summary['stop_reason'] == 'preempted':  # None: not started (an earlier one was).
+        results[p]['stop_reason'] = 'preempted'
+      if summary is not None:
+        name = point_name(*grid_point, label)
+        points[source].append(_finetune_entry(name, summary, pretrain_step, pretrain_tokens, grid_point))
+    pending = []
+    if any(result['stop_reason'] == 'preempted' for result in results):
+      break  # The rerun extends once every point has finished.
+    for source, entries in points.items():
+      config = prepared[source[0]][0]
+      for (lr, warmup), why in extensions(config.finetune.grid, entries, config.finetune.extend_grid).items():
+        pending.append((source, (lr, warmup)))
+        results[source[0]]['extended'].append({'name': point_name(lr, warmup, source[4]), 'why': why})
+        logging.info('Finetuning grid extended by %s: %s.', point_name(lr, warmup, source[4]), why)
   timing['finetune'] = round(time.time() - started, 3)
-  for (p, name, pretrain_step, pretrain_tokens, grid_point, _), summary in zip(finetunes, summaries, strict=True):
-    if summary is None:  # Not started: an earlier run was preempted.
-      results[p]['stop_reason'] = 'preempted'
-      continue
-    results[p]['finetunes'].append(_finetune_entry(name, summary, pretrain_step, pretrain_tokens, grid_point))
-    if summary['stop_reason'] == 'preempted':
-      results[p]['stop_reason'] = 'preempted'
+  for source, entries in points.items():
+    results[source[0]]['finetunes'] += entries
   for result in results:
     result['best'] = _best(result['finetunes'])
+    result['best_clean'] = _best_clean(result['finetunes'])
     result['timing'] = dict(timing)
   return results
 
@@ -196,16 +261,28 @@ def report(result: dict) -> str:
           ]
         )
       )
+  for extension in result.get('extended') or []:
+    lines += ['', f'Grid extended by `{extension["name"]}`: {extension["why"]}.']
   if best is not None:
     gain = best.domain_test_loss_before - best.best_domain_test_loss
     lines += [
       '',
       '## Best point',
       '',
-      f'`{best.name}`: domain_test {best.domain_test_loss_before:.4f} → '
-      f'{best.best_domain_test_loss:.4f} ({-gain:+.4f}) at finetuning step {best.best_step} '
-      f'({_number(best.epochs, 2)} domain epochs); general_test '
+      f"Stopped and selected on the domain test split (the paper's protocol): `{best.name}`: domain_test "
+      f'{best.domain_test_loss_before:.4f} → {best.best_domain_test_loss:.4f} ({-gain:+.4f}) at finetuning step '
+      f'{best.best_step} ({_number(best.epochs, 2)} domain epochs); general_test '
       f'{_number(best.general_test_loss_before)} → {_number(best.general_test_loss_after)}.',
+    ]
+  clean = result.get('best_clean')
+  if clean is not None:
+    lines += [
+      '',
+      f'Selected on the validation split, reported on test (the clean protocol): `{clean.name}`: domain_test '
+      f'{clean.domain_test_loss_before:.4f} → {clean.clean.domain_test_loss:.4f} at finetuning step '
+      f'{clean.clean.step} (domain_valid {clean.clean.domain_valid_loss:.4f}, {_number(clean.clean.epochs, 2)} '
+      f'domain epochs); general_test {_number(clean.general_test_loss_before)} → '
+      f'{_number(clean.clean.general_test_loss_after)}.',
     ]
   if result['stop_reason'] == 'preempted':
     lines += ['', 'The pipeline was preempted: rerun the same command to continue.']

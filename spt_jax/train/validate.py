@@ -52,6 +52,8 @@ _NON_NEGATIVE_INTEGER = (
   'data.domain_max_tokens',
   'data.general_max_tokens',
   'data.test_tokens',
+  'data.valid_tokens',
+  'data.heldout_seed',
   'data.domain_train_sequences',
   'data.tokenizer_vocab_size',
   'data.num_workers',
@@ -65,6 +67,7 @@ _NON_NEGATIVE_INTEGER = (
   'profile_from_step',
   'profiler_port',
   'finetune.patience',
+  'finetune.extend_grid',
   'finetune.decay_steps',
   'seed',
 )
