@@ -125,22 +125,25 @@ def arms(base: ml_collections.ConfigDict, delta: float, seeds=(0,), prefix: str 
   return variants
 
 
-def write_report(title: str, sections: list) -> str:
+def write_report(title: str, sections: list, finetune_epochs: float | None = None) -> str:
   """WORKDIR/report.md: the title, then the sections (markdown) separated by blank lines."""
   from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   path = os.path.join(WORKDIR.value, layout.REPORT)
-  files.write_text(path, '\n\n'.join([f'# {title}', *sections, regime_section()]) + '\n')
+  files.write_text(path, '\n\n'.join([f'# {title}', *sections, regime_section(finetune_epochs)]) + '\n')
   print(f'report: {path}')
   return path
 
 
-def regime_section() -> str:
-  """The study's regime beside the paper's (spt_jax/train/regime.py)."""
+def regime_section(finetune_epochs: float | None = None) -> str:
+  """The study's regime beside the paper's (spt_jax/train/regime.py); finetune_epochs: the domain epochs the
+  study's finetunes had seen at their best step, where they stopped early (measured; None: not known)."""
   from spt_jax.train import regime  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   config = base_config()
-  ours = regime.of_config(f'this study ({config_name()})', config, config.data.domain_max_tokens)
+  ours = regime.of_config(
+    f'this study ({config_name()})', config, config.data.domain_max_tokens, finetune_epochs_before_turn=finetune_epochs
+  )
   return (
     '## Regime\n\n'
     + regime.table([regime.paper(), ours])

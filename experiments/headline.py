@@ -122,7 +122,9 @@ def main(argv):
   files.write_json(
     os.path.join(out, 'headline.json'), {'domain': domain, 'delta': delta, **result, 'trajectories': trajectories}
   )
-  path = common.write_report(title(result, domain), [report(result, domain, delta, base)])
+  turned = [arm['epochs'] for row in result['rows'] for arm in (row['npt'], row['spt']) if arm['stopped_early']]
+  epochs = sum(turned) / len(turned) if turned else None  # Mean over the arms whose domain loss turned up.
+  path = common.write_report(title(result, domain), [report(result, domain, delta, base)], epochs)
   gain = result['summary']['gain_pct']
   interval = seeds_lib.interval(gain, 2, '%')
   print(f'{domain}: G = {seeds_lib.plus_minus(gain, 2, "%")} (95% CI {interval}) over {len(seeds)} seeds; {path}')

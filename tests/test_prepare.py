@@ -121,6 +121,7 @@ def test_a_validation_split_is_held_out_beside_the_test_split_and_is_the_same_fo
   domain = data.metadata['sources']['domain']
   assert 800 <= domain['tokens_valid'] < 800 + 2 * 400 and domain['documents_valid'] >= 2
   assert domain['documents_train'] + domain['documents_test'] + domain['documents_valid'] == domain['documents']
+  assert domain['documents_kept'] == domain['documents'] and domain['documents_dropped_as_held_out_elsewhere'] == 0
   # Neither split trains, in any seed; the test split is the one prepared without a validation split.
   without = prepare_lib.prepare(_config(tmp_path))
   assert np.array_equal(without.eval_sets['domain_test'], data.eval_sets['domain_test'])

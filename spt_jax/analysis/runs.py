@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 
 from spt_jax.analysis import scaling_fit
-from spt_jax.storage import layout, records
+from spt_jax.storage import files, layout, records
 
 
 @dataclasses.dataclass
@@ -67,15 +67,7 @@ def _read_json(path: str, what: str):
 def _read_metrics(path: str) -> list:
   if not os.path.exists(path):
     raise ValueError(f'{path} does not exist: point at a run workdir that has logged metrics')
-  records = []
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          records.append(json.loads(line))
-        except json.JSONDecodeError:
-          warnings.warn(f'{path}:{number} is not JSON (a run cut off while writing?); skipped', stacklevel=3)
-  return records
+  return files.read_jsonl(path)
 
 
 def read(workdir: str) -> Run:

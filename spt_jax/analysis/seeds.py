@@ -7,7 +7,6 @@ chosen on validation, its test loss reported). Forgetting is compared at each ar
 finetuning steps (the earlier of the two arms' selected steps, in both arms' selected finetunes).
 """
 
-import json
 import math
 import os
 
@@ -16,7 +15,7 @@ from scipy import stats
 
 from spt_jax.analysis import gains as gains_lib
 from spt_jax.analysis import runs as runs_lib
-from spt_jax.storage import layout, markdown
+from spt_jax.storage import files, layout, markdown
 
 SETS = ('domain_test', 'general_test')
 
@@ -57,6 +56,7 @@ def arm(run: runs_lib.Run) -> dict:
     'best_finetune': best.name,
     'best_step': int(best.best_step),
     'epochs': float(best.epochs),
+    'stopped_early': best.stop_reason == 'early_stopping',  # The domain loss turned up (else: out of steps).
   }
 
 
@@ -82,9 +82,8 @@ def interval(summary: dict, digits: int = 2, suffix: str = '') -> str:
 def _general_at(run: runs_lib.Run, finetune: str, step: int) -> float | None:
   """The general test loss a finetune logged at `step` (None when it did not evaluate there)."""
   path = os.path.join(layout.finetune_dir(run.path, finetune), layout.METRICS)
-  losses = [
-    r['eval/general_test/loss'] for r in _read_jsonl(path) if r.get('step') == step and 'eval/general_test/loss' in r
-  ]
+  key = 'eval/general_test/loss'
+  losses = [r[key] for r in files.read_jsonl(path) if r.get('step') == step and key in r]
   return float(losses[-1]) if losses else None
 
 
@@ -133,25 +132,23 @@ def compare(pairs: dict) -> dict:
   return {'rows': rows, 'summary': summary, 'seeds': len(rows)}
 
 
-def _read_jsonl(path: str) -> list:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def trajectory(run: runs_lib.Run) -> dict:
   """Domain and general test loss through pretraining, then through the best finetune (tokens continue)."""
   best = arm(run)
-  pretrain = [r for r in run.metrics if all(f'eval/{s}/loss' in r for s in SETS)]
-  finetune_dir = layout.finetune_dir(run.path, best['best_finetune'])
-  finetune = [
-    r for r in _read_jsonl(os.path.join(finetune_dir, layout.METRICS)) if all(f'eval/{s}/loss' in r for s in SETS)
-  ]
-  start = best['pretrain_tokens']
+  finetune = files.read_jsonl(os.path.join(layout.finetune_dir(run.path, best['best_finetune']), layout.METRICS))
+  return trajectory_of(run.metrics, finetune, best['pretrain_tokens'], best['best_step'])
+
+
+def trajectory_of(pretrain_metrics: list, finetune_metrics: list, start_tokens: float, best_step: int) -> dict:
+  """The evaluations of both test sets in a pretraining's and a finetune's metrics.jsonl records, the finetune's
+  tokens counted on from start_tokens (the pretraining tokens it started from)."""
+  pretrain = [r for r in pretrain_metrics if all(f'eval/{s}/loss' in r for s in SETS)]
+  finetune = [r for r in finetune_metrics if all(f'eval/{s}/loss' in r for s in SETS)]
   out = {
     'pretrain_tokens': [float(r['tokens']) for r in pretrain],
-    'finetune_tokens': [start + float(r['tokens']) for r in finetune],
+    'finetune_tokens': [start_tokens + float(r['tokens']) for r in finetune],
     'finetune_steps': [int(r['step']) for r in finetune],
-    'best_step': best['best_step'],
+    'best_step': best_step,
   }
   for name in SETS:
     out[f'pretrain_{name}'] = [float(r[f'eval/{name}/loss']) for r in pretrain]

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 
 from spt_jax.storage import layout
 
@@ -66,6 +67,20 @@ def write_text(path: str, text: str) -> None:
       pass
     raise
   _fsync_folder(folder)
+
+
+def read_jsonl(path: str) -> list:
+  """The records of a JSON-lines file (metrics.jsonl); a line that is not JSON (a run cut off while writing it)
+  is skipped with a warning."""
+  records = []
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          records.append(json.loads(line))
+        except json.JSONDecodeError:
+          warnings.warn(f'{path}:{number} is not JSON (a run cut off while writing?); skipped', stacklevel=2)
+  return records
 
 
 def write_json(path: str, value, indent: int | None = 2) -> None:

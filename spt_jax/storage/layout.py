@@ -14,6 +14,7 @@ TOKENIZER = 'tokenizer.json'  # The tokenizer the run's token ids belong to.
 METRICS = 'metrics.jsonl'  # One JSON record per logged step.
 SUMMARY = 'summary.json'  # Written when a run or a pipeline ends; a rerun reads it to skip finished work.
 REPORT = 'report.md'
+REPORT_PLOT = 'report.png'  # A pipeline's domain and general loss through pretraining and its best finetune.
 LOCK = '.lock'  # Names the live run holding the workdir (the lock itself is an flock on the folder).
 LOG = 'log.txt'  # Every log record of a run, the libraries' included (the terminal shows only the run's own).
 CHECKPOINTS = 'checkpoints'  # One folder per saved step.

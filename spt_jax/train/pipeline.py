@@ -12,6 +12,7 @@ import jax
 import ml_collections
 from absl import logging
 
+from spt_jax.analysis import plots, seeds
 from spt_jax.data import prepare as prepare_lib
 from spt_jax.storage import files, layout, markdown, records
 from spt_jax.train import checkpoint, loop, run_plan, validate
@@ -136,7 +137,8 @@ def run_pipelines(pipelines: list[tuple]) -> list[dict]:
     for (_, workdir, _), result in zip(pipelines, results, strict=True):
       reporting = time.time()
       if jax.process_index() == 0 and result['pretrain'] is not None:
-        files.write_text(os.path.join(workdir, layout.REPORT), report(result))
+        plotted = _plot(result, workdir)
+        files.write_text(os.path.join(workdir, layout.REPORT), report(result, plotted))
       result['timing']['report'] = round(time.time() - reporting, 3)
       result['wall_time_s'] = round(time.time() - started, 1)
       if jax.process_index() == 0 and result['pretrain'] is not None:
@@ -211,12 +213,30 @@ def _run_locked(pipelines: list[tuple]) -> list[dict]:
   return results
 
 
+def _plot(result: dict, workdir: str) -> bool:
+  """W/report.png: domain and general test loss through pretraining and the best finetune; whether it was drawn
+  (not without a best finetune, nor when the metrics hold no evaluation of both sets)."""
+  best = result['best']
+  if best is None:
+    return False
+  metrics = [
+    files.read_jsonl(os.path.join(folder, layout.METRICS))
+    for folder in (layout.pretrain_dir(workdir), layout.finetune_dir(workdir, best.name))
+  ]
+  trajectory = seeds.trajectory_of(*metrics, best.pretrain_tokens, best.best_step)
+  if not trajectory['pretrain_tokens'] or not trajectory['finetune_tokens']:
+    return False
+  label = f'δ = {100 * result["pretrain"]["domain_fraction"]:g}%, finetuned at {best.name}'
+  plots.seeds_plot({label: [trajectory]}, os.path.join(workdir, layout.REPORT_PLOT), os.path.basename(workdir))
+  return True
+
+
 def _number(value, digits=4) -> str:
   return '–' if value is None else f'{value:.{digits}f}'
 
 
-def report(result: dict) -> str:
-  """A short Markdown report of a pipeline's summary."""
+def report(result: dict, plotted: bool = False) -> str:
+  """A short Markdown report of a pipeline's summary (with W/report.png when plotted)."""
   pretrain, best = result['pretrain'], result['best']
   initial, final = pretrain.get('initial') or {}, pretrain.get('final') or {}
   epochs = pretrain['data']['epochs']
@@ -286,6 +306,8 @@ def report(result: dict) -> str:
     ]
   if result['stop_reason'] == 'preempted':
     lines += ['', 'The pipeline was preempted: rerun the same command to continue.']
+  if plotted:
+    lines += ['', f'![domain and general test loss through pretraining and the best finetune]({layout.REPORT_PLOT})']
   finetune_seconds = sum(f.wall_time_s or 0 for f in result['finetunes'])
   lines += [
     '',
