@@ -89,7 +89,7 @@ def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, st
   # Every pretraining, then every finetune, runs_together at a time where shapes allow; the pipelines lock their
   # folders, so two studies sharing a variant never train it at once (process 0 locks for every host).
   results = pipeline.run_pipelines([(config, workdirs[name], None) for name, config in variants.items()])
-  preempted = [name for name, result in zip(variants, results, strict=True) if result['stop_reason'] == 'preempted']
+  preempted = [name for name, result in zip(variants, results, strict=True) if result.stop_reason == 'preempted']
   if preempted:
     logging.warning(
       'Study %s stopped by SIGTERM (saved; %s unfinished); rerun the same command to go on.',

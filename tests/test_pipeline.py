@@ -30,19 +30,19 @@ def test_pipeline_writes_summary_and_report(tmp_path):
   }
   assert lrs['lr0.001_wu1'][-1] == pytest.approx(1e-3) and lrs['lr0.003_wu2'][-1] == pytest.approx(3e-3)
 
-  names = [f.name for f in result['finetunes']]
+  names = [f.name for f in result.finetunes]
   assert names == ['lr0.001_wu1', 'lr0.003_wu2', 'step3_lr0.001_wu1', 'step3_lr0.003_wu2']
   for name in names:
     assert os.path.exists(os.path.join(workdir, 'finetune', name, 'summary.json'))
-  assert result['pretrain']['steps'] == 6 and result['pretrain']['stop_reason'] == 'budget'
-  first, from_step3 = result['finetunes'][0], result['finetunes'][2]
+  assert result.pretrain['steps'] == 6 and result.pretrain['stop_reason'] == 'budget'
+  first, from_step3 = result.finetunes[0], result.finetunes[2]
   assert (first.pretrain_step, from_step3.pretrain_step) == (6, 3)
   assert from_step3.pretrain_tokens == 3 * 8 * 16
   # Finetuning starts from the pretrained model: its loss before equals the pretraining's final loss.
-  assert first.domain_test_loss_before == pytest.approx(result['pretrain']['final']['domain_test'], rel=1e-5)
+  assert first.domain_test_loss_before == pytest.approx(result.pretrain['final']['domain_test'], rel=1e-5)
   assert from_step3.domain_test_loss_before != pytest.approx(first.domain_test_loss_before, rel=1e-6)
-  best = result['best']
-  assert best.best_domain_test_loss == min(f.best_domain_test_loss for f in result['finetunes'])
+  best = result.best
+  assert best.best_domain_test_loss == min(f.best_domain_test_loss for f in result.finetunes)
   assert best.best_domain_test_loss < best.domain_test_loss_before
   assert best.epochs == pytest.approx(best.best_step * 8 / 40)
   with open(os.path.join(workdir, 'summary.json')) as f:
@@ -54,7 +54,7 @@ def test_pipeline_writes_summary_and_report(tmp_path):
 
   # Rerunning finishes at once: every run is found complete.
   again = pipeline.run_pipeline(config, workdir, data=data)
-  assert [f.best_domain_test_loss for f in again['finetunes']] == [f.best_domain_test_loss for f in result['finetunes']]
+  assert [f.best_domain_test_loss for f in again.finetunes] == [f.best_domain_test_loss for f in result.finetunes]
 
 
 def test_bad_grid_and_from_steps_fail_before_work(tmp_path):
@@ -130,15 +130,15 @@ def test_the_pipeline_extends_its_grid_and_reports_both_protocols(tmp_path):
   workdir = tmp_path / 'w'
   result = pipeline.run_pipeline(config, str(workdir), data=data)
 
-  first = result['finetunes'][:2]
+  first = result.finetunes[:2]
   expected = pipeline.extensions(config.finetune.grid, first, limit=1)
-  assert expected and [e['name'] for e in result['extended']] == [pipeline.point_name(*p) for p in expected]
-  names = [f.name for f in result['finetunes']]
-  assert names[2:] == [e['name'] for e in result['extended']]
+  assert expected and [e['name'] for e in result.extended] == [pipeline.point_name(*p) for p in expected]
+  names = [f.name for f in result.finetunes]
+  assert names[2:] == [e['name'] for e in result.extended]
   report = (workdir / 'report.md').read_text()
-  assert all(f'Grid extended by `{e["name"]}`' in report for e in result['extended'])
+  assert all(f'Grid extended by `{e["name"]}`' in report for e in result.extended)
 
-  for point in result['finetunes']:
+  for point in result.finetunes:
     logged = map(json.loads, open(workdir / 'finetune' / point.name / 'metrics.jsonl'))
     evals = [r for r in logged if 'eval/domain_test/loss' in r]
     test = {r['step']: r['eval/domain_test/loss'] for r in evals}
@@ -150,8 +150,9 @@ def test_the_pipeline_extends_its_grid_and_reports_both_protocols(tmp_path):
     # the later of the two best steps.
     if point.stop_reason == 'early_stopping':
       assert max(test) == max(point.best_step, point.clean.step) + 2
-  clean = result['best_clean']
-  assert clean.clean.domain_valid_loss == min(f.clean.domain_valid_loss for f in result['finetunes'])
+  clean = result.best_clean
+  assert clean.clean.domain_valid_loss == min(f.clean.domain_valid_loss for f in result.finetunes)
   assert f'`{clean.name}`: domain_test' in report and 'the clean protocol' in report
-  read = json.loads((workdir / 'summary.json').read_text())
-  assert records.FinetunePoint.from_json(read['best_clean']) == clean
+  read = records.PipelineSummary.from_json(json.loads((workdir / 'summary.json').read_text()))
+  assert (read.best_clean, read.best) == (clean, result.best)
+  assert (read.finetunes, read.extended) == (result.finetunes, result.extended)

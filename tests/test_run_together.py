@@ -110,11 +110,11 @@ def test_a_pipeline_with_runs_together_reports_as_one_without(tmp_path):
     )
     for name, count in (('one', 1), ('two', 2))
   ]
-  assert [f.name for f in results[0]['finetunes']] == [f.name for f in results[1]['finetunes']]
-  for a, b in zip(results[0]['finetunes'], results[1]['finetunes'], strict=True):
+  assert [f.name for f in results[0].finetunes] == [f.name for f in results[1].finetunes]
+  for a, b in zip(results[0].finetunes, results[1].finetunes, strict=True):
     assert (a.steps, a.best_step) == (b.steps, b.best_step)
     assert math.isclose(a.best_domain_test_loss, b.best_domain_test_loss, rel_tol=RTOL)
-  assert results[0]['best'].name == results[1]['best'].name
+  assert results[0].best.name == results[1].best.name
 
 
 def test_runs_together_0_is_one_at_a_time_on_this_cpu_and_other_values_as_given():

@@ -54,7 +54,8 @@ def _arm(root, name, delta, post_ft_loss, general_after, best_step=20, clean=Non
     'general_test_loss_after': general_after,
     'clean': clean,
   }
-  (workdir / 'summary.json').write_text(json.dumps({'pretrain': summary, 'finetunes': [entry]}))
+  pipeline_summary = {'pretrain': summary, 'stop_reason': 'budget', 'finetunes': [entry]}
+  (workdir / 'summary.json').write_text(json.dumps(pipeline_summary))
   return runs.read(str(workdir))
 
 

@@ -22,7 +22,6 @@ class Run:
   summary: dict  # The pretraining run's summary.json.
   metrics: list  # The pretraining run's metrics.jsonl records.
   finetunes: list[records.FinetunePoint]  # The pipeline's finetuning runs ([] for a single run).
-  pipeline_summary: dict | None = None
 
   @property
   def name(self) -> str:
@@ -84,8 +83,8 @@ def read(workdir: str) -> Run:
   config_path = os.path.join(run_dir, layout.CONFIG)
   config = _read_json(config_path, 'not a spt_jax workdir') if os.path.exists(config_path) else {}
   metrics = _read_metrics(os.path.join(run_dir, layout.METRICS))
-  finetunes = [records.FinetunePoint.from_json(f) for f in (top or {}).get('finetunes') or []]
-  return Run(workdir, config, summary, metrics, finetunes, top)
+  finetunes = [] if top is None else records.PipelineSummary.from_json(top).finetunes
+  return Run(workdir, config, summary, metrics, finetunes)
 
 
 def check_consistent(runs: list) -> None:

@@ -1,10 +1,10 @@
 """Typed records of what the pipeline writes and the analysis reads back from `summary.json`.
 
-A pipeline's `W/summary.json` holds one `FinetunePoint` per finetuning run (`finetunes`) and the best of them
-under each protocol (`best`: the paper's, stopping and selecting on the domain test split; `best_clean`:
-selecting on a validation split held out beside it, `Selection`). The pipeline builds them; the analysis and
-the studies read them with `FinetunePoint.from_json`, which takes the JSON a run wrote (older runs may lack
-later fields: they read as their defaults).
+A pipeline's `W/summary.json` is a `PipelineSummary`: its pretraining run's summary, one `FinetunePoint` per
+finetuning run and the best of them under each protocol (`best`: the paper's, stopping and selecting on the
+domain test split; `best_clean`: selecting on a validation split held out beside it, `Selection`). The pipeline
+builds them; the analysis and the studies read them back with `from_json`, which takes the JSON a run wrote
+(older runs may lack later fields: they read as their defaults).
 """
 
 import dataclasses
@@ -48,8 +48,7 @@ class FinetunePoint:
   @classmethod
   def from_json(cls, record: dict) -> 'FinetunePoint':
     """The record of a summary.json entry; keys this version does not know are ignored."""
-    names = {field.name for field in dataclasses.fields(cls)}
-    fields = {key: value for key, value in record.items() if key in names}
+    fields = _known(cls, record)
     if fields.get('clean') is not None:
       fields['clean'] = Selection(**fields['clean'])
     return cls(**fields)
@@ -73,3 +72,31 @@ class FinetunePoint:
     """Whether it has a best step with a finite domain test loss (what comparing points needs)."""
     loss = self.best_domain_test_loss
     return bool(self.best_step) and loss is not None and math.isfinite(loss)
+
+
+def _known(cls, record: dict) -> dict:
+  """The entries of record that are fields of cls (a newer version's extra keys are ignored)."""
+  names = {field.name for field in dataclasses.fields(cls)}
+  return {key: value for key, value in record.items() if key in names}
+
+
+@dataclasses.dataclass
+class PipelineSummary:
+  """What a pipeline did: W/summary.json (the pipeline's report is written from it)."""
+
+  pretrain: dict | None  # The pretraining run's summary.json (None: the run did not start, preempted).
+  stop_reason: str = 'budget'  # budget | early_stopping | preempted | nonfinite_loss: the pipeline's, of its stages.
+  finetunes: list[FinetunePoint] = dataclasses.field(default_factory=list)
+  best: FinetunePoint | None = None  # The paper's protocol: lowest domain test loss.
+  best_clean: FinetunePoint | None = None  # The clean protocol: lowest validation loss, its test loss reported.
+  extended: list[dict] = dataclasses.field(default_factory=list)  # {'name', 'why'} of each point the grid gained.
+  timing: dict = dataclasses.field(default_factory=dict)  # Seconds: prepare, pretrain, finetune, report.
+  wall_time_s: float | None = None
+
+  @classmethod
+  def from_json(cls, record: dict) -> 'PipelineSummary':
+    fields = _known(cls, record)
+    fields['finetunes'] = [FinetunePoint.from_json(f) for f in fields.get('finetunes') or []]
+    for key in ('best', 'best_clean'):
+      fields[key] = None if fields.get(key) is None else FinetunePoint.from_json(fields[key])
+    return cls(**fields)

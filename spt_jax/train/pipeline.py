@@ -116,12 +116,12 @@ def extensions(grid, points: list[records.FinetunePoint], limit: int) -> dict[tu
   return added
 
 
-def run_pipeline(config, workdir: str, data=None) -> dict:
+def run_pipeline(config, workdir: str, data=None) -> records.PipelineSummary:
   """Pretrains into W/pretrain, finetunes each grid point into W/finetune/, writes W/summary.json, W/report.md."""
   return run_pipelines([(config, workdir, data)])[0]
 
 
-def run_pipelines(pipelines: list[tuple]) -> list[dict]:
+def run_pipelines(pipelines: list[tuple]) -> list[records.PipelineSummary]:
   """Runs several pipelines, given as (config, workdir, data or None), as `run_pipeline` runs each; their stages
   train config.runs_together at a time where shapes allow (every pretraining together, then every finetune)."""
   started = time.time()
@@ -136,18 +136,18 @@ def run_pipelines(pipelines: list[tuple]) -> list[dict]:
     results = _run_locked(pipelines)
     for (_, workdir, _), result in zip(pipelines, results, strict=True):
       reporting = time.time()
-      if jax.process_index() == 0 and result['pretrain'] is not None:
+      if jax.process_index() == 0 and result.pretrain is not None:
         plotted = _plot(result, workdir)
         files.write_text(os.path.join(workdir, layout.REPORT), report(result, plotted))
-      result['timing']['report'] = round(time.time() - reporting, 3)
-      result['wall_time_s'] = round(time.time() - started, 1)
-      if jax.process_index() == 0 and result['pretrain'] is not None:
+      result.timing['report'] = round(time.time() - reporting, 3)
+      result.wall_time_s = round(time.time() - started, 1)
+      if jax.process_index() == 0 and result.pretrain is not None:
         files.write_json(os.path.join(workdir, layout.SUMMARY), result)
-      logging.info('Pipeline stopped (%s); report: %s', result['stop_reason'], os.path.join(workdir, layout.REPORT))
+      logging.info('Pipeline stopped (%s); report: %s', result.stop_reason, os.path.join(workdir, layout.REPORT))
   return results
 
 
-def _run_locked(pipelines: list[tuple]) -> list[dict]:
+def _run_locked(pipelines: list[tuple]) -> list[records.PipelineSummary]:
   """The stages of run_pipelines, once their folders are held."""
   together = min(loop.runs_at_once(config.runs_together) for config, _, _ in pipelines)
   started = time.time()
@@ -166,7 +166,7 @@ def _run_locked(pipelines: list[tuple]) -> list[dict]:
   results, sources = [], []  # sources: (pipeline, pretrain step, pretrain tokens, init_from, label) to finetune.
   for p, ((config, pretrain_dir, _), pretrain) in enumerate(zip(prepared, pretrains, strict=True)):
     stop_reason = 'preempted' if pretrain is None else pretrain['stop_reason']  # None: not started (preempted).
-    results.append({'pretrain': pretrain, 'finetunes': [], 'extended': [], 'stop_reason': stop_reason})
+    results.append(records.PipelineSummary(pretrain, stop_reason))
     if stop_reason not in ('budget', 'early_stopping'):
       continue
     tokens_per_step = pretrain['tokens'] // max(pretrain['steps'], 1)
@@ -190,33 +190,33 @@ def _run_locked(pipelines: list[tuple]) -> list[dict]:
     for (source, grid_point), summary in zip(pending, summaries, strict=True):
       p, pretrain_step, pretrain_tokens, _, label = source
       if summary is None or summary['stop_reason'] == 'preempted':  # None: not started (an earlier one was).
-        results[p]['stop_reason'] = 'preempted'
+        results[p].stop_reason = 'preempted'
       if summary is not None:
         name = point_name(*grid_point, label)
         points[source].append(_finetune_entry(name, summary, pretrain_step, pretrain_tokens, grid_point))
     pending = []
-    if any(result['stop_reason'] == 'preempted' for result in results):
+    if any(result.stop_reason == 'preempted' for result in results):
       break  # The rerun extends once every point has finished.
     for source, entries in points.items():
       config = prepared[source[0]][0]
       for (lr, warmup), why in extensions(config.finetune.grid, entries, config.finetune.extend_grid).items():
         pending.append((source, (lr, warmup)))
-        results[source[0]]['extended'].append({'name': point_name(lr, warmup, source[4]), 'why': why})
+        results[source[0]].extended.append({'name': point_name(lr, warmup, source[4]), 'why': why})
         logging.info('Finetuning grid extended by %s: %s.', point_name(lr, warmup, source[4]), why)
   timing['finetune'] = round(time.time() - started, 3)
   for source, entries in points.items():
-    results[source[0]]['finetunes'] += entries
+    results[source[0]].finetunes += entries
   for result in results:
-    result['best'] = _best(result['finetunes'])
-    result['best_clean'] = _best_clean(result['finetunes'])
-    result['timing'] = dict(timing)
+    result.best = _best(result.finetunes)
+    result.best_clean = _best_clean(result.finetunes)
+    result.timing = dict(timing)
   return results
 
 
-def _plot(result: dict, workdir: str) -> bool:
+def _plot(result: records.PipelineSummary, workdir: str) -> bool:
   """W/report.png: domain and general test loss through pretraining and the best finetune; whether it was drawn
   (not without a best finetune, nor when the metrics hold no evaluation of both sets)."""
-  best = result['best']
+  best = result.best
   if best is None:
     return False
   metrics = [
@@ -226,7 +226,7 @@ def _plot(result: dict, workdir: str) -> bool:
   trajectory = seeds.trajectory_of(*metrics, best.pretrain_tokens, best.best_step)
   if not trajectory['pretrain_tokens'] or not trajectory['finetune_tokens']:
     return False
-  label = f'δ = {100 * result["pretrain"]["domain_fraction"]:g}%, finetuned at {best.name}'
+  label = f'δ = {100 * result.pretrain["domain_fraction"]:g}%, finetuned at {best.name}'
   plots.seeds_plot({label: [trajectory]}, os.path.join(workdir, layout.REPORT_PLOT), os.path.basename(workdir))
   return True
 
@@ -235,9 +235,9 @@ def _number(value, digits=4) -> str:
   return '–' if value is None else f'{value:.{digits}f}'
 
 
-def report(result: dict, plotted: bool = False) -> str:
+def report(result: records.PipelineSummary, plotted: bool = False) -> str:
   """A short Markdown report of a pipeline's summary (with W/report.png when plotted)."""
-  pretrain, best = result['pretrain'], result['best']
+  pretrain, best = result.pretrain, result.best
   initial, final = pretrain.get('initial') or {}, pretrain.get('final') or {}
   epochs = pretrain['data']['epochs']
   lines = [
@@ -260,7 +260,7 @@ def report(result: dict, plotted: bool = False) -> str:
   if 'domain_test' in final and 'domain_train' in final:
     lines += ['', f'Train-test gap on the domain at the end: {final["domain_test"] - final["domain_train"]:+.4f}.']
   lines += ['', '## Finetuning grid', '']
-  if not result['finetunes']:
+  if not result.finetunes:
     lines.append(f'No finetuning ran (pretraining stopped: {pretrain["stop_reason"]}).')
   else:
     lines += markdown.table(
@@ -268,7 +268,7 @@ def report(result: dict, plotted: bool = False) -> str:
       + ['domain_test before → best', 'general_test before → after (forgetting)'],
       [],
     )
-    for f in result['finetunes']:
+    for f in result.finetunes:
       forgetting = f.forgetting
       lines.append(
         markdown.row(
@@ -281,7 +281,7 @@ def report(result: dict, plotted: bool = False) -> str:
           ]
         )
       )
-  for extension in result.get('extended') or []:
+  for extension in result.extended:
     lines += ['', f'Grid extended by `{extension["name"]}`: {extension["why"]}.']
   if best is not None:
     gain = best.domain_test_loss_before - best.best_domain_test_loss
@@ -294,7 +294,7 @@ def report(result: dict, plotted: bool = False) -> str:
       f'{best.best_step} ({_number(best.epochs, 2)} domain epochs); general_test '
       f'{_number(best.general_test_loss_before)} → {_number(best.general_test_loss_after)}.',
     ]
-  clean = result.get('best_clean')
+  clean = result.best_clean
   if clean is not None:
     lines += [
       '',
@@ -304,15 +304,15 @@ def report(result: dict, plotted: bool = False) -> str:
       f'domain epochs); general_test {_number(clean.general_test_loss_before)} → '
       f'{_number(clean.clean.general_test_loss_after)}.',
     ]
-  if result['stop_reason'] == 'preempted':
+  if result.stop_reason == 'preempted':
     lines += ['', 'The pipeline was preempted: rerun the same command to continue.']
   if plotted:
     lines += ['', f'![domain and general test loss through pretraining and the best finetune]({layout.REPORT_PLOT})']
-  finetune_seconds = sum(f.wall_time_s or 0 for f in result['finetunes'])
+  finetune_seconds = sum(f.wall_time_s or 0 for f in result.finetunes)
   lines += [
     '',
     f'Training time: pretraining {pretrain.get("wall_time_s") or 0:.0f} s, finetuning '
-    f'{finetune_seconds:.0f} s ({len(result["finetunes"])} run{"s" * (len(result["finetunes"]) != 1)}).',
+    f'{finetune_seconds:.0f} s ({len(result.finetunes)} run{"s" * (len(result.finetunes) != 1)}).',
     '',
   ]
   return '\n'.join(lines)
