@@ -15,19 +15,16 @@ from scipy import stats
 
 from spt_jax.analysis import gains as gains_lib
 from spt_jax.analysis import runs as runs_lib
-from spt_jax.storage import files, layout, markdown
+from spt_jax.storage import files, layout, markdown, records
 
 SETS = ('domain_test', 'general_test')
 
 
 def _clean(run: runs_lib.Run, pretrain_tokens: float) -> dict | None:
   """The clean protocol's choice among the finetunes of one pretraining checkpoint (None without validation)."""
-  chosen = [
-    f for f in run.finetunes if f.finished and f.clean is not None and float(f.pretrain_tokens) == pretrain_tokens
-  ]
-  if not chosen:
+  best = records.best_clean([f for f in run.finetunes if float(f.pretrain_tokens) == pretrain_tokens])
+  if best is None:
     return None
-  best = min(chosen, key=lambda f: f.clean.domain_valid_loss)
   return {
     'post_ft_loss': float(best.clean.domain_test_loss),
     'forgetting': best.clean_forgetting,

@@ -29,26 +29,22 @@ def _through(lengths: np.ndarray, budget: int) -> int:
   return min(int(np.searchsorted(np.cumsum(lengths), budget)) + 1, len(lengths))
 
 
-def held_out(spilled: tokenized.Tokenized, test_fraction: float, test_tokens: int) -> np.ndarray:
-  """Indices of held-out documents in split order: the lowest split positions, by fraction or token budget."""
+def held_out(spilled: tokenized.Tokenized, test_fraction: float, test_tokens: int, valid_tokens: int = 0) -> tuple:
+  """(test, valid): indices of the held-out documents in split order. Test: the lowest split positions, by fraction
+  or token budget; valid: the next ones through valid_tokens (0: none), beside the test split. Both are drawn on
+  content hashes, so fixed for every seed, and each ends through the copies of its last document (same hash)."""
   units = spilled.hashes.astype(np.float64) / 2.0**64
   by_unit = np.argsort(units, kind='stable')
   if test_tokens > 0:
     threshold = units[by_unit[_through(spilled.lengths[by_unit], test_tokens) - 1]]
-    return by_unit[units[by_unit] <= threshold]
-  return by_unit[units[by_unit] < test_fraction]
-
-
-def held_out_after(spilled: tokenized.Tokenized, held: np.ndarray, tokens: int) -> np.ndarray:
-  """Indices of the documents next in split order after `held`, through `tokens` tokens (a validation split
-  beside the test split: disjoint from it, drawn on the same content hashes, so fixed for every seed)."""
-  if tokens <= 0:
-    return np.zeros(0, np.int64)
-  units = spilled.hashes.astype(np.float64) / 2.0**64
-  rest = np.argsort(units, kind='stable')
-  rest = rest[~np.isin(rest, held)]
-  threshold = units[rest[_through(spilled.lengths[rest], tokens) - 1]]
-  return rest[units[rest] <= threshold]  # Through the last one's copies (same hash, same unit).
+    test = by_unit[units[by_unit] <= threshold]
+  else:
+    test = by_unit[units[by_unit] < test_fraction]
+  if valid_tokens <= 0:
+    return test, np.zeros(0, np.int64)
+  rest = by_unit[len(test) :]  # by_unit holds the test documents first.
+  threshold = units[rest[_through(spilled.lengths[rest], valid_tokens) - 1]]
+  return test, rest[units[rest] <= threshold]
 
 
 def training_order(spilled: tokenized.Tokenized, excluded: np.ndarray, seed: int, max_tokens: int) -> tuple:
@@ -322,12 +318,13 @@ def build(
         spilled[name] = tokenized.tokenize_source(
           source, tokenizer, digest, tokenizer_eos, workers, dtype, cache_root if data.keep_tokenized else None, partial
         )
-        held[name] = (
-          np.arange(len(spilled[name]))
+        held[name], valid[name] = (
+          (np.arange(len(spilled[name])), np.zeros(0, np.int64))
           if name.startswith('extra:')
-          else held_out(spilled[name], data.test_fraction, data.test_tokens)
+          else held_out(
+            spilled[name], data.test_fraction, data.test_tokens, data.valid_tokens if name == 'domain' else 0
+          )
         )
-        valid[name] = held_out_after(spilled[name], held[name], data.valid_tokens if name == 'domain' else 0)
     excluded = np.unique(
       np.concatenate(
         [spilled[n].hashes[np.concatenate([held[n], valid[n]])] for n in spilled] or [np.zeros(0, np.uint64)]

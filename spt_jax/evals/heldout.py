@@ -25,6 +25,8 @@ class Evaluator:
     rng = np.random.default_rng(c.data.heldout_seed)
     self.sets = {}
     for name, rows in sorted(data.eval_sets.items()):
+      if name == 'domain_valid' and c.stage != 'finetune':
+        continue  # The validation split serves finetuning's stopping and selection only.
       if len(rows) > c.eval_sequences:  # A fixed, seeded sample.
         rows = rows[np.sort(rng.choice(len(rows), c.eval_sequences, replace=False))]
       self.sets[name] = np.asarray(rows, np.int32)

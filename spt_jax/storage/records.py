@@ -74,6 +74,18 @@ class FinetunePoint:
     return bool(self.best_step) and loss is not None and math.isfinite(loss)
 
 
+def best(points: list[FinetunePoint]) -> FinetunePoint | None:
+  """The paper's protocol: the finished point with the lowest domain test loss (stopped and selected on test)."""
+  finished = [p for p in points if p.finished]
+  return min(finished, key=lambda p: p.best_domain_test_loss) if finished else None
+
+
+def best_clean(points: list[FinetunePoint]) -> FinetunePoint | None:
+  """The clean protocol: the finished point with the lowest validation loss (its test loss is what is reported)."""
+  chosen = [p for p in points if p.finished and p.clean is not None]
+  return min(chosen, key=lambda p: p.clean.domain_valid_loss) if chosen else None
+
+
 def _known(cls, record: dict) -> dict:
   """The entries of record that are fields of cls (a newer version's extra keys are ignored)."""
   names = {field.name for field in dataclasses.fields(cls)}

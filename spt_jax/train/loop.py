@@ -55,6 +55,13 @@ class LoopState:
     return cls(**{key: value for key, value in meta.items() if key in names})
 
 
+def _track(best: dict | None, waited: int, name: str, losses: dict, record: Callable[[], dict]) -> tuple:
+  """(best, evaluations without improvement, improved) of eval set `name` after this evaluation's losses."""
+  if best is None or losses.get(name, float('nan')) < best['eval'][name]:
+    return record(), 0, True
+  return best, waited + 1, False
+
+
 class _Preemption:
   """Turns SIGTERM into a flag checked after every step (a Cloud TPU preemption notice)."""
 
@@ -524,26 +531,25 @@ class _Loop:
     losses = evaluation.losses(results)
     previous = (loop_state.last_eval or {}).get('eval') or {}
     loop_state.last_eval = {'step': step, 'eval': {**previous, **losses}}  # The latest loss of every set.
-    record = {
-      'step': step,
-      'tokens': step * self.tokens_per_step,
-      'eval': losses,
-      'epochs': self.mixture.accounting(step)['epochs'],
-      'mcqa': evaluation.accuracies(results),
-    }
+
+    def record():
+      return {
+        'step': step,
+        'tokens': step * self.tokens_per_step,
+        'eval': losses,
+        'epochs': self.mixture.accounting(step)['epochs'],
+        'mcqa': evaluation.accuracies(results),
+      }
+
     if 'domain_valid' in losses:
-      if loop_state.best_valid is None or losses['domain_valid'] < loop_state.best_valid['eval']['domain_valid']:
-        loop_state.best_valid, loop_state.valid_evals_without_improvement = record, 0
-      else:
-        loop_state.valid_evals_without_improvement += 1
+      loop_state.best_valid, loop_state.valid_evals_without_improvement, _ = _track(
+        loop_state.best_valid, loop_state.valid_evals_without_improvement, 'domain_valid', losses, record
+      )
     if names is not None and 'domain_test' not in names:
       return False
-    domain = losses.get('domain_test', float('nan'))
-    improved = loop_state.best is None or domain < loop_state.best['eval']['domain_test']
-    if improved:
-      loop_state.best, loop_state.evals_without_improvement = record, 0
-    else:
-      loop_state.evals_without_improvement += 1
+    loop_state.best, loop_state.evals_without_improvement, improved = _track(
+      loop_state.best, loop_state.evals_without_improvement, 'domain_test', losses, record
+    )
     return improved
 
   def patience_spent(self, loop_state: LoopState) -> bool:

@@ -74,18 +74,6 @@ def _finetune_entry(name, summary, pretrain_step, pretrain_tokens, grid_point) -
   )
 
 
-def _best(finetunes: list[records.FinetunePoint]) -> records.FinetunePoint | None:
-  """The paper's protocol: the point with the lowest domain test loss (stopped and selected on test)."""
-  finished = [f for f in finetunes if f.finished]
-  return min(finished, key=lambda f: f.best_domain_test_loss) if finished else None
-
-
-def _best_clean(finetunes: list[records.FinetunePoint]) -> records.FinetunePoint | None:
-  """The clean protocol: the point with the lowest validation loss (its test loss is what is reported)."""
-  chosen = [f for f in finetunes if f.finished and f.clean is not None]
-  return min(chosen, key=lambda f: f.clean.domain_valid_loss) if chosen else None
-
-
 def extensions(grid, points: list[records.FinetunePoint], limit: int) -> dict[tuple[float, int], str]:
   """Grid points to add, with why: where a protocol's best point sits on the edge of an axis (lr or warmup) of
   two or more values, the next value that way (the ratio of the edge to its neighbour, for warmup at least 1),
@@ -93,13 +81,13 @@ def extensions(grid, points: list[records.FinetunePoint], limit: int) -> dict[tu
   grid_values = {'lr': sorted({float(lr) for lr, _ in grid}), 'warmup': sorted({int(w) for _, w in grid})}
   tried = {(p.lr, p.warmup) for p in points}
   added = {}
-  for protocol, winner in (('test', _best(points)), ('validation', _best_clean(points))):
+  for protocol, winner in (('test', records.best(points)), ('validation', records.best_clean(points))):
     if winner is None:
       continue
     for axis, original in grid_values.items():
-      values = sorted({getattr(p, axis) for p in points})
       if len(original) < 2:  # One value: the user fixed this axis.
         continue
+      values = sorted({getattr(p, axis) for p in points})
       won = getattr(winner, axis)
       for side, edge, inner in (('top', values[-1], values[-2]), ('bottom', values[0], values[1])):
         past = sum(v > original[-1] for v in values) if side == 'top' else sum(v < original[0] for v in values)
@@ -207,8 +195,8 @@ def _run_locked(pipelines: list[tuple]) -> list[records.PipelineSummary]:
   for source, entries in points.items():
     results[source[0]].finetunes += entries
   for result in results:
-    result.best = _best(result.finetunes)
-    result.best_clean = _best_clean(result.finetunes)
+    result.best = records.best(result.finetunes)
+    result.best_clean = records.best_clean(result.finetunes)
     result.timing = dict(timing)
   return results
 
