@@ -4,8 +4,11 @@ Reports mean ± standard deviation of the post-finetuning domain test loss, the 
 with the paper's values beside them, and plots both arms' domain and general loss through pretraining and
 finetuning (W/report.md, W/headline.json, W/headline.png). A re-run skips the arms already finished.
 
-CPU scale, the setting of experiments/results/ (the `small` size, SPT at δ = 10%):
+CPU scale, the settings of experiments/results/ (SPT at δ = 10%): the `small` size, and the `study` size in the
+paper's regime (8 seeds, both finetuning protocols):
   python -m experiments.headline --config=configs/musicpile.py:small --delta=0.1 --workdir=runs/headline_music
+  python -m experiments.headline --config=configs/musicpile.py:study --delta=0.1 --seeds=0,1,2,3,4,5,6,7 \
+    --workdir=runs/headline_study_music
 Paper scale: --config=configs/musicpile.py:1b --seeds=0 (the paper runs one seed).
 """
 
