@@ -65,8 +65,8 @@ def checkpoints(workdir: str) -> dict:
   run = runs.read(workdir)
   best = seeds.arm(run)
   return {
-    'before': layout.checkpoint_dir(layout.pretrain_dir(workdir), int(run.summary['steps'])),
-    'after': layout.checkpoint_dir(layout.finetune_dir(workdir, best['best_finetune']), best['best_step']),
+    'before': layout.checkpoint_dir(layout.pretrain_dir(workdir), run.summary.steps),
+    'after': layout.checkpoint_dir(layout.finetune_dir(workdir, best.best_finetune), best.best_step),
   }
 
 
@@ -100,7 +100,7 @@ def report(results: dict, tasks: dict, domain: str, delta: float) -> list:
         )
       )
   ours = '; '.join(
-    f'{name} {seeds_lib.plus_minus(seeds_lib.spread(values), 1, " points")}' for name, values in differences.items()
+    f'{name} {seeds_lib.spread(values).plus_minus(1, " points")}' for name, values in differences.items()
   )
   paper_rows = [('SPT − NPT accuracy after finetuning', ours, PAPER_KEYS[domain])] if domain in PAPER_KEYS else []
   return [

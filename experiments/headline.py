@@ -12,6 +12,7 @@ paper's regime (8 seeds, both finetuning protocols):
 Paper scale: --config=configs/musicpile.py:1b --seeds=0 (the paper runs one seed).
 """
 
+import dataclasses
 import os
 
 from experiments import common
@@ -27,13 +28,12 @@ _DELTA = common.delta_flag('delta', None, "δ of the SPT arm; default: the confi
 common.at_least(_SEEDS, 1, 'seeds, e.g. --seeds=0,1,2')
 
 
-def title(result: dict, domain: str) -> str:
-  return f'Headline: NPT→FT against SPT→FT on {domain}, {result["seeds"]} seeds'
+def title(result: seeds_lib.Comparison, domain: str) -> str:
+  return f'Headline: NPT→FT against SPT→FT on {domain}, {result.seeds} seeds'
 
 
-def report(result: dict, domain: str, delta: float, config) -> str:
+def report(result: seeds_lib.Comparison, domain: str, delta: float, config) -> str:
   """The report's body (the regime section follows it: common.write_report)."""
-  s = result['summary']
   known = f'relative_gain_pct/{domain}' in paper.VALUES
   paper_gain = paper.cell('relative_gain_pct', domain) if known else '– (not a paper domain)'
   lines = [
@@ -58,8 +58,8 @@ def report(result: dict, domain: str, delta: float, config) -> str:
       [
         [
           'relative gain G',
-          f'{seeds_lib.plus_minus(s["gain_pct"], 2, "%")}; 95% CI of the mean '
-          f'{seeds_lib.interval(s["gain_pct"], 2, "%")} ({s["seeds_spt_better"]} of {result["seeds"]} seeds '
+          f'{result.gain_pct.plus_minus(2, "%")}; 95% CI of the mean '
+          f'{result.gain_pct.interval(2, "%")} ({result.seeds_spt_better} of {result.seeds} seeds '
           'SPT better)',
           paper_gain,
         ],
@@ -67,24 +67,23 @@ def report(result: dict, domain: str, delta: float, config) -> str:
           [
             [
               'relative gain G, clean protocol (selected on validation)',
-              f'{seeds_lib.plus_minus(s["gain_pct_clean"], 2, "%")}; 95% CI of the mean '
-              f'{seeds_lib.interval(s["gain_pct_clean"], 2, "%")} ({s["seeds_spt_better_clean"]} of '
-              f'{s["gain_pct_clean"]["n"]} seeds SPT better)',
+              f'{result.gain_pct_clean.plus_minus(2, "%")}; 95% CI of the mean '
+              f'{result.gain_pct_clean.interval(2, "%")} ({result.seeds_spt_better_clean} of '
+              f'{result.gain_pct_clean.n} seeds SPT better)',
               '– (the paper selects on test)',
             ],
           ]
-          if 'gain_pct_clean' in s
+          if result.gain_pct_clean is not None
           else []
         ),
         [
           'forgetting at the selected step, NPT → SPT',
-          f'{seeds_lib.plus_minus(s["npt_forgetting"])} → {seeds_lib.plus_minus(s["spt_forgetting"])} nats',
+          f'{result.npt_forgetting.plus_minus()} → {result.spt_forgetting.plus_minus()} nats',
           paper.cell('forgetting'),
         ],
         [
           'forgetting at equal finetuning steps, NPT → SPT',
-          f'{seeds_lib.plus_minus(s["npt_forgetting_equal_steps"])} → '
-          f'{seeds_lib.plus_minus(s["spt_forgetting_equal_steps"])} nats',
+          f'{result.npt_forgetting_equal_steps.plus_minus()} → {result.spt_forgetting_equal_steps.plus_minus()} nats',
           '–',
         ],
         ['finetuning epochs to the best step', 'see per-seed table', paper.cell('finetune_overfit_epochs')],
@@ -123,14 +122,20 @@ def main(argv):
   out = common.WORKDIR.value
   plots.seeds_plot(trajectories, os.path.join(out, 'headline.png'), f'{domain}: {len(seeds)} seeds')
   files.write_json(
-    os.path.join(out, 'headline.json'), {'domain': domain, 'delta': delta, **result, 'trajectories': trajectories}
+    os.path.join(out, 'headline.json'),
+    {
+      'domain': domain,
+      'delta': delta,
+      'seeds': result.seeds,
+      **dataclasses.asdict(result),
+      'trajectories': trajectories,
+    },
   )
-  turned = [arm['epochs'] for row in result['rows'] for arm in (row['npt'], row['spt']) if arm['stopped_early']]
+  turned = [arm.epochs for row in result.rows for arm in (row.npt, row.spt) if arm.stopped_early]
   epochs = sum(turned) / len(turned) if turned else None  # Mean over the arms whose domain loss turned up.
   path = common.write_report(title(result, domain), [report(result, domain, delta, base)], epochs)
-  gain = result['summary']['gain_pct']
-  interval = seeds_lib.interval(gain, 2, '%')
-  print(f'{domain}: G = {seeds_lib.plus_minus(gain, 2, "%")} (95% CI {interval}) over {len(seeds)} seeds; {path}')
+  gain = result.gain_pct
+  print(f'{domain}: G = {gain.plus_minus(2, "%")} (95% CI {gain.interval(2, "%")}) over {len(seeds)} seeds; {path}')
 
 
 if __name__ == '__main__':

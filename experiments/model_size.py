@@ -35,7 +35,7 @@ def _curve(workdir: str) -> dict:
 
   run = runs.read(workdir)
   tokens, losses, _ = gains.post_ft_curve(run)
-  return {'params': int(run.summary['params']), 'tokens': tokens.tolist(), 'loss': losses.tolist()}
+  return {'params': int(run.summary.params), 'tokens': tokens.tolist(), 'loss': losses.tolist()}
 
 
 def main(argv):

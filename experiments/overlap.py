@@ -84,7 +84,7 @@ def main(argv):
         'actual_share': actual[share],
         'npt': npt,
         'spt': spt,
-        'gain_pct': gains_lib.relative_gain(npt['post_ft_loss'], spt['post_ft_loss']),
+        'gain_pct': gains_lib.relative_gain(npt.post_ft_loss, spt.post_ft_loss),
       }
     )
   files.write_json(os.path.join(common.WORKDIR.value, 'overlap.json'), rows)

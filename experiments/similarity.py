@@ -54,9 +54,9 @@ def measured_gains(base, domains: list) -> dict:
   for spec in domains:
     npt, spt = (seeds.arm(runs.read(workdirs[f'{_label(spec)}_{arm}_seed0'])) for arm in ('npt', 'spt'))
     out[spec] = {
-      'gain_pct': gains_lib.relative_gain(npt['post_ft_loss'], spt['post_ft_loss']),
-      'npt_post_ft_loss': npt['post_ft_loss'],
-      'spt_post_ft_loss': spt['post_ft_loss'],
+      'gain_pct': gains_lib.relative_gain(npt.post_ft_loss, spt.post_ft_loss),
+      'npt_post_ft_loss': npt.post_ft_loss,
+      'spt_post_ft_loss': spt.post_ft_loss,
     }
   return out
 

@@ -113,8 +113,7 @@ def main(argv):
       result = pipeline.run_pipeline(config, workdir)
     else:
       result = loop.run(config, workdir, stage=config.stage)
-  stop_reason = result.stop_reason if config.stage == 'pipeline' else result['stop_reason']
-  if stop_reason == 'nonfinite_loss':  # Preemption exits 0 so that the scheduler restarts the run.
+  if result.stop_reason == 'nonfinite_loss':  # Preemption exits 0 so that the scheduler restarts the run.
     sys.exit(1)
 
 

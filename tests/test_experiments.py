@@ -68,7 +68,7 @@ def test_headline_runs_both_arms_per_seed_then_reports(tmp_path):
   out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads((study / 'headline.json').read_text())
-  assert [r['seed'] for r in result['rows']] == [0, 1] and result['summary']['gain_pct']['n'] == 2
+  assert [r['seed'] for r in result['rows']] == [0, 1] and result['gain_pct']['n'] == 2 == result['seeds']
   for row in result['rows']:  # Each seed's pair really differs in δ and shares its seed.
     npt = json.loads((study / f'npt_seed{row["seed"]}' / 'pretrain' / 'config.json').read_text())
     spt = json.loads((study / f'spt_seed{row["seed"]}' / 'pretrain' / 'config.json').read_text())
@@ -76,7 +76,7 @@ def test_headline_runs_both_arms_per_seed_then_reports(tmp_path):
     assert npt['seed'] == spt['seed'] == row['seed']
   report = (study / 'report.md').read_text()
   assert 'mean ± sd' in report and 'Fig. 4' in report and (study / 'headline.png').stat().st_size > 10_000
-  gain = result['summary']['gain_pct']
+  gain = result['gain_pct']
   low, high = gain['ci95']  # Student's t with 1 degree of freedom: 12.71 standard errors either side.
   assert math.isclose(high - gain['mean'], 12.706 * gain['sd'] / math.sqrt(2), rel_tol=1e-3) and low < gain['mean']
   assert '95% CI of the mean [' in report and '## Regime' in report  # The study's regime beside the paper's.

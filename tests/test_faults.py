@@ -74,7 +74,7 @@ checkpoints = checkpoint.Checkpoints(workdir, keep=2)
 state, _ = checkpoints.restore(runner.trainer.abstract_state)
 checkpoints.close()
 np.savez(workdir + '/params.npz', *[np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))])
-print('STOP', summary['stop_reason'], summary['steps'], flush=True)
+print('STOP', summary.stop_reason, summary.steps, flush=True)
 """
 )
 
@@ -292,8 +292,8 @@ def test_a_damaged_final_pretrain_checkpoint_hands_finetuning_the_one_before(tmp
     f'{set_aside}; loading step 2 instead.'
   )
   assert warnings == [expected], warnings
-  assert summary['init_step'] == 2 and summary['init_checkpoint'] == str(pretrain / 'checkpoints' / '2')
-  assert summary['stop_reason'] in ('budget', 'early_stopping')
+  assert summary.init_step == 2 and summary.init_checkpoint == str(pretrain / 'checkpoints' / '2')
+  assert summary.stop_reason in ('budget', 'early_stopping')
   steps = [r['step'] for r in _metrics(tmp_path / 'finetune')]
   assert steps == sorted(set(steps)) and steps[0] == 0
 

@@ -42,6 +42,8 @@ def _pipeline(root, name, delta, finetunes, model='tiny', tokenizer='abc', seq_l
   (workdir / 'pretrain').mkdir(parents=True)
   summary = {
     'stage': 'pretrain',
+    'steps': 20,
+    'stop_reason': 'budget',
     'domain_fraction': delta,
     'model': model,
     'tokenizer': tokenizer,
@@ -101,7 +103,18 @@ def test_mixed_tokenizers_or_seq_lens_are_an_error(tmp_path):
 def test_run_without_finetunes_is_an_error(tmp_path):
   npt = _pipeline(tmp_path, 'npt', 0.0, [(1e6, 2.1, 1e-4, 3.1)])
   (tmp_path / 'plain').mkdir()
-  (tmp_path / 'plain' / 'summary.json').write_text(json.dumps({'domain_fraction': 0.02, 'tokenizer': 'abc'}))
+  (tmp_path / 'plain' / 'summary.json').write_text(
+    json.dumps(
+      {
+        'stage': 'pretrain',
+        'steps': 10,
+        'tokens': 1000,
+        'stop_reason': 'budget',
+        'domain_fraction': 0.02,
+        'tokenizer': 'abc',
+      }
+    )
+  )
   (tmp_path / 'plain' / 'metrics.jsonl').write_text('')
   with pytest.raises(ValueError, match='no finetunes'):
     gains.gains(runs.read(npt), [runs.read(str(tmp_path / 'plain'))])

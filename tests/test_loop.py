@@ -62,9 +62,9 @@ def test_stage_config_is_the_only_difference():
 def test_pretrain_then_finetune_switch(tmp_path):
   data = tiny_data()
   pretrain = loop.run(tiny_config(steps=4), str(tmp_path / 'pretrain'), stage='pretrain', data=data)
-  assert pretrain['stop_reason'] == 'budget' and pretrain['steps'] == 4
-  assert pretrain['final']['domain_test'] < pretrain['initial']['domain_test']
-  assert pretrain['eval_seconds'] > 0 and pretrain['train_tokens_per_second'] >= 0  # Training time apart.
+  assert pretrain.stop_reason == 'budget' and pretrain.steps == 4
+  assert pretrain.final['domain_test'] < pretrain.initial['domain_test']
+  assert pretrain.eval_seconds > 0 and pretrain.train_tokens_per_second >= 0  # Training time apart.
   config = tiny_config(init_from=str(tmp_path / 'pretrain'))
   runner, state, loop_state = loop.build(config, str(tmp_path / 'finetune'), stage='finetune', data=data)
   assert int(state.step) == 0 and loop_state.step == 0
@@ -75,10 +75,10 @@ def test_pretrain_then_finetune_switch(tmp_path):
   np.testing.assert_array_equal(state.params['embed']['embedding'], pretrained['embed']['embedding'])
   np.testing.assert_array_equal(state.params['lm_head']['kernel'], state.params['embed']['embedding'].T)
   summary = runner.train(state, loop_state)
-  assert summary['stage'] == 'finetune' and summary['batch_size'] == 8 and summary['lr'] == 1e-3
+  assert summary.stage == 'finetune' and summary.batch_size == 8 and summary.lr == 1e-3
   # The untied model starts as the tied one: the loss before finetuning equals the pretrain's final loss.
-  assert summary['initial']['domain_test'] == pytest.approx(pretrain['final']['domain_test'], rel=1e-5)
-  assert summary['data']['tokens']['general'] == 0
+  assert summary.initial['domain_test'] == pytest.approx(pretrain.final['domain_test'], rel=1e-5)
+  assert summary.data['tokens']['general'] == 0
   records = [json.loads(line) for line in open(tmp_path / 'finetune' / 'metrics.jsonl')]
   assert {'eval/domain_test/loss', 'eval/domain_test/loss_stderr', 'eval/domain_test/bpb', 'eval/gap'} <= set(
     records[0]
@@ -104,16 +104,16 @@ def test_early_stopping_on_rising_curve_keeps_the_best(tmp_path, monkeypatch):
   monkeypatch.setattr(evaluation.Evaluator, 'heldout', rising)
   workdir = str(tmp_path / 'finetune')
   summary = loop.run(tiny_config(init_from=str(tmp_path / 'pretrain')), workdir, stage='finetune', data=data)
-  assert summary['stop_reason'] == 'early_stopping'
-  assert summary['steps'] == 8  # Two evaluations (steps 6 and 8) without improvement on step 4.
-  assert summary['best']['step'] == 4 and summary['best']['eval']['domain_test'] == 1.5
-  assert summary['best']['epochs']['domain'] == pytest.approx(4 * 8 / 40)
+  assert summary.stop_reason == 'early_stopping'
+  assert summary.steps == 8  # Two evaluations (steps 6 and 8) without improvement on step 4.
+  assert summary.best.step == 4 and summary.best.eval['domain_test'] == 1.5
+  assert summary.best.epochs['domain'] == pytest.approx(4 * 8 / 40)
   checkpoints = checkpoint.Checkpoints(workdir, keep=2)
   assert 4 in checkpoints.all_steps() and checkpoints.best_step() == 4
   checkpoints.close()
   assert checkpoint.resolve_checkpoint(workdir).endswith(os.path.join('checkpoints', '4'))
   # A finished run is not trained again.
-  assert loop.run(tiny_config(init_from=str(tmp_path / 'pretrain')), workdir, stage='finetune', data=data)['steps'] == 8
+  assert loop.run(tiny_config(init_from=str(tmp_path / 'pretrain')), workdir, stage='finetune', data=data).steps == 8
 
 
 def test_an_eval_set_with_its_own_interval(tmp_path):
@@ -122,7 +122,7 @@ def test_an_eval_set_with_its_own_interval(tmp_path):
   records = {r['step']: r for r in map(json.loads, open(tmp_path / 'run' / 'metrics.jsonl'))}
   assert [s for s in sorted(records) if 'eval/domain_test/loss' in records[s]] == [0, 2, 4, 6, 8]
   assert [s for s in sorted(records) if 'eval/general_test/loss' in records[s]] == [0, 4, 8]
-  assert summary['final']['general_test'] == records[8]['eval/general_test/loss']
+  assert summary.final['general_test'] == records[8]['eval/general_test/loss']
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -141,7 +141,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
   monkeypatch.setattr(loop, '_TRAINERS', collections.OrderedDict())  # No Trainer cached by an earlier test.
   workdir = str(tmp_path / 'run')
   summary = loop.run(tiny_config(), workdir, stage='pretrain', data=tiny_data())
-  assert summary['stop_reason'] == 'nonfinite_loss' and summary['last_checkpoint'] == 4
+  assert summary.stop_reason == 'nonfinite_loss' and summary.last_checkpoint == 4
   checkpoints = checkpoint.Checkpoints(workdir, keep=2)
   assert checkpoints.all_steps() == [4]
   state, meta = checkpoints.restore(PoisonedTrainer(*_trainer_args()).abstract_state)
@@ -198,11 +198,11 @@ def test_finetune_from_a_hugging_face_directory_with_mcqa(tmp_path):
   )
   config = tiny_config(init_from=str(tmp_path / 'open_model'), mcqa_tasks=(str(task),), mcqa_max_examples=4)
   summary = loop.run(config, str(tmp_path / 'finetune'), stage='finetune', data=data)
-  assert summary['initial']['domain_test'] == pytest.approx(pretrain['final']['domain_test'], rel=1e-5)
+  assert summary.initial['domain_test'] == pytest.approx(pretrain.final['domain_test'], rel=1e-5)
 
   saved = tokenizers.Tokenizer.from_file(str(tmp_path / 'finetune' / 'tokenizer.json'))
   assert saved.to_str() == tokenizer.to_str()
-  accuracy = summary['best']['mcqa'][str(task)]
+  accuracy = summary.best.mcqa[str(task)]
   assert 0.0 <= accuracy <= 1.0
   records = [json.loads(line) for line in open(tmp_path / 'finetune' / 'metrics.jsonl')]
   assert f'eval/mcqa/{task}/accuracy' in records[0]

@@ -220,7 +220,20 @@ def test_analysis_reads_the_stage_delta_of_scpt_runs(tmp_path):
   scpt = [[180, {'general': 1.0}], [0, {'general': 0.99, 'domain': 0.01}]]
   (tmp_path / 'config.json').write_text(json.dumps({'mixture': {'domain_fraction': 0.05, 'stages': scpt}}))
   (tmp_path / 'metrics.jsonl').write_text('')
-  (tmp_path / 'summary.json').write_text(json.dumps({'domain_fraction': 0.05}))  # Written before the fix.
+  (tmp_path / 'summary.json').write_text(
+    json.dumps({'stage': 'pretrain', 'steps': 10, 'tokens': 1000, 'stop_reason': 'budget', 'domain_fraction': 0.05})
+  )  # Written before the fix.
   assert runs.read(str(tmp_path)).domain_fraction == 0.01
-  (tmp_path / 'summary.json').write_text(json.dumps({'domain_fraction': 0.01, 'stage_deltas': []}))
+  (tmp_path / 'summary.json').write_text(
+    json.dumps(
+      {
+        'stage': 'pretrain',
+        'steps': 10,
+        'tokens': 1000,
+        'stop_reason': 'budget',
+        'domain_fraction': 0.01,
+        'stage_deltas': [],
+      }
+    )
+  )
   assert runs.read(str(tmp_path)).domain_fraction == 0.01

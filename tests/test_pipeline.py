@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 
 import pytest
 
+from spt_jax.data import mixture as mixture_lib
 from spt_jax.storage import records
 from spt_jax.train import loop, pipeline
 from tests import test_loop
@@ -34,12 +36,12 @@ def test_pipeline_writes_summary_and_report(tmp_path):
   assert names == ['lr0.001_wu1', 'lr0.003_wu2', 'step3_lr0.001_wu1', 'step3_lr0.003_wu2']
   for name in names:
     assert os.path.exists(os.path.join(workdir, 'finetune', name, 'summary.json'))
-  assert result.pretrain['steps'] == 6 and result.pretrain['stop_reason'] == 'budget'
+  assert result.pretrain.steps == 6 and result.pretrain.stop_reason == 'budget'
   first, from_step3 = result.finetunes[0], result.finetunes[2]
   assert (first.pretrain_step, from_step3.pretrain_step) == (6, 3)
   assert from_step3.pretrain_tokens == 3 * 8 * 16
   # Finetuning starts from the pretrained model: its loss before equals the pretraining's final loss.
-  assert first.domain_test_loss_before == pytest.approx(result.pretrain['final']['domain_test'], rel=1e-5)
+  assert first.domain_test_loss_before == pytest.approx(result.pretrain.final['domain_test'], rel=1e-5)
   assert from_step3.domain_test_loss_before != pytest.approx(first.domain_test_loss_before, rel=1e-6)
   best = result.best
   assert best.best_domain_test_loss == min(f.best_domain_test_loss for f in result.finetunes)
@@ -132,11 +134,11 @@ def test_the_pipeline_extends_its_grid_and_reports_both_protocols(tmp_path):
 
   first = result.finetunes[:2]
   expected = pipeline.extensions(config.finetune.grid, first, limit=1)
-  assert expected and [e['name'] for e in result.extended] == [pipeline.point_name(*p) for p in expected]
+  assert expected and [e.name for e in result.extended] == [pipeline.point_name(*p) for p in expected]
   names = [f.name for f in result.finetunes]
-  assert names[2:] == [e['name'] for e in result.extended]
+  assert names[2:] == [e.name for e in result.extended]
   report = (workdir / 'report.md').read_text()
-  assert all(f'Grid extended by `{e["name"]}`' in report for e in result.extended)
+  assert all(f'Grid extended by `{e.name}`' in report for e in result.extended)
 
   for point in result.finetunes:
     logged = map(json.loads, open(workdir / 'finetune' / point.name / 'metrics.jsonl'))
@@ -156,3 +158,28 @@ def test_the_pipeline_extends_its_grid_and_reports_both_protocols(tmp_path):
   read = records.PipelineSummary.from_json(json.loads((workdir / 'summary.json').read_text()))
   assert (read.best_clean, read.best) == (clean, result.best)
   assert (read.finetunes, read.extended) == (result.finetunes, result.extended)
+
+
+def test_a_preemption_during_one_pipelines_pretraining_stops_every_pipeline_before_finetuning(tmp_path, monkeypatch):
+  data = test_loop.tiny_data()
+  configs = [test_loop.tiny_config(seed=seed, steps=6, checkpoint_every=3) for seed in (0, 1)]
+  for config in configs:
+    config.finetune.grid, config.finetune.max_steps = ((1e-3, 1),), 2
+  local_batch = mixture_lib.Mixture.local_batch
+
+  def notice_in_seed_1(self, step, *args):  # The notice arrives while the second pipeline pretrains.
+    if self.seed == 1 and step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return local_batch(self, step, *args)
+
+  monkeypatch.setattr(mixture_lib.Mixture, 'local_batch', notice_in_seed_1)
+  workdirs = [str(tmp_path / f'w{seed}') for seed in (0, 1)]
+  results = pipeline.run_pipelines([(c, w, data) for c, w in zip(configs, workdirs, strict=True)])
+  assert [r.stop_reason for r in results] == ['preempted', 'preempted']
+  assert results[0].pretrain.stop_reason == 'budget' and results[1].pretrain.stop_reason == 'preempted'
+  assert not any(r.finetunes for r in results)
+  trained = [files for _, _, files in os.walk(os.path.join(workdirs[0], 'finetune')) if 'metrics.jsonl' in files]
+  assert not trained  # Its folder is only held (locked), nothing ran in it.
+  monkeypatch.setattr(mixture_lib.Mixture, 'local_batch', local_batch)
+  again = pipeline.run_pipelines([(c, w, data) for c, w in zip(configs, workdirs, strict=True)])  # The rerun.
+  assert [r.stop_reason for r in again] == ['budget', 'budget'] and all(len(r.finetunes) == 1 for r in again)

@@ -3,6 +3,8 @@
 import dataclasses
 import json
 
+import pytest
+
 from spt_jax.storage import files, records
 
 
@@ -29,3 +31,25 @@ def test_a_finetune_point_round_trips_through_summary_json_and_reads_older_recor
   older = records.FinetunePoint.from_json({k: v for k, v in record.items() if k not in ('init_step', 'mcqa_at_best')})
   assert older.init_step is None and older.mcqa_at_best == {}
   assert dataclasses.replace(older, general_test_loss_after=None).forgetting is None
+
+
+def test_a_run_summary_round_trips_with_its_evaluations_and_refuses_what_is_not_one():
+  best = records.Evaluation(step=8, tokens=256, eval={'domain_test': 1.5}, epochs={'domain': 0.8})
+  summary = records.RunSummary(
+    stage='finetune', steps=10, tokens=320, stop_reason='early_stopping', initial={'domain_test': 3.0}, best=best
+  )
+  record = json.loads(files.dumps(summary))
+  assert record['best'] == {
+    'step': 8,
+    'tokens': 256,
+    'eval': {'domain_test': 1.5},
+    'epochs': {'domain': 0.8},
+    'mcqa': {},
+  }
+  again = records.RunSummary.from_json({**record, 'a_field_of_a_later_version': 1})
+  assert again == summary and again.best.eval['domain_test'] == 1.5 and again.finished
+  older = records.RunSummary.from_json({k: record[k] for k in ('stage', 'steps', 'tokens', 'stop_reason')})
+  assert older.best is None and older.stage_deltas is None and older.timing == {}
+  assert not dataclasses.replace(older, stop_reason='preempted').finished
+  with pytest.raises(ValueError, match='without steps, stop_reason'):
+    records.RunSummary.from_json({'stage': 'pretrain', 'tokens': 0})

@@ -64,12 +64,12 @@ def test_pretraining_runs_together_equal_the_runs_alone(tmp_path):
   alone = [loop.run(c, str(tmp_path / f'alone{i}'), data=data) for i, c in enumerate(configs)]
   runs = [loop.Run(c, str(tmp_path / f'together{i}'), data=data) for i, c in enumerate(configs)]
   together = loop.run_many(runs, together=3)
-  assert [s['steps'] for s in together] == [s['steps'] for s in alone] == [12, 12, 8]
+  assert [s.steps for s in together] == [s.steps for s in alone] == [12, 12, 8]
   for i in range(3):
     _assert_same_run(str(tmp_path / f'alone{i}'), str(tmp_path / f'together{i}'))
   # Finished runs are not trained again, together or not.
   again = loop.run_many(runs, together=3)
-  assert [s['wall_time_s'] for s in again] == [s['wall_time_s'] for s in together]
+  assert [s.wall_time_s for s in again] == [s.wall_time_s for s in together]
 
 
 def test_a_finetuning_grid_together_stops_each_point_as_alone(tmp_path, monkeypatch):
@@ -91,10 +91,10 @@ def test_a_finetuning_grid_together_stops_each_point_as_alone(tmp_path, monkeypa
     ]
     for point, summary in zip(grid, loop.run_many(runs, together=count), strict=True):
       results[point] = summary
-  steps = [together[point]['steps'] for point in grid]
-  assert [alone[point]['steps'] for point in grid] == steps
+  steps = [together[point].steps for point in grid]
+  assert [alone[point].steps for point in grid] == steps
   assert min(steps) < max(steps) == 12, steps  # Some point stopped early while another trained to the end.
-  assert [together[point]['stop_reason'] for point in grid] == ['budget', 'early_stopping', 'early_stopping']
+  assert [together[point].stop_reason for point in grid] == ['budget', 'early_stopping', 'early_stopping']
   assert shrinks == [[0]]  # Once two of three stopped, the stack kept only the first point.
   for point in grid:
     name = pipeline.point_name(*point)
@@ -167,7 +167,7 @@ def test_a_stack_resumed_from_different_steps_reproduces_every_loss_bit_for_bit(
       if folder.name.isdigit() and int(folder.name) > keep_until:
         shutil.rmtree(folder)
   summaries = run_all(resumed)
-  assert [s['steps'] for s in summaries] == [6, 6, 12, 12]
+  assert [s.steps for s in summaries] == [6, 6, 12, 12]
   for i in range(4):
     expected, got = _records(tmp_path / 'reference' / f'run{i}'), _records(resumed / f'run{i}')
     assert [{k: v for k, v in r.items() if not k.startswith(_MACHINE)} for r in got] == [
@@ -192,7 +192,7 @@ mixture_lib.Mixture.local_batch = delayed
 data = tiny_data()
 configs = [tiny_config(seed=seed, **{'mixture.domain_fraction': delta}) for seed, delta in ((0, 0.1), (1, 0.4))]
 summaries = loop.run_many([loop.Run(c, f'{root}/run{i}', data=data) for i, c in enumerate(configs)], together=2)
-print('STOP', [s['stop_reason'] for s in summaries])
+print('STOP', [s.stop_reason for s in summaries])
 """
 
 

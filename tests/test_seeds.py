@@ -24,6 +24,7 @@ def _arm(root, name, delta, post_ft_loss, general_after, best_step=20, clean=Non
     'seq_len': 32,
     'tokens': 1000,
     'steps': 10,
+    'stop_reason': 'budget',
   }
   (workdir / 'pretrain' / 'summary.json').write_text(json.dumps(summary))
 
@@ -65,15 +66,17 @@ def test_compare_over_seeds_by_hand(tmp_path):
     1: (_arm(tmp_path, 'npt1', 0.0, 2.2, 4.1), _arm(tmp_path, 'spt1', 0.1, 2.2, 3.6)),
   }
   result = seeds.compare(pairs)
-  assert [r['gain_pct'] for r in result['rows']] == pytest.approx([5.0, 0.0])
-  s = result['summary']
-  assert s['gain_pct']['mean'] == pytest.approx(2.5) and s['gain_pct']['sd'] == pytest.approx(np.std([5, 0], ddof=1))
-  assert s['npt_forgetting']['mean'] == pytest.approx(0.55) and s['spt_forgetting']['mean'] == pytest.approx(0.15)
-  assert s['seeds_spt_better'] == 1 and result['seeds'] == 2
+  assert [r.gain_pct for r in result.rows] == pytest.approx([5.0, 0.0])
+  s = result
+  assert s.gain_pct.mean == pytest.approx(2.5) and s.gain_pct.sd == pytest.approx(np.std([5, 0], ddof=1))
+  assert s.npt_forgetting.mean == pytest.approx(0.55) and s.spt_forgetting.mean == pytest.approx(0.15)
+  assert s.seeds_spt_better == 1 and result.seeds == 2
   table = seeds.format_tables(result)
   assert '| 0 | 4.0000 | 2.0000 | 4.0000 | 1.9000 | +5.00% |' in table
   assert '2.50 ± 3.54%' in table
-  assert seeds.plus_minus(seeds.spread([1.0])) == '1.0000'  # One seed: no standard deviation.
+  assert (
+    seeds.spread([1.0]).plus_minus() == '1.0000' and seeds.spread([1.0]).interval() == '–'
+  )  # One seed: no standard deviation.
 
 
 def test_the_clean_protocol_and_forgetting_at_equal_steps_by_hand(tmp_path):
@@ -88,15 +91,15 @@ def test_the_clean_protocol_and_forgetting_at_equal_steps_by_hand(tmp_path):
     1: (_arm(tmp_path, 'npt1', 0.0, 2.2, 4.1), _arm(tmp_path, 'spt1', 0.1, 2.2, 3.6)),  # No validation split.
   }
   result = seeds.compare(pairs)
-  first, second = result['rows']
+  first, second = result.rows
   # Equal steps: the earlier selected step (10), read from both finetunes' metrics (general 3.5 + 0.01 * step).
-  assert first['equal_steps'] == {'step': 10, 'npt': pytest.approx(0.1), 'spt': pytest.approx(0.1)}
-  assert second['equal_steps']['step'] == 20
-  assert first['gain_pct_clean'] == pytest.approx(100 * (2.1 - 2.0) / 2.1) and 'gain_pct_clean' not in second
-  assert first['npt']['clean']['forgetting'] == pytest.approx(0.3) and second['npt']['clean'] is None
-  s = result['summary']
-  assert s['gain_pct_clean']['n'] == 1 and s['seeds_spt_better_clean'] == 1
-  assert s['npt_forgetting_equal_steps']['mean'] == pytest.approx(0.15)
+  assert first.equal_steps.step == 10 and (first.equal_steps.npt, first.equal_steps.spt) == pytest.approx((0.1, 0.1))
+  assert second.equal_steps.step == 20
+  assert first.gain_pct_clean == pytest.approx(100 * (2.1 - 2.0) / 2.1) and second.gain_pct_clean is None
+  assert first.npt.clean.forgetting == pytest.approx(0.3) and second.npt.clean is None
+  s = result
+  assert s.gain_pct_clean.n == 1 and s.seeds_spt_better_clean == 1
+  assert s.npt_forgetting_equal_steps.mean == pytest.approx(0.15)
   table = seeds.format_tables(result)
   assert '| 0 | 10 | +0.1000 | +0.1000 |' in table and '| 0 | 2.1000 | 2.0000 | +4.76% | +0.3000 | +0.1000 |' in table
 

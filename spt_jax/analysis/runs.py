@@ -19,7 +19,7 @@ class Run:
 
   path: str
   config: dict
-  summary: dict  # The pretraining run's summary.json.
+  summary: records.RunSummary  # The (pretraining) run's summary.json.
   metrics: list  # The pretraining run's metrics.jsonl records.
   finetunes: list[records.FinetunePoint]  # The pipeline's finetuning runs ([] for a single run).
 
@@ -30,9 +30,9 @@ class Run:
   @property
   def domain_fraction(self) -> float:
     """δ of the stages the run used (SCPT: its stage δ); summaries older than stage_deltas recorded the base δ."""
-    value = self.summary.get('domain_fraction')
+    value = self.summary.domain_fraction
     stages = self.config.get('mixture', {}).get('stages') or ()
-    if stages and 'stage_deltas' not in self.summary:
+    if stages and self.summary.stage_deltas is None:
       value = max(float(dict(weights).get('domain', 0.0)) for _, weights in stages)
     if value is None:
       value = self.config.get('mixture', {}).get('domain_fraction')
@@ -42,15 +42,15 @@ class Run:
 
   @property
   def tokenizer(self) -> str:
-    return str(self.summary.get('tokenizer') or self.config.get('data', {}).get('tokenizer', ''))
+    return str(self.summary.tokenizer or self.config.get('data', {}).get('tokenizer', ''))
 
   @property
   def seq_len(self):
-    return self.summary.get('seq_len') or self.config.get('data', {}).get('seq_len')
+    return self.summary.seq_len or self.config.get('data', {}).get('seq_len')
 
   @property
   def model(self) -> str:
-    return str(self.summary.get('model') or self.config.get('model', {}).get('preset', ''))
+    return str(self.summary.model or self.config.get('model', {}).get('preset', ''))
 
 
 def _read_json(path: str, what: str):
@@ -84,7 +84,7 @@ def read(workdir: str) -> Run:
   config = _read_json(config_path, 'not a spt_jax workdir') if os.path.exists(config_path) else {}
   metrics = _read_metrics(os.path.join(run_dir, layout.METRICS))
   finetunes = [] if top is None else records.PipelineSummary.from_json(top).finetunes
-  return Run(workdir, config, summary, metrics, finetunes)
+  return Run(workdir, config, records.RunSummary.from_json(summary), metrics, finetunes)
 
 
 def check_consistent(runs: list) -> None:

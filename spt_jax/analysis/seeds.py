@@ -7,6 +7,7 @@ chosen on validation, its test loss reported). Forgetting is compared at each ar
 finetuning steps (the earlier of the two arms' selected steps, in both arms' selected finetunes).
 """
 
+import dataclasses
 import math
 import os
 
@@ -20,60 +21,148 @@ from spt_jax.storage import files, layout, markdown, records
 SETS = ('domain_test', 'general_test')
 
 
-def _clean(run: runs_lib.Run, pretrain_tokens: float) -> dict | None:
-  """The clean protocol's choice among the finetunes of one pretraining checkpoint (None without validation)."""
-  best = records.best_clean([f for f in run.finetunes if float(f.pretrain_tokens) == pretrain_tokens])
-  if best is None:
-    return None
-  return {
-    'post_ft_loss': float(best.clean.domain_test_loss),
-    'forgetting': best.clean_forgetting,
-    'best_finetune': best.name,
-    'best_step': int(best.clean.step),
-  }
+@dataclasses.dataclass(frozen=True)
+class Spread:
+  """Mean, sample standard deviation and the 95% confidence interval of the mean (Student's t) of n values."""
+
+  mean: float | None
+  sd: float | None
+  n: int
+  ci95: list | None  # [low, high]
+
+  def plus_minus(self, digits: int = 4, suffix: str = '') -> str:
+    """'mean ± sd' ('mean' alone for one value, '–' for none)."""
+    if self.mean is None:
+      return '–'
+    sd = '' if self.sd is None else f' ± {self.sd:.{digits}f}'
+    return f'{self.mean:.{digits}f}{sd}{suffix}'
+
+  def interval(self, digits: int = 2, suffix: str = '') -> str:
+    """'[low, high]' of the 95% confidence interval of the mean ('–' with fewer than two values)."""
+    if self.ci95 is None:
+      return '–'
+    low, high = self.ci95
+    return f'[{low:.{digits}f}, {high:.{digits}f}]{suffix}'
 
 
-def arm(run: runs_lib.Run) -> dict:
-  """One arm's numbers: pre- and post-finetuning domain loss, general loss before and after, forgetting (and
-  under 'clean' the same by the clean protocol, None without a validation split)."""
-  points = runs_lib.finetune_points(run)
-  if not points:
-    raise ValueError(f'{run.path}: no finetune with a finite best_domain_test_loss; rerun the study to finish it')
-  best = points[-1]
-  return {
-    'clean': _clean(run, float(best.pretrain_tokens)),
-    'run': run.name,
-    'delta': run.domain_fraction,
-    'pretrain_tokens': float(best.pretrain_tokens),
-    'pre_ft_loss': float(best.domain_test_loss_before),
-    'post_ft_loss': float(best.best_domain_test_loss),
-    'general_before': float(best.general_test_loss_before),
-    'general_after': float(best.general_test_loss_after),
-    'forgetting': best.forgetting,
-    'best_finetune': best.name,
-    'best_step': int(best.best_step),
-    'epochs': float(best.epochs),
-    'stopped_early': best.stop_reason == 'early_stopping',  # The domain loss turned up (else: out of steps).
-  }
-
-
-def spread(values) -> dict:
-  """Mean, sample standard deviation and the 95% confidence interval of the mean (Student's t) of the finite
-  values; None where there are too few."""
+def spread(values) -> Spread:
+  """The Spread of the finite values (None where there are too few)."""
   values = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
   sd = float(values.std(ddof=1)) if len(values) > 1 else None
   mean = float(values.mean()) if len(values) else None
   half = None if sd is None else float(stats.t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values))
   ci95 = None if half is None else [mean - half, mean + half]
-  return {'mean': mean, 'sd': sd, 'n': int(len(values)), 'ci95': ci95}
+  return Spread(mean, sd, int(len(values)), ci95)
 
 
-def interval(summary: dict, digits: int = 2, suffix: str = '') -> str:
-  """'[lo, hi]' of a spread's 95% confidence interval of the mean ('–' with fewer than two values)."""
-  if summary.get('ci95') is None:
-    return '–'
-  low, high = summary['ci95']
-  return f'[{low:.{digits}f}, {high:.{digits}f}]{suffix}'
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  """The clean protocol's choice in one arm: the point and step selected on validation, its test loss."""
+
+  post_ft_loss: float
+  forgetting: float | None
+  best_finetune: str
+  best_step: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One arm (a pipeline) by the paper's protocol: its best finetune from its last pretraining checkpoint."""
+
+  run: str
+  delta: float
+  pretrain_tokens: float
+  pre_ft_loss: float  # Domain test loss before finetuning ...
+  post_ft_loss: float  # ... and at the best finetuning step.
+  general_before: float
+  general_after: float
+  forgetting: float | None
+  best_finetune: str
+  best_step: int
+  epochs: float  # Domain epochs seen by the best step.
+  stopped_early: bool  # The domain loss turned up (else: out of steps).
+  clean: Choice | None = None  # None without a validation split.
+
+
+@dataclasses.dataclass(frozen=True)
+class EqualSteps:
+  """Both arms' forgetting after the same number of finetuning steps (None where a finetune did not evaluate)."""
+
+  step: int
+  npt: float | None
+  spt: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Seed:
+  """One seed's two arms and the relative gain G of SPT over NPT (%)."""
+
+  seed: int
+  npt: Arm
+  spt: Arm
+  gain_pct: float
+  equal_steps: EqualSteps
+  gain_pct_clean: float | None = None  # By the clean protocol, where both arms had a validation split.
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+  """NPT→FT against SPT→FT over seeds: each seed, then the spread of every quantity over them."""
+
+  rows: list[Seed]
+  npt_pre_ft_loss: Spread
+  npt_post_ft_loss: Spread
+  spt_pre_ft_loss: Spread
+  spt_post_ft_loss: Spread
+  gain_pct: Spread
+  seeds_spt_better: int
+  npt_forgetting: Spread
+  spt_forgetting: Spread
+  npt_general_after: Spread
+  spt_general_after: Spread
+  npt_forgetting_equal_steps: Spread
+  spt_forgetting_equal_steps: Spread
+  # The clean protocol, over the seeds whose arms both had a validation split (None: no seed had one).
+  gain_pct_clean: Spread | None = None
+  seeds_spt_better_clean: int | None = None
+  npt_forgetting_clean: Spread | None = None
+  spt_forgetting_clean: Spread | None = None
+
+  @property
+  def seeds(self) -> int:
+    return len(self.rows)
+
+
+def _clean(run: runs_lib.Run, pretrain_tokens: float) -> Choice | None:
+  """The clean protocol's choice among the finetunes of one pretraining checkpoint (None without validation)."""
+  best = records.best_clean([f for f in run.finetunes if float(f.pretrain_tokens) == pretrain_tokens])
+  if best is None:
+    return None
+  return Choice(float(best.clean.domain_test_loss), best.clean_forgetting, best.name, int(best.clean.step))
+
+
+def arm(run: runs_lib.Run) -> Arm:
+  """One arm's numbers: pre- and post-finetuning domain loss, general loss before and after, forgetting (and
+  the same by the clean protocol)."""
+  points = runs_lib.finetune_points(run)
+  if not points:
+    raise ValueError(f'{run.path}: no finetune with a finite best_domain_test_loss; rerun the study to finish it')
+  best = points[-1]
+  return Arm(
+    run=run.name,
+    delta=run.domain_fraction,
+    pretrain_tokens=float(best.pretrain_tokens),
+    pre_ft_loss=float(best.domain_test_loss_before),
+    post_ft_loss=float(best.best_domain_test_loss),
+    general_before=float(best.general_test_loss_before),
+    general_after=float(best.general_test_loss_after),
+    forgetting=best.forgetting,
+    best_finetune=best.name,
+    best_step=int(best.best_step),
+    epochs=float(best.epochs),
+    stopped_early=best.stop_reason == 'early_stopping',
+    clean=_clean(run, float(best.pretrain_tokens)),
+  )
 
 
 def _general_at(run: runs_lib.Run, finetune: str, step: int) -> float | None:
@@ -84,56 +173,58 @@ def _general_at(run: runs_lib.Run, finetune: str, step: int) -> float | None:
   return float(losses[-1]) if losses else None
 
 
-def _equal_steps(npt_run, spt_run, a: dict, b: dict) -> dict:
+def _equal_steps(npt_run, spt_run, a: Arm, b: Arm) -> EqualSteps:
   """Both arms' forgetting after the same number of finetuning steps: the earlier of their selected steps."""
-  step = min(a['best_step'], b['best_step'])
-  out = {'step': step}
-  for key, run, numbers in (('npt', npt_run, a), ('spt', spt_run, b)):
-    general = _general_at(run, numbers['best_finetune'], step)
-    out[key] = None if general is None else general - numbers['general_before']
-  return out
+  step = min(a.best_step, b.best_step)
+  forgetting = []
+  for run, numbers in ((npt_run, a), (spt_run, b)):
+    general = _general_at(run, numbers.best_finetune, step)
+    forgetting.append(None if general is None else general - numbers.general_before)
+  return EqualSteps(step, *forgetting)
 
 
-def compare(pairs: dict) -> dict:
+def compare(pairs: dict) -> Comparison:
   """pairs: seed -> (NPT Run, SPT Run). Per-seed rows and, over seeds, mean and sample standard deviation."""
   rows = []
   for seed, (npt, spt) in sorted(pairs.items()):
     runs_lib.check_consistent([npt, spt])
     a, b = arm(npt), arm(spt)
-    row = {'seed': seed, 'npt': a, 'spt': b, 'gain_pct': gains_lib.relative_gain(a['post_ft_loss'], b['post_ft_loss'])}
-    row['equal_steps'] = _equal_steps(npt, spt, a, b)
-    if a['clean'] and b['clean']:
-      row['gain_pct_clean'] = gains_lib.relative_gain(a['clean']['post_ft_loss'], b['clean']['post_ft_loss'])
-    rows.append(row)
-  summary = {
-    'npt_post_ft_loss': spread(r['npt']['post_ft_loss'] for r in rows),
-    'spt_post_ft_loss': spread(r['spt']['post_ft_loss'] for r in rows),
-    'npt_pre_ft_loss': spread(r['npt']['pre_ft_loss'] for r in rows),
-    'spt_pre_ft_loss': spread(r['spt']['pre_ft_loss'] for r in rows),
-    'gain_pct': spread(r['gain_pct'] for r in rows),
-    'npt_forgetting': spread(r['npt']['forgetting'] for r in rows),
-    'spt_forgetting': spread(r['spt']['forgetting'] for r in rows),
-    'npt_general_after': spread(r['npt']['general_after'] for r in rows),
-    'spt_general_after': spread(r['spt']['general_after'] for r in rows),
-  }
-  gains = [r['gain_pct'] for r in rows]
-  summary['seeds_spt_better'] = int(sum(g > 0 for g in gains))
-  summary['npt_forgetting_equal_steps'] = spread(r['equal_steps']['npt'] for r in rows)
-  summary['spt_forgetting_equal_steps'] = spread(r['equal_steps']['spt'] for r in rows)
-  clean = [r for r in rows if 'gain_pct_clean' in r]
-  if clean:  # The clean protocol, over the seeds whose arms both had a validation split.
-    summary['gain_pct_clean'] = spread(r['gain_pct_clean'] for r in clean)
-    summary['seeds_spt_better_clean'] = int(sum(r['gain_pct_clean'] > 0 for r in clean))
-    summary['npt_forgetting_clean'] = spread(r['npt']['clean']['forgetting'] for r in clean)
-    summary['spt_forgetting_clean'] = spread(r['spt']['clean']['forgetting'] for r in clean)
-  return {'rows': rows, 'summary': summary, 'seeds': len(rows)}
+    clean = gains_lib.relative_gain(a.clean.post_ft_loss, b.clean.post_ft_loss) if a.clean and b.clean else None
+    gain = gains_lib.relative_gain(a.post_ft_loss, b.post_ft_loss)
+    rows.append(Seed(seed, a, b, gain, _equal_steps(npt, spt, a, b), clean))
+  clean = [r for r in rows if r.gain_pct_clean is not None]
+  return Comparison(
+    rows=rows,
+    npt_pre_ft_loss=spread(r.npt.pre_ft_loss for r in rows),
+    npt_post_ft_loss=spread(r.npt.post_ft_loss for r in rows),
+    spt_pre_ft_loss=spread(r.spt.pre_ft_loss for r in rows),
+    spt_post_ft_loss=spread(r.spt.post_ft_loss for r in rows),
+    gain_pct=spread(r.gain_pct for r in rows),
+    seeds_spt_better=sum(r.gain_pct > 0 for r in rows),
+    npt_forgetting=spread(r.npt.forgetting for r in rows),
+    spt_forgetting=spread(r.spt.forgetting for r in rows),
+    npt_general_after=spread(r.npt.general_after for r in rows),
+    spt_general_after=spread(r.spt.general_after for r in rows),
+    npt_forgetting_equal_steps=spread(r.equal_steps.npt for r in rows),
+    spt_forgetting_equal_steps=spread(r.equal_steps.spt for r in rows),
+    **(
+      {
+        'gain_pct_clean': spread(r.gain_pct_clean for r in clean),
+        'seeds_spt_better_clean': sum(r.gain_pct_clean > 0 for r in clean),
+        'npt_forgetting_clean': spread(r.npt.clean.forgetting for r in clean),
+        'spt_forgetting_clean': spread(r.spt.clean.forgetting for r in clean),
+      }
+      if clean
+      else {}
+    ),
+  )
 
 
 def trajectory(run: runs_lib.Run) -> dict:
   """Domain and general test loss through pretraining, then through the best finetune (tokens continue)."""
   best = arm(run)
-  finetune = files.read_jsonl(os.path.join(layout.finetune_dir(run.path, best['best_finetune']), layout.METRICS))
-  return trajectory_of(run.metrics, finetune, best['pretrain_tokens'], best['best_step'])
+  finetune = files.read_jsonl(os.path.join(layout.finetune_dir(run.path, best.best_finetune), layout.METRICS))
+  return trajectory_of(run.metrics, finetune, best.pretrain_tokens, best.best_step)
 
 
 def trajectory_of(pretrain_metrics: list, finetune_metrics: list, start_tokens: float, best_step: int) -> dict:
@@ -153,51 +244,49 @@ def trajectory_of(pretrain_metrics: list, finetune_metrics: list, start_tokens: 
   return out
 
 
-def plus_minus(summary: dict, digits: int = 4, suffix: str = '') -> str:
-  if summary['mean'] is None:
-    return '–'
-  sd = '' if summary['sd'] is None else f' ± {summary["sd"]:.{digits}f}'
-  return f'{summary["mean"]:.{digits}f}{sd}{suffix}'
-
-
-def format_tables(result: dict) -> str:
+def format_tables(result: Comparison) -> str:
   """Markdown: one row per seed, then mean ± sd over seeds."""
   rows = []
-  for r in result['rows']:
-    a, b = r['npt'], r['spt']
+  for r in result.rows:
+    a, b = r.npt, r.spt
     rows.append(
-      [r['seed'], *(f'{x:.4f}' for x in (a['pre_ft_loss'], a['post_ft_loss'], b['pre_ft_loss'], b['post_ft_loss']))]
-      + [f'{r["gain_pct"]:+.2f}%', f'{a["forgetting"]:+.4f}', f'{b["forgetting"]:+.4f}']
-      + [f'{arm["best_finetune"]} @{arm["best_step"]} ({arm["epochs"]:.1f} ep)' for arm in (a, b)]
+      [r.seed, *(f'{x:.4f}' for x in (a.pre_ft_loss, a.post_ft_loss, b.pre_ft_loss, b.post_ft_loss))]
+      + [f'{r.gain_pct:+.2f}%', f'{a.forgetting:+.4f}', f'{b.forgetting:+.4f}']
+      + [f'{arm.best_finetune} @{arm.best_step} ({arm.epochs:.1f} ep)' for arm in (a, b)]
     )
-  s = result['summary']
   rows.append(
     ['mean ± sd']
-    + [plus_minus(s[key]) for key in ('npt_pre_ft_loss', 'npt_post_ft_loss', 'spt_pre_ft_loss', 'spt_post_ft_loss')]
-    + [plus_minus(s['gain_pct'], 2, '%'), plus_minus(s['npt_forgetting']), plus_minus(s['spt_forgetting']), '', '']
+    + [
+      x.plus_minus()
+      for x in (result.npt_pre_ft_loss, result.npt_post_ft_loss, result.spt_pre_ft_loss, result.spt_post_ft_loss)
+    ]
+    + [
+      result.gain_pct.plus_minus(2, '%'),
+      result.npt_forgetting.plus_minus(),
+      result.spt_forgetting.plus_minus(),
+      '',
+      '',
+    ]
   )
   header = ['seed', 'NPT pre-FT', 'NPT→FT', 'SPT pre-FT', 'SPT→FT', 'G', 'NPT forgetting', 'SPT forgetting']
   lines = markdown.table([*header, 'NPT best FT', 'SPT best FT'], rows)
-  equal = [
-    [r['seed'], r['equal_steps']['step'], *(_signed(r['equal_steps'][k]) for k in ('npt', 'spt'))]
-    for r in result['rows']
-  ]
+  equal = [[r.seed, r.equal_steps.step, _signed(r.equal_steps.npt), _signed(r.equal_steps.spt)] for r in result.rows]
   equal.append(
-    ['mean ± sd', '', plus_minus(s['npt_forgetting_equal_steps']), plus_minus(s['spt_forgetting_equal_steps'])]
+    ['mean ± sd', '', result.npt_forgetting_equal_steps.plus_minus(), result.spt_forgetting_equal_steps.plus_minus()]
   )
   lines += ['', 'Forgetting at equal finetuning steps (the earlier of the two selected steps):', '']
   lines += markdown.table(['seed', 'step', 'NPT forgetting', 'SPT forgetting'], equal)
-  if 'gain_pct_clean' in s:
+  if result.gain_pct_clean is not None:
     clean = [
-      [r['seed'], *(f'{r[k]["clean"]["post_ft_loss"]:.4f}' for k in ('npt', 'spt')), f'{r["gain_pct_clean"]:+.2f}%']
-      + [_signed(r[k]['clean']['forgetting']) for k in ('npt', 'spt')]
-      + [f'{r[k]["clean"]["best_finetune"]} @{r[k]["clean"]["best_step"]}' for k in ('npt', 'spt')]
-      for r in result['rows']
-      if 'gain_pct_clean' in r
+      [r.seed, f'{r.npt.clean.post_ft_loss:.4f}', f'{r.spt.clean.post_ft_loss:.4f}', f'{r.gain_pct_clean:+.2f}%']
+      + [_signed(r.npt.clean.forgetting), _signed(r.spt.clean.forgetting)]
+      + [f'{c.best_finetune} @{c.best_step}' for c in (r.npt.clean, r.spt.clean)]
+      for r in result.rows
+      if r.gain_pct_clean is not None
     ]
     clean.append(
-      ['mean ± sd', '', '', plus_minus(s['gain_pct_clean'], 2, '%')]
-      + [plus_minus(s['npt_forgetting_clean']), plus_minus(s['spt_forgetting_clean']), '', '']
+      ['mean ± sd', '', '', result.gain_pct_clean.plus_minus(2, '%')]
+      + [result.npt_forgetting_clean.plus_minus(), result.spt_forgetting_clean.plus_minus(), '', '']
     )
     lines += ['', 'The clean protocol (point and step selected on the validation split, test loss reported):', '']
     header = ['seed', 'NPT→FT', 'SPT→FT', 'G', 'NPT forgetting', 'SPT forgetting', 'NPT chosen', 'SPT chosen']

@@ -1,6 +1,7 @@
-"""Typed records of what the pipeline writes and the analysis reads back from `summary.json`.
+"""Typed records of what the runs and the pipeline write and the analysis reads back from `summary.json`.
 
-A pipeline's `W/summary.json` is a `PipelineSummary`: its pretraining run's summary, one `FinetunePoint` per
+A run's `summary.json` is a `RunSummary` (its best evaluations are `Evaluation`s), written by the loop. A
+pipeline's `W/summary.json` is a `PipelineSummary`: its pretraining run's summary, one `FinetunePoint` per
 finetuning run and the best of them under each protocol (`best`: the paper's, stopping and selecting on the
 domain test split; `best_clean`: selecting on a validation split held out beside it, `Selection`). The pipeline
 builds them; the analysis and the studies read them back with `from_json`, which takes the JSON a run wrote
@@ -9,6 +10,71 @@ builds them; the analysis and the studies read them back with `from_json`, which
 
 import dataclasses
 import math
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """An evaluation a run kept: its best on the domain test split (or on the validation split)."""
+
+  step: int
+  tokens: int = 0
+  eval: dict = dataclasses.field(default_factory=dict)  # Loss of each eval set: {'domain_test': 2.1, ...}.
+  epochs: dict = dataclasses.field(default_factory=dict)  # Epochs of each source seen by that step.
+  mcqa: dict = dataclasses.field(default_factory=dict)  # Multiple-choice accuracies, when the run has tasks.
+
+  @classmethod
+  def from_json(cls, record: dict | None) -> 'Evaluation | None':
+    return None if record is None else cls(**_known(cls, record))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+  """How one run (a pretraining, a finetune) ended: its workdir's summary.json, written when it stops."""
+
+  stage: str  # pretrain | finetune
+  steps: int
+  tokens: int
+  stop_reason: str  # budget | early_stopping | preempted | nonfinite_loss
+  initial: dict | None = None  # Eval losses before the first step.
+  final: dict | None = None  # The latest loss of every eval set.
+  best: Evaluation | None = None  # The lowest domain test loss.
+  best_valid: Evaluation | None = None  # The lowest validation loss, when the data has that split.
+  data: dict = dataclasses.field(default_factory=dict)  # The mixture's accounting: tokens and epochs by source.
+  model: str = ''  # The model preset.
+  domain_fraction: float | None = None  # The δ the run is labelled by (mixture.summary_deltas).
+  stage_deltas: list | None = None  # Each stage's δ (None in summaries older than stages).
+  params: int | None = None
+  seq_len: int | None = None
+  tokenizer: str = ''
+  lr: float | None = None
+  warmup_steps: int | None = None
+  batch_size: int | None = None
+  init_from: str | None = None
+  workdir: str = ''
+  init_checkpoint: str | None = None  # The step folder (or HF directory) the parameters came from.
+  init_step: int | None = None
+  last_checkpoint: int | None = None
+  wall_time_s: float | None = None
+  train_tokens_per_second: float | None = None
+  eval_seconds: float | None = None
+  timing: dict = dataclasses.field(default_factory=dict)  # Seconds by part of the run (loop.time_split).
+  decay: dict | None = None  # A WSD finetune's decay from its best step (finetune_decay), when it had one.
+
+  @classmethod
+  def from_json(cls, record: dict) -> 'RunSummary':
+    """The summary a run wrote; keys this version does not know are ignored, missing ones read as defaults."""
+    missing = [name for name in ('stage', 'steps', 'tokens', 'stop_reason') if name not in record]
+    if missing:
+      raise ValueError(f'a run summary without {", ".join(missing)}: not a summary.json that spt_jax wrote')
+    fields = _known(cls, record)
+    for key in ('best', 'best_valid'):
+      fields[key] = Evaluation.from_json(fields.get(key))
+    return cls(**fields)
+
+  @property
+  def finished(self) -> bool:
+    """Whether it ended as planned (its budget, or early stopping), not by preemption or a non-finite loss."""
+    return self.stop_reason in ('budget', 'early_stopping')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,23 +158,34 @@ def _known(cls, record: dict) -> dict:
   return {key: value for key, value in record.items() if key in names}
 
 
+@dataclasses.dataclass(frozen=True)
+class Extension:
+  """A finetuning point the pipeline added past the edge of its grid, and why."""
+
+  name: str  # The folder under W/finetune/.
+  why: str
+
+
 @dataclasses.dataclass
 class PipelineSummary:
   """What a pipeline did: W/summary.json (the pipeline's report is written from it)."""
 
-  pretrain: dict | None  # The pretraining run's summary.json (None: the run did not start, preempted).
+  pretrain: RunSummary | None  # The pretraining run's summary (None: the run did not start, preempted).
   stop_reason: str = 'budget'  # budget | early_stopping | preempted | nonfinite_loss: the pipeline's, of its stages.
   finetunes: list[FinetunePoint] = dataclasses.field(default_factory=list)
   best: FinetunePoint | None = None  # The paper's protocol: lowest domain test loss.
   best_clean: FinetunePoint | None = None  # The clean protocol: lowest validation loss, its test loss reported.
-  extended: list[dict] = dataclasses.field(default_factory=list)  # {'name', 'why'} of each point the grid gained.
+  extended: list[Extension] = dataclasses.field(default_factory=list)  # The points the grid gained.
   timing: dict = dataclasses.field(default_factory=dict)  # Seconds: prepare, pretrain, finetune, report.
   wall_time_s: float | None = None
 
   @classmethod
   def from_json(cls, record: dict) -> 'PipelineSummary':
     fields = _known(cls, record)
+    if fields.get('pretrain') is not None:
+      fields['pretrain'] = RunSummary.from_json(fields['pretrain'])
     fields['finetunes'] = [FinetunePoint.from_json(f) for f in fields.get('finetunes') or []]
+    fields['extended'] = [Extension(**e) for e in fields.get('extended') or []]
     for key in ('best', 'best_clean'):
       fields[key] = None if fields.get(key) is None else FinetunePoint.from_json(fields[key])
     return cls(**fields)

@@ -16,15 +16,16 @@ where rerun(config, workdir) is `run` with the same stage, grid point and data; 
 finetune.decay_steps into schedule.decay_steps.
 """
 
+import dataclasses
 import os
 import shutil
 
 from absl import logging
 
-from spt_jax.storage import layout
+from spt_jax.storage import layout, records
 
 
-def wants_decay(config, stage: str, summary: dict) -> bool:
+def wants_decay(config, stage: str, summary: records.RunSummary) -> bool:
   """Whether a finished finetune should now decay: WSD, decay_steps > 0, stopped early, not a decay run."""
   ft = config.finetune
   return (
@@ -32,7 +33,7 @@ def wants_decay(config, stage: str, summary: dict) -> bool:
     and ft.schedule == 'wsd'
     and ft.get('decay_steps', 0) > 0
     and ft.get('decay_from_step', -1) < 0
-    and summary.get('stop_reason') == 'early_stopping'
+    and summary.stop_reason == 'early_stopping'
   )
 
 
@@ -61,25 +62,25 @@ def _seed(workdir: str, decay_dir: str, best_step: int) -> bool:
   return True
 
 
-def after_early_stopping(config, workdir: str, summary: dict, stage: str, rerun) -> dict:
+def after_early_stopping(config, workdir: str, summary: records.RunSummary, stage: str, rerun) -> records.RunSummary:
   """The summary of a run, or, for a WSD finetune that stopped early, of its decay from the best checkpoint."""
   if not wants_decay(config, stage, summary):
     return summary
-  best_step = int((summary.get('best') or {}).get('step') or 0)
+  best_step = summary.best.step if summary.best else 0
   decay_dir = os.path.join(workdir, layout.DECAY)
   import jax  # noqa: PLC0415  jax on first use: importing this module stays light
 
   if jax.process_index() == 0 and not _seed(workdir, decay_dir, best_step):
     logging.warning('%s: no checkpoint at the best step %d; the WSD decay is skipped', workdir, best_step)
-    return dict(summary, decay={'skipped': f'no checkpoint at the best step {best_step}'})
+    return dataclasses.replace(summary, decay={'skipped': f'no checkpoint at the best step {best_step}'})
   decayed = rerun(decay_config(config, best_step), decay_dir)
-  return dict(
+  return dataclasses.replace(
     decayed,
     decay={
       'from_step': best_step,
       'steps': int(config.finetune.decay_steps),
       'workdir': os.path.abspath(decay_dir),
-      'stable_steps': summary['steps'],
-      'stable_best': summary.get('best'),
+      'stable_steps': summary.steps,
+      'stable_best': summary.best,
     },
   )

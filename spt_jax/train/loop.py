@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import grain
 import jax
@@ -28,7 +28,7 @@ from spt_jax.data import mixture as mixture_lib
 from spt_jax.data import prepare as prepare_lib
 from spt_jax.evals import heldout as evaluation
 from spt_jax.model import flops, sharding
-from spt_jax.storage import files, layout
+from spt_jax.storage import files, layout, records
 from spt_jax.train import checkpoint, finetune_decay, run_plan, validate
 from spt_jax.train import step as train
 
@@ -121,7 +121,7 @@ def _start_profiler_server(port: int) -> None:
   logging.info("Profiler server on port %d: capture a trace from TensorBoard's profile tab.", port)
 
 
-def run(config, workdir: str, *, stage: str | None = None, grid_point=None, data=None) -> dict:
+def run(config, workdir: str, *, stage: str | None = None, grid_point=None, data=None) -> records.RunSummary:
   """Trains one stage into workdir (resuming it when it holds a checkpoint) and returns its summary.
 
   data: a PreparedData to reuse (the pipeline prepares once for every stage); None prepares from the config.
@@ -150,7 +150,7 @@ def runs_at_once(runs_together: int) -> int:
   return runs_together or (1 if jax.default_backend() == 'cpu' else 8)
 
 
-def run_many(runs: Sequence[Run], together: int = 1) -> list[dict]:
+def run_many(runs: Sequence[Run], together: int = 1) -> list[records.RunSummary | None]:
   """Trains several runs, each into its own workdir exactly as `run` would, and returns their summaries in order
   (None for a run that did not start because an earlier one was preempted).
 
@@ -173,14 +173,14 @@ def run_many(runs: Sequence[Run], together: int = 1) -> list[dict]:
       groups[(_trainer_key(c, sharding.make_mesh(c.mesh)), c.batch_size, c.data.seq_len)].append(index)
     for group in groups.values():
       for start in range(0, len(group), together):
-        if any(s is not None and s['stop_reason'] == 'preempted' for s in summaries.values()):
+        if any(s is not None and s.stop_reason == 'preempted' for s in summaries.values()):
           break  # A preemption notice stops the whole set: what has not started starts on the rerun.
         chunk = group[start : start + together]
         built = []
         for index in chunk:
           r = runs[index]
           built.append(build(r.config, r.workdir, stage=r.stage, grid_point=r.grid_point, data=r.data, checked=True))
-        if all(isinstance(b, dict) for b in built):  # Finished before.
+        if all(isinstance(b, records.RunSummary) for b in built):  # Finished before.
           summaries.update(zip(chunk, built, strict=True))
         elif len(chunk) == 1:
           loop_, state, loop_state = built[0]
@@ -208,7 +208,7 @@ def stack_width(running: int, width: int) -> int:
   return width
 
 
-def _train_together(entries: list) -> list[dict]:
+def _train_together(entries: list) -> list[records.RunSummary]:
   """Trains runs that share one Trainer as one stack and returns their summaries.
 
   entries: (loop, state, loop state) of each run of the chunk, or the summary of one that has finished (its slot
@@ -218,16 +218,16 @@ def _train_together(entries: list) -> list[dict]:
   the runs step in lockstep (one resumed from a later checkpoint waits for the others) and the width at step s
   counts the runs that had not stopped by s, the finished ones included.
   """
-  live = [entry for entry in entries if not isinstance(entry, dict)]
+  live = [entry for entry in entries if not isinstance(entry, records.RunSummary)]
   trainer = live[0][0].trainer
   for loop_, state, loop_state in live:
     loop_.begin(state, loop_state)
   for loop_, *_ in live:  # The first windows start together, after every first evaluation.
     loop_.last_time = time.time()
-  loops = [None if isinstance(entry, dict) else entry[0] for entry in entries]
-  finished_at = [entry['steps'] if isinstance(entry, dict) else None for entry in entries]
+  loops = [None if isinstance(entry, records.RunSummary) else entry[0] for entry in entries]
+  finished_at = [entry.steps if isinstance(entry, records.RunSummary) else None for entry in entries]
   filler = live[0]  # What an idle slot holds: never updated, its outputs discarded.
-  stacked = trainer.stack([(filler if isinstance(entry, dict) else entry)[1] for entry in entries])
+  stacked = trainer.stack([(filler if isinstance(entry, records.RunSummary) else entry)[1] for entry in entries])
   del live, filler  # The stack holds the states now (and the step donates it).
   # Each run's learning-rate table, padded with its last value to the longest run's, on the device once.
   width = max(len(loop_.host_lr_table) for loop_ in loops if loop_)
@@ -338,8 +338,18 @@ class _RunMetrics:
     return {name: values[self.slot] for name, values in self.stacked.host().items()}
 
 
-def build(config, workdir: str, *, stage: str | None = None, grid_point=None, data=None, checked: bool = False):
-  """(loop, state, loop state) ready to train, or the summary of a run that already finished in workdir.
+class Built(NamedTuple):
+  """A run ready to train: its loop, its TrainState and its LoopState."""
+
+  loop: '_Loop'
+  state: Any
+  loop_state: LoopState
+
+
+def build(
+  config, workdir: str, *, stage: str | None = None, grid_point=None, data=None, checked: bool = False
+) -> Built | records.RunSummary:
+  """A run ready to train, or the summary of a run that already finished in workdir.
 
   checked: the caller (run) already validated the config before taking the workdir's lock.
   """
@@ -360,7 +370,7 @@ def build(config, workdir: str, *, stage: str | None = None, grid_point=None, da
   finished = _finished_summary(workdir, resume_step)
   if finished is not None:
     checkpoints.close()
-    logging.info('%s already finished (%s); nothing to do.', workdir, finished['stop_reason'])
+    logging.info('%s already finished (%s); nothing to do.', workdir, finished.stop_reason)
     return finished
   params = init_checkpoint = None
   if resume_step is None and c.init_from:  # Shapes are checked here, before data or compilation.
@@ -388,7 +398,7 @@ def build(config, workdir: str, *, stage: str | None = None, grid_point=None, da
     files.write_text(os.path.join(workdir, layout.TOKENIZER), data.tokenizer.to_str())
   loop_ = _Loop(plan, workdir, trainer, checkpoints, mixture, evaluator, data)
   loop_.setup_seconds = time.time() - started  # Data, restore, evaluation sets: this session's set-up.
-  return loop_, state, loop_state
+  return Built(loop_, state, loop_state)
 
 
 _TRAINERS = collections.OrderedDict()  # The few last Trainers, by everything their compiled steps depend on.
@@ -419,16 +429,14 @@ def _trainer(c, mesh) -> train.Trainer:
   return _TRAINERS[key]
 
 
-def _finished_summary(workdir: str, latest_step) -> dict | None:
+def _finished_summary(workdir: str, latest_step) -> records.RunSummary | None:
   """The summary of a run that ended on its budget or by early stopping at its latest checkpoint."""
   path = os.path.join(workdir, layout.SUMMARY)
   if latest_step is None or not os.path.exists(path):
     return None
   with open(path) as f:
-    summary = json.load(f)
-  if summary.get('stop_reason') in ('budget', 'early_stopping') and summary.get('steps') == latest_step:
-    return summary
-  return None
+    summary = records.RunSummary.from_json(json.load(f))
+  return summary if summary.finished and summary.steps == latest_step else None
 
 
 def _step_of(step_dir: str | None) -> int | None:
@@ -595,7 +603,7 @@ class _Loop:
       return None if step == self.steps or self.is_due(self.c.eval_every, step) else []
     return [name for name in self.evaluator.sets if self.is_due(intervals.get(name, self.c.eval_every), step)]
 
-  def train(self, state, loop_state: LoopState) -> dict:
+  def train(self, state, loop_state: LoopState) -> records.RunSummary:
     """Trains from loop_state.step to the end of the run (or a stop) and returns the summary."""
     self.begin(state, loop_state)
     with _Preemption() as preemption:
@@ -693,7 +701,7 @@ class _Loop:
       self.stop_reason = 'preempted'
     self.last_time, self.last_step, self.others_seconds = time.time(), step, 0.0
 
-  def finish(self) -> dict:
+  def finish(self) -> records.RunSummary:
     """The end of the session: the last metrics checked, checkpoints committed, the summary written."""
     if self.pending is not None and self.stop_reason is None:
       self.read(*self.pending)
@@ -724,37 +732,36 @@ class _Loop:
       'wall': round(wall, 3),
     }
 
-  def summarise(self, step: int, loop_state: LoopState) -> dict:
+  def summarise(self, step: int, loop_state: LoopState) -> records.RunSummary:
     c, stop_reason, train_seconds = self.c, self.stop_reason or 'budget', self.timing['train_seconds']
-    accounting = self.mixture.accounting(step)
-    summary = {
-      'stage': c.stage,
-      'steps': step,
-      'tokens': step * self.tokens_per_step,
-      'stop_reason': stop_reason,
-      'initial': loop_state.initial,
-      'final': (loop_state.last_eval or {}).get('eval'),
-      'best': loop_state.best,
-      'best_valid': loop_state.best_valid,
-      'data': {k: dict(v) for k, v in accounting.items()},
-      'model': c.model.get('preset', ''),
+    summary = records.RunSummary(
+      stage=c.stage,
+      steps=step,
+      tokens=step * self.tokens_per_step,
+      stop_reason=stop_reason,
+      initial=loop_state.initial,
+      final=(loop_state.last_eval or {}).get('eval'),
+      best=records.Evaluation.from_json(loop_state.best),
+      best_valid=records.Evaluation.from_json(loop_state.best_valid),
+      data={k: dict(v) for k, v in self.mixture.accounting(step).items()},
+      model=c.model.get('preset', ''),
       **mixture_lib.summary_deltas(c, step * self.tokens_per_step),
-      'params': flops.count_params(c.model)[0],
-      'seq_len': c.data.seq_len,
-      'tokenizer': (self.data.metadata or {}).get('tokenizer', ''),
-      'lr': c.optimizer.lr,
-      'warmup_steps': self.plan.warmup_steps,
-      'batch_size': c.batch_size,
-      'init_from': c.init_from,
-      'workdir': os.path.abspath(self.workdir),
-      'init_checkpoint': loop_state.init_checkpoint,
-      'init_step': _step_of(loop_state.init_checkpoint),
-      'last_checkpoint': self.checkpoints.latest_step(),
-      'wall_time_s': round(self.seconds(loop_state), 1),
-      'train_tokens_per_second': self.timing['train_steps'] * self.tokens_per_step / max(train_seconds, 1e-9),
-      'eval_seconds': self.timing['eval_seconds'],
-      'timing': self.time_split(),
-    }
+      params=flops.count_params(c.model)[0],
+      seq_len=c.data.seq_len,
+      tokenizer=(self.data.metadata or {}).get('tokenizer', ''),
+      lr=c.optimizer.lr,
+      warmup_steps=self.plan.warmup_steps,
+      batch_size=c.batch_size,
+      init_from=c.init_from,
+      workdir=os.path.abspath(self.workdir),
+      init_checkpoint=loop_state.init_checkpoint,
+      init_step=_step_of(loop_state.init_checkpoint),
+      last_checkpoint=self.checkpoints.latest_step(),
+      wall_time_s=round(self.seconds(loop_state), 1),
+      train_tokens_per_second=self.timing['train_steps'] * self.tokens_per_step / max(train_seconds, 1e-9),
+      eval_seconds=self.timing['eval_seconds'],
+      timing=self.time_split(),
+    )
     if jax.process_index() == 0:  # Atomically: a rerun reads it to skip finished runs.
       files.write_json(os.path.join(self.workdir, layout.SUMMARY), summary)
     logging.info(
@@ -762,6 +769,6 @@ class _Loop:
       c.stage,
       stop_reason,
       step,
-      (summary['best'] or {}).get('eval', {}).get('domain_test'),
+      summary.best.eval.get('domain_test') if summary.best else None,
     )
     return summary

@@ -35,42 +35,43 @@ def stage_folders(config, workdir: str) -> list[str]:
   ]
 
 
-def _selection(best_valid: dict | None) -> records.Selection | None:
-  """The clean protocol's choice from a finetune summary's best_valid (None without a validation split)."""
-  losses = (best_valid or {}).get('eval') or {}
+def _selection(best_valid: records.Evaluation | None) -> records.Selection | None:
+  """The clean protocol's choice from a finetune's best_valid (None without a validation split)."""
+  losses = best_valid.eval if best_valid else {}
   if 'domain_valid' not in losses or 'domain_test' not in losses:
     return None
   return records.Selection(
-    step=best_valid['step'],
+    step=best_valid.step,
     domain_valid_loss=losses['domain_valid'],
     domain_test_loss=losses['domain_test'],
     general_test_loss_after=losses.get('general_test'),
-    epochs=(best_valid.get('epochs') or {}).get('domain'),
+    epochs=best_valid.epochs.get('domain'),
   )
 
 
-def _finetune_entry(name, summary, pretrain_step, pretrain_tokens, grid_point) -> records.FinetunePoint:
-  initial, best = summary.get('initial') or {}, summary.get('best') or {}
-  best_eval = best.get('eval') or {}
+def _finetune_entry(
+  name, summary: records.RunSummary, pretrain_step, pretrain_tokens, grid_point
+) -> records.FinetunePoint:
+  initial, best = summary.initial or {}, summary.best or records.Evaluation(step=0)
   return records.FinetunePoint(
     name=name,
     pretrain_step=pretrain_step,
     pretrain_tokens=pretrain_tokens,
-    init_step=summary.get('init_step'),
+    init_step=summary.init_step,
     lr=grid_point[0],
     warmup=int(grid_point[1]),
-    stop_reason=summary['stop_reason'],
-    steps=summary['steps'],
-    best_domain_test_loss=best_eval.get('domain_test'),
-    best_step=best.get('step'),
-    epochs=(best.get('epochs') or {}).get('domain'),
+    stop_reason=summary.stop_reason,
+    steps=summary.steps,
+    best_domain_test_loss=best.eval.get('domain_test'),
+    best_step=summary.best.step if summary.best else None,
+    epochs=best.epochs.get('domain'),
     domain_test_loss_before=initial.get('domain_test'),
     general_test_loss_before=initial.get('general_test'),
-    general_test_loss_after=best_eval.get('general_test'),
-    domain_train_loss_after=best_eval.get('domain_train'),
-    wall_time_s=summary.get('wall_time_s'),
-    mcqa_at_best=best.get('mcqa') or {},
-    clean=_selection(summary.get('best_valid')),
+    general_test_loss_after=best.eval.get('general_test'),
+    domain_train_loss_after=best.eval.get('domain_train'),
+    wall_time_s=summary.wall_time_s,
+    mcqa_at_best=best.mcqa,
+    clean=_selection(summary.best_valid),
   )
 
 
@@ -153,16 +154,21 @@ def _run_locked(pipelines: list[tuple]) -> list[records.PipelineSummary]:
   timing['pretrain'] = round(time.time() - started, 3)
   results, sources = [], []  # sources: (pipeline, pretrain step, pretrain tokens, init_from, label) to finetune.
   for p, ((config, pretrain_dir, _), pretrain) in enumerate(zip(prepared, pretrains, strict=True)):
-    stop_reason = 'preempted' if pretrain is None else pretrain['stop_reason']  # None: not started (preempted).
+    stop_reason = 'preempted' if pretrain is None else pretrain.stop_reason  # None: not started (preempted).
     results.append(records.PipelineSummary(pretrain, stop_reason))
     if stop_reason not in ('budget', 'early_stopping'):
       continue
-    tokens_per_step = pretrain['tokens'] // max(pretrain['steps'], 1)
-    sources.append((p, pretrain['steps'], pretrain['tokens'], pretrain_dir, None))
+    tokens_per_step = pretrain.tokens // max(pretrain.steps, 1)
+    sources.append((p, pretrain.steps, pretrain.tokens, pretrain_dir, None))
     sources += [
       (p, s, s * tokens_per_step, layout.checkpoint_dir(pretrain_dir, s), s)
       for s in sorted(int(step) for step in config.finetune.from_steps)
     ]
+  if any(result.stop_reason == 'preempted' for result in results):
+    # A preemption notice stops every pipeline: none starts finetuning now (the rerun goes on where each stopped).
+    sources = []
+    for result in results:
+      result.stop_reason = 'preempted' if result.stop_reason in ('budget', 'early_stopping') else result.stop_reason
   started = time.time()
   points = {source: [] for source in sources}  # The finetunes of each source, as they finish.
   pending = [(source, tuple(point)) for source in sources for point in prepared[source[0]][0].finetune.grid]
@@ -177,7 +183,7 @@ def _run_locked(pipelines: list[tuple]) -> list[records.PipelineSummary]:
     summaries = loop.run_many(runs, together)
     for (source, grid_point), summary in zip(pending, summaries, strict=True):
       p, pretrain_step, pretrain_tokens, _, label = source
-      if summary is None or summary['stop_reason'] == 'preempted':  # None: not started (an earlier one was).
+      if summary is None or summary.stop_reason == 'preempted':  # None: not started (an earlier one was).
         results[p].stop_reason = 'preempted'
       if summary is not None:
         name = point_name(*grid_point, label)
@@ -189,7 +195,7 @@ def _run_locked(pipelines: list[tuple]) -> list[records.PipelineSummary]:
       config = prepared[source[0]][0]
       for (lr, warmup), why in extensions(config.finetune.grid, entries, config.finetune.extend_grid).items():
         pending.append((source, (lr, warmup)))
-        results[source[0]].extended.append({'name': point_name(lr, warmup, source[4]), 'why': why})
+        results[source[0]].extended.append(records.Extension(point_name(lr, warmup, source[4]), why))
         logging.info('Finetuning grid extended by %s: %s.', point_name(lr, warmup, source[4]), why)
   timing['finetune'] = round(time.time() - started, 3)
   for source, entries in points.items():
@@ -214,7 +220,7 @@ def _plot(result: records.PipelineSummary, workdir: str) -> bool:
   trajectory = seeds.trajectory_of(*metrics, best.pretrain_tokens, best.best_step)
   if not trajectory['pretrain_tokens'] or not trajectory['finetune_tokens']:
     return False
-  label = f'δ = {100 * result.pretrain["domain_fraction"]:g}%, finetuned at {best.name}'
+  label = f'δ = {100 * result.pretrain.domain_fraction:g}%, finetuned at {best.name}'
   plots.seeds_plot({label: [trajectory]}, os.path.join(workdir, layout.REPORT_PLOT), os.path.basename(workdir))
   return True
 
@@ -226,18 +232,18 @@ def _number(value, digits=4) -> str:
 def report(result: records.PipelineSummary, plotted: bool = False) -> str:
   """A short Markdown report of a pipeline's summary (with W/report.png when plotted)."""
   pretrain, best = result.pretrain, result.best
-  initial, final = pretrain.get('initial') or {}, pretrain.get('final') or {}
-  epochs = pretrain['data']['epochs']
+  initial, final = pretrain.initial or {}, pretrain.final or {}
+  epochs = pretrain.data['epochs']
   lines = [
     '# Specialized pretraining: pretrain, then finetune',
     '',
-    f'Model `{pretrain["model"]}` ({pretrain["params"] / 1e6:.2f}M parameters), sequences of '
-    f'{pretrain["seq_len"]} tokens, domain fraction δ = {pretrain["domain_fraction"]:g}.',
+    f'Model `{pretrain.model}` ({pretrain.params / 1e6:.2f}M parameters), sequences of '
+    f'{pretrain.seq_len} tokens, domain fraction δ = {pretrain.domain_fraction:g}.',
     '',
     '## Pretraining',
     '',
-    f'{pretrain["steps"]} steps, {pretrain["tokens"]:,} tokens ({pretrain["stop_reason"]}). Domain data seen '
-    f'{epochs.get("domain", 0):.2f} epochs ({pretrain["data"]["tokens"].get("domain", 0):,} tokens); general '
+    f'{pretrain.steps} steps, {pretrain.tokens:,} tokens ({pretrain.stop_reason}). Domain data seen '
+    f'{epochs.get("domain", 0):.2f} epochs ({pretrain.data["tokens"].get("domain", 0):,} tokens); general '
     f'data {epochs.get("general", 0):.3f} epochs.',
     '',
     *markdown.table(
@@ -249,7 +255,7 @@ def report(result: records.PipelineSummary, plotted: bool = False) -> str:
     lines += ['', f'Train-test gap on the domain at the end: {final["domain_test"] - final["domain_train"]:+.4f}.']
   lines += ['', '## Finetuning grid', '']
   if not result.finetunes:
-    lines.append(f'No finetuning ran (pretraining stopped: {pretrain["stop_reason"]}).')
+    lines.append(f'No finetuning ran (pretraining stopped: {pretrain.stop_reason}).')
   else:
     lines += markdown.table(
       ['run', 'from step', 'lr', 'warmup', 'steps', 'stop', 'best step', 'domain epochs']
@@ -270,7 +276,7 @@ def report(result: records.PipelineSummary, plotted: bool = False) -> str:
         )
       )
   for extension in result.extended:
-    lines += ['', f'Grid extended by `{extension["name"]}`: {extension["why"]}.']
+    lines += ['', f'Grid extended by `{extension.name}`: {extension.why}.']
   if best is not None:
     gain = best.domain_test_loss_before - best.best_domain_test_loss
     lines += [
@@ -299,7 +305,7 @@ def report(result: records.PipelineSummary, plotted: bool = False) -> str:
   finetune_seconds = sum(f.wall_time_s or 0 for f in result.finetunes)
   lines += [
     '',
-    f'Training time: pretraining {pretrain.get("wall_time_s") or 0:.0f} s, finetuning '
+    f'Training time: pretraining {pretrain.wall_time_s or 0:.0f} s, finetuning '
     f'{finetune_seconds:.0f} s ({len(result.finetunes)} run{"s" * (len(result.finetunes) != 1)}).',
     '',
   ]
