@@ -101,11 +101,11 @@ def main(argv):
     [
       [
         f'{100 * r["share"]:g}% ({100 * r["actual_share"]:.2f}%)',
-        f'{r["npt"]["post_ft_loss"]:.4f}',
-        f'{r["spt"]["post_ft_loss"]:.4f}',
+        f'{r["npt"].post_ft_loss:.4f}',
+        f'{r["spt"].post_ft_loss:.4f}',
         f'{r["gain_pct"]:+.2f}%',
-        f'{r["npt"]["forgetting"]:+.4f}',
-        f'{r["spt"]["forgetting"]:+.4f}',
+        f'{r["npt"].forgetting:+.4f}',
+        f'{r["spt"].forgetting:+.4f}',
       ]
       for r in rows
     ],
