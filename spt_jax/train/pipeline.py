@@ -156,7 +156,7 @@ def _run_locked(pipelines: list[tuple]) -> list[records.PipelineSummary]:
   for p, ((config, pretrain_dir, _), pretrain) in enumerate(zip(prepared, pretrains, strict=True)):
     stop_reason = 'preempted' if pretrain is None else pretrain.stop_reason  # None: not started (preempted).
     results.append(records.PipelineSummary(pretrain, stop_reason))
-    if stop_reason not in ('budget', 'early_stopping'):
+    if pretrain is None or not pretrain.finished:
       continue
     tokens_per_step = pretrain.tokens // max(pretrain.steps, 1)
     sources.append((p, pretrain.steps, pretrain.tokens, pretrain_dir, None))
@@ -168,7 +168,8 @@ def _run_locked(pipelines: list[tuple]) -> list[records.PipelineSummary]:
     # A preemption notice stops every pipeline: none starts finetuning now (the rerun goes on where each stopped).
     sources = []
     for result in results:
-      result.stop_reason = 'preempted' if result.stop_reason in ('budget', 'early_stopping') else result.stop_reason
+      if result.pretrain is not None and result.pretrain.finished:
+        result.stop_reason = 'preempted'
   started = time.time()
   points = {source: [] for source in sources}  # The finetunes of each source, as they finish.
   pending = [(source, tuple(point)) for source in sources for point in prepared[source[0]][0].finetune.grid]
