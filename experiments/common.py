@@ -76,8 +76,10 @@ def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, st
   workdirs = {name: os.path.join(WORKDIR.value, name) for name in variants}
   if ONLY_ANALYSIS.value:
     return workdirs
+  from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
   from spt_jax.train import compile_cache  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
+  files.exit_quietly_on_sigterm()  # Outside a training step (preparing, building, between runs): exit 0, one line.
   first = next(iter(variants.values()))
   compile_cache.enable(first.compilation_cache, first.data.cache_dir)  # One setting per process.
   logging.info(

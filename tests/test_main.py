@@ -104,6 +104,7 @@ def test_whole_pipeline_from_the_command_line(tmp_path):
   summary = json.loads((workdir / 'summary.json').read_text())
   assert summary['pretrain']['stop_reason'] == 'budget'
   assert summary['pretrain']['data']['epochs']['domain'] > 0
+  assert set(summary['pretrain']['sources']) == {'general', 'domain'}  # What text it trained on (a digest each).
   assert len(summary['finetunes']) == 1 and summary['best']['best_domain_test_loss'] is not None
   best = summary['best']
   assert best['best_domain_test_loss'] < best['domain_test_loss_before']

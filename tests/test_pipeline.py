@@ -74,7 +74,7 @@ def test_bad_grid_and_from_steps_fail_before_work(tmp_path):
 def _point(lr, warmup, test_loss, valid_loss=None):
   clean = None if valid_loss is None else records.Selection(step=4, domain_valid_loss=valid_loss, domain_test_loss=1.0)
   return records.FinetunePoint(
-    name=pipeline.point_name(lr, warmup),
+    name=records.GridPoint(lr, warmup).folder(),
     pretrain_step=10,
     pretrain_tokens=100,
     lr=lr,
@@ -134,7 +134,7 @@ def test_the_pipeline_extends_its_grid_and_reports_both_protocols(tmp_path):
 
   first = result.finetunes[:2]
   expected = pipeline.extensions(config.finetune.grid, first, limit=1)
-  assert expected and [e.name for e in result.extended] == [pipeline.point_name(*p) for p in expected]
+  assert expected and [e.name for e in result.extended] == [p.folder() for p in expected]
   names = [f.name for f in result.finetunes]
   assert names[2:] == [e.name for e in result.extended]
   report = (workdir / 'report.md').read_text()

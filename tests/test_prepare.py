@@ -167,6 +167,8 @@ def test_same_inputs_same_arrays_in_a_fresh_cache(tmp_path):
   for name in first.train:
     assert np.array_equal(first.train[name], second.train[name])
   assert first.path.name == second.path.name  # The key is the same on any machine.
+  digests = prepare_lib.source_digests(first.metadata)
+  assert digests == prepare_lib.source_digests(second.metadata) and set(digests) == {'general', 'domain'}
 
 
 @pytest.mark.filterwarnings('ignore:This process .* is multi-threaded:DeprecationWarning')
@@ -252,6 +254,10 @@ def test_changed_source_under_cache_is_an_error(tmp_path):
   with pytest.raises(ValueError, match=r"source 'domain' .* changed since .* delete that folder") as error:
     prepare_lib.prepare(config)
   assert '\n' not in str(error.value) and str(data.path) in str(error.value)
+  # Prepared afresh elsewhere, the changed source has another digest in the run's summary; the other, the same.
+  changed = prepare_lib.source_digests(prepare_lib.prepare(_config(tmp_path, cache_dir=str(tmp_path / 'b'))).metadata)
+  before = prepare_lib.source_digests(data.metadata)
+  assert changed['domain'] != before['domain'] and changed['general'] == before['general']
   path.unlink()
   with pytest.raises(ValueError, match='changed since'):
     prepare_lib.prepare(config)

@@ -12,6 +12,7 @@ import pytest
 
 from spt_jax.evals import heldout as evaluation
 from spt_jax.model import sharding
+from spt_jax.storage import records
 from spt_jax.train import loop, pipeline
 from spt_jax.train import step as train
 from tests.test_loop import _losses, _wait_for
@@ -82,13 +83,11 @@ def test_a_finetuning_grid_together_stops_each_point_as_alone(tmp_path, monkeypa
   base = tiny_config()
   pretrain = str(tmp_path / 'pretrain')
   loop.run(base, pretrain, data=data)
-  grid = ((1e-3, 2), (3e-2, 2), (1e-1, 0))  # The high learning rates overfit and stop early.
-  config = tiny_config(stage='pipeline', init_from=pretrain, **{'finetune.grid': grid, 'finetune.patience': 1})
+  grid = records.grid_points(((1e-3, 2), (3e-2, 2), (1e-1, 0)))  # The high learning rates overfit and stop early.
+  config = tiny_config(stage='pipeline', init_from=pretrain, **{'finetune.grid': tuple(grid), 'finetune.patience': 1})
   alone, together = {}, {}
   for name, results, count in (('alone', alone, 1), ('together', together, 3)):
-    runs = [
-      loop.Run(config, str(tmp_path / name / pipeline.point_name(*point)), 'finetune', point, data) for point in grid
-    ]
+    runs = [loop.Run(config, str(tmp_path / name / point.folder()), 'finetune', point, data) for point in grid]
     for point, summary in zip(grid, loop.run_many(runs, together=count), strict=True):
       results[point] = summary
   steps = [together[point].steps for point in grid]
@@ -97,8 +96,7 @@ def test_a_finetuning_grid_together_stops_each_point_as_alone(tmp_path, monkeypa
   assert [together[point].stop_reason for point in grid] == ['budget', 'early_stopping', 'early_stopping']
   assert shrinks == [[0]]  # Once two of three stopped, the stack kept only the first point.
   for point in grid:
-    name = pipeline.point_name(*point)
-    _assert_same_run(str(tmp_path / 'alone' / name), str(tmp_path / 'together' / name))
+    _assert_same_run(str(tmp_path / 'alone' / point.folder()), str(tmp_path / 'together' / point.folder()))
 
 
 def test_a_pipeline_with_runs_together_reports_as_one_without(tmp_path):

@@ -69,6 +69,21 @@ class PreparedData:
   path: pathlib.Path
 
 
+def source_digests(metadata: dict) -> dict[str, str]:
+  """{source: a digest of the checksums of the files it was prepared from}: two runs whose digests agree trained on
+  the same text, whichever host, cache folder or session prepared it (the corpora from Debian are not pinned, so
+  a later fetch can bring a newer package; this tells the runs apart). Manifests (fetch times) are left out."""
+  digests = {}
+  for name, source in metadata.get('sources', {}).items():
+    checksums = sorted(
+      (os.path.basename(os.path.dirname(path)), os.path.basename(path), checksum)
+      for path, checksum in source.get('checksums', {}).items()
+      if os.path.basename(path) != 'manifest.json'
+    )
+    digests[name] = hashlib.sha256(json.dumps(checksums).encode()).hexdigest()[:16]
+  return digests
+
+
 def _budgets(config) -> dict:
   """Token budget per training source (data.<name>_max_tokens; 0: all of it), part of the cache key."""
   return {name: int(config.data.get(f'{name}_max_tokens', 0) or 0) for name in TRAIN_SOURCES}

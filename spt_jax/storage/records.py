@@ -10,6 +10,7 @@ builds them; the analysis and the studies read them back with `from_json`, which
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,7 @@ class RunSummary:
   params: int | None = None
   seq_len: int | None = None
   tokenizer: str = ''
+  sources: dict = dataclasses.field(default_factory=dict)  # Digest of each source's files (prepare.source_digests).
   lr: float | None = None
   warmup_steps: int | None = None
   batch_size: int | None = None
@@ -156,6 +158,30 @@ def _known(cls, record: dict) -> dict:
   """The entries of record that are fields of cls (a newer version's extra keys are ignored)."""
   names = {field.name for field in dataclasses.fields(cls)}
   return {key: value for key, value in record.items() if key in names}
+
+
+class GridPoint(NamedTuple):
+  """A finetuning run's point of the grid: its peak learning rate and warmup steps (a config's finetune.grid holds
+  these pairs)."""
+
+  lr: float
+  warmup: int
+
+  @classmethod
+  def of(cls, pair) -> 'GridPoint':
+    """A (lr, warmup) pair of the config (a tuple or a list from config.json) as a GridPoint."""
+    lr, warmup = pair
+    return cls(float(lr), int(warmup))
+
+  def folder(self, pretrain_step: int | None = None) -> str:
+    """Its folder under W/finetune/, e.g. lr1e-05_wu50 (step1000_lr1e-05_wu50 from an earlier checkpoint)."""
+    name = f'lr{self.lr:g}_wu{self.warmup}'
+    return name if pretrain_step is None else f'step{int(pretrain_step)}_{name}'
+
+
+def grid_points(grid) -> list[GridPoint]:
+  """A config's finetune.grid as GridPoints."""
+  return [GridPoint.of(pair) for pair in grid]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -136,7 +136,7 @@ class Run:
   config: Any
   workdir: str
   stage: str | None = None
-  grid_point: tuple | None = None
+  grid_point: records.GridPoint | None = None
   data: Any = None
 
   @property
@@ -749,6 +749,7 @@ class _Loop:
       params=flops.count_params(c.model)[0],
       seq_len=c.data.seq_len,
       tokenizer=(self.data.metadata or {}).get('tokenizer', ''),
+      sources=prepare_lib.source_digests(self.data.metadata or {}),
       lr=c.optimizer.lr,
       warmup_steps=self.plan.warmup_steps,
       batch_size=c.batch_size,

@@ -7,6 +7,7 @@ command after a preemption continues where it stopped and skips what has finishe
 
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -18,20 +19,14 @@ from spt_jax.storage import files, layout, markdown, records
 from spt_jax.train import checkpoint, loop, run_plan, validate
 
 
-def point_name(lr: float, warmup: int, pretrain_step: int | None = None) -> str:
-  """Folder name of a finetune run, e.g. lr1e-05_wu50 (or step1000_lr1e-05_wu50 from an earlier checkpoint)."""
-  name = f'lr{lr:g}_wu{int(warmup)}'
-  return name if pretrain_step is None else f'step{int(pretrain_step)}_{name}'
-
-
 def stage_folders(config, workdir: str) -> list[str]:
   """Every stage folder of the pipeline in workdir: W/pretrain, then W/finetune/<point> of every grid point."""
   workdir = os.path.abspath(workdir)
   labels = [None, *sorted(int(step) for step in config.finetune.from_steps)]
   return [layout.pretrain_dir(workdir)] + [
-    layout.finetune_dir(workdir, point_name(lr, warmup, label))
+    layout.finetune_dir(workdir, point.folder(label))
     for label in labels
-    for lr, warmup in config.finetune.grid
+    for point in records.grid_points(config.finetune.grid)
   ]
 
 
@@ -49,17 +44,25 @@ def _selection(best_valid: records.Evaluation | None) -> records.Selection | Non
   )
 
 
-def _finetune_entry(
-  name, summary: records.RunSummary, pretrain_step, pretrain_tokens, grid_point
-) -> records.FinetunePoint:
+class _Source(NamedTuple):
+  """A pretraining checkpoint the grid finetunes from."""
+
+  pipeline: int  # Its pipeline's index in the set.
+  pretrain_step: int
+  pretrain_tokens: int
+  init_from: str  # The pretraining workdir (its last step) or one checkpoint's folder.
+  label: int | None  # The step in the finetune folders' names (None: the last step).
+
+
+def _finetune_entry(source: _Source, point: records.GridPoint, summary: records.RunSummary) -> records.FinetunePoint:
   initial, best = summary.initial or {}, summary.best or records.Evaluation(step=0)
   return records.FinetunePoint(
-    name=name,
-    pretrain_step=pretrain_step,
-    pretrain_tokens=pretrain_tokens,
+    name=point.folder(source.label),
+    pretrain_step=source.pretrain_step,
+    pretrain_tokens=source.pretrain_tokens,
     init_step=summary.init_step,
-    lr=grid_point[0],
-    warmup=int(grid_point[1]),
+    lr=point.lr,
+    warmup=point.warmup,
     stop_reason=summary.stop_reason,
     steps=summary.steps,
     best_domain_test_loss=best.eval.get('domain_test'),
@@ -75,11 +78,12 @@ def _finetune_entry(
   )
 
 
-def extensions(grid, points: list[records.FinetunePoint], limit: int) -> dict[tuple[float, int], str]:
+def extensions(grid, points: list[records.FinetunePoint], limit: int) -> dict[records.GridPoint, str]:
   """Grid points to add, with why: where a protocol's best point sits on the edge of an axis (lr or warmup) of
   two or more values, the next value that way (the ratio of the edge to its neighbour, for warmup at least 1),
   at the winner's other coordinate; at most `limit` values past the grid's own range on each side."""
-  grid_values = {'lr': sorted({float(lr) for lr, _ in grid}), 'warmup': sorted({int(w) for _, w in grid})}
+  grid = records.grid_points(grid)
+  grid_values = {'lr': sorted({p.lr for p in grid}), 'warmup': sorted({p.warmup for p in grid})}
   tried = {(p.lr, p.warmup) for p in points}
   added = {}
   for protocol, winner in (('test', records.best(points)), ('validation', records.best_clean(points))):
@@ -99,7 +103,7 @@ def extensions(grid, points: list[records.FinetunePoint], limit: int) -> dict[tu
           value = int(round(value))
           if value < 1 or value == edge:
             continue
-        point = (value, winner.warmup) if axis == 'lr' else (winner.lr, value)
+        point = records.GridPoint(value, winner.warmup) if axis == 'lr' else records.GridPoint(winner.lr, value)
         if point not in tried and point not in added:
           added[point] = f'{axis} {won:g} won ({protocol}) at the {side} of the grid'
   return added
@@ -152,16 +156,16 @@ def _run_locked(pipelines: list[tuple]) -> list[records.PipelineSummary]:
   started = time.time()
   pretrains = loop.run_many([loop.Run(c, folder, 'pretrain', data=d) for c, folder, d in prepared], together)
   timing['pretrain'] = round(time.time() - started, 3)
-  results, sources = [], []  # sources: (pipeline, pretrain step, pretrain tokens, init_from, label) to finetune.
+  results, sources = [], []  # sources: the checkpoints to finetune from.
   for p, ((config, pretrain_dir, _), pretrain) in enumerate(zip(prepared, pretrains, strict=True)):
     stop_reason = 'preempted' if pretrain is None else pretrain.stop_reason  # None: not started (preempted).
     results.append(records.PipelineSummary(pretrain, stop_reason))
     if pretrain is None or not pretrain.finished:
       continue
     tokens_per_step = pretrain.tokens // max(pretrain.steps, 1)
-    sources.append((p, pretrain.steps, pretrain.tokens, pretrain_dir, None))
+    sources.append(_Source(p, pretrain.steps, pretrain.tokens, pretrain_dir, None))
     sources += [
-      (p, s, s * tokens_per_step, layout.checkpoint_dir(pretrain_dir, s), s)
+      _Source(p, s, s * tokens_per_step, layout.checkpoint_dir(pretrain_dir, s), s)
       for s in sorted(int(step) for step in config.finetune.from_steps)
     ]
   if any(result.stop_reason == 'preempted' for result in results):
@@ -172,35 +176,35 @@ def _run_locked(pipelines: list[tuple]) -> list[records.PipelineSummary]:
         result.stop_reason = 'preempted'
   started = time.time()
   points = {source: [] for source in sources}  # The finetunes of each source, as they finish.
-  pending = [(source, tuple(point)) for source in sources for point in prepared[source[0]][0].finetune.grid]
+  pending = [
+    (source, point) for source in sources for point in records.grid_points(prepared[source.pipeline][0].finetune.grid)
+  ]
   while pending:  # The grid, then each round of its extensions.
     runs = []
-    for (p, _, _, init_from, label), (lr, warmup) in pending:
-      config, pretrain_dir, data = prepared[p]
+    for source, point in pending:
+      config, pretrain_dir, data = prepared[source.pipeline]
       finetune_config = ml_collections.ConfigDict(config.to_dict())
-      finetune_config.init_from = init_from
-      folder = layout.finetune_dir(os.path.dirname(pretrain_dir), point_name(lr, warmup, label))
-      runs.append(loop.Run(finetune_config, folder, 'finetune', (lr, warmup), data))
+      finetune_config.init_from = source.init_from
+      folder = layout.finetune_dir(os.path.dirname(pretrain_dir), point.folder(source.label))
+      runs.append(loop.Run(finetune_config, folder, 'finetune', point, data))
     summaries = loop.run_many(runs, together)
-    for (source, grid_point), summary in zip(pending, summaries, strict=True):
-      p, pretrain_step, pretrain_tokens, _, label = source
+    for (source, point), summary in zip(pending, summaries, strict=True):
       if summary is None or summary.stop_reason == 'preempted':  # None: not started (an earlier one was).
-        results[p].stop_reason = 'preempted'
+        results[source.pipeline].stop_reason = 'preempted'
       if summary is not None:
-        name = point_name(*grid_point, label)
-        points[source].append(_finetune_entry(name, summary, pretrain_step, pretrain_tokens, grid_point))
+        points[source].append(_finetune_entry(source, point, summary))
     pending = []
     if any(result.stop_reason == 'preempted' for result in results):
       break  # The rerun extends once every point has finished.
     for source, entries in points.items():
-      config = prepared[source[0]][0]
-      for (lr, warmup), why in extensions(config.finetune.grid, entries, config.finetune.extend_grid).items():
-        pending.append((source, (lr, warmup)))
-        results[source[0]].extended.append(records.Extension(point_name(lr, warmup, source[4]), why))
-        logging.info('Finetuning grid extended by %s: %s.', point_name(lr, warmup, source[4]), why)
+      config = prepared[source.pipeline][0]
+      for point, why in extensions(config.finetune.grid, entries, config.finetune.extend_grid).items():
+        pending.append((source, point))
+        results[source.pipeline].extended.append(records.Extension(point.folder(source.label), why))
+        logging.info('Finetuning grid extended by %s: %s.', point.folder(source.label), why)
   timing['finetune'] = round(time.time() - started, 3)
   for source, entries in points.items():
-    results[source[0]].finetunes += entries
+    results[source.pipeline].finetunes += entries
   for result in results:
     result.best = records.best(result.finetunes)
     result.best_clean = records.best_clean(result.finetunes)

@@ -11,12 +11,13 @@ import ml_collections
 import numpy as np
 import optax
 
+from spt_jax.storage import records
 from spt_jax.train import schedules
 
 STAGES = ('pretrain', 'finetune')
 
 
-def stage_config(config, stage: str, grid_point=None) -> ml_collections.ConfigDict:
+def stage_config(config, stage: str, grid_point: records.GridPoint | None = None) -> ml_collections.ConfigDict:
   """The effective config of a stage: the ONE place where pretraining and finetuning differ.
 
   Finetuning (Appendix B): its own batch size, weight decay and schedule (constant with warmup), the (lr, warmup)
@@ -29,10 +30,10 @@ def stage_config(config, stage: str, grid_point=None) -> ml_collections.ConfigDi
   c.stage = stage
   if stage == 'finetune':
     ft = c.finetune
-    lr, warmup = grid_point if grid_point is not None else tuple(ft.grid[0])
+    lr, warmup = records.GridPoint.of(grid_point if grid_point is not None else ft.grid[0])
     c.batch_size = ft.batch_size
-    c.optimizer.lr, c.optimizer.weight_decay = float(lr), ft.weight_decay
-    c.schedule.kind, c.schedule.warmup_steps, c.schedule.warmup_tokens = ft.schedule, int(warmup), 0
+    c.optimizer.lr, c.optimizer.weight_decay = lr, ft.weight_decay
+    c.schedule.kind, c.schedule.warmup_steps, c.schedule.warmup_tokens = ft.schedule, warmup, 0
     c.eval_every, c.patience, c.eval_intervals = ft.eval_every, ft.patience, ()
     c.steps, c.tokens, c.schedule.decay_steps = ft.max_steps, 0, ft.decay_steps  # WSD: see finetune_decay.
     if ft.untie_embeddings:
