@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from tests import test_faults
 from tests.test_loop import _wait_for
 from tests.test_main import ROOT, _write_documents
 
@@ -55,30 +56,14 @@ def test_delta_sweep_trains_every_variant_then_analyses(tmp_path):
   assert list((study / 'analysis' / 'fit').glob('*.png'))
 
 
-HOLD_SECOND_PREPARATION = """
-import os, sys, time
-hold = sys.argv.pop(1)
-from spt_jax.data import prepare
-prepare_data, calls = prepare.prepare, []
-def held(config):
-  calls.append(config)
-  if len(calls) == 2:  # The first pipeline is prepared; the second is about to be.
-    open(hold + '.reached', 'w').close()
-    while True:
-      time.sleep(0.05)
-  return prepare_data(config)
-prepare.prepare = held
-from experiments import headline
-headline.common.run(headline.main)
-"""
-
-
 def test_a_study_stopped_by_sigterm_between_its_runs_exits_0_with_one_line(tmp_path):
   """A notice while a study prepares or builds (no training step to finish) stops it as main stops: exit 0, one
   line, nothing written half (the default handler would exit 143 and a scheduler would count a failure)."""
   hold, study = tmp_path / 'hold', tmp_path / 'study'
-  process = subprocess.Popen(
-    [sys.executable, '-c', HOLD_SECOND_PREPARATION, str(hold), '--config=configs/proofpile.py:test']
+  hold.touch()
+  script = test_faults.hold_script('from experiments import headline; headline.common.run(headline.main)', call=2)
+  process = subprocess.Popen(  # Held where the first pipeline is prepared and the second is about to be.
+    [sys.executable, '-c', script, str(hold), '--config=configs/proofpile.py:test']
     + [f'--workdir={study}', '--seeds=0', '--delta=0.2', *_data_overrides(tmp_path)],
     cwd=ROOT,
     stdout=subprocess.PIPE,

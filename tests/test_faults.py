@@ -394,20 +394,27 @@ def test_a_rejected_config_does_not_lock_the_user_out(tmp_path):
 
 # The main command, paused where it prepares its data (inside its workdir lock, before the first step) while the
 # file named by argv[1] exists: a test acts at that moment however slowly the machine runs.
-HOLD_SCRIPT = """
+def hold_script(entry: str = 'from spt_jax import main; main._run()', call: int = 1) -> str:
+  """A `python -c` script that runs `entry` (argv: the hold file, then its flags) and, at its `call`-th data
+  preparation, touches <hold>.reached and waits while the hold file exists."""
+  return f"""
 import os, sys, time
 hold = sys.argv.pop(1)
 from spt_jax.data import prepare
-prepare_data = prepare.prepare
+prepare_data, calls = prepare.prepare, []
 def held(config):
-  open(hold + '.reached', 'w').close()
-  while os.path.exists(hold):
-    time.sleep(0.05)
+  calls.append(config)
+  if len(calls) == {call}:
+    open(hold + '.reached', 'w').close()
+    while os.path.exists(hold):
+      time.sleep(0.05)
   return prepare_data(config)
 prepare.prepare = held
-from spt_jax import main
-main._run()
+{entry}
 """
+
+
+HOLD_SCRIPT = hold_script()  # The main command, held at its first preparation.
 
 
 def _start_holding_the_lock(tmp_path, workdir) -> tuple:

@@ -71,15 +71,13 @@ class PreparedData:
 
 def source_digests(metadata: dict) -> dict[str, str]:
   """{source: a digest of the checksums of the files it was prepared from}: two runs whose digests agree trained on
-  the same text, whichever host, cache folder or session prepared it (the corpora from Debian are not pinned, so
-  a later fetch can bring a newer package; this tells the runs apart). Manifests (fetch times) are left out."""
+  the same files (token arrays: checked at both ends), whichever host, cache folder or session prepared them (the
+  corpora from Debian are not pinned, so a later fetch can bring a newer package; this tells the runs apart).
+  Manifests (fetch times) are left out."""
   digests = {}
   for name, source in metadata.get('sources', {}).items():
-    checksums = sorted(
-      (os.path.basename(os.path.dirname(path)), os.path.basename(path), checksum)
-      for path, checksum in source.get('checksums', {}).items()
-      if os.path.basename(path) != 'manifest.json'
-    )
+    paths = [(pathlib.Path(path), checksum) for path, checksum in source.get('checksums', {}).items()]
+    checksums = sorted((f.parent.name, f.name, checksum) for f, checksum in paths if not sources_lib.is_manifest(f))
     digests[name] = hashlib.sha256(json.dumps(checksums).encode()).hexdigest()[:16]
   return digests
 

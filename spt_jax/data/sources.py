@@ -103,7 +103,7 @@ class Source:
     for path in self._resolved_paths():
       stat = path.stat()
       result[str(path)] = [stat.st_size, stat.st_mtime_ns]
-      if path.name.startswith('manifest') and stat.st_size < (64 << 20):
+      if is_manifest(path) and stat.st_size < (64 << 20):
         result[str(path)].append(hashlib.sha256(path.read_bytes()).hexdigest())
     return result
 
@@ -275,6 +275,11 @@ class Source:
         self.bad_bytes[str(where)] = self.bad_bytes.get(str(where), 0) + bad
         logging.warning('%s: replaced %d non-UTF-8 bytes with U+FFFD (source %r)', where, bad, self.name)
     return value
+
+
+def is_manifest(path: pathlib.Path) -> bool:
+  """Whether a source's file is a manifest (what was fetched, when and how fast), not data it trains on."""
+  return path.name.startswith('manifest')
 
 
 def _file_checksum(path: pathlib.Path, sampled: bool) -> str:
