@@ -5,6 +5,7 @@ python -m spt_jax.main --config=configs/proofpile.py --workdir=W --dry_run
 python -m spt_jax.main --config=configs/proofpile.py --dry_run --topology=v5e-256
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -81,15 +82,15 @@ def main(argv):
     from spt_jax.hardware import aot  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
     compile_cache.enable(config.compilation_cache, config.data.cache_dir)  # A rerun of the plan loads it.
-    summary = aot.plan(config, _TOPOLOGY.value, mfu=_MFU.value)
-    print(aot.format_plan(summary))
-    print(json.dumps(summary))
+    topology_plan = aot.plan(config, _TOPOLOGY.value, mfu=_MFU.value)
+    print(topology_plan.format())
+    print(json.dumps(topology_plan.to_json()))
     return
   if _DRY_RUN.value:
     validate.check(config, devices=_DEVICES.value or jax.device_count(), sources=False)
     summary = dry_run.describe(config, _DEVICES.value or jax.device_count())
-    print(dry_run.format_summary(summary))
-    print(json.dumps(summary))
+    print(summary.format())
+    print(json.dumps(dataclasses.asdict(summary)))
     return
   held_logs = files.quiet_library_logs(_VERBOSE.value)
   workdir = _WORKDIR.value or sharding.default_workdir(config_flags.get_config_filename(flags.FLAGS['config']))

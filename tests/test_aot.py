@@ -70,34 +70,36 @@ def _config(seq_len=128, batch_size=16):
 
 @needs_libtpu
 def test_plan_for_a_small_topology():
-  summary = aot.plan(_config(), 'v5e-4', mfu=0.5, log=lambda line: None)
-  json.dumps(summary)  # The dry run's last line.
-  compiled = summary['compiled']
-  assert summary['fits'] and summary['chips'] == 4 and summary['recommendation'] is None
-  assert compiled['train']['peak_bytes'] > compiled['state_bytes'] > 0
-  assert compiled['train']['temporaries_bytes'] > 0
-  assert summary['step_flops'] == summary['train_flops_per_token'] * 16 * 128
-  assert summary['step_seconds_floor'] == pytest.approx(summary['step_flops'] / (4 * 197e12))
-  assert summary['chip_hours'] == pytest.approx(summary['steps'] * summary['step_seconds_floor'] * 4 / 0.5 / 3600)
-  assert 'fits' in aot.format_plan(summary)
+  plan = aot.plan(_config(), 'v5e-4', mfu=0.5, log=lambda line: None)
+  record = json.loads(json.dumps(plan.to_json()))  # The dry run's last line: one flat record.
+  assert record['chips'] == 4 and record['params'] == plan.summary.params
+  assert record['compiled']['train']['peak_bytes'] == plan.compiled.train.peak_bytes
+  compiled = plan.compiled
+  assert plan.fits and plan.chips == 4 and plan.recommendation is None
+  assert compiled.train.peak_bytes > compiled.state_bytes > 0
+  assert compiled.train.temporaries_bytes > 0
+  assert plan.step_flops == plan.summary.train_flops_per_token * 16 * 128
+  assert plan.step_seconds_floor == pytest.approx(plan.step_flops / (4 * 197e12))
+  assert plan.chip_hours == pytest.approx(plan.summary.steps * plan.step_seconds_floor * 4 / 0.5 / 3600)
+  assert 'fits' in plan.format()
 
 
 @needs_libtpu
 def test_search_names_the_fewest_microbatches_that_fit(monkeypatch):
   config, devices = _config(batch_size=64), aot.topology_devices(aot.parse_topology('v5e-1'))
-  peaks = {m: aot.compile_steps(config, devices, m, 'none')['train']['peak_bytes'] for m in (1, 4)}
+  peaks = {m: aot.compile_steps(config, devices, m, 'none').train.peak_bytes for m in (1, 4)}
   assert peaks[4] < peaks[1]
   hbm = (peaks[1] + peaks[4]) // 2  # A chip on which one microbatch does not fit but four do.
   monkeypatch.setitem(aot.CHIPS, 'v5e', aot.Chip('v5e', 2, 1, hbm, 197e12))
   lines = []
-  summary = aot.plan(config, 'v5e-1', log=lines.append)
-  assert not summary['fits']
-  r = summary['recommendation']
-  assert r['remat_policy'] == 'none' and r['grad_accum_steps'] in (2, 4) and r['peak_bytes'] <= hbm
-  assert 'fits with        --config.grad_accum_steps=' in aot.format_plan(summary)
+  plan = aot.plan(config, 'v5e-1', log=lines.append)
+  assert not plan.fits
+  r = plan.recommendation
+  assert r.remat_policy == 'none' and r.grad_accum_steps in (2, 4) and r.peak_bytes <= hbm
+  assert 'fits with        --config.grad_accum_steps=' in plan.format()
   monkeypatch.setitem(aot.CHIPS, 'v5e', aot.Chip('v5e', 2, 1, 1024, 197e12))  # Nothing fits in 1 KiB.
-  summary = aot.plan(config, 'v5e-1', log=lines.append)
-  assert summary['recommendation'] is None and 'nothing fits' in aot.format_plan(summary)
+  plan = aot.plan(config, 'v5e-1', log=lines.append)
+  assert plan.recommendation is None and 'nothing fits' in plan.format()
 
 
 @needs_libtpu

@@ -120,10 +120,138 @@ def _shard_bytes(abstract_tree) -> int:
   )
 
 
-def compile_steps(config, devices, microbatches: int, remat_policy: str, eval_result: dict | None = None) -> dict:
-  """Compiles the train and eval steps for `devices` with these knobs; per-chip memory of each.
+@dataclasses.dataclass(frozen=True)
+class StepMemory:
+  """One compiled step's memory per chip, or why XLA refused to compile it."""
 
-  Neither knob changes the eval step (no backward pass, whole batches): pass `eval_result` to reuse it.
+  arguments_bytes: int | None = None
+  temporaries_bytes: int | None = None  # When refused: what XLA said it wanted, where it said.
+  peak_bytes: int | None = None  # None: it did not compile.
+  error: str = ''
+
+  def format(self, name: str) -> str:
+    if self.error:
+      return f'{name}: does not compile ({self.error[:120]})'
+    return f'{name}: temporaries {_size(self.temporaries_bytes)}, peak {_size(self.peak_bytes)}'
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+  """The train and eval steps compiled with one setting of the memory knobs."""
+
+  microbatches: int
+  remat_policy: str
+  state_bytes: int  # Parameters and optimizer state per chip.
+  train: StepMemory
+  eval: StepMemory
+
+  def fits(self, hbm_bytes: int) -> bool:
+    return all(s.peak_bytes is not None and s.peak_bytes <= hbm_bytes for s in (self.train, self.eval))
+
+  def format(self, hbm_bytes: int) -> str:
+    verdict = 'fits' if self.fits(hbm_bytes) else 'does not fit'
+    return (
+      f'compiled         remat={self.remat_policy}, {self.microbatches} microbatch(es): '
+      f'state {_size(self.state_bytes)}, {self.train.format("train")}; {self.eval.format("eval")}; '
+      f'{verdict} in {hbm_bytes / GIB:.0f} GiB'
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Recommendation:
+  """The cheapest memory setting found that fits."""
+
+  remat_policy: str
+  grad_accum_steps: int
+  peak_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TopologyPlan:
+  """The dry run on a TPU topology: the run's summary, its compiled memory per chip, time and cost."""
+
+  summary: dry_run.Summary
+  topology: str
+  libtpu_topology: str
+  chips: int
+  chip_hbm_bytes: int
+  chip_peak_flops: float
+  sequences_per_chip: int
+  compiled: Compiled  # As configured.
+  fits: bool
+  tried: tuple[Compiled, ...]  # The search's compiles, in order.
+  recommendation: Recommendation | None  # None where it fits as configured or nothing tried fits.
+  step_flops: float
+  step_seconds_floor: float  # At the chips' peak.
+  mfu: float
+  chip_hours: float
+
+  def to_json(self) -> dict:
+    """One flat record: the summary's fields, then the plan's."""
+    record = dataclasses.asdict(self)
+    return {**record.pop('summary'), **record}
+
+  def format(self) -> str:
+    c, hbm = self.compiled, self.chip_hbm_bytes
+    lines = [
+      self.summary.format(),
+      f'topology         {self.topology} ({self.libtpu_topology}, {self.chips} chips of {hbm / GIB:.0f} GiB HBM, '
+      f'{self.chip_peak_flops / 1e12:.0f} TFLOP/s bf16 peak); {self.sequences_per_chip} sequences per chip per '
+      'step',
+    ]
+    if c.train.peak_bytes is not None:
+      lines.append(
+        f'per chip         parameters + optimizer state {_size(c.state_bytes)}, train temporaries '
+        f'{_size(c.train.temporaries_bytes)}, train peak {_size(c.train.peak_bytes)} '
+        f'of {hbm / GIB:.0f} GiB ({"fits" if self.fits else "does NOT fit"}; '
+        f'{_size(hbm - c.train.peak_bytes)} free)'
+      )
+    else:
+      lines.append(f'per chip         does NOT fit: {c.train.error[:200]}')
+    lines += [
+      f'FLOPs            {self.step_flops:.3g} per step (6·N·D + attention, by formula; the compiled '
+      'cost analysis counts a scanned layer once)',
+      f'time             step at least {self.step_seconds_floor:.3g} s at chip peak; the run takes '
+      f'{self.chip_hours:,.0f} chip-hours ({self.chip_hours / self.chips:,.1f} h on {self.chips} chips) '
+      f'at {100 * self.mfu:.0f}% MFU',
+    ]
+    r = self.recommendation
+    if not self.fits:
+      if r:
+        lines.append(
+          f'fits with        --config.grad_accum_steps={r.grad_accum_steps} '
+          f'--config.model.remat_policy={r.remat_policy} (peak {r.peak_bytes / GIB:.2f} GiB): the '
+          'cheapest setting tried that fits'
+        )
+      else:
+        lines.append(
+          f'nothing fits     on {self.topology} even with one sequence per chip per microbatch and '
+          'full remat: use more chips, tensor parallelism (--config.mesh.tensor) or a bigger chip'
+        )
+    return '\n'.join(lines)
+
+
+def _step_memory(step, args) -> StepMemory:
+  try:
+    memory = step.lower(*args).compile().memory_analysis()
+  except Exception as e:  # XLA refuses programs that cannot fit in HBM.
+    if 'RESOURCE_EXHAUSTED' not in str(e) and 'memory' not in str(e).lower():
+      raise
+    needed = re.search(r'temporaries \(([\d.]+)([KMGT])\)', str(e))  # XLA says how much it wanted.
+    return StepMemory(
+      temporaries_bytes=int(float(needed.group(1)) * 1024 ** ' KMGT'.index(needed.group(2))) if needed else None,
+      error=str(e).splitlines()[0][:300],
+    )
+  peak = (
+    memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes + memory.temp_size_in_bytes
+  )
+  return StepMemory(memory.argument_size_in_bytes, memory.temp_size_in_bytes, peak)
+
+
+def compile_steps(config, devices, microbatches: int, remat_policy: str, eval_memory: StepMemory | None = None):
+  """Compiles the train and eval steps for `devices` with these knobs: a `Compiled`.
+
+  Neither knob changes the eval step (no backward pass, whole batches): pass `eval_memory` to reuse it.
   """
   config = config.copy_and_resolve_references()
   config.model.remat_policy = remat_policy
@@ -144,41 +272,13 @@ def compile_steps(config, devices, microbatches: int, remat_policy: str, eval_re
   eval_batch = jax.ShapeDtypeStruct(
     (-(-eval_rows // divisor) * divisor, seq), jnp.int32, sharding=trainer.batch_sharding
   )
-  result = dict(microbatches=microbatches, remat_policy=remat_policy, state_bytes=_shard_bytes(trainer.abstract_state))
-  steps = [
-    ('train', trainer.train_step, (trainer.abstract_state, batch, lr_table)),
-    ('eval', trainer.eval_step, (trainer.abstract_state.params, eval_batch)),
-  ]
-  if eval_result is not None:
-    result['eval'], steps = eval_result, steps[:1]
-  for name, step, args in steps:
-    try:
-      memory = step.lower(*args).compile().memory_analysis()
-    except Exception as e:  # XLA refuses programs that cannot fit in HBM.
-      if 'RESOURCE_EXHAUSTED' not in str(e) and 'memory' not in str(e).lower():
-        raise
-      result[name] = dict(error=str(e).splitlines()[0][:300])
-      needed = re.search(r'temporaries \(([\d.]+)([KMGT])\)', str(e))  # XLA says how much it wanted.
-      if needed:
-        result[name]['temporaries_bytes'] = int(float(needed.group(1)) * 1024 ** ' KMGT'.index(needed.group(2)))
-      continue
-    peak = (
-      memory.argument_size_in_bytes
-      + memory.output_size_in_bytes
-      - memory.alias_size_in_bytes
-      + memory.temp_size_in_bytes
-    )
-    result[name] = dict(
-      arguments_bytes=memory.argument_size_in_bytes, temporaries_bytes=memory.temp_size_in_bytes, peak_bytes=peak
-    )
-  return result
+  train_memory = _step_memory(trainer.train_step, (trainer.abstract_state, batch, lr_table))
+  if eval_memory is None:
+    eval_memory = _step_memory(trainer.eval_step, (trainer.abstract_state.params, eval_batch))
+  return Compiled(microbatches, remat_policy, _shard_bytes(trainer.abstract_state), train_memory, eval_memory)
 
 
-def _fits(compiled: dict, hbm_bytes: int) -> bool:
-  return all('peak_bytes' in compiled[k] and compiled[k]['peak_bytes'] <= hbm_bytes for k in ('train', 'eval'))
-
-
-def plan(config, topology_name: str, mfu: float = 0.4, search: bool = True, log=print) -> dict:
+def plan(config, topology_name: str, mfu: float = 0.4, search: bool = True, log=print) -> TopologyPlan:
   """The dry-run summary for a TPU topology: compiled per-chip memory, FLOPs, time and cost; knobs that fit."""
   topology = parse_topology(topology_name)
   validate.check(config, devices=topology.chips, sources=False)  # One-line errors before minutes of compiling.
@@ -186,33 +286,32 @@ def plan(config, topology_name: str, mfu: float = 0.4, search: bool = True, log=
   summary = dry_run.describe(config, len(devices))
   hbm = topology.chip.hbm_bytes
   tried = [compile_steps(config, devices, config.grad_accum_steps, config.model.remat_policy)]
-  log(format_compiled(tried[-1], hbm))
+  log(tried[-1].format(hbm))
   recommendation = None
-  if not _fits(tried[-1], hbm) and search:
+  if not tried[0].fits(hbm) and search:
     recommendation = _search(config, devices, hbm, tried, log)
-  per_device = config.batch_size // sharding.batch_divisor(sharding.make_mesh(config.mesh, devices))
-  step_flops = summary['train_flops_per_token'] * summary['tokens_per_step']
+  step_flops = summary.train_flops_per_token * summary.tokens_per_step
   peak = topology.chip.peak_bf16_flops
-  summary.update(
+  return TopologyPlan(
+    summary=summary,
     topology=topology.name,
     libtpu_topology=topology.libtpu_name,
     chips=topology.chips,
     chip_hbm_bytes=hbm,
     chip_peak_flops=peak,
-    sequences_per_chip=per_device,
+    sequences_per_chip=config.batch_size // sharding.batch_divisor(sharding.make_mesh(config.mesh, devices)),
     compiled=tried[0],
-    fits=_fits(tried[0], hbm),
-    tried=tried[1:],
+    fits=tried[0].fits(hbm),
+    tried=tuple(tried[1:]),
     recommendation=recommendation,
     step_flops=step_flops,
     step_seconds_floor=step_flops / (topology.chips * peak),
     mfu=mfu,
-    chip_hours=summary['steps'] * step_flops / (peak * mfu) / 3600,
+    chip_hours=summary.steps * step_flops / (peak * mfu) / 3600,
   )
-  return summary
 
 
-def _search(config, devices, hbm: int, tried: list, log) -> dict | None:
+def _search(config, devices, hbm: int, tried: list[Compiled], log) -> Recommendation | None:
   """The cheapest (remat policy, microbatches) that fits: the configured policy first, then full recomputation;
   for each, the fewest microbatches (powers of two). Compiles are minutes each at paper scale, so the first guess
   scales the count by how far the temporaries overshoot (they shrink about as 1 / microbatches), then steps."""
@@ -223,24 +322,24 @@ def _search(config, devices, hbm: int, tried: list, log) -> dict | None:
     if m > config.grad_accum_steps and per_device % m == 0
   ]
   policies = [config.model.remat_policy] + ([] if config.model.remat_policy == 'full' else ['full'])
-  results = {}
+  results: dict[tuple[str, int], Compiled] = {}
 
   def compile_at(policy, index):
     if (policy, index) not in results:
-      results[policy, index] = compile_steps(config, devices, counts[index], policy, tried[0]['eval'])
+      results[policy, index] = compile_steps(config, devices, counts[index], policy, tried[0].eval)
       tried.append(results[policy, index])
-      log(format_compiled(results[policy, index], hbm))
-    return _fits(results[policy, index], hbm)
+      log(results[policy, index].format(hbm))
+    return results[policy, index].fits(hbm)
 
-  first = tried[0]
+  first = tried[0].train
   for policy in policies:
     if not counts:
       break
     index = len(counts) - 1  # Another policy: the most microbatches first; if they do not fit, none do.
-    if policy == config.model.remat_policy and 'temporaries_bytes' in first['train']:
-      fixed = first['train'].get('peak_bytes', first['state_bytes'] + first['train']['temporaries_bytes'])
-      room = hbm - (fixed - first['train']['temporaries_bytes'])  # What the temporaries may take.
-      needed = first['train']['temporaries_bytes'] / max(room, 1) * config.grad_accum_steps
+    if policy == config.model.remat_policy and first.temporaries_bytes is not None:
+      fixed = first.peak_bytes if first.peak_bytes is not None else tried[0].state_bytes + first.temporaries_bytes
+      room = hbm - (fixed - first.temporaries_bytes)  # What the temporaries may take.
+      needed = first.temporaries_bytes / max(room, 1) * config.grad_accum_steps
       index = next((i for i, m in enumerate(counts) if m >= needed), len(counts) - 1)
     if compile_at(policy, index):
       while index > 0 and compile_at(policy, index - 1):
@@ -249,66 +348,11 @@ def _search(config, devices, hbm: int, tried: list, log) -> dict | None:
       while index < len(counts) - 1 and not compile_at(policy, index + 1):
         index += 1
       index += 1
-    if index < len(counts) and _fits(results[policy, index], hbm):
+    if index < len(counts) and results[policy, index].fits(hbm):
       best = results[policy, index]
-      return dict(remat_policy=policy, grad_accum_steps=best['microbatches'], peak_bytes=best['train']['peak_bytes'])
+      return Recommendation(policy, best.microbatches, best.train.peak_bytes)
   return None
 
 
 def _size(n: int) -> str:
   return f'{n / GIB:.2f} GiB' if n >= GIB / 10 else f'{n / 2**20:.1f} MiB'
-
-
-def format_compiled(compiled: dict, hbm: int) -> str:
-  def one(name):
-    c = compiled[name]
-    if 'error' in c:
-      return f'{name}: does not compile ({c["error"][:120]})'
-    return f'{name}: temporaries {_size(c["temporaries_bytes"])}, peak {_size(c["peak_bytes"])}'
-
-  verdict = 'fits' if _fits(compiled, hbm) else 'does not fit'
-  return (
-    f'compiled         remat={compiled["remat_policy"]}, {compiled["microbatches"]} microbatch(es): '
-    f'state {_size(compiled["state_bytes"])}, {one("train")}; {one("eval")}; '
-    f'{verdict} in {hbm / GIB:.0f} GiB'
-  )
-
-
-def format_plan(d: dict) -> str:
-  c, hbm = d['compiled'], d['chip_hbm_bytes']
-  lines = [
-    dry_run.format_summary(d),
-    f'topology         {d["topology"]} ({d["libtpu_topology"]}, {d["chips"]} chips of {hbm / GIB:.0f} GiB HBM, '
-    f'{d["chip_peak_flops"] / 1e12:.0f} TFLOP/s bf16 peak); {d["sequences_per_chip"]} sequences per chip per '
-    'step',
-  ]
-  if 'peak_bytes' in c['train']:
-    lines.append(
-      f'per chip         parameters + optimizer state {_size(c["state_bytes"])}, train temporaries '
-      f'{_size(c["train"]["temporaries_bytes"])}, train peak {_size(c["train"]["peak_bytes"])} '
-      f'of {hbm / GIB:.0f} GiB ({"fits" if d["fits"] else "does NOT fit"}; '
-      f'{_size(hbm - c["train"]["peak_bytes"])} free)'
-    )
-  else:
-    lines.append(f'per chip         does NOT fit: {c["train"]["error"][:200]}')
-  lines += [
-    f'FLOPs            {d["step_flops"]:.3g} per step (6·N·D + attention, by formula; the compiled '
-    'cost analysis counts a scanned layer once)',
-    f'time             step at least {d["step_seconds_floor"]:.3g} s at chip peak; the run takes '
-    f'{d["chip_hours"]:,.0f} chip-hours ({d["chip_hours"] / d["chips"]:,.1f} h on {d["chips"]} chips) '
-    f'at {100 * d["mfu"]:.0f}% MFU',
-  ]
-  r = d['recommendation']
-  if not d['fits']:
-    if r:
-      lines.append(
-        f'fits with        --config.grad_accum_steps={r["grad_accum_steps"]} '
-        f'--config.model.remat_policy={r["remat_policy"]} (peak {r["peak_bytes"] / GIB:.2f} GiB): the '
-        'cheapest setting tried that fits'
-      )
-    else:
-      lines.append(
-        f'nothing fits     on {d["topology"]} even with one sequence per chip per microbatch and '
-        'full remat: use more chips, tensor parallelism (--config.mesh.tensor) or a bigger chip'
-      )
-  return '\n'.join(lines)

@@ -1,5 +1,6 @@
 """What a config would build, without allocating it: parameters, mesh, tokens, steps, bytes per device."""
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -37,7 +38,48 @@ class _ShapeOnlyMesh:
     self.shape = shape
 
 
-def describe(config, n_devices: int) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Summary:
+  """What a run would be on a number of devices: its model, mesh, batch, length, learning rate and bytes per device."""
+
+  model: str  # The preset's name.
+  params: int
+  non_embedding_params: int
+  mesh: dict[str, int]  # Devices along each mesh axis.
+  devices: int
+  batch_size: int
+  seq_len: int
+  grad_accum_steps: int
+  sequences_per_device_per_microbatch: int
+  tokens_per_step: int
+  steps: int
+  tokens: int
+  params_bytes_per_device: int
+  state_bytes_per_device: int  # Parameters and optimizer state.
+  train_flops_per_token: float
+  peak_lr: float
+  lr_at_end: float
+  domain_fraction: float
+
+  def format(self) -> str:
+    gib = 1024**3
+    return '\n'.join(
+      [
+        f'model            {self.model}: {self.params / 1e9:.3f}B parameters '
+        f'({self.non_embedding_params / 1e9:.3f}B non-embedding)',
+        f'mesh             {self.mesh} over {self.devices} devices',
+        f'batch            {self.batch_size} × {self.seq_len} = {self.tokens_per_step:,} tokens per step; '
+        f'{self.grad_accum_steps} microbatch(es) of {self.sequences_per_device_per_microbatch} sequences per device',
+        f'run              {self.steps:,} steps, {self.tokens / 1e9:.2f}B tokens, '
+        f'{self.train_flops_per_token * self.tokens:.3g} model FLOPs',
+        f'learning rate    peak {self.peak_lr:.3g}, {self.lr_at_end:.3g} at the end',
+        f'per device       parameters {self.params_bytes_per_device / gib:.2f} GiB, '
+        f'parameters + optimizer state {self.state_bytes_per_device / gib:.2f} GiB',
+      ]
+    )
+
+
+def describe(config, n_devices: int) -> Summary:
   """The dry-run summary of `config` (its first stage) on `n_devices` devices."""
   mesh_shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, n_devices), strict=True))
   plan = run_plan.make(config)
@@ -56,7 +98,7 @@ def describe(config, n_devices: int) -> dict:
   total, non_embedding = flops.count_params(c.model)
   params_bytes = _bytes_per_device(boxed.params, mesh_shape)
   state_bytes = _bytes_per_device(boxed, mesh_shape)
-  return dict(
+  return Summary(
     model=c.model.preset,
     params=total,
     non_embedding_params=non_embedding,
@@ -75,22 +117,4 @@ def describe(config, n_devices: int) -> dict:
     peak_lr=c.optimizer.lr,
     lr_at_end=float(plan.schedule(plan.steps)),
     domain_fraction=c.mixture.domain_fraction,
-  )
-
-
-def format_summary(d: dict) -> str:
-  gib = 1024**3
-  return '\n'.join(
-    [
-      f'model            {d["model"]}: {d["params"] / 1e9:.3f}B parameters '
-      f'({d["non_embedding_params"] / 1e9:.3f}B non-embedding)',
-      f'mesh             {d["mesh"]} over {d["devices"]} devices',
-      f'batch            {d["batch_size"]} × {d["seq_len"]} = {d["tokens_per_step"]:,} tokens per step; '
-      f'{d["grad_accum_steps"]} microbatch(es) of {d["sequences_per_device_per_microbatch"]} sequences per device',
-      f'run              {d["steps"]:,} steps, {d["tokens"] / 1e9:.2f}B tokens, '
-      f'{d["train_flops_per_token"] * d["tokens"]:.3g} model FLOPs',
-      f'learning rate    peak {d["peak_lr"]:.3g}, {d["lr_at_end"]:.3g} at the end',
-      f'per device       parameters {d["params_bytes_per_device"] / gib:.2f} GiB, '
-      f'parameters + optimizer state {d["state_bytes_per_device"] / gib:.2f} GiB',
-    ]
   )
