@@ -44,13 +44,12 @@ from spt_jax.data import prepare_build as build_lib
 from spt_jax.data import remote, shards, token_rows, tokenize
 from spt_jax.data import sources as sources_lib
 from spt_jax.data import tokenizer as tokenizer_lib
-from spt_jax.storage import files
+from spt_jax.storage import files, layout
 
 FORMAT_VERSION = 3  # 2: held-out split before subsampling, across sources. 3: streamed, checksummed, in place.
 MAX_EVAL_SEQUENCES = build_lib.MAX_EVAL_SEQUENCES
 TRAIN_SOURCES = ('general', 'domain')
-CHECKSUMS_FILE = 'checksums.json'  # The checks of the files below, which metadata.json cannot hold of itself.
-CHECKSUMMED_FILES = ('metadata.json', 'tokenizer.json')
+CHECKSUMMED_FILES = (layout.METADATA, layout.TOKENIZER)
 tokenize_documents = tokenize.tokenize_documents  # The benchmark measures it.
 _WAIT_MS = 48 * 3600 * 1000  # How long processes other than 0 wait for its preparation.
 _rounds = collections.Counter()  # prepare() calls per key in this process: every process makes the same ones.
@@ -154,7 +153,7 @@ def prepare(config) -> PreparedData:
     if status.startswith('error:'):
       raise ValueError(status[len('error:') :])
   else:
-    while not (folder / 'metadata.json').is_file():
+    while not (folder / layout.METADATA).is_file():
       time.sleep(2)
   result = _ready(folder, parsed, verify=False)
   if result is None:  # This host does not see process 0's cache: prepare the identical data here.
@@ -182,7 +181,7 @@ def _build_and_load(config, parsed: dict, budgets: dict, folder: pathlib.Path) -
 
 def _record_checksums(folder: pathlib.Path) -> None:
   files.write_json(
-    str(folder / CHECKSUMS_FILE), {name: shards.file_checks(folder / name) for name in CHECKSUMMED_FILES}
+    str(folder / layout.PREPARED_CHECKSUMS), {name: shards.file_checks(folder / name) for name in CHECKSUMMED_FILES}
   )
 
 
@@ -192,29 +191,29 @@ def _set_aside(folder: pathlib.Path, why: str) -> None:
 
 def _damaged_records(folder: pathlib.Path) -> str | None:
   """Why metadata.json or tokenizer.json cannot be trusted (None when they match checksums.json or it is absent)."""
-  path = folder / CHECKSUMS_FILE
+  path = folder / layout.PREPARED_CHECKSUMS
   if not path.is_file():
     return None
   try:
     checks = json.loads(path.read_text())
     damaged = shards.damaged_files(folder, {name: checks[name] for name in CHECKSUMMED_FILES})
   except (ValueError, KeyError, TypeError) as error:
-    return f'{CHECKSUMS_FILE} does not load ({type(error).__name__})'
+    return f'{layout.PREPARED_CHECKSUMS} does not load ({type(error).__name__})'
   return f'{damaged[0]} does not match its recorded checksum' if damaged else None
 
 
 def _ready(folder: pathlib.Path, parsed: dict, verify: bool = True) -> PreparedData | None:
   """The prepared data in folder when it is complete, unchanged and undamaged; None when it must be built."""
-  if not (folder / 'metadata.json').is_file():
+  if not (folder / layout.METADATA).is_file():
     return None
   damaged = _damaged_records(folder) if verify else None
   if damaged:
     _set_aside(folder, damaged)
     return None
   try:
-    metadata = json.loads((folder / 'metadata.json').read_text())
+    metadata = json.loads((folder / layout.METADATA).read_text())
     # The tokenizer the sequences were made with travels with them (a BPE may since have been retrained).
-    tokenizer = tokenizers.Tokenizer.from_file(str(folder / 'tokenizer.json'))
+    tokenizer = tokenizers.Tokenizer.from_file(str(folder / layout.TOKENIZER))
   except Exception as error:  # tokenizers raises a bare Exception.
     if not verify:
       raise
@@ -226,7 +225,7 @@ def _ready(folder: pathlib.Path, parsed: dict, verify: bool = True) -> PreparedD
   if damaged_shards:
     _set_aside(folder, f'{damaged_shards[0]} does not match its recorded checksum')
     return None
-  if verify and not (folder / CHECKSUMS_FILE).is_file():
+  if verify and not (folder / layout.PREPARED_CHECKSUMS).is_file():
     _record_checksums(folder)
   return _load(folder, metadata, tokenizer)
 
@@ -320,16 +319,18 @@ def _in_place(metadata: dict, name: str, cache_root: pathlib.Path) -> token_rows
 
 
 def _load(folder: pathlib.Path, metadata: dict, tokenizer) -> PreparedData:
-  def read(stem):
-    return np.load(folder / f'{stem}.npy', mmap_mode='r')
+  def read(name):
+    return np.load(folder / name, mmap_mode='r')
 
   cache_root = folder.parent.parent
   return PreparedData(
     train={
-      name: (_in_place(metadata, name, cache_root) if name in metadata.get('in_place', {}) else read(f'train_{name}'))
+      name: _in_place(metadata, name, cache_root)
+      if name in metadata.get('in_place', {})
+      else read(layout.train_shard(name))
       for name in TRAIN_SOURCES
     },
-    eval_sets={name: read(f'eval_{name}') for name in metadata['eval_sets']},
+    eval_sets={name: read(layout.eval_shard(name)) for name in metadata['eval_sets']},
     bytes_per_token=dict(metadata['bytes_per_token']),
     vocab_size=metadata['vocab_size'],
     tokenizer=tokenizer,

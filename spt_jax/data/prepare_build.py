@@ -17,6 +17,7 @@ import numpy as np
 
 from spt_jax.data import shards, token_rows, tokenized
 from spt_jax.data import sources as sources_lib
+from spt_jax.storage import layout
 
 MAX_EVAL_SEQUENCES = 4096  # Cap of each held-out eval set; more adds eval time, not precision that matters.
 _PACK_TOKENS = 1 << 22  # Tokens gathered per write while packing.
@@ -135,9 +136,9 @@ def _train_outputs(config, name, source, spilled, held, valid, excluded, budget,
         f'the {name} {split} split has fewer than seq_len + 1 = {row} tokens; '
         'add documents, lower --config.data.seq_len or adjust test_fraction/test_tokens'
       )
-  writer = shards.ShardWriter(partial / f'train_{name}.npy', dtype, row, expected_rows=train_rows)
+  writer = shards.ShardWriter(partial / layout.train_shard(name), dtype, row, expected_rows=train_rows)
   pack_to(writer, _stream(spilled, train_docs), row)
-  metadata['shards'][f'train_{name}.npy'] = writer.close()
+  metadata['shards'][layout.train_shard(name)] = writer.close()
   test = pack_small(list(_stream(spilled, test_docs)), row, dtype, MAX_EVAL_SEQUENCES)
   _write_eval(partial, f'{name}_test', test, metadata, _text_bytes_per_token(spilled, test_docs))
   if len(valid):
@@ -149,12 +150,12 @@ def _train_outputs(config, name, source, spilled, held, valid, excluded, budget,
       )
     _write_eval(partial, f'{name}_valid', rows, metadata, _text_bytes_per_token(spilled, valid_docs))
   if name == 'domain':
-    train = np.load(partial / f'train_{name}.npy', mmap_mode='r')
+    train = np.load(partial / layout.train_shard(name), mmap_mode='r')
     count = min(data.domain_train_sequences, len(train))
     rows = np.sort(np.random.default_rng([config.seed, 7]).choice(len(train), count, replace=False))
     _write_eval(partial, 'domain_train', np.asarray(train[rows]), metadata, _text_bytes_per_token(spilled, train_docs))
     del train
-  (partial / f'test_documents_{name}.json').write_text(
+  (partial / layout.test_documents(name)).write_text(
     json.dumps(sorted(f'{h:016x}' for h in spilled.hashes[np.concatenate([held, valid])].tolist()))
   )
   by_source = _by_source(name, spilled, held, train_docs)
@@ -267,7 +268,7 @@ def _token_outputs(config, name, source, budget, tokenizer, partial, dtype, meta
 
 
 def _write_eval(partial, name, rows, metadata, bytes_per_token_value) -> None:
-  metadata['shards'][f'eval_{name}.npy'] = shards.write_array(partial / f'eval_{name}.npy', rows)
+  metadata['shards'][layout.eval_shard(name)] = shards.write_array(partial / layout.eval_shard(name), rows)
   metadata['eval_sets'][name] = len(rows)
   metadata['bytes_per_token'][name] = bytes_per_token_value
 
@@ -383,8 +384,8 @@ def build(
       workers=workers,
       megabytes_per_second_per_worker=round(tokenized_bytes / 1e6 / seconds / workers, 3),
     )
-    tokenizer.save(str(partial / 'tokenizer.json'))
-    (partial / 'metadata.json').write_text(json.dumps(metadata, indent=1, sort_keys=True))
+    tokenizer.save(str(partial / layout.TOKENIZER))
+    (partial / layout.METADATA).write_text(json.dumps(metadata, indent=1, sort_keys=True))
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)  # A failed preparation leaves nothing behind.
     raise
@@ -392,7 +393,7 @@ def build(
     partial.rename(folder)
   except OSError:  # Another process finished the same folder first: theirs is identical.
     shutil.rmtree(partial, ignore_errors=True)
-    return json.loads((folder / 'metadata.json').read_text())
+    return json.loads((folder / layout.METADATA).read_text())
   logging.info(
     'prepared %.1f MB of text (%.1f MB tokenized now) in %.1f s into %s',
     text_bytes / 1e6,

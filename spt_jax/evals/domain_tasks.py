@@ -25,6 +25,7 @@ import random
 import re
 
 from spt_jax.evals import mcqa
+from spt_jax.storage import layout
 
 N_CHOICES = 4
 _KEYS = ('C', 'G', 'D', 'A', 'E', 'F', 'Bb', 'Eb', 'Am', 'Em', 'Dm', 'Bm', 'Gm', 'Ador', 'Edor', 'Dmix', 'Gmix')
@@ -240,7 +241,7 @@ def held_out_documents(
 
   documents = list(sources.parse(spec, source, cache_dir).documents())
   if prepared_dir:
-    path = os.path.join(prepared_dir, f'test_documents_{source}.json')
+    path = os.path.join(prepared_dir, layout.test_documents(source))
     if not os.path.exists(path):
       raise ValueError(f'{path} does not exist; pass the prepared data folder of the run (it lists held-out hashes)')
     with open(path) as f:

@@ -4,7 +4,8 @@ A run (one stage) writes into its workdir `config.json`, `tokenizer.json`, `metr
 the log, `.lock` while it runs, `decay/` after a WSD finetune stops early, and, when it ends, `summary.json`. A
 pipeline's workdir W holds one run in `W/pretrain` and one per finetuning grid point in `W/finetune/<point>`, then
 `W/summary.json` and `W/report.md`. A study's folder holds one pipeline workdir per variant and its own
-`report.md`.
+`report.md`. A prepared-data folder in the cache holds `tokenizer.json`, `metadata.json` and one `.npy` shard per
+training source and evaluation set.
 """
 
 import os
@@ -21,6 +22,8 @@ CHECKPOINTS = 'checkpoints'  # One folder per saved step.
 PRETRAIN = 'pretrain'
 FINETUNE = 'finetune'
 DECAY = 'decay'  # Inside a WSD finetune that stopped early: its decay from the best checkpoint.
+METADATA = 'metadata.json'  # Prepared data: what was prepared from which files, each shard's size and checksum.
+PREPARED_CHECKSUMS = 'checksums.json'  # Prepared data: the checks of METADATA and TOKENIZER.
 
 
 def log_name(process_index: int, process_count: int) -> str:
@@ -38,3 +41,18 @@ def pretrain_dir(workdir: str) -> str:
 
 def finetune_dir(workdir: str, point: str) -> str:
   return os.path.join(workdir, FINETUNE, point)
+
+
+def train_shard(source: str) -> str:
+  """A prepared-data folder's token rows of one training source ('general', 'domain')."""
+  return f'train_{source}.npy'
+
+
+def test_documents(source: str) -> str:
+  """A prepared-data folder's list of the content hashes of one source's held-out documents."""
+  return f'test_documents_{source}.json'
+
+
+def eval_shard(name: str) -> str:
+  """A prepared-data folder's token rows of one evaluation set ('general_test', 'domain_valid', ...)."""
+  return f'eval_{name}.npy'
