@@ -85,6 +85,17 @@ def _env():
   return env
 
 
+_compile_cache = {}  # The folder of compiled programs that this module's runs share (set by the fixture below).
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _shared_compile_cache(tmp_path_factory):
+  """Every run of SCRIPT loads the programs the first one compiled: most of a tiny run's start is compiling."""
+  _compile_cache['dir'] = str(tmp_path_factory.mktemp('jax-cache'))
+  yield
+  _compile_cache.clear()
+
+
 def _start(tmp_path, workdir, mode='plain'):
   script = tmp_path / 'run_faults.py'
   script.write_text(SCRIPT)
@@ -92,7 +103,7 @@ def _start(tmp_path, workdir, mode='plain'):
   marker.unlink(missing_ok=True)
   process = subprocess.Popen(
     [sys.executable, str(script), str(workdir), mode, str(marker)],
-    env=_env(),
+    env=dict(_env(), JAX_COMPILATION_CACHE_DIR=_compile_cache['dir'], JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0'),
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,
