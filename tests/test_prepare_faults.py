@@ -13,6 +13,7 @@ import pytest
 
 from spt_jax.data import prepare as prepare_lib
 from spt_jax.data import shards
+from spt_jax.storage import layout
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_prepare import _config
@@ -146,13 +147,13 @@ def test_damaged_metadata_or_tokenizer_is_found_set_aside_and_rebuilt(tmp_path, 
   assert again.tokenizer.to_str() == tokenizer
   for key, rows in _arrays(again).items():
     assert np.array_equal(rows, expected[key]), key
-  assert not shards.damaged_files(again.path, json.loads((again.path / prepare_lib.CHECKSUMS_FILE).read_text()))
+  assert not shards.damaged_files(again.path, json.loads((again.path / layout.PREPARED_CHECKSUMS).read_text()))
 
 
 def test_a_folder_without_checksums_gets_them_and_is_then_checked(tmp_path, caplog):
   config = _config(tmp_path)
   first = prepare_lib.prepare(config)
-  checksums = first.path / prepare_lib.CHECKSUMS_FILE
+  checksums = first.path / layout.PREPARED_CHECKSUMS
   recorded = checksums.read_text()
   checksums.unlink()  # As a folder prepared before checksums.json, or killed just before writing it.
   (first.path / 'tokenizer.json').write_text('{"not": "a tokenizer"}')  # Unrecorded, but it does not load.
