@@ -17,7 +17,7 @@ from spt_jax.model import sharding
 from spt_jax.model.flops import PRESETS
 
 # (data, fsdp, tensor, microbatches): gradient accumulation must not change the step either.
-_MESHES = [(1, 1, 1, 1), (8, 1, 1, 1), (2, 4, 1, 1), (2, 2, 2, 1), (2, 4, 1, 2), (1, 1, 1, 4)]
+_MESHES = [(1, 1, 1, 1), (8, 1, 1, 1), (2, 4, 1, 1), (2, 2, 2, 1), (2, 4, 1, 2)]
 
 _SCRIPT = textwrap.dedent("""
     import json, sys
