@@ -49,7 +49,7 @@ def _paper_rows(report: dict, budget: float) -> list:
       (
         f'forecast of the held-out δ = {100 * float(largest):g}% curve (mean abs. relative error)',
         f'{100 * error["mean_abs_relative_error"]:.2f}%',
-        'forecast/onset_10pct_tokens',
+        'forecast/curve_10pct',
       )
     )
     onset = report['onset'].get(largest, {})

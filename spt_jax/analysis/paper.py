@@ -177,12 +177,19 @@ VALUES: dict[str, PaperValue] = {
     0.10, 'δ', '§5.1', 'fitted gap exponent', 'b_gap stays in (0, 1) up to δ = 10%: sublinear overfitting'
   ),
   'forecast/fit_max_delta': PaperValue(0.05, 'δ', 'Fig. 13(a), §5.3', 'fit on δ ∈ [0, 5]%'),
+  'forecast/curve_10pct': PaperValue(
+    None,
+    '',
+    'Fig. 13(a), §5.3',
+    'fit on δ ≤ 5%, forecast of the 10% curve to 200B',
+    'the fit on δ ≤ 5% predicts the whole 10% curve to 200B tokens (no error figure given)',
+  ),
   'forecast/onset_10pct_tokens': PaperValue(
     70e9,
     'tokens (about)',
     'Fig. 13(a), §5.3',
     'fit on δ ≤ 5%, forecast of the 10% curve to 200B',
-    'the forecast tracks the whole 10% curve and its overfitting onset',
+    'the forecast 10% curve starts to overfit near it',
   ),
   'forecast/post_ft_fit_max_tokens': PaperValue(
     120e9, 'tokens', 'Fig. 13(b), §5.3', 'post-FT loss extrapolated beyond 120B tokens'
