@@ -19,7 +19,7 @@ import pytest
 
 from spt_jax.evals import heldout as evaluation
 from spt_jax.train import checkpoint, loop
-from tests import test_loop
+from tests import test_loop, tiny
 from tests.test_loop import _wait_for
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -85,17 +85,6 @@ def _env():
   return env
 
 
-_compile_cache = {}  # The folder of compiled programs that this module's runs share (set by the fixture below).
-
-
-@pytest.fixture(scope='module', autouse=True)
-def _shared_compile_cache(tmp_path_factory):
-  """Every run of SCRIPT loads the programs the first one compiled: most of a tiny run's start is compiling."""
-  _compile_cache['dir'] = str(tmp_path_factory.mktemp('jax-cache'))
-  yield
-  _compile_cache.clear()
-
-
 def _start(tmp_path, workdir, mode='plain'):
   script = tmp_path / 'run_faults.py'
   script.write_text(SCRIPT)
@@ -103,7 +92,8 @@ def _start(tmp_path, workdir, mode='plain'):
   marker.unlink(missing_ok=True)
   process = subprocess.Popen(
     [sys.executable, str(script), str(workdir), mode, str(marker)],
-    env=dict(_env(), JAX_COMPILATION_CACHE_DIR=_compile_cache['dir'], JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0'),
+    # The module's runs (its tests share one pytest base folder per worker) load what the first one compiled.
+    env=dict(_env(), **tiny.compile_cache_env(tmp_path.parent / 'jax-cache-faults')),
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,

@@ -19,6 +19,7 @@ import time
 import pytest
 
 from spt_jax.model import sharding
+from tests import tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS, BATCH = 8, 8
@@ -92,9 +93,7 @@ def _start(corpora, workdir, processes: int, cache: str, delay: float = 0.0) -> 
       PYTHONPATH=str(ROOT),
       JAX_PLATFORMS='cpu',
       SPT_TEST_DELAY=str(delay),
-      # Resumed runs reuse compiled steps: most of each start is compilation on a small CPU.
-      JAX_COMPILATION_CACHE_DIR=str(corpora / 'jax-cache'),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+      **tiny.compile_cache_env(corpora / 'jax-cache'),  # Resumed runs reuse compiled steps.
       XLA_FLAGS=f'--xla_force_host_platform_device_count={8 // processes}',
       SPT_TEST_ROWS=str(workdir) + f'.rows-{index}-of-{processes}.jsonl',
     )

@@ -15,6 +15,7 @@ from spt_jax.model import sharding
 from spt_jax.storage import records
 from spt_jax.train import loop, pipeline
 from spt_jax.train import step as train
+from tests import tiny
 from tests.test_loop import _losses, _wait_for
 from tests.tiny import tiny_config, tiny_data
 
@@ -199,8 +200,7 @@ def _start(tmp_path, root, delay_after):
   script.write_text(SCRIPT)
   env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get('PYTHONPATH', ''))
   env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'  # Sharded state (fsdp over 4) under the run axis.
-  # The killed and resumed runs load the programs the reference compiled: most of a tiny run's start is compiling.
-  env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax-cache'), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  env.update(tiny.compile_cache_env(tmp_path / 'jax-cache'))  # The killed and resumed runs load the reference's.
   return subprocess.Popen(
     [sys.executable, str(script), root, str(delay_after)],
     env=env,

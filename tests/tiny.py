@@ -49,3 +49,9 @@ def tiny_data(seq_len=16, vocab=500):
     bytes_per_token={name: 2.0 for name in eval_sets},
     metadata={'tokenizer': 'test'},
   )
+
+
+def compile_cache_env(folder) -> dict:
+  """Environment for test subprocesses that share compiled programs in `folder`: most of a tiny run's start is
+  compiling on a small CPU, and a loaded program is the compiled one (bit-for-bit assertions hold)."""
+  return dict(JAX_COMPILATION_CACHE_DIR=str(folder), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')

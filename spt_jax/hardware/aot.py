@@ -176,20 +176,36 @@ class TopologyPlan:
   chips: int
   chip_hbm_bytes: int
   chip_peak_flops: float
-  sequences_per_chip: int
   compiled: Compiled  # As configured.
-  fits: bool
   tried: tuple[Compiled, ...]  # The search's compiles, in order.
   recommendation: Recommendation | None  # None where it fits as configured or nothing tried fits.
-  step_flops: float
-  step_seconds_floor: float  # At the chips' peak.
-  mfu: float
-  chip_hours: float
+  mfu: float  # Assumed for the time and cost.
+
+  @property
+  def sequences_per_chip(self) -> int:  # Per step, all microbatches.
+    return self.summary.sequences_per_device
+
+  @property
+  def fits(self) -> bool:
+    return self.compiled.fits(self.chip_hbm_bytes)
+
+  @property
+  def step_flops(self) -> float:
+    return self.summary.train_flops_per_token * self.summary.tokens_per_step
+
+  @property
+  def step_seconds_floor(self) -> float:  # At the chips' peak.
+    return self.step_flops / (self.chips * self.chip_peak_flops)
+
+  @property
+  def chip_hours(self) -> float:
+    return self.summary.steps * self.step_flops / (self.chip_peak_flops * self.mfu) / 3600
 
   def to_json(self) -> dict:
-    """One flat record: the summary's fields, then the plan's."""
+    """One flat record: the summary's fields, then the plan's, the derived figures included."""
     record = dataclasses.asdict(self)
-    return {**record.pop('summary'), **record}
+    derived = ('sequences_per_chip', 'fits', 'step_flops', 'step_seconds_floor', 'chip_hours')
+    return {**record.pop('summary'), **record, **{name: getattr(self, name) for name in derived}}
 
   def format(self) -> str:
     c, hbm = self.compiled, self.chip_hbm_bytes
@@ -289,33 +305,26 @@ def plan(config, topology_name: str, mfu: float = 0.4, search: bool = True, log=
   log(tried[-1].format(hbm))
   recommendation = None
   if not tried[0].fits(hbm) and search:
-    recommendation = _search(config, devices, hbm, tried, log)
-  step_flops = summary.train_flops_per_token * summary.tokens_per_step
-  peak = topology.chip.peak_bf16_flops
+    recommendation = _search(config, devices, summary.sequences_per_device, hbm, tried, log)
   return TopologyPlan(
     summary=summary,
     topology=topology.name,
     libtpu_topology=topology.libtpu_name,
     chips=topology.chips,
     chip_hbm_bytes=hbm,
-    chip_peak_flops=peak,
-    sequences_per_chip=config.batch_size // sharding.batch_divisor(sharding.make_mesh(config.mesh, devices)),
+    chip_peak_flops=topology.chip.peak_bf16_flops,
     compiled=tried[0],
-    fits=tried[0].fits(hbm),
     tried=tuple(tried[1:]),
     recommendation=recommendation,
-    step_flops=step_flops,
-    step_seconds_floor=step_flops / (topology.chips * peak),
     mfu=mfu,
-    chip_hours=summary.steps * step_flops / (peak * mfu) / 3600,
   )
 
 
-def _search(config, devices, hbm: int, tried: list[Compiled], log) -> Recommendation | None:
+def _search(config, devices, per_device: int, hbm: int, tried: list[Compiled], log) -> Recommendation | None:
   """The cheapest (remat policy, microbatches) that fits: the configured policy first, then full recomputation;
-  for each, the fewest microbatches (powers of two). Compiles are minutes each at paper scale, so the first guess
-  scales the count by how far the temporaries overshoot (they shrink about as 1 / microbatches), then steps."""
-  per_device = config.batch_size // (sharding.batch_divisor(sharding.make_mesh(config.mesh, devices)))
+  for each, the fewest microbatches (powers of two) of the `per_device` sequences a device takes per step.
+  Compiles are minutes each at paper scale, so the first guess scales the count by how far the temporaries overshoot
+  (they shrink about as 1 / microbatches), then steps."""
   counts = [
     m
     for m in (2**i for i in range(int(math.log2(per_device)) + 1))

@@ -61,6 +61,11 @@ class Summary:
   lr_at_end: float
   domain_fraction: float
 
+  @property
+  def sequences_per_device(self) -> int:
+    """Per step, all microbatches."""
+    return self.sequences_per_device_per_microbatch * self.grad_accum_steps
+
   def format(self) -> str:
     gib = 1024**3
     return '\n'.join(
