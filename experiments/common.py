@@ -5,6 +5,7 @@ The base config is read by ml_collections.config_flags, like spt_jax.main's:
 defined (spt_jax/cli.py: a wrong command line exits 2 before anything runs).
 """
 
+import json
 import os
 import re
 import sys
@@ -139,21 +140,44 @@ def write_report(title: str, sections: list, finetune_epochs: float | None = Non
 
 def regime_section(finetune_epochs: float | None = None) -> str:
   """The study's regime beside the paper's (spt_jax/train/regime.py); finetune_epochs: the domain epochs the
-  study's finetunes had seen at their best step, where they stopped early (measured; None: not known)."""
+  study's finetunes had seen at their best step, where they stopped early (measured; None: not known).
+
+  The domain set's size is what the study's runs drew from (their accounting), which differs from the config's
+  subsample target when documents are large (whole files drawn per seed): the smallest and largest, as two columns.
+  """
   from spt_jax.train import regime  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   config = base_config()
-  ours = regime.of_config(
-    f'this study ({config_name()})', config, config.data.domain_max_tokens, finetune_epochs_before_turn=finetune_epochs
-  )
+  sizes = domain_set_sizes(WORKDIR.value)
+  if sizes:
+    where = f"measured from the accounting of the study's {len(sizes)} runs that drew domain data"
+  else:
+    sizes, where = [config.data.domain_max_tokens], "the domain set's subsample target (`data.domain_max_tokens`)"
+  low, high = min(sizes), max(sizes)
+  columns = [('', low)] if low == high else [(', smallest domain set', low), (', largest domain set', high)]
+  ours = [
+    regime.of_config(f'this study ({config_name()}{label})', config, size, finetune_epochs_before_turn=finetune_epochs)
+    for label, size in columns
+  ]
   return (
     '## Regime\n\n'
-    + regime.table([regime.paper(), ours])
-    + (
-      "\n\nDomain tokens are the domain set's subsample target (`data.domain_max_tokens`); budget points are "
-      'fifths of the run.'
-    )
+    + regime.table([regime.paper(), *ours])
+    + f'\n\nDomain training tokens: {where}; budget points are fifths of the run.'
   )
+
+
+def domain_set_sizes(folder: str) -> list[int]:
+  """The domain training set's size in tokens, per run under `folder` that drew from it (run summaries)."""
+  from spt_jax.storage import records  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+
+  sizes = []
+  for root, _, names in os.walk(folder):
+    if layout.SUMMARY in names and layout.METRICS in names:  # A run's folder (not a pipeline's top).
+      with open(os.path.join(root, layout.SUMMARY)) as file:
+        size = records.RunSummary.from_json(json.load(file)).domain_set_tokens
+      if size:
+        sizes.append(size)
+  return sizes
 
 
 def paper_table(rows: list) -> str:

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from spt_jax.storage import records
 from tests import test_faults
 from tests.test_loop import _wait_for
 from tests.test_main import ROOT, _write_documents
@@ -106,6 +107,10 @@ def test_headline_runs_both_arms_per_seed_then_reports(tmp_path):
   low, high = gain['ci95']  # Student's t with 1 degree of freedom: 12.71 standard errors either side.
   assert math.isclose(high - gain['mean'], 12.706 * gain['sd'] / math.sqrt(2), rel_tol=1e-3) and low < gain['mean']
   assert '95% CI of the mean [' in report and '## Regime' in report  # The study's regime beside the paper's.
+  summaries = [study / f'spt_seed{seed}' / 'pretrain' / 'summary.json' for seed in (0, 1)]
+  sizes = [records.RunSummary.from_json(json.loads(path.read_text())).domain_set_tokens for path in summaries]
+  assert f'| domain training tokens | 300,000,000 | {min(sizes):,} |' in report  # What the runs drew from.
+  assert 'measured from the accounting' in report
   again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)  # Finished: no training.
   assert again.returncode == 0 and 'already finished' in again.stderr, again.stderr[-3000:]
 

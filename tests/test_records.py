@@ -53,3 +53,11 @@ def test_a_run_summary_round_trips_with_its_evaluations_and_refuses_what_is_not_
   assert not dataclasses.replace(older, stop_reason='preempted').finished
   with pytest.raises(ValueError, match='without steps, stop_reason'):
     records.RunSummary.from_json({'stage': 'pretrain', 'tokens': 0})
+
+
+def test_a_run_summary_knows_the_size_of_the_domain_set_it_drew_from():
+  accounting = {'tokens': {'domain': 640}, 'epochs': {'domain': 0.08}}
+  drew = records.RunSummary('pretrain', 100, 6400, 'budget', data=accounting)
+  assert drew.domain_set_tokens == 8000
+  npt = records.RunSummary('pretrain', 100, 6400, 'budget', data={'tokens': {'domain': 0}, 'epochs': {'domain': 0.0}})
+  assert npt.domain_set_tokens is None and records.RunSummary('pretrain', 1, 1, 'budget').domain_set_tokens is None

@@ -12,6 +12,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from spt_jax.model import sharding
+
 IMPLEMENTATIONS = ('auto', 'splash', 'cudnn', 'xla', '')
 
 
@@ -83,8 +85,6 @@ def splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mesh=None, interpret: bool
   local = functools.partial(_splash_local, interpret=interpret)
   if mesh is None or mesh.size == 1:
     return local(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
-  from spt_jax.model import sharding  # noqa: PLC0415  import cycle: sharding imports the model, which imports this module
-
   spec = sharding.spec(('activation_batch', None, 'heads', None), q_BxLxHxK.shape, mesh)
   return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK

@@ -74,6 +74,12 @@ class RunSummary:
     return cls(**fields)
 
   @property
+  def domain_set_tokens(self) -> int | None:
+    """Tokens of the domain training set the run drew from (its tokens ÷ its epochs), None when it drew none."""
+    tokens, epochs = self.data.get('tokens', {}).get('domain', 0), self.data.get('epochs', {}).get('domain', 0)
+    return round(tokens / epochs) if epochs else None
+
+  @property
   def finished(self) -> bool:
     """Whether it ended as planned (its budget, or early stopping), not by preemption or a non-finite loss."""
     return self.stop_reason in ('budget', 'early_stopping')
