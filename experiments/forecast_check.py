@@ -40,38 +40,37 @@ flags.register_multi_flags_validator(
 )
 
 
-def _paper_rows(report: dict, budget: float) -> list:
-  largest = max(report['held_out_delta'], key=float, default=None)
+def _paper_rows(report, budget: float) -> list:
+  largest = max(report.held_out_delta, key=float, default=None)
   rows = []
   if largest is not None:
-    error = report['held_out_delta'][largest]['test']
+    error = report.held_out_delta[largest].test
     rows.append(
       (
         f'forecast of the held-out δ = {100 * float(largest):g}% curve (mean abs. relative error)',
-        f'{100 * error["mean_abs_relative_error"]:.2f}%',
+        f'{100 * error.mean_abs_relative_error:.2f}%',
         'forecast/curve_10pct',
       )
     )
-    onset = report['onset'].get(largest, {})
+    onset = report.onset.get(largest)
+    predicted, observed = (onset.predicted_tokens, onset.observed_tokens) if onset else (None, None)
     rows.append(
       (
         f'overfitting onset of δ = {100 * float(largest):g}%, predicted / observed (tokens)',
-        f'{onset.get("predicted_tokens") or float("nan"):.3g} / '
-        f'{onset.get("observed_tokens") or float("nan"):.3g}'
-        f' (budget {budget:.3g})',
+        f'{predicted or float("nan"):.3g} / {observed or float("nan"):.3g} (budget {budget:.3g})',
         'forecast/onset_10pct_tokens',
       )
     )
-  for cross in report['crossovers']:
+  for cross in report.crossovers:
 
     def show(found):
       return ', '.join(f'{f["tokens"]:.3g}' for f in found) or 'none'
 
     rows.append(
       (
-        f'crossover δ = {100 * cross["deltas"][0]:g}% vs {100 * cross["deltas"][1]:g}% '
-        f'({cross["objective"]}), predicted / observed',
-        f'{show(cross["predicted"])} / {show(cross["observed"])}',
+        f'crossover δ = {100 * cross.deltas[0]:g}% vs {100 * cross.deltas[1]:g}% '
+        f'({cross.objective}), predicted / observed',
+        f'{show(cross.predicted)} / {show(cross.observed)}',
         'forecast/crossover_2pct_over_5pct_tokens',
       )
     )
@@ -90,6 +89,7 @@ def main(argv):
   from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
     forecast_check,
     runs,
+    scaling,
   )
   from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
@@ -108,11 +108,11 @@ def main(argv):
     'fit', name='fit_subset', runs=list(workdirs.values()), max_delta=_MAX_DELTA.value, max_tokens=max_tokens
   )
   with open(os.path.join(fit_dir, 'fit.json')) as f:
-    fit = json.load(f)
+    law = scaling.law_from_fit(json.load(f))
   data = runs.scaling_data([runs.read(w) for w in workdirs.values()])
   pair = tuple(_CROSSOVER.value)
-  report = forecast_check.check(fit, data, crossover_pairs=[pair] if len(pair) == 2 else [])
-  files.write_json(os.path.join(common.WORKDIR.value, 'forecast_check.json'), report)
+  report = forecast_check.check(law, data, crossover_pairs=[pair] if len(pair) == 2 else [])
+  files.write_json(os.path.join(common.WORKDIR.value, 'forecast_check.json'), report.to_json())
   common.write_report(
     f'Forecast check on {common.config_name()}: fitted on δ ≤ {100 * _MAX_DELTA.value:g}% and the first '
     f'{100 * _MAX_TOKEN_FRACTION.value:g}% of {budget:.3g} tokens',

@@ -97,7 +97,8 @@ def main(argv):
   sharding.initialize_distributed()
   if jax.process_count() == 1:  # Several hosts: JAX's preemption service owns SIGTERM.
     files.exit_quietly_on_sigterm()  # Before the first step a SIGTERM exits 0 with one line, not 143.
-  # Before anything is written: a rejected config or folder leaves the workdir and the cache as they were.
+  # Before anything is written: a rejected config or folder leaves the workdir and the cache as they were. The one
+  # validation of the run: the stages below take the config as valid.
   validate.check(config, backend=jax.default_backend())
   validate.check_folders(config, workdir)
   compile_cache.enable(config.compilation_cache, config.data.cache_dir)  # Before the first compile.
@@ -111,9 +112,9 @@ def main(argv):
   with files.WorkdirLock(folders, enabled=jax.process_index() == 0):
     files.log_to(held_logs, os.path.join(workdir, layout.log_name(jax.process_index(), jax.process_count())))
     if config.stage == 'pipeline':
-      result = pipeline.run_pipeline(config, workdir)
+      result = pipeline.run_pipeline(config, workdir, checked=True)
     else:
-      result = loop.run(config, workdir, stage=config.stage)
+      result = loop.run(config, workdir, stage=config.stage, checked=True)
   if result.stop_reason == 'nonfinite_loss':  # Preemption exits 0 so that the scheduler restarts the run.
     sys.exit(1)
 

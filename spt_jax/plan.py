@@ -109,7 +109,7 @@ def fit(
   max_tokens: float | None = None,
 ) -> None:
   """Fits the overfitting scaling laws (1)-(9) and the finetuning delta (7); writes out/fit.json."""
-  from spt_jax.analysis import plots, scaling, scaling_fit  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.analysis import plots, scaling_fit  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
   from spt_jax.analysis import runs as runs_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   if bool(runs) == bool(csv):
@@ -118,28 +118,27 @@ def fit(
   fit = scaling_fit.fit_joint(
     data, loss=loss, huber=huber, bootstrap=bootstrap, seed=seed, max_delta=max_delta, max_tokens=max_tokens
   )
-  law = scaling.law_from_fit(fit)
   lines = markdown.table(
     ['parameter', 'value', '95% CI', 'meaning'],
     [
-      [name, f'{e["value"]:.4g}', f'[{e["ci95"][0]:.4g}, {e["ci95"][1]:.4g}]' if e['ci95'] else '—', e['meaning']]
-      for name, e in fit['params'].items()
+      [name, f'{p.value:.4g}', f'[{p.ci95[0]:.4g}, {p.ci95[1]:.4g}]' if p.ci95 else '—', p.meaning]
+      for name, p in fit.params.items()
     ],
   )
-  residuals = fit['residuals']
+  residuals = fit.residuals
   lines.append(
-    f'\nResiduals (log loss, RMS): train {residuals["rms_log_train"]:.4f}, test '
-    f'{residuals["rms_log_test"]:.4f}, max |r| {residuals["max_abs_log"]:.4f} over '
-    f'{residuals["n_points"]} points; tokens unit {fit["tokens_unit"]:g}; δ a fraction inside formulas.'
+    f'\nResiduals (log loss, RMS): train {residuals.rms_log_train:.4f}, test '
+    f'{residuals.rms_log_test:.4f}, max |r| {residuals.max_abs_log:.4f} over '
+    f'{residuals.n_points} points; tokens unit {fit.law.tokens_unit:g}; δ a fraction inside formulas.'
   )
   table = '\n'.join(lines)
   print(table)
-  for note in fit['warnings']:
+  for note in fit.warnings:
     print(f'warning: {note}', file=sys.stderr)
   os.makedirs(out, exist_ok=True)
-  path = _write(out, 'fit.json', fit)
-  plots.fit_plot(data, law, os.path.join(out, 'fit.png'))
-  _report(out, 'Overfitting scaling-law fit', [table, '![data vs fit](fit.png)', _warnings_section(fit['warnings'])])
+  path = _write(out, 'fit.json', fit.to_json())
+  plots.fit_plot(data, fit.law, os.path.join(out, 'fit.png'))
+  _report(out, 'Overfitting scaling-law fit', [table, '![data vs fit](fit.png)', _warnings_section(fit.warnings)])
   print(f'wrote {path}')
 
 

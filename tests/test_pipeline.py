@@ -8,11 +8,23 @@ import pytest
 
 from spt_jax.data import mixture as mixture_lib
 from spt_jax.storage import records
-from spt_jax.train import loop, pipeline
+from spt_jax.train import loop, pipeline, run_plan, validate
 from tests import test_loop
 
 
-def test_pipeline_writes_summary_and_report(tmp_path):
+def _counting(monkeypatch, module, name: str) -> list:
+  """Records every call of module.name (its arguments), still calling it."""
+  calls, function = [], getattr(module, name)
+
+  def counted(*args, **kwargs):
+    calls.append((args, kwargs))
+    return function(*args, **kwargs)
+
+  monkeypatch.setattr(module, name, counted)
+  return calls
+
+
+def test_pipeline_writes_summary_and_report(tmp_path, monkeypatch):
   config = test_loop.tiny_config(steps=6, eval_every=3, checkpoint_every=3)
   config.finetune.grid = ((1e-3, 1), (3e-3, 2))
   config.finetune.max_steps, config.finetune.eval_every, config.finetune.patience = 4, 2, 1
@@ -20,7 +32,12 @@ def test_pipeline_writes_summary_and_report(tmp_path):
   data = test_loop.tiny_data()
   workdir = str(tmp_path / 'w')
   loop._TRAINERS.clear()
+  checks, plans = _counting(monkeypatch, validate, 'check'), _counting(monkeypatch, run_plan, 'make')
   result = pipeline.run_pipeline(config, workdir, data=data)
+
+  # The config is validated once, at the pipeline's entry (its two stages' plans made to check them), and each
+  # run's plan is made once: the pretraining and the four finetunes.
+  assert len(checks) == 1 and len(plans) == 2 + 1 + 4
 
   # Four finetunes (two learning rates and warmups, two starting checkpoints), one compiled train step: the
   # schedule is an input of the step.

@@ -1,5 +1,6 @@
 """The scaling-law fits recover forecasts, optima and crossovers of data generated from known laws (1)-(7)."""
 
+import json
 import time
 import types
 
@@ -58,14 +59,14 @@ def fitted():
   data = synthetic_data()
   start = time.time()
   fit = scaling_fit.fit_joint(data, bootstrap=50)
-  return fit, scaling.law_from_fit(fit), time.time() - start
+  return fit, fit.law, time.time() - start
 
 
 def test_fit_of_240_points_takes_seconds(fitted):
   fit, _, seconds = fitted
-  assert fit['residuals']['n_points'] == 240
+  assert fit.residuals.n_points == 240
   assert seconds < 30  # A few seconds on one core; generous for a shared 2-core machine.
-  assert 0.005 < fit['residuals']['rms_log_test'] < 0.02  # The 1% noise, not a misfit.
+  assert 0.005 < fit.residuals.rms_log_test < 0.02  # The 1% noise, not a misfit.
 
 
 @pytest.mark.parametrize('delta', [0.005, 0.03])
@@ -113,17 +114,18 @@ def test_best_delta_and_crossover_where_the_generating_law_puts_them(fitted):
 
 def test_fit_json_round_trip_and_meanings(fitted):
   fit, law, _ = fitted
-  again = scaling.ScalingLaw.from_json(fit)
+  record = json.loads(json.dumps(fit.to_json()))  # fit.json as written and read.
+  again = scaling.ScalingLaw.from_json(record)
   assert float(again.test_loss(0.02, 1e11)) == pytest.approx(float(law.test_loss(0.02, 1e11)))
-  assert set(fit['params']) == set(scaling.JOINT_NAMES)
-  assert all(entry['meaning'] and entry['ci95'] for entry in fit['params'].values())
-  assert 'fraction' in fit['units']['delta'] and fit['delta_unit'] == 'fraction'
-  assert set(fit['identification']) == set(scaling.JOINT_NAMES)
+  assert set(record['params']) == set(fit.params) == set(scaling.JOINT_NAMES)
+  assert all(entry['meaning'] and entry['ci95'] for entry in record['params'].values())
+  assert 'fraction' in record['units']['delta'] and record['delta_unit'] == 'fraction'
+  assert set(record['identification']) == set(scaling.JOINT_NAMES)
 
 
 def test_a_fit_file_of_the_percent_form_is_refused(fitted):
   fit, _, _ = fitted
-  old = {k: v for k, v in fit.items() if k != 'delta_unit'}  # Files of the percent form carry no delta_unit.
+  old = {k: v for k, v in fit.to_json().items() if k != 'delta_unit'}  # Files of the percent form carry no delta_unit.
   with pytest.raises(ValueError, match='refit it with'):
     scaling.ScalingLaw.from_json(old)
 
@@ -170,7 +172,7 @@ def test_unidentified_parameters_are_warned():
   # Two δ only: eqs. (5)-(6) cannot be pinned down, and the fit must say so.
   data = synthetic_data(points=15, deltas=(0.0, 0.05))
   fit = scaling_fit.fit_joint(data, bootstrap=20)
-  text = ' '.join(fit['warnings'])
+  text = ' '.join(fit.warnings)
   assert 'distinct δ' in text
   assert 'identify' in text or 'CI' in text
 
@@ -186,12 +188,13 @@ def test_extrapolation_and_impossible_losses_are_flagged():
 
 def test_mse_is_the_default_objective_and_the_unit_is_fixed(fitted):
   fit, _, _ = fitted
-  assert fit['objective'] == 'mse' and 'mean squared error' in fit['units']['fit']
-  assert fit['tokens_unit'] == scaling.TOKENS_UNIT == 1e9 and 'fixed' in fit['units']['tokens']
-  p = {k: v['value'] for k, v in fit['params'].items()}
+  units = fit.to_json()['units']
+  assert fit.objective == 'mse' and 'mean squared error' in units['fit']
+  assert fit.law.tokens_unit == scaling.TOKENS_UNIT == 1e9 and 'fixed' in units['tokens']
+  p = {k: v.value for k, v in fit.params.items()}
   assert p['b_train_s'] <= p['b_train_g'] <= 0 and p['b_gap_g'] <= 0 <= p['b_gap_s']
-  for name, holds in fit['sign_conditions'].items():  # Checked after the fit; a failure is warned.
-    assert holds or any(name in w for w in fit['warnings'])
+  for name, holds in fit.sign_conditions.items():  # Checked after the fit; a failure is warned.
+    assert holds or any(name in w for w in fit.warnings)
   for delta in (0.05, 0.1):  # The gap exponent where the gap is large enough to see.
     fitted = scaling.exponent(p['b_gap_s'], p['b_gap_g'], delta)
     assert fitted == pytest.approx(scaling.exponent(TRUE['b_gap_s'], TRUE['b_gap_g'], delta), abs=0.05)
@@ -207,8 +210,8 @@ def test_cpu_scale_budgets_keep_the_unit_and_are_recovered():
   data.train_loss = truth.train_loss(data.delta, data.tokens) * (1 + 0.005 * np.sin(np.arange(len(data.delta))))
   data.test_loss = truth.test_loss(data.delta, data.tokens) * (1 + 0.005 * np.cos(np.arange(len(data.delta))))
   fit = scaling_fit.fit_joint(data, bootstrap=0)
-  law = scaling.law_from_fit(fit)
-  assert fit['tokens_unit'] == 1e9 and law.token_range[1] == pytest.approx(2e8)
+  law = fit.law
+  assert law.tokens_unit == 1e9 and law.token_range[1] == pytest.approx(2e8)
   for delta in (0.005, 0.03):
     assert float(law.test_loss(delta, 1e8)) == pytest.approx(float(truth.test_loss(delta, 1e8)), rel=0.02)
 
@@ -223,12 +226,12 @@ def test_sign_conditions_are_bounds_even_when_the_data_break_them():
   data = scaling_fit.ScalingData(delta, t, law.train_loss(delta, t), law.test_loss(delta, t))
   for loss in ('mse', 'huber'):
     fit = scaling_fit.fit_joint(data, loss=loss, bootstrap=5)
-    p = {k: v['value'] for k, v in fit['params'].items()}
+    p = {k: v.value for k, v in fit.params.items()}
     assert p['b_train_s'] <= p['b_train_g'] <= 0 and p['b_gap_g'] <= 0 <= p['b_gap_s']
     for name in ('b_train_s', 'b_train_g', 'b_gap_g', 'b_gap_s'):
-      lo, hi = fit['params'][name]['ci95']
+      lo, hi = fit.params[name].ci95
       assert (name != 'b_gap_s' or lo >= 0) and (name == 'b_gap_s' or hi <= 1e-12)
-    assert any('sign condition' in w for w in fit['warnings'])
+    assert any('sign condition' in w for w in fit.warnings)
 
 
 def test_finetuning_delta_fitted_per_delta_with_reported_fallbacks():
@@ -245,9 +248,9 @@ def test_finetuning_delta_fitted_per_delta_with_reported_fallbacks():
   data.ft_delta, data.ft_tokens, data.ft_drop = np.array(ft_delta), np.array(ft_tokens), np.array(drop)
   results, notes = scaling_fit.fit_finetune_delta(data, bootstrap=10)
   for d, abc in own.items():
-    assert results[d]['method'].startswith('per-δ')
-    assert results[d]['abc'] == pytest.approx(list(abc), abs=0.02)  # Each δ keeps its own exponent.
-  assert results[0.01]['method'] == 'fallback: exponent shared by all δ'  # a and c only: 2 parameters on 3 points.
+    assert results[d].method.startswith('per-δ')
+    assert results[d].abc == pytest.approx(list(abc), abs=0.02)  # Each δ keeps its own exponent.
+  assert results[0.01].method == 'fallback: exponent shared by all δ'  # a and c only: 2 parameters on 3 points.
   for d in (0.03, 0.1):  # Fewer than 3 checkpoints: never a fitted curve.
-    assert results[d]['method'] == 'fallback: constant (mean Δ)' and results[d]['abc'] == [0.0, 0.0, 0.1]
+    assert results[d].method == 'fallback: constant (mean Δ)' and results[d].abc == [0.0, 0.0, 0.1]
   assert any('shared' in n for n in notes) and any('constant' in n for n in notes)

@@ -42,15 +42,15 @@ def curves(seed, points=40, noise=0.003):
 def checked():
   data = curves(SEED)
   fit = scaling_fit.fit_joint(data, bootstrap=0, seed=SEED, max_delta=0.05, max_tokens=0.6 * BUDGET)
-  return fit, forecast_check.check(fit, data, objective='test')
+  return fit, forecast_check.check(fit.law, data, objective='test')
 
 
 def test_later_tokens_within_3_percent_and_the_10_percent_curve_within_10(checked):
   fit, report = checked
-  assert fit['fitted_deltas'] == list(FITTED_DELTAS) and fit['token_range'][1] <= 0.6 * BUDGET
-  assert set(report['later_tokens']) == {f'{d:g}' for d in FITTED_DELTAS}
-  assert all(e['test']['max_abs_relative_error'] < 0.03 for e in report['later_tokens'].values())
-  assert report['held_out_delta']['0.1']['test']['max_abs_relative_error'] < 0.10
+  assert list(fit.law.fitted_deltas) == list(FITTED_DELTAS) and fit.law.token_range[1] <= 0.6 * BUDGET
+  assert set(report.later_tokens) == {f'{d:g}' for d in FITTED_DELTAS}
+  assert all(e.test.max_abs_relative_error < 0.03 for e in report.later_tokens.values())
+  assert report.held_out_delta['0.1'].test.max_abs_relative_error < 0.10
 
 
 @pytest.mark.xfail(
@@ -62,12 +62,12 @@ def test_overfitting_onset_of_the_10_percent_curve_within_25_percent(checked):
   fit, _ = checked
   true_onset = scaling.overfitting_onset(scaling.ScalingLaw(dict(TRUE)), 0.1)
   assert 5e10 < true_onset < 9e10  # Inside the budget and inside the fitted 60% of it, as the paper's 70B of 200B.
-  assert scaling.overfitting_onset(scaling.law_from_fit(fit), 0.1) == pytest.approx(true_onset, rel=0.25)
+  assert scaling.overfitting_onset(fit.law, 0.1) == pytest.approx(true_onset, rel=0.25)
 
 
 def test_noise_free_curves_give_back_the_generating_law():
   data = curves(SEED, points=12, noise=0.0)
   fit = scaling_fit.fit_joint(data, bootstrap=0, max_delta=0.05, max_tokens=0.6 * BUDGET)
-  assert all(status == 'identified' for status in fit['identification'].values())
+  assert all(p.identification == 'identified' for p in fit.params.values())
   for name, value in TRUE.items():
-    assert fit['params'][name]['value'] == pytest.approx(value, rel=0.02, abs=1e-3), name
+    assert fit.params[name].value == pytest.approx(value, rel=0.02, abs=1e-3), name

@@ -4,13 +4,14 @@ The paper fits δ ∈ [0, 5]% and predicts the whole 10% curve to 200B tokens (a
 70B), and extrapolates post-finetuning loss past 120B to predict that 2% overtakes 5% near 280B. Here:
 
   fit = scaling_fit.fit_joint(data, max_delta=0.05, max_tokens=0.6 * budget)
-  report = forecast_check.check(fit, data, crossover_pairs=[(0.02, 0.05)])
+  report = forecast_check.check(fit.law, data, crossover_pairs=[(0.02, 0.05)])
 
 `check` scores the forecasts on every row the fit did not see: runs at a held-out δ (their whole curve), and
 the later tokens of the fitted δ; and compares predicted with observed overfitting onsets and crossovers.
 Errors are predicted − observed, in nats and relative to the observed loss.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -20,17 +21,80 @@ from spt_jax.analysis.scaling_fit import ScalingData, _within
 from spt_jax.storage import markdown
 
 
-def _errors(predicted, observed) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Errors:
+  """Forecast − observed over some rows: in nats and relative to the observed loss."""
+
+  n: int
+  rmse: float
+  mean_error: float
+  mean_abs_relative_error: float
+  max_abs_relative_error: float
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveErrors:
+  """The errors of one δ's rows the fit never saw: domain test and train loss, over a range of tokens."""
+
+  test: Errors
+  train: Errors
+  tokens: list  # [first, last] tokens of those rows.
+
+
+@dataclasses.dataclass(frozen=True)
+class Onset:
+  """Where one δ starts to overfit: the law's and the observed curve's (None: not in range)."""
+
+  predicted_tokens: float | None
+  observed_tokens: float | None
+  fitted: bool  # Whether the fit saw this δ.
+
+  @property
+  def relative_error(self) -> float | None:
+    return self.predicted_tokens / self.observed_tokens - 1 if self.predicted_tokens and self.observed_tokens else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Crossover:
+  """Where δ_a and δ_b cross in the `objective` loss: [{'tokens', 'better_after'}] predicted and observed."""
+
+  deltas: list
+  objective: str
+  predicted: list
+  observed: list
+
+
+@dataclasses.dataclass
+class ForecastCheck:
+  """A fit's out-of-sample errors; keys of the dicts are δ as text ('0.02')."""
+
+  fitted_on: dict  # The subset fitted: max_delta, max_tokens.
+  held_out_delta: dict = dataclasses.field(default_factory=dict)  # δ -> CurveErrors of a δ never fitted.
+  later_tokens: dict = dataclasses.field(default_factory=dict)  # δ -> CurveErrors past the fitted tokens.
+  post_ft: dict = dataclasses.field(default_factory=dict)  # δ -> Errors of the post-finetuning loss.
+  onset: dict = dataclasses.field(default_factory=dict)  # δ -> Onset.
+  crossovers: list = dataclasses.field(default_factory=list)  # Crossover of each pair asked for.
+  notes: list = dataclasses.field(default_factory=list)
+
+  def to_json(self) -> dict:
+    record = dataclasses.asdict(self)
+    for key, onset in self.onset.items():  # The relative error only where both onsets exist.
+      if onset.relative_error is not None:
+        record['onset'][key]['relative_error'] = onset.relative_error
+    return record
+
+
+def _errors(predicted, observed) -> Errors:
   predicted, observed = np.asarray(predicted, float), np.asarray(observed, float)
   error = predicted - observed
   relative = error / observed
-  return {
-    'n': int(len(error)),
-    'rmse': float(np.sqrt(np.mean(error**2))),
-    'mean_error': float(np.mean(error)),
-    'mean_abs_relative_error': float(np.mean(np.abs(relative))),
-    'max_abs_relative_error': float(np.max(np.abs(relative))),
-  }
+  return Errors(
+    n=int(len(error)),
+    rmse=float(np.sqrt(np.mean(error**2))),
+    mean_error=float(np.mean(error)),
+    mean_abs_relative_error=float(np.mean(np.abs(relative))),
+    max_abs_relative_error=float(np.max(np.abs(relative))),
+  )
 
 
 def observed_onset(tokens, loss) -> float | None:
@@ -84,39 +148,28 @@ def _curves(delta, tokens, loss) -> dict:
   return result
 
 
-def check(fit: dict, data: ScalingData, crossover_pairs=(), objective: str = 'post_ft') -> dict:
-  """Out-of-sample errors of a fit (fit_joint's dict, with its fitted_on subset) on all of data.
+def check(law: scaling.ScalingLaw, data: ScalingData, crossover_pairs=(), objective: str = 'post_ft') -> ForecastCheck:
+  """Out-of-sample errors of a fitted law (with its fitted_on subset) on all of data.
 
-  Returns {'fitted_on', 'held_out_delta': {δ: errors}, 'later_tokens': {δ: errors}, 'post_ft': {δ: errors},
-  'onset': {δ: predicted/observed tokens}, 'crossovers': [...], 'notes'}. crossover_pairs compare the
-  `objective` loss: 'post_ft' (observed best losses after finetuning, needs ft_before) or 'test'.
+  crossover_pairs compare the `objective` loss: 'post_ft' (observed best losses after finetuning, needs ft_before)
+  or 'test'.
   """
-  law = scaling.law_from_fit(fit)
-  fitted_on = fit.get('fitted_on') or {}
+  fitted_on = law.fitted_on or {}
   max_delta, max_tokens = fitted_on.get('max_delta'), fitted_on.get('max_tokens')
   seen = _within(data.delta, data.tokens, max_delta, max_tokens)
   fitted = np.isin(data.delta, law.fitted_deltas)
-  report = {
-    'fitted_on': fitted_on,
-    'held_out_delta': {},
-    'later_tokens': {},
-    'post_ft': {},
-    'onset': {},
-    'crossovers': [],
-    'notes': [],
-  }
+  report = ForecastCheck(fitted_on=dict(fitted_on))
   predicted_test = law.test_loss(data.delta, data.tokens)
   for d in np.unique(data.delta):
     rows = (data.delta == d) & ~seen
     if not np.any(rows):
       continue
-    key = 'later_tokens' if np.any(fitted & (data.delta == d)) else 'held_out_delta'
-    entry = {
-      'test': _errors(predicted_test[rows], data.test_loss[rows]),
-      'train': _errors(law.train_loss(d, data.tokens[rows]), data.train_loss[rows]),
-      'tokens': [float(np.min(data.tokens[rows])), float(np.max(data.tokens[rows]))],
-    }
-    report[key][f'{d:g}'] = entry
+    entry = CurveErrors(
+      test=_errors(predicted_test[rows], data.test_loss[rows]),
+      train=_errors(law.train_loss(d, data.tokens[rows]), data.train_loss[rows]),
+      tokens=[float(np.min(data.tokens[rows])), float(np.max(data.tokens[rows]))],
+    )
+    (report.later_tokens if np.any(fitted & (data.delta == d)) else report.held_out_delta)[f'{d:g}'] = entry
   post_observed = None
   if len(data.ft_before) == len(data.ft_delta) and len(data.ft_delta):
     post_observed = data.ft_before - data.ft_drop
@@ -125,57 +178,50 @@ def check(fit: dict, data: ScalingData, crossover_pairs=(), objective: str = 'po
       rows = (data.ft_delta == d) & ~ft_seen
       if np.any(rows) and law.finetune_delta:
         predicted = [float(law.post_ft_loss(float(d), x)) for x in data.ft_tokens[rows]]
-        report['post_ft'][f'{d:g}'] = _errors(predicted, post_observed[rows])
+        report.post_ft[f'{d:g}'] = _errors(predicted, post_observed[rows])
   elif len(data.ft_delta):
-    report['notes'].append('the finetunes carry no pre-finetuning loss (ft_before): post-FT errors not scored')
+    report.notes.append('the finetunes carry no pre-finetuning loss (ft_before): post-FT errors not scored')
   curves = _curves(data.delta, data.tokens, data.test_loss)
   for d, (tokens, loss) in curves.items():
-    predicted, observed = scaling.overfitting_onset(law, d), observed_onset(tokens, loss)
-    entry = {'predicted_tokens': predicted, 'observed_tokens': observed, 'fitted': d in law.fitted_deltas}
-    if predicted and observed:
-      entry['relative_error'] = predicted / observed - 1
-    report['onset'][f'{d:g}'] = entry
+    onset = Onset(scaling.overfitting_onset(law, d), observed_onset(tokens, loss), d in law.fitted_deltas)
+    report.onset[f'{d:g}'] = onset
   if objective == 'post_ft' and post_observed is not None:
     observed_curves = _curves(data.ft_delta, data.ft_tokens, post_observed)
   else:
     observed_curves, objective = curves, 'test'
   for delta_a, delta_b in crossover_pairs:
     if delta_a not in observed_curves or delta_b not in observed_curves:
-      report['notes'].append(f'no observed {objective} curves at both δ={delta_a:g} and δ={delta_b:g}')
+      report.notes.append(f'no observed {objective} curves at both δ={delta_a:g} and δ={delta_b:g}')
       continue
     span = (
       min(observed_curves[delta_a][0].min(), observed_curves[delta_b][0].min()) / 2,
       max(observed_curves[delta_a][0].max(), observed_curves[delta_b][0].max()) * 2,
     )
-    report['crossovers'].append(
-      {
-        'deltas': [delta_a, delta_b],
-        'objective': objective,
-        'predicted': scaling.crossovers(law, delta_a, delta_b, span, objective),
-        'observed': _observed_crossovers(observed_curves, delta_a, delta_b),
-      }
+    report.crossovers.append(
+      Crossover(
+        [delta_a, delta_b],
+        objective,
+        scaling.crossovers(law, delta_a, delta_b, span, objective),
+        _observed_crossovers(observed_curves, delta_a, delta_b),
+      )
     )
-  if not report['held_out_delta'] and not report['later_tokens']:
-    report['notes'].append('every row was fitted: nothing is out of sample (fit with max_delta / max_tokens)')
+  if not report.held_out_delta and not report.later_tokens:
+    report.notes.append('every row was fitted: nothing is out of sample (fit with max_delta / max_tokens)')
   return report
 
 
-def format_report(report: dict) -> str:
+def format_report(report: ForecastCheck) -> str:
   """A markdown table of the out-of-sample errors, onsets and crossovers."""
 
-  def errors(e):
-    return [
-      f'{e["rmse"]:.4f}',
-      f'{100 * e["mean_abs_relative_error"]:.2f}%',
-      f'{100 * e["max_abs_relative_error"]:.2f}%',
-    ]
+  def errors(e: Errors):
+    return [f'{e.rmse:.4f}', f'{100 * e.mean_abs_relative_error:.2f}%', f'{100 * e.max_abs_relative_error:.2f}%']
 
   rows = [
-    [key.replace('_', ' '), d, f'{entry["tokens"][0]:.3g}–{entry["tokens"][1]:.3g}', *errors(entry['test'])]
-    for key in ('held_out_delta', 'later_tokens')
-    for d, entry in report[key].items()
+    [key, d, f'{entry.tokens[0]:.3g}–{entry.tokens[1]:.3g}', *errors(entry.test)]
+    for key, entries in (('held out delta', report.held_out_delta), ('later tokens', report.later_tokens))
+    for d, entry in entries.items()
   ]
-  rows += [['post-FT', d, '', *errors(e)] for d, e in report['post_ft'].items()]
+  rows += [['post-FT', d, '', *errors(e)] for d, e in report.post_ft.items()]
   lines = markdown.table(
     ['held out', 'δ', 'tokens', 'test RMSE (nats)', 'mean abs rel. error', 'max abs rel. error'], rows
   )
@@ -186,22 +232,22 @@ def format_report(report: dict) -> str:
       [
         [
           d,
-          f'{entry["predicted_tokens"] or float("nan"):.3g}',
-          f'{entry["observed_tokens"] or float("nan"):.3g}',
-          entry['fitted'],
+          f'{onset.predicted_tokens or float("nan"):.3g}',
+          f'{onset.observed_tokens or float("nan"):.3g}',
+          onset.fitted,
         ]
-        for d, entry in report['onset'].items()
+        for d, onset in report.onset.items()
       ],
     ),
   ]
-  for cross in report['crossovers']:
+  for cross in report.crossovers:
 
     def show(found):
       return ', '.join(f'{f["tokens"]:.3g} ({f["better_after"]:g} better after)' for f in found) or 'none'
 
     lines.append(
-      f'\nCrossover δ={cross["deltas"][0]:g} vs {cross["deltas"][1]:g} ({cross["objective"]}): '
-      f'predicted {show(cross["predicted"])}; observed {show(cross["observed"])}'
+      f'\nCrossover δ={cross.deltas[0]:g} vs {cross.deltas[1]:g} ({cross.objective}): '
+      f'predicted {show(cross.predicted)}; observed {show(cross.observed)}'
     )
-  lines += [f'\n- {note}' for note in report['notes']]
+  lines += [f'\n- {note}' for note in report.notes]
   return '\n'.join(lines)

@@ -5,7 +5,7 @@ losses in nats); `loss='huber'` minimises a Huber loss (scale `huber`) of log lo
 bad evaluations. Both give bootstrap 95% intervals (rows resampled within each δ).
 Sign conditions (§5.1) are bounds of the search: b_train_s = b_train_g + b_train_ds with b_train_g ≤ 0
 and b_train_ds ≤ 0 (so b_train_s ≤ b_train_g ≤ 0: |b_g| ≤ |b_s|), and b_gap_g ≤ 0 ≤ b_gap_s; the result is
-checked again (`fit['sign_conditions']`, a warning when one holds only at its bound). δ is a fraction and T is
+checked again (`JointFit.sign_conditions`, a warning when one holds only at its bound). δ is a fraction and T is
 tokens / TOKENS_UNIT (1e9) inside every formula. max_delta / max_tokens fit a subset of the runs, to test forecasts
 on the rest (forecast_check.py).
 
@@ -75,6 +75,87 @@ FIXABLE = (
   ),
 )
 CHI2_1_95 = 3.84  # 95% point of χ² with 1 degree of freedom: the largest rise in cost a fixing may cause.
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+  """A fitted parameter: its value, bootstrap 95% interval (None without a bootstrap), meaning and status."""
+
+  value: float
+  ci95: list | None
+  meaning: str
+  identification: str = ''  # Joint parameters: identified, fixed at a value, weakly identified (why).
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneDelta:
+  """Eq. (7) at one δ: Δ(T) = a·T^b + c, how it was fitted, and from how many finetuned checkpoints."""
+
+  abc: list
+  ci95: dict | None
+  n_points: int
+  method: str
+  rms_residual: float | None = None  # None for the constant fallback.
+
+  def to_json(self) -> dict:
+    record = dataclasses.asdict(self)
+    if self.rms_residual is None:
+      del record['rms_residual']
+    return record
+
+
+@dataclasses.dataclass(frozen=True)
+class Residuals:
+  """How far the joint fit lies from its points (log: of log losses; RMS over train, test, each δ)."""
+
+  rms_log_train: float
+  rms_log_test: float
+  rms_train: float
+  rms_test: float
+  max_abs_log: float
+  rms_log_by_delta: dict
+  n_points: int
+
+
+@dataclasses.dataclass(frozen=True)
+class JointFit:
+  """What fit_joint found: the law, each parameter with its interval and status, eq. (7) per δ, diagnostics."""
+
+  law: scaling.ScalingLaw
+  objective: str  # 'mse' or 'huber'.
+  objective_text: str  # The objective in words, for fit.json's units.
+  params: dict  # Law parameter name -> Parameter.
+  sign_conditions: dict  # §5.1's conditions -> whether they hold.
+  per_run: dict  # Per-run fit (8)-(9) parameter name -> Parameter (value and meaning).
+  finetune_delta: dict  # δ -> FinetuneDelta.
+  residuals: Residuals
+  warnings: list
+
+  def to_json(self) -> dict:
+    """fit.json: every field, with the units each number is in."""
+    law = self.law
+    return {
+      'law': "domain loss during SPT, eqs. (1)-(6) of The Finetuner's Fallacy; finetuning delta eq. (7)",
+      'units': {
+        'delta': 'a fraction inside the formulas (δ=0.02 is 2%), as every input and key of this file',
+        'tokens': f'T = tokens / {law.tokens_unit:g} inside the formulas (fixed for every fit)',
+        'losses': 'nats per token',
+        'fit': f'{self.objective_text}, scipy least_squares with the sign conditions as bounds',
+      },
+      'objective': self.objective,
+      'tokens_unit': law.tokens_unit,
+      'delta_unit': DELTA_UNIT,
+      'fitted_on': dict(law.fitted_on),
+      'fitted_deltas': list(law.fitted_deltas),
+      'token_range': list(law.token_range),
+      'params': {name: dataclasses.asdict(p) for name, p in self.params.items()},
+      'identification': {name: p.identification for name, p in self.params.items()},
+      'sign_conditions': dict(self.sign_conditions),
+      'per_run': {name: {'value': p.value, 'meaning': p.meaning} for name, p in self.per_run.items()},
+      'finetune_delta': {repr(float(k)): v.to_json() for k, v in self.finetune_delta.items()},
+      'residuals': dataclasses.asdict(self.residuals),
+      'warnings': list(self.warnings),
+    }
 
 
 def _gap_exponents(b_gap_10, b_gap_g_share):
@@ -301,7 +382,7 @@ def fit_joint(
   seed: int = 0,
   max_delta: float | None = None,
   max_tokens: float | None = None,
-) -> dict:
+) -> JointFit:
   """The joint fit (1)-(6), initialised from the per-run fits (8)-(9), with bootstrap CIs and diagnostics.
 
   loss: 'mse' (the paper's, on losses) or 'huber' (scale `huber`, on log losses). max_delta / max_tokens: fit
@@ -380,7 +461,7 @@ def fit_joint(
   law = scaling.ScalingLaw(
     {k: joint.params[k] for k in JOINT_NAMES},
     TOKENS_UNIT,
-    {k: v['abc'] for k, v in finetune.items()},
+    {k: tuple(v.abc) for k, v in finetune.items()},
     tuple(float(d) for d in np.unique(data.delta)),
     (float(np.min(data.tokens)), float(np.max(data.tokens))),
     fitted_on,
@@ -398,47 +479,30 @@ def fit_joint(
     if loss == 'mse'
     else f'Huber (scale {huber:g}) on log losses'
   )
-  sign = scaling.sign_conditions(law.params)
-  return {
-    'law': "domain loss during SPT, eqs. (1)-(6) of The Finetuner's Fallacy; finetuning delta eq. (7)",
-    'units': {
-      'delta': 'a fraction inside the formulas (δ=0.02 is 2%), as every input and key of this file',
-      'tokens': f'T = tokens / {TOKENS_UNIT:g} inside the formulas (fixed for every fit)',
-      'losses': 'nats per token',
-      'fit': f'{objective}, scipy least_squares with the sign conditions as bounds',
-    },
-    'objective': loss,
-    'tokens_unit': TOKENS_UNIT,
-    'delta_unit': DELTA_UNIT,
-    'fitted_on': fitted_on,
-    'fitted_deltas': list(law.fitted_deltas),
-    'token_range': list(law.token_range),
-    'params': {
-      name: {
-        'value': joint.params[name],
-        'ci95': joint.ci.get(name),
-        'meaning': meaning,
-        'identification': identification[name],
-      }
+  return JointFit(
+    law=law,
+    objective=loss,
+    objective_text=objective,
+    params={
+      name: Parameter(joint.params[name], joint.ci.get(name), meaning, identification[name])
       for name, _, _, _, meaning in JOINT_PARAMS
     },
-    'identification': identification,
-    'sign_conditions': sign,
-    'per_run': {
-      name: {'value': per_run.params[name], 'meaning': spec[4]}
+    sign_conditions=scaling.sign_conditions(law.params),
+    per_run={
+      name: Parameter(per_run.params[name], None, spec[4])
       for name, spec in zip(per_run.names, per_run.spec, strict=False)
     },
-    'finetune_delta': {repr(float(k)): v for k, v in finetune.items()},
-    'residuals': {
-      'rms_log_train': float(np.sqrt(np.mean(log_residual[:n] ** 2))),
-      'rms_log_test': float(np.sqrt(np.mean(log_residual[n:] ** 2))),
-      'rms_train': float(np.sqrt(np.mean(residual[:n] ** 2))),
-      'rms_test': float(np.sqrt(np.mean(residual[n:] ** 2))),
-      'max_abs_log': float(np.max(np.abs(log_residual))),
-      'rms_log_by_delta': by_delta,
-      'n_points': n,
-    },
-    'warnings': (
+    finetune_delta=finetune,
+    residuals=Residuals(
+      rms_log_train=float(np.sqrt(np.mean(log_residual[:n] ** 2))),
+      rms_log_test=float(np.sqrt(np.mean(log_residual[n:] ** 2))),
+      rms_train=float(np.sqrt(np.mean(residual[:n] ** 2))),
+      rms_test=float(np.sqrt(np.mean(residual[n:] ** 2))),
+      max_abs_log=float(np.max(np.abs(log_residual))),
+      rms_log_by_delta=by_delta,
+      n_points=n,
+    ),
+    warnings=(
       notes
       + fix_notes
       + _sign_notes(law.params, law.fitted_deltas)
@@ -446,7 +510,7 @@ def fit_joint(
       + [f'per-run fit (8)-(9): {w}' for w in per_run.warnings]
       + ft_notes
     ),
-  }
+  )
 
 
 def _power_fit(t, drop, groups, n_groups, bootstrap, seed, shared: bool):
@@ -492,7 +556,7 @@ def fit_finetune_delta(data: ScalingData, bootstrap: int = 100, seed: int = 0, m
   named in the entry's 'method' and in a warning: a δ with 3-4 checkpoints fits only its a_δ and c_δ, with an
   exponent shared by every δ with 3 or more (fitted jointly); 1-2 checkpoints give a constant Δ (their mean).
   Bootstrap intervals resample the checkpoints within each δ.
-  Returns ({δ: {'abc', 'ci95', 'n_points', 'method', 'rms_residual'}}, warnings). T is tokens / TOKENS_UNIT.
+  Returns ({δ: FinetuneDelta}, warnings). T is tokens / TOKENS_UNIT.
   """
   results, notes = {}, []
   if not len(data.ft_drop):
@@ -515,13 +579,13 @@ def fit_finetune_delta(data: ScalingData, bootstrap: int = 100, seed: int = 0, m
       t_all[rows], data.ft_drop[rows], np.zeros(int(np.sum(rows)), int), 1, bootstrap, seed, shared=False
     )
     ci = {'a': result.ci.get('a[0]'), 'b': result.ci.get('b[0]'), 'c': result.ci.get('c[0]')}
-    results[float(d)] = {
-      'abc': [float(a[0]), float(b[0]), float(c[0])],
-      'ci95': ci,
-      'n_points': counts[float(d)],
-      'method': 'per-δ fit of a·T^b + c (eq. 7)',
-      'rms_residual': float(np.sqrt(np.mean(result.residuals**2))),
-    }
+    results[float(d)] = FinetuneDelta(
+      [float(a[0]), float(b[0]), float(c[0])],
+      ci,
+      counts[float(d)],
+      'per-δ fit of a·T^b + c (eq. 7)',
+      float(np.sqrt(np.mean(result.residuals**2))),
+    )
     if result.warnings:
       names = sorted({w.split(':')[0].split(' ')[0].split('=')[0] for w in result.warnings})
       notes.append(
@@ -538,13 +602,13 @@ def fit_finetune_delta(data: ScalingData, bootstrap: int = 100, seed: int = 0, m
       a, b, c, result = _power_fit(t_all[mask], data.ft_drop[mask], groups, len(pairs), bootstrap, seed, shared=True)
       for d in borrowing:
         k = pairs.index(d)
-        results[float(d)] = {
-          'abc': [float(a[k]), float(b[k]), float(c[k])],
-          'ci95': {'b': result.ci.get('b')},
-          'n_points': counts[float(d)],
-          'method': 'fallback: exponent shared by all δ',
-          'rms_residual': float(np.sqrt(np.mean(result.residuals**2))),
-        }
+        results[float(d)] = FinetuneDelta(
+          [float(a[k]), float(b[k]), float(c[k])],
+          {'b': result.ci.get('b')},
+          counts[float(d)],
+          'fallback: exponent shared by all δ',
+          float(np.sqrt(np.mean(result.residuals**2))),
+        )
       notes.append(
         f'finetuning delta (eq. 7): δ={", ".join(f"{d:g}" for d in borrowing)} have fewer than '
         f'{min_points} finetuned checkpoints; fitted a_δ and c_δ only, with the exponent '
@@ -557,12 +621,12 @@ def fit_finetune_delta(data: ScalingData, bootstrap: int = 100, seed: int = 0, m
   for d in few:
     if float(d) in results:
       continue
-    results[float(d)] = {
-      'abc': [0.0, 0.0, float(np.mean(data.ft_drop[data.ft_delta == d]))],
-      'ci95': None,
-      'n_points': counts[float(d)],
-      'method': 'fallback: constant (mean Δ)',
-    }
+    results[float(d)] = FinetuneDelta(
+      [0.0, 0.0, float(np.mean(data.ft_drop[data.ft_delta == d]))],
+      None,
+      counts[float(d)],
+      'fallback: constant (mean Δ)',
+    )
     notes.append(
       f'δ={d:g}: {counts[float(d)]} finetuned checkpoint(s) cannot show how Δ changes with T; using '
       'a constant Δ (finetune more pretraining checkpoints)'

@@ -121,12 +121,15 @@ def _start_profiler_server(port: int) -> None:
   logging.info("Profiler server on port %d: capture a trace from TensorBoard's profile tab.", port)
 
 
-def run(config, workdir: str, *, stage: str | None = None, grid_point=None, data=None) -> records.RunSummary:
+def run(
+  config, workdir: str, *, stage: str | None = None, grid_point=None, data=None, checked: bool = False
+) -> records.RunSummary:
   """Trains one stage into workdir (resuming it when it holds a checkpoint) and returns its summary.
 
   data: a PreparedData to reuse (the pipeline prepares once for every stage); None prepares from the config.
+  checked: the caller validated the config already (an entry point, the pipeline); else it is validated here.
   """
-  return run_many([Run(config, workdir, stage, grid_point, data)])[0]
+  return run_many([Run(config, workdir, stage, grid_point, data)], checked=checked)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +153,7 @@ def runs_at_once(runs_together: int) -> int:
   return runs_together or (1 if jax.default_backend() == 'cpu' else 8)
 
 
-def run_many(runs: Sequence[Run], together: int = 1) -> list[records.RunSummary | None]:
+def run_many(runs: Sequence[Run], together: int = 1, *, checked: bool = False) -> list[records.RunSummary | None]:
   """Trains several runs, each into its own workdir exactly as `run` would, and returns their summaries in order
   (None for a run that did not start because an earlier one was preempted).
 
@@ -158,28 +161,28 @@ def run_many(runs: Sequence[Run], together: int = 1) -> list[records.RunSummary 
   seeds, δs, finetuning grid points) train `together` at a time as one program over a leading run axis
   (Trainer.stacked_train_step), each with its own data order, mixture, schedule, evaluation, early stopping,
   checkpoints, metrics.jsonl and summary.json; a run that stops leaves the stack. 1: one after another.
+  checked: as in `run`. Each run's plan is made once, here.
   """
   if together < 1:
     raise ValueError(f'together={together}: train at least 1 run at a time (1: one after another).')
-  for r in runs:  # Every config, before any folder exists.
-    validate.check(r.config, data=r.data, stage=r.stage_name, grid_point=r.grid_point, vocab=False)
+  if not checked:
+    for r in runs:  # Every config, before any folder exists.
+      validate.check(r.config, data=r.data, stage=r.stage_name, grid_point=r.grid_point, vocab=False)
+  plans = [run_plan.make(r.config, r.stage_name, r.grid_point) for r in runs]
   summaries = dict.fromkeys(range(len(runs)))
   # Held before build creates a checkpoint manager, which would clean up another run's in-flight save (a no-op for
   # folders the caller, main or the pipeline, already holds).
   with files.WorkdirLock([r.workdir for r in runs], enabled=jax.process_index() == 0):
     groups = collections.defaultdict(list)  # Runs that can share one compiled step, by what it depends on.
-    for index, r in enumerate(runs):
-      c = run_plan.stage_config(r.config, r.stage_name, r.grid_point)
+    for index, plan in enumerate(plans):
+      c = plan.config
       groups[(_trainer_key(c, sharding.make_mesh(c.mesh)), c.batch_size, c.data.seq_len)].append(index)
     for group in groups.values():
       for start in range(0, len(group), together):
         if any(s is not None and s.stop_reason == 'preempted' for s in summaries.values()):
           break  # A preemption notice stops the whole set: what has not started starts on the rerun.
         chunk = group[start : start + together]
-        built = []
-        for index in chunk:
-          r = runs[index]
-          built.append(build(r.config, r.workdir, stage=r.stage, grid_point=r.grid_point, data=r.data, checked=True))
+        built = [_build(plans[index], runs[index].workdir, runs[index].data) for index in chunk]
         if all(isinstance(b, records.RunSummary) for b in built):  # Finished before.
           summaries.update(zip(chunk, built, strict=True))
         elif len(chunk) == 1:
@@ -193,7 +196,7 @@ def run_many(runs: Sequence[Run], together: int = 1) -> list[records.RunSummary 
       r.workdir,
       summary,
       r.stage or r.config.stage,
-      functools.partial(run, stage=r.stage, grid_point=r.grid_point, data=r.data),
+      functools.partial(run, stage=r.stage, grid_point=r.grid_point, data=r.data, checked=True),  # Its decay.
     )
     if summary is not None
     else None
@@ -346,20 +349,19 @@ class Built(NamedTuple):
   loop_state: LoopState
 
 
-def build(
-  config, workdir: str, *, stage: str | None = None, grid_point=None, data=None, checked: bool = False
-) -> Built | records.RunSummary:
-  """A run ready to train, or the summary of a run that already finished in workdir.
+def build(config, workdir: str, *, stage: str | None = None, grid_point=None, data=None) -> Built | records.RunSummary:
+  """A run ready to train, or the summary of a run that already finished in workdir (the config validated first)."""
+  stage = stage or config.stage
+  validate.check(config, data=data, stage=stage, grid_point=grid_point, vocab=False)  # Before any write.
+  return _build(run_plan.make(config, stage, grid_point), workdir, data)
 
-  checked: the caller (run) already validated the config before taking the workdir's lock.
-  """
+
+def _build(plan: run_plan.RunPlan, workdir: str, data) -> Built | records.RunSummary:
+  """build() of a validated run's plan."""
   started = time.time()
-  plan = run_plan.make(config, stage or config.stage, grid_point)
   c = plan.config
   if not any(isinstance(f, _QuietOrbax) for f in logging.get_absl_logger().filters):
     logging.get_absl_logger().addFilter(_QuietOrbax())
-  if not checked:
-    validate.check(config, data=data, stage=c.stage, grid_point=grid_point, vocab=False)  # Before any write.
   os.makedirs(workdir, exist_ok=True)
   checkpoint.check_resumable(workdir, c)
   mesh = sharding.make_mesh(c.mesh)

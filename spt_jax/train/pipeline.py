@@ -109,20 +109,25 @@ def extensions(grid, points: list[records.FinetunePoint], limit: int) -> dict[re
   return added
 
 
-def run_pipeline(config, workdir: str, data=None) -> records.PipelineSummary:
-  """Pretrains into W/pretrain, finetunes each grid point into W/finetune/, writes W/summary.json, W/report.md."""
-  return run_pipelines([(config, workdir, data)])[0]
+def run_pipeline(config, workdir: str, data=None, *, checked: bool = False) -> records.PipelineSummary:
+  """Pretrains into W/pretrain, finetunes each grid point into W/finetune/, writes W/summary.json, W/report.md.
+
+  checked: the caller (spt_jax.main) validated the whole config already; else it is validated here, once: the
+  stages below take it as valid.
+  """
+  return run_pipelines([(config, workdir, data)], checked=checked)[0]
 
 
-def run_pipelines(pipelines: list[tuple]) -> list[records.PipelineSummary]:
+def run_pipelines(pipelines: list[tuple], *, checked: bool = False) -> list[records.PipelineSummary]:
   """Runs several pipelines, given as (config, workdir, data or None), as `run_pipeline` runs each; their stages
   train config.runs_together at a time where shapes allow (every pretraining together, then every finetune)."""
   started = time.time()
   folders = []
   for config, workdir, data in pipelines:
-    as_pipeline = ml_collections.ConfigDict(config.to_dict())
-    as_pipeline.stage = 'pipeline'  # Every stage, the finetuning grid and from_steps, whatever stage config names.
-    validate.check(as_pipeline, data=data)  # Everything that can fail, before anything is written.
+    if not checked:
+      as_pipeline = ml_collections.ConfigDict(config.to_dict())
+      as_pipeline.stage = 'pipeline'  # Every stage, the finetuning grid and from_steps, whatever stage config names.
+      validate.check(as_pipeline, data=data)  # Everything that can fail, before anything is written.
     folders += [workdir, *stage_folders(config, workdir)]
   # W and every stage folder, taken before any file is touched (re-entered when the caller already holds them).
   with files.WorkdirLock(folders, enabled=jax.process_index() == 0):
@@ -154,7 +159,8 @@ def _run_locked(pipelines: list[tuple]) -> list[records.PipelineSummary]:
     prepared.append((config, layout.pretrain_dir(os.path.abspath(workdir)), data))
   timing = {'prepare': round(time.time() - started, 3)}  # Of every pipeline together (they share their stages).
   started = time.time()
-  pretrains = loop.run_many([loop.Run(c, folder, 'pretrain', data=d) for c, folder, d in prepared], together)
+  runs = [loop.Run(c, folder, 'pretrain', data=d) for c, folder, d in prepared]
+  pretrains = loop.run_many(runs, together, checked=True)
   timing['pretrain'] = round(time.time() - started, 3)
   results, sources = [], []  # sources: the checkpoints to finetune from.
   for p, ((config, pretrain_dir, _), pretrain) in enumerate(zip(prepared, pretrains, strict=True)):
@@ -187,7 +193,7 @@ def _run_locked(pipelines: list[tuple]) -> list[records.PipelineSummary]:
       finetune_config.init_from = source.init_from
       folder = layout.finetune_dir(os.path.dirname(pretrain_dir), point.folder(source.label))
       runs.append(loop.Run(finetune_config, folder, 'finetune', point, data))
-    summaries = loop.run_many(runs, together)
+    summaries = loop.run_many(runs, together, checked=True)
     for (source, point), summary in zip(pending, summaries, strict=True):
       if summary is None or summary.stop_reason == 'preempted':  # None: not started (an earlier one was).
         results[source.pipeline].stop_reason = 'preempted'
