@@ -210,24 +210,24 @@ def gains_report(npt: str, spts: list, title: str, sections=()) -> dict:
   from spt_jax.analysis import runs  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   result = gains_lib.gains(runs.read(npt), [runs.read(w) for w in spts])
-  best = max(result['spt'], key=lambda row: row['relative_gain'])
-  multiplier = best['compute_multiplier']['value']
+  best = max(result.spt, key=lambda row: row.relative_gain)
+  multiplier = best.compute_multiplier
   rows = [
     (
       'best relative gain G',
-      f'{best["relative_gain"]:+.2f}% ({best["run"]}, δ = {100 * best["delta"]:g}%)',
+      f'{best.relative_gain:+.2f}% ({best.run}, δ = {100 * best.delta:g}%)',
       'relative_gain_pct',
     ),
     (
       'compute multiplier there',
-      '–' if multiplier is None else f'{best["compute_multiplier"]["bound"]}{multiplier:.2f}×',
+      '–' if multiplier.value is None else f'{multiplier.bound}{multiplier.value:.2f}×',
       'compute_multiplier',
     ),
   ]
   domain = paper_domain()
   paper_rows = [(*row, domain) for row in rows] if domain else []
   paper_rows.append(
-    ('forgetting, NPT → best SPT', f'{result["npt"]["forgetting"]:+.4f} → {best["forgetting"]:+.4f}', 'forgetting')
+    ('forgetting, NPT → best SPT', f'{result.npt.forgetting:+.4f} → {best.forgetting:+.4f}', 'forgetting')
   )
   write_report(title, [gains_lib.format_table(result), *sections, paper_table(paper_rows)])
   return result

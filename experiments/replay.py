@@ -32,16 +32,16 @@ def main(argv):
   for r in _REPLAY.value:
     name = f'replay_{100 * r:g}pct'
     result = gains.gains(runs.read(workdirs[f'npt_{name}']), [runs.read(workdirs[f'spt_{name}'])])
-    npt, spt = result['npt'], result['spt'][0]
-    losses[r] = (npt['post_ft_loss'], spt['post_ft_loss'])
+    npt, spt = result.npt, result.spt[0]
+    losses[r] = (npt.post_ft_loss, spt.post_ft_loss)
     cells.append(
       [
         f'{100 * r:g}%',
-        f'{npt["post_ft_loss"]:.4f}',
-        f'{spt["post_ft_loss"]:.4f}',
-        f'{spt["relative_gain"]:+.2f}%',
-        f'{npt["forgetting"]:+.4f}',
-        f'{spt["forgetting"]:+.4f}',
+        f'{npt.post_ft_loss:.4f}',
+        f'{spt.post_ft_loss:.4f}',
+        f'{spt.relative_gain:+.2f}%',
+        f'{npt.forgetting:+.4f}',
+        f'{spt.forgetting:+.4f}',
       ]
     )
   table = markdown.table(['replay r', 'NPT→FT', 'SPT→FT', 'G', 'NPT forgetting', 'SPT forgetting'], cells)

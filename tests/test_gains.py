@@ -28,13 +28,13 @@ def test_compute_multiplier_by_hand_and_out_of_range():
   # NPT's final 2.00 is reached by SPT between 5e10 (2.04) and 1e11 (1.98): 2/3 of the way in log tokens.
   result = gains.compute_multiplier(*npt, *spt)
   expected_tokens = 5e10 * 2 ** (2 / 3)
-  assert result['bound'] == '='
-  assert result['value'] == pytest.approx(2e11 / expected_tokens)
+  assert result.bound == '='
+  assert result.value == pytest.approx(2e11 / expected_tokens)
   early = gains.compute_multiplier(*npt, [5e10, 2e11], [1.99, 1.9])
-  assert early['bound'] == '>' and early['value'] == pytest.approx(4.0) and 'first finetuned' in early['note']
+  assert early.bound == '>' and early.value == pytest.approx(4.0) and 'first finetuned' in early.note
   worse = gains.compute_multiplier(*npt, [5e10, 2e11], [2.2, 2.05])
   # SPT ends at 2.05, which NPT reaches at 1e11: multiplier 1e11 / 2e11.
-  assert worse['value'] == pytest.approx(0.5)
+  assert worse.value == pytest.approx(0.5)
 
 
 def _pipeline(root, name, delta, finetunes, model='tiny', tokenizer='abc', seq_len=32):
@@ -79,13 +79,13 @@ def test_gains_table_from_pipeline_workdirs(tmp_path):
   spt = _pipeline(tmp_path, 'spt', 0.02, [(1e6, 2.04, 1e-4, 3.05), (2e6, 1.96, 1e-4, 3.04)])
   large = _pipeline(tmp_path, 'large', 0.0, [(2e6, 1.97, 1e-4, 3.1)], model='bigger')
   result = gains.gains(runs.read(npt), [runs.read(spt)], runs.read(large))
-  row = result['spt'][0]
-  assert row['relative_gain'] == pytest.approx(2.0)  # best over the grid at 2e6 is 2.00 (not 2.02)
-  assert row['gap_closed'] == pytest.approx(100 * 0.04 / 0.03)
-  assert row['forgetting'] == pytest.approx(0.04)
-  assert result['npt']['forgetting'] == pytest.approx(0.2)  # The lr=1e-4 finetune, the best one.
+  row = result.spt[0]
+  assert row.relative_gain == pytest.approx(2.0)  # best over the grid at 2e6 is 2.00 (not 2.02)
+  assert row.gap_closed == pytest.approx(100 * 0.04 / 0.03)
+  assert row.forgetting == pytest.approx(0.04)
+  assert result.npt.forgetting == pytest.approx(0.2)  # The lr=1e-4 finetune, the best one.
   # SPT reaches 2.00 halfway in log tokens between 1e6 (2.04) and 2e6 (1.96): at sqrt(2)·1e6.
-  assert row['compute_multiplier']['value'] == pytest.approx(2**0.5)
+  assert row.compute_multiplier.value == pytest.approx(2**0.5)
   table = gains.format_table(result)
   assert '2.00%' in table and '1.41x' in table and '133%' in table
 

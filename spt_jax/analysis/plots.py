@@ -107,14 +107,14 @@ def optimal_delta_plot(budgets, best_deltas, path: str, candidates=None, candida
   return _save(figure, path)
 
 
-def gains_plot(result: dict, path: str) -> str:
+def gains_plot(result, path: str) -> str:
   """Post-finetuning domain test loss against pretraining tokens for NPT, SPT (and a larger NPT)."""
   figure, axis = plt.subplots(figsize=(8, 5))
-  rows = [result['npt']] + ([result['npt_large']] if result['npt_large'] else []) + result['spt']
+  rows = [result.npt] + ([result.npt_large] if result.npt_large else []) + result.spt
   for color, row in zip(_colors(len(rows)), rows, strict=True):
-    label = f'{row["run"]} ({_percent(row["delta"])}, {row["model"] or "model"})'
-    axis.plot(row['curve']['tokens'], row['curve']['loss'], marker='o', color=color, label=label)
-  axis.axhline(result['npt']['post_ft_loss'], color='grey', linestyle=':', label='NPT final post-FT loss')
+    label = f'{row.run} ({_percent(row.delta)}, {row.model or "model"})'
+    axis.plot(row.curve['tokens'], row.curve['loss'], marker='o', color=color, label=label)
+  axis.axhline(result.npt.post_ft_loss, color='grey', linestyle=':', label='NPT final post-FT loss')
   axis.set(
     xscale='log',
     xlabel='pretraining tokens',
