@@ -6,18 +6,11 @@ source with e.g. --config.data.domain='jsonl:/data/proofpile/*.jsonl?field=text'
 CPU scale, built-in corpora (English books and docs; the Coq standard library), whole pipeline:
   python -m spt_jax.main --config=configs/proofpile.py:tiny --workdir=/tmp/proofpile_tiny
 Sizes after the colon: 1b (default), 3b, 600m, 300m (paper scale); tiny (CPU, minutes); test (seconds, for
-tests). configs/common.py sets what the sizes share; this file, the domain. Override any key with --config.KEY=V.
+tests). configs/common.py sets the sizes; this file, the domain set. Override any key with --config.KEY=V.
 """
 
 from configs import common
 from spt_jax.data import paper_data
 
-
-def get_config(arg: str = '1b'):
-  """This domain's experiment at size `arg`: common.sized(arg) with the domain's data."""
-  c = common.sized(arg)  # Model, batch, tokens, δ, schedule, finetuning grid and evals of the size.
-  if arg in common.CPU_SIZES:
-    c.data.domain = 'builtin:coq'  # Built in: the Coq standard library.
-  else:
-    c.data.domain = paper_data.PROOFPILE  # The paper's set, read from the Hub by pinned revision.
-  return c
+# Built in: the Coq standard library. The paper's set is read from the Hub by pinned revision.
+get_config = common.domain(builtin='builtin:coq', paper=paper_data.PROOFPILE)

@@ -60,7 +60,7 @@ def test_unknown_topology_from_the_command_line_is_one_line():
 
 
 def _config(seq_len=128, batch_size=16):
-  c = common.test()
+  c = common.sized('test')
   c.data.domain = 'builtin:coq'
   c.data.seq_len, c.batch_size, c.eval_sequences = seq_len, batch_size, batch_size
   c.model.update(vocab_size=2048, loss_chunk_length=0)

@@ -231,7 +231,7 @@ def _run_workdir(tmp_path, tokenizer, cfg, params):
   workdir = str(tmp_path / 'run')
   tokenizer_path = str(tmp_path / 'tokenizer.json')
   tokenizer.save(tokenizer_path)
-  config = common.test()
+  config = common.sized('test')
   config.model = cfg
   config.data.tokenizer = tokenizer_path
   config.stage = 'pretrain'
