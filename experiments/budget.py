@@ -15,18 +15,13 @@ _CHECKPOINTS = common.checkpoints_flag(5)
 common.at_least(_DELTAS, 2, 'δ values to fit')
 
 
-def main(argv):
-  del argv
-  base = common.base_config()
+def _runs(base) -> dict:
+  return common.delta_variants(base, _DELTAS.value, _CHECKPOINTS.value)
+
+
+def _report(base, workdirs: dict) -> None:
   tokens = common.pretrain_tokens(base)
-  from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
   deltas = _DELTAS.value
-  workdirs = common.run_variants(
-    {
-      common.delta_name(d): common.variant(base, mixture__domain_fraction=d, finetune__from_steps=from_steps)
-      for d in deltas
-    }
-  )
   fit = common.analyse('fit', runs=list(workdirs.values()))
   budgets = [float(int(tokens * f)) for f in (0.25, 0.5, 1, 2, 4, 8)]
   out = common.analyse('recommend', fit=f'{fit}/fit.json', tokens=budgets, candidates=deltas)
@@ -58,5 +53,7 @@ def main(argv):
   )
 
 
+STUDY = common.Study(_runs, _report)
+
 if __name__ == '__main__':
-  common.run(main)
+  common.run(STUDY)

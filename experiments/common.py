@@ -5,10 +5,12 @@ The base config is read by ml_collections.config_flags, like spt_jax.main's:
 defined (spt_jax/cli.py: a wrong command line exits 2 before anything runs).
 """
 
+import dataclasses
 import json
 import os
 import re
 import sys
+from collections.abc import Callable
 
 import ml_collections
 from absl import flags, logging
@@ -28,14 +30,32 @@ ONLY_ANALYSIS = flags.DEFINE_bool('only_analysis', False, 'Skip training; analys
 CHECKPOINTS_HELP = 'Earlier pretraining checkpoints to finetune from'
 
 
-def run(main) -> None:
-  """Runs a study's main under spt_jax/cli.py's convention (flags checked first, one-line errors, exit 2 or 1)."""
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """A study: the runs it trains and the report it writes from them; each experiments/<study>.py declares one.
+
+  runs(base): {name: config}, variants of the --config file's config, each trained as a pipeline into
+  WORKDIR/<name> (finished ones are skipped; --only_analysis trains none). report(base, workdirs): the analysis
+  into WORKDIR (report.md and the study's own JSON and plots), from the workdirs by name.
+  """
+
+  runs: Callable[[ml_collections.ConfigDict], dict]
+  report: Callable[[ml_collections.ConfigDict, dict], None]
+
+  def main(self, argv) -> None:
+    del argv
+    base = base_config()
+    self.report(base, run_variants(self.runs(base)))
+
+
+def run(study: Study) -> None:
+  """Runs a study under spt_jax/cli.py's convention (flags checked first, one-line errors, exit 2 or 1)."""
   if not any(re.match(r'--?config(=|$)', argument) for argument in sys.argv[1:]):
     # On the command line rather than as the flag's default: config_flags applies a default's --config.KEY
     # overrides as the flag is defined, at import, where an unknown key is a traceback rather than a usage error.
     # It reads sys.argv itself.
     sys.argv.insert(1, f'--config={DEFAULT_CONFIG}')
-  cli.run(main)
+  cli.run(study.main)
 
 
 def delta_flag(name: str, default: float | None, help_text: str) -> flags.FlagHolder:
@@ -68,6 +88,12 @@ def variant(config: ml_collections.ConfigDict, **overrides) -> ml_collections.Co
   copy = ml_collections.ConfigDict(config.to_dict())
   copy.update_from_flattened_dict({key.replace('__', '.'): value for key, value in overrides.items()})
   return copy
+
+
+def delta_variants(base: ml_collections.ConfigDict, deltas, checkpoints: int) -> dict:
+  """A δ sweep: `delta_<δ>pct` per δ, each also finetuned from `checkpoints` earlier pretraining checkpoints."""
+  from_steps = earlier_steps(base, checkpoints)
+  return {delta_name(d): variant(base, mixture__domain_fraction=d, finetune__from_steps=from_steps) for d in deltas}
 
 
 def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, str]:

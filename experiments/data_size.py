@@ -30,16 +30,7 @@ common.at_least(_SIZES, 1, 'domain set sizes')
 common.at_least(_DELTAS, 1, 'δ values')
 
 
-def main(argv):
-  del argv
-  from spt_jax.analysis import gains as gains_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-  from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-    plots,
-    runs,
-  )
-  from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-
-  base = common.base_config()
+def _runs(base) -> dict:
   tokens = common.pretrain_tokens(base)
   sizes, deltas = _SIZES.value, _DELTAS.value
   from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
@@ -56,7 +47,19 @@ def main(argv):
           (0, {'general': 1.0 - _SCPT_DELTA.value, 'domain': _SCPT_DELTA.value}),
         ),
       )
-  workdirs = common.run_variants(variants)
+  return variants
+
+
+def _report(base, workdirs: dict) -> None:
+  from spt_jax.analysis import gains as gains_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+    plots,
+    runs,
+  )
+  from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+
+  tokens = common.pretrain_tokens(base)
+  sizes, deltas = _SIZES.value, _DELTAS.value
   table = markdown.table(
     ['domain set (tokens)', 'budget (tokens)', 'NPT→FT', 'best SPT→FT (δ)', 'max G over δ', 'SCPT→FT (stage δ)']
     + ['SCPT G'],
@@ -136,5 +139,7 @@ def main(argv):
   )
 
 
+STUDY = common.Study(_runs, _report)
+
 if __name__ == '__main__':
-  common.run(main)
+  common.run(STUDY)

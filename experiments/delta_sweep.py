@@ -16,28 +16,28 @@ _CHECKPOINTS = common.checkpoints_flag(3)
 common.at_least(_DELTAS, 2, 'δ values to fit')
 
 
-def main(argv):
-  del argv
-  base = common.base_config()
-  from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
-  variants = {
-    common.delta_name(d): common.variant(base, mixture__domain_fraction=d, finetune__from_steps=from_steps)
-    for d in _DELTAS.value
-  }
-  workdirs = common.run_variants(variants)
-  npt = workdirs.pop(common.delta_name(0.0), None)
-  fit = common.analyse('fit', runs=[*([npt] if npt else []), *workdirs.values()])
+def _runs(base) -> dict:
+  return common.delta_variants(base, _DELTAS.value, _CHECKPOINTS.value)
+
+
+def _report(base, workdirs: dict) -> None:
+  del base
+  spts = dict(workdirs)
+  npt = spts.pop(common.delta_name(0.0), None)
+  fit = common.analyse('fit', runs=[*([npt] if npt else []), *spts.values()])
   relative = os.path.relpath(fit, common.WORKDIR.value)
   fit_link = f'The overfitting scaling-law fit: [{relative}/report.md]({relative}/report.md)'
   if npt:
-    common.analyse('gains', npt=npt, spt=list(workdirs.values()))
+    common.analyse('gains', npt=npt, spt=list(spts.values()))
     common.gains_report(
       npt,
-      list(workdirs.values()),
+      list(spts.values()),
       f'δ sweep on {common.config_name()}: SPT against NPT',
       ['![post-FT loss by budget](analysis/gains/gains.png)', fit_link],
     )
 
 
+STUDY = common.Study(_runs, _report)
+
 if __name__ == '__main__':
-  common.run(main)
+  common.run(STUDY)

@@ -111,9 +111,7 @@ def report(results: dict, tasks: dict, domain: str, delta: float) -> list:
   ]
 
 
-def main(argv):
-  del argv
-  base = common.base_config()
+def _task_names() -> list:
   domain = common.config_name()
   names = [t for t in _TASKS.value if t] or list(DOMAIN_TASKS.get(domain, ()))
   if not names:
@@ -121,8 +119,16 @@ def main(argv):
       f'no built-in tasks for {domain!r}; pass --tasks (one of abc_key, abc_metre, proof_next_line, '
       'smiles_real, or a benchmark name)'
     )
-  seeds = _SEEDS.value
-  workdirs = common.run_variants(common.arms(base, _DELTA.value, seeds))
+  return names
+
+
+def _runs(base) -> dict:
+  _task_names()  # No tasks: stop before training.
+  return common.arms(base, _DELTA.value, _SEEDS.value)
+
+
+def _report(base, workdirs: dict) -> None:
+  domain, names, seeds = common.config_name(), _task_names(), _SEEDS.value
   tasks = build_tasks(base, names, os.path.join(common.WORKDIR.value, 'tasks'), _EXAMPLES.value)
   results = {
     seed: {
@@ -140,5 +146,7 @@ def main(argv):
   )
 
 
+STUDY = common.Study(_runs, _report)
+
 if __name__ == '__main__':
-  common.run(main)
+  common.run(STUDY)

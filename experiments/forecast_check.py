@@ -84,8 +84,11 @@ def _paper_rows(report, budget: float) -> list:
   return rows
 
 
-def main(argv):
-  del argv
+def _runs(base) -> dict:
+  return common.delta_variants(base, _DELTAS.value, _CHECKPOINTS.value)
+
+
+def _report(base, workdirs: dict) -> None:
   from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
     forecast_check,
     runs,
@@ -93,15 +96,6 @@ def main(argv):
   )
   from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  base = common.base_config()
-  deltas = _DELTAS.value
-  from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
-  workdirs = common.run_variants(
-    {
-      common.delta_name(d): common.variant(base, mixture__domain_fraction=d, finetune__from_steps=from_steps)
-      for d in deltas
-    }
-  )
   budget = float(common.pretrain_tokens(base))
   max_tokens = _MAX_TOKEN_FRACTION.value * budget
   fit_dir = common.analyse(
@@ -127,5 +121,7 @@ def main(argv):
   )
 
 
+STUDY = common.Study(_runs, _report)
+
 if __name__ == '__main__':
-  common.run(main)
+  common.run(STUDY)

@@ -98,20 +98,25 @@ def report(result: seeds_lib.Comparison, domain: str, delta: float, config) -> s
   return '\n'.join(lines)
 
 
-def main(argv):
-  del argv
+def _delta(base) -> float:
+  delta = base.mixture.domain_fraction if _DELTA.value is None else _DELTA.value
+  if not 0 < delta < 1:
+    raise ValueError(f'the SPT arm needs 0 < δ < 1, got {delta}; set --delta or --config.mixture.domain_fraction')
+  return delta
+
+
+def _runs(base) -> dict:
+  return common.arms(base, _delta(base), _SEEDS.value)
+
+
+def _report(base, workdirs: dict) -> None:
   from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
     plots,
     runs,
   )
   from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  base = common.base_config()
-  delta = base.mixture.domain_fraction if _DELTA.value is None else _DELTA.value
-  if not 0 < delta < 1:
-    raise ValueError(f'the SPT arm needs 0 < δ < 1, got {delta}; set --delta or --config.mixture.domain_fraction')
-  seeds = _SEEDS.value
-  workdirs = common.run_variants(common.arms(base, delta, seeds))
+  delta, seeds = _delta(base), _SEEDS.value
   pairs = {seed: (runs.read(workdirs[f'npt_seed{seed}']), runs.read(workdirs[f'spt_seed{seed}'])) for seed in seeds}
   result = seeds_lib.compare(pairs)
   domain = common.config_name()
@@ -138,5 +143,7 @@ def main(argv):
   print(f'{domain}: G = {gain.plus_minus(2, "%")} (95% CI {gain.interval(2, "%")}) over {len(seeds)} seeds; {path}')
 
 
+STUDY = common.Study(_runs, _report)
+
 if __name__ == '__main__':
-  common.run(main)
+  common.run(STUDY)

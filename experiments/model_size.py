@@ -38,24 +38,27 @@ def _curve(workdir: str) -> dict:
   return {'params': int(run.summary.params), 'tokens': tokens.tolist(), 'loss': losses.tolist()}
 
 
-def main(argv):
-  del argv
-  from spt_jax.analysis import gains as gains_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-  from spt_jax.analysis import plots  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+def _runs(base) -> dict:
   from spt_jax.model import decoder as model  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-  from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  base = common.base_config()
-  presets = _PRESETS.value
   from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
   variants = {}
-  for preset in presets:
+  for preset in _PRESETS.value:
     size = model.preset_config(preset)
     size.update(dtype=base.model.dtype, vocab_size=base.model.vocab_size)  # Same tokenizer for every size.
     variants.update(
       common.arms(base, _DELTA.value, prefix=f'{preset}_', model=size.to_dict(), finetune__from_steps=from_steps)
     )
-  workdirs = common.run_variants(variants)
+  return variants
+
+
+def _report(base, workdirs: dict) -> None:
+  del base
+  from spt_jax.analysis import gains as gains_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.analysis import plots  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+
+  presets = _PRESETS.value
   curves = {p: {arm: _curve(workdirs[f'{p}_{arm}_seed0']) for arm in ('npt', 'spt')} for p in presets}
   table = markdown.table(['model', 'parameters', 'pretraining tokens', 'NPT→FT', 'SPT→FT', 'gap (NPT − SPT)', 'G'], [])
   gaps = {}
@@ -112,5 +115,7 @@ def main(argv):
   )
 
 
+STUDY = common.Study(_runs, _report)
+
 if __name__ == '__main__':
-  common.run(main)
+  common.run(STUDY)

@@ -49,21 +49,15 @@ def general_set(share: float, out: str, cache_dir: str = '') -> tuple:
   return path, taken[_SPANISH.value] / sum(taken.values())
 
 
-def main(argv):
-  del argv
-  from spt_jax.analysis import gains as gains_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-  from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-    plots,
-    runs,
-    seeds,
-  )
-  from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+def _general_sets(base) -> dict:
+  """Each share's general set: (path, the share of Spanish bytes it really holds)."""
+  folder = os.path.join(common.WORKDIR.value, 'data')
+  return {share: general_set(share, folder, base.data.cache_dir) for share in _SHARES.value}
 
-  base = common.base_config()
-  shares = _SHARES.value
-  variants, actual = {}, {}
-  for share in shares:
-    general, actual[share] = general_set(share, os.path.join(common.WORKDIR.value, 'data'), base.data.cache_dir)
+
+def _runs(base) -> dict:
+  variants = {}
+  for share, (general, _) in _general_sets(base).items():
     variants.update(
       common.arms(
         base,
@@ -74,7 +68,20 @@ def main(argv):
         data__domain=_DOMAIN.value,
       )
     )
-  workdirs = common.run_variants(variants)
+  return variants
+
+
+def _report(base, workdirs: dict) -> None:
+  from spt_jax.analysis import gains as gains_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+    plots,
+    runs,
+    seeds,
+  )
+  from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+
+  shares = _SHARES.value
+  actual = {share: real for share, (_, real) in _general_sets(base).items()}
   rows = []
   for share in shares:
     npt, spt = (seeds.arm(runs.read(workdirs[f'{_share_name(share)}{arm}_seed0'])) for arm in ('npt', 'spt'))
@@ -144,5 +151,7 @@ def main(argv):
   )
 
 
+STUDY = common.Study(_runs, _report)
+
 if __name__ == '__main__':
-  common.run(main)
+  common.run(STUDY)

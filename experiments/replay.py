@@ -12,16 +12,18 @@ _DELTA = common.delta_flag('delta', 0.05, 'δ of the SPT runs.')
 common.at_least(_REPLAY, 1, 'replay fractions')
 
 
-def main(argv):
-  del argv
-  base = common.base_config()
+def _runs(base) -> dict:
   variants = {}
   for r in _REPLAY.value:
     for name, delta in (('npt', 0.0), ('spt', _DELTA.value)):
       variants[f'{name}_replay_{100 * r:g}pct'] = common.variant(
         base, mixture__domain_fraction=delta, finetune__replay_fraction=r
       )
-  workdirs = common.run_variants(variants)
+  return variants
+
+
+def _report(base, workdirs: dict) -> None:
+  del base
   from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
     gains,
     runs,
@@ -66,5 +68,7 @@ def main(argv):
   )
 
 
+STUDY = common.Study(_runs, _report)
+
 if __name__ == '__main__':
-  common.run(main)
+  common.run(STUDY)

@@ -14,6 +14,7 @@ import os
 from absl import flags
 
 from experiments import common
+from spt_jax.analysis import similarity as similarity_lib
 from spt_jax.storage import markdown
 
 _DOMAINS = flags.DEFINE_list(
@@ -38,18 +39,28 @@ def _label(spec: str) -> str:
   return spec.split(':', 1)[-1].replace(',', '+')
 
 
-def measured_gains(base, domains: list) -> dict:
-  """Per domain: G and the NPT post-finetuning loss of one NPT/SPT pair (`<domain>_npt_seed0`, ...)."""
+def _domains() -> list:
+  return [d if ':' in d else f'builtin:{d}' for d in _DOMAINS.value if d]
+
+
+def _runs(base) -> dict:
+  """One NPT/SPT pair per domain (`<domain>_npt_seed0`, ...) when --gains; else no runs."""
+  if _EMBEDDINGS.value and similarity_lib.embedding_extra_missing():  # Before any training.
+    raise ValueError(similarity_lib.embedding_extra_missing())
+  variants = {}
+  for spec in _domains() if _GAINS.value else []:
+    variants.update(common.arms(base, _DELTA.value, prefix=f'{_label(spec)}_', data__domain=spec))
+  return variants
+
+
+def measured_gains(workdirs: dict, domains: list) -> dict:
+  """Per domain: G and the NPT post-finetuning loss of its NPT/SPT pair."""
   from spt_jax.analysis import gains as gains_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
   from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
     runs,
     seeds,
   )
 
-  variants = {}
-  for spec in domains:
-    variants.update(common.arms(base, _DELTA.value, prefix=f'{_label(spec)}_', data__domain=spec))
-  workdirs = common.run_variants(variants)
   out = {}
   for spec in domains:
     npt, spt = (seeds.arm(runs.read(workdirs[f'{_label(spec)}_{arm}_seed0'])) for arm in ('npt', 'spt'))
@@ -68,15 +79,12 @@ def predictors(rows: list, gains: dict) -> dict:
   return candidates
 
 
-def main(argv):
-  del argv
-  from spt_jax.analysis import similarity as similarity_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+def _report(base, workdirs: dict) -> None:
+  del base
   from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  domains = [d if ':' in d else f'builtin:{d}' for d in _DOMAINS.value if d]
-  if _EMBEDDINGS.value and similarity_lib.embedding_extra_missing():
-    raise ValueError(similarity_lib.embedding_extra_missing())
-  gains = measured_gains(common.base_config(), domains) if _GAINS.value else {}
+  domains = _domains()
+  gains = measured_gains(workdirs, domains) if _GAINS.value else {}
   tokenizer = similarity_lib.load_tokenizer()
   corpora = [similarity_lib.load_corpus(c, tokenizer, int(_MAX_TOKENS.value)) for c in [_REFERENCE.value, *domains]]
   rows = similarity_lib.compare(corpora[0], corpora[1:], _EMBEDDINGS.value, tokenizer)
@@ -123,5 +131,7 @@ def main(argv):
   common.write_report('Similarity of each domain to the general text, and G', sections)
 
 
+STUDY = common.Study(_runs, _report)
+
 if __name__ == '__main__':
-  common.run(main)
+  common.run(STUDY)

@@ -62,7 +62,7 @@ def test_a_study_stopped_by_sigterm_between_its_runs_exits_0_with_one_line(tmp_p
   line, nothing written half (the default handler would exit 143 and a scheduler would count a failure)."""
   hold, study = tmp_path / 'hold', tmp_path / 'study'
   hold.touch()
-  script = test_faults.hold_script('from experiments import headline; headline.common.run(headline.main)', call=2)
+  script = test_faults.hold_script('from experiments import headline; headline.common.run(headline.STUDY)', call=2)
   process = subprocess.Popen(  # Held where the first pipeline is prepared and the second is about to be.
     [sys.executable, '-c', script, str(hold), '--config=configs/proofpile.py:test']
     + [f'--workdir={study}', '--seeds=0', '--delta=0.2', *_data_overrides(tmp_path)],
