@@ -1,7 +1,7 @@
 """Token-exact mixtures of packed sequences, as a Grain MapDataset: global example number -> sequence.
 
-Grain mixes, batches, slices out each process's rows and reads ahead; two pieces are our own, each a Grain
-transform. Sources are mixed by `MapDataset.select_from_datasets` with our selection map, because Grain's `mix`
+Grain mixes, batches, maps each step to this host's rows and reads ahead; two pieces are our own, each a
+Grain transform. Sources are mixed by `MapDataset.select_from_datasets` with our selection map, because Grain's `mix`
 scales weights to integers with the smallest at 100 and rounds the others down (δ = 0.3 would draw 0.3003) and has
 no stages. The map is a hierarchical exact interleave: example j of stage k (j counted from the stage's first
 example) goes to the first source, of weight w, iff floor((j+1)w) > floor(jw), so that source holds exactly
