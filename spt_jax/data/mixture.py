@@ -1,7 +1,7 @@
 """Token-exact mixtures of packed sequences, as a Grain MapDataset: global example number -> sequence.
 
-Grain mixes, batches, maps each step to this host's rows and reads ahead; two pieces are our own, each a
-Grain transform. Sources are mixed by `MapDataset.select_from_datasets` with our selection map, because Grain's `mix`
+Grain mixes, maps each step to this host's rows and reads ahead; two pieces are our own, each a Grain
+transform. Sources are mixed by `MapDataset.select_from_datasets` with our selection map, because Grain's `mix`
 scales weights to integers with the smallest at 100 and rounds the others down (δ = 0.3 would draw 0.3003) and has
 no stages. The map is a hierarchical exact interleave: example j of stage k (j counted from the stage's first
 example) goes to the first source, of weight w, iff floor((j+1)w) > floor(jw), so that source holds exactly
@@ -208,7 +208,12 @@ class Mixture:
   def local_batch(self, step: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
     """This process's rows [p B / P, (p + 1) B / P) of the global batch of a step: global examples from s·B + p·B/P."""
     per_process = self._per_process(process_index, process_count)
-    return self._examples.batch(per_process, batch_fn=_stack)[step * process_count + process_index]
+    first = step * self.batch_size + process_index * per_process
+    return self.examples(range(first, first + per_process))
+
+  def examples(self, indices) -> np.ndarray:
+    """int32 [len(indices), seq_len + 1]: the global examples of these indices (every read of rows goes here)."""
+    return np.stack([self._examples[int(i)] for i in indices]).astype(np.int32, copy=False)
 
   def _per_process(self, process_index: int, process_count: int) -> int:
     if self.batch_size % process_count:
@@ -307,10 +312,6 @@ def permute(position: int, size: int, keys: tuple) -> int:
     x = (left << half) | right
     if x < size:
       return x
-
-
-def _stack(rows) -> np.ndarray:
-  return np.stack(rows).astype(np.int32, copy=False)
 
 
 def _as_int32(row) -> np.ndarray:
