@@ -120,12 +120,7 @@ def cpu(size: str) -> ml_collections.ConfigDict:
   values = {key: row[column] for key, row in CPU_TABLE.items()}
   c = config_lib.base_config(values.pop('model.preset'))
   c.data.tokenizer_vocab_size = c.model.vocab_size  # The BPE is trained to the model's vocabulary.
-  for key, value in {**CPU_SHARED, **values}.items():
-    *parents, name = key.split('.')
-    node = c
-    for parent in parents:
-      node = node[parent]
-    if isinstance(value, Tokens):  # A link, not a copy.
-      value = c.get_ref('tokens') if value == 1 else c.get_ref('tokens') * int(value)
-    node[name] = value
+  tokens = c.get_ref('tokens')  # Tokens(k) values become links to it, not copies.
+  links = {key: tokens if v == 1 else tokens * int(v) for key, v in values.items() if isinstance(v, Tokens)}
+  c.update_from_flattened_dict({**CPU_SHARED, **values, **links})
   return c

@@ -197,7 +197,8 @@ def domain_set_sizes(folder: str) -> list[int]:
   from spt_jax.storage import records  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   sizes = []
-  for root, _, names in os.walk(folder):
+  for root, folders, names in os.walk(folder):
+    folders[:] = [f for f in folders if f != layout.CHECKPOINTS]  # Orbax's many files hold no summary.
     if layout.SUMMARY in names and layout.METRICS in names:  # A run's folder (not a pipeline's top).
       with open(os.path.join(root, layout.SUMMARY)) as file:
         size = records.RunSummary.from_json(json.load(file)).domain_set_tokens

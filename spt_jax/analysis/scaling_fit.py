@@ -123,13 +123,23 @@ class JointFit:
 
   law: scaling.ScalingLaw
   objective: str  # 'mse' or 'huber'.
-  objective_text: str  # The objective in words, for fit.json's units.
+  huber: float  # The Huber loss's scale (objective 'huber').
   params: dict  # Law parameter name -> Parameter.
-  sign_conditions: dict  # §5.1's conditions -> whether they hold.
   per_run: dict  # Per-run fit (8)-(9) parameter name -> Parameter (value and meaning).
   finetune_delta: dict  # δ -> FinetuneDelta.
   residuals: Residuals
   warnings: list
+
+  @property
+  def sign_conditions(self) -> dict:
+    """§5.1's conditions -> whether the fitted law meets them."""
+    return scaling.sign_conditions(self.law.params)
+
+  @property
+  def objective_text(self) -> str:
+    if self.objective == 'mse':
+      return "mean squared error of the losses (the paper's, App. D.1)"
+    return f'Huber (scale {self.huber:g}) on log losses'
 
   def to_json(self) -> dict:
     """fit.json: every field, with the units each number is in."""
@@ -474,20 +484,14 @@ def fit_joint(
   for d in np.unique(data.delta):
     mask = np.concatenate([data.delta == d, data.delta == d])
     by_delta[f'{d:g}'] = float(np.sqrt(np.mean(log_residual[mask] ** 2)))
-  objective = (
-    "mean squared error of the losses (the paper's, App. D.1)"
-    if loss == 'mse'
-    else f'Huber (scale {huber:g}) on log losses'
-  )
   return JointFit(
     law=law,
     objective=loss,
-    objective_text=objective,
+    huber=huber,
     params={
       name: Parameter(joint.params[name], joint.ci.get(name), meaning, identification[name])
       for name, _, _, _, meaning in JOINT_PARAMS
     },
-    sign_conditions=scaling.sign_conditions(law.params),
     per_run={
       name: Parameter(per_run.params[name], None, spec[4])
       for name, spec in zip(per_run.names, per_run.spec, strict=False)

@@ -131,13 +131,12 @@ def _levels(weights: Mapping) -> list:
   return levels
 
 
-def _counts(levels: list, count: int) -> dict:
-  """Examples of each source among the first `count` of a stage."""
-  result = {}
-  for name, share in levels:
-    taken = count * share.numerator // share.denominator
-    result[name] = taken
-    count -= taken
+def _counts(levels: list, count: int, sources: int) -> list:
+  """Examples of each source (by number) among the first `count` of a stage of (source, numerator, denominator)."""
+  result = [0] * sources
+  for source, numerator, denominator in levels:
+    result[source] = count * numerator // denominator
+    count -= result[source]
   return result
 
 
@@ -171,22 +170,13 @@ class Mixture:
         )
     self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
     self.rows = {name: len(rows) for name, rows in self.sources.items()}
-    self._levels = [_levels(weights) for _, weights in self.stages]
-    # First example of each stage; a token bound T starts the next stage at the first example at or after T.
-    self._starts = [0] + [-(-until // seq_len) for until, _ in self.stages[:-1]]
-    self._bases = [dict.fromkeys(self.sources, 0)]  # Examples of each source before each stage.
-    for k in range(len(self.stages) - 1):
-      taken = _counts(self._levels[k], self._starts[k + 1] - self._starts[k])
-      self._bases.append({n: c + taken.get(n, 0) for n, c in self._bases[k].items()})
+    self._interleave = _Interleave(list(self.sources), self.stages, seq_len)
     shuffled = [_EpochShuffle(rows, seed, name) for name, rows in self.sources.items()]
-    self._interleave = _Interleave(list(self.sources), self._levels, self._starts, self._bases)
     self._examples = grain.MapDataset.select_from_datasets(shuffled, self._interleave)
 
   def consumed(self, examples: int) -> dict:
     """Examples of each source among global examples [0, examples)."""
-    k = int(np.searchsorted(self._starts, examples, side='right')) - 1
-    taken = _counts(self._levels[k], examples - self._starts[k])
-    return {name: count + taken.get(name, 0) for name, count in self._bases[k].items()}
+    return dict(zip(self.sources, self._interleave.consumed(examples), strict=True))
 
   def accounting(self, step: int) -> dict:
     """Tokens and epochs of each source consumed by steps [0, step)."""
@@ -241,12 +231,22 @@ class Mixture:
 class _Interleave(grain.transforms.DatasetSelectionMap):
   """Global example number -> (source number, that source's example count before it): the staged interleave."""
 
-  def __init__(self, names: list, levels: list, starts: list, bases: list):
+  def __init__(self, names: list, stages: list, seq_len: int):
     number = {name: k for k, name in enumerate(names)}
-    # Per stage: (source number, numerator, denominator) of each level, and each source's examples before it.
-    self._levels = [[(number[n], s.numerator, s.denominator) for n, s in stage] for stage in levels]
-    self._starts = starts
-    self._bases = [[base[name] for name in names] for base in bases]
+    # Per stage: (source number, numerator, denominator) of each level.
+    self._levels = [[(number[n], f.numerator, f.denominator) for n, f in _levels(w)] for _, w in stages]
+    # First example of each stage; a token bound T starts the next stage at the first example at or after T.
+    self._starts = [0] + [-(-until // seq_len) for until, _ in stages[:-1]]
+    self._bases = [[0] * len(names)]  # Examples of each source before each stage.
+    for k in range(len(stages) - 1):
+      taken = _counts(self._levels[k], self._starts[k + 1] - self._starts[k], len(names))
+      self._bases.append([before + new for before, new in zip(self._bases[k], taken, strict=True)])
+
+  def consumed(self, examples: int) -> list:
+    """Examples of each source among global examples [0, examples)."""
+    stage = bisect.bisect_right(self._starts, examples) - 1
+    taken = _counts(self._levels[stage], examples - self._starts[stage], len(self._bases[0]))
+    return [before + new for before, new in zip(self._bases[stage], taken, strict=True)]
 
   def __len__(self) -> int:
     return _UNBOUNDED
