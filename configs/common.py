@@ -98,14 +98,17 @@ def sized(arg: str) -> ml_collections.ConfigDict:
 
 
 def paper(model_preset: str) -> ml_collections.ConfigDict:
-  """Paper scale: the base defaults (Appendix B) in bfloat16 with every block rematerialised.
+  """Paper scale: the base defaults (Appendix B) in bfloat16, microbatches and remat chosen to fit the chips.
 
   The general set is OLMo-1B's own pre-tokenized Dolma, fetched only as far as the run's tokens need; each
   domain file sets its domain set (spt_jax/data/paper_data.py: the paper's data from its public homes).
   """
   c = config_lib.base_config(model_preset)
   c.model.dtype = 'bfloat16'
-  c.model.remat_policy = 'full'  # Recompute each block in the backward pass: 2048-token sequences fit.
+  # Microbatches and rematerialisation left to the run: it compiles the step for its chips at the start and takes
+  # the cheapest setting that fits (the dry run with --topology shows the choice).
+  c.grad_accum_steps = 0
+  c.model.remat_policy = 'auto'
   c.model.loss_chunk_length = 256  # The loss 256 positions at a time: never all [B, L, V] float32 logits.
   c.data.general = paper_data.DOLMA_OLMO_1B
   c.data.general_max_tokens = int(c.tokens)  # An upper bound: δ of the run's tokens come from the domain set.

@@ -72,15 +72,13 @@ def main(argv):
   del argv
   import jax  # noqa: PLC0415  After flag parsing, so that --xla flags in the environment apply.
 
-  from spt_jax.hardware import dry_run  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.hardware import aot, dry_run  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
   from spt_jax.model import sharding  # noqa: PLC0415  after absl parses the flags, so that --xla flags in the environment apply
   from spt_jax.storage import files  # noqa: PLC0415  after absl parses the flags, so that --xla flags in the environment apply
   from spt_jax.train import compile_cache, validate  # noqa: PLC0415  after absl parses the flags, so that --xla flags in the environment apply
 
   config = _CONFIG.value
   if _DRY_RUN.value and _TOPOLOGY.value:
-    from spt_jax.hardware import aot  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-
     compile_cache.enable(config.compilation_cache, config.data.cache_dir)  # A rerun of the plan loads it.
     topology_plan = aot.plan(config, _TOPOLOGY.value, mfu=_MFU.value)
     print(topology_plan.format())
@@ -88,8 +86,13 @@ def main(argv):
     return
   if _DRY_RUN.value:
     validate.check(config, devices=_DEVICES.value or jax.device_count(), sources=False)
-    summary = dry_run.describe(config, _DEVICES.value or jax.device_count())
+    summary = dry_run.describe(aot.with_knobs(config), _DEVICES.value or jax.device_count())
     print(summary.format())
+    if aot.left_to_the_run(config):
+      print(
+        'memory knobs     left to the run (grad_accum_steps=0 / remat_policy=auto): chosen at its start to fit the '
+        'chips; --topology=NAME shows the choice (one microbatch shown above)'
+      )
     print(json.dumps(dataclasses.asdict(summary)))
     return
   held_logs = files.quiet_library_logs(_VERBOSE.value)
@@ -102,6 +105,9 @@ def main(argv):
   validate.check(config, backend=jax.default_backend())
   validate.check_folders(config, workdir)
   compile_cache.enable(config.compilation_cache, config.data.cache_dir)  # Before the first compile.
+  # Microbatches and remat the config left to the run, chosen for these devices (an explicit setting that does not
+  # fit their memory stops here); on a CPU nothing is compiled.
+  config = aot.fit_to_devices(config, jax.devices(), log=print if jax.process_index() == 0 else lambda line: None)
   if not _WORKDIR.value and jax.process_index() == 0:
     print(f'--workdir not given: the run writes to {workdir}', flush=True)
   sharding.check_shared_folder(workdir, 'workdir')

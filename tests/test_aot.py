@@ -103,6 +103,33 @@ def test_search_names_the_fewest_microbatches_that_fit(monkeypatch):
 
 
 @needs_libtpu
+def test_knobs_left_to_the_run_are_chosen_to_fit_and_explicit_ones_that_do_not_fit_stop(monkeypatch):
+  config, devices = _config(batch_size=64), aot.topology_devices(aot.parse_topology('v5e-1'))
+  peaks = {m: aot.compile_steps(config, devices, m, 'none').train.peak_bytes for m in (1, 4)}
+  hbm = (peaks[1] + peaks[4]) // 2  # One microbatch does not fit, four do.
+  config.grad_accum_steps, config.model.remat_policy = 0, 'auto'  # As the paper presets leave them.
+  lines = []
+  fitted = aot.fit_to_devices(config, devices, hbm=hbm, log=lines.append)
+  assert fitted.grad_accum_steps in (2, 4) and fitted.model.remat_policy == 'none'
+  assert len(lines) == 1 and f'grad_accum_steps={fitted.grad_accum_steps}' in lines[0] and 'chosen' in lines[0]
+  # The dry run for such a chip shows that choice, fitting.
+  monkeypatch.setitem(aot.CHIPS, 'v5e', aot.Chip('v5e', 2, 1, hbm, 197e12))
+  plan = aot.plan(config, 'v5e-1', log=lambda line: None)
+  assert plan.fits and plan.chosen and plan.recommendation is None
+  assert plan.compiled.microbatches == plan.summary.grad_accum_steps == fitted.grad_accum_steps
+  assert 'chosen           grad_accum_steps=' in plan.format() and plan.to_json()['fits'] is True
+  # An explicit setting that does not fit: one line naming the memory per device and the fix.
+  config.grad_accum_steps, config.model.remat_policy = 1, 'none'
+  with pytest.raises(ValueError, match=r'does not fit the [\d.]+ GiB per device .*grad_accum_steps=0') as error:
+    aot.fit_to_devices(config, devices, hbm=hbm)
+  assert '\n' not in str(error.value)
+  # On a CPU nothing is compiled: one microbatch, no remat.
+  config.grad_accum_steps, config.model.remat_policy = 0, 'auto'
+  on_cpu = aot.fit_to_devices(config, jax.devices('cpu'))
+  assert (on_cpu.grad_accum_steps, on_cpu.model.remat_policy) == (1, 'none')
+
+
+@needs_libtpu
 def test_splash_attention_compiles_for_tpu():
   """On a TPU mesh 'auto' attention is the Pallas splash kernel: the compiled step holds a Mosaic custom call."""
   config = _config(seq_len=256, batch_size=8)

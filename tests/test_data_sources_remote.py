@@ -1,12 +1,13 @@
 """Remote and hub-style sources on local stand-ins: token files over a loopback HTTP server, a datasets folder."""
 
+import collections
 import functools
-import hashlib
 import http.server
 import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -15,10 +16,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+from spt_jax.data import mixture as mixture_lib
 from spt_jax.data import paper_data, remote
 from spt_jax.data import prepare as prepare_lib
 from spt_jax.data import sources as sources_lib
 from spt_jax.data import tokenizer as tokenizer_lib
+from spt_jax.train import validate
+from tests import tiny
 
 L = 32
 EOS = 0
@@ -34,8 +38,8 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     path = self.translate_path(self.path)
     match = re.fullmatch(r'bytes=(\d+)-(\d*)', self.headers.get('Range', ''))
     if os.path.isdir(path) or not match:
-      if self.command == 'GET' and not os.path.isdir(path):
-        self.server.log.append((self.path, 0))
+      if self.command == 'GET' and not os.path.isdir(path) and os.path.isfile(path):
+        self.server.log.append((self.path, 0, os.path.getsize(path), False))
       return super().send_head()
     size = os.path.getsize(path)
     start = int(match.group(1))
@@ -48,7 +52,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     self.send_header('Content-Length', str(end - start + 1))
     self.send_header('Accept-Ranges', 'bytes')
     self.end_headers()
-    self.server.log.append((self.path, start))
+    self.server.log.append((self.path, start, end - start + 1, True))
     self._left = end - start + 1
     return file
 
@@ -113,35 +117,113 @@ def _config(tmp_path, general, domain):
       cache_dir=str(tmp_path / 'cache'),
       num_workers=1,
       keep_tokenized=True,
+      remote_cache_bytes=1 << 20,
     )
   )
   config.extra_eval = ml_collections.ConfigDict()
   return config
 
 
-def test_remote_token_files_fetched_once_only_as_many_as_the_budget_needs(tmp_path, server):
+def _sent(log, ranged=None) -> int:
+  return sum(length for _, _, length, was_ranged in log if ranged is None or was_ranged == ranged)
+
+
+def test_remote_token_files_are_read_by_range_only_as_far_as_the_budget_needs(tmp_path, server):
   root, url, log = server
   files = _token_files(root)
   _, corpus = _tokenizer(tmp_path)
   config = _config(tmp_path, f'tokens:{url}/part-*.npy?dtype=uint16', corpus)
   config.data.general_max_tokens = len(files[0]) + 100  # Needs two of the three files.
   data = prepare_lib.prepare(config)
-  fetched = sorted({path for path, _ in log})
-  assert fetched == ['/part-000-00000.npy', '/part-001-00000.npy']
+  assert sorted({entry[0] for entry in log}) == ['/part-000-00000.npy', '/part-001-00000.npy']
+  assert _sent(log, ranged=False) == 0  # Every read is a ranged read...
+  assert _sent(log) < (files[0].nbytes + files[1].nbytes) / 2  # ...of a small part of the files: nothing whole.
   info = data.metadata['sources']['general']
   assert info['files_used'] == 2 and info['files_listed'] == 3
-  assert np.array_equal(np.asarray(data.train['general'][0]), files[0][: L + 1])
-  for path in data.metadata['in_place']['general']['files']:
-    record = json.loads(open(path['path'] + '.json').read())
-    assert record['sha256'] == hashlib.sha256(open(path['path'], 'rb').read()).hexdigest()
-  # Another budget is another prepared set, over the same fetched files: nothing is fetched again.
+  entries = data.metadata['in_place']['general']['files']
+  assert [e['path'] for e in entries] == [f'{url}/part-000-00000.npy', f'{url}/part-001-00000.npy']
+  assert [e['pin']['size'] for e in entries] == [files[0].nbytes, files[1].nbytes]
+  assert not (tmp_path / 'cache' / 'remote').exists()  # No file was fetched whole.
+  rows = data.train['general']
+  assert np.array_equal(np.asarray(rows[0]), files[0][: L + 1])
+  last = len(files[0]) // (L + 1) - 1
+  assert np.array_equal(rows[[last, last + 1]], [files[0][last * (L + 1) :][: L + 1], files[1][: L + 1]])
+  # Another budget is another prepared set over the same files, read by range again.
   log.clear()
   config.data.general_max_tokens = len(files[0]) + 200
   prepare_lib.prepare(config)
-  assert not log
+  assert _sent(log, ranged=False) == 0 and _sent(log) < (files[0].nbytes + files[1].nbytes) / 2
   # With no budget, every listed file is used.
   config.data.general_max_tokens = 0
   assert prepare_lib.prepare(config).metadata['sources']['general']['files_used'] == 3
+
+
+def test_a_host_reads_only_its_share_by_range_and_the_cache_keeps_its_bound(tmp_path, server, monkeypatch):
+  """Two hosts of a job (processes 0 and 1 of 2) read their local batches of a Dolma-style general set: each
+  transfers exactly the rows its batches hold, never a whole file, and the row cache stays within its bound."""
+  root, url, log = server
+  files = _token_files(root, sizes=(500, 500))
+  _, corpus = _tokenizer(tmp_path)
+  config = _config(tmp_path, f'tokens:{url}/part-*.npy?dtype=uint16', corpus)
+  row_bytes = (L + 1) * 2
+  config.data.remote_cache_bytes = 10 * row_bytes
+  prepare_lib.prepare(config)
+  read = collections.defaultdict(list)  # (url, row) of every row a host asks for.
+  original = remote.RemoteTokens.read_rows
+
+  def recorded(self, numbers):
+    read[host].extend((self.url, int(n)) for n in numbers)
+    return original(self, numbers)
+
+  monkeypatch.setattr(remote.RemoteTokens, 'read_rows', recorded)
+  caches, steps, batch = {}, 6, 8
+  for host in (0, 1):
+    shutil.rmtree(tmp_path / 'cache' / 'remote-rows')  # Each host has its own disk.
+    data = prepare_lib.prepare(config)  # Opening checks each file's pin: its two end rows, past the cache.
+    cache = data.train['general']._views[0].tokens.cache
+    mixture = mixture_lib.Mixture(data.train, [(0, {'domain': 0.25, 'general': 0.75})], batch, L, seed=3)
+    log.clear()
+    opened = cache.fetched_bytes
+    for step in range(steps):
+      mixture.local_batch(step, host, 2)
+      assert cache.disk_bytes() <= config.data.remote_cache_bytes
+    share = len(set(read[host])) * row_bytes
+    assert len(read[host]) == len(set(read[host])) > steps  # This host's general rows (each once in an epoch)...
+    assert _sent(log) == share and _sent(log, ranged=False) == 0  # ...are all it transferred, by ranged reads.
+    assert cache.fetched_bytes - opened == share
+    log.clear()
+    mixture.local_batch(steps - 1, host, 2)  # Its last step again: every row from the cache.
+    assert _sent(log) == 0
+    caches[host] = cache
+  assert not set(read[0]) & set(read[1])  # Disjoint shares: together the hosts read each row once.
+  assert sum(c.fetched_bytes for c in caches.values()) < sum(f.nbytes for f in files) / 4
+
+
+def test_a_remote_file_that_changed_stops_the_run_with_one_line(tmp_path, server):
+  root, url, _ = server
+  files = _token_files(root, sizes=(300, 300))
+  _, corpus = _tokenizer(tmp_path)
+  config = _config(tmp_path, f'tokens:{url}/part-*.npy?dtype=uint16', corpus)
+  prepare_lib.prepare(config)
+  first = root / 'part-000-00000.npy'
+  np.append(files[0], [7, EOS]).astype(np.uint16).tofile(first)  # Grown by a document.
+  with pytest.raises(ValueError, match='changed since the data was prepared') as error:
+    prepare_lib.prepare(config)
+  assert '\n' not in str(error.value) and f'{url}/part-000-00000.npy' in str(error.value)
+  changed = files[0].copy()
+  changed[3] += 1  # Same size, another first row.
+  changed.tofile(first)
+  with pytest.raises(ValueError, match='first and last rows differ'):
+    prepare_lib.prepare(config)
+  files[0].tofile(first)
+  assert len(prepare_lib.prepare(config).train['general']) > 0  # Restored: the same files open again.
+
+
+def test_a_row_cache_smaller_than_one_row_is_refused_before_anything_is_read(tmp_path):
+  config = tiny.tiny_config(**{'data.general': 'tokens:http://127.0.0.1:9/part-000.npy?dtype=uint16'})
+  config.data.remote_cache_bytes = 10
+  with pytest.raises(ValueError, match=r'remote_cache_bytes=10 is smaller than one row .* \(17 tokens: 34 bytes\)'):
+    validate.check(config)
 
 
 def test_an_interrupted_fetch_resumes_where_it_stopped(tmp_path, server):
@@ -154,7 +236,8 @@ def test_an_interrupted_fetch_resumes_where_it_stopped(tmp_path, server):
   half = files[0].nbytes // 2
   target.with_name(target.name + '.part').write_bytes(files[0].tobytes()[:half])  # What a killed fetch left.
   path = remote.fetch(source, cache_root)
-  assert ('/part-000-00000.npy', half) in log and not any(start == 0 for _, start in log)
+  assert any(entry[:2] == ('/part-000-00000.npy', half) for entry in log)
+  assert not any(entry[1] == 0 for entry in log)
   assert path.read_bytes() == files[0].tobytes()
   assert json.loads(path.with_name(path.name + '.json').read_text())['size'] == files[0].nbytes
 
@@ -264,4 +347,4 @@ def test_the_paper_preset_runs_end_to_end_on_stand_ins_of_its_data(tmp_path, ser
   assert 'the run writes to runs/proofpile_1b' in result.stdout
   summary = json.loads((tmp_path / 'runs' / 'proofpile_1b' / 'summary.json').read_text())
   assert summary['steps'] == 3 and summary['stop_reason'] == 'budget'
-  assert sorted({path for path, _ in log}) == ['/part-000-00000.npy']  # 768 training tokens need one file.
+  assert sorted({entry[0] for entry in log}) == ['/part-000-00000.npy']  # 768 training tokens need one file.

@@ -253,6 +253,7 @@ def _config(tmp_path, domain):
       cache_dir=str(tmp_path / 'cache'),
       num_workers=1,
       keep_tokenized=True,
+      remote_cache_bytes=1 << 20,
     )
   )
   config.extra_eval = ml_collections.ConfigDict()

@@ -53,6 +53,7 @@ def _config(tmp_path, **data):
       cache_dir=str(tmp_path / 'cache'),
       num_workers=1,
       keep_tokenized=True,
+      remote_cache_bytes=1 << 20,
     )
   )
   config.data.update(data)

@@ -8,7 +8,8 @@ tokenizer.json). All are checked at each start: a damaged file sets the folder a
 folder without checksums.json (prepared before it existed, or killed between its rename into place and that
 write) gets one at its next start, once its shards match metadata.json and both files load.
 A pre-tokenized (`tokens:`) training source is not copied: metadata lists the files and rows it trains on,
-read in place (token_rows.py); remote token files are fetched once into `<cache_root>/remote/`.
+read in place (token_rows.py); remote token files are read by range, only the rows a process trains on, through a
+bounded cache per process (remote.py), and each is checked against the size and end rows recorded here.
 Preparation streams (prepare_build.py): memory is bounded by ~24 bytes per text document plus a few chunks,
 whatever the size of a source, and free disk space is checked before writing.
 The held-out split of a text source is drawn over all its documents before any subsampling (so it does not
@@ -155,7 +156,7 @@ def prepare(config) -> PreparedData:
   else:
     while not (folder / layout.METADATA).is_file():
       time.sleep(2)
-  result = _ready(folder, parsed, verify=False)
+  result = _ready(folder, parsed, data.remote_cache_bytes, verify=False)
   if result is None:  # This host does not see process 0's cache: prepare the identical data here.
     logging.warning(
       'process %d of %d does not see %s (a cache that is not shared); preparing it here', index, count, folder
@@ -169,14 +170,14 @@ def _ready_or_built(config, parsed: dict, budgets: dict, folder: pathlib.Path) -
   second waits, then reuses it), and none reads a folder another is setting aside or renaming into place."""
   folder.parent.mkdir(parents=True, exist_ok=True)
   with shards.exclusive(folder.parent / f'.{folder.name}.lock', f'preparing {folder}'):
-    return _ready(folder, parsed) or _build_and_load(config, parsed, budgets, folder)
+    return _ready(folder, parsed, config.data.remote_cache_bytes) or _build_and_load(config, parsed, budgets, folder)
 
 
 def _build_and_load(config, parsed: dict, budgets: dict, folder: pathlib.Path) -> PreparedData:
   tokenizer = tokenizer_lib.load_tokenizer(config)
   metadata = _build(config, parsed, budgets, tokenizer, tokenizer_lib.tokenizer_hash(tokenizer), folder)
   _record_checksums(folder)
-  return _load(folder, metadata, tokenizer)
+  return _load(folder, metadata, tokenizer, config.data.remote_cache_bytes)
 
 
 def _record_checksums(folder: pathlib.Path) -> None:
@@ -202,7 +203,7 @@ def _damaged_records(folder: pathlib.Path) -> str | None:
   return f'{damaged[0]} does not match its recorded checksum' if damaged else None
 
 
-def _ready(folder: pathlib.Path, parsed: dict, verify: bool = True) -> PreparedData | None:
+def _ready(folder: pathlib.Path, parsed: dict, cache_bytes: int, verify: bool = True) -> PreparedData | None:
   """The prepared data in folder when it is complete, unchanged and undamaged; None when it must be built."""
   if not (folder / layout.METADATA).is_file():
     return None
@@ -227,7 +228,7 @@ def _ready(folder: pathlib.Path, parsed: dict, verify: bool = True) -> PreparedD
     return None
   if verify and not (folder / layout.PREPARED_CHECKSUMS).is_file():
     _record_checksums(folder)
-  return _load(folder, metadata, tokenizer)
+  return _load(folder, metadata, tokenizer, cache_bytes)
 
 
 def _tokenizer_identity(config) -> str:
@@ -303,29 +304,35 @@ def _build(config, parsed, budgets, tokenizer, digest, folder) -> dict:
   )
 
 
-def _in_place(metadata: dict, name: str, cache_root: pathlib.Path) -> token_rows.TokenRows:
-  """The rows of an in-place token source; remote files missing from this host's cache are fetched again."""
-  entry = metadata['in_place'][name]
+def _in_place(metadata: dict, name: str, cache_root: pathlib.Path, cache: remote.RowCache) -> token_rows.TokenRows:
+  """The rows of an in-place token source: local files, files fetched whole into this host's cache (again if
+  missing), remote files read by range (checked against their recorded pins)."""
+  entry, row = metadata['in_place'][name], metadata['seq_len'] + 1
+  source = sources_lib.Source(name, '', 'tokens', '', {'dtype': entry['dtype']})
   arrays, rows = [], []
   for file in entry['files']:
     path = pathlib.Path(file['path'])
-    if not path.is_file() and remote.is_remote(file.get('url', '')):
-      path = remote.fetch(file['url'], cache_root, where=f'source {name!r}')
-    if not path.is_file():
-      raise ValueError(f'source {name!r}: token file {path} is gone; restore it or delete the prepared folder')
-    arrays.append(sources_lib.Source(name, '', 'tokens', '', {'dtype': entry['dtype']}).token_array(path))
+    if 'pin' in file:
+      arrays.append(token_rows.open_file(source, file['url'], row, cache_root, cache, file['pin'])[1])
+    else:
+      if not path.is_file() and remote.is_remote(file.get('url', '')):
+        path = remote.fetch(file['url'], cache_root, where=f'source {name!r}')
+      if not path.is_file():
+        raise ValueError(f'source {name!r}: token file {path} is gone; restore it or delete the prepared folder')
+      arrays.append(source.token_array(path))
     rows.append(file['rows'])
-  return token_rows.TokenRows(arrays, rows, metadata['seq_len'] + 1)
+  return token_rows.TokenRows(arrays, rows, row)
 
 
-def _load(folder: pathlib.Path, metadata: dict, tokenizer) -> PreparedData:
+def _load(folder: pathlib.Path, metadata: dict, tokenizer, cache_bytes: int) -> PreparedData:
   def read(name):
     return np.load(folder / name, mmap_mode='r')
 
   cache_root = folder.parent.parent
+  cache = remote.row_cache(cache_root, cache_bytes) if metadata.get('in_place') else None
   return PreparedData(
     train={
-      name: _in_place(metadata, name, cache_root)
+      name: _in_place(metadata, name, cache_root, cache)
       if name in metadata.get('in_place', {})
       else read(layout.train_shard(name))
       for name in TRAIN_SOURCES

@@ -152,6 +152,7 @@ def run(folder: str, gigabytes: float, kind: str, num_workers: int = 0, tokenize
     cache_dir=str(cache),
     num_workers=workers,
     keep_tokenized=False,  # Each measurement tokenizes.
+    remote_cache_bytes=1 << 20,
   )
   env = dict(
     os.environ,

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from spt_jax.data import shards, token_rows, tokenized
+from spt_jax.data import remote, shards, token_rows, tokenized
 from spt_jax.data import sources as sources_lib
 from spt_jax.storage import layout
 
@@ -225,8 +225,9 @@ def _token_outputs(config, name, source, budget, tokenizer, partial, dtype, meta
     0.0 if extra else data.test_fraction,
     0 if extra else data.test_tokens,
     cache_root,
+    remote.row_cache(cache_root, data.remote_cache_bytes),
   )
-  arrays = [source.token_array(p) for p in plan.paths]
+  arrays = plan.arrays
   eval_cap = MAX_EVAL_SEQUENCES * row
   test_tokens = arrays[0][:eval_cap] if extra else arrays[-1][plan.test_start : plan.test_end][:eval_cap]
   test = pack_small([test_tokens], row, dtype, MAX_EVAL_SEQUENCES)
@@ -239,7 +240,10 @@ def _token_outputs(config, name, source, budget, tokenizer, partial, dtype, meta
           'add token files, lower --config.data.seq_len or adjust test_fraction/test_tokens'
         )
     metadata['in_place'][name] = dict(
-      files=[dict(path=p, rows=r, url=u) for p, r, u in zip(plan.paths, plan.rows, source.paths, strict=False)],
+      files=[
+        dict(path=p, rows=r, url=u, **(dict(pin=a.pin) if isinstance(a, remote.RemoteTokens) else {}))
+        for p, r, u, a in zip(plan.paths, plan.rows, source.paths, arrays, strict=False)
+      ],
       dtype=source.options['dtype'],
     )
   _write_eval(

@@ -6,6 +6,10 @@ libtpu (the `[tpu]` extra) compiles for a TPU topology on any host, a CPU-only o
 reports its memory per chip. FLOPs are counted by formula (6·N·D + attention, flops.train_flops_per_token):
 the compiled cost analysis counts a scanned layer once. When the run does not fit, the planner tries more
 microbatches, then full rematerialisation, and names the cheapest setting that fits.
+
+A config may leave those two knobs to the run (`grad_accum_steps=0`, `model.remat_policy='auto'`, as the paper
+presets do): the plan then shows what the run will choose, and `fit_to_devices` makes that choice at the start of
+a run on an accelerator by the same search, compiled for the chips it runs on (on a CPU: one microbatch, no remat).
 """
 
 import dataclasses
@@ -23,6 +27,7 @@ from spt_jax.train import run_plan, validate
 from spt_jax.train import step as train
 
 GIB = 1024**3
+AUTO_REMAT = 'auto'  # model.remat_policy left to the run, as grad_accum_steps=0 is.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +185,7 @@ class TopologyPlan:
   tried: tuple[Compiled, ...]  # The search's compiles, in order.
   recommendation: Recommendation | None  # None where it fits as configured or nothing tried fits.
   mfu: float  # Assumed for the time and cost.
+  chosen: bool = False  # The config left the knobs to the run: `compiled` is what the search chose for it.
 
   @property
   def sequences_per_chip(self) -> int:  # Per step, all microbatches.
@@ -232,6 +238,11 @@ class TopologyPlan:
       f'at {100 * self.mfu:.0f}% MFU',
     ]
     r = self.recommendation
+    if self.chosen:
+      lines.append(
+        f'chosen           grad_accum_steps={c.microbatches}, remat_policy={c.remat_policy}: left to the run by '
+        'the config, the cheapest setting that fits (what the run chooses at its start on these chips)'
+      )
     if not self.fits:
       if r:
         lines.append(
@@ -294,44 +305,119 @@ def compile_steps(config, devices, microbatches: int, remat_policy: str, eval_me
   return Compiled(microbatches, remat_policy, _shard_bytes(trainer.abstract_state), train_memory, eval_memory)
 
 
+def left_to_the_run(config) -> bool:
+  """Whether the config leaves a memory knob to the run (grad_accum_steps 0, model.remat_policy 'auto')."""
+  return config.grad_accum_steps == 0 or config.model.remat_policy == AUTO_REMAT
+
+
+def with_knobs(config, microbatches: int | None = None, remat_policy: str | None = None):
+  """A copy of config with the memory knobs set; those not given and left to the run take their starting values
+  (one microbatch, no remat)."""
+  c = config.copy_and_resolve_references()
+  c.grad_accum_steps = microbatches or config.grad_accum_steps or 1
+  policy = remat_policy or config.model.remat_policy
+  c.model.remat_policy = 'none' if policy == AUTO_REMAT else policy
+  return c
+
+
+def _choose(config, devices, hbm: int, per_device: int, log) -> tuple[Compiled, list[Compiled]]:
+  """The compile of the knobs the config set, with those it left to the run chosen by the search (the cheapest
+  that fits; the starting values where nothing fits), and every compile made."""
+  start = with_knobs(config)
+  tried = [compile_steps(start, devices, start.grad_accum_steps, start.model.remat_policy)]
+  log(tried[-1].format(hbm))
+  if tried[0].fits(hbm) or not left_to_the_run(config):
+    return tried[0], tried
+  policies = ['none', 'full'] if config.model.remat_policy == AUTO_REMAT else [config.model.remat_policy]
+  counts = None if config.grad_accum_steps == 0 else [config.grad_accum_steps]
+  found = _search(start, devices, per_device, hbm, tried, log, policies=policies, counts=counts)
+  if found is None:
+    return tried[0], tried
+  return next(
+    c for c in tried if (c.microbatches, c.remat_policy) == (found.grad_accum_steps, found.remat_policy)
+  ), tried
+
+
 def plan(config, topology_name: str, mfu: float = 0.4, search: bool = True, log=print) -> TopologyPlan:
   """The dry-run summary for a TPU topology: compiled per-chip memory, FLOPs, time and cost; knobs that fit."""
   topology = parse_topology(topology_name)
   validate.check(config, devices=topology.chips, sources=False)  # One-line errors before minutes of compiling.
   devices = topology_devices(topology)
-  summary = dry_run.describe(config, len(devices))
   hbm = topology.chip.hbm_bytes
-  tried = [compile_steps(config, devices, config.grad_accum_steps, config.model.remat_policy)]
-  log(tried[-1].format(hbm))
+  per_device = dry_run.describe(with_knobs(config), len(devices)).sequences_per_device
+  compiled, tried = _choose(config, devices, hbm, per_device, log)
+  chosen = left_to_the_run(config)
   recommendation = None
-  if not tried[0].fits(hbm) and search:
-    recommendation = _search(config, devices, summary.sequences_per_device, hbm, tried, log)
+  if not compiled.fits(hbm) and search and not chosen:
+    recommendation = _search(config, devices, per_device, hbm, tried, log)
   return TopologyPlan(
-    summary=summary,
+    summary=dry_run.describe(with_knobs(config, compiled.microbatches, compiled.remat_policy), len(devices)),
     topology=topology.name,
     libtpu_topology=topology.libtpu_name,
     chips=topology.chips,
     chip_hbm_bytes=hbm,
     chip_peak_flops=topology.chip.peak_bf16_flops,
-    compiled=tried[0],
-    tried=tuple(tried[1:]),
+    compiled=compiled,
+    tried=tuple(c for c in tried if c is not compiled),
     recommendation=recommendation,
     mfu=mfu,
+    chosen=chosen,
   )
 
 
-def _search(config, devices, per_device: int, hbm: int, tried: list[Compiled], log) -> Recommendation | None:
+def fit_to_devices(config, devices, hbm: int | None = None, log=print):
+  """The config with the memory knobs it left to the run chosen for `devices` (the search above, compiled for
+  them); on an accelerator, a setting the config made that does not fit stops with one line. On a CPU (no `hbm`
+  given) nothing is compiled: one microbatch and no remat where the config left the knobs.
+
+  hbm: bytes per device (default: what the first device reports)."""
+  if hbm is None and devices[0].platform == 'cpu':
+    return with_knobs(config) if left_to_the_run(config) else config
+  if hbm is None:
+    hbm = int((devices[0].memory_stats() or {}).get('bytes_limit', 0))
+    if not hbm:
+      return with_knobs(config) if left_to_the_run(config) else config  # The device does not say: cannot plan.
+  per_device = dry_run.describe(with_knobs(config), len(devices)).sequences_per_device
+  compiled, _ = _choose(config, devices, hbm, per_device, log=lambda line: None)
+  kind = f'{len(devices)} {devices[0].device_kind} devices'
+  if not compiled.fits(hbm):
+    needed = compiled.train.peak_bytes or compiled.train.temporaries_bytes or 0
+    left = left_to_the_run(config)
+    raise ValueError(
+      f'the train step does not fit the {hbm / GIB:.2f} GiB per device of these {kind}'
+      + (f' (it needs {needed / GIB:.2f} GiB)' if needed else '')
+      + f' with grad_accum_steps={compiled.microbatches}, remat_policy={compiled.remat_policy}'
+      + (
+        ' or any setting tried; use more devices, --config.mesh.tensor or a smaller --config.batch_size'
+        if left
+        else '; set --config.grad_accum_steps=0 --config.model.remat_policy=auto to let the run choose what fits'
+      )
+    )
+  log(
+    f'memory: grad_accum_steps={compiled.microbatches}, remat_policy={compiled.remat_policy}, train peak '
+    f'{_size(compiled.train.peak_bytes)} of {hbm / GIB:.2f} GiB per device on {kind}'
+    + (' (chosen: the config left them to the run)' if left_to_the_run(config) else '')
+  )
+  return with_knobs(config, compiled.microbatches, compiled.remat_policy)
+
+
+def _search(
+  config, devices, per_device: int, hbm: int, tried: list[Compiled], log, policies=None, counts=None
+) -> Recommendation | None:
   """The cheapest (remat policy, microbatches) that fits: the configured policy first, then full recomputation;
   for each, the fewest microbatches (powers of two) of the `per_device` sequences a device takes per step.
   Compiles are minutes each at paper scale, so the first guess scales the count by how far the temporaries overshoot
-  (they shrink about as 1 / microbatches), then steps."""
-  counts = [
+  (they shrink about as 1 / microbatches), then steps. `policies` and `counts` narrow what may change;
+  `tried[0]` is the configured setting's compile."""
+  counts = counts or [
     m
     for m in (2**i for i in range(int(math.log2(per_device)) + 1))
     if m > config.grad_accum_steps and per_device % m == 0
   ]
-  policies = [config.model.remat_policy] + ([] if config.model.remat_policy == 'full' else ['full'])
+  policies = policies or [config.model.remat_policy] + ([] if config.model.remat_policy == 'full' else ['full'])
   results: dict[tuple[str, int], Compiled] = {}
+  if tried[0].microbatches in counts:
+    results[tried[0].remat_policy, counts.index(tried[0].microbatches)] = tried[0]
 
   def compile_at(policy, index):
     if (policy, index) not in results:

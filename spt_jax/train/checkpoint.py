@@ -51,11 +51,14 @@ RESUME_IGNORED = (
   'data.cache_dir',
   'data.num_workers',
   'data.keep_tokenized',
+  'data.remote_cache_bytes',
   'log_every',
   'init_from',
   'compilation_cache',
   'runs_together',
   'finetune.extend_grid',  # Which grid points a pipeline adds, not what any run computes.
+  'grad_accum_steps',  # How a step is computed in memory, not what (a run may resume on other chips).
+  'model.remat_policy',
 )
 # Keys added after runs were already saved without them: absent from a saved config means this value.
 ADDED_DEFAULTS = {'model.scan_unroll': 1, 'data.valid_tokens': 0, 'data.heldout_seed': 0}

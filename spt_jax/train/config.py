@@ -51,6 +51,9 @@ def base_config(model_preset: str = 'cpu-160k') -> ml_collections.ConfigDict:
   # Keep each text source's tokens in <cache>/tokenized/, so that preparing it again (another seed, budget, split
   # or seq_len) does not tokenize it again; False: deleted after packing (disk: about 2-4 bytes per token).
   c.data.keep_tokenized = True
+  # Remote token files (https://, gs://) are read by range, row by row; the rows read are kept on disk up to this
+  # many bytes per process (the least recently used dropped first). At least one row of seq_len + 1 tokens.
+  c.data.remote_cache_bytes = 2 << 30
 
   c.mixture = ml_collections.ConfigDict()
   c.mixture.domain_fraction = 0.02  # δ: fraction of pretraining tokens drawn from the domain set.
@@ -60,7 +63,8 @@ def base_config(model_preset: str = 'cpu-160k') -> ml_collections.ConfigDict:
 
   c.batch_size = 2048  # Global batch in sequences.
   # Microbatches per step: gradients of batch_size / grad_accum_steps sequences at a time are summed, so the
-  # step is the same with less activation memory (raise it until a step fits on the chips).
+  # step is the same with less activation memory. 0: the run chooses the fewest that fit its accelerator's memory
+  # by compiling the step first (hardware/aot.fit_to_devices; one on a CPU), as model.remat_policy='auto' does.
   c.grad_accum_steps = 1
   c.steps = 0  # Run length in steps...
   c.tokens = int(200e9)  # ...or in tokens (used when steps == 0).

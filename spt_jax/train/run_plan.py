@@ -64,7 +64,7 @@ class RunPlan:
   def sequences_per_device(self, data_parallel_devices: int) -> int:
     """Sequences per data-parallel device per microbatch; a one-line error when the batch does not divide."""
     c = self.config
-    divisor = data_parallel_devices * c.grad_accum_steps
+    divisor = data_parallel_devices * (c.grad_accum_steps or 1)  # 0 (chosen by the run) divides as one microbatch.
     if c.batch_size % divisor:
       raise ValueError(
         f'batch_size={c.batch_size} is not a multiple of the {data_parallel_devices} '

@@ -102,6 +102,11 @@ class Trainer:
     z_loss: float = 0.0,
     microbatches: int = 1,
   ):
+    if microbatches < 1 or model_cfg.remat_policy == 'auto':
+      raise ValueError(
+        'grad_accum_steps=0 and remat_policy=auto are chosen for the devices at the start of a run: '
+        'spt_jax.main does it; elsewhere call spt_jax.hardware.aot.fit_to_devices(config, jax.devices()) first'
+      )
     self.model_cfg, self.mesh = model_cfg, mesh
     self.optimizer_for = optimizer if callable(optimizer) else None
     self.optimizer = optimizer(lambda step: jnp.zeros([])) if self.optimizer_for else optimizer

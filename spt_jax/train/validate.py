@@ -10,6 +10,7 @@ import os
 import shutil
 
 import jax
+import numpy as np
 
 from spt_jax import cli
 from spt_jax.model import attention, decoder
@@ -26,11 +27,11 @@ _POSITIVE_INTEGER = (
   'model.vocab_size',
   'data.seq_len',
   'batch_size',
-  'grad_accum_steps',
   'eval_sequences',
   'log_every',
   'keep_checkpoints',
   'profile_steps',
+  'data.remote_cache_bytes',
 )
 _FINETUNE_POSITIVE_INTEGER = ('finetune.batch_size', 'finetune.max_steps', 'finetune.eval_every')
 _POSITIVE = (
@@ -42,6 +43,7 @@ _POSITIVE = (
   'model.init_std',
 )
 _NON_NEGATIVE_INTEGER = (
+  'grad_accum_steps',  # 0: chosen by the run to fit its devices (hardware/aot.fit_to_devices).
   'runs_together',
   'steps',
   'tokens',
@@ -83,7 +85,7 @@ _CHOICES = {
   'model.dtype': _DTYPES,
   'model.param_dtype': _DTYPES,
   'model.attention_impl': attention.IMPLEMENTATIONS,
-  'model.remat_policy': tuple(decoder.REMAT_POLICIES),
+  'model.remat_policy': (*decoder.REMAT_POLICIES, 'auto'),  # auto: chosen by the run, as grad_accum_steps=0.
 }
 _BOOLEAN = (
   'model.tie_embeddings',
@@ -179,7 +181,7 @@ def check(
       )
     mixture_lib.stages_from_config(plan.config, name)
     where = 'finetune.batch_size' if name == 'finetune' else 'batch_size'
-    if plan.config.batch_size % (divisor * plan.config.grad_accum_steps):
+    if plan.config.batch_size % (divisor * (plan.config.grad_accum_steps or 1)):
       raise ValueError(
         f'{where}={plan.config.batch_size} is not a multiple of the {divisor} data-parallel '
         f'devices × grad_accum_steps={plan.config.grad_accum_steps}; change --config.{where}, '
@@ -386,6 +388,7 @@ def _check_writable(path: str, what: str, fix: str) -> str:
 
 def _check_sources(config) -> None:
   """Every source spec parses and its files exist (nothing is read; built-in corpora are not fetched)."""
+  from spt_jax.data import remote  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
   from spt_jax.data import sources as sources_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   extra = dict(config.get('extra_eval', {}) or {})
@@ -395,7 +398,15 @@ def _check_sources(config) -> None:
   specs = {'domain': config.data.domain, 'general': config.data.general}
   specs.update({f'extra:{name}': spec for name, spec in sorted(extra.items())})
   for name, spec in specs.items():
-    sources_lib.parse(spec, name, config.data.cache_dir)
+    source = sources_lib.parse(spec, name, config.data.cache_dir)
+    row_bytes = (config.data.seq_len + 1) * np.dtype(source.options.get('dtype', 'uint8')).itemsize
+    remote_rows = source.is_tokens and any(remote.is_remote(p) for p in source.paths)
+    if remote_rows and config.data.remote_cache_bytes < row_bytes:
+      raise ValueError(
+        f'data.remote_cache_bytes={config.data.remote_cache_bytes} is smaller than one row of the remote {name} '
+        f'files ({config.data.seq_len + 1} tokens: {row_bytes} bytes); set --config.data.remote_cache_bytes to at '
+        f'least {row_bytes}'
+      )
 
 
 def check_vocab(config, data=None) -> None:
