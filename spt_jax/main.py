@@ -88,6 +88,7 @@ def main(argv):
     validate.check(config, devices=_DEVICES.value or jax.device_count(), sources=False)
     summary = dry_run.describe(aot.with_knobs(config), _DEVICES.value or jax.device_count())
     print(summary.format())
+    print(dry_run.data_plan(config, jax.process_count()).format())
     if aot.left_to_the_run(config):
       print(
         'memory knobs     left to the run (grad_accum_steps=0 / remat_policy=auto): chosen at its start to fit the '

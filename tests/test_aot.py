@@ -22,21 +22,21 @@ needs_libtpu = pytest.mark.skipif(bool(_MISSING), reason=_MISSING)
 
 
 @pytest.mark.parametrize(
-  'name, chips, shape, libtpu_name',
-  [
-    ('v5e-256', 256, (16, 16), 'v5e:16x16'),
-    ('v5litepod-8', 8, (2, 4), 'v5e:2x4'),
-    ('v5e-1', 1, (1, 1), 'v5e:1x1'),
-    ('v4-8', 4, (2, 2, 1), 'v4:2x2x1'),
-    ('v4-32', 16, (2, 2, 4), 'v4:2x2x4'),
-    ('v5p-128', 64, (4, 4, 4), 'v5p:4x4x4'),
-    ('v6e-128', 128, (8, 16), 'v6e:8x16'),
-    ('V4-512', 256, (4, 8, 8), 'v4:4x8x8'),
+  'name, chips, shape, libtpu_name, hosts',
+  [  # Hosts as Cloud TPU's slice tables give them: v5e 16x16 on 32 hosts, 8x8 on 8; v5p 4x4x4 on 16.
+    ('v5e-256', 256, (16, 16), 'v5e:16x16', 32),
+    ('v5litepod-8', 8, (2, 4), 'v5e:2x4', 1),
+    ('v5e-1', 1, (1, 1), 'v5e:1x1', 1),
+    ('v4-8', 4, (2, 2, 1), 'v4:2x2x1', 1),
+    ('v4-32', 16, (2, 2, 4), 'v4:2x2x4', 4),
+    ('v5p-128', 64, (4, 4, 4), 'v5p:4x4x4', 16),
+    ('v6e-128', 128, (8, 16), 'v6e:8x16', 16),
+    ('V4-512', 256, (4, 8, 8), 'v4:4x8x8', 64),
   ],
 )
-def test_topology_names(name, chips, shape, libtpu_name):
+def test_topology_names(name, chips, shape, libtpu_name, hosts):
   topology = aot.parse_topology(name)
-  assert (topology.chips, topology.shape, topology.libtpu_name) == (chips, shape, libtpu_name)
+  assert (topology.chips, topology.shape, topology.libtpu_name, topology.hosts) == (chips, shape, libtpu_name, hosts)
 
 
 @pytest.mark.parametrize('name', ['v9-8', 'v5e', 'v5e-3', 'v4-2', 'v4-7', 'tpu-256', ''])
@@ -82,6 +82,8 @@ def test_plan_for_a_small_topology():
   assert plan.step_seconds_floor == pytest.approx(plan.step_flops / (4 * 197e12))
   assert plan.chip_hours == pytest.approx(plan.summary.steps * plan.step_seconds_floor * 4 / 0.5 / 3600)
   assert 'fits' in plan.format()
+  assert plan.data.hosts == 1 and [s.name for s in plan.data.sources] == ['general', 'domain']
+  assert 'prepared once' in plan.format()  # Built-in corpora: no remote token files to read by range.
 
 
 @needs_libtpu
@@ -90,14 +92,14 @@ def test_search_names_the_fewest_microbatches_that_fit(monkeypatch):
   peaks = {m: aot.compile_steps(config, devices, m, 'none').train.peak_bytes for m in (1, 4)}
   assert peaks[4] < peaks[1]
   hbm = (peaks[1] + peaks[4]) // 2  # A chip on which one microbatch does not fit but four do.
-  monkeypatch.setitem(aot.CHIPS, 'v5e', aot.Chip('v5e', 2, 1, hbm, 197e12))
+  monkeypatch.setitem(aot.CHIPS, 'v5e', aot.Chip('v5e', 2, 1, hbm, 197e12, 8))
   lines = []
   plan = aot.plan(config, 'v5e-1', log=lines.append)
   assert not plan.fits
   r = plan.recommendation
   assert r.remat_policy == 'none' and r.grad_accum_steps in (2, 4) and r.peak_bytes <= hbm
   assert 'fits with        --config.grad_accum_steps=' in plan.format()
-  monkeypatch.setitem(aot.CHIPS, 'v5e', aot.Chip('v5e', 2, 1, 1024, 197e12))  # Nothing fits in 1 KiB.
+  monkeypatch.setitem(aot.CHIPS, 'v5e', aot.Chip('v5e', 2, 1, 1024, 197e12, 8))  # Nothing fits in 1 KiB.
   plan = aot.plan(config, 'v5e-1', log=lines.append)
   assert plan.recommendation is None and 'nothing fits' in plan.format()
 
@@ -113,7 +115,7 @@ def test_knobs_left_to_the_run_are_chosen_to_fit_and_explicit_ones_that_do_not_f
   assert fitted.grad_accum_steps in (2, 4) and fitted.model.remat_policy == 'none'
   assert len(lines) == 1 and f'grad_accum_steps={fitted.grad_accum_steps}' in lines[0] and 'chosen' in lines[0]
   # The dry run for such a chip shows that choice, fitting.
-  monkeypatch.setitem(aot.CHIPS, 'v5e', aot.Chip('v5e', 2, 1, hbm, 197e12))
+  monkeypatch.setitem(aot.CHIPS, 'v5e', aot.Chip('v5e', 2, 1, hbm, 197e12, 8))
   plan = aot.plan(config, 'v5e-1', log=lambda line: None)
   assert plan.fits and plan.chosen and plan.recommendation is None
   assert plan.compiled.microbatches == plan.summary.grad_accum_steps == fitted.grad_accum_steps

@@ -38,6 +38,12 @@ def test_dry_run_of_paper_presets(preset, params, tmp_path):
   assert summary['mesh'] == {'data': 1, 'fsdp': 64, 'tensor': 1}
   # Parameters and AdamW's two moments, float32, sharded 64 ways (to within the unsharded scalars).
   assert summary['state_bytes_per_device'] == pytest.approx(params * 12 / 64, rel=1e-3)
+  # The data plan, from the facts kept in the code: Dolma read by range (tokens × 0.98 × 2 bytes × 2049 / 2048 on
+  # one host), ProofPile at its pinned revision.
+  assert 'hoskinson-center/proof-pile@490b98024944 train/proofpile_train_*.jsonl.gz' in out.stdout
+  assert '249 file(s) listed' in out.stdout and 'read by range' in out.stdout
+  assert f'{47_683 * 2048 * 2048 * 0.98 * 2 * 2049 / 2048 / 1e9:,.1f} GB per host (1 host(s))' in out.stdout
+  assert 'memory knobs     left to the run' in out.stdout
   assert not list(tmp_path.iterdir())  # A dry run writes nothing.
 
 

@@ -37,14 +37,15 @@ class Chip:
   cores_in_name: int  # v4-8 and v5p-8 count TensorCores (2 per chip); v5e-8 and v6e-8 count chips.
   hbm_bytes: int
   peak_bf16_flops: float  # Per chip, from Cloud TPU's system architecture pages.
+  chips_per_host: int  # A slice of more chips has chips / chips_per_host hosts (the same pages' slice tables).
 
 
 CHIPS = {
-  'v4': Chip('v4', 3, 2, 32 * GIB, 275e12),
-  'v5e': Chip('v5e', 2, 1, 16 * GIB, 197e12),
-  'v5litepod': Chip('v5e', 2, 1, 16 * GIB, 197e12),
-  'v5p': Chip('v5p', 3, 2, 95 * GIB, 459e12),
-  'v6e': Chip('v6e', 2, 1, 32 * GIB, 918e12),
+  'v4': Chip('v4', 3, 2, 32 * GIB, 275e12, 4),
+  'v5e': Chip('v5e', 2, 1, 16 * GIB, 197e12, 8),
+  'v5litepod': Chip('v5e', 2, 1, 16 * GIB, 197e12, 8),
+  'v5p': Chip('v5p', 3, 2, 95 * GIB, 459e12, 4),
+  'v6e': Chip('v6e', 2, 1, 32 * GIB, 918e12, 8),
 }
 
 
@@ -54,6 +55,10 @@ class Topology:
   chip: Chip
   chips: int
   shape: tuple[int, ...]  # Chips along each torus axis, e.g. (16, 16) for v5e-256.
+
+  @property
+  def hosts(self) -> int:
+    return max(1, self.chips // self.chip.chips_per_host)
 
   @property
   def libtpu_name(self) -> str:
@@ -185,6 +190,7 @@ class TopologyPlan:
   tried: tuple[Compiled, ...]  # The search's compiles, in order.
   recommendation: Recommendation | None  # None where it fits as configured or nothing tried fits.
   mfu: float  # Assumed for the time and cost.
+  data: dry_run.DataPlan
   chosen: bool = False  # The config left the knobs to the run: `compiled` is what the search chose for it.
 
   @property
@@ -230,6 +236,7 @@ class TopologyPlan:
       )
     else:
       lines.append(f'per chip         does NOT fit: {c.train.error[:200]}')
+    lines.append(self.data.format())
     lines += [
       f'FLOPs            {self.step_flops:.3g} per step (6·N·D + attention, by formula; the compiled '
       'cost analysis counts a scanned layer once)',
@@ -361,6 +368,7 @@ def plan(config, topology_name: str, mfu: float = 0.4, search: bool = True, log=
     tried=tuple(c for c in tried if c is not compiled),
     recommendation=recommendation,
     mfu=mfu,
+    data=dry_run.data_plan(config, topology.hosts),
     chosen=chosen,
   )
 

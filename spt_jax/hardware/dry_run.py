@@ -1,4 +1,5 @@
-"""What a config would build, without allocating it: parameters, mesh, tokens, steps, bytes per device."""
+"""What a config would build, without allocating it: parameters, mesh, tokens, steps, bytes per device, and where
+its data comes from (nothing is downloaded: the sources' homes, the bytes each host reads, the cache bound)."""
 
 import dataclasses
 import math
@@ -8,6 +9,8 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
+from spt_jax.data import hub_datasets, mixture, remote
+from spt_jax.data import sources as sources_lib
 from spt_jax.model import decoder as model_lib
 from spt_jax.model import flops, sharding
 from spt_jax.train import run_plan
@@ -123,3 +126,66 @@ def describe(config, n_devices: int) -> Summary:
     lr_at_end=float(plan.schedule(plan.steps)),
     domain_fraction=c.mixture.domain_fraction,
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class SourcePlan:
+  """Where one training source comes from and how a run reads it."""
+
+  name: str
+  spec: str
+  home: str  # Repositories at their revisions and files, or the files listed, or the spec itself.
+  bytes_per_host: int | None  # Read by range for training, per host; None: prepared once (downloaded whole).
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPlan:
+  """The data a run reads, as far as it is known before any download."""
+
+  hosts: int
+  sources: tuple[SourcePlan, ...]
+  cache_bytes: int  # The row cache's bound per process (remote token files).
+
+  def format(self) -> str:
+    lines = []
+    for s in self.sources:
+      how = (
+        f'read by range, the rows each host trains on: {s.bytes_per_host * self.hosts / 1e9:,.1f} GB in all, '
+        f'{s.bytes_per_host / 1e9:,.1f} GB per host ({self.hosts} host(s)), through a row cache of at most '
+        f'{self.cache_bytes / 2**30:.2f} GiB per process'
+        if s.bytes_per_host is not None
+        else 'prepared once (process 0 downloads what it reads; the sizes are listed on first contact)'
+      )
+      lines.append(f'{s.name:8s} {s.spec}: {s.home}; {how}')
+    return '\n'.join(f'{"data" if k == 0 else "":17s}{line}' for k, line in enumerate(lines))
+
+
+def data_plan(config, hosts: int) -> DataPlan:
+  """The data plan of `config` on `hosts` hosts, from the specs and the facts kept here (no network)."""
+  plan = run_plan.make(config)
+  delta = mixture.summary_deltas(config)['domain_fraction']
+  trained = {'general': plan.tokens * (1 - delta), 'domain': plan.tokens * delta}
+  sources = []
+  for name in ('general', 'domain'):
+    spec = config.data[name]
+    kind, _, rest = spec.partition(':')
+    target = rest.partition('?')[0]
+    home, per_host = spec, None
+    if kind == 'hub' and target in hub_datasets.DATASETS:
+      dataset = hub_datasets.DATASETS[target]
+      parts = ', '.join(
+        f'{p.repo}@{p.revision[:12]} ' + f'{p.folder}/{p.file_pattern}'.format(config='<config>', split='train')
+        for p in dataset.parts
+      )
+      subset = f'; subset {dataset.where} ({dataset.why})' if dataset.where else ''
+      budget = config.data[f'{name}_max_tokens']
+      home = f'{parts}{subset}' + (f'; subsampled to {budget / 1e6:,.0f}M tokens' if budget else '')
+    elif kind == 'tokens' and (target.startswith('@') or not any(c in target for c in '*?[')):
+      source = sources_lib.parse(spec, name, config.data.cache_dir)
+      dtype = np.dtype(source.options['dtype'])
+      home = f'{len(source.paths)} file(s) listed ({source.paths[0]}, ...), {dtype.name}'
+      if any(remote.is_remote(p) for p in source.paths):
+        row = config.data.seq_len + 1
+        per_host = int(trained[name] / config.data.seq_len * row * dtype.itemsize / hosts)
+    sources.append(SourcePlan(name, spec, home, per_host))
+  return DataPlan(hosts, tuple(sources), int(config.data.remote_cache_bytes))
