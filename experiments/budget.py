@@ -5,10 +5,12 @@ the laws, and recommend δ per budget (the paper: 10% best early, then 5%, 2% pa
 """
 
 import json
+import os
 
 from experiments import common
 from spt_jax import cli
-from spt_jax.storage import markdown
+from spt_jax.analysis import scaling
+from spt_jax.storage import layout, markdown
 
 _DELTAS = cli.define_list('deltas', '0,0.02,0.05,0.1', 'δ values (fractions), comma-separated.', cli.FRACTION)
 _CHECKPOINTS = common.checkpoints_flag(5)
@@ -24,18 +26,14 @@ def _report(base, workdirs: dict) -> None:
   deltas = _DELTAS.value
   fit = common.analyse('fit', runs=list(workdirs.values()))
   budgets = [float(int(tokens * f)) for f in (0.25, 0.5, 1, 2, 4, 8)]
-  out = common.analyse('recommend', fit=f'{fit}/fit.json', tokens=budgets, candidates=deltas)
-  with open(f'{out}/recommend.jsonl') as f:
-    lines = [json.loads(line) for line in f if line.strip()]
+  out = common.analyse('recommend', fit=os.path.join(fit, layout.FIT), tokens=budgets, candidates=deltas)
+  with open(os.path.join(out, layout.RECOMMEND)) as f:
+    picks = scaling.Recommendation.from_lines([json.loads(line) for line in f if line.strip()]).picks
   table = markdown.table(
     ['budget (tokens)', 'best δ (continuous)', 'best of the swept δ', 'forecast post-FT loss'],
-    [
-      [f'{x["tokens"]:.3g}', f'{100 * x["best_delta"]:.2f}%', f'{100 * x["best_candidate"]:g}%', f'{x["loss"]:.4f}']
-      for x in lines
-      if 'best_delta' in x
-    ],
+    [[f'{p.tokens:.3g}', f'{100 * p.best_delta:.2f}%', f'{100 * p.best_candidate:g}%', f'{p.loss:.4f}'] for p in picks],
   )
-  best = [x['best_candidate'] for x in lines if 'best_candidate' in x]
+  best = [p.best_candidate for p in picks]
   common.write_report(
     f'The best δ by budget on {common.config_name()}',
     [

@@ -94,14 +94,14 @@ def _report(base, workdirs: dict) -> None:
     runs,
     scaling,
   )
-  from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.storage import files, layout  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   budget = float(common.pretrain_tokens(base))
   max_tokens = _MAX_TOKEN_FRACTION.value * budget
   fit_dir = common.analyse(
     'fit', name='fit_subset', runs=list(workdirs.values()), max_delta=_MAX_DELTA.value, max_tokens=max_tokens
   )
-  with open(os.path.join(fit_dir, 'fit.json')) as f:
+  with open(os.path.join(fit_dir, layout.FIT)) as f:
     law = scaling.law_from_fit(json.load(f))
   data = runs.scaling_data([runs.read(w) for w in workdirs.values()])
   pair = tuple(_CROSSOVER.value)

@@ -136,7 +136,7 @@ def fit(
   for note in fit.warnings:
     print(f'warning: {note}', file=sys.stderr)
   os.makedirs(out, exist_ok=True)
-  path = _write(out, 'fit.json', fit.to_json())
+  path = _write(out, layout.FIT, fit.to_json())
   plots.fit_plot(data, fit.law, os.path.join(out, 'fit.png'))
   _report(out, 'Overfitting scaling-law fit', [table, '![data vs fit](fit.png)', _warnings_section(fit.warnings)])
   print(f'wrote {path}')
@@ -181,36 +181,20 @@ def recommend(
   candidates: list[float] | None = None,
   crossover: list[float] | None = None,
   out: str = '',
-) -> None:
-  """The best δ for each budget, and where one δ overtakes another."""
+):
+  """The best δ for each budget, and where one δ overtakes another: a scaling.Recommendation."""
   from spt_jax.analysis import plots, scaling  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   law = _load_law(fit)
   if objective == 'post_ft' and not law.finetune_delta:
     raise ValueError('the fit has no finetuning data (eq. 7); use --objective test, or refit with pipelines')
-  delta_max = delta_max or max(law.fitted_deltas or (0.1,))
-  lines = []
-  if law.fitted_deltas and delta_max > max(law.fitted_deltas):
-    lines.append(
-      {'note': f'--delta_max {delta_max:g} lies beyond the fitted δ up to {max(law.fitted_deltas):g}: extrapolated'}
-    )
-  for budget in tokens:
-    delta, loss = scaling.best_delta(law, budget, objective, delta_max)
-    line = {'tokens': budget, 'objective': objective, 'best_delta': delta, 'loss': loss}
-    notes = scaling.extrapolation_notes(law, budget, loss)
-    if notes:
-      line['notes'] = notes
-    if candidates:
-      line['best_candidate'], line['candidate_loss'] = scaling.best_delta(law, budget, objective, candidates=candidates)
-    lines.append(line)
-  span = (min(tokens) / 10, max(tokens) * 10)
-  if crossover:
-    for found in scaling.crossovers(law, crossover[0], crossover[1], span, objective):
-      lines.append({'crossover': list(crossover), **found})
+  result = scaling.recommend(law, tokens, objective, delta_max, candidates, crossover)
+  lines = result.lines()
   print('\n'.join(_dump(line) for line in lines))
   if out:
     os.makedirs(out, exist_ok=True)
-    _write(out, 'recommend.jsonl', '\n'.join(_dump(line) for line in lines) + '\n')
+    _write(out, layout.RECOMMEND, '\n'.join(_dump(line) for line in lines) + '\n')
+    delta_max = delta_max or max(law.fitted_deltas or (0.1,))
     budgets = np.geomspace(min(tokens), max(tokens), 25) if len(tokens) > 1 else tokens
     best = [scaling.best_delta(law, t, objective, delta_max)[0] for t in budgets]
     candidate_best = (
@@ -222,6 +206,7 @@ def recommend(
       'Recommended δ',
       ['```\n' + '\n'.join(_dump(line) for line in lines) + '\n```', '![optimal δ](optimal_delta.png)'],
     )
+  return result
 
 
 def cost(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spt_jax import plan
-from spt_jax.analysis import runs
+from spt_jax.analysis import runs, scaling
 from tests import test_scaling
 
 
@@ -130,6 +130,10 @@ def test_forecast_and_recommend(fit_dir, capsys, tmp_path):
   assert lines[0]['best_candidate'] == 0.1 and lines[1]['best_candidate'] == 0.05
   crossing = [line for line in lines if 'crossover' in line]
   assert crossing and crossing[0]['better_after'] == 0.05
+  written = [json.loads(line) for line in (tmp_path / 'recommend.jsonl').read_text().splitlines()]
+  result = scaling.Recommendation.from_lines(written)  # The file read back as the typed record it was written from.
+  assert written == lines and result.lines() == written
+  assert [p.best_candidate for p in result.picks] == [0.1, 0.05] and result.crossovers[0].better_after == 0.05
   assert (tmp_path / 'optimal_delta.png').exists() and (tmp_path / 'forecast.png').exists()
 
 

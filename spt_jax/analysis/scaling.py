@@ -248,6 +248,91 @@ def crossovers(law: ScalingLaw, delta_a: float, delta_b: float, token_range: tup
   return found
 
 
+@dataclasses.dataclass(frozen=True)
+class BudgetPick:
+  """The δ with the lowest forecast loss at one budget, and the best of the candidates when some were given."""
+
+  tokens: float
+  objective: str
+  best_delta: float
+  loss: float
+  notes: tuple[str, ...] = ()
+  best_candidate: float | None = None
+  candidate_loss: float | None = None
+
+  def to_json(self) -> dict:
+    record = dict(tokens=self.tokens, objective=self.objective, best_delta=self.best_delta, loss=self.loss)
+    if self.notes:
+      record['notes'] = list(self.notes)
+    if self.best_candidate is not None:
+      record.update(best_candidate=self.best_candidate, candidate_loss=self.candidate_loss)
+    return record
+
+
+@dataclasses.dataclass(frozen=True)
+class Crossover:
+  """A budget where the forecast losses of two δ cross, and which δ leads after it."""
+
+  deltas: tuple[float, float]
+  tokens: float
+  better_after: float
+
+  def to_json(self) -> dict:
+    return {'crossover': list(self.deltas), 'tokens': self.tokens, 'better_after': self.better_after}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recommendation:
+  """The best δ per budget (`plan recommend`): written as JSON lines, a note first, then picks, then crossovers."""
+
+  picks: tuple[BudgetPick, ...]
+  crossovers: tuple[Crossover, ...] = ()
+  note: str = ''
+
+  def lines(self) -> list[dict]:
+    return [{'note': self.note}] * bool(self.note) + [p.to_json() for p in self.picks + self.crossovers]
+
+  @classmethod
+  def from_lines(cls, lines: list[dict]) -> 'Recommendation':
+    picks = tuple(
+      BudgetPick(**{**line, 'notes': tuple(line.get('notes', ()))}) for line in lines if 'best_delta' in line
+    )
+    crossovers = tuple(
+      Crossover(tuple(line['crossover']), line['tokens'], line['better_after']) for line in lines if 'crossover' in line
+    )
+    return cls(picks, crossovers, next((line['note'] for line in lines if 'note' in line), ''))
+
+
+def recommend(
+  law: ScalingLaw,
+  tokens: list,
+  objective: str = 'post_ft',
+  delta_max: float | None = None,
+  candidates=None,
+  crossover=None,
+) -> Recommendation:
+  """The best δ for each budget (over [0, delta_max], and among candidates), and where two δ cross."""
+  delta_max = delta_max or max(law.fitted_deltas or (0.1,))
+  note = ''
+  if law.fitted_deltas and delta_max > max(law.fitted_deltas):
+    note = f'--delta_max {delta_max:g} lies beyond the fitted δ up to {max(law.fitted_deltas):g}: extrapolated'
+  picks = []
+  for budget in tokens:
+    delta, loss = best_delta(law, budget, objective, delta_max)
+    candidate, candidate_loss = best_delta(law, budget, objective, candidates=candidates) if candidates else (None,) * 2
+    picks.append(
+      BudgetPick(
+        budget, objective, delta, loss, tuple(extrapolation_notes(law, budget, loss)), candidate, candidate_loss
+      )
+    )
+  found = []
+  if crossover:
+    span = (min(tokens) / 10, max(tokens) * 10)
+    pairs = crossovers(law, crossover[0], crossover[1], span, objective)
+    found = [Crossover(tuple(crossover), f['tokens'], f['better_after']) for f in pairs]
+  return Recommendation(tuple(picks), tuple(found), note)
+
+
 def forecast(law: ScalingLaw, delta: float, tokens: float) -> dict:
   """Every prediction of the law at one (δ, T)."""
   drop, how = law.delta_finetune(delta, tokens)

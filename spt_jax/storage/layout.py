@@ -24,6 +24,8 @@ FINETUNE = 'finetune'
 DECAY = 'decay'  # Inside a WSD finetune that stopped early: its decay from the best checkpoint.
 METADATA = 'metadata.json'  # Prepared data: what was prepared from which files, each shard's size and checksum.
 PREPARED_CHECKSUMS = 'checksums.json'  # Prepared data: the checks of METADATA and TOKENIZER.
+FIT = 'fit.json'  # `plan fit`: the joint law, its parameters with intervals, the finetuning fits, residuals.
+RECOMMEND = 'recommend.jsonl'  # `plan recommend`: the best δ per budget, one JSON record a line.
 
 
 def log_name(process_index: int, process_count: int) -> str:
