@@ -25,6 +25,16 @@ def test_finetune_plan_takes_the_grid_point():
   assert not plan.config.model.tie_embeddings
 
 
+def test_a_finetune_takes_microbatches_no_larger_than_pretraining():
+  config = common.sized('test')
+  config.batch_size, config.grad_accum_steps, config.finetune.batch_size = 2048, 128, 512  # 16 sequences each.
+  assert run_plan.make(config, 'finetune').config.grad_accum_steps == 32
+  config.finetune.batch_size = 24  # Two microbatches of 12.
+  assert run_plan.make(config, 'finetune').config.grad_accum_steps == 2
+  config.grad_accum_steps = 1  # One pretraining microbatch: the finetune takes its batch whole, as before.
+  assert run_plan.make(config, 'finetune').config.grad_accum_steps == 1
+
+
 def test_batch_divisibility_is_a_one_line_error():
   config = common.sized('test')
   config.grad_accum_steps = 3

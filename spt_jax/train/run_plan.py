@@ -20,7 +20,8 @@ STAGES = ('pretrain', 'finetune')
 def stage_config(config, stage: str, grid_point: records.GridPoint | None = None) -> ml_collections.ConfigDict:
   """The effective config of a stage: the ONE place where pretraining and finetuning differ.
 
-  Finetuning (Appendix B): its own batch size, weight decay and schedule (constant with warmup), the (lr, warmup)
+  Finetuning (Appendix B): its own batch size (in microbatches no larger than pretraining's, when it has several),
+  weight decay and schedule (constant with warmup), the (lr, warmup)
   of a grid point (default: the grid's first), evaluation cadence and early-stopping patience, at most
   finetune.max_steps steps, and an untied output head when finetune.untie_embeddings.
   """
@@ -32,6 +33,10 @@ def stage_config(config, stage: str, grid_point: records.GridPoint | None = None
     ft = c.finetune
     lr, warmup = records.GridPoint.of(grid_point if grid_point is not None else ft.grid[0])
     c.batch_size = ft.batch_size
+    if config.grad_accum_steps > 1:  # Microbatches no larger than pretraining's, which fit the devices' memory.
+      c.grad_accum_steps = -(-ft.batch_size // (config.batch_size // config.grad_accum_steps))
+      while ft.batch_size % c.grad_accum_steps:
+        c.grad_accum_steps += 1
     c.optimizer.lr, c.optimizer.weight_decay = lr, ft.weight_decay
     c.schedule.kind, c.schedule.warmup_steps, c.schedule.warmup_tokens = ft.schedule, warmup, 0
     c.eval_every, c.patience, c.eval_intervals = ft.eval_every, ft.patience, ()
