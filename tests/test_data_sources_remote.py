@@ -181,6 +181,7 @@ def test_a_host_reads_only_its_share_by_range_and_the_cache_keeps_its_bound(tmp_
     shutil.rmtree(tmp_path / 'cache' / 'remote-rows')  # Each host has its own disk.
     data = prepare_lib.prepare(config)  # Opening checks each file's pin: its two end rows, past the cache.
     cache = data.train['general']._views[0].tokens.cache
+    assert data.train['general'].remote  # The loop reads more steps at once from such a source.
     mixture = mixture_lib.Mixture(data.train, [(0, {'domain': 0.25, 'general': 0.75})], batch, L, seed=3)
     log.clear()
     opened = cache.fetched_bytes

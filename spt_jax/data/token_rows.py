@@ -34,6 +34,11 @@ class TokenRows:
   def __len__(self) -> int:
     return self.shape[0]
 
+  @property
+  def remote(self) -> bool:
+    """Whether some rows are read by range from remote files (each read waits on the network)."""
+    return any(isinstance(view, remote.RemoteRows) for view in self._views)
+
   def __array__(self, dtype=None, copy=None):
     result = np.concatenate(self._views) if self._views else np.zeros(self.shape, self.dtype)
     return result.astype(dtype) if dtype is not None else result
