@@ -225,6 +225,10 @@ def test_a_row_cache_smaller_than_one_row_is_refused_before_anything_is_read(tmp
   config.data.remote_cache_bytes = 10
   with pytest.raises(ValueError, match=r'remote_cache_bytes=10 is smaller than one row .* \(17 tokens: 34 bytes\)'):
     validate.check(config)
+  config.data.remote_cache_bytes = 1 << 20  # Then the file itself: one line before anything is compiled.
+  with pytest.raises(ValueError, match=r"source 'general': cannot reach http://127.0.0.1:9/part-000.npy") as error:
+    validate.check(config)
+  assert '\n' not in str(error.value)
 
 
 def test_an_interrupted_fetch_resumes_where_it_stopped(tmp_path, server):

@@ -85,9 +85,17 @@ def expand(pattern: str, where: str) -> list:
   return [fs.unstrip_protocol(p) if '://' not in p else p for p in found]
 
 
-def remote_size(url: str) -> int:
+def remote_size(url: str, where: str = 'source') -> int:
+  """The size of a remote file in bytes; one line naming the URL when it cannot be read (no network, no
+  credentials, no such object, no package for its scheme)."""
   fs, path = _filesystem(url)
-  return int(fs.size(path))
+  try:
+    return int(fs.size(path))
+  except Exception as error:
+    raise ValueError(
+      f'{where}: cannot reach {url} ({type(error).__name__}: {str(error)[:120]}); check the URL, the network and '
+      'the credentials'
+    ) from None
 
 
 def local_path(url: str, cache_root: pathlib.Path) -> pathlib.Path:
@@ -114,10 +122,7 @@ def fetch(url: str, cache_root: pathlib.Path, expected_sha256: str = '', where: 
   path = local_path(url, cache_root)
   path.parent.mkdir(parents=True, exist_ok=True)
   partial = path.with_name(path.name + '.part')
-  try:
-    size = remote_size(url)
-  except Exception as error:
-    raise ValueError(f'{where}: cannot reach {url} ({type(error).__name__}: {str(error)[:120]})') from None
+  size = remote_size(url, where)
   offset = partial.stat().st_size if partial.is_file() else 0
   if offset > size:
     partial.unlink()
@@ -252,10 +257,7 @@ class RemoteTokens:
     self._row_bytes = row_length * self.dtype.itemsize
     self._key = hashlib.sha256(url.encode()).hexdigest()[:16]
     self._fs, self._path = _filesystem(url)
-    try:
-      size = int(self._fs.size(self._path))
-    except Exception as error:
-      raise ValueError(f'{where}: cannot reach {url} ({type(error).__name__}: {str(error)[:120]})') from None
+    size = remote_size(url, where)
     if pin is not None and size != pin['size']:
       raise ValueError(
         f'{where}: {url} changed since the data was prepared ({pin["size"]} bytes then, {size} now); '

@@ -407,6 +407,8 @@ def _check_sources(config) -> None:
         f'files ({config.data.seq_len + 1} tokens: {row_bytes} bytes); set --config.data.remote_cache_bytes to at '
         f'least {row_bytes}'
       )
+    if remote_rows:  # Reachable before anything is compiled or downloaded (a HEAD of the first file).
+      remote.remote_size(next(p for p in source.paths if remote.is_remote(p)), f'source {name!r}')
 
 
 def check_vocab(config, data=None) -> None:
