@@ -197,7 +197,9 @@ class RowCache:
       self._entries.move_to_end(name)
     try:
       return (self.folder / name).read_bytes()
-    except FileNotFoundError:
+    except FileNotFoundError:  # Deleted under the cache: forgotten, fetched again.
+      with self._lock:
+        self.used -= self._entries.pop(name, 0)
       return None
 
   def put(self, name: str, data: bytes) -> None:
@@ -237,9 +239,7 @@ def row_cache(cache_root: pathlib.Path, bound: int) -> RowCache:
   """This process's cache of range reads under a data cache root (a folder per jax.distributed process)."""
   index = sys.modules['jax'].process_index() if 'jax' in sys.modules else 0
   folder = pathlib.Path(cache_root) / 'remote-rows' / f'process-{index}'
-  cache = _ROW_CACHES.get(folder)
-  if cache is None or not folder.is_dir() and cache.used:  # A folder deleted under it starts afresh.
-    cache = _ROW_CACHES[folder] = RowCache(folder, bound)
+  cache = _ROW_CACHES.get(folder) or _ROW_CACHES.setdefault(folder, RowCache(folder, bound))
   with cache._lock:
     cache.bound = int(bound)
     cache._evict(0)
@@ -294,10 +294,10 @@ class RemoteTokens:
 
   def read_rows(self, numbers) -> np.ndarray:
     """[len(numbers), row_length] tokens of whole rows (in the order asked)."""
-    numbers = [int(n) for n in numbers]
-    order = sorted(set(numbers))
-    flat = self._read_rows(order).reshape(len(order), self.row_length)
-    return flat[[order.index(n) for n in numbers]] if order != numbers else flat
+    numbers = np.asarray(numbers, np.int64)
+    order = np.unique(numbers)
+    flat = self._read_rows(order.tolist()).reshape(len(order), self.row_length)
+    return flat[np.searchsorted(order, numbers)]
 
   def _read_rows(self, numbers: list) -> np.ndarray:
     """The tokens of rows `numbers` (sorted, unique) concatenated; each run of uncached rows is one ranged read."""

@@ -379,12 +379,10 @@ def fit_to_devices(config, devices, hbm: int | None = None, log=print):
   given) nothing is compiled: one microbatch and no remat where the config left the knobs.
 
   hbm: bytes per device (default: what the first device reports)."""
-  if hbm is None and devices[0].platform == 'cpu':
-    return with_knobs(config) if left_to_the_run(config) else config
   if hbm is None:
-    hbm = int((devices[0].memory_stats() or {}).get('bytes_limit', 0))
-    if not hbm:
-      return with_knobs(config) if left_to_the_run(config) else config  # The device does not say: cannot plan.
+    hbm = 0 if devices[0].platform == 'cpu' else int((devices[0].memory_stats() or {}).get('bytes_limit', 0))
+  if not hbm:  # A CPU, or a device that does not report its memory: nothing to plan against.
+    return with_knobs(config) if left_to_the_run(config) else config
   per_device = dry_run.describe(with_knobs(config), len(devices)).sequences_per_device
   compiled, _ = _choose(config, devices, hbm, per_device, log=lambda line: None)
   kind = f'{len(devices)} {devices[0].device_kind} devices'
