@@ -29,6 +29,7 @@ trains on different data.
 """
 
 import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -306,22 +307,23 @@ def _build(config, parsed, budgets, tokenizer, digest, folder) -> dict:
 
 def _in_place(metadata: dict, name: str, cache_root: pathlib.Path, cache: remote.RowCache) -> token_rows.TokenRows:
   """The rows of an in-place token source: local files, files fetched whole into this host's cache (again if
-  missing), remote files read by range (checked against their recorded pins)."""
+  missing), remote files read by range (checked against their recorded pins, several at once: three requests each)."""
   entry, row = metadata['in_place'][name], metadata['seq_len'] + 1
   source = sources_lib.Source(name, '', 'tokens', '', {'dtype': entry['dtype']})
-  arrays, rows = [], []
-  for file in entry['files']:
-    path = pathlib.Path(file['path'])
+
+  def open_file(file: dict):
     if 'pin' in file:
-      arrays.append(token_rows.open_file(source, file['url'], row, cache_root, cache, file['pin'])[1])
-    else:
-      if not path.is_file() and remote.is_remote(file.get('url', '')):
-        path = remote.fetch(file['url'], cache_root, where=f'source {name!r}')
-      if not path.is_file():
-        raise ValueError(f'source {name!r}: token file {path} is gone; restore it or delete the prepared folder')
-      arrays.append(source.token_array(path))
-    rows.append(file['rows'])
-  return token_rows.TokenRows(arrays, rows, row)
+      return token_rows.open_file(source, file['url'], row, cache_root, cache, file['pin'])[1]
+    path = pathlib.Path(file['path'])
+    if not path.is_file() and remote.is_remote(file.get('url', '')):
+      path = remote.fetch(file['url'], cache_root, where=f'source {name!r}')
+    if not path.is_file():
+      raise ValueError(f'source {name!r}: token file {path} is gone; restore it or delete the prepared folder')
+    return source.token_array(path)
+
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    arrays = list(pool.map(open_file, entry['files']))
+  return token_rows.TokenRows(arrays, [file['rows'] for file in entry['files']], row)
 
 
 def _load(folder: pathlib.Path, metadata: dict, tokenizer, cache_bytes: int) -> PreparedData:
