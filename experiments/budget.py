@@ -4,12 +4,10 @@ the laws, and recommend δ per budget (the paper: 10% best early, then 5%, 2% pa
   python -m experiments.budget --config=configs/musicpile.py:tiny --workdir=runs/music_budget
 """
 
-import json
 import os
 
 from experiments import common
 from spt_jax import cli
-from spt_jax.analysis import scaling
 from spt_jax.storage import layout, markdown
 
 _DELTAS = cli.define_list('deltas', '0,0.02,0.05,0.1', 'δ values (fractions), comma-separated.', cli.FRACTION)
@@ -26,9 +24,8 @@ def _report(base, workdirs: dict) -> None:
   deltas = _DELTAS.value
   fit = common.analyse('fit', runs=list(workdirs.values()))
   budgets = [float(int(tokens * f)) for f in (0.25, 0.5, 1, 2, 4, 8)]
-  out = common.analyse('recommend', fit=os.path.join(fit, layout.FIT), tokens=budgets, candidates=deltas)
-  with open(os.path.join(out, layout.RECOMMEND)) as f:
-    picks = scaling.Recommendation.from_lines([json.loads(line) for line in f if line.strip()]).picks
+  fit_file = os.path.join(fit.folder, layout.FIT)
+  picks = common.analyse('recommend', fit=fit_file, tokens=budgets, candidates=deltas).result.picks
   table = markdown.table(
     ['budget (tokens)', 'best δ (continuous)', 'best of the swept δ', 'forecast post-FT loss'],
     [[f'{p.tokens:.3g}', f'{100 * p.best_delta:.2f}%', f'{100 * p.best_candidate:g}%', f'{p.loss:.4f}'] for p in picks],

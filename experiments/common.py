@@ -129,14 +129,23 @@ def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, st
   return workdirs
 
 
-def analyse(command: str, name: str = '', **arguments) -> str:
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+  """Where a `spt_jax.plan` command wrote its files, and what it returned (fit: a JointFit; recommend: a
+  Recommendation; None for the others)."""
+
+  folder: str
+  result: object = None
+
+
+def analyse(command: str, name: str = '', **arguments) -> Analysis:
   """spt_jax.plan's `command` (gains, fit, recommend, similarity ...) into WORKDIR/analysis/<name or command>."""
   from spt_jax import plan  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   out = os.path.join(WORKDIR.value, 'analysis', name or command)
-  getattr(plan, command)(out=out, **arguments)
+  result = getattr(plan, command)(out=out, **arguments)
   print(f'{command}: {out}/')
-  return out
+  return Analysis(out, result)
 
 
 def config_name() -> str:

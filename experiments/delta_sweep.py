@@ -25,7 +25,7 @@ def _report(base, workdirs: dict) -> None:
   spts = dict(workdirs)
   npt = spts.pop(common.delta_name(0.0), None)
   fit = common.analyse('fit', runs=[*([npt] if npt else []), *spts.values()])
-  relative = os.path.relpath(fit, common.WORKDIR.value)
+  relative = os.path.relpath(fit.folder, common.WORKDIR.value)
   fit_link = f'The overfitting scaling-law fit: [{relative}/report.md]({relative}/report.md)'
   if npt:
     common.analyse('gains', npt=npt, spt=list(spts.values()))

@@ -10,7 +10,6 @@ at a δ-sweep study to reuse its runs.
 Paper scale: --config=configs/musicpile.py:1b --deltas=0,0.001,0.01,0.02,0.05,0.1
 """
 
-import json
 import os
 
 from absl import flags
@@ -92,17 +91,14 @@ def _report(base, workdirs: dict) -> None:
   from spt_jax.analysis import (  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
     forecast_check,
     runs,
-    scaling,
   )
-  from spt_jax.storage import files, layout  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   budget = float(common.pretrain_tokens(base))
   max_tokens = _MAX_TOKEN_FRACTION.value * budget
-  fit_dir = common.analyse(
+  law = common.analyse(
     'fit', name='fit_subset', runs=list(workdirs.values()), max_delta=_MAX_DELTA.value, max_tokens=max_tokens
-  )
-  with open(os.path.join(fit_dir, layout.FIT)) as f:
-    law = scaling.law_from_fit(json.load(f))
+  ).result.law
   data = runs.scaling_data([runs.read(w) for w in workdirs.values()])
   pair = tuple(_CROSSOVER.value)
   report = forecast_check.check(law, data, crossover_pairs=[pair] if len(pair) == 2 else [])

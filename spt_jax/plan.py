@@ -107,8 +107,8 @@ def fit(
   loss: str = 'mse',
   max_delta: float | None = None,
   max_tokens: float | None = None,
-) -> None:
-  """Fits the overfitting scaling laws (1)-(9) and the finetuning delta (7); writes out/fit.json."""
+):
+  """Fits the overfitting scaling laws (1)-(9) and the finetuning delta (7); writes out/fit.json; a JointFit."""
   from spt_jax.analysis import plots, scaling_fit  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
   from spt_jax.analysis import runs as runs_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
@@ -140,6 +140,7 @@ def fit(
   plots.fit_plot(data, fit.law, os.path.join(out, 'fit.png'))
   _report(out, 'Overfitting scaling-law fit', [table, '![data vs fit](fit.png)', _warnings_section(fit.warnings)])
   print(f'wrote {path}')
+  return fit
 
 
 def _load_law(path: str):
@@ -194,7 +195,6 @@ def recommend(
   if out:
     os.makedirs(out, exist_ok=True)
     _write(out, layout.RECOMMEND, '\n'.join(_dump(line) for line in lines) + '\n')
-    delta_max = delta_max or max(law.fitted_deltas or (0.1,))
     budgets = np.geomspace(min(tokens), max(tokens), 25) if len(tokens) > 1 else tokens
     best = [scaling.best_delta(law, t, objective, delta_max)[0] for t in budgets]
     candidate_best = (

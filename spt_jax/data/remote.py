@@ -178,15 +178,16 @@ class RowCache:
     self._lock = threading.Lock()
     self._entries = collections.OrderedDict()  # Relative name -> size, least recently used first.
     self.used = 0
-    found = []
+    found = []  # Rows an earlier run of this process kept: (last written, name, size), oldest first.
     for path in self.folder.glob('*/*') if self.folder.is_dir() else []:
       if path.suffix == '.tmp':
         path.unlink(missing_ok=True)
       else:
-        found.append((path.stat().st_mtime_ns, path))
-    for _, path in sorted(found):
-      self._entries[f'{path.parent.name}/{path.name}'] = path.stat().st_size
-      self.used += path.stat().st_size
+        stat = path.stat()
+        found.append((stat.st_mtime_ns, f'{path.parent.name}/{path.name}', stat.st_size))
+    for _, name, size in sorted(found):
+      self._entries[name] = size
+      self.used += size
     with self._lock:
       self._evict(0)
 
@@ -220,10 +221,6 @@ class RowCache:
         return
       self._entries[name] = len(data)
       self.used += len(data)
-
-  def disk_bytes(self) -> int:
-    """The bytes of the cache's files on disk (what the bound limits)."""
-    return sum(p.stat().st_size for p in self.folder.glob('*/*')) if self.folder.is_dir() else 0
 
   def _evict(self, room: int) -> None:
     while self._entries and self.used + room > self.bound:

@@ -22,12 +22,11 @@ import jax
 import jax.numpy as jnp
 
 from spt_jax.hardware import dry_run
-from spt_jax.model import sharding
+from spt_jax.model import decoder, sharding
 from spt_jax.train import run_plan, validate
 from spt_jax.train import step as train
 
 GIB = 1024**3
-AUTO_REMAT = 'auto'  # model.remat_policy left to the run, as grad_accum_steps=0 is.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +313,7 @@ def compile_steps(config, devices, microbatches: int, remat_policy: str, eval_me
 
 def left_to_the_run(config) -> bool:
   """Whether the config leaves a memory knob to the run (grad_accum_steps 0, model.remat_policy 'auto')."""
-  return config.grad_accum_steps == 0 or config.model.remat_policy == AUTO_REMAT
+  return config.grad_accum_steps == 0 or config.model.remat_policy == decoder.AUTO_REMAT
 
 
 def with_knobs(config, microbatches: int | None = None, remat_policy: str | None = None):
@@ -323,7 +322,7 @@ def with_knobs(config, microbatches: int | None = None, remat_policy: str | None
   c = config.copy_and_resolve_references()
   c.grad_accum_steps = microbatches or config.grad_accum_steps or 1
   policy = remat_policy or config.model.remat_policy
-  c.model.remat_policy = 'none' if policy == AUTO_REMAT else policy
+  c.model.remat_policy = 'none' if policy == decoder.AUTO_REMAT else policy
   return c
 
 
@@ -335,7 +334,7 @@ def _choose(config, devices, hbm: int, per_device: int, log) -> tuple[Compiled, 
   log(tried[-1].format(hbm))
   if tried[0].fits(hbm) or not left_to_the_run(config):
     return tried[0], tried
-  policies = ['none', 'full'] if config.model.remat_policy == AUTO_REMAT else [config.model.remat_policy]
+  policies = ['none', 'full'] if config.model.remat_policy == decoder.AUTO_REMAT else [config.model.remat_policy]
   counts = None if config.grad_accum_steps == 0 else [config.grad_accum_steps]
   found = _search(start, devices, per_device, hbm, tried, log, policies=policies, counts=counts)
   if found is None:

@@ -27,6 +27,7 @@ REMAT_POLICIES = {
   'dots': jax.checkpoint_policies.checkpoint_dots,
   'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+AUTO_REMAT = 'auto'  # A config's remat_policy left to the run: chosen for its devices at the start (hardware/aot).
 
 
 def preset_config(name: str) -> ml_collections.ConfigDict:

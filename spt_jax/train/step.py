@@ -102,7 +102,7 @@ class Trainer:
     z_loss: float = 0.0,
     microbatches: int = 1,
   ):
-    if microbatches < 1 or model_cfg.remat_policy == 'auto':
+    if microbatches < 1 or model_cfg.remat_policy == model_lib.AUTO_REMAT:
       raise ValueError(
         'grad_accum_steps=0 and remat_policy=auto are chosen for the devices at the start of a run: '
         'spt_jax.main does it; elsewhere call spt_jax.hardware.aot.fit_to_devices(config, jax.devices()) first'

@@ -85,7 +85,7 @@ _CHOICES = {
   'model.dtype': _DTYPES,
   'model.param_dtype': _DTYPES,
   'model.attention_impl': attention.IMPLEMENTATIONS,
-  'model.remat_policy': (*decoder.REMAT_POLICIES, 'auto'),  # auto: chosen by the run, as grad_accum_steps=0.
+  'model.remat_policy': (*decoder.REMAT_POLICIES, decoder.AUTO_REMAT),  # Chosen by the run, as grad_accum_steps=0.
 }
 _BOOLEAN = (
   'model.tie_embeddings',
