@@ -19,8 +19,9 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, optional
 _WORKDIR = flags.DEFINE_string(
   'workdir',
   None,
-  'Where the run writes config, metrics, checkpoints, summary '
-  '(default: runs/<config>_<preset>; with several hosts, a path all of them see).',
+  'Where the run writes config, metrics, checkpoints, summary (default: runs/<config>_<preset>); a bucket URL '
+  '(gs://BUCKET/run): checkpoints go there, the rest is mirrored there from a local copy; with several hosts, a '
+  'bucket URL or an absolute path all of them see.',
 )
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Build the abstract state and print what the run would be.')
 _DEVICES = flags.DEFINE_integer(
@@ -39,11 +40,6 @@ _VERBOSE = flags.DEFINE_bool(
   "Show the libraries' log lines (orbax, JAX, asyncio) on the terminal too; they always go to W/log.txt.",
 )
 flags.mark_flag_as_required('config')
-flags.register_validator(
-  _WORKDIR,
-  lambda workdir: '://' not in (workdir or ''),
-  'a URL; use a path every host sees (mount a bucket with gcsfuse, e.g. --workdir=/gcs/BUCKET/run)',
-)
 flags.register_validator(_MFU, lambda mfu: 0 < mfu <= 1, 'the MFU is a fraction in (0, 1], e.g. 0.4')
 flags.register_multi_flags_validator(
   ['dry_run', 'devices', 'topology'],
@@ -74,7 +70,7 @@ def main(argv):
 
   from spt_jax.hardware import aot, dry_run  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
   from spt_jax.model import sharding  # noqa: PLC0415  after absl parses the flags, so that --xla flags in the environment apply
-  from spt_jax.storage import files  # noqa: PLC0415  after absl parses the flags, so that --xla flags in the environment apply
+  from spt_jax.storage import bucket, files  # noqa: PLC0415  after absl parses the flags, so that --xla flags in the environment apply
   from spt_jax.train import compile_cache, validate  # noqa: PLC0415  after absl parses the flags, so that --xla flags in the environment apply
 
   config = _CONFIG.value
@@ -99,29 +95,50 @@ def main(argv):
   held_logs = files.quiet_library_logs(_VERBOSE.value)
   workdir = _WORKDIR.value or sharding.default_workdir(config_flags.get_config_filename(flags.FLAGS['config']))
   sharding.initialize_distributed()
+  if jax.process_count() > 1 and not (bucket.is_url(workdir) or os.path.isabs(os.path.expanduser(workdir))):
+    raise ValueError(
+      f'the workdir {workdir!r} is relative, so each of the {jax.process_count()} hosts would write its own; pass '
+      '--workdir=gs://BUCKET/run (or an absolute path on a mount every host sees)'
+    )
   if jax.process_count() == 1:  # Several hosts: JAX's preemption service owns SIGTERM.
     files.exit_quietly_on_sigterm()  # Before the first step a SIGTERM exits 0 with one line, not 143.
   # Before anything is written: a rejected config or folder leaves the workdir and the cache as they were. The one
   # validation of the run: the stages below take the config as valid.
   validate.check(config, backend=jax.default_backend())
-  validate.check_folders(config, workdir)
+  mirror = None
+  if bucket.is_url(workdir):  # The run works in a local mirror; its checkpoints go to the bucket (storage/bucket.py).
+    from spt_jax.data import fetch  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+
+    os.environ.setdefault('EPATH_USE_TF', 'false')  # Orbax's own files through the same gcsfs as the mirror's.
+    bucket.check(workdir)
+    mirror = bucket.Mirror(workdir, bucket.mirror_folder(workdir, fetch.cache_root(config.data.cache_dir)))
+    workdir = mirror.local
+  validate.check_folders(config, workdir, checkpoints_here=mirror is None)
   compile_cache.enable(config.compilation_cache, config.data.cache_dir)  # Before the first compile.
   # Microbatches and remat the config left to the run, chosen for these devices (an explicit setting that does not
   # fit their memory stops here); on a CPU nothing is compiled.
   config = aot.fit_to_devices(config, jax.devices(), log=print if jax.process_index() == 0 else lambda line: None)
   if not _WORKDIR.value and jax.process_index() == 0:
     print(f'--workdir not given: the run writes to {workdir}', flush=True)
-  sharding.check_shared_folder(workdir, 'workdir')
+  if mirror is None:
+    sharding.check_shared_folder(workdir, 'workdir')
   from spt_jax.train import loop, pipeline  # noqa: PLC0415  after absl parses the flags, so that --xla flags in the environment apply
 
   # One live run per workdir: a pipeline holds W and every stage folder, before any file in them is touched.
   folders = [workdir, *(pipeline.stage_folders(config, workdir) if config.stage == 'pipeline' else [])]
   with files.WorkdirLock(folders, enabled=jax.process_index() == 0):
+    if mirror is not None:
+      copied = mirror.pull()  # Before the log opens: a resumed run appends to the log it left in the bucket.
+      if copied and jax.process_index() == 0:
+        print(f'{copied} files of {mirror.url} copied to its local mirror {workdir}', flush=True)
     files.log_to(held_logs, os.path.join(workdir, layout.log_name(jax.process_index(), jax.process_count())))
-    if config.stage == 'pipeline':
-      result = pipeline.run_pipeline(config, workdir, checked=True)
-    else:
-      result = loop.run(config, workdir, stage=config.stage, checked=True)
+    try:
+      if config.stage == 'pipeline':
+        result = pipeline.run_pipeline(config, workdir, checked=True)
+      else:
+        result = loop.run(config, workdir, stage=config.stage, checked=True)
+    finally:  # What the run wrote since its last checkpoint (the summary, the report, the log) reaches the bucket.
+      bucket.push_all(jax.process_index(), jax.process_count())
   if result.stop_reason == 'nonfinite_loss':  # Preemption exits 0 so that the scheduler restarts the run.
     sys.exit(1)
 

@@ -264,6 +264,27 @@ def test_a_workdir_that_processes_do_not_share_is_refused_on_every_process(tmp_p
       assert [p.returncode for p in running] == [1, 1], outputs
       for _, err in outputs:
         assert err.strip().splitlines()[-1].startswith('error: the workdir ') and 'not shared' in err
+  # A relative workdir (here the default, runs/proofpile_test) would be a folder per host: refused at once.
+  port, running = _free_port(), []
+  for index in range(2):
+    env = dict(
+      os.environ,
+      JAX_PLATFORMS='cpu',
+      JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+      JAX_NUM_PROCESSES='2',
+      JAX_PROCESS_ID=str(index),
+    )
+    command = [sys.executable, '-m', 'spt_jax.main', f'--config={ROOT}/configs/proofpile.py:test']
+    running.append(subprocess.Popen(command, cwd=tmp_path, env=dict(env, PYTHONPATH=str(ROOT)), text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE))  # fmt: skip
+  outputs = [p.communicate(timeout=900) for p in running]
+  assert [p.returncode for p in running] == [1, 1], outputs
+  for _, err in outputs:
+    assert err.strip().splitlines()[-1] == (
+      "error: the workdir 'runs/proofpile_test' is relative, so each of the 2 hosts would write its own; pass "
+      '--workdir=gs://BUCKET/run (or an absolute path on a mount every host sees)'
+    ), err[-2000:]
+  assert not (tmp_path / 'runs').exists()
 
 
 def sharding_default(config_arg):

@@ -46,7 +46,7 @@ from spt_jax.data import prepare_build as build_lib
 from spt_jax.data import remote, shards, token_rows, tokenize
 from spt_jax.data import sources as sources_lib
 from spt_jax.data import tokenizer as tokenizer_lib
-from spt_jax.storage import files, layout
+from spt_jax.storage import bucket, files, layout
 
 FORMAT_VERSION = 3  # 2: held-out split before subsampling, across sources. 3: streamed, checksummed, in place.
 MAX_EVAL_SEQUENCES = build_lib.MAX_EVAL_SEQUENCES
@@ -315,7 +315,7 @@ def _in_place(metadata: dict, name: str, cache_root: pathlib.Path, cache: remote
     if 'pin' in file:
       return token_rows.open_file(source, file['url'], row, cache_root, cache, file['pin'])[1]
     path = pathlib.Path(file['path'])
-    if not path.is_file() and remote.is_remote(file.get('url', '')):
+    if not path.is_file() and bucket.is_url(file.get('url', '')):
       path = remote.fetch(file['url'], cache_root, where=f'source {name!r}')
     if not path.is_file():
       raise ValueError(f'source {name!r}: token file {path} is gone; restore it or delete the prepared folder')

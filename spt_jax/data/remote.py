@@ -29,22 +29,10 @@ import time
 import numpy as np
 
 from spt_jax.data import shards
+from spt_jax.storage.bucket import filesystem as _filesystem
 
 _LISTS = pathlib.Path(__file__).parent / 'lists'
 _BLOCK = 8 << 20
-
-
-def is_remote(path: str) -> bool:
-  return '://' in str(path) and not str(path).startswith('file://')
-
-
-def _filesystem(url: str):
-  import fsspec  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-
-  try:
-    return fsspec.core.url_to_fs(url)
-  except ImportError as error:
-    raise ValueError(f'reading {url} needs a package that is not installed ({error}); pip install it') from None
 
 
 def read_list(name: str, where: str) -> tuple[list, dict]:

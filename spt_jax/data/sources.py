@@ -31,6 +31,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from spt_jax.data import hf_source, hub_source, remote
+from spt_jax.storage import bucket
 
 KINDS = ('builtin', 'files', 'jsonl', 'parquet', 'tfds', 'hf', 'hub', 'tokens')
 _OPTIONS = {
@@ -180,7 +181,7 @@ class Source:
       return [pathlib.Path(p) for p in hf_source.local_files(self)]
     if self.kind == 'hub':
       return []
-    return [pathlib.Path(p) for p in self.paths if not remote.is_remote(p)]
+    return [pathlib.Path(p) for p in self.paths if not bucket.is_url(p)]
 
   def _read_text(self, path) -> str:
     try:
@@ -374,10 +375,10 @@ def parse(spec: str, name: str = 'source', cache_dir: str = '') -> Source:
     hub_source.check(source, cache_root(cache_dir))
   if kind == 'tokens' and target.startswith('@'):
     source.paths, source.expected_sha256 = remote.read_list(target[1:], f'source {name!r}')
-    missing = [p for p in source.paths if not remote.is_remote(p) and not os.path.isfile(os.path.expanduser(p))]
+    missing = [p for p in source.paths if not bucket.is_url(p) and not os.path.isfile(os.path.expanduser(p))]
     if missing:
       raise ValueError(f'source {name!r}: {len(missing)} file(s) of {target} do not exist, e.g. {missing[0]}')
-  elif kind == 'tokens' and remote.is_remote(target):
+  elif kind == 'tokens' and bucket.is_url(target):
     source.paths = remote.expand(target, f'source {name!r}')
   elif kind in ('files', 'jsonl', 'parquet', 'tokens'):
     source.paths = _glob_files(name, spec, target)

@@ -14,6 +14,7 @@ import pathlib
 import numpy as np
 
 from spt_jax.data import remote
+from spt_jax.storage import bucket
 
 _SEARCH = 1 << 14  # Tokens scanned at a time when looking for a document boundary (a ranged read when remote).
 
@@ -86,7 +87,7 @@ def _document_start_before(tokens: np.ndarray, position: int, eos: int) -> int:
 def open_file(source, name: str, row_length: int, cache_root: pathlib.Path, cache: remote.RowCache, pin=None):
   """(path or URL, tokens) of one file of a token source; a remote one read by range through `cache`."""
   where = f'source {source.name!r}'
-  if not remote.is_remote(name):
+  if not bucket.is_url(name):
     return name, source.token_array(pathlib.Path(name))
   if name in source.expected_sha256:
     path = remote.fetch(name, cache_root, source.expected_sha256[name], where)

@@ -9,10 +9,11 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from spt_jax.data import hub_datasets, mixture, remote
+from spt_jax.data import hub_datasets, mixture
 from spt_jax.data import sources as sources_lib
 from spt_jax.model import decoder as model_lib
 from spt_jax.model import flops, sharding
+from spt_jax.storage import bucket
 from spt_jax.train import run_plan
 from spt_jax.train import step as train
 
@@ -184,7 +185,7 @@ def data_plan(config, hosts: int) -> DataPlan:
       source = sources_lib.parse(spec, name, config.data.cache_dir)
       dtype = np.dtype(source.options['dtype'])
       home = f'{len(source.paths)} file(s) listed ({source.paths[0]}, ...), {dtype.name}'
-      if any(remote.is_remote(p) for p in source.paths):
+      if any(bucket.is_url(p) for p in source.paths):
         row = config.data.seq_len + 1
         per_host = int(trained[name] / config.data.seq_len * row * dtype.itemsize / hosts)
     sources.append(SourcePlan(name, spec, home, per_host))

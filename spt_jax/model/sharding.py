@@ -211,6 +211,6 @@ def check_shared_folder(path: str, what: str, wait_seconds: float = 10.0) -> Non
   if missing:
     raise ValueError(
       f'the {what} {os.path.abspath(path)} is not shared by the {count} processes (process(es) '
-      f'{missing} do not see what process 0 writes there); pass --{what}=<a path every host sees, '
-      'e.g. a gcsfuse mount /gcs/BUCKET/run>'
+      f'{missing} do not see what process 0 writes there); pass --{what}=gs://BUCKET/run (or a path every host '
+      'sees, e.g. a gcsfuse mount /gcs/BUCKET/run)'
     )

@@ -50,12 +50,17 @@ def dumps(value, **kwargs) -> str:
 
 def write_text(path: str, text: str) -> None:
   """Writes text to path atomically: unique temporary file in the same folder, fsync, rename, fsync folder."""
+  write_bytes(path, text.encode('utf-8'))
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes data to path atomically, as write_text."""
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   descriptor, temporary = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.tmp-', dir=folder)
   try:
-    with os.fdopen(descriptor, 'w', encoding='utf-8') as f:
-      f.write(text)
+    with os.fdopen(descriptor, 'wb') as f:
+      f.write(data)
       f.flush()
       os.fsync(f.fileno())
     os.chmod(temporary, 0o644)

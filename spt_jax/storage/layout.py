@@ -17,6 +17,7 @@ SUMMARY = 'summary.json'  # Written when a run or a pipeline ends; a rerun reads
 REPORT = 'report.md'
 REPORT_PLOT = 'report.png'  # A pipeline's domain and general loss through pretraining and its best finetune.
 LOCK = '.lock'  # Names the live run holding the workdir (the lock itself is an flock on the folder).
+MIRRORED = '.mirrored'  # A workdir in a bucket: the token of the last copy of its local mirror (storage/bucket.py).
 LOG = 'log.txt'  # Every log record of a run, the libraries' included (the terminal shows only the run's own).
 CHECKPOINTS = 'checkpoints'  # One folder per saved step.
 PRETRAIN = 'pretrain'

@@ -32,7 +32,7 @@ from absl import logging
 from etils import epath
 
 from spt_jax.model import decoder as model_lib
-from spt_jax.storage import files, layout, manifest
+from spt_jax.storage import bucket, files, layout, manifest
 
 DAMAGED = 'damaged_checkpoints'  # Checkpoints that fail their check or restore are moved here (never deleted).
 # JSON files orbax reads of a step, with the reason a step whose copy does not parse is set aside under.
@@ -80,10 +80,7 @@ def write_config(workdir: str, config) -> None:
 
 def read_config(workdir: str) -> dict | None:
   path = os.path.join(workdir, layout.CONFIG)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(bucket.read_text(path)) if bucket.exists(path) else None
 
 
 def _flatten(tree, prefix='') -> dict:
@@ -135,7 +132,10 @@ class DamagedCheckpoint(ValueError):
 
 
 def check_step(step_dir: str, full: bool = True) -> manifest.Problem | None:
-  """Why a step folder may not be used (None when it passes): its manifest, or for a step without one, its JSON."""
+  """Why a step folder may not be used (None when it passes): its manifest, or for a step without one, its JSON.
+  A step in a bucket passes: the store checked each object as it was written (storage/bucket.py)."""
+  if bucket.is_url(step_dir):
+    return None
   if manifest.has_manifest(step_dir):
     return manifest.check(step_dir, full=full)
   if not os.path.isdir(step_dir):
@@ -153,16 +153,22 @@ def check_step(step_dir: str, full: bool = True) -> manifest.Problem | None:
 
 def _step_numbers(directory: str) -> list[int]:
   """The step folders of a checkpoints folder, newest first (orbax's temporary folders are not steps)."""
-  if not os.path.isdir(directory):
-    return []
+  in_bucket = bucket.is_url(directory)  # A store lists folders only.
   return sorted(
-    (int(name) for name in os.listdir(directory) if name.isdigit() and os.path.isdir(os.path.join(directory, name))),
+    (
+      int(name)
+      for name in bucket.listdir(directory)
+      if name.isdigit() and (in_bucket or os.path.isdir(os.path.join(directory, name)))
+    ),
     reverse=True,
   )
 
 
 def _set_aside(directory: str, step: int, reason: str) -> str:
-  """Moves step's folder to <workdir>/damaged_checkpoints/<step>-<reason> (a free name); returns where it went."""
+  """Moves step's folder to <workdir>/damaged_checkpoints/<step>-<reason> (a free name); says where it went.
+  In a bucket it stays where it is (orbax rewrites a step only after deleting it)."""
+  if bucket.is_url(directory):
+    return 'left it in the bucket'
   base = os.path.join(os.path.dirname(directory), DAMAGED, f'{step}-{reason}')
   target, suffix = base, 1
   while os.path.exists(target):
@@ -170,7 +176,7 @@ def _set_aside(directory: str, step: int, reason: str) -> str:
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     os.replace(os.path.join(directory, str(step)), target)
-  return target
+  return f'moved it to {target}'
 
 
 def _use_first_good(
@@ -208,10 +214,8 @@ def _use_first_good(
       continue
     for bad_step, bad_problem in failures:
       target = _set_aside(directory, bad_step, bad_problem.reason)
-      logging.warning(
-        'Checkpoint %d is damaged (%s); moved it to %s; %s.', bad_step, bad_problem, target, outcome.format(step)
-      )
-    if restores and not manifest.has_manifest(step_dir) and jax.process_index() == 0:
+      logging.warning('Checkpoint %d is damaged (%s); %s; %s.', bad_step, bad_problem, target, outcome.format(step))
+    if restores and not bucket.is_url(step_dir) and not manifest.has_manifest(step_dir) and jax.process_index() == 0:
       manifest.write(step_dir)  # It restored: from now on it is checked like the others.
     return step, result
   if failures:
@@ -236,8 +240,11 @@ def screen(directory: str) -> int | None:
   """Checks a checkpoints folder before orbax reads it; returns the newest good step (None: there is no step).
 
   Process 0 fully checks the steps newest first until one passes and gives the older ones the light check;
-  those that fail are set aside. When no step is good, nothing is moved and the error is one line.
+  those that fail are set aside. When no step is good, nothing is moved and the error is one line. A bucket's
+  steps are left to orbax, which lists only the committed ones.
   """
+  if bucket.is_url(directory):
+    return None
   good, error = -1, None
   if jax.process_index() == 0:
     steps = _step_numbers(directory)
@@ -254,7 +261,7 @@ def screen(directory: str) -> int | None:
         if problem is not None:
           target = _set_aside(directory, step, problem.reason)
           logging.warning(
-            'Checkpoint %d is damaged (%s); moved it to %s; the newest good checkpoint is step %d.',
+            'Checkpoint %d is damaged (%s); %s; the newest good checkpoint is step %d.',
             step,
             problem,
             target,
@@ -293,7 +300,8 @@ class Checkpoints:
       cleanup_tmp_directories=True,
       create=True,
     )
-    self.directory = os.path.join(os.path.abspath(workdir), layout.CHECKPOINTS)
+    # In the bucket when the workdir is a bucket's mirror (storage/bucket.py): every host writes its shards there.
+    self.directory = bucket.located(os.path.join(os.path.abspath(workdir), layout.CHECKPOINTS))
     # Before orbax reads the steps: its start-up parses every step's metrics and metadata.
     newest_good = screen(self.directory)
     self.checked = set() if newest_good is None else {newest_good}  # Steps fully checked by this process.
@@ -341,7 +349,7 @@ class Checkpoints:
     except Exception:
       return  # The save failed: wait() raises it in the training thread.
     step_dir = os.path.join(self.directory, str(step))
-    if jax.process_index() != 0 or not os.path.isdir(step_dir):
+    if jax.process_index() != 0 or bucket.is_url(step_dir) or not os.path.isdir(step_dir):
       return
     try:
       manifest.write(step_dir)
@@ -423,8 +431,7 @@ def _best(manager, steps) -> int | None:
 def _recorded_loss(step_dir: str) -> float | None:
   """The domain_test loss orbax recorded with a step (metrics/metrics), None when it has none or it is unreadable."""
   try:
-    with open(os.path.join(step_dir, 'metrics', 'metrics'), encoding='utf-8') as f:
-      return float(json.load(f)[BEST_METRIC])
+    return float(json.loads(bucket.read_text(os.path.join(step_dir, 'metrics', 'metrics')))[BEST_METRIC])
   except (OSError, ValueError, KeyError, TypeError):
     return None
 
@@ -441,24 +448,26 @@ def _candidates(path: str) -> tuple[str, list[int]]:
   A run workdir or checkpoints folder: the best step of a finetune run, else the newest, then the others newest
   first. A step folder: that step, then the older ones beside it (a fallback when it is damaged).
   """
-  path = os.path.abspath(os.path.expanduser(path))
+  local = path if bucket.is_url(path) else os.path.abspath(os.path.expanduser(path))
+  path = bucket.located(local)  # A bucket's mirror keeps a run's config; its checkpoints are in the bucket.
   parent, name = os.path.split(path)
   # A step folder set aside by an earlier load: its older neighbours still serve (a rerun of the same command).
   set_aside = name.isdigit() and bool(_set_aside_names(parent, int(name)))
-  if not os.path.exists(path) and not set_aside:
+  if not bucket.exists(path) and not set_aside:
     raise ValueError(f'init_from={path} does not exist; point it at a pretrain workdir or a checkpoint folder.')
-  if name.isdigit() and (set_aside or os.path.isdir(os.path.join(path, 'state')) or manifest.has_manifest(path)):
+  if name.isdigit() and (set_aside or bucket.isdir(os.path.join(path, 'state')) or manifest.has_manifest(path)):
     return parent, [step for step in _step_numbers(parent) if step <= int(name)]
-  directory = os.path.join(path, layout.CHECKPOINTS) if os.path.isdir(os.path.join(path, layout.CHECKPOINTS)) else path
+  directory = os.path.join(path, layout.CHECKPOINTS)
+  directory = directory if bucket.isdir(directory) else path
   steps = [
     step
     for step in _step_numbers(directory)
-    if os.path.isdir(os.path.join(directory, str(step), 'state'))
+    if bucket.isdir(os.path.join(directory, str(step), 'state'))
     or manifest.has_manifest(os.path.join(directory, str(step)))
   ]
   if not steps:
     raise _no_checkpoint(path)
-  if (read_config(path) or {}).get('stage') == 'finetune':
+  if (read_config(local) or {}).get('stage') == 'finetune':
     losses = {step: _recorded_loss(os.path.join(directory, str(step))) for step in steps}
     # The lowest loss (the earlier step of a tie, as orbax ranks them), then steps without one, newest first.
     steps = sorted(

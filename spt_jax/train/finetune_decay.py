@@ -22,7 +22,7 @@ import shutil
 
 from absl import logging
 
-from spt_jax.storage import layout, records
+from spt_jax.storage import bucket, layout, records
 
 
 def wants_decay(config, stage: str, summary: records.RunSummary) -> bool:
@@ -49,12 +49,15 @@ def decay_config(config, best_step: int):
 
 def _seed(workdir: str, decay_dir: str, best_step: int) -> bool:
   """Copies the best checkpoint into the decay workdir once, so that the decay run resumes from it."""
-  source = layout.checkpoint_dir(workdir, best_step)
-  target_root = os.path.join(decay_dir, layout.CHECKPOINTS)
-  if os.path.isdir(target_root) and os.listdir(target_root):
+  source = bucket.located(layout.checkpoint_dir(workdir, best_step))
+  target_root = bucket.located(os.path.join(decay_dir, layout.CHECKPOINTS))
+  if bucket.listdir(target_root):
     return True  # Seeded before (the decay run may have checkpoints of its own by now).
-  if not os.path.isdir(source):
+  if not bucket.isdir(source):
     return False
+  if bucket.is_url(source):  # A store has no rename: the step's objects are copied in place.
+    bucket.copy_folder(source, os.path.join(target_root, str(best_step)))
+    return True
   tmp = target_root + '.tmp'
   shutil.rmtree(tmp, ignore_errors=True)
   shutil.copytree(source, os.path.join(tmp, str(best_step)))
@@ -79,7 +82,7 @@ def after_early_stopping(config, workdir: str, summary: records.RunSummary, stag
     decay={
       'from_step': best_step,
       'steps': int(config.finetune.decay_steps),
-      'workdir': os.path.abspath(decay_dir),
+      'workdir': bucket.located(decay_dir),
       'stable_steps': summary.steps,
       'stable_best': summary.best,
     },

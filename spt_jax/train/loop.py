@@ -28,7 +28,7 @@ from spt_jax.data import mixture as mixture_lib
 from spt_jax.data import prepare as prepare_lib
 from spt_jax.evals import heldout as evaluation
 from spt_jax.model import flops, sharding
-from spt_jax.storage import files, layout, records
+from spt_jax.storage import bucket, files, layout, records
 from spt_jax.train import checkpoint, finetune_decay, run_plan, validate
 from spt_jax.train import step as train
 
@@ -372,7 +372,7 @@ def _build(plan: run_plan.RunPlan, workdir: str, data) -> Built | records.RunSum
   finished = _finished_summary(workdir, resume_step)
   if finished is not None:
     checkpoints.close()
-    logging.info('%s already finished (%s); nothing to do.', workdir, finished.stop_reason)
+    logging.info('%s already finished (%s); nothing to do.', bucket.located(workdir), finished.stop_reason)
     return finished
   params = init_checkpoint = None
   if resume_step is None and c.init_from:  # Shapes are checked here, before data or compilation.
@@ -391,7 +391,7 @@ def _build(plan: run_plan.RunPlan, workdir: str, data) -> Built | records.RunSum
   if resume_step is not None:
     resume_step, state, meta = checkpoints.restore_newest(trainer.abstract_state)
     loop_state = LoopState.from_meta(meta)
-    logging.info('Resumed %s at step %d', workdir, resume_step)
+    logging.info('Resumed %s at step %d', bucket.located(workdir), resume_step)
   else:
     state = trainer.init_state(c.seed) if params is None else trainer.state_from_params(params, c.seed)
     loop_state = LoopState(init_checkpoint=init_checkpoint)
@@ -583,6 +583,7 @@ class _Loop:
     )
     if self.checkpoints.save(step, state, meta, domain_test_loss=domain_test_loss):
       logging.info('Checkpoint %d started.', step)
+    bucket.push_all(jax.process_index(), jax.process_count())  # A bucket's mirror: the metrics so far go there.
 
   def progress(self, step: int, loss: float, tokens_per_second: float) -> dict:
     """Logs the step's progress line; returns its performance scalars (tokens/s, and MFU when the peak is known)."""
@@ -759,7 +760,7 @@ class _Loop:
       warmup_steps=self.plan.warmup_steps,
       batch_size=c.batch_size,
       init_from=c.init_from,
-      workdir=os.path.abspath(self.workdir),
+      workdir=bucket.located(self.workdir),  # A bucket's mirror: the bucket's URL.
       init_checkpoint=loop_state.init_checkpoint,
       init_step=_step_of(loop_state.init_checkpoint),
       last_checkpoint=self.checkpoints.latest_step(),

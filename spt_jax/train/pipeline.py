@@ -15,7 +15,7 @@ from absl import logging
 
 from spt_jax.analysis import plots, seeds
 from spt_jax.data import prepare as prepare_lib
-from spt_jax.storage import files, layout, markdown, records
+from spt_jax.storage import bucket, files, layout, markdown, records
 from spt_jax.train import checkpoint, loop, run_plan, validate
 
 
@@ -141,7 +141,8 @@ def run_pipelines(pipelines: list[tuple], *, checked: bool = False) -> list[reco
       result.wall_time_s = round(time.time() - started, 1)
       if jax.process_index() == 0 and result.pretrain is not None:
         files.write_json(os.path.join(workdir, layout.SUMMARY), result)
-      logging.info('Pipeline stopped (%s); report: %s', result.stop_reason, os.path.join(workdir, layout.REPORT))
+      report_at = bucket.located(os.path.join(workdir, layout.REPORT))  # A bucket's URL when W mirrors one.
+      logging.info('Pipeline stopped (%s); report: %s', result.stop_reason, report_at)
   return results
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from spt_jax import cli
 from spt_jax.model import attention, decoder
+from spt_jax.storage import bucket
 from spt_jax.train import compile_cache, schedules
 
 OLMO_VOCAB_SIZE = 50280  # OLMo's GPT-NeoX tokenizer (data.tokenizer='olmo'), checked in tests/test_validate.py.
@@ -345,8 +346,9 @@ def _check_finetune(config) -> None:
     )
 
 
-def check_folders(config, workdir: str) -> None:
-  """The workdir and the data cache can be made and written, with room for a checkpoint; touches neither."""
+def check_folders(config, workdir: str, checkpoints_here: bool = True) -> None:
+  """The workdir and the data cache can be made and written, with room for a checkpoint (unless checkpoints_here
+  is False: a bucket's mirror); touches neither."""
   from spt_jax.data import sources as sources_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
   from spt_jax.model import flops  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
@@ -364,7 +366,7 @@ def check_folders(config, workdir: str) -> None:
     )
   checkpoint_bytes = 12 * flops.count_params(config.model)[0]  # float32 parameters and AdamW's two moments.
   free = shutil.disk_usage(probe).free
-  if free < checkpoint_bytes:
+  if checkpoints_here and free < checkpoint_bytes:
     raise ValueError(
       f'the disk holding the workdir {os.path.abspath(workdir)} has {free / 1e9:.2f} GB free, less '
       f'than one checkpoint of this model ({checkpoint_bytes / 1e9:.2f} GB); free space there or '
@@ -400,7 +402,7 @@ def _check_sources(config) -> None:
   for name, spec in specs.items():
     source = sources_lib.parse(spec, name, config.data.cache_dir)
     row_bytes = (config.data.seq_len + 1) * np.dtype(source.options.get('dtype', 'uint8')).itemsize
-    remote_rows = source.is_tokens and any(remote.is_remote(p) for p in source.paths)
+    remote_rows = source.is_tokens and any(bucket.is_url(p) for p in source.paths)
     if remote_rows and config.data.remote_cache_bytes < row_bytes:
       raise ValueError(
         f'data.remote_cache_bytes={config.data.remote_cache_bytes} is smaller than one row of the remote {name} '
@@ -408,7 +410,7 @@ def _check_sources(config) -> None:
         f'least {row_bytes}'
       )
     if remote_rows:  # Reachable before anything is compiled or downloaded (a HEAD of the first file).
-      remote.remote_size(next(p for p in source.paths if remote.is_remote(p)), f'source {name!r}')
+      remote.remote_size(next(p for p in source.paths if bucket.is_url(p)), f'source {name!r}')
 
 
 def check_vocab(config, data=None) -> None:
