@@ -127,6 +127,7 @@ def cloud_storage_stand_in(tmp_path_factory):
   """(environment that points the clients at the stand-in, the test's own gcsfs on it, a folder of documents)."""
   pytest.importorskip('gcsfs', reason='pip install gcsfs (the test extra has it)')
   from gcsfs import core  # noqa: PLC0415  after importorskip; the plain client (the default one probes by gRPC)
+
   root = tmp_path_factory.mktemp('gcs')
   server, _ = gcs_stand_in.serve()
   address = f'http://127.0.0.1:{server.server_address[1]}'
