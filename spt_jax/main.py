@@ -111,7 +111,10 @@ def main(argv):
 
     os.environ.setdefault('EPATH_USE_TF', 'false')  # Orbax's own files through the same gcsfs as the mirror's.
     bucket.check(workdir)
-    mirror = bucket.Mirror(workdir, bucket.mirror_folder(workdir, fetch.cache_root(config.data.cache_dir)))
+    local = bucket.mirror_folder(
+      workdir, fetch.cache_root(config.data.cache_dir), jax.process_index(), jax.process_count()
+    )
+    mirror = bucket.Mirror(workdir, local)
     workdir = mirror.local
   validate.check_folders(config, workdir, checkpoints_here=mirror is None)
   compile_cache.enable(config.compilation_cache, config.data.cache_dir)  # Before the first compile.

@@ -11,7 +11,6 @@ import pathlib
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -60,15 +59,9 @@ def corpora(tmp_path_factory):
   return root
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def _start(corpora, workdir, processes: int, cache: str, delay: float = 0.0) -> list:
   """Starts the run as `processes` processes sharing 8 simulated devices; returns the Popen objects."""
-  port = _free_port()
+  port = tiny.free_port()
   args = [
     sys.executable,
     str(corpora / 'wrapper.py'),
@@ -240,7 +233,7 @@ def test_a_workdir_that_processes_do_not_share_is_refused_on_every_process(tmp_p
   script = tmp_path / 'shared.py'
   script.write_text(_SHARED_SCRIPT)
   for shared in (True, False):
-    port = _free_port()
+    port = tiny.free_port()
     running = []
     for index in range(2):
       folder = tmp_path / ('same' if shared else f'host{index}')
@@ -265,7 +258,7 @@ def test_a_workdir_that_processes_do_not_share_is_refused_on_every_process(tmp_p
       for _, err in outputs:
         assert err.strip().splitlines()[-1].startswith('error: the workdir ') and 'not shared' in err
   # A relative workdir (here the default, runs/proofpile_test) would be a folder per host: refused at once.
-  port, running = _free_port(), []
+  port, running = tiny.free_port(), []
   for index in range(2):
     env = dict(
       os.environ,

@@ -1,5 +1,6 @@
 """The tiny config and data of the loop tests, shared with the runs they start in subprocesses."""
 
+import socket
 import types
 
 import numpy as np
@@ -55,3 +56,10 @@ def compile_cache_env(folder) -> dict:
   """Environment for test subprocesses that share compiled programs in `folder`: most of a tiny run's start is
   compiling on a small CPU, and a loaded program is the compiled one (bit-for-bit assertions hold)."""
   return dict(JAX_COMPILATION_CACHE_DIR=str(folder), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+
+
+def free_port() -> int:
+  """A loopback port free now (for a JAX coordinator)."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]

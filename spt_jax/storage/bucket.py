@@ -15,7 +15,6 @@ The mirror's lock guards this machine only: two machines given the same URL are 
 `gs://` needs `gcsfs`. Orbax's own files go through the same `gcsfs` (EPATH_USE_TF=false, unless set), as tested.
 """
 
-import contextlib
 import os
 import uuid
 
@@ -56,11 +55,13 @@ def check(url: str, what: str = 'workdir') -> None:
     ) from None
 
 
-def mirror_folder(url: str, cache_root) -> str:
-  """The local mirror of a URL: <cache_root>/workdirs/<scheme>/<rest of the URL>."""
+def mirror_folder(url: str, cache_root, process_index: int = 0, process_count: int = 1) -> str:
+  """The local mirror of a URL: <cache_root>/workdirs/<scheme>/<rest of the URL>; with several processes, one
+  mirror each (workdirs/process-<i>-of-<n>/...), as several may share a machine and its cache."""
   scheme, _, rest = url.partition('://')
   parts = [part for part in rest.split('/') if part not in ('', '.', '..')]
-  return os.path.join(os.fspath(cache_root), 'workdirs', scheme, *parts)
+  own = [f'process-{process_index}-of-{process_count}'] if process_count > 1 else []
+  return os.path.join(os.fspath(cache_root), 'workdirs', *own, scheme, *parts)
 
 
 class Mirror:
@@ -113,8 +114,7 @@ class Mirror:
       return 0  # This machine pushed last: its mirror is as new as the URL, or newer (a run cut off since).
     remote = [relative for relative in self._remote_files() if relative != layout.MIRRORED]
     for relative in set(self._local_files()) - set(remote):  # A stale mirror: what the URL no longer has goes.
-      with contextlib.suppress(FileNotFoundError):  # Several processes of one machine may share a mirror.
-        os.remove(os.path.join(self.local, relative))
+      os.remove(os.path.join(self.local, relative))
     fs, _ = filesystem(self.url)
     for relative in remote:
       files.write_bytes(os.path.join(self.local, relative), fs.cat_file(filesystem(self._remote(relative))[1]))
