@@ -141,7 +141,7 @@ def main(argv):
       else:
         result = loop.run(config, workdir, stage=config.stage, checked=True)
     finally:  # What the run wrote since its last checkpoint (the summary, the report, the log) reaches the bucket.
-      bucket.push_all(jax.process_index(), jax.process_count())
+      bucket.push_all(jax.process_index(), jax.process_count(), final=True)
   if result.stop_reason == 'nonfinite_loss':  # Preemption exits 0 so that the scheduler restarts the run.
     sys.exit(1)
 

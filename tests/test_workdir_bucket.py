@@ -108,6 +108,28 @@ def test_a_mirror_pulls_the_bucket_pushes_what_changed_and_leaves_checkpoints_to
       mirror.close()
 
 
+def test_a_push_that_fails_during_a_run_warns_and_the_next_one_catches_up(memory_url, tmp_path, monkeypatch, caplog):
+  mirror = bucket.Mirror(memory_url, tmp_path / 'm')
+  try:
+    mirror.pull()
+    (tmp_path / 'm/metrics.jsonl').write_text('1\n')
+    fs = bucket.filesystem(memory_url)[0]
+    put_file = fs.put_file
+    monkeypatch.setattr(
+      type(fs), 'put_file', lambda *args, **kwargs: (_ for _ in ()).throw(OSError('503 from the store'))
+    )
+    bucket.push_all()  # At a checkpoint: a warning, the run goes on.
+    assert 'Could not copy' in caplog.text and '503 from the store' in caplog.text
+    assert 'metrics.jsonl' not in _remote(memory_url)
+    with pytest.raises(OSError, match='503'):  # At the end of the run: the error itself.
+      bucket.push_all(final=True)
+    monkeypatch.undo()  # The store answers again.
+    bucket.push_all()
+    assert _remote(memory_url)['metrics.jsonl'] == '1\n'
+  finally:
+    mirror.close()
+
+
 def test_a_bucket_that_cannot_be_written_is_one_line(tmp_path):
   with pytest.raises(ValueError, match=r'^nosuchscheme://b/run: Protocol not known: nosuchscheme; a store URL starts'):
     bucket.check('nosuchscheme://b/run')

@@ -15,6 +15,7 @@ The mirror's lock guards this machine only: two machines given the same URL are 
 `gs://` needs `gcsfs`. Orbax's own files go through the same `gcsfs` (EPATH_USE_TF=false, unless set), as tested.
 """
 
+import logging
 import os
 import uuid
 
@@ -151,10 +152,17 @@ class Mirror:
       _MIRRORS.remove(self)
 
 
-def push_all(process_index: int = 0, process_count: int = 1) -> None:
-  """Pushes every open mirror: process 0 all of it, any other process only its own log."""
+def push_all(process_index: int = 0, process_count: int = 1, final: bool = False) -> None:
+  """Pushes every open mirror: process 0 all of it, any other process only its own log. During a run a push that
+  fails (the store unreachable for longer than its client retries) is a warning, and the next one copies what this
+  one missed: the run goes on, as its checkpoints do not depend on it; the last push (final) raises."""
   for mirror in _MIRRORS:
-    mirror.push(None if process_index == 0 else layout.log_name(process_index, process_count))
+    try:
+      mirror.push(None if process_index == 0 else layout.log_name(process_index, process_count))
+    except Exception as error:
+      if final:
+        raise
+      logging.warning('Could not copy %s to %s (%s); the next checkpoint tries again.', mirror.local, mirror.url, error)
 
 
 def located(path: str) -> str:
