@@ -114,7 +114,6 @@ def test_a_push_that_fails_during_a_run_warns_and_the_next_one_catches_up(memory
     mirror.pull()
     (tmp_path / 'm/metrics.jsonl').write_text('1\n')
     fs = bucket.filesystem(memory_url)[0]
-    put_file = fs.put_file
     monkeypatch.setattr(
       type(fs), 'put_file', lambda *args, **kwargs: (_ for _ in ()).throw(OSError('503 from the store'))
     )
