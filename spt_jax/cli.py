@@ -225,11 +225,12 @@ SEED = item(int, lambda value: value >= 0, 'a seed (an integer >= 0)')
 
 
 def must_exist(name: str, what: str, flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  """A validator: the path (or each path of a list) flag --name names exists, when given; what: the fix."""
+  """A validator: the path (or each path of a list) flag --name names exists, when given; what: the fix. A store
+  URL (gs://...) is checked where it is opened."""
 
   def check(value) -> bool:
     for path in [value] if isinstance(value, str) else value or []:
-      if path and not os.path.exists(path):
+      if path and '://' not in path and not os.path.exists(path):
         raise flags.ValidationError(f'{path} does not exist; {what}')
     return True
 

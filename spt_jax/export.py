@@ -18,7 +18,7 @@ from absl import flags
 from spt_jax import cli
 from spt_jax.interop import hf
 from spt_jax.model import decoder as model_lib
-from spt_jax.storage import layout
+from spt_jax.storage import bucket, layout
 from spt_jax.train import checkpoint as checkpoint_lib
 
 
@@ -32,8 +32,9 @@ class LoadedModel:
 
 
 def find_run_config(path: str) -> tuple[str, dict]:
-  """(workdir, its config.json) for a workdir, its checkpoints/ folder or a step folder inside it."""
-  path = os.path.abspath(os.path.expanduser(path))
+  """(workdir, its config.json) for a workdir, its checkpoints/ folder or a step folder inside it (local or in a
+  store: gs://...)."""
+  path = path if bucket.is_url(path) else os.path.abspath(os.path.expanduser(path))
   candidate = path
   for _ in range(3):
     config = checkpoint_lib.read_config(candidate)
@@ -57,8 +58,11 @@ def load_checkpoint(path: str, tokenizer_required: bool = True) -> LoadedModel:
   """Parameters, model config, tokenizer and context of a run checkpoint or a Hugging Face OLMo directory."""
   from spt_jax.data import tokenizer as tokenizer_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.exists(path):
+  if bucket.is_url(path):  # A run whose workdir is a bucket: its checkpoints and config are there.
+    bucket.orbax_through_fsspec()
+  else:
+    path = os.path.abspath(os.path.expanduser(path))
+  if not bucket.exists(path):
     raise ValueError(
       f'--checkpoint {path} does not exist; point it at a run workdir, a checkpoint folder or a '
       'Hugging Face OLMo directory.'
@@ -76,7 +80,10 @@ def load_checkpoint(path: str, tokenizer_required: bool = True) -> LoadedModel:
   tokenizer = None
   if tokenizer_required:  # The run's own copy; else rebuild it from the config (a BPE needs its data here).
     saved = os.path.join(workdir, layout.TOKENIZER)
-    tokenizer = tokenizers.Tokenizer.from_file(saved) if os.path.isfile(saved) else tokenizer_lib.load_tokenizer(config)
+    if bucket.exists(saved):
+      tokenizer = tokenizers.Tokenizer.from_str(bucket.read_text(saved))
+    else:
+      tokenizer = tokenizer_lib.load_tokenizer(config)
   if tokenizer is not None and tokenizer.get_vocab_size() > model_lib.padded_vocab_size(model_cfg):
     raise ValueError(
       f"the run's tokenizer has {tokenizer.get_vocab_size()} tokens but its model "

@@ -109,7 +109,7 @@ def main(argv):
   if bucket.is_url(workdir):  # The run works in a local mirror; its checkpoints go to the bucket (storage/bucket.py).
     from spt_jax.data import fetch  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-    os.environ.setdefault('EPATH_USE_TF', 'false')  # Orbax's own files through the same gcsfs as the mirror's.
+    bucket.orbax_through_fsspec()
     bucket.check(workdir)
     local = bucket.mirror_folder(
       workdir, fetch.cache_root(config.data.cache_dir), jax.process_index(), jax.process_count()

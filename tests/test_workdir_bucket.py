@@ -244,6 +244,12 @@ def test_a_pipeline_in_a_bucket_writes_everything_there_and_a_fresh_machine_carr
   finetune = json.loads(store.cat_file(f'bkt/pipeline/finetune/{point}/summary.json'))
   assert finetune['workdir'] == f'gs://bkt/pipeline/finetune/{point}'
   assert finetune['init_checkpoint'].startswith('gs://bkt/pipeline/pretrain/checkpoints/')  # Read from the bucket.
+  # The finetuned model sampled straight from the bucket (its best checkpoint, the run's tokenizer).
+  sampled = subprocess.run(
+    [sys.executable, '-m', 'spt_jax.sample', f'--checkpoint=gs://bkt/pipeline/finetune/{point}', '--prompt=lemma',
+     '--max_new_tokens=4'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+  )  # fmt: skip
+  assert sampled.returncode == 0 and '--- sample 0 (4 tokens)' in sampled.stdout, sampled.stderr[-3000:]
   # A fresh machine (no mirror): the bucket's files come back and every stage is seen finished.
   before = {name: store.cat_file(f'bkt/pipeline/{name}') for name in ('summary.json', 'pretrain/metrics.jsonl')}
   os.rename(mirror, mirror.with_name('old'))

@@ -12,7 +12,8 @@ In a bucket a checkpoint is not given a manifest nor set aside when damaged: obj
 checks each one's checksum on upload) and orbax marks a step committed only once every host's shards are written.
 The mirror's lock guards this machine only: two machines given the same URL are not stopped.
 
-`gs://` needs `gcsfs`. Orbax's own files go through the same `gcsfs` (EPATH_USE_TF=false, unless set), as tested.
+`gs://` needs `gcsfs`. Orbax's own files go through the same `gcsfs` (orbax_through_fsspec), as tested; its arrays
+through TensorStore's own client.
 """
 
 import logging
@@ -39,6 +40,12 @@ def filesystem(url: str):
     raise ValueError(f'reading {url} needs a package that is not installed ({error}); pip install it') from None
   except ValueError as error:  # fsspec: 'Protocol not known: ...'
     raise ValueError(f'{url}: {error}; a store URL starts gs://, s3://, https://, ...') from None
+
+
+def orbax_through_fsspec() -> None:
+  """Orbax's own files in a store go through fsspec (gcsfs), the mirror's client and the tested one, unless
+  EPATH_USE_TF says otherwise (etils' default with TensorFlow installed is TensorFlow's own client)."""
+  os.environ.setdefault('EPATH_USE_TF', 'false')
 
 
 def check(url: str, what: str = 'workdir') -> None:
