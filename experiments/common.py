@@ -26,6 +26,11 @@ CONFIG = config_flags.DEFINE_config_file(
 WORKDIR = flags.DEFINE_string(
   'workdir', None, 'Folder of the study: one pipeline workdir per variant inside.', required=True
 )
+flags.register_validator(
+  'workdir',
+  lambda workdir: '://' not in (workdir or ''),
+  'a URL; a study runs on one machine: give a local folder (copy it to a bucket afterwards if you like)',
+)
 ONLY_ANALYSIS = flags.DEFINE_bool('only_analysis', False, 'Skip training; analyse the variants already run.')
 CHECKPOINTS_HELP = 'Earlier pretraining checkpoints to finetune from'
 
