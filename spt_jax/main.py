@@ -140,8 +140,11 @@ def main(argv):
         result = pipeline.run_pipeline(config, workdir, checked=True)
       else:
         result = loop.run(config, workdir, stage=config.stage, checked=True)
-    finally:  # What the run wrote since its last checkpoint (the summary, the report, the log) reaches the bucket.
-      bucket.push_all(jax.process_index(), jax.process_count(), final=True)
+    except BaseException:  # The run's own error is the one to report; its log still reaches the bucket if it can.
+      bucket.push_all(jax.process_index(), jax.process_count())
+      raise
+    # What the run wrote since its last checkpoint (the summary, the report, the log) reaches the bucket.
+    bucket.push_all(jax.process_index(), jax.process_count(), final=True)
   if result.stop_reason == 'nonfinite_loss':  # Preemption exits 0 so that the scheduler restarts the run.
     sys.exit(1)
 

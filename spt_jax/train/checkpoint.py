@@ -166,7 +166,7 @@ def _step_numbers(directory: str) -> list[int]:
 
 def _set_aside(directory: str, step: int, reason: str) -> str:
   """Moves step's folder to <workdir>/damaged_checkpoints/<step>-<reason> (a free name); says where it went.
-  In a bucket it stays where it is (orbax rewrites a step only after deleting it)."""
+  In a bucket it stays where it is (a store has no rename); the run goes on from an older step."""
   if bucket.is_url(directory):
     return 'left it in the bucket'
   base = os.path.join(os.path.dirname(directory), DAMAGED, f'{step}-{reason}')
