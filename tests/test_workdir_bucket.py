@@ -21,7 +21,7 @@ import fsspec
 import pytest
 
 from spt_jax.storage import bucket, layout
-from tests import gcs_stand_in, tiny
+from tests import gcs_stand_in, test_main, tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -167,14 +167,8 @@ def cloud_storage_stand_in(tmp_path_factory):
     GCE_METADATA_HOST='127.0.0.1:1',
     GCE_METADATA_IP='127.0.0.1:1',
   )
-  for name, words, count, seed in (
-    ('general', 'the a cat dog sat on mat and ran to house tree sun rain', 30, 0),
-    ('domain', 'lemma proof qed intros apply rewrite induction nat', 15, 1),
-  ):
-    rng = random.Random(seed)
-    (root / name).mkdir()
-    for i in range(count):
-      (root / name / f'doc{i:03d}.txt').write_text(' '.join(rng.choice(words.split()) for _ in range(300)) + '.')
+  test_main._write_documents(root / 'general', 'the a cat dog sat on mat and ran to house tree sun rain'.split(), 30, 0)
+  test_main._write_documents(root / 'domain', 'lemma proof qed intros apply rewrite induction nat'.split(), 15, 1)
   yield env, core.GCSFileSystem(endpoint_url=address, token='anon'), root
   server.shutdown()
 
@@ -184,14 +178,8 @@ def _command(root, workdir, *overrides) -> list:
     sys.executable,
     '-m',
     'spt_jax.main',
-    '--config=configs/proofpile.py:test',
-    f'--workdir={workdir}',
+    *test_main.local_files_run(root, workdir),
     '--config.steps=6',
-    f'--config.data.general=files:{root}/general/*.txt',
-    f'--config.data.domain=files:{root}/domain/*.txt',
-    f'--config.data.cache_dir={root}/cache',
-    '--config.data.tokenizer_vocab_size=300',
-    '--config.model.vocab_size=300',
     *overrides,
   ]
 
