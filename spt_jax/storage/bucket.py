@@ -77,17 +77,22 @@ class Mirror:
 
   def __init__(self, url: str, local: str):
     self.url, self.local = url.rstrip('/'), os.path.abspath(local)
+    self._fs, root = filesystem(self.url)
+    self._root = root.rstrip('/')  # The URL as the store's own path (bucket/run).
     self._pushed = {}  # Relative path -> (size, mtime) of each file as the URL last received it.
     _MIRRORS.append(self)
 
-  def _remote(self, relative: str) -> str:
+  def url_of(self, relative: str) -> str:
+    """The URL of a path relative to the mirror."""
     return f'{self.url}/{relative.replace(os.sep, "/")}'
+
+  def _inner(self, relative: str) -> str:
+    return f'{self._root}/{relative.replace(os.sep, "/")}'
 
   def _remote_files(self) -> list[str]:
     """Relative paths of the URL's files, checkpoints left out."""
-    fs, root = filesystem(self.url)
-    root = root.rstrip('/')
-    found = fs.find(root) if fs.exists(root) else []
+    root = self._root
+    found = self._fs.find(root) if self._fs.exists(root) else []
     relative = [path[len(root) + 1 :] for path in found if path.startswith(root + '/')]
     return [path for path in relative if layout.CHECKPOINTS not in path.split('/')[:-1]]
 
@@ -107,11 +112,10 @@ class Mirror:
   def _token(self, remote: bool) -> str:
     try:
       if remote:
-        fs, path = filesystem(self._remote(layout.MIRRORED))
-        return fs.cat_file(path).decode().strip()
+        return self._fs.cat_file(self._inner(layout.MIRRORED)).decode().strip()
       with open(os.path.join(self.local, layout.MIRRORED), encoding='utf-8') as f:
         return f.read().strip()
-    except (OSError, FileNotFoundError):
+    except OSError:  # No copy made yet.
       return ''
 
   def pull(self) -> int:
@@ -123,9 +127,8 @@ class Mirror:
     remote = [relative for relative in self._remote_files() if relative != layout.MIRRORED]
     for relative in set(self._local_files()) - set(remote):  # A stale mirror: what the URL no longer has goes.
       os.remove(os.path.join(self.local, relative))
-    fs, _ = filesystem(self.url)
     for relative in remote:
-      files.write_bytes(os.path.join(self.local, relative), fs.cat_file(filesystem(self._remote(relative))[1]))
+      files.write_bytes(os.path.join(self.local, relative), self._fs.cat_file(self._inner(relative)))
     files.write_text(os.path.join(self.local, layout.MIRRORED), token + '\n')
     self._pushed = self._local_files()
     return len(remote)
@@ -133,7 +136,6 @@ class Mirror:
   def push(self, only: str | None = None) -> int:
     """Copies the mirror's new and changed files to the URL, removes there what the mirror lost; returns files
     copied. only: copy that one relative path and leave the token (what every process but 0 pushes, its log)."""
-    fs, _ = filesystem(self.url)
     current = self._local_files()
     if only is not None:
       current = {only: current[only]} if only in current else {}
@@ -142,15 +144,15 @@ class Mirror:
     if not changed and not gone:
       return 0
     for relative in changed:
-      fs.put_file(os.path.join(self.local, relative), filesystem(self._remote(relative))[1])
+      self._fs.put_file(os.path.join(self.local, relative), self._inner(relative))
     for relative in gone:
-      fs.rm_file(filesystem(self._remote(relative))[1])
+      self._fs.rm_file(self._inner(relative))
     self._pushed.update({relative: current[relative] for relative in changed})
     for relative in gone:
       self._pushed.pop(relative)
     if only is None:  # After the files: a cut-off push leaves the old token, so another machine pulls again.
       token = uuid.uuid4().hex
-      fs.pipe_file(filesystem(self._remote(layout.MIRRORED))[1], (token + '\n').encode())
+      self._fs.pipe_file(self._inner(layout.MIRRORED), (token + '\n').encode())
       files.write_text(os.path.join(self.local, layout.MIRRORED), token + '\n')
     return len(changed)
 
@@ -180,7 +182,7 @@ def located(path: str) -> str:
   for mirror in _MIRRORS:
     if path == mirror.local or path.startswith(mirror.local + os.sep):
       relative = os.path.relpath(path, mirror.local)
-      return mirror.url if relative == '.' else mirror._remote(relative)
+      return mirror.url if relative == '.' else mirror.url_of(relative)
   return path
 
 
