@@ -8,9 +8,10 @@ itself (<URL>/checkpoints/<step>/, every host its own shards). A run that starts
 mirror, unless the mirror holds the last copy this machine made (the token in `.mirrored`, in both places), so a
 run resumes on any machine: a fresh VM, another pod, after the VM was deleted.
 
-In a bucket a checkpoint is not given a manifest nor set aside when damaged: objects are written whole (the store
-checks each one's checksum on upload) and orbax marks a step committed only once every host's shards are written.
-The mirror's lock guards this machine only: two machines given the same URL are not stopped.
+In a bucket a checkpoint is not given a manifest nor set aside when damaged: a store writes each object whole or
+not at all (hashing it back would mean downloading every checkpoint) and orbax marks a step committed only once
+every host's shards are written, listing no other. The mirror's lock guards this machine only: two machines given
+the same URL are not stopped.
 
 `gs://` needs `gcsfs`. Orbax's own files go through the same `gcsfs` (orbax_through_fsspec), as tested; its arrays
 through TensorStore's own client.

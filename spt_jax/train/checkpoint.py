@@ -133,7 +133,7 @@ class DamagedCheckpoint(ValueError):
 
 def check_step(step_dir: str, full: bool = True) -> manifest.Problem | None:
   """Why a step folder may not be used (None when it passes): its manifest, or for a step without one, its JSON.
-  A step in a bucket passes: the store checked each object as it was written (storage/bucket.py)."""
+  A step in a bucket passes: a store writes each object whole or not at all (storage/bucket.py)."""
   if bucket.is_url(step_dir):
     return None
   if manifest.has_manifest(step_dir):
