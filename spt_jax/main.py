@@ -117,14 +117,14 @@ def main(argv):
     mirror = bucket.Mirror(workdir, local)
     workdir = mirror.local
   validate.check_folders(config, workdir, checkpoints_here=mirror is None)
+  if mirror is None:  # Several processes: one folder they all see, checked before anything is compiled.
+    sharding.check_shared_folder(workdir, 'workdir')
   compile_cache.enable(config.compilation_cache, config.data.cache_dir)  # Before the first compile.
   # Microbatches and remat the config left to the run, chosen for these devices (an explicit setting that does not
   # fit their memory stops here); on a CPU nothing is compiled.
   config = aot.fit_to_devices(config, jax.devices(), log=print if jax.process_index() == 0 else lambda line: None)
   if not _WORKDIR.value and jax.process_index() == 0:
     print(f'--workdir not given: the run writes to {workdir}', flush=True)
-  if mirror is None:
-    sharding.check_shared_folder(workdir, 'workdir')
   from spt_jax.train import loop, pipeline  # noqa: PLC0415  after absl parses the flags, so that --xla flags in the environment apply
 
   # One live run per workdir: a pipeline holds W and every stage folder, before any file in them is touched.
