@@ -1,5 +1,5 @@
 """Section 5: the best δ shifts with the budget. Sweep δ ∈ {0, 2, 5, 10}% with many finetuned checkpoints, fit
-the laws, and recommend δ per budget (the paper: 10% best early, then 5%, 2% past ~240B tokens on MusicPile).
+the laws, and recommend δ per budget (the paper, MusicPile: 10% best under about 30B tokens, smaller mixtures best at 200B).
 
   python -m experiments.budget --config=configs/musicpile.py:tiny --workdir=runs/music_budget
 """
@@ -41,7 +41,7 @@ def _report(base, workdirs: dict) -> None:
       common.paper_table(
         [
           ('best swept δ at the smallest budget', f'{100 * best[0]:g}%', 'budget/best_delta_small_budget'),
-          ('best swept δ at the largest budget', f'{100 * best[-1]:g}%', 'budget/best_delta_past_240b'),
+          ('best swept δ at the largest budget', f'{100 * best[-1]:g}%', 'budget/best_delta_at_200b'),
         ]
       ),
     ],

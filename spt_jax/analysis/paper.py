@@ -156,8 +156,8 @@ VALUES: dict[str, PaperValue] = {
   # §3.4, Fig. 9: the best δ moves with the budget (MusicPile, δ ∈ {0, 2, 5, 10}%).
   'budget/best_delta_small_budget': PaperValue(0.10, 'δ', 'Fig. 9, §3.4', 'budgets under about 30B tokens'),
   'budget/delta_10pct_degrades_from_tokens': PaperValue(50e9, 'tokens (about)', 'Fig. 9, §3.4', 'δ = 10%'),
-  'budget/best_delta_past_240b': PaperValue(
-    0.02, 'δ', 'Fig. 9, §3.4', 'about 240B tokens and beyond', 'then 5% after 10%; 2% past about 240B'
+  'budget/best_delta_at_200b': PaperValue(
+    None, 'δ', 'Fig. 9, §3.4', '200B tokens', 'smaller mixtures are best (the range is lost from the text)'
   ),
   'budget/spt_beats_npt': PaperValue(
     None, '', '§3.4', 'every budget', 'with a suitable δ, SPT beats NPT at every pretraining budget'
