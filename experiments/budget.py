@@ -1,5 +1,6 @@
 """Section 5: the best δ shifts with the budget. Sweep δ ∈ {0, 2, 5, 10}% with many finetuned checkpoints, fit
-the laws, and recommend δ per budget (the paper, MusicPile: 10% best under about 30B tokens, smaller mixtures best at 200B).
+the laws, and recommend δ per budget (the paper, MusicPile: 10% best under about 30B tokens, smaller mixtures best
+at 200B).
 
   python -m experiments.budget --config=configs/musicpile.py:tiny --workdir=runs/music_budget
 """

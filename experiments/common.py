@@ -168,12 +168,14 @@ def arms(base: ml_collections.ConfigDict, delta: float, seeds=(0,), prefix: str 
   return variants
 
 
-def write_report(title: str, sections: list, finetune_epochs: float | None = None) -> str:
-  """WORKDIR/report.md: the title, then the sections (markdown) separated by blank lines."""
+def write_report(title: str, sections: list, finetune_epochs: float | None = None, regime: str = '') -> str:
+  """WORKDIR/report.md: the title, then the sections (markdown) separated by blank lines, then the regime section
+  (regime_section, or `regime` when the study writes its own)."""
   from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   path = os.path.join(WORKDIR.value, layout.REPORT)
-  files.write_text(path, '\n\n'.join([f'# {title}', *sections, regime_section(finetune_epochs)]) + '\n')
+  regime = regime or regime_section(finetune_epochs)
+  files.write_text(path, '\n\n'.join([f'# {title}', *sections, regime]) + '\n')
   print(f'report: {path}')
   return path
 

@@ -175,15 +175,19 @@ def forecast(fit: str, delta: list[float], tokens: list[float], out: str = '') -
 
 
 def recommend(
-  fit: str,
-  tokens: list[float],
+  fit: str | None = None,
+  tokens: list[float] | None = None,
   objective: str = 'post_ft',
   delta_max: float | None = None,
   candidates: list[float] | None = None,
   crossover: list[float] | None = None,
+  pilots: list[str] | None = None,
   out: str = '',
 ):
-  """The best δ for each budget, and where one δ overtakes another: a scaling.Recommendation."""
+  """The best δ for each budget, and where one δ overtakes another: a scaling.Recommendation from a fit; or,
+  given pilot pipelines instead, the pilot δ with the lowest post-finetuning loss: a pilots.PilotPick."""
+  if pilots:
+    return _recommend_from_pilots(pilots, out)
   from spt_jax.analysis import plots, scaling  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   law = _load_law(fit)
@@ -206,6 +210,19 @@ def recommend(
       'Recommended δ',
       ['```\n' + '\n'.join(_dump(line) for line in lines) + '\n```', '![optimal δ](optimal_delta.png)'],
     )
+  return result
+
+
+def _recommend_from_pilots(workdirs: list[str], out: str):
+  from spt_jax.analysis import pilots  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+
+  result = pilots.pick(pilots.read(workdirs))
+  table = pilots.format_table(result)
+  print(table)
+  if out:
+    os.makedirs(out, exist_ok=True)
+    _write(out, layout.PILOTS, result.to_json())
+    _report(out, 'Recommended δ from pilots', [table])
   return result
 
 
@@ -283,7 +300,7 @@ COMMANDS = {
   'gains': ('npt', 'spt', 'npt_large', 'out', 'format'),
   'fit': ('runs', 'csv', 'bootstrap', 'loss', 'huber', 'max_delta', 'max_tokens', 'seed', 'out'),
   'forecast': ('fit', 'delta', 'tokens', 'out'),
-  'recommend': ('fit', 'tokens', 'objective', 'delta_max', 'candidates', 'crossover', 'out'),
+  'recommend': ('fit', 'tokens', 'objective', 'delta_max', 'candidates', 'crossover', 'pilots', 'out'),
   'cost': (
     'small',
     'large',
@@ -297,8 +314,8 @@ COMMANDS = {
   ),
   'similarity': ('tokenizer', 'max_tokens', 'embeddings', 'segments', 'seed', 'out', 'format'),
 }
-_REQUIRED = {'gains': ('npt', 'spt'), 'forecast': ('fit', 'delta', 'tokens'), 'recommend': ('fit', 'tokens')}
-_INPUTS = ('npt', 'spt', 'npt_large', 'runs', 'csv', 'fit', 'tokenizer')  # Paths that must exist.
+_REQUIRED = {'gains': ('npt', 'spt'), 'forecast': ('fit', 'delta', 'tokens')}
+_INPUTS = ('npt', 'spt', 'npt_large', 'runs', 'csv', 'fit', 'tokenizer', 'pilots')  # Paths that must exist.
 
 
 def _model(text: str) -> str:
@@ -325,6 +342,7 @@ def _flags() -> flags.FlagValues:
   cli.define('max_delta', None, 'fit: fit only runs with δ ≤ this (forecast the rest)', _delta, **define)
   flags.DEFINE_integer('seed', 0, 'fit, similarity: random seed', lower_bound=0, **define)
   flags.DEFINE_string('fit', None, 'forecast, recommend: fit.json written by `plan fit`', **define)
+  flags.DEFINE_list('pilots', None, 'recommend: pilot pipeline workdirs, one per δ (instead of --fit)', **define)
   cli.define_list('delta', None, 'forecast: δ values (fractions, or percentages with %)', _delta, **define)
   cli.define_list('tokens', None, 'forecast, recommend: token budgets (200e9, 200B, 1.5T)', _tokens, **define)
   flags.DEFINE_enum('objective', 'post_ft', ['post_ft', 'test'], 'recommend: the loss minimised', **define)
@@ -376,6 +394,13 @@ def _arguments(fv: flags.FlagValues, rest: list[str]) -> tuple[str, dict]:
     raise cli.UsageError(f'`plan {command}` needs --{missing[0]}')
   if command == 'fit' and ('runs' in given) == ('csv' in given):
     raise cli.UsageError('`plan fit` needs either --runs W1,W2,... or --csv FILE')
+  if command == 'recommend':
+    fit_flags = ('fit', 'tokens', 'delta_max', 'candidates', 'crossover', 'objective')
+    from_fit = [name for name in fit_flags if name in given]
+    if 'pilots' in given and from_fit:
+      raise cli.UsageError(f'--pilots picks among the pilots themselves: drop --{from_fit[0]} (it belongs to --fit)')
+    if 'pilots' not in given and ('fit' not in given or 'tokens' not in given):
+      raise cli.UsageError('`plan recommend` needs --fit FIT.json with --tokens, or --pilots W1,W2,W3')
   if positional and command != 'similarity':
     raise cli.UsageError(f'`plan {command}` takes no positional arguments (got {positional[0]!r})')
   if command == 'similarity' and len(positional) < 2:

@@ -37,6 +37,7 @@ ENTRY_POINTS = [
   ('experiments.headline', ['--workdir=W'], '--seeds=one', 'seeds'),
   ('experiments.model_size', ['--workdir=W'], '--presets=cpu-2m,olmo-9b', 'presets'),
   ('experiments.overlap', ['--workdir=W'], '--shares=0.1', 'shares'),
+  ('experiments.pilots', ['--workdir=W'], '--pilot_deltas=0.01,0.02,0.05,0.1', 'pilot_deltas'),
   ('experiments.replay', ['--workdir=W'], '--replay=1', 'replay'),
   ('experiments.similarity', ['--workdir=W'], '--delta=0', 'delta'),
 ]

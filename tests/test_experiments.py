@@ -139,3 +139,31 @@ def test_forecast_check_fits_a_subset_then_scores_the_rest(tmp_path):
   for entry in report['later_tokens'].values():
     assert entry['tokens'][0] > 0.6 * 8 * 32 * 40
   assert 'Fig. 13' in (study / 'report.md').read_text()
+
+
+@pytest.mark.slow
+def test_pilots_pick_a_delta_and_the_brute_force_scores_it(tmp_path):
+  study = tmp_path / 'study'
+  command = [
+    sys.executable,
+    '-m',
+    'experiments.pilots',
+    '--config=configs/proofpile.py:test',
+    f'--workdir={study}',
+    '--deltas=0,0.05,0.1',
+    '--pilot_deltas=0.05,0.1',
+    *_data_overrides(tmp_path),
+  ]
+  out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads((study / 'pilots_check.json').read_text())
+  pilots = result['pick']['pilots']  # cpu-40k with the test's vocabulary of 300 (padded to 384).
+  assert [p['delta'] for p in pilots] == [0.05, 0.1] and all(p['params'] == 20_480 + 384 * 32 for p in pilots)
+  assert result['pick']['best_delta'] == min(pilots, key=lambda p: p['post_ft'])['delta']
+  brute = {row['delta']: row['post_ft'] for row in result['brute_force']}
+  assert set(brute) == {0.0, 0.05, 0.1}
+  best = min(brute.values())
+  assert result['regret_pct']['paper'] == pytest.approx(100 * (brute[result['pick']['best_delta']] - best) / best)
+  assert 0.08 < result['pilot_flops_over_target_run'] <= 0.1  # Both pilots, against one run (whole steps: 8 of 40).
+  assert result['pilot_flops_over_brute_force'] == pytest.approx(result['pilot_flops_over_target_run'] / 3, rel=1e-6)
+  assert 'pilots pick' in (study / 'report.md').read_text()

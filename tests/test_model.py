@@ -54,6 +54,7 @@ def test_causality():
     ('olmo-300m', 305_561_600, 241_172_480),
     ('cpu-600k', 638_976, 589_824),
     ('cpu-160k', 163_840, 131_072),
+    ('cpu-40k', 36_864, 20_480),
   ],
 )
 def test_preset_parameter_counts(name, total, non_embedding):

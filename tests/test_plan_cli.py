@@ -7,6 +7,7 @@ import pytest
 
 from spt_jax import plan
 from spt_jax.analysis import runs, scaling
+from spt_jax.model import flops
 from tests import test_scaling
 
 
@@ -19,7 +20,7 @@ def _write_pipeline(root, delta, seed, nan_row=False, tokenizer='bpe-1234', with
     'stage': 'pretrain',
     'mixture': {'domain_fraction': delta, 'stages': []},
     'data': {'seq_len': 128, 'tokenizer': 'bpe'},
-    'model': {'preset': 'cpu-2m'},
+    'model': dict(flops.PRESETS['cpu-2m'], preset='cpu-2m'),
   }
   (workdir / 'pretrain' / 'config.json').write_text(json.dumps(config))
   records = [{'step': 0, 'tokens': 0, 'eval/domain_test/loss': 9.0, 'eval/domain_train/loss': 9.0}]
@@ -262,3 +263,31 @@ def test_outputs_are_strict_json(tmp_path):
   """An undefined value (a NaN from a diverged fit) is written as null, never as a bare NaN."""
   path = plan._write(str(tmp_path), 'x.json', {'gap': float('nan'), 'values': np.array([1.0, np.inf])})
   assert json.loads(open(path).read(), parse_constant=pytest.fail) == {'gap': None, 'values': [1.0, None]}
+
+
+def test_recommend_from_pilots_picks_the_lowest_post_finetuning_loss(workdirs, tmp_path, capsys):
+  """`plan recommend --pilots`: the δ of the pilot whose finetunes from its last checkpoint reach the lowest loss."""
+  law, chosen = test_scaling.true_law(), workdirs[2:5]  # δ = 1, 2, 5%.
+  out = tmp_path / 'pilots'
+  assert plan.main(['recommend', '--pilots', ','.join(chosen), '--out', str(out)]) == 0
+  assert 'Pick: δ =' in capsys.readouterr().out
+  result = json.loads((out / 'pilots.json').read_text())
+  deltas = [0.01, 0.02, 0.05]
+  # The fixture's best finetune from the last checkpoint (2e11 tokens) is the law's post-FT loss there; the
+  # earlier checkpoints' finetunes (other budgets) are not the pilot's result.
+  expected = {d: float(law.post_ft_loss(d, 2e11)) for d in deltas}
+  assert [p['post_ft'] for p in result['pilots']] == pytest.approx([expected[d] for d in deltas])
+  assert result['best_delta'] == min(deltas, key=expected.get)
+  assert result['best_delta_clean'] is None  # The fixture has no validation split.
+  assert result['train_flops'] == pytest.approx(3 * flops.train_flops_per_token(flops.PRESETS['cpu-2m'], 128) * 2e11)
+  assert (out / 'report.md').exists()
+
+  # A command line mixing the two ways is one line (exit 2); pilots that cannot be compared are one line (exit 1).
+  assert plan.main(['recommend', '--pilots', chosen[0], '--tokens', '1e9']) == 2
+  assert 'drop --tokens' in capsys.readouterr().err
+  assert plan.main(['recommend']) == 2
+  assert 'needs --fit' in capsys.readouterr().err
+  assert plan.main(['recommend', '--pilots', f'{chosen[0]},{chosen[0]}']) == 1
+  assert 'repeat a δ' in capsys.readouterr().err
+  assert plan.main(['recommend', '--pilots', chosen[0]]) == 1
+  assert 'at least two pilots' in capsys.readouterr().err

@@ -4,8 +4,9 @@ import pathlib
 
 import pytest
 
+from spt_jax.model import flops
 from spt_jax.train import config as config_lib
-from spt_jax.train import regime
+from spt_jax.train import regime, run_plan
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -36,3 +37,37 @@ def test_epochs_before_the_domain_loss_turns_up():
   assert regime.epochs_before_turn([10, 20, 30, 40], [3.0, 2.5, 2.6, 2.9], 100, 1000) == pytest.approx(2.0)
   assert regime.epochs_before_turn([10, 20, 30], [3.0, 2.5, 2.4], 100, 1000) is None  # Never turned up.
   assert regime.epochs_before_turn([10], [3.0], 100, 1000) is None
+
+
+@pytest.mark.parametrize(
+  'spec, preset', [('configs/musicpile.py:study', 'cpu-40k'), ('configs/proofpile.py:1b', 'olmo-300m')]
+)
+def test_a_scale_model_keeps_the_runs_ratios_at_a_tenth_of_its_compute(spec, preset):
+  """Three pilots of the scale model cost at most 10% of the run (and nearly all of it), and keep its ratios."""
+  config = config_lib.load(str(ROOT / spec))
+  pilot, k = regime.scale_model(config, 0.05, preset, compute=0.1, count=3)
+  assert pilot.model.preset == preset and pilot.model.vocab_size == config.model.vocab_size
+  assert pilot.mixture.domain_fraction == 0.05 and pilot.data.test_tokens == config.data.test_tokens
+
+  def run_flops(c):
+    return flops.train_flops_per_token(c.model, c.data.seq_len) * run_plan.make(c, 'pretrain').tokens
+
+  assert 0.095 <= 3 * run_flops(pilot) / run_flops(config) <= 0.1
+  run = regime.of_config('run', config, config.data.domain_max_tokens)
+  small = regime.of_config('pilot', pilot, pilot.data.domain_max_tokens)
+  assert small.tokens < run.tokens / k * 1.001 and small.params < run.params
+  for delta in regime.PAPER_DELTAS:  # Whole steps and whole tokens: equal to a step's rounding.
+    assert small.domain_epochs[delta] == pytest.approx(run.domain_epochs[delta], rel=0.02)
+  end = max(run.lr_at_budget)
+  assert small.lr_at_budget[max(small.lr_at_budget)] == pytest.approx(run.lr_at_budget[end], rel=1e-3)
+  assert small.finetune_batch_over_domain == pytest.approx(run.finetune_batch_over_domain, rel=0.2)  # Whole sequences.
+  assert small.finetune_lr_ratio == run.finetune_lr_ratio
+
+
+def test_a_scale_model_that_cannot_fit_is_one_line():
+  config = config_lib.load(str(ROOT / 'configs/musicpile.py:study'))
+  with pytest.raises(ValueError, match='choose a smaller preset'):
+    regime.scale_model(config, 0.05, 'cpu-600k', compute=0.1, count=3)
+  config.data.domain_max_tokens = 0
+  with pytest.raises(ValueError, match='domain_max_tokens'):
+    regime.scale_model(config, 0.05, 'cpu-40k', compute=0.1, count=3)

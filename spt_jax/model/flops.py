@@ -40,6 +40,10 @@ PRESETS: dict[str, dict] = {
   'cpu-160k': dict(
     vocab_size=512, d_model=64, n_layers=2, n_heads=4, mlp_dim=256, rope_theta=10_000.0, layer_norm_eps=1e-5
   ),
+  # cpu-160k at half the width and a quarter of the MLP, same depth and vocabulary: its pilots' scale model.
+  'cpu-40k': dict(
+    vocab_size=512, d_model=32, n_layers=2, n_heads=2, mlp_dim=64, rope_theta=10_000.0, layer_norm_eps=1e-5
+  ),
 }
 
 # Peak dense bf16 FLOP/s per chip, for MFU; unknown devices (CPUs) are measured unless config.peak_flops is set.

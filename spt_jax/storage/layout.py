@@ -27,6 +27,7 @@ METADATA = 'metadata.json'  # Prepared data: what was prepared from which files,
 PREPARED_CHECKSUMS = 'checksums.json'  # Prepared data: the checks of METADATA and TOKENIZER.
 FIT = 'fit.json'  # `plan fit`: the joint law, its parameters with intervals, the finetuning fits, residuals.
 RECOMMEND = 'recommend.jsonl'  # `plan recommend`: the best δ per budget, one JSON record a line.
+PILOTS = 'pilots.json'  # `plan recommend --pilots`: the pilots, their losses and the δ picked.
 
 
 def log_name(process_index: int, process_count: int) -> str:

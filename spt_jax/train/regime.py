@@ -9,8 +9,10 @@ The paper's column is computed from the base config (OLMo-1B, Appendix B) the sa
 import dataclasses
 import math
 
+import ml_collections
+
 from spt_jax.data import paper_data
-from spt_jax.model import flops
+from spt_jax.model import decoder, flops
 from spt_jax.storage import markdown
 from spt_jax.train import config as config_lib
 from spt_jax.train import run_plan
@@ -66,6 +68,70 @@ def of_config(
     finetune_batch_over_domain=config.finetune.batch_size * config.data.seq_len / domain_tokens,
     finetune_epochs_before_turn=finetune_epochs_before_turn,
   )
+
+
+# Lengths in steps and in tokens that a scale model cuts by its factor, so that each keeps its share of the run.
+_STEP_KEYS = ('eval_every', 'checkpoint_every', 'log_every', 'schedule.warmup_steps')
+_TOKEN_KEYS = ('data.domain_max_tokens', 'data.general_max_tokens', 'schedule.horizon_tokens', 'schedule.warmup_tokens')
+
+
+def _get(config, dotted: str):
+  for part in dotted.split('.'):
+    config = config[part]
+  return config
+
+
+def scale_model(config, delta: float, preset: str, compute: float, count: int) -> tuple:
+  """A pilot at δ: the run of `config` in miniature, one of `count` that together cost `compute` of its
+  pretraining FLOPs. Returns (the pilot's config, k).
+
+  The model is `preset` (the run's vocabulary and dtype); the run's tokens, its domain and general sets (by whole
+  documents; the held-out sets stay the same) and its lengths in steps and tokens (warmup, evaluations,
+  checkpoints, the cosine's horizon) shrink by one factor k, and so does a finetuning batch. So δ, the domain
+  epochs at δ, the LR at the end ÷ peak, a finetuning batch ÷ the domain set and a finetuning epoch in steps stay
+  the run's; tokens per parameter move by (the run's parameters ÷ the pilot's) ÷ k.
+  """
+  if not config.data.domain_max_tokens:
+    raise ValueError("a scale model shrinks the domain set: set --config.data.domain_max_tokens to the run's size")
+  if config.mixture.stages:
+    raise ValueError('a scale model of a staged mixture (mixture.stages) is not supported; give a domain_fraction')
+  small = decoder.preset_config(preset)
+  small.update(dtype=config.model.dtype, vocab_size=config.model.vocab_size)
+  seq_len = config.data.seq_len
+  per_token = flops.train_flops_per_token(config.model, seq_len) / flops.train_flops_per_token(small, seq_len)
+  if per_token <= 1:
+    raise ValueError(
+      f"the model {preset} is not smaller than the run's ({1 / per_token:.2f} of its FLOPs per token); choose a "
+      'smaller preset'
+    )
+  k = count / (compute * per_token)
+  if k <= 1:
+    raise ValueError(
+      f'the model {preset} costs {1 / per_token:.2f} of the run per token: {count} scale models within {compute:g} '
+      'of its compute would need more tokens than the run; choose a smaller preset'
+    )
+  plan = run_plan.make(config, 'pretrain')
+  steps = int(plan.tokens / k) // plan.tokens_per_step  # Rounded down: the scale models stay within their compute.
+  if steps < 1:
+    raise ValueError(f'a scale model of 1/{k:.1f} of the run has no whole step: give it more compute')
+  values = {
+    'model': small.to_dict(),
+    'tokens': steps * plan.tokens_per_step,
+    'steps': 0,
+    'mixture.domain_fraction': delta,
+    'finetune.batch_size': max(1, round(config.finetune.batch_size / k)),
+    'finetune.from_steps': (),
+    'eval_intervals': tuple((name, max(1, round(every / k))) for name, every in config.eval_intervals),
+  }
+  for key in _STEP_KEYS:
+    value = _get(config, key)
+    values[key] = max(1, round(value / k)) if value > 0 else value
+  for key in _TOKEN_KEYS:
+    value = _get(config, key)
+    values[key] = max(1, int(value / k)) if value > 0 else value
+  pilot = ml_collections.ConfigDict(config.to_dict())
+  pilot.update_from_flattened_dict(values)
+  return pilot, k
 
 
 def paper() -> Regime:
