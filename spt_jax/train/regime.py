@@ -99,9 +99,9 @@ def scale_model(config, delta: float, preset: str, compute: float, count: int) -
   small.update(dtype=config.model.dtype, vocab_size=config.model.vocab_size)
   seq_len = config.data.seq_len
   per_token = flops.train_flops_per_token(config.model, seq_len) / flops.train_flops_per_token(small, seq_len)
-  if per_token <= 1:
+  if per_token < 1:
     raise ValueError(
-      f"the model {preset} is not smaller than the run's ({1 / per_token:.2f} of its FLOPs per token); choose a "
+      f"the model {preset} is larger than the run's ({1 / per_token:.2f} of its FLOPs per token); choose a "
       'smaller preset'
     )
   k = count / (compute * per_token)
