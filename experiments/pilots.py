@@ -44,11 +44,6 @@ flags.register_validator(
 )
 
 
-def target_flops(config) -> float:
-  """Pretraining model FLOPs of a run of this config (flops.train_flops_per_token × its tokens)."""
-  return flops.train_flops_per_token(config.model, config.data.seq_len) * common.pretrain_tokens(config)
-
-
 def _pilots(base) -> dict:
   from spt_jax.train import regime  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
@@ -95,7 +90,7 @@ def _report(base, workdirs: dict) -> None:
   first_pilot = next(iter(pilot_configs.values()))
   pick = common.analyse('recommend', pilots=pilot_dirs).result
   brute = _brute_force(workdirs)
-  one_run = target_flops(base)
+  one_run = brute[0].train_flops  # Every brute-force run is a target run: same model, same tokens.
   brute_flops = sum(run.train_flops for run in brute)
   checks = {
     'paper': (pick.best_delta, lambda run: run.post_ft),
@@ -147,14 +142,20 @@ def _report(base, workdirs: dict) -> None:
     f'{result["pilot_flops_over_brute_force"]:.4f} of the brute force ({len(brute)} runs); model FLOPs '
     '(spt_jax/model/flops.py), finetuning not counted.',
   ]
+  # The domain sets the runs drew (whole documents, so they can differ much from the subsample targets).
+  target_domain = max((r.domain_tokens for r in brute if r.domain_tokens), default=base.data.domain_max_tokens)
+  pilot_domain = max((p.domain_tokens for p in pick.pilots if p.domain_tokens), default=0)
   table = regime.table(
     [
       regime.paper(),
-      regime.of_config(f'target ({common.config_name()})', base, base.data.domain_max_tokens),
-      regime.of_config('each pilot', first_pilot, first_pilot.data.domain_max_tokens),
+      regime.of_config(f'target ({common.config_name()})', base, target_domain),
+      regime.of_config('each pilot', first_pilot, pilot_domain or first_pilot.data.domain_max_tokens),
     ]
   )
-  where = 'Domain training tokens: the subsample targets (`data.domain_max_tokens`); budget points are fifths of a run.'
+  where = (
+    'Domain training tokens: the domain sets the runs drew, from their accounting (the subsample targets: '
+    f'{base.data.domain_max_tokens:,} and {first_pilot.data.domain_max_tokens:,}); budget points are fifths of a run.'
+  )
   common.write_report(
     f'Pilots against brute force on {common.config_name()}', lines, regime=f'## Regime\n\n{table}\n\n{where}'
   )

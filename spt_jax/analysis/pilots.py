@@ -19,12 +19,12 @@ from spt_jax.storage import markdown, records
 class Pilot:
   """One pilot pipeline: its δ, size, training compute and best losses (None where a protocol has no value)."""
 
-  name: str
-  path: str
+  name: str  # The workdir's folder name.
   delta: float
   params: int
   tokens: int
   train_flops: float  # Pretraining model FLOPs (the finetunes are not counted).
+  domain_tokens: int | None  # The domain training set the pretraining drew from (its accounting; None at δ = 0).
   pre_ft: float | None  # Domain test loss at the end of pretraining.
   post_ft: float | None  # Best post-finetuning domain test loss, the paper's protocol.
   post_ft_clean: float | None  # The test loss at the step and grid point chosen on validation.
@@ -81,11 +81,11 @@ def read(workdirs: list[str]) -> list[Pilot]:
     pilots.append(
       Pilot(
         name=run.name,
-        path=run.path,
         delta=run.domain_fraction,
         params=int(run.summary.params or 0),
         tokens=int(run.summary.tokens),
         train_flops=pipeline_flops(run),
+        domain_tokens=run.summary.domain_set_tokens,
         pre_ft=final.get('domain_test'),
         post_ft=paper.best_domain_test_loss if paper else None,
         post_ft_clean=clean.clean.domain_test_loss if clean else None,
