@@ -28,6 +28,17 @@ def _data_overrides(tmp_path) -> list:
   ]
 
 
+def _study(tmp_path, name: str, *arguments: str):
+  """`python -m experiments.<name>` at the test size on _data_overrides' sets into tmp_path/study; checks exit 0."""
+  study = tmp_path / 'study'
+  command = [sys.executable, '-m', f'experiments.{name}', '--config=configs/proofpile.py:test', f'--workdir={study}']
+  out = subprocess.run(
+    [*command, *arguments, *_data_overrides(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  return study
+
+
 @pytest.mark.slow
 def test_delta_sweep_trains_every_variant_then_analyses(tmp_path):
   study, settings = tmp_path / 'study', _data_overrides(tmp_path) + ['--config.eval_every=5']
@@ -117,21 +128,9 @@ def test_headline_runs_both_arms_per_seed_then_reports(tmp_path):
 
 @pytest.mark.slow
 def test_forecast_check_fits_a_subset_then_scores_the_rest(tmp_path):
-  study = tmp_path / 'study'
-  command = [
-    sys.executable,
-    '-m',
-    'experiments.forecast_check',
-    '--config=configs/proofpile.py:test',
-    f'--workdir={study}',
-    '--deltas=0,0.05,0.1,0.2',
-    '--checkpoints=1',
-    '--max_delta=0.1',
-    '--config.eval_every=2',
-    *_data_overrides(tmp_path),
-  ]
-  out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-  assert out.returncode == 0, out.stderr[-3000:]
+  study = _study(
+    tmp_path, 'forecast_check', '--deltas=0,0.05,0.1,0.2', '--checkpoints=1', '--max_delta=0.1', '--config.eval_every=2'
+  )
   report = json.loads((study / 'forecast_check.json').read_text())
   assert report['fitted_on'] == {'max_delta': 0.1, 'max_tokens': pytest.approx(0.6 * 8 * 32 * 40)}
   assert list(report['held_out_delta']) == ['0.2']  # Never fitted: its whole curve is forecast.
@@ -143,19 +142,7 @@ def test_forecast_check_fits_a_subset_then_scores_the_rest(tmp_path):
 
 @pytest.mark.slow
 def test_pilots_pick_a_delta_and_the_brute_force_scores_it(tmp_path):
-  study = tmp_path / 'study'
-  command = [
-    sys.executable,
-    '-m',
-    'experiments.pilots',
-    '--config=configs/proofpile.py:test',
-    f'--workdir={study}',
-    '--deltas=0,0.05,0.1',
-    '--pilot_deltas=0.05,0.1',
-    *_data_overrides(tmp_path),
-  ]
-  out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-  assert out.returncode == 0, out.stderr[-3000:]
+  study = _study(tmp_path, 'pilots', '--deltas=0,0.05,0.1', '--pilot_deltas=0.05,0.1')
   result = json.loads((study / 'pilots_check.json').read_text())
   pilots = result['pick']['pilots']  # cpu-40k with the test's vocabulary of 300 (padded to 384).
   assert [p['delta'] for p in pilots] == [0.05, 0.1] and all(p['params'] == 20_480 + 384 * 32 for p in pilots)
