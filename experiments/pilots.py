@@ -29,7 +29,7 @@ _PILOT_DELTAS = cli.define_list(
 )
 _PILOT_PRESET = cli.define(
   'pilot_preset',
-  'cpu-40k',
+  'cpu-25k',
   "The pilots' model: a preset smaller than the target's, of the same depth where one exists.",
   cli.item(str, flops.PRESETS.__contains__, f'a model preset: one of {", ".join(flops.PRESETS)}'),
 )

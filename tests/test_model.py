@@ -55,6 +55,7 @@ def test_causality():
     ('cpu-600k', 638_976, 589_824),
     ('cpu-160k', 163_840, 131_072),
     ('cpu-40k', 36_864, 20_480),
+    ('cpu-25k', 26_112, 13_824),
   ],
 )
 def test_preset_parameter_counts(name, total, non_embedding):

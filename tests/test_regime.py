@@ -64,6 +64,20 @@ def test_a_scale_model_keeps_the_runs_ratios_at_a_tenth_of_its_compute(spec, pre
   assert small.finetune_lr_ratio == run.finetune_lr_ratio
 
 
+def test_a_scale_model_small_enough_keeps_the_runs_tokens_per_parameter_too():
+  """Three pilots of cpu-25k at a cpu-160k run's tokens per parameter fit in a tenth of it: k is the parameter ratio."""
+  config = config_lib.load(str(ROOT / 'configs/musicpile.py:study'))
+  pilot, k = regime.scale_model(config, 0.05, 'cpu-25k', compute=0.1, count=3)
+  assert k == pytest.approx(flops.count_params(config.model)[0] / flops.count_params(pilot.model)[0])
+  run = regime.of_config('run', config, config.data.domain_max_tokens)
+  small = regime.of_config('pilot', pilot, pilot.data.domain_max_tokens)
+  assert small.tokens_per_param == pytest.approx(run.tokens_per_param, rel=0.01)  # Whole steps.
+  assert small.domain_tokens_per_param == pytest.approx(run.domain_tokens_per_param, rel=0.01)
+  plan, pilot_plan = run_plan.make(config, 'pretrain'), run_plan.make(pilot, 'pretrain')
+  compute = 3 * flops.train_flops_per_token(pilot.model, 64) * pilot_plan.tokens
+  assert 0.08 < compute / (flops.train_flops_per_token(config.model, 64) * plan.tokens) < 0.1
+
+
 def test_a_scale_model_that_cannot_fit_is_one_line():
   config = config_lib.load(str(ROOT / 'configs/musicpile.py:study'))
   with pytest.raises(ValueError, match='choose a smaller preset'):

@@ -89,7 +89,9 @@ def scale_model(config, delta: float, preset: str, compute: float, count: int) -
   documents; the held-out sets stay the same) and its lengths in steps and tokens (warmup, evaluations,
   checkpoints, the cosine's horizon) shrink by one factor k, and so does a finetuning batch. So δ, the domain
   epochs at δ, the LR at the end ÷ peak, a finetuning batch ÷ the domain set and a finetuning epoch in steps stay
-  the run's; tokens per parameter move by (the run's parameters ÷ the pilot's) ÷ k.
+  the run's. k is the run's parameters ÷ the pilot's, which keeps tokens and domain tokens per parameter the run's
+  too, when `count` such pilots fit in `compute`; else the larger k that fits, and tokens per parameter fall by
+  (the run's parameters ÷ the pilot's) ÷ k.
   """
   if not config.data.domain_max_tokens:
     raise ValueError("a scale model shrinks the domain set: set --config.data.domain_max_tokens to the run's size")
@@ -104,7 +106,7 @@ def scale_model(config, delta: float, preset: str, compute: float, count: int) -
       f"the model {preset} is larger than the run's ({1 / per_token:.2f} of its FLOPs per token); choose a "
       'smaller preset'
     )
-  k = count / (compute * per_token)
+  k = max(flops.count_params(config.model)[0] / flops.count_params(small)[0], count / (compute * per_token))
   if k <= 1:
     raise ValueError(
       f'the model {preset} costs {1 / per_token:.2f} of the run per token: {count} scale models within {compute:g} '
