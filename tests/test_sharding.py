@@ -147,7 +147,8 @@ _FULL_SPECS = {
     'blocks/down/kernel': [None, None, None],
   },
 }
-# olmo-600m has 15 heads, olmo-300m 10, cpu-40k and cpu-25k 2: a tensor axis that does not divide them leaves the heads whole.
+# olmo-600m has 15 heads, olmo-300m 10, cpu-40k and cpu-25k 2: a tensor axis that does not divide them leaves the
+# heads whole.
 _HEADS_WHOLE = {
   ('olmo-600m', 2): {'blocks/q/kernel': [None, 'fsdp', None, None], 'blocks/o/kernel': [None, None, None, 'fsdp']},
   ('olmo-600m', 4): {'blocks/q/kernel': [None, 'fsdp', None, None], 'blocks/o/kernel': [None, None, None, 'fsdp']},
