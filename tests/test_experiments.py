@@ -28,37 +28,21 @@ def _data_overrides(tmp_path) -> list:
   ]
 
 
-def _study(tmp_path, name: str, *arguments: str):
-  """`python -m experiments.<name>` at the test size on _data_overrides' sets into tmp_path/study; checks exit 0."""
+def _study(tmp_path, name: str, *arguments: str, runs: int = 1):
+  """`python -m experiments.<name>` at the test size on _data_overrides' sets into tmp_path/study, `runs` times
+  (a finished study run again trains nothing); checks exit 0. Returns the folder and the last run's stderr."""
   study = tmp_path / 'study'
   command = [sys.executable, '-m', f'experiments.{name}', '--config=configs/proofpile.py:test', f'--workdir={study}']
-  out = subprocess.run(
-    [*command, *arguments, *_data_overrides(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  return study
+  command += [*arguments, *_data_overrides(tmp_path)]
+  for _ in range(runs):
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+  return study, out.stderr
 
 
 @pytest.mark.slow
 def test_delta_sweep_trains_every_variant_then_analyses(tmp_path):
-  study, settings = tmp_path / 'study', _data_overrides(tmp_path) + ['--config.eval_every=5']
-  out = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'experiments.delta_sweep',
-      '--config=configs/proofpile.py:test',
-      f'--workdir={study}',
-      '--deltas=0,0.05,0.1,0.2',
-      '--checkpoints=1',
-      *settings,
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
+  study, _ = _study(tmp_path, 'delta_sweep', '--deltas=0,0.05,0.1,0.2', '--checkpoints=1', '--config.eval_every=5')
   for name in ('delta_0pct', 'delta_5pct', 'delta_10pct', 'delta_20pct'):
     summary = json.loads((study / name / 'summary.json').read_text())
     assert len(summary['finetunes']) == 2  # From the last pretraining step and from one earlier checkpoint.
@@ -92,19 +76,8 @@ def test_a_study_stopped_by_sigterm_between_its_runs_exits_0_with_one_line(tmp_p
 
 @pytest.mark.slow
 def test_headline_runs_both_arms_per_seed_then_reports(tmp_path):
-  study, settings = tmp_path / 'study', _data_overrides(tmp_path)
-  command = [
-    sys.executable,
-    '-m',
-    'experiments.headline',
-    '--config=configs/proofpile.py:test',
-    f'--workdir={study}',
-    '--seeds=0,1',
-    '--delta=0.2',
-    *settings,
-  ]
-  out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
+  study, again = _study(tmp_path, 'headline', '--seeds=0,1', '--delta=0.2', runs=2)  # The second finds it finished.
+  assert 'already finished' in again, again[-3000:]
   result = json.loads((study / 'headline.json').read_text())
   assert [r['seed'] for r in result['rows']] == [0, 1] and result['gain_pct']['n'] == 2 == result['seeds']
   for row in result['rows']:  # Each seed's pair really differs in δ and shares its seed.
@@ -122,13 +95,11 @@ def test_headline_runs_both_arms_per_seed_then_reports(tmp_path):
   sizes = [records.RunSummary.from_json(json.loads(path.read_text())).domain_set_tokens for path in summaries]
   assert f'| domain training tokens | 300,000,000 | {min(sizes):,} |' in report  # What the runs drew from.
   assert 'measured from the accounting' in report
-  again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)  # Finished: no training.
-  assert again.returncode == 0 and 'already finished' in again.stderr, again.stderr[-3000:]
 
 
 @pytest.mark.slow
 def test_forecast_check_fits_a_subset_then_scores_the_rest(tmp_path):
-  study = _study(
+  study, _ = _study(
     tmp_path, 'forecast_check', '--deltas=0,0.05,0.1,0.2', '--checkpoints=1', '--max_delta=0.1', '--config.eval_every=2'
   )
   report = json.loads((study / 'forecast_check.json').read_text())
@@ -144,7 +115,7 @@ def test_forecast_check_fits_a_subset_then_scores_the_rest(tmp_path):
 def test_pilots_pick_a_delta_and_the_brute_force_scores_it(tmp_path):
   # cpu-40k, not the default cpu-25k: at this small target two of its pilots, at the target's tokens per parameter,
   # cost nearly the 10% allowed (0.09; cpu-25k's 0.04), which the last assertions check.
-  study = _study(tmp_path, 'pilots', '--deltas=0,0.05,0.1', '--pilot_deltas=0.05,0.1', '--pilot_preset=cpu-40k')
+  study, _ = _study(tmp_path, 'pilots', '--deltas=0,0.05,0.1', '--pilot_deltas=0.05,0.1', '--pilot_preset=cpu-40k')
   result = json.loads((study / 'pilots_check.json').read_text())
   pilots = result['pick']['pilots']  # With the test's vocabulary of 300 (padded to 384).
   assert [p['delta'] for p in pilots] == [0.05, 0.1] and all(p['params'] == 20_480 + 384 * 32 for p in pilots)

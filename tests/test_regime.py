@@ -11,6 +11,11 @@ from spt_jax.train import regime, run_plan
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def _run_flops(config) -> float:
+  """Pretraining model FLOPs of a run of this config."""
+  return flops.train_flops_per_token(config.model, config.data.seq_len) * run_plan.make(config, 'pretrain').tokens
+
+
 def test_paper_ratios_from_appendix_b():
   paper = regime.paper()
   assert paper.tokens_per_param == pytest.approx(170, rel=0.01)  # 200B tokens on 1.18B parameters.
@@ -48,11 +53,7 @@ def test_a_scale_model_keeps_the_runs_ratios_at_a_tenth_of_its_compute(spec, pre
   pilot, k = regime.scale_model(config, 0.05, preset, compute=0.1, count=3)
   assert pilot.model.preset == preset and pilot.model.vocab_size == config.model.vocab_size
   assert pilot.mixture.domain_fraction == 0.05 and pilot.data.test_tokens == config.data.test_tokens
-
-  def run_flops(c):
-    return flops.train_flops_per_token(c.model, c.data.seq_len) * run_plan.make(c, 'pretrain').tokens
-
-  assert 0.095 <= 3 * run_flops(pilot) / run_flops(config) <= 0.1
+  assert 0.095 <= 3 * _run_flops(pilot) / _run_flops(config) <= 0.1
   run = regime.of_config('run', config, config.data.domain_max_tokens)
   small = regime.of_config('pilot', pilot, pilot.data.domain_max_tokens)
   assert small.tokens < run.tokens / k * 1.001 and small.params < run.params
@@ -73,9 +74,7 @@ def test_a_scale_model_small_enough_keeps_the_runs_tokens_per_parameter_too():
   small = regime.of_config('pilot', pilot, pilot.data.domain_max_tokens)
   assert small.tokens_per_param == pytest.approx(run.tokens_per_param, rel=0.01)  # Whole steps.
   assert small.domain_tokens_per_param == pytest.approx(run.domain_tokens_per_param, rel=0.01)
-  plan, pilot_plan = run_plan.make(config, 'pretrain'), run_plan.make(pilot, 'pretrain')
-  compute = 3 * flops.train_flops_per_token(pilot.model, 64) * pilot_plan.tokens
-  assert 0.08 < compute / (flops.train_flops_per_token(config.model, 64) * plan.tokens) < 0.1
+  assert 0.08 < 3 * _run_flops(pilot) / _run_flops(config) < 0.1
 
 
 def test_a_scale_model_that_cannot_fit_is_one_line():
