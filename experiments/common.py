@@ -11,8 +11,8 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from typing import Any
 
-import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
@@ -39,13 +39,14 @@ CHECKPOINTS_HELP = 'Earlier pretraining checkpoints to finetune from'
 class Study:
   """A study: the runs it trains and the report it writes from them; each experiments/<study>.py declares one.
 
-  runs(base): {name: config}, variants of the --config file's config, each trained as a pipeline into
-  WORKDIR/<name> (finished ones are skipped; --only_analysis trains none). report(base, workdirs): the analysis
-  into WORKDIR (report.md and the study's own JSON and plots), from the workdirs by name.
+  runs(base): {name: config}, variants of the --config file's config (`base`, read once into its frozen
+  Experiment), each validated and trained as a pipeline into WORKDIR/<name> (finished ones are skipped;
+  --only_analysis trains none). report(base, workdirs): the analysis into WORKDIR (report.md and the study's own
+  JSON and plots), from the workdirs by name.
   """
 
-  runs: Callable[[ml_collections.ConfigDict], dict]
-  report: Callable[[ml_collections.ConfigDict, dict], None]
+  runs: Callable[[Any], dict]
+  report: Callable[[Any, dict], None]
 
   def main(self, argv) -> None:
     del argv
@@ -83,27 +84,31 @@ def at_least(holder: flags.FlagHolder, count: int, what: str) -> None:
   )
 
 
-def base_config() -> ml_collections.ConfigDict:
-  """A copy of the --config file's config with its --config.KEY overrides applied."""
-  return ml_collections.ConfigDict(CONFIG.value.to_dict())
+def base_config():
+  """The --config file's config with its --config.KEY overrides applied, as a frozen Experiment."""
+  from spt_jax.train import config as config_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+
+  return config_lib.freeze(CONFIG.value)
 
 
-def variant(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
-  """A copy of config with dotted-key overrides ('mixture.domain_fraction': 0.02 as mixture__domain_fraction)."""
-  copy = ml_collections.ConfigDict(config.to_dict())
-  copy.update_from_flattened_dict({key.replace('__', '.'): value for key, value in overrides.items()})
-  return copy
+def variant(config, **overrides):
+  """A copy of an Experiment with dotted-key overrides ('mixture.domain_fraction': 0.02 as mixture__domain_fraction)."""
+  from spt_jax.train import config as config_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+
+  return config_lib.replace(config, **{key.replace('__', '.'): value for key, value in overrides.items()})
 
 
-def delta_variants(base: ml_collections.ConfigDict, deltas, checkpoints: int) -> dict:
+def delta_variants(base, deltas, checkpoints: int) -> dict:
   """A δ sweep: `delta_<δ>pct` per δ, each also finetuned from `checkpoints` earlier pretraining checkpoints."""
   from_steps = earlier_steps(base, checkpoints)
   return {delta_name(d): variant(base, mixture__domain_fraction=d, finetune__from_steps=from_steps) for d in deltas}
 
 
-def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, str]:
-  """Runs the pipeline of each variant into WORKDIR/<name> (finished runs are skipped); returns the workdirs."""
-  from spt_jax.train import loop, pipeline  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+def run_variants(variants: dict) -> dict[str, str]:
+  """Runs the pipeline of each variant into WORKDIR/<name> (finished runs are skipped); returns the workdirs.
+
+  Every variant is validated here, once and before any is trained (the studies' entry to training)."""
+  from spt_jax.train import loop, pipeline, validate  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   workdirs = {name: os.path.join(WORKDIR.value, name) for name in variants}
   if ONLY_ANALYSIS.value:
@@ -111,6 +116,7 @@ def run_variants(variants: dict[str, ml_collections.ConfigDict]) -> dict[str, st
   from spt_jax.storage import files  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
   from spt_jax.train import compile_cache  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
+  variants = {name: validate.check(config) for name, config in variants.items()}
   files.exit_quietly_on_sigterm()  # Outside a training step (preparing, building, between runs): exit 0, one line.
   first = next(iter(variants.values()))
   compile_cache.enable(first.compilation_cache, first.data.cache_dir)  # One setting per process.
@@ -158,7 +164,7 @@ def config_name() -> str:
   return os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS['config'])))[0]
 
 
-def arms(base: ml_collections.ConfigDict, delta: float, seeds=(0,), prefix: str = '', **overrides) -> dict:
+def arms(base, delta: float, seeds=(0,), prefix: str = '', **overrides) -> dict:
   """NPT and SPT (δ) variants per seed, seed by seed: `npt_seed0`, `spt_seed0`, ... (studies share these names,
   so a study pointed at another's workdir reuses its finished runs)."""
   variants = {}

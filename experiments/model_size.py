@@ -9,6 +9,7 @@ against the next size's NPT model (the paper: 1B SPT against 3B NPT).
 Paper scale: --config=configs/musicpile.py:300m --presets=olmo-300m,olmo-600m,olmo-1b,olmo-3b (plus data paths).
 """
 
+import dataclasses
 import os
 
 from experiments import common
@@ -44,11 +45,9 @@ def _runs(base) -> dict:
   from_steps = common.earlier_steps(base, _CHECKPOINTS.value)
   variants = {}
   for preset in _PRESETS.value:
-    size = model.preset_config(preset)
-    size.update(dtype=base.model.dtype, vocab_size=base.model.vocab_size)  # Same tokenizer for every size.
-    variants.update(
-      common.arms(base, _DELTA.value, prefix=f'{preset}_', model=size.to_dict(), finetune__from_steps=from_steps)
-    )
+    # Same tokenizer for every size.
+    size = dataclasses.replace(model.preset_config(preset), dtype=base.model.dtype, vocab_size=base.model.vocab_size)
+    variants.update(common.arms(base, _DELTA.value, prefix=f'{preset}_', model=size, finetune__from_steps=from_steps))
   return variants
 
 

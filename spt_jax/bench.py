@@ -11,6 +11,7 @@ moves both figures alike; the per-round MFU range is printed beside. With --pipe
 tokens/s (spt_jax/data/bench.py) beside the step's: the input pipeline must outpace the step by a wide margin.
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -66,9 +67,8 @@ def _config(preset: str, dtype: str, **model_overrides):
   """The base config of a preset, its model in `dtype` with the overrides."""
   from spt_jax.train import config as config_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  config = config_lib.base_config(preset)
-  config.model.update(dtype=dtype, **model_overrides)
-  return config
+  config = config_lib.freeze(config_lib.base_config(preset))
+  return config_lib.replace(config, model=dataclasses.replace(config.model, dtype=dtype, **model_overrides))
 
 
 class TrainStepTimer:

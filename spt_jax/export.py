@@ -11,7 +11,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import ml_collections
 import tokenizers
 from absl import flags
 
@@ -20,12 +19,13 @@ from spt_jax.interop import hf
 from spt_jax.model import decoder as model_lib
 from spt_jax.storage import bucket, layout
 from spt_jax.train import checkpoint as checkpoint_lib
+from spt_jax.train import config as config_lib
 
 
 @dataclasses.dataclass
 class LoadedModel:
   params: Any
-  model_cfg: ml_collections.ConfigDict
+  model_cfg: model_lib.ModelConfig
   tokenizer: Any  # tokenizers.Tokenizer
   seq_len: int  # The context the model was trained at.
   source: str  # The step folder or HF directory read.
@@ -75,7 +75,7 @@ def load_checkpoint(path: str, tokenizer_required: bool = True) -> LoadedModel:
     seq_len = int(hf.read_hf_config(path).get('max_position_embeddings', 2048))
     return LoadedModel(params, model_cfg, tokenizer, seq_len, path)
   workdir, config = find_run_config(path)
-  config = ml_collections.ConfigDict(config)
+  config = config_lib.saved(config)
   model_cfg = config.model
   tokenizer = None
   if tokenizer_required:  # The run's own copy; else rebuild it from the config (a BPE needs its data here).

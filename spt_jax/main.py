@@ -81,7 +81,7 @@ def main(argv):
     print(json.dumps(topology_plan.to_json()))
     return
   if _DRY_RUN.value:
-    validate.check(config, devices=_DEVICES.value or jax.device_count(), sources=False)
+    config = validate.check(config, devices=_DEVICES.value or jax.device_count(), sources=False)
     summary = dry_run.describe(aot.with_knobs(config), _DEVICES.value or jax.device_count())
     print(summary.format())
     print(dry_run.data_plan(config, jax.process_count()).format())
@@ -103,8 +103,8 @@ def main(argv):
   if jax.process_count() == 1:  # Several hosts: JAX's preemption service owns SIGTERM.
     files.exit_quietly_on_sigterm()  # Before the first step a SIGTERM exits 0 with one line, not 143.
   # Before anything is written: a rejected config or folder leaves the workdir and the cache as they were. The one
-  # validation of the run: the stages below take the config as valid.
-  validate.check(config, backend=jax.default_backend())
+  # validation of the run, into the frozen Experiment that the stages below take as valid.
+  config = validate.check(config, backend=jax.default_backend())
   mirror = None
   if bucket.is_url(workdir):  # The run works in a local mirror; its checkpoints go to the bucket (storage/bucket.py).
     from spt_jax.data import fetch  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
@@ -137,9 +137,9 @@ def main(argv):
     files.log_to(held_logs, os.path.join(workdir, layout.log_name(jax.process_index(), jax.process_count())))
     try:
       if config.stage == 'pipeline':
-        result = pipeline.run_pipeline(config, workdir, checked=True)
+        result = pipeline.run_pipeline(config, workdir)
       else:
-        result = loop.run(config, workdir, stage=config.stage, checked=True)
+        result = loop.run(config, workdir, stage=config.stage)
     except BaseException:  # The run's own error is the one to report; its log still reaches the bucket if it can.
       bucket.push_all(jax.process_index(), jax.process_count())
       raise

@@ -8,7 +8,6 @@ CLI: python -m spt_jax.sample --checkpoint C --prompt 'X:1' [--temperature 0.8 -
 """
 
 import functools
-import json
 
 import flax.linen as nn
 import jax
@@ -54,11 +53,8 @@ def choose(logits_BxV, rng, temperature, top_p, vocab_size: int):
 
 
 @functools.lru_cache(maxsize=8)
-def _generate_fn(model_cfg_json: str, batch: int, max_len: int):
+def _generate_fn(cfg: model_lib.ModelConfig, batch: int, max_len: int):
   """The jitted generation program of one (model config, batch, context length)."""
-  import ml_collections  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-
-  cfg = ml_collections.ConfigDict(json.loads(model_cfg_json))
   decoder = model_lib.Decoder(cfg)
 
   @jax.jit
@@ -116,7 +112,7 @@ def generate(
     raise ValueError(f'temperature={temperature}, top_p={top_p}: use temperature >= 0 and 0 < top_p <= 1.')
   buffer = np.zeros((num_samples, max_len), np.int32)
   buffer[:, : len(prompt_ids)] = prompt_ids
-  run = _generate_fn(model_cfg.to_json(), num_samples, max_len)
+  run = _generate_fn(model_cfg, num_samples, max_len)
   tokens, end = run(
     nn.unbox(params),
     buffer,

@@ -15,6 +15,7 @@ from configs import common
 from spt_jax.hardware import aot
 from spt_jax.model import sharding
 from spt_jax.train import step as train
+from tests.tiny import frozen
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _MISSING = aot.libtpu_missing()
@@ -89,7 +90,7 @@ def test_plan_for_a_small_topology():
 @needs_libtpu
 def test_search_names_the_fewest_microbatches_that_fit(monkeypatch):
   config, devices = _config(batch_size=64), aot.topology_devices(aot.parse_topology('v5e-1'))
-  peaks = {m: aot.compile_steps(config, devices, m, 'none').train.peak_bytes for m in (1, 4)}
+  peaks = {m: aot.compile_steps(frozen(config), devices, m, 'none').train.peak_bytes for m in (1, 4)}
   assert peaks[4] < peaks[1]
   hbm = (peaks[1] + peaks[4]) // 2  # A chip on which one microbatch does not fit but four do.
   monkeypatch.setitem(aot.CHIPS, 'v5e', aot.Chip('v5e', 2, 1, hbm, 197e12, 8))
@@ -107,11 +108,11 @@ def test_search_names_the_fewest_microbatches_that_fit(monkeypatch):
 @needs_libtpu
 def test_knobs_left_to_the_run_are_chosen_to_fit_and_explicit_ones_that_do_not_fit_stop(monkeypatch):
   config, devices = _config(batch_size=64), aot.topology_devices(aot.parse_topology('v5e-1'))
-  peaks = {m: aot.compile_steps(config, devices, m, 'none').train.peak_bytes for m in (1, 4)}
+  peaks = {m: aot.compile_steps(frozen(config), devices, m, 'none').train.peak_bytes for m in (1, 4)}
   hbm = (peaks[1] + peaks[4]) // 2  # One microbatch does not fit, four do.
   config.grad_accum_steps, config.model.remat_policy = 0, 'auto'  # As the paper presets leave them.
   lines = []
-  fitted = aot.fit_to_devices(config, devices, hbm=hbm, log=lines.append)
+  fitted = aot.fit_to_devices(frozen(config), devices, hbm=hbm, log=lines.append)
   assert fitted.grad_accum_steps in (2, 4) and fitted.model.remat_policy == 'none'
   assert len(lines) == 1 and f'grad_accum_steps={fitted.grad_accum_steps}' in lines[0] and 'chosen' in lines[0]
   # The dry run for such a chip shows that choice, fitting.
@@ -123,11 +124,11 @@ def test_knobs_left_to_the_run_are_chosen_to_fit_and_explicit_ones_that_do_not_f
   # An explicit setting that does not fit: one line naming the memory per device and the fix.
   config.grad_accum_steps, config.model.remat_policy = 1, 'none'
   with pytest.raises(ValueError, match=r'does not fit the [\d.]+ GiB per device .*grad_accum_steps=0') as error:
-    aot.fit_to_devices(config, devices, hbm=hbm)
+    aot.fit_to_devices(frozen(config), devices, hbm=hbm)
   assert '\n' not in str(error.value)
   # On a CPU nothing is compiled: one microbatch, no remat.
   config.grad_accum_steps, config.model.remat_policy = 0, 'auto'
-  on_cpu = aot.fit_to_devices(config, jax.devices('cpu'))
+  on_cpu = aot.fit_to_devices(frozen(config), jax.devices('cpu'))
   assert (on_cpu.grad_accum_steps, on_cpu.model.remat_policy) == (1, 'none')
 
 

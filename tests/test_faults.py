@@ -21,6 +21,7 @@ from spt_jax.evals import heldout as evaluation
 from spt_jax.train import checkpoint, loop
 from tests import test_loop, tiny
 from tests.test_loop import _wait_for
+from tests.tiny import frozen
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -67,7 +68,7 @@ def slow_save(self, step, *args, **kwargs):
 if mode == 'slow_save':
   checkpoint.Checkpoints.save = slow_save
 
-runner, state, loop_state = loop.build(config, workdir, stage='pretrain', data=tiny_data())
+runner, state, loop_state = loop.build(frozen(config), workdir, stage='pretrain', data=tiny_data())
 mark(f'START {{loop_state.step}}')
 summary = runner.train(state, loop_state)
 checkpoints = checkpoint.Checkpoints(workdir, keep=2)
@@ -269,7 +270,10 @@ def test_no_checkpoint_is_usable_is_one_line_and_moves_nothing(tmp_path, referen
     ValueError, match=r'no checkpoint in .* is usable \(step 12: missing-file: .*move .* aside'
   ) as error:
     loop.build(
-      test_loop.tiny_config(steps=STEPS, checkpoint_every=2), str(workdir), stage='pretrain', data=test_loop.tiny_data()
+      frozen(test_loop.tiny_config(steps=STEPS, checkpoint_every=2)),
+      str(workdir),
+      stage='pretrain',
+      data=test_loop.tiny_data(),
     )
   assert '\n' not in str(error.value)
   assert not (workdir / checkpoint.DAMAGED).exists()
@@ -279,11 +283,11 @@ def test_no_checkpoint_is_usable_is_one_line_and_moves_nothing(tmp_path, referen
 def test_a_damaged_final_pretrain_checkpoint_hands_finetuning_the_one_before(tmp_path, caplog):
   data = test_loop.tiny_data()
   pretrain = tmp_path / 'pretrain'
-  loop.run(test_loop.tiny_config(steps=4, checkpoint_every=2), str(pretrain), stage='pretrain', data=data)
+  loop.run(frozen(test_loop.tiny_config(steps=4, checkpoint_every=2)), str(pretrain), stage='pretrain', data=data)
   _flip_bytes(_largest_file(pretrain / 'checkpoints' / '4' / 'state'))
   with caplog.at_level('WARNING'):
     summary = loop.run(
-      test_loop.tiny_config(init_from=str(pretrain)), str(tmp_path / 'finetune'), stage='finetune', data=data
+      frozen(test_loop.tiny_config(init_from=str(pretrain))), str(tmp_path / 'finetune'), stage='finetune', data=data
     )
   warnings = [r.getMessage() for r in caplog.records if ' is damaged (' in r.getMessage()]
   set_aside = pretrain / checkpoint.DAMAGED / '4-hash-mismatch'
@@ -311,7 +315,7 @@ def test_non_finite_evaluations_are_written_as_null_never_nan(tmp_path, monkeypa
   data = test_loop.tiny_data()
   data.bytes_per_token = {}  # Bits per byte unknown: NaN.
   workdir = tmp_path / 'run'
-  loop.run(test_loop.tiny_config(steps=4), str(workdir), stage='pretrain', data=data)
+  loop.run(frozen(test_loop.tiny_config(steps=4)), str(workdir), stage='pretrain', data=data)
 
   def strict(text):
     return json.loads(text, parse_constant=lambda token: pytest.fail(f'bare {token} in a JSON file'))

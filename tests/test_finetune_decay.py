@@ -9,6 +9,7 @@ from spt_jax.storage import records
 from spt_jax.train import finetune_decay, loop, schedules
 from tests.test_loop import tiny_config, tiny_data
 from tests.test_schedules import _config
+from tests.tiny import frozen
 
 
 def test_wsd_in_steps_decays_over_the_last_steps_of_the_run():
@@ -22,7 +23,7 @@ def test_wsd_in_steps_decays_over_the_last_steps_of_the_run():
 
 def test_early_stopping_then_decay_from_the_best_state(tmp_path, monkeypatch):
   data = tiny_data()
-  pretrain = loop.run(tiny_config(steps=2), str(tmp_path / 'pretrain'), stage='pretrain', data=data)
+  pretrain = loop.run(frozen(tiny_config(steps=2)), str(tmp_path / 'pretrain'), stage='pretrain', data=data)
   delta = tiny_config().mixture.domain_fraction
   assert pretrain.domain_fraction == delta  # The summary records the δ of the stages used.
   assert pretrain.stage_deltas == [{'from_tokens': 0, 'until_tokens': None, 'domain_fraction': delta}]
@@ -41,7 +42,7 @@ def test_early_stopping_then_decay_from_the_best_state(tmp_path, monkeypatch):
     **{'finetune.schedule': 'wsd', 'finetune.decay_steps': 4, 'finetune.max_steps': 1000},
   )
   workdir = tmp_path / 'finetune'
-  summary = loop.run(config, str(workdir), stage='finetune', data=data)
+  summary = loop.run(frozen(config), str(workdir), stage='finetune', data=data)
   assert summary.decay['from_step'] == 4 and summary.decay['stable_steps'] == 8
   assert summary.stop_reason == 'budget' and summary.steps == 8
   assert summary.best.step == 8 and summary.best.eval['domain_test'] == 1.3
@@ -58,7 +59,7 @@ def test_early_stopping_then_decay_from_the_best_state(tmp_path, monkeypatch):
     a > b for a, b in zip(lrs, lrs[1:], strict=False)
   )  # Decays from the peak...
   assert lrs[-1] == pytest.approx(config.schedule.final_lr + (peak - config.schedule.final_lr) / 4)  # ...linearly.
-  again = loop.run(config, str(workdir), stage='finetune', data=data)  # Both phases finished: nothing runs.
+  again = loop.run(frozen(config), str(workdir), stage='finetune', data=data)  # Both phases finished: nothing runs.
   assert again.best == summary.best and again.decay['from_step'] == 4
 
 
@@ -74,4 +75,6 @@ def test_constant_finetunes_and_pretraining_never_decay():
   assert finetune_decay.wants_decay(config, 'finetune', _stopped('early_stopping'))
   assert not finetune_decay.wants_decay(config, 'finetune', _stopped('budget'))
   assert not finetune_decay.wants_decay(config, 'pretrain', _stopped('early_stopping'))
-  assert not finetune_decay.wants_decay(finetune_decay.decay_config(config, 4), 'finetune', _stopped('early_stopping'))
+  assert not finetune_decay.wants_decay(
+    finetune_decay.decay_config(frozen(config), 4), 'finetune', _stopped('early_stopping')
+  )

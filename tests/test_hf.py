@@ -1,5 +1,6 @@
 """Hugging Face OLMo import/export: transformers gives our logits, the round trip is bit-exact, bad dirs fail."""
 
+import dataclasses
 import filecmp
 import json
 import os
@@ -46,10 +47,7 @@ def _params(cfg, seed=0):
 
 
 def _cfg(tied=True, **overrides):
-  cfg = model.preset_config('cpu-160k')
-  cfg.tie_embeddings = tied
-  cfg.update(overrides)
-  return cfg
+  return dataclasses.replace(model.preset_config('cpu-160k'), tie_embeddings=tied, **overrides)
 
 
 def _logits(cfg, params, tokens):
@@ -232,7 +230,7 @@ def _run_workdir(tmp_path, tokenizer, cfg, params):
   tokenizer_path = str(tmp_path / 'tokenizer.json')
   tokenizer.save(tokenizer_path)
   config = common.sized('test')
-  config.model = cfg
+  config.model = dataclasses.asdict(cfg)
   config.data.tokenizer = tokenizer_path
   config.stage = 'pretrain'
   checkpoint.write_config(workdir, config)

@@ -1,5 +1,6 @@
 """Multiple-choice scoring: a task with a known answer, the math against brute force, task files and errors."""
 
+import dataclasses
 import json
 import math
 import os
@@ -50,8 +51,7 @@ def _biased_model(token_id: int):
   The blocks are zeroed (the residual stream is the embedding), every embedding row shares one direction u, and
   the head maps u onto token_id's logit only.
   """
-  cfg = model.preset_config('cpu-160k')
-  cfg.tie_embeddings = False
+  cfg = dataclasses.replace(model.preset_config('cpu-160k'), tie_embeddings=False)
   abstract = nn.unbox(model.abstract_params(cfg))
   params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
   rng = np.random.RandomState(0)

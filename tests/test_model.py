@@ -1,5 +1,6 @@
 """The decoder: causality, presets' sizes, scan vs unrolled, tying, KV cache, a golden one-step loss."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -20,9 +21,7 @@ def _tree_size(params) -> int:
 
 
 def _tiny(**overrides):
-  cfg = model.preset_config('cpu-160k')
-  cfg.update(overrides)
-  return cfg
+  return dataclasses.replace(model.preset_config('cpu-160k'), **overrides)
 
 
 def _params(cfg, seed=0):

@@ -10,6 +10,7 @@ from spt_jax.data import mixture as mixture_lib
 from spt_jax.storage import records
 from spt_jax.train import loop, pipeline, run_plan, validate
 from tests import test_loop
+from tests.tiny import frozen
 
 
 def _counting(monkeypatch, module, name: str) -> list:
@@ -25,7 +26,7 @@ def _counting(monkeypatch, module, name: str) -> list:
 
 
 def test_pipeline_writes_summary_and_report(tmp_path, monkeypatch):
-  config = test_loop.tiny_config(steps=6, eval_every=3, checkpoint_every=3)
+  config = test_loop.tiny_config(steps=6, eval_every=3, checkpoint_every=3, stage='pipeline')
   config.finetune.grid = ((1e-3, 1), (3e-3, 2))
   config.finetune.max_steps, config.finetune.eval_every, config.finetune.patience = 4, 2, 1
   config.finetune['from_steps'] = (3,)
@@ -33,10 +34,11 @@ def test_pipeline_writes_summary_and_report(tmp_path, monkeypatch):
   workdir = str(tmp_path / 'w')
   loop._TRAINERS.clear()
   checks, plans = _counting(monkeypatch, validate, 'check'), _counting(monkeypatch, run_plan, 'make')
-  result = pipeline.run_pipeline(config, workdir, data=data)
+  experiment = validate.check(config, data=data)  # As an entry point reads the config.
+  result = pipeline.run_pipeline(experiment, workdir, data=data)
 
-  # The config is validated once, at the pipeline's entry (its two stages' plans made to check them), and each
-  # run's plan is made once: the pretraining and the four finetunes.
+  # The config is validated once, at the entry (its two stages' plans made to check them), never below it, and
+  # each run's plan is made once: the pretraining and the four finetunes.
   assert len(checks) == 1 and len(plans) == 2 + 1 + 4
 
   # Four finetunes (two learning rates and warmups, two starting checkpoints), one compiled train step: the
@@ -72,20 +74,22 @@ def test_pipeline_writes_summary_and_report(tmp_path, monkeypatch):
   assert '](report.png)' in report and (tmp_path / 'w' / 'report.png').stat().st_size > 10_000
 
   # Rerunning finishes at once: every run is found complete.
-  again = pipeline.run_pipeline(config, workdir, data=data)
+  again = pipeline.run_pipeline(experiment, workdir, data=data)
   assert [f.best_domain_test_loss for f in again.finetunes] == [f.best_domain_test_loss for f in result.finetunes]
 
 
-def test_bad_grid_and_from_steps_fail_before_work(tmp_path):
-  config = test_loop.tiny_config(steps=6)
+def test_bad_grid_and_from_steps_fail_at_the_entry(tmp_path):
+  config = test_loop.tiny_config(steps=6, stage='pipeline')
   config.finetune['from_steps'] = (9,)
   with pytest.raises(ValueError, match=r'from_steps \[9\] are outside'):
-    pipeline.run_pipeline(config, str(tmp_path / 'a'), data=test_loop.tiny_data())
+    validate.check(config, data=test_loop.tiny_data())
   config.finetune.from_steps = ()
   config.finetune.grid = ((0.0, 10),)
   with pytest.raises(ValueError, match='finetune.grid'):
-    pipeline.run_pipeline(config, str(tmp_path / 'b'), data=test_loop.tiny_data())
-  assert not os.path.exists(tmp_path / 'a' / 'pretrain')
+    validate.check(config, data=test_loop.tiny_data())
+  with pytest.raises(TypeError, match='takes the Experiment that validate.check'):  # Nothing below reads a config.
+    pipeline.run_pipeline(config, str(tmp_path / 'a'), data=test_loop.tiny_data())
+  assert not os.path.exists(tmp_path / 'a')
 
 
 def _point(lr, warmup, test_loss, valid_loss=None):
@@ -147,7 +151,7 @@ def test_the_pipeline_extends_its_grid_and_reports_both_protocols(tmp_path):
   data.eval_sets['domain_valid'] = data.eval_sets.pop('domain_train')  # Held-out counting rows beside the test.
   data.bytes_per_token['domain_valid'] = 2.0
   workdir = tmp_path / 'w'
-  result = pipeline.run_pipeline(config, str(workdir), data=data)
+  result = pipeline.run_pipeline(frozen(config), str(workdir), data=data)
 
   first = result.finetunes[:2]
   expected = pipeline.extensions(config.finetune.grid, first, limit=1)
@@ -191,12 +195,12 @@ def test_a_preemption_during_one_pipelines_pretraining_stops_every_pipeline_befo
 
   monkeypatch.setattr(mixture_lib.Mixture, 'local_batch', notice_in_seed_1)
   workdirs = [str(tmp_path / f'w{seed}') for seed in (0, 1)]
-  results = pipeline.run_pipelines([(c, w, data) for c, w in zip(configs, workdirs, strict=True)])
+  results = pipeline.run_pipelines([(frozen(c), w, data) for c, w in zip(configs, workdirs, strict=True)])
   assert [r.stop_reason for r in results] == ['preempted', 'preempted']
   assert results[0].pretrain.stop_reason == 'budget' and results[1].pretrain.stop_reason == 'preempted'
   assert not any(r.finetunes for r in results)
   trained = [files for _, _, files in os.walk(os.path.join(workdirs[0], 'finetune')) if 'metrics.jsonl' in files]
   assert not trained  # Its folder is only held (locked), nothing ran in it.
   monkeypatch.setattr(mixture_lib.Mixture, 'local_batch', local_batch)
-  again = pipeline.run_pipelines([(c, w, data) for c, w in zip(configs, workdirs, strict=True)])  # The rerun.
+  again = pipeline.run_pipelines([(frozen(c), w, data) for c, w in zip(configs, workdirs, strict=True)])  # The rerun.
   assert [r.stop_reason for r in again] == ['budget', 'budget'] and all(len(r.finetunes) == 1 for r in again)

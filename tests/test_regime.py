@@ -7,13 +7,16 @@ import pytest
 from spt_jax.model import flops
 from spt_jax.train import config as config_lib
 from spt_jax.train import regime, run_plan
+from tests.tiny import frozen
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run_flops(config) -> float:
   """Pretraining model FLOPs of a run of this config."""
-  return flops.train_flops_per_token(config.model, config.data.seq_len) * run_plan.make(config, 'pretrain').tokens
+  return (
+    flops.train_flops_per_token(config.model, config.data.seq_len) * run_plan.make(frozen(config), 'pretrain').tokens
+  )
 
 
 def test_paper_ratios_from_appendix_b():
@@ -30,7 +33,7 @@ def test_paper_ratios_from_appendix_b():
 
 def test_a_cpu_config_beside_the_paper():
   config = config_lib.load(str(ROOT / 'configs/musicpile.py:small'))
-  small = regime.of_config('small', config, domain_tokens=10_000, deltas=(0.1,))
+  small = regime.of_config('small', frozen(config), domain_tokens=10_000, deltas=(0.1,))
   assert small.tokens_per_param == pytest.approx(config.tokens // (16 * 64) * 16 * 64 / 163_840)
   assert small.domain_epochs[0.1] == pytest.approx(0.1 * small.tokens / 10_000)
   assert max(small.lr_at_budget) == small.tokens and small.lr_at_budget[small.tokens] < 0.1  # Decayed by the end.
@@ -50,12 +53,12 @@ def test_epochs_before_the_domain_loss_turns_up():
 def test_a_scale_model_keeps_the_runs_ratios_at_a_tenth_of_its_compute(spec, preset):
   """Three pilots of the scale model cost at most 10% of the run (and nearly all of it), and keep its ratios."""
   config = config_lib.load(str(ROOT / spec))
-  pilot, k = regime.scale_model(config, 0.05, preset, compute=0.1, count=3)
+  pilot, k = regime.scale_model(frozen(config), 0.05, preset, compute=0.1, count=3)
   assert pilot.model.preset == preset and pilot.model.vocab_size == config.model.vocab_size
   assert pilot.mixture.domain_fraction == 0.05 and pilot.data.test_tokens == config.data.test_tokens
   assert 0.095 <= 3 * _run_flops(pilot) / _run_flops(config) <= 0.1
-  run = regime.of_config('run', config, config.data.domain_max_tokens)
-  small = regime.of_config('pilot', pilot, pilot.data.domain_max_tokens)
+  run = regime.of_config('run', frozen(config), config.data.domain_max_tokens)
+  small = regime.of_config('pilot', frozen(pilot), pilot.data.domain_max_tokens)
   assert small.tokens < run.tokens / k * 1.001 and small.params < run.params
   for delta in regime.PAPER_DELTAS:  # Whole steps and whole tokens: equal to a step's rounding.
     assert small.domain_epochs[delta] == pytest.approx(run.domain_epochs[delta], rel=0.02)
@@ -68,10 +71,10 @@ def test_a_scale_model_keeps_the_runs_ratios_at_a_tenth_of_its_compute(spec, pre
 def test_a_scale_model_small_enough_keeps_the_runs_tokens_per_parameter_too():
   """Three pilots of cpu-25k at a cpu-160k run's tokens per parameter fit in a tenth of it: k is the parameter ratio."""
   config = config_lib.load(str(ROOT / 'configs/musicpile.py:study'))
-  pilot, k = regime.scale_model(config, 0.05, 'cpu-25k', compute=0.1, count=3)
+  pilot, k = regime.scale_model(frozen(config), 0.05, 'cpu-25k', compute=0.1, count=3)
   assert k == pytest.approx(flops.count_params(config.model)[0] / flops.count_params(pilot.model)[0])
-  run = regime.of_config('run', config, config.data.domain_max_tokens)
-  small = regime.of_config('pilot', pilot, pilot.data.domain_max_tokens)
+  run = regime.of_config('run', frozen(config), config.data.domain_max_tokens)
+  small = regime.of_config('pilot', frozen(pilot), pilot.data.domain_max_tokens)
   assert small.tokens_per_param == pytest.approx(run.tokens_per_param, rel=0.01)  # Whole steps.
   assert small.domain_tokens_per_param == pytest.approx(run.domain_tokens_per_param, rel=0.01)
   assert 0.08 < 3 * _run_flops(pilot) / _run_flops(config) < 0.1
@@ -80,7 +83,7 @@ def test_a_scale_model_small_enough_keeps_the_runs_tokens_per_parameter_too():
 def test_a_scale_model_that_cannot_fit_is_one_line():
   config = config_lib.load(str(ROOT / 'configs/musicpile.py:study'))
   with pytest.raises(ValueError, match='choose a smaller preset'):
-    regime.scale_model(config, 0.05, 'cpu-600k', compute=0.1, count=3)
+    regime.scale_model(frozen(config), 0.05, 'cpu-600k', compute=0.1, count=3)
   config.data.domain_max_tokens = 0
   with pytest.raises(ValueError, match='domain_max_tokens'):
-    regime.scale_model(config, 0.05, 'cpu-40k', compute=0.1, count=3)
+    regime.scale_model(frozen(config), 0.05, 'cpu-40k', compute=0.1, count=3)

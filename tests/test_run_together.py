@@ -17,7 +17,7 @@ from spt_jax.train import loop, pipeline
 from spt_jax.train import step as train
 from tests import tiny
 from tests.test_loop import _losses, _wait_for
-from tests.tiny import tiny_config, tiny_data
+from tests.tiny import frozen, tiny_config, tiny_data
 
 # Together and alone differ only by how XLA orders the float sums of a batched matmul: every logged float of a
 # run agrees to this relative tolerance after 12 steps (measured: at most 4e-6).
@@ -63,8 +63,8 @@ def test_pretraining_runs_together_equal_the_runs_alone(tmp_path):
     tiny_config(seed=1, **{'mixture.domain_fraction': 0.3, 'optimizer.lr': 1e-3}),
     tiny_config(seed=2, steps=8, **{'mixture.domain_fraction': 0.5}),
   ]
-  alone = [loop.run(c, str(tmp_path / f'alone{i}'), data=data) for i, c in enumerate(configs)]
-  runs = [loop.Run(c, str(tmp_path / f'together{i}'), data=data) for i, c in enumerate(configs)]
+  alone = [loop.run(frozen(c), str(tmp_path / f'alone{i}'), data=data) for i, c in enumerate(configs)]
+  runs = [loop.Run(frozen(c), str(tmp_path / f'together{i}'), data=data) for i, c in enumerate(configs)]
   together = loop.run_many(runs, together=3)
   assert [s.steps for s in together] == [s.steps for s in alone] == [12, 12, 8]
   for i in range(3):
@@ -83,12 +83,12 @@ def test_a_finetuning_grid_together_stops_each_point_as_alone(tmp_path, monkeypa
   data = tiny_data()
   base = tiny_config()
   pretrain = str(tmp_path / 'pretrain')
-  loop.run(base, pretrain, data=data)
+  loop.run(frozen(base), pretrain, data=data)
   grid = records.grid_points(((1e-3, 2), (3e-2, 2), (1e-1, 0)))  # The high learning rates overfit and stop early.
   config = tiny_config(stage='pipeline', init_from=pretrain, **{'finetune.grid': tuple(grid), 'finetune.patience': 1})
   alone, together = {}, {}
   for name, results, count in (('alone', alone, 1), ('together', together, 3)):
-    runs = [loop.Run(config, str(tmp_path / name / point.folder()), 'finetune', point, data) for point in grid]
+    runs = [loop.Run(frozen(config), str(tmp_path / name / point.folder()), 'finetune', point, data) for point in grid]
     for point, summary in zip(grid, loop.run_many(runs, together=count), strict=True):
       results[point] = summary
   steps = [together[point].steps for point in grid]
@@ -105,7 +105,7 @@ def test_a_pipeline_with_runs_together_reports_as_one_without(tmp_path):
   grid = ((1e-3, 2), (3e-3, 2))
   results = [
     pipeline.run_pipeline(
-      tiny_config(stage='pipeline', runs_together=count, **{'finetune.grid': grid}), str(tmp_path / name), data
+      frozen(tiny_config(stage='pipeline', runs_together=count, **{'finetune.grid': grid})), str(tmp_path / name), data
     )
     for name, count in (('one', 1), ('two', 2))
   ]
@@ -155,7 +155,9 @@ def test_a_stack_resumed_from_different_steps_reproduces_every_loss_bit_for_bit(
   configs = [tiny_config(seed=seed, steps=steps, checkpoint_every=2) for seed, steps in enumerate((6, 6, 12, 12))]
 
   def run_all(root):
-    return loop.run_many([loop.Run(c, str(root / f'run{i}'), data=data) for i, c in enumerate(configs)], together=4)
+    return loop.run_many(
+      [loop.Run(frozen(c), str(root / f'run{i}'), data=data) for i, c in enumerate(configs)], together=4
+    )
 
   run_all(tmp_path / 'reference')  # Four wide until two runs end at step 6, then two wide.
   resumed = tmp_path / 'resumed'
@@ -178,7 +180,7 @@ SCRIPT = """
 import sys, time
 from spt_jax.train import loop
 from spt_jax.data import mixture as mixture_lib
-from tests.tiny import tiny_config, tiny_data
+from tests.tiny import tiny_config, tiny_data, frozen
 root, delay_after = sys.argv[1], int(sys.argv[2])
 local_batch = mixture_lib.Mixture.local_batch
 
@@ -190,7 +192,7 @@ def delayed(self, step, *args):
 mixture_lib.Mixture.local_batch = delayed
 data = tiny_data()
 configs = [tiny_config(seed=seed, **{'mixture.domain_fraction': delta}) for seed, delta in ((0, 0.1), (1, 0.4))]
-summaries = loop.run_many([loop.Run(c, f'{root}/run{i}', data=data) for i, c in enumerate(configs)], together=2)
+summaries = loop.run_many([loop.Run(frozen(c), f'{root}/run{i}', data=data) for i, c in enumerate(configs)], together=2)
 print('STOP', [s.stop_reason for s in summaries])
 """
 

@@ -4,29 +4,18 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import pytest
 
+from spt_jax.train import config as config_lib
 from spt_jax.train import schedules
 
 
 def _config(kind='cosine', lr=4e-4, **schedule):
-  c = ml_collections.ConfigDict()
-  c.optimizer = ml_collections.ConfigDict(dict(lr=lr))
-  c.schedule = ml_collections.ConfigDict(
-    dict(
-      kind=kind,
-      warmup_steps=10,
-      warmup_tokens=0,
-      final_lr=4e-5,
-      horizon_tokens=0,
-      stable_fraction=0.8,
-      decay_fraction=0.2,
-      decay_shape='linear',
-    )
+  c = config_lib.freeze(config_lib.base_config())
+  defaults = dict(kind=kind, warmup_steps=10, horizon_tokens=0)
+  return config_lib.replace(
+    c, **{'optimizer.lr': lr, **{f'schedule.{key}': value for key, value in {**defaults, **schedule}.items()}}
   )
-  c.schedule.update(schedule)
-  return c
 
 
 def _at(schedule, step):

@@ -20,7 +20,7 @@ from spt_jax.model.flops import PRESETS
 _MESHES = [(1, 1, 1, 1), (8, 1, 1, 1), (2, 4, 1, 1), (2, 2, 2, 1), (2, 4, 1, 2)]
 
 _SCRIPT = textwrap.dedent("""
-    import json, sys
+    import dataclasses, json, sys
     import jax, numpy as np, optax, ml_collections
     from spt_jax.train import config as config_lib
     from spt_jax.model import sharding
@@ -92,7 +92,7 @@ def test_undividable_dimension_stays_unsharded():
 
 
 _SPECS_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import dataclasses, json, sys
     import jax, ml_collections
     from spt_jax.model import decoder, sharding
     from spt_jax.model.flops import PRESETS
@@ -100,8 +100,7 @@ _SPECS_SCRIPT = textwrap.dedent("""
     for data, fsdp, tensor in json.loads(sys.argv[1]):
       mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor)))
       for preset in PRESETS:
-        model_cfg = decoder.preset_config(preset)
-        model_cfg.tie_embeddings = False  # The head too.
+        model_cfg = dataclasses.replace(decoder.preset_config(preset), tie_embeddings=False)  # The head too.
         shardings = sharding.tree_shardings(decoder.abstract_params(model_cfg), mesh)
         results[f'{preset} {data} {fsdp} {tensor}'] = {
             jax.tree_util.keystr(path, simple=True, separator='/'): list(s.spec)

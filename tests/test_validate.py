@@ -99,6 +99,9 @@ def _value(config, key):
     ({'stage': 'pipeline', 'finetune.grid': ((1e-3, -2),)}, 'finetune.grid=((0.001, -2),) must be a non-empty'),
     ({'stage': 'pipeline', 'finetune.from_steps': (12,)}, 'finetune.from_steps [12] are outside the pretraining'),
     ({'eval_intervals': (('general_test', 0),)}, 'eval_intervals='),
+    ({'data.test_fraction': 1.0}, 'data.test_fraction=1.0 is outside [0, 1)'),
+    ({'data.test_fraction': 0.0, 'data.test_tokens': 0}, 'both 0, so there is no held-out set'),
+    ({'data.seq_len': 0}, 'data.seq_len=0 must be a positive integer'),
   ],
 )
 def test_every_value_is_checked(overrides, expected):

@@ -63,3 +63,8 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
+
+
+def frozen(config):
+  """A test's ConfigDict read as an entry point reads it (the frozen Experiment everything below it takes)."""
+  return config if isinstance(config, config_lib.Experiment) else config_lib.freeze(config)

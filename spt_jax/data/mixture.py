@@ -106,8 +106,7 @@ def summary_deltas(config, tokens: float | None = None) -> dict:
   mixture.domain_fraction, which a staged mixture ignores), NPT 0. A finetune is labelled by the pretraining
   mixture of its config (all stages); its own data mixture is in stage_deltas.
   """
-  stage = config.get('stage', 'pretrain')
-  stage = stage if stage in ('pretrain', 'finetune') else 'pretrain'
+  stage = config.stage if config.stage in ('pretrain', 'finetune') else 'pretrain'
   pretrain = stage_deltas(stages_from_config(config, 'pretrain'), tokens if stage == 'pretrain' else None)
   used = pretrain if stage == 'pretrain' else stage_deltas(stages_from_config(config, 'finetune'))
   return {'domain_fraction': max(s['domain_fraction'] for s in pretrain), 'stage_deltas': used}

@@ -85,17 +85,7 @@ def source_digests(metadata: dict) -> dict[str, str]:
 
 def _budgets(config) -> dict:
   """Token budget per training source (data.<name>_max_tokens; 0: all of it), part of the cache key."""
-  return {name: int(config.data.get(f'{name}_max_tokens', 0) or 0) for name in TRAIN_SOURCES}
-
-
-def _validate(config) -> None:
-  data = config.data
-  if data.seq_len < 1:
-    raise ValueError(f'data.seq_len must be positive, got {data.seq_len}; set --config.data.seq_len')
-  if not 0 <= data.test_fraction < 1:
-    raise ValueError(f'data.test_fraction {data.test_fraction} is outside [0, 1); set --config.data.test_fraction')
-  if data.test_fraction == 0 and data.test_tokens <= 0:
-    raise ValueError('data.test_fraction and data.test_tokens are both 0, so there is no held-out set; set one')
+  return {name: int(getattr(config.data, f'{name}_max_tokens') or 0) for name in TRAIN_SOURCES}
 
 
 def _processes() -> tuple:
@@ -116,10 +106,10 @@ def _processes() -> tuple:
 
 
 def prepare(config) -> PreparedData:
-  """Returns the packed train and eval sequences for config.data, preparing them on first use."""
-  _validate(config)
+  """Returns the packed train and eval sequences for config.data, preparing them on first use (config: validated
+  at its entry point, spt_jax/train/validate.py)."""
   data = config.data
-  extra = dict(config.get('extra_eval', {}) or {})
+  extra = dict(config.extra_eval)
   clash = sorted(set(extra) & {'domain_test', 'domain_train', 'domain_valid', 'general_test'})
   if clash:
     raise ValueError(f'extra_eval names {clash} clash with the built-in eval sets; rename them')

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 
@@ -91,15 +92,11 @@ def _tree(root: int) -> list:
 
 def _child(spec: str) -> None:
   """Runs in the child: prepares the config described by spec (JSON) and prints the metadata's timing."""
-  import ml_collections  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-
   from spt_jax.data import prepare  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.data.data_config import DataConfig  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  options = json.loads(spec)
-  config = ml_collections.ConfigDict()
-  config.seed, config.steps, config.batch_size, config.tokens = 0, 0, 0, 0
-  config.data = ml_collections.ConfigDict(options)
-  config.extra_eval = ml_collections.ConfigDict()
+  # What prepare reads of a run's config: the seed, the data section and any further eval sets.
+  config = types.SimpleNamespace(seed=0, data=DataConfig(**json.loads(spec)), extra_eval={})
   start = time.time()
   data = prepare.prepare(config)
   print(

@@ -198,11 +198,8 @@ def load_task(spec, cache_dir: str = '', data_dir: str = '') -> Task:
 
 
 @functools.lru_cache(maxsize=8)
-def _score_fn(model_cfg_json: str):
+def _score_fn(cfg: model_lib.ModelConfig):
   """Jitted (params, inputs, targets, mask) -> summed target log-probabilities per row, one per model config."""
-  import ml_collections  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-
-  cfg = ml_collections.ConfigDict(json.loads(model_cfg_json))
   decoder = model_lib.Decoder(cfg)
 
   @jax.jit
@@ -234,7 +231,7 @@ def _requests(tokenizer, examples: Sequence[Example], max_len: int, prefix: Sequ
 
 def score_requests(params, model_cfg, requests, batch_size: int = 16) -> np.ndarray:
   """Sum of log p(continuation | context) for (token ids, continuation length) pairs; float64 [N]."""
-  score = _score_fn(model_cfg.to_json())
+  score = _score_fn(model_cfg)
   params = nn.unbox(params)
   scores = np.zeros(len(requests), np.float64)
   order = sorted(range(len(requests)), key=lambda i: len(requests[i][0]))

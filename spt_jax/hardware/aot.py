@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from spt_jax.hardware import dry_run
 from spt_jax.model import decoder, sharding
+from spt_jax.train import config as config_lib
 from spt_jax.train import run_plan, validate
 from spt_jax.train import step as train
 
@@ -286,8 +287,7 @@ def compile_steps(config, devices, microbatches: int, remat_policy: str, eval_me
 
   Neither knob changes the eval step (no backward pass, whole batches): pass `eval_memory` to reuse it.
   """
-  config = config.copy_and_resolve_references()
-  config.model.remat_policy = remat_policy
+  config = config_lib.replace(config, **{'model.remat_policy': remat_policy})
   mesh = sharding.make_mesh(config.mesh, devices)
   divisor = sharding.batch_divisor(mesh)
   # The loop's own step: the optimizer built per schedule, the learning rate of every step an input (RunPlan).
@@ -319,11 +319,14 @@ def left_to_the_run(config) -> bool:
 def with_knobs(config, microbatches: int | None = None, remat_policy: str | None = None):
   """A copy of config with the memory knobs set; those not given and left to the run take their starting values
   (one microbatch, no remat)."""
-  c = config.copy_and_resolve_references()
-  c.grad_accum_steps = microbatches or config.grad_accum_steps or 1
   policy = remat_policy or config.model.remat_policy
-  c.model.remat_policy = 'none' if policy == decoder.AUTO_REMAT else policy
-  return c
+  return config_lib.replace(
+    config,
+    **{
+      'grad_accum_steps': microbatches or config.grad_accum_steps or 1,
+      'model.remat_policy': 'none' if policy == decoder.AUTO_REMAT else policy,
+    },
+  )
 
 
 def _choose(config, devices, hbm: int, per_device: int, log) -> tuple[Compiled, list[Compiled]]:
@@ -345,9 +348,12 @@ def _choose(config, devices, hbm: int, per_device: int, log) -> tuple[Compiled, 
 
 
 def plan(config, topology_name: str, mfu: float = 0.4, search: bool = True, log=print) -> TopologyPlan:
-  """The dry-run summary for a TPU topology: compiled per-chip memory, FLOPs, time and cost; knobs that fit."""
+  """The dry-run summary for a TPU topology: compiled per-chip memory, FLOPs, time and cost; knobs that fit.
+
+  config: a config as read from the command line (an entry point's); validated here, before minutes of compiling.
+  """
   topology = parse_topology(topology_name)
-  validate.check(config, devices=topology.chips, sources=False)  # One-line errors before minutes of compiling.
+  config = validate.check(config, devices=topology.chips, sources=False)
   devices = topology_devices(topology)
   hbm = topology.chip.hbm_bytes
   per_device = dry_run.describe(with_knobs(config), len(devices)).sequences_per_device

@@ -168,7 +168,7 @@ def data_plan(config, hosts: int) -> DataPlan:
   trained = {'general': plan.tokens * (1 - delta), 'domain': plan.tokens * delta}
   sources = []
   for name in ('general', 'domain'):
-    spec = config.data[name]
+    spec = getattr(config.data, name)
     kind, _, rest = spec.partition(':')
     target = rest.partition('?')[0]
     home, per_host = spec, None
@@ -179,7 +179,7 @@ def data_plan(config, hosts: int) -> DataPlan:
         for p in dataset.parts
       )
       subset = f'; subset {dataset.where} ({dataset.why})' if dataset.where else ''
-      budget = config.data[f'{name}_max_tokens']
+      budget = getattr(config.data, f'{name}_max_tokens')
       home = f'{parts}{subset}' + (f'; subsampled to {budget / 1e6:,.0f}M tokens' if budget else '')
     elif kind == 'tokens' and (target.startswith('@') or not any(c in target for c in '*?[')):
       source = sources_lib.parse(spec, name, config.data.cache_dir)

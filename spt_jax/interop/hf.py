@@ -6,12 +6,12 @@ files are read (memory-mapped) and written with the `safetensors` library's nump
 tensors out as the same bytes (the round trip import -> export is bit-exact).
 """
 
+import dataclasses
 import json
 import os
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 import safetensors
 from safetensors import numpy as safetensors_numpy
@@ -134,29 +134,26 @@ def _rope_theta(hf: dict) -> float:
   return float((hf.get('rope_parameters') or {}).get('rope_theta', hf.get('rope_theta', 10_000.0)))
 
 
-def model_config_from_hf(hf: dict, vocab_size: int | None = None) -> ml_collections.ConfigDict:
+def model_config_from_hf(hf: dict, vocab_size: int | None = None) -> model_lib.ModelConfig:
   """Our model config for an HF OLMo config; vocab_size: the tokenizer's (default: the embedding rows)."""
   rows = hf['vocab_size']
-  cfg = model_lib.preset_config('cpu-160k')
-  cfg.update(
-    dict(
-      vocab_size=vocab_size or rows,
-      d_model=hf['hidden_size'],
-      n_layers=hf['num_hidden_layers'],
-      n_heads=hf['num_attention_heads'],
-      mlp_dim=hf['intermediate_size'],
-      rope_theta=_rope_theta(hf),
-      layer_norm_eps=HF_LAYER_NORM_EPS,
-      tie_embeddings=bool(hf.get('tie_word_embeddings', False)),
-      init_std=float(hf.get('initializer_range', 0.02)),
-    )
+  cfg = model_lib.ModelConfig(
+    vocab_size=vocab_size or rows,
+    d_model=hf['hidden_size'],
+    n_layers=hf['num_hidden_layers'],
+    n_heads=hf['num_attention_heads'],
+    mlp_dim=hf['intermediate_size'],
+    rope_theta=_rope_theta(hf),
+    layer_norm_eps=HF_LAYER_NORM_EPS,
+    preset='hf',
+    tie_embeddings=bool(hf.get('tie_word_embeddings', False)),
+    init_std=float(hf.get('initializer_range', 0.02)),
   )
   if model_lib.padded_vocab_size(cfg) != rows:
-    cfg.vocab_size = rows
-  cfg.preset = 'hf'
+    cfg = dataclasses.replace(cfg, vocab_size=rows)
   for name, preset in model_lib.PRESETS.items():
-    if all(cfg[key] == value for key, value in preset.items()):
-      cfg.preset = name
+    if all(getattr(cfg, key) == value for key, value in preset.items()):
+      cfg = dataclasses.replace(cfg, preset=name)
   return cfg
 
 
@@ -183,7 +180,7 @@ def hf_config(model_cfg, tokenizer=None, max_position_embeddings: int = 2048) ->
     'eos_token_id': eos,
     'hidden_act': 'silu',
     'hidden_size': int(model_cfg.d_model),
-    'initializer_range': float(model_cfg.get('init_std', 0.02)),
+    'initializer_range': float(model_cfg.init_std),
     'intermediate_size': int(model_cfg.mlp_dim),
     'max_position_embeddings': int(max_position_embeddings),
     'model_type': 'olmo',
@@ -305,7 +302,7 @@ def load_tokenizer(directory: str):
   return tokenizers.Tokenizer.from_file(path)
 
 
-def import_hf(directory: str, scan_layers: bool = True) -> tuple[dict, ml_collections.ConfigDict]:
+def import_hf(directory: str, scan_layers: bool = True) -> tuple[dict, model_lib.ModelConfig]:
   """(params as float32 numpy, model config) of an HF OLMo directory; needs neither torch nor transformers."""
   directory = os.path.abspath(os.path.expanduser(directory))
   if not os.path.isdir(directory):
@@ -313,7 +310,7 @@ def import_hf(directory: str, scan_layers: bool = True) -> tuple[dict, ml_collec
   hf = read_hf_config(directory)
   tokenizer = load_tokenizer(directory)
   model_cfg = model_config_from_hf(hf, tokenizer.get_vocab_size() if tokenizer is not None else None)
-  model_cfg.scan_layers = scan_layers
+  model_cfg = dataclasses.replace(model_cfg, scan_layers=scan_layers)
   tensors = read_weights(directory)
   check_hf_tensors(tensors, model_cfg, directory)
   return params_from_hf(tensors, model_cfg), model_cfg
@@ -380,8 +377,7 @@ def load_for_init(directory: str, abstract_params) -> Any:
   """
   directory = os.path.abspath(os.path.expanduser(directory))
   hf = read_hf_config(directory)
-  model_cfg = model_config_from_hf(hf)
-  model_cfg.scan_layers = 'blocks' in abstract_params
+  model_cfg = dataclasses.replace(model_config_from_hf(hf), scan_layers='blocks' in abstract_params)
   tensors = read_weights(directory)
   check_hf_tensors(tensors, model_cfg, directory)
   params = params_from_hf(tensors, model_cfg)

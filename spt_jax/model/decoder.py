@@ -7,13 +7,13 @@ computation runs in `cfg.dtype`. Layers run under `nn.scan` so compile time does
 Every parameter carries logical axis names (see sharding.py for the rules that map them onto the mesh).
 """
 
+import dataclasses
 import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from spt_jax.model import attention, sharding
 from spt_jax.model.flops import (
@@ -30,29 +30,48 @@ REMAT_POLICIES = {
 AUTO_REMAT = 'auto'  # A config's remat_policy left to the run: chosen for its devices at the start (hardware/aot).
 
 
-def preset_config(name: str) -> ml_collections.ConfigDict:
-  """The model config of a named preset, with the computation settings every preset shares."""
-  if name not in PRESETS:
-    raise ValueError(f'unknown model preset {name!r}; choose one of {sorted(PRESETS)}')
-  c = ml_collections.ConfigDict(PRESETS[name])
-  c.preset = name
-  c.dtype = 'float32'  # Computation dtype; 'bfloat16' on accelerators.
-  c.param_dtype = 'float32'
-  c.tie_embeddings = True  # The paper pretrains tied and unties for finetuning.
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The decoder's shapes (a preset's, spt_jax/model/flops.PRESETS) and the computation settings every preset
+  shares; frozen and hashable, as a Flax module's attribute."""
+
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  mlp_dim: int
+  rope_theta: float = 10_000.0
+  layer_norm_eps: float = 1e-5
+  preset: str = ''  # The preset's name ('hf': a Hugging Face model of no preset's shapes).
+  dtype: str = 'float32'  # Computation dtype; 'bfloat16' on accelerators.
+  param_dtype: str = 'float32'
+  tie_embeddings: bool = True  # The paper pretrains tied and unties for finetuning.
   # Training attention (attention.py): 'auto' = splash on TPU, cuDNN on GPU in 16-bit, XLA otherwise; or 'splash',
   # 'cudnn', 'xla', '' (jax.nn.dot_product_attention picks).
-  c.attention_impl = 'auto'
+  attention_impl: str = 'auto'
   # Sequence positions per chunk of the loss (train.chunked_token_losses): the output head and cross-entropy run
   # one chunk at a time and are recomputed in the backward pass, so [B, L, V] float32 logits never exist at
   # once. 0: the whole sequence at once.
-  c.loss_chunk_length = 0
-  c.scan_layers = True  # nn.scan over layers: compile time independent of depth.
+  loss_chunk_length: int = 0
+  scan_layers: bool = True  # nn.scan over layers: compile time independent of depth.
   # Layers per iteration of the scan's loop (lax.scan's unroll): the same parameters and numbers, but a loop
   # unrolled n_layers times (0: all) drops the per-iteration slicing and stacking that a small model pays for.
-  c.scan_unroll = 1
-  c.remat_policy = 'none'  # One of REMAT_POLICIES: what the backward pass may keep instead of recomputing.
-  c.init_std = 0.02  # Normal init; output projections are scaled down by sqrt(2 * n_layers).
-  return c
+  scan_unroll: int = 1
+  remat_policy: str = 'none'  # One of REMAT_POLICIES: what the backward pass may keep instead of recomputing.
+  init_std: float = 0.02  # Normal init; output projections are scaled down by sqrt(2 * n_layers).
+
+  @classmethod
+  def from_dict(cls, values) -> 'ModelConfig':
+    """The model config saved in a run's config.json (keys of older releases that no field holds are dropped)."""
+    names = {field.name for field in dataclasses.fields(cls)}
+    return cls(**{key: value for key, value in dict(values).items() if key in names})
+
+
+def preset_config(name: str) -> ModelConfig:
+  """The model config of a named preset, with the computation settings every preset shares."""
+  if name not in PRESETS:
+    raise ValueError(f'unknown model preset {name!r}; choose one of {sorted(PRESETS)}')
+  return ModelConfig(**PRESETS[name], preset=name)
 
 
 def rope_tables(positions_L: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -87,7 +106,7 @@ def _init(std: float, names: tuple[str, ...]):
 class Block(nn.Module):
   """One pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-  cfg: ml_collections.ConfigDict
+  cfg: ModelConfig
   mesh: Any = None
 
   @nn.compact
@@ -150,7 +169,7 @@ class Decoder(nn.Module):
   applies the head chunk by chunk: see `head_kernel` and train.chunked_token_losses).
   """
 
-  cfg: ml_collections.ConfigDict
+  cfg: ModelConfig
   mesh: Any = None
 
   @nn.compact
@@ -182,7 +201,7 @@ class Decoder(nn.Module):
         split_rngs={'params': True},
         in_axes=(nn.broadcast, 0),
         length=cfg.n_layers,
-        unroll=cfg.get('scan_unroll', 1) or cfg.n_layers,
+        unroll=cfg.scan_unroll or cfg.n_layers,
         metadata_params={nn.PARTITION_NAME: 'layers'},
       )(cfg, self.mesh, name='blocks')
       x_BxLxD, cache = blocks(x_BxLxD, positions, cache)

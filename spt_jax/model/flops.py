@@ -67,22 +67,27 @@ PEAK_FLOPS = {
 }
 
 
+def _field(model_cfg, name: str, default=None):
+  """A model config's value, from a ModelConfig or from a dict (a preset, a saved config.json's model)."""
+  return model_cfg.get(name, default) if isinstance(model_cfg, dict) else getattr(model_cfg, name)
+
+
 def padded_vocab_size(model_cfg) -> int:
   """Vocabulary rounded up to a multiple of 128 (fast matmuls, even sharding)."""
-  return -(-int(model_cfg['vocab_size']) // 128) * 128
+  return -(-int(_field(model_cfg, 'vocab_size')) // 128) * 128
 
 
 def count_params(model_cfg) -> tuple[int, int]:
   """(total, non-embedding) parameters of an OLMo-style config: V_pad·D embedding (+ head), 4·D² + 3·D·F a layer."""
-  d, f, layers = int(model_cfg['d_model']), int(model_cfg['mlp_dim']), int(model_cfg['n_layers'])
+  d, f, layers = (int(_field(model_cfg, name)) for name in ('d_model', 'mlp_dim', 'n_layers'))
   non_embedding = layers * (4 * d * d + 3 * d * f)
-  embedding = padded_vocab_size(model_cfg) * d * (1 if model_cfg.get('tie_embeddings', True) else 2)
+  embedding = padded_vocab_size(model_cfg) * d * (1 if _field(model_cfg, 'tie_embeddings', True) else 2)
   return non_embedding + embedding, non_embedding
 
 
 def matmul_params(model_cfg) -> int:
   """N of the FLOP formulas: the non-embedding weights plus the output projection."""
-  return count_params(model_cfg)[1] + padded_vocab_size(model_cfg) * int(model_cfg['d_model'])
+  return count_params(model_cfg)[1] + padded_vocab_size(model_cfg) * int(_field(model_cfg, 'd_model'))
 
 
 def forward_flops_per_token(matmul_params_count: float, n_layers: int, d_model: int, context: int) -> float:
@@ -92,7 +97,9 @@ def forward_flops_per_token(matmul_params_count: float, n_layers: int, d_model: 
 
 def train_flops_per_token(model_cfg, seq_len: int) -> float:
   """Model FLOPs per trained token, 3 forward passes: 6·N + 12·layers·d_model·seq_len (attention)."""
-  return 3.0 * forward_flops_per_token(matmul_params(model_cfg), model_cfg['n_layers'], model_cfg['d_model'], seq_len)
+  return 3.0 * forward_flops_per_token(
+    matmul_params(model_cfg), _field(model_cfg, 'n_layers'), _field(model_cfg, 'd_model'), seq_len
+  )
 
 
 def mfu(flops_per_token: float, tokens_per_second: float, peak: float) -> float | None:

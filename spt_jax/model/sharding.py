@@ -42,7 +42,7 @@ _RULED_NAMES = frozenset(name for name, _ in RULES)
 
 def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
   """(data, fsdp, tensor) sizes; at most one may be -1, meaning all remaining devices."""
-  sizes = [int(mesh_cfg[axis]) for axis in MESH_AXES]
+  sizes = [int(getattr(mesh_cfg, axis)) for axis in MESH_AXES]
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
     raise ValueError(
       f'mesh {dict(zip(MESH_AXES, sizes, strict=True))}: sizes must be positive, with at most one -1; '

@@ -33,6 +33,7 @@ from etils import epath
 
 from spt_jax.model import decoder as model_lib
 from spt_jax.storage import bucket, files, layout, manifest
+from spt_jax.train import config as config_lib
 
 DAMAGED = 'damaged_checkpoints'  # Checkpoints that fail their check or restore are moved here (never deleted).
 # JSON files orbax reads of a step, with the reason a step whose copy does not parse is set aside under.
@@ -65,9 +66,12 @@ ADDED_DEFAULTS = {'model.scan_unroll': 1, 'data.valid_tokens': 0, 'data.heldout_
 
 
 def config_dict(config) -> dict:
-  """A plain, JSON-able dict of a ConfigDict (tuples become lists, as after a JSON round trip)."""
+  """A plain, JSON-able dict of an Experiment, a ConfigDict or a saved config (tuples become lists, as after a JSON
+  round trip)."""
   if isinstance(config, ml_collections.ConfigDict):
     config = config.to_dict()
+  elif isinstance(config, config_lib.Experiment):
+    config = config_lib.to_dict(config)
   return json.loads(json.dumps(config, default=str))
 
 
@@ -104,7 +108,7 @@ def config_differences(saved: dict, config, ignored: Sequence[str] = RESUME_IGNO
 def check_resumable(workdir: str, config) -> None:
   """Refuses to resume a workdir whose config.json differs from config, unless config.resume_mismatched."""
   saved = read_config(workdir)
-  if saved is None or config.get('resume_mismatched', False):
+  if saved is None or config.resume_mismatched:
     return
   differences = config_differences(saved, config)
   if differences:

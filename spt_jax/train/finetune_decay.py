@@ -23,6 +23,7 @@ import shutil
 from absl import logging
 
 from spt_jax.storage import bucket, layout, records
+from spt_jax.train import config as config_lib
 
 
 def wants_decay(config, stage: str, summary: records.RunSummary) -> bool:
@@ -31,20 +32,21 @@ def wants_decay(config, stage: str, summary: records.RunSummary) -> bool:
   return (
     stage == 'finetune'
     and ft.schedule == 'wsd'
-    and ft.get('decay_steps', 0) > 0
-    and ft.get('decay_from_step', -1) < 0
+    and ft.decay_steps > 0
+    and ft.decay_from_step < 0
     and summary.stop_reason == 'early_stopping'
   )
 
 
 def decay_config(config, best_step: int):
   """The config of the decay run: max_steps = best_step + decay_steps, marked as the decay of best_step."""
-  import ml_collections  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
-
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.finetune.max_steps = int(best_step) + int(config.finetune.decay_steps)
-  c.finetune.decay_from_step = int(best_step)
-  return c
+  return config_lib.replace(
+    config,
+    **{
+      'finetune.max_steps': int(best_step) + int(config.finetune.decay_steps),
+      'finetune.decay_from_step': int(best_step),
+    },
+  )
 
 
 def _seed(workdir: str, decay_dir: str, best_step: int) -> bool:

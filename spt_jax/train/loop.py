@@ -30,6 +30,7 @@ from spt_jax.evals import heldout as evaluation
 from spt_jax.model import flops, sharding
 from spt_jax.storage import bucket, files, layout, records
 from spt_jax.train import checkpoint, finetune_decay, run_plan, validate
+from spt_jax.train import config as config_lib
 from spt_jax.train import step as train
 
 
@@ -122,21 +123,21 @@ def _start_profiler_server(port: int) -> None:
 
 
 def run(
-  config, workdir: str, *, stage: str | None = None, grid_point=None, data=None, checked: bool = False
+  config: config_lib.Experiment, workdir: str, *, stage: str | None = None, grid_point=None, data=None
 ) -> records.RunSummary:
   """Trains one stage into workdir (resuming it when it holds a checkpoint) and returns its summary.
 
+  config: the Experiment an entry point read and validated (validate.check); it is not checked again here.
   data: a PreparedData to reuse (the pipeline prepares once for every stage); None prepares from the config.
-  checked: the caller validated the config already (an entry point, the pipeline); else it is validated here.
   """
-  return run_many([Run(config, workdir, stage, grid_point, data)], checked=checked)[0]
+  return run_many([Run(config, workdir, stage, grid_point, data)])[0]
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One stage to train into its own workdir (see `run` for the fields)."""
 
-  config: Any
+  config: config_lib.Experiment
   workdir: str
   stage: str | None = None
   grid_point: records.GridPoint | None = None
@@ -153,7 +154,7 @@ def runs_at_once(runs_together: int) -> int:
   return runs_together or (1 if jax.default_backend() == 'cpu' else 8)
 
 
-def run_many(runs: Sequence[Run], together: int = 1, *, checked: bool = False) -> list[records.RunSummary | None]:
+def run_many(runs: Sequence[Run], together: int = 1) -> list[records.RunSummary | None]:
   """Trains several runs, each into its own workdir exactly as `run` would, and returns their summaries in order
   (None for a run that did not start because an earlier one was preempted).
 
@@ -161,13 +162,12 @@ def run_many(runs: Sequence[Run], together: int = 1, *, checked: bool = False) -
   seeds, δs, finetuning grid points) train `together` at a time as one program over a leading run axis
   (Trainer.stacked_train_step), each with its own data order, mixture, schedule, evaluation, early stopping,
   checkpoints, metrics.jsonl and summary.json; a run that stops leaves the stack. 1: one after another.
-  checked: as in `run`. Each run's plan is made once, here.
+  Each run's plan is made once, here, from its validated Experiment.
   """
   if together < 1:
     raise ValueError(f'together={together}: train at least 1 run at a time (1: one after another).')
-  if not checked:
-    for r in runs:  # Every config, before any folder exists.
-      validate.check(r.config, data=r.data, stage=r.stage_name, grid_point=r.grid_point, vocab=False)
+  for r in runs:
+    config_lib.require_experiment(r.config, 'loop.run')
   plans = [run_plan.make(r.config, r.stage_name, r.grid_point) for r in runs]
   summaries = dict.fromkeys(range(len(runs)))
   # Held before build creates a checkpoint manager, which would clean up another run's in-flight save (a no-op for
@@ -196,7 +196,7 @@ def run_many(runs: Sequence[Run], together: int = 1, *, checked: bool = False) -
       r.workdir,
       summary,
       r.stage or r.config.stage,
-      functools.partial(run, stage=r.stage, grid_point=r.grid_point, data=r.data, checked=True),  # Its decay.
+      functools.partial(run, stage=r.stage, grid_point=r.grid_point, data=r.data),  # Its decay.
     )
     if summary is not None
     else None
@@ -349,10 +349,12 @@ class Built(NamedTuple):
   loop_state: LoopState
 
 
-def build(config, workdir: str, *, stage: str | None = None, grid_point=None, data=None) -> Built | records.RunSummary:
-  """A run ready to train, or the summary of a run that already finished in workdir (the config validated first)."""
+def build(
+  config: config_lib.Experiment, workdir: str, *, stage: str | None = None, grid_point=None, data=None
+) -> Built | records.RunSummary:
+  """A run ready to train, or the summary of a run that already finished in workdir (config: as in `run`)."""
+  config_lib.require_experiment(config, 'loop.build')
   stage = stage or config.stage
-  validate.check(config, data=data, stage=stage, grid_point=grid_point, vocab=False)  # Before any write.
   return _build(run_plan.make(config, stage, grid_point), workdir, data)
 
 
@@ -379,8 +381,6 @@ def _build(plan: run_plan.RunPlan, workdir: str, data) -> Built | records.RunSum
     params, init_checkpoint = checkpoint.restore_params_from(c.init_from, trainer.abstract_state.params)
   elif resume_step is None and c.stage == 'finetune':
     raise ValueError('finetuning needs parameters: set --config.init_from to a pretrain workdir or checkpoint.')
-  if data is None:
-    validate.check_vocab(c)  # The tokenizer against the model, before data is prepared.
   data = prepare_lib.prepare(c) if data is None else data
   validate.check_vocab(c, data)  # The prepared tokenizer against the model, before anything is compiled.
   mixture = mixture_lib.Mixture(
@@ -408,9 +408,9 @@ _TRAINERS = collections.OrderedDict()  # The few last Trainers, by everything th
 
 def _trainer_key(c, mesh) -> str:
   """Everything a Trainer's compiled steps depend on (not the learning rate: an input of the step)."""
-  optimizer = {k: v for k, v in c.optimizer.to_dict().items() if k != 'lr'}
+  optimizer = {k: v for k, v in config_lib.to_dict(c.optimizer).items() if k != 'lr'}
   devices = [mesh.axis_names, mesh.devices.shape, [d.id for d in mesh.devices.flat]]
-  return json.dumps([c.model.to_dict(), optimizer, c.grad_accum_steps, *devices], sort_keys=True, default=str)
+  return json.dumps([config_lib.to_dict(c.model), optimizer, c.grad_accum_steps, *devices], sort_keys=True, default=str)
 
 
 def _trainer(c, mesh) -> train.Trainer:
@@ -750,7 +750,7 @@ class _Loop:
       best=records.Evaluation.from_json(loop_state.best),
       best_valid=records.Evaluation.from_json(loop_state.best_valid),
       data={k: dict(v) for k, v in self.mixture.accounting(step).items()},
-      model=c.model.get('preset', ''),
+      model=c.model.preset,
       **mixture_lib.summary_deltas(c, step * self.tokens_per_step),
       params=flops.count_params(c.model)[0],
       seq_len=c.data.seq_len,

@@ -10,13 +10,13 @@ import time
 from typing import NamedTuple
 
 import jax
-import ml_collections
 from absl import logging
 
 from spt_jax.analysis import plots, seeds
 from spt_jax.data import prepare as prepare_lib
 from spt_jax.storage import bucket, files, layout, markdown, records
 from spt_jax.train import checkpoint, loop, run_plan, validate
+from spt_jax.train import config as config_lib
 
 
 def stage_folders(config, workdir: str) -> list[str]:
@@ -109,25 +109,22 @@ def extensions(grid, points: list[records.FinetunePoint], limit: int) -> dict[re
   return added
 
 
-def run_pipeline(config, workdir: str, data=None, *, checked: bool = False) -> records.PipelineSummary:
+def run_pipeline(config: config_lib.Experiment, workdir: str, data=None) -> records.PipelineSummary:
   """Pretrains into W/pretrain, finetunes each grid point into W/finetune/, writes W/summary.json, W/report.md.
 
-  checked: the caller (spt_jax.main) validated the whole config already; else it is validated here, once: the
-  stages below take it as valid.
+  config: the Experiment an entry point read and validated as a pipeline (validate.check with stage='pipeline':
+  every stage, the finetuning grid and from_steps); the stages below take it as valid.
   """
-  return run_pipelines([(config, workdir, data)], checked=checked)[0]
+  return run_pipelines([(config, workdir, data)])[0]
 
 
-def run_pipelines(pipelines: list[tuple], *, checked: bool = False) -> list[records.PipelineSummary]:
+def run_pipelines(pipelines: list[tuple]) -> list[records.PipelineSummary]:
   """Runs several pipelines, given as (config, workdir, data or None), as `run_pipeline` runs each; their stages
   train config.runs_together at a time where shapes allow (every pretraining together, then every finetune)."""
   started = time.time()
   folders = []
-  for config, workdir, data in pipelines:
-    if not checked:
-      as_pipeline = ml_collections.ConfigDict(config.to_dict())
-      as_pipeline.stage = 'pipeline'  # Every stage, the finetuning grid and from_steps, whatever stage config names.
-      validate.check(as_pipeline, data=data)  # Everything that can fail, before anything is written.
+  for config, workdir, _ in pipelines:
+    config_lib.require_experiment(config, 'pipeline.run_pipeline')
     folders += [workdir, *stage_folders(config, workdir)]
   # W and every stage folder, taken before any file is touched (re-entered when the caller already holds them).
   with files.WorkdirLock(folders, enabled=jax.process_index() == 0):
@@ -161,7 +158,7 @@ def _run_locked(pipelines: list[tuple]) -> list[records.PipelineSummary]:
   timing = {'prepare': round(time.time() - started, 3)}  # Of every pipeline together (they share their stages).
   started = time.time()
   runs = [loop.Run(c, folder, 'pretrain', data=d) for c, folder, d in prepared]
-  pretrains = loop.run_many(runs, together, checked=True)
+  pretrains = loop.run_many(runs, together)
   timing['pretrain'] = round(time.time() - started, 3)
   results, sources = [], []  # sources: the checkpoints to finetune from.
   for p, ((config, pretrain_dir, _), pretrain) in enumerate(zip(prepared, pretrains, strict=True)):
@@ -190,11 +187,9 @@ def _run_locked(pipelines: list[tuple]) -> list[records.PipelineSummary]:
     runs = []
     for source, point in pending:
       config, pretrain_dir, data = prepared[source.pipeline]
-      finetune_config = ml_collections.ConfigDict(config.to_dict())
-      finetune_config.init_from = source.init_from
       folder = layout.finetune_dir(os.path.dirname(pretrain_dir), point.folder(source.label))
-      runs.append(loop.Run(finetune_config, folder, 'finetune', point, data))
-    summaries = loop.run_many(runs, together, checked=True)
+      runs.append(loop.Run(config_lib.replace(config, init_from=source.init_from), folder, 'finetune', point, data))
+    summaries = loop.run_many(runs, together)
     for (source, point), summary in zip(pending, summaries, strict=True):
       if summary is None or summary.stop_reason == 'preempted':  # None: not started (an earlier one was).
         results[source.pipeline].stop_reason = 'preempted'

@@ -9,8 +9,6 @@ The paper's column is computed from the base config (OLMo-1B, Appendix B) the sa
 import dataclasses
 import math
 
-import ml_collections
-
 from spt_jax.data import paper_data
 from spt_jax.model import decoder, flops
 from spt_jax.storage import markdown
@@ -42,7 +40,7 @@ class Regime:
 
 def of_config(
   name: str,
-  config,
+  config: config_lib.Experiment,
   domain_tokens: int,
   deltas=PAPER_DELTAS,
   budgets=None,
@@ -77,13 +75,13 @@ _TOKEN_KEYS = ('data.domain_max_tokens', 'data.general_max_tokens', 'schedule.ho
 
 def _get(config, dotted: str):
   for part in dotted.split('.'):
-    config = config[part]
+    config = getattr(config, part)
   return config
 
 
-def scale_model(config, delta: float, preset: str, compute: float, count: int) -> tuple:
+def scale_model(config: config_lib.Experiment, delta: float, preset: str, compute: float, count: int) -> tuple:
   """A pilot at δ: the run of `config` in miniature, one of `count` that together cost `compute` of its
-  pretraining FLOPs. Returns (the pilot's config, k).
+  pretraining FLOPs. Returns (the pilot's Experiment, k).
 
   The model is `preset` (the run's vocabulary and dtype); the run's tokens, its domain and general sets (by whole
   documents; the held-out sets stay the same) and its lengths in steps and tokens (warmup, evaluations,
@@ -97,8 +95,9 @@ def scale_model(config, delta: float, preset: str, compute: float, count: int) -
     raise ValueError("a scale model shrinks the domain set: set --config.data.domain_max_tokens to the run's size")
   if config.mixture.stages:
     raise ValueError('a scale model of a staged mixture (mixture.stages) is not supported; give a domain_fraction')
-  small = decoder.preset_config(preset)
-  small.update(dtype=config.model.dtype, vocab_size=config.model.vocab_size)
+  small = dataclasses.replace(
+    decoder.preset_config(preset), dtype=config.model.dtype, vocab_size=config.model.vocab_size
+  )
   seq_len = config.data.seq_len
   per_token = flops.train_flops_per_token(config.model, seq_len) / flops.train_flops_per_token(small, seq_len)
   if per_token < 1:
@@ -117,7 +116,7 @@ def scale_model(config, delta: float, preset: str, compute: float, count: int) -
   if steps < 1:
     raise ValueError(f'a scale model of 1/{k:.1f} of the run has no whole step: give it more compute')
   values = {
-    'model': small.to_dict(),
+    'model': small,
     'tokens': steps * plan.tokens_per_step,
     'steps': 0,
     'mixture.domain_fraction': delta,
@@ -131,16 +130,14 @@ def scale_model(config, delta: float, preset: str, compute: float, count: int) -
   for key in _TOKEN_KEYS:
     value = _get(config, key)
     values[key] = max(1, int(value / k)) if value > 0 else value
-  pilot = ml_collections.ConfigDict(config.to_dict())
-  pilot.update_from_flattened_dict(values)
-  return pilot, k
+  return config_lib.replace(config, **values), k
 
 
 def paper() -> Regime:
   """The paper's run: OLMo-1B, 200B tokens, a 300M-token domain set, Appendix B's finetuning grid."""
   return of_config(
     'paper (OLMo-1B, 200B tokens)',
-    config_lib.base_config('olmo-1b'),
+    config_lib.freeze(config_lib.base_config('olmo-1b')),
     paper_data.DOMAIN_TOKENS,
     budgets=PAPER_BUDGETS,
     finetune_epochs_before_turn=PAPER_FINETUNE_EPOCHS_BEFORE_TURN,

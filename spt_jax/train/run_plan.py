@@ -7,17 +7,19 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from spt_jax.storage import records
+from spt_jax.train import config as config_lib
 from spt_jax.train import schedules
 
 STAGES = ('pretrain', 'finetune')
 
 
-def stage_config(config, stage: str, grid_point: records.GridPoint | None = None) -> ml_collections.ConfigDict:
+def stage_config(
+  config: config_lib.Experiment, stage: str, grid_point: records.GridPoint | None = None
+) -> config_lib.Experiment:
   """The effective config of a stage: the ONE place where pretraining and finetuning differ.
 
   Finetuning (Appendix B): its own batch size (in microbatches no larger than pretraining's, when it has several),
@@ -27,32 +29,43 @@ def stage_config(config, stage: str, grid_point: records.GridPoint | None = None
   """
   if stage not in STAGES:
     raise ValueError(f'stage={stage!r} cannot be trained directly; use pretrain or finetune (the pipeline runs both).')
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.stage = stage
-  if stage == 'finetune':
-    ft = c.finetune
-    lr, warmup = records.GridPoint.of(grid_point if grid_point is not None else ft.grid[0])
-    c.batch_size = ft.batch_size
-    if config.grad_accum_steps > 1:  # Microbatches no larger than pretraining's, which fit the devices' memory.
-      c.grad_accum_steps = -(-ft.batch_size // (config.batch_size // config.grad_accum_steps))
-      while ft.batch_size % c.grad_accum_steps:
-        c.grad_accum_steps += 1
-    c.optimizer.lr, c.optimizer.weight_decay = lr, ft.weight_decay
-    c.schedule.kind, c.schedule.warmup_steps, c.schedule.warmup_tokens = ft.schedule, warmup, 0
-    c.eval_every, c.patience, c.eval_intervals = ft.eval_every, ft.patience, ()
-    c.steps, c.tokens, c.schedule.decay_steps = ft.max_steps, 0, ft.decay_steps  # WSD: see finetune_decay.
-    if ft.untie_embeddings:
-      c.model.tie_embeddings = False
-    if ft.from_steps:
-      ft.from_steps = ()  # Pretraining checkpoints to finetune from; a finetune keeps no such steps.
-  return c
+  if stage == 'pretrain':
+    return config_lib.replace(config, stage=stage)
+  ft = config.finetune
+  lr, warmup = records.GridPoint.of(grid_point if grid_point is not None else ft.grid[0])
+  grad_accum_steps = config.grad_accum_steps
+  if grad_accum_steps > 1:  # Microbatches no larger than pretraining's, which fit the devices' memory.
+    grad_accum_steps = -(-ft.batch_size // (config.batch_size // config.grad_accum_steps))
+    while ft.batch_size % grad_accum_steps:
+      grad_accum_steps += 1
+  return config_lib.replace(
+    config,
+    **{
+      'stage': stage,
+      'batch_size': ft.batch_size,
+      'grad_accum_steps': grad_accum_steps,
+      'optimizer.lr': lr,
+      'optimizer.weight_decay': ft.weight_decay,
+      'schedule.kind': ft.schedule,
+      'schedule.warmup_steps': warmup,
+      'schedule.warmup_tokens': 0,
+      'schedule.decay_steps': ft.decay_steps,  # WSD: see finetune_decay.
+      'eval_every': ft.eval_every,
+      'patience': ft.patience,
+      'eval_intervals': (),
+      'steps': ft.max_steps,
+      'tokens': 0,
+      'model.tie_embeddings': config.model.tie_embeddings and not ft.untie_embeddings,
+      'finetune.from_steps': (),  # Pretraining checkpoints to finetune from; a finetune keeps no such steps.
+    },
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
   """One stage's length and learning rate, derived from its effective config."""
 
-  config: ml_collections.ConfigDict  # The stage's effective config (stage_config).
+  config: config_lib.Experiment  # The stage's effective config (stage_config).
   steps: int
   tokens_per_step: int
   warmup_steps: int
@@ -79,7 +92,7 @@ class RunPlan:
     return c.batch_size // divisor
 
 
-def make(config, stage: str | None = None, grid_point=None) -> RunPlan:
+def make(config: config_lib.Experiment, stage: str | None = None, grid_point=None) -> RunPlan:
   """The plan of one stage (default: config.stage; a pipeline's first stage is pretraining)."""
   stage = stage or ('pretrain' if config.stage == 'pipeline' else config.stage)
   c = stage_config(config, stage, grid_point)

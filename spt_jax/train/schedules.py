@@ -12,7 +12,7 @@ DECAY_SHAPES = ('linear', 'cosine', '1-sqrt')
 def warmup_steps(config, tokens_per_step: int) -> int:
   """Warmup length in steps: schedule.warmup_tokens when > 0, else schedule.warmup_steps."""
   schedule = config.schedule
-  if schedule.get('warmup_tokens', 0) > 0:
+  if schedule.warmup_tokens > 0:
     return int(math.ceil(schedule.warmup_tokens / tokens_per_step))
   return int(schedule.warmup_steps)
 
@@ -36,8 +36,8 @@ def _check(config, total_steps: int, tokens_per_step: int):
     'decay_fraction',
     'decay_steps',
   ):
-    if schedule.get(key, 0) < 0:
-      raise ValueError(f'schedule.{key}={schedule.get(key)} is negative; set it to 0 or more.')
+    if getattr(schedule, key) < 0:
+      raise ValueError(f'schedule.{key}={getattr(schedule, key)} is negative; set it to 0 or more.')
   if config.optimizer.lr <= 0:
     raise ValueError(f'optimizer.lr={config.optimizer.lr} must be positive.')
   if schedule.kind == 'wsd':
@@ -103,7 +103,7 @@ def make_schedule(config, total_steps: int, tokens_per_step: int) -> optax.Sched
     after_warmup = total_steps - warmup
     decay_start = warmup + int(round(schedule.stable_fraction * after_warmup))
     decay_steps = max(int(round(schedule.decay_fraction * after_warmup)), 1)
-    if schedule.get('decay_steps', 0) > 0:  # WSD in steps: the last decay_steps of the run, never in warmup.
+    if schedule.decay_steps > 0:  # WSD in steps: the last decay_steps of the run, never in warmup.
       decay_start = max(total_steps - int(schedule.decay_steps), warmup)
       decay_steps = max(total_steps - decay_start, 1)
     phases = [optax.constant_schedule(peak), _decay_to(final, peak, decay_steps, schedule.decay_shape)]

@@ -209,7 +209,7 @@ class Trainer:
   def token_losses(self, params, batch_BxLp1) -> tuple[jax.Array, jax.Array]:
     """Per-token losses and log-partitions [B, L] of a batch of L + 1 tokens (chunked when configured)."""
     inputs_BxL, targets_BxL = batch_BxLp1[:, :-1], batch_BxLp1[:, 1:]
-    chunk_length = self.model_cfg.get('loss_chunk_length', 0)
+    chunk_length = self.model_cfg.loss_chunk_length
     if not chunk_length or chunk_length >= inputs_BxL.shape[1]:
       return token_losses(self.model.apply({'params': params}, inputs_BxL), targets_BxL)
     hidden_BxLxD = self.model.apply({'params': params}, inputs_BxL, return_hidden=True)

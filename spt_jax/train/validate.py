@@ -1,9 +1,12 @@
 """Every check a config can pass or fail before a run writes anything: one function, one-line errors.
 
-A rejected config must not lock the user out of the workdir, so nothing here writes; the loop and the pipeline
-call `check` before they create a file, and write config.json only once the run really starts.
+`check` is where an entry point (spt_jax.main, the dry run, a study's runs) reads its config, once: it returns the
+frozen Experiment that the loop and the pipeline take as valid and never check again (only the prepared data's
+tokenizer is checked against the model, `check_vocab`, once the data exists). A rejected config must not lock the
+user out of the workdir, so nothing here writes.
 """
 
+import dataclasses
 import functools
 import math
 import os
@@ -12,10 +15,10 @@ import shutil
 import jax
 import numpy as np
 
-from spt_jax import cli
 from spt_jax.model import attention, decoder
 from spt_jax.storage import bucket
 from spt_jax.train import compile_cache, schedules
+from spt_jax.train import config as config_lib
 
 OLMO_VOCAB_SIZE = 50280  # OLMo's GPT-NeoX tokenizer (data.tokenizer='olmo'), checked in tests/test_validate.py.
 # What every key of the base config must hold; tests/test_validate.py checks that no key of config.base_config is
@@ -127,8 +130,20 @@ _CHECKED_ELSEWHERE = (
 def _get(config, dotted: str):
   value = config
   for key in dotted.split('.'):
-    value = value[key]
+    value = getattr(value, key)
   return value
+
+
+def _leaves(record, prefix: str = '') -> list[str]:
+  """Every leaf of a frozen config as a dotted key."""
+  keys = []
+  for field in dataclasses.fields(record):
+    value = getattr(record, field.name)
+    if dataclasses.is_dataclass(value):
+      keys += _leaves(value, f'{prefix}{field.name}.')
+    else:
+      keys.append(f'{prefix}{field.name}')
+  return keys
 
 
 def check(
@@ -141,8 +156,9 @@ def check(
   grid_point=None,
   vocab: bool = True,
   backend: str | None = None,
-) -> None:
-  """Raises a one-line ValueError naming the problem and the fix; reads no data, writes nothing.
+) -> config_lib.Experiment:
+  """The config read into its frozen Experiment (config_lib.freeze), which an entry point hands to everything
+  below it; raises a one-line ValueError naming the problem and the fix; reads no data, writes nothing.
 
   data: prepared data the caller already has (its sources and tokenizer are then not checked here).
   devices: plan the mesh for this many devices (default: those present). sources: check data specs and the
@@ -155,6 +171,8 @@ def check(
   from spt_jax.model import sharding  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
   from spt_jax.train import run_plan  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
+  if not isinstance(config, config_lib.Experiment):
+    config = config_lib.freeze(config)
   if config.stage not in ('pretrain', 'finetune', 'pipeline'):
     raise ValueError(f'stage={config.stage!r}; use --config.stage=pretrain, finetune or pipeline')
   if config.stage == 'finetune' and not config.init_from:
@@ -188,7 +206,7 @@ def check(
         f'devices × grad_accum_steps={plan.config.grad_accum_steps}; change --config.{where}, '
         '--config.grad_accum_steps or --config.mesh'
       )
-  missing = [key for key in ('general', 'domain') if not config.data[key]]
+  missing = [key for key in ('general', 'domain') if not getattr(config.data, key)]
   if sources and data is None and missing:
     raise ValueError(
       f'config.data.{" and config.data.".join(missing)} not set: point them at your data '
@@ -204,6 +222,7 @@ def check(
     _check_sources(config)
   if sources and vocab:
     check_vocab(config, data)
+  return config
 
 
 def rules() -> dict:
@@ -244,7 +263,7 @@ def _is_integer(value) -> bool:
 def _check_numbers(config, finetunes: bool) -> None:
   """Every value of the base config's keys against its rule, and no NaN or infinity anywhere in the config."""
 
-  for name in cli.flat_keys(config):
+  for name in _leaves(config):
     value = _get(config, name)
     if not hasattr(value, 'items') and _non_finite(value):
       raise ValueError(f'{name}={value!r} is not a finite number; set --config.{name} to a finite value')
@@ -393,7 +412,7 @@ def _check_sources(config) -> None:
   from spt_jax.data import remote  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
   from spt_jax.data import sources as sources_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  extra = dict(config.get('extra_eval', {}) or {})
+  extra = dict(config.extra_eval)
   clash = sorted(set(extra) & {'domain_test', 'domain_train', 'general_test'})
   if clash:
     raise ValueError(f'extra_eval names {clash} clash with the built-in eval sets; rename them')
