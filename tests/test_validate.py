@@ -142,3 +142,9 @@ def test_folders_are_checked_before_they_are_touched(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match=r'has 0.00 GB free, less than one checkpoint of this model'):
     validate.check_folders(config, str(tmp_path / 'run'))
   assert sorted(p.name for p in tmp_path.iterdir()) == ['cache', 'file']  # Nothing was made.
+
+
+def test_an_extra_eval_set_cannot_take_a_built_in_sets_name():
+  config = test_loop.tiny_config()
+  config.extra_eval = ml_collections.ConfigDict({'domain_valid': 'builtin:english'})
+  assert "extra_eval names ['domain_valid'] clash with the built-in eval sets" in _error(config)

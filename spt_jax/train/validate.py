@@ -413,7 +413,7 @@ def _check_sources(config) -> None:
   from spt_jax.data import sources as sources_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   extra = dict(config.extra_eval)
-  clash = sorted(set(extra) & {'domain_test', 'domain_train', 'general_test'})
+  clash = sorted(set(extra) & {'domain_test', 'domain_train', 'domain_valid', 'general_test'})
   if clash:
     raise ValueError(f'extra_eval names {clash} clash with the built-in eval sets; rename them')
   specs = {'domain': config.data.domain, 'general': config.data.general}
