@@ -109,10 +109,7 @@ def prepare(config) -> PreparedData:
   """Returns the packed train and eval sequences for config.data, preparing them on first use (config: validated
   at its entry point, spt_jax/train/validate.py)."""
   data = config.data
-  extra = dict(config.extra_eval)
-  clash = sorted(set(extra) & {'domain_test', 'domain_train', 'domain_valid', 'general_test'})
-  if clash:
-    raise ValueError(f'extra_eval names {clash} clash with the built-in eval sets; rename them')
+  extra = dict(config.extra_eval)  # Names that clash with the built-in sets are refused at the entry (validate).
   specs = {'domain': data.domain, 'general': data.general}  # The small domain first: its errors come early.
   specs.update({f'extra:{name}': spec for name, spec in sorted(extra.items())})
   parsed = {name: sources_lib.parse(spec, name, data.cache_dir) for name, spec in specs.items()}
