@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -99,29 +98,15 @@ def _tokenizer(tmp_path):
 
 def _config(tmp_path, general, domain):
   tokenizer, _ = _tokenizer(tmp_path)
-  config = ml_collections.ConfigDict()
-  config.seed, config.steps, config.batch_size, config.tokens = 0, 0, 8, 20_000
-  config.data = ml_collections.ConfigDict(
-    dict(
-      seq_len=L,
-      general=general,
-      domain=domain,
-      domain_max_tokens=0,
-      general_max_tokens=0,
-      tokenizer=tokenizer,
-      tokenizer_vocab_size=300,
-      test_fraction=0.0,
-      test_tokens=300,
-      domain_train_sequences=4,
-      valid_tokens=0,
-      cache_dir=str(tmp_path / 'cache'),
-      num_workers=1,
-      keep_tokenized=True,
-      remote_cache_bytes=1 << 20,
-    )
+  return tiny.data_config(
+    tmp_path / 'cache',
+    general=general,
+    domain=domain,
+    tokenizer=tokenizer,
+    test_fraction=0.0,
+    test_tokens=300,
+    domain_train_sequences=4,
   )
-  config.extra_eval = ml_collections.ConfigDict()
-  return config
 
 
 def _sent(log, ranged=None) -> int:

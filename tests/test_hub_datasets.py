@@ -13,7 +13,6 @@ import threading
 import types
 import urllib.parse
 
-import ml_collections
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,6 +23,7 @@ from spt_jax.data import hub_datasets, paper_data
 from spt_jax.data import prepare as prepare_lib
 from spt_jax.data import sources as sources_lib
 from spt_jax.data import tokenizer as tokenizer_lib
+from tests import tiny
 
 L = 32
 PAGE = 4  # Tree listings come in pages this long, as the Hub pages them (a Link header to the next).
@@ -235,29 +235,15 @@ def _config(tmp_path, domain):
   tokenizer = tmp_path / 'tokenizer.json'
   if not tokenizer.exists():
     tokenizer_lib.train_bpe({'general': f'files:{corpus}'}, 300, str(tmp_path / 'cache')).save(str(tokenizer))
-  config = ml_collections.ConfigDict()
-  config.seed, config.steps, config.batch_size, config.tokens = 0, 0, 8, 20_000
-  config.data = ml_collections.ConfigDict(
-    dict(
-      seq_len=L,
-      general=f'files:{corpus}',
-      domain=domain,
-      domain_max_tokens=0,
-      general_max_tokens=0,
-      tokenizer=str(tokenizer),
-      tokenizer_vocab_size=300,
-      test_fraction=0.0,
-      test_tokens=200,
-      domain_train_sequences=4,
-      valid_tokens=0,
-      cache_dir=str(tmp_path / 'cache'),
-      num_workers=1,
-      keep_tokenized=True,
-      remote_cache_bytes=1 << 20,
-    )
+  return tiny.data_config(
+    tmp_path / 'cache',
+    general=f'files:{corpus}',
+    domain=domain,
+    tokenizer=str(tokenizer),
+    test_fraction=0.0,
+    test_tokens=200,
+    domain_train_sequences=4,
   )
-  config.extra_eval = ml_collections.ConfigDict()
-  return config
 
 
 def test_the_paper_presets_read_the_hub_datasets():

@@ -13,6 +13,7 @@ from spt_jax.data import prepare as prepare_lib
 from spt_jax.data import sources as sources_lib
 from spt_jax.data import tokenize as tokenize_lib
 from spt_jax.data import tokenizer as tokenizer_lib
+from tests import tiny
 
 L = 32
 _WORDS = (
@@ -35,30 +36,14 @@ def _config(tmp_path, **data):
   if not (tmp_path / 'general').exists():
     _write_corpus(tmp_path / 'general', 'g', 200, 0)
     _write_corpus(tmp_path / 'domain', 'd', 60, 1, duplicates=20)
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.data = ml_collections.ConfigDict(
-    dict(
-      seq_len=L,
-      general=f'files:{tmp_path}/general',
-      domain=f'files:{tmp_path}/domain/*.txt',
-      domain_max_tokens=0,
-      general_max_tokens=0,
-      tokenizer='bpe',
-      tokenizer_vocab_size=300,
-      test_fraction=0.2,
-      test_tokens=0,
-      domain_train_sequences=8,
-      valid_tokens=0,
-      cache_dir=str(tmp_path / 'cache'),
-      num_workers=1,
-      keep_tokenized=True,
-      remote_cache_bytes=1 << 20,
-    )
+  defaults = dict(
+    general=f'files:{tmp_path}/general',
+    domain=f'files:{tmp_path}/domain/*.txt',
+    tokenizer='bpe',
+    test_fraction=0.2,
+    domain_train_sequences=8,
   )
-  config.data.update(data)
-  config.extra_eval = ml_collections.ConfigDict()
-  return config
+  return tiny.data_config(data.pop('cache_dir', tmp_path / 'cache'), **{**defaults, **data})
 
 
 def _contains(stream: np.ndarray, needle: np.ndarray) -> bool:

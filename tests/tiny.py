@@ -1,10 +1,13 @@
 """The tiny config and data of the loop tests, shared with the runs they start in subprocesses."""
 
+import dataclasses
 import socket
 import types
 
+import ml_collections
 import numpy as np
 
+from spt_jax.data.data_config import DataConfig
 from spt_jax.train import config as config_lib
 
 
@@ -26,6 +29,20 @@ def tiny_config(**overrides):
       target = target[parent]
     target[last] = value
   return c
+
+
+def data_config(cache_dir, **data):
+  """What the data layer reads of a run's config (seed 0, the data section, no extra eval sets), as a ConfigDict a
+  test may change: the data section's defaults at the data tests' size (32-token sequences, a 300-token vocabulary,
+  one worker, a 1 MiB row cache), the cache in `cache_dir`, then `data`."""
+  sized = dict(seq_len=32, tokenizer_vocab_size=300, num_workers=1, remote_cache_bytes=1 << 20)
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = ml_collections.ConfigDict(
+    dataclasses.asdict(DataConfig(**{**sized, 'cache_dir': str(cache_dir), **data}))
+  )
+  config.extra_eval = ml_collections.ConfigDict()
+  return config
 
 
 def tiny_data(seq_len=16, vocab=500):
