@@ -1,9 +1,10 @@
 """Every key a run reads, typed, with its paper-faithful default (Appendix B) where the paper gives one.
 
 A config file (configs/<domain>.py) starts from `base_config`, an ml_collections ConfigDict of these defaults that it
-and the command line (`--config.KEY=VALUE`) change. An entry point then reads it once, through
-`validate.read`, into the frozen `Experiment` below: everything under the entry takes that, never the ConfigDict,
-and a stage's differences from it are `replace`d copies (run_plan.stage_config).
+and the command line (`--config.KEY=VALUE`) change. An entry point then reads it once, through `validate.check`,
+into the frozen `Experiment` below: everything under the entry takes that, never the ConfigDict, and a stage's
+differences from it are `replace`d copies (run_plan.stage_config). The model's section is decoder.ModelConfig and
+the data's data_config.DataConfig, each beside the code that reads it.
 """
 
 import dataclasses
@@ -97,7 +98,7 @@ class Finetune:
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-  """A run's whole config, read once at its entry point (validate.read) and frozen."""
+  """A run's whole config, read once at its entry point (validate.check) and frozen."""
 
   model: model_lib.ModelConfig
   seed: int = 0  # One seed for init, data order and dropout-free training noise: same seed, same run.
