@@ -67,7 +67,7 @@ def _config(preset: str, dtype: str, **model_overrides):
   """The base config of a preset, its model in `dtype` with the overrides."""
   from spt_jax.train import config as config_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  config = config_lib.freeze(config_lib.base_config(preset))
+  config = config_lib.defaults(preset)
   return config_lib.replace(config, model=dataclasses.replace(config.model, dtype=dtype, **model_overrides))
 
 

@@ -83,7 +83,7 @@ def load_checkpoint(path: str, tokenizer_required: bool = True) -> LoadedModel:
     if bucket.exists(saved):
       tokenizer = tokenizers.Tokenizer.from_str(bucket.read_text(saved))
     else:
-      tokenizer = tokenizer_lib.load_tokenizer(config)
+      tokenizer = tokenizer_lib.load_tokenizer(config.data)
   if tokenizer is not None and tokenizer.get_vocab_size() > model_lib.padded_vocab_size(model_cfg):
     raise ValueError(
       f"the run's tokenizer has {tokenizer.get_vocab_size()} tokens but its model "

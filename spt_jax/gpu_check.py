@@ -70,7 +70,7 @@ def largest_batch_timer(batch_sizes, remat_policy: str, preset: str, seq_len: in
 
 def trained_tiny_model(steps: int = 60, seq_len: int = 32):
   """cpu-160k trained on the CPU on one repeating pattern, so its greedy choices have wide margins."""
-  config = config_lib.freeze(config_lib.base_config('cpu-160k'))
+  config = config_lib.defaults('cpu-160k')
   config = config_lib.replace(config, **{'model.vocab_size': 128, 'model.attention_impl': 'xla'})
   schedule = optax.constant_schedule(3e-3)
   trainer = train.Trainer(

@@ -156,7 +156,7 @@ def test_mismatched_config_refuses_to_resume(tmp_path):
 
 
 def test_a_key_added_since_a_run_was_saved_resumes_at_its_default(tmp_path):
-  newer = config_lib.freeze(config_lib.base_config())
+  newer = config_lib.defaults()
   saved = config_lib.to_dict(newer)
   del saved['model']['scan_unroll']
   checkpoint.write_config(str(tmp_path), saved)  # Written before model.scan_unroll existed.

@@ -11,7 +11,7 @@ from spt_jax.train import schedules
 
 
 def _config(kind='cosine', lr=4e-4, **schedule):
-  c = config_lib.freeze(config_lib.base_config())
+  c = config_lib.defaults()
   defaults = dict(kind=kind, warmup_steps=10, horizon_tokens=0)
   return config_lib.replace(
     c, **{'optimizer.lr': lr, **{f'schedule.{key}': value for key, value in {**defaults, **schedule}.items()}}

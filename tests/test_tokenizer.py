@@ -3,11 +3,11 @@
 import random
 import time
 
-import ml_collections
 import pytest
 import tokenizers
 
 from spt_jax.data import tokenizer as tokenizer_lib
+from spt_jax.data.data_config import DataConfig
 
 _WORDS = (
   'lemma proof qed intros apply the of and music chord note theorem rewrite induction '
@@ -26,17 +26,13 @@ def _write_corpus(folder, prefix, count, seed):
 def _config(tmp_path, tokenizer='bpe', vocab_size=300):
   _write_corpus(tmp_path / 'general', 'g', 80, 0)
   _write_corpus(tmp_path / 'domain', 'd', 20, 1)
-  config = ml_collections.ConfigDict()
-  config.data = ml_collections.ConfigDict(
-    dict(
-      general=f'files:{tmp_path}/general',
-      domain=f'files:{tmp_path}/domain/*.txt',
-      tokenizer=tokenizer,
-      tokenizer_vocab_size=vocab_size,
-      cache_dir=str(tmp_path / 'cache'),
-    )
+  return DataConfig(
+    general=f'files:{tmp_path}/general',
+    domain=f'files:{tmp_path}/domain/*.txt',
+    tokenizer=tokenizer,
+    tokenizer_vocab_size=vocab_size,
+    cache_dir=str(tmp_path / 'cache'),
   )
-  return config
 
 
 def test_bpe_trains_with_eos_and_round_trips(tmp_path):

@@ -104,8 +104,12 @@ def measure_prepare(spec: str, tokenizer, num_workers: int = 0) -> dict:
 
 def _load_tokenizer(name: str, spec: str):
   from spt_jax.data import tokenizer as tokenizer_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.data.data_config import DataConfig  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-  return tokenizer_lib.tokenizer_for(name, {'general': spec, 'domain': ''}, _VOCAB.value, _CACHE_DIR.value)
+  data = DataConfig(
+    tokenizer=name, tokenizer_vocab_size=_VOCAB.value, general=spec, domain='', cache_dir=_CACHE_DIR.value
+  )
+  return tokenizer_lib.load_tokenizer(data)
 
 
 def pipeline_speed(batch_size: int, seq_len: int, vocab_size: int, domain_fraction: float, steps: int) -> dict:

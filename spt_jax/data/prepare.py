@@ -85,7 +85,7 @@ def source_digests(metadata: dict) -> dict[str, str]:
 
 def _budgets(config) -> dict:
   """Token budget per training source (data.<name>_max_tokens; 0: all of it), part of the cache key."""
-  return {name: int(getattr(config.data, f'{name}_max_tokens') or 0) for name in TRAIN_SOURCES}
+  return {name: int(getattr(config.data, f'{name}_max_tokens')) for name in TRAIN_SOURCES}
 
 
 def _processes() -> tuple:
@@ -162,7 +162,7 @@ def _ready_or_built(config, parsed: dict, budgets: dict, folder: pathlib.Path) -
 
 
 def _build_and_load(config, parsed: dict, budgets: dict, folder: pathlib.Path) -> PreparedData:
-  tokenizer = tokenizer_lib.load_tokenizer(config)
+  tokenizer = tokenizer_lib.load_tokenizer(config.data)
   metadata = _build(config, parsed, budgets, tokenizer, tokenizer_lib.tokenizer_hash(tokenizer), folder)
   _record_checksums(folder)
   return _load(folder, metadata, tokenizer, config.data.remote_cache_bytes)

@@ -39,23 +39,17 @@ def eos_id(tokenizer: tokenizers.Tokenizer) -> int:
   )
 
 
-def load_tokenizer(config) -> tokenizers.Tokenizer:
-  """config.data.tokenizer: 'olmo', 'bpe' (trained on data.general + data.domain, cached) or a JSON path."""
-  data = config.data
-  return tokenizer_for(
-    data.tokenizer, {'general': data.general, 'domain': data.domain}, data.tokenizer_vocab_size, data.cache_dir
-  )
-
-
-def tokenizer_for(name: str, specs: dict, vocab_size: int, cache_dir: str) -> tokenizers.Tokenizer:
-  """The tokenizer `name` names: 'olmo', 'bpe' (of vocab_size, trained on the sources `specs`, cached) or a path."""
-  if name == 'olmo':
+def load_tokenizer(data) -> tokenizers.Tokenizer:
+  """The tokenizer of a config's data section (DataConfig): data.tokenizer 'olmo', 'bpe' (trained on data.general
+  + data.domain, cached) or a JSON path."""
+  if data.tokenizer == 'olmo':
     from spt_jax.data import fetch  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
-    return _from_file(fetch.tokenizer_file(cache_dir))
-  if name == 'bpe':
-    return train_bpe(specs, vocab_size, cache_dir)
-  return _from_file(name)
+    return _from_file(fetch.tokenizer_file(data.cache_dir))
+  if data.tokenizer == 'bpe':
+    specs = {'general': data.general, 'domain': data.domain}
+    return train_bpe(specs, data.tokenizer_vocab_size, data.cache_dir)
+  return _from_file(data.tokenizer)
 
 
 def _from_file(path) -> tokenizers.Tokenizer:

@@ -60,12 +60,6 @@ class ModelConfig:
   remat_policy: str = 'none'  # One of REMAT_POLICIES: what the backward pass may keep instead of recomputing.
   init_std: float = 0.02  # Normal init; output projections are scaled down by sqrt(2 * n_layers).
 
-  @classmethod
-  def from_dict(cls, values) -> 'ModelConfig':
-    """The model config saved in a run's config.json (keys of older releases that no field holds are dropped)."""
-    names = {field.name for field in dataclasses.fields(cls)}
-    return cls(**{key: value for key, value in dict(values).items() if key in names})
-
 
 def preset_config(name: str) -> ModelConfig:
   """The model config of a named preset, with the computation settings every preset shares."""

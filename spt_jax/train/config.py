@@ -151,14 +151,15 @@ class Experiment:
   resume_mismatched: bool = False  # Resume a workdir even if its config.json differs from this config.
   finetune: Finetune = Finetune()
 
-  def to_dict(self) -> dict:
-    """Plain nested dicts (config.json's content; the same keys as the ConfigDict it was read from)."""
-    return to_dict(self)
+
+def defaults(model_preset: str = 'cpu-160k') -> Experiment:
+  """The defaults above with a model preset, frozen (for code that builds its config itself: bench, gpu_check)."""
+  return Experiment(model=model_lib.preset_config(model_preset))
 
 
 def base_config(model_preset: str = 'cpu-160k') -> ml_collections.ConfigDict:
   """The defaults above with a model preset, as the ConfigDict a config file and the command line change."""
-  return ml_collections.ConfigDict(to_dict(Experiment(model=model_lib.preset_config(model_preset))))
+  return ml_collections.ConfigDict(to_dict(defaults(model_preset)))
 
 
 def load(spec: str) -> ml_collections.ConfigDict:

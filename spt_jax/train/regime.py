@@ -137,7 +137,7 @@ def paper() -> Regime:
   """The paper's run: OLMo-1B, 200B tokens, a 300M-token domain set, Appendix B's finetuning grid."""
   return of_config(
     'paper (OLMo-1B, 200B tokens)',
-    config_lib.freeze(config_lib.base_config('olmo-1b')),
+    config_lib.defaults('olmo-1b'),
     paper_data.DOMAIN_TOKENS,
     budgets=PAPER_BUDGETS,
     finetune_epochs_before_turn=PAPER_FINETUNE_EPOCHS_BEFORE_TURN,
