@@ -175,6 +175,8 @@ def test_unidentified_parameters_are_warned():
   text = ' '.join(fit.warnings)
   assert 'distinct δ' in text
   assert 'identify' in text or 'CI' in text
+  # b_gap_s is fitted as b_gap(10%): a status read off that parameter names it (its range is not b_gap_s's).
+  assert fit.params['b_gap_s'].identification.endswith('(of b_gap_10, which it is fitted as)')
 
 
 def test_extrapolation_and_impossible_losses_are_flagged():

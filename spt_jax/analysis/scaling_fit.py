@@ -459,13 +459,16 @@ def fit_joint(
   if bootstrap:  # From the optimum found: the same fit, now with its bootstrap.
     joint = joint_fit(fixed, bootstrap, [to_theta(joint.params, FIT_SPEC)])
   identification = {}
-  for name in JOINT_NAMES:  # b_train_s is fitted as b_train_ds: it takes that parameter's status.
+  for name in JOINT_NAMES:  # b_train_s is fitted as b_train_ds: it takes that parameter's status, named.
     fitted_name = FITTED_AS.get(name, name)
-    identification[name] = (
+    status = (
       why_fixed.get(fitted_name)
       or kept_free.get(fitted_name)
       or (f'unidentified: {joint.unidentified[fitted_name]}' if fitted_name in joint.unidentified else 'identified')
     )
+    if status != 'identified' and fitted_name != name:
+      status += f' (of {fitted_name}, which it is fitted as)'
+    identification[name] = status
   fix_notes = [f'{name} {why}' for name, why in {**why_fixed, **kept_free}.items()]
   finetune, ft_notes = fit_finetune_delta(data, bootstrap, seed)
   law = scaling.ScalingLaw(
