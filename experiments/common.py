@@ -127,9 +127,18 @@ def run_variants(variants: dict) -> dict[str, str]:
     loop.runs_at_once(first.runs_together),
   )
   # Every pretraining, then every finetune, runs_together at a time where shapes allow; the pipelines lock their
-  # folders, so two studies sharing a variant never train it at once (process 0 locks for every host).
-  results = pipeline.run_pipelines([(config, workdirs[name], None) for name, config in variants.items()])
-  preempted = [name for name, result in zip(variants, results, strict=True) if result.stop_reason == 'preempted']
+  # folders, so two studies sharing a variant never train it at once (process 0 locks for every host). A variant
+  # with stage='pretrain' (a study that needs no finetunes) is that one run, in its locked folder.
+  pipelines = [name for name, config in variants.items() if config.stage == 'pipeline']
+  alone = [name for name in variants if name not in pipelines]
+  results = {}
+  if pipelines:
+    summaries = pipeline.run_pipelines([(variants[n], workdirs[n], None) for n in pipelines])
+    results.update(zip(pipelines, summaries, strict=True))
+  if alone:
+    with files.WorkdirLock([workdirs[n] for n in alone]):
+      results.update(zip(alone, loop.run_many([loop.Run(variants[n], workdirs[n]) for n in alone]), strict=True))
+  preempted = [name for name, result in results.items() if result.stop_reason == 'preempted']
   if preempted:
     logging.warning(
       'Study %s stopped by SIGTERM (saved; %s unfinished); rerun the same command to go on.',

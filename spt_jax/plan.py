@@ -109,7 +109,7 @@ def fit(
   max_tokens: float | None = None,
 ):
   """Fits the overfitting scaling laws (1)-(9) and the finetuning delta (7); writes out/fit.json; a JointFit."""
-  from spt_jax.analysis import plots, scaling_fit  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
+  from spt_jax.analysis import law_shape, plots, scaling_fit  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
   from spt_jax.analysis import runs as runs_lib  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
   if bool(runs) == bool(csv):
@@ -138,7 +138,14 @@ def fit(
   os.makedirs(out, exist_ok=True)
   path = _write(out, layout.FIT, fit.to_json())
   plots.fit_plot(data, fit.law, os.path.join(out, 'fit.png'))
-  _report(out, 'Overfitting scaling-law fit', [table, '![data vs fit](fit.png)', _warnings_section(fit.warnings)])
+  shape = (
+    "## The data's shape, per δ, without the law\n\nThe law follows only curves whose domain train loss falls with "
+    'T, with no gap at δ = 0, and whose gap grows faster at a larger δ (spt_jax/analysis/law_shape.py).\n\n'
+    + law_shape.table(fit.shape)
+  )
+  _report(
+    out, 'Overfitting scaling-law fit', [table, '![data vs fit](fit.png)', shape, _warnings_section(fit.warnings)]
+  )
   print(f'wrote {path}')
   return fit
 

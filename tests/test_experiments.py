@@ -112,6 +112,50 @@ def test_forecast_check_fits_a_subset_then_scores_the_rest(tmp_path):
 
 
 @pytest.mark.slow
+def test_forecast_check_on_several_seeds_trains_only_the_pretrainings(tmp_path):
+  arguments = ['--deltas=0,0.05,0.1,0.2', '--max_delta=0.1', '--config.eval_every=2', '--seeds=1,2', '--pretrain_only']
+  refused = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'experiments.forecast_check',
+      '--config=configs/proofpile.py:test',
+      f'--workdir={tmp_path}',
+      *arguments,
+      '--checkpoints=1',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert refused.returncode == 2 and '--pretrain_only trains no finetunes' in refused.stderr.splitlines()[-1]
+  assert not list(tmp_path.iterdir())  # Refused before anything was written.
+  study, _ = _study(tmp_path, 'forecast_check', *arguments, '--checkpoints=0', '--crossover=')
+  curves = {}
+  for seed in (1, 2):
+    run = study / f'delta_10pct_seed{seed}'
+    assert json.loads((run / 'config.json').read_text())['seed'] == seed
+    assert (run / 'summary.json').exists() and not (run / 'finetune').exists()  # The pretraining alone.
+    curves[seed] = (run / 'metrics.jsonl').read_text()
+  assert curves[1] != curves[2]
+  report = json.loads((study / 'forecast_check.json').read_text())
+  assert set(report['seeds']) == {'1', '2'}
+  for seed in ('1', '2'):  # Each seed is fitted alone, and its 20% curve forecast.
+    assert list(report['seeds'][seed]['held_out_delta']) == ['0.2']
+    assert (study / 'analysis' / f'fit_subset_seed{seed}' / 'fit.json').exists()
+  summary = report['summary']
+  assert summary['seeds'] == ['1', '2'] and summary['targets'] == {'held_out': 0.1, 'onset_error': 0.25, 'later': 0.03}
+  error = report['seeds']['1']['held_out_delta']['0.2']['test']['mean_abs_relative_error']
+  assert summary['rows']['1']['held_out/0.2'] == error
+  assert summary['seeds_meeting_target']['held_out/0.2'] == sum(
+    report['seeds'][s]['held_out_delta']['0.2']['test']['mean_abs_relative_error'] <= 0.1 for s in ('1', '2')
+  )
+  text = (study / 'report.md').read_text()
+  assert '## Every seed' in text and '## Seed 2' in text and 'mean ± sd' in text
+
+
+@pytest.mark.slow
 def test_pilots_pick_a_delta_and_the_brute_force_scores_it(tmp_path):
   # cpu-40k, not the default cpu-25k: at this small target two of its pilots, at the target's tokens per parameter,
   # cost nearly the 10% allowed (0.09; cpu-25k's 0.04), which the last assertions check.

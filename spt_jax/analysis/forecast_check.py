@@ -251,3 +251,72 @@ def format_report(report: ForecastCheck) -> str:
     )
   lines += [f'\n- {note}' for note in report.notes]
   return '\n'.join(lines)
+
+
+def mean_sd(values) -> str:
+  values = [v for v in values if v is not None and math.isfinite(v)]
+  if not values:
+    return '—'
+  sd = f' ± {100 * float(np.std(values, ddof=1)):.2f}' if len(values) > 1 else ''
+  return f'{100 * float(np.mean(values)):.2f}{sd}%'
+
+
+def across_seeds(reports: dict) -> dict:
+  """Per seed (key) the §5.3 scores of one ForecastCheck, and their mean ± sd over the seeds.
+
+  Scores: each held-out δ's whole-curve error and onset, and each fitted δ's error on the later tokens (mean
+  absolute relative error of the domain test loss), with how many seeds meet the targets (3% later, 10% held out,
+  onset within 25%).
+  """
+  seeds = list(reports)
+  held = sorted({d for r in reports.values() for d in r.held_out_delta}, key=float)
+  later = sorted({d for r in reports.values() for d in r.later_tokens}, key=float)
+
+  def error(entries, d):
+    return entries[d].test.mean_abs_relative_error if d in entries else None
+
+  rows = {}
+  for seed, r in reports.items():
+    rows[seed] = {
+      **{f'held_out/{d}': error(r.held_out_delta, d) for d in held},
+      **{f'onset_error/{d}': r.onset[d].relative_error if d in r.onset else None for d in held},
+      **{f'later/{d}': error(r.later_tokens, d) for d in later},
+    }
+  targets = {'held_out': 0.10, 'onset_error': 0.25, 'later': 0.03}
+  met = {
+    key: sum(1 for s in seeds if rows[s][key] is not None and abs(rows[s][key]) <= targets[key.split('/')[0]])
+    for key in rows[seeds[0]]
+  }
+  return {'seeds': seeds, 'rows': rows, 'targets': targets, 'seeds_meeting_target': met}
+
+
+def format_seeds(summary: dict) -> str:
+  """across_seeds as a markdown table: a row per seed, then mean ± sd and the seeds meeting each target."""
+  keys = list(summary['rows'][summary['seeds'][0]])
+
+  def title(key):
+    kind, d = key.split('/')
+    what = {
+      'held_out': 'held-out δ = {}: whole curve',
+      'onset_error': 'δ = {}: onset, predicted ÷ observed − 1',
+      'later': 'δ = {}: later tokens',
+    }
+    return what[kind].format(f'{100 * float(d):g}%')
+
+  def show(value, key):
+    if value is None or not math.isfinite(value):
+      return '—'
+    return f'{100 * value:+.1f}%' if key.startswith('onset') else f'{100 * value:.2f}%'
+
+  body = [[f'seed {s}', *(show(summary['rows'][s][k], k) for k in keys)] for s in summary['seeds']]
+  body.append(['mean ± sd', *(mean_sd([summary['rows'][s][k] for s in summary['seeds']]) for k in keys)])
+  n = len(summary['seeds'])
+  body.append(
+    [
+      'seeds within target',
+      *(
+        f'{summary["seeds_meeting_target"][k]} of {n} (≤ {100 * summary["targets"][k.split("/")[0]]:g}%)' for k in keys
+      ),
+    ]
+  )
+  return '\n'.join(markdown.table(['', *map(title, keys)], body))

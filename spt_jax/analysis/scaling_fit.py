@@ -24,7 +24,7 @@ import math
 import numpy as np
 from scipy import optimize
 
-from spt_jax.analysis import scaling
+from spt_jax.analysis import law_shape, scaling
 from spt_jax.analysis.fitting import FitResult, natural, robust_fit, to_theta
 from spt_jax.analysis.scaling import (
   DELTA_UNIT,
@@ -129,6 +129,7 @@ class JointFit:
   finetune_delta: dict  # δ -> FinetuneDelta.
   residuals: Residuals
   warnings: list
+  shape: list  # law_shape.DeltaShape per δ fitted: the data's own shape.
 
   @property
   def sign_conditions(self) -> dict:
@@ -164,6 +165,7 @@ class JointFit:
       'per_run': {name: {'value': p.value, 'meaning': p.meaning} for name, p in self.per_run.items()},
       'finetune_delta': {repr(float(k)): v.to_json() for k, v in self.finetune_delta.items()},
       'residuals': dataclasses.asdict(self.residuals),
+      'shape': [dataclasses.asdict(s) for s in self.shape],
       'warnings': list(self.warnings),
     }
 
@@ -405,6 +407,7 @@ def fit_joint(
     data = data.subset(max_delta, max_tokens)
   notes = data.validate()
   check_finite_ft(data)
+  shape = law_shape.measure(data)
   per_run = fit_per_run(data, loss, huber, seed)
   deltas = np.unique(data.delta)
   rng = np.random.default_rng(seed)
@@ -509,8 +512,10 @@ def fit_joint(
       rms_log_by_delta=by_delta,
       n_points=n,
     ),
+    shape=shape,
     warnings=(
       notes
+      + law_shape.notes(shape)
       + fix_notes
       + _sign_notes(law.params, law.fitted_deltas)
       + joint.warnings
