@@ -254,6 +254,7 @@ def format_report(report: ForecastCheck) -> str:
 
 
 def mean_sd(values) -> str:
+  """Fractions as 'mean ± sd%' over the finite ones (the sample sd; just the value for one, '—' for none)."""
   values = [v for v in values if v is not None and math.isfinite(v)]
   if not values:
     return '—'
