@@ -148,6 +148,7 @@ def test_forecast_check_on_several_seeds_trains_only_the_pretrainings(tmp_path):
   assert summary['seeds'] == ['1', '2'] and summary['targets'] == {'held_out': 0.1, 'onset_error': 0.25, 'later': 0.03}
   error = report['seeds']['1']['held_out_delta']['0.2']['test']['mean_abs_relative_error']
   assert summary['rows']['1']['held_out/0.2'] == error
+  assert summary['seeds_scored']['held_out/0.2'] == 2
   assert summary['seeds_meeting_target']['held_out/0.2'] == sum(
     report['seeds'][s]['held_out_delta']['0.2']['test']['mean_abs_relative_error'] <= 0.1 for s in ('1', '2')
   )
