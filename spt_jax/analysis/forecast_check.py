@@ -84,6 +84,16 @@ class ForecastCheck:
     return record
 
 
+def _number(value: float, fixed: str) -> str:
+  """value in the `fixed` format, or in 4 significant digits when that would print 7 or more digits before the point
+  (a forecast that diverged)."""
+  return f'{value:{fixed}}' if abs(value) < 1e6 else f'{value:.4g}'
+
+
+def _percent(fraction: float, fixed: str = '.2f') -> str:
+  return _number(100 * fraction, fixed) + '%'
+
+
 def _errors(predicted, observed) -> Errors:
   predicted, observed = np.asarray(predicted, float), np.asarray(observed, float)
   error = predicted - observed
@@ -214,7 +224,7 @@ def format_report(report: ForecastCheck) -> str:
   """A markdown table of the out-of-sample errors, onsets and crossovers."""
 
   def errors(e: Errors):
-    return [f'{e.rmse:.4f}', f'{100 * e.mean_abs_relative_error:.2f}%', f'{100 * e.max_abs_relative_error:.2f}%']
+    return [_number(e.rmse, '.4f'), _percent(e.mean_abs_relative_error), _percent(e.max_abs_relative_error)]
 
   rows = [
     [key, d, f'{entry.tokens[0]:.3g}–{entry.tokens[1]:.3g}', *errors(entry.test)]
@@ -253,13 +263,17 @@ def format_report(report: ForecastCheck) -> str:
   return '\n'.join(lines)
 
 
+def _finite(values) -> list:
+  return [v for v in values if v is not None and math.isfinite(v)]
+
+
 def mean_sd(values) -> str:
   """Fractions as 'mean ± sd%' over the finite ones (the sample sd; just the value for one, '—' for none)."""
-  values = [v for v in values if v is not None and math.isfinite(v)]
+  values = _finite(values)
   if not values:
     return '—'
-  sd = f' ± {100 * float(np.std(values, ddof=1)):.2f}' if len(values) > 1 else ''
-  return f'{100 * float(np.mean(values)):.2f}{sd}%'
+  sd = f' ± {_number(100 * float(np.std(values, ddof=1)), ".2f")}' if len(values) > 1 else ''
+  return f'{_number(100 * float(np.mean(values)), ".2f")}{sd}%'
 
 
 def across_seeds(reports: dict) -> dict:
@@ -312,10 +326,18 @@ def format_seeds(summary: dict) -> str:
   def show(value, key):
     if value is None or not math.isfinite(value):
       return '—'
-    return f'{100 * value:+.1f}%' if key.startswith('onset') else f'{100 * value:.2f}%'
+    return _percent(value, '+.1f') if key.startswith('onset') else _percent(value)
+
+  def column(key):
+    return [summary['rows'][s][key] for s in summary['seeds']]
+
+  def median(key):
+    values = _finite(column(key))
+    return show(float(np.median(values)), key) if values else '—'
 
   body = [[f'seed {s}', *(show(summary['rows'][s][k], k) for k in keys)] for s in summary['seeds']]
-  body.append(['mean ± sd', *(mean_sd([summary['rows'][s][k] for s in summary['seeds']]) for k in keys)])
+  body.append(['median', *map(median, keys)])
+  body.append(['mean ± sd', *(mean_sd(column(k)) for k in keys)])
   body.append(
     [
       'seeds within target',
