@@ -11,8 +11,11 @@ standard errors.
 """
 
 import dataclasses
+import itertools
 
 import numpy as np
+
+from spt_jax.storage import markdown
 
 SIGNIFICANT = 2.0  # Standard errors a difference must exceed to count.
 
@@ -83,14 +86,13 @@ def notes(shapes: list[DeltaShape]) -> list[str]:
         f'{s.gap_mean.stderr:.2g} nats on average, not 0: the domain train and test samples differ; eq. (5) has '
         'no gap at δ=0 and eqs. (2)-(3) no offset, so the fit reads that difference as overfitting'
       )
-
     if s.train_per_efold.value > SIGNIFICANT * s.train_per_efold.stderr:
       found.append(
         f'data shape: at δ={s.delta:g} the domain train loss rises with T ({s.train_per_efold.value:+.3g} ± '
         f'{s.train_per_efold.stderr:.2g} nats per e-fold); eq. (1) with b_train ≤ 0 cannot follow it'
       )
   measured = [s for s in shapes if s.gap_exponent is not None]
-  for low, high in zip(measured, measured[1:], strict=False):
+  for low, high in itertools.pairwise(measured):
     difference = high.gap_exponent.value - low.gap_exponent.value
     if -difference > SIGNIFICANT * np.hypot(low.gap_exponent.stderr, high.gap_exponent.stderr):
       found.append(
@@ -103,7 +105,6 @@ def notes(shapes: list[DeltaShape]) -> list[str]:
 
 def table(shapes: list[DeltaShape]) -> str:
   """The measured shape as a markdown table, with the law's expectation in the header."""
-  from spt_jax.storage import markdown  # noqa: PLC0415  on first use: importing this module stays light
 
   def show(slope, digits='.3g'):
     return '—' if slope is None else f'{slope.value:{digits}} ± {slope.stderr:.2g}'
