@@ -58,12 +58,15 @@ flags.register_multi_flags_validator(
 )
 
 
-def _paper_rows(reports: list, budget: float) -> list:
-  """The paper's §5.3 quantities beside ours: one value, or each seed's (mean ± sd for the curve's error)."""
+def _paper_rows(checks: dict, budget: float) -> list:
+  """The paper's §5.3 quantities beside ours (checks: seed -> ForecastCheck): one value, or each seed's (mean ± sd
+  for the curve's error)."""
   from spt_jax.analysis import forecast_check  # noqa: PLC0415  on first use: importing this module (an entry point's --help, the planning path) stays light
 
+  reports = list(checks.values())
+
   def each(values):
-    return '; '.join(values) + (f' (seeds {", ".join(map(str, _SEEDS.value))})' if len(values) > 1 else '')
+    return '; '.join(values) + (f' (seeds {", ".join(map(str, checks))})' if len(values) > 1 else '')
 
   first = reports[0]
   largest = max(first.held_out_delta, key=float, default=None)
@@ -158,7 +161,7 @@ def _report(base, workdirs: dict) -> None:
       'Errors are forecast − observed on rows the fit never saw (domain test loss; post-FT: best loss after '
       'finetuning).',
       *sections,
-      common.paper_table(_paper_rows(list(checks.values()), budget)),
+      common.paper_table(_paper_rows(checks, budget)),
     ],
   )
 

@@ -138,14 +138,8 @@ def fit(
   os.makedirs(out, exist_ok=True)
   path = _write(out, layout.FIT, fit.to_json())
   plots.fit_plot(data, fit.law, os.path.join(out, 'fit.png'))
-  shape = (
-    "## The data's shape, per δ, without the law\n\nThe law follows only curves whose domain train loss falls with "
-    'T, with no gap at δ = 0, and whose gap grows faster at a larger δ (spt_jax/analysis/law_shape.py).\n\n'
-    + law_shape.table(fit.shape)
-  )
-  _report(
-    out, 'Overfitting scaling-law fit', [table, '![data vs fit](fit.png)', shape, _warnings_section(fit.warnings)]
-  )
+  sections = [table, '![data vs fit](fit.png)', law_shape.section(fit.shape), _warnings_section(fit.warnings)]
+  _report(out, 'Overfitting scaling-law fit', sections)
   print(f'wrote {path}')
   return fit
 

@@ -20,7 +20,7 @@ def test_curves_of_the_laws_form_have_its_shape():
     exponents
   )  # Where the gap is positive throughout: its exponent rises with δ (eq. 4).
   assert _shape_notes(data) == []
-  assert '| 10% | 40 |' in law_shape.table(shapes)
+  assert '| 10% | 40 |' in law_shape.section(shapes)
 
 
 def _with(data, delta, train=None, test=None) -> scaling_fit.ScalingData:

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from spt_jax.analysis import scaling
+from spt_jax.analysis import scaling, seeds
 from spt_jax.analysis.scaling_fit import ScalingData, _within
 from spt_jax.storage import markdown
 
@@ -84,14 +84,8 @@ class ForecastCheck:
     return record
 
 
-def _number(value: float, fixed: str) -> str:
-  """value in the `fixed` format, or in 4 significant digits when that would print 7 or more digits before the point
-  (a forecast that diverged)."""
-  return f'{value:{fixed}}' if abs(value) < 1e6 else f'{value:.4g}'
-
-
 def _percent(fraction: float, fixed: str = '.2f') -> str:
-  return _number(100 * fraction, fixed) + '%'
+  return markdown.number(100 * fraction, fixed) + '%'
 
 
 def _errors(predicted, observed) -> Errors:
@@ -224,7 +218,7 @@ def format_report(report: ForecastCheck) -> str:
   """A markdown table of the out-of-sample errors, onsets and crossovers."""
 
   def errors(e: Errors):
-    return [_number(e.rmse, '.4f'), _percent(e.mean_abs_relative_error), _percent(e.max_abs_relative_error)]
+    return [markdown.number(e.rmse, '.4f'), _percent(e.mean_abs_relative_error), _percent(e.max_abs_relative_error)]
 
   rows = [
     [key, d, f'{entry.tokens[0]:.3g}–{entry.tokens[1]:.3g}', *errors(entry.test)]
@@ -263,17 +257,9 @@ def format_report(report: ForecastCheck) -> str:
   return '\n'.join(lines)
 
 
-def _finite(values) -> list:
-  return [v for v in values if v is not None and math.isfinite(v)]
-
-
-def mean_sd(values) -> str:
-  """Fractions as 'mean ± sd%' over the finite ones (the sample sd; just the value for one, '—' for none)."""
-  values = _finite(values)
-  if not values:
-    return '—'
-  sd = f' ± {_number(100 * float(np.std(values, ddof=1)), ".2f")}' if len(values) > 1 else ''
-  return f'{_number(100 * float(np.mean(values)), ".2f")}{sd}%'
+def mean_sd(fractions) -> str:
+  """Fractions as 'mean ± sd%' over the seeds that have one (seeds.spread; '–' for none)."""
+  return seeds.spread(None if f is None else 100 * f for f in fractions).plus_minus(2, '%')
 
 
 def across_seeds(reports: dict) -> dict:
@@ -324,16 +310,16 @@ def format_seeds(summary: dict) -> str:
     return what[kind].format(f'{100 * float(d):g}%')
 
   def show(value, key):
-    if value is None or not math.isfinite(value):
-      return '—'
+    if value is None:
+      return '–'
     return _percent(value, '+.1f') if key.startswith('onset') else _percent(value)
 
   def column(key):
     return [summary['rows'][s][key] for s in summary['seeds']]
 
   def median(key):
-    values = _finite(column(key))
-    return show(float(np.median(values)), key) if values else '—'
+    values = [v for v in column(key) if v is not None]
+    return show(float(np.median(values)) if values else None, key)
 
   body = [[f'seed {s}', *(show(summary['rows'][s][k], k) for k in keys)] for s in summary['seeds']]
   body.append(['median', *map(median, keys)])
@@ -352,6 +338,6 @@ def format_seeds(summary: dict) -> str:
     [
       *markdown.table(['', *map(title, keys)], body),
       '',
-      '—: not scored (an onset only where the observed curve turns up within the run).',
+      '–: not scored (an onset only where the observed curve turns up within the run).',
     ]
   )

@@ -14,6 +14,7 @@ import dataclasses
 import itertools
 
 import numpy as np
+from scipy import stats
 
 from spt_jax.storage import markdown
 
@@ -43,21 +44,16 @@ class DeltaShape:
 
 def _slope(x, y) -> Estimate:
   """Least-squares slope of y on x and its standard error."""
-  x, y = np.asarray(x, float), np.asarray(y, float)
-  design = np.stack([x, np.ones_like(x)], axis=1)
-  coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-  dof = len(x) - 2
-  residual = y - design @ coef
-  spread = np.sum((x - x.mean()) ** 2)
-  stderr = float(np.sqrt(np.sum(residual**2) / dof / spread)) if dof > 0 and spread > 0 else float('inf')
-  return Estimate(float(coef[0]), stderr)
+  fit = stats.linregress(x, y)
+  return Estimate(float(fit.slope), float(fit.stderr))
 
 
 def measure(data) -> list[DeltaShape]:
   """Per δ of a ScalingData with 3 or more points: the measured shape of its curves."""
   shapes = []
   for delta in np.unique(data.delta):
-    rows = np.argsort(np.where(data.delta == delta, data.tokens, np.inf))[: int(np.sum(data.delta == delta))]
+    rows = np.flatnonzero(data.delta == delta)
+    rows = rows[np.argsort(data.tokens[rows])]
     if len(rows) < 3:
       continue
     log_t = np.log(data.tokens[rows])
@@ -103,24 +99,32 @@ def notes(shapes: list[DeltaShape]) -> list[str]:
   return found
 
 
-def table(shapes: list[DeltaShape]) -> str:
-  """The measured shape as a markdown table, with the law's expectation in the header."""
+def section(shapes: list[DeltaShape]) -> str:
+  """A report's section: the measured shape as a markdown table, the law's expectation in its header."""
 
-  def show(slope, digits='.3g'):
-    return '—' if slope is None else f'{slope.value:{digits}} ± {slope.stderr:.2g}'
+  def show(estimate, digits='.3g'):
+    return '—' if estimate is None else f'{estimate.value:{digits}} ± {estimate.stderr:.2g}'
 
-  return '\n'.join(
-    markdown.table(
-      ['δ', 'points', 'train loss per e-fold of T (law: < 0)', 'gap first → last', 'gap ∝ T^b: b (law: rises with δ)'],
+  table = markdown.table(
+    ['δ', 'points', 'train loss per e-fold of T (law: < 0)', 'gap first → last', 'gap ∝ T^b: b (law: rises with δ)'],
+    [
       [
-        [
-          f'{100 * s.delta:g}%',
-          s.points,
-          show(s.train_per_efold),
-          f'{s.gap_first:.3f} → {s.gap_last:.3f}',
-          show(s.gap_exponent, '.2f'),
-        ]
-        for s in shapes
-      ],
-    )
+        f'{100 * s.delta:g}%',
+        s.points,
+        show(s.train_per_efold),
+        f'{s.gap_first:.3f} → {s.gap_last:.3f}',
+        show(s.gap_exponent, '.2f'),
+      ]
+      for s in shapes
+    ],
+  )
+  return '\n'.join(
+    [
+      "## The data's shape, per δ, without the law",
+      '',
+      'The law follows only curves whose domain train loss falls with T, with no gap at δ = 0, and whose gap grows '
+      'faster at a larger δ (spt_jax/analysis/law_shape.py).',
+      '',
+      *table,
+    ]
   )

@@ -34,8 +34,8 @@ class Spread:
     """'mean ± sd' ('mean' alone for one value, '–' for none)."""
     if self.mean is None:
       return '–'
-    sd = '' if self.sd is None else f' ± {self.sd:.{digits}f}'
-    return f'{self.mean:.{digits}f}{sd}{suffix}'
+    sd = '' if self.sd is None else f' ± {markdown.number(self.sd, f".{digits}f")}'
+    return f'{markdown.number(self.mean, f".{digits}f")}{sd}{suffix}'
 
   def interval(self, digits: int = 2, suffix: str = '') -> str:
     """'[low, high]' of the 95% confidence interval of the mean ('–' with fewer than two values)."""

@@ -11,3 +11,9 @@ def table(header: Sequence[object], rows: Iterable[Sequence[object]]) -> list[st
 def row(cells: Sequence[object]) -> str:
   """One line of a table."""
   return '| ' + ' | '.join(str(cell) for cell in cells) + ' |'
+
+
+def number(value: float, fixed: str) -> str:
+  """value in the `fixed` format (e.g. '.4f'), or in 4 significant digits where that would print 7 or more digits
+  before the point (a forecast that diverged)."""
+  return f'{value:{fixed}}' if abs(value) < 1e6 else f'{value:.4g}'
